@@ -1,0 +1,28 @@
+"""The SavedModel contract between training (which exports) and serving / the gateway (which call).
+
+This module holds the names only and imports no TensorFlow, so the gateway can use it. The graph
+that implements the contract is built by :mod:`training.export`; ``tests/test_contract.py`` checks
+exported models against it with TF Serving's own Session loader.
+
+Signature ``serving_default``:
+  input  ``images``  uint8   [-1, H, W, C]  raw pixels; normalization happens inside the graph
+  output ``scores``  float32 [-1, K]        softmax probabilities
+  output ``classes`` string  [-1, K]        class names aligned with ``scores``
+"""
+
+from __future__ import annotations
+
+SERVE_TAG = "serve"
+SIGNATURE_NAME = "serving_default"
+PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+INPUT_KEY = "images"
+SCORES_KEY = "scores"
+CLASSES_KEY = "classes"
+INPUT_DTYPE = "DT_UINT8"
+SCORES_DTYPE = "DT_FLOAT"
+CLASSES_DTYPE = "DT_STRING"
+
+ASSETS_EXTRA_DIR = "assets.extra"
+METADATA_FILE = "assets.extra/metadata.json"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+EVALUATION_FILE = "assets.extra/evaluation.json"

@@ -1,0 +1,201 @@
+"""Training-job records in Redis: the store the gateway reads and the worker writes.
+
+One hash per job (``fdl:job:<id>``) holds JSON-encoded fields, a sorted set indexes jobs by
+creation time, and a Redis stream per job carries the events that live consumers follow.
+Status changes go through a Lua script so that a terminal status is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+JOB_KEY = "fdl:job:{}"
+EVENTS_KEY = "fdl:job:{}:events"
+INDEX_KEY = "fdl:jobs"
+EVENTS_MAXLEN = 10_000
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# KEYS[1] job hash; ARGV[1] new status; ARGV[2..] field/value pairs to set with it.
+# Returns 1 when applied, 0 when the job is missing or already terminal.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+current = cjson.decode(current)
+if current == 'succeeded' or current == 'failed' or current == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+_FIELDS = (
+    "id", "status", "spec", "progress", "result", "error", "created_at", "started_at",
+    "finished_at", "attempts", "cancel_requested", "worker", "heartbeat_at",
+)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    # --- records -----------------------------------------------------------------------------
+
+    def create(self, spec: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+        job_id = job_id or new_job_id()
+        now = time.time()
+        record = {
+            "id": job_id,
+            "status": JobStatus.QUEUED.value,
+            "spec": spec,
+            "progress": {},
+            "result": None,
+            "error": None,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "attempts": 0,
+            "cancel_requested": False,
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
+        pipe.zadd(INDEX_KEY, {job_id: now})
+        pipe.execute()
+        self.append_event(job_id, "status", {"status": JobStatus.QUEUED.value})
+        return record
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(JOB_KEY.format(job_id))
+        if not raw:
+            return None
+        record = {k: json.loads(v) for k, v in raw.items()}
+        for field in _FIELDS:
+            record.setdefault(field, None)
+        return record
+
+    def list(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first. Returns (page, total matching)."""
+        ids = self.redis.zrevrange(INDEX_KEY, 0, -1)
+        records = [r for r in (self.get(i) for i in ids) if r is not None]
+        if status:
+            records = [r for r in records if r["status"] == status]
+        return records[offset : offset + limit], len(records)
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        self.redis.hset(JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+        """Move a non-terminal job to ``status``; returns False if it was already terminal."""
+        args: list[str] = [status.value]
+        for key, value in fields.items():
+            args += [key, json.dumps(value)]
+        applied = bool(self._transition(keys=[JOB_KEY.format(job_id)], args=args))
+        if applied:
+            event = {"status": status.value}
+            event.update({k: fields[k] for k in ("result", "error") if k in fields})
+            self.append_event(job_id, "status", event)
+        return applied
+
+    def mark_running(self, job_id: str, worker: str) -> bool:
+        record = self.get(job_id)
+        attempts = (record or {}).get("attempts") or 0
+        now = time.time()
+        return self.transition(
+            job_id, JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker,
+            attempts=attempts + 1,
+        )
+
+    def heartbeat(self, job_id: str) -> None:
+        self.set_fields(job_id, heartbeat_at=time.time())
+
+    def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self.set_fields(job_id, progress=progress, heartbeat_at=time.time())
+        self.append_event(job_id, "progress", progress)
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        assert status.terminal
+        return self.transition(
+            job_id, status, result=result, error=error, finished_at=time.time()
+        )
+
+    # --- cancellation ------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Flag a job for cancellation; a queued job is cancelled at once."""
+        record = self.get(job_id)
+        if record is None:
+            return None
+        if JobStatus(record["status"]).terminal:
+            return record
+        self.set_fields(job_id, cancel_requested=True)
+        if record["status"] == JobStatus.QUEUED.value:
+            self.finish(job_id, JobStatus.CANCELLED, error="cancelled before it started")
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        value = self.redis.hget(JOB_KEY.format(job_id), "cancel_requested")
+        return bool(value and json.loads(value))
+
+    # --- events ------------------------------------------------------------------------------
+
+    def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        return self.redis.xadd(
+            EVENTS_KEY.format(job_id),
+            {"type": kind, "data": json.dumps(data), "time": str(time.time())},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+
+    def read_events(
+        self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Events after stream id ``after``; blocks up to ``block_ms`` when none are there yet."""
+        reply = self.redis.xread(
+            {EVENTS_KEY.format(job_id): after}, count=count, block=block_ms
+        )
+        events: list[tuple[str, dict[str, Any]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                events.append(
+                    (entry_id, {"type": fields["type"], "data": json.loads(fields["data"]),
+                                "time": float(fields["time"])})
+                )
+        return events
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())

@@ -1,0 +1,99 @@
+"""The training-job specification: validated by the gateway, executed by the training worker.
+
+TensorFlow-free so that the gateway can validate specs (422 naming the field) without it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ARCHITECTURES: dict[str, str] = {
+    "mnist_logreg": "mnist",
+    "mnist_mlp": "mnist",
+    "mnist_cnn": "mnist",
+    "cifar10_cnn": "cifar10",
+    "cifar10_cnn_bn": "cifar10",
+}
+BUILTIN_DATASETS = ("mnist", "cifar10")
+# Served model names and folder dataset names: a path segment, never a path.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta"]
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerSpec(_Strict):
+    name: OptimizerName = "adam"
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta_1: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    beta_2: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    rho: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    epsilon: Annotated[float, Field(gt=0, le=1)] = 1e-7
+
+
+class RegularizationSpec(_Strict):
+    l1: Annotated[float, Field(ge=0, le=1)] = 0.0
+    l2: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_norm: Annotated[float, Field(gt=0, le=100)] | None = None
+    # None means the architecture's own default (the book's 0.5 for the CNNs, none otherwise).
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+
+
+class EarlyStoppingSpec(_Strict):
+    patience: Annotated[int, Field(ge=1, le=100)] = 3
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+
+class PublishSpec(_Strict):
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.0
+    only_if_better: bool = False
+
+
+class JobSpec(_Strict):
+    model: Literal["mnist_logreg", "mnist_mlp", "mnist_cnn", "cifar10_cnn", "cifar10_cnn_bn"]
+    dataset: str | None = Field(
+        default=None,
+        description="mnist, cifar10, or the name of an image-folder dataset under FDL_DATA_DIR",
+    )
+    epochs: Annotated[int, Field(ge=1, le=500)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 128
+    optimizer: OptimizerSpec = OptimizerSpec()
+    regularization: RegularizationSpec = RegularizationSpec()
+    validation_split: Annotated[int, Field(ge=0, le=50_000)] = 5_000
+    early_stopping: EarlyStoppingSpec | None = None
+    augment: bool | None = Field(default=None, description="CIFAR augmentation; default on for CIFAR")
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    publish_as: str | None = None
+    publish: PublishSpec = PublishSpec()
+    # Caps the training / test examples used; for smoke runs and tests.
+    max_train_examples: Annotated[int, Field(ge=1)] | None = None
+    max_test_examples: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("publish_as", "dataset")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not valid_name(value):
+            raise ValueError(f"must match {NAME_PATTERN} (lower-case letters, digits, _ and -)")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> JobSpec:
+        if self.dataset is None:
+            self.dataset = ARCHITECTURES[self.model]
+        if self.publish_as is None:
+            self.publish_as = self.model
+        if self.augment is None:
+            self.augment = self.model.startswith("cifar10")
+        return self

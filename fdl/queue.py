@@ -1,0 +1,39 @@
+"""The Celery application shared by the gateway (which sends) and the training worker (which runs).
+
+Importing this module pulls in Celery only, never TensorFlow. ``training.tasks`` registers the
+task body on the app built here.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+TRAIN_TASK = "fdl.train"
+# Longer than the longest training job: Redis redelivers an unacknowledged message only after it.
+DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
+
+
+def make_celery(
+    redis_url: str,
+    queue: str = "training",
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S,
+) -> Celery:
+    app = Celery("fdl", broker=redis_url)
+    app.conf.update(
+        task_default_queue=queue,
+        task_routes={TRAIN_TASK: {"queue": queue}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def enqueue_training(app: Celery, job_id: str, queue: str = "training") -> None:
+    app.send_task(TRAIN_TASK, args=[job_id], task_id=job_id, queue=queue)

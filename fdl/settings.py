@@ -1,0 +1,44 @@
+"""Settings shared by every FDL Serve process.
+
+Each service subclasses :class:`CommonSettings` once and reads it once; every field comes from an
+``FDL_``-prefixed environment variable (or ``.env``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FDL_", env_file=".env", extra="ignore")
+
+    # Unset means: the launcher starts a private Redis and passes its URL to every child.
+    redis_url: str | None = None
+    model_dir: Path = Path("./var/models")
+    data_dir: Path = Path("./var/data")
+    var_dir: Path = Path("./var")
+    serving_host: str = "127.0.0.1"
+    serving_grpc_port: int = 8500
+    serving_rest_port: int = 8501
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    training_queue: str = "training"
+    # Comma-separated admin keys.
+    api_keys: str | None = Field(default=None, repr=False)
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "FDL_REDIS_URL is not set; start the stack with `fdl up` (which starts Redis) "
+                "or point FDL_REDIS_URL at a Redis server"
+            )
+        return self.redis_url
+
+
+@lru_cache
+def common_settings() -> CommonSettings:
+    return CommonSettings()
