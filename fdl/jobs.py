@@ -48,8 +48,19 @@ return 1
 """
 
 _FIELDS = (
-    "id", "status", "spec", "progress", "result", "error", "created_at", "started_at",
-    "finished_at", "attempts", "cancel_requested", "worker", "heartbeat_at",
+    "id",
+    "status",
+    "spec",
+    "progress",
+    "result",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "cancel_requested",
+    "worker",
+    "heartbeat_at",
 )
 
 
@@ -111,7 +122,9 @@ class JobStore:
         return records[offset : offset + limit], len(records)
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
-        self.redis.hset(JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+        self.redis.hset(
+            JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
+        )
 
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move a non-terminal job to ``status``; returns False if it was already terminal."""
@@ -130,7 +143,11 @@ class JobStore:
         attempts = (record or {}).get("attempts") or 0
         now = time.time()
         return self.transition(
-            job_id, JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker,
+            job_id,
+            JobStatus.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
             attempts=attempts + 1,
         )
 
@@ -149,9 +166,7 @@ class JobStore:
         error: str | None = None,
     ) -> bool:
         assert status.terminal
-        return self.transition(
-            job_id, status, result=result, error=error, finished_at=time.time()
-        )
+        return self.transition(job_id, status, result=result, error=error, finished_at=time.time())
 
     # --- cancellation ------------------------------------------------------------------------
 
@@ -185,15 +200,19 @@ class JobStore:
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
     ) -> list[tuple[str, dict[str, Any]]]:
         """Events after stream id ``after``; blocks up to ``block_ms`` when none are there yet."""
-        reply = self.redis.xread(
-            {EVENTS_KEY.format(job_id): after}, count=count, block=block_ms
-        )
+        reply = self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms)
         events: list[tuple[str, dict[str, Any]]] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 events.append(
-                    (entry_id, {"type": fields["type"], "data": json.loads(fields["data"]),
-                                "time": float(fields["time"])})
+                    (
+                        entry_id,
+                        {
+                            "type": fields["type"],
+                            "data": json.loads(fields["data"]),
+                            "time": float(fields["time"]),
+                        },
+                    )
                 )
         return events
 

@@ -73,7 +73,9 @@ class JobSpec(_Strict):
     regularization: RegularizationSpec = RegularizationSpec()
     validation_split: Annotated[int, Field(ge=0, le=50_000)] = 5_000
     early_stopping: EarlyStoppingSpec | None = None
-    augment: bool | None = Field(default=None, description="CIFAR augmentation; default on for CIFAR")
+    augment: bool | None = Field(
+        default=None, description="CIFAR augmentation; default on for CIFAR"
+    )
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     publish_as: str | None = None
     publish: PublishSpec = PublishSpec()

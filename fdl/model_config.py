@@ -37,7 +37,10 @@ def read_labels(model_dir: Path) -> dict[str, dict[str, int]]:
     path = model_dir / LABELS_FILE
     if not path.exists():
         return {}
-    return {m: {k: int(v) for k, v in labels.items()} for m, labels in json.loads(path.read_text()).items()}
+    return {
+        m: {k: int(v) for k, v in labels.items()}
+        for m, labels in json.loads(path.read_text()).items()
+    }
 
 
 def write_labels(model_dir: Path, labels: dict[str, dict[str, int]]) -> None:
@@ -63,7 +66,9 @@ def render_config(
         ]
         if model_labels:
             # Labelled versions must stay loaded; the newest version is served beside them.
-            versions = sorted(set(model_labels.values()) | set(list_versions(model_dir / name)[-1:]))
+            versions = sorted(
+                set(model_labels.values()) | set(list_versions(model_dir / name)[-1:])
+            )
             lines.append("    model_version_policy {")
             lines.append("      specific {")
             lines += [f"        versions: {v}" for v in versions]
