@@ -101,3 +101,24 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fdl.model_config [--model-dir DIR]``: write ``models.config`` for the model dir.
+
+    Deployments run it once before TF Serving starts (which refuses a missing config file).
+    """
+    import argparse
+
+    from fdl.settings import common_settings
+
+    parser = argparse.ArgumentParser(prog="python -m fdl.model_config", description=main.__doc__)
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
+    args = parser.parse_args(argv)
+    path = sync_config(args.model_dir or common_settings().model_dir)
+    print(f"model config: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Turn decoded images into the tensor a model expects, from its input spec alone.
+
+Two profiles, chosen by the model's channel count unless settings override it:
+- ``digit`` (1 channel): normalize what people send (dark ink on light paper, photographed, off
+  centre, any size) to what MNIST is: a white digit on black, cropped to the ink, fitted into
+  20x20 keeping its aspect ratio and centred by centre of mass in 28x28.
+- ``photo`` (3 channels): resize the shorter side with antialiasing, centre-crop to the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from api.serving_client import InputSpec
+
+PROFILES = ("digit", "photo")
+
+
+def choose_profile(spec: InputSpec, override: str | None = None) -> str:
+    if override:
+        return override
+    return "digit" if spec.channels == 1 else "photo"
+
+
+def preprocess(image: Image.Image, spec: InputSpec, profile: str) -> np.ndarray:
+    height = spec.height if spec.height > 0 else 28
+    width = spec.width if spec.width > 0 else 28
+    channels = spec.channels if spec.channels > 0 else 1
+    if profile == "digit":
+        array = digit_to_mnist(image, (height, width))
+    else:
+        array = photo_to_array(image, (height, width))
+    if channels == 1 and array.ndim == 3:
+        array = np.asarray(Image.fromarray(array).convert("L"))
+    if channels == 1:
+        array = array[..., np.newaxis]
+    elif channels == 3 and array.ndim == 2:
+        array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+    return array.astype(np.uint8)
+
+
+def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+        reducing_gap=3.0,
+    )
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    return np.asarray(resized.crop((left, top, left + width, top + height)))
+
+
+def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    gray = image.convert("L")
+    # Work at a bounded size: enough detail for a digit, cheap for phone photos.
+    gray.thumbnail((256, 256), Image.Resampling.LANCZOS)
+    ink = _ink_map(gray)
+    rows = np.flatnonzero(ink.max(axis=1) > 0)
+    cols = np.flatnonzero(ink.max(axis=0) > 0)
+    height, width = size
+    if rows.size == 0 or cols.size == 0:
+        return np.zeros((height, width), dtype=np.uint8)
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    # MNIST digits fill a 20x20 box inside the 28x28 frame.
+    box = round(min(height, width) * 20 / 28)
+    scale = box / max(crop.shape)
+    new_h = max(1, round(crop.shape[0] * scale))
+    new_w = max(1, round(crop.shape[1] * scale))
+    fitted = np.asarray(
+        Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64
+    )
+    canvas = np.zeros((height, width), dtype=np.float64)
+    total = fitted.sum()
+    if total > 0:
+        cy, cx = np.indices(fitted.shape)
+        mass_y, mass_x = (cy * fitted).sum() / total, (cx * fitted).sum() / total
+    else:
+        mass_y, mass_x = (new_h - 1) / 2, (new_w - 1) / 2
+    top = round((height - 1) / 2 - mass_y)
+    left = round((width - 1) / 2 - mass_x)
+    top = min(max(top, 0), height - new_h)
+    left = min(max(left, 0), width - new_w)
+    canvas[top : top + new_h, left : left + new_w] = fitted
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def _ink_map(gray: Image.Image) -> np.ndarray:
+    """Ink as bright values on a zero background, whatever the polarity and lighting."""
+    array = np.asarray(gray, dtype=np.float64)
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+    if np.median(border) > 127:
+        # Dark ink on light paper: flatten uneven lighting by dividing by a blurred background.
+        radius = max(2, min(gray.size) // 8)
+        background = np.asarray(
+            gray.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(radius)),
+            dtype=np.float64,
+        )
+        array = 255.0 - np.clip(array / np.maximum(background, 1.0) * 255.0, 0, 255)
+    array = array - np.percentile(array, 50)
+    peak = array.max()
+    if peak <= 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    array = np.clip(array / peak * 255.0, 0, 255)
+    # Otsu-like cut: suppress faint noise below a fraction of the ink's strength.
+    array[array < 0.15 * 255.0] = 0
+    return np.asarray(ImageOps.autocontrast(Image.fromarray(array.astype(np.uint8))))

@@ -1,0 +1,209 @@
+"""The gateway's gRPC client for TensorFlow Serving (or our compatible server).
+
+One long-lived ``grpc.aio`` channel; a deadline on every call; retries with backoff on
+``UNAVAILABLE``; message limits raised to TF Serving's; ``x-request-id`` forwarded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from google.protobuf.wrappers_pb2 import Int64Value
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from api.tensors import dtype_name, from_tensor_proto, to_tensor_proto
+from api.wire.tfs_pb2 import (
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    ModelSpec,
+    ModelVersionStatus,
+    PredictRequest,
+    PredictResponse,
+    ReloadConfigRequest,
+    ReloadConfigResponse,
+    SignatureDefMap,
+)
+from fdl import contract
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts up to INT_MAX.
+_PREDICTION = "/tensorflow.serving.PredictionService/"
+_MODEL = "/tensorflow.serving.ModelService/"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's ``serving_default`` signature takes (from GetModelMetadata)."""
+
+    version: int
+    input_key: str
+    dtype: str
+    shape: tuple[int, ...]  # -1 for unknown dimensions, batch first
+
+    @property
+    def height(self) -> int:
+        return self.shape[1] if len(self.shape) == 4 else -1
+
+    @property
+    def width(self) -> int:
+        return self.shape[2] if len(self.shape) == 4 else -1
+
+    @property
+    def channels(self) -> int:
+        return self.shape[3] if len(self.shape) == 4 else -1
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    error_code: int
+    error_message: str
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def model_spec(
+    name: str, version: int | None = None, label: str | None = None, signature: str | None = None
+) -> ModelSpec:
+    spec = ModelSpec(name=name, signature_name=signature or "")
+    if version is not None:
+        spec.version.CopyFrom(Int64Value(value=version))
+    elif label is not None:
+        spec.version_label = label
+    return spec
+
+
+class ServingClient:
+    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        call = self.channel.unary_unary
+        self._predict = call(
+            _PREDICTION + "Predict",
+            request_serializer=PredictRequest.SerializeToString,
+            response_deserializer=PredictResponse.FromString,
+        )
+        self._metadata = call(
+            _PREDICTION + "GetModelMetadata",
+            request_serializer=GetModelMetadataRequest.SerializeToString,
+            response_deserializer=GetModelMetadataResponse.FromString,
+        )
+        self._status = call(
+            _MODEL + "GetModelStatus",
+            request_serializer=GetModelStatusRequest.SerializeToString,
+            response_deserializer=GetModelStatusResponse.FromString,
+        )
+        self._reload = call(
+            _MODEL + "HandleReloadConfigRequest",
+            request_serializer=ReloadConfigRequest.SerializeToString,
+            response_deserializer=ReloadConfigResponse.FromString,
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method, request, request_id: str | None, timeout_s: float | None = None):
+        metadata = (("x-request-id", request_id),) if request_id else None
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_unavailable),
+            stop=stop_after_attempt(self.retries),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            reraise=True,
+        ):
+            with attempt:
+                return await method(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def predict(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        version: int | None = None,
+        label: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        request = PredictRequest(
+            model_spec=model_spec(model, version, label, contract.SIGNATURE_NAME)
+        )
+        for key, array in inputs.items():
+            request.inputs[key].CopyFrom(to_tensor_proto(array))
+        response: PredictResponse = await self._call(self._predict, request, request_id)
+        outputs = {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+        return int(response.model_spec.version.value), outputs
+
+    async def input_spec(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        request_id: str | None = None,
+    ) -> InputSpec:
+        request = GetModelMetadataRequest(
+            model_spec=model_spec(model, version, label), metadata_field=["signature_def"]
+        )
+        response: GetModelMetadataResponse = await self._call(self._metadata, request, request_id)
+        signatures = SignatureDefMap()
+        # The Any's type_url names tensorflow.serving.SignatureDefMap; the bytes are identical.
+        signatures.ParseFromString(response.metadata["signature_def"].value)
+        signature = signatures.signature_def[contract.SIGNATURE_NAME]
+        key = (
+            contract.INPUT_KEY
+            if contract.INPUT_KEY in signature.inputs
+            else next(iter(signature.inputs))
+        )
+        info = signature.inputs[key]
+        shape = tuple(int(d.size) for d in info.tensor_shape.dim)
+        return InputSpec(
+            version=int(response.model_spec.version.value),
+            input_key=key,
+            dtype=dtype_name(info.dtype),
+            shape=shape,
+        )
+
+    async def model_status(self, model: str, request_id: str | None = None) -> list[VersionStatus]:
+        request = GetModelStatusRequest(model_spec=model_spec(model))
+        response: GetModelStatusResponse = await self._call(self._status, request, request_id)
+        return [
+            VersionStatus(
+                version=int(s.version),
+                state=ModelVersionStatus.State.Name(s.state),
+                error_code=int(s.status.error_code),
+                error_message=s.status.error_message,
+            )
+            for s in response.model_version_status
+        ]
+
+    async def reload_config(self, request: ReloadConfigRequest) -> ReloadConfigResponse:
+        return await self._call(self._reload, request, None)
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        """True when the server answers at all (an unknown model's NOT_FOUND is an answer)."""
+        request = GetModelStatusRequest(model_spec=model_spec("__readiness_probe__"))
+        try:
+            await self._status(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            return error.code() not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        return True
