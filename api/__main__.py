@@ -10,11 +10,14 @@ from api.settings import get_settings
 def main() -> None:
     settings = get_settings()
     uvicorn.run(
-        "api.main:app",
+        "api.main:make_app",
+        factory=True,
         host=settings.gateway_host,
         port=settings.gateway_port,
-        log_level="info",
+        log_config=None,  # api.logs configures JSON logging in make_app
+        access_log=False,  # one access line per request comes from api.middleware
         proxy_headers=True,
+        timeout_graceful_shutdown=10,
     )
 
 

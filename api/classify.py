@@ -1,7 +1,8 @@
-"""Classification as three stages, each timed: preprocess -> predict -> postprocess."""
+"""Classification in timed stages: decode -> preprocess -> predict -> postprocess."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,16 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from api.imaging import decode_image
-from api.metrics import CLASSIFICATIONS, UPSTREAM_ERRORS, timed
+from api.imaging import DEFAULT_MAX_PIXELS, decode_image
+from api.metadata_cache import MetadataCache
+from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, timed
 from api.preprocess import choose_profile, preprocess
-from api.serving_client import InputSpec, ServingClient
+from api.serving_client import InputSpec, ModelContractError, ServingClient
 from fdl import contract
+
+# The input side assumed when a model's signature leaves height or width unknown.
+_DEFAULT_SIDE = 28
+_NUMPY_INPUT = {"DT_UINT8": np.uint8, "DT_FLOAT": np.float32, "DT_HALF": np.float16}
 
 
 @dataclass(frozen=True)
@@ -23,98 +29,179 @@ class Target:
     version: int | None = None
     label: str | None = None
 
+    def describe(self) -> str:
+        if self.version is not None:
+            return f"{self.model} version {self.version}"
+        if self.label:
+            return f"{self.model} label {self.label}"
+        return self.model
+
 
 def upstream_error(error: grpc.aio.AioRpcError, target: Target, method: str) -> ApiError:
     """Map a model-server status to the HTTP answer a client can act on."""
     code = error.code()
     UPSTREAM_ERRORS.labels(method, code.name).inc()
-    what = target.model + (
-        f" version {target.version}"
-        if target.version is not None
-        else f" label {target.label}"
-        if target.label
-        else ""
-    )
+    details = error.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND:
-        return ApiError(404, "model_not_found", f"model {what} is not served: {error.details()}")
-    if code == grpc.StatusCode.UNAVAILABLE:
+        return ApiError(
+            404, "model_not_found", f"model {target.describe()} is not served: {details}"
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return ApiError(
             503,
             "model_server_unavailable",
-            f"the model server is unavailable: {error.details()}",
+            f"the model server is unavailable: {details}",
             headers={"Retry-After": "1"},
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, "model_server_timeout", "the model server did not answer in time")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ApiError(422, "invalid_input", f"the model rejected the input: {error.details()}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return ApiError(422, "invalid_input", f"the model rejected the input: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ApiError(
-            503,
-            "model_server_overloaded",
-            error.details() or "overloaded",
-            headers={"Retry-After": "1"},
+            503, "model_server_overloaded", details, headers={"Retry-After": "1"}
         )
-    return ApiError(502, "model_server_error", f"{code.name}: {error.details()}")
+    return ApiError(502, "model_server_error", f"{code.name}: {details}")
 
 
-async def fetch_input_spec(client: ServingClient, target: Target, request_id: str) -> InputSpec:
-    try:
-        return await client.input_spec(target.model, target.version, target.label, request_id)
-    except grpc.aio.AioRpcError as error:
-        raise upstream_error(error, target, "GetModelMetadata") from error
+def prepare_batch(
+    images: list[bytes], spec: InputSpec, profile: str, max_pixels: int, model: str
+) -> np.ndarray:
+    """Decode and preprocess every image (runs in a worker thread); stages are timed."""
+    if len(spec.shape) != 4 or spec.dtype not in _NUMPY_INPUT:
+        raise ApiError(
+            502,
+            "unsupported_model_input",
+            f"the model takes {spec.dtype} {list(spec.shape)}, not an image batch [N, H, W, C]",
+        )
+    height = spec.height if spec.height > 0 else _DEFAULT_SIDE
+    width = spec.width if spec.width > 0 else _DEFAULT_SIDE
+    decode_s = preprocess_s = 0.0
+    batch = []
+    for index, data in enumerate(images):
+        start = time.perf_counter()
+        try:
+            image = decode_image(data, target_size=(width, height), max_pixels=max_pixels)
+            middle = time.perf_counter()
+            batch.append(preprocess(image, spec, profile))
+        except ApiError as error:
+            if len(images) > 1:
+                error.message = f"image {index}: {error.message}"
+            raise
+        decode_s += middle - start
+        preprocess_s += time.perf_counter() - middle
+    STAGE_LATENCY.labels("decode", model).observe(decode_s)
+    STAGE_LATENCY.labels("preprocess", model).observe(preprocess_s)
+    return np.stack(batch).astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
 
 def preprocess_images(
     images: list[bytes], spec: InputSpec, profile_override: str | None = None
 ) -> np.ndarray:
+    """Decode + preprocess with the profile the spec (or the override) selects."""
     profile = choose_profile(spec, profile_override)
-    size = (spec.width if spec.width > 0 else 28, spec.height if spec.height > 0 else 28)
-    batch = [preprocess(decode_image(data, target_size=size), spec, profile) for data in images]
-    return np.stack(batch)
+    return prepare_batch(images, spec, profile, DEFAULT_MAX_PIXELS, "-")
 
 
-async def run_predict(
-    client: ServingClient, target: Target, spec: InputSpec, batch: np.ndarray, request_id: str
-) -> tuple[int, dict[str, np.ndarray]]:
+async def fetch_input_spec(client: ServingClient, target: Target, request_id: str) -> InputSpec:
+    """The input spec straight from the model server (uncached), errors mapped to HTTP."""
     try:
-        return await client.predict(
-            target.model, {spec.input_key: batch}, version=spec.version, request_id=request_id
-        )
+        return await client.input_spec(target.model, target.version, target.label, request_id)
     except grpc.aio.AioRpcError as error:
-        raise upstream_error(error, target, "Predict") from error
+        raise upstream_error(error, target, "GetModelMetadata") from error
+    except ModelContractError as error:
+        raise ApiError(502, "unsupported_model", str(error)) from error
 
 
 def postprocess(outputs: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
     if contract.SCORES_KEY not in outputs:
         raise ApiError(502, "bad_model_output", f"the model returned no '{contract.SCORES_KEY}'")
     scores = np.asarray(outputs[contract.SCORES_KEY], dtype=np.float64)
+    if scores.ndim != 2:
+        raise ApiError(502, "bad_model_output", f"'scores' has shape {scores.shape}, not [N, K]")
     classes = outputs.get(contract.CLASSES_KEY)
+    if classes is not None and classes.shape != scores.shape:
+        classes = None
+    k = max(1, min(top_k, scores.shape[1]))
     predictions = []
     for row in range(scores.shape[0]):
-        order = np.argsort(-scores[row], kind="stable")[: max(1, top_k)]
-        names = [classes[row][i].decode() if classes is not None else str(int(i)) for i in order]
+        order = np.argsort(-scores[row], kind="stable")[:k]
         top = [
-            {"label": name, "class_id": int(i), "score": float(scores[row][i])}
-            for name, i in zip(names, order, strict=True)
+            {
+                "label": _name(classes, row, int(i)),
+                "class_id": int(i),
+                "score": float(scores[row][i]),
+            }
+            for i in order
         ]
         predictions.append({**top[0], "top_k": top})
     return predictions
 
 
+def _name(classes: np.ndarray | None, row: int, index: int) -> str:
+    if classes is None:
+        return str(index)
+    value = classes[row][index]
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+async def _spec_and_predict(
+    client: ServingClient,
+    cache: MetadataCache,
+    target: Target,
+    images: list[bytes],
+    profile_override: str | None,
+    max_pixels: int,
+    request_id: str,
+) -> tuple[int, dict[str, np.ndarray]]:
+    try:
+        spec = await cache.get(target.model, target.version, target.label, request_id)
+    except grpc.aio.AioRpcError as error:
+        raise upstream_error(error, target, "GetModelMetadata") from error
+    except ModelContractError as error:
+        raise ApiError(502, "unsupported_model", str(error)) from error
+    profile = choose_profile(spec, profile_override)
+    batch = await run_in_threadpool(
+        prepare_batch, images, spec, profile, max_pixels, target.model
+    )
+    with timed("predict", target.model):
+        try:
+            # Pinned to the version whose input spec shaped the batch.
+            return await client.predict(
+                target.model, {spec.input_key: batch}, version=spec.version, request_id=request_id
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND and target.version is None:
+                # The version that latest / the label named is gone (a newer one replaced it).
+                cache.invalidate(target.model)
+                raise _Stale from error
+            raise upstream_error(error, target, "Predict") from error
+
+
+class _Stale(Exception):
+    pass
+
+
 async def classify(
     client: ServingClient,
+    cache: MetadataCache,
     target: Target,
     images: list[bytes],
     top_k: int,
     request_id: str,
     profile_override: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
-    spec = await fetch_input_spec(client, target, request_id)
-    with timed("preprocess", target.model):
-        batch = await run_in_threadpool(preprocess_images, images, spec, profile_override)
-    with timed("predict", target.model):
-        version, outputs = await run_predict(client, target, spec, batch, request_id)
+    args = (client, cache, target, images, profile_override, max_pixels, request_id)
+    try:
+        version, outputs = await _spec_and_predict(*args)
+    except _Stale:
+        try:
+            version, outputs = await _spec_and_predict(*args)
+        except _Stale as stale:
+            cause = stale.__cause__
+            assert isinstance(cause, grpc.aio.AioRpcError)
+            raise upstream_error(cause, target, "Predict") from cause
     with timed("postprocess", target.model):
         predictions = postprocess(outputs, top_k)
     CLASSIFICATIONS.labels(target.model).inc(len(predictions))

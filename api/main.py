@@ -1,44 +1,108 @@
-"""Assembles the gateway: settings, shared clients, routers, error handlers."""
+"""Assembles the gateway: settings, shared clients, middleware, routers, error handlers.
+
+To add a router (e.g. the web UI), append it to ``ROUTERS``; classification must stay before
+models, because ``/{model}/labels/{label}`` would otherwise swallow ``...:classify``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI
+from prometheus_client import REGISTRY
 
+from api.auth import Keyring
 from api.errors import install_error_handlers
-from api.routers import classify, health, jobs
+from api.imaging import set_max_pixels
+from api.logs import configure_logging
+from api.metadata_cache import MetadataCache
+from api.metrics import JobsCollector
+from api.middleware import GatewayMiddleware
+from api.promotion import Promoter
+from api.ratelimit import RateLimiter
+from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
-from api.settings import get_settings
+from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
 from fdl.queue import make_celery
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    jobs.router,
+    classify.router,
+    models.router,
+    ui.router,
+]
+
+DESCRIPTION = """
+Train the models of *Fundamentals of Deep Learning* and classify images with them.
+
+* **Classify**: `POST /v1/models/{model}:classify` with multipart `file` parts or JSON
+  `{"instances": [{"b64": "..."}], "top_k": 3}`. The gateway reads each model's input spec from
+  the model server and normalizes images (digit or photo profile).
+* **Jobs** (admin key): submit training jobs, follow them with server-sent events.
+* **Models**: versions, status, metrics; promote versions with labels (admin key).
+
+Authenticate with `Authorization: Bearer <key>`. Errors are `{"error": {"code", "message"}}`.
+"""
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()
+    settings: GatewaySettings = app.state.settings
     redis_url = settings.require_redis_url()
     app.state.store = JobStore.from_url(redis_url)
+    app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     app.state.celery = make_celery(redis_url, settings.training_queue)
-    app.state.serving = ServingClient(settings.serving_target, settings.predict_timeout_s)
-    yield
-    await app.state.serving.close()
-    app.state.store.redis.close()
+    app.state.keyring = Keyring.from_settings(settings)
+    app.state.limiter = RateLimiter(
+        app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_burst
+    )
+    app.state.serving = ServingClient(
+        settings.serving_target,
+        settings.predict_timeout_s,
+        metadata_timeout_s=settings.metadata_timeout_s,
+    )
+    app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
+    app.state.promoter = Promoter(
+        app.state.serving,
+        app.state.metadata,
+        settings.model_dir,
+        settings.serving_model_base_path,
+        settings.promote_timeout_s,
+    )
+    collector = JobsCollector(app.state.store)
+    REGISTRY.register(collector)
+    try:
+        yield
+    finally:
+        REGISTRY.unregister(collector)
+        await app.state.serving.close()
+        await app.state.redis.aclose()
+        app.state.store.redis.close()
 
 
-def create_app() -> FastAPI:
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    set_max_pixels(settings.max_image_pixels)
     app = FastAPI(
         title="FDL Serve",
         version="0.1.0",
-        description="Train the models of Fundamentals of Deep Learning and classify images.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(classify.router)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 
-app = create_app()
+def make_app() -> FastAPI:
+    """The process's app (``fdl-gateway``): logging configured first."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

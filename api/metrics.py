@@ -7,22 +7,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-REQUESTS = Counter("fdl_gateway_requests_total", "HTTP requests", ["route", "method", "status"])
+from fdl.jobs import JobStatus, JobStore
+
+REQUESTS = Counter(
+    "fdl_gateway_requests_total", "HTTP requests", ["route", "method", "model", "status"]
+)
 REQUEST_LATENCY = Histogram(
-    "fdl_gateway_request_seconds", "HTTP request latency", ["route", "method"]
+    "fdl_gateway_request_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 STAGE_LATENCY = Histogram(
     "fdl_gateway_stage_seconds",
-    "Latency of each classification stage",
+    "Latency of each classification stage (decode, preprocess, predict, postprocess)",
     ["stage", "model"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 CLASSIFICATIONS = Counter("fdl_gateway_images_classified_total", "Images classified", ["model"])
 UPSTREAM_ERRORS = Counter(
-    "fdl_gateway_upstream_errors_total", "Failed calls to the model server", ["method", "code"]
+    "fdl_gateway_upstream_errors_total",
+    "Failed calls to the model server (and Redis)",
+    ["method", "code"],
 )
 JOBS_SUBMITTED = Counter("fdl_gateway_jobs_submitted_total", "Training jobs submitted", ["model"])
+RATE_LIMITED = Counter("fdl_gateway_rate_limited_total", "Requests refused by the rate limit")
+PROMOTIONS = Counter(
+    "fdl_gateway_label_changes_total", "Version label promotions", ["model", "label"]
+)
 
 
 @contextmanager
@@ -32,3 +47,33 @@ def timed(stage: str, model: str) -> Iterator[None]:
         yield
     finally:
         STAGE_LATENCY.labels(stage, model).observe(time.perf_counter() - start)
+
+
+class JobsCollector(Collector):
+    """``fdl_jobs{state=...}``: jobs by state, read from Redis at scrape time (cached briefly)."""
+
+    def __init__(self, store: JobStore, cache_s: float = 5.0) -> None:
+        self.store = store
+        self.cache_s = cache_s
+        self._at = 0.0
+        self._counts: dict[str, int] | None = None
+
+    def _read(self) -> dict[str, int] | None:
+        if self._counts is not None and time.monotonic() - self._at < self.cache_s:
+            return self._counts
+        try:
+            records, _total = self.store.list(None, 10**9, 0)
+        except Exception:  # Redis down: report nothing rather than fail the scrape
+            return None
+        counts = {s.value: 0 for s in JobStatus}
+        for record in records:
+            counts[str(record.get("status"))] = counts.get(str(record.get("status")), 0) + 1
+        self._counts, self._at = counts, time.monotonic()
+        return counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._read()
+        family = GaugeMetricFamily("fdl_jobs", "Training jobs by state", labels=["state"])
+        for state, count in sorted((counts or {}).items()):
+            family.add_metric([state], count)
+        yield family

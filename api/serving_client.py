@@ -69,6 +69,10 @@ class VersionStatus:
     error_message: str
 
 
+class ModelContractError(Exception):
+    """The served model does not look like an image classifier (see :mod:`fdl.contract`)."""
+
+
 def _is_unavailable(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -85,9 +89,16 @@ def model_spec(
 
 
 class ServingClient:
-    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        metadata_timeout_s: float | None = None,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.metadata_timeout_s = metadata_timeout_s or timeout_s
         self.retries = retries
         self.channel = grpc.aio.insecure_channel(
             target,
@@ -95,6 +106,10 @@ class ServingClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.enable_retries", 0),
+                # Reconnect quickly after a model-server restart (gRPC's default backs off to 2 min).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         call = self.channel.unary_unary
@@ -161,15 +176,21 @@ class ServingClient:
         request = GetModelMetadataRequest(
             model_spec=model_spec(model, version, label), metadata_field=["signature_def"]
         )
-        response: GetModelMetadataResponse = await self._call(self._metadata, request, request_id)
+        response: GetModelMetadataResponse = await self._call(
+            self._metadata, request, request_id, self.metadata_timeout_s
+        )
         signatures = SignatureDefMap()
         # The Any's type_url names tensorflow.serving.SignatureDefMap; the bytes are identical.
         signatures.ParseFromString(response.metadata["signature_def"].value)
+        if contract.SIGNATURE_NAME not in signatures.signature_def:
+            raise ModelContractError(f"model {model} has no '{contract.SIGNATURE_NAME}' signature")
         signature = signatures.signature_def[contract.SIGNATURE_NAME]
+        if not signature.inputs:
+            raise ModelContractError(f"model {model}'s signature has no inputs")
         key = (
             contract.INPUT_KEY
             if contract.INPUT_KEY in signature.inputs
-            else next(iter(signature.inputs))
+            else sorted(signature.inputs)[0]
         )
         info = signature.inputs[key]
         shape = tuple(int(d.size) for d in info.tensor_shape.dim)
@@ -182,7 +203,9 @@ class ServingClient:
 
     async def model_status(self, model: str, request_id: str | None = None) -> list[VersionStatus]:
         request = GetModelStatusRequest(model_spec=model_spec(model))
-        response: GetModelStatusResponse = await self._call(self._status, request, request_id)
+        response: GetModelStatusResponse = await self._call(
+            self._status, request, request_id, self.metadata_timeout_s
+        )
         return [
             VersionStatus(
                 version=int(s.version),
@@ -193,8 +216,10 @@ class ServingClient:
             for s in response.model_version_status
         ]
 
-    async def reload_config(self, request: ReloadConfigRequest) -> ReloadConfigResponse:
-        return await self._call(self._reload, request, None)
+    async def reload_config(
+        self, request: ReloadConfigRequest, timeout_s: float | None = None
+    ) -> ReloadConfigResponse:
+        return await self._call(self._reload, request, None, timeout_s)
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers at all (an unknown model's NOT_FOUND is an answer)."""

@@ -4,29 +4,63 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from fdl.settings import CommonSettings
 
+ProfileName = Literal["digit", "photo"]
+
+
+def _read_keys(inline: str | None, path: Path | None) -> list[str]:
+    """Comma-separated keys plus one key per line of a file (``#`` comments allowed)."""
+    keys = [k.strip() for k in (inline or "").split(",") if k.strip()]
+    if path and path.is_file():
+        keys += [
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+    return keys
+
 
 class GatewaySettings(CommonSettings):
-    # File with one admin key per line (e.g. a mounted secret); merged with FDL_API_KEYS.
+    # Admin keys: FDL_API_KEYS (comma-separated, in CommonSettings) plus this file (a secret).
     api_keys_file: Path | None = None
-    # Deadline of one gRPC call to the model server.
-    predict_timeout_s: float = 10.0
-    metadata_cache_s: float = 30.0
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_batch_size: int = 64
-    default_top_k: int = 3
+    # Keys that may classify only: FDL_CLASSIFY_KEYS plus FDL_CLASSIFY_KEYS_FILE.
+    classify_keys: str | None = Field(default=None, repr=False)
+    classify_keys_file: Path | None = None
+    # True: anyone may classify. False: a classify or admin key is required.
+    classify_open: bool = True
+    # Per key (or per client address when anonymous), GCRA in Redis. 0 disables the limit.
+    rate_limit_per_minute: int = Field(default=1200, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    # Deadlines of gRPC calls to the model server.
+    predict_timeout_s: float = Field(default=10.0, gt=0)
+    metadata_timeout_s: float = Field(default=5.0, gt=0)
+    # Input specs (GetModelMetadata) are cached per model version this long.
+    metadata_cache_s: float = Field(default=30.0, ge=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_batch_size: int = Field(default=64, ge=1)
+    # Decoded-pixel limit per image; above it the image is refused with 413.
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    default_top_k: int = Field(default=3, ge=1)
+    # Preprocessing profile per model, overriding the choice by channel count:
+    # FDL_PROFILES='{"my_model": "photo"}'.
+    profiles: dict[str, ProfileName] = Field(default_factory=dict)
+    # base_path root as the model server sees the repository, when it differs (containers).
+    serving_model_base_path: str | None = None
+    # How long a promotion waits for a version to load before giving up (504).
+    promote_timeout_s: float = Field(default=60.0, gt=0)
+    log_json: bool = True
+    log_level: str = "INFO"
 
     def admin_keys(self) -> list[str]:
-        keys = [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
-        if self.api_keys_file and self.api_keys_file.exists():
-            keys += [
-                line.strip()
-                for line in self.api_keys_file.read_text().splitlines()
-                if line.strip() and not line.startswith("#")
-            ]
-        return keys
+        return _read_keys(self.api_keys, self.api_keys_file)
+
+    def classify_only_keys(self) -> list[str]:
+        return _read_keys(self.classify_keys, self.classify_keys_file)
 
     @property
     def serving_target(self) -> str:

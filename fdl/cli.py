@@ -1,11 +1,23 @@
-"""The `fdl` command line."""
+"""The `fdl` command line.
+
+Exit codes: 0 ok, 1 the gateway answered with an error, 2 usage, 3 gateway unreachable,
+4 API key missing or refused, 5 the followed training job failed or was cancelled.
+"""
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="FDL Serve: train the book's models and serve them.", no_args_is_help=True)
+from fdl import cli_jobs, cli_models
+
+app = typer.Typer(
+    help="FDL Serve: train the book's models and serve them.\n\n"
+    "Talks to the gateway at --url / FDL_URL (default http://127.0.0.1:8000) with the admin key "
+    "from --api-key / FDL_API_KEY. Exit codes: 0 ok, 1 API error, 2 usage, 3 gateway "
+    "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled.",
+    no_args_is_help=True,
+)
 console = Console()
 
 
@@ -24,6 +36,15 @@ def up() -> None:
     elif stack.api_key and not settings.api_keys:
         console.print(f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}")
     raise typer.Exit(run_stack(stack))
+
+
+app.command()(cli_jobs.train)
+app.command("jobs")(cli_jobs.jobs)
+app.command("job")(cli_jobs.job)
+app.command()(cli_jobs.cancel)
+app.command("models")(cli_models.models)
+app.command()(cli_models.classify)
+app.command()(cli_models.promote)
 
 
 if __name__ == "__main__":

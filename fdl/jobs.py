@@ -47,6 +47,20 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# KEYS[1] job hash; ARGV[1] heartbeat threshold (epoch seconds). A running job whose heartbeat is
+# older goes back to queued (its worker died). Returns 1 when applied.
+_REQUEUE_STALE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or cjson.decode(status) ~= 'running' then return 0 end
+local beat = redis.call('HGET', KEYS[1], 'heartbeat_at')
+if beat then
+  beat = cjson.decode(beat)
+  if type(beat) == 'number' and beat >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'worker', 'null')
+return 1
+"""
+
 _FIELDS = (
     "id",
     "status",
@@ -72,6 +86,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
+        self._requeue_stale = client.register_script(_REQUEUE_STALE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -153,6 +168,18 @@ class JobStore:
 
     def heartbeat(self, job_id: str) -> None:
         self.set_fields(job_id, heartbeat_at=time.time())
+
+    def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
+        """Atomically move a running job whose heartbeat is older than ``heartbeat_before`` back
+        to queued (its worker was lost); False when it is not running or is still alive."""
+        applied = bool(
+            self._requeue_stale(keys=[JOB_KEY.format(job_id)], args=[repr(heartbeat_before)])
+        )
+        if applied:
+            self.append_event(
+                job_id, "status", {"status": JobStatus.QUEUED.value, "reason": reason}
+            )
+        return applied
 
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self.set_fields(job_id, progress=progress, heartbeat_at=time.time())

@@ -96,6 +96,16 @@ class JobSpec(_Strict):
             self.dataset = ARCHITECTURES[self.model]
         if self.publish_as is None:
             self.publish_as = self.model
+        family = ARCHITECTURES[self.model]
         if self.augment is None:
-            self.augment = self.model.startswith("cifar10")
+            self.augment = family == "cifar10"
+        elif self.augment and family != "cifar10":
+            raise ValueError("augment applies to the CIFAR-10 architectures only")
+        if self.dataset in BUILTIN_DATASETS and self.dataset != family:
+            raise ValueError(
+                f"dataset {self.dataset!r} does not fit model {self.model!r} "
+                f"(its images are shaped for {family})"
+            )
+        if self.early_stopping is not None and self.validation_split == 0:
+            raise ValueError("early_stopping needs a validation set (validation_split > 0)")
         return self

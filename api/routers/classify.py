@@ -9,16 +9,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.classify import Target, classify
-from api.deps import RequestIdDep, ServingDep, SettingsDep
+from api.deps import ClassifyDep, SettingsDep, get_request_id
 from api.errors import ApiError
-from fdl.jobspec import NAME_PATTERN
+from api.schemas import CLASSIFY_RESPONSES, ClassifyResponse, LabelName, ModelName
+from api.settings import GatewaySettings
 
 router = APIRouter(prefix="/v1/models", tags=["classify"])
 
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Served model name")]
-LabelName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
 
 REQUEST_BODY = {
     "requestBody": {
@@ -57,26 +57,37 @@ REQUEST_BODY = {
 }
 
 
-async def read_images(request: Request, max_bytes: int) -> tuple[list[bytes], int | None]:
-    """The images and the optional top_k of a multipart or JSON request."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes:
-        raise ApiError(413, "body_too_large", f"the request body exceeds {max_bytes:,} bytes")
-    content_type = request.headers.get("content-type", "")
+async def read_images(
+    request: Request, max_bytes: int, max_batch: int | None = None
+) -> tuple[list[bytes], int | None]:
+    """The images and the optional top_k of a multipart or JSON request.
+
+    The body-size limit itself is enforced while streaming by :mod:`api.middleware`.
+    """
+    if max_batch is None:
+        max_batch = request.app.state.settings.max_batch_size
+    content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=max_bytes)
+        try:
+            form = await request.form(max_files=max_batch + 1, max_part_size=max_bytes)
+        except StarletteHTTPException as error:
+            # Starlette answers 400 for malformed multipart and for too many parts.
+            if "Too many files" in str(error.detail):
+                raise _batch_too_large(max_batch + 1, max_batch) from error
+            raise ApiError(422, "invalid_multipart", f"{error.detail}") from error
         files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
         if not files:
             raise ApiError(422, "no_image", "send the image(s) as multipart parts named 'file'")
+        if len(files) > max_batch:
+            raise _batch_too_large(len(files), max_batch)
         images = [await f.read() for f in files]
+        await form.close()
         top_k_raw = form.get("top_k")
         top_k = _parse_top_k(top_k_raw if isinstance(top_k_raw, str) else None)
         return images, top_k
     if content_type.startswith("application/json"):
         body = await request.body()
-        if len(body) > max_bytes:
-            raise ApiError(413, "body_too_large", f"the request body exceeds {max_bytes:,} bytes")
-        return _parse_json_instances(body)
+        return _parse_json_instances(body, max_batch)
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -84,9 +95,20 @@ async def read_images(request: Request, max_bytes: int) -> tuple[list[bytes], in
     )
 
 
-def _parse_top_k(raw: str | int | None) -> int | None:
+def _batch_too_large(count: int, limit: int) -> ApiError:
+    more = "or more " if count == limit + 1 else ""
+    return ApiError(
+        422,
+        "batch_too_large",
+        f"{count} {more}images in one request; the limit is {limit}",
+    )
+
+
+def _parse_top_k(raw: object) -> int | None:
     if raw is None:
         return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer")
     try:
         value = int(raw)
     except (TypeError, ValueError) as error:
@@ -96,7 +118,7 @@ def _parse_top_k(raw: str | int | None) -> int | None:
     return value
 
 
-def _parse_json_instances(body: bytes) -> tuple[list[bytes], int | None]:
+def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int | None]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -104,6 +126,8 @@ def _parse_json_instances(body: bytes) -> tuple[list[bytes], int | None]:
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "no_image", "'instances' must be a non-empty list of {\"b64\": ...}")
+    if len(instances) > max_batch:
+        raise _batch_too_large(len(instances), max_batch)
     images = []
     for index, item in enumerate(instances):
         encoded = item.get("b64") if isinstance(item, dict) else None
@@ -118,57 +142,60 @@ def _parse_json_instances(body: bytes) -> tuple[list[bytes], int | None]:
     return images, _parse_top_k(payload.get("top_k"))
 
 
-async def _classify(
-    request: Request, target: Target, serving, settings, request_id: str
-) -> dict[str, Any]:
-    images, top_k = await read_images(request, settings.max_body_bytes)
-    if len(images) > settings.max_batch_size:
-        raise ApiError(
-            422,
-            "batch_too_large",
-            f"{len(images)} images in one request; the limit is {settings.max_batch_size}",
-        )
-    return await classify(serving, target, images, top_k or settings.default_top_k, request_id)
+async def _classify(request: Request, target: Target, settings: GatewaySettings) -> dict[str, Any]:
+    images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
+    state = request.app.state
+    return await classify(
+        state.serving,
+        state.metadata,
+        target,
+        images,
+        top_k or settings.default_top_k,
+        get_request_id(request),
+        profile_override=settings.profiles.get(target.model),
+        max_pixels=settings.max_image_pixels,
+    )
 
 
-@router.post("/{model}:classify", summary="Classify images", openapi_extra=REQUEST_BODY)
+@router.post(
+    "/{model}:classify",
+    summary="Classify images with the model's latest version",
+    openapi_extra=REQUEST_BODY,
+    responses=CLASSIFY_RESPONSES,
+)
 async def classify_latest(
-    model: ModelName,
-    request: Request,
-    serving: ServingDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
-) -> dict[str, Any]:
-    return await _classify(request, Target(model), serving, settings, request_id)
+    model: ModelName, request: Request, settings: SettingsDep, _caller: ClassifyDep
+) -> ClassifyResponse:
+    return await _classify(request, Target(model), settings)
 
 
 @router.post(
     "/{model}/versions/{version}:classify",
-    summary="Classify with one version",
+    summary="Classify images with one version",
     openapi_extra=REQUEST_BODY,
+    responses=CLASSIFY_RESPONSES,
 )
 async def classify_version(
     model: ModelName,
-    version: Annotated[int, Path(ge=1)],
+    version: Annotated[int, Path(ge=1, le=2**62)],
     request: Request,
-    serving: ServingDep,
     settings: SettingsDep,
-    request_id: RequestIdDep,
-) -> dict[str, Any]:
-    return await _classify(request, Target(model, version=version), serving, settings, request_id)
+    _caller: ClassifyDep,
+) -> ClassifyResponse:
+    return await _classify(request, Target(model, version=version), settings)
 
 
 @router.post(
     "/{model}/labels/{label}:classify",
-    summary="Classify with a labelled version",
+    summary="Classify images with a labelled version (stable, canary)",
     openapi_extra=REQUEST_BODY,
+    responses=CLASSIFY_RESPONSES,
 )
 async def classify_label(
     model: ModelName,
     label: LabelName,
     request: Request,
-    serving: ServingDep,
     settings: SettingsDep,
-    request_id: RequestIdDep,
-) -> dict[str, Any]:
-    return await _classify(request, Target(model, label=label), serving, settings, request_id)
+    _caller: ClassifyDep,
+) -> ClassifyResponse:
+    return await _classify(request, Target(model, label=label), settings)

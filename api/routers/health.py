@@ -1,14 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import ServingDep, StoreDep
-
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The gateway process is alive")
@@ -16,17 +14,32 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis and the model server answer")
-async def readyz(store: StoreDep, serving: ServingDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    summary="Redis and the model server answer",
+    responses={503: {"description": "Not ready; checks says which dependency failed"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
     checks: dict[str, str] = {}
     try:
-        await run_in_threadpool(store.ping)
+        await state.redis.ping()
         checks["redis"] = "ok"
     except Exception as error:  # any failure means not ready; say which
         checks["redis"] = f"error: {type(error).__name__}"
-    checks["model_server"] = "ok" if await serving.ping() else "unavailable"
+    checks["model_server"] = "ok" if await state.serving.ping() else "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,76 +1,137 @@
-"""Training jobs: submit, inspect, list, cancel."""
+"""Training jobs: submit, list, inspect, cancel, follow (server-sent events)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request
+from redis.exceptions import RedisError
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CeleryDep, SettingsDep, StoreDep
 from api.errors import ApiError
+from api.events import STREAM_ID, job_events
 from api.metrics import JOBS_SUBMITTED
-from fdl.jobs import JobStatus, new_job_id
+from api.schemas import Job, JobId, JobList, errors
+from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
 from fdl.queue import enqueue_training
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-PUBLIC_FIELDS = (
-    "id",
-    "status",
-    "spec",
-    "progress",
-    "result",
-    "error",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "attempts",
-)
+PUBLIC_FIELDS = tuple(Job.model_fields)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in PUBLIC_FIELDS}
 
 
-@router.post("", status_code=202, summary="Submit a training job")
+def _redis_unavailable(error: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "job_store_unavailable",
+        f"the job store (Redis) is unavailable: {type(error).__name__}",
+        headers={"Retry-After": "1"},
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a training job",
+    response_model=Job,
+    responses=errors(401, 403, 422, 429, 503),
+)
 def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, settings: SettingsDep, _key: AdminDep
 ) -> dict[str, Any]:
     job_id = new_job_id()
-    record = store.create(spec.model_dump(), job_id)
-    enqueue_training(celery, job_id, settings.training_queue)
+    try:
+        record = store.create(spec.model_dump(), job_id)
+        enqueue_training(celery, job_id, settings.training_queue)
+    except (RedisError, OSError) as error:
+        raise _redis_unavailable(error) from error
     JOBS_SUBMITTED.labels(spec.model).inc()
     return public(record)
 
 
-@router.get("", summary="List jobs, newest first")
+@router.get(
+    "",
+    summary="List jobs, newest first",
+    response_model=JobList,
+    responses=errors(401, 403, 422, 429),
+)
 def list_jobs(
     store: StoreDep,
     _key: AdminDep,
-    status: JobStatus | None = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> dict[str, Any]:
     records, total = store.list(status.value if status else None, limit, offset)
     return {"jobs": [public(r) for r in records], "total": total, "limit": limit, "offset": offset}
 
 
-def _get_or_404(store, job_id: str) -> dict[str, Any]:
+def _get_or_404(store: JobStore, job_id: str) -> dict[str, Any]:
     record = store.get(job_id)
     if record is None:
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     return record
 
 
-@router.get("/{job_id}", summary="One job with its progress and result")
-def get_job(job_id: str, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
+@router.get(
+    "/{job_id}",
+    summary="One job with its progress and result",
+    response_model=Job,
+    responses=errors(401, 403, 404, 429),
+)
+def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     return public(_get_or_404(store, job_id))
 
 
-@router.delete("/{job_id}", summary="Cancel a job (cooperative: it stops at the next batch)")
-async def cancel_job(job_id: str, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job (a queued job at once; a running one at its next batch)",
+    response_model=Job,
+    responses=errors(401, 403, 404, 429),
+)
+async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     await run_in_threadpool(_get_or_404, store, job_id)
     record = await run_in_threadpool(store.request_cancel, job_id)
     return public(record or {})
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Follow a job: server-sent events (status, progress) ending after the last status",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "text/event-stream; each event has an id usable as Last-Event-ID",
+            "content": {
+                "text/event-stream": {
+                    "example": 'id: 1764345600000-0\nevent: progress\ndata: {"epoch": 1}\n\n'
+                }
+            },
+        },
+        **errors(401, 403, 404, 422, 429),
+    },
+)
+async def job_event_stream(
+    job_id: JobId,
+    request: Request,
+    store: StoreDep,
+    _key: AdminDep,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event id (SSE reconnection)")
+    ] = None,
+) -> EventSourceResponse:
+    after = "0-0"
+    if last_event_id:
+        if not STREAM_ID.match(last_event_id.strip()):
+            raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must look like 123-0")
+        after = last_event_id.strip()
+    await run_in_threadpool(_get_or_404, store, job_id)
+    stream = job_events(request.app.state.redis, job_id, after)
+    return EventSourceResponse(stream, ping=15, headers={"Cache-Control": "no-store"})

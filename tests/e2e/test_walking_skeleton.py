@@ -156,11 +156,13 @@ def test_model_server_down_gives_503(stack: RunningStack, logs_dir: Path) -> Non
 
 
 def redis_url_of(stack: RunningStack) -> str:
-    """The URL of the Redis that `fdl up` started (its port is in the redis.conf-less argv)."""
+    """The URL of the Redis that `fdl up` started: the port its redis-server listens on."""
     import psutil
 
     for child in psutil.Process(stack.process.pid).children(recursive=True):
-        cmdline = child.cmdline()
-        if cmdline and cmdline[0].endswith("redis-server") and "--port" in cmdline:
-            return f"redis://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}/0"
+        if "redis-server" not in child.name():
+            continue
+        for connection in child.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN:
+                return f"redis://127.0.0.1:{connection.laddr.port}/0"
     raise AssertionError("fdl up started no Redis")

@@ -1,0 +1,87 @@
+# syntax=docker/dockerfile:1
+# FDL Serve images. Targets:
+#   gateway  slim Python, the `api` extra only (no TensorFlow), fdl-gateway on :8000
+#   worker   TensorFlow GPU (CUDA) base, the `training` extra, one Celery worker process
+# Serving uses the official tensorflow/serving image (see deploy/compose.yaml).
+# Build: docker build --target gateway -t fdl-serve/gateway:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG TENSORFLOW_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+
+# ---------------------------------------------------------------- gateway
+FROM ${PYTHON_IMAGE} AS gateway-build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first (cached until pyproject.toml changes): install the extra from a source-less
+# copy of the project, then drop the empty distribution.
+COPY pyproject.toml README.md ./
+# Versions are constrained in pyproject.toml (the project itself is the argument here).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[api]" \
+    && pip uninstall --yes fdl-serve
+COPY fdl ./fdl
+COPY api ./api
+RUN pip install --no-cache-dir --no-deps .
+
+FROM ${PYTHON_IMAGE} AS gateway
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/var/lib/fdl \
+    FDL_GATEWAY_HOST=0.0.0.0 \
+    FDL_GATEWAY_PORT=8000 \
+    FDL_MODEL_DIR=/models \
+    FDL_VAR_DIR=/var/lib/fdl
+RUN groupadd --system --gid 10001 fdl \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fdl --no-create-home fdl \
+    && mkdir -p /models /var/lib/fdl \
+    && chown 10001:10001 /models /var/lib/fdl
+COPY --from=gateway-build /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /var/lib/fdl
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 \
+    CMD ["sh", "-c", "exec python -m fdl.healthcheck \"http://127.0.0.1:${FDL_GATEWAY_PORT}/healthz\""]
+CMD ["fdl-gateway"]
+
+# ---------------------------------------------------------------- worker
+FROM ${TENSORFLOW_IMAGE} AS worker
+# A virtual environment over the base image's Python: TensorFlow (and CUDA libraries) come from
+# the image (tensorflow==2.21.* is already satisfied), the rest goes into /opt/venv, so pip never
+# touches the distribution's own packages.
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    HOME=/var/lib/fdl \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    FDL_MODEL_DIR=/models \
+    FDL_DATA_DIR=/data \
+    FDL_VAR_DIR=/var/lib/fdl
+RUN python3 -m venv --system-site-packages --without-pip /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN python -m pip install --no-cache-dir ".[training]" \
+    && python -m pip uninstall --yes fdl-serve
+COPY fdl ./fdl
+COPY api ./api
+COPY serving ./serving
+COPY training ./training
+RUN python -m pip install --no-cache-dir --no-deps . \
+    && groupadd --system --gid 10001 fdl \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fdl --no-create-home fdl \
+    && mkdir -p /models /data /var/lib/fdl \
+    && chown 10001:10001 /models /data /var/lib/fdl
+USER 10001:10001
+WORKDIR /var/lib/fdl
+# Pings this worker only, through the broker; a plain Celery client (no TensorFlow import).
+HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
+    CMD ["sh", "-c", "exec celery --broker \"$FDL_REDIS_URL\" inspect ping --timeout 10 --destination \"celery@$HOSTNAME\""]
+# One process per GPU: concurrency 1, no prefetch (long jobs, acks_late).
+CMD ["celery", "-A", "training.tasks", "worker", "-Q", "training", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]

@@ -1,0 +1,112 @@
+"""API keys with roles (``admin``, ``classify``) and the per-key rate limit.
+
+Keys are loaded once at start-up from the environment and secret files. A presented key is
+compared with every known key in constant time (``hmac.compare_digest``), so the answer's timing
+says nothing about the keys. Keys are never logged: the rate limiter and the logs see a short
+SHA-256 digest only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from enum import StrEnum
+
+from fastapi import Request
+
+from api.errors import ApiError
+from api.ratelimit import RateLimiter
+from api.settings import GatewaySettings
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    CLASSIFY = "classify"
+
+
+# What each role may do: admin keys may also classify.
+GRANTS: dict[Role, frozenset[Role]] = {
+    Role.ADMIN: frozenset({Role.ADMIN, Role.CLASSIFY}),
+    Role.CLASSIFY: frozenset({Role.CLASSIFY}),
+}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class Keyring:
+    def __init__(self, keys: dict[str, Role]) -> None:
+        self._keys = [(k.encode(), role) for k, role in keys.items()]
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Keyring:
+        keys = {k: Role.CLASSIFY for k in settings.classify_only_keys()}
+        keys.update({k: Role.ADMIN for k in settings.admin_keys()})  # admin wins on overlap
+        return cls(keys)
+
+    def role_of(self, token: str) -> Role | None:
+        presented = token.encode()
+        found: Role | None = None
+        for key, role in self._keys:  # no early exit: every key is compared
+            if hmac.compare_digest(presented, key) and found is None:
+                found = role
+        return found
+
+
+def bearer_token(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return ""
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key is not None else None
+
+
+async def authorize(request: Request, needed: Role, open_access: bool = False) -> str:
+    """Check the key for ``needed``, then the rate limit. Returns the caller's identity."""
+    keyring: Keyring = request.app.state.keyring
+    token = bearer_token(request)
+    if token is None and open_access:
+        host = request.client.host if request.client else "unknown"
+        identity = f"ip:{host}"
+    elif token is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "an API key is required: Authorization: Bearer <key>",
+            headers=_CHALLENGE,
+        )
+    else:
+        role = keyring.role_of(token)
+        if role is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
+        if needed not in GRANTS[role]:
+            raise ApiError(
+                403, "forbidden", f"this key has the '{role}' role; '{needed}' is required"
+            )
+        identity = f"key:{key_digest(token)}"
+    request.state.identity = identity
+    limiter: RateLimiter = request.app.state.limiter
+    decision = await limiter.check(identity)
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests; retry in {decision.retry_after_s} s",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+    return identity
+
+
+async def require_admin(request: Request) -> str:
+    return await authorize(request, Role.ADMIN)
+
+
+async def require_classify(request: Request) -> str:
+    settings: GatewaySettings = request.app.state.settings
+    return await authorize(request, Role.CLASSIFY, open_access=settings.classify_open)

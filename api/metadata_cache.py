@@ -1,0 +1,62 @@
+"""Input specs from ``GetModelMetadata``, cached per model version with a TTL.
+
+A version's signature never changes, so ``(model, version)`` entries live ``ttl_s``. Which version
+"latest" or a label points at does change (new versions, promotions), so that resolution is kept
+only ``resolve_ttl_s`` and is dropped at once by :meth:`invalidate` (promotion) or when the
+model server no longer serves the version it named.
+"""
+
+from __future__ import annotations
+
+import time
+
+from api.serving_client import InputSpec, ServingClient
+
+_Key = tuple[str, int | None, str | None]
+
+
+class MetadataCache:
+    def __init__(self, client: ServingClient, ttl_s: float, resolve_ttl_s: float = 2.0) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.resolve_ttl_s = min(resolve_ttl_s, ttl_s)
+        self._entries: dict[_Key, tuple[float, InputSpec]] = {}
+
+    def _lookup(self, key: _Key) -> InputSpec | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, spec = entry
+        if time.monotonic() >= expires:
+            del self._entries[key]
+            return None
+        return spec
+
+    async def get(
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        request_id: str | None = None,
+    ) -> InputSpec:
+        key = (model, version, label)
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        if version is None:
+            spec = await self.client.input_spec(model, None, label, request_id)
+            now = time.monotonic()
+            self._entries[key] = (now + self.resolve_ttl_s, spec)
+            self._entries[(model, spec.version, None)] = (now + self.ttl_s, spec)
+            return spec
+        spec = await self.client.input_spec(model, version, None, request_id)
+        self._entries[key] = (time.monotonic() + self.ttl_s, spec)
+        return spec
+
+    def invalidate(self, model: str, version: int | None = None) -> None:
+        for key in [k for k in self._entries if k[0] == model]:
+            if version is None or key[1] == version or key[1] is None:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,116 @@
+"""ASGI middleware: request ids, the body-size limit, access logs and request metrics.
+
+Pure ASGI (no BaseHTTPMiddleware), so bodies stream through and are never buffered here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import sane_request_id
+from api.errors import ApiError, error_body
+from api.logs import request_id_var
+from api.metrics import REQUEST_LATENCY, REQUESTS
+
+log = logging.getLogger("fdl.gateway.access")
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = sane_request_id(headers.get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                # Refused before a byte of the body is read.
+                await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
+                return
+            await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            self._record(scope, status["code"], elapsed)
+            request_id_var.reset(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+        limit = self.max_body_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    def _record(scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        model = (scope.get("path_params") or {}).get("model", "")
+        method = scope.get("method", "")
+        REQUESTS.labels(template, method, model, str(status)).inc()
+        REQUEST_LATENCY.labels(template, method).observe(elapsed)
+        if template in ("/metrics", "/healthz"):
+            return  # scrapes and probes would drown the access log
+        log.info(
+            "%s %s %s %.1fms",
+            method,
+            scope.get("path", ""),
+            status,
+            elapsed * 1000,
+            extra={
+                "method": method,
+                "path": scope.get("path", ""),
+                "route": template,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client": (scope.get("client") or ("", 0))[0],
+            },
+        )
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    body = json.dumps(error_body(error.code, error.message)).encode()
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

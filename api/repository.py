@@ -1,0 +1,91 @@
+"""The model repository as the gateway sees it: folders, versions, metadata, labels, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from api.serving_client import ServingClient, VersionStatus
+from fdl import contract
+from fdl.model_config import discover_models, list_versions, read_labels
+
+# Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
+_SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
+
+
+def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str, Any] | None:
+    """``<version>/assets.extra/metadata.json``, or None when absent or unreadable."""
+    path = model_dir / model / str(version) / contract.METADATA_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def safe_labels(model_dir: Path) -> dict[str, dict[str, int]]:
+    try:
+        return read_labels(model_dir)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+async def served_status(
+    client: ServingClient, model: str, request_id: str | None
+) -> tuple[list[VersionStatus], str | None]:
+    """The model server's view; an unserved model is an empty list, a failure an error text."""
+    try:
+        return await client.model_status(model, request_id), None
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return [], None
+        return [], f"{error.code().name}: {error.details()}"
+
+
+def describe_version(
+    model_dir: Path, model: str, version: int, status: VersionStatus | None, labels: list[str]
+) -> dict[str, Any]:
+    metadata = read_version_metadata(model_dir, model, version) or {}
+    class_names = metadata.get("class_names") or metadata.get("classes")
+    metrics = metadata.get("metrics")
+    return {
+        "version": version,
+        "state": status.state if status else "NOT_LOADED",
+        "error": (status.error_message or None) if status else None,
+        "labels": labels,
+        "job_id": metadata.get("job_id"),
+        "metrics": metrics if isinstance(metrics, dict) else None,
+        "class_names": [str(c) for c in class_names] if isinstance(class_names, list) else None,
+        "metadata": {k: metadata[k] for k in _SHOWN if k in metadata} or None,
+    }
+
+
+async def describe_model(
+    client: ServingClient, model_dir: Path, model: str, request_id: str | None
+) -> dict[str, Any]:
+    statuses, server_error = await served_status(client, model, request_id)
+    by_version = {s.version: s for s in statuses}
+    labels = safe_labels(model_dir).get(model, {})
+    versions = sorted(set(list_versions(model_dir / model)) | set(by_version))
+    return {
+        "name": model,
+        "labels": labels,
+        "versions": [
+            describe_version(
+                model_dir,
+                model,
+                v,
+                by_version.get(v),
+                sorted(label for label, target in labels.items() if target == v),
+            )
+            for v in versions
+        ],
+        "server_error": server_error,
+    }
+
+
+def model_names(model_dir: Path) -> list[str]:
+    return discover_models(model_dir)

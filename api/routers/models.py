@@ -1,0 +1,99 @@
+"""Models: what the repository holds and the server serves; version labels (promote, roll back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from api.deps import AdminDep, ClassifyDep, RequestIdDep, SettingsDep
+from api.errors import ApiError
+from api.preprocess import choose_profile
+from api.repository import describe_model, model_names
+from api.schemas import (
+    LabelName,
+    LabelRequest,
+    LabelResponse,
+    ModelDetail,
+    ModelList,
+    ModelName,
+    errors,
+)
+from api.serving_client import ModelContractError
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get(
+    "",
+    summary="Models in the repository, with versions, status, labels and metrics",
+    response_model=ModelList,
+    responses=errors(401, 403, 429),
+)
+async def list_models(
+    request: Request, settings: SettingsDep, request_id: RequestIdDep, _caller: ClassifyDep
+) -> dict[str, Any]:
+    client = request.app.state.serving
+    models = [
+        await describe_model(client, settings.model_dir, name, request_id)
+        for name in model_names(settings.model_dir)
+    ]
+    return {"models": models}
+
+
+@router.get(
+    "/{model}",
+    summary="One model: versions with status, labels, metrics, job id, input spec, class names",
+    response_model=ModelDetail,
+    responses=errors(401, 403, 404, 422, 429),
+)
+async def get_model(
+    model: ModelName,
+    request: Request,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+    _caller: ClassifyDep,
+) -> dict[str, Any]:
+    state = request.app.state
+    detail = await describe_model(state.serving, settings.model_dir, model, request_id)
+    if not detail["versions"] and not (settings.model_dir / model).is_dir():
+        raise ApiError(404, "model_not_found", f"no model named {model!r}")
+    detail["input"] = None
+    if any(v["state"] == "AVAILABLE" for v in detail["versions"]):
+        try:
+            spec = await state.metadata.get(model, request_id=request_id)
+        except (ModelContractError, Exception) as error:  # shown as absent, never a failure
+            detail["server_error"] = detail["server_error"] or type(error).__name__
+        else:
+            detail["input"] = {
+                "version": spec.version,
+                "input_key": spec.input_key,
+                "dtype": spec.dtype,
+                "shape": list(spec.shape),
+                "profile": choose_profile(spec, settings.profiles.get(model)),
+            }
+    return detail
+
+
+@router.post(
+    "/{model}/labels/{label}",
+    summary="Point a label (stable, canary) at a version: promote or roll back",
+    response_model=LabelResponse,
+    responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
+)
+async def set_label(
+    model: ModelName, label: LabelName, body: LabelRequest, request: Request, _key: AdminDep
+) -> dict[str, Any]:
+    return await request.app.state.promoter.set_label(model, label, body.version)
+
+
+@router.delete(
+    "/{model}/labels/{label}",
+    summary="Remove a label",
+    response_model=LabelResponse,
+    responses=errors(401, 403, 404, 409, 422, 429, 503),
+)
+async def remove_label(
+    model: ModelName, label: LabelName, request: Request, _key: AdminDep
+) -> dict[str, Any]:
+    return await request.app.state.promoter.remove_label(model, label)

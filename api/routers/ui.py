@@ -1,0 +1,151 @@
+"""The web UI (static files at ``/ui``) and the two read-only routes it needs besides the API:
+the image as a model sees it after preprocessing, and a published version's evaluation report."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from api.classify import Target, prepare_batch, upstream_error
+from api.deps import ClassifyDep, RequestIdDep, SettingsDep
+from api.errors import ApiError
+from api.preprocess import choose_profile
+from api.routers.classify import read_images
+from api.serving_client import InputSpec, ModelContractError
+from fdl import contract
+from fdl.jobspec import NAME_PATTERN
+
+router = APIRouter()
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Static paths: segments of letters, digits, '-', '_' and one extension; never '..' or hidden.
+_STATIC_RE = re.compile(r"^(?:[a-z0-9][a-z0-9_\-]*/){0,3}[a-z0-9][a-z0-9_\-.]*\.[a-z0-9]+$", re.I)
+_REPORT_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,96}\.(png|json)$", re.I)
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".ico": "image/x-icon",
+}
+# The UI is small and changes with the gateway: revalidate every load, never serve it stale.
+_NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
+ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Served model name")]
+
+
+def _static(relative: str) -> FileResponse:
+    if not _STATIC_RE.match(relative) or ".." in relative:
+        raise ApiError(404, "not_found", f"no UI file {relative!r}")
+    path = (STATIC_DIR / relative).resolve()
+    if not path.is_file() or STATIC_DIR not in path.parents:
+        raise ApiError(404, "not_found", f"no UI file {relative!r}")
+    media = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return FileResponse(path, media_type=media, headers=_NO_CACHE)
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui", include_in_schema=False)
+async def ui_redirect() -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui/", include_in_schema=False)
+async def ui_index() -> FileResponse:
+    return _static("index.html")
+
+
+@router.get("/ui/{relative:path}", include_in_schema=False)
+async def ui_file(relative: str) -> FileResponse:
+    return _static(relative)
+
+
+def _png(batch: np.ndarray) -> bytes:
+    array = np.clip(batch[0], 0, 255)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@router.post(
+    "/v1/models/{model}:preprocess",
+    tags=["ui"],
+    summary="The first image as the model sees it after preprocessing (PNG, model input size)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def preprocess_preview(
+    model: ModelName,
+    request: Request,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+    _caller: ClassifyDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    label: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+) -> Response:
+    images, _top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
+    target = Target(model, version=version, label=None if version else label)
+    spec = await _input_spec(request, target, request_id)
+    profile = choose_profile(spec, settings.profiles.get(model))
+    batch = await run_in_threadpool(
+        prepare_batch, images[:1], spec, profile, settings.max_image_pixels, model
+    )
+    png = await run_in_threadpool(_png, batch)
+    headers = {"Cache-Control": "no-store", "X-Model-Version": str(spec.version)}
+    return Response(png, media_type="image/png", headers=headers)
+
+
+async def _input_spec(request: Request, target: Target, request_id: str) -> InputSpec:
+    try:
+        return await request.app.state.metadata.get(
+            target.model, target.version, target.label, request_id
+        )
+    except grpc.aio.AioRpcError as error:
+        raise upstream_error(error, target, "GetModelMetadata") from error
+    except ModelContractError as error:
+        raise ApiError(502, "unsupported_model", str(error)) from error
+
+
+@router.get(
+    "/v1/models/{model}/versions/{version}/report/{name}",
+    tags=["ui"],
+    summary="A file of a published version's evaluation report (PNG or JSON in assets.extra/)",
+    response_class=FileResponse,
+)
+async def version_report(
+    model: ModelName,
+    version: Annotated[int, PathParam(ge=1)],
+    name: str,
+    settings: SettingsDep,
+    _caller: ClassifyDep,
+) -> FileResponse:
+    if not _REPORT_RE.match(name):
+        raise ApiError(
+            422, "invalid_report_file", "the report file must be a plain name ending .png or .json"
+        )
+    folder = (settings.model_dir / model / str(version) / contract.ASSETS_EXTRA_DIR).resolve()
+    path = (folder / name).resolve()
+    if path.parent != folder or not path.is_file():
+        raise ApiError(
+            404, "report_not_found", f"model {model} version {version} has no report file {name!r}"
+        )
+    media = "image/png" if name.lower().endswith(".png") else "application/json"
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})

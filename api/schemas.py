@@ -1,0 +1,172 @@
+"""Response models and path parameters: what the OpenAPI document shows, with examples."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from fdl.jobspec import NAME_PATTERN
+
+ModelName = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="Model name (a folder of the repository)")
+]
+LabelName = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="Version label, e.g. stable or canary")
+]
+JobId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Job id as returned on submit")
+]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["model_not_found"])
+    message: str = Field(examples=["model digits is not served"])
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Malformed request",
+        401: "No or invalid API key",
+        403: "The key's role does not allow this",
+        404: "Not found",
+        409: "Conflict with the current state",
+        413: "Body or image too large",
+        415: "Unsupported media type or image format",
+        422: "Invalid input (the message names the field)",
+        429: "Rate limit exceeded (see Retry-After)",
+        503: "Model server unavailable (see Retry-After)",
+        504: "Model server deadline exceeded",
+    }
+    return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}
+
+
+class ClassScore(BaseModel):
+    label: str = Field(examples=["7"])
+    class_id: int = Field(examples=[7])
+    score: float = Field(examples=[0.981])
+
+
+class Prediction(ClassScore):
+    top_k: list[ClassScore]
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "model": "mnist_cnn",
+                "version": 3,
+                "predictions": [
+                    {
+                        "label": "7",
+                        "class_id": 7,
+                        "score": 0.98,
+                        "top_k": [
+                            {"label": "7", "class_id": 7, "score": 0.98},
+                            {"label": "1", "class_id": 1, "score": 0.01},
+                        ],
+                    }
+                ],
+            }
+        }
+    )
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+CLASSIFY_RESPONSES = errors(401, 403, 404, 413, 415, 422, 429, 503, 504)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "4f1c0e...",
+                "status": "running",
+                "spec": {"model": "mnist_cnn", "epochs": 2},
+                "progress": {"epoch": 1, "epochs": 2, "accuracy": 0.95},
+                "result": None,
+                "error": None,
+                "created_at": 1764345600.0,
+                "started_at": 1764345601.0,
+                "finished_at": None,
+                "attempts": 1,
+            }
+        }
+    )
+    id: str
+    status: str
+    spec: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    total: int
+    limit: int
+    offset: int
+
+
+class VersionInfo(BaseModel):
+    version: int = Field(examples=[2])
+    state: str = Field(
+        description="AVAILABLE, LOADING, ... from the model server; NOT_LOADED when it does "
+        "not serve this version",
+        examples=["AVAILABLE"],
+    )
+    error: str | None = None
+    labels: list[str] = Field(default_factory=list, examples=[["stable"]])
+    job_id: str | None = None
+    metrics: dict[str, Any] | None = None
+    class_names: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(examples=["mnist_cnn"])
+    labels: dict[str, int] = Field(examples=[{"stable": 1, "canary": 2}])
+    versions: list[VersionInfo]
+    server_error: str | None = None
+
+
+class InputSpecOut(BaseModel):
+    version: int
+    input_key: str = Field(examples=["images"])
+    dtype: str = Field(examples=["DT_UINT8"])
+    shape: list[int] = Field(examples=[[-1, 28, 28, 1]])
+    profile: str = Field(examples=["digit"])
+
+
+class ModelDetail(ModelSummary):
+    input: InputSpecOut | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"version": 2}})
+    version: int = Field(ge=1, le=2**62, description="The version the label should point at")
+
+
+class LabelResponse(BaseModel):
+    model: str
+    label: str
+    version: int
+    previous: int | None = None
+    labels: dict[str, int]

@@ -1,0 +1,137 @@
+// Talking to the gateway: JSON and multipart requests, the admin key, readable errors, and
+// Server-Sent Events read with fetch (EventSource cannot send an Authorization header).
+
+const KEY_STORAGE = "fdl.adminKey";
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export const adminKey = {
+  get: () => sessionStorage.getItem(KEY_STORAGE) || "",
+  set: (value) => {
+    if (value) sessionStorage.setItem(KEY_STORAGE, value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+    window.dispatchEvent(new CustomEvent("fdl:key-changed"));
+  },
+};
+
+function authHeaders(admin) {
+  const key = adminKey.get();
+  if (admin && !key) {
+    throw new ApiError(401, "no_key", "This needs the admin key: set it with the “Admin key” button.");
+  }
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function errorFrom(response) {
+  let code = "http_error";
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch {
+    // Not JSON (a proxy's page, say): keep the status line.
+  }
+  if (response.status === 401) {
+    message = `${message}. Check the admin key (“Admin key” button).`;
+  }
+  return new ApiError(response.status, code, message);
+}
+
+export async function request(path, { method = "GET", json, form, admin = false, signal } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders(admin) };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form;
+  }
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body, signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  const type = response.headers.get("content-type") || "";
+  if (type.startsWith("application/json")) return response.json();
+  return response.blob();
+}
+
+export const api = {
+  get: (path, options = {}) => request(path, options),
+  post: (path, json, options = {}) => request(path, { ...options, method: "POST", json }),
+  del: (path, options = {}) => request(path, { ...options, method: "DELETE" }),
+  upload: (path, form, options = {}) => request(path, { ...options, method: "POST", form }),
+};
+
+// Follow an SSE stream; calls onEvent(type, data) per event and resolves when the stream ends.
+export async function followEvents(path, { onEvent, signal, lastEventId } = {}) {
+  const headers = { Accept: "text/event-stream", ...authHeaders(true) };
+  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+  let response;
+  try {
+    response = await fetch(path, { headers, signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let last = lastEventId || null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let boundary;
+    while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, boundary);
+      buffer = buffer.slice(boundary + 2);
+      const event = parseBlock(block);
+      if (event.id) last = event.id;
+      if (event.data !== null) {
+        let data = event.data;
+        try {
+          data = JSON.parse(event.data);
+        } catch {
+          // Plain text data stays a string.
+        }
+        onEvent(event.type, data);
+      }
+    }
+  }
+  return last;
+}
+
+function parseBlock(block) {
+  const event = { type: "message", data: null, id: null };
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") event.type = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id") event.id = value;
+  }
+  if (data.length) event.data = data.join("\n");
+  return event;
+}
+
+export function describe(error) {
+  if (error instanceof ApiError) return error.message;
+  return String(error && error.message ? error.message : error);
+}

@@ -1,0 +1,224 @@
+// Classify: a drawing pad (digits) and a photo drop zone, the preprocessed image, top-k bars.
+import { api, describe } from "./api.js";
+import { channelsOf, getModel, listModels } from "./catalog.js";
+import { el, showError } from "./ui.js";
+
+const TOP_K = 5;
+const $ = (id) => document.getElementById(id);
+
+function targetPaths(model, choice) {
+  const base = `/v1/models/${encodeURIComponent(model)}`;
+  if (choice.startsWith("v:")) {
+    const v = choice.slice(2);
+    return { classify: `${base}/versions/${v}:classify`, preprocess: `${base}:preprocess?version=${v}` };
+  }
+  if (choice.startsWith("l:")) {
+    const l = encodeURIComponent(choice.slice(2));
+    return { classify: `${base}/labels/${l}:classify`, preprocess: `${base}:preprocess?label=${l}` };
+  }
+  return { classify: `${base}:classify`, preprocess: `${base}:preprocess` };
+}
+
+function initPad(onStroke) {
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  let drawing = false;
+  let dirty = false;
+  let last = null;
+  const clear = () => {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    dirty = false;
+    $("pad-hint").hidden = false;
+  };
+  const point = (event) => {
+    const box = pad.getBoundingClientRect();
+    return [
+      ((event.clientX - box.left) / box.width) * pad.width,
+      ((event.clientY - box.top) / box.height) * pad.height,
+    ];
+  };
+  const line = (from, to) => {
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 20;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(...from);
+    ctx.lineTo(...to);
+    ctx.stroke();
+  };
+  pad.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId);
+    drawing = true;
+    last = point(event);
+    line(last, last);
+    dirty = true;
+    $("pad-hint").hidden = true;
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    const next = point(event);
+    line(last, next);
+    last = next;
+  });
+  const lift = () => {
+    if (!drawing) return;
+    drawing = false;
+    if (dirty) pad.toBlob((blob) => onStroke(blob), "image/png");
+  };
+  pad.addEventListener("pointerup", lift);
+  pad.addEventListener("pointercancel", lift);
+  $("pad-clear").addEventListener("click", clear);
+  clear();
+}
+
+function renderResult(body, elapsed) {
+  const prediction = body.predictions[0];
+  $("result-empty").hidden = true;
+  $("result-body").hidden = false;
+  $("result-meta").textContent = `${body.model} · version ${body.version} · ${Math.round(elapsed)} ms`;
+  $("answer").textContent = prediction.label;
+  $("answer-score").textContent = `${(prediction.score * 100).toFixed(1)}%`;
+  const bars = $("bars");
+  bars.replaceChildren(
+    ...prediction.top_k.map((entry) => {
+      const share = Math.max(0, Math.min(1, entry.score));
+      return el(
+        "li",
+        { "aria-label": `${entry.label}: ${(share * 100).toFixed(1)} percent` },
+        el("span", { className: "name", title: entry.label }, entry.label),
+        el("span", { className: "track" }, el("span", { className: "fill", style: `width:${share * 100}%` })),
+        el("span", { className: "pct" }, `${(share * 100).toFixed(1)}%`),
+      );
+    }),
+  );
+}
+
+export function initClassify() {
+  const sources = {
+    digit: { model: $("digit-model"), version: $("digit-version") },
+    photo: { model: $("photo-model"), version: $("photo-version") },
+  };
+  let controller = null;
+  let previewUrl = null;
+
+  async function classify(source, blob, name) {
+    const { model, version } = sources[source];
+    const modelName = model.value.trim();
+    showError($("result-error"), null);
+    if (!modelName) {
+      showError($("result-error"), new Error(`Choose a model for the ${source} first.`));
+      return;
+    }
+    controller?.abort();
+    controller = new AbortController();
+    const { signal } = controller;
+    const paths = targetPaths(modelName, version.value);
+    const form = () => {
+      const data = new FormData();
+      data.append("file", blob, name);
+      data.append("top_k", String(TOP_K));
+      return data;
+    };
+    $("result").setAttribute("aria-busy", "true");
+    const started = performance.now();
+    const preview = api.upload(paths.preprocess, form(), { signal }).catch(() => null);
+    try {
+      const body = await api.upload(paths.classify, form(), { signal });
+      renderResult(body, performance.now() - started);
+      const png = await preview;
+      const seen = $("seen");
+      if (png instanceof Blob) {
+        if (previewUrl) URL.revokeObjectURL(previewUrl);
+        previewUrl = URL.createObjectURL(png);
+        seen.src = previewUrl;
+        seen.onload = () => ($("seen-size").textContent = `(${seen.naturalWidth}×${seen.naturalHeight})`);
+        seen.parentElement.hidden = false;
+      } else {
+        seen.parentElement.hidden = true;
+      }
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      showError($("result-error"), error);
+    } finally {
+      if (!signal.aborted) $("result").removeAttribute("aria-busy");
+    }
+  }
+
+  initPad((blob) => classify("digit", blob, "digit.png"));
+
+  const input = $("photo-input");
+  const zone = $("dropzone");
+  const usePhoto = (file) => {
+    if (!file) return;
+    if (file.type && !file.type.startsWith("image/")) {
+      showError($("result-error"), new Error(`${file.name} is not an image.`));
+      return;
+    }
+    const img = $("photo-preview");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(file);
+    img.alt = `Your photo: ${file.name}`;
+    img.hidden = false;
+    $("drop-text").hidden = true;
+    classify("photo", file, file.name);
+  };
+  input.addEventListener("change", () => usePhoto(input.files[0]));
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    usePhoto(event.dataTransfer.files[0]);
+  });
+
+  async function fillVersions(source) {
+    const { model, version } = sources[source];
+    const name = model.value.trim();
+    const keep = version.value;
+    version.replaceChildren(el("option", { value: "" }, "latest"));
+    if (!name) return;
+    try {
+      const info = await getModel(name);
+      for (const [label, v] of Object.entries(info.labels)) {
+        version.append(el("option", { value: `l:${label}` }, `${label} (v${v})`));
+      }
+      for (const v of info.versions) version.append(el("option", { value: `v:${v.version}` }, `v${v.version}`));
+      if ([...version.options].some((o) => o.value === keep)) version.value = keep;
+    } catch {
+      // Unknown model or no catalog route: "latest" still works.
+    }
+  }
+  for (const source of Object.keys(sources)) {
+    sources[source].model.addEventListener("change", () => fillVersions(source));
+  }
+
+  async function loadModels() {
+    let models = [];
+    try {
+      models = await listModels();
+    } catch (error) {
+      console.warn("model list unavailable:", describe(error));
+    }
+    $("model-names").replaceChildren(...models.map((m) => el("option", { value: m.name })));
+    const pick = (channels, prefix) =>
+      models.find((m) => channelsOf(m) === channels) || models.find((m) => m.name.startsWith(prefix));
+    for (const [source, channels, prefix] of [["digit", 1, "mnist"], ["photo", 3, "cifar"]]) {
+      const box = sources[source].model;
+      if (!box.value) {
+        const found = pick(channels, prefix) || models[0];
+        if (found) {
+          box.value = found.name;
+          fillVersions(source);
+        }
+      }
+    }
+  }
+
+  return { shown: loadModels };
+}

@@ -1,0 +1,65 @@
+// The shell: tabs from the URL hash, the admin-key dialog, toasts.
+import { adminKey } from "./api.js";
+import { initClassify } from "./classify.js";
+import { initJobs } from "./jobs.js";
+import { initModels } from "./models.js";
+import { toast } from "./ui.js";
+
+const TABS = ["classify", "models", "jobs"];
+const views = {};
+
+function showTab() {
+  const name = TABS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "classify";
+  for (const tab of TABS) {
+    document.getElementById(`view-${tab}`).hidden = tab !== name;
+    const link = document.querySelector(`nav a[data-tab="${tab}"]`);
+    if (tab === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.title = `${name[0].toUpperCase()}${name.slice(1)} · FDL Serve`;
+  views[name]?.shown?.();
+}
+
+function initKeyDialog() {
+  const dialog = document.getElementById("key-dialog");
+  const input = document.getElementById("key-input");
+  const button = document.getElementById("key-button");
+  const state = document.getElementById("key-state");
+  const render = () => {
+    const has = Boolean(adminKey.get());
+    button.classList.toggle("has-key", has);
+    state.textContent = has ? "Admin key set" : "Admin key";
+  };
+  button.addEventListener("click", () => {
+    input.value = adminKey.get();
+    dialog.showModal();
+    input.focus();
+  });
+  document.getElementById("key-form").addEventListener("submit", () => {
+    adminKey.set(input.value.trim());
+    toast(input.value.trim() ? "Admin key saved for this tab." : "Admin key cleared.");
+  });
+  document.getElementById("key-forget").addEventListener("click", () => {
+    adminKey.set("");
+    input.value = "";
+    dialog.close();
+    toast("Admin key forgotten.");
+  });
+  document.getElementById("key-close").addEventListener("click", () => dialog.close());
+  window.addEventListener("fdl:key-changed", render);
+  window.addEventListener("fdl:need-key", () => {
+    if (!dialog.open) {
+      input.value = adminKey.get();
+      dialog.showModal();
+      input.focus();
+    }
+  });
+  render();
+}
+
+initKeyDialog();
+views.classify = initClassify();
+views.models = initModels();
+views.jobs = initJobs();
+window.addEventListener("hashchange", showTab);
+showTab();

@@ -1,0 +1,115 @@
+// Models: versions, status, labels, test accuracy, the evaluation report; promote and roll back.
+import { api } from "./api.js";
+import { listModels } from "./catalog.js";
+import { el, num, pct, showError, toast } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const reportUrl = (model, version, file) =>
+  `/v1/models/${encodeURIComponent(model)}/versions/${version}/report/${file}`;
+
+async function promote(model, label, version, errorBox) {
+  showError(errorBox, null);
+  try {
+    await api.post(`/v1/models/${encodeURIComponent(model)}/labels/${encodeURIComponent(label)}`, { version }, { admin: true });
+    toast(`${model}: “${label}” now points to version ${version}.`);
+    return true;
+  } catch (error) {
+    showError(errorBox, error);
+    return false;
+  }
+}
+
+async function showReport(box, model, version) {
+  box.replaceChildren(el("p", { className: "muted small" }, `Loading the report of version ${version}…`));
+  let evaluation = null;
+  try {
+    evaluation = await api.get(reportUrl(model, version, "evaluation.json"));
+  } catch (error) {
+    box.replaceChildren(el("p", { className: "muted" }, `No evaluation report for version ${version}: ${error.message}`));
+    return;
+  }
+  const figure = (file, caption) =>
+    el("figure", {},
+      el("img", { src: reportUrl(model, version, file), alt: `${caption} of ${model} version ${version}`, loading: "lazy" }),
+      el("figcaption", {}, caption));
+  const perClass = Object.entries(evaluation.per_class_accuracy || {});
+  box.replaceChildren(
+    el("p", { className: "result-line" },
+      `Version ${version}: test accuracy ${pct(evaluation.test_accuracy, 2)}, test loss ${num(evaluation.test_loss)} on ${evaluation.test_examples ?? "?"} examples`),
+    perClass.length
+      ? el("p", { className: "muted small" }, "Per class: ", perClass.map(([name, acc]) => `${name} ${pct(acc, 0)}`).join(" · "))
+      : null,
+    el("div", { className: "report" },
+      figure("confusion_matrix.png", "Confusion matrix"),
+      figure("training_curves.png", "Training curves")),
+  );
+}
+
+function modelCard(model, refresh) {
+  const errorBox = el("p", { className: "error", role: "alert", hidden: true });
+  const labelInput = el("input", { value: "stable", pattern: "[a-z0-9][a-z0-9_\\-]{0,63}", "aria-label": `Label to set on ${model.name}` });
+  const reportBox = el("div", { className: "report-box" });
+  const available = model.versions.filter((v) => v.status === "available" || v.status === "unknown");
+  const label = () => labelInput.value.trim() || "stable";
+
+  const rollback = el("button", { type: "button", className: "ghost", title: "Point the label at the previous available version" }, "Roll back");
+  rollback.addEventListener("click", async () => {
+    const current = model.labels[label()];
+    const older = available.map((v) => v.version).filter((v) => current === undefined || v < current);
+    if (!older.length) {
+      showError(errorBox, new Error(`No older version to roll “${label()}” back to.`));
+      return;
+    }
+    if (await promote(model.name, label(), Math.max(...older), errorBox)) refresh();
+  });
+
+  const rows = model.versions.map((v) => {
+    const promoteButton = el("button", { type: "button", className: "small" }, "Promote");
+    promoteButton.addEventListener("click", async () => {
+      if (await promote(model.name, label(), v.version, errorBox)) refresh();
+    });
+    const reportButton = el("button", { type: "button", className: "small ghost" }, "Report");
+    reportButton.addEventListener("click", () => showReport(reportBox, model.name, v.version));
+    const accuracy = v.metrics.test_accuracy ?? v.raw.test_accuracy;
+    return el("tr", {},
+      el("td", {}, el("strong", {}, `v${v.version}`)),
+      el("td", {}, el("span", { className: `badge ${v.status}` }, v.status)),
+      el("td", {}, v.labels.map((l) => el("span", { className: "badge label" }, l)), v.labels.length ? "" : "–"),
+      el("td", { className: "num" }, pct(accuracy, 2)),
+      el("td", {}, v.job_id ? el("a", { href: `#jobs`, onclick: () => sessionStorage.setItem("fdl.openJob", v.job_id) }, String(v.job_id).slice(0, 8)) : "–"),
+      el("td", {}, promoteButton, " ", reportButton));
+  });
+
+  const card = el("article", { className: "card model-card", dataset: { model: model.name } },
+    el("header", { className: "card-head" },
+      el("h2", {}, model.name, Object.entries(model.labels).map(([l, v]) => el("span", { className: "badge label" }, `${l} → v${v}`))),
+      el("div", { className: "model-tools" }, el("label", {}, "Label", labelInput), rollback)),
+    el("div", { className: "table-wrap" },
+      el("table", {},
+        el("thead", {}, el("tr", {}, ["Version", "Status", "Labels", "Test accuracy", "Job", "Actions"].map((h) => el("th", { scope: "col", className: h === "Test accuracy" ? "num" : "" }, h)))),
+        el("tbody", {}, rows))),
+    errorBox,
+    reportBox);
+  const newest = available[0] || model.versions[0];
+  if (newest) showReport(reportBox, model.name, newest.version);
+  return card;
+}
+
+export function initModels() {
+  const list = $("models-list");
+  async function refresh() {
+    showError($("models-error"), null);
+    try {
+      const models = await listModels();
+      if (!models.length) {
+        list.replaceChildren(el("div", { className: "card empty" }, "No models yet: train one on the Jobs page."));
+        return;
+      }
+      list.replaceChildren(...models.map((m) => modelCard(m, refresh)));
+    } catch (error) {
+      showError($("models-error"), error);
+    }
+  }
+  $("models-refresh").addEventListener("click", refresh);
+  return { shown: refresh };
+}

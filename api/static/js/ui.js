@@ -1,0 +1,62 @@
+// Small DOM helpers shared by the views.
+import { ApiError, describe } from "./api.js";
+
+export function toast(message, bad = false) {
+  const box = document.getElementById("toasts");
+  const item = document.createElement("div");
+  item.className = bad ? "toast bad" : "toast";
+  item.textContent = message;
+  box.append(item);
+  setTimeout(() => item.remove(), bad ? 8000 : 4000);
+}
+
+// Build an element: el("td", { className: "num" }, "text", child, ...).
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("aria-") || key === "role" || key === "for") node.setAttribute(key, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node[key] = value;
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+// Show an error in an inline message box (or hide it with null); 401s also open the key dialog.
+export function showError(box, error) {
+  if (!error) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  box.textContent = describe(error);
+  box.hidden = false;
+  if (error instanceof ApiError && error.status === 401) {
+    window.dispatchEvent(new CustomEvent("fdl:need-key"));
+  }
+}
+
+export const pct = (value, digits = 1) =>
+  value === null || value === undefined ? "–" : `${(value * 100).toFixed(digits)}%`;
+
+export const num = (value, digits = 4) =>
+  value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+
+export function when(seconds) {
+  if (!seconds) return "–";
+  const date = new Date(seconds * 1000);
+  const today = new Date().toDateString() === date.toDateString();
+  return today ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}

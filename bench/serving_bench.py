@@ -1,0 +1,145 @@
+"""Predict throughput and latency of fdl-model-server, batching off and on, beside in-process calls.
+
+Builds the book's MNIST CNN (untrained weights; speed does not depend on them), then measures
+req/s and p50/p99 latency at concurrency 1, 8 and 32 for: the in-process signature call (the same
+Session path the server uses), the server over gRPC with batching off, and with batching on.
+Prints the table and the ratios the issue sets as goals. Not a test: numbers vary with the machine.
+
+    .venv/bin/python bench/serving_bench.py [--seconds 3] [--concurrency 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving.servable import Servable
+from serving.testing import build_test_model, sample_images
+from tests.support.procs import Process, free_port, wait_for
+
+BATCHING = (
+    "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
+    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n"
+)
+
+
+def measure(call: Callable[[], object], concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    for _ in range(3):
+        call()  # warm the path
+
+    def worker() -> None:
+        mine = []
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    begin = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - begin
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": statistics.median(latencies) * 1e3,
+        "p99": latencies[int(0.99 * (len(latencies) - 1))] * 1e3,
+    }
+
+
+def start_server(model_dir: Path, logs: Path, batching: bool) -> tuple[Process, int]:
+    port = free_port()
+    flags = [f"--port={port}", "--model_name=mnist", f"--model_base_path={model_dir}"]
+    if batching:
+        params = logs / "batching.config"
+        params.write_text(BATCHING)
+        flags += ["--enable_batching=true", f"--batching_parameters_file={params}"]
+    name = "bench-batching" if batching else "bench-plain"
+    process = Process(name, [sys.executable, "-m", "serving", *flags], logs)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    wait_for(
+        lambda: grpc.channel_ready_future(channel).result(timeout=1) or True,
+        120,
+        "model server",
+        check=process.ensure_alive,
+    )
+    channel.close()
+    return process, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    work = Path(tempfile.mkdtemp(prefix="fdl-serving-bench-"))
+    model_dir = work / "mnist"
+    build_test_model(model_dir / "1", architecture="cnn", model_name="mnist")
+    image = sample_images((28, 28, 1), 1, seed=0)
+
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    servable = Servable("mnist", 1, model_dir / "1")
+    keys = servable.output_keys("", [])
+    for c in args.concurrency:
+        results[("in-process", c)] = measure(
+            lambda: servable.run("", {"images": image}, keys), c, args.seconds
+        )
+    servable.close()
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+    for batching in (False, True):
+        process, port = start_server(model_dir, work, batching)
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            mode = "server, batching on" if batching else "server, batching off"
+            for c in args.concurrency:
+                results[(mode, c)] = measure(
+                    lambda s=stub: s.Predict(request, timeout=60), c, args.seconds
+                )
+            channel.close()
+        finally:
+            process.stop()
+
+    print(f"\nMNIST CNN, batch 1 per request, {args.seconds:.0f} s per cell")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, TensorFlow {tf.__version__}")  # fmt: skip
+    print(f"{'mode':<22} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for (mode, c), r in results.items():
+        print(f"{mode:<22} {c:>4} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
+    top = max(args.concurrency)
+    on, off = results[("server, batching on", top)], results[("server, batching off", top)]
+    print(f"\nbatching on / off req/s at concurrency {top}: {on['rps'] / off['rps']:.2f}x "
+          "(goal >= 2x)")  # fmt: skip
+    if 1 in args.concurrency:
+        added = results[("server, batching off", 1)]["p50"] - results[("in-process", 1)]["p50"]
+        print(f"server p50 added over in-process at concurrency 1: {added:.2f} ms (goal <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

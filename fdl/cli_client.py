@@ -1,0 +1,144 @@
+"""The CLI's HTTP client for the gateway: options shared by commands, errors as exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ExitCode(IntEnum):
+    """What scripts can rely on (also in `fdl --help` and docs/ui.md)."""
+
+    OK = 0
+    API_ERROR = 1  # the gateway answered with an error (bad request, not found, server error)
+    USAGE = 2  # bad command-line usage (typer's own code), e.g. an unknown option or no file
+    UNREACHABLE = 3  # no connection to the gateway, or it timed out
+    AUTH = 4  # the API key is missing, wrong, or lacks the role
+    JOB_FAILED = 5  # `fdl train` followed a job that failed or was cancelled
+
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="FDL_URL", help="Gateway URL.", show_default=True),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="FDL_API_KEY",
+        help="Admin API key. Default: FDL_API_KEY; failing that, for a gateway on localhost, "
+        "the key `fdl up` stored in $FDL_VAR_DIR/api_key.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the gateway's JSON instead of a table.")
+]
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+def stored_key(url: str) -> str | None:
+    """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere)."""
+    if httpx.URL(url).host not in LOCAL_HOSTS:
+        return None
+    path = Path(os.environ.get("FDL_VAR_DIR") or "var") / "api_key"
+    try:
+        key = path.read_text().strip()
+    except OSError:
+        return None
+    return key or None
+
+
+class Gateway:
+    """A thin httpx client: JSON in, JSON out; every failure becomes a message and an exit code."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key or stored_key(self.url)
+        headers = {"User-Agent": "fdl-cli"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self.errors():
+            response = self.client.request(method, path, **kwargs)
+        self.check(response)
+        return response.json() if response.content else None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Connection-level failures as exit code 3 with a hint."""
+        try:
+            yield
+        except httpx.TimeoutException:
+            fail(f"the gateway at {self.url} did not answer in time", ExitCode.UNREACHABLE)
+        except httpx.TransportError as error:
+            fail(
+                f"cannot reach the gateway at {self.url} ({type(error).__name__}). "
+                "Is it running? Start the stack with `fdl up`, or point --url / FDL_URL at it.",
+                ExitCode.UNREACHABLE,
+            )
+
+    def check(self, response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        if not response.is_stream_consumed:
+            response.read()
+        code, message = _error_of(response)
+        if response.status_code in (401, 403):
+            hint = (
+                "set FDL_API_KEY or pass --api-key (`fdl up` prints the key)"
+                if not self.api_key
+                else "check FDL_API_KEY / --api-key"
+            )
+            fail(f"{message} ({response.status_code} {code}); {hint}", ExitCode.AUTH)
+        fail(f"{message} ({response.status_code} {code})", ExitCode.API_ERROR)
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+        error = body["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip()[:200] or response.reason_phrase
+        return "http_error", text
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))

@@ -1,0 +1,284 @@
+"""`fdl train`, `fdl jobs`, `fdl job`, `fdl cancel`: training jobs from the terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from fdl.cli_client import (
+    DEFAULT_URL,
+    ExitCode,
+    Gateway,
+    JsonOption,
+    KeyOption,
+    UrlOption,
+    console,
+    fail,
+    print_json,
+)
+from fdl.cli_follow import follow
+from fdl.jobspec import ARCHITECTURES, JobSpec
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+FULL_ID_LENGTH = 32
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _when(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The job spec: the JSON file (if any), overridden by the options given; validated here."""
+    spec: dict[str, Any] = {}
+    if spec_file is not None:
+        try:
+            spec = json.loads(spec_file.read_text())
+        except (OSError, ValueError) as error:
+            fail(f"cannot read the spec file {spec_file}: {error}", ExitCode.USAGE)
+    spec["model"] = model
+    nested = {"optimizer": "optimizer", "learning_rate": "optimizer", "dropout": "regularization"}
+    nested |= {"l2": "regularization", "min_accuracy": "publish", "only_if_better": "publish"}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "optimizer":
+            spec.setdefault("optimizer", {})["name"] = value
+        elif key == "patience":
+            spec.setdefault("early_stopping", {})["patience"] = value
+        elif key in nested:
+            spec.setdefault(nested[key], {})[key] = value
+        else:
+            spec[key] = value
+    try:
+        JobSpec.model_validate(spec)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in error.errors()
+        )
+        fail(f"invalid job: {problems}", ExitCode.USAGE)
+    return spec
+
+
+def train(
+    model: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHITECTURES)}.")],
+    epochs: Annotated[int | None, typer.Option(help="Epochs to train.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd, momentum, nesterov, adagrad, rmsprop, adam, adadelta.")
+    ] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    validation_split: Annotated[
+        int | None, typer.Option(help="Training examples held out for validation.")
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 weight penalty.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping after N bad epochs.")] = None,
+    augment: Annotated[
+        bool | None, typer.Option("--augment/--no-augment", help="CIFAR augmentation.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    max_train_examples: Annotated[
+        int | None, typer.Option(help="Cap on training examples.")
+    ] = None,
+    max_test_examples: Annotated[int | None, typer.Option(help="Cap on test examples.")] = None,
+    publish_as: Annotated[str | None, typer.Option(help="Served model name.")] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(help="Publish only at this test accuracy or better.")
+    ] = None,
+    only_if_better: Annotated[
+        bool | None, typer.Option("--only-if-better", help="Publish only if better than latest.")
+    ] = None,
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="A JSON job spec; options override it.")
+    ] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Submit and exit at once.")] = False,
+    cancel_on_exit: Annotated[
+        bool, typer.Option("--cancel-on-exit", help="Ctrl-C cancels the job (default: detach).")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Submit a training job and follow it live until it ends (Ctrl-C detaches)."""
+    options = {k: v for k, v in locals().items() if k not in _NOT_SPEC}
+    spec = build_spec(model, spec_file, options)
+    with Gateway(url, api_key) as gateway:
+        job = gateway.post("/v1/jobs", json=spec)
+        job_id = job["id"]
+        console.print(f"Job [bold]{job_id}[/bold] submitted ({model}).", highlight=False)
+        if detach:
+            console.print(f"Follow it with: fdl job {job_id}", highlight=False)
+            return
+        try:
+            status = follow(gateway, job_id, int(job["spec"].get("epochs") or 1))
+        except KeyboardInterrupt:
+            if cancel_on_exit:
+                gateway.delete(f"/v1/jobs/{job_id}")
+                console.print(f"Cancelled job {job_id}.", highlight=False)
+                raise typer.Exit(130) from None
+            console.print(
+                f"\nDetached; the job keeps running. Follow it with: fdl job {job_id}",
+                highlight=False,
+            )
+            return
+        final = gateway.get(f"/v1/jobs/{job_id}")
+    _summary(final)
+    if status != "succeeded":
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+_NOT_SPEC = {"model", "spec_file", "detach", "cancel_on_exit", "url", "api_key"}
+
+
+def _summary(job: dict[str, Any]) -> None:
+    result = job.get("result") or {}
+    if job["status"] == "succeeded" and result:
+        accuracy = _pct((result.get("metrics") or {}).get("test_accuracy"))
+        if result.get("published"):
+            console.print(
+                f"[green]Succeeded[/]: published {result['model']} version {result['version']} "
+                f"(test accuracy {accuracy}).",
+                highlight=False,
+            )
+        else:
+            reason = result.get("reason") or "not published"
+            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {reason}.")
+    else:
+        error = job.get("error") or ""
+        console.print(f"Job {_status(job['status'])}. {error}".rstrip(), highlight=False)
+
+
+def resolve_id(gateway: Gateway, job_id: str) -> str:
+    """Full job ids pass through; a unique prefix (as `fdl jobs` shows) is looked up."""
+    if len(job_id) >= FULL_ID_LENGTH:
+        return job_id
+    page = gateway.get("/v1/jobs", params={"limit": 500})
+    matches = [j["id"] for j in page["jobs"] if j["id"].startswith(job_id.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        fail(f"no job id starts with {job_id!r}", ExitCode.API_ERROR)
+    fail(f"{len(matches)} jobs start with {job_id!r}; give more characters", ExitCode.USAGE)
+
+
+def jobs(
+    status: Annotated[
+        str | None, typer.Option(help="Only jobs with this status (queued, running, …).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
+    as_json: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """List training jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    with Gateway(url, api_key) as gateway:
+        page = gateway.get("/v1/jobs", params=params)
+    if as_json:
+        print_json(page)
+        return
+    table = Table(title=f"Jobs ({len(page['jobs'])} of {page['total']})", title_justify="left")
+    for column in ("ID", "Model", "Status", "Epoch", "Test accuracy", "Created"):
+        table.add_column(column, justify="right" if column == "Test accuracy" else "left")
+    for job in page["jobs"]:
+        progress = job.get("progress") or {}
+        spec = job.get("spec") or {}
+        epochs = progress.get("epochs") or spec.get("epochs")
+        result = job.get("result") or {}
+        table.add_row(
+            job["id"][:12],
+            result.get("model") or spec.get("publish_as") or spec.get("model", "?"),
+            _status(job["status"]),
+            f"{progress.get('epoch') or 0}/{epochs}" if epochs else "-",
+            _pct((result.get("metrics") or {}).get("test_accuracy")),
+            _when(job.get("created_at")),
+        )
+    console.print(table)
+
+
+def job(
+    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
+    as_json: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Show one job: spec, progress, result."""
+    with Gateway(url, api_key) as gateway:
+        record = gateway.get(f"/v1/jobs/{resolve_id(gateway, job_id)}")
+    if as_json:
+        print_json(record)
+        return
+    spec = record.get("spec") or {}
+    progress = record.get("progress") or {}
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Job", record["id"])
+    table.add_row("Status", _status(record["status"]))
+    table.add_row("Model", f"{spec.get('model')} → {spec.get('publish_as') or spec.get('model')}")
+    optimizer = spec.get("optimizer") or {}
+    table.add_row(
+        "Training",
+        f"{spec.get('epochs')} epochs, batch {spec.get('batch_size')}, "
+        f"{optimizer.get('name')} lr {optimizer.get('learning_rate')}",
+    )
+    if progress.get("epoch"):
+        table.add_row(
+            "Progress",
+            f"epoch {progress['epoch']}/{progress.get('epochs')}  loss "
+            f"{progress.get('loss')}  accuracy {_pct(progress.get('accuracy'))}  "
+            f"val accuracy {_pct(progress.get('val_accuracy'))}",
+        )
+    result = record.get("result") or {}
+    if result:
+        published = f"version {result.get('version')}" if result.get("published") else "no"
+        table.add_row("Published", f"{published} {result.get('reason') or ''}".strip())
+        for name, value in (result.get("metrics") or {}).items():
+            shown = _pct(value) if "accuracy" in name else value
+            table.add_row(name.replace("_", " ").capitalize(), str(shown))
+    if record.get("error"):
+        table.add_row("Error", f"[red]{record['error']}[/]")
+    table.add_row("Created", _when(record.get("created_at")))
+    table.add_row("Started", _when(record.get("started_at")))
+    table.add_row("Finished", _when(record.get("finished_at")))
+    table.add_row("Attempts", str(record.get("attempts") or 0))
+    console.print(table)
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Cancel a job (a running job stops at its next batch)."""
+    with Gateway(url, api_key) as gateway:
+        full_id = resolve_id(gateway, job_id)
+        record = gateway.delete(f"/v1/jobs/{full_id}")
+    status = record.get("status", "?")
+    if status == "cancelled":
+        console.print(f"Job {full_id} cancelled.", highlight=False)
+    elif status == "running":
+        console.print(f"Job {full_id}: cancellation requested; it stops at the next batch.")
+    else:
+        console.print(f"Job {full_id} had already ended: {_status(status)}.", highlight=False)

@@ -1,0 +1,149 @@
+"""`fdl models`, `fdl classify`, `fdl promote`: served models from the terminal."""
+
+from __future__ import annotations
+
+import glob
+import mimetypes
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fdl.cli_client import (
+    DEFAULT_URL,
+    ExitCode,
+    Gateway,
+    JsonOption,
+    KeyOption,
+    UrlOption,
+    console,
+    fail,
+    print_json,
+)
+
+BATCH = 32  # images per request (the gateway's default limit is 64)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def models(
+    as_json: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """List the models with their versions, status, labels and test accuracy."""
+    with Gateway(url, api_key) as gateway:
+        body = gateway.get("/v1/models")
+    if as_json:
+        print_json(body)
+        return
+    if not body["models"]:
+        console.print("No models yet: train one with `fdl train mnist_cnn`.")
+        return
+    table = Table(title="Models", title_justify="left")
+    for column in ("Model", "Version", "State", "Labels", "Test accuracy", "Job"):
+        table.add_column(column, justify="right" if column == "Test accuracy" else "left")
+    for model in body["models"]:
+        versions = sorted(model["versions"], key=lambda v: v["version"], reverse=True)
+        if not versions:
+            table.add_row(model["name"], "-", "no versions", "", "", "")
+        for index, version in enumerate(versions):
+            state = str(version.get("state") or "?")
+            style = "green" if state == "AVAILABLE" else "yellow"
+            metrics = version.get("metrics") or {}
+            table.add_row(
+                model["name"] if index == 0 else "",
+                str(version["version"]),
+                f"[{style}]{state.lower()}[/]",
+                ", ".join(version.get("labels") or []),
+                _pct(metrics.get("test_accuracy")),
+                (version.get("job_id") or "")[:12],
+            )
+    console.print(table)
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    """Files named directly or by glob patterns (for shells that pass them unexpanded)."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else []
+        if glob.has_magic(pattern) and not matches:
+            fail(f"no file matches {pattern!r}", ExitCode.USAGE)
+        for name in matches or [pattern]:
+            path = Path(name)
+            if not path.is_file():
+                fail(f"{name} is not a file", ExitCode.USAGE)
+            files.append(path)
+    return files
+
+
+def classify(
+    model: Annotated[str, typer.Argument(help="Served model name.")],
+    files: Annotated[list[str], typer.Argument(help="Image files or glob patterns ('*.png').")],
+    version: Annotated[int | None, typer.Option(help="A specific version.")] = None,
+    label: Annotated[str | None, typer.Option(help="A labelled version (stable, canary).")] = None,
+    top_k: Annotated[int, typer.Option(min=1, max=100, help="Classes shown per image.")] = 3,
+    as_json: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Classify image files and print a table of predictions."""
+    if version is not None and label is not None:
+        fail("give --version or --label, not both", ExitCode.USAGE)
+    paths = expand(files)
+    path = f"/v1/models/{model}:classify"
+    if version is not None:
+        path = f"/v1/models/{model}/versions/{version}:classify"
+    elif label is not None:
+        path = f"/v1/models/{model}/labels/{label}:classify"
+    rows: list[tuple[Path, dict[str, Any]]] = []
+    served_version = None
+    with Gateway(url, api_key, timeout=60.0) as gateway:
+        for start in range(0, len(paths), BATCH):
+            chunk = paths[start : start + BATCH]
+            parts = [
+                ("file", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "image/*"))
+                for p in chunk
+            ]
+            body = gateway.post(path, files=parts, data={"top_k": str(top_k)})
+            served_version = body["version"]
+            rows += list(zip(chunk, body["predictions"], strict=True))
+    if as_json:
+        print_json(
+            {
+                "model": model,
+                "version": served_version,
+                "predictions": [{"file": str(p), **pred} for p, pred in rows],
+            }
+        )
+        return
+    table = Table(title=f"{model} version {served_version}", title_justify="left")
+    table.add_column("File")
+    table.add_column("Prediction", style="bold")
+    table.add_column("Score", justify="right")
+    table.add_column(f"Top {top_k}")
+    for file, prediction in rows:
+        others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
+        table.add_row(str(file), prediction["label"], _pct(prediction["score"]), others)
+    console.print(table)
+
+
+def promote(
+    model: Annotated[str, typer.Argument(help="Served model name.")],
+    version: Annotated[int, typer.Argument(min=1, help="The version the label should point at.")],
+    label: Annotated[str, typer.Option(help="The label to set.")] = "stable",
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Point a label (stable, canary) at a version: promote, or roll back to an older one."""
+    with Gateway(url, api_key) as gateway:
+        body = gateway.post(f"/v1/models/{model}/labels/{label}", json={"version": version})
+    previous = body.get("previous")
+    was = f" (was version {previous})" if previous else ""
+    console.print(
+        f"{model}: label [bold]{label}[/bold] → version {body.get('version', version)}{was}.",
+        highlight=False,
+    )

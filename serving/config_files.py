@@ -1,0 +1,138 @@
+"""The text-format configuration files TF Serving reads, parsed into protos.
+
+``ModelServerConfig`` comes from the official ``tensorflow_serving.config`` package. The pip
+package does not ship ``BatchingParameters`` (session_bundle_config.proto) or
+``MonitoringConfig`` (monitoring_config.proto), so the same messages (same package, names, field
+numbers and wrapper types) are declared here, and their files parse exactly as TF Serving's do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,  # noqa: F401 - registers google/protobuf/wrappers.proto
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+_FDP = descriptor_pb2.FieldDescriptorProto
+
+
+def _field(name: str, number: int, kind: int, type_name: str = "", repeated: bool = False):
+    field = _FDP(
+        name=name,
+        number=number,
+        type=kind,
+        label=_FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL,
+    )
+    if type_name:
+        field.type_name = type_name
+    return field
+
+
+def _build() -> tuple[type, type]:
+    pool = descriptor_pool.Default()
+    try:
+        batching = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+        monitoring = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+    except KeyError:
+        i64 = ".google.protobuf.Int64Value"
+        msg = _FDP.TYPE_MESSAGE
+        file = descriptor_pb2.FileDescriptorProto(
+            name="fdl_serving/tf_serving_config_subset.proto",
+            package="tensorflow.serving",
+            syntax="proto3",
+            dependency=["google/protobuf/wrappers.proto"],
+        )
+        file.message_type.add(
+            name="BatchingParameters",
+            field=[
+                _field("max_batch_size", 1, msg, i64),
+                _field("batch_timeout_micros", 2, msg, i64),
+                _field("max_enqueued_batches", 3, msg, i64),
+                _field("num_batch_threads", 4, msg, i64),
+                _field("thread_pool_name", 5, msg, ".google.protobuf.StringValue"),
+                _field("allowed_batch_sizes", 6, _FDP.TYPE_INT64, repeated=True),
+                _field("pad_variable_length_inputs", 7, _FDP.TYPE_BOOL),
+                _field("enable_large_batch_splitting", 8, msg, ".google.protobuf.BoolValue"),
+                _field("max_execution_batch_size", 9, msg, i64),
+            ],
+        )
+        file.message_type.add(
+            name="PrometheusConfig",
+            field=[_field("enable", 1, _FDP.TYPE_BOOL), _field("path", 2, _FDP.TYPE_STRING)],
+        )
+        file.message_type.add(
+            name="MonitoringConfig",
+            field=[_field("prometheus_config", 1, msg, ".tensorflow.serving.PrometheusConfig")],
+        )
+        pool.Add(file)
+        batching = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+        monitoring = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+    return message_factory.GetMessageClass(batching), message_factory.GetMessageClass(monitoring)
+
+
+BatchingParameters, MonitoringConfig = _build()
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be read or parsed."""
+
+
+def _parse(path: str | Path, message: object, what: str):
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from error
+    try:
+        return text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        raise ConfigError(f"cannot parse {what} {path}: {error}") from error
+
+
+def read_model_server_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    config = _parse(path, model_server_config_pb2.ModelServerConfig(), "model config file")
+    if config.HasField("custom_model_config"):
+        raise ConfigError(f"{path}: custom_model_config is not supported; use model_config_list")
+    seen: set[str] = set()
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise ConfigError(f"{path}: every model config needs a name and a base_path")
+        if model.name in seen:
+            raise ConfigError(f"{path}: model name {model.name!r} appears twice")
+        seen.add(model.name)
+        if model.model_platform not in ("", "tensorflow"):
+            raise ConfigError(
+                f"{path}: model {model.name!r}: platform {model.model_platform!r} is not "
+                "supported (only 'tensorflow')"
+            )
+    return config
+
+
+def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = name
+    model.base_path = base_path
+    model.model_platform = "tensorflow"
+    return config
+
+
+def read_batching_parameters(path: str | Path | None):
+    """TF Serving's defaults where the file (or a field) is absent."""
+    params = BatchingParameters()
+    if path:
+        _parse(path, params, "batching parameters file")
+    return params
+
+
+def read_monitoring_config(path: str | Path | None):
+    config = MonitoringConfig()
+    if path:
+        _parse(path, config, "monitoring config file")
+    return config

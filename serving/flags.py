@@ -1,0 +1,130 @@
+"""Command-line flags with ``tensorflow_model_server``'s names, defaults and meanings.
+
+Both ``--flag=value`` (TF Serving's form) and ``--flag value`` are accepted; a boolean flag given
+alone means true. Flags of the real binary that this server does not implement, and unknown flags,
+stop the server at start-up with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+
+# tensorflow_model_server flags that are recognised but not implemented here.
+UNSUPPORTED = {
+    "grpc_socket_path": "UNIX-socket gRPC",
+    "rest_api_enable_cors_support": "CORS headers",
+    "enable_per_model_batching_parameters": "per-model batching_params.pbtxt",
+    "flush_filesystem_caches": None,
+    "tensorflow_session_config_file": "Session ConfigProto files",
+    "use_alts_credentials": "ALTS credentials",
+    "ssl_config_file": "TLS",
+    "platform_config_file": "platform configs",
+    "per_process_gpu_memory_fraction": "GPU options",
+    "saved_model_tags": "tags other than 'serve'",
+    "grpc_channel_arguments": "gRPC channel arguments",
+    "remove_unused_fields_from_bundle_metagraph": None,
+    "prefer_tflite_model": "TF Lite",
+    "num_tflite_pools": "TF Lite",
+    "num_tflite_interpreters_per_pool": "TF Lite",
+    "enable_signature_method_name_check": None,
+    "xla_cpu_compilation_enabled": "XLA",
+    "xla_gpu_compilation_enabled": "XLA",
+    "enable_profiler": "the profiler service",
+    "thread_pool_factory_config_file": "thread pool factories",
+    "mixed_precision": "mixed precision",
+    "skip_initialize_tpu": "TPUs",
+    "enable_serialization_as_tensor_content": "tensor_content responses",
+    "response_tensor_content_threshold": None,
+}
+
+
+class FlagError(SystemExit):
+    pass
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage()
+        raise FlagError(f"fdl-model-server: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="fdl-model-server",
+        description="TensorFlow Serving-compatible model server (tensorflow_model_server flags).",
+        allow_abbrev=False,
+    )
+
+    def flag(name: str, kind: type, default: object, text: str) -> None:
+        if kind is bool:
+            p.add_argument(
+                f"--{name}", type=parse_bool, nargs="?", const=True, default=default, help=text
+            )
+        else:
+            p.add_argument(f"--{name}", type=kind, default=default, help=text)
+
+    flag("port", int, 8500, "gRPC port (0 disables gRPC)")
+    flag("rest_api_port", int, 0, "HTTP/REST port (0 disables REST)")
+    flag("rest_api_num_threads", int, 0, "accepted for compatibility (threads are per request)")
+    flag("rest_api_timeout_in_ms", int, 30000, "timeout of one REST call")
+    flag("enable_batching", bool, False, "merge concurrent Predict calls into one run")
+    flag("batching_parameters_file", str, "", "ascii BatchingParameters file")
+    flag("allow_version_labels_for_unavailable_models", bool, False, "labels may point anywhere")
+    flag("model_config_file", str, "", "ascii ModelServerConfig file")
+    flag("model_config_file_poll_wait_seconds", int, 0, "0: read the config file once")
+    flag("model_name", str, "default", "model name (without --model_config_file)")
+    flag("model_base_path", str, "", "model base path (without --model_config_file)")
+    flag("num_load_threads", int, 0, "threads loading versions (0 means one)")
+    flag("num_unload_threads", int, 0, "accepted for compatibility")
+    flag("max_num_load_retries", int, 5, "retries after a failed load")
+    flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries")
+    flag("file_system_poll_wait_seconds", int, 1, "version poll interval (0: once)")
+    flag("tensorflow_session_parallelism", int, 0, "threads for each Session (0: auto)")
+    flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads (0: auto)")
+    flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads (0: auto)")
+    flag("grpc_max_threads", int, 0, "gRPC worker threads (0: 4 x CPUs, at least 16)")
+    flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests")
+    flag("num_request_iterations_for_warmup", int, 1, "times each warmup request runs")
+    flag("monitoring_config_file", str, "", "ascii MonitoringConfig file (Prometheus)")
+    flag("enable_grpc_healthcheck_service", bool, False, "standard gRPC health service")
+    flag("version", bool, False, "print the version and exit")
+    return p
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    for item in unknown:
+        if not item.startswith("-"):
+            raise FlagError(f"fdl-model-server: error: unexpected argument {item!r}")
+        name = item.lstrip("-").split("=", 1)[0]
+        if name in UNSUPPORTED:
+            what = UNSUPPORTED[name] or "this option"
+            raise FlagError(
+                f"fdl-model-server: error: --{name} is a tensorflow_model_server flag that "
+                f"fdl-model-server does not support ({what}); use the real binary for it"
+            )
+        raise FlagError(f"fdl-model-server: error: unknown flag {item!r} (see --help)")
+    if not args.model_config_file and not args.model_base_path and not args.version:
+        raise FlagError(
+            "fdl-model-server: error: give --model_config_file, or --model_base_path "
+            "(with --model_name)"
+        )
+    if args.port and args.port == args.rest_api_port:
+        raise FlagError("fdl-model-server: error: --rest_api_port must differ from --port")
+    if not args.port and not args.rest_api_port:
+        raise FlagError("fdl-model-server: error: both --port and --rest_api_port are zero")
+    return args

@@ -1,0 +1,344 @@
+"""Model lifecycle: aspired versions, loading (retries, warmup), labels and unloading.
+
+Availability is preserved as in TF Serving: a new version serves only once it has loaded and
+warmed up, and the versions it replaces are unloaded only then. A failed load keeps the old
+version serving; it is retried ``max_num_load_retries`` times, and again whenever the files of
+that version folder change (so an export still being written never wedges the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError, invalid, not_found
+from serving.servable import Servable
+from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
+from serving.warmup import warm_up
+
+log = logging.getLogger("serving.manager")
+State = get_model_status_pb2.ModelVersionStatus.State
+ModelConfig = model_server_config_pb2.ModelConfig
+
+
+@dataclass
+class ManagerOptions:
+    max_num_load_retries: int = 5
+    load_retry_interval_s: float = 60.0
+    enable_warmup: bool = True
+    allow_labels_for_unavailable: bool = False
+    num_load_threads: int = 2
+    session_config: Any = None
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    path: Path
+    state: int = State.START
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+    servable: Servable | None = None
+    failed_fingerprint: Fingerprint | None = None
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    removed: bool = False
+
+
+class ModelManager:
+    def __init__(self, options: ManagerOptions) -> None:
+        self.options = options
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._models: dict[str, ModelEntry] = {}
+        self._stop = threading.Event()
+        self._loader = ThreadPoolExecutor(max(1, options.num_load_threads), "load")
+        self._unloader = ThreadPoolExecutor(1, "unload")
+
+    # --- configuration --------------------------------------------------------------------
+    def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
+        """Swap the set of models and labels, as TF Serving's ``ReloadConfig`` does.
+
+        Labels are checked first: a label may only point at an AVAILABLE version (with
+        ``allow_labels_for_unavailable``, a new label may point anywhere, but moving an existing
+        label still needs an available version); on error nothing changes. Returns the names of
+        models that are new in this config.
+        """
+        wanted = {m.name: m for m in config.model_config_list.config}
+        with self._lock:
+            labels = {name: self._checked_labels(name, m) for name, m in wanted.items()}
+            added = [name for name in wanted if name not in self._models]
+            for name, entry in list(self._models.items()):
+                if name not in wanted:
+                    entry.removed = True
+                    log.info("model %s removed from the config; unloading", name)
+                    self._reconcile(name, set())
+                    del self._models[name]
+            for name, model in wanted.items():
+                entry = self._models.setdefault(name, ModelEntry(config=model))
+                entry.config = model
+                entry.labels = labels[name]
+            for name in added:
+                log.info("model %s added (base path %s)", name, wanted[name].base_path)
+        self.poll()
+        return added
+
+    def _checked_labels(self, name: str, model: ModelConfig) -> dict[str, int]:
+        entry = self._models.get(name)
+        current = entry.labels if entry else {}
+        for label, version in model.version_labels.items():
+            if self.options.allow_labels_for_unavailable and current.get(label, version) == version:
+                continue
+            record = entry.versions.get(version) if entry else None
+            if record is None or record.state != State.AVAILABLE:
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Request to assign label to version {version} of model {name}, "
+                    "which is not currently available for inference",
+                )
+        return dict(model.version_labels)
+
+    def wait_available(self, names: list[str], timeout: float | None = None) -> None:
+        """Wait until each model has an AVAILABLE version; raise UNKNOWN for those that failed.
+
+        A model with no version folder on disk is not waited for (TF Serving would wait forever).
+        """
+
+        def pending() -> list[str]:
+            out = []
+            for name in names:
+                entry = self._models.get(name)
+                if entry is None or any(
+                    r.state == State.AVAILABLE for r in entry.versions.values()
+                ):
+                    continue
+                if any(r.state in (State.START, State.LOADING) for r in entry.versions.values()):
+                    out.append(name)
+            return out
+
+        with self._lock:
+            self._changed.wait_for(lambda: not pending(), timeout)
+            failed = []
+            for name in names:
+                entry = self._models.get(name)
+                if entry is None or not entry.versions:
+                    continue
+                if not any(r.state == State.AVAILABLE for r in entry.versions.values()):
+                    errors = [
+                        f"{{name: {name} version: {r.version}}} due to error: {r.error_message}"
+                        for r in entry.versions.values()
+                    ]
+                    failed.append(", ".join(errors))
+        if failed:
+            raise ServingError(
+                grpc.StatusCode.UNKNOWN,
+                f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}}",
+            )
+
+    # --- polling ----------------------------------------------------------------------------
+    def poll(self) -> None:
+        with self._lock:
+            names = list(self._models)
+        for name in names:
+            entry = self._models.get(name)
+            if entry is None:
+                continue
+            on_disk = scan_versions(Path(entry.config.base_path))
+            with self._lock:
+                if self._models.get(name) is not entry:
+                    continue
+                aspired = aspired_versions(entry.config.model_version_policy, on_disk)
+                for version in sorted(aspired):
+                    self._maybe_load(name, entry, version, on_disk[version])
+                self._reconcile(name, aspired)
+
+    def _maybe_load(self, name: str, entry: ModelEntry, version: int, path: Path) -> None:
+        record = entry.versions.get(version)
+        if record is not None and record.state in (State.START, State.LOADING, State.AVAILABLE):
+            return
+        if record is not None and record.failed_fingerprint is not None:
+            if fingerprint(path) == record.failed_fingerprint:
+                return
+            log.info("%s version %d changed on disk since its failed load; retrying", name, version)
+        record = VersionRecord(version=version, path=path, state=State.LOADING)
+        entry.versions[version] = record
+        self._loader.submit(self._load, name, entry, record)
+
+    def _load(self, name: str, entry: ModelEntry, record: VersionRecord, attempt: int = 1) -> None:
+        """One load attempt; a retry is scheduled on a timer, so no loader thread sleeps."""
+        attempts = self.options.max_num_load_retries + 1
+        if self._stop.is_set() or entry.removed:
+            self._finish(name, entry, record, None, None)
+            return
+        seen = fingerprint(record.path)
+        servable = None
+        try:
+            log.info("loading %s version %d from %s", name, record.version, record.path)
+            servable = Servable(name, record.version, record.path, self.options.session_config)
+            if self.options.enable_warmup:
+                count = warm_up(servable)
+                if count:
+                    log.info("%s version %d: %d warmup requests", name, record.version, count)
+        except Exception as error:  # a model TF Serving would reject: log the reason
+            if servable is not None:
+                servable.session.close()
+            log.error(
+                "Loading servable %s version %d failed (attempt %d of %d): %s",
+                name, record.version, attempt, attempts, error,
+            )  # fmt: skip
+            with self._lock:
+                record.error_code, record.error_message = _grpc_code(error), f"{error}"
+            if attempt < attempts and not self._stop.is_set():
+                timer = threading.Timer(
+                    self.options.load_retry_interval_s,
+                    self._submit,
+                    args=(self._load, name, entry, record, attempt + 1),
+                )
+                timer.daemon = True
+                timer.start()
+                return
+            self._finish(name, entry, record, None, seen)
+            return
+        self._finish(name, entry, record, servable, seen)
+
+    def _submit(self, *args: Any) -> None:
+        if not self._stop.is_set():
+            self._loader.submit(*args)
+
+    def _finish(
+        self,
+        name: str,
+        entry: ModelEntry,
+        record: VersionRecord,
+        servable: Servable | None,
+        seen: Fingerprint | None,
+    ) -> None:
+        with self._lock:
+            if servable is None:
+                record.state = State.END
+                record.failed_fingerprint = seen if seen is not None else fingerprint(record.path)
+                if not record.error_message:
+                    record.error_code = grpc.StatusCode.CANCELLED
+                    record.error_message = "load cancelled"
+            elif entry.removed or self._stop.is_set():
+                record.state = State.END
+                servable.close()
+            else:
+                record.servable, record.state = servable, State.AVAILABLE
+                record.error_code, record.error_message = grpc.StatusCode.OK, ""
+                log.info("%s version %d is AVAILABLE", name, record.version)
+                on_disk = scan_versions(Path(entry.config.base_path))
+                self._reconcile(name, aspired_versions(entry.config.model_version_policy, on_disk))
+            self._changed.notify_all()
+
+    def _reconcile(self, name: str, aspired: set[int]) -> None:
+        """Unload versions no longer aspired, once an aspired one is available (or none is)."""
+        entry = self._models[name]
+        available = {v for v, r in entry.versions.items() if r.state == State.AVAILABLE}
+        keep_old = not entry.removed and aspired and not (aspired & available)
+        for version, record in entry.versions.items():
+            if version in aspired or record.state != State.AVAILABLE or keep_old:
+                continue
+            record.state = State.UNLOADING
+            servable, record.servable = record.servable, None
+            log.info("unloading %s version %d", name, version)
+            self._unloader.submit(self._unload, record, servable)
+
+    def _unload(self, record: VersionRecord, servable: Servable | None) -> None:
+        if servable is not None:
+            servable.close()
+        with self._lock:
+            record.state = State.END
+            self._changed.notify_all()
+
+    # --- lookups ----------------------------------------------------------------------------
+    def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
+        """The servable for a request, acquired: the caller must ``release()`` it."""
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            if label:
+                if label not in entry.labels:
+                    raise invalid(f"Unrecognized servable version label: {label}")
+                version = entry.labels[label]
+            if version is None:
+                available = [v for v, r in entry.versions.items() if r.state == State.AVAILABLE]
+                if not available:
+                    raise _not_ready(entry, f"Latest({name})")
+                version = max(available)
+            record = entry.versions.get(version)
+            if record is None or record.state != State.AVAILABLE or record.servable is None:
+                if record is not None and record.state in (State.START, State.LOADING):
+                    raise ServingError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"Servable {name} version {version} is still loading",
+                    )
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            record.servable.acquire()
+            return record.servable
+
+    def status(self, name: str, version: int | None, label: str | None = None) -> list:
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                raise not_found(f"Could not find any versions of model {name}")
+            if label:
+                if label not in entry.labels:
+                    raise invalid(f"Unrecognized servable version label: {label}")
+                version = entry.labels[label]
+            records = sorted(entry.versions.values(), key=lambda r: -r.version)
+            if version is not None:
+                records = [r for r in records if r.version == version]
+                if not records:
+                    raise not_found(f"Could not find version {version} of model {name}")
+            if not records:
+                raise not_found(f"Could not find any versions of model {name}")
+            return [
+                (r.version, r.state, r.error_code, r.error_message)
+                for r in records
+            ]  # fmt: skip
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for entry in self._models.values():
+                entry.removed = True
+                for record in entry.versions.values():
+                    if record.servable is not None:
+                        record.servable.close(timeout=5)
+                        record.servable = None
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        self._unloader.shutdown(wait=False, cancel_futures=True)
+
+
+def _not_ready(entry: ModelEntry, what: str) -> ServingError:
+    loading = any(r.state in (State.START, State.LOADING) for r in entry.versions.values())
+    if loading:
+        return ServingError(grpc.StatusCode.UNAVAILABLE, f"Servable {what} is still loading")
+    return not_found(f"Servable not found for request: {what}")
+
+
+def _grpc_code(error: BaseException) -> grpc.StatusCode:
+    code = getattr(error, "error_code", None)
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN

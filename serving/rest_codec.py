@@ -1,0 +1,151 @@
+"""TF Serving's REST JSON formats: row (``instances``) and columnar (``inputs``), ``{"b64": …}``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.errors import invalid
+from serving.tensors import dtype_name, numpy_dtype
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _strings(value: Any, name: str) -> Any:
+    if _is_b64(value):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, TypeError) as error:
+            raise invalid(f"input '{name}': invalid base64 in {{\"b64\": …}}: {error}") from error
+    if isinstance(value, list):
+        return [_strings(v, name) for v in value]
+    if isinstance(value, str):
+        return value.encode()
+    raise invalid(f"input '{name}': expected a string or {{\"b64\": …}}, got {value!r:.60}")
+
+
+def to_array(value: Any, info: meta_graph_pb2.TensorInfo, name: str) -> np.ndarray:
+    """Convert a JSON value to the signature's dtype, or a 400 naming the input."""
+    target = numpy_dtype(info.dtype)
+    if target == np.dtype(object):
+        converted = _strings(value, name)
+        array = np.empty(np.shape(converted) if isinstance(converted, list) else (), dtype=object)
+        if array.ndim == 0:
+            array[()] = converted
+        else:
+            array[...] = converted
+        return array
+    try:
+        array = np.asarray(value)
+    except ValueError as error:
+        raise invalid(f"input '{name}': ragged or malformed JSON list: {error}") from error
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise invalid(
+            f"input '{name}': JSON value is not a rectangular list of {dtype_name(info.dtype)}"
+        )
+    kind = target.kind
+    if kind in "iu":
+        if array.dtype.kind == "f" and array.size and not np.all(np.mod(array, 1) == 0):
+            raise invalid(f"input '{name}': not of expected type: {dtype_name(info.dtype)}")
+        if array.size:
+            limits = np.iinfo(target)
+            if array.min() < limits.min or array.max() > limits.max:
+                raise invalid(f"input '{name}': value out of range for {dtype_name(info.dtype)}")
+    elif kind == "b" and array.dtype.kind != "b" and array.size:
+        raise invalid(f"input '{name}': not of expected type: bool")
+    return array.astype(target)
+
+
+def parse_predict_body(
+    body: Any, signature: meta_graph_pb2.SignatureDef
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Inputs by alias, and whether the row format was used."""
+    if not isinstance(body, dict):
+        raise invalid("JSON request body must be an object")
+    has_rows, has_columns = "instances" in body, "inputs" in body
+    if has_rows == has_columns:
+        raise invalid("JSON request must contain exactly one of 'instances' or 'inputs'")
+    names = sorted(signature.inputs)
+    if has_rows:
+        rows = body["instances"]
+        if not isinstance(rows, list):
+            raise invalid("'instances' must be a list")
+        named = rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows)
+        if not named:
+            if len(names) != 1:
+                raise invalid(
+                    f"the signature has {len(names)} inputs ({','.join(names)}); each instance "
+                    "must be an object keyed by input name"
+                )
+            columns = {names[0]: rows}
+        else:
+            columns = {}
+            for i, row in enumerate(rows):
+                if set(row) != set(rows[0]):
+                    raise invalid(f"instance {i} does not have the same keys as instance 0")
+            for key in rows[0]:
+                columns[key] = [row[key] for row in rows]
+    else:
+        value = body["inputs"]
+        if isinstance(value, dict) and not _is_b64(value):
+            columns = dict(value)
+        else:
+            if len(names) != 1:
+                raise invalid(f"the signature has {len(names)} inputs; 'inputs' must be an object")
+            columns = {names[0]: value}
+    arrays = {}
+    for key, value in columns.items():
+        if key not in signature.inputs:
+            raise invalid(
+                f"input tensor alias not found in signature: {key}. Inputs expected to be in "
+                f"the set {{{','.join(names)}}}."
+            )
+        arrays[key] = to_array(value, signature.inputs[key], key)
+    return arrays, has_rows
+
+
+def _jsonable(array: np.ndarray, name: str) -> Any:
+    if array.dtype == object or array.dtype.kind == "S":
+        binary = name.endswith("_bytes")
+
+        def one(value: Any) -> Any:
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            if not binary:
+                try:
+                    return raw.decode()
+                except UnicodeDecodeError:
+                    pass
+            return {"b64": base64.b64encode(raw).decode()}
+
+        return np.vectorize(one, otypes=[object])(array).tolist() if array.size else array.tolist()
+    if array.dtype in (np.float32, np.float16) and array.size:
+        # Shortest round-trip text of each float32 value ("0.1", not 0.10000000149011612).
+        return array.astype(str).astype(np.float64).tolist()
+    return array.tolist()
+
+
+def format_outputs(outputs: Mapping[str, np.ndarray], rows: bool) -> dict[str, Any]:
+    if not rows:
+        if len(outputs) == 1:
+            ((key, array),) = outputs.items()
+            return {"outputs": _jsonable(array, key)}
+        return {"outputs": {k: _jsonable(a, k) for k, a in outputs.items()}}
+    sizes = {a.shape[0] if a.ndim else None for a in outputs.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise invalid(
+            "row format ('instances') needs every output to have the same 0th dimension; "
+            "use the columnar format ('inputs')"
+        )
+    if len(outputs) == 1:
+        ((key, array),) = outputs.items()
+        return {"predictions": _jsonable(array, key)}
+    columns = {k: _jsonable(a, k) for k, a in outputs.items()}
+    count = sizes.pop()
+    return {"predictions": [{k: v[i] for k, v in columns.items()} for i in range(count)]}

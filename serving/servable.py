@@ -1,0 +1,166 @@
+"""One loaded model version: a SavedModel in its own Graph and Session, as TF Serving loads it.
+
+Loading uses ``tf.compat.v1.saved_model.loader.load(session, ["serve"], path)`` (the Python face of
+the C++ ``LoadSavedModel`` that TF Serving calls), so a model TF Serving rejects fails here too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.errors import invalid
+from serving.tensors import dtype_name, numpy_dtype
+
+SERVE_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit per model version
+
+
+def signature_key(name: str) -> str:
+    return name or DEFAULT_SIGNATURE
+
+
+class Servable:
+    """A loaded version; ``run`` validates inputs against the signature and runs the session."""
+
+    def __init__(
+        self, name: str, version: int, path: Path, session_config: Any | None = None
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
+        try:
+            with self.graph.as_default():
+                meta: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
+                    self.session, [SERVE_TAG], str(path)
+                )
+        except BaseException:
+            self.session.close()
+            raise
+        self.graph.finalize()
+        self.signatures: Mapping[str, meta_graph_pb2.SignatureDef] = dict(meta.signature_def)
+        self._callables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self.batchers: dict[str, Any] = {}
+
+    # --- request accounting, so unloading waits for requests still running -------------------
+    def acquire(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        for batcher in list(self.batchers.values()):
+            batcher.stop()
+        self.session.close()
+
+    # --- signatures -------------------------------------------------------------------------
+    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        key = signature_key(name)
+        found = self.signatures.get(key)
+        if found is None:
+            raise invalid(f'Serving signature name: "{key}" not found in signature def')
+        return found
+
+    def validate(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray]
+    ) -> meta_graph_pb2.SignatureDef:
+        """Check names, dtypes and shapes; errors are INVALID_ARGUMENT naming the tensor."""
+        signature = self.signature(signature_name)
+        expected = set(signature.inputs)
+        sent = set(inputs)
+        if sent != expected:
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+                f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+            )
+        for key, array in inputs.items():
+            info = signature.inputs[key]
+            want = numpy_dtype(info.dtype)
+            if array.dtype != want and not (want == np.dtype(object) and array.dtype.kind in "OS"):
+                raise invalid(
+                    f"Expects arg for input '{key}' ({info.name}) to be {dtype_name(info.dtype)} "
+                    f"but {array.dtype.name if array.dtype != object else 'string'} is provided"
+                )
+            if not info.tensor_shape.unknown_rank:
+                dims = [d.size for d in info.tensor_shape.dim]
+                if len(dims) != array.ndim or any(
+                    d >= 0 and d != s for d, s in zip(dims, array.shape, strict=False)
+                ):
+                    raise invalid(
+                        f"input '{key}' ({info.name}) has shape {list(array.shape)}, "
+                        f"incompatible with the signature's shape {dims} (-1 = any)"
+                    )
+        return signature
+
+    def output_keys(self, signature_name: str, output_filter: Iterable[str]) -> list[str]:
+        signature = self.signature(signature_name)
+        keys = list(output_filter) or sorted(signature.outputs)
+        for key in keys:
+            if key not in signature.outputs:
+                raise invalid(
+                    f"output tensor alias not found in signature: {key} Outputs expected to be "
+                    f"in the set {{{','.join(sorted(signature.outputs))}}}."
+                )
+        if len(set(keys)) != len(keys):
+            raise invalid(f"duplicate output tensor alias in output_filter: {keys}")
+        return keys
+
+    def run(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_keys: list[str],
+    ) -> dict[str, np.ndarray]:
+        """Run validated inputs; returns the requested outputs by alias."""
+        key = signature_key(signature_name)
+        signature = self.signatures[key]
+        in_keys = tuple(sorted(inputs))
+        out_keys = tuple(output_keys)
+        call = self._callables.get((key, in_keys, out_keys))
+        if call is None:
+            fetches = [signature.outputs[k].name for k in out_keys]
+            feeds = [signature.inputs[k].name for k in in_keys]
+            call = self.session.make_callable(fetches, feed_list=feeds)
+            self._callables[(key, in_keys, out_keys)] = call
+        try:
+            results = call(*(inputs[k] for k in in_keys))
+        except tf.errors.InvalidArgumentError as error:
+            raise invalid(error.message) from error
+        return dict(zip(out_keys, results, strict=True))
+
+
+def read_warmup_requests(path: Path) -> list[bytes]:
+    """The serialized ``PredictionLog`` records of a version's warmup file (none if absent)."""
+    file = path / WARMUP_FILE
+    if not file.exists():
+        return []
+    records = []
+    for record in tf.compat.v1.io.tf_record_iterator(str(file)):
+        records.append(record)
+        if len(records) > MAX_WARMUP_RECORDS:
+            raise ValueError(
+                f"{file} has more than {MAX_WARMUP_RECORDS} warmup records (TF Serving's limit)"
+            )
+    return records

@@ -1,0 +1,200 @@
+"""The model server: configuration polling, the manager, and the gRPC and REST front ends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tensorflow.core.protobuf import config_pb2
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.batching import BatchingConfig
+from serving.config_files import (
+    DEFAULT_PROMETHEUS_PATH,
+    ConfigError,
+    read_batching_parameters,
+    read_model_server_config,
+    read_monitoring_config,
+    single_model_config,
+)
+from serving.errors import ServingError
+from serving.grpc_api import ModelService, PredictionService
+from serving.manager import ManagerOptions, ModelManager
+from serving.metrics import Metrics
+
+log = logging.getLogger("serving.server")
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's send/receive limits to INT_MAX
+SERVICE_NAMES = (
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+class ModelServer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.metrics = Metrics()
+        self.batching: BatchingConfig | None = None
+        if args.enable_batching:
+            params = read_batching_parameters(args.batching_parameters_file or None)
+            self.batching = BatchingConfig.from_proto(params, on_batch=self.metrics.record_batch)
+        monitoring = read_monitoring_config(args.monitoring_config_file or None)
+        prometheus = monitoring.prometheus_config
+        self.metrics_path = (
+            (prometheus.path or DEFAULT_PROMETHEUS_PATH) if prometheus.enable else None
+        )
+        session_config = config_pb2.ConfigProto(
+            intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism
+            or args.tensorflow_session_parallelism,
+            inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism
+            or args.tensorflow_session_parallelism,
+        )
+        self.manager = ModelManager(
+            ManagerOptions(
+                max_num_load_retries=max(0, args.max_num_load_retries),
+                load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
+                enable_warmup=args.enable_model_warmup,
+                allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+                num_load_threads=max(1, args.num_load_threads),
+                session_config=session_config,
+            )
+        )
+        self._stop = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._config_text: str | None = None
+        self._config_ok = False
+        self._threads: list[threading.Thread] = []
+        self._grpc: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
+        self._rest = None
+
+    # --- configuration ----------------------------------------------------------------------
+    def _initial_config(self) -> model_server_config_pb2.ModelServerConfig:
+        if self.args.model_config_file:
+            path = Path(self.args.model_config_file)
+            self._config_text = path.read_text() if path.exists() else None
+            return read_model_server_config(path)
+        return single_model_config(self.args.model_name, self.args.model_base_path)
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Apply a new ModelServerConfig; waits for new models (``HandleReloadConfigRequest``)."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Cannot transition to requested config. It is only legal to transition from "
+                "one ModelConfigList to another.",
+            )
+        names = [m.name for m in config.model_config_list.config]
+        if len(set(names)) != len(names) or not all(
+            m.name and m.base_path for m in config.model_config_list.config
+        ):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "every model config needs a unique name and a base_path",
+            )
+        with self._reload_lock:
+            added = self.manager.apply_config(config)
+            self.manager.wait_available(added)
+
+    def _poll_config_file(self) -> None:
+        path = Path(self.args.model_config_file)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            log.error("cannot read model config file %s: %s", path, error)
+            return
+        if text == self._config_text and self._config_ok:
+            return
+        self._config_text = text
+        try:
+            config = read_model_server_config(path)
+            self.reload_config(config)
+            self._config_ok = True
+            log.info("model config file %s applied", path)
+        except (ConfigError, ServingError) as error:
+            self._config_ok = False
+            log.error("model config file %s not applied: %s", path, error)
+
+    def _loop(self, interval: float, body: callable) -> None:  # type: ignore[valid-type]
+        while not self._stop.wait(interval):
+            try:
+                body()
+            except Exception:
+                log.exception("poll failed")
+
+    # --- start and stop ---------------------------------------------------------------------
+    def start(self) -> None:
+        config = self._initial_config()
+        with self._reload_lock:
+            self.manager.apply_config(config)
+            self.manager.wait_available([m.name for m in config.model_config_list.config])
+        self._config_ok = True
+        if self.args.file_system_poll_wait_seconds > 0:
+            self._spawn("fs-poll", self.args.file_system_poll_wait_seconds, self.manager.poll)
+        if self.args.model_config_file and self.args.model_config_file_poll_wait_seconds > 0:
+            self._spawn(
+                "config-poll",
+                self.args.model_config_file_poll_wait_seconds,
+                self._poll_config_file,
+            )
+        if self.args.port:
+            self._start_grpc(self.args.port)
+        if self.args.rest_api_port:
+            from serving.rest import start_rest_server
+
+            self._rest = start_rest_server(self, self.args.rest_api_port)
+            log.info("Exporting HTTP/REST API at:localhost:%d ...", self.args.rest_api_port)
+
+    def _spawn(self, name: str, interval: float, body: callable) -> None:  # type: ignore[valid-type]
+        thread = threading.Thread(target=self._loop, args=(interval, body), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_grpc(self, port: int) -> None:
+        workers = self.args.grpc_max_threads or max(16, 4 * (os.cpu_count() or 4))
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self), server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self), server)
+        names = [*SERVICE_NAMES, reflection.SERVICE_NAME]
+        if self.args.enable_grpc_healthcheck_service:
+            self._health = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            for service in ("", *SERVICE_NAMES):
+                self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            names.append(health.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
+            raise OSError(f"cannot listen for gRPC on port {port}")
+        server.start()
+        self._grpc = server
+        log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self._rest is not None:
+            self._rest.shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(grace=2).wait(3)
+        self.manager.stop()

@@ -1,0 +1,22 @@
+"""Replay ``assets.extra/tf_serving_warmup_requests`` against a freshly loaded version."""
+
+from __future__ import annotations
+
+from tensorflow_serving.apis import prediction_log_pb2
+
+from serving.servable import Servable, read_warmup_requests
+
+
+def warm_up(servable: Servable) -> int:
+    """Run every warmup record once; any failure fails the load, as in TF Serving."""
+    from serving.predict import predict
+
+    count = 0
+    for record in read_warmup_requests(servable.path):
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        kind = log.WhichOneof("log_type")
+        if kind != "predict_log":
+            raise ValueError(f"warmup record of type {kind!r} is not supported (only predict_log)")
+        predict(servable, log.predict_log.request)
+        count += 1
+    return count

@@ -1,0 +1,148 @@
+"""The deployment checks pass on the real files and fail on broken copies of them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.lint import compose, dockerfile, k8s, serving_config
+from deploy.lint.common import Errors
+from tests.support.procs import REPO_ROOT
+
+CHECKS: dict[str, Callable[[Path], Errors]] = {
+    "dockerfile": dockerfile.check,
+    "compose": compose.check,
+    "serving-config": serving_config.check,
+    "k8s": k8s.check,
+}
+needs_kubectl = pytest.mark.skipif(
+    not k8s.kustomize_available(), reason="kubectl (kustomize) not on PATH"
+)
+
+
+def copy_tree(dest: Path) -> Path:
+    """The files the checks read: Dockerfile, .dockerignore, pyproject, README, deploy/."""
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, dest / name)
+    shutil.copytree(
+        REPO_ROOT / "deploy",
+        dest / "deploy",
+        ignore=shutil.ignore_patterns("__pycache__", "lint", ".env"),
+    )
+    for package in ("fdl", "api", "serving", "training"):
+        (dest / package).mkdir()
+    return dest
+
+
+def edit(root: Path, relative: str, old: str, new: str) -> None:
+    path = root / relative
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {relative}: the mutation no longer applies"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_real_files_pass(name: str) -> None:
+    assert CHECKS[name](REPO_ROOT) == []
+
+
+def test_copy_of_the_tree_passes(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    for name, check in CHECKS.items():
+        assert check(root) == [], name
+
+
+MUTATIONS = yaml.safe_load((Path(__file__).parent / "mutations.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    MUTATIONS,
+    ids=[f"{m['check']}:{m['file'].split('/')[-1]}:{m['error'][:30]}" for m in MUTATIONS],
+)
+def test_broken_copy_fails(tmp_path: Path, mutation: dict[str, str]) -> None:
+    root = copy_tree(tmp_path)
+    edit(root, mutation["file"], mutation["old"], mutation["new"])
+    errors = CHECKS[mutation["check"]](root)
+    assert any(mutation["error"] in e for e in errors), errors
+
+
+def test_compose_service_without_healthcheck_fails_its_dependants(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    path = root / "deploy" / "compose.yaml"
+    document = yaml.safe_load(path.read_text())
+    del document["services"]["redis"]["healthcheck"]
+    path.write_text(yaml.safe_dump(document))
+    errors = compose.check(root)
+    assert any("waits for redis to be healthy; it has no healthcheck" in e for e in errors), errors
+
+
+@needs_kubectl
+def test_broken_kustomize_patch_fails_the_build(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    edit(
+        root,
+        "deploy/k8s/overlays/gpu/worker-gpu.yaml",
+        "      tolerations:",
+        "      tolerations: [",
+    )
+    errors = k8s.check(root)
+    assert any("kubectl kustomize gpu" in e for e in errors), errors
+
+
+@needs_kubectl
+def test_kustomize_output_is_validated(tmp_path: Path) -> None:
+    """A patch that is fine on its own but yields an invalid Deployment fails the build check."""
+    root = copy_tree(tmp_path)
+    edit(
+        root,
+        "deploy/k8s/overlays/gpu/worker-gpu.yaml",
+        "      nodeSelector:",
+        "      nodeSelectr:\n        a: b\n      nodeSelector:",
+    )
+    errors = k8s.check(root)
+    assert any("kustomize build of gpu" in e and "nodeSelectr" in e for e in errors), errors
+
+
+def test_missing_k8s_tree_fails(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    shutil.rmtree(root / "deploy" / "k8s" / "overlays")
+    assert k8s.check(root) != []
+
+
+def test_script_exit_status(tmp_path: Path) -> None:
+    script = REPO_ROOT / "scripts" / "lint-deploy.sh"
+    env_python = {"PYTHON": sys.executable, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+    ok = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_base_env(), **env_python},
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("ok   ") == len(CHECKS)
+    root = copy_tree(tmp_path)
+    edit(root, "deploy/compose.yaml", "    image: redis:7.4.2-alpine", "    imag: redis")
+    bad = subprocess.run(
+        ["bash", str(script), "--root", str(root), "compose"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_base_env(), **env_python},
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "FAIL compose" in bad.stdout
+
+
+def _base_env() -> dict[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,151 @@
+"""Redis, the training worker, Flower and TensorBoard: their container commands, run here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.deploy import containers as c
+from tests.support.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 90):
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
+def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
+    argv = c.command("redis")
+    statefulset = c.k8s_pod("StatefulSet", "fdl-redis")["containers"][0]
+    assert c.k8s_argv(statefulset) == argv
+    health = c.healthcheck("redis")
+    assert statefulset["livenessProbe"]["exec"]["command"][1:] == health[1:]
+    port = free_port()
+    assert "/data" in argv
+    local = [*c.swap(argv, "/data", str(tmp_path)), "--port", str(port), "--bind", "127.0.0.1"]
+    server = Process("deploy-redis", local, logs_dir)
+    try:
+        wait_for(lambda: port_open(port), 20, "redis", check=server.ensure_alive)
+        local_health = [a.replace("redis-cli ping", f"redis-cli -p {port} ping") for a in health]
+        assert local_health != health
+        assert run(local_health).returncode == 0
+        client = redis.Redis(port=port)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.set("job:1", "queued")
+        client.close()
+        wait_for(lambda: any(tmp_path.rglob("*.aof")), 10, "the append-only file")
+    finally:
+        server.stop()
+    assert run(local_health).returncode != 0
+
+
+@pytest.fixture(scope="module")
+def worker(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, logs_dir: Path
+) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("worker")
+    env = {**c.image_env("worker"), **c.environment("worker")}
+    env.pop("HOME", None)
+    env.update(
+        FDL_REDIS_URL=redis_url,
+        FDL_MODEL_DIR=str(root / "models"),
+        FDL_DATA_DIR=str(root / "data"),
+        FDL_VAR_DIR=str(root / "var"),
+        MPLCONFIGDIR=str(root / "matplotlib"),
+    )
+    process = Process("deploy-worker", c.command("worker"), logs_dir, env=env)
+    # What Docker and Kubernetes set in every container: the container's host name.
+    probe_env = {**env, "HOSTNAME": socket.gethostname()}
+    try:
+        wait_for(
+            lambda: run(c.image_healthcheck("worker"), probe_env).returncode == 0,
+            180,
+            "the worker's image healthcheck",
+            interval=0.5,
+            check=process.ensure_alive,
+        )
+        yield probe_env
+    finally:
+        process.stop(timeout=30)
+
+
+def test_worker_command_is_the_same_everywhere() -> None:
+    container = c.k8s_pod("Deployment", "fdl-worker")["containers"][0]
+    argv = c.command("worker")
+    assert argv == c.image_cmd("worker") == c.k8s_argv(container)
+    assert argv[argv.index("-Q") + 1] == "training"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+
+
+def test_worker_healthchecks_pass(worker: dict[str, str]) -> None:
+    compose_check = run(c.healthcheck("worker"), worker)
+    assert compose_check.returncode == 0, compose_check.stdout + compose_check.stderr
+    container = c.k8s_pod("Deployment", "fdl-worker")["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        result = run(container[probe]["exec"]["command"], worker)
+        assert result.returncode == 0, (probe, result.stdout + result.stderr)
+        assert "pong" in result.stdout
+
+
+def test_worker_healthcheck_fails_for_another_host(worker: dict[str, str]) -> None:
+    result = run(c.image_healthcheck("worker"), {**worker, "HOSTNAME": "not-this-worker"})
+    assert result.returncode != 0
+
+
+def test_flower_command_serves_its_healthcheck(redis_url: str, logs_dir: Path) -> None:
+    argv = c.command("flower")
+    k8s = c.k8s_argv(c.k8s_pod("Deployment", "fdl-flower")["containers"][0])
+    assert c.swap(k8s, "fdl-redis", "redis") == argv
+    port = free_port()
+    local = c.swap([a.replace("redis://redis:6379/0", redis_url) for a in argv], "5555", str(port))
+    assert local != argv
+    flower = Process("deploy-flower", local, logs_dir)
+    health = c.swap(c.healthcheck("flower"), "5555", str(port))
+    try:
+        wait_for(
+            lambda: run(health, timeout=15).returncode == 0,
+            90,
+            "flower's healthcheck",
+            interval=0.5,
+            check=flower.ensure_alive,
+        )
+    finally:
+        flower.stop()
+    assert run(health, timeout=15).returncode != 0
+
+
+def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
+    argv = c.command("tensorboard")
+    worker_env = c.environment("worker")
+    logdir = f"{worker_env['FDL_VAR_DIR']}/tensorboard"
+    assert logdir in argv, (
+        "TensorBoard must read where the worker writes ($FDL_VAR_DIR/tensorboard)"
+    )
+    port = free_port()
+    local = c.swap([a.replace(logdir, str(tmp_path)) for a in argv], "6006", str(port))
+    board = Process("deploy-tensorboard", local, logs_dir)
+    health = c.swap(c.healthcheck("tensorboard"), "6006", str(port))
+    try:
+        wait_for(
+            lambda: run(health, timeout=15).returncode == 0,
+            120,
+            "tensorboard's healthcheck",
+            interval=0.5,
+            check=board.ensure_alive,
+        )
+    finally:
+        board.stop()

@@ -1,0 +1,199 @@
+"""The compose stack's model-config init, model server and gateway, run outside containers.
+
+Each process runs the exact command its container runs (read from deploy/compose.yaml, checked
+equal to the Dockerfile's CMD and to the Kubernetes manifests), with container-only ports and
+paths swapped for local ones. The model server is ``tensorflow_model_server`` when
+``FDL_TFS_BINARY`` names one, else our compatible ``fdl-model-server`` with the same flags.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from tests.deploy import containers as c
+from tests.support.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
+
+SERVING_CONFIG = REPO_ROOT / "deploy" / "serving"
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60):
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
+def model_server_argv(grpc_port: int, rest_port: int, models: Path) -> list[str]:
+    argv = c.command("serving")
+    assert argv[0] == "tensorflow_model_server"
+    argv[0] = os.environ.get("FDL_TFS_BINARY") or str(VENV_BIN / "fdl-model-server")
+    argv = c.swap(c.swap(argv, "8500", str(grpc_port)), "8501", str(rest_port))
+    return [
+        a.replace("=/models/", f"={models}/").replace("=/config/", f"={SERVING_CONFIG}/")
+        for a in argv
+    ]
+
+
+def serving_healthcheck(rest_port: int) -> list[str]:
+    return c.swap(c.healthcheck("serving"), "8501", str(rest_port))
+
+
+@dataclass
+class Stack:
+    models: Path
+    rest_port: int
+    gateway_port: int
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, logs_dir: Path
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    models, data, var = root / "models", root / "data", root / "var"
+    init = run(
+        c.command("model-config"), {**c.environment("model-config"), "FDL_MODEL_DIR": str(models)}
+    )
+    assert init.returncode == 0, init.stderr
+    grpc_port, rest_port, gateway_port = free_port(), free_port(), free_port()
+    serving = Process("deploy-serving", model_server_argv(grpc_port, rest_port, models), logs_dir)
+    processes = [serving]
+    try:
+        wait_for(
+            lambda: run(serving_healthcheck(rest_port), timeout=15).returncode == 0,
+            180,
+            "the model server's compose healthcheck",
+            interval=0.5,
+            check=serving.ensure_alive,
+        )
+        env = {**c.image_env("gateway"), **c.environment("gateway")}
+        env.pop("HOME", None)
+        env.update(
+            FDL_REDIS_URL=redis_url,
+            FDL_MODEL_DIR=str(models),
+            FDL_DATA_DIR=str(data),
+            FDL_VAR_DIR=str(var),
+            FDL_SERVING_HOST="127.0.0.1",
+            FDL_SERVING_GRPC_PORT=str(grpc_port),
+            FDL_SERVING_REST_PORT=str(rest_port),
+            FDL_GATEWAY_PORT=str(gateway_port),
+        )
+        gateway = Process("deploy-gateway", c.command("gateway"), logs_dir, env=env)
+        processes.append(gateway)
+        wait_for(
+            lambda: port_open(gateway_port), 120, "the gateway port", check=gateway.ensure_alive
+        )
+        yield Stack(models, rest_port, gateway_port)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def test_model_config_init_matches_everywhere() -> None:
+    argv = c.command("model-config")
+    init = c.k8s_pod("Deployment", "fdl-serving")["initContainers"][0]
+    assert c.k8s_argv(init) == argv
+    assert init["image"].split(":")[0] == c.service("gateway")["image"].split(":")[0]
+
+
+def test_model_config_init_writes_a_config_tf_serving_parses(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "mnist_mlp" / "1").mkdir(parents=True)
+    result = run(
+        c.command("model-config"), {**c.environment("model-config"), "FDL_MODEL_DIR": str(models)}
+    )
+    assert result.returncode == 0, result.stderr
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse((models / "models.config").read_text(), config)
+    entries = config.model_config_list.config
+    assert [e.name for e in entries] == ["mnist_mlp"]
+    assert entries[0].base_path == str((models / "mnist_mlp").resolve())
+
+
+def test_serving_command_is_the_same_in_kubernetes() -> None:
+    container = c.k8s_pod("Deployment", "fdl-serving")["containers"][0]
+    assert c.k8s_argv(container) == c.command("serving")
+
+
+def test_serving_healthcheck_passes_on_the_running_server(stack: Stack) -> None:
+    result = run(serving_healthcheck(stack.rest_port))
+    assert result.returncode == 0, result.stderr
+    assert (stack.models / "models.config").exists()
+
+
+def test_serving_healthcheck_fails_without_a_server() -> None:
+    assert run(serving_healthcheck(free_port())).returncode != 0
+
+
+def test_serving_healthcheck_fails_on_a_wrong_path(stack: Stack) -> None:
+    argv = [
+        a.replace("/monitoring/prometheus/metrics", "/no/such/path")
+        for a in serving_healthcheck(stack.rest_port)
+    ]
+    assert run(argv).returncode != 0
+
+
+def test_kubernetes_serving_probes_use_the_monitoring_path(stack: Stack) -> None:
+    container = c.k8s_pod("Deployment", "fdl-serving")["containers"][0]
+    monitoring = (SERVING_CONFIG / "monitoring.config").read_text()
+    for probe in ("startupProbe", "readinessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert f'path: "{path}"' in monitoring
+        url = f"http://127.0.0.1:{stack.rest_port}{path}"
+        assert run(["python", "-m", "fdl.healthcheck", url]).returncode == 0
+
+
+def test_gateway_command_is_the_same_everywhere() -> None:
+    container = c.k8s_pod("Deployment", "fdl-gateway")["containers"][0]
+    assert c.command("gateway") == c.image_cmd("gateway") == c.k8s_argv(container)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FDL_GATEWAY_HOST"] == c.environment("gateway")["FDL_GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_gateway_image_healthcheck_passes(stack: Stack) -> None:
+    argv = c.image_healthcheck("gateway")
+    result = run(argv, {"FDL_GATEWAY_PORT": str(stack.gateway_port)})
+    assert result.returncode == 0, result.stderr
+    closed = run(argv, {"FDL_GATEWAY_PORT": str(free_port())})
+    assert closed.returncode == 1
+    assert "unhealthy" in closed.stderr
+
+
+def test_gateway_compose_healthcheck_passes(stack: Stack) -> None:
+    argv = c.swap(c.healthcheck("gateway"), "8000", str(stack.gateway_port))
+    result = run(argv)
+    assert result.returncode == 0, result.stderr
+
+
+def test_gateway_kubernetes_probes_pass(stack: Stack) -> None:
+    """Liveness /healthz and readiness /readyz (Redis and the model server both answer)."""
+    container = c.k8s_pod("Deployment", "fdl-gateway")["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        url = f"http://127.0.0.1:{stack.gateway_port}{container[probe]['httpGet']['path']}"
+        result = run(["python", "-m", "fdl.healthcheck", url])
+        assert result.returncode == 0, (probe, result.stderr)
+
+
+def test_gateway_prometheus_path_answers(stack: Stack) -> None:
+    doc = next(
+        d
+        for d in c.k8s_docs()
+        if d["metadata"]["name"] == "fdl-gateway" and d["kind"] == "Deployment"
+    )
+    path = doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+    url = f"http://127.0.0.1:{stack.gateway_port}{path}"
+    assert run(["python", "-m", "fdl.healthcheck", url]).returncode == 0

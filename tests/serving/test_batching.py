@@ -1,0 +1,127 @@
+"""Server-side batching: every caller gets its own rows back; overload is UNAVAILABLE."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.serving.conftest import expected_scores, images, predict_request, scores_of
+
+BATCH_COUNT = ":tensorflow:serving:batching_session:processed_batch_size_count"
+
+
+def _start(impl, server_factory, model_stock, tmp_path_factory, name, params):
+    root = tmp_path_factory.mktemp(name)
+    model_stock.install("a", root / "tiny", 1)
+    params_file = root / "batching.config"
+    params_file.write_text(params)
+    monitoring = root / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    return server_factory(
+        impl,
+        name,
+        [
+            "--model_name=tiny",
+            f"--model_base_path={root / 'tiny'}",
+            "--enable_batching=true",
+            f"--batching_parameters_file={params_file}",
+            f"--monitoring_config_file={monitoring}",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def batching(impl, server_factory, model_stock, tmp_path_factory):
+    params = (
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 200000 }\n"
+        "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
+        "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
+    )
+    return _start(impl, server_factory, model_stock, tmp_path_factory, "batching", params)
+
+
+@pytest.fixture(scope="module")
+def tight(impl, server_factory, model_stock, tmp_path_factory):
+    params = (
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 3000000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 1 }\n"
+    )
+    return _start(impl, server_factory, model_stock, tmp_path_factory, "tight", params)
+
+
+def _concurrently(count: int, call) -> list:
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = call(i)
+        except grpc.RpcError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def _batches(server) -> float:
+    with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(BATCH_COUNT):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
+    callers = 16
+    inputs = [images(1 + i % 3, seed=100 + i) for i in range(callers)]
+    expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
+    offsets = np.cumsum([0] + [len(x) for x in inputs])
+    stub = batching.prediction()
+    results = _concurrently(
+        callers, lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
+    )
+    for i, result in enumerate(results):
+        assert not isinstance(result, grpc.RpcError), result
+        np.testing.assert_allclose(
+            scores_of(result), expected[offsets[i] : offsets[i + 1]], rtol=1e-5
+        )
+    if impl == "fdl":
+        batches = _batches(batching)
+        assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
+
+
+def test_padding_to_allowed_size_is_sliced_off(batching, model_stock) -> None:
+    rows = images(3, seed=7)  # padded to 4 inside the server
+    response = batching.prediction().Predict(predict_request("tiny", rows), timeout=60)
+    assert scores_of(response).shape == (3, 4)
+    np.testing.assert_allclose(
+        scores_of(response), expected_scores(model_stock.versions["a"], rows), rtol=1e-5
+    )
+
+
+def test_queue_full_is_unavailable(tight) -> None:
+    stub = tight.prediction()
+    results = _concurrently(
+        2, lambda i: stub.Predict(predict_request("tiny", images(5, seed=i)), timeout=60)
+    )
+    failures = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert len(failures) == 1, results
+    assert failures[0].code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_task_larger_than_max_batch_size(tight, impl) -> None:
+    if impl != "fdl":
+        pytest.skip("TF Serving may split large tasks (enable_large_batch_splitting)")
+    with pytest.raises(grpc.RpcError) as info:
+        tight.prediction().Predict(predict_request("tiny", images(9)), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "larger than maximum input batch size 8" in info.value.details()

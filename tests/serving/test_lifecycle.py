@@ -1,0 +1,194 @@
+"""Model lifecycle: config polling, version swaps under traffic, failed and incomplete versions."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from tensorflow_serving.apis import get_model_status_pb2
+
+from serving.testing import write_warmup_file
+from tests.serving.conftest import SHAPE, images, model_config, predict_request
+from tests.support.procs import wait_for
+
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+class Repo:
+    """A model repository plus the config file that the server polls."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "models.config"
+        self.models: dict[str, Path] = {}
+        self.config.write_text("model_config_list {}\n")  # the stack starts with no models
+
+    def add(self, name: str) -> Path:
+        self.models[name] = self.root / name
+        self.models[name].mkdir(exist_ok=True)
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(model_config(self.models))
+        tmp.replace(self.config)
+        return self.models[name]
+
+
+@pytest.fixture(scope="module")
+def polled(impl, server_factory, tmp_path_factory):
+    repo = Repo(tmp_path_factory.mktemp("polled"))
+    server = server_factory(
+        impl,
+        "lifecycle",
+        [
+            f"--model_config_file={repo.config}",
+            "--model_config_file_poll_wait_seconds=1",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=1",
+            "--load_retry_interval_micros=200000",
+        ],
+    )
+    return server, repo
+
+
+def statuses(server, name: str) -> dict[int, tuple[int, str]]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    try:
+        response = server.models().GetModelStatus(request, timeout=10)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return {}
+        raise
+    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
+
+
+def served_version(server, name: str) -> int:
+    response = server.prediction().Predict(predict_request(name, images(1)), timeout=30)
+    return response.model_spec.version.value
+
+
+def wait_served(server, name: str, version: int, timeout: float = 60) -> None:
+    def probe() -> bool:
+        return served_version(server, name) == version
+
+    wait_for(probe, timeout, f"{name} version {version} served", check=server.process.ensure_alive)
+
+
+def test_model_added_to_polled_config(polled, model_stock) -> None:
+    server, repo = polled
+    assert statuses(server, "fresh") == {}
+    base = repo.add("fresh")
+    model_stock.install("a", base, 1)
+    wait_served(server, "fresh", 1)
+    assert statuses(server, "fresh")[1][0] == State.AVAILABLE
+
+
+class Traffic:
+    """Predict calls in a loop on two threads, recording versions and failures."""
+
+    def __init__(self, server, name: str) -> None:
+        self.server, self.name = server, name
+        self.versions: list[int] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        stub = self.server.prediction()
+        while not self.stop.is_set():
+            try:
+                response = stub.Predict(predict_request(self.name, images(2)), timeout=30)
+                self.versions.append(response.model_spec.version.value)
+            except grpc.RpcError as error:
+                self.errors.append(f"{error.code()}: {error.details()}")
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def seen(self, version: int, count: int = 20) -> bool:
+        return self.versions[-count:].count(version) == count
+
+
+def test_version_swap_under_traffic(polled, model_stock) -> None:
+    server, repo = polled
+    base = repo.add("swap")
+    model_stock.install("a", base, 1)
+    wait_served(server, "swap", 1)
+    with Traffic(server, "swap") as traffic:
+        wait_for(lambda: traffic.seen(1), 30, "traffic on version 1")
+        model_stock.install("b", base, 2)
+        wait_for(lambda: traffic.seen(2), 60, "traffic moved to version 2")
+    assert traffic.errors == []
+    first_two = traffic.versions.index(2)
+    assert set(traffic.versions[first_two:]) == {2}, "served version went back"
+    wait_for(lambda: statuses(server, "swap").get(1, (None,))[0] == State.END, 30, "v1 unloaded")
+
+
+def test_incomplete_version_never_wedges(polled, model_stock, impl) -> None:
+    server, repo = polled
+    base = repo.add("partial")
+    model_stock.install("a", base, 1)
+    wait_served(server, "partial", 1)
+    partial = base / "2"
+    with Traffic(server, "partial") as traffic:
+        shutil.copytree(model_stock.versions["b"] / "variables", partial / "variables")
+        wait_for(lambda: len(traffic.versions) >= 40, 30, "traffic beside an incomplete version")
+        if impl == "fdl":  # the export completes: our server loads it (TF Serving may not retry)
+            shutil.copy(model_stock.versions["b"] / "saved_model.pb", partial / "saved_model.pb")
+            wait_for(lambda: traffic.seen(2), 60, "completed version 2 served")
+    assert traffic.errors == []
+    assert traffic.versions[0] == 1
+
+
+def test_failed_load_keeps_old_version(polled, model_stock, impl) -> None:
+    server, repo = polled
+    base = repo.add("flaky")
+    model_stock.install("a", base, 1)
+    wait_served(server, "flaky", 1)
+    model_stock.install("broken", base, 2)
+
+    def failed() -> bool:
+        state, message = statuses(server, "flaky").get(2, (None, ""))
+        return state == State.END and bool(message)
+
+    wait_for(failed, 60, "version 2 reported as failed", check=server.process.ensure_alive)
+    assert served_version(server, "flaky") == 1
+    assert statuses(server, "flaky")[1][0] == State.AVAILABLE
+    if impl == "fdl":
+        log = server.process.log_tail(200_000)
+        assert "Loading servable flaky version 2 failed (attempt 2 of 2)" in log
+        # Fixing the files of the failed version makes it load.
+        shutil.rmtree(base / "2")
+        model_stock.install("b", base, 2)
+        wait_served(server, "flaky", 2)
+
+
+def test_warmup_replayed_and_failed_warmup_rejected(polled, model_stock, impl, tmp_path) -> None:
+    server, repo = polled
+    base = repo.add("warm")
+    model_stock.install("a", base, 1)  # "a" carries two warmup requests
+    wait_served(server, "warm", 1)
+    if impl == "fdl":
+        assert "warm version 1: 2 warmup requests" in server.process.log_tail(200_000)
+    bad = tmp_path / "bad"
+    shutil.copytree(model_stock.versions["b"], bad)
+    write_warmup_file(bad / "assets.extra" / "tf_serving_warmup_requests", "warm", SHAPE, 1,
+                      input_key="pixels")  # fmt: skip
+    shutil.copytree(bad, base / ".tmp")
+    (base / ".tmp").rename(base / "2")
+
+    def failed() -> bool:
+        state, message = statuses(server, "warm").get(2, (None, ""))
+        return state == State.END and bool(message)
+
+    wait_for(failed, 60, "version 2 failing its warmup", check=server.process.ensure_alive)
+    assert served_version(server, "warm") == 1

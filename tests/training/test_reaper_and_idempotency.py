@@ -1,0 +1,84 @@
+"""The plain functions behind SIGKILL resilience, on a real Redis: the reaper requeues or fails
+jobs whose heartbeat is stale, and a redelivered message never re-runs a finished job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from fdl.jobs import JobStatus, JobStore
+from training.job import run_job
+from training.reaper import reap_once
+from training.settings import WorkerSettings
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[JobStore]:
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2", decode_responses=True)
+    client.flushdb()
+    yield JobStore(client)
+    client.close()
+
+
+def settings(tmp_path: Path, **overrides: object) -> WorkerSettings:
+    return WorkerSettings(
+        redis_url="redis://unused", model_dir=tmp_path / "m", var_dir=tmp_path / "v",
+        stale_after_s=5, max_attempts=2, **overrides,
+    )  # fmt: skip
+
+
+def running_job(store: JobStore, job_id: str, heartbeat_age: float) -> None:
+    store.create({"model": "mnist_logreg"}, job_id)
+    store.mark_running(job_id, "some-worker:1")
+    store.set_fields(job_id, heartbeat_at=time.time() - heartbeat_age)
+
+
+def test_reaper_requeues_stale_jobs_only(store: JobStore, tmp_path: Path) -> None:
+    running_job(store, "stale", heartbeat_age=60)
+    running_job(store, "alive", heartbeat_age=1)
+    sent: list[str] = []
+    actions = reap_once(store, settings(tmp_path), sent.append)
+    assert actions == [("stale", "requeued")] and sent == ["stale"]
+    assert store.get("stale")["status"] == "queued"
+    assert store.get("alive")["status"] == "running"
+    # A second pass finds nothing more to do: the claim is atomic.
+    assert reap_once(store, settings(tmp_path), sent.append) == []
+
+
+def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
+    running_job(store, "doomed", heartbeat_age=60)
+    store.set_fields("doomed", attempts=2)
+    sent: list[str] = []
+    assert reap_once(store, settings(tmp_path), sent.append) == [("doomed", "failed")]
+    record = store.get("doomed")
+    assert sent == [] and record["status"] == "failed"
+    assert "no heartbeat" in record["error"] and "giving up" in record["error"]
+
+
+def test_redelivered_message_of_a_finished_job_is_skipped(
+    store: JobStore, tmp_path: Path
+) -> None:
+    store.create({"model": "mnist_logreg"}, "done")
+    store.finish("done", JobStatus.SUCCEEDED, result={"model": "x"})
+    before = store.get("done")
+    assert run_job("done", store, settings(tmp_path)) is None
+    assert store.get("done") == before
+
+
+def test_message_for_a_job_running_elsewhere_is_skipped(store: JobStore, tmp_path: Path) -> None:
+    running_job(store, "busy", heartbeat_age=1)
+    before = store.get("busy")
+    assert run_job("busy", store, settings(tmp_path)) is None
+    assert store.get("busy") == before
+
+
+def test_job_out_of_attempts_fails_instead_of_running(store: JobStore, tmp_path: Path) -> None:
+    store.create({"model": "mnist_logreg"}, "tired")
+    store.set_fields("tired", attempts=2)
+    assert run_job("tired", store, settings(tmp_path)) is None
+    record = store.get("tired")
+    assert record["status"] == "failed" and "gave up after 2 attempts" in record["error"]

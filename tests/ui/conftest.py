@@ -1,0 +1,161 @@
+"""One real stack (`fdl up`) with a tiny trained MNIST model, shared by the browser and CLI tests.
+
+Browser tests drive Debian's Chromium with Playwright (`scripts/install-browser.sh` installs it;
+Playwright's own browser downloads are never used); they skip, saying why, only where no Chromium
+is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import RunningStack, stack_env, stop_and_check_no_orphans
+from tests.support.mnist import mnist_test_digits, png_bytes
+from tests.support.procs import Process, wait_for
+
+# Tiny on purpose: seconds of training on 2 cores, still clearly better than chance.
+TINY_JOB = {
+    "model": "mnist_logreg",
+    "epochs": 1,
+    "max_train_examples": 3000,
+    "max_test_examples": 1000,
+    "validation_split": 500,
+    "optimizer": {"name": "adam", "learning_rate": 0.01},
+}
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass
+class Served:
+    stack: RunningStack
+    model: str
+    version: int
+    job_id: str
+
+
+def wait_job(stack: RunningStack, job_id: str, timeout: float = 240) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        response = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=10)
+        job = response.json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(
+        finished, timeout, f"job {job_id}", interval=0.5, check=stack.process.ensure_alive
+    )
+
+
+def wait_served(stack: RunningStack, model: str, version: int, timeout: float = 60) -> None:
+    png = png_bytes(np.zeros((28, 28), np.uint8))
+
+    def served() -> bool:
+        response = httpx.post(
+            f"{stack.url}/v1/models/{model}/versions/{version}:classify",
+            files=[("file", ("x.png", png, "image/png"))],
+            timeout=10,
+        )
+        return response.status_code == 200
+
+    wait_for(served, timeout, f"{model} version {version} to be served", interval=0.5)
+
+
+@pytest.fixture(scope="package")
+def ui_stack(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, logs_dir: Path
+) -> Iterator[RunningStack]:
+    tmp = tmp_path_factory.mktemp("ui-stack")
+    env = stack_env(tmp, data_dir)
+    process = Process("fdl-up-ui", ["fdl", "up"], logs_dir, env=env)
+    url = f"http://127.0.0.1:{env['FDL_GATEWAY_PORT']}"
+    try:
+        wait_for(
+            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
+            120,
+            "the stack to be ready",
+            interval=0.5,
+            check=process.ensure_alive,
+        )
+        key = (tmp / "var" / "api_key").read_text().strip()
+        yield RunningStack(process, url, key, tmp / "models", tmp / "var", env)
+    finally:
+        stop_and_check_no_orphans(process)
+
+
+@pytest.fixture(scope="package")
+def served(ui_stack: RunningStack) -> Served:
+    """mnist_logreg version 1, trained by a real job and served by the model server."""
+    response = httpx.post(
+        f"{ui_stack.url}/v1/jobs", json=TINY_JOB, headers=ui_stack.admin(), timeout=10
+    )
+    assert response.status_code == 202, response.text
+    job = wait_job(ui_stack, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["published"], job["result"]
+    version = job["result"]["version"]
+    wait_served(ui_stack, "mnist_logreg", version)
+    return Served(ui_stack, "mnist_logreg", version, job["id"])
+
+
+@pytest.fixture(scope="package")
+def digits(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[Path], np.ndarray]:
+    """Twenty real MNIST test digits as PNG files, with their labels."""
+    folder = tmp_path_factory.mktemp("digits")
+    images, labels = mnist_test_digits(data_dir, 20)
+    paths = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / f"digit{index:02d}_{label}.png"
+        path.write_bytes(png_bytes(image))
+        paths.append(path)
+    return paths, labels
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(
+            "no Chromium installed: run scripts/install-browser.sh (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"

@@ -1,0 +1,1 @@
+"""Training worker: Celery tasks that train the book's models and publish SavedModels."""

@@ -1,0 +1,95 @@
+"""Keras callbacks that connect a training run to its job record: progress and cancellation."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import keras
+
+from fdl.jobs import JobStore
+
+MID_EPOCH_REPORT_S = 5.0
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+
+
+class JobCallback(keras.callbacks.Callback):
+    """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record
+    and stops training at the next batch when the job's cancellation flag is set."""
+
+    def __init__(
+        self, store: JobStore, job_id: str, epochs: int, train_examples: int, steps: int
+    ) -> None:
+        super().__init__()
+        self.store, self.job_id = store, job_id
+        self.epochs, self.train_examples, self.steps = epochs, train_examples, steps
+        self.cancelled = False
+        self.history: list[dict[str, Any]] = []
+        self._train_start = self._epoch_start = self._last_report = 0.0
+
+    def on_train_begin(self, logs=None) -> None:
+        self._train_start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._epoch_start = self._last_report = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if self.store.cancel_requested(self.job_id):
+            self.cancelled = True
+            self.model.stop_training = True
+            return
+        now = time.monotonic()
+        if now - self._last_report >= MID_EPOCH_REPORT_S:
+            self._last_report = now
+            logs = logs or {}
+            done = (batch + 1) / max(self.steps, 1)
+            epochs_done = len(self.history) + done
+            rate = self._images_per_second(now - self._epoch_start, done)
+            elapsed = now - self._train_start
+            self.store.update_progress(
+                self.job_id,
+                {
+                    "epoch": len(self.history) + 1,
+                    "epochs": self.epochs,
+                    "step": batch + 1,
+                    "steps": self.steps,
+                    "loss": _num(logs.get("loss")),
+                    "accuracy": _num(logs.get("accuracy")),
+                    "val_loss": None,
+                    "val_accuracy": None,
+                    "images_per_second": rate,
+                    "eta_seconds": round(elapsed / epochs_done * (self.epochs - epochs_done), 1),
+                },
+            )
+
+    def _images_per_second(self, seconds: float, fraction: float) -> float | None:
+        if seconds <= 0:
+            return None
+        return round(self.train_examples * fraction / seconds, 1)
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if self.cancelled:
+            return
+        logs = logs or {}
+        now = time.monotonic()
+        entry = {
+            "epoch": epoch + 1,
+            "epochs": self.epochs,
+            "loss": _num(logs.get("loss")),
+            "accuracy": _num(logs.get("accuracy")),
+            "val_loss": _num(logs.get("val_loss")),
+            "val_accuracy": _num(logs.get("val_accuracy")),
+            "images_per_second": self._images_per_second(now - self._epoch_start, 1.0),
+            "eta_seconds": round(
+                (now - self._train_start) / (epoch + 1) * (self.epochs - epoch - 1), 1
+            ),
+        }
+        self.history.append(entry)
+        self.store.update_progress(self.job_id, entry)

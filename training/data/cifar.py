@@ -1,0 +1,156 @@
+"""CIFAR-10: the original python batches, an image-folder export, or a tarball of either.
+
+A tarball (``cifar-10-python.tar.gz`` or an image-folder export such as ``cifar10-jpeg.tar.gz``)
+is unpacked once into ``<var_dir>/cache/datasets/`` (the data folder may be read-only); decoded
+arrays are cached there as ``arrays.npz`` so that later jobs start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from training.data import DataMissingError, ImageData
+from training.data.download import download
+from training.data.folder import is_image_folder, load_image_folder
+
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+BATCHES_DIR = "cifar-10-batches-py"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+SHAPE = (32, 32, 3)
+
+
+def load_batches(folder: Path) -> ImageData:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with open(folder / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return x, np.asarray(batch[b"labels"], np.int64)
+
+    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = read("test_batch")
+    return ImageData(
+        "cifar10",
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        x_test,
+        y_test,
+        CLASS_NAMES,
+        str(folder),
+    )
+
+
+def _from_tree(root: Path) -> ImageData | None:
+    """CIFAR-10 in ``root`` or one level below it, in either layout."""
+    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
+        if (base / BATCHES_DIR / "test_batch").is_file():
+            return load_batches(base / BATCHES_DIR)
+        if (base / "test_batch").is_file() and base.name == BATCHES_DIR:
+            return load_batches(base)
+        if is_image_folder(base):
+            return load_image_folder(base, "cifar10", SHAPE, CLASS_NAMES)
+    return None
+
+
+def _tarballs(data_dir: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder in (data_dir / "cifar10", data_dir):
+        if folder.is_dir():
+            found += sorted(p for p in folder.glob("*.tar.gz") if "cifar" in p.name.lower())
+    return found
+
+
+def unpack_cached(tarball: Path, cache_root: Path) -> Path:
+    """Unpack ``tarball`` once into ``cache_root/<stem>``; atomic: no half tree on a crash."""
+    target = cache_root / tarball.name.removesuffix(".tar.gz")
+    if target.is_dir():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=f".{target.name}."))
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            archive.extractall(tmp, filter="data")
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():  # another worker may have won the race
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _cached_arrays(folder: Path) -> ImageData:
+    cache = folder / "arrays.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return ImageData(
+                "cifar10",
+                z["x_train"],
+                z["y_train"],
+                z["x_test"],
+                z["y_test"],
+                CLASS_NAMES,
+                str(folder),
+            )
+    data = _from_tree(folder)
+    if data is None:
+        raise DataMissingError(f"{folder} holds neither {BATCHES_DIR} nor train/ and test/ folders")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".arrays.", suffix=".npz")
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(
+            handle,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            x_test=data.x_test,
+            y_test=data.y_test,
+        )
+    os.replace(tmp, cache)
+    return data
+
+
+def load_cifar10(
+    data_dir: Path, var_dir: Path, allow_download: bool = True, timeout_s: float = 60
+) -> ImageData:
+    for root in (data_dir / "cifar10", data_dir):
+        if (root / BATCHES_DIR / "test_batch").is_file():
+            return load_batches(root / BATCHES_DIR)
+        if is_image_folder(root):
+            return load_image_folder(root, "cifar10", SHAPE, CLASS_NAMES)
+    cache_root = var_dir / "cache" / "datasets"
+    tarballs = _tarballs(data_dir)
+    if not tarballs and (cache_root / "cifar-10-python.tar.gz").is_file():
+        tarballs = [cache_root / "cifar-10-python.tar.gz"]
+    if not tarballs:
+        if not allow_download:
+            raise DataMissingError(_missing(data_dir, "downloads are disabled"))
+        try:
+            tarballs = [download(URL, cache_root / "cifar-10-python.tar.gz", timeout_s)]
+        except OSError as error:
+            raise DataMissingError(_missing(data_dir, f"download failed: {error}")) from error
+    return _cached_arrays(unpack_cached(tarballs[0], cache_root))
+
+
+def _missing(data_dir: Path, why: str) -> str:
+    return (
+        f"CIFAR-10 not found: expected {BATCHES_DIR}/, train/ and test/ image folders, or a "
+        f"cifar*.tar.gz in {data_dir / 'cifar10'} or {data_dir} (FDL_DATA_DIR); {why}"
+    )

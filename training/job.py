@@ -1,0 +1,138 @@
+"""Run one training job end to end: the plain function behind the Celery task.
+
+Idempotent: a job whose record is terminal, or running under a live heartbeat elsewhere, is
+skipped, so a redelivered message never runs a job twice at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fdl.jobs import JobStatus, JobStore
+from fdl.jobspec import JobSpec
+from training.data import DataMissingError
+from training.heartbeat import Heartbeat
+from training.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    pass
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(
+    job_id: str, store: JobStore, settings: WorkerSettings, worker: str | None = None
+) -> dict[str, Any] | None:
+    """Run ``job_id``; returns the job's result, or None when it was skipped or did not succeed."""
+    record = store.get(job_id)
+    if record is None:
+        log.warning("job %s has no record; skipping", job_id)
+        return None
+    status = JobStatus(record["status"])
+    if status.terminal:
+        log.info("job %s is already %s; skipping redelivered message", job_id, status)
+        return None
+    if status is JobStatus.RUNNING:
+        age = time.time() - float(record.get("heartbeat_at") or 0)
+        if age < settings.stale_after_s:
+            log.info("job %s runs elsewhere (heartbeat %.0fs ago); skipping", job_id, age)
+            return None
+    attempts = int(record.get("attempts") or 0)
+    if attempts >= settings.max_attempts:
+        store.finish(
+            job_id,
+            JobStatus.FAILED,
+            error=f"gave up after {attempts} attempts: the worker running it was lost each time",
+        )
+        return None
+    try:
+        spec = JobSpec.model_validate(record["spec"])
+    except ValidationError as error:
+        store.finish(job_id, JobStatus.FAILED, error=f"invalid job spec: {error}")
+        return None
+    if not store.mark_running(job_id, worker or default_worker_name()):
+        return None
+    with Heartbeat(store, job_id, settings.heartbeat_interval_s):
+        try:
+            result = execute(job_id, spec, store, settings)
+        except Cancelled:
+            store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
+            return None
+        except DataMissingError as error:
+            store.finish(job_id, JobStatus.FAILED, error=str(error))
+            return None
+        except Exception as error:
+            log.exception("job %s failed", job_id)
+            store.finish(job_id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
+            return None
+        store.finish(job_id, JobStatus.SUCCEEDED, result=result)
+        return result
+
+
+def _check_cancel(store: JobStore, job_id: str) -> None:
+    if store.cancel_requested(job_id):
+        raise Cancelled
+
+
+def execute(
+    job_id: str, spec: JobSpec, store: JobStore, settings: WorkerSettings
+) -> dict[str, Any]:
+    # TensorFlow is imported here so that importing the task module stays light.
+    from training.artifacts import write_model
+    from training.data.registry import load_dataset
+    from training.models import ARCHITECTURES
+    from training.publish import publish, quality_gate, staging_dir
+    from training.trainer import train
+
+    arch = ARCHITECTURES[spec.model]
+    store.append_event(job_id, "log", {"message": f"loading dataset {spec.dataset}"})
+    data = load_dataset(
+        str(spec.dataset),
+        arch.image_shape,
+        settings.data_dir,
+        settings.var_dir,
+        settings.download,
+        settings.download_timeout_s,
+    ).capped(spec.max_train_examples, spec.max_test_examples)
+    _check_cancel(store, job_id)
+    tensorboard_dir = settings.var_dir / "tensorboard" / job_id
+    outcome = train(spec, data, store, job_id, tensorboard_dir, settings.mixed_precision)
+    if outcome.cancelled:
+        raise Cancelled
+    name = str(spec.publish_as)
+    model_path: Path = settings.model_dir / name
+    accuracy = outcome.metrics["test_accuracy"]
+    published, reason = quality_gate(spec.publish, accuracy, model_path)
+    result: dict[str, Any] = {
+        "model": name,
+        "version": None,
+        "published": False,
+        "reason": reason,
+        "metrics": outcome.metrics,
+        "epochs_run": outcome.runtime.get("epochs_run"),
+        "tensorboard_dir": str(tensorboard_dir),
+    }
+    if not published:
+        return result
+    staged = staging_dir(model_path, job_id)
+    try:
+        write_model(staged, job_id, spec, data, outcome)
+        _check_cancel(store, job_id)  # last chance: nothing is visible yet
+        result["version"] = publish(staged, settings.model_dir, name)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    result["published"] = True
+    return result

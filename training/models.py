@@ -1,0 +1,142 @@
+"""The book's architectures as Keras functional models that output logits.
+
+The book's TF1 code applies ReLU to the output layer; here the last layer is linear (logits) and
+softmax is applied in the loss and in the exported graph. Hidden layers use He-normal init.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from fdl.jobspec import RegularizationSpec
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str  # "mnist" or "cifar": which preprocessing and raw image shape
+    image_shape: tuple[int, int, int]  # raw uint8 input of the exported model
+    default_dropout: float
+    build: Callable[[tuple[int, int, int], int, RegularizationSpec, float], keras.Model]
+
+
+def _kw(reg: RegularizationSpec) -> dict:
+    kw: dict = {}
+    if reg.l1 or reg.l2:
+        kw["kernel_regularizer"] = keras.regularizers.L1L2(l1=reg.l1, l2=reg.l2)
+    if reg.max_norm is not None:
+        kw["kernel_constraint"] = keras.constraints.MaxNorm(reg.max_norm)
+    return kw
+
+
+def _logits(x, num_classes: int, reg: RegularizationSpec, init: str = "glorot_uniform"):
+    # float32 even under a mixed-precision policy: scores stay float32.
+    return keras.layers.Dense(
+        num_classes, kernel_initializer=init, dtype="float32", name="logits", **_kw(reg)
+    )(x)
+
+
+def logreg(shape, num_classes, reg, dropout) -> keras.Model:
+    inputs = keras.Input(shape=shape, name="pixels")
+    x = keras.layers.Flatten()(inputs)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    # The book initialises logistic regression with zeros; the loss is convex.
+    return keras.Model(inputs, _logits(x, num_classes, reg, "zeros"), name="mnist_logreg")
+
+
+def mlp(shape, num_classes, reg, dropout) -> keras.Model:
+    inputs = keras.Input(shape=shape, name="pixels")
+    x = keras.layers.Flatten()(inputs)
+    for i in (1, 2):
+        x = keras.layers.Dense(
+            256, activation="relu", kernel_initializer="he_normal", name=f"hidden_{i}", **_kw(reg)
+        )(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="mnist_mlp")
+
+
+def mnist_cnn(shape, num_classes, reg, dropout) -> keras.Model:
+    inputs = keras.Input(shape=shape, name="pixels")
+    x = inputs
+    for i, filters in enumerate((32, 64), start=1):
+        x = keras.layers.Conv2D(
+            filters,
+            5,
+            padding="same",
+            activation="relu",
+            kernel_initializer="he_normal",
+            name=f"conv_{i}",
+            **_kw(reg),
+        )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(
+        1024, activation="relu", kernel_initializer="he_normal", name="fc", **_kw(reg)
+    )(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, _logits(x, num_classes, reg), name="mnist_cnn")
+
+
+def _cifar(batch_norm: bool):
+    def build(shape, num_classes, reg, dropout) -> keras.Model:
+        inputs = keras.Input(shape=shape, name="pixels")
+        x = inputs
+
+        def block(x, layer, name):
+            x = layer(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+        for i in (1, 2):
+            conv = keras.layers.Conv2D(
+                64,
+                5,
+                padding="same",
+                use_bias=not batch_norm,
+                kernel_initializer="he_normal",
+                name=f"conv_{i}",
+                **_kw(reg),
+            )
+            x = block(x, conv, f"conv_{i}")
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+        x = keras.layers.Flatten()(x)
+        for units, name in ((384, "fc_1"), (192, "fc_2")):
+            dense = keras.layers.Dense(
+                units,
+                use_bias=not batch_norm,
+                kernel_initializer="he_normal",
+                name=name,
+                **_kw(reg),
+            )
+            x = block(x, dense, name)
+            if dropout:
+                x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        model_name = "cifar10_cnn_bn" if batch_norm else "cifar10_cnn"
+        return keras.Model(inputs, _logits(x, num_classes, reg), name=model_name)
+
+    return build
+
+
+MNIST_SHAPE = (28, 28, 1)
+CIFAR_SHAPE = (32, 32, 3)
+ARCHITECTURES: dict[str, Architecture] = {
+    "mnist_logreg": Architecture("mnist", MNIST_SHAPE, 0.0, logreg),
+    "mnist_mlp": Architecture("mnist", MNIST_SHAPE, 0.0, mlp),
+    "mnist_cnn": Architecture("mnist", MNIST_SHAPE, 0.5, mnist_cnn),
+    "cifar10_cnn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=False)),
+    "cifar10_cnn_bn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=True)),
+}
+
+
+def build_model(
+    key: str, net_shape: tuple[int, int, int], num_classes: int, reg: RegularizationSpec
+) -> keras.Model:
+    arch = ARCHITECTURES[key]
+    dropout = arch.default_dropout if reg.dropout is None else reg.dropout
+    return arch.build(net_shape, num_classes, reg, dropout)

@@ -1,0 +1,70 @@
+"""Find jobs whose worker died (SIGKILL, OOM, lost node) and run them again, or fail them.
+
+With the Redis broker an unacknowledged message comes back only after the visibility timeout
+(hours), so a job whose worker was killed would stay ``running`` that long. Each running job's
+record carries a heartbeat (refreshed by a thread of the process that trains it); every worker
+checks at start-up and then periodically for running jobs whose heartbeat is older than
+``FDL_STALE_AFTER_S``, moves them back to ``queued`` atomically (one reaper wins) and re-sends
+the task, or ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fdl.jobs import JobStatus, JobStore
+from training.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(
+    store: JobStore, settings: WorkerSettings, send: Callable[[str], None]
+) -> list[tuple[str, str]]:
+    """One pass; returns (job id, "requeued" | "failed") for every job it acted on."""
+    now = time.time()
+    threshold = now - settings.stale_after_s
+    running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
+    actions: list[tuple[str, str]] = []
+    for record in running:
+        beat = float(record.get("heartbeat_at") or record.get("started_at") or 0)
+        if beat >= threshold:
+            continue
+        job_id = record["id"]
+        attempts = int(record.get("attempts") or 0)
+        reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
+        if not store.requeue_if_stale(job_id, threshold, reason):
+            continue  # it beat again, finished, or another reaper took it
+        if attempts >= settings.max_attempts:
+            store.finish(
+                job_id,
+                JobStatus.FAILED,
+                error=f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up",
+            )
+            actions.append((job_id, "failed"))
+        else:
+            log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
+            send(job_id)
+            actions.append((job_id, "requeued"))
+    return actions
+
+
+class ReaperThread(threading.Thread):
+    def __init__(
+        self, store: JobStore, settings: WorkerSettings, send: Callable[[str], None]
+    ) -> None:
+        super().__init__(name="fdl-reaper", daemon=True)
+        self.store, self.settings, self.send = store, settings, send
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                reap_once(self.store, self.settings, self.send)
+            except Exception:
+                log.exception("reaper pass failed; retrying later")
+            if self.stopped.wait(self.settings.reaper_interval_s):
+                return

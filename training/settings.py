@@ -1,0 +1,33 @@
+"""Settings of the training worker (``FDL_`` environment variables), read once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from fdl.queue import DEFAULT_VISIBILITY_TIMEOUT_S
+from fdl.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    # Redis redelivers an unacknowledged message only after this; longer than the longest job.
+    visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=60)
+    # A running job's record is touched this often by a thread of the worker process.
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # A running job whose heartbeat is older than this is considered lost (its worker died).
+    stale_after_s: float = Field(default=120.0, gt=0)
+    # How often each worker looks for lost jobs (it also looks once at start-up).
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    # A job is run at most this many times; a job lost more often ends failed.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # Download missing datasets (MNIST, CIFAR-10) when the network allows.
+    download: bool = True
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    # Mixed precision (float16 compute, float32 outputs) when a GPU is visible.
+    mixed_precision: bool = True
+
+
+@lru_cache
+def worker_settings() -> WorkerSettings:
+    return WorkerSettings()

@@ -1,0 +1,153 @@
+"""Train one job's network with Keras ``fit`` on ``tf.data`` pipelines and evaluate it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fdl.jobs import JobStore
+from fdl.jobspec import JobSpec
+from training.callbacks import JobCallback
+from training.data import ImageData
+from training.models import ARCHITECTURES, build_model
+from training.optimizers import make_optimizer
+from training.pipeline import eval_dataset, split_validation, train_dataset
+from training.preprocess import network_input_shape
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    model: keras.Model
+    cancelled: bool
+    history: list[dict[str, Any]]
+    metrics: dict[str, float] = field(default_factory=dict)
+    y_true: np.ndarray | None = None
+    y_pred: np.ndarray | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def runtime(seed: int, mixed_precision: bool) -> Iterator[dict[str, Any]]:
+    """Seeds, determinism (CPU), distribution strategy (>1 GPU) and precision policy of a run."""
+    gpus = tf.config.list_physical_devices("GPU")
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    if not gpus:
+        tf.config.experimental.enable_op_determinism()
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    policy = "mixed_float16" if gpus and mixed_precision else "float32"
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield {
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "gpus": len(gpus),
+            "precision_policy": policy,
+            "_strategy": strategy,
+        }
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_model(model: keras.Model, spec: JobSpec) -> None:
+    model.compile(
+        optimizer=make_optimizer(spec.optimizer),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def train(
+    spec: JobSpec,
+    data: ImageData,
+    store: JobStore,
+    job_id: str,
+    tensorboard_dir: Path | None,
+    mixed_precision: bool = True,
+) -> TrainOutcome:
+    arch = ARCHITECTURES[spec.model]
+    net_shape = network_input_shape(arch.image_shape, arch.family)
+    (x_train, y_train), validation = split_validation(
+        data.x_train, data.y_train, spec.validation_split
+    )
+    with runtime(spec.seed, mixed_precision) as info:
+        strategy = info.pop("_strategy")
+        batch = spec.batch_size * strategy.num_replicas_in_sync
+        train_ds = train_dataset(
+            x_train, y_train, arch.family, batch, spec.seed, bool(spec.augment)
+        )
+        val_ds = eval_dataset(*validation, arch.family, batch) if validation else None
+        with strategy.scope():
+            model = build_model(spec.model, net_shape, len(data.class_names), spec.regularization)
+            compile_model(model, spec)
+        steps = math.ceil(len(x_train) / batch)
+        progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)
+        callbacks: list[keras.callbacks.Callback] = [progress]
+        if tensorboard_dir is not None:
+            callbacks.append(
+                keras.callbacks.TensorBoard(
+                    str(tensorboard_dir), histogram_freq=1, write_graph=False
+                )
+            )
+        if spec.early_stopping is not None and val_ds is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=spec.early_stopping.monitor,
+                    patience=spec.early_stopping.patience,
+                    restore_best_weights=True,
+                )
+            )
+        started = time.monotonic()
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=spec.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=0,
+        )
+        info["train_seconds"] = round(time.monotonic() - started, 3)
+        info["epochs_run"] = len(progress.history)
+        counts = {
+            "train": len(x_train),
+            "validation": 0 if validation is None else len(validation[0]),
+            "test": len(data.x_test),
+        }
+        outcome = TrainOutcome(model, progress.cancelled, progress.history, counts=counts)
+        outcome.runtime = info
+        if progress.cancelled:
+            return outcome
+        logits = model.predict(
+            eval_dataset(data.x_test, data.y_test, arch.family, batch), verbose=0
+        )
+    return _evaluate(outcome, np.asarray(logits, np.float32), data.y_test)
+
+
+def _evaluate(outcome: TrainOutcome, logits: np.ndarray, y_true: np.ndarray) -> TrainOutcome:
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
+    y_pred = logits.argmax(axis=1)
+    outcome.y_true, outcome.y_pred = y_true, y_pred
+    outcome.metrics = {
+        "test_accuracy": round(float((y_pred == y_true).mean()), 6),
+        "test_loss": round(float(loss), 6),
+    }
+    if outcome.history:
+        last = outcome.history[-1]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if last.get(key) is not None:
+                outcome.metrics[f"train_{key}" if not key.startswith("val") else key] = last[key]
+    return outcome
