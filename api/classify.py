@@ -55,6 +55,13 @@ def upstream_error(error: grpc.aio.AioRpcError, target: Target, method: str) -> 
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, "model_server_timeout", "the model server did not answer in time")
+    if (
+        target.label
+        and code == grpc.StatusCode.INVALID_ARGUMENT
+        and "label" in details.lower()
+    ):
+        # TF Serving answers INVALID_ARGUMENT for "Unrecognized servable version label".
+        return ApiError(404, "label_not_found", f"model {target.describe()}: {details}")
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
         return ApiError(422, "invalid_input", f"the model rejected the input: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -44,12 +44,23 @@ class TestAccuracyClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         train_s = time.perf_counter() - self.start
         _, accuracy = self.model.evaluate(self.test_ds, verbose=0)
-        self.curve.append({"epoch": epoch + 1, "seconds": round(train_s, 2),
-                           "test_accuracy": round(float(accuracy), 5)})  # fmt: skip
+        self.curve.append(
+            {
+                "epoch": epoch + 1,
+                "seconds": round(train_s, 2),
+                "test_accuracy": round(float(accuracy), 5),
+            }
+        )
         if self.target and self.time_to_target is None and accuracy >= self.target:
             self.time_to_target = round(train_s, 2)
         if time.perf_counter() - self.start > self.budget_s:
             self.model.stop_training = True
+
+
+def dataset_label(name: str, source: str) -> str:
+    if name == "cifar10":
+        return "CIFAR-10 (JPEG q75)" if "jpeg" in source.lower() else "CIFAR-10"
+    return name.upper() if name == "mnist" else name
 
 
 def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path, smoke: bool):
@@ -64,8 +75,9 @@ def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path,
         train_ds = train_dataset(x, y, arch.family, batch, spec.seed, bool(spec.augment))
         test_ds = eval_dataset(data.x_test, data.y_test, arch.family, 1024)
         with strategy.scope():
-            model = build_model(key, network_input_shape(arch.image_shape, arch.family), 10,
-                                spec.regularization)  # fmt: skip
+            model = build_model(
+                key, network_input_shape(arch.image_shape, arch.family), 10, spec.regularization
+            )
             compile_model(model, spec)
         clock = TestAccuracyClock(test_ds, 0.99 if arch.family == "mnist" else None, budget_s)
         started = time.perf_counter()
@@ -74,7 +86,7 @@ def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path,
     best = max(clock.curve, key=lambda row: row["test_accuracy"])
     return {
         "model": key,
-        "dataset": "MNIST" if arch.family == "mnist" else "CIFAR-10 (JPEG q75)",
+        "dataset": dataset_label(str(spec.dataset), data.source),
         "device": [d.name for d in tf.config.list_physical_devices("GPU")] or ["CPU"],
         **info,
         "batch_size": batch,
@@ -108,8 +120,9 @@ def main() -> None:
         if key.startswith("cifar10"):
             overrides = {**overrides, "dataset": args.cifar_dataset}
         spec = JobSpec(model=key, optimizer={"name": "adam", "learning_rate": 0.001}, **overrides)
-        results.append(run(key, spec, args.budget_s * share, args.data_dir, args.var_dir,
-                           args.smoke))  # fmt: skip
+        results.append(
+            run(key, spec, args.budget_s * share, args.data_dir, args.var_dir, args.smoke)
+        )
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

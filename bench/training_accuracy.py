@@ -57,9 +57,12 @@ def main() -> None:
     args = parser.parse_args()
     with private_store() as store, tempfile.TemporaryDirectory() as models:
         settings = WorkerSettings(
-            redis_url="redis://unused", data_dir=args.data_dir, var_dir=args.var_dir,
-            model_dir=Path(models), download=False,
-        )  # fmt: skip
+            redis_url="redis://unused",
+            data_dir=args.data_dir,
+            var_dir=args.var_dir,
+            model_dir=Path(models),
+            download=False,
+        )
         for key in args.models:
             recipe = dict(RECIPES[key])
             if args.epochs:

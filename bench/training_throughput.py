@@ -52,8 +52,9 @@ def measure(model_key: str, fit_input, examples: int, epochs: int, spec: JobSpec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="mnist_mlp", choices=["mnist_logreg", "mnist_mlp",
-                                                                 "mnist_cnn"])  # fmt: skip
+    parser.add_argument(
+        "--model", default="mnist_mlp", choices=["mnist_logreg", "mnist_mlp", "mnist_cnn"]
+    )
     parser.add_argument("--examples", type=int, default=30_000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -69,8 +70,15 @@ def main() -> None:
         ds = train_dataset(x, y, arch.family, args.batch_size, seed=0, augment=False)
         ours.append(measure(args.model, (ds,), len(x), args.epochs, spec))
         baseline.append(
-            measure(args.model, (x_float, y), len(x), args.epochs, spec,
-                    batch_size=args.batch_size, shuffle=True)  # fmt: skip
+            measure(
+                args.model,
+                (x_float, y),
+                len(x),
+                args.epochs,
+                spec,
+                batch_size=args.batch_size,
+                shuffle=True,
+            )
         )
     row = {
         "model": args.model,

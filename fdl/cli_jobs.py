@@ -124,11 +124,11 @@ def train(
     with Gateway(url, api_key) as gateway:
         job = gateway.post("/v1/jobs", json=spec)
         job_id = job["id"]
-        console.print(f"Job [bold]{job_id}[/bold] submitted ({model}).", highlight=False)
-        if detach:
-            console.print(f"Follow it with: fdl job {job_id}", highlight=False)
-            return
         try:
+            console.print(f"Job [bold]{job_id}[/bold] submitted ({model}).", highlight=False)
+            if detach:
+                console.print(f"Follow it with: fdl job {job_id}", highlight=False)
+                return
             status = follow(gateway, job_id, int(job["spec"].get("epochs") or 1))
         except KeyboardInterrupt:
             if cancel_on_exit:

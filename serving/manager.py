@@ -11,51 +11,28 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import ServingError, invalid, not_found
+from serving.records import (
+    ManagerOptions,
+    ModelConfig,
+    ModelEntry,
+    State,
+    VersionRecord,
+    grpc_code,
+    not_ready,
+)
 from serving.servable import Servable
 from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
 from serving.warmup import warm_up
 
+__all__ = ["ManagerOptions", "ModelManager"]
 log = logging.getLogger("serving.manager")
-State = get_model_status_pb2.ModelVersionStatus.State
-ModelConfig = model_server_config_pb2.ModelConfig
-
-
-@dataclass
-class ManagerOptions:
-    max_num_load_retries: int = 5
-    load_retry_interval_s: float = 60.0
-    enable_warmup: bool = True
-    allow_labels_for_unavailable: bool = False
-    num_load_threads: int = 2
-    session_config: Any = None
-
-
-@dataclass
-class VersionRecord:
-    version: int
-    path: Path
-    state: int = State.START
-    error_code: grpc.StatusCode = grpc.StatusCode.OK
-    error_message: str = ""
-    servable: Servable | None = None
-    failed_fingerprint: Fingerprint | None = None
-
-
-@dataclass
-class ModelEntry:
-    config: ModelConfig
-    versions: dict[int, VersionRecord] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
-    removed: bool = False
 
 
 class ModelManager:
@@ -200,7 +177,7 @@ class ModelManager:
                 name, record.version, attempt, attempts, error,
             )  # fmt: skip
             with self._lock:
-                record.error_code, record.error_message = _grpc_code(error), f"{error}"
+                record.error_code, record.error_message = grpc_code(error), f"{error}"
             if attempt < attempts and not self._stop.is_set():
                 timer = threading.Timer(
                     self.options.load_retry_interval_s,
@@ -278,7 +255,7 @@ class ModelManager:
             if version is None:
                 available = [v for v, r in entry.versions.items() if r.state == State.AVAILABLE]
                 if not available:
-                    raise _not_ready(entry, f"Latest({name})")
+                    raise not_ready(entry, f"Latest({name})")
                 version = max(available)
             record = entry.versions.get(version)
             if record is None or record.state != State.AVAILABLE or record.servable is None:
@@ -327,18 +304,3 @@ class ModelManager:
                         record.servable = None
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._unloader.shutdown(wait=False, cancel_futures=True)
-
-
-def _not_ready(entry: ModelEntry, what: str) -> ServingError:
-    loading = any(r.state in (State.START, State.LOADING) for r in entry.versions.values())
-    if loading:
-        return ServingError(grpc.StatusCode.UNAVAILABLE, f"Servable {what} is still loading")
-    return not_found(f"Servable not found for request: {what}")
-
-
-def _grpc_code(error: BaseException) -> grpc.StatusCode:
-    code = getattr(error, "error_code", None)
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status
-    return grpc.StatusCode.UNKNOWN

@@ -90,7 +90,9 @@ def _cifar(batch_norm: bool):
         def block(x, layer, name):
             x = layer(x)
             if batch_norm:
-                x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+                x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(
+                    x
+                )
             return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
         for i in (1, 2):

@@ -71,20 +71,26 @@ def check(root: Path) -> Errors:
         return [f"expected kustomizations {K8S_DIR}/base and {K8S_DIR}/overlays/gpu"]
     errors: Errors = []
     rendered: dict[str, list[dict[str, Any]]] = {}
+    manifests: list[Path] = []
     for kdir in kdirs:
         files, problems = kustomization_files(kdir)
-        errors += problems + validate(files, root) if files else problems
+        manifests += files
+        errors += problems
         docs, problems = build(kdir)
         errors += problems
         if docs:
             rendered[kdir.name] = docs
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / f"{kdir.name}.yaml"
-                out.write_text(yaml.safe_dump_all(docs))
-                errors += [
-                    e.replace(str(out), f"kustomize build of {kdir.name}")
-                    for e in validate([out], root)
-                ]
+    with tempfile.TemporaryDirectory() as tmp:
+        # Each build output under its own name, all validated in one run of the validator.
+        builds = {}
+        for name, docs in rendered.items():
+            out = Path(tmp) / f"kustomize build of {name}.yaml"
+            out.write_text(yaml.safe_dump_all(docs))
+            builds[str(out)] = f"kustomize build of {name}"
+        for error in validate(sorted(set(manifests)) + [Path(p) for p in builds], root):
+            for path, label in builds.items():
+                error = error.replace(path, label)
+            errors.append(error)
     if errors:
         return errors
     base_docs = rendered.get("base") or [

@@ -6,10 +6,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fdl import contract
-from fdl.model_config import sync_config, write_labels
+from fdl.model_config import sync_config
 from tests.api.support import (
     Gateway,
     ModelServer,
@@ -44,7 +45,6 @@ def build_repository(root: Path) -> Path:
     for version in (1, 2, 3):
         build_test_model(root / "promo" / str(version), (28, 28, 1), 10, seed=version)
     (root / "promo" / "3" / contract.METADATA_FILE).unlink()  # metadata is optional
-    write_labels(root, {"digits": {"stable": 1}})  # keeps digits v1 loaded beside v2
     sync_config(root)
     return root
 
@@ -72,8 +72,7 @@ def model_dir(pristine_repository: Path, tmp_path_factory: pytest.TempPathFactor
 def model_server(model_dir: Path, logs_dir: Path) -> Iterator[ModelServer]:
     server = start_model_server("model-server", model_dir, logs_dir)
     try:
-        wait_for_models(server, {"digits": 1, "photos": 1, "promo": 3})
-        wait_for_models(server, {"digits": 2})
+        wait_for_models(server, {"digits": 2, "photos": 1, "promo": 3})
         yield server
     finally:
         server.process.stop()
@@ -97,6 +96,14 @@ def gateway(
         tmp_path_factory.mktemp("secrets"),
     )
     try:
+        # Label digits v1 "stable" through the API: it stays loaded beside the latest, v2.
+        response = httpx.post(
+            f"{running.url}/v1/models/digits/labels/stable",
+            json={"version": 1},
+            headers=running.admin(),
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
         yield running
     finally:
         running.process.stop()

@@ -115,6 +115,7 @@ def test_unknown_label_and_model_are_404(gateway: Gateway) -> None:
     files = [("file", ("a.png", png_bytes(np.zeros((28, 28), np.uint8)), "image/png"))]
     label = post(gateway, "/v1/models/digits/labels/nosuchlabel:classify", files=files)
     assert label.status_code == 404, label.text
+    assert label.json()["error"]["code"] == "label_not_found"
     model = post(gateway, "/v1/models/no_such_model:classify", files=files)
     assert model.status_code == 404
     assert "no_such_model" in model.json()["error"]["message"]

@@ -7,7 +7,6 @@ dependency-only copy, then from the full one, as the ``pip install`` steps do.
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
@@ -112,19 +111,27 @@ def test_gateway_image_has_no_tensorflow_dependency() -> None:
     assert not [r for r in requirements if r.lower().startswith(("tensorflow", "keras"))]
 
 
-def test_gateway_image_sources_suffice() -> None:
-    """The gateway image has only fdl/ and api/: neither may import the other packages."""
-    offenders = []
-    for package in TARGETS["gateway-build"]:
-        for path in (REPO_ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    modules = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
-                    continue
-                top = {m.split(".")[0] for m in modules}
-                if top & {"training", "serving", "tensorflow", "keras"}:
-                    offenders.append(f"{path.relative_to(REPO_ROOT)}: {sorted(top)}")
-    assert offenders == []
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"training", "serving", "tensorflow", "keras"}:
+            raise ImportError(f"the gateway image has no {name}")
+sys.meta_path.insert(0, Block())
+import api.main, api.__main__, fdl.model_config, fdl.healthcheck
+print("ok")
+"""
+
+
+def test_gateway_image_modules_import_without_training_serving_or_tensorflow() -> None:
+    """The gateway image has only fdl/ and api/ and no TensorFlow: its entry points still import."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,18 @@ def test_script_exit_status(tmp_path: Path) -> None:
 
 def _base_env() -> dict[str, str]:
     return dict(os.environ)
+
+
+def test_env_example_covers_the_compose_variables() -> None:
+    """Every variable the compose files read is documented in deploy/env.example, and back."""
+    text = "".join(
+        (REPO_ROOT / "deploy" / n).read_text() for n in ("compose.yaml", "compose.cpu.yaml")
+    )
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    example = (REPO_ROOT / "deploy" / "env.example").read_text()
+    documented = set(re.findall(r"^(\w+)=", example, flags=re.MULTILINE))
+    assert used == documented
+    values = dict(re.findall(r"^(\w+)=(.*)$", example, flags=re.MULTILINE))
+    with pytest.raises(ValueError, match="FDL_API_KEYS"):
+        compose.interpolate(text, values)
+    assert "${" not in compose.interpolate(text, {**values, "FDL_API_KEYS": "k"})

@@ -58,24 +58,8 @@ def test_label_on_unloaded_version_fails_at_start(tmp_path, model_stock) -> None
     assert "which is not currently available for inference" in result.stderr
 
 
-def test_single_model_flags_and_sigterm(tmp_path, model_stock, logs_dir) -> None:
-    model_stock.install("a", tmp_path / "m", 3)
-    server = start_server(
-        "fdl", "cli", logs_dir, ["--model_name=mnist", f"--model_base_path={tmp_path / 'm'}"]
-    )
-    try:
-        assert served_version(server, "mnist") == 3
-        server.prediction().Predict(predict_request("mnist", images(1)), timeout=30)
-        started = time.monotonic()
-        server.process.popen.send_signal(signal.SIGTERM)
-        assert server.process.popen.wait(15) == 0
-        assert time.monotonic() - started < 10
-    finally:
-        server.stop()
-
-
-def test_labels_at_start_with_allow_flag(tmp_path, model_stock, logs_dir) -> None:
-    """What the stack passes: labels kept in labels.json survive a restart."""
+def test_labels_at_start_with_allow_flag_then_sigterm(tmp_path, model_stock, logs_dir) -> None:
+    """What the stack passes: labels kept in labels.json survive a restart. SIGTERM stops fast."""
     model_stock.install("a", tmp_path / "m", 1)
     model_stock.install("b", tmp_path / "m", 2)
     config = tmp_path / "models.config"
@@ -94,5 +78,9 @@ def test_labels_at_start_with_allow_flag(tmp_path, model_stock, logs_dir) -> Non
         request = predict_request("m", images(1), label="stable")
         assert server.prediction().Predict(request, timeout=30).model_spec.version.value == 1
         assert served_version(server, "m") == 2
+        started = time.monotonic()
+        server.process.popen.send_signal(signal.SIGTERM)
+        assert server.process.popen.wait(15) == 0
+        assert time.monotonic() - started < 10
     finally:
         server.stop()

@@ -45,9 +45,7 @@ class Worker:
         enqueue_training(self.app, job_id)
         return job_id
 
-    def wait_status(
-        self, job_id: str, statuses: set[str], timeout: float = 120
-    ) -> dict[str, Any]:
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
             record = self.store.get(job_id)
             return record if record and record["status"] in statuses else None
@@ -78,9 +76,7 @@ def start_worker(
     }
     process = Process(name, WORKER_ARGV, logs_dir, full_env)
     app = make_celery(redis_url)
-    wait_for(
-        lambda: app.control.ping(timeout=0.5), 90, f"{name} ready", check=process.ensure_alive
-    )
+    wait_for(lambda: app.control.ping(timeout=0.5), 90, f"{name} ready", check=process.ensure_alive)
     return Worker(process, app, JobStore.from_url(redis_url), model_dir, var_dir)
 
 

@@ -30,15 +30,17 @@ def test_exported_graph_equals_training_time_evaluation(
 ) -> None:
     arch = ARCHITECTURES[model]
     keras.utils.set_random_seed(3)
-    net = build_model(model, network_input_shape(arch.image_shape, arch.family), 10,
-                      RegularizationSpec())  # fmt: skip
+    net = build_model(
+        model, network_input_shape(arch.image_shape, arch.family), 10, RegularizationSpec()
+    )
     x, y = cifar_images
     if arch.family == "mnist":
         x = x[:, 2:30, 2:30, :1]
     logits = net.predict(eval_dataset(x, y, arch.family, 8), verbose=0)
     expected = tf.nn.softmax(logits).numpy()
-    export_savedmodel(net, arch.family, arch.image_shape, [str(i) for i in range(10)],
-                      tmp_path / "m")  # fmt: skip
+    export_savedmodel(
+        net, arch.family, arch.image_shape, [str(i) for i in range(10)], tmp_path / "m"
+    )
     session, signature = load_session(tmp_path / "m")
     with session:
         scores, _ = predict(session, signature, x)

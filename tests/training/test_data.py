@@ -94,7 +94,9 @@ def test_cifar_tarball_unpacked_once_into_the_cache(tmp_path: Path, data_dir: Pa
         assert sorted(data.y_train.tolist()) == sorted(y[:40].tolist())
         assert data.y_train[:10].tolist() != sorted(data.y_train[:10].tolist())
         pairs = {bytes(img): int(lbl) for img, lbl in zip(x[:40], y[:40], strict=True)}
-        assert all(pairs[bytes(i)] == lbl for i, lbl in zip(data.x_train, data.y_train, strict=True))
+        assert all(
+            pairs[bytes(i)] == lbl for i, lbl in zip(data.x_train, data.y_train, strict=True)
+        )
         shutil.rmtree(cache / "train")  # a second load uses the cached arrays
         again = load_cifar10(tmp_path / "data", var, allow_download=False)
         np.testing.assert_array_equal(again.x_test, data.x_test)
@@ -105,8 +107,10 @@ def test_cifar_tarball_unpacked_once_into_the_cache(tmp_path: Path, data_dir: Pa
 def test_user_folder_converted_for_the_architecture(small_data_dir: Path) -> None:
     gray = load_dataset("shapes", (28, 28, 1), small_data_dir, small_data_dir / "var", False)
     assert gray.x_train.shape == (60, 28, 28, 1) and gray.class_names == (
-        "circle", "noise", "stripes",
-    )  # fmt: skip
+        "circle",
+        "noise",
+        "stripes",
+    )
     rgb = load_dataset("shapes", (32, 32, 3), small_data_dir, small_data_dir / "var", False)
     assert rgb.x_test.shape == (15, 32, 32, 3)
     assert np.bincount(rgb.y_test).tolist() == [5, 5, 5]

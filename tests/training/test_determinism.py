@@ -27,9 +27,13 @@ def test_same_seed_same_weights_other_seed_other_weights(store: JobStore, data_d
 
     def run(seed: int) -> tuple[list[np.ndarray], dict]:
         spec = JobSpec(
-            model="mnist_mlp", epochs=2, batch_size=50, validation_split=100, seed=seed,
+            model="mnist_mlp",
+            epochs=2,
+            batch_size=50,
+            validation_split=100,
+            seed=seed,
             regularization={"dropout": 0.2},
-        )  # fmt: skip
+        )
         job_id = f"det-{seed}-{np.random.default_rng().integers(1 << 30)}"
         store.create(spec.model_dump(mode="json"), job_id)
         outcome = train(spec, data, store, job_id, tensorboard_dir=None)

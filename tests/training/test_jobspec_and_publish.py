@@ -60,8 +60,9 @@ def test_quality_gate(tmp_path: Path) -> None:
     assert not ok and "0.8500 is below publish.min_accuracy 0.9000" in why
     better = PublishSpec(only_if_better=True)
     assert quality_gate(better, 0.5, path) == (
-        True, "test accuracy 0.5000 >= publish.min_accuracy 0.0000; no version published before",
-    )  # fmt: skip
+        True,
+        "test accuracy 0.5000 >= publish.min_accuracy 0.0000; no version published before",
+    )
     _version(path, 1, 0.97)
     _version(path, 2, 0.90)
     ok, why = quality_gate(better, 0.90, path)

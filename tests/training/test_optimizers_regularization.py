@@ -43,7 +43,9 @@ def test_every_optimizer_moves_the_weights_its_own_way(updates) -> None:
     for name, delta in updates.items():
         assert max(np.abs(d).max() for d in delta) > 1e-4, name
     for a, b in itertools.combinations(NAMES, 2):
-        close = all(np.allclose(x, y, atol=1e-7) for x, y in zip(updates[a], updates[b], strict=True))
+        close = all(
+            np.allclose(x, y, atol=1e-7) for x, y in zip(updates[a], updates[b], strict=True)
+        )
         assert not close, f"{a} and {b} made the same update"
 
 

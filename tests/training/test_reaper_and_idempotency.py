@@ -26,9 +26,13 @@ def store(redis_url: str) -> Iterator[JobStore]:
 
 def settings(tmp_path: Path, **overrides: object) -> WorkerSettings:
     return WorkerSettings(
-        redis_url="redis://unused", model_dir=tmp_path / "m", var_dir=tmp_path / "v",
-        stale_after_s=5, max_attempts=2, **overrides,
-    )  # fmt: skip
+        redis_url="redis://unused",
+        model_dir=tmp_path / "m",
+        var_dir=tmp_path / "v",
+        stale_after_s=5,
+        max_attempts=2,
+        **overrides,
+    )
 
 
 def running_job(store: JobStore, job_id: str, heartbeat_age: float) -> None:
@@ -59,9 +63,7 @@ def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> N
     assert "no heartbeat" in record["error"] and "giving up" in record["error"]
 
 
-def test_redelivered_message_of_a_finished_job_is_skipped(
-    store: JobStore, tmp_path: Path
-) -> None:
+def test_redelivered_message_of_a_finished_job_is_skipped(store: JobStore, tmp_path: Path) -> None:
     store.create({"model": "mnist_logreg"}, "done")
     store.finish("done", JobStatus.SUCCEEDED, result={"model": "x"})
     before = store.get("done")

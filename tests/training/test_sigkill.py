@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-
 from tests.support.procs import wait_for
 from tests.training.conftest import MNIST_TINY, start_worker
 
@@ -55,5 +54,3 @@ def test_sigkilled_worker_job_runs_again(
     assert len(requeued) == 1 and "lost: no heartbeat" in requeued[0]["data"]["reason"]
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
     assert statuses == ["queued", "running", "queued", "running", "succeeded"]
-
-

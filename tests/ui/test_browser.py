@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import os
 import shutil
 from pathlib import Path
@@ -91,6 +90,7 @@ def test_draw_a_digit_and_see_the_models_prediction(served: Served, page: Any) -
     ink = bright_pixels(page, "#seen")
     assert 20 < ink < 28 * 28 / 2, f"{ink} bright pixels in the preprocessed digit"
 
+    page.set_viewport_size({"width": 1280, "height": 700})
     page.wait_for_timeout(400)  # let the probability bars finish their CSS transition
     shot = stack.var_dir / "ui-classify.png"
     page.screenshot(path=str(shot))
@@ -124,13 +124,17 @@ def test_upload_a_photo(served: Served, page: Any, data_dir: Path, tmp_path: Pat
 
 def test_admin_key_errors_are_readable(served: Served, page: Any) -> None:
     page.goto(f"{served.stack.url}/ui/#jobs")
-    page.locator("#key-dialog").wait_for(state="visible")  # asked for the key at once
+    dialog = page.locator("#key-dialog")
+    dialog.wait_for(state="visible")  # the jobs need the key: it is asked for at once
     page.fill("#key-input", "not-the-key")
     page.click("#key-save")
-    page.click("#jobs-refresh")
-    error = page.locator("#jobs-error")
-    error.wait_for(state="visible")
-    assert "API key is not valid" in error.inner_text()
+    # The gateway refuses it: the dialog comes back saying why, and so does the page.
+    problem = page.locator("#key-error")
+    problem.wait_for(state="visible")
+    assert "API key is not valid" in problem.inner_text()
+    page.click("#key-close")
+    assert "API key is not valid" in page.inner_text("#jobs-error")
+    assert page.evaluate("sessionStorage.getItem('fdl.adminKey')") == "not-the-key"
 
 
 def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> None:
@@ -153,7 +157,7 @@ def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> No
         """() => {
             window.pointLog = [];
             new MutationObserver(() => window.pointLog.push(
-                [Number(document.getElementById('chart-loss').dataset.points), performance.now()]
+                [Number(document.getElementById('chart-loss').dataset.points), Date.now()]
             )).observe(document.getElementById('chart-loss'), {attributes: true});
         }"""
     )
@@ -166,12 +170,14 @@ def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> No
     log: list[list[float]] = page.evaluate("window.pointLog")
     counts = [int(c) for c, _t in log]
     assert counts[-1] >= 6, counts  # train + validation loss for each of 3 epochs
-    growth = [t for (a, _), (b, t) in itertools.pairwise(log) if b > a]
-    # Live: points arrived over the run's seconds, not all at once after it ended.
-    assert growth and growth[-1] - growth[0] > 500, log
+    assert len(set(counts)) >= 3, f"the curve never grew step by step: {counts}"
+    job = wait_job(stack, job_id)
+    # Live: the first epoch's points were drawn while the job was still running (the browser
+    # and the gateway share this machine's clock).
+    first_drawn = next(t for c, t in log if c >= 2) / 1000
+    assert first_drawn < job["finished_at"], (first_drawn, job["finished_at"])
     assert page.locator("#epoch-rows tr").count() == 3
     assert "Published ui_logreg version 1" in page.inner_text("#detail-result")
-    job = wait_job(stack, job_id)
     assert job["status"] == "succeeded" and job["result"]["model"] == "ui_logreg"
     row = page.locator(f"#jobs-rows tr[data-job='{job_id}']")
     row.wait_for()

@@ -255,6 +255,8 @@ export function initJobs() {
       $("jobs-prev").disabled = offset === 0;
       $("jobs-next").disabled = offset + page.jobs.length >= page.total;
     } catch (error) {
+      // No polling with a missing or refused key: it would only ask for the key again.
+      if (error instanceof ApiError && error.status === 401) clearInterval(timer);
       showError($("jobs-error"), error);
     }
   }
@@ -262,7 +264,7 @@ export function initJobs() {
   $("jobs-refresh").addEventListener("click", refresh);
   $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); refresh(); });
   $("jobs-next").addEventListener("click", () => { offset += PAGE; refresh(); });
-  window.addEventListener("fdl:key-changed", () => !$("view-jobs").hidden && refresh());
+  window.addEventListener("fdl:key-changed", () => !$("view-jobs").hidden && startPolling());
 
   const form = $("job-form");
   form.addEventListener("submit", async (event) => {
@@ -286,19 +288,23 @@ export function initJobs() {
     }
   });
 
+  function startPolling() {
+    clearInterval(timer);
+    timer = setInterval(() => {
+      if ($("view-jobs").hidden) clearInterval(timer);
+      else if (!document.hidden) refresh();
+    }, 5000);
+    refresh();
+  }
+
   return {
     shown() {
-      refresh();
       const wanted = sessionStorage.getItem("fdl.openJob");
       if (wanted) {
         sessionStorage.removeItem("fdl.openJob");
         select(wanted);
       }
-      clearInterval(timer);
-      timer = setInterval(() => {
-        if ($("view-jobs").hidden) clearInterval(timer);
-        else if (!document.hidden) refresh();
-      }, 5000);
+      startPolling();
     },
   };
 }

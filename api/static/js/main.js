@@ -25,6 +25,7 @@ function initKeyDialog() {
   const input = document.getElementById("key-input");
   const button = document.getElementById("key-button");
   const state = document.getElementById("key-state");
+  const problem = document.getElementById("key-error");
   const render = () => {
     const has = Boolean(adminKey.get());
     button.classList.toggle("has-key", has);
@@ -36,6 +37,7 @@ function initKeyDialog() {
     input.focus();
   });
   document.getElementById("key-form").addEventListener("submit", () => {
+    problem.hidden = true;
     adminKey.set(input.value.trim());
     toast(input.value.trim() ? "Admin key saved for this tab." : "Admin key cleared.");
   });
@@ -47,7 +49,9 @@ function initKeyDialog() {
   });
   document.getElementById("key-close").addEventListener("click", () => dialog.close());
   window.addEventListener("fdl:key-changed", render);
-  window.addEventListener("fdl:need-key", () => {
+  window.addEventListener("fdl:need-key", (event) => {
+    problem.textContent = event.detail || "";
+    problem.hidden = !event.detail;
     if (!dialog.open) {
       input.value = adminKey.get();
       dialog.showModal();

@@ -36,7 +36,7 @@ export function showError(box, error) {
   box.textContent = describe(error);
   box.hidden = false;
   if (error instanceof ApiError && error.status === 401) {
-    window.dispatchEvent(new CustomEvent("fdl:need-key"));
+    window.dispatchEvent(new CustomEvent("fdl:need-key", { detail: describe(error) }));
   }
 }
 
