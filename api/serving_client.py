@@ -106,7 +106,7 @@ class ServingClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.enable_retries", 0),
-                # Reconnect quickly after a model-server restart (gRPC's default backs off to 2 min).
+                # Reconnect fast after a model-server restart (gRPC's default backs off to 2 min).
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
@@ -139,14 +139,21 @@ class ServingClient:
 
     async def _call(self, method, request, request_id: str | None, timeout_s: float | None = None):
         metadata = (("x-request-id", request_id),) if request_id else None
+        timeout = timeout_s or self.timeout_s
+        try:
+            return await method(request, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            if not _is_unavailable(error) or self.retries <= 1:
+                raise
+        # UNAVAILABLE (server restarting, connection lost): retry with backoff.
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_unavailable),
-            stop=stop_after_attempt(self.retries),
+            stop=stop_after_attempt(self.retries - 1),
             wait=wait_exponential(multiplier=0.05, max=0.5),
             reraise=True,
         ):
             with attempt:
-                return await method(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
+                return await method(request, timeout=timeout, metadata=metadata)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def predict(

@@ -67,7 +67,7 @@ def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path,
     arch = ARCHITECTURES[key]
     data = load_dataset(str(spec.dataset), arch.image_shape, data_dir, var_dir, allow_download=True)
     if smoke:
-        data = data.capped(512, 256)
+        data = data.capped(256, 128)
     (x, y), _ = split_validation(data.x_train, data.y_train, 0)
     with runtime(spec.seed, mixed_precision=True) as info:
         strategy = info.pop("_strategy")

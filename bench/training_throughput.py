@@ -37,13 +37,15 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def measure(model_key: str, fit_input, examples: int, epochs: int, spec: JobSpec, **fit_kw):
+def measure(
+    model_key: str, fit_input, examples: int, epochs: int, spec: JobSpec, spe: int = 1, **fit_kw
+):
     arch = ARCHITECTURES[model_key]
     keras.utils.set_random_seed(0)
     model = build_model(
         model_key, network_input_shape(arch.image_shape, arch.family), 10, spec.regularization
     )
-    compile_model(model, spec)
+    compile_model(model, spec, steps_per_execution=spe)
     timer = EpochTimer()
     model.fit(*fit_input, epochs=epochs, callbacks=[timer], verbose=0, **fit_kw)
     steady = timer.seconds[1:]
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=30_000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2, help="alternate ours/baseline N times")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate ours/baseline N times")
     args = parser.parse_args()
     spec = JobSpec(model=args.model, batch_size=args.batch_size)
     arch = ARCHITECTURES[args.model]
@@ -68,7 +70,7 @@ def main() -> None:
     ours, baseline = [], []
     for _ in range(args.rounds):
         ds = train_dataset(x, y, arch.family, args.batch_size, seed=0, augment=False)
-        ours.append(measure(args.model, (ds,), len(x), args.epochs, spec))
+        ours.append(measure(args.model, (ds,), len(x), args.epochs, spec, shuffle=False))
         baseline.append(
             measure(
                 args.model,

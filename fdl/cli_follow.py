@@ -66,6 +66,8 @@ class Follower:
             )
             if not mid:
                 self.progress.console.print(_epoch_line(data), highlight=False)
+                if data["epoch"] >= epochs:
+                    self.progress.update(self.task, description="evaluating and publishing")
 
 
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:

@@ -76,6 +76,9 @@ def model_server_argv(settings: CommonSettings, config_file: Path, poll_s: int =
         f"--model_config_file={config_file}",
         f"--model_config_file_poll_wait_seconds={poll_s}",
         f"--file_system_poll_wait_seconds={poll_s}",
+        # Labels kept in labels.json must not stop a restart before their versions have loaded.
+        "--allow_version_labels_for_unavailable_models=true",
+        "--enable_grpc_healthcheck_service=true",
     ]
 
 

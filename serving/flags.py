@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("tensorflow_session_parallelism", int, 0, "threads for each Session (0: auto)")
     flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads (0: auto)")
     flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads (0: auto)")
-    flag("grpc_max_threads", int, 0, "gRPC worker threads (0: 4 x CPUs, at least 16)")
+    flag("grpc_max_threads", int, 0, "gRPC worker threads (0: 8 x CPUs, at least 64)")
     flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests")
     flag("num_request_iterations_for_warmup", int, 1, "times each warmup request runs")
     flag("monitoring_config_file", str, "", "ascii MonitoringConfig file (Prometheus)")

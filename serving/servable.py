@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.util import deprecation
 
 from serving.errors import invalid
 from serving.tensors import dtype_name, numpy_dtype
@@ -40,7 +41,7 @@ class Servable:
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
         try:
-            with self.graph.as_default():
+            with self.graph.as_default(), deprecation.silence():
                 meta: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
                     self.session, [SERVE_TAG], str(path)
                 )
@@ -71,6 +72,7 @@ class Servable:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout)
         for batcher in list(self.batchers.values()):
             batcher.stop()
+        self._callables.clear()  # releases the callables while their Session is still open
         self.session.close()
 
     # --- signatures -------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class Servable:
         if call is None:
             fetches = [signature.outputs[k].name for k in out_keys]
             feeds = [signature.inputs[k].name for k in in_keys]
-            call = self.session.make_callable(fetches, feed_list=feeds)
+            call = _make_callable(self.session, feeds, fetches)
             self._callables[(key, in_keys, out_keys)] = call
         try:
             results = call(*(inputs[k] for k in in_keys))
@@ -151,14 +153,23 @@ class Servable:
         return dict(zip(out_keys, results, strict=True))
 
 
+def _make_callable(session: tf.compat.v1.Session, feeds: list[str], fetches: list[str]) -> Any:
+    """A Session callable over tensor names: ``TF_SessionMakeCallable``, the C API's equivalent
+    of ``Session::MakeCallable``, which skips ``Session.run``'s per-call Python feed handling."""
+    make = getattr(session, "_make_callable_from_options", None)
+    if make is None:  # pragma: no cover - older or newer TensorFlow without the fast path
+        return session.make_callable(fetches, feed_list=feeds)
+    return make(config_pb2.CallableOptions(feed=feeds, fetch=fetches))
+
+
 def read_warmup_requests(path: Path) -> list[bytes]:
     """The serialized ``PredictionLog`` records of a version's warmup file (none if absent)."""
     file = path / WARMUP_FILE
     if not file.exists():
         return []
     records = []
-    for record in tf.compat.v1.io.tf_record_iterator(str(file)):
-        records.append(record)
+    for record in tf.data.TFRecordDataset(str(file)):
+        records.append(record.numpy())
         if len(records) > MAX_WARMUP_RECORDS:
             raise ValueError(
                 f"{file} has more than {MAX_WARMUP_RECORDS} warmup records (TF Serving's limit)"

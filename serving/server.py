@@ -76,6 +76,7 @@ class ModelServer:
         self._reload_lock = threading.Lock()
         self._config_text: str | None = None
         self._config_ok = False
+        self._last_config_error = ""
         self._threads: list[threading.Thread] = []
         self._grpc: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
@@ -126,7 +127,12 @@ class ModelServer:
             log.info("model config file %s applied", path)
         except (ConfigError, ServingError) as error:
             self._config_ok = False
-            log.error("model config file %s not applied: %s", path, error)
+            message = f"model config file {path} not applied: {error}"
+            if message != self._last_config_error:  # retried every poll; logged once
+                log.error("%s", message)
+            self._last_config_error = message
+            return
+        self._last_config_error = ""
 
     def _loop(self, interval: float, body: callable) -> None:  # type: ignore[valid-type]
         while not self._stop.wait(interval):
@@ -164,7 +170,7 @@ class ModelServer:
         self._threads.append(thread)
 
     def _start_grpc(self, port: int) -> None:
-        workers = self.args.grpc_max_threads or max(16, 4 * (os.cpu_count() or 4))
+        workers = self.args.grpc_max_threads or max(64, 8 * (os.cpu_count() or 4))
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

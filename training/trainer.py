@@ -63,8 +63,9 @@ def runtime(seed: int, mixed_precision: bool) -> Iterator[dict[str, Any]]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def compile_model(model: keras.Model, spec: JobSpec) -> None:
+def compile_model(model: keras.Model, spec: JobSpec, steps_per_execution: int = 1) -> None:
     model.compile(
+        steps_per_execution=steps_per_execution,
         optimizer=make_optimizer(spec.optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],

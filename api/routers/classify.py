@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -142,10 +143,11 @@ def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int
     return images, _parse_top_k(payload.get("top_k"))
 
 
-async def _classify(request: Request, target: Target, settings: GatewaySettings) -> dict[str, Any]:
+async def _classify(request: Request, target: Target, settings: GatewaySettings) -> JSONResponse:
+    """Returns the response directly: the result is built here, re-validating it would cost."""
     images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     state = request.app.state
-    return await classify(
+    result = await classify(
         state.serving,
         state.metadata,
         target,
@@ -155,17 +157,19 @@ async def _classify(request: Request, target: Target, settings: GatewaySettings)
         profile_override=settings.profiles.get(target.model),
         max_pixels=settings.max_image_pixels,
     )
+    return JSONResponse(result)
 
 
 @router.post(
     "/{model}:classify",
     summary="Classify images with the model's latest version",
     openapi_extra=REQUEST_BODY,
+    response_model=ClassifyResponse,
     responses=CLASSIFY_RESPONSES,
 )
 async def classify_latest(
     model: ModelName, request: Request, settings: SettingsDep, _caller: ClassifyDep
-) -> ClassifyResponse:
+) -> JSONResponse:
     return await _classify(request, Target(model), settings)
 
 
@@ -173,6 +177,7 @@ async def classify_latest(
     "/{model}/versions/{version}:classify",
     summary="Classify images with one version",
     openapi_extra=REQUEST_BODY,
+    response_model=ClassifyResponse,
     responses=CLASSIFY_RESPONSES,
 )
 async def classify_version(
@@ -181,7 +186,7 @@ async def classify_version(
     request: Request,
     settings: SettingsDep,
     _caller: ClassifyDep,
-) -> ClassifyResponse:
+) -> JSONResponse:
     return await _classify(request, Target(model, version=version), settings)
 
 
@@ -189,6 +194,7 @@ async def classify_version(
     "/{model}/labels/{label}:classify",
     summary="Classify images with a labelled version (stable, canary)",
     openapi_extra=REQUEST_BODY,
+    response_model=ClassifyResponse,
     responses=CLASSIFY_RESPONSES,
 )
 async def classify_label(
@@ -197,5 +203,5 @@ async def classify_label(
     request: Request,
     settings: SettingsDep,
     _caller: ClassifyDep,
-) -> ClassifyResponse:
+) -> JSONResponse:
     return await _classify(request, Target(model, label=label), settings)

@@ -42,6 +42,14 @@ _MEDIA_TYPES = {
 }
 # The UI is small and changes with the gateway: revalidate every load, never serve it stale.
 _NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+# Everything comes from the gateway itself: no CDN, no third-party script can run in the page.
+_PAGE_HEADERS = {
+    **_NO_CACHE,
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 
 ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Served model name")]
 
@@ -53,7 +61,8 @@ def _static(relative: str) -> FileResponse:
     if not path.is_file() or STATIC_DIR not in path.parents:
         raise ApiError(404, "not_found", f"no UI file {relative!r}")
     media = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return FileResponse(path, media_type=media, headers=_NO_CACHE)
+    headers = _PAGE_HEADERS if path.suffix == ".html" else _NO_CACHE
+    return FileResponse(path, media_type=media, headers=headers)
 
 
 @router.get("/", include_in_schema=False)

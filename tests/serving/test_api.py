@@ -146,7 +146,9 @@ def test_wrong_dtype_with_typed_values(api_server) -> None:
     request = predict_request("tiny", images(1))
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(images(1).astype(np.float32)))
     code, details = _code(lambda: api_server.prediction().Predict(request, timeout=30))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "images" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    if api_server.impl == "fdl":  # TF Serving's own text comes from Session::Run
+        assert "images" in details
 
 
 def test_large_request_beyond_grpc_default(api_server) -> None:
@@ -242,7 +244,9 @@ def test_rest_predict_rows_and_columns(api_server, model_stock) -> None:
 def test_rest_errors(api_server) -> None:
     url = f"{api_server.rest}/v1/models/tiny:predict"
     status, body = _http(url, {"instances": [[1, 2]]})
-    assert status == 400 and "images" in body["error"]
+    assert status == 400
+    if api_server.impl == "fdl":
+        assert "images" in body["error"]
     status, body = _http(url, {"nothing": 1})
     assert status == 400 and "error" in body
     status, body = _http(f"{api_server.rest}/v1/models/tiny/labels/nolabel:predict",

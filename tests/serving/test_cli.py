@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
+from tensorflow_serving.apis import get_model_status_pb2
 
 from tests.serving.conftest import images, predict_request, start_server
-from tests.serving.test_lifecycle import served_version
+from tests.serving.test_lifecycle import served_version, statuses
+from tests.support.procs import wait_for
 
 SERVER = [sys.executable, "-m", "serving"]
 
@@ -58,26 +61,55 @@ def test_label_on_unloaded_version_fails_at_start(tmp_path, model_stock) -> None
     assert "which is not currently available for inference" in result.stderr
 
 
-def test_labels_at_start_with_allow_flag_then_sigterm(tmp_path, model_stock, logs_dir) -> None:
-    """What the stack passes: labels kept in labels.json survive a restart. SIGTERM stops fast."""
+def test_labels_at_start_unavailable_while_loading_then_sigterm(
+    tmp_path, model_stock, logs_dir
+) -> None:
+    """The stack's flags: labels kept in labels.json survive a restart; a model still loading
+    answers UNAVAILABLE; SIGTERM stops the server fast even with a load retry pending."""
     model_stock.install("a", tmp_path / "m", 1)
     model_stock.install("b", tmp_path / "m", 2)
+    model_stock.install("broken", tmp_path / "slow", 1)
     config = tmp_path / "models.config"
-    config.write_text(
-        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+    labelled = (
+        f'config {{ name: "m" base_path: "{tmp_path / "m"}" '
         "model_version_policy { specific { versions: 1 versions: 2 } } "
-        'version_labels { key: "stable" value: 1 } } }\n'
+        'version_labels { key: "stable" value: 1 } }'
     )
+    config.write_text(f"model_config_list {{ {labelled} }}\n")
     server = start_server(
         "fdl",
         "labels",
         logs_dir,
-        [f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models=true"],
+        [
+            f"--model_config_file={config}",
+            "--model_config_file_poll_wait_seconds=1",
+            "--allow_version_labels_for_unavailable_models=true",
+            "--max_num_load_retries=1",
+            "--load_retry_interval_micros=60000000",
+        ],
     )
     try:
         request = predict_request("m", images(1), label="stable")
         assert server.prediction().Predict(request, timeout=30).model_spec.version.value == 1
         assert served_version(server, "m") == 2
+
+        slow = f'config {{ name: "slow" base_path: "{tmp_path / "slow"}" }}'
+        config.write_text(f"model_config_list {{ {labelled} {slow} }}\n")
+
+        def unavailable() -> bool:
+            try:
+                served_version(server, "slow")
+            except grpc.RpcError as error:
+                return error.code() == grpc.StatusCode.UNAVAILABLE
+            return False
+
+        # The first load fails at once; the retry waits 60 s, and meanwhile the model is LOADING.
+        wait_for(
+            unavailable, 60, "UNAVAILABLE from a loading model", check=server.process.ensure_alive
+        )
+        state = statuses(server, "slow")[1][0]
+        assert state == get_model_status_pb2.ModelVersionStatus.LOADING
+
         started = time.monotonic()
         server.process.popen.send_signal(signal.SIGTERM)
         assert server.process.popen.wait(15) == 0

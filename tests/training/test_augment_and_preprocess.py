@@ -84,3 +84,21 @@ def test_augmentation_is_random_per_image_and_reproducible(cifar_images) -> None
     e1, e2 = epoch(first), epoch(first)
     np.testing.assert_array_equal(e1, epoch(again))  # same seed, same stream
     assert not np.allclose(e1, e2)  # a new epoch draws new augmentations
+
+
+def test_plain_pipeline_covers_every_example_once_per_epoch_in_a_seeded_order() -> None:
+    x = np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(28, 1).repeat(28, 2)
+    y = np.arange(50, dtype=np.int64)
+
+    def epoch(ds: tf.data.Dataset) -> list[int]:
+        return [int(v) for _, labels in ds for v in labels.numpy()]
+
+    ds = train_dataset(x, y, "mnist", 16, seed=3, augment=False)
+    assert ds.cardinality().numpy() == 4
+    first, second = epoch(ds), epoch(ds)
+    assert sorted(first) == sorted(second) == list(range(50))
+    assert first != second and first != list(range(50))
+    assert epoch(train_dataset(x, y, "mnist", 16, seed=3, augment=False)) == first
+    assert epoch(train_dataset(x, y, "mnist", 16, seed=4, augment=False)) != first
+    images, labels = next(iter(ds))
+    np.testing.assert_allclose(images.numpy()[:, 0, 0, 0], labels.numpy() / 255.0, rtol=1e-6)

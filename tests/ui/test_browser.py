@@ -62,10 +62,10 @@ def bright_pixels(page: Any, selector: str) -> int:
 def test_draw_a_digit_and_see_the_models_prediction(served: Served, page: Any) -> None:
     stack = served.stack
     page.goto(f"{stack.url}/ui/")
-    page.wait_for_function("document.getElementById('digit-model').value === 'mnist_logreg'")
+    page.wait_for_function("() => document.getElementById('digit-model').value === 'mnist_logreg'")
     draw(page, SEVEN)
     page.wait_for_selector("#result-body:not([hidden])")
-    page.wait_for_function("document.getElementById('seen').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('seen').naturalWidth > 0")
     answer = page.inner_text("#answer")
     assert page.locator("#bars li").count() == 5
     assert f"mnist_logreg · version {served.version}" in page.inner_text("#result-meta")
@@ -105,13 +105,13 @@ def test_upload_a_photo(served: Served, page: Any, data_dir: Path, tmp_path: Pat
     photo = tmp_path / "ship.jpg"
     Image.fromarray(photos[1]).resize((96, 96), Image.Resampling.BICUBIC).save(photo, quality=90)
     page.goto(f"{served.stack.url}/ui/")
-    page.wait_for_function("document.getElementById('photo-model').value === 'mnist_logreg'")
+    page.wait_for_function("() => document.getElementById('photo-model').value === 'mnist_logreg'")
     page.set_input_files("#photo-input", str(photo))
     page.wait_for_selector("#result-body:not([hidden])")
     assert page.locator("#photo-preview").is_visible()
     assert page.inner_text("#answer") in [str(d) for d in range(10)]
     assert page.locator("#bars li").count() == 5
-    page.wait_for_function("document.getElementById('seen').naturalWidth === 28")
+    page.wait_for_function("() => document.getElementById('seen').naturalWidth === 28")
 
     # A file that is not an image gets a readable error, not a broken page.
     text = tmp_path / "notes.png"
@@ -165,7 +165,8 @@ def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> No
     page.wait_for_selector("#detail-body:not([hidden])")
     job_id = page.inner_text("#detail-id")
     page.wait_for_function(
-        "document.getElementById('detail-status').textContent === 'succeeded'", timeout=240_000
+        "() => document.getElementById('detail-status').textContent === 'succeeded'",
+        timeout=240_000,
     )
     log: list[list[float]] = page.evaluate("window.pointLog")
     counts = [int(c) for c, _t in log]
@@ -200,7 +201,8 @@ def test_cancel_a_job_from_the_ui(served: Served, page: Any) -> None:
     job_id = page.inner_text("#detail-id")
     page.click("#job-cancel")
     page.wait_for_function(
-        "document.getElementById('detail-status').textContent === 'cancelled'", timeout=120_000
+        "() => document.getElementById('detail-status').textContent === 'cancelled'",
+        timeout=120_000,
     )
     assert wait_job(stack, job_id, timeout=120)["status"] == "cancelled"
     assert page.locator("#job-cancel").is_hidden()
@@ -220,19 +222,24 @@ def test_models_page_shows_the_report_and_promotes(served: Served, page: Any) ->
     images = card.locator(".report img")
     images.first.wait_for()
     page.wait_for_function(
-        "[...document.querySelectorAll(\"article[data-model='mnist_logreg'] .report img\")]"
+        "() => [...document.querySelectorAll(\"article[data-model='mnist_logreg'] .report img\")]"
         ".every((img) => img.complete && img.naturalWidth > 100)"
     )
     assert images.count() == 2
     card.locator("button", has_text="Promote").first.click()
     card = page.locator("article[data-model='mnist_logreg']")
     page.wait_for_function(
-        "document.querySelector(\"article[data-model='mnist_logreg'] h2\").textContent"
+        "() => document.querySelector(\"article[data-model='mnist_logreg'] h2\").textContent"
         f".includes('stable → v{served.version}')"
     )
     models = httpx.get(f"{stack.url}/v1/models", timeout=10).json()["models"]
     labels = next(m["labels"] for m in models if m["name"] == "mnist_logreg")
     assert labels.get("stable") == served.version
+    # Only one version: rolling back says so instead of failing silently.
+    card.locator("button", has_text="Roll back").click()
+    problem = card.locator(".error")
+    problem.wait_for(state="visible")
+    assert "No older version" in problem.inner_text()
 
 
 def served_accuracy(stack: Any, served: Served) -> float:
@@ -244,6 +251,7 @@ def test_ui_files_are_served_safely(served: Served) -> None:
     url = served.stack.url
     index = httpx.get(f"{url}/ui", follow_redirects=True, timeout=10)
     assert index.status_code == 200 and "<title>FDL Serve</title>" in index.text
+    assert "default-src 'self'" in index.headers["content-security-policy"]
     module = httpx.get(f"{url}/ui/js/main.js", timeout=10)
     assert module.headers["content-type"].startswith("text/javascript")
     for sneaky in ("/ui/..%2f..%2fpyproject.toml", "/ui/js/../../routers/ui.py", "/ui/.hidden"):

@@ -10,7 +10,7 @@ function versionOf(raw) {
     labels: Array.isArray(v.labels) ? v.labels : [],
     metrics: v.metrics || v.evaluation || {},
     job_id: v.job_id || v.job || null,
-    input: v.input || v.input_spec || null,
+    input: v.input || (v.metadata && v.metadata.input) || null,
     class_names: v.class_names || v.classes || null,
     report: v.report || null,
     raw: v,
@@ -47,8 +47,7 @@ export async function getModel(name) {
 
 // Input channels of a model (1: digits, 3: photos) when the catalog knows them.
 export function channelsOf(model) {
-  for (const v of model.versions) {
-    const input = v.input;
+  for (const input of [model.raw.input, ...model.versions.map((v) => v.input)]) {
     if (!input) continue;
     if (input.channels) return Number(input.channels);
     if (Array.isArray(input.shape) && input.shape.length === 4) return Number(input.shape[3]);

@@ -55,7 +55,11 @@ function modelCard(model, refresh) {
   const rollback = el("button", { type: "button", className: "ghost", title: "Point the label at the previous available version" }, "Roll back");
   rollback.addEventListener("click", async () => {
     const current = model.labels[label()];
-    const older = available.map((v) => v.version).filter((v) => current === undefined || v < current);
+    if (current === undefined) {
+      showError(errorBox, new Error(`${model.name} has no label “${label()}” to roll back.`));
+      return;
+    }
+    const older = available.map((v) => v.version).filter((v) => v < current);
     if (!older.length) {
       showError(errorBox, new Error(`No older version to roll “${label()}” back to.`));
       return;

@@ -1,0 +1,173 @@
+// One job, followed live: status, progress, loss/accuracy curves per epoch, result, cancel.
+import { ApiError, api, followEvents } from "./api.js";
+import { LineChart } from "./chart.js";
+import { duration, el, num, pct, showError, toast } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const COLORS = { train: "#4f46e5", val: "#0ea5a4" };
+
+export class JobView {
+  constructor(onStatus) {
+    this.onStatus = onStatus;
+    this.lossChart = new LineChart($("chart-loss"), { xLabel: "epoch" });
+    this.accChart = new LineChart($("chart-acc"), { xLabel: "epoch", yMax: 1 });
+    this.controller = null;
+    $("job-cancel").addEventListener("click", () => this.cancel());
+  }
+
+  reset(job) {
+    this.job = job;
+    this.points = new Map(); // x (fractional epoch) -> progress
+    this.lastEventId = null;
+    $("detail-empty").hidden = true;
+    $("detail-body").hidden = false;
+    $("detail-id").textContent = job.id;
+    $("epoch-rows").replaceChildren();
+    showError($("detail-error"), null);
+    if (job.progress && job.progress.epoch) this.addProgress(job.progress);
+    this.render();
+  }
+
+  async open(id) {
+    this.controller?.abort();
+    const controller = new AbortController();
+    this.controller = controller;
+    try {
+      this.reset(await api.get(`/v1/jobs/${id}`, { admin: true, signal: controller.signal }));
+    } catch (error) {
+      if (error.name !== "AbortError") showError($("detail-error"), error);
+      return;
+    }
+    this.follow(controller.signal);
+  }
+
+  async follow(signal) {
+    const id = this.job.id;
+    let failures = 0;
+    // The stream replays the job's history first, so even a finished job gets its curves.
+    for (let first = true; first || (!signal.aborted && !TERMINAL.has(this.job.status)); first = false) {
+      try {
+        this.lastEventId = await followEvents(`/v1/jobs/${id}/events`, {
+          signal,
+          lastEventId: this.lastEventId,
+          onEvent: (type, data) => this.onEvent(type, data),
+        });
+        failures = 0;
+      } catch (error) {
+        if (signal.aborted || error.name === "AbortError") return;
+        if (error instanceof ApiError && error.status === 401) {
+          showError($("detail-error"), error);
+          return;
+        }
+        failures += 1;
+      }
+      if (TERMINAL.has(this.job.status) || signal.aborted) break;
+      // The stream ended or failed early: catch up from the record, then reconnect.
+      await this.refreshRecord(signal);
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** failures)));
+    }
+    if (!signal.aborted) await this.refreshRecord(signal);
+  }
+
+  async refreshRecord(signal) {
+    try {
+      const job = await api.get(`/v1/jobs/${this.job.id}`, { admin: true, signal });
+      this.job = job;
+      if (job.progress && job.progress.epoch) this.addProgress(job.progress);
+      this.render();
+      this.onStatus(job);
+    } catch {
+      // Shown by the next attempt.
+    }
+  }
+
+  onEvent(type, data) {
+    if (type === "progress") {
+      this.addProgress(data);
+      this.job.progress = data;
+      if (!(data.step && data.step < data.steps)) this.onStatus(this.job); // epoch done: list row
+    } else if (type === "status") {
+      this.job.status = data.status;
+      if ("result" in data) this.job.result = data.result;
+      if ("error" in data) this.job.error = data.error;
+      this.onStatus(this.job);
+    }
+    this.render();
+  }
+
+  addProgress(p) {
+    const x = p.step && p.steps && p.step < p.steps ? p.epoch - 1 + p.step / p.steps : p.epoch;
+    this.points.set(Math.round(x * 1000) / 1000, p);
+  }
+
+  render() {
+    const job = this.job;
+    const status = $("detail-status");
+    status.textContent = job.status;
+    status.className = `badge ${job.status}`;
+    const spec = job.spec || {};
+    const progress = job.progress || {};
+    const epochs = progress.epochs || spec.epochs || 1;
+    const sorted = [...this.points.entries()].sort((a, b) => a[0] - b[0]);
+    const done = job.status === "succeeded" ? 1 : sorted.length ? sorted.at(-1)[0] / epochs : 0;
+    const bar = $("detail-progress");
+    bar.setAttribute("aria-valuenow", String(Math.round(done * 100)));
+    bar.firstElementChild.style.width = `${Math.round(done * 100)}%`;
+    const parts = [`${spec.model || "?"}`, `epoch ${progress.epoch || 0} of ${epochs}`];
+    if (progress.images_per_second) parts.push(`${Math.round(progress.images_per_second)} images/s`);
+    const trained = sorted.length && sorted.at(-1)[0] >= epochs;
+    if (job.status === "running" && trained) {
+      parts.push("evaluating and publishing…");
+    } else if (!TERMINAL.has(job.status) && progress.eta_seconds !== undefined && progress.eta_seconds !== null) {
+      parts.push(`about ${duration(progress.eta_seconds)} left`);
+    }
+    $("detail-summary").textContent = parts.join(" · ");
+    $("job-cancel").hidden = TERMINAL.has(job.status);
+
+    const series = (key) => sorted.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
+    const epochEnds = sorted.filter(([x, p]) => Number.isInteger(x) && !(p.step && p.step < p.steps));
+    const valSeries = (key) => epochEnds.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
+    this.lossChart.setSeries([
+      { name: "train loss", color: COLORS.train, points: series("loss") },
+      { name: "validation loss", color: COLORS.val, dashed: true, points: valSeries("val_loss") },
+    ], epochs);
+    this.accChart.setSeries([
+      { name: "train accuracy", color: COLORS.train, points: series("accuracy") },
+      { name: "validation accuracy", color: COLORS.val, dashed: true, points: valSeries("val_accuracy") },
+    ], epochs);
+    $("epoch-rows").replaceChildren(...epochEnds.map(([x, p]) => el("tr", {},
+      el("td", {}, String(x)), el("td", {}, num(p.loss)), el("td", {}, pct(p.accuracy, 2)),
+      el("td", {}, num(p.val_loss)), el("td", {}, pct(p.val_accuracy, 2)),
+      el("td", {}, p.images_per_second ? String(Math.round(p.images_per_second)) : "–"))));
+
+    const result = $("detail-result");
+    if (job.status === "succeeded" && job.result) {
+      const r = job.result;
+      const acc = r.metrics ? pct(r.metrics.test_accuracy, 2) : "–";
+      result.textContent = r.published
+        ? `Published ${r.model} version ${r.version}: test accuracy ${acc}.`
+        : `Finished with test accuracy ${acc}; not published${r.reason ? `: ${r.reason}` : "."}`;
+    } else if (job.status === "failed") {
+      result.textContent = `Failed: ${job.error || "unknown error"}`;
+    } else if (job.status === "cancelled") {
+      result.textContent = `Cancelled${job.error ? `: ${job.error}` : "."}`;
+    } else {
+      result.textContent = "";
+    }
+  }
+
+  async cancel() {
+    try {
+      const job = await api.del(`/v1/jobs/${this.job.id}`, { admin: true });
+      toast(job.status === "cancelled" ? "Job cancelled." : "Cancellation requested: it stops at the next batch.");
+      if (job.status) {
+        this.job.status = job.status;
+        this.render();
+        this.onStatus(this.job);
+      }
+    } catch (error) {
+      showError($("detail-error"), error);
+    }
+  }
+}

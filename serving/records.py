@@ -1,0 +1,62 @@
+"""The manager's bookkeeping: options, one record per model version, one entry per model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError, not_found
+from serving.servable import Servable
+from serving.versions import Fingerprint
+
+State = get_model_status_pb2.ModelVersionStatus.State
+ModelConfig = model_server_config_pb2.ModelConfig
+
+
+@dataclass
+class ManagerOptions:
+    max_num_load_retries: int = 5
+    load_retry_interval_s: float = 60.0
+    enable_warmup: bool = True
+    allow_labels_for_unavailable: bool = False
+    num_load_threads: int = 2
+    session_config: Any = None
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    path: Path
+    state: int = State.START
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+    servable: Servable | None = None
+    failed_fingerprint: Fingerprint | None = None
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    removed: bool = False
+
+
+def not_ready(entry: ModelEntry, what: str) -> ServingError:
+    loading = any(r.state in (State.START, State.LOADING) for r in entry.versions.values())
+    if loading:
+        return ServingError(grpc.StatusCode.UNAVAILABLE, f"Servable {what} is still loading")
+    return not_found(f"Servable not found for request: {what}")
+
+
+def grpc_code(error: BaseException) -> grpc.StatusCode:
+    code = getattr(error, "error_code", None)
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN

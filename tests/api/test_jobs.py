@@ -1,0 +1,189 @@
+"""Jobs API: submit (queued in Celery's Redis queue), list, get, cancel, follow with SSE.
+
+Job records are made with the real JobStore on the real Redis; no worker runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from fdl.jobs import JobStatus, JobStore
+from tests.api.support import Gateway
+from tests.support.procs import wait_for
+
+
+@pytest.fixture(scope="module")
+def store(redis_url: str) -> JobStore:
+    return JobStore.from_url(redis_url)
+
+
+def get(gateway: Gateway, path: str, **kwargs) -> httpx.Response:
+    return httpx.get(f"{gateway.url}{path}", headers=gateway.admin(), timeout=10, **kwargs)
+
+
+def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    before = client.llen("training")
+    spec = {"model": "mnist_mlp", "epochs": 2, "optimizer": {"name": "sgd"}}
+    response = httpx.post(
+        f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["spec"]["epochs"] == 2
+    assert job["spec"]["publish_as"] == "mnist_mlp"  # defaults filled in
+    assert client.llen("training") == before + 1
+    message = json.loads(client.lindex("training", 0))
+    assert message["headers"]["id"] == job["id"]
+    assert get(gateway, f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"model": "mnist_mlp", "epochs": 0}, "epochs"),
+        ({"model": "resnet"}, "model"),
+        ({"model": "mnist_mlp", "optimizer": {"name": "adam", "learning_rate": -1}}, "learning_rate"),
+        ({"model": "mnist_mlp", "bogus": 1}, "bogus"),
+        ({"model": "mnist_mlp", "publish_as": "../etc"}, "publish_as"),
+        ({}, "model"),
+    ],
+)
+def test_bad_specs_name_the_field(gateway: Gateway, spec: dict, field: str) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10
+    )
+    assert response.status_code == 422
+    assert field in response.json()["error"]["message"]
+
+
+def test_list_paginates_and_filters(gateway: Gateway, store: JobStore) -> None:
+    ids = [store.create({"model": "mnist_logreg"})["id"] for _ in range(5)]
+    store.mark_running(ids[0], "worker-1")
+    store.finish(ids[1], JobStatus.FAILED, error="boom")
+    page = get(gateway, "/v1/jobs", params={"limit": 2, "offset": 0}).json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][:2]  # newest first
+    assert page["total"] >= 5 and page["limit"] == 2
+    second = get(gateway, "/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [j["id"] for j in second["jobs"]] == ids[::-1][2:4]
+    failed = get(gateway, "/v1/jobs", params={"status": "failed"}).json()
+    assert ids[1] in [j["id"] for j in failed["jobs"]]
+    assert all(j["status"] == "failed" for j in failed["jobs"])
+    running = get(gateway, "/v1/jobs", params={"status": "running"}).json()
+    assert ids[0] in [j["id"] for j in running["jobs"]]
+    for params in ({"status": "nope"}, {"limit": 0}, {"limit": 501}, {"offset": -1}):
+        assert get(gateway, "/v1/jobs", params=params).status_code == 422
+
+
+def test_get_unknown_and_malformed_ids(gateway: Gateway) -> None:
+    missing = get(gateway, "/v1/jobs/0123456789abcdef")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "job_not_found"
+    assert get(gateway, "/v1/jobs/bad.id!").status_code == 422
+
+
+def test_cancel_queued_and_running(gateway: Gateway, store: JobStore) -> None:
+    queued = store.create({"model": "mnist_logreg"})["id"]
+    response = httpx.delete(f"{gateway.url}/v1/jobs/{queued}", headers=gateway.admin())
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    running = store.create({"model": "mnist_logreg"})["id"]
+    store.mark_running(running, "worker-1")
+    response = httpx.delete(f"{gateway.url}/v1/jobs/{running}", headers=gateway.admin())
+    assert response.json()["status"] == "running"  # cooperative: the worker stops it
+    assert store.cancel_requested(running)
+    missing = httpx.delete(f"{gateway.url}/v1/jobs/feedface", headers=gateway.admin())
+    assert missing.status_code == 404
+
+
+def iter_sse(response: httpx.Response) -> Iterator[dict]:
+    """SSE events as they arrive (comments and keep-alive pings skipped)."""
+    current: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "event" in current:
+                yield current
+            current = {}
+            continue
+        key, _, value = line.partition(":")
+        current[key] = value.strip()
+    if "event" in current:
+        yield current
+
+
+def read_sse(response: httpx.Response) -> list[dict]:
+    return list(iter_sse(response))
+
+
+def test_events_of_a_finished_job_replay_and_end(gateway: Gateway, store: JobStore) -> None:
+    job = store.create({"model": "mnist_logreg"})["id"]
+    store.mark_running(job, "worker-1")
+    store.update_progress(job, {"epoch": 1, "epochs": 2})
+    store.update_progress(job, {"epoch": 2, "epochs": 2})
+    store.finish(job, JobStatus.SUCCEEDED, result={"version": 1})
+    with httpx.stream(
+        "GET", f"{gateway.url}/v1/jobs/{job}/events", headers=gateway.admin(), timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_sse(response)
+    kinds = [(e["event"], json.loads(e["data"]).get("status")) for e in events]
+    assert kinds == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("progress", None),
+        ("progress", None),
+        ("status", "succeeded"),
+    ]
+    # Resume after the second event: only what followed.
+    headers = {**gateway.admin(), "Last-Event-ID": events[1]["id"]}
+    with httpx.stream(
+        "GET", f"{gateway.url}/v1/jobs/{job}/events", headers=headers, timeout=10
+    ) as response:
+        resumed = read_sse(response)
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[2:]]
+
+
+def test_events_stream_live_until_the_end(gateway: Gateway, store: JobStore) -> None:
+    job = store.create({"model": "mnist_logreg"})["id"]
+    received: list[dict] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream(
+            "GET", f"{gateway.url}/v1/jobs/{job}/events", headers=gateway.admin(), timeout=30
+        ) as response:
+            for event in iter_sse(response):
+                received.append(event)
+        done.set()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    wait_for(lambda: len(received) >= 1, 10, "the first event")
+    store.mark_running(job, "worker-1")
+    store.update_progress(job, {"epoch": 1, "epochs": 1, "accuracy": 0.9})
+    wait_for(lambda: len(received) >= 3, 10, "live progress")
+    assert not done.is_set(), "the stream ended before the job did"
+    start = time.monotonic()
+    store.finish(job, JobStatus.FAILED, error="out of memory")
+    wait_for(done.is_set, 10, "the stream to end after the terminal status")
+    assert time.monotonic() - start < 10
+    last = json.loads(received[-1]["data"])
+    assert last == {"status": "failed", "result": None, "error": "out of memory"}
+    assert json.loads(received[2]["data"])["accuracy"] == 0.9
+
+
+def test_events_errors(gateway: Gateway, store: JobStore) -> None:
+    assert get(gateway, "/v1/jobs/feedface/events").status_code == 404
+    job = store.create({"model": "mnist_logreg"})["id"]
+    headers = {**gateway.admin(), "Last-Event-ID": "not-an-id"}
+    response = httpx.get(f"{gateway.url}/v1/jobs/{job}/events", headers=headers, timeout=10)
+    assert response.status_code == 422
+    assert httpx.get(f"{gateway.url}/v1/jobs/{job}/events", timeout=10).status_code == 401

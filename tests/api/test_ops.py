@@ -1,0 +1,173 @@
+"""Operations: probes, metrics, OpenAPI, no TensorFlow in the process, upstream failures."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from tests.api.support import Gateway, ModelServer, start_gateway
+from tests.support.mnist import png_bytes
+from tests.support.procs import REPO_ROOT, free_port
+
+PNG = png_bytes(np.zeros((28, 28), np.uint8))
+
+
+def classify(gateway: Gateway, model: str = "digits") -> httpx.Response:
+    return httpx.post(
+        f"{gateway.url}/v1/models/{model}:classify",
+        files=[("file", ("a.png", PNG, "image/png"))],
+        headers=gateway.classifier(),
+        timeout=30,
+    )
+
+
+def test_probes(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok", "model_server": "ok"}
+
+
+def test_metrics(gateway: Gateway) -> None:
+    assert classify(gateway).status_code == 200
+    assert classify(gateway, "no_such_model").status_code == 404
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert re.search(
+        r'fdl_gateway_requests_total\{method="POST",model="digits",'
+        r'route="/v1/models/\{model\}:classify",status="200"\} [1-9]',
+        text,
+    )
+    assert re.search(r'model="no_such_model",route="[^"]+",status="404"', text)
+    for stage in ("decode", "preprocess", "predict", "postprocess"):
+        assert f'fdl_gateway_stage_seconds_count{{model="digits",stage="{stage}"}}' in text
+    assert 'fdl_gateway_upstream_errors_total{code="NOT_FOUND",method="GetModelMetadata"}' in text
+    assert re.search(r'fdl_jobs\{state="queued"\} \d+', text)
+    assert "fdl_gateway_images_classified_total" in text
+
+
+def test_openapi_document(gateway: Gateway) -> None:
+    schema = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()
+    paths = schema["paths"]
+    for path in (
+        "/v1/models/{model}:classify",
+        "/v1/models/{model}/versions/{version}:classify",
+        "/v1/models/{model}/labels/{label}:classify",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/models/{model}/labels/{label}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+    ):
+        assert path in paths
+    classify_op = paths["/v1/models/{model}:classify"]["post"]
+    assert "example" in classify_op["requestBody"]["content"]["application/json"]
+    assert {"413", "415", "422", "429", "503"} <= set(classify_op["responses"])
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert httpx.get(f"{gateway.url}/docs", timeout=10).status_code == 200
+
+
+def test_gateway_process_has_no_tensorflow(gateway: Gateway) -> None:
+    """The running gateway maps no TensorFlow library, after real classifications."""
+    for _ in range(20):
+        assert classify(gateway).status_code == 200
+    maps = Path(f"/proc/{gateway.process.pid}/maps").read_text()
+    assert "libtensorflow" not in maps and "_pywrap_tensorflow" not in maps
+    assert "site-packages/PIL" in maps  # the check can see native extensions at all
+    rss_mb = psutil.Process(gateway.process.pid).memory_info().rss / 2**20
+    print(f"gateway RSS after warm-up: {rss_mb:.0f} MB")
+    assert rss_mb < 150
+
+
+def test_gateway_modules_import_without_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import sys, api.main, api.__main__\n"
+        "from api.settings import GatewaySettings\n"
+        "api.main.create_app(GatewaySettings()).openapi()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'tensorflow_serving', 'tf_keras'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
+
+
+def test_api_extra_does_not_pull_tensorflow() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["api"]
+    names = [re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements]
+    assert not [n for n in names if "tensorflow" in n or n in ("keras", "tf-keras")]
+
+
+@pytest.fixture(scope="module")
+def orphan_gateway(
+    redis_url: str, model_dir: Path, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway whose model server is not there."""
+    running = start_gateway(
+        "gateway-orphan",
+        logs_dir,
+        redis_url,
+        free_port(),
+        model_dir,
+        tmp_path_factory.mktemp("secrets-orphan"),
+    )
+    try:
+        yield running
+    finally:
+        running.process.stop()
+
+
+def test_model_server_down_is_503(orphan_gateway: Gateway) -> None:
+    ready = httpx.get(f"{orphan_gateway.url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["model_server"] == "unavailable"
+    response = classify(orphan_gateway)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_server_unavailable"
+    assert response.headers["retry-after"] == "1"
+    listing = httpx.get(
+        f"{orphan_gateway.url}/v1/models", headers=orphan_gateway.classifier(), timeout=10
+    )
+    assert listing.status_code == 200  # the repository is still listed, with the error
+    assert all(m["server_error"] for m in listing.json()["models"])
+    promote = httpx.post(
+        f"{orphan_gateway.url}/v1/models/promo/labels/stable",
+        json={"version": 1},
+        headers=orphan_gateway.admin(),
+        timeout=30,
+    )
+    assert promote.status_code == 503
+
+
+def test_deadline_exceeded_is_504(
+    redis_url: str,
+    model_server: ModelServer,
+    model_dir: Path,
+    logs_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    impatient = start_gateway(
+        "gateway-impatient",
+        logs_dir,
+        redis_url,
+        model_server.port,
+        model_dir,
+        tmp_path_factory.mktemp("secrets-impatient"),
+        FDL_PREDICT_TIMEOUT_S="0.000001",
+    )
+    try:
+        response = classify(impatient)
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "model_server_timeout"
+    finally:
+        impatient.process.stop()

@@ -1,0 +1,114 @@
+"""Wire conversions without a server: TensorProto <-> numpy, REST JSON, flags, batching config."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.batching import BatchingConfig
+from serving.config_files import read_batching_parameters
+from serving.errors import ServingError
+from serving.flags import FlagError, parse_flags
+from serving.rest_codec import format_outputs, parse_predict_body, to_array
+from serving.tensors import from_numpy, to_numpy
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+        np.arange(6, dtype=np.int64).reshape(2, 3) - 3,
+        np.arange(8, dtype=np.uint8).reshape(2, 2, 2),
+        np.array([1.5, -2.25], dtype=np.float16),
+        np.array([[b"a", b"bc"]], dtype=object),
+        np.array([True, False]),
+    ],
+)
+def test_tensor_round_trip_matches_tensorflow(array: np.ndarray) -> None:
+    proto = from_numpy(array)
+    assert not proto.tensor_content  # typed fields, as TF Serving answers
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    np.testing.assert_array_equal(to_numpy(tf.make_tensor_proto(array), "x"), array)
+    np.testing.assert_array_equal(to_numpy(proto, "x"), array)
+
+
+def test_single_typed_value_is_broadcast_and_bad_counts_refused() -> None:
+    proto = tf.make_tensor_proto(np.zeros((2, 3), np.float32))
+    proto.ClearField("tensor_content")
+    proto.float_val.append(2.5)
+    np.testing.assert_array_equal(to_numpy(proto, "x"), np.full((2, 3), 2.5, np.float32))
+    proto.float_val.append(1.0)
+    with pytest.raises(ServingError) as info:
+        to_numpy(proto, "pixels")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "pixels" in info.value.message
+
+
+def _signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
+    signature = meta_graph_pb2.SignatureDef()
+    for name, dtype in inputs.items():
+        signature.inputs[name].dtype = dtype
+        signature.inputs[name].name = f"{name}:0"
+    return signature
+
+
+def test_rest_rows_columns_and_b64() -> None:
+    signature = _signature(text=tf.string.as_datatype_enum, n=tf.uint8.as_datatype_enum)
+    raw = b"\x00\xffbinary"
+    body = {"instances": [{"text": {"b64": base64.b64encode(raw).decode()}, "n": 3}]}
+    arrays, rows = parse_predict_body(body, signature)
+    assert rows and arrays["text"].tolist() == [raw] and arrays["n"].dtype == np.uint8
+    arrays, rows = parse_predict_body({"inputs": {"text": ["hi"], "n": [[1, 2]]}}, signature)
+    assert not rows and arrays["text"].tolist() == [b"hi"] and arrays["n"].shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [([256], "out of range"), ([1.5], "not of expected type"), ([[1], [1, 2]], "images")],
+)
+def test_rest_values_checked_against_dtype(value: list, needle: str) -> None:
+    info = meta_graph_pb2.TensorInfo(dtype=tf.uint8.as_datatype_enum)
+    with pytest.raises(ServingError) as error:
+        to_array(value, info, "images")
+    assert error.value.http_status == 400 and needle in error.value.message
+
+
+def test_rest_bad_b64_and_both_formats() -> None:
+    signature = _signature(text=tf.string.as_datatype_enum)
+    with pytest.raises(ServingError, match="base64"):
+        parse_predict_body({"instances": [{"b64": "%%%"}]}, signature)
+    with pytest.raises(ServingError, match="exactly one"):
+        parse_predict_body({"instances": [], "inputs": []}, signature)
+
+
+def test_rest_output_formats() -> None:
+    outputs = {
+        "scores": np.array([[0.1, 0.9]], np.float32),
+        "img_bytes": np.array([b"\x01"], dtype=object),
+    }
+    rows = format_outputs(outputs, rows=True)
+    assert rows == {"predictions": [{"scores": [0.1, 0.9], "img_bytes": {"b64": "AQ=="}}]}
+    assert format_outputs({"scores": outputs["scores"]}, rows=False) == {"outputs": [[0.1, 0.9]]}
+
+
+def test_flag_forms() -> None:
+    args = parse_flags(["--model_base_path", "/m", "--enable_batching", "--port=9"])
+    assert args.enable_batching is True and args.port == 9 and args.model_name == "default"
+    off = parse_flags(["--model_base_path=/m", "--enable_model_warmup=false"])
+    assert off.enable_model_warmup is False
+    with pytest.raises(FlagError):
+        parse_flags(["--model_base_path=/m", "--model_nam=x"])  # no abbreviations
+
+
+def test_batching_parameters(tmp_path) -> None:
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: 8\n")
+    with pytest.raises(ValueError, match="equal to max_batch_size"):
+        BatchingConfig.from_proto(read_batching_parameters(path))
+    path.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: 8\nallowed_batch_sizes: 16")
+    config = BatchingConfig.from_proto(read_batching_parameters(path))
+    assert config.allowed_batch_sizes == (8, 16) and config.max_enqueued_batches == 10
