@@ -16,7 +16,7 @@ from api.errors import ApiError
 from api.imaging import DEFAULT_MAX_PIXELS, decode_image
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, timed
-from api.preprocess import choose_profile, preprocess
+from api.preprocess import choose_profile, decode_size, preprocess
 from api.serving_client import InputSpec, ModelContractError, ServingClient
 from fdl import contract
 
@@ -59,19 +59,13 @@ def upstream_error(error: grpc.aio.AioRpcError, target: Target, method: str) -> 
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, "model_server_timeout", "the model server did not answer in time")
-    if (
-        target.label
-        and code == grpc.StatusCode.INVALID_ARGUMENT
-        and "label" in details.lower()
-    ):
+    if target.label and code == grpc.StatusCode.INVALID_ARGUMENT and "label" in details.lower():
         # TF Serving answers INVALID_ARGUMENT for "Unrecognized servable version label".
         return ApiError(404, "label_not_found", f"model {target.describe()}: {details}")
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
         return ApiError(422, "invalid_input", f"the model rejected the input: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ApiError(
-            503, "model_server_overloaded", details, headers={"Retry-After": "1"}
-        )
+        return ApiError(503, "model_server_overloaded", details, headers={"Retry-After": "1"})
     return ApiError(502, "model_server_error", f"{code.name}: {details}")
 
 
@@ -87,14 +81,20 @@ def prepare_batch(
         )
     height = spec.height if spec.height > 0 else _DEFAULT_SIDE
     width = spec.width if spec.width > 0 else _DEFAULT_SIDE
+    target = decode_size(profile, (width, height))
     decode_s = preprocess_s = 0.0
     batch = []
     for index, data in enumerate(images):
         start = time.perf_counter()
         try:
-            image = decode_image(data, target_size=(width, height), max_pixels=max_pixels)
+            image = decode_image(data, target_size=target, max_pixels=max_pixels)
             middle = time.perf_counter()
-            batch.append(preprocess(image, spec, profile))
+            try:
+                batch.append(preprocess(image, spec, profile))
+            except (ValueError, ArithmeticError, OSError) as error:
+                raise ApiError(
+                    422, "unprocessable_image", f"the image could not be preprocessed: {error}"
+                ) from error
         except ApiError as error:
             if len(images) > 1:
                 error.message = f"image {index}: {error.message}"

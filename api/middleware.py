@@ -83,6 +83,9 @@ class GatewayMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         model = (scope.get("path_params") or {}).get("model", "")
+        if status in (404, 422):
+            # Unknown or invalid names stay out of the labels: no unbounded cardinality.
+            model = ""
         method = scope.get("method", "")
         REQUESTS.labels(template, method, model, str(status)).inc()
         REQUEST_LATENCY.labels(template, method).observe(elapsed)

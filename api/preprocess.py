@@ -15,6 +15,13 @@ from PIL import Image, ImageFilter
 from api.serving_client import InputSpec
 
 PROFILES = ("digit", "photo")
+# The digit profile works on images bounded to this size (detail enough for one digit).
+DIGIT_WORK_SIZE = 256
+
+
+def decode_size(profile: str, size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (width, height) a JPEG may be draft-decoded to for this profile."""
+    return (DIGIT_WORK_SIZE, DIGIT_WORK_SIZE) if profile == "digit" else size
 
 
 def choose_profile(spec: InputSpec, override: str | None = None) -> str:
@@ -57,7 +64,7 @@ def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     gray = image.convert("L")
     # Work at a bounded size: enough detail for a digit, cheap for phone photos.
-    gray.thumbnail((256, 256), Image.Resampling.BILINEAR)
+    gray.thumbnail((DIGIT_WORK_SIZE, DIGIT_WORK_SIZE), Image.Resampling.BILINEAR)
     ink = _ink_map(gray)
     height, width = size
     box = _ink_box(ink)
@@ -80,8 +87,9 @@ def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.n
         mass_y, mass_x = (cy * fitted).sum() / total, (cx * fitted).sum() / total
     else:
         mass_y, mass_x = (new_h - 1) / 2, (new_w - 1) / 2
-    top = round((height - 1) / 2 - mass_y)
-    left = round((width - 1) / 2 - mass_x)
+    # MNIST's centres of mass sit at (14.0, 14.0) in pixel-index coordinates of the 28x28 frame.
+    top = round(height / 2 - mass_y)
+    left = round(width / 2 - mass_x)
     top = min(max(top, 0), height - new_h)
     left = min(max(left, 0), width - new_w)
     canvas[top : top + new_h, left : left + new_w] = fitted
@@ -120,9 +128,7 @@ def _open3(mask: np.ndarray) -> np.ndarray:
 
 def _background(gray: Image.Image, light: bool) -> np.ndarray:
     """The paper (or board) without the strokes: a rank filter at quarter scale, smoothed."""
-    small = gray.resize(
-        (max(1, gray.width // 4), max(1, gray.height // 4)), Image.Resampling.BOX
-    )
+    small = gray.resize((max(1, gray.width // 4), max(1, gray.height // 4)), Image.Resampling.BOX)
     rank = ImageFilter.MaxFilter(5) if light else ImageFilter.MinFilter(5)
     smooth = small.filter(rank).filter(ImageFilter.GaussianBlur(2))
     return np.asarray(smooth.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)

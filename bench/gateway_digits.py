@@ -17,17 +17,16 @@ import gzip
 import tempfile
 from pathlib import Path
 
+import grpc
+import httpx
+import numpy as np
 from gateway_render import photo_of_paper, transparent_drawing
 from gateway_stack import REPO_ROOT, running_stack
 
-import grpc  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from api.serving_client import _PREDICTION, model_spec  # noqa: E402
-from api.tensors import from_tensor_proto, to_tensor_proto  # noqa: E402
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse  # noqa: E402
-from fdl import contract  # noqa: E402
+from api.serving_client import _PREDICTION, model_spec
+from api.tensors import from_tensor_proto, to_tensor_proto
+from api.wire.tfs_pb2 import PredictRequest, PredictResponse
+from fdl import contract
 
 
 def load_idx(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +90,10 @@ def http_accuracy(url: str, files: list[bytes], labels: np.ndarray, kind: str) -
     correct = 0
     with httpx.Client(timeout=120) as client:
         for start in range(0, len(files), 32):
-            parts = [("file", (f"{i}.{kind}", data, "application/octet-stream"))
-                     for i, data in enumerate(files[start : start + 32])]
+            parts = [
+                ("file", (f"{i}.{kind}", data, "application/octet-stream"))
+                for i, data in enumerate(files[start : start + 32])
+            ]
             response = client.post(f"{url}/v1/models/digits:classify", files=parts)
             response.raise_for_status()
             predicted = [p["class_id"] for p in response.json()["predictions"]]
@@ -121,7 +122,9 @@ def main() -> int:
     print(f"MNIST test digits: {args.count}; CNN trained {args.epochs} epoch(s)")
     print(f"  raw tensors (direct gRPC):        {raw:.2%}")
     print(f"  photos of paper (HTTP, JPEG):     {photo:.2%}  ({(photo - raw) * 100:+.1f} points)")
-    print(f"  transparent drawings (HTTP, PNG): {drawing:.2%}  ({(drawing - raw) * 100:+.1f} points)")
+    print(
+        f"  transparent drawings (HTTP, PNG): {drawing:.2%}  ({(drawing - raw) * 100:+.1f} points)"
+    )
     return 0
 
 

@@ -19,17 +19,17 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
+import httpx
+import numpy as np
+import psutil
 from gateway_stack import REPO_ROOT, running_stack  # noqa: F401 - sets sys.path
+from PIL import Image
 
-import grpc  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from api.serving_client import _PREDICTION, model_spec  # noqa: E402
-from api.tensors import to_tensor_proto  # noqa: E402
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse  # noqa: E402
-from fdl import contract  # noqa: E402
+from api.serving_client import _PREDICTION, model_spec
+from api.tensors import to_tensor_proto
+from api.wire.tfs_pb2 import PredictRequest, PredictResponse
+from fdl import contract
 
 
 def digit_png() -> tuple[bytes, np.ndarray]:
@@ -108,9 +108,7 @@ async def measure(url: str, target: str, requests: int, seconds: float) -> None:
     for name, call in (("direct gRPC", direct), ("gateway HTTP", gateway)):
         rates[name] = await throughput(call, 16, seconds)
         print(f"  {name:13s} {rates[name]:8.1f} req/s")
-    print(
-        f"  gateway / direct: {rates['gateway HTTP'] / rates['direct gRPC']:.2f}x (goal >= 0.7x)"
-    )
+    print(f"  gateway / direct: {rates['gateway HTTP'] / rates['direct gRPC']:.2f}x (goal >= 0.7x)")
     await http.aclose()
     await channel.close()
 
@@ -126,7 +124,10 @@ def main() -> int:
         work = Path(tmp)
         build_test_model(work / "models" / "digits" / "1", (28, 28, 1), 10, model_name="digits")
         with running_stack(work / "models", work, {"digits": 1}) as stack:
+            print(f"gateway start-up (spawn to /healthz 200): {stack.gateway_start_s:.2f} s")
             asyncio.run(measure(stack.url, stack.grpc_target, args.requests, args.seconds))
+            rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
+            print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
     return 0
 
 

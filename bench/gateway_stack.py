@@ -6,6 +6,7 @@ Reuses the test helpers (free ports, readiness polling with deadlines, process g
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class BenchStack:
     model_dir: Path
     gateway: Process
     server: Process
+    gateway_start_s: float  # spawn to the first 200 from /healthz
 
 
 @contextmanager
@@ -44,9 +46,7 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
     redis_port, grpc_port, gateway_port = free_port(), free_port(), free_port()
     processes: list[Process] = []
     try:
-        processes.append(
-            Process("redis", redis_server_argv(redis_port, work / "redis"), logs)
-        )
+        processes.append(Process("redis", redis_server_argv(redis_port, work / "redis"), logs))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         wait_for(redis.Redis.from_url(redis_url).ping, 20, "redis")
         server = Process(
@@ -73,6 +73,7 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
                 interval=0.2,
                 check=server.ensure_alive,
             )
+        spawned = time.perf_counter()
         gateway = Process(
             "gateway",
             [sys.executable, "-m", "api"],
@@ -89,12 +90,20 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
         processes.append(gateway)
         url = f"http://127.0.0.1:{gateway_port}"
         wait_for(
+            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
+            60,
+            "gateway start",
+            interval=0.01,
+            check=gateway.ensure_alive,
+        )
+        start_s = time.perf_counter() - spawned
+        wait_for(
             lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
             60,
             "gateway",
             check=gateway.ensure_alive,
         )
-        yield BenchStack(url, target, model_dir, gateway, server)
+        yield BenchStack(url, target, model_dir, gateway, server, start_s)
     finally:
         for process in reversed(processes):
             process.stop()

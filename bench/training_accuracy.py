@@ -32,12 +32,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "early_stopping": {"patience": 5, "monitor": "val_accuracy"},
     },
     "mnist_cnn": {
-        "epochs": 8,
+        "epochs": 12,
         "batch_size": 128,
-        "optimizer": {"name": "adam", "learning_rate": 0.001},
+        "optimizer": {"name": "adam", "learning_rate": 0.0005},
+        "early_stopping": {"patience": 4, "monitor": "val_accuracy"},
     },
     "cifar10_cnn_bn": {
-        "epochs": 10,
+        "epochs": 4,
         "batch_size": 128,
         "optimizer": {"name": "adam", "learning_rate": 0.001},
     },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -98,7 +99,11 @@ def train(
         steps = math.ceil(len(x_train) / batch)
         progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)
         callbacks: list[keras.callbacks.Callback] = [progress]
-        if tensorboard_dir is not None:
+        if tensorboard_dir is not None and importlib.util.find_spec("tensorboard") is None:
+            log.warning(
+                "the tensorboard package is missing; job %s writes no TensorBoard logs", job_id
+            )
+        elif tensorboard_dir is not None:
             callbacks.append(
                 keras.callbacks.TensorBoard(
                     str(tensorboard_dir), histogram_freq=1, write_graph=False

@@ -39,7 +39,11 @@ def build_repository(root: Path) -> Path:
     build_test_model(root / "digits" / "2", (28, 28, 1), 10, seed=1, model_name="digits")
     (root / "digits" / "2" / contract.METADATA_FILE).write_text(json.dumps(TRAINING_METADATA))
     build_test_model(
-        root / "photos" / "1", (32, 32, 3), 3, seed=2, class_names=PHOTO_CLASSES,
+        root / "photos" / "1",
+        (32, 32, 3),
+        3,
+        seed=2,
+        class_names=PHOTO_CLASSES,
         model_name="photos",
     )
     for version in (1, 2, 3):

@@ -163,9 +163,7 @@ def image_cases() -> list[Case]:
         Case("webp_lossless_rgba", OK, _save(digit.convert("RGBA"), "WEBP", lossless=True)),
         Case("tiff", OK, tiff),
         Case("tiff_32bit_int", OK, _save(Image.fromarray(np.asarray(digit, np.int32)), "TIFF")),
-        Case(
-            "tiff_float", OK, _save(Image.fromarray(np.asarray(digit, np.float32)), "TIFF")
-        ),
+        Case("tiff_float", OK, _save(Image.fromarray(np.asarray(digit, np.float32)), "TIFF")),
         Case("tiff_multipage", OK, _save(digit, "TIFF", save_all=True, append_images=[digit])),
         Case("bmp", OK, bmp),
         Case("bmp_rgba", OK, _save(digit.convert("RGBA"), "BMP")),
@@ -230,7 +228,7 @@ def request_cases() -> list[Case]:
         Case(
             "multipart_without_file",
             BAD,
-            raw=b"--xyz\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhi\r\n--xyz--\r\n",
+            raw=b'--xyz\r\nContent-Disposition: form-data; name="other"\r\n\r\nhi\r\n--xyz--\r\n',
             content_type="multipart/form-data; boundary=xyz",
         ),
         Case(

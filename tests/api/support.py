@@ -45,6 +45,8 @@ def start_model_server(
         f"--model_config_file={config_file}",
         "--model_config_file_poll_wait_seconds=1",
         "--file_system_poll_wait_seconds=1",
+        # As `fdl up` starts it: labels in labels.json must not stop a restart.
+        "--allow_version_labels_for_unavailable_models=true",
     ]
     process = Process(name, argv, logs_dir, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     return ModelServer(process, port, rest_port, config_file)

@@ -32,9 +32,7 @@ def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> Non
     client = redis.Redis.from_url(redis_url)
     before = client.llen("training")
     spec = {"model": "mnist_mlp", "epochs": 2, "optimizer": {"name": "sgd"}}
-    response = httpx.post(
-        f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10
-    )
+    response = httpx.post(f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10)
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["status"] == "queued" and job["spec"]["epochs"] == 2
@@ -50,16 +48,17 @@ def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> Non
     [
         ({"model": "mnist_mlp", "epochs": 0}, "epochs"),
         ({"model": "resnet"}, "model"),
-        ({"model": "mnist_mlp", "optimizer": {"name": "adam", "learning_rate": -1}}, "learning_rate"),
+        (
+            {"model": "mnist_mlp", "optimizer": {"name": "adam", "learning_rate": -1}},
+            "learning_rate",
+        ),
         ({"model": "mnist_mlp", "bogus": 1}, "bogus"),
         ({"model": "mnist_mlp", "publish_as": "../etc"}, "publish_as"),
         ({}, "model"),
     ],
 )
 def test_bad_specs_name_the_field(gateway: Gateway, spec: dict, field: str) -> None:
-    response = httpx.post(
-        f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10
-    )
+    response = httpx.post(f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10)
     assert response.status_code == 422
     assert field in response.json()["error"]["message"]
 

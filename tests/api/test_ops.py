@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +47,9 @@ def test_metrics(gateway: Gateway) -> None:
         r'route="/v1/models/\{model\}:classify",status="200"\} [1-9]',
         text,
     )
-    assert re.search(r'model="no_such_model",route="[^"]+",status="404"', text)
+    # Names that are not served are not labels (attackers could create unbounded series).
+    assert "no_such_model" not in text
+    assert re.search(r'model="",route="/v1/models/\{model\}:classify",status="404"', text)
     for stage in ("decode", "preprocess", "predict", "postprocess"):
         assert f'fdl_gateway_stage_seconds_count{{model="digits",stage="{stage}"}}' in text
     assert 'fdl_gateway_upstream_errors_total{code="NOT_FOUND",method="GetModelMetadata"}' in text
@@ -156,6 +160,7 @@ def test_deadline_exceeded_is_504(
     logs_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """A model server that is connected but frozen (SIGSTOP): the call's deadline ends it."""
     impatient = start_gateway(
         "gateway-impatient",
         logs_dir,
@@ -163,11 +168,21 @@ def test_deadline_exceeded_is_504(
         model_server.port,
         model_dir,
         tmp_path_factory.mktemp("secrets-impatient"),
-        FDL_PREDICT_TIMEOUT_S="0.000001",
+        FDL_PREDICT_TIMEOUT_S="0.5",
+        FDL_METADATA_TIMEOUT_S="0.5",
     )
     try:
-        response = classify(impatient)
+        assert httpx.get(f"{impatient.url}/readyz", timeout=10).status_code == 200  # connected
+        model_server.process.signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            response = classify(impatient)
+            elapsed = time.monotonic() - start
+        finally:
+            model_server.process.signal(signal.SIGCONT)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == "model_server_timeout"
+        assert elapsed < 5
+        assert classify(impatient).status_code == 200  # and it recovers
     finally:
         impatient.process.stop()

@@ -118,12 +118,6 @@ def test_restart_during_traffic(stack: Stack) -> None:
     assert set(statuses) <= {200, 503}, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="fdl-model-server refuses to start when its config file labels a version it has not "
-    "loaded yet; TF Serving waits for the initial loads before applying labels (serving/ bug)",
-)
 def test_labels_survive_a_model_server_restart(stack: Stack) -> None:
     gateway = stack.gateway
     assert gateway is not None

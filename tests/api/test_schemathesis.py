@@ -56,7 +56,7 @@ def test_no_server_errors(fuzz_gateway: Gateway, mode: GenerationMode) -> None:
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    def run(case) -> None:  # noqa: ANN001 - a schemathesis Case
+    def run(case) -> None:
         seen.add(f"{case.method} {case.path}")
         case.call_and_validate(
             base_url=fuzz_gateway.url,

@@ -22,8 +22,8 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_pb2,
     predict_pb2,
+    status_pb2,
 )
-from tensorflow_serving.apis import status_pb2
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
 from api.tensors import from_tensor_proto, to_tensor_proto
