@@ -38,7 +38,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "early_stopping": {"patience": 4, "monitor": "val_accuracy"},
     },
     "cifar10_cnn_bn": {
-        "epochs": 4,
+        "epochs": 12,
         "batch_size": 128,
         "optimizer": {"name": "adam", "learning_rate": 0.001},
     },

@@ -22,6 +22,7 @@ from training.data.registry import load_dataset
 from training.models import ARCHITECTURES, build_model
 from training.pipeline import train_dataset
 from training.preprocess import network_input_shape
+from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.trainer import compile_model
 
 
@@ -70,7 +71,17 @@ def main() -> None:
     ours, baseline = [], []
     for _ in range(args.rounds):
         ds = train_dataset(x, y, arch.family, args.batch_size, seed=0, augment=False)
-        ours.append(measure(args.model, (ds,), len(x), args.epochs, spec, shuffle=False))
+        ours.append(
+            measure(
+                args.model,
+                (ds,),
+                len(x),
+                args.epochs,
+                spec,
+                spe=DEFAULT_STEPS_PER_EXECUTION,
+                shuffle=False,
+            )
+        )
         baseline.append(
             measure(
                 args.model,

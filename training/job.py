@@ -109,7 +109,15 @@ def execute(
     ).capped(spec.max_train_examples, spec.max_test_examples)
     _check_cancel(store, job_id)
     tensorboard_dir = settings.var_dir / "tensorboard" / job_id
-    outcome = train(spec, data, store, job_id, tensorboard_dir, settings.mixed_precision)
+    outcome = train(
+        spec,
+        data,
+        store,
+        job_id,
+        tensorboard_dir,
+        settings.mixed_precision,
+        settings.steps_per_execution,
+    )
     if outcome.cancelled:
         raise Cancelled
     name = str(spec.publish_as)

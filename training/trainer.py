@@ -24,6 +24,7 @@ from training.models import ARCHITECTURES, build_model
 from training.optimizers import make_optimizer
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
+from training.settings import DEFAULT_STEPS_PER_EXECUTION
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def train(
     job_id: str,
     tensorboard_dir: Path | None,
     mixed_precision: bool = True,
+    steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
 ) -> TrainOutcome:
     arch = ARCHITECTURES[spec.model]
     net_shape = network_input_shape(arch.image_shape, arch.family)
@@ -95,7 +97,7 @@ def train(
         val_ds = eval_dataset(*validation, arch.family, batch) if validation else None
         with strategy.scope():
             model = build_model(spec.model, net_shape, len(data.class_names), spec.regularization)
-            compile_model(model, spec)
+            compile_model(model, spec, steps_per_execution)
         steps = math.ceil(len(x_train) / batch)
         progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)
         callbacks: list[keras.callbacks.Callback] = [progress]
