@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,20 +10,8 @@ import pytest
 import redis
 
 from tests.deploy import containers as c
-from tests.support.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
-
-
-def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 90):
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+from tests.support.procs import Process, free_port, port_open, wait_for
+from tests.support.procs import run_command as run
 
 
 def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:

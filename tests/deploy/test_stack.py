@@ -9,7 +9,6 @@ paths swapped for local ones. The model server is ``tensorflow_model_server`` wh
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +19,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tests.deploy import containers as c
 from tests.support.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
+from tests.support.procs import run_command as run
 
 SERVING_CONFIG = REPO_ROOT / "deploy" / "serving"
-
-
-def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60):
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=REPO_ROOT,
-        check=False,
-    )
 
 
 def model_server_argv(grpc_port: int, rest_port: int, models: Path) -> list[str]:

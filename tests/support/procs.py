@@ -53,6 +53,23 @@ def wait_for(
         time.sleep(interval)
 
 
+def run_command(
+    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion from the repository root, with the venv's scripts on PATH."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
