@@ -32,6 +32,18 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Benchmarks print measured numbers; they read ../shared/data unless FDL_DATA_DIR is set.
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving_bench.py
+
+bench-training: $(STAMP)
+	cd bench && ../$(BIN)/python training_throughput.py && ../$(BIN)/python training_accuracy.py mnist_logreg mnist_mlp mnist_cnn
+
+bench-gateway: $(STAMP)
+	$(BIN)/python bench/gateway_preprocess.py
+	$(BIN)/python bench/gateway_latency.py
+	$(BIN)/python bench/gateway_digits.py
+
 protos: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/gen_protos.sh
 

@@ -106,24 +106,6 @@ def prepare_batch(
     return np.stack(batch).astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
 
-def preprocess_images(
-    images: list[bytes], spec: InputSpec, profile_override: str | None = None
-) -> np.ndarray:
-    """Decode + preprocess with the profile the spec (or the override) selects."""
-    profile = choose_profile(spec, profile_override)
-    return prepare_batch(images, spec, profile, DEFAULT_MAX_PIXELS, "-")
-
-
-async def fetch_input_spec(client: ServingClient, target: Target, request_id: str) -> InputSpec:
-    """The input spec straight from the model server (uncached), errors mapped to HTTP."""
-    try:
-        return await client.input_spec(target.model, target.version, target.label, request_id)
-    except grpc.aio.AioRpcError as error:
-        raise upstream_error(error, target, "GetModelMetadata") from error
-    except ModelContractError as error:
-        raise ApiError(502, "unsupported_model", str(error)) from error
-
-
 def postprocess(outputs: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
     if contract.SCORES_KEY not in outputs:
         raise ApiError(502, "bad_model_output", f"the model returned no '{contract.SCORES_KEY}'")

@@ -62,12 +62,12 @@ class JobsCollector(Collector):
         if self._counts is not None and time.monotonic() - self._at < self.cache_s:
             return self._counts
         try:
-            records, _total = self.store.list(None, 10**9, 0)
+            statuses = self.store.statuses()
         except Exception:  # Redis down: report nothing rather than fail the scrape
             return None
         counts = {s.value: 0 for s in JobStatus}
-        for record in records:
-            counts[str(record.get("status"))] = counts.get(str(record.get("status")), 0) + 1
+        for _job_id, status in statuses:
+            counts[str(status)] = counts.get(str(status), 0) + 1
         self._counts, self._at = counts, time.monotonic()
         return counts
 

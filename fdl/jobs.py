@@ -78,6 +78,15 @@ _FIELDS = (
 )
 
 
+def _decode(raw: dict[str, str]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    record = {k: json.loads(v) for k, v in raw.items()}
+    for field in _FIELDS:
+        record.setdefault(field, None)
+    return record
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -118,23 +127,31 @@ class JobStore:
         return record
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(JOB_KEY.format(job_id))
-        if not raw:
-            return None
-        record = {k: json.loads(v) for k, v in raw.items()}
-        for field in _FIELDS:
-            record.setdefault(field, None)
-        return record
+        return _decode(self.redis.hgetall(JOB_KEY.format(job_id)))
 
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first. Returns (page, total matching)."""
+        """Newest first. Returns (page, total matching); reads only the page's records."""
+        if status is None:
+            total = int(self.redis.zcard(INDEX_KEY))
+            page_ids = self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1)
+        else:
+            matching = [i for i, s in self.statuses() if s == status]
+            total, page_ids = len(matching), matching[offset : offset + limit]
+        pipe = self.redis.pipeline()
+        for job_id in page_ids:
+            pipe.hgetall(JOB_KEY.format(job_id))
+        records = [r for r in map(_decode, pipe.execute()) if r is not None]
+        return records, total
+
+    def statuses(self) -> list[tuple[str, str | None]]:
+        """(job id, status) of every job, newest first, without reading the whole records."""
         ids = self.redis.zrevrange(INDEX_KEY, 0, -1)
-        records = [r for r in (self.get(i) for i in ids) if r is not None]
-        if status:
-            records = [r for r in records if r["status"] == status]
-        return records[offset : offset + limit], len(records)
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hget(JOB_KEY.format(job_id), "status")
+        return [(i, json.loads(v) if v else None) for i, v in zip(ids, pipe.execute(), strict=True)]
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import sys
@@ -124,12 +125,6 @@ def run_stack(stack: Stack) -> int:
     env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     manager = Manager(Printer(sys.stdout))
     for name, argv in stack.commands.items():
-        manager.add_process(name, _shell_join(argv), env=env)
+        manager.add_process(name, shlex.join(argv), env=env)
     manager.loop()
     return manager.returncode or 0
-
-
-def _shell_join(argv: list[str]) -> str:
-    import shlex
-
-    return shlex.join(argv)

@@ -137,13 +137,18 @@ def test_admin_key_errors_are_readable(served: Served, page: Any) -> None:
     assert page.evaluate("sessionStorage.getItem('fdl.adminKey')") == "not-the-key"
 
 
+def open_job_form(page: Any, url: str, api_key: str) -> Any:
+    """The Jobs page after entering the admin key in the dialog it opens with."""
+    page.goto(f"{url}/ui/#jobs")
+    page.locator("#key-dialog").wait_for(state="visible")
+    page.fill("#key-input", api_key)
+    page.click("#key-save")
+    return page.locator("#job-form")
+
+
 def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> None:
     stack = served.stack
-    page.goto(f"{stack.url}/ui/#jobs")
-    page.locator("#key-dialog").wait_for(state="visible")
-    page.fill("#key-input", stack.api_key)
-    page.click("#key-save")
-    form = page.locator("#job-form")
+    form = open_job_form(page, stack.url, stack.api_key)
     form.locator("select[name=model]").select_option("mnist_logreg")
     form.locator("input[name=epochs]").fill("3")
     form.locator("input[name=learning_rate]").fill("0.01")
@@ -186,11 +191,7 @@ def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> No
 
 def test_cancel_a_job_from_the_ui(served: Served, page: Any) -> None:
     stack = served.stack
-    page.goto(f"{stack.url}/ui/#jobs")
-    page.locator("#key-dialog").wait_for(state="visible")
-    page.fill("#key-input", stack.api_key)
-    page.click("#key-save")
-    form = page.locator("#job-form")
+    form = open_job_form(page, stack.url, stack.api_key)
     form.locator("select[name=model]").select_option("mnist_logreg")
     form.locator("input[name=epochs]").fill("200")
     page.click("#job-form summary")
