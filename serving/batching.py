@@ -5,16 +5,23 @@ Semantics follow TF Serving's ``BatchingParameters``: a batch closes when it hol
 ``max_enqueued_batches`` batches wait (more is ``UNAVAILABLE``, never an unbounded queue);
 ``num_batch_threads`` batches run at once; with ``allowed_batch_sizes`` a batch is padded up to the
 next allowed size (with copies of its first row) and the padding is sliced off the results.
+
+The queue lives on the server's event loop: enqueueing, closing batches and handing results back
+are loop callbacks, and only the Session run of a whole batch goes to one of the batch threads.
+So a request costs no thread wake-up of its own, which is what makes batching pay off when
+Python's per-request cost is of the same order as the model's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -67,37 +74,51 @@ class BatchingConfig:
                 )
 
 
+class Batching(NamedTuple):
+    """Batching parameters and the event loop the batch queues live on."""
+
+    config: BatchingConfig
+    loop: asyncio.AbstractEventLoop
+
+
 @dataclass
 class _Task:
     inputs: Mapping[str, np.ndarray]
     rows: int
     shapes: tuple
-    arrived: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, np.ndarray] | None = None
-    error: BaseException | None = None
+    arrived: float
+    future: asyncio.Future = field(repr=False)
 
 
 class Batcher:
+    """One queue per model version, signature and output set; every method except ``submit``
+    and ``stop`` runs on ``loop``."""
+
     def __init__(
-        self, servable: Servable, signature: str, output_keys: list[str], config: BatchingConfig
+        self,
+        servable: Servable,
+        signature: str,
+        output_keys: list[str],
+        config: BatchingConfig,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.servable = servable
         self.signature = signature
         self.output_keys = output_keys
         self.config = config
+        self.loop = loop
         self._queue: deque[_Task] = deque()
         self._rows = 0
-        self._cond = threading.Condition()
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"batch-{servable.name}-{i}", daemon=True)
-            for i in range(config.num_batch_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads = ThreadPoolExecutor(
+            config.num_batch_threads, thread_name_prefix=f"batch-{servable.name}"
+        )
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # --- entry points -----------------------------------------------------------------------
+    def enqueue(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future:
+        """Queue a task (on the loop); the future resolves to this task's rows of the outputs."""
         sizes = {key: (a.shape[0] if a.ndim else None) for key, a in inputs.items()}
         if None in sizes.values():
             raise invalid("Batching Run() input tensors must have at least one dimension")
@@ -111,79 +132,85 @@ class Batcher:
                 f"Task size {rows} is larger than maximum input batch size "
                 f"{self.config.max_batch_size}"
             )
+        if self._stopped:
+            raise unavailable("the model version is being unloaded")
+        if math.ceil((self._rows + rows) / self.config.max_batch_size) > (
+            self.config.max_enqueued_batches
+        ):
+            raise unavailable(_FULL)
         shapes = tuple(sorted((k, a.shape[1:]) for k, a in inputs.items()))
-        task = _Task(inputs=inputs, rows=rows, shapes=shapes)
-        with self._cond:
-            if self._stopped:
-                raise unavailable("the model version is being unloaded")
-            needed = math.ceil((self._rows + rows) / self.config.max_batch_size)
-            if needed > self.config.max_enqueued_batches:
-                raise unavailable(_FULL)
-            self._queue.append(task)
-            self._rows += rows
-            self._cond.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        assert task.result is not None
-        return task.result
+        task = _Task(inputs, rows, shapes, self.loop.time(), self.loop.create_future())
+        self._queue.append(task)
+        self._rows += rows
+        self._dispatch()
+        return task.future
+
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue from another thread (the REST server) and wait for the outputs."""
+
+        async def queued() -> dict[str, np.ndarray]:
+            return await self.enqueue(inputs)
+
+        return asyncio.run_coroutine_threadsafe(queued(), self.loop).result()
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        """Called when the version unloads, after its requests finished."""
+        self._stopped = True
+        self._threads.shutdown(wait=True)
 
-    def _take(self) -> list[_Task] | None:
-        timeout = self.config.batch_timeout_micros / 1e6
-        with self._cond:
-            while True:
-                self._cond.wait_for(lambda: self._queue or self._stopped)
-                if not self._queue:
-                    return None
-                deadline = self._queue[0].arrived + timeout
-                while self._queue and self._rows < self.config.max_batch_size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._stopped:
-                        break
-                    self._cond.wait(remaining)
-                if not self._queue:
-                    continue
-                batch = [self._queue.popleft()]
-                total = batch[0].rows
-                while (
-                    self._queue
-                    and total + self._queue[0].rows <= self.config.max_batch_size
-                    and self._queue[0].shapes == batch[0].shapes
-                ):
-                    task = self._queue.popleft()
-                    batch.append(task)
-                    total += task.rows
-                self._rows -= total
-                if self._queue:
-                    self._cond.notify()
-                return batch
-
-    def _work(self) -> None:
-        while True:
-            batch = self._take()
-            if batch is None:
+    # --- scheduling on the loop -------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start every batch that is ready while a batch thread is free; else arm the timer."""
+        max_rows = self.config.max_batch_size
+        while self._queue and self._running < self.config.num_batch_threads:
+            deadline = self._queue[0].arrived + self.config.batch_timeout_micros / 1e6
+            if self._rows < max_rows and self.loop.time() < deadline and not self._stopped:
+                if self._timer is None:
+                    self._timer = self.loop.call_at(deadline, self._on_timer)
                 return
-            try:
-                self._run(batch)
-            except BaseException as error:
-                failure = (
-                    error
-                    if isinstance(error, ServingError)
-                    else ServingError(grpc.StatusCode.INTERNAL, f"batch run failed: {error}")
-                )
-                for task in batch:
-                    task.error = failure
-            for task in batch:
-                task.done.set()
+            batch = self._take()
+            self._running += 1
+            work = self.loop.run_in_executor(self._threads, self._run, batch)
+            work.add_done_callback(lambda done, batch=batch: self._finished(batch, done))
 
-    def _run(self, batch: list[_Task]) -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take(self) -> list[_Task]:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = [self._queue.popleft()]
+        total = batch[0].rows
+        while (
+            self._queue
+            and total + self._queue[0].rows <= self.config.max_batch_size
+            and self._queue[0].shapes == batch[0].shapes
+        ):
+            task = self._queue.popleft()
+            batch.append(task)
+            total += task.rows
+        self._rows -= total
+        return batch
+
+    def _finished(self, batch: list[_Task], done: asyncio.Future) -> None:
+        self._running -= 1
+        error = unavailable("the batch was cancelled") if done.cancelled() else done.exception()
+        if error is not None and not isinstance(error, ServingError):
+            error = ServingError(grpc.StatusCode.INTERNAL, f"batch run failed: {error}")
+        results = done.result() if error is None else [None] * len(batch)
+        for task, result in zip(batch, results, strict=True):
+            if task.future.done():  # the caller went away
+                continue
+            if error is not None:
+                task.future.set_exception(error)
+            else:
+                task.future.set_result(result)
+        self._dispatch()
+
+    # --- the batch thread -------------------------------------------------------------------
+    def _run(self, batch: list[_Task]) -> list[dict[str, np.ndarray]]:
         total = sum(task.rows for task in batch)
         size = next((s for s in self.config.allowed_batch_sizes if s >= total), total)
         merged = {}
@@ -191,7 +218,7 @@ class Batcher:
             parts = [task.inputs[key] for task in batch]
             if size > total:
                 parts.append(np.repeat(parts[0][:1], size - total, axis=0))
-            merged[key] = np.concatenate(parts, axis=0)
+            merged[key] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         outputs = self.servable.run(self.signature, merged, self.output_keys)
         if self.config.on_batch is not None:
             self.config.on_batch(self.servable.name, size)
@@ -202,17 +229,21 @@ class Batcher:
                     f"Batched output tensor '{key}' has 0th-dimension size "
                     f"{array.shape[0] if array.ndim else 'scalar'}, expected {size}",
                 )
-        offset = 0
+        results, offset = [], 0
         for task in batch:
-            task.result = {k: a[offset : offset + task.rows] for k, a in outputs.items()}
+            results.append({k: a[offset : offset + task.rows] for k, a in outputs.items()})
             offset += task.rows
+        return results
 
 
 _create_lock = threading.Lock()
 
 
 def batcher_for(
-    servable: Servable, signature: str, output_keys: list[str], config: BatchingConfig
+    servable: Servable,
+    signature: str,
+    output_keys: list[str],
+    batching: Batching,
 ) -> Batcher:
     key = f"{signature}\0{','.join(output_keys)}"
     batcher = servable.batchers.get(key)
@@ -220,6 +251,6 @@ def batcher_for(
         with _create_lock:
             batcher = servable.batchers.get(key)
             if batcher is None:
-                batcher = Batcher(servable, signature, output_keys, config)
+                batcher = Batcher(servable, signature, output_keys, *batching)
                 servable.batchers[key] = batcher
     return batcher

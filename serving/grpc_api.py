@@ -1,9 +1,17 @@
-"""gRPC services: ``tensorflow.serving.PredictionService`` and ``ModelService``."""
+"""gRPC services on grpc.aio: ``tensorflow.serving.PredictionService`` and ``ModelService``.
+
+Handlers run on the server's event loop, so a request costs no thread hand-off of its own. Work
+that blocks goes elsewhere: a Session run without batching goes to the server's thread pool (so
+requests run in parallel, as in TF Serving), a batched request waits on its batch's future, and a
+config reload (which waits for models to load) runs in the pool too.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -17,9 +25,10 @@ from tensorflow_serving.apis import (
 )
 
 from serving.errors import ServingError, invalid
-from serving.predict import fill_model_spec, predict
+from serving.predict import encode_response, enqueue, fill_model_spec, predict
 
 if TYPE_CHECKING:
+    from serving.servable import Servable
     from serving.server import ModelServer
 
 T = TypeVar("T")
@@ -35,9 +44,9 @@ def version_of(spec: Any) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _unimplemented(name: str) -> Callable[..., Any]:
-    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(
+def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             f"{name} is not implemented by fdl-model-server; use Predict (our models export "
             "only tensorflow/serving/predict signatures)",
@@ -46,46 +55,70 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     return handler
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, server: ModelServer) -> None:
-        self.server = server
+def _finish(work: asyncio.Future, servable: Servable) -> None:
+    servable.release()
+    if not work.cancelled():
+        work.exception()  # retrieved here, so an abandoned failure is not reported as unhandled
 
-    def _call(
-        self, api: str, spec: Any, context: grpc.ServicerContext, body: Callable[[Any], T]
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, server: ModelServer, executor: Executor) -> None:
+        self.server = server
+        self.executor = executor
+
+    async def _call(
+        self,
+        api: str,
+        spec: Any,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[Servable], Awaitable[T]],
     ) -> T:
         start = time.perf_counter()
         status = "OK"
         try:
             version, label = version_of(spec)
             servable = self.server.manager.resolve(spec.name, version, label)
-            try:
-                return body(servable)
-            finally:
-                servable.release()
+            # The work is shielded from cancellation (a client that goes away) and releases the
+            # version only when it has really finished, so an unload never closes a Session
+            # that a pool or batch thread is still running.
+            work = asyncio.ensure_future(body(servable))
+            work.add_done_callback(lambda done: _finish(done, servable))
+            return await asyncio.shield(work)
         except ServingError as error:
             status = error.code.name
-            context.abort(error.code, error.message)
+            failure = (error.code, error.message)
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
         except Exception as error:
             status = "INTERNAL"
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+            failure = (grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
         finally:
             self.server.metrics.record(spec.name, api, "GRPC", status, time.perf_counter() - start)
+        await context.abort(*failure)
+        raise AssertionError("unreachable: abort raises")
 
-    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call(
+    async def _predict(self, servable: Servable, request: Any) -> Any:
+        batching = self.server.batching
+        if batching is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, predict, servable, request)
+        outputs = await enqueue(servable, request, batching)
+        return encode_response(servable, request, outputs)
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._call(
             "predict",
             request.model_spec,
             context,
-            lambda servable: predict(servable, request, self.server.batching),
+            lambda servable: self._predict(servable, request),
         )
 
-    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call(
-            "GetModelMetadata",
-            request.model_spec,
-            context,
-            lambda servable: metadata_response(servable, list(request.metadata_field)),
-        )
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def body(servable: Servable) -> Any:
+            return metadata_response(servable, list(request.metadata_field))
+
+        return await self._call("GetModelMetadata", request.model_spec, context, body)
 
     Classify = _unimplemented("Classify")
     Regress = _unimplemented("Regress")
@@ -121,19 +154,23 @@ def status_response(server: ModelServer, name: str, version: int | None, label: 
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, server: ModelServer) -> None:
+    def __init__(self, server: ModelServer, executor: Executor) -> None:
         self.server = server
+        self.executor = executor
 
-    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             spec = request.model_spec
             return status_response(self.server, spec.name, *version_of(spec))
         except ServingError as error:
-            context.abort(error.code, error.message)
+            await context.abort(error.code, error.message)
 
-    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def HandleReloadConfigRequest(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            self.server.reload_config(request.config)
+            await loop.run_in_executor(self.executor, self.server.reload_config, request.config)
         except ServingError as error:
-            context.abort(error.code, error.message)
+            await context.abort(error.code, error.message)
         return model_management_pb2.ReloadConfigResponse()

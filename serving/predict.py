@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,26 @@ from serving.servable import Servable, signature_key
 from serving.tensors import from_numpy, to_numpy
 
 if TYPE_CHECKING:
-    from serving.batching import BatchingConfig
+    from serving.batching import Batcher, Batching
+
+
+def prepare(
+    servable: Servable,
+    signature_name: str,
+    inputs: Mapping[str, np.ndarray],
+    output_filter: list[str],
+) -> list[str]:
+    """Validate inputs against the signature; returns the output keys to fetch."""
+    servable.validate(signature_name, inputs)
+    return servable.output_keys(signature_name, output_filter)
+
+
+def batcher(
+    servable: Servable, signature_name: str, keys: list[str], batching: Batching
+) -> Batcher:
+    from serving.batching import batcher_for
+
+    return batcher_for(servable, signature_key(signature_name), keys, batching)
 
 
 def run_arrays(
@@ -20,26 +40,47 @@ def run_arrays(
     signature_name: str,
     inputs: Mapping[str, np.ndarray],
     output_filter: list[str],
-    batching: BatchingConfig | None = None,
+    batching: Batching | None = None,
 ) -> dict[str, np.ndarray]:
-    servable.validate(signature_name, inputs)
-    keys = servable.output_keys(signature_name, output_filter)
+    """Run on the calling thread, or (with batching) through the batcher on the server's loop."""
+    keys = prepare(servable, signature_name, inputs, output_filter)
     if batching is not None:
-        from serving.batching import batcher_for
-
-        return batcher_for(servable, signature_key(signature_name), keys, batching).submit(inputs)
+        return batcher(servable, signature_name, keys, batching).submit(inputs)
     return servable.run(signature_name, inputs, keys)
+
+
+def decode_request(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+    return {key: to_numpy(tensor, key) for key, tensor in request.inputs.items()}
+
+
+def enqueue(
+    servable: Servable, request: predict_pb2.PredictRequest, batching: Batching
+) -> asyncio.Future:
+    """On the loop: validate a request and queue it; the future resolves to its outputs."""
+    inputs = decode_request(request)
+    name = request.model_spec.signature_name
+    keys = prepare(servable, name, inputs, list(request.output_filter))
+    return batcher(servable, name, keys, batching).enqueue(inputs)
 
 
 def predict(
     servable: Servable,
     request: predict_pb2.PredictRequest,
-    batching: BatchingConfig | None = None,
+    batching: Batching | None = None,
 ) -> predict_pb2.PredictResponse:
-    inputs = {key: to_numpy(tensor, key) for key, tensor in request.inputs.items()}
     outputs = run_arrays(
-        servable, request.model_spec.signature_name, inputs, list(request.output_filter), batching
+        servable,
+        request.model_spec.signature_name,
+        decode_request(request),
+        list(request.output_filter),
+        batching,
     )
+    return encode_response(servable, request, outputs)
+
+
+def encode_response(
+    servable: Servable, request: predict_pb2.PredictRequest, outputs: Mapping[str, np.ndarray]
+) -> predict_pb2.PredictResponse:
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, request.model_spec.signature_name)
     for key, array in outputs.items():

@@ -6,22 +6,13 @@ import argparse
 import logging
 import os
 import threading
-from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from tensorflow.core.protobuf import config_pb2
-from tensorflow_serving.apis import (
-    model_service_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.batching import BatchingConfig
+from serving.batching import Batching, BatchingConfig
 from serving.config_files import (
     DEFAULT_PROMETHEUS_PATH,
     ConfigError,
@@ -31,26 +22,24 @@ from serving.config_files import (
     single_model_config,
 )
 from serving.errors import ServingError
-from serving.grpc_api import ModelService, PredictionService
+from serving.event_loop import LoopThread
+from serving.grpc_server import GrpcFrontEnd
 from serving.manager import ManagerOptions, ModelManager
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving.server")
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's send/receive limits to INT_MAX
-SERVICE_NAMES = (
-    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-)
 
 
 class ModelServer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.metrics = Metrics()
-        self.batching: BatchingConfig | None = None
+        self.loop = LoopThread()
+        self.batching: Batching | None = None
         if args.enable_batching:
             params = read_batching_parameters(args.batching_parameters_file or None)
-            self.batching = BatchingConfig.from_proto(params, on_batch=self.metrics.record_batch)
+            config = BatchingConfig.from_proto(params, on_batch=self.metrics.record_batch)
+            self.batching = Batching(config, self.loop.loop)
         monitoring = read_monitoring_config(args.monitoring_config_file or None)
         prometheus = monitoring.prometheus_config
         self.metrics_path = (
@@ -78,8 +67,7 @@ class ModelServer:
         self._config_ok = False
         self._last_config_error = ""
         self._threads: list[threading.Thread] = []
-        self._grpc: grpc.Server | None = None
-        self._health: health.HealthServicer | None = None
+        self._grpc: GrpcFrontEnd | None = None
         self._rest = None
 
     # --- configuration ----------------------------------------------------------------------
@@ -171,36 +159,15 @@ class ModelServer:
 
     def _start_grpc(self, port: int) -> None:
         workers = self.args.grpc_max_threads or max(64, 8 * (os.cpu_count() or 4))
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self), server
-        )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self), server)
-        names = [*SERVICE_NAMES, reflection.SERVICE_NAME]
-        if self.args.enable_grpc_healthcheck_service:
-            self._health = health.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-            for service in ("", *SERVICE_NAMES):
-                self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-            names.append(health.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
-        if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
-            raise OSError(f"cannot listen for gRPC on port {port}")
-        server.start()
-        self._grpc = server
-        log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+        front = GrpcFrontEnd(self, self.loop, workers, self.args.enable_grpc_healthcheck_service)
+        self._grpc = front
+        front.start(port)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._health is not None:
-            self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(grace=2)
         if self._rest is not None:
             self._rest.shutdown()
-        if self._grpc is not None:
-            self._grpc.stop(grace=2).wait(3)
         self.manager.stop()
+        self.loop.stop()
