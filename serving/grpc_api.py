@@ -2,13 +2,15 @@
 
 Handlers run on the server's event loop, so a request costs no thread hand-off of its own. Work
 that blocks goes elsewhere: a Session run without batching goes to the server's thread pool (so
-requests run in parallel, as in TF Serving), a batched request waits on its batch's future, and a
+requests run in parallel, as in TF Serving) unless the server is otherwise idle and the model's
+typical run is under ``INLINE_RUN_LIMIT_S``; a batched request waits on its batch's future; a
 config reload (which waits for models to load) runs in the pool too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from serving.server import ModelServer
 
 T = TypeVar("T")
+INLINE_RUN_LIMIT_S = 0.002  # a Session run this short may block the event loop
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
@@ -65,23 +68,32 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, server: ModelServer, executor: Executor) -> None:
         self.server = server
         self.executor = executor
+        self._running = 0
 
     async def _call(
         self,
         api: str,
         spec: Any,
         context: grpc.aio.ServicerContext,
-        body: Callable[[Servable], Awaitable[T]],
+        body: Callable[[Servable], T | Awaitable[T]],
     ) -> T:
         start = time.perf_counter()
         status = "OK"
         try:
             version, label = version_of(spec)
             servable = self.server.manager.resolve(spec.name, version, label)
-            # The work is shielded from cancellation (a client that goes away) and releases the
-            # version only when it has really finished, so an unload never closes a Session
-            # that a pool or batch thread is still running.
-            work = asyncio.ensure_future(body(servable))
+            try:
+                result = body(servable)
+            except BaseException:
+                servable.release()
+                raise
+            if not inspect.isawaitable(result):
+                servable.release()
+                return result
+            # Work that waits is shielded from cancellation (a client that goes away) and
+            # releases the version only when it has really finished, so an unload never closes
+            # a Session that a pool or batch thread is still running.
+            work = asyncio.ensure_future(result)
             work.add_done_callback(lambda done: _finish(done, servable))
             return await asyncio.shield(work)
         except ServingError as error:
@@ -98,13 +110,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         await context.abort(*failure)
         raise AssertionError("unreachable: abort raises")
 
-    async def _predict(self, servable: Servable, request: Any) -> Any:
+    def _predict(self, servable: Servable, request: Any) -> Any:
+        """The response, computed inline, or an awaitable of it."""
         batching = self.server.batching
-        if batching is None:
+        if batching is not None:
+            return self._batched(servable, request, enqueue(servable, request, batching))
+        if self._running == 0 and servable.typical_run_s < INLINE_RUN_LIMIT_S:
+            # Nothing else is running and this model answers in about a millisecond: a thread
+            # hand-off would cost as much as the run itself.
+            return predict(servable, request)
+        return self._offloaded(servable, request)
+
+    async def _batched(self, servable: Servable, request: Any, queued: asyncio.Future) -> Any:
+        return encode_response(servable, request, await queued)
+
+    async def _offloaded(self, servable: Servable, request: Any) -> Any:
+        self._running += 1
+        try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.executor, predict, servable, request)
-        outputs = await enqueue(servable, request, batching)
-        return encode_response(servable, request, outputs)
+        finally:
+            self._running -= 1
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._call(
@@ -115,10 +141,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def body(servable: Servable) -> Any:
-            return metadata_response(servable, list(request.metadata_field))
-
-        return await self._call("GetModelMetadata", request.model_spec, context, body)
+        return await self._call(
+            "GetModelMetadata",
+            request.model_spec,
+            context,
+            lambda servable: metadata_response(servable, list(request.metadata_field)),
+        )
 
     Classify = _unimplemented("Classify")
     Regress = _unimplemented("Regress")

@@ -49,6 +49,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_US,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, str], Histogram] = {}
         self._batch = Histogram(
             BATCH_SIZE,
             "Rows per batch run by server-side batching (after padding).",
@@ -59,7 +60,11 @@ class Metrics:
 
     def record(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         self._counts.inc(model, status)
-        self._latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+        key = (model, api, entrypoint)
+        child = self._children.get(key)
+        if child is None:  # ``labels()`` validates and locks on every call: look it up once
+            child = self._children[key] = self._latency.labels(model, api, entrypoint)
+        child.observe(seconds * 1e6)
 
     def record_batch(self, model: str, size: int) -> None:
         self._batch.labels(model).observe(size)

@@ -14,7 +14,22 @@ from serving.errors import ServingError, not_found
 from serving.servable import Servable
 from serving.versions import Fingerprint
 
-State = get_model_status_pb2.ModelVersionStatus.State
+_STATE = get_model_status_pb2.ModelVersionStatus.State
+
+
+class State:
+    """``ModelVersionStatus.State`` values as plain ints: the protobuf enum wrapper resolves each
+    attribute through a Python ``__getattr__``, which showed up on the request path."""
+
+    START = _STATE.Value("START")
+    LOADING = _STATE.Value("LOADING")
+    AVAILABLE = _STATE.Value("AVAILABLE")
+    UNLOADING = _STATE.Value("UNLOADING")
+    END = _STATE.Value("END")
+    Name = _STATE.Name
+    items = _STATE.items
+
+
 ModelConfig = model_server_config_pb2.ModelConfig
 
 

@@ -7,6 +7,7 @@ the C++ ``LoadSavedModel`` that TF Serving calls), so a model TF Serving rejects
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class Servable:
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self.batchers: dict[str, Any] = {}
+        # Moving average of Session run time; the gRPC front end runs short models inline.
+        self.typical_run_s = float("inf")
 
     # --- request accounting, so unloading waits for requests still running -------------------
     def acquire(self) -> None:
@@ -146,10 +149,14 @@ class Servable:
             feeds = [signature.inputs[k].name for k in in_keys]
             call = _make_callable(self.session, feeds, fetches)
             self._callables[(key, in_keys, out_keys)] = call
+        start = time.perf_counter()
         try:
             results = call(*(inputs[k] for k in in_keys))
         except tf.errors.InvalidArgumentError as error:
             raise invalid(error.message) from error
+        elapsed = time.perf_counter() - start
+        previous = self.typical_run_s
+        self.typical_run_s = elapsed if previous == float("inf") else 0.9 * previous + 0.1 * elapsed
         return dict(zip(out_keys, results, strict=True))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import threading
@@ -136,6 +137,9 @@ class ModelServer:
             self.manager.apply_config(config)
             self.manager.wait_available([m.name for m in config.model_config_list.config])
         self._config_ok = True
+        # TensorFlow leaves millions of long-lived Python objects; moving them out of the
+        # collector's reach keeps full collections (and latency spikes) short while serving.
+        gc.freeze()
         if self.args.file_system_poll_wait_seconds > 0:
             self._spawn("fs-poll", self.args.file_system_poll_wait_seconds, self.manager.poll)
         if self.args.model_config_file and self.args.model_config_file_poll_wait_seconds > 0:

@@ -7,11 +7,14 @@ TF Serving's ``Predict`` does by default.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import invalid
 
+_DT_STRING, _DT_HALF = types_pb2.DT_STRING, types_pb2.DT_HALF  # read once: enum lookups are slow
 # DataType enum -> (numpy dtype, typed field name, TensorFlow name)
 _TYPES: dict[int, tuple[type | np.dtype, str, str]] = {
     types_pb2.DT_FLOAT: (np.float32, "float_val", "float"),
@@ -25,8 +28,8 @@ _TYPES: dict[int, tuple[type | np.dtype, str, str]] = {
     types_pb2.DT_UINT32: (np.uint32, "uint32_val", "uint32"),
     types_pb2.DT_UINT64: (np.uint64, "uint64_val", "uint64"),
     types_pb2.DT_BOOL: (np.bool_, "bool_val", "bool"),
-    types_pb2.DT_HALF: (np.float16, "half_val", "half"),
-    types_pb2.DT_STRING: (object, "string_val", "string"),
+    _DT_HALF: (np.float16, "half_val", "half"),
+    _DT_STRING: (object, "string_val", "string"),
 }
 _BY_NUMPY = {np.dtype(v[0]): k for k, v in _TYPES.items() if v[0] is not object}
 
@@ -54,20 +57,20 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(s < 0 for s in shape):
         raise invalid(f"input tensor '{name}' has a negative dimension in {shape}")
-    count = int(np.prod(shape)) if shape else 1
-    if proto.dtype == types_pb2.DT_STRING:
+    count = math.prod(shape)
+    if proto.dtype == _DT_STRING:
         values = list(proto.string_val)
         array = np.empty(len(values), dtype=object)
         array[:] = values
     elif proto.tensor_content:
         array = np.frombuffer(proto.tensor_content, dtype=np_type)
-    elif proto.dtype == types_pb2.DT_HALF:
+    elif proto.dtype == _DT_HALF:
         array = np.array(proto.half_val, dtype=np.uint16).view(np.float16)
     else:
         array = np.array(getattr(proto, field), dtype=np_type)
     if array.size == count:
         return array.reshape(shape)
-    if (array.size == 1 and proto.dtype != types_pb2.DT_STRING) or (array.size == 0 and count == 0):
+    if (array.size == 1 and proto.dtype != _DT_STRING) or (array.size == 0 and count == 0):
         return np.full(shape, array[0] if array.size else 0, dtype=array.dtype)
     if array.size == 1:
         return np.full(shape, array[0], dtype=object)
@@ -80,13 +83,12 @@ def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None):
     """Encode an output array with typed repeated fields (TF Serving's default encoding)."""
     proto = proto if proto is not None else tensor_pb2.TensorProto()
     array = np.asarray(array)
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]
-        )
-    )
+    dims = proto.tensor_shape.dim
+    del dims[:]
+    for size in array.shape:
+        dims.add(size=size)
     if array.dtype.kind in "OSU":
-        proto.dtype = types_pb2.DT_STRING
+        proto.dtype = _DT_STRING
         proto.string_val.extend(
             v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()
         )
@@ -97,7 +99,7 @@ def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None):
     proto.dtype = dtype
     field = _TYPES[dtype][1]
     flat = array.ravel()
-    if dtype == types_pb2.DT_HALF:
+    if dtype == _DT_HALF:
         flat = flat.view(np.uint16)
     getattr(proto, field).extend(flat.tolist())
     return proto
