@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 
@@ -97,6 +98,39 @@ def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     if impl == "fdl":
         batches = _batches(batching)
         assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
+
+
+def test_rest_and_grpc_callers_share_the_queue(batching, model_stock) -> None:
+    """REST predictions join the same batch queue as gRPC ones and get their own rows back."""
+    inputs = [images(1 + i % 2, seed=200 + i) for i in range(8)]
+    stub = batching.prediction()
+
+    def call(i: int) -> np.ndarray:
+        if i % 2:
+            return scores_of(stub.Predict(predict_request("tiny", inputs[i]), timeout=60))
+        body = json.dumps({"instances": inputs[i].tolist()}).encode()
+        url = f"{batching.rest}/v1/models/tiny:predict"
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as reply:
+            return np.array([row["scores"] for row in json.loads(reply.read())["predictions"]])
+
+    for i, result in enumerate(_concurrently(len(inputs), call)):
+        assert not isinstance(result, grpc.RpcError), result
+        expected = expected_scores(model_stock.versions["a"], inputs[i])
+        np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+def test_caller_that_gives_up_leaves_the_queue_working(batching, model_stock) -> None:
+    """A deadline that passes while the task waits for its batch (timeout 200 ms) is
+    DEADLINE_EXCEEDED for that caller only; the next callers are served normally."""
+    stub = batching.prediction()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(predict_request("tiny", images(1, seed=5)), timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    rows = images(2, seed=6)
+    response = stub.Predict(predict_request("tiny", rows), timeout=60)
+    np.testing.assert_allclose(
+        scores_of(response), expected_scores(model_stock.versions["a"], rows), rtol=1e-5
+    )
 
 
 def test_padding_to_allowed_size_is_sliced_off(batching, model_stock) -> None:
