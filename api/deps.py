@@ -1,14 +1,18 @@
-"""FastAPI dependencies: settings, job store, Celery, the model-server client, auth."""
+"""FastAPI dependencies: settings, job store, Celery, the model-server client, auth.
+
+All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a hop that
+costs more than these attribute reads.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 
 from api import auth
 from api.metadata_cache import MetadataCache
@@ -16,34 +20,52 @@ from api.serving_client import ServingClient
 from api.settings import GatewaySettings
 from fdl.jobs import JobStore
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 # Declares the scheme in the OpenAPI document; the check itself is in api.auth.
 _bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer <key>")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+async def get_celery(request: Request) -> Celery:
+    return celery_app(request.app.state)
 
 
-def get_serving(request: Request) -> ServingClient:
+async def get_serving(request: Request) -> ServingClient:
     return request.app.state.serving
 
 
-def get_metadata(request: Request) -> MetadataCache:
+async def get_metadata(request: Request) -> MetadataCache:
     return request.app.state.metadata
 
 
-def get_request_id(request: Request) -> str:
+def celery_app(state: State) -> Celery:
+    """The Celery client, built on first use: only job submission needs it (and its imports)."""
+    app = getattr(state, "celery", None)
+    if app is None:
+        from fdl.queue import make_celery
+
+        settings: GatewaySettings = state.settings
+        app = state.celery = make_celery(settings.require_redis_url(), settings.training_queue)
+    return app
+
+
+def request_id_of(request: Request) -> str:
     """Set by the request middleware (from ``x-request-id`` when it is sane, else new)."""
     return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+async def get_request_id(request: Request) -> str:
+    return request_id_of(request)
 
 
 def sane_request_id(value: str | None) -> str:
@@ -52,10 +74,13 @@ def sane_request_id(value: str | None) -> str:
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 ServingDep = Annotated[ServingClient, Depends(get_serving)]
 MetadataDep = Annotated[MetadataCache, Depends(get_metadata)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+if TYPE_CHECKING:
+    CeleryDep = Annotated[Celery, Depends(get_celery)]
+else:  # Celery is imported on first use only; FastAPI needs no type for a dependency
+    CeleryDep = Annotated[object, Depends(get_celery)]
 
 
 async def require_admin(

@@ -26,7 +26,6 @@ from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
 from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
-from fdl.queue import make_celery
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -55,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis_url = settings.require_redis_url()
     app.state.store = JobStore.from_url(redis_url)
     app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    app.state.celery = make_celery(redis_url, settings.training_queue)
+    app.state.celery = None  # built on first job submission (api.deps.celery_app)
     app.state.keyring = Keyring.from_settings(settings)
     app.state.limiter = RateLimiter(
         app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_burst

@@ -34,8 +34,14 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = sane_request_id(headers.get("x-request-id"))
+        raw_id: bytes | None = None
+        length = b""
+        for key, value in scope["headers"]:  # lower-case names (ASGI); the last one wins
+            if key == b"x-request-id":
+                raw_id = value
+            elif key == b"content-length":
+                length = value
+        request_id = sane_request_id(raw_id.decode("latin-1") if raw_id is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         start = time.perf_counter()
@@ -52,7 +58,6 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body_bytes:
                 # Refused before a byte of the body is read.
                 await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))

@@ -77,14 +77,14 @@ def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.n
     scale = fit / max(crop.shape)
     new_h = max(1, round(crop.shape[0] * scale))
     new_w = max(1, round(crop.shape[1] * scale))
-    fitted = np.asarray(
-        Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64
-    )
-    canvas = np.zeros((height, width), dtype=np.float64)
-    total = fitted.sum()
+    fitted = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS))
+    # Integer sums: exact, so the centre of mass does not depend on the order of summation.
+    rows = fitted.sum(axis=1, dtype=np.int64)
+    total = int(rows.sum())
     if total > 0:
-        cy, cx = np.indices(fitted.shape)
-        mass_y, mass_x = (cy * fitted).sum() / total, (cx * fitted).sum() / total
+        cols = fitted.sum(axis=0, dtype=np.int64)
+        mass_y = int(rows @ np.arange(new_h)) / total
+        mass_x = int(cols @ np.arange(new_w)) / total
     else:
         mass_y, mass_x = (new_h - 1) / 2, (new_w - 1) / 2
     # MNIST's centres of mass sit at (14.0, 14.0) in pixel-index coordinates of the 28x28 frame.
@@ -92,8 +92,9 @@ def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.n
     left = round(width / 2 - mass_x)
     top = min(max(top, 0), height - new_h)
     left = min(max(left, 0), width - new_w)
+    canvas = np.zeros((height, width), dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = fitted
-    return np.clip(canvas, 0, 255).astype(np.uint8)
+    return canvas
 
 
 def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -134,18 +135,28 @@ def _background(gray: Image.Image, light: bool) -> np.ndarray:
     return np.asarray(smooth.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a NaN-free array (the same value), without its generic overhead."""
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, half)[half])
+    low, high = np.partition(flat, (half - 1, half))[half - 1 : half + 1]
+    return float((low + high) / 2)
+
+
 def _ink_map(gray: Image.Image) -> np.ndarray:
     """Ink as bright values on a zero background, whatever the polarity and lighting."""
     array = np.asarray(gray, dtype=np.float64)
     border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
-    light_paper = bool(np.median(border) > 127)
+    light_paper = bool(_median(border) > 127)
     if light_paper and min(gray.size) >= 16:
         # Divide out uneven lighting: ink becomes its contrast against the local paper.
         background = _background(gray, light_paper)
         array = 255.0 - np.clip(array / np.maximum(background, 1.0) * 255.0, 0, 255)
     elif light_paper:
         array = 255.0 - array
-    array = array - np.median(array)
+    array = array - _median(array)
     peak = array.max()
     if peak <= 0:
         return np.zeros(array.shape, dtype=np.uint8)

@@ -11,12 +11,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 from google.protobuf.wrappers_pb2 import Int64Value
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from api.tensors import dtype_name, from_tensor_proto, to_tensor_proto
 from api.wire.tfs_pb2 import (
@@ -145,7 +139,10 @@ class ServingClient:
         except grpc.aio.AioRpcError as error:
             if not _is_unavailable(error) or self.retries <= 1:
                 raise
-        # UNAVAILABLE (server restarting, connection lost): retry with backoff.
+        # UNAVAILABLE (server restarting, connection lost): retry with backoff. Imported here:
+        # tenacity costs start-up time and is needed only when the model server goes away.
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_unavailable),
             stop=stop_after_attempt(self.retries - 1),

@@ -2,10 +2,14 @@
 
 Concurrency 1: latency of one 28x28 PNG through the gateway (HTTP multipart, decode, digit
 preprocessing, Predict, postprocess) vs one Predict of the already-decoded [1,28,28,1] tensor
-straight to the model server. Concurrency 16: requests per second of both.
+straight to the model server. Concurrency 16: requests per second of both, and the CPU time per
+request of each process (client, gateway, model server): on a small machine they share cores.
 Goals (issue 5): p50 difference <= 1 ms at concurrency 1; gateway >= 0.7x direct req/s at 16.
 
-    python bench/gateway_latency.py [--requests 300] [--seconds 5]
+The HTTP client is aiohttp with the multipart body encoded once (the bytes httpx would send);
+``--client httpx`` measures with httpx.AsyncClient as before (about 1 ms more per request).
+
+    python bench/gateway_latency.py [--requests 300] [--seconds 5] [--client aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import resource
 import statistics
 import tempfile
 import time
@@ -23,13 +28,15 @@ import grpc
 import httpx
 import numpy as np
 import psutil
-from gateway_stack import REPO_ROOT, running_stack  # noqa: F401 - sets sys.path
+from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - sets sys.path
 from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
 from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+
+Call = Callable[[], Awaitable[None]]
 
 
 def digit_png() -> tuple[bytes, np.ndarray]:
@@ -41,7 +48,7 @@ def digit_png() -> tuple[bytes, np.ndarray]:
     return buffer.getvalue(), array[None, :, :, None]
 
 
-async def sequential(call: Callable[[], Awaitable[None]], count: int) -> list[float]:
+async def sequential(call: Call, count: int) -> list[float]:
     for _ in range(20):  # warm-up
         await call()
     latencies = []
@@ -52,7 +59,7 @@ async def sequential(call: Callable[[], Awaitable[None]], count: int) -> list[fl
     return latencies
 
 
-async def throughput(call: Callable[[], Awaitable[None]], workers: int, seconds: float) -> float:
+async def throughput(call: Call, workers: int, seconds: float) -> tuple[float, int]:
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -64,52 +71,100 @@ async def throughput(call: Callable[[], Awaitable[None]], workers: int, seconds:
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-async def measure(url: str, target: str, requests: int, seconds: float) -> None:
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def http_client(kind: str, url: str, png: bytes) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """A classify call and the client's close, for ``kind`` aiohttp or httpx."""
+    endpoint = f"{url}/v1/models/digits:classify"
+    files = [("file", ("d.png", png, "image/png"))]
+    if kind == "httpx":
+        client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32))
+
+        async def post_httpx() -> None:
+            response = await client.post(endpoint, files=files)
+            response.raise_for_status()
+
+        return post_httpx, client.aclose
+
+    import aiohttp  # a bench dependency (the "dev" extra)
+
+    encoded = httpx.Request("POST", endpoint, files=files)
+    body, content_type = encoded.read(), encoded.headers["content-type"]
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=32), timeout=aiohttp.ClientTimeout(total=30)
+    )
+
+    async def post_aiohttp() -> None:
+        async with session.post(
+            endpoint, data=body, headers={"content-type": content_type}
+        ) as response:
+            response.raise_for_status()
+            await response.read()
+
+    return post_aiohttp, session.close
+
+
+async def measure(stack: BenchStack, client: str, requests: int, seconds: float) -> None:
     png, tensor = digit_png()
-    channel = grpc.aio.insecure_channel(target)
+    channel = grpc.aio.insecure_channel(stack.grpc_target)
     predict = channel.unary_unary(
         _PREDICTION + "Predict",
         request_serializer=PredictRequest.SerializeToString,
         response_deserializer=PredictResponse.FromString,
     )
-    http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32))
 
     async def direct() -> None:
         request = PredictRequest(model_spec=model_spec("digits", signature=contract.SIGNATURE_NAME))
         request.inputs[contract.INPUT_KEY].CopyFrom(to_tensor_proto(tensor))
         await predict(request, timeout=10)
 
-    async def gateway() -> None:
-        response = await http.post(
-            f"{url}/v1/models/digits:classify", files=[("file", ("d.png", png, "image/png"))]
-        )
-        response.raise_for_status()
-
+    gateway, close = http_client(client, stack.url, png)
+    calls = {"direct gRPC": direct, f"gateway {client}": gateway}
     print(f"concurrency 1, {requests} requests each (ms)")
     rows = {}
-    for name, call in (("direct gRPC", direct), ("gateway HTTP", gateway)):
+    for name, call in calls.items():
         latencies = await sequential(call, requests)
         rows[name] = latencies
         print(
-            f"  {name:13s} p50 {pct(latencies, 50):6.2f}  p90 {pct(latencies, 90):6.2f}  "
+            f"  {name:16s} p50 {pct(latencies, 50):6.2f}  p90 {pct(latencies, 90):6.2f}  "
             f"p99 {pct(latencies, 99):6.2f}  mean {statistics.fmean(latencies):6.2f}"
         )
-    diff = pct(rows["gateway HTTP"], 50) - pct(rows["direct gRPC"], 50)
-    print(f"  p50 difference: {diff:.2f} ms (goal <= 1 ms)")
-    print(f"concurrency 16, {seconds:.0f} s each (requests/s)")
-    rates = {}
-    for name, call in (("direct gRPC", direct), ("gateway HTTP", gateway)):
-        rates[name] = await throughput(call, 16, seconds)
-        print(f"  {name:13s} {rates[name]:8.1f} req/s")
-    print(f"  gateway / direct: {rates['gateway HTTP'] / rates['direct gRPC']:.2f}x (goal >= 0.7x)")
-    await http.aclose()
+    p50s = [pct(latencies, 50) for latencies in rows.values()]
+    print(f"  p50 difference: {p50s[1] - p50s[0]:.2f} ms (goal <= 1 ms)")
+    print(f"concurrency 16, {seconds:.0f} s each (requests/s; CPU ms per request)")
+    processes = {
+        "gateway": psutil.Process(stack.gateway.pid),
+        "server": psutil.Process(stack.server.pid),
+    }
+    rates = []
+    for name, call in calls.items():
+        before = {k: cpu_s(p) for k, p in processes.items()}
+        client_before = own_cpu_s()
+        rate, done = await throughput(call, 16, seconds)
+        rates.append(rate)
+        spent = {k: (cpu_s(p) - before[k]) * 1000 / done for k, p in processes.items()}
+        client_ms = (own_cpu_s() - client_before) * 1000 / done
+        print(
+            f"  {name:16s} {rate:8.1f} req/s   CPU: client {client_ms:.2f}  "
+            f"gateway {spent['gateway']:.2f}  model server {spent['server']:.2f}"
+        )
+    print(f"  gateway / direct: {rates[1] / rates[0]:.2f}x (goal >= 0.7x)")
+    await close()
     await channel.close()
 
 
@@ -117,6 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
     from serving.testing import build_test_model
 
@@ -124,8 +180,12 @@ def main() -> int:
         work = Path(tmp)
         build_test_model(work / "models" / "digits" / "1", (28, 28, 1), 10, model_name="digits")
         with running_stack(work / "models", work, {"digits": 1}) as stack:
-            print(f"gateway start-up (spawn to /healthz 200): {stack.gateway_start_s:.2f} s")
-            asyncio.run(measure(stack.url, stack.grpc_target, args.requests, args.seconds))
+            print(
+                f"gateway start-up: spawn to /healthz 200 {stack.gateway_start_s:.2f} s, "
+                f"to /readyz 200 {stack.gateway_ready_s:.2f} s (load average "
+                f"{psutil.getloadavg()[0]:.2f})"
+            )
+            asyncio.run(measure(stack, args.client, args.requests, args.seconds))
             rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
             print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
     return 0

@@ -34,6 +34,7 @@ class BenchStack:
     gateway: Process
     server: Process
     gateway_start_s: float  # spawn to the first 200 from /healthz
+    gateway_ready_s: float  # spawn to the first 200 from /readyz (Redis and model server answer)
 
 
 @contextmanager
@@ -101,9 +102,11 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
             lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
             60,
             "gateway",
+            interval=0.01,
             check=gateway.ensure_alive,
         )
-        yield BenchStack(url, target, model_dir, gateway, server, start_s)
+        ready_s = time.perf_counter() - spawned
+        yield BenchStack(url, target, model_dir, gateway, server, start_s, ready_s)
     finally:
         for process in reversed(processes):
             process.stop()

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.classify import Target, classify
-from api.deps import ClassifyDep, SettingsDep, get_request_id
+from api.deps import ClassifyDep, request_id_of
 from api.errors import ApiError
 from api.schemas import CLASSIFY_RESPONSES, ClassifyResponse, LabelName, ModelName
 from api.settings import GatewaySettings
@@ -143,8 +143,9 @@ def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int
     return images, _parse_top_k(payload.get("top_k"))
 
 
-async def _classify(request: Request, target: Target, settings: GatewaySettings) -> JSONResponse:
+async def _classify(request: Request, target: Target) -> JSONResponse:
     """Returns the response directly: the result is built here, re-validating it would cost."""
+    settings: GatewaySettings = request.app.state.settings
     images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     state = request.app.state
     result = await classify(
@@ -153,7 +154,7 @@ async def _classify(request: Request, target: Target, settings: GatewaySettings)
         target,
         images,
         top_k or settings.default_top_k,
-        get_request_id(request),
+        request_id_of(request),
         profile_override=settings.profiles.get(target.model),
         max_pixels=settings.max_image_pixels,
     )
@@ -167,10 +168,8 @@ async def _classify(request: Request, target: Target, settings: GatewaySettings)
     response_model=ClassifyResponse,
     responses=CLASSIFY_RESPONSES,
 )
-async def classify_latest(
-    model: ModelName, request: Request, settings: SettingsDep, _caller: ClassifyDep
-) -> JSONResponse:
-    return await _classify(request, Target(model), settings)
+async def classify_latest(model: ModelName, request: Request, _caller: ClassifyDep) -> JSONResponse:
+    return await _classify(request, Target(model))
 
 
 @router.post(
@@ -184,10 +183,9 @@ async def classify_version(
     model: ModelName,
     version: Annotated[int, Path(ge=1, le=2**62)],
     request: Request,
-    settings: SettingsDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    return await _classify(request, Target(model, version=version), settings)
+    return await _classify(request, Target(model, version=version))
 
 
 @router.post(
@@ -201,7 +199,6 @@ async def classify_label(
     model: ModelName,
     label: LabelName,
     request: Request,
-    settings: SettingsDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    return await _classify(request, Target(model, label=label), settings)
+    return await _classify(request, Target(model, label=label))

@@ -16,7 +16,6 @@ from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
-from fdl.queue import enqueue_training
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -46,6 +45,8 @@ def _redis_unavailable(error: Exception) -> ApiError:
 def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, settings: SettingsDep, _key: AdminDep
 ) -> dict[str, Any]:
+    from fdl.queue import enqueue_training  # Celery: imported on first submission only
+
     job_id = new_job_id()
     try:
         record = store.create(spec.model_dump(), job_id)

@@ -105,6 +105,21 @@ def test_gateway_modules_import_without_tensorflow() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
 
 
+def test_start_up_leaves_job_and_retry_libraries_unimported() -> None:
+    """Celery (job submission) and tenacity (retries) load on first use, not at start-up."""
+    import subprocess
+
+    code = (
+        "import sys, api.main, api.__main__\n"
+        "from api.settings import GatewaySettings\n"
+        "api.main.create_app(GatewaySettings())\n"
+        "lazy = ('celery', 'kombu', 'tenacity')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in lazy)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
+
+
 def test_api_extra_does_not_pull_tensorflow() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["api"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.classify import prepare_batch
+from api.classify import _small, prepare_batch
 from api.imaging import decode_image
-from api.preprocess import digit_to_mnist, photo_to_array
+from api.preprocess import _median, digit_to_mnist, photo_to_array
 from api.serving_client import InputSpec
 from tests.support.mnist import mnist_test_digits, png_bytes
 from tests.support.procs import REPO_ROOT
@@ -88,3 +88,30 @@ def test_photo_profile_and_draft_decoding() -> None:
     assert array.shape == (224, 224, 3) and array.dtype == np.uint8
     wide = photo_to_array(Image.new("RGB", (300, 100), (255, 0, 0)), (32, 32))
     assert wide.shape == (32, 32, 3) and (wide == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 28, 784, 1001])
+def test_median_is_numpys(size: int) -> None:
+    rng = np.random.default_rng(size)
+    for values in (rng.integers(0, 256, size).astype(np.float64), rng.normal(0, 50, size)):
+        assert _median(values) == np.median(values)
+        assert _median(values.reshape(1, -1)) == np.median(values)
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "small"),
+    [
+        ((28, 28), "PNG", True),
+        ((64, 64), "PNG", True),
+        ((65, 64), "PNG", False),
+        ((28, 28), "JPEG", True),
+        ((200, 30), "JPEG", False),
+    ],
+)
+def test_small_images_are_recognised_from_their_header(
+    size: tuple[int, int], fmt: str, small: bool
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", size, 255).save(buffer, fmt)
+    assert _small([buffer.getvalue()]) is small
+    assert not _small([buffer.getvalue()] * 2)  # only single images are decoded inline
