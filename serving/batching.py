@@ -169,8 +169,14 @@ class Batcher:
                     self._timer = self.loop.call_at(deadline, self._on_timer)
                 return
             batch = self._take()
+            try:
+                work = self.loop.run_in_executor(self._threads, self._run, batch)
+            except RuntimeError:  # the batch threads were shut down: the version is unloading
+                for task in batch:
+                    if not task.future.done():
+                        task.future.set_exception(unavailable("the model version was unloaded"))
+                continue
             self._running += 1
-            work = self.loop.run_in_executor(self._threads, self._run, batch)
             work.add_done_callback(lambda done, batch=batch: self._finished(batch, done))
 
     def _on_timer(self) -> None:

@@ -119,13 +119,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             # Nothing else is running and this model answers in about a millisecond: a thread
             # hand-off would cost as much as the run itself.
             return predict(servable, request)
+        self._running += 1  # counted now, so a request arriving next sees this one
         return self._offloaded(servable, request)
 
     async def _batched(self, servable: Servable, request: Any, queued: asyncio.Future) -> Any:
         return encode_response(servable, request, await queued)
 
     async def _offloaded(self, servable: Servable, request: Any) -> Any:
-        self._running += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.executor, predict, servable, request)
