@@ -35,21 +35,37 @@ class Repo:
         return self.models[name]
 
 
+POLLING = [
+    "--model_config_file_poll_wait_seconds=1",
+    "--file_system_poll_wait_seconds=1",
+    "--max_num_load_retries=1",
+    "--load_retry_interval_micros=200000",
+]
+
+
 @pytest.fixture(scope="module")
 def polled(impl, server_factory, tmp_path_factory):
     repo = Repo(tmp_path_factory.mktemp("polled"))
-    server = server_factory(
-        impl,
-        "lifecycle",
-        [
-            f"--model_config_file={repo.config}",
-            "--model_config_file_poll_wait_seconds=1",
-            "--file_system_poll_wait_seconds=1",
-            "--max_num_load_retries=1",
-            "--load_retry_interval_micros=200000",
-        ],
-    )
+    server = server_factory(impl, "lifecycle", [f"--model_config_file={repo.config}", *POLLING])
     return server, repo
+
+
+@pytest.fixture(scope="module")
+def polled_batching(impl, server_factory, tmp_path_factory):
+    """The same, with server-side batching: swaps must also drain the batch queues."""
+    repo = Repo(tmp_path_factory.mktemp("polled-batching"))
+    params = repo.root / "batching.config"
+    params.write_text(
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
+    )
+    flags = [
+        f"--model_config_file={repo.config}",
+        *POLLING,
+        "--enable_batching=true",
+        f"--batching_parameters_file={params}",
+    ]
+    return server_factory(impl, "lifecycle-batching", flags), repo
 
 
 def statuses(server, name: str) -> dict[int, tuple[int, str]]:
@@ -118,8 +134,9 @@ class Traffic:
         return self.versions[-count:].count(version) == count
 
 
-def test_version_swap_under_traffic(polled, model_stock) -> None:
-    server, repo = polled
+@pytest.mark.parametrize("setup", ["polled", "polled_batching"])
+def test_version_swap_under_traffic(setup, impl, request, model_stock) -> None:
+    server, repo = request.getfixturevalue(setup)
     base = repo.add("swap")
     model_stock.install("a", base, 1)
     wait_served(server, "swap", 1)
