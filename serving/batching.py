@@ -251,7 +251,7 @@ def batcher_for(
     output_keys: list[str],
     batching: Batching,
 ) -> Batcher:
-    key = f"{signature}\0{','.join(output_keys)}"
+    key = (signature, *output_keys)
     batcher = servable.batchers.get(key)
     if batcher is None:
         with _create_lock:

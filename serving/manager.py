@@ -249,9 +249,7 @@ class ModelManager:
             if entry is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
             if label:
-                if label not in entry.labels:
-                    raise invalid(f"Unrecognized servable version label: {label}")
-                version = entry.labels[label]
+                version = _labelled(entry, label)
             if version is None:
                 available = [v for v, r in entry.versions.items() if r.state == State.AVAILABLE]
                 if not available:
@@ -274,9 +272,7 @@ class ModelManager:
             if entry is None:
                 raise not_found(f"Could not find any versions of model {name}")
             if label:
-                if label not in entry.labels:
-                    raise invalid(f"Unrecognized servable version label: {label}")
-                version = entry.labels[label]
+                version = _labelled(entry, label)
             records = sorted(entry.versions.values(), key=lambda r: -r.version)
             if version is not None:
                 records = [r for r in records if r.version == version]
@@ -304,3 +300,10 @@ class ModelManager:
                         record.servable = None
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._unloader.shutdown(wait=False, cancel_futures=True)
+
+
+def _labelled(entry: ModelEntry, label: str) -> int:
+    """The version a label points at (TF Serving: INVALID_ARGUMENT for an unknown label)."""
+    if label not in entry.labels:
+        raise invalid(f"Unrecognized servable version label: {label}")
+    return entry.labels[label]

@@ -26,8 +26,6 @@ class State:
     AVAILABLE = _STATE.Value("AVAILABLE")
     UNLOADING = _STATE.Value("UNLOADING")
     END = _STATE.Value("END")
-    Name = _STATE.Name
-    items = _STATE.items
 
 
 ModelConfig = model_server_config_pb2.ModelConfig

@@ -55,7 +55,7 @@ class Servable:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
-        self.batchers: dict[str, Any] = {}
+        self.batchers: dict[tuple[str, ...], Any] = {}  # (signature, *output keys)
         # Moving average of Session run time; the gRPC front end runs short models inline.
         self.typical_run_s = float("inf")
 
