@@ -15,12 +15,14 @@ Python's per-request cost is of the same order as the model's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import grpc
@@ -30,6 +32,7 @@ from serving.errors import ServingError, invalid, unavailable
 from serving.servable import Servable
 
 _FULL = "The batch scheduling queue to which this task was submitted is full"
+PER_MODEL_FILE = "batching_params.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,23 @@ class Batching(NamedTuple):
 
     config: BatchingConfig
     loop: asyncio.AbstractEventLoop
+
+
+def version_batching(path: Path, common: Batching | None, per_model: bool) -> Batching | None:
+    """How one loaded version batches, as TF Serving decides it: not at all without
+    ``--enable_batching``; with ``--enable_per_model_batching_parameters``, by the version's own
+    ``batching_params.pbtxt`` (no file: no batching), keeping the server's thread count; else by
+    the server's parameters. A file that does not parse fails the version's load."""
+    if common is None or not per_model:
+        return common
+    file = path / PER_MODEL_FILE
+    if not file.exists():
+        return None
+    from serving.config_files import read_batching_parameters
+
+    config = BatchingConfig.from_proto(read_batching_parameters(file), common.config.on_batch)
+    threads = common.config.num_batch_threads
+    return Batching(dataclasses.replace(config, num_batch_threads=threads), common.loop)
 
 
 @dataclass

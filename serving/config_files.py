@@ -1,5 +1,7 @@
 """The text-format configuration files TF Serving reads, parsed into protos.
 
+``ConfigProto`` (``--tensorflow_session_config_file``) is TensorFlow's own message.
+
 ``ModelServerConfig`` comes from the official ``tensorflow_serving.config`` package. The pip
 package does not ship ``BatchingParameters`` (session_bundle_config.proto) or
 ``MonitoringConfig`` (monitoring_config.proto), so the same messages (same package, names, field
@@ -17,6 +19,7 @@ from google.protobuf import (
     text_format,
     wrappers_pb2,  # noqa: F401 - registers google/protobuf/wrappers.proto
 )
+from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 _FDP = descriptor_pb2.FieldDescriptorProto
@@ -84,7 +87,7 @@ class ConfigError(ValueError):
     """A configuration file that cannot be read or parsed."""
 
 
-def _parse(path: str | Path, message: object, what: str):
+def parse_text_file(path: str | Path, message: object, what: str):
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -96,7 +99,7 @@ def _parse(path: str | Path, message: object, what: str):
 
 
 def read_model_server_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
-    config = _parse(path, model_server_config_pb2.ModelServerConfig(), "model config file")
+    config = parse_text_file(path, model_server_config_pb2.ModelServerConfig(), "model config file")
     if config.HasField("custom_model_config"):
         raise ConfigError(f"{path}: custom_model_config is not supported; use model_config_list")
     seen: set[str] = set()
@@ -127,12 +130,42 @@ def read_batching_parameters(path: str | Path | None):
     """TF Serving's defaults where the file (or a field) is absent."""
     params = BatchingParameters()
     if path:
-        _parse(path, params, "batching parameters file")
+        parse_text_file(path, params, "batching parameters file")
     return params
+
+
+def session_config(
+    path: str | Path | None,
+    *,
+    session_parallelism: int = 0,
+    intra_op_parallelism: int = 0,
+    inter_op_parallelism: int = 0,
+    gpu_memory_fraction: float = 0.0,
+) -> config_pb2.ConfigProto:
+    """The ConfigProto every Session gets, as ``tensorflow_model_server`` builds it: the
+    ``--tensorflow_session_config_file`` text, then the flags on top (they always set the thread
+    counts and the GPU memory fraction, so a file cannot change those)."""
+    config = config_pb2.ConfigProto()
+    if path:
+        parse_text_file(path, config, "session config file")
+    config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
+    if intra_op_parallelism > 0 and inter_op_parallelism > 0 and session_parallelism > 0:
+        raise ConfigError(
+            "Either configure --tensorflow_session_parallelism or "
+            "(--tensorflow_intra_op_parallelism, --tensorflow_inter_op_parallelism) "
+            "separately. You cannot configure all."
+        )
+    if intra_op_parallelism > 0 or inter_op_parallelism > 0:
+        config.intra_op_parallelism_threads = intra_op_parallelism
+        config.inter_op_parallelism_threads = inter_op_parallelism
+    else:
+        config.intra_op_parallelism_threads = session_parallelism
+        config.inter_op_parallelism_threads = session_parallelism
+    return config
 
 
 def read_monitoring_config(path: str | Path | None):
     config = MonitoringConfig()
     if path:
-        _parse(path, config, "monitoring config file")
+        parse_text_file(path, config, "monitoring config file")
     return config

@@ -15,29 +15,17 @@ _FALSE = {"false", "0", "no", "f", "n"}
 
 # tensorflow_model_server flags that are recognised but not implemented here.
 UNSUPPORTED = {
-    "grpc_socket_path": "UNIX-socket gRPC",
-    "rest_api_enable_cors_support": "CORS headers",
-    "enable_per_model_batching_parameters": "per-model batching_params.pbtxt",
-    "flush_filesystem_caches": None,
-    "tensorflow_session_config_file": "Session ConfigProto files",
     "use_alts_credentials": "ALTS credentials",
-    "ssl_config_file": "TLS",
     "platform_config_file": "platform configs",
-    "per_process_gpu_memory_fraction": "GPU options",
-    "saved_model_tags": "tags other than 'serve'",
-    "grpc_channel_arguments": "gRPC channel arguments",
-    "remove_unused_fields_from_bundle_metagraph": None,
     "prefer_tflite_model": "TF Lite",
     "num_tflite_pools": "TF Lite",
     "num_tflite_interpreters_per_pool": "TF Lite",
-    "enable_signature_method_name_check": None,
     "xla_cpu_compilation_enabled": "XLA",
     "xla_gpu_compilation_enabled": "XLA",
     "enable_profiler": "the profiler service",
     "thread_pool_factory_config_file": "thread pool factories",
     "mixed_precision": "mixed precision",
     "skip_initialize_tpu": "TPUs",
-    "enable_serialization_as_tensor_content": "tensor_content responses",
     "response_tensor_content_threshold": None,
 }
 
@@ -77,11 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{name}", type=kind, default=default, help=text)
 
     flag("port", int, 8500, "gRPC port (0 disables gRPC)")
+    flag("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket path")
+    flag("grpc_channel_arguments", str, "", "gRPC server arguments: key=value,key=value")
+    flag("ssl_config_file", str, "", "ascii SSLConfig file: TLS for gRPC")
     flag("rest_api_port", int, 0, "HTTP/REST port (0 disables REST)")
     flag("rest_api_num_threads", int, 0, "accepted for compatibility (threads are per request)")
     flag("rest_api_timeout_in_ms", int, 30000, "timeout of one REST call")
+    flag("rest_api_enable_cors_support", bool, False, "CORS headers on REST responses")
     flag("enable_batching", bool, False, "merge concurrent Predict calls into one run")
     flag("batching_parameters_file", str, "", "ascii BatchingParameters file")
+    flag(
+        "enable_per_model_batching_parameters",
+        bool,
+        False,
+        "batching_params.pbtxt of each version instead of the file's (threads stay shared)",
+    )
     flag("allow_version_labels_for_unavailable_models", bool, False, "labels may point anywhere")
     flag("model_config_file", str, "", "ascii ModelServerConfig file")
     flag("model_config_file_poll_wait_seconds", int, 0, "0: read the config file once")
@@ -95,9 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     flag("tensorflow_session_parallelism", int, 0, "threads for each Session (0: auto)")
     flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads (0: auto)")
     flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads (0: auto)")
+    flag("tensorflow_session_config_file", str, "", "ascii ConfigProto file for every Session")
+    flag("per_process_gpu_memory_fraction", float, 0.0, "GPU memory per process (0: TF's default)")
+    flag("saved_model_tags", str, "", "comma-separated MetaGraph tags to load (empty: serve)")
+    flag(
+        "enable_serialization_as_tensor_content",
+        bool,
+        False,
+        "Predict outputs in tensor_content instead of typed fields",
+    )
+    flag("flush_filesystem_caches", bool, True, "accepted; this server keeps no file caches")
+    flag(
+        "remove_unused_fields_from_bundle_metagraph",
+        bool,
+        True,
+        "accepted; the MetaGraphDef is not kept after loading",
+    )
+    flag(
+        "enable_signature_method_name_check",
+        bool,
+        False,
+        "accepted; applies to Classify and Regress, which answer UNIMPLEMENTED here",
+    )
     flag("grpc_max_threads", int, 0, "gRPC worker threads (0: 8 x CPUs, at least 64)")
     flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests")
-    flag("num_request_iterations_for_warmup", int, 1, "times each warmup request runs")
+    flag("num_request_iterations_for_warmup", int, 1, "times each warmup record runs")
     flag("monitoring_config_file", str, "", "ascii MonitoringConfig file (Prometheus)")
     flag("enable_grpc_healthcheck_service", bool, False, "standard gRPC health service")
     flag("version", bool, False, "print the version and exit")
@@ -125,6 +145,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
         )
     if args.port and args.port == args.rest_api_port:
         raise FlagError("fdl-model-server: error: --rest_api_port must differ from --port")
-    if not args.port and not args.rest_api_port:
-        raise FlagError("fdl-model-server: error: both --port and --rest_api_port are zero")
+    if not args.port and not args.rest_api_port and not args.grpc_socket_path:
+        raise FlagError(
+            "fdl-model-server: error: --port and --rest_api_port are zero and there is no "
+            "--grpc_socket_path: nothing to serve on"
+        )
     return args

@@ -69,6 +69,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.server = server
         self.executor = executor
         self._running = 0
+        self._content = bool(server.args.enable_serialization_as_tensor_content)
 
     async def _call(
         self,
@@ -112,23 +113,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _predict(self, servable: Servable, request: Any) -> Any:
         """The response, computed inline, or an awaitable of it."""
-        batching = self.server.batching
+        batching = servable.batching
         if batching is not None:
             return self._batched(servable, request, enqueue(servable, request, batching))
         if self._running == 0 and servable.typical_run_s < INLINE_RUN_LIMIT_S:
             # Nothing else is running and this model answers in about a millisecond: a thread
             # hand-off would cost as much as the run itself.
-            return predict(servable, request)
+            return predict(servable, request, None, self._content)
         self._running += 1  # counted now, so a request arriving next sees this one
         return self._offloaded(servable, request)
 
     async def _batched(self, servable: Servable, request: Any, queued: asyncio.Future) -> Any:
-        return encode_response(servable, request, await queued)
+        return encode_response(servable, request, await queued, self._content)
 
     async def _offloaded(self, servable: Servable, request: Any) -> Any:
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, predict, servable, request)
+            return await loop.run_in_executor(
+                self.executor, predict, servable, request, None, self._content
+            )
         finally:
             self._running -= 1
 

@@ -2,7 +2,9 @@
 
 It hosts ``PredictionService``, ``ModelService``, server reflection and (with
 ``--enable_grpc_healthcheck_service``) the standard health service, with TF Serving's message size
-limits. Blocking work from the handlers runs on one shared thread pool.
+limits, on ``--port`` and ``--grpc_socket_path`` (both with the ``--ssl_config_file`` credentials,
+as in TF Serving), with ``--grpc_channel_arguments`` as server options. Blocking work from the
+handlers runs on one shared thread pool.
 """
 
 from __future__ import annotations
@@ -23,16 +25,38 @@ from tensorflow_serving.apis import (
 
 from serving.event_loop import LoopThread
 from serving.grpc_api import ModelService, PredictionService
+from serving.grpc_options import check_socket_path, server_credentials, server_options
 
 if TYPE_CHECKING:
     from serving.server import ModelServer
 
 log = logging.getLogger("serving.server")
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's send/receive limits to INT_MAX
+# Overridable with --grpc_channel_arguments; without SO_REUSEPORT a port in use fails the start.
+DEFAULT_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
 SERVICE_NAMES = (
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
+
+
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, what: str
+) -> None:
+    try:  # gRPC returns 0 or (newer releases) raises when it cannot bind
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as error:
+        raise OSError(f"cannot listen for gRPC on {what}: {error}") from error
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {what}")
 
 
 class GrpcFrontEnd:
@@ -47,15 +71,29 @@ class GrpcFrontEnd:
         self._health: health.aio.HealthServicer | None = None
 
     def start(self, port: int) -> None:
-        self.loop.run(self._start(port))
-        log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+        """Serve on ``port`` (0: none) and on ``--grpc_socket_path`` if given."""
+        args = self.server.args
+        options = server_options(DEFAULT_OPTIONS, args.grpc_channel_arguments)
+        credentials = None
+        if args.ssl_config_file:
+            credentials = server_credentials(args.ssl_config_file)
+            log.info("Using SSL credentials from %s", args.ssl_config_file)
+        socket_path = args.grpc_socket_path
+        if socket_path:
+            check_socket_path(socket_path)
+        self.loop.run(self._start(port, socket_path, options, credentials))
+        if port:
+            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+        if socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
-    async def _start(self, port: int) -> None:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
+    async def _start(
+        self,
+        port: int,
+        socket_path: str,
+        options: list[tuple[str, int | str]],
+        credentials: grpc.ServerCredentials | None,
+    ) -> None:
         server = grpc.aio.server(options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.server, self.executor), server
@@ -71,8 +109,10 @@ class GrpcFrontEnd:
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
             names.append(health.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
-            raise OSError(f"cannot listen for gRPC on port {port}")
+        if port:
+            _listen(server, f"0.0.0.0:{port}", credentials, f"port {port}")
+        if socket_path:
+            _listen(server, f"unix:{socket_path}", credentials, f"UNIX socket {socket_path}")
         await server.start()
         self._grpc = server
 

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.batching import version_batching
 from serving.errors import ServingError, invalid, not_found
 from serving.records import (
     ManagerOptions,
@@ -164,11 +165,20 @@ class ModelManager:
         servable = None
         try:
             log.info("loading %s version %d from %s", name, record.version, record.path)
-            servable = Servable(name, record.version, record.path, self.options.session_config)
+            servable = Servable(
+                name, record.version, record.path, self.options.session_config, self.options.tags
+            )
+            servable.batching = version_batching(
+                record.path, self.options.batching, self.options.per_model_batching
+            )
             if self.options.enable_warmup:
-                count = warm_up(servable)
+                iterations = self.options.warmup_iterations
+                count = warm_up(servable, iterations)
                 if count:
-                    log.info("%s version %d: %d warmup requests", name, record.version, count)
+                    each = f", each run {iterations} times" if iterations > 1 else ""
+                    log.info(
+                        "%s version %d: %d warmup requests%s", name, record.version, count, each
+                    )
         except Exception as error:  # a model TF Serving would reject: log the reason
             if servable is not None:
                 servable.session.close()

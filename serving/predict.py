@@ -67,6 +67,7 @@ def predict(
     servable: Servable,
     request: predict_pb2.PredictRequest,
     batching: Batching | None = None,
+    tensor_content: bool = False,
 ) -> predict_pb2.PredictResponse:
     outputs = run_arrays(
         servable,
@@ -75,16 +76,21 @@ def predict(
         list(request.output_filter),
         batching,
     )
-    return encode_response(servable, request, outputs)
+    return encode_response(servable, request, outputs, tensor_content)
 
 
 def encode_response(
-    servable: Servable, request: predict_pb2.PredictRequest, outputs: Mapping[str, np.ndarray]
+    servable: Servable,
+    request: predict_pb2.PredictRequest,
+    outputs: Mapping[str, np.ndarray],
+    tensor_content: bool = False,
 ) -> predict_pb2.PredictResponse:
+    """Outputs in typed fields, or with ``tensor_content`` in that field (TF Serving's
+    ``--enable_serialization_as_tensor_content``)."""
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, request.model_spec.signature_name)
     for key, array in outputs.items():
-        from_numpy(array, response.outputs[key])
+        from_numpy(array, response.outputs[key], tensor_content)
     return response
 
 

@@ -36,9 +36,13 @@ class ManagerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_s: float = 60.0
     enable_warmup: bool = True
+    warmup_iterations: int = 1  # --num_request_iterations_for_warmup
     allow_labels_for_unavailable: bool = False
     num_load_threads: int = 2
     session_config: Any = None
+    tags: tuple[str, ...] = ("serve",)  # MetaGraph tags to load (--saved_model_tags)
+    batching: Any = None  # the server's Batching (None: --enable_batching is off)
+    per_model_batching: bool = False  # --enable_per_model_batching_parameters
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The REST API on ``--rest_api_port`` (TF Serving's ``api_rest.md``), on a threaded stdlib server.
 
 ``GET /v1/models/{m}[/versions/{v}|/labels/{l}]`` (status), ``…/metadata``,
-``POST …:predict``; and the Prometheus metrics at the monitoring config's path.
+``POST …:predict``, ``OPTIONS`` (CORS preflight); and the Prometheus metrics at the monitoring
+config's path. With ``--rest_api_enable_cors_support`` the model API's responses carry TF
+Serving's CORS headers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ _PATH = re.compile(
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<rest>/metadata|:[a-zA-Z]+)?/?$"
 )
+_CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
+_ORIGIN = re.compile(r"https?://")
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json", api: bool = True
+    ) -> None:
         self.send_response(status)
+        if api and self.server.cors:
+            for name, value in _CORS_HEADERS:
+                self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -74,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
         model_server = self.server.model_server
         path = self.path.split("?", 1)[0]
         if model_server.metrics_path and path == model_server.metrics_path:
-            self._send(200, model_server.metrics.exposition(), "text/plain; version=0.0.4")
+            metrics = model_server.metrics.exposition()
+            self._send(200, metrics, "text/plain; version=0.0.4", api=False)
             return
         try:
             spec, rest = _parse(path)
@@ -85,6 +99,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self._metadata(spec))
             else:
                 raise not_found(f"Malformed request: GET {path}")
+        except ServingError as error:
+            self._error(error)
+
+    def do_OPTIONS(self) -> None:
+        """A CORS preflight: answered for any model API path that names an http(s) Origin."""
+        try:
+            _parse(self.path.split("?", 1)[0])
+            if not _ORIGIN.search(self.headers.get("Origin", "")):
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "Origin header is missing in CORS preflight",
+                )
+            self._send(200, b"")
         except ServingError as error:
             self._error(error)
 
@@ -148,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         servable = model_server.manager.resolve(spec.name, spec.version, spec.label)
         try:
             inputs, rows = parse_predict_body(body, servable.signature(signature_name))
-            outputs = run_arrays(servable, signature_name, inputs, [], model_server.batching)
+            outputs = run_arrays(servable, signature_name, inputs, [], servable.batching)
         finally:
             servable.release()
         return format_outputs(outputs, rows)
@@ -166,11 +193,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     model_server: ModelServer
+    cors: bool = False
 
 
 def start_rest_server(model_server: ModelServer, port: int) -> _Server:
     httpd = _Server(("0.0.0.0", port), _Handler)
     httpd.model_server = model_server
+    httpd.cors = bool(model_server.args.rest_api_enable_cors_support)
     timeout = model_server.args.rest_api_timeout_in_ms / 1000
     _Handler.timeout = timeout if timeout > 0 else None
     threading.Thread(target=httpd.serve_forever, name="rest", daemon=True).start()

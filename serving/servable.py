@@ -34,7 +34,12 @@ class Servable:
     """A loaded version; ``run`` validates inputs against the signature and runs the session."""
 
     def __init__(
-        self, name: str, version: int, path: Path, session_config: Any | None = None
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        session_config: Any | None = None,
+        tags: Iterable[str] = (SERVE_TAG,),
     ) -> None:
         self.name = name
         self.version = version
@@ -44,7 +49,7 @@ class Servable:
         try:
             with self.graph.as_default(), deprecation.silence():
                 meta: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
-                    self.session, [SERVE_TAG], str(path)
+                    self.session, list(tags), str(path)
                 )
         except BaseException:
             self.session.close()
@@ -56,6 +61,7 @@ class Servable:
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self.batchers: dict[tuple[str, ...], Any] = {}  # (signature, *output keys)
+        self.batching: Any = None  # this version's Batching (serving.batching); None: unbatched
         # Moving average of Session run time; the gRPC front end runs short models inline.
         self.typical_run_s = float("inf")
 

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import grpc
-from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching import Batching, BatchingConfig
@@ -20,6 +19,7 @@ from serving.config_files import (
     read_batching_parameters,
     read_model_server_config,
     read_monitoring_config,
+    session_config,
     single_model_config,
 )
 from serving.errors import ServingError
@@ -27,8 +27,15 @@ from serving.event_loop import LoopThread
 from serving.grpc_server import GrpcFrontEnd
 from serving.manager import ManagerOptions, ModelManager
 from serving.metrics import Metrics
+from serving.servable import SERVE_TAG
 
 log = logging.getLogger("serving.server")
+
+
+def saved_model_tags(text: str) -> tuple[str, ...]:
+    """``--saved_model_tags``: comma-separated; none given means ``serve``, as in TF Serving."""
+    tags = tuple(sorted({tag.strip() for tag in text.split(",") if tag.strip()}))
+    return tags or (SERVE_TAG,)
 
 
 class ModelServer:
@@ -46,20 +53,25 @@ class ModelServer:
         self.metrics_path = (
             (prometheus.path or DEFAULT_PROMETHEUS_PATH) if prometheus.enable else None
         )
-        session_config = config_pb2.ConfigProto(
-            intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism
-            or args.tensorflow_session_parallelism,
-            inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism
-            or args.tensorflow_session_parallelism,
+        config_proto = session_config(
+            args.tensorflow_session_config_file or None,
+            session_parallelism=args.tensorflow_session_parallelism,
+            intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+            inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+            gpu_memory_fraction=args.per_process_gpu_memory_fraction,
         )
         self.manager = ModelManager(
             ManagerOptions(
                 max_num_load_retries=max(0, args.max_num_load_retries),
                 load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
                 enable_warmup=args.enable_model_warmup,
+                warmup_iterations=max(1, args.num_request_iterations_for_warmup),
                 allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
                 num_load_threads=max(1, args.num_load_threads),
-                session_config=session_config,
+                session_config=config_proto,
+                tags=saved_model_tags(args.saved_model_tags),
+                batching=self.batching,
+                per_model_batching=args.enable_per_model_batching_parameters,
             )
         )
         self._stop = threading.Event()
@@ -148,7 +160,7 @@ class ModelServer:
                 self.args.model_config_file_poll_wait_seconds,
                 self._poll_config_file,
             )
-        if self.args.port:
+        if self.args.port or self.args.grpc_socket_path:
             self._start_grpc(self.args.port)
         if self.args.rest_api_port:
             from serving.rest import start_rest_server

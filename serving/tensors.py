@@ -2,7 +2,8 @@
 
 Decoding accepts ``tensor_content`` and the typed repeated fields (a single typed value is
 broadcast to the whole shape, as TensorFlow does). Encoding writes the typed repeated fields, as
-TF Serving's ``Predict`` does by default.
+TF Serving's ``Predict`` does by default, or ``tensor_content`` (its
+``--enable_serialization_as_tensor_content``; strings always go in ``string_val``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
     )
 
 
-def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None):
-    """Encode an output array with typed repeated fields (TF Serving's default encoding)."""
+def from_numpy(
+    array: np.ndarray, proto: tensor_pb2.TensorProto | None = None, content: bool = False
+):
+    """Encode an output array with typed repeated fields (TF Serving's default encoding), or
+    with ``content`` as raw little-endian bytes in ``tensor_content``."""
     proto = proto if proto is not None else tensor_pb2.TensorProto()
     array = np.asarray(array)
     dims = proto.tensor_shape.dim
@@ -97,6 +101,9 @@ def from_numpy(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None):
     if dtype is None:
         raise invalid(f"cannot encode output of numpy dtype {array.dtype}")
     proto.dtype = dtype
+    if content:
+        proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        return proto
     field = _TYPES[dtype][1]
     flat = array.ravel()
     if dtype == _DT_HALF:

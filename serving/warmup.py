@@ -7,8 +7,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving.servable import Servable, read_warmup_requests
 
 
-def warm_up(servable: Servable) -> int:
-    """Run every warmup record once; any failure fails the load, as in TF Serving."""
+def warm_up(servable: Servable, iterations: int = 1) -> int:
+    """Run every warmup record ``iterations`` times (``--num_request_iterations_for_warmup``);
+    any failure fails the load, as in TF Serving. Returns the number of records."""
     from serving.predict import predict
 
     count = 0
@@ -17,6 +18,7 @@ def warm_up(servable: Servable) -> int:
         kind = log.WhichOneof("log_type")
         if kind != "predict_log":
             raise ValueError(f"warmup record of type {kind!r} is not supported (only predict_log)")
-        predict(servable, log.predict_log.request)
+        for _ in range(max(1, iterations)):
+            predict(servable, log.predict_log.request)
         count += 1
     return count

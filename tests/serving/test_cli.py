@@ -28,7 +28,7 @@ def _run(*flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     ("flags", "needle"),
     [
         (["--model_base_path=/m", "--bogus_flag=1"], "unknown flag '--bogus_flag=1'"),
-        (["--model_base_path=/m", "--ssl_config_file=x"], "--ssl_config_file is a "),
+        (["--model_base_path=/m", "--platform_config_file=x"], "--platform_config_file is a "),
         (["--port=9000"], "give --model_config_file"),
         (["--model_base_path=/m", "--port=1", "--rest_api_port=1"], "must differ"),
         (["--model_base_path=/m", "--enable_batching=maybe"], "expected true or false"),
