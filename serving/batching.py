@@ -4,7 +4,10 @@ Semantics follow TF Serving's ``BatchingParameters``: a batch closes when it hol
 ``max_batch_size`` rows or ``batch_timeout_micros`` after its first task arrived; at most
 ``max_enqueued_batches`` batches wait (more is ``UNAVAILABLE``, never an unbounded queue);
 ``num_batch_threads`` batches run at once; with ``allowed_batch_sizes`` a batch is padded up to the
-next allowed size (with copies of its first row) and the padding is sliced off the results.
+next allowed size (with copies of its first row) and the padding is sliced off the results. With
+``enable_large_batch_splitting`` a task that does not fit the open batch is split: its first part
+fills that batch, the rest goes into batches of ``max_execution_batch_size`` rows, and the caller
+gets its rows back joined in order.
 
 The queue lives on the server's event loop: enqueueing, closing batches and handing results back
 are loop callbacks, and only the Session run of a whole batch goes to one of the batch threads.
@@ -15,90 +18,21 @@ Python's per-request cost is of the same order as the model's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
 
 import grpc
 import numpy as np
 
+from serving.batching_config import Batching, BatchingConfig
 from serving.errors import ServingError, invalid, unavailable
 from serving.servable import Servable
 
 _FULL = "The batch scheduling queue to which this task was submitted is full"
-PER_MODEL_FILE = "batching_params.pbtxt"
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int = 4
-    allowed_batch_sizes: tuple[int, ...] = ()
-    on_batch: Callable[[str, int], None] | None = None
-
-    @classmethod
-    def from_proto(cls, params: object, on_batch: Callable[[str, int], None] | None = None):
-        def get(name: str, default: int) -> int:
-            return getattr(params, name).value if params.HasField(name) else default
-
-        import os
-
-        config = cls(
-            max_batch_size=get("max_batch_size", 1000),
-            batch_timeout_micros=get("batch_timeout_micros", 0),
-            max_enqueued_batches=get("max_enqueued_batches", 10),
-            num_batch_threads=get("num_batch_threads", os.cpu_count() or 4),
-            allowed_batch_sizes=tuple(params.allowed_batch_sizes),
-            on_batch=on_batch,
-        )
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
-            raise ValueError(
-                "max_batch_size, num_batch_threads and max_enqueued_batches must be positive"
-            )
-        sizes = self.allowed_batch_sizes
-        if sizes:
-            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
-                raise ValueError("allowed_batch_sizes must be positive and increasing")
-            if sizes[-1] != self.max_batch_size:
-                raise ValueError(
-                    "The largest entry in allowed_batch_sizes must be equal to max_batch_size"
-                )
-
-
-class Batching(NamedTuple):
-    """Batching parameters and the event loop the batch queues live on."""
-
-    config: BatchingConfig
-    loop: asyncio.AbstractEventLoop
-
-
-def version_batching(path: Path, common: Batching | None, per_model: bool) -> Batching | None:
-    """How one loaded version batches, as TF Serving decides it: not at all without
-    ``--enable_batching``; with ``--enable_per_model_batching_parameters``, by the version's own
-    ``batching_params.pbtxt`` (no file: no batching), keeping the server's thread count; else by
-    the server's parameters. A file that does not parse fails the version's load."""
-    if common is None or not per_model:
-        return common
-    file = path / PER_MODEL_FILE
-    if not file.exists():
-        return None
-    from serving.config_files import read_batching_parameters
-
-    config = BatchingConfig.from_proto(read_batching_parameters(file), common.config.on_batch)
-    threads = common.config.num_batch_threads
-    return Batching(dataclasses.replace(config, num_batch_threads=threads), common.loop)
 
 
 @dataclass
@@ -154,16 +88,49 @@ class Batcher:
             )
         if self._stopped:
             raise unavailable("the model version is being unloaded")
-        if math.ceil((self._rows + rows) / self.config.max_batch_size) > (
-            self.config.max_enqueued_batches
-        ):
+        cap = self.config.batch_rows
+        if math.ceil((self._rows + rows) / cap) > self.config.max_enqueued_batches:
             raise unavailable(_FULL)
         shapes = tuple(sorted((k, a.shape[1:]) for k, a in inputs.items()))
+        room = cap - self._rows % cap  # left in the batch that is filling
+        if rows <= room or not self.config.enable_large_batch_splitting:
+            return self._add(inputs, rows, shapes)
+        parts, start = [], 0
+        while start < rows:
+            size = min(room if start == 0 else cap, rows - start)
+            part = {key: array[start : start + size] for key, array in inputs.items()}
+            parts.append(self._add(part, size, shapes))
+            start += size
+        return self._joined(parts)
+
+    def _add(self, inputs: Mapping[str, np.ndarray], rows: int, shapes: tuple) -> asyncio.Future:
         task = _Task(inputs, rows, shapes, self.loop.time(), self.loop.create_future())
         self._queue.append(task)
         self._rows += rows
         self._dispatch()
         return task.future
+
+    def _joined(self, parts: list[asyncio.Future]) -> asyncio.Future:
+        """One future for a split task: its parts' outputs joined in order, or the first error."""
+        joined = self.loop.create_future()
+        gathered = asyncio.gather(*parts, return_exceptions=True)
+
+        def finish(done: asyncio.Future) -> None:
+            if joined.done():
+                return
+            if done.cancelled():
+                joined.cancel()
+                return
+            results = done.result()
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+            if error is not None:
+                joined.set_exception(error)
+                return
+            joined.set_result({k: np.concatenate([r[k] for r in results]) for k in results[0]})
+
+        gathered.add_done_callback(finish)
+        joined.add_done_callback(lambda done: gathered.cancel() if done.cancelled() else None)
+        return joined
 
     def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue from another thread (the REST server) and wait for the outputs."""
@@ -181,7 +148,7 @@ class Batcher:
     # --- scheduling on the loop -------------------------------------------------------------
     def _dispatch(self) -> None:
         """Start every batch that is ready while a batch thread is free; else arm the timer."""
-        max_rows = self.config.max_batch_size
+        max_rows = self.config.batch_rows
         while self._queue and self._running < self.config.num_batch_threads:
             deadline = self._queue[0].arrived + self.config.batch_timeout_micros / 1e6
             if self._rows < max_rows and self.loop.time() < deadline and not self._stopped:
@@ -211,7 +178,7 @@ class Batcher:
         total = batch[0].rows
         while (
             self._queue
-            and total + self._queue[0].rows <= self.config.max_batch_size
+            and total + self._queue[0].rows <= self.config.batch_rows
             and self._queue[0].shapes == batch[0].shapes
         ):
             task = self._queue.popleft()

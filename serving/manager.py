@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.batching import version_batching
+from serving.batching_config import version_batching
 from serving.errors import ServingError, invalid, not_found
 from serving.records import (
     ManagerOptions,

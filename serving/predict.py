@@ -13,7 +13,8 @@ from serving.servable import Servable, signature_key
 from serving.tensors import from_numpy, to_numpy
 
 if TYPE_CHECKING:
-    from serving.batching import Batcher, Batching
+    from serving.batching import Batcher
+    from serving.batching_config import Batching
 
 
 def prepare(

@@ -61,7 +61,7 @@ class Servable:
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self.batchers: dict[tuple[str, ...], Any] = {}  # (signature, *output keys)
-        self.batching: Any = None  # this version's Batching (serving.batching); None: unbatched
+        self.batching: Any = None  # its serving.batching_config.Batching; None: unbatched
         # Moving average of Session run time; the gRPC front end runs short models inline.
         self.typical_run_s = float("inf")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.batching import Batching, BatchingConfig
+from serving.batching_config import Batching, BatchingConfig
 from serving.config_files import (
     DEFAULT_PROMETHEUS_PATH,
     ConfigError,

@@ -159,3 +159,47 @@ def test_task_larger_than_max_batch_size(tight, impl) -> None:
         tight.prediction().Predict(predict_request("tiny", images(9)), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "larger than maximum input batch size 8" in info.value.details()
+
+
+@pytest.fixture(scope="module")
+def splitting(impl, server_factory, model_stock, tmp_path_factory):
+    params = (
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 100000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
+        "enable_large_batch_splitting { value: true }\nmax_execution_batch_size { value: 4 }\n"
+    )
+    return _start(impl, server_factory, model_stock, tmp_path_factory, "splitting", params)
+
+
+def _histogram(server, le: str) -> float:
+    prefix = f'{BATCH_COUNT.removesuffix("_count")}_bucket{{le="{le}",model_name="tiny"}}'
+    with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(prefix):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_large_tasks_are_split_and_joined(splitting, model_stock, impl) -> None:
+    """Tasks up to max_batch_size (16) run in batches of at most 4 rows; each caller gets all
+    its rows back in order, also when several split tasks share batches."""
+    sizes = [10, 3, 7, 1, 16, 5]
+    inputs = [images(size, seed=400 + i) for i, size in enumerate(sizes)]
+    expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
+    offsets = np.cumsum([0, *sizes])
+    stub = splitting.prediction()
+    results = _concurrently(
+        len(sizes), lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
+    )
+    for i, result in enumerate(results):
+        assert not isinstance(result, grpc.RpcError), result
+        np.testing.assert_allclose(
+            scores_of(result), expected[offsets[i] : offsets[i + 1]], rtol=1e-5
+        )
+    if impl == "fdl":
+        batches = _batches(splitting)
+        assert batches >= sum(sizes) / 4, f"{batches} batches for {sum(sizes)} rows"
+        assert _histogram(splitting, "4.0") == batches  # no batch ran more than 4 rows
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(predict_request("tiny", images(17)), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

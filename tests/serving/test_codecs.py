@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.batching import BatchingConfig
+from serving.batching_config import BatchingConfig
 from serving.config_files import read_batching_parameters
 from serving.errors import ServingError
 from serving.flags import FlagError, parse_flags
@@ -112,3 +112,21 @@ def test_batching_parameters(tmp_path) -> None:
     path.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: 8\nallowed_batch_sizes: 16")
     config = BatchingConfig.from_proto(read_batching_parameters(path))
     assert config.allowed_batch_sizes == (8, 16) and config.max_enqueued_batches == 10
+
+
+def test_large_batch_splitting_parameters(tmp_path) -> None:
+    path = tmp_path / "batching.config"
+    path.write_text(
+        "max_batch_size { value: 16 }\nenable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 4 }\n"
+    )
+    config = BatchingConfig.from_proto(read_batching_parameters(path))
+    assert config.enable_large_batch_splitting and config.batch_rows == 4
+    path.write_text("max_batch_size { value: 16 }\nmax_execution_batch_size { value: 4 }\n")
+    assert BatchingConfig.from_proto(read_batching_parameters(path)).batch_rows == 16
+    path.write_text(
+        "max_batch_size { value: 4 }\nenable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 8 }\n"
+    )
+    with pytest.raises(ValueError, match="max_execution_batch_size must be between"):
+        BatchingConfig.from_proto(read_batching_parameters(path))
