@@ -73,12 +73,17 @@ def _concurrently(count: int, call) -> list:
     return results
 
 
-def _batches(server) -> float:
+def metric(server, prefix: str) -> float:
+    """The value of the first Prometheus line that starts with ``prefix`` (0 if none)."""
     with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
         for line in reply.read().decode().splitlines():
-            if line.startswith(BATCH_COUNT):
+            if line.startswith(prefix):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _batches(server) -> float:
+    return metric(server, BATCH_COUNT)
 
 
 def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
@@ -172,12 +177,9 @@ def splitting(impl, server_factory, model_stock, tmp_path_factory):
 
 
 def _histogram(server, le: str) -> float:
-    prefix = f'{BATCH_COUNT.removesuffix("_count")}_bucket{{le="{le}",model_name="tiny"}}'
-    with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(prefix):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(
+        server, f'{BATCH_COUNT.removesuffix("_count")}_bucket{{le="{le}",model_name="tiny"}}'
+    )
 
 
 def test_large_tasks_are_split_and_joined(splitting, model_stock, impl) -> None:

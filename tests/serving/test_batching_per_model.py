@@ -3,8 +3,6 @@ how it batches; a version without one is not batched; a bad file fails the versi
 
 from __future__ import annotations
 
-import urllib.request
-
 import grpc
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from tests.serving.conftest import (
     predict_request,
     scores_of,
 )
-from tests.serving.test_batching import BATCH_COUNT, _concurrently
+from tests.serving.test_batching import BATCH_COUNT, _concurrently, metric
 from tests.serving.test_cli import _run
 
 PER_MODEL = (
@@ -27,12 +25,7 @@ PER_MODEL = (
 
 def _batches(server, model: str) -> float:
     """Batch runs of ``model`` so far (our server's batch-size histogram)."""
-    prefix = f'{BATCH_COUNT}{{model_name="{model}"}}'
-    with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(prefix):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(server, f'{BATCH_COUNT}{{model_name="{model}"}}')
 
 
 @pytest.fixture(scope="module")
