@@ -23,7 +23,7 @@ from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import RateLimiter
 from api.routers import classify, health, jobs, models, ui
-from api.serving_client import ServingClient
+from api.serving_client import TLS, ServingClient
 from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
 
@@ -63,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.serving_target,
         settings.predict_timeout_s,
         metadata_timeout_s=settings.metadata_timeout_s,
+        tls=TLS.from_settings(settings),
     )
     app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
     app.state.promoter = Promoter(

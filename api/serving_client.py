@@ -1,12 +1,16 @@
 """The gateway's gRPC client for TensorFlow Serving (or our compatible server).
 
-One long-lived ``grpc.aio`` channel; a deadline on every call; retries with backoff on
-``UNAVAILABLE``; message limits raised to TF Serving's; ``x-request-id`` forwarded.
+One long-lived ``grpc.aio`` channel (plain, or TLS with an optional client certificate); a deadline
+on every call; retries with backoff on ``UNAVAILABLE``; message limits raised to TF Serving's;
+``x-request-id`` forwarded.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -28,7 +32,14 @@ from api.wire.tfs_pb2 import (
 )
 from fdl import contract
 
+if TYPE_CHECKING:
+    from api.settings import GatewaySettings
+
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts up to INT_MAX.
+# Every address the target resolves to gets requests in turn (a headless Service's pods, an
+# ipv4: list); one address behaves as gRPC's default. The server's grpc.max_connection_age_ms
+# makes the channel resolve again, so new replicas are found.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 _PREDICTION = "/tensorflow.serving.PredictionService/"
 _MODEL = "/tensorflow.serving.ModelService/"
 
@@ -82,6 +93,37 @@ def model_spec(
     return spec
 
 
+@dataclass(frozen=True)
+class TLS:
+    """TLS to the model server: the CA of its certificate, an optional client key pair, and the
+    name to expect in its certificate when the target's host is not that name."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> TLS | None:
+        """None (plain gRPC) unless FDL_SERVING_TLS_CA_FILE is set."""
+        if settings.serving_tls_ca_file is None:
+            return None
+        return cls(
+            settings.serving_tls_ca_file,
+            settings.serving_tls_cert_file,
+            settings.serving_tls_key_file,
+            settings.serving_tls_server_name,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        client = self.cert_file is not None and self.key_file is not None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.key_file.read_bytes() if client else None,
+            certificate_chain=self.cert_file.read_bytes() if client else None,
+        )
+
+
 class ServingClient:
     def __init__(
         self,
@@ -89,23 +131,28 @@ class ServingClient:
         timeout_s: float = 10.0,
         retries: int = 3,
         metadata_timeout_s: float | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.metadata_timeout_s = metadata_timeout_s or timeout_s
         self.retries = retries
-        self.channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.enable_retries", 0),
-                # Reconnect fast after a model-server restart (gRPC's default backs off to 2 min).
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0),
+            # Reconnect fast after a model-server restart (gRPC's default backs off to 2 min).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.service_config", _SERVICE_CONFIG),
+        ]
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
         call = self.channel.unary_unary
         self._predict = call(
             _PREDICTION + "Predict",

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, FilePath, model_validator
 
 from fdl.settings import CommonSettings
 
@@ -51,10 +51,29 @@ class GatewaySettings(CommonSettings):
     profiles: dict[str, ProfileName] = Field(default_factory=dict)
     # base_path root as the model server sees the repository, when it differs (containers).
     serving_model_base_path: str | None = None
+    # A gRPC target instead of FDL_SERVING_HOST:FDL_SERVING_GRPC_PORT: "unix:/run/tfs.sock",
+    # "ipv4:10.0.0.5:8500,10.0.0.6:8500", "dns:///fdl-serving-headless:8500". Requests are spread
+    # round-robin over every address the target resolves to.
+    serving_grpc_target: str | None = None
+    # TLS to the model server (its --ssl_config_file): the CA that signed its certificate turns
+    # TLS on; a client certificate and key for servers with client_verify; the name in the
+    # server's certificate when it is not FDL_SERVING_HOST.
+    serving_tls_ca_file: FilePath | None = None
+    serving_tls_cert_file: FilePath | None = None
+    serving_tls_key_file: FilePath | None = None
+    serving_tls_server_name: str | None = None
     # How long a promotion waits for a version to load before giving up (504).
     promote_timeout_s: float = Field(default=60.0, gt=0)
     log_json: bool = True
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> GatewaySettings:
+        if (self.serving_tls_cert_file is None) != (self.serving_tls_key_file is None):
+            raise ValueError("FDL_SERVING_TLS_CERT_FILE and FDL_SERVING_TLS_KEY_FILE go together")
+        if self.serving_tls_cert_file is not None and self.serving_tls_ca_file is None:
+            raise ValueError("a client certificate needs FDL_SERVING_TLS_CA_FILE (TLS is off)")
+        return self
 
     def admin_keys(self) -> list[str]:
         return _read_keys(self.api_keys, self.api_keys_file)
@@ -64,7 +83,7 @@ class GatewaySettings(CommonSettings):
 
     @property
     def serving_target(self) -> str:
-        return f"{self.serving_host}:{self.serving_grpc_port}"
+        return self.serving_grpc_target or f"{self.serving_host}:{self.serving_grpc_port}"
 
 
 @lru_cache

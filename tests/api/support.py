@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,11 @@ class ModelServer:
 
 
 def start_model_server(
-    name: str, model_dir: Path, logs_dir: Path, port: int | None = None
+    name: str,
+    model_dir: Path,
+    logs_dir: Path,
+    port: int | None = None,
+    flags: Sequence[str] = (),
 ) -> ModelServer:
     port = port or free_port()
     rest_port = free_port()
@@ -47,6 +52,7 @@ def start_model_server(
         "--file_system_poll_wait_seconds=1",
         # As `fdl up` starts it: labels in labels.json must not stop a restart.
         "--allow_version_labels_for_unavailable_models=true",
+        *flags,
     ]
     process = Process(name, argv, logs_dir, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     return ModelServer(process, port, rest_port, config_file)
