@@ -73,7 +73,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _call(
         self,
-        api: str,
+        api: str | None,
         spec: Any,
         context: grpc.aio.ServicerContext,
         body: Callable[[Servable], T | Awaitable[T]],
@@ -107,7 +107,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             status = "INTERNAL"
             failure = (grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
         finally:
-            self.server.metrics.record(spec.name, api, "GRPC", status, time.perf_counter() - start)
+            if api is not None:
+                seconds = time.perf_counter() - start
+                self.server.metrics.record(spec.name, api, "GRPC", status, seconds)
         await context.abort(*failure)
         raise AssertionError("unreachable: abort raises")
 
@@ -137,7 +139,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._call(
-            "predict",
+            "Predict",
             request.model_spec,
             context,
             lambda servable: self._predict(servable, request),
@@ -145,7 +147,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._call(
-            "GetModelMetadata",
+            None,  # TF Serving records no metrics for GetModelMetadata
             request.model_spec,
             context,
             lambda servable: metadata_response(servable, list(request.metadata_field)),

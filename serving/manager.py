@@ -168,6 +168,7 @@ class ModelManager:
             servable = Servable(
                 name, record.version, record.path, self.options.session_config, self.options.tags
             )
+            servable.on_run = self.options.on_run
             servable.batching = version_batching(
                 record.path, self.options.batching, self.options.per_model_batching
             )

@@ -1,8 +1,12 @@
 """Prometheus metrics under TF Serving's names, served at the monitoring config's path.
 
-``:tensorflow:serving:request_count`` {model_name, status} is a counter exported without the
-``_total`` suffix (as TF Serving exports it); ``:tensorflow:serving:request_latency``
-{model_name, API, entrypoint} is a histogram in microseconds.
+As TF Serving records them: ``:tensorflow:serving:request_count`` {model_name, status} counts
+``Predict`` calls and REST requests, exported without the ``_total`` suffix;
+``:tensorflow:serving:request_latency`` {model_name, API, entrypoint} is a histogram in
+microseconds of the successful ones (API ``Predict`` over gRPC, ``predict``, ``metadata`` or ``""``
+(status) over REST); ``:tensorflow:serving:runtime_latency`` {model_name, API, runtime} times the
+Session runs (runtime ``TF1``; a batch is one run). Ours:
+``:tensorflow:serving:batching_session:processed_batch_size`` {model_name}.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from prometheus_client.core import Metric
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
 _LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
 
@@ -50,6 +55,14 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], Histogram] = {}
+        self._runtime = Histogram(
+            RUNTIME_LATENCY,
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ["model_name", "API", "runtime"],
+            buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry,
+        )
+        self._runtime_children: dict[str, Histogram] = {}
         self._batch = Histogram(
             BATCH_SIZE,
             "Rows per batch run by server-side batching (after padding).",
@@ -60,10 +73,19 @@ class Metrics:
 
     def record(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         self._counts.inc(model, status)
+        if status != "OK":
+            return
         key = (model, api, entrypoint)
         child = self._children.get(key)
         if child is None:  # ``labels()`` validates and locks on every call: look it up once
             child = self._children[key] = self._latency.labels(model, api, entrypoint)
+        child.observe(seconds * 1e6)
+
+    def record_run(self, model: str, seconds: float) -> None:
+        """One Session run of ``model`` (Predict; a batch counts once)."""
+        child = self._runtime_children.get(model)
+        if child is None:
+            child = self._runtime_children[model] = self._runtime.labels(model, "Predict", "TF1")
         child.observe(seconds * 1e6)
 
     def record_batch(self, model: str, size: int) -> None:

@@ -43,6 +43,7 @@ class ManagerOptions:
     tags: tuple[str, ...] = ("serve",)  # MetaGraph tags to load (--saved_model_tags)
     batching: Any = None  # the server's Batching (None: --enable_batching is off)
     per_model_batching: bool = False  # --enable_per_model_batching_parameters
+    on_run: Any = None  # called with (model, seconds) after each Session run (metrics)
 
 
 @dataclass

@@ -90,17 +90,26 @@ class _Handler(BaseHTTPRequestHandler):
             metrics = model_server.metrics.exposition()
             self._send(200, metrics, "text/plain; version=0.0.4", api=False)
             return
+        start = time.perf_counter()
+        status, model, api = "OK", "", ""
         try:
             spec, rest = _parse(path)
+            model = spec.name
             if rest == "":
                 response = status_response(model_server, spec.name, spec.version, spec.label)
                 self._json(200, _to_dict(response))
             elif rest == "/metadata":
+                api = "metadata"
                 self._json(200, self._metadata(spec))
             else:
                 raise not_found(f"Malformed request: GET {path}")
         except ServingError as error:
+            status = error.code.name
             self._error(error)
+        finally:
+            if model:  # TF Serving counts every REST request on a model path
+                elapsed = time.perf_counter() - start
+                model_server.metrics.record(model, api, "REST", status, elapsed)
 
     def do_OPTIONS(self) -> None:
         """A CORS preflight: answered for any model API path that names an http(s) Origin."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Servable:
         self._idle = threading.Condition(self._lock)
         self.batchers: dict[tuple[str, ...], Any] = {}  # (signature, *output keys)
         self.batching: Any = None  # its serving.batching_config.Batching; None: unbatched
+        self.on_run: Callable[[str, float], None] | None = None  # (model, seconds) per run
         # Moving average of Session run time; the gRPC front end runs short models inline.
         self.typical_run_s = float("inf")
 
@@ -161,6 +162,8 @@ class Servable:
         except tf.errors.InvalidArgumentError as error:
             raise invalid(error.message) from error
         elapsed = time.perf_counter() - start
+        if self.on_run is not None:
+            self.on_run(self.name, elapsed)
         previous = self.typical_run_s
         self.typical_run_s = elapsed if previous == float("inf") else 0.9 * previous + 0.1 * elapsed
         return dict(zip(out_keys, results, strict=True))

@@ -72,6 +72,7 @@ class ModelServer:
                 tags=saved_model_tags(args.saved_model_tags),
                 batching=self.batching,
                 per_model_batching=args.enable_per_model_batching_parameters,
+                on_run=self.metrics.record_run,
             )
         )
         self._stop = threading.Event()

@@ -256,23 +256,39 @@ def test_rest_errors(api_server) -> None:
     assert status == 404
 
 
+def _samples(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples of ``name`` whose labels include ``labels``."""
+    values = []
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{", 1)[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            values.append(float(value))
+    return values
+
+
 def test_prometheus_metrics(api_server) -> None:
-    api_server.prediction().Predict(predict_request("other", images(1)), timeout=30)
+    """TF Serving's metrics and rules: request_count counts Predict and REST calls by status,
+    request_latency times only the successful ones (API "Predict" over gRPC), runtime_latency
+    times Session runs, and GetModelMetadata records nothing."""
+    stub = api_server.prediction()
+    stub.Predict(predict_request("other", images(1)), timeout=30)
+    _code(lambda: stub.Predict(predict_request("other", images(1), version=99), timeout=30))
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = "other"
+    stub.GetModelMetadata(metadata, timeout=30)
+    assert _http(f"{api_server.rest}/v1/models/other")[0] == 200
     with urllib.request.urlopen(f"{api_server.rest}{METRICS_PATH}", timeout=30) as reply:
         text = reply.read().decode()
-    line = next(
-        (
-            item
-            for item in text.splitlines()
-            if item.startswith(":tensorflow:serving:request_count{")
-            and 'model_name="other"' in item
-            and 'status="OK"' in item
-        ),
-        None,
-    )
-    assert line is not None, text[:2000]
-    assert float(line.rsplit(" ", 1)[1]) >= 1
-    assert ":tensorflow:serving:request_latency_bucket" in text
+    count = ":tensorflow:serving:request_count"
+    ok = sum(_samples(text, count, model_name="other", status="OK"))
+    assert ok >= 2 and sum(_samples(text, count, model_name="other", status="NOT_FOUND")) >= 1
+    latency = ":tensorflow:serving:request_latency_count"
+    assert sum(_samples(text, latency, model_name="other")) == ok  # failures are not timed
+    assert _samples(text, latency, model_name="other", API="Predict", entrypoint="GRPC")[0] >= 1
+    assert _samples(text, latency, model_name="other", API="", entrypoint="REST")[0] >= 1
+    assert not _samples(text, latency, API="GetModelMetadata")
+    runtime = ":tensorflow:serving:runtime_latency_count"
+    assert _samples(text, runtime, model_name="other", API="Predict", runtime="TF1")[0] >= 1
 
 
 def test_reflection_lists_the_services(api_server) -> None:
