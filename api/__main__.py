@@ -5,9 +5,11 @@ from __future__ import annotations
 import uvicorn
 
 from api.settings import get_settings
+from fdl.grpc_tuning import tune_grpc
 
 
 def main() -> None:
+    tune_grpc()  # before the app (and grpc) is imported
     settings = get_settings()
     uvicorn.run(
         "api.main:make_app",

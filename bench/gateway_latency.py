@@ -12,6 +12,7 @@ The HTTP client is aiohttp with the multipart body encoded once (the bytes httpx
     python bench/gateway_latency.py [--requests 300] [--seconds 5] [--client aiohttp|httpx]
 """
 
+# ruff: noqa: E402 - grpc must be imported after tune_grpc()
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from fdl.grpc_tuning import tune_grpc
+
+tune_grpc()  # before grpc loads: the direct client runs as the gateway's does
 
 import grpc
 import httpx

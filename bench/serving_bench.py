@@ -9,6 +9,7 @@ Prints the table and the ratios the issue sets as goals. Not a test: numbers var
     .venv/bin/python bench/serving_bench.py [--seconds 3] [--concurrency 1 8 32]
 """
 
+# ruff: noqa: E402 - grpc must be imported after tune_grpc()
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fdl.grpc_tuning import tune_grpc
+
+tune_grpc()  # before grpc loads: the benchmark's clients run as our own processes do
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -166,7 +171,8 @@ def report(results: dict[tuple[str, int], dict[str, float]], args: Any, tf_versi
     print(f"\nMNIST CNN, batch 1 per request, {args.seconds:.0f} s per cell")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, TensorFlow {tf_version}, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.2f}, "
+          f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")  # fmt: skip
     print(f"{'mode':<32} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for (mode, c), r in results.items():
         print(f"{mode:<32} {c:>4} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f}")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fdl.grpc_tuning import tune_grpc
     from serving.flags import FlagError, parse_flags
 
     try:
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error.code, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tune_grpc()
     # Hand the GIL over sooner than the 5 ms default: request threads, batch threads and gRPC's
     # own threads take turns, and a long switch interval shows up directly as latency.
     sys.setswitchinterval(0.0005)
