@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.batching_config import version_batching
 from serving.errors import ServingError, invalid, not_found
+from serving.loading import load_version
 from serving.records import (
     ManagerOptions,
     ModelConfig,
@@ -30,7 +30,6 @@ from serving.records import (
 )
 from serving.servable import Servable
 from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
-from serving.warmup import warm_up
 
 __all__ = ["ManagerOptions", "ModelManager"]
 log = logging.getLogger("serving.manager")
@@ -162,27 +161,9 @@ class ModelManager:
             self._finish(name, entry, record, None, None)
             return
         seen = fingerprint(record.path)
-        servable = None
         try:
-            log.info("loading %s version %d from %s", name, record.version, record.path)
-            servable = Servable(
-                name, record.version, record.path, self.options.session_config, self.options.tags
-            )
-            servable.on_run = self.options.on_run
-            servable.batching = version_batching(
-                record.path, self.options.batching, self.options.per_model_batching
-            )
-            if self.options.enable_warmup:
-                iterations = self.options.warmup_iterations
-                count = warm_up(servable, iterations)
-                if count:
-                    each = f", each run {iterations} times" if iterations > 1 else ""
-                    log.info(
-                        "%s version %d: %d warmup requests%s", name, record.version, count, each
-                    )
+            servable = load_version(name, record, self.options)
         except Exception as error:  # a model TF Serving would reject: log the reason
-            if servable is not None:
-                servable.session.close()
             log.error(
                 "Loading servable %s version %d failed (attempt %d of %d): %s",
                 name, record.version, attempt, attempts, error,

@@ -1,0 +1,34 @@
+"""Loading one version as TF Serving does: the SavedModel in a Session, then warmup."""
+
+from __future__ import annotations
+
+import logging
+
+from serving.batching_config import version_batching
+from serving.records import ManagerOptions, VersionRecord
+from serving.servable import Servable
+from serving.warmup import warm_up
+
+log = logging.getLogger("serving.manager")
+
+
+def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> Servable:
+    """A loaded, warmed-up version with its batching and metrics hooks; raises (with the Session
+    closed) when TF Serving would reject the version."""
+    log.info("loading %s version %d from %s", name, record.version, record.path)
+    servable = Servable(name, record.version, record.path, options.session_config, options.tags)
+    try:
+        servable.on_run = options.on_run
+        servable.batching = version_batching(
+            record.path, options.batching, options.per_model_batching
+        )
+        if options.enable_warmup:
+            iterations = options.warmup_iterations
+            count = warm_up(servable, iterations)
+            if count:
+                each = f", each run {iterations} times" if iterations > 1 else ""
+                log.info("%s version %d: %d warmup requests%s", name, record.version, count, each)
+    except BaseException:
+        servable.session.close()
+        raise
+    return servable
