@@ -35,6 +35,7 @@ format: $(STAMP)
 # Benchmarks print measured numbers; they read ../shared/data unless FDL_DATA_DIR is set.
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/grpc_transport.py
 
 bench-training: $(STAMP)
 	cd bench && ../$(BIN)/python training_throughput.py && ../$(BIN)/python training_accuracy.py mnist_logreg mnist_mlp mnist_cnn
