@@ -54,7 +54,6 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_US,
             registry=self.registry,
         )
-        self._children: dict[tuple[str, str, str], Histogram] = {}
         self._runtime = Histogram(
             RUNTIME_LATENCY,
             "Distribution of wall time (in microseconds) for Tensorflow runtime.",
@@ -62,7 +61,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_US,
             registry=self.registry,
         )
-        self._runtime_children: dict[str, Histogram] = {}
+        # ``labels()`` validates and locks on every call: each label set is looked up once.
+        self._children: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
         self._batch = Histogram(
             BATCH_SIZE,
             "Rows per batch run by server-side batching (after padding).",
@@ -75,18 +75,17 @@ class Metrics:
         self._counts.inc(model, status)
         if status != "OK":
             return
-        key = (model, api, entrypoint)
-        child = self._children.get(key)
-        if child is None:  # ``labels()`` validates and locks on every call: look it up once
-            child = self._children[key] = self._latency.labels(model, api, entrypoint)
-        child.observe(seconds * 1e6)
+        self._child(self._latency, model, api, entrypoint).observe(seconds * 1e6)
 
     def record_run(self, model: str, seconds: float) -> None:
         """One Session run of ``model`` (Predict; a batch counts once)."""
-        child = self._runtime_children.get(model)
+        self._child(self._runtime, model, "Predict", "TF1").observe(seconds * 1e6)
+
+    def _child(self, histogram: Histogram, *labels: str) -> Histogram:
+        child = self._children.get((histogram, labels))
         if child is None:
-            child = self._runtime_children[model] = self._runtime.labels(model, "Predict", "TF1")
-        child.observe(seconds * 1e6)
+            child = self._children[(histogram, labels)] = histogram.labels(*labels)
+        return child
 
     def record_batch(self, model: str, size: int) -> None:
         self._batch.labels(model).observe(size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.batching_config import Batching
 from serving.errors import ServingError, not_found
 from serving.servable import Servable
 from serving.versions import Fingerprint
@@ -41,9 +43,9 @@ class ManagerOptions:
     num_load_threads: int = 2
     session_config: Any = None
     tags: tuple[str, ...] = ("serve",)  # MetaGraph tags to load (--saved_model_tags)
-    batching: Any = None  # the server's Batching (None: --enable_batching is off)
+    batching: Batching | None = None  # the server's (None: --enable_batching is off)
     per_model_batching: bool = False  # --enable_per_model_batching_parameters
-    on_run: Any = None  # called with (model, seconds) after each Session run (metrics)
+    on_run: Callable[[str, float], None] | None = None  # (model, seconds) after each run
 
 
 @dataclass

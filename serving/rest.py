@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -90,26 +91,37 @@ class _Handler(BaseHTTPRequestHandler):
             metrics = model_server.metrics.exposition()
             self._send(200, metrics, "text/plain; version=0.0.4", api=False)
             return
+        self._answer(path, self._get)
+
+    def _get(self, spec: _Spec, rest: str) -> tuple[str, Any]:
+        if rest == "":
+            model_server = self.server.model_server
+            response = status_response(model_server, spec.name, spec.version, spec.label)
+            return "", _to_dict(response)
+        if rest == "/metadata":
+            return "metadata", self._metadata(spec)
+        raise not_found(f"Malformed request: GET {self.path.split('?', 1)[0]}")
+
+    def _answer(self, path: str, handle: Callable[[_Spec, str], tuple[str, Any]]) -> None:
+        """Answer a model API request with ``handle(spec, rest)`` -> (API name, JSON payload),
+        recorded as TF Serving records REST requests: counted by status, timed when OK."""
         start = time.perf_counter()
         status, model, api = "OK", "", ""
         try:
             spec, rest = _parse(path)
             model = spec.name
-            if rest == "":
-                response = status_response(model_server, spec.name, spec.version, spec.label)
-                self._json(200, _to_dict(response))
-            elif rest == "/metadata":
-                api = "metadata"
-                self._json(200, self._metadata(spec))
-            else:
-                raise not_found(f"Malformed request: GET {path}")
+            api, payload = handle(spec, rest)
+            self._json(200, payload)
         except ServingError as error:
             status = error.code.name
             self._error(error)
+        except Exception as error:
+            status = "INTERNAL"
+            self._json(500, {"error": f"{type(error).__name__}: {error}"})
         finally:
-            if model:  # TF Serving counts every REST request on a model path
+            if model:
                 elapsed = time.perf_counter() - start
-                model_server.metrics.record(model, api, "REST", status, elapsed)
+                self.server.model_server.metrics.record(model, api, "REST", status, elapsed)
 
     def do_OPTIONS(self) -> None:
         """A CORS preflight: answered for any model API path that names an http(s) Origin."""
@@ -144,14 +156,10 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def do_POST(self) -> None:
-        model_server = self.server.model_server
-        start = time.perf_counter()
-        status, model = "OK", ""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            spec, rest = _parse(self.path.split("?", 1)[0])
-            model = spec.name
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+
+        def post(spec: _Spec, rest: str) -> tuple[str, Any]:
             if rest in (":classify", ":regress"):
                 raise ServingError(
                     grpc.StatusCode.UNIMPLEMENTED,
@@ -163,18 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw or b"null")
             except ValueError as error:
                 raise invalid(f"JSON Parse error: {error}") from error
-            self._json(200, self._predict(spec, body))
-        except ServingError as error:
-            status = error.code.name
-            self._error(error)
-        except Exception as error:
-            status = "INTERNAL"
-            self._json(500, {"error": f"{type(error).__name__}: {error}"})
-        finally:
-            if model:
-                model_server.metrics.record(
-                    model, "predict", "REST", status, time.perf_counter() - start
-                )
+            return "predict", self._predict(spec, body)
+
+        self._answer(self.path.split("?", 1)[0], post)
 
     def _predict(self, spec: _Spec, body: Any) -> dict[str, Any]:
         model_server = self.server.model_server

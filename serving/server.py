@@ -43,11 +43,11 @@ class ModelServer:
         self.args = args
         self.metrics = Metrics()
         self.loop = LoopThread()
-        self.batching: Batching | None = None
+        batching = None
         if args.enable_batching:
             params = read_batching_parameters(args.batching_parameters_file or None)
             config = BatchingConfig.from_proto(params, on_batch=self.metrics.record_batch)
-            self.batching = Batching(config, self.loop.loop)
+            batching = Batching(config, self.loop.loop)
         monitoring = read_monitoring_config(args.monitoring_config_file or None)
         prometheus = monitoring.prometheus_config
         self.metrics_path = (
@@ -70,7 +70,7 @@ class ModelServer:
                 num_load_threads=max(1, args.num_load_threads),
                 session_config=config_proto,
                 tags=saved_model_tags(args.saved_model_tags),
-                batching=self.batching,
+                batching=batching,
                 per_model_batching=args.enable_per_model_batching_parameters,
                 on_run=self.metrics.record_run,
             )
