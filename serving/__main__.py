@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
+
+# TF Serving ends at once on SIGTERM; we stop in order (drain, unload) but never for longer than
+# this. Past it, the stacks of all threads go to stderr and the process exits with status 1.
+SHUTDOWN_DEADLINE_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
+        if not stop.is_set():  # a second signal does not move the deadline
+            faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S, exit=True)
         stop.set()
         if not started.is_set():
             raise SystemExit(0)
@@ -63,15 +71,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Failed to start server. Error: %s", message)
         if server is not None:
             server.stop()
-        return 1
+        _exit(1)
     except SystemExit:
         if server is not None:
             server.stop()
-        return 0
+        _exit(0)
     stop.wait()
     server.stop()
     log.info("stopped")
-    return 0
+    _exit(0)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process once the server has stopped, without waiting for its worker threads.
+
+    Interpreter shutdown would join every pool thread, and one may be in the middle of loading a
+    large model or running a long request that nobody waits for any more.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
