@@ -14,7 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FDL_", env_file=".env", extra="ignore")
+    # An empty variable means "not set", as compose files write `FDL_X: ${X:-}` for optional ones.
+    model_config = SettingsConfigDict(
+        env_prefix="FDL_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     # Unset means: the launcher starts a private Redis and passes its URL to every child.
     redis_url: str | None = None
