@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 # TF Serving ends at once on SIGTERM; we stop in order (drain, unload) but never for longer than
@@ -36,19 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger("serving")
-    stop = threading.Event()
-    started = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        if not stop.is_set():  # a second signal does not move the deadline
-            faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S, exit=True)
-        stop.set()
-        if not started.is_set():
-            raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     if args.version:
         import tensorflow as tf
@@ -56,6 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorFlow ModelServer: fdl-model-server (compatible)\nTensorFlow Library: "
               f"{tf.__version__}")  # fmt: skip
         return 0
+
+    stop = threading.Event()
+    started = threading.Event()
+
+    def on_signal(signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        if stop.is_set():
+            return  # a second signal does not move the deadline
+        faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S, exit=True)
+        stop.set()
+        if not started.is_set():  # nothing served yet: no need to wait for the loads
+            _exit(0)
+
+    _watch_signals(on_signal)
 
     from serving.config_files import ConfigError
     from serving.errors import ServingError
@@ -72,14 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
         _exit(1)
-    except SystemExit:
-        if server is not None:
-            server.stop()
-        _exit(0)
     stop.wait()
     server.stop()
     log.info("stopped")
     _exit(0)
+
+
+def _watch_signals(on_signal: Callable[[int], None]) -> None:
+    """Take SIGTERM and SIGINT on a thread of their own, whatever the other threads are doing.
+
+    The signals are blocked in this thread before any other starts, so every thread (TensorFlow's
+    and gRPC's included) inherits the mask and only ``sigwait`` receives them. A Python signal
+    handler would instead wait for the main thread to run bytecode, which a thread blocked in a
+    lock, or a signal delivered to another thread, can hold up indefinitely.
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def receive() -> None:
+        while True:
+            on_signal(signal.sigwait(signals))
+
+    threading.Thread(target=receive, name="signals", daemon=True).start()
 
 
 def _exit(code: int) -> NoReturn:
