@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -212,9 +213,10 @@ class Batcher:
             if size > total:
                 parts.append(np.repeat(parts[0][:1], size - total, axis=0))
             merged[key] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        outputs = self.servable.run(self.signature, merged, self.output_keys)
         if self.config.on_batch is not None:
-            self.config.on_batch(self.servable.name, size)
+            started = time.monotonic()  # the loop's clock, which stamped ``arrived``
+            self.config.on_batch(self.servable.name, size, [started - t.arrived for t in batch])
+        outputs = self.servable.run(self.signature, merged, self.output_keys)
         for key, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != size:
                 raise ServingError(

@@ -24,7 +24,8 @@ class BatchingConfig:
     # at most max_execution_batch_size rows, while max_batch_size still bounds one task.
     enable_large_batch_splitting: bool = False
     max_execution_batch_size: int = 0  # 0: max_batch_size
-    on_batch: Callable[[str, int], None] | None = None
+    # (model, rows after padding, seconds each task waited), called as a batch starts to run.
+    on_batch: Callable[[str, int, list[float]], None] | None = None
 
     @property
     def batch_rows(self) -> int:
@@ -34,7 +35,9 @@ class BatchingConfig:
         return self.max_batch_size
 
     @classmethod
-    def from_proto(cls, params: object, on_batch: Callable[[str, int], None] | None = None):
+    def from_proto(
+        cls, params: object, on_batch: Callable[[str, int, list[float]], None] | None = None
+    ):
         def get(name: str, default: int) -> int:
             return getattr(params, name).value if params.HasField(name) else default
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from serving.batching_config import version_batching
 from serving.records import ManagerOptions, VersionRecord
@@ -24,10 +25,17 @@ def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> S
         )
         if options.enable_warmup:
             iterations = options.warmup_iterations
+            started = time.monotonic()
             count = warm_up(servable, iterations)
-            if count:
+            if count is not None:
+                seconds = time.monotonic() - started
                 each = f", each run {iterations} times" if iterations > 1 else ""
-                log.info("%s version %d: %d warmup requests%s", name, record.version, count, each)
+                log.info(
+                    "%s version %d: %d warmup requests%s in %.0f ms",
+                    name, record.version, count, each, seconds * 1e3,
+                )  # fmt: skip
+                if options.on_warmup is not None:
+                    options.on_warmup(str(record.path), seconds, count)
     except BaseException:
         servable.session.close()
         raise

@@ -5,7 +5,12 @@ As TF Serving records them: ``:tensorflow:serving:request_count`` {model_name, s
 ``:tensorflow:serving:request_latency`` {model_name, API, entrypoint} is a histogram in
 microseconds of the successful ones (API ``Predict`` over gRPC, ``predict``, ``metadata`` or ``""``
 (status) over REST); ``:tensorflow:serving:runtime_latency`` {model_name, API, runtime} times the
-Session runs (runtime ``TF1``; a batch is one run). Ours:
+Session runs (runtime ``TF1``; a batch is one run). Warmup, once per loaded version that has a
+warmup file: ``:tensorflow:serving:model_warmup_latency`` {model_path, status} (microseconds) and
+``:tensorflow:serving:model_warmup_records_read`` {model_path, status}. Server-side batching:
+``:tensorflow:serving:batching_session:wrapped_run_count`` (batch runs) and
+``:tensorflow:serving:batching_session:queuing_latency`` {thread_pool_name} (microseconds each task
+waited; the model server's pool name is ``""``). Ours:
 ``:tensorflow:serving:batching_session:processed_batch_size`` {model_name}.
 """
 
@@ -21,32 +26,50 @@ from prometheus_client.core import Metric
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
+WARMUP_LATENCY = ":tensorflow:serving:model_warmup_latency"
+WARMUP_RECORDS = ":tensorflow:serving:model_warmup_records_read"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+BATCH_RUNS = ":tensorflow:serving:batching_session:wrapped_run_count"
+QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
 _LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
+_QUEUING_BUCKETS_US = tuple(100 * 1.2**i for i in range(52))
 
 
-class _Counts:
-    def __init__(self) -> None:
+class _Counter:
+    """A counter exported as TF Serving exports its counters: without the ``_total`` suffix."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], float] = defaultdict(float)
+        self._counts: dict[tuple[str, ...], float] = defaultdict(float)
 
-    def inc(self, model: str, status: str) -> None:
+    def inc(self, *values: str, amount: float = 1) -> None:
         with self._lock:
-            self._counts[(model, status)] += 1
+            self._counts[values] += amount
 
     def collect(self) -> Iterator[Metric]:
-        metric = Metric(REQUEST_COUNT, "The total number of requests.", "counter")
+        metric = Metric(self.name, self.documentation, "counter")
         with self._lock:
-            for (model, status), value in sorted(self._counts.items()):
-                metric.add_sample(REQUEST_COUNT, {"model_name": model, "status": status}, value)
+            for values, value in sorted(self._counts.items()):
+                metric.add_sample(self.name, dict(zip(self.labels, values, strict=True)), value)
         yield metric
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._counts = _Counts()
-        self.registry.register(self._counts)
+        self._counts = self._counter(
+            REQUEST_COUNT, "The total number of requests.", "model_name", "status"
+        )
+        self._warmup_records = self._counter(
+            WARMUP_RECORDS,
+            "Total number of warmup records read during model warmup.",
+            "model_path",
+            "status",
+        )
+        self._batch_runs = self._counter(
+            BATCH_RUNS, "Total count of run calls on the wrapped session"
+        )
         self._latency = Histogram(
             REQUEST_LATENCY,
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
@@ -70,6 +93,25 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=self.registry,
         )
+        self._queuing = Histogram(
+            QUEUING_LATENCY,
+            "Distribution of wall time spent (in microseconds) in queuing",
+            ["thread_pool_name"],
+            buckets=_QUEUING_BUCKETS_US,
+            registry=self.registry,
+        )
+        self._warmup = Histogram(
+            WARMUP_LATENCY,
+            "Distribution of wall time (in microseconds) for warming up the model.",
+            ["model_path", "status"],
+            buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry,
+        )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> _Counter:
+        counter = _Counter(name, documentation, labels)
+        self.registry.register(counter)
+        return counter
 
     def record(self, model: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         self._counts.inc(model, status)
@@ -87,8 +129,18 @@ class Metrics:
             child = self._children[(histogram, labels)] = histogram.labels(*labels)
         return child
 
-    def record_batch(self, model: str, size: int) -> None:
-        self._batch.labels(model).observe(size)
+    def record_batch(self, model: str, size: int, queued: list[float]) -> None:
+        """One batch run of ``size`` rows (after padding); ``queued``: seconds each task waited."""
+        self._child(self._batch, model).observe(size)
+        self._batch_runs.inc()
+        waits = self._child(self._queuing, "")
+        for seconds in queued:
+            waits.observe(seconds * 1e6)
+
+    def record_warmup(self, model_path: str, seconds: float, records: int) -> None:
+        """A successful warmup of the version at ``model_path`` (TF Serving's status "OK")."""
+        self._child(self._warmup, model_path, "OK").observe(seconds * 1e6)
+        self._warmup_records.inc(model_path, "OK", amount=records)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

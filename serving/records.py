@@ -46,6 +46,7 @@ class ManagerOptions:
     batching: Batching | None = None  # the server's (None: --enable_batching is off)
     per_model_batching: bool = False  # --enable_per_model_batching_parameters
     on_run: Callable[[str, float], None] | None = None  # (model, seconds) after each run
+    on_warmup: Callable[[str, float, int], None] | None = None  # (version path, seconds, records)
 
 
 @dataclass

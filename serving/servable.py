@@ -178,11 +178,11 @@ def _make_callable(session: tf.compat.v1.Session, feeds: list[str], fetches: lis
     return make(config_pb2.CallableOptions(feed=feeds, fetch=fetches))
 
 
-def read_warmup_requests(path: Path) -> list[bytes]:
-    """The serialized ``PredictionLog`` records of a version's warmup file (none if absent)."""
+def read_warmup_requests(path: Path) -> list[bytes] | None:
+    """The serialized ``PredictionLog`` records of a version's warmup file (None if absent)."""
     file = path / WARMUP_FILE
     if not file.exists():
-        return []
+        return None
     records = []
     for record in tf.data.TFRecordDataset(str(file)):
         records.append(record.numpy())

@@ -73,6 +73,7 @@ class ModelServer:
                 batching=batching,
                 per_model_batching=args.enable_per_model_batching_parameters,
                 on_run=self.metrics.record_run,
+                on_warmup=self.metrics.record_warmup,
             )
         )
         self._stop = threading.Event()

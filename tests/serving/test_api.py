@@ -291,6 +291,19 @@ def test_prometheus_metrics(api_server) -> None:
     assert _samples(text, runtime, model_name="other", API="Predict", runtime="TF1")[0] >= 1
 
 
+def test_warmup_metrics(api_server) -> None:
+    """Each loaded version with a warmup file is timed once, with its record count; a version
+    without one records nothing."""
+    with urllib.request.urlopen(f"{api_server.rest}{METRICS_PATH}", timeout=30) as reply:
+        text = reply.read().decode()
+    warmed, plain = api_server.root / "tiny" / "1", api_server.root / "tiny" / "2"
+    latency = ":tensorflow:serving:model_warmup_latency_count"
+    records = ":tensorflow:serving:model_warmup_records_read"
+    assert _samples(text, latency, model_path=str(warmed), status="OK") == [1]
+    assert _samples(text, records, model_path=str(warmed), status="OK") == [2]
+    assert not _samples(text, latency, model_path=str(plain))
+
+
 def test_reflection_lists_the_services(api_server) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,

@@ -103,6 +103,12 @@ def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     if impl == "fdl":
         batches = _batches(batching)
         assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
+    # TF Serving's own batching metrics: one run count per batch, one queuing time per task.
+    runs = metric(batching, ":tensorflow:serving:batching_session:wrapped_run_count ")
+    queued = metric(
+        batching, ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""}'
+    )
+    assert 0 < runs < queued and queued >= callers
 
 
 def test_rest_and_grpc_callers_share_the_queue(batching, model_stock) -> None:
