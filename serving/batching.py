@@ -42,6 +42,7 @@ class _Task:
     rows: int
     shapes: tuple
     arrived: float
+    deadline: float | None  # on the loop's clock; None: the caller set none
     future: asyncio.Future = field(repr=False)
 
 
@@ -72,8 +73,13 @@ class Batcher:
         )
 
     # --- entry points -----------------------------------------------------------------------
-    def enqueue(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future:
-        """Queue a task (on the loop); the future resolves to this task's rows of the outputs."""
+    def enqueue(
+        self, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> asyncio.Future:
+        """Queue a task (on the loop); the future resolves to this task's rows of the outputs.
+
+        ``timeout``: seconds the caller still waits (its gRPC deadline, the REST timeout).
+        """
         sizes = {key: (a.shape[0] if a.ndim else None) for key, a in inputs.items()}
         if None in sizes.values():
             raise invalid("Batching Run() input tensors must have at least one dimension")
@@ -93,19 +99,22 @@ class Batcher:
         if math.ceil((self._rows + rows) / cap) > self.config.max_enqueued_batches:
             raise unavailable(_FULL)
         shapes = tuple(sorted((k, a.shape[1:]) for k, a in inputs.items()))
+        deadline = None if timeout is None else self.loop.time() + timeout
         room = cap - self._rows % cap  # left in the batch that is filling
         if rows <= room or not self.config.enable_large_batch_splitting:
-            return self._add(inputs, rows, shapes)
+            return self._add(inputs, rows, shapes, deadline)
         parts, start = [], 0
         while start < rows:
             size = min(room if start == 0 else cap, rows - start)
             part = {key: array[start : start + size] for key, array in inputs.items()}
-            parts.append(self._add(part, size, shapes))
+            parts.append(self._add(part, size, shapes, deadline))
             start += size
         return self._joined(parts)
 
-    def _add(self, inputs: Mapping[str, np.ndarray], rows: int, shapes: tuple) -> asyncio.Future:
-        task = _Task(inputs, rows, shapes, self.loop.time(), self.loop.create_future())
+    def _add(
+        self, inputs: Mapping[str, np.ndarray], rows: int, shapes: tuple, deadline: float | None
+    ) -> asyncio.Future:
+        task = _Task(inputs, rows, shapes, self.loop.time(), deadline, self.loop.create_future())
         self._queue.append(task)
         self._rows += rows
         self._dispatch()
@@ -133,11 +142,13 @@ class Batcher:
         joined.add_done_callback(lambda done: gathered.cancel() if done.cancelled() else None)
         return joined
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue from another thread (the REST server) and wait for the outputs."""
 
         async def queued() -> dict[str, np.ndarray]:
-            return await self.enqueue(inputs)
+            return await self.enqueue(inputs, timeout)
 
         return asyncio.run_coroutine_threadsafe(queued(), self.loop).result()
 
@@ -157,6 +168,8 @@ class Batcher:
                     self._timer = self.loop.call_at(deadline, self._on_timer)
                 return
             batch = self._take()
+            if self._expired(batch):
+                continue
             try:
                 work = self.loop.run_in_executor(self._threads, self._run, batch)
             except RuntimeError:  # the batch threads were shut down: the version is unloading
@@ -187,6 +200,26 @@ class Batcher:
             total += task.rows
         self._rows -= total
         return batch
+
+    def _expired(self, batch: list[_Task]) -> bool:
+        """As in TF Serving, a batch whose every caller is past its deadline (or gone) is not
+        run; its tasks fail with RESOURCE_EXHAUSTED, so an overloaded queue drains quickly."""
+        now = self.loop.time()
+        if not all(
+            task.future.done() or (task.deadline is not None and task.deadline <= now)
+            for task in batch
+        ):
+            return False
+        if self.config.on_batch is not None:
+            self.config.on_batch(self.servable.name, 0, [now - task.arrived for task in batch])
+        error = ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Run() timeout exceeded while waiting in batching queue",
+        )
+        for task in batch:
+            if not task.future.done():
+                task.future.set_exception(error)
+        return True
 
     def _finished(self, batch: list[_Task], done: asyncio.Future) -> None:
         self._running -= 1

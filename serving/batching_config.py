@@ -24,7 +24,8 @@ class BatchingConfig:
     # at most max_execution_batch_size rows, while max_batch_size still bounds one task.
     enable_large_batch_splitting: bool = False
     max_execution_batch_size: int = 0  # 0: max_batch_size
-    # (model, rows after padding, seconds each task waited), called as a batch starts to run.
+    # (model, rows after padding, seconds each task waited), called as a batch starts to run;
+    # rows 0: the batch was dropped, all its callers past their deadlines.
     on_batch: Callable[[str, int, list[float]], None] | None = None
 
     @property

@@ -113,11 +113,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         await context.abort(*failure)
         raise AssertionError("unreachable: abort raises")
 
-    def _predict(self, servable: Servable, request: Any) -> Any:
-        """The response, computed inline, or an awaitable of it."""
+    def _predict(self, servable: Servable, request: Any, timeout: float | None) -> Any:
+        """The response, computed inline, or an awaitable of it; ``timeout``: the caller's
+        deadline, which a batched request carries into the queue (as TF Serving's RunOptions)."""
         batching = servable.batching
         if batching is not None:
-            return self._batched(servable, request, enqueue(servable, request, batching))
+            queued = enqueue(servable, request, batching, timeout)
+            return self._batched(servable, request, queued)
         if self._running == 0 and servable.typical_run_s < INLINE_RUN_LIMIT_S:
             # Nothing else is running and this model answers in about a millisecond: a thread
             # hand-off would cost as much as the run itself.
@@ -142,7 +144,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             "Predict",
             request.model_spec,
             context,
-            lambda servable: self._predict(servable, request),
+            lambda servable: self._predict(servable, request, context.time_remaining()),
         )
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

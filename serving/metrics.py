@@ -130,9 +130,11 @@ class Metrics:
         return child
 
     def record_batch(self, model: str, size: int, queued: list[float]) -> None:
-        """One batch run of ``size`` rows (after padding); ``queued``: seconds each task waited."""
-        self._child(self._batch, model).observe(size)
-        self._batch_runs.inc()
+        """One batch run of ``size`` rows (after padding; 0: dropped, not run); ``queued``:
+        seconds each task waited."""
+        if size:
+            self._child(self._batch, model).observe(size)
+            self._batch_runs.inc()
         waits = self._child(self._queuing, "")
         for seconds in queued:
             waits.observe(seconds * 1e6)

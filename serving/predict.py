@@ -42,11 +42,13 @@ def run_arrays(
     inputs: Mapping[str, np.ndarray],
     output_filter: list[str],
     batching: Batching | None = None,
+    timeout: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run on the calling thread, or (with batching) through the batcher on the server's loop."""
+    """Run on the calling thread, or (with batching) through the batcher on the server's loop;
+    ``timeout``: how long the caller waits, after which its batch need not run."""
     keys = prepare(servable, signature_name, inputs, output_filter)
     if batching is not None:
-        return batcher(servable, signature_name, keys, batching).submit(inputs)
+        return batcher(servable, signature_name, keys, batching).submit(inputs, timeout)
     return servable.run(signature_name, inputs, keys)
 
 
@@ -55,13 +57,16 @@ def decode_request(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]
 
 
 def enqueue(
-    servable: Servable, request: predict_pb2.PredictRequest, batching: Batching
+    servable: Servable,
+    request: predict_pb2.PredictRequest,
+    batching: Batching,
+    timeout: float | None = None,
 ) -> asyncio.Future:
     """On the loop: validate a request and queue it; the future resolves to its outputs."""
     inputs = decode_request(request)
     name = request.model_spec.signature_name
     keys = prepare(servable, name, inputs, list(request.output_filter))
-    return batcher(servable, name, keys, batching).enqueue(inputs)
+    return batcher(servable, name, keys, batching).enqueue(inputs, timeout)
 
 
 def predict(

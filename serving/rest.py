@@ -183,7 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
         servable = model_server.manager.resolve(spec.name, spec.version, spec.label)
         try:
             inputs, rows = parse_predict_body(body, servable.signature(signature_name))
-            outputs = run_arrays(servable, signature_name, inputs, [], servable.batching)
+            outputs = run_arrays(
+                servable, signature_name, inputs, [], servable.batching, self.timeout
+            )
         finally:
             servable.release()
         return format_outputs(outputs, rows)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.serving.conftest import expected_scores, images, predict_request, scores_of
+from tests.support.procs import wait_for
 
 BATCH_COUNT = ":tensorflow:serving:batching_session:processed_batch_size_count"
 
@@ -142,6 +143,20 @@ def test_caller_that_gives_up_leaves_the_queue_working(batching, model_stock) ->
     np.testing.assert_allclose(
         scores_of(response), expected_scores(model_stock.versions["a"], rows), rtol=1e-5
     )
+
+
+def test_batch_of_expired_callers_is_not_run(batching) -> None:
+    """As in TF Serving, a batch whose every caller's deadline has passed by the time it would
+    run (here after the 200 ms batch timeout) is dropped, not run: the queue drains quickly."""
+    runs = ":tensorflow:serving:batching_session:wrapped_run_count "
+    queued = ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""}'
+    runs_before, queued_before = metric(batching, runs), metric(batching, queued)
+    stub = batching.prediction()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(predict_request("tiny", images(1, seed=8)), timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: metric(batching, queued) > queued_before, 30, "the task to leave the queue")
+    assert metric(batching, runs) == runs_before
 
 
 def test_padding_to_allowed_size_is_sliced_off(batching, model_stock) -> None:
