@@ -249,7 +249,7 @@ class Batcher:
         if self.config.on_batch is not None:
             started = time.monotonic()  # the loop's clock, which stamped ``arrived``
             self.config.on_batch(self.servable.name, size, [started - t.arrived for t in batch])
-        outputs = self.servable.run(self.signature, merged, self.output_keys)
+        outputs = self.servable.run(self.signature, merged, self.output_keys, timed=False)
         for key, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != size:
                 raise ServingError(

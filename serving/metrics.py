@@ -4,8 +4,8 @@ As TF Serving records them: ``:tensorflow:serving:request_count`` {model_name, s
 ``Predict`` calls and REST requests, exported without the ``_total`` suffix;
 ``:tensorflow:serving:request_latency`` {model_name, API, entrypoint} is a histogram in
 microseconds of the successful ones (API ``Predict`` over gRPC, ``predict``, ``metadata`` or ``""``
-(status) over REST); ``:tensorflow:serving:runtime_latency`` {model_name, API, runtime} times the
-Session runs (runtime ``TF1``; a batch is one run). Warmup, once per loaded version that has a
+(status) over REST); ``:tensorflow:serving:runtime_latency`` {model_name, API, runtime} times
+each request's Session run (runtime ``TF1``; with batching its queue wait plus its batch's run). Warmup, once per loaded version that has a
 warmup file: ``:tensorflow:serving:model_warmup_latency`` {model_path, status} (microseconds) and
 ``:tensorflow:serving:model_warmup_records_read`` {model_path, status}. Server-side batching:
 ``:tensorflow:serving:batching_session:wrapped_run_count`` (batch runs) and
@@ -120,7 +120,7 @@ class Metrics:
         self._child(self._latency, model, api, entrypoint).observe(seconds * 1e6)
 
     def record_run(self, model: str, seconds: float) -> None:
-        """One Session run of ``model`` (Predict; a batch counts once)."""
+        """One successful Predict's Session run of ``model`` (with batching: wait and run)."""
         self._child(self._runtime, model, "Predict", "TF1").observe(seconds * 1e6)
 
     def _child(self, histogram: Histogram, *labels: str) -> Histogram:

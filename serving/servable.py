@@ -62,9 +62,15 @@ class Servable:
         self._idle = threading.Condition(self._lock)
         self.batchers: dict[tuple[str, ...], Any] = {}  # (signature, *output keys)
         self.batching: Any = None  # its serving.batching_config.Batching; None: unbatched
-        self.on_run: Callable[[str, float], None] | None = None  # (model, seconds) per run
+        # (model, seconds) per request's Session run: its own run, or with batching its wait in
+        # the queue plus its batch's run, as TF Serving times the Run call of a batching session.
+        self.on_run: Callable[[str, float], None] | None = None
         # Moving average of Session run time; the gRPC front end runs short models inline.
         self.typical_run_s = float("inf")
+
+    def record_run(self, seconds: float) -> None:
+        if self.on_run is not None:
+            self.on_run(self.name, seconds)
 
     # --- request accounting, so unloading waits for requests still running -------------------
     def acquire(self) -> None:
@@ -144,8 +150,10 @@ class Servable:
         signature_name: str,
         inputs: Mapping[str, np.ndarray],
         output_keys: list[str],
+        timed: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Run validated inputs; returns the requested outputs by alias."""
+        """Run validated inputs; returns the requested outputs by alias. ``timed``: record the
+        run for its request (a batch's run is recorded per request by the batching path)."""
         key = signature_key(signature_name)
         signature = self.signatures[key]
         in_keys = tuple(sorted(inputs))
@@ -162,8 +170,8 @@ class Servable:
         except tf.errors.InvalidArgumentError as error:
             raise invalid(error.message) from error
         elapsed = time.perf_counter() - start
-        if self.on_run is not None:
-            self.on_run(self.name, elapsed)
+        if timed:
+            self.record_run(elapsed)
         previous = self.typical_run_s
         self.typical_run_s = elapsed if previous == float("inf") else 0.9 * previous + 0.1 * elapsed
         return dict(zip(out_keys, results, strict=True))

@@ -87,8 +87,12 @@ def _batches(server) -> float:
     return metric(server, BATCH_COUNT)
 
 
+RUNTIME_COUNT = ':tensorflow:serving:runtime_latency_count{API="Predict",model_name="tiny"'
+
+
 def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     callers = 16
+    timed_before = metric(batching, RUNTIME_COUNT)
     inputs = [images(1 + i % 3, seed=100 + i) for i in range(callers)]
     expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
     offsets = np.cumsum([0] + [len(x) for x in inputs])
@@ -104,6 +108,8 @@ def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     if impl == "fdl":
         batches = _batches(batching)
         assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
+    # runtime_latency times each request's Run (its wait and its batch's run), not each batch.
+    assert metric(batching, RUNTIME_COUNT) - timed_before == callers
     # TF Serving's own batching metrics: one run count per batch, one queuing time per task.
     runs = metric(batching, ":tensorflow:serving:batching_session:wrapped_run_count ")
     queued = metric(
