@@ -5,8 +5,10 @@ As TF Serving records them: ``:tensorflow:serving:request_count`` {model_name, s
 ``:tensorflow:serving:request_latency`` {model_name, API, entrypoint} is a histogram in
 microseconds of the successful ones (API ``Predict`` over gRPC, ``predict``, ``metadata`` or ``""``
 (status) over REST); ``:tensorflow:serving:runtime_latency`` {model_name, API, runtime} times
-each request's Session run (runtime ``TF1``; with batching its queue wait plus its batch's run). Warmup, once per loaded version that has a
-warmup file: ``:tensorflow:serving:model_warmup_latency`` {model_path, status} (microseconds) and
+each request's Session run (runtime ``TF1``; with batching its queue wait plus its batch's run).
+
+Warmup, once per loaded version that has a warmup file:
+``:tensorflow:serving:model_warmup_latency`` {model_path, status} (microseconds) and
 ``:tensorflow:serving:model_warmup_records_read`` {model_path, status}. Server-side batching:
 ``:tensorflow:serving:batching_session:wrapped_run_count`` (batch runs) and
 ``:tensorflow:serving:batching_session:queuing_latency`` {thread_pool_name} (microseconds each task
