@@ -159,7 +159,7 @@ def test_batch_of_expired_callers_is_not_run(batching) -> None:
     runs_before, queued_before = metric(batching, runs), metric(batching, queued)
     stub = batching.prediction()
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(predict_request("tiny", images(1, seed=8)), timeout=0.05)
+        stub.Predict(predict_request("tiny", images(1, seed=8)), timeout=0.15)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: metric(batching, queued) > queued_before, 30, "the task to leave the queue")
     assert metric(batching, runs) == runs_before
