@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.servable import Servable
 from serving.testing import build_test_model, sample_images
-from tests.support.procs import Process, free_port, wait_for
+from tests.support.procs import Process, free_port, grpc_ready, wait_for
 
 # Batching parameters tried, as TF Serving's batching guide suggests for CPU-only servers: start
 # with one batch thread per core and no timeout, then try timeouts of a millisecond or more. On a
@@ -104,7 +104,7 @@ def start_server(model_dir: Path, logs: Path, batching: str | None) -> tuple[Pro
     process = Process(name, [sys.executable, "-m", "serving", *flags], logs)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     wait_for(
-        lambda: grpc.channel_ready_future(channel).result(timeout=1) or True,
+        lambda: grpc_ready(channel),
         120,
         "model server",
         check=process.ensure_alive,

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support.procs import Process, free_port, wait_for
+from tests.support.procs import Process, free_port, grpc_ready, wait_for
 
 TFS_BINARY = os.environ.get("FDL_TFS_BINARY", "")
 SHAPE = (8, 8, 1)
@@ -123,12 +123,10 @@ def start_server(
         ],
     )
 
-    def ready() -> bool:
-        grpc.channel_ready_future(channel).result(timeout=1)
-        return True
-
     try:
-        wait_for(ready, timeout, f"{name} model server", check=process.ensure_alive)
+        wait_for(
+            lambda: grpc_ready(channel), timeout, f"{name} model server", check=process.ensure_alive
+        )
     except BaseException:
         channel.close()
         process.stop()

@@ -19,7 +19,7 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.serving.conftest import expected_scores, images, predict_request, scores_of
-from tests.support.procs import Process, free_port, wait_for
+from tests.support.procs import Process, free_port, grpc_ready, wait_for
 from tests.support.tls import make_pki, ssl_config
 
 SERVER = [sys.executable, "-m", "serving"]
@@ -91,8 +91,7 @@ def launch(logs_dir, model_flags) -> Iterator[Callable[..., Running]]:
 
         def ready() -> bool:
             with channel(port) as probe:
-                grpc.channel_ready_future(probe).result(timeout=1)
-            return True
+                return grpc_ready(probe)
 
         wait_for(ready, 90, f"{name} model server", check=process.ensure_alive)
         return Running(port, socket_path)
@@ -174,7 +173,7 @@ def test_socket_only_server(model_flags, logs_dir, tmp_path, model_path) -> None
     try:
         with grpc.insecure_channel(f"unix:{path}") as channel:
             wait_for(
-                lambda: grpc.channel_ready_future(channel).result(timeout=1) or True,
+                lambda: grpc_ready(channel),
                 90,
                 "socket-only model server",
                 check=process.ensure_alive,

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +51,23 @@ def wait_for(
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {last_error!r}")
         # Polling interval between probes, not a wait for an event.
         time.sleep(interval)
+
+
+def grpc_ready(channel: Any, timeout: float = 1.0) -> bool:
+    """One readiness probe of a gRPC channel, for ``wait_for``.
+
+    A probe that times out is cancelled: its subscription would otherwise keep gRPC's
+    connectivity poller running until the channel closes under it (an exception in that thread).
+    """
+    import grpc
+
+    future = grpc.channel_ready_future(channel)
+    try:
+        future.result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        future.cancel()
+        raise
+    return True
 
 
 def run_command(
