@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 import numpy as np
@@ -102,14 +102,23 @@ class Batcher:
         deadline = None if timeout is None else self.loop.time() + timeout
         room = cap - self._rows % cap  # left in the batch that is filling
         if rows <= room or not self.config.enable_large_batch_splitting:
-            return self._add(inputs, rows, shapes, deadline)
-        parts, start = [], 0
-        while start < rows:
-            size = min(room if start == 0 else cap, rows - start)
-            part = {key: array[start : start + size] for key, array in inputs.items()}
-            parts.append(self._add(part, size, shapes, deadline))
-            start += size
-        return self._joined(parts)
+            future = self._add(inputs, rows, shapes, deadline)
+        else:
+            parts, start = [], 0
+            while start < rows:
+                size = min(room if start == 0 else cap, rows - start)
+                part = {key: array[start : start + size] for key, array in inputs.items()}
+                parts.append(self._add(part, size, shapes, deadline))
+                start += size
+            future = self._joined(parts)
+        future.add_done_callback(partial(self._record_run, self.loop.time()))
+        return future
+
+    def _record_run(self, queued_at: float, done: asyncio.Future) -> None:
+        """As TF Serving times a batching session's Run: per request, its wait plus its batch's
+        run, successful ones only."""
+        if not done.cancelled() and done.exception() is None:
+            self.servable.record_run(self.loop.time() - queued_at)
 
     def _add(
         self, inputs: Mapping[str, np.ndarray], rows: int, shapes: tuple, deadline: float | None
@@ -199,6 +208,9 @@ class Batcher:
             batch.append(task)
             total += task.rows
         self._rows -= total
+        if self.config.observer is not None:
+            now = self.loop.time()
+            self.config.observer.record_queued([now - task.arrived for task in batch])
         return batch
 
     def _expired(self, batch: list[_Task]) -> bool:
@@ -210,8 +222,6 @@ class Batcher:
             for task in batch
         ):
             return False
-        if self.config.on_batch is not None:
-            self.config.on_batch(self.servable.name, 0, [now - task.arrived for task in batch])
         error = ServingError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "Run() timeout exceeded while waiting in batching queue",
@@ -246,10 +256,9 @@ class Batcher:
             if size > total:
                 parts.append(np.repeat(parts[0][:1], size - total, axis=0))
             merged[key] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        if self.config.on_batch is not None:
-            started = time.monotonic()  # the loop's clock, which stamped ``arrived``
-            self.config.on_batch(self.servable.name, size, [started - t.arrived for t in batch])
         outputs = self.servable.run(self.signature, merged, self.output_keys, timed=False)
+        if self.config.observer is not None:
+            self.config.observer.record_batch(self.servable.name, size)
         for key, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != size:
                 raise ServingError(

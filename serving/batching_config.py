@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 PER_MODEL_FILE = "batching_params.pbtxt"
+
+
+class BatchObserver(Protocol):
+    """What server-side batching reports; ``serving.metrics.Metrics`` implements it."""
+
+    def record_queued(self, waits: list[float]) -> None:
+        """Seconds each task of a batch waited in the queue."""
+
+    def record_batch(self, model: str, size: int) -> None:
+        """One batch run of ``size`` rows (after padding)."""
 
 
 @dataclass(frozen=True)
@@ -24,9 +33,7 @@ class BatchingConfig:
     # at most max_execution_batch_size rows, while max_batch_size still bounds one task.
     enable_large_batch_splitting: bool = False
     max_execution_batch_size: int = 0  # 0: max_batch_size
-    # (model, rows after padding, seconds each task waited), called as a batch starts to run;
-    # rows 0: the batch was dropped, all its callers past their deadlines.
-    on_batch: Callable[[str, int, list[float]], None] | None = None
+    observer: BatchObserver | None = None
 
     @property
     def batch_rows(self) -> int:
@@ -36,9 +43,7 @@ class BatchingConfig:
         return self.max_batch_size
 
     @classmethod
-    def from_proto(
-        cls, params: object, on_batch: Callable[[str, int, list[float]], None] | None = None
-    ):
+    def from_proto(cls, params: object, observer: BatchObserver | None = None):
         def get(name: str, default: int) -> int:
             return getattr(params, name).value if params.HasField(name) else default
 
@@ -50,7 +55,7 @@ class BatchingConfig:
             allowed_batch_sizes=tuple(params.allowed_batch_sizes),
             enable_large_batch_splitting=bool(get("enable_large_batch_splitting", False)),
             max_execution_batch_size=get("max_execution_batch_size", 0),
-            on_batch=on_batch,
+            observer=observer,
         )
         config.validate()
         return config
@@ -91,6 +96,6 @@ def version_batching(path: Path, common: Batching | None, per_model: bool) -> Ba
         return None
     from serving.config_files import read_batching_parameters
 
-    config = BatchingConfig.from_proto(read_batching_parameters(file), common.config.on_batch)
+    config = BatchingConfig.from_proto(read_batching_parameters(file), common.config.observer)
     threads = common.config.num_batch_threads
     return Batching(dataclasses.replace(config, num_batch_threads=threads), common.loop)

@@ -118,9 +118,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         deadline, which a batched request carries into the queue (as TF Serving's RunOptions)."""
         batching = servable.batching
         if batching is not None:
-            start = time.perf_counter()
             queued = enqueue(servable, request, batching, timeout)
-            return self._batched(servable, request, queued, start)
+            return self._batched(servable, request, queued)
         if self._running == 0 and servable.typical_run_s < INLINE_RUN_LIMIT_S:
             # Nothing else is running and this model answers in about a millisecond: a thread
             # hand-off would cost as much as the run itself.
@@ -128,12 +127,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._running += 1  # counted now, so a request arriving next sees this one
         return self._offloaded(servable, request)
 
-    async def _batched(
-        self, servable: Servable, request: Any, queued: asyncio.Future, start: float
-    ) -> Any:
-        outputs = await queued
-        servable.record_run(time.perf_counter() - start)
-        return encode_response(servable, request, outputs, self._content)
+    async def _batched(self, servable: Servable, request: Any, queued: asyncio.Future) -> Any:
+        return encode_response(servable, request, await queued, self._content)
 
     async def _offloaded(self, servable: Servable, request: Any) -> Any:
         try:

@@ -131,15 +131,16 @@ class Metrics:
             child = self._children[(histogram, labels)] = histogram.labels(*labels)
         return child
 
-    def record_batch(self, model: str, size: int, queued: list[float]) -> None:
-        """One batch run of ``size`` rows (after padding; 0: dropped, not run); ``queued``:
-        seconds each task waited."""
-        if size:
-            self._child(self._batch, model).observe(size)
-            self._batch_runs.inc()
-        waits = self._child(self._queuing, "")
-        for seconds in queued:
-            waits.observe(seconds * 1e6)
+    def record_batch(self, model: str, size: int) -> None:
+        """One batch run of ``size`` rows (after padding)."""
+        self._child(self._batch, model).observe(size)
+        self._batch_runs.inc()
+
+    def record_queued(self, waits: list[float]) -> None:
+        """Seconds each task of a batch waited in the queue (also for a batch that is dropped)."""
+        histogram = self._child(self._queuing, "")
+        for seconds in waits:
+            histogram.observe(seconds * 1e6)
 
     def record_warmup(self, model_path: str, seconds: float, records: int) -> None:
         """A successful warmup of the version at ``model_path`` (TF Serving's status "OK")."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +48,7 @@ def run_arrays(
     ``timeout``: how long the caller waits, after which its batch need not run."""
     keys = prepare(servable, signature_name, inputs, output_filter)
     if batching is not None:
-        start = time.perf_counter()
-        outputs = batcher(servable, signature_name, keys, batching).submit(inputs, timeout)
-        servable.record_run(time.perf_counter() - start)
-        return outputs
+        return batcher(servable, signature_name, keys, batching).submit(inputs, timeout)
     return servable.run(signature_name, inputs, keys)
 
 

@@ -46,7 +46,7 @@ class ModelServer:
         batching = None
         if args.enable_batching:
             params = read_batching_parameters(args.batching_parameters_file or None)
-            config = BatchingConfig.from_proto(params, on_batch=self.metrics.record_batch)
+            config = BatchingConfig.from_proto(params, observer=self.metrics)
             batching = Batching(config, self.loop.loop)
         monitoring = read_monitoring_config(args.monitoring_config_file or None)
         prometheus = monitoring.prometheus_config

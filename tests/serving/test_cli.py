@@ -62,6 +62,15 @@ def test_label_on_unloaded_version_fails_at_start(tmp_path, model_stock) -> None
     assert "which is not currently available for inference" in result.stderr
 
 
+def _assert_stops_on_sigterm(process: Process) -> None:
+    """SIGTERM ends the server cleanly (status 0) within its shutdown deadline."""
+    started = time.monotonic()
+    process.popen.send_signal(signal.SIGTERM)
+    code = process.popen.wait(SHUTDOWN_DEADLINE_S + 10)
+    assert code == 0, process.log_tail()
+    assert time.monotonic() - started < SHUTDOWN_DEADLINE_S, process.log_tail()
+
+
 def test_labels_at_start_unavailable_while_loading_then_sigterm(
     tmp_path, model_stock, logs_dir
 ) -> None:
@@ -112,11 +121,7 @@ def test_labels_at_start_unavailable_while_loading_then_sigterm(
         state = statuses(server, "slow")[1][0]
         assert state == get_model_status_pb2.ModelVersionStatus.LOADING
 
-        started = time.monotonic()
-        server.process.popen.send_signal(signal.SIGTERM)
-        code = server.process.popen.wait(SHUTDOWN_DEADLINE_S + 10)
-        assert code == 0, server.process.log_tail()
-        assert time.monotonic() - started < SHUTDOWN_DEADLINE_S, server.process.log_tail()
+        _assert_stops_on_sigterm(server.process)
     finally:
         server.stop()
 
@@ -140,10 +145,6 @@ def test_sigterm_during_a_long_start_up_load_exits_at_once(tmp_path, model_stock
             "the model load to begin",
             check=process.ensure_alive,
         )
-        started = time.monotonic()
-        process.popen.send_signal(signal.SIGTERM)
-        code = process.popen.wait(SHUTDOWN_DEADLINE_S + 10)
-        assert code == 0, process.log_tail()
-        assert time.monotonic() - started < SHUTDOWN_DEADLINE_S, process.log_tail()
+        _assert_stops_on_sigterm(process)
     finally:
         process.stop()
