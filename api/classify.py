@@ -13,12 +13,13 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from api.coalesce import PredictCoalescer
 from api.errors import ApiError
 from api.imaging import DEFAULT_MAX_PIXELS, decode_image
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, timed
 from api.preprocess import choose_profile, decode_size, preprocess
-from api.serving_client import InputSpec, ModelContractError, ServingClient
+from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
 
 # The input side assumed when a model's signature leaves height or width unknown.
@@ -141,7 +142,7 @@ def _name(classes: np.ndarray | None, row: int, index: int) -> str:
 
 
 async def _spec_and_predict(
-    client: ServingClient,
+    predictor: PredictCoalescer,
     cache: MetadataCache,
     target: Target,
     images: list[bytes],
@@ -166,8 +167,8 @@ async def _spec_and_predict(
     with timed("predict", target.model):
         try:
             # Pinned to the version whose input spec shaped the batch.
-            return await client.predict(
-                target.model, {spec.input_key: batch}, version=spec.version, request_id=request_id
+            return await predictor.predict(
+                target.model, spec.version, spec.input_key, batch, request_id
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND and target.version is None:
@@ -198,7 +199,7 @@ class _Stale(Exception):
 
 
 async def classify(
-    client: ServingClient,
+    predictor: PredictCoalescer,
     cache: MetadataCache,
     target: Target,
     images: list[bytes],
@@ -207,7 +208,7 @@ async def classify(
     profile_override: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
-    args = (client, cache, target, images, profile_override, max_pixels, request_id)
+    args = (predictor, cache, target, images, profile_override, max_pixels, request_id)
     try:
         version, outputs = await _spec_and_predict(*args)
     except _Stale:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
 from api.auth import Keyring
+from api.coalesce import PredictCoalescer
 from api.errors import install_error_handlers
 from api.imaging import set_max_pixels
 from api.logs import configure_logging
@@ -64,6 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.predict_timeout_s,
         metadata_timeout_s=settings.metadata_timeout_s,
         tls=TLS.from_settings(settings),
+    )
+    app.state.predictor = PredictCoalescer(
+        app.state.serving, settings.max_batch_size, settings.predict_max_in_flight
     )
     app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
     app.state.promoter = Promoter(

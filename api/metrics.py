@@ -27,6 +27,12 @@ STAGE_LATENCY = Histogram(
     ["stage", "model"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+PREDICT_CALL_REQUESTS = Histogram(
+    "fdl_gateway_predict_call_requests",
+    "Classify requests served by each Predict call to the model server (merged under load)",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 CLASSIFICATIONS = Counter("fdl_gateway_images_classified_total", "Images classified", ["model"])
 UPSTREAM_ERRORS = Counter(
     "fdl_gateway_upstream_errors_total",

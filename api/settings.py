@@ -43,6 +43,10 @@ class GatewaySettings(CommonSettings):
     metadata_cache_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_batch_size: int = Field(default=64, ge=1)
+    # Predicts at once per model version; requests beyond it wait and go out together (up to
+    # max_batch_size images per Predict) when one returns. 0: no limit, every request alone.
+    # With several model-server replicas, at least their number (docs/gateway.md).
+    predict_max_in_flight: int = Field(default=1, ge=0)
     # Decoded-pixel limit per image; above it the image is refused with 413.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     default_top_k: int = Field(default=3, ge=1)

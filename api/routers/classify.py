@@ -149,7 +149,7 @@ async def _classify(request: Request, target: Target) -> JSONResponse:
     images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     state = request.app.state
     result = await classify(
-        state.serving,
+        state.predictor,
         state.metadata,
         target,
         images,

@@ -58,6 +58,15 @@ def start_model_server(
     return ModelServer(process, port, rest_port, config_file)
 
 
+def ok_requests(server: ModelServer, model: str = "digits") -> float:
+    """Successful requests for ``model`` so far, from the server's Prometheus metrics at /metrics
+    (started with a monitoring config that enables them)."""
+    prefix = f':tensorflow:serving:request_count{{model_name="{model}",status="OK"}}'
+    text = httpx.get(f"http://127.0.0.1:{server.rest_port}/metrics", timeout=10).text
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 def versions_available(target: str, model: str) -> set[int]:
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(

@@ -164,3 +164,25 @@ def test_request_id_is_echoed_and_logged(gateway: Gateway) -> None:
     assert entries, "no JSON log line carries the request id"
     assert entries[-1]["route"] == "/v1/models/{model}:classify"
     assert entries[-1]["status"] == 200
+
+
+def test_concurrent_requests_each_get_their_own_answer(gateway: Gateway, data_dir: Path) -> None:
+    """Under concurrency the gateway merges Predicts (api.coalesce); no answer may be mixed up."""
+    import asyncio
+
+    digits, _labels = mnist_test_digits(data_dir, 24)
+    bodies = [png_bytes(d) for d in digits]
+    url = f"{gateway.url}/v1/models/digits:classify"
+
+    async def classify_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=gateway.classifier(), timeout=30) as client:
+            calls = [client.post(url, files=[("file", ("d.png", b, "image/png"))]) for b in bodies]
+            return await asyncio.gather(*calls)
+
+    alone = [post(gateway, "/v1/models/digits:classify", files=[("file", b)]) for b in bodies]
+    together = asyncio.run(classify_all())
+    for single, concurrent in zip(alone, together, strict=True):
+        assert single.status_code == concurrent.status_code == 200, concurrent.text
+        first, second = single.json()["predictions"][0], concurrent.json()["predictions"][0]
+        assert first["class_id"] == second["class_id"]
+        assert first["score"] == pytest.approx(second["score"], rel=1e-5)

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from api.settings import GatewaySettings
 from tests.api.conftest import copy_repository
-from tests.api.support import ModelServer, start_gateway, start_model_server, wait_for_models
+from tests.api.support import (
+    ModelServer,
+    ok_requests,
+    start_gateway,
+    start_model_server,
+    wait_for_models,
+)
 from tests.support.mnist import png_bytes
 from tests.support.procs import wait_for
 from tests.support.tls import make_pki, ssl_config
@@ -103,14 +109,6 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
         GatewaySettings(serving_tls_ca_file=tmp_path / "missing.pem")
 
 
-def _ok_requests(server: ModelServer) -> float:
-    """Successful requests for model digits so far, from the server's Prometheus metrics."""
-    prefix = ':tensorflow:serving:request_count{model_name="digits",status="OK"}'
-    text = httpx.get(f"http://127.0.0.1:{server.rest_port}/metrics", timeout=10).text
-    lines = [line for line in text.splitlines() if line.startswith(prefix)]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-
-
 def test_requests_spread_over_every_address(
     pristine_repository, redis_url, logs_dir, tmp_path
 ) -> None:
@@ -133,7 +131,7 @@ def test_requests_spread_over_every_address(
         for _ in range(20):
             response = _classify(gateway.url, gateway.classifier())
             assert response.status_code == 200, response.text
-        counts = [_ok_requests(server) for server in servers]
+        counts = [ok_requests(server) for server in servers]
         assert all(count > 0 for count in counts), counts
         assert sum(counts) >= 20, counts
     finally:

@@ -1,0 +1,137 @@
+"""Concurrent classify requests for the same model version share one Predict.
+
+The model server costs about as much per call as per image for small models, and so does the
+gateway's gRPC client; under load most of the work of a single-image request is the call itself.
+Requests whose tensors have the same model, version, input name, dtype and row shape therefore
+wait in one lane. While the lane has fewer than ``max_in_flight`` Predicts running, a request is
+sent at once (nothing is added at low load); otherwise it waits, and when a Predict returns the
+waiting requests go out together, up to ``max_batch`` rows, and each gets its own rows back.
+
+There is no timer: batches form only from requests that arrived while earlier ones were running,
+as with TF Serving's batching at ``batch_timeout_micros: 0`` (and KServe's batcher, without its
+wait). A failed Predict fails every request in it with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from api.metrics import PREDICT_CALL_REQUESTS
+from api.serving_client import ServingClient
+
+Outputs = dict[str, np.ndarray]
+_LaneKey = tuple[str, int, str, str, tuple[int, ...]]
+
+
+@dataclass
+class _Waiting:
+    batch: np.ndarray
+    request_id: str
+    future: asyncio.Future[tuple[int, Outputs]]
+
+
+@dataclass
+class _Lane:
+    in_flight: int = 0
+    waiting: deque[_Waiting] = field(default_factory=deque)
+
+
+class PredictCoalescer:
+    def __init__(self, client: ServingClient, max_batch: int, max_in_flight: int) -> None:
+        """``max_in_flight`` 0: no limit, so every request is sent at once and none merge."""
+        self.client = client
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight or 2**31
+        self._lanes: dict[_LaneKey, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def predict(
+        self, model: str, version: int, input_key: str, batch: np.ndarray, request_id: str
+    ) -> tuple[int, Outputs]:
+        """Predict ``batch`` (``[N, ...]``) with ``model`` at ``version``, alone or with others."""
+        key = (model, version, input_key, batch.dtype.str, batch.shape[1:])
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if lane.in_flight < self.max_in_flight and not lane.waiting:
+            # Free capacity: this request goes now, alone and on its own task.
+            lane.in_flight += 1
+            try:
+                PREDICT_CALL_REQUESTS.labels(model).observe(1)
+                return await self.client.predict(
+                    model, {input_key: batch}, version=version, request_id=request_id
+                )
+            finally:
+                lane.in_flight -= 1
+                self._dispatch(key, lane)
+        future: asyncio.Future[tuple[int, Outputs]] = asyncio.get_running_loop().create_future()
+        lane.waiting.append(_Waiting(batch, request_id, future))
+        return await future
+
+    def _dispatch(self, key: _LaneKey, lane: _Lane) -> None:
+        """Send what waits in ``lane`` while it has capacity; forget the lane once it is idle."""
+        while lane.waiting and lane.in_flight < self.max_in_flight:
+            group = self._take(lane)
+            if not group:
+                break
+            lane.in_flight += 1
+            task = asyncio.ensure_future(self._send(key, lane, group))
+            self._tasks.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._tasks.discard)
+        if not lane.waiting and lane.in_flight == 0:
+            self._lanes.pop(key, None)
+
+    def _take(self, lane: _Lane) -> list[_Waiting]:
+        group: list[_Waiting] = []
+        rows = 0
+        while lane.waiting:
+            item = lane.waiting[0]
+            if item.future.done():  # its caller gave up (disconnected, cancelled)
+                lane.waiting.popleft()
+                continue
+            if group and rows + len(item.batch) > self.max_batch:
+                break
+            group.append(lane.waiting.popleft())
+            rows += len(item.batch)
+        return group
+
+    async def _send(self, key: _LaneKey, lane: _Lane, group: list[_Waiting]) -> None:
+        model, version, input_key = key[0], key[1], key[2]
+        try:
+            PREDICT_CALL_REQUESTS.labels(model).observe(len(group))
+            batch = group[0].batch if len(group) == 1 else np.concatenate([g.batch for g in group])
+            # HTTP allows a comma-separated list where a header is repeated; one id per request.
+            request_id = ",".join(item.request_id for item in group)
+            served, outputs = await self.client.predict(
+                model, {input_key: batch}, version=version, request_id=request_id
+            )
+        except asyncio.CancelledError:  # the gateway is shutting down
+            for item in group:
+                item.future.cancel()
+            raise
+        except Exception as error:
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            start = 0
+            for item in group:
+                end = start + len(item.batch)
+                if not item.future.done():
+                    item.future.set_result((served, _rows(outputs, start, end, len(batch))))
+                start = end
+        finally:
+            lane.in_flight -= 1
+            self._dispatch(key, lane)
+
+
+def _rows(outputs: Outputs, start: int, end: int, total: int) -> Outputs:
+    """Rows ``start:end`` of every batched output; an output without a batch axis as it is."""
+    return {
+        name: array[start:end] if array.ndim and len(array) == total else array
+        for name, array in outputs.items()
+    }
