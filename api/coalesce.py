@@ -25,6 +25,7 @@ from api.serving_client import ServingClient
 
 Outputs = dict[str, np.ndarray]
 _LaneKey = tuple[str, int, str, str, tuple[int, ...]]
+MAX_ID_HEADER = 1024
 
 
 @dataclass
@@ -104,8 +105,7 @@ class PredictCoalescer:
         try:
             PREDICT_CALL_REQUESTS.labels(model).observe(len(group))
             batch = group[0].batch if len(group) == 1 else np.concatenate([g.batch for g in group])
-            # HTTP allows a comma-separated list where a header is repeated; one id per request.
-            request_id = ",".join(item.request_id for item in group)
+            request_id = joined_ids([item.request_id for item in group])
             served, outputs = await self.client.predict(
                 model, {input_key: batch}, version=version, request_id=request_id
             )
@@ -127,6 +127,20 @@ class PredictCoalescer:
         finally:
             lane.in_flight -= 1
             self._dispatch(key, lane)
+
+
+def joined_ids(ids: list[str], limit: int = MAX_ID_HEADER) -> str:
+    """The request ids of a merged Predict as one comma-separated header value (as HTTP joins a
+    repeated header), cut short with ``+N`` beyond ``limit`` characters: gRPC refuses a call whose
+    metadata exceeds its header limit (8 KiB by default), and 64 ids of 128 characters would."""
+    kept: list[str] = []
+    length = 0
+    for index, request_id in enumerate(ids):
+        length += len(request_id) + (1 if kept else 0)
+        if length > limit and kept:
+            return ",".join(kept) + f",+{len(ids) - index}"
+        kept.append(request_id)
+    return ",".join(kept)
 
 
 def _rows(outputs: Outputs, start: int, end: int, total: int) -> Outputs:

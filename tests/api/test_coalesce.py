@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from api.coalesce import PredictCoalescer
+from api.coalesce import PredictCoalescer, joined_ids
 from api.serving_client import ServingClient
 from tests.api.conftest import copy_repository
 from tests.api.support import ModelServer, ok_requests, start_model_server, wait_for_models
@@ -164,3 +164,14 @@ def test_lanes_are_forgotten_when_idle(counting_server: ModelServer, max_in_flig
             await client.close()
 
     assert asyncio.run(run()) == 0
+
+
+def test_forwarded_request_ids_are_joined_and_bounded() -> None:
+    assert joined_ids(["a"]) == "a"
+    assert joined_ids(["a", "b", "c"]) == "a,b,c"
+    long_ids = [f"{i:0128d}" for i in range(64)]  # the longest ids the gateway accepts
+    value = joined_ids(long_ids)
+    assert len(value) <= 1024 + len(",+64")
+    assert value.startswith(long_ids[0] + "," + long_ids[1])
+    kept = value.split(",")[:-1]
+    assert kept == long_ids[: len(kept)] and value.endswith(f",+{64 - len(kept)}")
