@@ -106,7 +106,8 @@ def prepare_batch(
         preprocess_s += time.perf_counter() - middle
     STAGE_LATENCY.labels("decode", model).observe(decode_s)
     STAGE_LATENCY.labels("preprocess", model).observe(preprocess_s)
-    return np.stack(batch).astype(_NUMPY_INPUT[spec.dtype], copy=False)
+    stacked = batch[0][np.newaxis] if len(batch) == 1 else np.stack(batch)
+    return stacked.astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
 
 def postprocess(outputs: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:

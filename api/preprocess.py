@@ -44,7 +44,7 @@ def preprocess(image: Image.Image, spec: InputSpec, profile: str) -> np.ndarray:
         array = array[..., np.newaxis]
     elif channels == 3 and array.ndim == 2:
         array = np.repeat(array[..., np.newaxis], 3, axis=-1)
-    return array.astype(np.uint8)
+    return array.astype(np.uint8, copy=False)
 
 
 def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -62,9 +62,12 @@ def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
-    gray = image.convert("L")
-    # Work at a bounded size: enough detail for a digit, cheap for phone photos.
-    gray.thumbnail((DIGIT_WORK_SIZE, DIGIT_WORK_SIZE), Image.Resampling.BILINEAR)
+    # Images already grey and small (the common case) skip a copy each; the result is the same.
+    gray = image if image.mode == "L" else image.convert("L")
+    if max(gray.size) > DIGIT_WORK_SIZE:
+        # Work at a bounded size: enough detail for a digit, cheap for phone photos.
+        gray = gray.copy() if gray is image else gray
+        gray.thumbnail((DIGIT_WORK_SIZE, DIGIT_WORK_SIZE), Image.Resampling.BILINEAR)
     ink = _ink_map(gray)
     height, width = size
     box = _ink_box(ink)

@@ -10,6 +10,9 @@ The HTTP client is aiohttp with the multipart body encoded once (the bytes httpx
 ``--client httpx`` measures with httpx.AsyncClient as before (about 1 ms more per request).
 
     python bench/gateway_latency.py [--requests 300] [--seconds 5] [--client aiohttp|httpx]
+
+The gateway runs with the caller's FDL_ settings: FDL_PREDICT_MAX_IN_FLIGHT=0 measures it without
+merging concurrent requests into shared Predicts.
 """
 
 # ruff: noqa: E402 - grpc must be imported after tune_grpc()
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import resource
 import statistics
@@ -93,6 +97,17 @@ def cpu_s(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def predicts_served(url: str) -> tuple[float, float]:
+    """(Predict calls, classify requests they served) so far, from the gateway's metrics."""
+    calls = served = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("fdl_gateway_predict_call_requests_count"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("fdl_gateway_predict_call_requests_sum"):
+            served += float(line.rsplit(" ", 1)[1])
+    return calls, served
+
+
 def http_client(kind: str, url: str, png: bytes) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """A classify call and the client's close, for ``kind`` aiohttp or httpx."""
     endpoint = f"{url}/v1/models/digits:classify"
@@ -160,6 +175,7 @@ async def measure(stack: BenchStack, client: str, requests: int, seconds: float)
     for name, call in calls.items():
         before = {k: cpu_s(p) for k, p in processes.items()}
         client_before = own_cpu_s()
+        predicts_before = predicts_served(stack.url)
         rate, done = await throughput(call, 16, seconds)
         rates.append(rate)
         spent = {k: (cpu_s(p) - before[k]) * 1000 / done for k, p in processes.items()}
@@ -168,6 +184,9 @@ async def measure(stack: BenchStack, client: str, requests: int, seconds: float)
             f"  {name:16s} {rate:8.1f} req/s   CPU: client {client_ms:.2f}  "
             f"gateway {spent['gateway']:.2f}  model server {spent['server']:.2f}"
         )
+        calls_made, served = np.subtract(predicts_served(stack.url), predicts_before)
+        if calls_made:
+            print(f"  {'':16s} gateway requests per Predict: {served / calls_made:.1f}")
     print(f"  gateway / direct: {rates[1] / rates[0]:.2f}x (goal >= 0.7x)")
     await close()
     await channel.close()
@@ -190,6 +209,9 @@ def main() -> int:
                 f"to /readyz 200 {stack.gateway_ready_s:.2f} s (load average "
                 f"{psutil.getloadavg()[0]:.2f})"
             )
+            # Building the model imported TensorFlow here: keep its millions of objects out of
+            # the client's garbage collections, which would otherwise pause both clients.
+            gc.freeze()
             asyncio.run(measure(stack, args.client, args.requests, args.seconds))
             rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
             print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
