@@ -59,7 +59,7 @@ class PredictCoalescer:
         if lane is None:
             lane = self._lanes[key] = _Lane()
         if lane.in_flight < self.max_in_flight and not lane.waiting:
-            # Free capacity: this request goes now, alone and on its own task.
+            # Free capacity: this request goes now, alone, from its own caller's task.
             lane.in_flight += 1
             try:
                 PREDICT_CALL_REQUESTS.labels(model).observe(1)
