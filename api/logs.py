@@ -40,6 +40,13 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route our logs and uvicorn's through one handler on stderr."""
+    # Neither format shows the caller's file and line, thread or process, so they are not
+    # collected for each record (the logging HOWTO's "Optimization" section): the gateway writes
+    # a line per request, and the caller lookup walks the stack every time.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(JsonFormatter())
