@@ -145,25 +145,30 @@ def _median(values: np.ndarray) -> float:
     if flat.size % 2:
         return float(np.partition(flat, half)[half])
     low, high = np.partition(flat, (half - 1, half))[half - 1 : half + 1]
-    return float((low + high) / 2)
+    return (float(low) + float(high)) / 2  # as floats: uint8 sums would wrap
 
 
 def _ink_map(gray: Image.Image) -> np.ndarray:
     """Ink as bright values on a zero background, whatever the polarity and lighting."""
-    array = np.asarray(gray, dtype=np.float64)
-    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
-    light_paper = bool(_median(border) > 127)
+    pixels = np.asarray(gray)  # uint8; medians of it are those of its float64 copy
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    light_paper = _median(border) > 127
     if light_paper and min(gray.size) >= 16:
         # Divide out uneven lighting: ink becomes its contrast against the local paper.
         background = _background(gray, light_paper)
-        array = 255.0 - np.clip(array / np.maximum(background, 1.0) * 255.0, 0, 255)
+        array = 255.0 - np.clip(pixels / np.maximum(background, 1.0) * 255.0, 0, 255)
+        array -= _median(array)
     elif light_paper:
-        array = 255.0 - array
-    array = array - _median(array)
+        array = 255.0 - pixels
+        array -= _median(array)
+    else:
+        array = np.subtract(pixels, _median(pixels), dtype=np.float64)
     peak = array.max()
     if peak <= 0:
         return np.zeros(array.shape, dtype=np.uint8)
-    array = np.clip(array * (255.0 / peak), 0, 255)
-    # Suppress faint noise below a fraction of the ink's strength.
+    # The strongest ink becomes 255. Below a fifth of it is faint noise, set to 0 (negative
+    # values included); above 255 there is only rounding (255 plus an ulp), which the cast to
+    # uint8 truncates to 255, so no clipping is needed.
+    array *= 255.0 / peak
     array[array < 0.2 * 255.0] = 0
     return array.astype(np.uint8)

@@ -93,9 +93,12 @@ def test_photo_profile_and_draft_decoding() -> None:
 @pytest.mark.parametrize("size", [1, 2, 7, 28, 784, 1001])
 def test_median_is_numpys(size: int) -> None:
     rng = np.random.default_rng(size)
-    for values in (rng.integers(0, 256, size).astype(np.float64), rng.normal(0, 50, size)):
+    pixels = rng.integers(0, 256, size, dtype=np.uint8)
+    for values in (pixels, pixels.astype(np.float64), rng.normal(0, 50, size)):
         assert _median(values) == np.median(values)
         assert _median(values.reshape(1, -1)) == np.median(values)
+    # Pixels are uint8: the two middle values of an even count must not wrap when added.
+    assert _median(np.array([200, 250], np.uint8)) == 225.0
 
 
 @pytest.mark.parametrize(
