@@ -81,8 +81,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     collector = JobsCollector(app.state.store)
     REGISTRY.register(collector)
     # What start-up built lives as long as the process: keep it out of the collector's full
-    # passes, which otherwise walk it all again and again (about 40 us per classify request under
-    # load, measured with bench/gateway_latency.py).
+    # passes, which otherwise walk it all again and again (under load the collector took 44-56 us
+    # per classify request before, 14-21 us after; docs/gateway.md, Benchmarks).
     gc.freeze()
     try:
         yield
