@@ -17,7 +17,7 @@ from api.coalesce import PredictCoalescer
 from api.errors import ApiError
 from api.imaging import DEFAULT_MAX_PIXELS, decode_image
 from api.metadata_cache import MetadataCache
-from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, timed
+from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, child, timed
 from api.preprocess import choose_profile, decode_size, preprocess
 from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
@@ -104,8 +104,8 @@ def prepare_batch(
             raise
         decode_s += middle - start
         preprocess_s += time.perf_counter() - middle
-    STAGE_LATENCY.labels("decode", model).observe(decode_s)
-    STAGE_LATENCY.labels("preprocess", model).observe(preprocess_s)
+    child(STAGE_LATENCY, "decode", model).observe(decode_s)
+    child(STAGE_LATENCY, "preprocess", model).observe(preprocess_s)
     stacked = batch[0][np.newaxis] if len(batch) == 1 else np.stack(batch)
     return stacked.astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
@@ -221,5 +221,5 @@ async def classify(
             raise upstream_error(cause, target, "Predict") from cause
     with timed("postprocess", target.model):
         predictions = postprocess(outputs, top_k)
-    CLASSIFICATIONS.labels(target.model).inc(len(predictions))
+    child(CLASSIFICATIONS, target.model).inc(len(predictions))
     return {"model": target.model, "version": version, "predictions": predictions}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from api.metrics import PREDICT_CALL_REQUESTS
+from api.metrics import PREDICT_CALL_REQUESTS, child
 from api.serving_client import ServingClient
 
 Outputs = dict[str, np.ndarray]
@@ -62,7 +62,7 @@ class PredictCoalescer:
             # Free capacity: this request goes now, alone, from its own caller's task.
             lane.in_flight += 1
             try:
-                PREDICT_CALL_REQUESTS.labels(model).observe(1)
+                child(PREDICT_CALL_REQUESTS, model).observe(1)
                 return await self.client.predict(
                     model, {input_key: batch}, version=version, request_id=request_id
                 )
@@ -103,7 +103,7 @@ class PredictCoalescer:
     async def _send(self, key: _LaneKey, lane: _Lane, group: list[_Waiting]) -> None:
         model, version, input_key = key[0], key[1], key[2]
         try:
-            PREDICT_CALL_REQUESTS.labels(model).observe(len(group))
+            child(PREDICT_CALL_REQUESTS, model).observe(len(group))
             batch = group[0].batch if len(group) == 1 else np.concatenate([g.batch for g in group])
             request_id = joined_ids([item.request_id for item in group])
             served, outputs = await self.client.predict(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.datastructures import State
 
 from api import auth
@@ -23,8 +24,6 @@ from fdl.jobs import JobStore
 if TYPE_CHECKING:
     from celery import Celery
 
-# Declares the scheme in the OpenAPI document; the check itself is in api.auth.
-_bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer <key>")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
@@ -83,19 +82,21 @@ else:  # Celery is imported on first use only; FastAPI needs no type for a depen
     CeleryDep = Annotated[object, Depends(get_celery)]
 
 
-async def require_admin(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> str:
-    return await auth.require_admin(request)
+class _KeyCheck(HTTPBearer):
+    """The bearer scheme in the OpenAPI document, and the key and role check itself
+    (:mod:`api.auth`) as the dependency: one level of dependencies on every request, not two."""
+
+    def __init__(self, check: Callable[[Request], Awaitable[str]]) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="HTTPBearer",
+            description="An API key: Authorization: Bearer <key>",
+        )
+        self.check = check
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        return await self.check(request)
 
 
-async def require_classify(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> str:
-    return await auth.require_classify(request)
-
-
-AdminDep = Annotated[str, Depends(require_admin)]
-ClassifyDep = Annotated[str, Depends(require_classify)]
+AdminDep = Annotated[str, Security(_KeyCheck(auth.require_admin))]
+ClassifyDep = Annotated[str, Security(_KeyCheck(auth.require_classify))]

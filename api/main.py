@@ -30,9 +30,9 @@ from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
 
 ROUTERS: list[APIRouter] = [
+    classify.router,  # first: the hot path, matched without trying the others' routes
     health.router,
     jobs.router,
-    classify.router,
     models.router,
     ui.router,
 ]

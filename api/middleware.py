@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import sane_request_id
 from api.errors import ApiError, error_body
 from api.logs import request_id_var
-from api.metrics import REQUEST_LATENCY, REQUESTS
+from api.metrics import REQUEST_LATENCY, REQUESTS, child
 
 log = logging.getLogger("fdl.gateway.access")
 
@@ -92,8 +92,8 @@ class GatewayMiddleware:
             # Unknown or invalid names stay out of the labels: no unbounded cardinality.
             model = ""
         method = scope.get("method", "")
-        REQUESTS.labels(template, method, model, str(status)).inc()
-        REQUEST_LATENCY.labels(template, method).observe(elapsed)
+        child(REQUESTS, template, method, model, str(status)).inc()
+        child(REQUEST_LATENCY, template, method).observe(elapsed)
         if template in ("/metrics", "/healthz"):
             return  # scrapes and probes would drown the access log
         log.info(
