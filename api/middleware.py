@@ -88,8 +88,10 @@ class GatewayMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         model = (scope.get("path_params") or {}).get("model", "")
-        if status in (404, 422):
-            # Unknown or invalid names stay out of the labels: no unbounded cardinality.
+        if status >= 400:
+            # Only an answer proves the model is served: names from refused requests (unknown,
+            # invalid, unauthenticated, rate-limited...) stay out of the labels, so nobody can
+            # create unbounded series.
             model = ""
         method = scope.get("method", "")
         child(REQUESTS, template, method, model, str(status)).inc()

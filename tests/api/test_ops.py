@@ -41,6 +41,12 @@ def test_probes(gateway: Gateway) -> None:
 def test_metrics(gateway: Gateway) -> None:
     assert classify(gateway).status_code == 200
     assert classify(gateway, "no_such_model").status_code == 404
+    refused = httpx.post(
+        f"{gateway.url}/v1/models/no_key_model:classify",
+        files=[("file", ("a.png", PNG, "image/png"))],
+        timeout=30,
+    )
+    assert refused.status_code == 401  # this gateway requires a key to classify
     text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert re.search(
         r'fdl_gateway_requests_total\{method="POST",model="digits",'
@@ -48,7 +54,7 @@ def test_metrics(gateway: Gateway) -> None:
         text,
     )
     # Names that are not served are not labels (attackers could create unbounded series).
-    assert "no_such_model" not in text
+    assert "no_such_model" not in text and "no_key_model" not in text
     assert re.search(r'model="",route="/v1/models/\{model\}:classify",status="404"', text)
     for stage in ("decode", "preprocess", "predict", "postprocess"):
         assert f'fdl_gateway_stage_seconds_count{{model="digits",stage="{stage}"}}' in text
