@@ -61,14 +61,7 @@ class PredictCoalescer:
         if lane.in_flight < self.max_in_flight and not lane.waiting:
             # Free capacity: this request goes now, alone, from its own caller's task.
             lane.in_flight += 1
-            try:
-                child(PREDICT_CALL_REQUESTS, model).observe(1)
-                return await self.client.predict(
-                    model, {input_key: batch}, version=version, request_id=request_id
-                )
-            finally:
-                lane.in_flight -= 1
-                self._dispatch(key, lane)
+            return await self._call(key, lane, [batch], [request_id])
         future: asyncio.Future[tuple[int, Outputs]] = asyncio.get_running_loop().create_future()
         lane.waiting.append(_Waiting(batch, request_id, future))
         return await future
@@ -79,7 +72,7 @@ class PredictCoalescer:
             group = self._take(lane)
             if not group:
                 break
-            lane.in_flight += 1
+            lane.in_flight += 1  # now, so this loop sees it before the task starts
             task = asyncio.ensure_future(self._send(key, lane, group))
             self._tasks.add(task)  # a strong reference until it is done
             task.add_done_callback(self._tasks.discard)
@@ -100,14 +93,27 @@ class PredictCoalescer:
             rows += len(item.batch)
         return group
 
-    async def _send(self, key: _LaneKey, lane: _Lane, group: list[_Waiting]) -> None:
+    async def _call(
+        self, key: _LaneKey, lane: _Lane, batches: list[np.ndarray], request_ids: list[str]
+    ) -> tuple[int, Outputs]:
+        """One Predict of ``batches`` (already counted in flight); then the lane's next ones."""
         model, version, input_key = key[0], key[1], key[2]
         try:
-            child(PREDICT_CALL_REQUESTS, model).observe(len(group))
-            batch = group[0].batch if len(group) == 1 else np.concatenate([g.batch for g in group])
-            request_id = joined_ids([item.request_id for item in group])
-            served, outputs = await self.client.predict(
-                model, {input_key: batch}, version=version, request_id=request_id
+            child(PREDICT_CALL_REQUESTS, model).observe(len(batches))
+            batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
+            return await self.client.predict(
+                model, {input_key: batch}, version=version, request_id=joined_ids(request_ids)
+            )
+        finally:
+            lane.in_flight -= 1
+            self._dispatch(key, lane)
+
+    async def _send(self, key: _LaneKey, lane: _Lane, group: list[_Waiting]) -> None:
+        """Predict a waiting group together and hand each caller its own rows (or the error)."""
+        batches = [item.batch for item in group]
+        try:
+            served, outputs = await self._call(
+                key, lane, batches, [item.request_id for item in group]
             )
         except asyncio.CancelledError:  # the gateway is shutting down
             for item in group:
@@ -117,16 +123,14 @@ class PredictCoalescer:
             for item in group:
                 if not item.future.done():
                     item.future.set_exception(error)
-        else:
-            start = 0
-            for item in group:
-                end = start + len(item.batch)
-                if not item.future.done():
-                    item.future.set_result((served, _rows(outputs, start, end, len(batch))))
-                start = end
-        finally:
-            lane.in_flight -= 1
-            self._dispatch(key, lane)
+            return
+        total = sum(len(batch) for batch in batches)
+        start = 0
+        for item in group:
+            end = start + len(item.batch)
+            if not item.future.done():
+                item.future.set_result((served, _rows(outputs, start, end, total)))
+            start = end
 
 
 def joined_ids(ids: list[str], limit: int = MAX_ID_HEADER) -> str:
