@@ -45,6 +45,7 @@ from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
 from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from tests.support.prometheus import sample_sums
 
 Call = Callable[[], Awaitable[None]]
 
@@ -100,12 +101,11 @@ def cpu_s(process: psutil.Process) -> float:
 
 def predicts_served(url: str) -> tuple[float, float]:
     """(Predict calls, classify requests they served) so far, from the gateway's metrics."""
-    calls = served = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("fdl_gateway_predict_call_requests_count"):
-            calls += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("fdl_gateway_predict_call_requests_sum"):
-            served += float(line.rsplit(" ", 1)[1])
+    calls, served = sample_sums(
+        f"{url}/metrics",
+        "fdl_gateway_predict_call_requests_count",
+        "fdl_gateway_predict_call_requests_sum",
+    )
     return calls, served
 
 

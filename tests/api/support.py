@@ -13,6 +13,7 @@ import httpx
 
 from api.wire.tfs_pb2 import GetModelStatusRequest, GetModelStatusResponse, ModelSpec
 from tests.support.procs import Process, free_port, wait_for
+from tests.support.prometheus import sample_sums
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 FILE_ADMIN_KEY = "admin-key-from-a-secret-file"
@@ -62,9 +63,7 @@ def ok_requests(server: ModelServer, model: str = "digits") -> float:
     """Successful requests for ``model`` so far, from the server's Prometheus metrics at /metrics
     (started with a monitoring config that enables them)."""
     prefix = f':tensorflow:serving:request_count{{model_name="{model}",status="OK"}}'
-    text = httpx.get(f"http://127.0.0.1:{server.rest_port}/metrics", timeout=10).text
-    lines = [line for line in text.splitlines() if line.startswith(prefix)]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+    return sample_sums(f"http://127.0.0.1:{server.rest_port}/metrics", prefix)[0]
 
 
 def versions_available(target: str, model: str) -> set[int]:
