@@ -6,6 +6,11 @@ straight to the model server. Concurrency 16: requests per second of both, and t
 request of each process (client, gateway, model server): on a small machine they share cores.
 Goals (issue 5): p50 difference <= 1 ms at concurrency 1; gateway >= 0.7x direct req/s at 16.
 
+At concurrency 1 the bench also shows where the difference goes: the p50 of ``GET /healthz``
+through the same HTTP client, server and middleware (the floor of any HTTP call to the gateway),
+and the gateway's own mean time per classify request from its metrics (the request as its
+middleware times it, and each stage), so the difference reads as HTTP floor + stages + the rest.
+
 The HTTP client is aiohttp with the multipart body encoded once (the bytes httpx would send);
 ``--client httpx`` measures with httpx.AsyncClient as before (about 1 ms more per request).
 
@@ -39,6 +44,7 @@ import httpx
 import numpy as np
 import psutil
 from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - sets sys.path
+from machine import python_speed_ms
 from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
@@ -48,6 +54,7 @@ from fdl import contract
 from tests.support.prometheus import sample_sums
 
 Call = Callable[[], Awaitable[None]]
+STAGES = ("decode", "preprocess", "predict", "postprocess")
 
 
 def digit_png() -> tuple[bytes, np.ndarray]:
@@ -109,49 +116,89 @@ def predicts_served(url: str) -> tuple[float, float]:
     return calls, served
 
 
-def http_client(kind: str, url: str, png: bytes) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    """A classify call and the client's close, for ``kind`` aiohttp or httpx."""
-    endpoint = f"{url}/v1/models/digits:classify"
-    files = [("file", ("d.png", png, "image/png"))]
+def http_client(
+    kind: str, url: str, png: bytes | None
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """A classify call of ``png`` (without one: ``GET /healthz``) and the client's close, for
+    ``kind`` aiohttp or httpx."""
+    method, endpoint = (
+        ("POST", f"{url}/v1/models/digits:classify") if png else ("GET", f"{url}/healthz")
+    )
+    files = [("file", ("d.png", png, "image/png"))] if png else None
     if kind == "httpx":
         client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32))
 
-        async def post_httpx() -> None:
-            response = await client.post(endpoint, files=files)
+        async def call_httpx() -> None:
+            response = await client.request(method, endpoint, files=files)
             response.raise_for_status()
 
-        return post_httpx, client.aclose
+        return call_httpx, client.aclose
 
     import aiohttp  # a bench dependency (the "dev" extra)
 
-    encoded = httpx.Request("POST", endpoint, files=files)
-    body, content_type = encoded.read(), encoded.headers["content-type"]
+    encoded = httpx.Request(method, endpoint, files=files)
+    body = encoded.read() or None
+    headers = {"content-type": encoded.headers["content-type"]} if png else {}
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=32), timeout=aiohttp.ClientTimeout(total=30)
     )
 
-    async def post_aiohttp() -> None:
-        async with session.post(
-            endpoint, data=body, headers={"content-type": content_type}
-        ) as response:
+    async def call_aiohttp() -> None:
+        async with session.request(method, endpoint, data=body, headers=headers) as response:
             response.raise_for_status()
             await response.read()
 
-    return post_aiohttp, session.close
+    return call_aiohttp, session.close
 
 
-async def latency_round(calls: dict[str, Call], requests: int) -> float:
-    """Concurrency 1: prints each client's latencies, returns the p50 difference (ms)."""
+def classify_timings(url: str) -> np.ndarray:
+    """Seconds so far in the gateway's classify requests (as its middleware times them) and in
+    each stage, then the number of those requests, from the gateway's metrics (whose labels
+    prometheus-client writes in name order)."""
+    route = 'method="POST",route="/v1/models/{model}:classify"}'
+    return np.array(
+        sample_sums(
+            f"{url}/metrics",
+            f"fdl_gateway_request_seconds_sum{{{route}",
+            *(
+                f'fdl_gateway_stage_seconds_sum{{model="digits",stage="{stage}"}}'
+                for stage in STAGES
+            ),
+            f"fdl_gateway_request_seconds_count{{{route}",
+        )
+    )
+
+
+async def latency_round(calls: dict[str, Call], floor: Call, url: str, requests: int) -> dict:
+    """Concurrency 1: prints each client's latencies and the gateway's own times per request;
+    returns the p50 difference, the HTTP floor's p50 and the gateway's mean times (ms)."""
     print(f"  concurrency 1, {requests} requests each (ms)")
     p50s = []
-    for name, call in calls.items():
+    for name, call in {**calls, "gateway /healthz": floor}.items():
+        before = classify_timings(url)
         latencies = await sequential(call, requests)
+        spent = classify_timings(url) - before
         p50s.append(pct(latencies, 50))
         print(
             f"    {name:16s} p50 {pct(latencies, 50):6.2f}  p90 {pct(latencies, 90):6.2f}  "
             f"p99 {pct(latencies, 99):6.2f}  mean {statistics.fmean(latencies):6.2f}"
         )
-    return p50s[1] - p50s[0]
+        if spent[-1]:  # the classify call: the only one the classify route counts
+            inside = spent[:-1] * 1000 / spent[-1]
+    request, stages = inside[0], dict(zip(STAGES, inside[1:], strict=True))
+    rest = request - sum(stages.values())
+    print(
+        f"    inside the gateway, mean per classify: {request:.2f} (middleware to response), of "
+        f"which {', '.join(f'{k} {v:.2f}' for k, v in stages.items())}, the rest (routing, "
+        f"auth, multipart, JSON) {rest:.2f}"
+    )
+    return {
+        "difference": p50s[1] - p50s[0],
+        "http floor": p50s[2],
+        "decode + preprocess": stages["decode"] + stages["preprocess"],
+        "predict - direct p50": stages["predict"] - p50s[0],
+        "postprocess + rest": rest + stages["postprocess"],
+    }
 
 
 async def throughput_round(
@@ -195,24 +242,34 @@ async def measure(
         await predict(request, timeout=10)
 
     gateway, close = http_client(client, stack.url, png)
+    floor, close_floor = http_client(client, stack.url, None)
     calls = {"direct gRPC": direct, f"gateway {client}": gateway}
     processes = {
         "gateway": psutil.Process(stack.gateway.pid),
         "server": psutil.Process(stack.server.pid),
     }
-    differences, ratios = [], []
+    parts, ratios = [], []
     for number in range(1, rounds + 1):
         # Rounds alternate direct and gateway: the machine's speed drifts within minutes.
         print(f"round {number} of {rounds}")
-        differences.append(await latency_round(calls, requests))
+        parts.append(await latency_round(calls, floor, stack.url, requests))
         ratios.append(await throughput_round(calls, processes, stack.url, seconds))
-    listed = ", ".join(f"{d:+.2f}" for d in differences)
-    median = statistics.median(differences)
+    listed = ", ".join(f"{p['difference']:+.2f}" for p in parts)
+    median = statistics.median(p["difference"] for p in parts)
     print(f"p50 difference at concurrency 1 (goal <= 1 ms): {listed} ms; median {median:+.2f}")
+    medians = {
+        key: statistics.median(p[key] for p in parts) for key in parts[0] if key != "difference"
+    }
+    print(
+        "  medians of its parts: "
+        + ", ".join(f"{key} {value:.2f}" for key, value in medians.items())
+        + " ms (HTTP floor: p50 of GET /healthz; the others: the gateway's own means)"
+    )
     listed = ", ".join(f"{r:.2f}" for r in ratios)
     median = statistics.median(ratios)
     print(f"gateway / direct at concurrency 16 (goal >= 0.7x): {listed}; median {median:.2f}x")
     await close()
+    await close_floor()
     await channel.close()
 
 
@@ -224,6 +281,8 @@ def main() -> int:
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
     from serving.testing import build_test_model
+
+    before = python_speed_ms()  # the machine's speed before and after: it drifts
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -240,6 +299,10 @@ def main() -> int:
             asyncio.run(measure(stack, args.client, args.requests, args.seconds, args.rounds))
             rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
             print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
+    print(
+        f"Python speed probe (sum(range(100000))): {before:.2f} ms before, "
+        f"{python_speed_ms():.2f} ms after (about 1.2 on the fastest VM seen)"
+    )
     return 0
 
 

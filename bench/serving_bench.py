@@ -34,6 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import python_speed_ms
+
 from serving.servable import Servable
 from serving.testing import build_test_model, sample_images
 from tests.support.procs import Process, free_port, grpc_ready, wait_for
@@ -123,6 +125,7 @@ def main() -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    speed = [python_speed_ms()]  # the machine's speed before and after: it drifts
     work = Path(tempfile.mkdtemp(prefix="fdl-serving-bench-"))
     model_dir = work / "mnist"
     build_test_model(model_dir / "1", architecture="cnn", model_name="mnist")
@@ -168,15 +171,20 @@ def main() -> None:
             lambda: servable.run("", {"images": image}, keys), 1, args.seconds, idle=gap
         )
     servable.close()
-    report(results, args, tf.__version__)
+    speed.append(python_speed_ms())
+    report(results, args, tf.__version__, speed)
 
 
-def report(results: dict[tuple[str, int], dict[str, float]], args: Any, tf_version: str) -> None:
+def report(
+    results: dict[tuple[str, int], dict[str, float]], args: Any, tf_version: str, speed: list[float]
+) -> None:
     print(f"\nMNIST CNN, batch 1 per request, {args.seconds:.0f} s per cell")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, TensorFlow {tf_version}, "
           f"load average {os.getloadavg()[0]:.2f}, "
           f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")  # fmt: skip
+    print(f"Python speed probe (sum(range(100000))): {speed[0]:.2f} ms before, {speed[1]:.2f} ms "
+          "after (about 1.2 on the fastest VM seen)")  # fmt: skip
     print(f"{'mode':<32} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for (mode, c), r in results.items():
         print(f"{mode:<32} {c:>4} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f}")
