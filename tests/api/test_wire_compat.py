@@ -262,3 +262,12 @@ def test_tensor_helpers_against_official_make_tensor_proto() -> None:
     same = tf.make_tensor_proto(np.full((2, 2), 0.5, np.float32))
     same_mine = ours.TensorProto.FromString(same.SerializeToString())
     np.testing.assert_array_equal(from_tensor_proto(same_mine), np.full((2, 2), 0.5, np.float32))
+    # Half precision in its typed field (uint16 bit patterns) and a scalar (no dimensions).
+    for value in (np.array([[1.5, -2.25]], np.float16), np.array(7, np.int64)):
+        official = tf.make_tensor_proto(value)
+        if value.dtype == np.float16:
+            official.ClearField("tensor_content")
+            official.half_val.extend(value.view(np.uint16).ravel().tolist())
+        decoded = from_tensor_proto(ours.TensorProto.FromString(official.SerializeToString()))
+        assert decoded.dtype == value.dtype and decoded.shape == value.shape
+        np.testing.assert_array_equal(decoded, value)
