@@ -14,6 +14,11 @@ Warmup, once per loaded version that has a warmup file:
 ``:tensorflow:serving:batching_session:queuing_latency`` {thread_pool_name} (microseconds each task
 waited; the model server's pool name is ``""``). Ours:
 ``:tensorflow:serving:batching_session:processed_batch_size`` {model_name}.
+
+SavedModel loads, as TensorFlow's C++ loader (which TF Serving calls) counts them:
+``:tensorflow:cc:saved_model:load_attempt_count`` {model_path, status} (``success`` or ``fail``)
+and ``:tensorflow:cc:saved_model:load_latency`` {model_path}, the microseconds of every attempt
+added up (a counter); ``model_path`` is the version directory.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ WARMUP_RECORDS = ":tensorflow:serving:model_warmup_records_read"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
 BATCH_RUNS = ":tensorflow:serving:batching_session:wrapped_run_count"
 QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
+LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
+LOAD_LATENCY = ":tensorflow:cc:saved_model:load_latency"
 _LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
 _QUEUING_BUCKETS_US = tuple(100 * 1.2**i for i in range(52))
 
@@ -71,6 +78,17 @@ class Metrics:
         )
         self._batch_runs = self._counter(
             BATCH_RUNS, "Total count of run calls on the wrapped session"
+        )
+        self._load_attempts = self._counter(
+            LOAD_ATTEMPTS,
+            "The number of times a SavedModel was successfully loaded.",  # TensorFlow's text
+            "model_path",
+            "status",
+        )
+        self._load_latency = self._counter(
+            LOAD_LATENCY,
+            "Latency in microseconds for SavedModels that were successfully loaded.",
+            "model_path",
         )
         self._latency = Histogram(
             REQUEST_LATENCY,
@@ -146,6 +164,11 @@ class Metrics:
         """A successful warmup of the version at ``model_path`` (TF Serving's status "OK")."""
         self._child(self._warmup, model_path, "OK").observe(seconds * 1e6)
         self._warmup_records.inc(model_path, "OK", amount=records)
+
+    def record_load(self, model_path: str, ok: bool, seconds: float) -> None:
+        """One SavedModel load attempt of the version at ``model_path`` (warmup not included)."""
+        self._load_attempts.inc(model_path, "success" if ok else "fail")
+        self._load_latency.inc(model_path, amount=round(seconds * 1e6))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,6 +47,7 @@ class ManagerOptions:
     per_model_batching: bool = False  # --enable_per_model_batching_parameters
     on_run: Callable[[str, float], None] | None = None  # (model, seconds) after each run
     on_warmup: Callable[[str, float, int], None] | None = None  # (version path, seconds, records)
+    on_load: Callable[[str, bool, float], None] | None = None  # (version path, loaded, seconds)
 
 
 @dataclass

@@ -74,6 +74,7 @@ class ModelServer:
                 per_model_batching=args.enable_per_model_batching_parameters,
                 on_run=self.metrics.record_run,
                 on_warmup=self.metrics.record_warmup,
+                on_load=self.metrics.record_load,
             )
         )
         self._stop = threading.Event()

@@ -304,6 +304,43 @@ def test_warmup_metrics(api_server) -> None:
     assert not _samples(text, latency, model_path=str(plain))
 
 
+def test_load_metrics(api_server) -> None:
+    """TensorFlow's SavedModel loader counts each version's load once, with its time."""
+    with urllib.request.urlopen(f"{api_server.rest}{METRICS_PATH}", timeout=30) as reply:
+        text = reply.read().decode()
+    attempts = ":tensorflow:cc:saved_model:load_attempt_count"
+    latency = ":tensorflow:cc:saved_model:load_latency"
+    for version in ("tiny/1", "tiny/2", "other/5"):
+        path = str(api_server.root / version)
+        assert _samples(text, attempts, model_path=path, status="success") == [1], version
+        assert not _samples(text, attempts, model_path=path, status="fail")
+        assert _samples(text, latency, model_path=path)[0] > 0
+
+
+def test_failed_load_is_counted(model_stock, tmp_path) -> None:
+    """A version whose SavedModel cannot be read counts as a failed attempt; a good one as a
+    success, each under its own version directory."""
+    from serving.loading import load_version
+    from serving.metrics import Metrics
+    from serving.records import ManagerOptions, VersionRecord
+
+    metrics = Metrics()
+    options = ManagerOptions(enable_warmup=False, on_load=metrics.record_load)
+    good = VersionRecord(version=1, path=model_stock.versions["a"])
+    load_version("m", good, options).close()
+    bad = VersionRecord(version=2, path=model_stock.versions["broken"])
+    with pytest.raises(Exception, match=r"SavedModel|saved_model|parse"):
+        load_version("m", bad, options)
+    text = metrics.exposition().decode()
+    attempts = ":tensorflow:cc:saved_model:load_attempt_count"
+    assert _samples(text, attempts, model_path=str(good.path), status="success") == [1]
+    assert _samples(text, attempts, model_path=str(bad.path), status="fail") == [1]
+    assert not _samples(text, attempts, model_path=str(bad.path), status="success")
+    latency = ":tensorflow:cc:saved_model:load_latency"
+    assert _samples(text, latency, model_path=str(good.path))[0] > 0
+    assert _samples(text, latency, model_path=str(bad.path))[0] >= 0  # timed too, as in TF
+
+
 def test_reflection_lists_the_services(api_server) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
