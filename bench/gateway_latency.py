@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 import psutil
 from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - sets sys.path
-from machine import python_speed_ms
+from machine import python_speed_ms, speed_line
 from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
@@ -174,17 +174,16 @@ async def latency_round(calls: dict[str, Call], floor: Call, url: str, requests:
     returns the p50 difference, the HTTP floor's p50 and the gateway's mean times (ms)."""
     print(f"  concurrency 1, {requests} requests each (ms)")
     p50s = []
+    before = classify_timings(url)  # only the gateway's classify calls move these
     for name, call in {**calls, "gateway /healthz": floor}.items():
-        before = classify_timings(url)
         latencies = await sequential(call, requests)
-        spent = classify_timings(url) - before
         p50s.append(pct(latencies, 50))
         print(
             f"    {name:16s} p50 {pct(latencies, 50):6.2f}  p90 {pct(latencies, 90):6.2f}  "
             f"p99 {pct(latencies, 99):6.2f}  mean {statistics.fmean(latencies):6.2f}"
         )
-        if spent[-1]:  # the classify call: the only one the classify route counts
-            inside = spent[:-1] * 1000 / spent[-1]
+    spent = classify_timings(url) - before
+    inside = spent[:-1] * 1000 / spent[-1]
     request, stages = inside[0], dict(zip(STAGES, inside[1:], strict=True))
     rest = request - sum(stages.values())
     print(
@@ -299,10 +298,7 @@ def main() -> int:
             asyncio.run(measure(stack, args.client, args.requests, args.seconds, args.rounds))
             rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
             print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
-    print(
-        f"Python speed probe (sum(range(100000))): {before:.2f} ms before, "
-        f"{python_speed_ms():.2f} ms after (about 1.2 on the fastest VM seen)"
-    )
+    print(speed_line(before, python_speed_ms()))
     return 0
 
 

@@ -14,3 +14,10 @@ def python_speed_ms() -> float:
     """``sum(range(100000))`` in ms, best of 5 rounds of 100 (what ``python -m timeit`` prints
     for it here); about 1.2 on the fastest of these VMs seen, 2.9 on the slowest."""
     return min(timeit.repeat("sum(range(100000))", repeat=5, number=100)) / 100 * 1000
+
+
+def speed_line(before: float, after: float) -> str:
+    return (
+        f"Python speed probe (sum(range(100000))): {before:.2f} ms before, {after:.2f} ms after "
+        "(about 1.2 on the fastest VM seen)"
+    )

@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import python_speed_ms
+from machine import python_speed_ms, speed_line
 
 from serving.servable import Servable
 from serving.testing import build_test_model, sample_images
@@ -183,8 +183,7 @@ def report(
           f"Python {platform.python_version()}, TensorFlow {tf_version}, "
           f"load average {os.getloadavg()[0]:.2f}, "
           f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}")  # fmt: skip
-    print(f"Python speed probe (sum(range(100000))): {speed[0]:.2f} ms before, {speed[1]:.2f} ms "
-          "after (about 1.2 on the fastest VM seen)")  # fmt: skip
+    print(speed_line(*speed))
     print(f"{'mode':<32} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for (mode, c), r in results.items():
         print(f"{mode:<32} {c:>4} {r['rps']:>9.1f} {r['p50']:>8.2f} {r['p99']:>8.2f}")

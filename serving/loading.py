@@ -17,13 +17,13 @@ def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> S
     """A loaded, warmed-up version with its batching and metrics hooks; raises (with the Session
     closed) when TF Serving would reject the version."""
     log.info("loading %s version %d from %s", name, record.version, record.path)
-    started = time.monotonic()
+    started, loaded = time.monotonic(), False
     try:
         servable = Servable(name, record.version, record.path, options.session_config, options.tags)
-    except BaseException:
-        _count_load(options, record, False, started)
-        raise
-    _count_load(options, record, True, started)
+        loaded = True
+    finally:
+        if options.on_load is not None:  # the SavedModel load alone, as TensorFlow times it
+            options.on_load(str(record.path), loaded, time.monotonic() - started)
     try:
         servable.on_run = options.on_run
         servable.batching = version_batching(
@@ -46,9 +46,3 @@ def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> S
         servable.session.close()
         raise
     return servable
-
-
-def _count_load(options: ManagerOptions, record: VersionRecord, ok: bool, started: float) -> None:
-    """The SavedModel load alone (Session and restore), as TensorFlow's loader times it."""
-    if options.on_load is not None:
-        options.on_load(str(record.path), ok, time.monotonic() - started)
