@@ -5,44 +5,15 @@ JobStore calls the worker makes."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-
-import httpx
 
 from fdl.jobs import JobStatus, JobStore
 from tests.api.support import start_gateway
 from tests.support.procs import free_port, wait_for
+from tests.support.sse import StreamReader
 
 KEEP_ALIVES = 3  # one per 2.5 s block: together longer than the 5 s socket timeout
-
-
-class StreamReader(threading.Thread):
-    """Reads one SSE response line by line, keeping every line and how the stream ended."""
-
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.headers = url, headers
-        self.lines: list[str] = []
-        self.error: BaseException | None = None
-        self.status_code = 0
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
-                self.status_code = response.status_code
-                for line in response.iter_lines():
-                    self.lines.append(line)
-        except BaseException as error:  # the test reports it
-            self.error = error
-
-    def keep_alives(self) -> int:
-        return sum(1 for line in self.lines if line.startswith(": keep-alive"))
-
-    def ensure_open(self) -> None:
-        if not self.is_alive():
-            raise AssertionError(f"stream ended early ({self.error!r}): {self.lines}")
 
 
 def test_stream_outlives_the_block_time_and_ends_with_the_job(

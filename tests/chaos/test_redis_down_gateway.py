@@ -7,10 +7,12 @@ from pathlib import Path
 
 import httpx
 
+from api.errors import STORE_RETRY_AFTER_S
 from fdl.jobs import JobStore
 from tests.api.support import ADMIN_KEY, FILE_ADMIN_KEY, start_gateway
 from tests.chaos.conftest import RestartableRedis
-from tests.support.procs import free_port
+from tests.support.procs import free_port, wait_for
+from tests.support.sse import StreamReader
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -52,7 +54,20 @@ def test_job_routes_answer_503_while_redis_is_down(
             ]
             assert statuses == [200, 200, 429]
 
+            following = StreamReader(
+                f"{gateway.url}/v1/jobs/{job_id}/events", bearer(FILE_ADMIN_KEY)
+            )
+            following.start()
+            wait_for(
+                lambda: following.lines, 10, "the stream's first event", check=following.ensure_open
+            )
+
             restartable_redis.stop()
+            # A stream open when Redis went away ends cleanly and tells the client to come back.
+            following.join(30)
+            assert not following.is_alive() and following.error is None, following.error
+            assert "event: unavailable" in following.lines, following.lines
+            assert f"retry: {STORE_RETRY_AFTER_S * 1000}" in following.lines
             for method, path, body in job_requests(job_id):
                 response = client.request(method, path, json=body, headers=bearer(ADMIN_KEY))
                 # Not 429: the limiter fails open without Redis; not 500: the store is down.
