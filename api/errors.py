@@ -8,7 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# Seconds a client should wait before retrying a request that found Redis (the job store) down.
+STORE_RETRY_AFTER_S = 2
 
 
 class ApiError(Exception):
@@ -33,6 +37,16 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     if details is not None:
         body["details"] = details
     return {"error": body}
+
+
+def store_unavailable(error: Exception) -> ApiError:
+    """503 + Retry-After for any request that needed Redis while it was unreachable."""
+    return ApiError(
+        503,
+        "job_store_unavailable",
+        f"the job store (Redis) is unavailable ({type(error).__name__}); retry shortly",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -65,6 +79,17 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("invalid_request", _describe_validation(list(error.errors())), details),
             status_code=422,
         )
+
+    @app.exception_handler(RedisError)
+    async def _store_down(request: Request, error: RedisError) -> JSONResponse:
+        # Any route that reads or writes jobs while Redis is down: a retryable 503, not a 500.
+        logging.getLogger("fdl.gateway").warning(
+            "job store unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(error).__name__,
+        )
+        return await _api_error(request, store_unavailable(error))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:

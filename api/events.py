@@ -1,25 +1,47 @@
 """A job's event stream (Redis stream written by :class:`fdl.jobs.JobStore`) as SSE messages.
 
-Read with the asyncio Redis client, so a waiting subscriber holds no thread.
+Read with the asyncio Redis client, so a waiting subscriber holds no thread. Each XREAD blocks
+for half the client's socket timeout (redis-py's default is 5 s): a block as long as the
+timeout made the socket time out first, which ended every idle stream after ~5 s. An idle round
+sends a keep-alive comment, so proxies and clients see the stream is alive.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from api.errors import STORE_RETRY_AFTER_S
 from fdl.jobs import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus
 
+log = logging.getLogger("fdl.gateway")
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+# The longest XREAD block; it is cut to half the client's socket timeout.
+MAX_BLOCK_MS = 10_000
+# redis-py's socket timeout (since 6.0) when the URL sets none; connection_kwargs omit it then.
+REDIS_PY_SOCKET_TIMEOUT_S = 5.0
+KEEP_ALIVE = {"comment": "keep-alive"}
 
 
 def _is_end(kind: str, data: Any) -> bool:
     return kind == "status" and isinstance(data, dict) and data.get("status") in TERMINAL_VALUES
+
+
+def block_ms_for(client: aioredis.Redis) -> int:
+    """Half the client's socket timeout (2.5 s by default), so a block never outlasts it."""
+    timeout_s = client.connection_pool.connection_kwargs.get(
+        "socket_timeout", REDIS_PY_SOCKET_TIMEOUT_S
+    )
+    if timeout_s is None:
+        return MAX_BLOCK_MS
+    return max(100, min(MAX_BLOCK_MS, int(float(timeout_s) * 500)))
 
 
 async def job_status(client: aioredis.Redis, job_id: str) -> JobStatus | None:
@@ -30,21 +52,33 @@ async def job_status(client: aioredis.Redis, job_id: str) -> JobStatus | None:
 
 
 async def job_events(
-    client: aioredis.Redis, job_id: str, after: str = "0-0", block_ms: int = 5000
+    client: aioredis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """SSE messages (id, event, data) after stream id ``after``; ends after the terminal status.
 
     A client that reconnects with ``Last-Event-ID`` past the end gets nothing and the stream
-    closes at once.
+    closes at once. If Redis goes away mid-stream, the stream ends with an ``unavailable`` event
+    and a ``retry`` hint; an EventSource reconnects with ``Last-Event-ID`` and loses nothing.
     """
     key = EVENTS_KEY.format(job_id)
+    block = block_ms if block_ms is not None else block_ms_for(client)
     while True:
-        reply = await client.xread({key: after}, count=100, block=block_ms)
+        try:
+            reply = await client.xread({key: after}, count=100, block=block)
+            status = None if reply else await job_status(client, job_id)
+        except RedisError as error:
+            log.warning("job %s event stream: job store unavailable: %r", job_id, error)
+            yield {
+                "event": "unavailable",
+                "data": json.dumps({"code": "job_store_unavailable", "message": str(error)}),
+                "retry": STORE_RETRY_AFTER_S * 1000,
+            }
+            return
         entries = [entry for _stream, items in reply or [] for entry in items]
         if not entries:
-            status = await job_status(client, job_id)
             if status is None or status.terminal:
                 return
+            yield KEEP_ALIVE
             continue
         for entry_id, fields in entries:
             after = entry_id

@@ -41,7 +41,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "Unsupported media type or image format",
         422: "Invalid input (the message names the field)",
         429: "Rate limit exceeded (see Retry-After)",
-        503: "Model server unavailable (see Retry-After)",
+        503: "Model server or job store (Redis) unavailable (see Retry-After)",
         504: "Model server deadline exceeded",
     }
     return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}

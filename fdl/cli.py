@@ -25,7 +25,7 @@ console = Console()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
     from fdl.settings import CommonSettings
-    from fdl.stack import plan_stack, run_stack
+    from fdl.stack import plan_stack, redis_banner, run_stack
 
     settings = CommonSettings()
     stack = plan_stack(settings)
@@ -35,6 +35,7 @@ def up() -> None:
         console.print(f"Admin API key (new, stored in {settings.var_dir}/api_key): {stack.api_key}")
     elif stack.api_key and not settings.api_keys:
         console.print(f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}")
+    console.print(redis_banner(stack), soft_wrap=True, markup=False)
     raise typer.Exit(run_stack(stack))
 
 

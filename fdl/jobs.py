@@ -3,17 +3,24 @@
 One hash per job (``fdl:job:<id>``) holds JSON-encoded fields, a sorted set indexes jobs by
 creation time, and a Redis stream per job carries the events that live consumers follow.
 Status changes go through a Lua script so that a terminal status is never overwritten.
+
+A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
+unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
+bookkeeping instead of failing it. The gateway's store does not retry: it answers 503 at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from enum import StrEnum
 from typing import Any
 
 import redis
+
+from fdl.store_retry import retried as _retried
 
 JOB_KEY = "fdl:job:{}"
 EVENTS_KEY = "fdl:job:{}:events"
@@ -92,17 +99,21 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, retry_for_s: float = 0.0) -> None:
         self.redis = client
+        self.retry_for_s = retry_for_s
+        self._local = threading.local()
         self._transition = client.register_script(_TRANSITION)
         self._requeue_stale = client.register_script(_REQUEUE_STALE)
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+    def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
+        """``retry_for_s`` > 0: retry operations that find Redis unreachable for that long."""
+        return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
     # --- records -----------------------------------------------------------------------------
 
+    @_retried
     def create(self, spec: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
         job_id = job_id or new_job_id()
         now = time.time()
@@ -126,9 +137,11 @@ class JobStore:
         self.append_event(job_id, "status", {"status": JobStatus.QUEUED.value})
         return record
 
+    @_retried
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(JOB_KEY.format(job_id)))
 
+    @_retried
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
@@ -145,6 +158,7 @@ class JobStore:
         records = [r for r in map(_decode, pipe.execute()) if r is not None]
         return records, total
 
+    @_retried
     def statuses(self) -> list[tuple[str, str | None]]:
         """(job id, status) of every job, newest first, without reading the whole records."""
         ids = self.redis.zrevrange(INDEX_KEY, 0, -1)
@@ -153,11 +167,13 @@ class JobStore:
             pipe.hget(JOB_KEY.format(job_id), "status")
         return [(i, json.loads(v) if v else None) for i, v in zip(ids, pipe.execute(), strict=True)]
 
+    @_retried
     def set_fields(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(
             JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
         )
 
+    @_retried
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move a non-terminal job to ``status``; returns False if it was already terminal."""
         args: list[str] = [status.value]
@@ -170,6 +186,7 @@ class JobStore:
             self.append_event(job_id, "status", event)
         return applied
 
+    @_retried
     def mark_running(self, job_id: str, worker: str) -> bool:
         record = self.get(job_id)
         attempts = (record or {}).get("attempts") or 0
@@ -183,9 +200,11 @@ class JobStore:
             attempts=attempts + 1,
         )
 
+    @_retried
     def heartbeat(self, job_id: str) -> None:
         self.set_fields(job_id, heartbeat_at=time.time())
 
+    @_retried
     def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
         """Atomically move a running job whose heartbeat is older than ``heartbeat_before`` back
         to queued (its worker was lost); False when it is not running or is still alive."""
@@ -198,10 +217,12 @@ class JobStore:
             )
         return applied
 
+    @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self.set_fields(job_id, progress=progress, heartbeat_at=time.time())
         self.append_event(job_id, "progress", progress)
 
+    @_retried
     def finish(
         self,
         job_id: str,
@@ -214,6 +235,7 @@ class JobStore:
 
     # --- cancellation ------------------------------------------------------------------------
 
+    @_retried
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
         """Flag a job for cancellation; a queued job is cancelled at once."""
         record = self.get(job_id)
@@ -226,12 +248,14 @@ class JobStore:
             self.finish(job_id, JobStatus.CANCELLED, error="cancelled before it started")
         return self.get(job_id)
 
+    @_retried
     def cancel_requested(self, job_id: str) -> bool:
         value = self.redis.hget(JOB_KEY.format(job_id), "cancel_requested")
         return bool(value and json.loads(value))
 
     # --- events ------------------------------------------------------------------------------
 
+    @_retried
     def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
         return self.redis.xadd(
             EVENTS_KEY.format(job_id),
@@ -240,6 +264,7 @@ class JobStore:
             approximate=True,
         )
 
+    @_retried
     def read_events(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
     ) -> list[tuple[str, dict[str, Any]]]:

@@ -1,7 +1,9 @@
 """`fdl up`: the whole stack in the foreground (Redis, model server, worker, gateway).
 
-honcho supervises the children: their output is interleaved with a name prefix, and Ctrl-C (or
-SIGTERM) stops every child's process group, so nothing is left behind.
+supervisord (the `supervisor` package) supervises the children: a child that dies is logged and
+started again (at once, then with a growing delay while it keeps failing to start) while the
+others keep serving; Ctrl-C or SIGTERM stops every child's process group, so nothing is left
+behind. See docs/deploy.md, "fdl up".
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fdl.model_config import sync_config
 from fdl.redis_server import redis_server_argv
 from fdl.settings import CommonSettings
 
 API_KEY_FILE = "api_key"
+# The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
+REDIS_URL_FILE = "redis_url"
+SUPERVISOR_CONF = "supervisord.conf"
 WORKER_ARGV = [
     "celery",
     "-A",
@@ -34,6 +40,12 @@ WORKER_ARGV = [
     "--loglevel",
     "INFO",
 ]
+# Start order (stop order is the reverse) and how long each child must run to count as started;
+# a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after START_RETRIES.
+CHILDREN = {"redis": (10, 1), "serving": (20, 3), "worker": (30, 3), "gateway": (40, 2)}
+START_RETRIES = 10
+# Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops.
+STOP_WAIT_S = 10
 
 
 @dataclass
@@ -44,12 +56,22 @@ class Stack:
     commands: dict[str, list[str]] = field(default_factory=dict)
     api_key: str | None = None
     api_key_generated: bool = False
+    var_dir: Path = Path("var")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def ensure_api_key(settings: CommonSettings) -> tuple[str, bool]:
@@ -83,6 +105,33 @@ def model_server_argv(settings: CommonSettings, config_file: Path, poll_s: int =
     ]
 
 
+def private_redis_port(var_dir: Path) -> int:
+    """The port of the last run's private Redis when it is free again (so a second worker's
+    copied command keeps working across restarts), else a new free one."""
+    try:
+        port = urlsplit((var_dir / REDIS_URL_FILE).read_text().strip()).port
+    except (OSError, ValueError):
+        port = None
+    return port if port and port_free(port) else free_port()
+
+
+def write_redis_url(var_dir: Path, url: str) -> Path:
+    """Write the URL where a second worker finds it; 0600, as it may hold a password."""
+    path = var_dir / REDIS_URL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(url + "\n")
+    return path
+
+
+def redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def plan_stack(settings: CommonSettings) -> Stack:
     model_dir = settings.model_dir.resolve()
     var_dir = settings.var_dir.resolve()
@@ -103,28 +152,78 @@ def plan_stack(settings: CommonSettings) -> Stack:
         "FDL_GATEWAY_PORT": str(settings.gateway_port),
         "PYTHONUNBUFFERED": "1",
     }
-    stack = Stack(env=env, api_key=api_key, api_key_generated=generated)
+    stack = Stack(env=env, api_key=api_key, api_key_generated=generated, var_dir=var_dir)
     if settings.redis_url:
         env["FDL_REDIS_URL"] = settings.redis_url
     else:
-        port = free_port()
+        port = private_redis_port(var_dir)
         env["FDL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         stack.commands["redis"] = redis_server_argv(port, var_dir / "redis")
+    write_redis_url(var_dir, env["FDL_REDIS_URL"])
     stack.commands["serving"] = model_server_argv(settings, config_file)
     stack.commands["worker"] = list(WORKER_ARGV)
     stack.commands["gateway"] = ["fdl-gateway"]
     return stack
 
 
-def run_stack(stack: Stack) -> int:
-    from honcho.manager import Manager
-    from honcho.printer import Printer
+def redis_banner(stack: Stack) -> str:
+    """The start-up line that says where Redis is and how a second worker joins."""
+    url = stack.env["FDL_REDIS_URL"]
+    where = stack.var_dir / REDIS_URL_FILE
+    if "redis" in stack.commands:
+        kind = "private, no password, listening on 127.0.0.1 only"
+    elif urlsplit(url).password is not None:
+        kind = f"from FDL_REDIS_URL; the password is in {where} (mode 0600)"
+    else:
+        kind = "from FDL_REDIS_URL"
+    join = f"a second worker joins with FDL_REDIS_URL=$(cat {where})"
+    return f"Redis {redacted(url)} ({kind}); {join}"
 
+
+def supervisor_config(stack: Stack) -> str:
+    """supervisord's configuration: every child restarted when it dies, its output on ours."""
+    lines = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={stack.var_dir / 'supervisord.log'}",
+        "logfile_maxbytes=5MB",
+        "logfile_backups=1",
+        f"pidfile={stack.var_dir / 'supervisord.pid'}",
+        "loglevel=info",
+    ]
+    if os.getuid() == 0:
+        lines.append("user=root")  # says so explicitly, instead of a warning at every start
+    for name, argv in stack.commands.items():
+        priority, start_s = CHILDREN.get(name, (50, 2))
+        lines += [
+            "",
+            f"[program:{name}]",
+            # supervisord expands %(...)s in commands: a literal % is written %%.
+            "command=" + shlex.join(argv).replace("%", "%%"),
+            f"priority={priority}",
+            "autorestart=true",
+            f"startsecs={start_s}",
+            f"startretries={START_RETRIES}",
+            "stopsignal=TERM",
+            f"stopwaitsecs={STOP_WAIT_S}",
+            # Signals go to the child's whole process group (Celery's pool, the server's threads).
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            "stdout_logfile=/dev/stdout",
+            "stdout_logfile_maxbytes=0",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_stack(stack: Stack) -> int:
+    """Replace this process with supervisord running the stack (it returns only on error)."""
     # Children find our console scripts (fdl-gateway, celery) next to this interpreter.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    manager = Manager(Printer(sys.stdout))
-    for name, argv in stack.commands.items():
-        manager.add_process(name, shlex.join(argv), env=env)
-    manager.loop()
-    return manager.returncode or 0
+    conf = stack.var_dir / SUPERVISOR_CONF
+    conf.write_text(supervisor_config(stack))
+    sys.stdout.flush()
+    argv = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "--configuration"]
+    os.execve(sys.executable, [*argv, str(conf)], env)
+    return 1  # not reached: execve does not return

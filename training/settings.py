@@ -24,6 +24,9 @@ class WorkerSettings(CommonSettings):
     stale_after_s: float = Field(default=120.0, gt=0)
     # How often each worker looks for lost jobs (it also looks once at start-up).
     reaper_interval_s: float = Field(default=30.0, gt=0)
+    # While Redis is unreachable (a restart), the worker retries each job-record operation this
+    # long before giving the job up to the reaper; training pauses meanwhile instead of failing.
+    redis_retry_s: float = Field(default=120.0, ge=0)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.

@@ -34,7 +34,7 @@ app = make_celery(
 @cache
 def job_store() -> JobStore:
     # Created lazily, in the process that uses it (after the pool forks).
-    return JobStore.from_url(settings.require_redis_url())
+    return JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
 
 
 @app.task(name=TRAIN_TASK, bind=True)
@@ -53,7 +53,7 @@ def _start_reaper(**_: Any) -> None:
         visibility_timeout_s=settings.visibility_timeout_s,
     )
     thread = ReaperThread(
-        JobStore.from_url(settings.require_redis_url()),
+        JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s),
         settings,
         lambda job_id: enqueue_training(sender, job_id, settings.training_queue),
     )

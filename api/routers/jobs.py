@@ -10,7 +10,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CeleryDep, SettingsDep, StoreDep
-from api.errors import ApiError
+from api.errors import ApiError, store_unavailable
 from api.events import STREAM_ID, job_events
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
@@ -24,15 +24,6 @@ PUBLIC_FIELDS = tuple(Job.model_fields)
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in PUBLIC_FIELDS}
-
-
-def _redis_unavailable(error: Exception) -> ApiError:
-    return ApiError(
-        503,
-        "job_store_unavailable",
-        f"the job store (Redis) is unavailable: {type(error).__name__}",
-        headers={"Retry-After": "1"},
-    )
 
 
 @router.post(
@@ -52,7 +43,7 @@ def submit_job(
         record = store.create(spec.model_dump(), job_id)
         enqueue_training(celery, job_id, settings.training_queue)
     except (RedisError, OSError) as error:
-        raise _redis_unavailable(error) from error
+        raise store_unavailable(error) from error
     JOBS_SUBMITTED.labels(spec.model).inc()
     return public(record)
 
@@ -61,7 +52,7 @@ def submit_job(
     "",
     summary="List jobs, newest first",
     response_model=JobList,
-    responses=errors(401, 403, 422, 429),
+    responses=errors(401, 403, 422, 429, 503),
 )
 def list_jobs(
     store: StoreDep,
@@ -85,7 +76,7 @@ def _get_or_404(store: JobStore, job_id: str) -> dict[str, Any]:
     "/{job_id}",
     summary="One job with its progress and result",
     response_model=Job,
-    responses=errors(401, 403, 404, 429),
+    responses=errors(401, 403, 404, 429, 503),
 )
 def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     return public(_get_or_404(store, job_id))
@@ -95,7 +86,7 @@ def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     "/{job_id}",
     summary="Cancel a job (a queued job at once; a running one at its next batch)",
     response_model=Job,
-    responses=errors(401, 403, 404, 429),
+    responses=errors(401, 403, 404, 429, 503),
 )
 async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     await run_in_threadpool(_get_or_404, store, job_id)
@@ -116,7 +107,7 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
                 }
             },
         },
-        **errors(401, 403, 404, 422, 429),
+        **errors(401, 403, 404, 422, 429, 503),
     },
 )
 async def job_event_stream(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -41,13 +43,13 @@ def stack_env(tmp: Path, data_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="package")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, logs_dir: Path
+@contextmanager
+def fdl_up(
+    name: str, env: dict[str, str], logs_dir: Path, model_dir: Path, var_dir: Path, **kw: Any
 ) -> Iterator[RunningStack]:
-    tmp = tmp_path_factory.mktemp("stack")
-    env = stack_env(tmp, data_dir)
-    process = Process("fdl-up", ["fdl", "up"], logs_dir, env=env)
+    """`fdl up` with ``env`` (``kw``: more Process arguments), ready; stopped with a check that
+    it leaves no process behind."""
+    process = Process(name, ["fdl", "up"], logs_dir, env=env, **kw)
     url = f"http://127.0.0.1:{env['FDL_GATEWAY_PORT']}"
 
     def ready() -> bool:
@@ -55,13 +57,19 @@ def stack(
 
     try:
         wait_for(ready, 120, "the stack to be ready", interval=0.5, check=process.ensure_alive)
-        key_file = tmp / "var" / "api_key"
-        running = RunningStack(
-            process, url, key_file.read_text().strip(), tmp / "models", tmp / "var", env
-        )
-        yield running
+        key = (var_dir / "api_key").read_text().strip()
+        yield RunningStack(process, url, key, model_dir, var_dir, env)
     finally:
         stop_and_check_no_orphans(process)
+
+
+@pytest.fixture(scope="package")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, logs_dir: Path
+) -> Iterator[RunningStack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    with fdl_up("fdl-up", stack_env(tmp, data_dir), logs_dir, tmp / "models", tmp / "var") as up:
+        yield up
 
 
 def stop_and_check_no_orphans(process: Process) -> None:

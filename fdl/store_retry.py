@@ -1,0 +1,61 @@
+"""Retry a job-store operation while Redis is unreachable (tenacity), for a bounded time.
+
+Used by :class:`fdl.jobs.JobStore`: a store whose ``retry_for_s`` is positive (the worker's)
+waits out a Redis restart; one whose ``retry_for_s`` is 0 (the gateway's) fails at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
+
+import redis
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+log = logging.getLogger("fdl.jobs")
+P = ParamSpec("P")
+R = TypeVar("R")
+# Errors that a Redis restart causes (BusyLoadingError, while it reloads its data, is one of the
+# connection errors); anything else (a wrong type, a script error) is a bug and is not retried.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Retries(Protocol):
+    retry_for_s: float
+    _local: threading.local
+
+
+S = TypeVar("S", bound=Retries)
+
+
+def retried(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Run a store operation under the store's retry policy; an operation called from inside
+    another (``finish`` calls ``transition``) is retried as part of the outer one only."""
+
+    @functools.wraps(method)
+    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.retry_for_s <= 0 or getattr(self._local, "retrying", False):
+            return method(self, *args, **kwargs)
+        self._local.retrying = True
+        try:
+            retrying = Retrying(
+                retry=retry_if_exception_type(TRANSIENT_ERRORS),
+                stop=stop_after_delay(self.retry_for_s),
+                wait=wait_exponential(multiplier=0.2, max=2),
+                before_sleep=before_sleep_log(log, logging.WARNING),
+                reraise=True,
+            )
+            return retrying(method, self, *args, **kwargs)
+        finally:
+            self._local.retrying = False
+
+    return wrapper

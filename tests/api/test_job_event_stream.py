@@ -1,0 +1,61 @@
+"""`GET /v1/jobs/{id}/events` over a job that lasts longer than the XREAD block (and the Redis
+client's socket timeout): the stream stays open, carries keep-alive comments while the job is
+quiet, and ends cleanly after the final status. The job's record is written with the same
+JobStore calls the worker makes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fdl.jobs import JobStatus, JobStore
+from tests.api.support import start_gateway
+from tests.support.procs import free_port, wait_for
+from tests.support.sse import StreamReader
+
+KEEP_ALIVES = 3  # one per 2.5 s block: together longer than the 5 s socket timeout
+
+
+def test_stream_outlives_the_block_time_and_ends_with_the_job(
+    redis_url: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    gateway = start_gateway(
+        "gateway-stream",
+        logs_dir,
+        redis_url,
+        free_port(),  # no model server: the stream does not need one
+        tmp_path / "models",
+        tmp_path / "secrets",
+    )
+    store = JobStore.from_url(redis_url)
+    try:
+        job_id = store.create({"model": "mnist_logreg", "epochs": 1})["id"]
+        reader = StreamReader(f"{gateway.url}/v1/jobs/{job_id}/events", gateway.admin())
+        opened = time.monotonic()
+        reader.start()
+        assert store.mark_running(job_id, "test-worker")
+        wait_for(
+            lambda: reader.keep_alives() >= KEEP_ALIVES,
+            40,
+            "keep-alive comments on a quiet job",
+            interval=0.2,
+            check=reader.ensure_open,
+        )
+        quiet_s = time.monotonic() - opened
+        store.update_progress(job_id, {"epoch": 1, "epochs": 1, "loss": 0.5})
+        store.finish(job_id, JobStatus.SUCCEEDED, result={"published": False})
+        reader.join(15)
+        assert not reader.is_alive(), "the stream did not end with the job"
+    finally:
+        store.redis.close()
+        gateway.process.stop()
+    assert reader.status_code == 200
+    assert reader.error is None, reader.error
+    assert quiet_s > 5, quiet_s
+    data = [line for line in reader.lines if line.startswith("event:")]
+    assert data[0] == "event: status" and data[-1] == "event: status", data
+    assert "event: progress" in data
+    final = [line for line in reader.lines if line.startswith("data:")][-1]
+    assert '"succeeded"' in final
+    log = gateway.process.log_path.read_text(errors="replace")
+    assert "TimeoutError" not in log and "unhandled error" not in log
