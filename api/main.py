@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
 from api.auth import Keyring
+from api.classify import DecodeLimits
 from api.coalesce import PredictCoalescer
 from api.errors import install_error_handlers
 from api.imaging import set_max_pixels
@@ -71,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.serving, settings.max_batch_size, settings.predict_max_in_flight
     )
     app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
+    app.state.decode_limits = DecodeLimits.from_settings(settings)
     app.state.promoter = Promoter(
         app.state.serving,
         app.state.metadata,

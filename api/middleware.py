@@ -46,8 +46,11 @@ class GatewayMiddleware:
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = {"code": 500}
+        refused = {"sent": False}
 
         async def send_with_id(message: Message) -> None:
+            if refused["sent"]:
+                return  # the 413 went out while the body streamed; the app's answer is moot
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
@@ -62,13 +65,21 @@ class GatewayMiddleware:
                 # Refused before a byte of the body is read.
                 await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
                 return
-            await self.app(scope, self._limited(receive), send_with_id)
+            await self.app(scope, self._limited(receive, send_with_id, refused), send_with_id)
+        except BodyTooLarge:
+            if not refused["sent"]:
+                raise
         finally:
             elapsed = time.perf_counter() - start
             self._record(scope, status["code"], elapsed)
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, send: Send, refused: dict[str, bool]) -> Receive:
+        """Counts the body as it streams (chunked bodies declare no length).
+
+        Past the limit the 413 is sent from here, at once: whoever reads the body (a route, or
+        FastAPI's own body parsing, which turns any read error into a 400) only sees the error.
+        """
         received = 0
         limit = self.max_body_bytes
 
@@ -78,7 +89,11 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    error = BodyTooLarge(limit)
+                    if not refused["sent"]:
+                        await _send_error(send, error)
+                        refused["sent"] = True
+                    raise error
             return message
 
         return limited_receive
