@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
 from api.auth import Keyring
+from api.budget import Budget
 from api.classify import DecodeLimits
 from api.coalesce import PredictCoalescer
 from api.errors import install_error_handlers
@@ -106,7 +107,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_budget=Budget(
+            "body", settings.body_budget_bytes, settings.decode_wait_s, "request-body bytes"
+        ),
+        body_free_bytes=settings.body_free_bytes,
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app
