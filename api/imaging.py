@@ -114,20 +114,23 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Decode to an upright RGB or L image, reduced to ``work`` first (in 8 bits, in strips)."""
-    image = data if isinstance(data, Image.Image) else open_image(data, work, max_pixels)
+    source = data if isinstance(data, Image.Image) else open_image(data, work, max_pixels)
     with _decoding_errors():
-        image.seek(0)  # first frame of animations
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        image.load()
-        width, height = image.size
+        source.seek(0)  # first frame of animations
+        orientation = source.getexif().get(ExifTags.Base.Orientation, 1)
+        source.load()
+        width, height = source.size
         if orientation in (5, 6, 7, 8):
             width, height = height, width
         factor = work.factor(width, height) if work else 1
-        if factor > 1:
-            image = _reduce(image, factor)
+        image = _reduce(source, factor) if factor > 1 else source
         if orientation in _ORIENT:
             image = image.transpose(_ORIENT[orientation])
-        return _normalize_mode(image)
+        image = _normalize_mode(image)
+        if image is not source:
+            # Frees the full-size pixels now, though the caller may still hold the opened image.
+            source.close()
+        return image
 
 
 @contextmanager
