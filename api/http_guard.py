@@ -101,6 +101,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         super().on_message_complete()
 
+    def timeout_keep_alive_handler(self) -> None:
+        # Routine (every idle client ends this way), so counted, and logged at debug level only.
+        if not self.transport.is_closing():
+            HTTP_GUARD.labels("keepalive_timeout").inc()
+            log.debug("closing idle keep-alive connection", extra={"reason": "keepalive_timeout"})
+        super().timeout_keep_alive_handler()
+
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
         self._timer = self.loop.call_later(seconds, self._expired, reason)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.api.support import ADMIN_KEY, Gateway, ModelServer, log_lines, start_gateway
 from tests.support.procs import wait_for
+from tests.support.prometheus import sample_sums
 
 LIMITS = {
     "FDL_MAX_HEADER_BYTES": "8192",
@@ -114,6 +115,8 @@ def test_idle_keep_alive_connections_close(limited: Gateway) -> None:
         idle = time.monotonic() - start
     assert _status(response) == 200, response[:200]
     assert idle < 3, f"the idle connection stayed open {idle:.1f} s (FDL_KEEPALIVE_TIMEOUT_S=1)"
+    closed = 'fdl_gateway_http_guard_total{reason="keepalive_timeout"}'
+    assert sample_sums(f"{limited.url}/metrics", closed)[0] >= 1
 
 
 def test_connections_beyond_the_cap_are_closed(limited: Gateway) -> None:
