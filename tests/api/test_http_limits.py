@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.api.bombs import transparent_png
 from tests.api.support import ADMIN_KEY, Gateway, ModelServer, log_lines, start_gateway
 from tests.support.procs import wait_for
 from tests.support.prometheus import sample_sums
@@ -23,6 +24,7 @@ LIMITS = {
     "FDL_BODY_TIMEOUT_S": "1",
     "FDL_KEEPALIVE_TIMEOUT_S": "1",
     "FDL_MAX_CONNECTIONS": "40",
+    "FDL_MAX_BATCH_PIXELS": "100000",
 }
 
 
@@ -233,3 +235,13 @@ def test_names_are_matched_in_full(limited: Gateway) -> None:
         timeout=10,
     )
     assert classify.status_code == 422 and "label" in classify.json()["error"]["message"]
+
+
+def test_batch_pixels_are_limited(limited: Gateway) -> None:
+    image = transparent_png(300, 300)  # 90,000 pixels; two are over FDL_MAX_BATCH_PIXELS
+    one = [("file", ("a.png", image, "image/png"))]
+    url = f"{limited.url}/v1/models/digits:classify"
+    assert httpx.post(url, files=one, headers=limited.classifier(), timeout=30).status_code == 200
+    two = httpx.post(url, files=one * 2, headers=limited.classifier(), timeout=30)
+    assert two.status_code == 413, two.text
+    assert two.json()["error"]["code"] == "batch_too_large"
