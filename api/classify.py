@@ -5,22 +5,28 @@ from __future__ import annotations
 import io
 import struct
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from api.budget import Budget
 from api.coalesce import PredictCoalescer
 from api.errors import ApiError
-from api.imaging import DEFAULT_MAX_PIXELS, decode_image
+from api.imaging import DEFAULT_MAX_PIXELS, decode_image, open_image
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, child, timed
 from api.preprocess import choose_profile, decode_size, preprocess
 from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
+
+if TYPE_CHECKING:
+    from api.settings import GatewaySettings
 
 # The input side assumed when a model's signature leaves height or width unknown.
 _DEFAULT_SIDE = 28
@@ -72,8 +78,80 @@ def upstream_error(error: grpc.aio.AioRpcError, target: Target, method: str) -> 
     return ApiError(502, "model_server_error", f"{code.name}: {details}")
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Pixels per image, per request, and in flight across the process (docs/gateway.md)."""
+
+    budget: Budget
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch_pixels: int = 4 * DEFAULT_MAX_PIXELS
+    free_pixels: int = 512 * 512
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> DecodeLimits:
+        budget = Budget(
+            "decode", settings.decode_budget_pixels, settings.decode_wait_s, "decoded pixels"
+        )
+        return cls(
+            budget,
+            settings.max_image_pixels,
+            settings.max_batch_pixels,
+            settings.decode_free_pixels,
+        )
+
+
+@contextmanager
+def _numbered(index: int, count: int) -> Iterator[None]:
+    """An image's errors name it when the request has several."""
+    try:
+        yield
+    except ApiError as error:
+        if count > 1:
+            error.message = f"image {index}: {error.message}"
+        raise
+
+
+async def prepare_bounded(
+    images: list[bytes], spec: InputSpec, profile: str, limits: DecodeLimits, model: str
+) -> np.ndarray:
+    """prepare_batch in a worker thread, within the pixel limits and the process's budget.
+
+    Headers are read here (no pixel is decoded) to learn what decoding will cost; the images of a
+    request decode one after another, so the request holds its largest image's share.
+    """
+    work = decode_size(profile, _input_size(spec))
+    opened = []
+    for index, data in enumerate(images):
+        with _numbered(index, len(images)):
+            opened.append(open_image(data, work, limits.max_pixels))
+    pixels = [image.width * image.height for image in opened]
+    if sum(pixels) > limits.max_batch_pixels:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"the images have {sum(pixels):,} pixels together; "
+            f"the limit is {limits.max_batch_pixels:,}",
+        )
+    args = (prepare_batch, opened, spec, profile, limits.max_pixels, model)
+    if max(pixels) <= limits.free_pixels:
+        return await run_in_threadpool(*args)
+    async with limits.budget.share(max(pixels)):
+        return await run_in_threadpool(*args)
+
+
+def _input_size(spec: InputSpec) -> tuple[int, int]:
+    """(width, height) of the model's input."""
+    height = spec.height if spec.height > 0 else _DEFAULT_SIDE
+    width = spec.width if spec.width > 0 else _DEFAULT_SIDE
+    return width, height
+
+
 def prepare_batch(
-    images: list[bytes], spec: InputSpec, profile: str, max_pixels: int, model: str
+    images: Sequence[bytes | Image.Image],
+    spec: InputSpec,
+    profile: str,
+    max_pixels: int,
+    model: str,
 ) -> np.ndarray:
     """Decode and preprocess every image (runs in a worker thread); stages are timed."""
     if len(spec.shape) != 4 or spec.dtype not in _NUMPY_INPUT:
@@ -82,15 +160,13 @@ def prepare_batch(
             "unsupported_model_input",
             f"the model takes {spec.dtype} {list(spec.shape)}, not an image batch [N, H, W, C]",
         )
-    height = spec.height if spec.height > 0 else _DEFAULT_SIDE
-    width = spec.width if spec.width > 0 else _DEFAULT_SIDE
-    target = decode_size(profile, (width, height))
+    work = decode_size(profile, _input_size(spec))
     decode_s = preprocess_s = 0.0
     batch = []
     for index, data in enumerate(images):
         start = time.perf_counter()
-        try:
-            image = decode_image(data, target_size=target, max_pixels=max_pixels)
+        with _numbered(index, len(images)):
+            image = decode_image(data, work, max_pixels)
             middle = time.perf_counter()
             try:
                 batch.append(preprocess(image, spec, profile))
@@ -98,10 +174,6 @@ def prepare_batch(
                 raise ApiError(
                     422, "unprocessable_image", f"the image could not be preprocessed: {error}"
                 ) from error
-        except ApiError as error:
-            if len(images) > 1:
-                error.message = f"image {index}: {error.message}"
-            raise
         decode_s += middle - start
         preprocess_s += time.perf_counter() - middle
     child(STAGE_LATENCY, "decode", model).observe(decode_s)
@@ -148,7 +220,7 @@ async def _spec_and_predict(
     target: Target,
     images: list[bytes],
     profile_override: str | None,
-    max_pixels: int,
+    limits: DecodeLimits,
     request_id: str,
 ) -> tuple[int, dict[str, np.ndarray]]:
     try:
@@ -160,11 +232,9 @@ async def _spec_and_predict(
     profile = choose_profile(spec, profile_override)
     if _small(images):
         # Tiny images cost less to process than a hop to a worker thread.
-        batch = prepare_batch(images, spec, profile, max_pixels, target.model)
+        batch = prepare_batch(images, spec, profile, limits.max_pixels, target.model)
     else:
-        batch = await run_in_threadpool(
-            prepare_batch, images, spec, profile, max_pixels, target.model
-        )
+        batch = await prepare_bounded(images, spec, profile, limits, target.model)
     with timed("predict", target.model):
         try:
             # Pinned to the version whose input spec shaped the batch.
@@ -206,10 +276,10 @@ async def classify(
     images: list[bytes],
     top_k: int,
     request_id: str,
+    limits: DecodeLimits,
     profile_override: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
-    args = (predictor, cache, target, images, profile_override, max_pixels, request_id)
+    args = (predictor, cache, target, images, profile_override, limits, request_id)
     try:
         version, outputs = await _spec_and_predict(*args)
     except _Stale:

@@ -4,52 +4,139 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from api.errors import ApiError
 
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 16_000_000
 SUPPORTED = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-# decode_image checks the pixel count itself (before any pixel is decoded), so Pillow's own
-# warning (between its limit and twice that) is redundant; its error (above twice) stays armed.
+# open_image checks the pixel count itself (before any pixel is decoded, after a JPEG's draft
+# scale is chosen), so Pillow's own warning is redundant; its error stays armed far above.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+# Full-resolution images are reduced in horizontal strips of about this many pixels, so that no
+# conversion (premultiplied alpha, palettes, 16 bits) ever copies the whole image.
+_STRIP_PIXELS = 1 << 20
+# What any reduced image may hold at most, whatever its aspect ratio.
+_WORK_MAX_PIXELS = 1 << 20
+# The modes strips are converted to before Image.reduce (averaging needs premultiplied alpha,
+# real colours instead of palette indices, and a mode reduce supports).
+_REDUCE_MODE = {
+    "RGBA": "RGBa",
+    "LA": "La",
+    "PA": "RGBa",
+    "P": "RGBa",
+    "1": "L",
+    "I;16": "I",
+    "I;16L": "I",
+    "I;16B": "I",
+    "I;16N": "I",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+    "RGBX": "RGB",
+}
+_UNPREMULTIPLY = {"RGBa": "RGBA", "La": "LA"}
+# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class WorkSize:
+    """How small a decoded image may become before preprocessing, without changing its result.
+
+    ``cover``: the image will be resized to cover ``size`` (photo); else to fit inside it
+    (digit). ``gap``: keep at least this factor above that size (Pillow's ``reducing_gap`` of the
+    resize that follows), so the integer reduction here is the one that resize would have done.
+    """
+
+    size: tuple[int, int]
+    cover: bool
+    gap: float
+
+    def factor(self, width: int, height: int) -> int:
+        ratios = (width / self.size[0], height / self.size[1])
+        factor = max(1, int((min(ratios) if self.cover else max(ratios)) / self.gap))
+        while (width // factor) * (height // factor) > _WORK_MAX_PIXELS:
+            factor += 1
+        return factor
 
 
 def set_max_pixels(max_pixels: int) -> None:
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Pillow refuses above twice this at open; a JPEG may be 64 times larger in its file than
+    # decoded at 1/8 scale, and open_image checks what is decoded.
+    Image.MAX_IMAGE_PIXELS = max_pixels * 32
 
 
-def decode_image(
-    data: bytes,
-    target_size: tuple[int, int] | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+def open_image(
+    data: bytes, work: WorkSize | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
-    """Decode to an upright RGB or L image.
+    """Open (headers only, nothing decoded) and check the pixels that decoding will produce.
 
-    ``target_size`` (width, height) lets a JPEG decode at 1/2, 1/4 or 1/8 scale (Pillow's draft
-    mode, done by libjpeg while decoding) as long as the result still covers the target.
+    A JPEG is set to decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, done by libjpeg while
+    decoding) as long as the result still covers the work size.
     """
     if not data:
         raise ApiError(422, "empty_image", "the image is empty (0 bytes)")
-    try:
+    with _decoding_errors():
         image = Image.open(io.BytesIO(data), formats=SUPPORTED)
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ApiError(422, "corrupt_image", f"the image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
+        if work and image.format == "JPEG":
+            side = max(work.size)  # either orientation (EXIF may rotate it later)
+            image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
+        if image.width * image.height > max_pixels:
             raise ApiError(
                 413,
                 "image_too_large",
                 f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels",
             )
-        if target_size and image.format == "JPEG":
-            side = max(target_size)  # either orientation (EXIF may rotate it later)
-            image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
-        image.seek(0)  # first frame of animations
-        image.load()
-        return _normalize_mode(ImageOps.exif_transpose(image) or image)
+        return image
+
+
+def decode_image(
+    data: bytes | Image.Image,
+    work: WorkSize | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode to an upright RGB or L image, reduced to ``work`` first (in 8 bits, in strips)."""
+    source = data if isinstance(data, Image.Image) else open_image(data, work, max_pixels)
+    with _decoding_errors():
+        source.seek(0)  # first frame of animations
+        orientation = source.getexif().get(ExifTags.Base.Orientation, 1)
+        source.load()
+        width, height = source.size
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        factor = work.factor(width, height) if work else 1
+        image = _reduce(source, factor) if factor > 1 else source
+        if orientation in _ORIENT:
+            image = image.transpose(_ORIENT[orientation])
+        image = _normalize_mode(image)
+        if image is not source:
+            # Frees the full-size pixels now, though the caller may still hold the opened image.
+            source.close()
+        return image
+
+
+@contextmanager
+def _decoding_errors() -> Iterator[None]:
+    try:
+        yield
     except ApiError:
         raise
     except Image.DecompressionBombError as error:
@@ -66,6 +153,33 @@ def decode_image(
         raise ApiError(422, "corrupt_image", f"the image could not be decoded: {error}") from error
     except MemoryError as error:
         raise ApiError(413, "image_too_large", "the image is too large to decode") from error
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """Box-average by ``factor`` strip by strip: only a strip is ever converted at full size.
+
+    Strips are a multiple of ``factor`` rows high, so the result is that of one Image.reduce.
+    """
+    width, height = image.size
+    mode = _REDUCE_MODE.get(image.mode, image.mode)
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        mode = "RGBa"
+    rows = max(factor, _STRIP_PIXELS // width // factor * factor)
+    reduced: Image.Image | None = None
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        if strip.mode != mode:
+            # Premultiplied modes are reached through their straight-alpha form.
+            straight = _UNPREMULTIPLY.get(mode)
+            if straight and strip.mode != straight:
+                strip = strip.convert(straight)
+            strip = strip.convert(mode)
+        small = strip.reduce(factor)
+        if reduced is None:
+            reduced = Image.new(mode, (-(-width // factor), -(-height // factor)))
+        reduced.paste(small, (0, top // factor))
+    assert reduced is not None
+    return reduced.convert(_UNPREMULTIPLY[mode]) if mode in _UNPREMULTIPLY else reduced
 
 
 def _normalize_mode(image: Image.Image) -> Image.Image:

@@ -15,6 +15,8 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
 from api.auth import Keyring
+from api.budget import Budget
+from api.classify import DecodeLimits
 from api.coalesce import PredictCoalescer
 from api.errors import install_error_handlers
 from api.imaging import set_max_pixels
@@ -71,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.serving, settings.max_batch_size, settings.predict_max_in_flight
     )
     app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
+    app.state.decode_limits = DecodeLimits.from_settings(settings)
     app.state.promoter = Promoter(
         app.state.serving,
         app.state.metadata,
@@ -104,7 +107,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_budget=Budget(
+            "body", settings.body_budget_bytes, settings.decode_wait_s, "request-body bytes"
+        ),
+        body_free_bytes=settings.body_free_bytes,
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -46,6 +46,17 @@ JOBS_SUBMITTED = Counter("fdl_gateway_jobs_submitted_total", "Training jobs subm
 RATE_LIMITED = Counter("fdl_gateway_rate_limited_total", "Requests refused by the rate limit")
 PROMOTIONS = Counter(
     "fdl_gateway_label_changes_total", "Version label promotions", ["model", "label"]
+)
+BUDGET_IN_USE = Gauge(
+    "fdl_gateway_budget_in_use", "Share of a budget in flight (pixels, bytes)", ["budget"]
+)
+BUDGET_REFUSED = Counter(
+    "fdl_gateway_budget_refused_total", "Requests refused (503) by a full budget", ["budget"]
+)
+HTTP_GUARD = Counter(
+    "fdl_gateway_http_guard_total",
+    "Connections closed by an HTTP limit (header size, timeouts, connection cap)",
+    ["reason"],
 )
 
 

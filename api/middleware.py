@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.budget import Budget
 from api.deps import sane_request_id
 from api.errors import ApiError, error_body
 from api.logs import request_id_var
@@ -26,9 +27,17 @@ class BodyTooLarge(ApiError):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_budget: Budget | None = None,
+        body_free_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_budget = body_budget
+        self.body_free_bytes = body_free_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,18 +45,24 @@ class GatewayMiddleware:
             return
         raw_id: bytes | None = None
         length = b""
+        chunked = False
         for key, value in scope["headers"]:  # lower-case names (ASGI); the last one wins
             if key == b"x-request-id":
                 raw_id = value
             elif key == b"content-length":
                 length = value
+            elif key == b"transfer-encoding":
+                chunked = True
         request_id = sane_request_id(raw_id.decode("latin-1") if raw_id is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = {"code": 500}
+        refused = {"sent": False}
 
         async def send_with_id(message: Message) -> None:
+            if refused["sent"]:
+                return  # the 413 went out while the body streamed; the app's answer is moot
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
@@ -62,13 +77,33 @@ class GatewayMiddleware:
                 # Refused before a byte of the body is read.
                 await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
                 return
-            await self.app(scope, self._limited(receive), send_with_id)
+            # A body is held while it is parsed: large ones share a budget across the process.
+            size = int(length) if length.isdigit() else self.max_body_bytes if chunked else 0
+            limited = self._limited(receive, send_with_id, refused)
+            if self.body_budget is None or size <= self.body_free_bytes:
+                await self.app(scope, limited, send_with_id)
+            else:
+                try:
+                    async with self.body_budget.share(size):
+                        await self.app(scope, limited, send_with_id)
+                except ApiError as error:
+                    if error.status != 503 or error.code != "busy":
+                        raise
+                    await _send_error(send_with_id, error)
+        except BodyTooLarge:
+            if not refused["sent"]:
+                raise
         finally:
             elapsed = time.perf_counter() - start
             self._record(scope, status["code"], elapsed)
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, send: Send, refused: dict[str, bool]) -> Receive:
+        """Counts the body as it streams (chunked bodies declare no length).
+
+        Past the limit the 413 is sent from here, at once: whoever reads the body (a route, or
+        FastAPI's own body parsing, which turns any read error into a 400) only sees the error.
+        """
         received = 0
         limit = self.max_body_bytes
 
@@ -78,7 +113,11 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    error = BodyTooLarge(limit)
+                    if not refused["sent"]:
+                        await _send_error(send, error)
+                        refused["sent"] = True
+                    raise error
             return message
 
         return limited_receive
@@ -121,6 +160,7 @@ async def _send_error(send: Send, error: ApiError) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        *((k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()),
     ]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

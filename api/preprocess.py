@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
+from api.imaging import WorkSize
 from api.serving_client import InputSpec
 
 PROFILES = ("digit", "photo")
@@ -19,9 +20,15 @@ PROFILES = ("digit", "photo")
 DIGIT_WORK_SIZE = 256
 
 
-def decode_size(profile: str, size: tuple[int, int]) -> tuple[int, int]:
-    """The smallest (width, height) a JPEG may be draft-decoded to for this profile."""
-    return (DIGIT_WORK_SIZE, DIGIT_WORK_SIZE) if profile == "digit" else size
+def decode_size(profile: str, size: tuple[int, int]) -> WorkSize:
+    """How far decoding may reduce an image for this profile (``size``: the model's W, H).
+
+    The gaps are those of the resizes below (thumbnail's 2.0, the photo resize's 3.0), so the
+    reduction done while decoding is the one they would have done.
+    """
+    if profile == "digit":
+        return WorkSize((DIGIT_WORK_SIZE, DIGIT_WORK_SIZE), cover=False, gap=2.0)
+    return WorkSize(size, cover=True, gap=3.0)
 
 
 def choose_profile(spec: InputSpec, override: str | None = None) -> str:
@@ -50,15 +57,18 @@ def preprocess(image: Image.Image, spec: InputSpec, profile: str) -> np.ndarray:
 def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     image = image.convert("RGB")
+    # The centre region with the input's aspect ratio, resized to the input: the same as
+    # resizing to cover and cropping, but never larger than the input, whatever the aspect ratio.
     scale = max(width / image.width, height / image.height)
+    box_w, box_h = min(image.width, width / scale), min(image.height, height / scale)
+    left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
     resized = image.resize(
-        (max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+        (width, height),
         Image.Resampling.LANCZOS,
+        box=(left, top, left + box_w, top + box_h),
         reducing_gap=3.0,
     )
-    left = (resized.width - width) // 2
-    top = (resized.height - height) // 2
-    return np.asarray(resized.crop((left, top, left + width, top + height)))
+    return np.asarray(resized)
 
 
 def digit_to_mnist(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:

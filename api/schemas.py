@@ -5,15 +5,24 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from fdl.jobspec import NAME_PATTERN
+from fdl.jobspec import NAME_PATTERN, check_label, check_name
 
+# The pattern documents the rule in OpenAPI; the validators apply it in full (fullmatch, and no
+# all-digit labels), whatever regex engine reads the pattern.
 ModelName = Annotated[
-    str, Path(pattern=NAME_PATTERN, description="Model name (a folder of the repository)")
+    str,
+    Path(pattern=NAME_PATTERN, description="Model name (a folder of the repository)"),
+    AfterValidator(check_name),
 ]
 LabelName = Annotated[
-    str, Path(pattern=NAME_PATTERN, description="Version label, e.g. stable or canary")
+    str,
+    Path(
+        pattern=NAME_PATTERN,
+        description="Version label, e.g. stable or canary (not all digits)",
+    ),
+    AfterValidator(check_label),
 ]
 JobId = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Job id as returned on submit")

@@ -47,8 +47,35 @@ class GatewaySettings(CommonSettings):
     # max_batch_size images per Predict) when one returns. 0: no limit, every request alone.
     # With several model-server replicas, at least their number (docs/gateway.md).
     predict_max_in_flight: int = Field(default=1, ge=0)
-    # Decoded-pixel limit per image; above it the image is refused with 413.
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # Decoded-pixel limit per image (a JPEG counts at the scale it is decoded at); above it the
+    # image is refused with 413. 16 M covers 12-16 MP camera photos at full resolution; the
+    # models need 28x28 or 32x32.
+    max_image_pixels: int = Field(default=16_000_000, ge=1)
+    # Decoded pixels of all the images of one request (a batch); above it, 413.
+    max_batch_pixels: int = Field(default=64_000_000, ge=1)
+    # Decoded pixels in flight across the process (a pixel costs up to 4 bytes while decoded).
+    # A request takes its largest image's share while its images decode one by one; one that
+    # does not fit waits up to FDL_DECODE_WAIT_S, then 503 + Retry-After. Requests whose images
+    # are all at most FDL_DECODE_FREE_PIXELS skip the budget: their memory is small.
+    decode_budget_pixels: int = Field(default=24_000_000, ge=1)
+    decode_free_pixels: int = Field(default=512 * 512, ge=0)
+    decode_wait_s: float = Field(default=2.0, ge=0)
+    # Request-body bytes in flight across the process (a body is held 2-3 times while parsed).
+    # Bodies up to FDL_BODY_FREE_BYTES skip it; a chunked body counts as FDL_MAX_BODY_BYTES.
+    body_budget_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    body_free_bytes: int = Field(default=256 * 1024, ge=0)
+    # HTTP limits (api/http_guard.py): the request line and headers together (431 above it);
+    # the time to receive them (from connecting, or from a keep-alive request's first byte)
+    # and the time to receive a body after its headers (408); idle keep-alive connections;
+    # open connections (ones beyond it are closed at once). Each logs when it triggers.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    keepalive_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
+    # or CIDR networks, "*" for any). Empty: none, the client is the peer address.
+    trusted_proxies: str = ""
     default_top_k: int = Field(default=3, ge=1)
     # Preprocessing profile per model, overriding the choice by channel count:
     # FDL_PROFILES='{"my_model": "photo"}'.
@@ -70,6 +97,14 @@ class GatewaySettings(CommonSettings):
     promote_timeout_s: float = Field(default=60.0, gt=0)
     log_json: bool = True
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> GatewaySettings:
+        if self.decode_budget_pixels < self.max_image_pixels:
+            raise ValueError("FDL_DECODE_BUDGET_PIXELS must be at least FDL_MAX_IMAGE_PIXELS")
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError("FDL_BODY_BUDGET_BYTES must be at least FDL_MAX_BODY_BYTES")
+        return self
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> GatewaySettings:

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from api.imaging import decode_image  # noqa: E402
-from api.preprocess import photo_to_array  # noqa: E402
+from api.preprocess import decode_size, photo_to_array  # noqa: E402
 
 
 def phone_photo(data_dir: Path) -> bytes:
@@ -56,7 +56,7 @@ def naive(data: bytes, size: int) -> np.ndarray:
 
 
 def gateway(data: bytes, size: int) -> np.ndarray:
-    return photo_to_array(decode_image(data, target_size=(size, size)), (size, size))
+    return photo_to_array(decode_image(data, decode_size("photo", (size, size))), (size, size))
 
 
 def interleaved(data: bytes, size: int, repeat: int) -> tuple[list[float], list[float]]:

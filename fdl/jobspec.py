@@ -18,15 +18,36 @@ ARCHITECTURES: dict[str, str] = {
     "cifar10_cnn_bn": "cifar10",
 }
 BUILTIN_DATASETS = ("mnist", "cifar10")
-# Served model names and folder dataset names: a path segment, never a path.
+# Served model names, labels and folder dataset names: a path segment, never a path. Matched
+# with fullmatch: with re.match, "$" also matches before a trailing newline ("evil\n").
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "lower-case letters, digits, _ and -, starting with a letter or digit, at most 64"
 
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta"]
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
+def valid_label(label: str) -> bool:
+    """A version label: a name that is not all digits (those read as version numbers)."""
+    return valid_name(label) and not label.isdigit()
+
+
+def check_name(value: str) -> str:
+    """A pydantic validator: the name itself, or ValueError saying the rule."""
+    if not valid_name(value):
+        raise ValueError(f"must be a name: {NAME_RULE}")
+    return value
+
+
+def check_label(value: str) -> str:
+    check_name(value)
+    if value.isdigit():
+        raise ValueError("must not be all digits (that reads as a version number)")
+    return value
 
 
 class _Strict(BaseModel):
@@ -86,9 +107,7 @@ class JobSpec(_Strict):
     @field_validator("publish_as", "dataset")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not valid_name(value):
-            raise ValueError(f"must match {NAME_PATTERN} (lower-case letters, digits, _ and -)")
-        return value
+        return None if value is None else check_name(value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> JobSpec:

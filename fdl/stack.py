@@ -91,9 +91,13 @@ def ensure_api_key(settings: CommonSettings) -> tuple[str, bool]:
 
 def model_server_argv(settings: CommonSettings, config_file: Path, poll_s: int = 2) -> list[str]:
     """The real tensorflow_model_server when it is on PATH, else our compatible server."""
-    binary = shutil.which("tensorflow_model_server") or "fdl-model-server"
+    binary = shutil.which("tensorflow_model_server")
+    # Ours listens where the gateway reaches it only (the loopback by default): it has no
+    # authentication. The real binary listens on every interface (docs/deploy.md).
+    bind = [] if binary else [f"--bind_address={settings.serving_host}"]
     return [
-        binary,
+        binary or "fdl-model-server",
+        *bind,
         f"--port={settings.serving_grpc_port}",
         f"--rest_api_port={settings.serving_rest_port}",
         f"--model_config_file={config_file}",

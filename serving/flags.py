@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{name}", type=kind, default=default, help=text)
 
     flag("port", int, 8500, "gRPC port (0 disables gRPC)")
+    # fdl-model-server only (TF Serving always listens on every interface): `fdl up` keeps the
+    # unauthenticated model server on the loopback interface with it.
+    flag("bind_address", str, "0.0.0.0", "address --port and --rest_api_port listen on")
     flag("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket path")
     flag("grpc_channel_arguments", str, "", "gRPC server arguments: key=value,key=value")
     flag("ssl_config_file", str, "", "ascii SSLConfig file: TLS for gRPC")

@@ -83,7 +83,7 @@ class GrpcFrontEnd:
             check_socket_path(socket_path)
         self.loop.run(self._start(port, socket_path, options, credentials))
         if port:
-            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+            log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, port)
         if socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
@@ -110,7 +110,9 @@ class GrpcFrontEnd:
             names.append(health.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         if port:
-            _listen(server, f"0.0.0.0:{port}", credentials, f"port {port}")
+            host = self.server.args.bind_address
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            _listen(server, address, credentials, f"port {port}")
         if socket_path:
             _listen(server, f"unix:{socket_path}", credentials, f"UNIX socket {socket_path}")
         await server.start()

@@ -207,7 +207,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def start_rest_server(model_server: ModelServer, port: int) -> _Server:
-    httpd = _Server(("0.0.0.0", port), _Handler)
+    httpd = _Server((model_server.args.bind_address, port), _Handler)
     httpd.model_server = model_server
     httpd.cors = bool(model_server.args.rest_api_enable_cors_support)
     timeout = model_server.args.rest_api_timeout_in_ms / 1000

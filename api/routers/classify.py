@@ -124,6 +124,8 @@ def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise ApiError(400, "json_too_deep", "the JSON body is nested too deeply") from error
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "no_image", "'instances' must be a non-empty list of {\"b64\": ...}")
@@ -155,8 +157,8 @@ async def _classify(request: Request, target: Target) -> JSONResponse:
         images,
         top_k or settings.default_top_k,
         request_id_of(request),
+        state.decode_limits,
         profile_override=settings.profiles.get(target.model),
-        max_pixels=settings.max_image_pixels,
     )
     return JSONResponse(result)
 

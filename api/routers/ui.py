@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from api.classify import Target, prepare_batch, upstream_error
+from api.classify import Target, prepare_bounded, upstream_error
 from api.deps import ClassifyDep, RequestIdDep, SettingsDep
 from api.errors import ApiError
 from api.preprocess import choose_profile
@@ -114,9 +114,7 @@ async def preprocess_preview(
     target = Target(model, version=version, label=None if version else label)
     spec = await _input_spec(request, target, request_id)
     profile = choose_profile(spec, settings.profiles.get(model))
-    batch = await run_in_threadpool(
-        prepare_batch, images[:1], spec, profile, settings.max_image_pixels, model
-    )
+    batch = await prepare_bounded(images[:1], spec, profile, request.app.state.decode_limits, model)
     png = await run_in_threadpool(_png, batch)
     headers = {"Cache-Control": "no-store", "X-Model-Version": str(spec.version)}
     return Response(png, media_type="image/png", headers=headers)

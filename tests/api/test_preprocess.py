@@ -12,7 +12,7 @@ from PIL import Image
 
 from api.classify import _small, prepare_batch
 from api.imaging import decode_image
-from api.preprocess import _median, digit_to_mnist, photo_to_array
+from api.preprocess import _median, decode_size, digit_to_mnist, photo_to_array
 from api.serving_client import InputSpec
 from tests.support.mnist import mnist_test_digits, png_bytes
 from tests.support.procs import REPO_ROOT
@@ -82,7 +82,7 @@ def test_photo_profile_and_draft_decoding() -> None:
     big = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((4000, 3000))
     buffer = io.BytesIO()
     big.save(buffer, "JPEG", quality=80)
-    decoded = decode_image(buffer.getvalue(), target_size=(224, 224))
+    decoded = decode_image(buffer.getvalue(), decode_size("photo", (224, 224)))
     assert decoded.size == (500, 375)  # decoded at 1/8 scale, still covering 224x224
     array = photo_to_array(decoded, (224, 224))
     assert array.shape == (224, 224, 3) and array.dtype == np.uint8

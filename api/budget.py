@@ -1,0 +1,70 @@
+"""A process-wide budget of something costly in flight (decoded pixels, request-body bytes).
+
+Requests take a share before the costly work and give it back after. One that does not fit waits
+up to ``wait_s`` for others to finish, then gets 503 with Retry-After. Waiters are not served in
+order: whatever fits goes first, so small requests slip past large ones instead of queueing
+behind them (a large one that keeps not fitting gets its 503 after ``wait_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from api.errors import ApiError
+from api.metrics import BUDGET_IN_USE, BUDGET_REFUSED
+
+log = logging.getLogger("fdl.gateway")
+
+
+class Budget:
+    def __init__(self, name: str, capacity: int, wait_s: float, unit: str) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self.unit = unit
+        self.in_use = 0
+        self._changed: asyncio.Condition | None = None  # made on first use, in the serving loop
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    @asynccontextmanager
+    async def share(self, amount: int) -> AsyncIterator[None]:
+        """Hold ``amount`` (at most the capacity) for the duration of the block."""
+        amount = min(max(amount, 0), self.capacity)
+        changed = self._condition()
+        async with changed:
+            try:
+                await asyncio.wait_for(
+                    changed.wait_for(lambda: self.in_use + amount <= self.capacity), self.wait_s
+                )
+            except TimeoutError:
+                BUDGET_REFUSED.labels(self.name).inc()
+                log.warning(
+                    "%s budget full: %s %s in flight, %s more waited %.1fs; 503",
+                    self.name,
+                    f"{self.in_use:,}",
+                    self.unit,
+                    f"{amount:,}",
+                    self.wait_s,
+                )
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"the gateway is busy ({self.name} in flight); retry shortly",
+                    headers={"Retry-After": "1"},
+                ) from None
+            self.in_use += amount
+            BUDGET_IN_USE.labels(self.name).set(self.in_use)
+        try:
+            yield
+        finally:
+            async with changed:
+                self.in_use -= amount
+                BUDGET_IN_USE.labels(self.name).set(self.in_use)
+                changed.notify_all()

@@ -1,0 +1,139 @@
+"""HTTP limits below the app: header size, header and body read timeouts, a connection cap.
+
+uvicorn's httptools protocol (the fast one) has no header-size limit and no read timeouts, and
+its ``limit_concurrency`` only answers 503 once headers have arrived, so idle connections still
+hold file descriptors. This subclass adds them; everything else is uvicorn's. Each limit logs a
+warning and counts in ``fdl_gateway_http_guard_total{reason}`` when it triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from api.errors import error_body
+from api.metrics import HTTP_GUARD
+
+log = logging.getLogger("fdl.gateway.http")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 32 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 512
+
+
+def _response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps(error_body(reason, message)).encode()
+    return (
+        f"HTTP/1.1 {status} {_PHRASES[status]}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+_PHRASES = {
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits = HttpLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0
+        self._in_headers = True  # waiting for (the rest of) a request's headers
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too_many_connections", "the gateway has too many connections")
+            return
+        self._arm(self.limits.header_timeout_s, "header_timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_headers:
+            super().data_received(data)
+            return
+        if self._timer is None:  # the first byte of a keep-alive connection's next request
+            self._arm(self.limits.header_timeout_s, "header_timeout")
+        room = self.limits.max_header_bytes - self._header_bytes
+        self._header_bytes += len(data)
+        if len(data) <= room:
+            super().data_received(data)
+            return
+        # Only what the limit allows is parsed; the rest only if the headers ended within it.
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._in_headers:
+            self._refuse(
+                431,
+                "headers_too_large",
+                f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
+            )
+            return
+        super().data_received(data[room:])
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._arm(self.limits.body_timeout_s, "body_timeout")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # The body is in; the app's time to answer is its own (deadlines on the model server).
+        self._disarm()
+        self._in_headers = True
+        self._header_bytes = 0
+        super().on_message_complete()
+
+    def timeout_keep_alive_handler(self) -> None:
+        # Routine (every idle client ends this way), so counted, and logged at debug level only.
+        if not self.transport.is_closing():
+            HTTP_GUARD.labels("keepalive_timeout").inc()
+            log.debug("closing idle keep-alive connection", extra={"reason": "keepalive_timeout"})
+        super().timeout_keep_alive_handler()
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, reason)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, reason: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        what = "headers" if reason == "header_timeout" else "the body"
+        self._refuse(408, reason, f"{what} did not arrive in time")
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        HTTP_GUARD.labels(reason).inc()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.warning(
+            "closing connection from %s: %s (%d)",
+            client,
+            message,
+            status,
+            extra={"reason": reason, "client": client, "status": status},
+        )
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_response(status, reason, message))
+        self.transport.close()

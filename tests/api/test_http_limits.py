@@ -1,0 +1,247 @@
+"""HTTP limits of a real gateway process, spoken to over raw sockets (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.bombs import transparent_png
+from tests.api.support import ADMIN_KEY, Gateway, ModelServer, log_lines, start_gateway
+from tests.support.procs import wait_for
+from tests.support.prometheus import sample_sums
+
+LIMITS = {
+    "FDL_MAX_HEADER_BYTES": "8192",
+    "FDL_HEADER_TIMEOUT_S": "1",
+    "FDL_BODY_TIMEOUT_S": "1",
+    "FDL_KEEPALIVE_TIMEOUT_S": "1",
+    "FDL_MAX_CONNECTIONS": "40",
+    "FDL_MAX_BATCH_PIXELS": "100000",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(
+    redis_url: str,
+    model_server: ModelServer,
+    model_dir: Path,
+    logs_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    running = start_gateway(
+        "gateway-limits",
+        logs_dir,
+        redis_url,
+        model_server.port,
+        model_dir,
+        tmp_path_factory.mktemp("secrets-limits"),
+        **LIMITS,
+    )
+    try:
+        yield running
+    finally:
+        running.process.stop()
+
+
+def _connect(gateway: Gateway) -> socket.socket:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything until the server closes (or ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def _logged(gateway: Gateway, reason: str) -> bool:
+    return any(line.get("reason") == reason for line in log_lines(gateway.process))
+
+
+def test_oversized_headers_get_431(limited: Gateway) -> None:
+    with _connect(limited) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n")
+        response = _read_all(sock)
+    assert _status(response) == 431, response[:200]
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
+    wait_for(lambda: _logged(limited, "headers_too_large"), 10, "the 431 in the log")
+    ok = httpx.get(f"{limited.url}/healthz", headers={"X-Small": "a" * 4000}, timeout=10)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("partial", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"])
+def test_slow_headers_time_out(limited: Gateway, partial: bytes) -> None:
+    with _connect(limited) as sock:
+        sock.sendall(partial)
+        response = _read_all(sock, timeout=8)
+    assert _status(response) == 408, response[:200]
+    wait_for(lambda: _logged(limited, "header_timeout"), 10, "the 408 in the log")
+
+
+def test_slow_body_times_out(limited: Gateway) -> None:
+    with _connect(limited) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": '
+        )
+        response = _read_all(sock, timeout=8)
+    assert _status(response) == 408, response[:200]
+    wait_for(lambda: _logged(limited, "body_timeout"), 10, "the body timeout in the log")
+
+
+def test_idle_keep_alive_connections_close(limited: Gateway) -> None:
+    with _connect(limited) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        response = _read_all(sock, timeout=8)  # the answer, then the close 1 s later
+        idle = time.monotonic() - start
+    assert _status(response) == 200, response[:200]
+    assert idle < 3, f"the idle connection stayed open {idle:.1f} s (FDL_KEEPALIVE_TIMEOUT_S=1)"
+    closed = 'fdl_gateway_http_guard_total{reason="keepalive_timeout"}'
+    assert sample_sums(f"{limited.url}/metrics", closed)[0] >= 1
+
+
+def test_connections_beyond_the_cap_are_closed(limited: Gateway) -> None:
+    sockets = [_connect(limited) for _ in range(60)]
+    try:
+        refused = [s for s in sockets if _status(_read_all(s, timeout=0.5)) == 503]
+        assert len(refused) >= 15, len(refused)
+        wait_for(lambda: _logged(limited, "too_many_connections"), 10, "the cap in the log")
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_for(
+        lambda: httpx.get(f"{limited.url}/healthz", timeout=5).status_code == 200,
+        10,
+        "the gateway to serve again",
+    )
+
+
+def test_chunked_body_over_the_limit_gets_413(limited: Gateway) -> None:
+    answer: list[bytes] = []
+    with _connect(limited) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        reader = threading.Thread(target=lambda: answer.append(_read_all(sock, timeout=30)))
+        reader.start()
+        chunk = b"100000\r\n" + b" " * 0x100000 + b"\r\n"
+        try:
+            for _ in range(100):  # 100 MB
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the gateway closed after answering
+        reader.join()
+    assert _status(answer[0]) == 413, answer[0][:300]
+
+
+def test_deeply_nested_json_gets_400(limited: Gateway) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    for path, headers in (
+        ("/v1/models/digits:classify", limited.classifier()),
+        ("/v1/jobs", limited.admin()),
+        ("/v1/models/digits/labels/canary", limited.admin()),
+    ):
+        response = httpx.post(
+            f"{limited.url}{path}",
+            content=nested,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"], path
+
+
+def test_forwarded_for_does_not_dodge_the_rate_limit(
+    redis_url: str,
+    model_server: ModelServer,
+    model_dir: Path,
+    logs_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    running = start_gateway(
+        "gateway-forwarded",
+        logs_dir,
+        redis_url,
+        model_server.port,
+        model_dir,
+        tmp_path_factory.mktemp("secrets-forwarded"),
+        FDL_CLASSIFY_OPEN="true",
+        FDL_RATE_LIMIT_PER_MINUTE="6",
+        FDL_RATE_LIMIT_BURST="3",
+    )
+    try:
+        statuses = [
+            httpx.get(
+                f"{running.url}/v1/models",
+                headers={
+                    "X-Forwarded-For": f"10.{i}.0.{i % 250}",
+                    "X-Request-Id": uuid.uuid4().hex,
+                },
+                timeout=10,
+            ).status_code
+            for i in range(8)
+        ]
+    finally:
+        running.process.stop()
+    assert 429 in statuses, statuses
+
+
+def test_names_are_matched_in_full(limited: Gateway) -> None:
+    job = httpx.post(
+        f"{limited.url}/v1/jobs",
+        json={"model": "mnist_logreg", "publish_as": "evil\n"},
+        headers=limited.admin(),
+        timeout=10,
+    )
+    assert job.status_code == 422, job.text
+    assert "publish_as" in job.json()["error"]["message"]
+    for path, field in (
+        ("/v1/models/digits/labels/123", "label"),
+        ("/v1/models/digits/labels/evil%0A", "label"),
+        ("/v1/models/evil%0A/labels/stable", "model"),
+    ):
+        response = httpx.post(
+            f"{limited.url}{path}", json={"version": 1}, headers=limited.admin(), timeout=10
+        )
+        assert response.status_code == 422, (path, response.text)
+        assert field in response.json()["error"]["message"], (path, response.text)
+    classify = httpx.post(
+        f"{limited.url}/v1/models/digits/labels/7:classify",
+        json={"instances": [{"b64": ""}]},
+        headers=limited.classifier(),
+        timeout=10,
+    )
+    assert classify.status_code == 422 and "label" in classify.json()["error"]["message"]
+
+
+def test_batch_pixels_are_limited(limited: Gateway) -> None:
+    image = transparent_png(300, 300)  # 90,000 pixels; two are over FDL_MAX_BATCH_PIXELS
+    one = [("file", ("a.png", image, "image/png"))]
+    url = f"{limited.url}/v1/models/digits:classify"
+    assert httpx.post(url, files=one, headers=limited.classifier(), timeout=30).status_code == 200
+    two = httpx.post(url, files=one * 2, headers=limited.classifier(), timeout=30)
+    assert two.status_code == 413, two.text
+    assert two.json()["error"]["code"] == "batch_too_large"
