@@ -23,6 +23,8 @@ from fdl.cli_client import (
 )
 
 BATCH = 32  # images per request (the gateway's default limit is 64)
+# Versions the model server unloaded (labelled versions and the newest stay served): no error.
+RETIRED = ("END", "NOT_LOADED")
 
 
 def _pct(value: Any) -> str:
@@ -53,6 +55,8 @@ def models(
         for index, version in enumerate(versions):
             state = str(version.get("state") or "?")
             style = "green" if state == "AVAILABLE" else "yellow"
+            if state in RETIRED:
+                state, style = "retired", "dim"
             metrics = version.get("metrics") or {}
             table.add_row(
                 model["name"] if index == 0 else "",
@@ -125,10 +129,14 @@ def classify(
     table.add_column("Prediction", style="bold")
     table.add_column("Score", justify="right")
     table.add_column(f"Top {top_k}")
+    widest = 0
     for file, prediction in rows:
         others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
         table.add_row(str(file), prediction["label"], _pct(prediction["score"]), others)
-    console.print(table)
+        widest = max(widest, len(str(file)) + len(prediction["label"]) + len(others))
+    # File names are never cut: the table grows past the console's width (80 columns when the
+    # output is a pipe) when the names need it.
+    console.print(table, width=max(console.width, widest + 24), crop=False)
 
 
 def promote(
