@@ -136,7 +136,12 @@ def classify(
         widest = max(widest, len(str(file)) + len(prediction["label"]) + len(others))
     # File names are never cut: the table grows past the console's width (80 columns when the
     # output is a pipe) when the names need it.
-    console.print(table, width=max(console.width, widest + 24), crop=False)
+    width = console.width
+    console.width = max(width, widest + 24)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def promote(

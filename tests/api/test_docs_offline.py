@@ -34,6 +34,9 @@ def test_docs_pages_reference_only_local_assets_that_are_served(
 ) -> None:
     response = httpx.get(gateway.url + page, timeout=10)
     assert response.status_code == 200
+    # Whatever a bundle links to elsewhere, the browser may load nothing but the gateway's files.
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
     parser = _References()
     parser.feed(response.text)
     inline = "".join(parser.text)

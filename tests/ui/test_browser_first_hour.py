@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.e2e.conftest import RunningStack
+from tests.support.mnist import png_bytes
 from tests.support.procs import wait_for
 from tests.ui.conftest import Served
 
@@ -106,6 +108,12 @@ def test_roll_back_after_promoting_the_newest_version(
 
     # v2 is retired now: shown in grey as "retired", not as an error.
     wait_for(lambda: version_state(stack, model, 2) in ("END", "NOT_LOADED"), 60, "v2 retired")
+    retired = httpx.post(
+        f"{stack.url}/v1/models/{model}/versions/2:classify",
+        files=[("file", ("x.png", png_bytes(np.zeros((28, 28), np.uint8)), "image/png"))],
+        timeout=10,
+    )
+    assert retired.status_code == 404, retired.text  # as docs/ui.md says
     page.click("#models-refresh")
     badge = card.locator("tbody tr", has_text="v2").locator(".badge.retired")
     badge.wait_for()

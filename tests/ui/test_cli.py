@@ -195,3 +195,20 @@ def test_classify_never_cuts_file_names(
     assert run.returncode == 0, run.stderr
     assert len(str(long_name)) > 80
     assert str(long_name) in run.stdout, run.stdout
+
+
+def test_models_shows_unloaded_versions_as_retired(
+    served: Served, rollback_model: str, tmp_path: Path
+) -> None:
+    stack = served.stack
+
+    def retired() -> bool:
+        versions = httpx.get(f"{stack.url}/v1/models/{rollback_model}", timeout=10).json()
+        return any(v["state"] in ("END", "NOT_LOADED") for v in versions["versions"])
+
+    wait_for(retired, 60, f"an older {rollback_model} version to be unloaded")
+    run = fdl(stack, "models", tmp=tmp_path)
+    assert run.returncode == 0, run.stderr
+    states = {line.split("│")[3].strip() for line in run.stdout.splitlines() if "│" in line}
+    assert "retired" in states, run.stdout
+    assert not states & {"end", "not_loaded"}, run.stdout
