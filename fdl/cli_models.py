@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
 
 from fdl.cli_client import (
@@ -129,15 +130,14 @@ def classify(
     table.add_column("Prediction", style="bold")
     table.add_column("Score", justify="right")
     table.add_column(f"Top {top_k}")
-    widest = 0
     for file, prediction in rows:
         others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
         table.add_row(str(file), prediction["label"], _pct(prediction["score"]), others)
-        widest = max(widest, len(str(file)) + len(prediction["label"]) + len(others))
     # File names are never cut: the table grows past the console's width (80 columns when the
     # output is a pipe) when the names need it.
     width = console.width
-    console.width = max(width, widest + 24)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.width = max(width, natural)
     try:
         console.print(table, crop=False)
     finally:
