@@ -18,6 +18,7 @@ from api.auth import Keyring
 from api.budget import Budget
 from api.classify import DecodeLimits
 from api.coalesce import PredictCoalescer
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.imaging import set_max_pixels
 from api.logs import configure_logging
@@ -104,6 +105,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs: no CDN, works offline
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -117,6 +120,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)
     return app
 
 

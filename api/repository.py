@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import grpc
@@ -14,6 +15,21 @@ from fdl.model_config import discover_models, list_versions, read_labels
 
 # Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
+# An absolute POSIX or Windows path (no whitespace): how the worker records where data came from.
+_ABSOLUTE_PATH = re.compile(r"^(?:/|[A-Za-z]:[\\/]|\\\\)\S*$")
+
+
+def public_paths(value: Any) -> Any:
+    """A copy of metadata with each absolute path cut to its last component (``/srv/data/mnist``
+    becomes ``mnist``): anyone may read it, and the worker's folders are nobody's business."""
+    if isinstance(value, dict):
+        return {key: public_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_paths(item) for item in value]
+    if isinstance(value, str) and _ABSOLUTE_PATH.match(value):
+        path = PurePosixPath(value) if value.startswith("/") else PureWindowsPath(value)
+        return path.name or "."
+    return value
 
 
 def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str, Any] | None:
@@ -59,7 +75,7 @@ def describe_version(
         "job_id": metadata.get("job_id"),
         "metrics": metrics if isinstance(metrics, dict) else None,
         "class_names": [str(c) for c in class_names] if isinstance(class_names, list) else None,
-        "metadata": {k: metadata[k] for k in _SHOWN if k in metadata} or None,
+        "metadata": public_paths({k: metadata[k] for k in _SHOWN if k in metadata}) or None,
     }
 
 

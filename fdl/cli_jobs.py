@@ -39,6 +39,10 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{value * 100:.2f}%"
 
 
+def _epochs(count: Any) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def _when(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
 
@@ -240,7 +244,7 @@ def job(
     optimizer = spec.get("optimizer") or {}
     table.add_row(
         "Training",
-        f"{spec.get('epochs')} epochs, batch {spec.get('batch_size')}, "
+        f"{_epochs(spec.get('epochs'))}, batch {spec.get('batch_size')}, "
         f"{optimizer.get('name')} lr {optimizer.get('learning_rate')}",
     )
     if progress.get("epoch"):
@@ -271,7 +275,7 @@ def cancel(
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
-    """Cancel a job (a running job stops at its next batch)."""
+    """Cancel a job (a running job stops within 16 batches: FDL_STEPS_PER_EXECUTION)."""
     with Gateway(url, api_key) as gateway:
         full_id = resolve_id(gateway, job_id)
         record = gateway.delete(f"/v1/jobs/{full_id}")
@@ -279,6 +283,10 @@ def cancel(
     if status == "cancelled":
         console.print(f"Job {full_id} cancelled.", highlight=False)
     elif status == "running":
-        console.print(f"Job {full_id}: cancellation requested; it stops at the next batch.")
+        console.print(
+            f"Job {full_id}: cancellation requested; it stops within 16 batches "
+            "(one call into the compiled graph, FDL_STEPS_PER_EXECUTION).",
+            highlight=False,
+        )
     else:
         console.print(f"Job {full_id} had already ended: {_status(status)}.", highlight=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
 
 from fdl.cli_client import (
@@ -23,6 +24,8 @@ from fdl.cli_client import (
 )
 
 BATCH = 32  # images per request (the gateway's default limit is 64)
+# Versions the model server unloaded (labelled versions and the newest stay served): no error.
+RETIRED = ("END", "NOT_LOADED")
 
 
 def _pct(value: Any) -> str:
@@ -53,6 +56,8 @@ def models(
         for index, version in enumerate(versions):
             state = str(version.get("state") or "?")
             style = "green" if state == "AVAILABLE" else "yellow"
+            if state in RETIRED:
+                state, style = "retired", "dim"
             metrics = version.get("metrics") or {}
             table.add_row(
                 model["name"] if index == 0 else "",
@@ -128,7 +133,15 @@ def classify(
     for file, prediction in rows:
         others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
         table.add_row(str(file), prediction["label"], _pct(prediction["score"]), others)
-    console.print(table)
+    # File names are never cut: the table grows past the console's width (80 columns when the
+    # output is a pipe) when the names need it.
+    width = console.width
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def promote(

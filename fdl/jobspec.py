@@ -6,9 +6,16 @@ TensorFlow-free so that the gateway can validate specs (422 naming the field) wi
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ARCHITECTURES: dict[str, str] = {
     "mnist_logreg": "mnist",
@@ -109,22 +116,40 @@ class JobSpec(_Strict):
     def _safe_name(cls, value: str | None) -> str | None:
         return None if value is None else check_name(value)
 
+    # Checks across fields run on the later field, so that a 422 names it (fields are validated
+    # in declaration order: info.data holds the earlier ones that passed).
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        family = ARCHITECTURES.get(info.data.get("model", ""))
+        if family and value in BUILTIN_DATASETS and value != family:
+            raise ValueError(
+                f"dataset {value!r} does not fit model {info.data['model']!r} "
+                f"(its images are shaped for {family})"
+            )
+        return value
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _needs_validation(cls, value: EarlyStoppingSpec | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("validation_split") == 0:
+            raise ValueError("early_stopping needs a validation set (validation_split > 0)")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_cifar_only(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        family = ARCHITECTURES.get(info.data.get("model", ""))
+        if value and family and family != "cifar10":
+            raise ValueError("augment applies to the CIFAR-10 architectures only")
+        return value
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> JobSpec:
         if self.dataset is None:
             self.dataset = ARCHITECTURES[self.model]
         if self.publish_as is None:
             self.publish_as = self.model
-        family = ARCHITECTURES[self.model]
         if self.augment is None:
-            self.augment = family == "cifar10"
-        elif self.augment and family != "cifar10":
-            raise ValueError("augment applies to the CIFAR-10 architectures only")
-        if self.dataset in BUILTIN_DATASETS and self.dataset != family:
-            raise ValueError(
-                f"dataset {self.dataset!r} does not fit model {self.model!r} "
-                f"(its images are shaped for {family})"
-            )
-        if self.early_stopping is not None and self.validation_split == 0:
-            raise ValueError("early_stopping needs a validation set (validation_split > 0)")
+            self.augment = ARCHITECTURES[self.model] == "cifar10"
         return self

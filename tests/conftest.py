@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +9,7 @@ import pytest
 import redis
 
 from fdl.redis_server import redis_server_argv
-from tests.support.procs import REPO_ROOT, Process, free_port, wait_for
-
-SHARED_DATA = Path(os.environ.get("FDL_TEST_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+from tests.support.procs import Process, free_port, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +19,17 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The real MNIST / CIFAR-10 data that CI provides beside the checkout."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.fail(f"test data not found at {SHARED_DATA}; set FDL_TEST_DATA_DIR")
-    return SHARED_DATA
+    """The real MNIST / CIFAR-10 data: FDL_TEST_DATA_DIR, ../shared/data (CI) or, on a fresh
+    clone, a cache under var/test-data that the first run downloads (tests/support/testdata.py)."""
+    from tests.support.testdata import DataFetchError, find_test_data
+
+    try:
+        found = find_test_data()
+    except DataFetchError as error:
+        pytest.fail(f"no test data: {error}; set FDL_TEST_DATA_DIR to a folder that has it")
+    if not (found / "mnist").is_dir():
+        pytest.fail(f"test data not found at {found} (FDL_TEST_DATA_DIR)")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,15 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the worker's working directory when it lies inside it (``fdl up``
+    passes absolute folders; users read ``var/tensorboard/<id>``), else as it is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_job(
     job_id: str, store: JobStore, settings: WorkerSettings, worker: str | None = None
 ) -> dict[str, Any] | None:
@@ -131,7 +140,7 @@ def execute(
         "reason": reason,
         "metrics": outcome.metrics,
         "epochs_run": outcome.runtime.get("epochs_run"),
-        "tensorboard_dir": str(tensorboard_dir),
+        "tensorboard_dir": shown_path(tensorboard_dir),
     }
     if not published:
         return result

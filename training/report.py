@@ -74,6 +74,22 @@ def write_report(
     fig.savefig(folder / CONFUSION_PNG, dpi=100)
     plt.close(fig)
 
+    fig = curves_figure(history, title)
+    fig.savefig(folder / CURVES_PNG, dpi=100)
+    plt.close(fig)
+    return ["evaluation.json", CONFUSION_PNG, CURVES_PNG]
+
+
+def curves_figure(history: list[dict[str, Any]], title: str) -> Any:
+    """Loss and accuracy per epoch (train and validation). The x-axis shows whole epochs only,
+    half an epoch beyond each end; a run of one or two epochs has no curve to speak of, so each
+    point is labelled with its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
@@ -81,11 +97,26 @@ def write_report(
             values = [h.get(prefix + key) for h in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", label=label)
+                if len(epochs) <= 2:
+                    for x, y in zip(epochs, values, strict=True):
+                        if y is not None:
+                            ax.annotate(
+                                f"{y:.4g}",
+                                (x, y),
+                                textcoords="offset points",
+                                xytext=(8, 4),
+                                fontsize=9,
+                            )
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.legend()
-    fig.suptitle(title)
+    count = len(epochs)
+    fig.suptitle(title if count != 1 else f"{title}: 1 epoch, one value per series")
     fig.tight_layout()
-    fig.savefig(folder / CURVES_PNG, dpi=100)
-    plt.close(fig)
-    return ["evaluation.json", CONFUSION_PNG, CURVES_PNG]
+    return fig

@@ -84,7 +84,7 @@ def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
 
 @router.delete(
     "/{job_id}",
-    summary="Cancel a job (a queued job at once; a running one at its next batch)",
+    summary="Cancel a job (a queued job at once; a running one within 16 batches)",
     response_model=Job,
     responses=errors(401, 403, 404, 429, 503),
 )

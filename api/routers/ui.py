@@ -4,6 +4,7 @@ the image as a model sees it after preprocessing, and a published version's eval
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ import grpc
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,7 @@ from api.classify import Target, prepare_bounded, upstream_error
 from api.deps import ClassifyDep, RequestIdDep, SettingsDep
 from api.errors import ApiError
 from api.preprocess import choose_profile
+from api.repository import public_paths
 from api.routers.classify import read_images
 from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
@@ -51,6 +53,9 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+# HEAD as well as GET: link checkers and `curl -I` probe the UI with HEAD.
+_GET_HEAD = ["GET", "HEAD"]
+
 ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Served model name")]
 
 
@@ -65,22 +70,22 @@ def _static(relative: str) -> FileResponse:
     return FileResponse(path, media_type=media, headers=headers)
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=_GET_HEAD, include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
 
 
-@router.get("/ui", include_in_schema=False)
+@router.api_route("/ui", methods=_GET_HEAD, include_in_schema=False)
 async def ui_redirect() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
 
 
-@router.get("/ui/", include_in_schema=False)
+@router.api_route("/ui/", methods=_GET_HEAD, include_in_schema=False)
 async def ui_index() -> FileResponse:
     return _static("index.html")
 
 
-@router.get("/ui/{relative:path}", include_in_schema=False)
+@router.api_route("/ui/{relative:path}", methods=_GET_HEAD, include_in_schema=False)
 async def ui_file(relative: str) -> FileResponse:
     return _static(relative)
 
@@ -134,8 +139,10 @@ async def _input_spec(request: Request, target: Target, request_id: str) -> Inpu
 @router.get(
     "/v1/models/{model}/versions/{version}/report/{name}",
     tags=["ui"],
-    summary="A file of a published version's evaluation report (PNG or JSON in assets.extra/)",
-    response_class=FileResponse,
+    summary="A file of a published version's evaluation report (PNG or JSON in assets.extra/; "
+    "absolute paths in JSON are cut to their last component)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "application/json": {}}}},
 )
 async def version_report(
     model: ModelName,
@@ -143,7 +150,7 @@ async def version_report(
     name: str,
     settings: SettingsDep,
     _caller: ClassifyDep,
-) -> FileResponse:
+) -> Response:
     if not _REPORT_RE.match(name):
         raise ApiError(
             422, "invalid_report_file", "the report file must be a plain name ending .png or .json"
@@ -154,5 +161,14 @@ async def version_report(
         raise ApiError(
             404, "report_not_found", f"model {model} version {version} has no report file {name!r}"
         )
-    media = "image/png" if name.lower().endswith(".png") else "application/json"
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache"}
+    if name.lower().endswith(".png"):
+        return FileResponse(path, media_type="image/png", headers=headers)
+    # JSON (metadata.json names the worker's dataset folder): absolute paths are served cut.
+    try:
+        document = await run_in_threadpool(lambda: json.loads(path.read_bytes()))
+    except (OSError, ValueError) as error:
+        raise ApiError(
+            404, "report_not_found", f"model {model} version {version} has no readable {name!r}"
+        ) from error
+    return JSONResponse(public_paths(document), headers=headers)

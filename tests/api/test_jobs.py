@@ -55,12 +55,19 @@ def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> Non
         ({"model": "mnist_mlp", "bogus": 1}, "bogus"),
         ({"model": "mnist_mlp", "publish_as": "../etc"}, "publish_as"),
         ({}, "model"),
+        # Checks across fields name the field that does not fit the others.
+        ({"model": "mnist_cnn", "augment": True}, "augment"),
+        ({"model": "mnist_cnn", "dataset": "cifar10"}, "dataset"),
+        ({"model": "mnist_mlp", "validation_split": 0, "early_stopping": {}}, "early_stopping"),
     ],
 )
 def test_bad_specs_name_the_field(gateway: Gateway, spec: dict, field: str) -> None:
     response = httpx.post(f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10)
     assert response.status_code == 422
-    assert field in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert field in error["message"]
+    fields = [d["field"] for d in error["details"]]
+    assert any(f == field or f.endswith(f".{field}") for f in fields), fields
 
 
 def test_list_paginates_and_filters(gateway: Gateway, store: JobStore) -> None:

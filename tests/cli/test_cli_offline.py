@@ -28,6 +28,14 @@ def test_help_lists_every_command_and_the_exit_codes() -> None:
     assert "3 gateway" in " ".join(result.output.split())
 
 
+def test_cancel_help_says_what_docs_training_md_says() -> None:
+    """A running job checks its cancel flag once per call into the compiled graph."""
+    text = " ".join(invoke("cancel", "--help").output.split())
+    assert "within 16 batches" in text and "next batch" not in text
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    assert "within 16 batches" in " ".join(docs.split())
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -80,7 +80,9 @@ def ui_stack(
 ) -> Iterator[RunningStack]:
     tmp = tmp_path_factory.mktemp("ui-stack")
     env = stack_env(tmp, data_dir)
-    process = Process("fdl-up-ui", ["fdl", "up"], logs_dir, env=env)
+    # Started in the folder that holds var/, as `make run` is in a checkout: job results show
+    # paths such as var/tensorboard/<id> relative to it.
+    process = Process("fdl-up-ui", ["fdl", "up"], logs_dir, env=env, cwd=tmp)
     url = f"http://127.0.0.1:{env['FDL_GATEWAY_PORT']}"
     try:
         wait_for(
@@ -109,6 +111,31 @@ def served(ui_stack: RunningStack) -> Served:
     version = job["result"]["version"]
     wait_served(ui_stack, "mnist_logreg", version)
     return Served(ui_stack, "mnist_logreg", version, job["id"])
+
+
+def train_all(stack: RunningStack, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Submit every job at once (the worker runs them in order) and wait for each to publish."""
+    ids = []
+    for job in jobs:
+        response = httpx.post(f"{stack.url}/v1/jobs", json=job, headers=stack.admin(), timeout=10)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    finished = [wait_job(stack, job_id) for job_id in ids]
+    for job in finished:
+        assert job["status"] == "succeeded" and job["result"]["published"], job
+    return finished
+
+
+@pytest.fixture(scope="package")
+def rollback_model(served: Served) -> str:
+    """ui_rollback versions 1, 2 and 3 (and a_capped, a poor model named to sort first)."""
+    stack = served.stack
+    capped = {**TINY_JOB, "max_train_examples": 100, "publish_as": "a_capped"}
+    capped["optimizer"] = {"name": "sgd", "learning_rate": 0.0001}
+    train_all(stack, [{**TINY_JOB, "publish_as": "ui_rollback"}] * 3 + [capped])
+    wait_served(stack, "ui_rollback", 3)
+    wait_served(stack, "a_capped", 1)
+    return "ui_rollback"
 
 
 @pytest.fixture(scope="package")

@@ -252,6 +252,9 @@ def test_ui_files_are_served_safely(served: Served) -> None:
     url = served.stack.url
     index = httpx.get(f"{url}/ui", follow_redirects=True, timeout=10)
     assert index.status_code == 200 and "<title>FDL Serve</title>" in index.text
+    head = httpx.head(f"{url}/ui/", timeout=10)  # link checkers and `curl -I` probe with HEAD
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/html")
+    assert httpx.head(f"{url}/ui/js/main.js", timeout=10).status_code == 200
     assert "default-src 'self'" in index.headers["content-security-policy"]
     module = httpx.get(f"{url}/ui/js/main.js", timeout=10)
     assert module.headers["content-type"].startswith("text/javascript")

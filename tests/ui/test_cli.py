@@ -168,3 +168,47 @@ def test_ctrl_c_detaches_or_cancels(served: Served, tmp_path: Path) -> None:
     assert cancelling.popen.wait(30) == 130, cancelling.output()
     assert f"Cancelled job {job_id}" in cancelling.output()
     assert wait_job(stack, job_id, timeout=120)["status"] == "cancelled"
+
+
+def test_job_details_read_as_written(served: Served, tmp_path: Path) -> None:
+    """One epoch is "1 epoch"; the TensorBoard folder is relative to where `fdl up` runs, as
+    docs/training.md shows it."""
+    stack = served.stack
+    shown = fdl(stack, "job", served.job_id, tmp=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "1 epoch," in shown.stdout and "1 epochs" not in shown.stdout
+    job = httpx.get(f"{stack.url}/v1/jobs/{served.job_id}", headers=stack.admin(), timeout=10)
+    assert job.json()["result"]["tensorboard_dir"] == f"var/tensorboard/{served.job_id}"
+
+
+def test_classify_never_cuts_file_names(
+    served: Served, digits: tuple[list[Path], np.ndarray], tmp_path: Path
+) -> None:
+    stack = served.stack
+    long_name = tmp_path / f"{'a_rather_long_folder_name_' * 3}digit_{int(digits[1][0])}.png"
+    long_name.write_bytes(digits[0][0].read_bytes())
+    env = {**cli_env(stack, stack.api_key, tmp_path), "COLUMNS": "80"}  # a pipe's default width
+    run = subprocess.run(
+        ["fdl", "classify", "mnist_logreg", str(long_name)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(str(long_name)) > 80
+    assert str(long_name) in run.stdout, run.stdout
+
+
+def test_models_shows_unloaded_versions_as_retired(
+    served: Served, rollback_model: str, tmp_path: Path
+) -> None:
+    stack = served.stack
+
+    def retired() -> bool:
+        versions = httpx.get(f"{stack.url}/v1/models/{rollback_model}", timeout=10).json()
+        return any(v["state"] in ("END", "NOT_LOADED") for v in versions["versions"])
+
+    wait_for(retired, 60, f"an older {rollback_model} version to be unloaded")
+    run = fdl(stack, "models", tmp=tmp_path)
+    assert run.returncode == 0, run.stderr
+    states = {line.split("│")[3].strip() for line in run.stdout.splitlines() if "│" in line}
+    assert "retired" in states, run.stdout
+    assert not states & {"end", "not_loaded"}, run.stdout

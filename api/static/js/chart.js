@@ -112,6 +112,19 @@ export class LineChart {
       legendX += 24 + ctx.measureText(s.name).width + 18;
     }
 
+    // A lone point (a one-epoch job without mid-epoch reports) is no curve: say its value.
+    let labelled = 0;
+    for (const s of this.series) {
+      if (s.points.length !== 1) continue;
+      const [px, py] = s.points[0];
+      ctx.fillStyle = s.color;
+      ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
+      ctx.fillText(`${s.name} ${format(py, 0.0001)}`, x(px) - 8, y(py) + (labelled % 2 ? 14 : -14));
+      labelled += 1;
+    }
+    canvas.dataset.labelled = String(labelled);
+
     for (const s of this.series) {
       if (!s.points.length) continue;
       ctx.strokeStyle = s.color;

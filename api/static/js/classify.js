@@ -96,6 +96,32 @@ function renderResult(body, elapsed) {
   );
 }
 
+const SERVED = new Set(["available", "unknown"]);
+
+// The version a default choice classifies with: the "stable" label's, else the newest served.
+function defaultVersion(model) {
+  const stable = model.versions.find((v) => v.version === model.labels.stable);
+  return stable || model.versions.find((v) => SERVED.has(v.status)) || null;
+}
+
+// The model a page opens with, for digits (1 channel) or photos (3): one with a "stable" label
+// first, then the most accurate served one (never merely the alphabetically first).
+export function defaultModel(models, channels, prefix) {
+  const fits = models.filter((m) => channelsOf(m) === channels);
+  const candidates = (fits.length ? fits : models.filter((m) => m.name.startsWith(prefix)))
+    .filter((m) => defaultVersion(m));
+  const accuracy = (m) => {
+    const v = defaultVersion(m);
+    return v.metrics.test_accuracy ?? v.raw.test_accuracy ?? -1;
+  };
+  const rank = (m) => [m.labels.stable !== undefined ? 1 : 0, accuracy(m)];
+  candidates.sort((a, b) => {
+    const [ra, rb] = [rank(a), rank(b)];
+    return rb[0] - ra[0] || rb[1] - ra[1];
+  });
+  return candidates[0] || models[0] || null;
+}
+
 export function initClassify() {
   const sources = {
     digit: { model: $("digit-model"), version: $("digit-version") },
@@ -177,10 +203,10 @@ export function initClassify() {
     usePhoto(event.dataTransfer.files[0]);
   });
 
-  async function fillVersions(source) {
+  async function fillVersions(source, prefer = null) {
     const { model, version } = sources[source];
     const name = model.value.trim();
-    const keep = version.value;
+    const keep = prefer ?? version.value;
     version.replaceChildren(el("option", { value: "" }, "latest"));
     if (!name) return;
     try {
@@ -206,15 +232,13 @@ export function initClassify() {
       console.warn("model list unavailable:", describe(error));
     }
     $("model-names").replaceChildren(...models.map((m) => el("option", { value: m.name })));
-    const pick = (channels, prefix) =>
-      models.find((m) => channelsOf(m) === channels) || models.find((m) => m.name.startsWith(prefix));
     for (const [source, channels, prefix] of [["digit", 1, "mnist"], ["photo", 3, "cifar"]]) {
       const box = sources[source].model;
       if (!box.value) {
-        const found = pick(channels, prefix) || models[0];
+        const found = defaultModel(models, channels, prefix);
         if (found) {
           box.value = found.name;
-          fillVersions(source);
+          fillVersions(source, found.labels.stable !== undefined ? "l:stable" : "");
         }
       }
     }

@@ -160,7 +160,7 @@ export class JobView {
   async cancel() {
     try {
       const job = await api.del(`/v1/jobs/${this.job.id}`, { admin: true });
-      toast(job.status === "cancelled" ? "Job cancelled." : "Cancellation requested: it stops at the next batch.");
+      toast(job.status === "cancelled" ? "Job cancelled." : "Cancellation requested: it stops within 16 batches (one call into the compiled graph).");
       if (job.status) {
         this.job.status = job.status;
         this.render();

@@ -3,7 +3,7 @@ import { adminKey } from "./api.js";
 import { initClassify } from "./classify.js";
 import { initJobs } from "./jobs.js";
 import { initModels } from "./models.js";
-import { toast } from "./ui.js";
+import { takeActionAfterKey, toast } from "./ui.js";
 
 const TABS = ["classify", "models", "jobs"];
 const views = {};
@@ -40,7 +40,13 @@ function initKeyDialog() {
     problem.hidden = true;
     adminKey.set(input.value.trim());
     toast(input.value.trim() ? "Admin key saved for this tab." : "Admin key cleared.");
+    // What asked for the key (a Promote, say) goes on with it.
+    const action = takeActionAfterKey();
+    if (action && adminKey.get()) action();
   });
+  // Closed without saving (Close, Forget, Escape): the waiting action is dropped. A save closes
+  // the dialog too, after the submit handler has already taken the action.
+  dialog.addEventListener("close", () => takeActionAfterKey());
   document.getElementById("key-forget").addEventListener("click", () => {
     adminKey.set("");
     input.value = "";

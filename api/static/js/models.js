@@ -1,13 +1,15 @@
 // Models: versions, status, labels, test accuracy, the evaluation report; promote and roll back.
 import { api } from "./api.js";
 import { listModels } from "./catalog.js";
-import { el, num, pct, showError, toast } from "./ui.js";
+import { el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const reportUrl = (model, version, file) =>
   `/v1/models/${encodeURIComponent(model)}/versions/${version}/report/${file}`;
 
-async function promote(model, label, version, errorBox) {
+// Point a label at a version; true when done. When the key is missing or refused, the key dialog
+// opens, and saving it runs the same promotion again, then afterKey().
+async function promote(model, label, version, errorBox, afterKey = () => {}) {
   showError(errorBox, null);
   try {
     await api.post(`/v1/models/${encodeURIComponent(model)}/labels/${encodeURIComponent(label)}`, { version }, { admin: true });
@@ -15,6 +17,7 @@ async function promote(model, label, version, errorBox) {
     return true;
   } catch (error) {
     showError(errorBox, error);
+    retryAfterKey(error, async () => (await promote(model, label, version, errorBox, afterKey)) && afterKey());
     return false;
   }
 }
@@ -70,14 +73,14 @@ function modelCard(model, refresh) {
   const rows = model.versions.map((v) => {
     const promoteButton = el("button", { type: "button", className: "small" }, "Promote");
     promoteButton.addEventListener("click", async () => {
-      if (await promote(model.name, label(), v.version, errorBox)) refresh();
+      if (await promote(model.name, label(), v.version, errorBox, refresh)) refresh();
     });
     const reportButton = el("button", { type: "button", className: "small ghost" }, "Report");
     reportButton.addEventListener("click", () => showReport(reportBox, model.name, v.version));
     const accuracy = v.metrics.test_accuracy ?? v.raw.test_accuracy;
     return el("tr", {},
       el("td", {}, el("strong", {}, `v${v.version}`)),
-      el("td", {}, el("span", { className: `badge ${v.status}` }, v.status)),
+      el("td", {}, statusBadge(v)),
       el("td", {}, v.labels.map((l) => el("span", { className: "badge label" }, l)), v.labels.length ? "" : "–"),
       el("td", { className: "num" }, pct(accuracy, 2)),
       el("td", {}, v.job_id ? el("a", { href: `#jobs`, onclick: () => sessionStorage.setItem("fdl.openJob", v.job_id) }, String(v.job_id).slice(0, 8)) : "–"),
@@ -116,4 +119,14 @@ export function initModels() {
   }
   $("models-refresh").addEventListener("click", refresh);
   return { shown: refresh };
+}
+
+// END (unloaded by the latest-version policy) and NOT_LOADED (after a restart) are no error: the
+// model server serves labelled versions and the newest; the others are kept on disk, retired.
+const RETIRED = new Set(["end", "not_loaded"]);
+const RETIRED_TITLE = "Kept on disk, not served: classifying by this version answers 404. Promote it to serve it again.";
+
+function statusBadge(v) {
+  if (RETIRED.has(v.status)) return el("span", { className: "badge retired", title: RETIRED_TITLE }, "retired");
+  return el("span", { className: `badge ${v.status}` }, v.status.replace("_", " "));
 }

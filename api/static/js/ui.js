@@ -60,3 +60,17 @@ export function duration(seconds) {
   if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
+
+// One action waiting for the admin key: set when a request is refused for want of a key, run
+// once the key dialog is saved, dropped when the dialog is closed without saving.
+let pendingAfterKey = null;
+
+export function retryAfterKey(error, action) {
+  if (error instanceof ApiError && error.status === 401) pendingAfterKey = action;
+}
+
+export function takeActionAfterKey() {
+  const action = pendingAfterKey;
+  pendingAfterKey = null;
+  return action;
+}

@@ -1,0 +1,61 @@
+"""What anyone may read about a version names no folder of the worker's machine: metadata.json
+(through the report route) and the model listing show paths relative, by their last component."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fdl import contract
+from tests.api.support import Gateway
+
+SECRET_ROOT = "/home/alice/private-datasets"
+
+
+@pytest.fixture
+def leaky_metadata(model_dir: Path) -> Iterator[dict[str, Any]]:
+    """photos version 1's metadata.json as a worker writes it: absolute dataset and cache paths."""
+    path = model_dir / "photos" / "1" / contract.METADATA_FILE
+    original = path.read_text()
+    metadata = {
+        **json.loads(original),
+        "dataset": {"name": "cifar10", "source": f"{SECRET_ROOT}/cifar10", "train": 500},
+        "runtime": {"cache": [f"{SECRET_ROOT}/var/cache/datasets/cifar10-jpeg", "C:\\data\\x"]},
+        "note": "a/relative/path stays /as it is",
+    }
+    path.write_text(json.dumps(metadata))
+    try:
+        yield metadata
+    finally:
+        path.write_text(original)
+
+
+def test_report_route_serves_metadata_without_absolute_paths(
+    gateway: Gateway, leaky_metadata: dict[str, Any]
+) -> None:
+    url = f"{gateway.url}/v1/models/photos/versions/1/report/metadata.json"
+    response = httpx.get(url, headers=gateway.classifier(), timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert SECRET_ROOT not in response.text and "C:\\\\data" not in response.text
+    served = response.json()
+    assert served["dataset"] == {"name": "cifar10", "source": "cifar10", "train": 500}
+    assert served["runtime"] == {"cache": ["cifar10-jpeg", "x"]}
+    # Everything else, relative paths included, as written.
+    rest = {k: v for k, v in leaky_metadata.items() if k not in ("dataset", "runtime")}
+    assert {k: served[k] for k in rest} == rest
+
+
+def test_model_listing_shows_the_dataset_without_absolute_paths(
+    gateway: Gateway, leaky_metadata: dict[str, Any]
+) -> None:
+    response = httpx.get(f"{gateway.url}/v1/models/photos", headers=gateway.classifier())
+    assert response.status_code == 200, response.text
+    assert SECRET_ROOT not in response.text
+    version = next(v for v in response.json()["versions"] if v["version"] == 1)
+    assert version["metadata"]["dataset"]["source"] == "cifar10"
