@@ -67,7 +67,7 @@ def kserve_python() -> Path:
         )
         stamp.touch()
     version = subprocess.run(
-        [str(python), "-c", "import kserve; print(kserve.__version__)"],
+        [str(python), "-c", "from importlib.metadata import version; print(version('kserve'))"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     print(f"kserve {version} in {KSERVE_VENV}")
