@@ -68,13 +68,20 @@ def test_keep_alive_predicts_do_not_stall(rest_server) -> None:
 
 
 def test_errors_keep_the_connection(rest_server) -> None:
-    """Error answers (bad JSON, unknown model, wrong method path) leave the connection usable."""
+    """Error answers (bad JSON, unknown model, another method) leave the connection usable."""
     connection = http.client.HTTPConnection("127.0.0.1", rest_server.rest_port, timeout=30)
     try:
         status, reply = _post(connection, "/v1/models/tiny:predict", b"{not json")
         assert status == 400 and "error" in reply
         status, reply = _post(connection, "/v1/models/missing:predict", b'{"instances": [1]}')
         assert status == 404 and "error" in reply
+        if rest_server.impl == "fdl":  # TF Serving's answer to other methods is its own
+            connection.request("PUT", "/v1/models/tiny:predict", b"{}")
+            response = connection.getresponse()
+            assert response.status == 404
+            assert json.loads(response.read()) == {
+                "error": "Malformed request: PUT /v1/models/tiny:predict"
+            }
         connection.request("GET", "/v1/models/tiny")
         response = connection.getresponse()
         assert response.status == 200
