@@ -70,8 +70,8 @@ def _to_dict(message: Any) -> dict[str, Any]:
 
 
 def _response(status: int, body: bytes, content_type: str, cors: bool) -> Response:
-    """A response whose header names keep TF Serving's case on the wire (Starlette would lower
-    them; clients that compare names exactly, as the conformance suite does, see no change)."""
+    """A response whose header names keep TF Serving's case where the HTTP layer keeps it (h11,
+    with CORS support on; Starlette itself would lower them)."""
     response = Response(body, status)
     names = [*(_CORS_HEADERS if cors else ()), ("Content-Type", content_type)]
     names.append(("Content-Length", str(len(body))))
