@@ -116,3 +116,27 @@ def test_concurrent_keep_alive_clients(rest_server) -> None:
             assert status == 200, reply
             mine = expected[offsets[i] : offsets[i + 1]]
             np.testing.assert_allclose(reply["outputs"]["scores"], mine, rtol=1e-5)
+
+
+def test_rest_api_timeout_is_the_call_deadline(impl, server_factory, model_stock, tmp_path):
+    """--rest_api_timeout_in_ms=1: a call whose body alone takes longer to decode gets 504 with a
+    JSON error; a GET on the same connection is still answered."""
+    if impl != "fdl":
+        pytest.skip("TF Serving times the Session run, not the decoding; the 504 body is ours")
+    model_stock.install("a", tmp_path / "tiny", 1)
+    flags = [
+        "--model_name=tiny",
+        f"--model_base_path={tmp_path}/tiny",
+        "--rest_api_timeout_in_ms=1",
+    ]
+    server = server_factory(impl, "deadline", flags)
+    body = json.dumps({"instances": images(2000, seed=7).tolist()}).encode()  # about 400 KB
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+    try:
+        status, reply = _post(connection, "/v1/models/tiny:predict", body)
+        assert status == 504, reply
+        assert "rest_api_timeout_in_ms" in reply["error"]
+        connection.request("GET", "/v1/models/tiny")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
