@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs protos clean
+.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers protos clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
@@ -47,6 +47,11 @@ bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway_preprocess.py
 	$(BIN)/python bench/gateway_latency.py
 	$(BIN)/python bench/gateway_digits.py
+
+# The gateway against a KServe transformer (in var/bench/kserve-venv, made on first use) and the
+# model server called directly; BENCH_ARGS="--rounds 5" and so on pass through.
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers.py $(BENCH_ARGS)
 
 protos: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/gen_protos.sh

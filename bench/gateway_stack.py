@@ -30,11 +30,14 @@ BENCH_KEY = "bench-admin-key"
 class BenchStack:
     url: str
     grpc_target: str
+    rest_url: str  # the model server's REST API
     model_dir: Path
     gateway: Process
     server: Process
     gateway_start_s: float  # spawn to the first 200 from /healthz
     gateway_ready_s: float  # spawn to the first 200 from /readyz (Redis and model server answer)
+    redis_url: str
+    logs: Path
 
 
 @contextmanager
@@ -44,7 +47,7 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
 
     logs = work / "logs"
     sync_config(model_dir)
-    redis_port, grpc_port, gateway_port = free_port(), free_port(), free_port()
+    redis_port, grpc_port, rest_port = free_port(), free_port(), free_port()
     processes: list[Process] = []
     try:
         processes.append(Process("redis", redis_server_argv(redis_port, work / "redis"), logs))
@@ -57,7 +60,7 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
                 "-m",
                 "serving",
                 f"--port={grpc_port}",
-                f"--rest_api_port={free_port()}",
+                f"--rest_api_port={rest_port}",
                 f"--model_config_file={model_dir / 'models.config'}",
                 "--model_config_file_poll_wait_seconds=1",
             ],
@@ -74,39 +77,60 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
                 interval=0.2,
                 check=server.ensure_alive,
             )
-        spawned = time.perf_counter()
-        gateway = Process(
-            "gateway",
-            [sys.executable, "-m", "api"],
-            logs,
-            env={
-                "FDL_REDIS_URL": redis_url,
-                "FDL_SERVING_GRPC_PORT": str(grpc_port),
-                "FDL_GATEWAY_PORT": str(gateway_port),
-                "FDL_MODEL_DIR": str(model_dir),
-                "FDL_API_KEYS": BENCH_KEY,
-                "FDL_RATE_LIMIT_PER_MINUTE": "0",
-            },
-        )
+        gateway, url, start_s, ready_s = start_gateway(logs, redis_url, grpc_port, model_dir)
         processes.append(gateway)
-        url = f"http://127.0.0.1:{gateway_port}"
-        wait_for(
-            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
-            60,
-            "gateway start",
-            interval=0.01,
-            check=gateway.ensure_alive,
+        rest_url = f"http://127.0.0.1:{rest_port}"
+        yield BenchStack(
+            url, target, rest_url, model_dir, gateway, server, start_s, ready_s, redis_url, logs
         )
-        start_s = time.perf_counter() - spawned
-        wait_for(
-            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
-            60,
-            "gateway",
-            interval=0.01,
-            check=gateway.ensure_alive,
-        )
-        ready_s = time.perf_counter() - spawned
-        yield BenchStack(url, target, model_dir, gateway, server, start_s, ready_s)
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def start_gateway(
+    logs: Path,
+    redis_url: str,
+    grpc_port: int,
+    model_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
+) -> tuple[Process, str, float, float]:
+    """A gateway (rate limit off unless ``env`` sets it): the process, its URL, and the seconds
+    from spawn to the first 200 of /healthz and of /readyz."""
+    gateway_port = free_port()
+    spawned = time.perf_counter()
+    gateway = Process(
+        name,
+        [sys.executable, "-m", "api"],
+        logs,
+        env={
+            "FDL_REDIS_URL": redis_url,
+            "FDL_SERVING_GRPC_PORT": str(grpc_port),
+            "FDL_GATEWAY_PORT": str(gateway_port),
+            "FDL_MODEL_DIR": str(model_dir),
+            "FDL_API_KEYS": BENCH_KEY,
+            "FDL_RATE_LIMIT_PER_MINUTE": "0",
+            **(env or {}),
+        },
+    )
+    url = f"http://127.0.0.1:{gateway_port}"
+    try:
+        wait_http(f"{url}/healthz", "gateway start", gateway)
+        start_s = time.perf_counter() - spawned
+        wait_http(f"{url}/readyz", "gateway", gateway)
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway, url, start_s, time.perf_counter() - spawned
+
+
+def wait_http(url: str, what: str, process: Process, timeout: float = 60) -> None:
+    """Poll ``url`` until it answers 200 (deadline ``timeout``), while ``process`` lives."""
+    wait_for(
+        lambda: httpx.get(url, timeout=2).status_code == 200,
+        timeout,
+        what,
+        interval=0.01,
+        check=process.ensure_alive,
+    )

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
@@ -28,6 +29,9 @@ from serving.grpc_server import GrpcFrontEnd
 from serving.manager import ManagerOptions, ModelManager
 from serving.metrics import Metrics
 from serving.servable import SERVE_TAG
+
+if TYPE_CHECKING:
+    from serving.rest_server import RestFrontEnd
 
 log = logging.getLogger("serving.server")
 
@@ -84,7 +88,7 @@ class ModelServer:
         self._last_config_error = ""
         self._threads: list[threading.Thread] = []
         self._grpc: GrpcFrontEnd | None = None
-        self._rest = None
+        self._rest: RestFrontEnd | None = None
 
     # --- configuration ----------------------------------------------------------------------
     def _initial_config(self) -> model_server_config_pb2.ModelServerConfig:
@@ -166,9 +170,10 @@ class ModelServer:
         if self.args.port or self.args.grpc_socket_path:
             self._start_grpc(self.args.port)
         if self.args.rest_api_port:
-            from serving.rest import start_rest_server
+            from serving.rest_server import RestFrontEnd
 
-            self._rest = start_rest_server(self, self.args.rest_api_port)
+            self._rest = RestFrontEnd(self, self.loop)
+            self._rest.start(self.args.rest_api_port)
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.args.rest_api_port)
 
     def _spawn(self, name: str, interval: float, body: callable) -> None:  # type: ignore[valid-type]
@@ -187,6 +192,6 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(grace=2)
         if self._rest is not None:
-            self._rest.shutdown()
+            self._rest.stop(grace=2)
         self.manager.stop()
         self.loop.stop()

@@ -1,4 +1,4 @@
-"""Image classification: multipart files or JSON ``{"instances": [{"b64": ...}]}``."""
+"""Image classification: multipart files, JSON ``{"instances": [{"b64": ...}]}``, a raw image."""
 
 from __future__ import annotations
 
@@ -89,11 +89,25 @@ async def read_images(
     if content_type.startswith("application/json"):
         body = await request.body()
         return _parse_json_instances(body, max_batch)
+    if content_type.startswith(RAW_IMAGE_TYPES):
+        return await _read_raw_image(request)
     raise ApiError(
         415,
         "unsupported_media_type",
         'send multipart/form-data with \'file\' parts or JSON {"instances": [{"b64": ...}]}',
     )
+
+
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+async def _read_raw_image(request: Request) -> tuple[list[bytes], int | None]:
+    """One image sent as the whole body (``curl --data-binary @digit.png -H 'Content-Type:
+    image/png'``), with top_k in the query string: no multipart parsing, no base64."""
+    body = await request.body()
+    if not body:
+        raise ApiError(422, "no_image", "the body is empty: send the image's bytes")
+    return [body], _parse_top_k(request.query_params.get("top_k"))
 
 
 def _batch_too_large(count: int, limit: int) -> ApiError:

@@ -1,0 +1,125 @@
+"""REST ``:predict`` on the server's event loop, the way the gRPC front end runs ``Predict``.
+
+A request whose model answers in about a millisecond, with a small body, while nothing else is
+running, is decoded, run and encoded on the loop itself: a thread hand-off would cost as much as
+the run. Otherwise the whole call (JSON decoding, the Session run, JSON encoding) goes to the REST
+thread pool (``--rest_api_num_threads``), so large bodies never hold the loop and concurrent calls
+run in parallel. With batching, the decoded inputs join the batch queue on the loop and carry the
+``--rest_api_timeout_in_ms`` deadline into it, as TF Serving's ``RunOptions`` do; without
+batching, a call that takes longer than that deadline answers 504 (its run still finishes before
+the model version may unload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from serving.errors import ServingError, invalid
+from serving.grpc_api import INLINE_RUN_LIMIT_S
+from serving.predict import batcher, prepare, run_arrays
+from serving.rest_codec import format_outputs, parse_predict_body
+
+if TYPE_CHECKING:
+    from serving.rest import Spec
+    from serving.servable import Servable
+    from serving.server import ModelServer
+
+# A body this small decodes in well under a millisecond; larger ones are decoded off the loop.
+INLINE_BODY_LIMIT = 64 * 1024
+
+
+def _decode(raw: bytes) -> tuple[Any, str]:
+    """The JSON body and its signature name, or a 400."""
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as error:
+        raise invalid(f"JSON Parse error: {error}") from error
+    signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
+    if not isinstance(signature_name, str):
+        raise invalid("'signature_name' key must be a string value.")
+    return body, signature_name
+
+
+def predict_now(servable: Servable, raw: bytes) -> dict[str, Any]:
+    """Decode, run without batching and encode, on the calling thread."""
+    body, signature_name = _decode(raw)
+    inputs, rows = parse_predict_body(body, servable.signature(signature_name))
+    return format_outputs(run_arrays(servable, signature_name, inputs, []), rows)
+
+
+def _release(work: asyncio.Future, servable: Servable) -> None:
+    servable.release()
+    if not work.cancelled():
+        work.exception()  # retrieved here, so an abandoned failure is not reported as unhandled
+
+
+class RestPredictor:
+    def __init__(self, model_server: ModelServer, executor: Executor, timeout: float | None):
+        self.model_server = model_server
+        self.executor = executor
+        self.timeout = timeout
+        self._running = 0
+
+    async def predict(self, spec: Spec, raw: bytes) -> dict[str, Any]:
+        servable = self.model_server.manager.resolve(spec.name, spec.version, spec.label)
+        inline = (
+            servable.batching is None
+            and self._running == 0
+            and servable.typical_run_s < INLINE_RUN_LIMIT_S
+            and len(raw) <= INLINE_BODY_LIMIT
+        )
+        if inline:
+            try:
+                return predict_now(servable, raw)
+            finally:
+                servable.release()
+        try:
+            if servable.batching is not None:
+                work = self._batched(servable, raw)
+            else:
+                work = self._offloaded(servable, raw)
+        except BaseException:
+            servable.release()
+            raise
+        # Work that waits releases the version only when it has really finished, so an unload
+        # never closes a Session that a pool or batch thread is still running.
+        work.add_done_callback(lambda done: _release(done, servable))
+        if servable.batching is not None:
+            return await asyncio.shield(work)  # the batch queue enforces the deadline
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self.timeout)
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "Deadline exceeded: no answer within --rest_api_timeout_in_ms "
+                f"({self.timeout * 1000:.0f} ms)",
+            ) from None
+
+    def _batched(self, servable: Servable, raw: bytes) -> asyncio.Future:
+        body, signature_name = _decode(raw)
+        inputs, rows = parse_predict_body(body, servable.signature(signature_name))
+        keys = prepare(servable, signature_name, inputs, [])
+        queued = batcher(servable, signature_name, keys, servable.batching).enqueue(
+            inputs, self.timeout
+        )
+
+        async def answer() -> dict[str, Any]:
+            return format_outputs(await queued, rows)
+
+        return asyncio.ensure_future(answer())
+
+    def _offloaded(self, servable: Servable, raw: bytes) -> asyncio.Future:
+        self._running += 1  # counted now, so a request arriving next sees this one
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.executor, predict_now, servable, raw)
+
+        def done(_: asyncio.Future) -> None:
+            self._running -= 1
+
+        work.add_done_callback(done)
+        return work

@@ -1,0 +1,50 @@
+"""One image as the whole request body (``Content-Type: image/png|jpeg|webp``)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.api.support import Gateway
+from tests.api.test_classify import paper_png, post
+from tests.support.mnist import mnist_test_digits
+
+
+def _as(png: bytes, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("L").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_raw_body_classifies_as_multipart_does(gateway: Gateway, data_dir: Path, fmt) -> None:
+    digits, _ = mnist_test_digits(data_dir, 1, offset=20)
+    image = _as(paper_png(digits[0]), fmt.upper())
+    headers = {**gateway.classifier(), "Content-Type": f"image/{fmt}"}
+    raw = post(gateway, "/v1/models/digits:classify?top_k=4", content=image, headers=headers)
+    assert raw.status_code == 200, raw.text
+    files = [("file", (f"d.{fmt}", image, f"image/{fmt}"))]
+    multipart = post(gateway, "/v1/models/digits:classify", files=files, data={"top_k": "4"})
+    assert multipart.status_code == 200, multipart.text
+    assert raw.json()["predictions"] == multipart.json()["predictions"]
+    assert len(raw.json()["predictions"][0]["top_k"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "code"),
+    [
+        (b"", "", "no_image"),
+        (b"\x89PNG\r\n\x1a\nnot really a png", "", None),
+        (b"\x89PNG", "?top_k=0", "invalid_top_k"),
+    ],
+    ids=["empty", "corrupt", "bad-top-k"],
+)
+def test_bad_raw_bodies_are_4xx(gateway: Gateway, body: bytes, query: str, code) -> None:
+    headers = {**gateway.classifier(), "Content-Type": "image/png"}
+    response = post(gateway, f"/v1/models/digits:classify{query}", content=body, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    if code is not None:
+        assert response.json()["error"]["code"] == code
