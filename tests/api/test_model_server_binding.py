@@ -11,6 +11,7 @@ import pytest
 from fdl.settings import CommonSettings
 from fdl.stack import model_server_argv
 from tests.api.support import start_model_server, wait_for_models
+from tests.support.procs import port_open, wait_for
 
 
 def _loopback(ip: str) -> bool:
@@ -34,6 +35,8 @@ def test_model_server_listens_on_loopback_only(model_dir: Path, logs_dir: Path) 
     )
     try:
         wait_for_models(server, {"digits": 2})
+        # The REST front end starts after the gRPC one has answered.
+        wait_for(lambda: port_open(server.rest_port), 30, "model server REST port")
         listening = [
             c.laddr
             for c in psutil.Process(server.process.pid).net_connections(kind="inet")
