@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fdl.model_config import sync_config
 from fdl.redis_server import redis_server_argv
+from fdl.repository import sync_config
 from fdl.settings import CommonSettings
 
 API_KEY_FILE = "api_key"
