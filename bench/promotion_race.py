@@ -77,8 +77,11 @@ def _config_labels(model_dir: Path) -> dict[str, int]:
     return found
 
 
-def race(urls: tuple[str, str], key: str, model_dir: Path, rounds: int) -> RaceResult:
-    """``rounds`` rounds of two simultaneous promotions, one per gateway and label."""
+def race(
+    urls: tuple[str, str], key: str, model_dir: Path, rounds: int, stop_early: bool = False
+) -> RaceResult:
+    """``rounds`` rounds of two simultaneous promotions, one per gateway and label
+    (``stop_early``: end after the first round that lost or failed one)."""
     result = RaceResult()
     with ThreadPoolExecutor(2) as pool:
         for round_ in range(rounds):
@@ -105,14 +108,18 @@ def race(urls: tuple[str, str], key: str, model_dir: Path, rounds: int) -> RaceR
                         f"round {round_}: {label}->{wanted[label]} acknowledged, "
                         f"labels.json {labels_json}, models.config {config}"
                     )
+            if stop_early and (result.lost or result.failed):
+                break
     return result
 
 
-def publish_loop(model_dir: Path, template: Path, stop_file: Path, interval_s: float) -> int:
-    """Publish copies of ``template`` until ``stop_file`` exists; returns how many."""
+def publish_loop(
+    model_dir: Path, template: Path, stop_file: Path, interval_s: float, most: int = 150
+) -> int:
+    """Publish copies of ``template`` until ``stop_file`` exists (at most ``most``)."""
     repository = Repository(model_dir)
     count = 0
-    while not stop_file.exists():
+    while not stop_file.exists() and count < most:
         job_id = f"publisher-{count}"
         staged = model_dir / MODEL / f".tmp-{job_id}"
         shutil.copytree(template, staged)
@@ -193,6 +200,6 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         model_dir, template, stop_file = (Path(p) for p in sys.argv[2:5])
-        print("published", publish_loop(model_dir, template, stop_file, 0.2), flush=True)
+        print("published", publish_loop(model_dir, template, stop_file, 0.5), flush=True)
         raise SystemExit(0)
     raise SystemExit(main())

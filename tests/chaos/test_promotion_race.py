@@ -18,7 +18,7 @@ from tests.api.support import (
     wait_for_models,
 )
 
-PROMOTE_TIMEOUT_S = 30
+PROMOTE_TIMEOUT_S = 10
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_no_acknowledged_promotion_is_lost(
 ) -> None:
     model_dir, template = repository
     with publisher(model_dir, template, tmp_path, logs_dir):
-        result = race((gateways[0].url, gateways[1].url), ADMIN_KEY, model_dir, rounds=100)
+        result = race((gateways[0].url, gateways[1].url), ADMIN_KEY, model_dir, 100, True)
     assert result.lost == 0, result.lost_examples[:5]
     assert result.acknowledged == 200, result.line()
     assert not result.failed, result.line()
