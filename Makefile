@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway protos clean
+.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-promotion protos clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
@@ -39,6 +39,9 @@ bench-serving: $(STAMP)
 
 bench-training: $(STAMP)
 	cd bench && ../$(BIN)/python training_throughput.py && ../$(BIN)/python training_accuracy.py mnist_logreg mnist_mlp mnist_cnn
+
+bench-promotion: $(STAMP)
+	$(BIN)/python bench/promotion_race.py
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway_preprocess.py

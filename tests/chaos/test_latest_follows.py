@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -68,8 +70,8 @@ def stack(
         server.process.stop()
 
 
-def latest(gateway: Gateway) -> int:
-    response = httpx.post(
+def latest(gateway: Gateway, client: httpx.Client | None = None) -> int:
+    response = (client or httpx).post(
         f"{gateway.url}/v1/models/{MODEL}:classify",
         files=[("file", ("a.png", PNG, "image/png"))],
         headers=gateway.classifier(),
@@ -79,30 +81,62 @@ def latest(gateway: Gateway) -> int:
     return int(response.json()["version"])
 
 
+def publish_burst(repo: Repository, template: Path, first_job: int, count: int) -> None:
+    """Versions back to back, as several workers finishing together, with traffic meanwhile."""
+    for n in range(first_job, first_job + count):
+        job_id = f"burst-{n}"
+        staged = repo.model_dir / MODEL / f".tmp-{job_id}"
+        shutil.copytree(template, staged)
+        (staged / contract.METADATA_FILE).write_text(json.dumps({"job_id": job_id}))
+        repo.publish(staged, MODEL, job_id)
+
+
+@contextmanager
+def traffic(gateway: Gateway) -> Iterator[None]:
+    """Classify "latest" back to back in a thread, as a busy client does."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                latest(gateway, client)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def test_latest_follows_a_burst_of_publishes(
     repository: tuple[Repository, Path], stack: tuple[ModelServer, Gateway]
 ) -> None:
     repo, template = repository
     server, gateway = stack
     assert latest(gateway) == 2
-    for n in range(6):  # versions 3..8, back to back, as several workers finishing together
-        job_id = f"burst-{n}"
-        staged = repo.model_dir / MODEL / f".tmp-{job_id}"
-        shutil.copytree(template, staged)
-        (staged / contract.METADATA_FILE).write_text(json.dumps({"job_id": job_id}))
-        repo.publish(staged, MODEL, job_id)
-        latest(gateway)  # traffic meanwhile: resolutions made during the burst
-    published = time.monotonic()
-    newest = wait_for(
-        lambda: 8 in versions_available(server.target, MODEL) and time.monotonic(),
-        30,
-        "version 8 to be served",
-        interval=0.02,
-    )
-    answered = wait_for(lambda: latest(gateway) == 8 and time.monotonic(), 30, "latest == 8")
-    lag = answered - newest
-    # "latest" follows the newest available version at once (the old gateway kept its earlier
-    # resolution, the labelled version, for seconds), and the whole way is within one poll.
-    assert lag < 0.5, f"the gateway answered from version 8 {lag:.2f}s after it was served"
-    assert answered - published < POLL_S + 2.0, f"{answered - published:.2f}s after the burst"
-    assert all(latest(gateway) == 8 for _ in range(5))
+    lags = []
+    for burst in range(3):  # versions 3-5, 6-8, 9-11
+        with traffic(gateway):
+            publish_burst(repo, template, 3 * burst, 3)
+            newest = repo.versions(MODEL)[-1]
+            published = time.monotonic()
+            loaded = wait_for(
+                lambda v=newest: v in versions_available(server.target, MODEL) and time.monotonic(),
+                30,
+                f"version {newest} to be served",
+                interval=0.01,
+            )
+            answered = wait_for(
+                lambda v=newest: latest(gateway) == v and time.monotonic(),
+                30,
+                f"latest == {newest}",
+                interval=0.01,
+            )
+        lags.append(answered - loaded)
+        assert answered - published < POLL_S + 3.0, f"{answered - published:.2f}s after a burst"
+        assert all(latest(gateway) == newest for _ in range(3))
+    # "latest" follows the newest version as soon as it is served; the old gateway kept its
+    # resolution made while the newest loaded (the labelled version) for up to 2 s more.
+    assert max(lags) < 0.5, f"the gateway answered from the newest version {lags} s late"
