@@ -159,7 +159,7 @@ class Promoter:
                 raise ApiError(
                     409,
                     "no_older_version",
-                    f"model {model} has no version older than {current} to roll {label!r} back to",
+                    f"No older version of {model} than {current} to roll {label!r} back to",
                 )
             return await self._point(model, label, older[-1], labels)
 
