@@ -27,6 +27,11 @@ def valid_name(name: str) -> bool:
     return re.fullmatch(NAME_PATTERN, name) is not None
 
 
+def valid_label(label: str) -> bool:
+    """A label is a name that does not read as a version number."""
+    return valid_name(label) and not label.isdigit()
+
+
 def render(
     root: str,
     models: Mapping[str, Sequence[int]],
@@ -78,7 +83,7 @@ def check(
             raise ConfigRenderError(f"model name {name!r} is not a valid name")
     for name, model_labels in labels.items():
         for label, version in model_labels.items():
-            if not valid_name(label) or label.isdigit():
+            if not valid_label(label):
                 raise ConfigRenderError(f"label {label!r} of model {name!r} is not a valid name")
             if not isinstance(version, int) or isinstance(version, bool) or version < 0:
                 raise ConfigRenderError(f"label {label!r} of {name!r} names no version")

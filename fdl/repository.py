@@ -25,7 +25,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from fdl import contract
-from fdl.model_config import render, valid_name
+from fdl.model_config import render, valid_label, valid_name
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,22 @@ def make_readable(folder: Path) -> None:
     os.chmod(folder, os.stat(folder).st_mode | 0o555 & (FILE_MODE | 0o111))
 
 
+def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
+    """Labels of models on disk; a stored label that is not a valid name (written before names
+    were checked in full) is left out with a warning rather than stopping every later write."""
+    kept: Labels = {}
+    for model, model_labels in labels.items():
+        if model not in models:
+            continue
+        kept[model] = {}
+        for label, version in model_labels.items():
+            if valid_label(label):
+                kept[model][label] = version
+            else:
+                log.warning("label %r of model %s in labels.json is not a valid name", label, model)
+    return kept
+
+
 class Repository:
     """Reads and writes of one model repository; writes hold :meth:`locked`."""
 
@@ -176,7 +192,7 @@ class Repository:
         labels = self.labels() if labels is None else labels
         root = self.base_path_root or str(self.model_dir.resolve())
         models = {name: self.versions(name) for name in self.models()}
-        return render(root, models, {m: v for m, v in labels.items() if m in models}, keep)
+        return render(root, models, _servable_labels(labels, models), keep)
 
     # --- writes (call with the lock held) ---------------------------------------------------
     def write_labels(self, labels: Labels) -> None:

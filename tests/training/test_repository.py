@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from fdl import contract
-from fdl.model_config import ConfigRenderError
+from fdl.model_config import ConfigRenderError, render
 from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository, list_versions
 from training.publish import publish, published_before, staging_dir
 
@@ -78,23 +78,28 @@ def test_invalid_folder_names_are_skipped_and_the_config_parses(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    ("labels", "root"),
-    [
-        ({"good": {"evil\n": 1}}, None),
-        ({"good": {'x" } config { name: "y': 1}}, None),
-        ({"good": {"7": 1}}, None),  # a numeric label reads as a version
-        ({}, '/data/"models'),
-        ({}, "/data/models\n"),
-    ],
+    "labels",
+    [{"good": {"evil\n": 1}}, {"good": {'x" } config { name: "y': 1}}, {"good": {"7": 1}}],
 )
-def test_rendering_refuses_what_would_not_parse_back(
-    tmp_path: Path, labels: dict, root: str | None
-) -> None:
+def test_rendering_refuses_labels_that_would_not_parse_back(tmp_path: Path, labels: dict) -> None:
+    with pytest.raises(ConfigRenderError):
+        render("/models", {"good": [1]}, labels)
+    # A bad label already in labels.json is left out (with a warning), not written, and does
+    # not stop the repository's later writes.
+    model_dir = tmp_path / "models"
+    (model_dir / "good" / "1").mkdir(parents=True)
+    (model_dir / LABELS_FILE).write_text(json.dumps({"good": {**labels["good"], "stable": 1}}))
+    text = (Repository(model_dir).sync()).read_text()
+    parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert dict(parsed.model_config_list.config[0].version_labels) == {"stable": 1}
+
+
+@pytest.mark.parametrize("root", ['/data/"models', "/data/models\n", "/data/mo\\dels"])
+def test_rendering_refuses_a_base_path_that_would_not_parse_back(tmp_path: Path, root: str) -> None:
     model_dir = tmp_path / "models"
     (model_dir / "good" / "1").mkdir(parents=True)
     Repository(model_dir).sync()
     before = (model_dir / CONFIG_FILE).read_text()
-    (model_dir / LABELS_FILE).write_text(json.dumps(labels))
     with pytest.raises(ConfigRenderError):
         Repository(model_dir, root).sync()
     assert (model_dir / CONFIG_FILE).read_text() == before
