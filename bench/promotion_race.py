@@ -164,7 +164,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
     from tests.api.support import ADMIN_KEY, start_gateway, start_model_server, wait_for_models
-    from tests.support.procs import Process, free_port, wait_for
+    from tests.support.procs import Process, free_port
 
     work = Path(tempfile.mkdtemp(prefix="promotion-race-"))
     logs, model_dir = work / "logs", work / "models"
@@ -184,7 +184,6 @@ def main() -> int:
             for name in ("gateway-a", "gateway-b")
         ]
         processes += [g.process for g in gateways]
-        wait_for(lambda: all(g.process.alive() for g in gateways), 5, "gateways")
         with publisher(model_dir, template, work, logs):
             result = race((gateways[0].url, gateways[1].url), ADMIN_KEY, model_dir, args.rounds)
         print(result.line())
