@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers protos clean
+.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers bench-promotion protos clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
@@ -42,6 +42,9 @@ bench-training: $(STAMP)
 
 bench-gateway-bombs: $(STAMP)
 	$(BIN)/python bench/gateway_bombs.py
+
+bench-promotion: $(STAMP)
+	$(BIN)/python bench/promotion_race.py
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway_preprocess.py

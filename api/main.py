@@ -73,7 +73,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.predictor = PredictCoalescer(
         app.state.serving, settings.max_batch_size, settings.predict_max_in_flight
     )
-    app.state.metadata = MetadataCache(app.state.serving, settings.metadata_cache_s)
+    app.state.metadata = MetadataCache(
+        app.state.serving, settings.metadata_cache_s, model_dir=settings.model_dir
+    )
     app.state.decode_limits = DecodeLimits.from_settings(settings)
     app.state.promoter = Promoter(
         app.state.serving,

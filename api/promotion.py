@@ -1,5 +1,10 @@
 """Version labels (stable, canary): promote and roll back through the model server.
 
+Every change is a read-modify-write of the shared repository (``labels.json``, ``models.config``)
+done under the repository's cross-process lock (:class:`fdl.repository.Repository`), so promotions
+from several gateway replicas and the workers' publishes never overwrite each other. The lock is
+waited for and taken in a worker thread, never on the event loop.
+
 TF Serving only accepts a label that points at a loaded version, so a promotion of a version that
 is not loaded has two steps, each written to the config file first (the file is what a restarted
 or polling server reads) and then sent with ``HandleReloadConfigRequest``:
@@ -11,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import filelock
 import grpc
 from google.protobuf import text_format
 
@@ -22,10 +30,9 @@ from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
 from api.serving_client import ServingClient
 from api.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
-from fdl.model_config import CONFIG_FILE, atomic_write, list_versions, render_config, write_labels
-from fdl.model_config import read_labels as _read_labels
+from fdl.model_config import ConfigRenderError
+from fdl.repository import Labels, Repository
 
-_LOCK = asyncio.Lock()
 POLL_S = 0.1
 
 
@@ -44,19 +51,41 @@ class Promoter:
     ) -> None:
         self.client = client
         self.cache = cache
-        self.model_dir = model_dir
-        self.base_path_root = base_path_root
+        self.repository = Repository(model_dir, base_path_root, lock_timeout_s=timeout_s)
         self.timeout_s = timeout_s
+        # Promotions of this process queue here rather than in threads blocked on the file lock.
+        self._local = asyncio.Lock()
 
-    def _render_text(self, labels: dict[str, dict[str, int]]) -> str:
-        return render_config(self.model_dir, labels, self.base_path_root)
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """This process's turn, then the repository's lock, acquired in a worker thread."""
+        async with self._local:
+            lock = self.repository.file_lock()
+            acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+            try:
+                await asyncio.shield(acquiring)
+            except filelock.Timeout as error:
+                raise ApiError(
+                    503,
+                    "repository_busy",
+                    f"another writer held the model repository for {self.timeout_s:.0f}s",
+                    headers={"Retry-After": "1"},
+                ) from error
+            except asyncio.CancelledError:
+                # The thread may still get the lock: give it back as soon as it does.
+                acquiring.add_done_callback(lambda f: f.exception() is None and lock.release())
+                raise
+            try:
+                yield
+            finally:
+                lock.release()
 
-    async def _apply(self, config: ModelServerConfig, text: str | None = None) -> None:
+    async def _apply(self, text: str) -> None:
         """Write the config file, then tell the server (it would also find the file by polling)."""
-        atomic_write(self.model_dir / CONFIG_FILE, text or text_format.MessageToString(config))
+        await asyncio.to_thread(self.repository.write_config, text)
         try:
             await self.client.reload_config(
-                ReloadConfigRequest(config=config), timeout_s=self.timeout_s
+                ReloadConfigRequest(config=parse_config(text)), timeout_s=self.timeout_s
             )
         except grpc.aio.AioRpcError as error:
             UPSTREAM_ERRORS.labels("HandleReloadConfigRequest", error.code().name).inc()
@@ -72,40 +101,25 @@ class Promoter:
             ) from error
 
     async def _state(self, model: str, version: int) -> tuple[str, str]:
-        statuses = await self.client.model_status(model)
+        try:
+            statuses = await self.client.model_status(model)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise _server_error(error) from error
+            return "NOT_LOADED", ""
         for status in statuses:
             if status.version == version:
                 return status.state, status.error_message
         return "NOT_LOADED", ""
 
-    async def _ensure_loaded(
-        self, model: str, version: int, labels: dict[str, dict[str, int]]
-    ) -> None:
-        try:
-            state, _ = await self._state(model, version)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise _server_error(error) from error
-            state = "NOT_LOADED"
+    async def _ensure_loaded(self, model: str, version: int, labels: Labels) -> None:
+        state, _ = await self._state(model, version)
         if state == "AVAILABLE":
             return
-        config = parse_config(self._render_text(labels))
-        for entry in config.model_config_list.config:
-            if entry.name == model:
-                specific = entry.model_version_policy.specific
-                wanted = set(specific.versions) | set(list_versions(self.model_dir / model)[-1:])
-                wanted.add(version)
-                specific.ClearField("versions")
-                specific.versions.extend(sorted(wanted))
-        await self._apply(config)
+        await self._apply(await self._render(labels, {model: {version}}))
         deadline = time.monotonic() + self.timeout_s
         while True:
-            try:
-                state, message = await self._state(model, version)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:
-                    raise _server_error(error) from error
-                state, message = "NOT_LOADED", ""
+            state, message = await self._state(model, version)
             if state == "AVAILABLE":
                 return
             if state == "END" and message:
@@ -121,18 +135,45 @@ class Promoter:
                 )
             await asyncio.sleep(POLL_S)  # polling the server's status, with a deadline
 
+    async def _render(self, labels: Labels, keep: dict[str, set[int]] | None = None) -> str:
+        try:
+            return await asyncio.to_thread(self.repository.render, labels, keep)
+        except ConfigRenderError as error:
+            raise ApiError(409, "invalid_config", f"config not written: {error}") from error
+
     async def set_label(self, model: str, label: str, version: int) -> dict[str, Any]:
-        if version not in list_versions(self.model_dir / model):
+        async with self._locked():
+            labels = await asyncio.to_thread(self.repository.labels)
+            return await self._point(model, label, version, labels)
+
+    async def roll_back(self, model: str, label: str) -> dict[str, Any]:
+        """Point ``label`` at the newest version on disk older than the one it names now,
+        whatever that version's load state (it is loaded first, as for a promotion)."""
+        async with self._locked():
+            labels = await asyncio.to_thread(self.repository.labels)
+            current = labels.get(model, {}).get(label)
+            if current is None:
+                raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
+            older = [v for v in self.repository.versions(model) if v < current]
+            if not older:
+                raise ApiError(
+                    409,
+                    "no_older_version",
+                    f"No older version of {model} than {current} to roll {label!r} back to",
+                )
+            return await self._point(model, label, older[-1], labels)
+
+    async def _point(self, model: str, label: str, version: int, labels: Labels) -> dict[str, Any]:
+        """Load ``version`` if needed, then point the label at it (the lock is held)."""
+        if version not in await asyncio.to_thread(self.repository.versions, model):
             raise ApiError(
                 404, "version_not_found", f"model {model} has no version {version} on disk"
             )
-        async with _LOCK:
-            labels = _read_labels(self.model_dir)
-            previous = labels.get(model, {}).get(label)
-            await self._ensure_loaded(model, version, labels)
-            updated = {m: dict(v) for m, v in labels.items()}
-            updated.setdefault(model, {})[label] = version
-            await self._commit(labels, updated)
+        previous = labels.get(model, {}).get(label)
+        await self._ensure_loaded(model, version, labels)
+        updated = {m: dict(v) for m, v in labels.items()}
+        updated.setdefault(model, {})[label] = version
+        await self._commit(labels, updated)
         self.cache.invalidate(model)
         PROMOTIONS.labels(model, label).inc()
         return {
@@ -144,8 +185,8 @@ class Promoter:
         }
 
     async def remove_label(self, model: str, label: str) -> dict[str, Any]:
-        async with _LOCK:
-            labels = _read_labels(self.model_dir)
+        async with self._locked():
+            labels = await asyncio.to_thread(self.repository.labels)
             if label not in labels.get(model, {}):
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
             updated = {m: dict(v) for m, v in labels.items()}
@@ -162,17 +203,14 @@ class Promoter:
             "labels": updated.get(model, {}),
         }
 
-    async def _commit(
-        self, before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
-    ) -> None:
+    async def _commit(self, before: Labels, after: Labels) -> None:
         """Persist the labels and reload; on failure put the old labels and config back."""
-        write_labels(self.model_dir, after)
-        text = self._render_text(after)
+        await asyncio.to_thread(self.repository.write_labels, after)
         try:
-            await self._apply(parse_config(text), text)
+            await self._apply(await self._render(after))
         except ApiError:
-            write_labels(self.model_dir, before)
-            atomic_write(self.model_dir / CONFIG_FILE, self._render_text(before))
+            await asyncio.to_thread(self.repository.write_labels, before)
+            await asyncio.to_thread(self.repository.write_config, await self._render(before))
             raise
 
 

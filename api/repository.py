@@ -11,7 +11,7 @@ import grpc
 
 from api.serving_client import ServingClient, VersionStatus
 from fdl import contract
-from fdl.model_config import discover_models, list_versions, read_labels
+from fdl.repository import discover_models, list_versions, read_labels
 
 # Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")

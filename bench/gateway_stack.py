@@ -19,8 +19,8 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
-from fdl.model_config import sync_config  # noqa: E402
 from fdl.redis_server import redis_server_argv  # noqa: E402
+from fdl.repository import sync_config  # noqa: E402
 from tests.support.procs import Process, free_port, wait_for  # noqa: E402
 
 BENCH_KEY = "bench-admin-key"

@@ -1,74 +1,62 @@
-"""The model server's configuration file (TF Serving's ``ModelServerConfig`` text format).
+"""Render the model server's configuration file (TF Serving's ``ModelServerConfig`` text format).
 
-The model repository is the source of truth for which models exist: every folder under
-``FDL_MODEL_DIR`` whose name is a valid model name is a model. Version labels (``stable``,
-``canary``) are kept in ``<model_dir>/labels.json`` so that a restart keeps them. The file is
-rendered here and written atomically; TF Serving and our compatible server both poll it
-(``--model_config_file_poll_wait_seconds``).
+Rendering is pure: :mod:`fdl.repository` gathers the models, versions and labels from disk and
+writes the result under its lock. Whatever is rendered is checked before it can be written: a
+model server that cannot parse ``models.config`` applies no later change and refuses to restart,
+so a name or path that would break the file is refused here, not discovered there.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fdl.jobspec import valid_name
+from fdl.jobspec import NAME_PATTERN
 
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "models.config"
-
-
-def discover_models(model_dir: Path) -> list[str]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(p.name for p in model_dir.iterdir() if p.is_dir() and valid_name(p.name))
+# A base path is written between double quotes; these characters would need escaping.
+_UNSAFE_PATH = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
-def list_versions(model_path: Path) -> list[int]:
-    """Published versions of one model, ascending (integer-named folders only)."""
-    if not model_path.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit())
+class ConfigRenderError(ValueError):
+    """The config would not parse back; nothing was written."""
 
 
-def read_labels(model_dir: Path) -> dict[str, dict[str, int]]:
-    path = model_dir / LABELS_FILE
-    if not path.exists():
-        return {}
-    return {
-        m: {k: int(v) for k, v in labels.items()}
-        for m, labels in json.loads(path.read_text()).items()
-    }
+def valid_name(name: str) -> bool:
+    """A model or label name, matched in full (a trailing newline is not a name)."""
+    return re.fullmatch(NAME_PATTERN, name) is not None
 
 
-def write_labels(model_dir: Path, labels: dict[str, dict[str, int]]) -> None:
-    atomic_write(model_dir / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+def valid_label(label: str) -> bool:
+    """A label is a name that does not read as a version number."""
+    return valid_name(label) and not label.isdigit()
 
 
-def render_config(
-    model_dir: Path,
-    labels: dict[str, dict[str, int]] | None = None,
-    base_path_root: str | None = None,
+def render(
+    root: str,
+    models: Mapping[str, Sequence[int]],
+    labels: Mapping[str, Mapping[str, int]],
+    keep: Mapping[str, set[int]] | None = None,
 ) -> str:
-    """Render the ``model_config_list``. ``base_path_root`` rewrites paths for a container."""
-    labels = read_labels(model_dir) if labels is None else labels
-    root = base_path_root or str(model_dir.resolve())
+    """The ``model_config_list`` for ``models`` (name -> versions on disk, ascending).
+
+    A model with labels serves its labelled versions and its newest one (a ``specific`` policy;
+    ``keep`` adds versions that must stay loaded, e.g. one being promoted); one without labels
+    serves TF Serving's default, its latest version.
+    """
     blocks = []
-    for name in discover_models(model_dir):
+    for name in sorted(models):
         model_labels = labels.get(name, {})
+        base_path = f"{root.rstrip('/')}/{name}"
         lines = [
             "  config {",
             f'    name: "{name}"',
-            f'    base_path: "{root.rstrip("/")}/{name}"',
+            f'    base_path: "{base_path}"',
             '    model_platform: "tensorflow"',
         ]
-        if model_labels:
-            # Labelled versions must stay loaded; the newest version is served beside them.
-            versions = sorted(
-                set(model_labels.values()) | set(list_versions(model_dir / name)[-1:])
-            )
+        extra = set((keep or {}).get(name, set()))
+        if model_labels or extra:
+            versions = sorted(set(model_labels.values()) | set(models[name][-1:]) | extra)
             lines.append("    model_version_policy {")
             lines.append("      specific {")
             lines += [f"        versions: {v}" for v in versions]
@@ -78,29 +66,69 @@ def render_config(
                 lines.append(f'    version_labels {{ key: "{label}" value: {version} }}')
         lines.append("  }")
         blocks.append("\n".join(lines))
-    return "model_config_list {\n" + "\n".join(blocks) + ("\n" if blocks else "") + "}\n"
+    text = "model_config_list {\n" + "\n".join(blocks) + ("\n" if blocks else "") + "}\n"
+    check(text, models, labels, root)
+    return text
 
 
-def sync_config(model_dir: Path, config_path: Path | None = None) -> Path:
-    """(Re)write the config file beside the models; returns its path."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config_path = config_path or model_dir / CONFIG_FILE
-    text = render_config(model_dir)
-    if not config_path.exists() or config_path.read_text() != text:
-        atomic_write(config_path, text)
-    return config_path
+def check(
+    text: str,
+    models: Mapping[str, Sequence[int]],
+    labels: Mapping[str, Mapping[str, int]],
+    root: str,
+) -> None:
+    """Refuse a config that would not parse back into exactly the models and labels given."""
+    for name in models:
+        if not valid_name(name):
+            raise ConfigRenderError(f"model name {name!r} is not a valid name")
+    for name, model_labels in labels.items():
+        for label, version in model_labels.items():
+            if not valid_label(label):
+                raise ConfigRenderError(f"label {label!r} of model {name!r} is not a valid name")
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise ConfigRenderError(f"label {label!r} of {name!r} names no version")
+    if _UNSAFE_PATH.search(root):
+        raise ConfigRenderError(f"base path root {root!r} has a quote, backslash or control")
+    parsed = _parse(text)
+    if parsed is not None and sorted(parsed) != sorted(models):
+        raise ConfigRenderError(f"the rendered config parses back to models {sorted(parsed)}")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _parse(text: str) -> list[str] | None:
+    """Model names from a text-format parse with the protos at hand (None without protobuf)."""
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        from google.protobuf import text_format
+    except ImportError:
+        return None
+    message = _config_message()
+    if message is None:
+        return None
+    try:
+        config = text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        raise ConfigRenderError(f"the rendered config does not parse: {error}") from error
+    return [m.name for m in config.model_config_list.config]
+
+
+def _config_message():
+    """The gateway's copy of TF Serving's ``ModelServerConfig`` (plain protobuf, no TensorFlow;
+    ``tests/api/test_wire_compat.py`` checks it against TF Serving's own)."""
+    try:
+        from api.wire.tfs_pb2 import ModelServerConfig
+    except ImportError:
+        return None
+    return ModelServerConfig()
+
+
+def render_config(
+    model_dir: Path,
+    labels: dict[str, dict[str, int]] | None = None,
+    base_path_root: str | None = None,
+) -> str:
+    """The config for what ``model_dir`` holds now (:meth:`fdl.repository.Repository.render`)."""
+    from fdl.repository import Repository
+
+    return Repository(model_dir, base_path_root).render(labels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
+    from fdl.repository import Repository
     from fdl.settings import common_settings
 
     parser = argparse.ArgumentParser(prog="python -m fdl.model_config", description=main.__doc__)
     parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
     args = parser.parse_args(argv)
-    path = sync_config(args.model_dir or common_settings().model_dir)
+    path = Repository(args.model_dir or common_settings().model_dir).sync()
     print(f"model config: {path}")
     return 0
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fdl.model_config import sync_config
 from fdl.redis_server import redis_server_argv
+from fdl.repository import sync_config
 from fdl.settings import CommonSettings
 
 API_KEY_FILE = "api_key"

@@ -103,10 +103,14 @@ def execute(
     from training.artifacts import write_model
     from training.data.registry import load_dataset
     from training.models import ARCHITECTURES
-    from training.publish import publish, quality_gate, staging_dir
+    from training.publish import publish, published_before, quality_gate, staging_dir
     from training.trainer import train
 
     arch = ARCHITECTURES[spec.model]
+    earlier = published_before(settings.model_dir, str(spec.publish_as), job_id)
+    if earlier is not None:  # a re-run after the first run published: one version per job
+        store.append_event(job_id, "log", {"message": earlier["reason"]})
+        return earlier
     store.append_event(job_id, "log", {"message": f"loading dataset {spec.dataset}"})
     data = load_dataset(
         str(spec.dataset),
@@ -148,7 +152,7 @@ def execute(
     try:
         write_model(staged, job_id, spec, data, outcome)
         _check_cancel(store, job_id)  # last chance: nothing is visible yet
-        result["version"] = publish(staged, settings.model_dir, name)
+        result["version"], _ = publish(staged, settings.model_dir, name, job_id)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     result["published"] = True

@@ -1,15 +1,16 @@
-"""Quality gate and atomic publication of a SavedModel as the next integer version."""
+"""Quality gate and publication of a SavedModel as the next integer version, through
+:class:`fdl.repository.Repository`, which serialises every writer of the repository."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from fdl import contract
 from fdl.jobspec import PublishSpec
-from fdl.model_config import list_versions, sync_config
+from fdl.repository import Repository, find_job_version, list_versions
 
 
 def published_accuracy(version_dir: Path) -> float | None:
@@ -52,25 +53,31 @@ def staging_dir(model_path: Path, job_id: str) -> Path:
     return path
 
 
-def publish_version(staged: Path, model_path: Path, attempts: int = 50) -> int:
-    """Rename ``staged`` to the next free integer version (atomic on one filesystem)."""
-    for _ in range(attempts):
-        versions = list_versions(model_path)
-        version = (versions[-1] + 1) if versions else 1
-        target = model_path / str(version)
-        if target.exists():
-            continue
-        try:
-            os.rename(staged, target)
-        except OSError:
-            if target.exists():  # another job took this number first
-                continue
-            raise
-        return version
-    raise RuntimeError(f"could not find a free version number under {model_path}")
+def publish(staged: Path, model_dir: Path, model_name: str, job_id: str) -> tuple[int, bool]:
+    """Move ``staged`` in as the next version under the repository lock; idempotent on the job.
+
+    Returns ``(version, published_now)``: a re-run of a job that already published (its record
+    was lost, e.g. Redis went away after the rename) finds that version and publishes no other.
+    """
+    return Repository(model_dir).publish(staged, model_name, job_id)
 
 
-def publish(staged: Path, model_dir: Path, model_name: str) -> int:
-    version = publish_version(staged, model_dir / model_name)
-    sync_config(model_dir)
-    return version
+def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str, Any] | None:
+    """The result of a job that already published a version (a re-run finishes with it)."""
+    model_path = model_dir / model_name
+    version = find_job_version(model_path, job_id)
+    if version is None:
+        return None
+    try:
+        metadata = json.loads((model_path / str(version) / contract.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        metadata = {}
+    return {
+        "model": model_name,
+        "version": version,
+        "published": True,
+        "reason": f"version {version} was published by an earlier run of this job",
+        "metrics": metadata.get("metrics") or {},
+        "epochs_run": (metadata.get("runtime") or {}).get("epochs_run"),
+        "tensorboard_dir": None,
+    }

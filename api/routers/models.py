@@ -76,6 +76,18 @@ async def get_model(
 
 
 @router.post(
+    "/{model}/labels/{label}:rollback",
+    summary="Roll a label back to the newest version older than the one it names, loading it",
+    response_model=LabelResponse,
+    responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
+)
+async def roll_back_label(
+    model: ModelName, label: LabelName, request: Request, _key: AdminDep
+) -> dict[str, Any]:
+    return await request.app.state.promoter.roll_back(model, label)
+
+
+@router.post(
     "/{model}/labels/{label}",
     summary="Point a label (stable, canary) at a version: promote or roll back",
     response_model=LabelResponse,

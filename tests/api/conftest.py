@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from fdl import contract
-from fdl.model_config import sync_config
+from fdl.repository import sync_config
 from tests.api.support import (
     Gateway,
     ModelServer,

@@ -9,10 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
-from fdl.model_config import CONFIG_FILE, read_labels
+from fdl.repository import CONFIG_FILE, read_labels
 from tests.api.conftest import TRAINING_METADATA
-from tests.api.support import Gateway
+from tests.api.support import Gateway, ModelServer, versions_available
 from tests.support.mnist import png_bytes
+from tests.support.procs import wait_for
 
 PNG = png_bytes(np.zeros((28, 28), np.uint8))
 
@@ -144,3 +145,37 @@ def test_promotion_errors(gateway: Gateway) -> None:
         f"{gateway.url}/v1/models/promo/labels/stable", json={"version": 1}, timeout=10
     )
     assert unauthenticated.status_code == 401
+
+
+def test_roll_back_to_a_retired_version(gateway: Gateway, model_server: ModelServer) -> None:
+    """beta -> 2, promote 3: 2 is unloaded; roll back loads 2 again and points beta at it."""
+    assert set_label(gateway, "promo", "beta", {"version": 2}).status_code == 200
+    assert set_label(gateway, "promo", "beta", {"version": 3}).status_code == 200
+    wait_for(
+        lambda: 2 not in versions_available(model_server.target, "promo"),
+        30,
+        "promo version 2 to be unloaded",
+        check=model_server.process.ensure_alive,
+    )
+    rollback = f"{gateway.url}/v1/models/promo/labels/beta:rollback"
+    rolled = httpx.post(rollback, headers=gateway.admin(), timeout=60)
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["version"] == 2 and rolled.json()["previous"] == 3
+    assert classify_label(gateway, "promo", "beta").json()["version"] == 2
+    assert read_labels(gateway_model_dir(gateway))["promo"]["beta"] == 2
+    # Rolled back to 1, nothing older is left: 409 naming why; an unknown label is 404.
+    assert httpx.post(rollback, headers=gateway.admin(), timeout=60).json()["version"] == 1
+    oldest = httpx.post(rollback, headers=gateway.admin(), timeout=60)
+    assert oldest.status_code == 409 and oldest.json()["error"]["code"] == "no_older_version"
+    nolabel = f"{gateway.url}/v1/models/promo/labels/nolabel:rollback"
+    missing = httpx.post(nolabel, headers=gateway.admin(), timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "label_not_found"
+    assert httpx.post(rollback, timeout=10).status_code == 401
+    removed = httpx.delete(
+        f"{gateway.url}/v1/models/promo/labels/beta", headers=gateway.admin(), timeout=60
+    )
+    assert removed.status_code == 200
+
+
+def gateway_model_dir(gateway: Gateway) -> Path:
+    return Path(gateway.env["FDL_MODEL_DIR"])

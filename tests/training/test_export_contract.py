@@ -13,7 +13,7 @@ from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
 from fdl import contract
-from fdl.model_config import CONFIG_FILE
+from fdl.repository import CONFIG_FILE
 from training.data.mnist import load_mnist
 
 

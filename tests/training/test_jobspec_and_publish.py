@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from fdl import contract
 from fdl.jobspec import JobSpec, PublishSpec
-from fdl.model_config import list_versions
-from training.publish import publish, publish_version, quality_gate, staging_dir
+from fdl.repository import list_versions
+from training.publish import publish, quality_gate, staging_dir
 
 
 @pytest.mark.parametrize(
@@ -78,11 +78,6 @@ def test_publish_takes_the_next_version_and_skips_staging(tmp_path: Path) -> Non
     staged.mkdir()
     (staged / "saved_model.pb").write_bytes(b"x")
     assert list_versions(model_dir / "m") == [1]  # ".tmp-job1" is not a version
-    assert publish(staged, model_dir, "m") == 2
+    assert publish(staged, model_dir, "m", "job1") == (2, True)
     assert not staged.exists() and (model_dir / "m" / "2" / "saved_model.pb").is_file()
     assert 'name: "m"' in (model_dir / "models.config").read_text()
-    another = staging_dir(model_dir / "m", "job2")
-    another.mkdir()
-    (model_dir / "m" / "3").mkdir()  # a concurrent publisher took 3 first
-    (model_dir / "m" / "3" / "f").write_text("taken")
-    assert publish_version(another, model_dir / "m") == 4

@@ -3,12 +3,14 @@ failures with readable errors."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
 from fdl.jobs import JobStatus
+from fdl.queue import enqueue_training
 from tests.training.conftest import MNIST_TINY, Worker
 
 PROGRESS_KEYS = {
@@ -119,3 +121,22 @@ def test_invalid_stored_spec_fails_readably(training_worker: Worker) -> None:
     record = training_worker.wait_done(job_id)
     assert record["status"] == "failed"
     assert record["error"].startswith("invalid job spec") and "model" in record["error"]
+
+
+def test_a_rerun_after_publishing_publishes_no_second_version(
+    training_worker: Worker, published_logreg: dict[str, Any]
+) -> None:
+    """Redis lost the job's success after the version appeared; the reaper re-runs it."""
+    job_id = published_logreg["record"]["id"]
+    result = published_logreg["record"]["result"]
+    model_path = training_worker.model_dir / result["model"]
+    before = sorted(p.name for p in model_path.iterdir() if p.name.isdigit())
+    # The record as Redis held it when it went away: running, its heartbeat long stale.
+    training_worker.store.set_fields(job_id, status="running", heartbeat_at=0, result=None)
+    assert training_worker.store.requeue_if_stale(job_id, time.time(), "worker lost")
+    enqueue_training(training_worker.app, job_id)
+    record = training_worker.wait_done(job_id, timeout=120)
+    assert record["status"] == "succeeded", record
+    assert record["result"]["version"] == result["version"]
+    assert "earlier run of this job" in record["result"]["reason"]
+    assert sorted(p.name for p in model_path.iterdir() if p.name.isdigit()) == before

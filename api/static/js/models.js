@@ -55,19 +55,21 @@ function modelCard(model, refresh) {
   const available = model.versions.filter((v) => v.status === "available" || v.status === "unknown");
   const label = () => labelInput.value.trim() || "stable";
 
-  const rollback = el("button", { type: "button", className: "ghost", title: "Point the label at the previous available version" }, "Roll back");
+  const rollback = el("button", { type: "button", className: "ghost", title: "Point the label at the previous version (loaded first if it is retired)" }, "Roll back");
   rollback.addEventListener("click", async () => {
-    const current = model.labels[label()];
-    if (current === undefined) {
+    if (model.labels[label()] === undefined) {
       showError(errorBox, new Error(`${model.name} has no label “${label()}” to roll back.`));
       return;
     }
-    const older = available.map((v) => v.version).filter((v) => v < current);
-    if (!older.length) {
-      showError(errorBox, new Error(`No older version to roll “${label()}” back to.`));
-      return;
+    // The gateway picks the previous version from the repository, whatever its load state.
+    showError(errorBox, null);
+    try {
+      const done = await api.post(`/v1/models/${encodeURIComponent(model.name)}/labels/${encodeURIComponent(label())}:rollback`, {}, { admin: true });
+      toast(`${model.name}: “${label()}” rolled back to version ${done.version}.`);
+      refresh();
+    } catch (error) {
+      showError(errorBox, error);
     }
-    if (await promote(model.name, label(), Math.max(...older), errorBox)) refresh();
   });
 
   const rows = model.versions.map((v) => {

@@ -1,0 +1,243 @@
+"""The model repository: the one owner of ``MODEL_DIR`` and everything written into it.
+
+Layout: ``<model>/<version>/`` (integer-named SavedModel folders), ``labels.json`` (version
+labels, so a restart keeps them), ``models.config`` (rendered by :mod:`fdl.model_config`, polled
+by the model server) and ``.repository.lock``.
+
+Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
+``python -m fdl.model_config`` syncing the config) takes the same cross-process file lock and
+does its read-modify-write of ``labels.json`` and ``models.config`` under it, so two writers never
+overwrite each other's change. Files are written atomically (temporary file, then rename) and
+readable by other users (``0666 & ~umask``), since the model server may run as another user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+
+from fdl import contract
+from fdl.model_config import render, valid_label, valid_name
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "models.config"
+LOCK_FILE = ".repository.lock"
+_VERSION = re.compile(r"[0-9]{1,18}")
+Labels = dict[str, dict[str, int]]
+
+
+def _read_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def discover_models(model_dir: Path) -> list[str]:
+    """Folders whose name is a valid model name; others (e.g. ``evil\\n``) are skipped."""
+    if not model_dir.is_dir():
+        return []
+    names = []
+    for path in model_dir.iterdir():
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        if valid_name(path.name):
+            names.append(path.name)
+        else:
+            log.warning("skipping folder %r in the model repository: not a model name", path.name)
+    return sorted(names)
+
+
+def list_versions(model_path: Path) -> list[int]:
+    """Published versions of one model, ascending (folders named by ASCII digits only)."""
+    if not model_path.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in model_path.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()
+    )
+
+
+def read_labels(model_dir: Path) -> Labels:
+    path = model_dir / LABELS_FILE
+    if not path.exists():
+        return {}
+    return {
+        m: {k: int(v) for k, v in labels.items()}
+        for m, labels in json.loads(path.read_text()).items()
+    }
+
+
+def version_job_id(version_dir: Path) -> str | None:
+    """The training job that published a version (``job_id`` in its metadata), if recorded."""
+    try:
+        metadata = json.loads((version_dir / contract.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    job_id = metadata.get("job_id") if isinstance(metadata, dict) else None
+    return str(job_id) if job_id else None
+
+
+def find_job_version(model_path: Path, job_id: str) -> int | None:
+    """The version a job already published under ``model_path``, newest first."""
+    for version in reversed(list_versions(model_path)):
+        if version_job_id(model_path / str(version)) == job_id:
+            return version
+    return None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by a complete new file, readable by others (``0666 & ~umask``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600, unreadable by a model server user
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_readable(folder: Path) -> None:
+    """Let other users read a version folder (TensorFlow may write files 0600 on some systems)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            path = os.path.join(root, name)
+            os.chmod(path, os.stat(path).st_mode | 0o555 & (FILE_MODE | 0o111))
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, os.stat(path).st_mode | 0o444 & FILE_MODE)
+    os.chmod(folder, os.stat(folder).st_mode | 0o555 & (FILE_MODE | 0o111))
+
+
+def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
+    """Labels of models on disk; a stored label that is not a valid name (written before names
+    were checked in full) is left out with a warning rather than stopping every later write."""
+    kept: Labels = {}
+    for model, model_labels in labels.items():
+        if model not in models:
+            continue
+        kept[model] = {}
+        for label, version in model_labels.items():
+            if valid_label(label):
+                kept[model][label] = version
+            else:
+                log.warning("label %r of model %s in labels.json is not a valid name", label, model)
+    return kept
+
+
+class Repository:
+    """Reads and writes of one model repository; writes hold :meth:`locked`."""
+
+    def __init__(
+        self, model_dir: Path, base_path_root: str | None = None, lock_timeout_s: float = 120.0
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.base_path_root = base_path_root
+        self.lock_timeout_s = lock_timeout_s
+
+    @property
+    def config_path(self) -> Path:
+        return self.model_dir / CONFIG_FILE
+
+    def file_lock(self, timeout_s: float | None = None) -> FileLock:
+        """The repository's cross-process lock (``flock`` on ``.repository.lock``).
+
+        ``thread_local=False``: the gateway acquires it in a worker thread and releases it from
+        the event loop's thread.
+        """
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        timeout = self.lock_timeout_s if timeout_s is None else timeout_s
+        return FileLock(self.model_dir / LOCK_FILE, timeout=timeout, thread_local=False)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self.file_lock():
+            yield
+
+    # --- reads ----------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        return discover_models(self.model_dir)
+
+    def versions(self, model: str) -> list[int]:
+        return list_versions(self.model_dir / model)
+
+    def labels(self) -> Labels:
+        return read_labels(self.model_dir)
+
+    def render(self, labels: Labels | None = None, keep: dict[str, set[int]] | None = None) -> str:
+        """The config for what is on disk now, with ``labels`` (default: ``labels.json``)."""
+        labels = self.labels() if labels is None else labels
+        root = self.base_path_root or str(self.model_dir.resolve())
+        models = {name: self.versions(name) for name in self.models()}
+        return render(root, models, _servable_labels(labels, models), keep)
+
+    # --- writes (call with the lock held) ---------------------------------------------------
+    def write_labels(self, labels: Labels) -> None:
+        atomic_write(
+            self.model_dir / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n"
+        )
+
+    def write_config(self, text: str) -> Path:
+        path = self.config_path
+        if not path.exists() or path.read_text() != text:
+            atomic_write(path, text)
+        return path
+
+    # --- whole operations (take the lock themselves) ----------------------------------------
+    def sync(self) -> Path:
+        """(Re)write ``models.config`` for what the repository holds; returns its path."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            return self.write_config(self.render())
+
+    def publish(self, staged: Path, model: str, job_id: str) -> tuple[int, bool]:
+        """Move ``staged`` in as the model's next version and render the config.
+
+        Idempotent on ``job_id``: when a version of this model already carries the job's id (a
+        re-run after the first run published and then lost its record), that version is returned
+        and ``staged`` is left alone. Returns ``(version, published_now)``.
+        """
+        if not valid_name(model):
+            raise ValueError(f"model name {model!r} is not a valid name")
+        model_path = self.model_dir / model
+        model_path.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            existing = find_job_version(model_path, job_id)
+            if existing is not None:
+                log.info("job %s already published %s version %d", job_id, model, existing)
+                self.write_config(self.render())
+                return existing, False
+            versions = list_versions(model_path)
+            version = (versions[-1] + 1) if versions else 1
+            make_readable(staged)
+            os.rename(staged, model_path / str(version))
+            self.write_config(self.render())
+            return version, True
+
+
+def sync_config(model_dir: Path) -> Path:
+    """(Re)write the config file beside the models, under the repository lock."""
+    return Repository(model_dir).sync()

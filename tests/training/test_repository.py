@@ -1,0 +1,105 @@
+"""The model repository with real files: one version per job, readable files, and a config that
+is never written unless it parses back."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from fdl import contract
+from fdl.model_config import ConfigRenderError, render
+from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository, list_versions
+from training.publish import publish, published_before, staging_dir
+
+
+def _staged(model_path: Path, job_id: str) -> Path:
+    """A staged export as the worker writes it, with the job id in its metadata."""
+    staged = staging_dir(model_path, job_id)
+    (staged / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
+    (staged / "saved_model.pb").write_bytes(b"x")
+    (staged / contract.METADATA_FILE).write_text(
+        json.dumps({"job_id": job_id, "metrics": {"test_accuracy": 0.9}})
+    )
+    return staged
+
+
+def test_a_rerun_job_finds_its_version_and_publishes_no_second(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models"
+    first = _staged(model_dir / "m", "job-a")
+    assert publish(first, model_dir, "m", "job-a") == (1, True)
+    assert publish(_staged(model_dir / "m", "job-b"), model_dir, "m", "job-b") == (2, True)
+    # The first run's record was lost after the rename; the job runs again and exports again.
+    again = _staged(model_dir / "m", "job-a")
+    assert publish(again, model_dir, "m", "job-a") == (1, False)
+    assert list_versions(model_dir / "m") == [1, 2]
+    # ... and a re-run learns it before training at all.
+    earlier = published_before(model_dir, "m", "job-a")
+    assert earlier is not None and earlier["version"] == 1 and earlier["published"] is True
+    assert earlier["metrics"] == {"test_accuracy": 0.9}
+    assert published_before(model_dir, "m", "job-c") is None
+
+
+def test_repository_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models"
+    previous = os.umask(0o022)
+    try:
+        staged = _staged(model_dir / "m", "job-a")
+        os.chmod(staged / "saved_model.pb", 0o600)  # as a restrictive writer may leave it
+        publish(staged, model_dir, "m", "job-a")
+        repository = Repository(model_dir)
+        with repository.locked():
+            repository.write_labels({"m": {"stable": 1}})
+            repository.write_config(repository.render())
+    finally:
+        os.umask(previous)
+    for name in (CONFIG_FILE, LABELS_FILE):
+        assert stat.S_IMODE((model_dir / name).stat().st_mode) == 0o644, name
+    version = model_dir / "m" / "1"
+    assert stat.S_IMODE((version / "saved_model.pb").stat().st_mode) & 0o444 == 0o444
+    assert stat.S_IMODE(version.stat().st_mode) & 0o555 == 0o555
+
+
+def test_invalid_folder_names_are_skipped_and_the_config_parses(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models"
+    for name in ("good", "evil\n", "Bad.Name", ".hidden"):
+        (model_dir / name / "1").mkdir(parents=True)
+    (model_dir / "good" / "\u00b2").mkdir()  # a unicode digit is not a version
+    repository = Repository(model_dir)
+    text = repository.render({"good": {"stable": 1}})
+    parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert [m.name for m in parsed.model_config_list.config] == ["good"]
+    assert list_versions(model_dir / "good") == [1]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"good": {"evil\n": 1}}, {"good": {'x" } config { name: "y': 1}}, {"good": {"7": 1}}],
+)
+def test_rendering_refuses_labels_that_would_not_parse_back(tmp_path: Path, labels: dict) -> None:
+    with pytest.raises(ConfigRenderError):
+        render("/models", {"good": [1]}, labels)
+    # A bad label already in labels.json is left out (with a warning), not written, and does
+    # not stop the repository's later writes.
+    model_dir = tmp_path / "models"
+    (model_dir / "good" / "1").mkdir(parents=True)
+    (model_dir / LABELS_FILE).write_text(json.dumps({"good": {**labels["good"], "stable": 1}}))
+    text = (Repository(model_dir).sync()).read_text()
+    parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert dict(parsed.model_config_list.config[0].version_labels) == {"stable": 1}
+
+
+@pytest.mark.parametrize("root", ['/data/"models', "/data/models\n", "/data/mo\\dels"])
+def test_rendering_refuses_a_base_path_that_would_not_parse_back(tmp_path: Path, root: str) -> None:
+    model_dir = tmp_path / "models"
+    (model_dir / "good" / "1").mkdir(parents=True)
+    Repository(model_dir).sync()
+    before = (model_dir / CONFIG_FILE).read_text()
+    with pytest.raises(ConfigRenderError):
+        Repository(model_dir, root).sync()
+    assert (model_dir / CONFIG_FILE).read_text() == before
