@@ -20,13 +20,13 @@ from fdl.redis_server import redis_server_argv
 from fdl.settings import CommonSettings
 
 API_KEY_FILE = "api_key"
+# No -Q: the worker consumes the app's default queue, FDL_TRAINING_QUEUE (training/tasks.py), the
+# queue the gateway sends to; the containers run the same command.
 WORKER_ARGV = [
     "celery",
     "-A",
     "training.tasks",
     "worker",
-    "-Q",
-    "training",
     "--concurrency",
     "1",
     "--prefetch-multiplier",
