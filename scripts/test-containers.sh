@@ -113,7 +113,7 @@ log "starting the stack (project $PROJECT, gateway on 127.0.0.1:$GATEWAY_PORT)"
 grep -i -E "warn|ignor" "$WORK/up.log" | sort -u || true
 
 # The worker reads MNIST from its data volume; nothing is downloaded at run time.
-podman cp "$DATA/mnist/." "${PROJECT}_worker_1:/data/mnist/"
+podman cp "$DATA/mnist" "${PROJECT}_worker_1:/data/"
 podman exec -u 0 "${PROJECT}_worker_1" chown -R 10001:10001 /data/mnist
 
 # ---------------------------------------------------------------- 5. end to end
