@@ -2,9 +2,10 @@
 # The base images the Dockerfile and deploy/compose.yaml name, under those exact names: each is
 # used when present, else pulled, else (no registry reachable) replaced by a stand-in built from
 # Debian packages (mmdebstrap) and PyPI wheels (deploy/standins/*.Containerfile).
-# Usage: bash scripts/container-bases.sh WORKDIR   (called by scripts/test-containers.sh, which
-# exports CONTAINERS_CONF and BUILD_OPTS_STR). FDL_CONTAINER_BASES=standin skips the pulls,
-# =pull fails instead of building stand-ins; the default (auto) tries a pull first.
+# Usage: bash scripts/container-bases.sh WORKDIR BASE...   with BASE among python, tensorflow,
+# redis, flower (the last three build on python's). Called by scripts/test-containers.sh, which
+# exports CONTAINERS_CONF and BUILD_OPTS_STR. FDL_CONTAINER_BASES=standin skips the pulls, =pull
+# fails instead of building stand-ins; the default (auto) tries a pull first.
 # Prints one line per base: its name, "real" or "stand-in", and the seconds it took.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,10 +15,11 @@ MIRROR=${FDL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 read -r -a BUILD_OPTS <<<"${BUILD_OPTS_STR:---pull=never --format docker}"
 
 PYTHON_BASE=docker.io/library/python:3.11.13-slim-bookworm
-declare -A STANDIN=(
-  [docker.io/tensorflow/tensorflow:2.21.0]=deploy/standins/tensorflow.Containerfile
-  [docker.io/library/redis:7.4.2-alpine]=deploy/standins/redis.Containerfile
-  [docker.io/mher/flower:2.0.1]=deploy/standins/flower.Containerfile
+declare -A IMAGE=(
+  [python]=$PYTHON_BASE
+  [tensorflow]=docker.io/tensorflow/tensorflow:2.21.0
+  [redis]=docker.io/library/redis:7.4.2-alpine
+  [flower]=docker.io/mher/flower:2.0.1
 )
 
 have_real() {
@@ -51,27 +53,18 @@ standin() {
 
 report() { printf 'base %-46s %-9s %4d s\n' "$1" "$2" "$3"; }
 
-t0=$SECONDS
-if have_real "$PYTHON_BASE"; then
-  report "$PYTHON_BASE" real $((SECONDS - t0))
-  python_real=1
-else
-  [ "$MODE" != pull ] || { echo "cannot pull $PYTHON_BASE"; exit 1; }
-  python_standin
-  report "$PYTHON_BASE" stand-in $((SECONDS - t0))
-  python_real=0
-fi
-for image in "${!STANDIN[@]}"; do
+for base in "${@:2}"; do
+  image=${IMAGE[$base]}
   t0=$SECONDS
   if have_real "$image"; then
     report "$image" real $((SECONDS - t0))
     continue
   fi
   [ "$MODE" != pull ] || { echo "cannot pull $image"; exit 1; }
-  if [ "$python_real" = 1 ]; then
-    # The stand-ins build on the Debian base; the real python image is Debian too.
-    echo "note: $image stand-in built on the real $PYTHON_BASE" >&2
+  if [ "$base" = python ]; then
+    python_standin
+  else
+    standin "$image" "deploy/standins/$base.Containerfile"
   fi
-  standin "$image" "${STANDIN[$image]}"
   report "$image" stand-in $((SECONDS - t0))
 done
