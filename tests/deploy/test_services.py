@@ -139,19 +139,8 @@ def test_flower_command_serves_its_healthcheck(redis_url: str, logs_dir: Path) -
     port = free_port()
     local = c.swap([a.replace("redis://redis:6379/0", redis_url) for a in argv], "5555", str(port))
     assert local != argv
-    flower = Process("deploy-flower", local, logs_dir)
     health = c.swap(c.healthcheck("flower"), "5555", str(port))
-    try:
-        wait_for(
-            lambda: run(health, timeout=15).returncode == 0,
-            90,
-            "flower's healthcheck",
-            interval=0.5,
-            check=flower.ensure_alive,
-        )
-    finally:
-        flower.stop()
-    assert run(health, timeout=15).returncode != 0
+    c.check_serves_healthcheck("deploy-flower", local, health, logs_dir, 90)
 
 
 def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
@@ -163,15 +152,5 @@ def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Pa
     )
     port = free_port()
     local = c.swap([a.replace(logdir, str(tmp_path)) for a in argv], "6006", str(port))
-    board = Process("deploy-tensorboard", local, logs_dir)
     health = c.swap(c.healthcheck("tensorboard"), "6006", str(port))
-    try:
-        wait_for(
-            lambda: run(health, timeout=15).returncode == 0,
-            120,
-            "tensorboard's healthcheck",
-            interval=0.5,
-            check=board.ensure_alive,
-        )
-    finally:
-        board.stop()
+    c.check_serves_healthcheck("deploy-tensorboard", local, health, logs_dir, 120)
