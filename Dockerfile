@@ -1,11 +1,15 @@
-# syntax=docker/dockerfile:1
 # FDL Serve images. Targets:
-#   gateway  slim Python, the `api` extra only (no TensorFlow), fdl-gateway on :8000
-#   worker   TensorFlow GPU (CUDA) base, the `training` extra, one Celery worker process
-# Serving uses the official tensorflow/serving image (see deploy/compose.yaml).
+#   gateway       slim Python, the `api` extra only (no TensorFlow), fdl-gateway on :8000
+#   worker        TensorFlow GPU (CUDA) base, the `training` extra, one Celery worker process
+#   model-server  TensorFlow CPU base, the `serving` extra: fdl-model-server, installed also as
+#                 `tensorflow_model_server`, with TF Serving's flags and ports (8500 gRPC, 8501
+#                 REST), for machines without the tensorflow/serving image (arm64, laptops,
+#                 offline); production serves with tensorflow/serving (deploy/compose.yaml).
 # Build: docker build --target gateway -t fdl-serve/gateway:0.1.0 .
+# podman/buildah: add `--format docker`, else the OCI format drops every HEALTHCHECK.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 ARG TENSORFLOW_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+ARG TENSORFLOW_CPU_IMAGE=tensorflow/tensorflow:2.21.0
 
 # ---------------------------------------------------------------- gateway
 FROM ${PYTHON_IMAGE} AS gateway-build
@@ -80,8 +84,47 @@ RUN python -m pip install --no-cache-dir --no-deps . \
     && chown 10001:10001 /models /data /var/lib/fdl
 USER 10001:10001
 WORKDIR /var/lib/fdl
-# Pings this worker only, through the broker; a plain Celery client (no TensorFlow import).
+# Pings this worker only, through the broker; a plain Celery client (no TensorFlow import). The
+# node name is celery@<gethostname()>: `hostname` gives it where $HOSTNAME is unset (podman exec,
+# podman healthcheck run).
 HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
-    CMD ["sh", "-c", "exec celery --broker \"$FDL_REDIS_URL\" inspect ping --timeout 10 --destination \"celery@$HOSTNAME\""]
-# One process per GPU: concurrency 1, no prefetch (long jobs, acks_late).
-CMD ["celery", "-A", "training.tasks", "worker", "-Q", "training", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]
+    CMD ["sh", "-c", "exec celery --broker \"$FDL_REDIS_URL\" inspect ping --timeout 10 --destination \"celery@$(hostname)\""]
+# One process per GPU: concurrency 1, no prefetch (long jobs, acks_late). No -Q: the worker
+# consumes the app's default queue, FDL_TRAINING_QUEUE, the one the gateway sends to.
+CMD ["celery", "-A", "training.tasks", "worker", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]
+
+# ---------------------------------------------------------------- model-server
+FROM ${TENSORFLOW_CPU_IMAGE} AS model-server
+# TensorFlow comes from the base image, as in the worker; the `serving` extra goes into /opt/venv.
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    HOME=/var/lib/fdl
+RUN python3 -m venv --system-site-packages --without-pip /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN python -m pip install --no-cache-dir ".[serving]" \
+    && python -m pip uninstall --yes fdl-serve
+COPY fdl ./fdl
+COPY serving ./serving
+# Under TF Serving's name too, so compose and Kubernetes run it with the same entrypoint.
+RUN python -m pip install --no-cache-dir --no-deps . \
+    && ln -s /opt/venv/bin/fdl-model-server /opt/venv/bin/tensorflow_model_server \
+    && groupadd --system --gid 10001 fdl \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fdl --no-create-home fdl \
+    && mkdir -p /models /var/lib/fdl \
+    && chown 10001:10001 /models /var/lib/fdl
+USER 10001:10001
+WORKDIR /var/lib/fdl
+EXPOSE 8500 8501
+# The gRPC port accepts connections (Kubernetes' liveness probe does the same); compose checks the
+# Prometheus path, which needs --monitoring_config_file.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8500"]
+ENTRYPOINT ["tensorflow_model_server"]
+CMD ["--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers bench-promotion protos clean
+.PHONY: run test test-containers lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers bench-promotion protos clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
@@ -20,6 +20,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Builds the images (stand-in bases where none can be pulled) and runs the compose stack end to
+# end with podman (docs/deploy.md); installs podman with apt-get when missing.
+test-containers: $(STAMP)
+	PYTHON="$(CURDIR)/$(BIN)/python" bash scripts/test-containers.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,13 +26,13 @@ API_KEY_FILE = "api_key"
 # The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
 REDIS_URL_FILE = "redis_url"
 SUPERVISOR_CONF = "supervisord.conf"
+# No -Q: the worker consumes the app's default queue, FDL_TRAINING_QUEUE (training/tasks.py), the
+# queue the gateway sends to; the containers run the same command.
 WORKER_ARGV = [
     "celery",
     "-A",
     "training.tasks",
     "worker",
-    "-Q",
-    "training",
     "--concurrency",
     "1",
     "--prefetch-multiplier",

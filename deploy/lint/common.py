@@ -14,7 +14,11 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = Path("deploy")
-COMPOSE_FILES = (DEPLOY / "compose.yaml", DEPLOY / "compose.cpu.yaml")
+COMPOSE_FILES = (
+    DEPLOY / "compose.yaml",
+    DEPLOY / "compose.cpu.yaml",
+    DEPLOY / "compose.model-server.yaml",
+)
 K8S_DIR = DEPLOY / "k8s"
 SERVING_CONFIG_DIR = DEPLOY / "serving"
 

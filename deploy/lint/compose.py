@@ -118,8 +118,9 @@ def check(root: Path) -> Errors:
         errors += schema_errors(strip_tags(document), path.name)
     if errors:
         return errors
-    base, cpu = documents
+    base, cpu, model_server = documents
     errors += check_references(base, paths[0].parent, root)
+    errors += check_serving_exposure(base)
     worker = (base.get("services") or {}).get("worker") or {}
     if not any("gpu" in (d.get("capabilities") or []) for d in gpu_devices(worker)):
         errors.append(
@@ -129,4 +130,38 @@ def check(root: Path) -> Errors:
     errors += schema_errors(merged, "compose.yaml + compose.cpu.yaml")
     if gpu_devices((merged.get("services") or {}).get("worker") or {}):
         errors.append("compose.cpu.yaml: the worker still reserves a GPU")
+    errors += check_model_server_swap(merged, model_server, paths[0].parent, root)
+    return errors
+
+
+def check_serving_exposure(base: dict[str, Any]) -> Errors:
+    """The model server has no authentication: no published port, a network of its own."""
+    services = base.get("services") or {}
+    errors: Errors = []
+    if (services.get("serving") or {}).get("ports"):
+        errors.append("compose.yaml: serving publishes ports (it has no authentication)")
+    networks = base.get("networks") or {}
+    own = [n for n in (services.get("serving") or {}).get("networks") or [] if n != "default"]
+    if not own or not all((networks.get(n) or {}).get("internal") for n in own):
+        errors.append("compose.yaml: serving must be on internal networks only")
+    for name, service in services.items():
+        if name not in ("serving", "gateway", "worker") and set(own) & set(
+            service.get("networks") or []
+        ):
+            errors.append(f"compose.yaml: {name} must not join the model server's network")
+    return errors
+
+
+def check_model_server_swap(
+    merged: dict[str, Any], override: dict[str, Any], compose_dir: Path, root: Path
+) -> Errors:
+    """compose.model-server.yaml changes the serving image only (built from our target)."""
+    errors = schema_errors(strip_tags(override), "compose.model-server.yaml")
+    services = override.get("services") or {}
+    if set(services) != {"serving"} or set(services["serving"]) != {"image", "build"}:
+        errors.append("compose.model-server.yaml: must set only serving's image and build")
+        return errors
+    full = merge_compose(merged, override)
+    errors += schema_errors(full, "compose.yaml + compose.cpu.yaml + compose.model-server.yaml")
+    errors += check_references(full, compose_dir, root)
     return errors

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deploy.lint.common import Errors, run_tool, tool
 
-REQUIRED_TARGETS = ("gateway", "worker")
+REQUIRED_TARGETS = ("gateway", "worker", "model-server")
 _VERSION_TAG = re.compile(r":[A-Za-z0-9_.-]*\d[A-Za-z0-9_.-]*(@sha256:[0-9a-f]{64})?$")
 
 
@@ -158,6 +158,9 @@ def check(root: Path) -> Errors:
     code, output = run_tool([hadolint, "--no-color", str(dockerfile)], cwd=root)
     if code != 0:
         errors.append(f"hadolint:\n{output}")
+    if any(line.lower().startswith("# syntax=") for line in dockerfile.read_text().splitlines()):
+        # BuildKit pulls the named frontend image first: an offline `docker build` fails.
+        errors.append("Dockerfile: a `# syntax=` directive makes BuildKit pull a frontend image")
     args, stages = parse(dockerfile)
     errors += check_stages(args, stages)
     errors += check_copy_sources(root, stages)

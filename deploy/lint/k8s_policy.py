@@ -24,7 +24,10 @@ REQUIRED = [
     ("Ingress", "fdl-gateway"),
     ("Secret", "fdl-api-keys"),
     ("PersistentVolumeClaim", "fdl-models"),
+    ("NetworkPolicy", "fdl-serving"),
 ]
+# The only pods that may reach the model server (it has no authentication).
+SERVING_CLIENTS = {"fdl-gateway", "fdl-worker"}
 
 
 def names(docs: list[Doc], kind: str) -> set[str]:
@@ -167,7 +170,34 @@ def check_all(docs: list[Doc], root: Path) -> Errors:
     models = find(docs, "PersistentVolumeClaim", "fdl-models")
     if models is not None and "ReadWriteMany" not in models["spec"].get("accessModes", []):
         errors.append("PersistentVolumeClaim fdl-models must be ReadWriteMany (workers + serving)")
+    errors += check_serving_policy(docs)
     return errors + check_references(docs) + check_matches_compose(docs, root)
+
+
+def check_serving_policy(docs: list[Doc]) -> Errors:
+    """NetworkPolicy fdl-serving admits the gateway and worker pods only, to the serving pods."""
+    policy = find(docs, "NetworkPolicy", "fdl-serving")
+    if policy is None:
+        return []
+    spec = policy["spec"]
+    label = "app.kubernetes.io/name"
+    if (spec.get("podSelector") or {}).get("matchLabels", {}).get(label) != "fdl-serving":
+        return ["NetworkPolicy fdl-serving does not select the fdl-serving pods"]
+    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+        return ["NetworkPolicy fdl-serving does not restrict ingress"]
+    allowed = []
+    for rule in spec.get("ingress") or []:
+        for peer in rule.get("from") or [{}]:
+            keys = set(peer)
+            selector = (peer.get("podSelector") or {}).get("matchLabels") or {}
+            if keys != {"podSelector"} or set(selector) != {label}:
+                return [f"NetworkPolicy fdl-serving admits more than named pods: {peer}"]
+            allowed.append(selector[label])
+    if set(allowed) != SERVING_CLIENTS:
+        return [
+            f"NetworkPolicy fdl-serving admits {sorted(allowed)}, not {sorted(SERVING_CLIENTS)}"
+        ]
+    return []
 
 
 def check_gpu_worker(docs: list[Doc]) -> Errors:

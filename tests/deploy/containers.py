@@ -14,7 +14,8 @@ from typing import Any
 from deploy.lint import dockerfile
 from deploy.lint.common import load_compose, load_yaml_documents
 from deploy.lint.compose import interpolate
-from tests.support.procs import REPO_ROOT
+from tests.support.procs import REPO_ROOT, Process, wait_for
+from tests.support.procs import run_command as run
 
 TEST_API_KEY = "deploy-test-admin-key"
 COMPOSE_VARIABLES = {"FDL_API_KEYS": TEST_API_KEY}
@@ -109,3 +110,21 @@ def local_path(container_path: str, mapping: dict[str, Path]) -> str:
         if container_path.startswith(prefix):
             return str(local) + container_path[len(prefix) :]
     return container_path
+
+
+def check_serves_healthcheck(
+    name: str, argv: list[str], health: list[str], logs_dir: Path, timeout: float
+) -> None:
+    """Start ``argv``; ``health`` must pass while it runs and fail once it is stopped."""
+    process = Process(name, argv, logs_dir)
+    try:
+        wait_for(
+            lambda: run(health, timeout=15).returncode == 0,
+            timeout,
+            f"{name}'s healthcheck",
+            interval=0.5,
+            check=process.ensure_alive,
+        )
+    finally:
+        process.stop()
+    assert run(health, timeout=15).returncode != 0

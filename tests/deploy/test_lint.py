@@ -152,7 +152,8 @@ def _base_env() -> dict[str, str]:
 def test_env_example_covers_the_compose_variables() -> None:
     """Every variable the compose files read is documented in deploy/env.example, and back."""
     text = "".join(
-        (REPO_ROOT / "deploy" / n).read_text() for n in ("compose.yaml", "compose.cpu.yaml")
+        (REPO_ROOT / "deploy" / n).read_text()
+        for n in ("compose.yaml", "compose.cpu.yaml", "compose.model-server.yaml")
     )
     used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
     example = (REPO_ROOT / "deploy" / "env.example").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from fdl.stack import WORKER_ARGV
 from tests.deploy import containers as c
 from tests.support.procs import Process, free_port, port_open, wait_for
 from tests.support.procs import run_command as run
@@ -39,6 +41,9 @@ def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs
     assert run(local_health).returncode != 0
 
 
+WORKER_QUEUE = "deploy-test-queue"
+
+
 @pytest.fixture(scope="module")
 def worker(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, logs_dir: Path
@@ -53,9 +58,12 @@ def worker(
         FDL_VAR_DIR=str(root / "var"),
         MPLCONFIGDIR=str(root / "matplotlib"),
     )
+    # Not the default queue: the worker must consume the queue the gateway sends to.
+    env["FDL_TRAINING_QUEUE"] = WORKER_QUEUE
     process = Process("deploy-worker", c.command("worker"), logs_dir, env=env)
-    # What Docker and Kubernetes set in every container: the container's host name.
-    probe_env = {**env, "HOSTNAME": socket.gethostname()}
+    # `podman exec` and `podman healthcheck run` do not set HOSTNAME: the probes must not need it.
+    env.pop("HOSTNAME", None)
+    probe_env = env
     try:
         wait_for(
             lambda: run(c.image_healthcheck("worker"), probe_env).returncode == 0,
@@ -72,9 +80,30 @@ def worker(
 def test_worker_command_is_the_same_everywhere() -> None:
     container = c.k8s_pod("Deployment", "fdl-worker")["containers"][0]
     argv = c.command("worker")
-    assert argv == c.image_cmd("worker") == c.k8s_argv(container)
-    assert argv[argv.index("-Q") + 1] == "training"
+    assert argv == c.image_cmd("worker") == c.k8s_argv(container) == WORKER_ARGV
     assert argv[argv.index("--concurrency") + 1] == "1"
+
+
+def test_worker_consumes_the_configured_queue(worker: dict[str, str]) -> None:
+    """FDL_TRAINING_QUEUE, which the gateway sends to, not a queue fixed in the command."""
+    result = run(
+        [
+            "celery",
+            "--broker",
+            worker["FDL_REDIS_URL"],
+            "inspect",
+            "active_queues",
+            "--json",
+            "--timeout",
+            "10",
+            "--destination",
+            f"celery@{socket.gethostname()}",
+        ],
+        worker,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (queues,) = json.loads(result.stdout.strip().splitlines()[-1]).values()
+    assert [q["name"] for q in queues] == [WORKER_QUEUE]
 
 
 def test_worker_healthchecks_pass(worker: dict[str, str]) -> None:
@@ -87,9 +116,20 @@ def test_worker_healthchecks_pass(worker: dict[str, str]) -> None:
         assert "pong" in result.stdout
 
 
-def test_worker_healthcheck_fails_for_another_host(worker: dict[str, str]) -> None:
-    result = run(c.image_healthcheck("worker"), {**worker, "HOSTNAME": "not-this-worker"})
-    assert result.returncode != 0
+@pytest.mark.parametrize("hostname", ["not-this-worker", ""])
+def test_worker_healthchecks_ignore_the_hostname_variable(
+    worker: dict[str, str], hostname: str
+) -> None:
+    container = c.k8s_pod("Deployment", "fdl-worker")["containers"][0]
+    for argv in (c.image_healthcheck("worker"), container["readinessProbe"]["exec"]["command"]):
+        result = run(argv, {**worker, "HOSTNAME": hostname})
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_worker_healthcheck_fails_for_another_node(worker: dict[str, str]) -> None:
+    argv = [a.replace("$(hostname)", "not-this-worker") for a in c.image_healthcheck("worker")]
+    assert argv != c.image_healthcheck("worker")
+    assert run(argv, worker).returncode != 0
 
 
 def test_flower_command_serves_its_healthcheck(redis_url: str, logs_dir: Path) -> None:
@@ -99,19 +139,8 @@ def test_flower_command_serves_its_healthcheck(redis_url: str, logs_dir: Path) -
     port = free_port()
     local = c.swap([a.replace("redis://redis:6379/0", redis_url) for a in argv], "5555", str(port))
     assert local != argv
-    flower = Process("deploy-flower", local, logs_dir)
     health = c.swap(c.healthcheck("flower"), "5555", str(port))
-    try:
-        wait_for(
-            lambda: run(health, timeout=15).returncode == 0,
-            90,
-            "flower's healthcheck",
-            interval=0.5,
-            check=flower.ensure_alive,
-        )
-    finally:
-        flower.stop()
-    assert run(health, timeout=15).returncode != 0
+    c.check_serves_healthcheck("deploy-flower", local, health, logs_dir, 90)
 
 
 def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
@@ -123,15 +152,5 @@ def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Pa
     )
     port = free_port()
     local = c.swap([a.replace(logdir, str(tmp_path)) for a in argv], "6006", str(port))
-    board = Process("deploy-tensorboard", local, logs_dir)
     health = c.swap(c.healthcheck("tensorboard"), "6006", str(port))
-    try:
-        wait_for(
-            lambda: run(health, timeout=15).returncode == 0,
-            120,
-            "tensorboard's healthcheck",
-            interval=0.5,
-            check=board.ensure_alive,
-        )
-    finally:
-        board.stop()
+    c.check_serves_healthcheck("deploy-tensorboard", local, health, logs_dir, 120)
