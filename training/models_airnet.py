@@ -56,7 +56,9 @@ def _conv(filters: int, kw: dict, name: str) -> keras.layers.Conv2D:
     )
 
 
-def airnet(shape, num_classes, reg: RegularizationSpec, dropout: float) -> keras.Model:
+def airnet(
+    shape, num_classes, reg: RegularizationSpec, dropout: float, widths: tuple[int, ...] = WIDTHS
+) -> keras.Model:
     from training.models import _kw  # the shared regularization keywords
 
     kw = _kw(reg)
@@ -67,7 +69,7 @@ def airnet(shape, num_classes, reg: RegularizationSpec, dropout: float) -> keras
     )(inputs)
     x = keras.layers.BatchNormalization(name="whiten_bn", **BN)(x)
     x = keras.layers.Activation("gelu", name="whiten_gelu")(x)
-    for i, width in enumerate(WIDTHS, start=1):
+    for i, width in enumerate(widths, start=1):
         x = _conv(width, kw, f"block{i}_conv1")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
         x = keras.layers.BatchNormalization(name=f"block{i}_bn1", **BN)(x)
