@@ -4,18 +4,17 @@ alone, of its training steps on pre-made batches, and of training fed by the pip
     .venv/bin/python bench/cifar_speed.py [--seconds 5] [--models cifar10_airnet ...]
 
 Uses the real pipelines (``training.pipeline.train_dataset``) with each recipe's augmentation,
-the real models and compile (``training.trainer.compile_model``), and the worker's
-``steps_per_execution``. Images are the 1,000 exact CIFAR-10 test images of ../shared/data,
-repeated (the content does not matter for speed). The pipeline is fast enough when
-``pipeline_images_per_s`` is well above ``train_images_per_s`` and ``fed_images_per_s`` is close
-to ``train_images_per_s``.
+the real models and compile (``training.trainer.compile_model``); each timed ``fit`` is one call
+into the compiled graph of about ``--train-images`` images. Images are the 1,000 exact CIFAR-10
+test images of ../shared/data, repeated (the content does not matter for speed). The pipeline is
+fast enough when ``pipeline_images_per_s`` is well above ``train_images_per_s`` and
+``fed_images_per_s`` is close to ``train_images_per_s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from training.models import ARCHITECTURES, build_model
 from training.pipeline import train_dataset
 from training.preprocess import network_input_shape
 from training.recipes import augmentation, regularization_for
-from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.trainer import compile_model, runtime
 
 CASES = [
@@ -49,20 +47,17 @@ def pipeline_rate(ds: tf.data.Dataset, seconds: float) -> float:
     return images / (time.perf_counter() - started)
 
 
-def fit_rate(model, ds: tf.data.Dataset, batch: int, seconds: float, spe: int) -> float:
-    """Images/s of ``fit`` on ``ds`` (repeated), after one untimed call that compiles."""
+def fit_rate(model, ds: tf.data.Dataset, batch: int, steps: int) -> float:
+    """Images/s of one ``fit`` call of ``steps`` batches of ``ds`` (repeated), after an untimed
+    call that traces and compiles the training function."""
     ds = ds.repeat()
-    model.fit(ds, steps_per_epoch=spe, epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     started = time.perf_counter()
-    model.fit(ds, steps_per_epoch=spe, epochs=1, verbose=0)
-    per_call = time.perf_counter() - started
-    calls = max(1, math.floor(seconds / max(per_call, 1e-3)))
-    started = time.perf_counter()
-    model.fit(ds, steps_per_epoch=spe * calls, epochs=1, verbose=0)
-    return spe * calls * batch / (time.perf_counter() - started)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch / (time.perf_counter() - started)
 
 
-def measure(key: str, recipe: str, x, y, seconds: float, spe: int) -> dict:
+def measure(key: str, recipe: str, x, y, seconds: float, train_images: int) -> dict:
     spec = JobSpec(model=key, recipe=recipe)
     arch = ARCHITECTURES[key]
     mode = augmentation(spec, arch.family)
@@ -77,9 +72,11 @@ def measure(key: str, recipe: str, x, y, seconds: float, spe: int) -> dict:
         )
         if arch.prepare is not None:
             arch.prepare(model, x)
-        compile_model(model, spec, spe, total_steps=10_000)
-        train = fit_rate(model, made, spec.batch_size, seconds, spe)
-        fed = fit_rate(model, ds, spec.batch_size, seconds, spe)
+        # One call into the compiled graph per fit: all steps run as one execution.
+        steps = max(2, round(train_images / spec.batch_size))
+        compile_model(model, spec, steps, total_steps=10_000)
+        train = fit_rate(model, made, spec.batch_size, steps)
+        fed = fit_rate(model, ds, spec.batch_size, steps)
     return {
         "model": key,
         "recipe": recipe,
@@ -95,7 +92,10 @@ def measure(key: str, recipe: str, x, y, seconds: float, spe: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="of pipeline alone")
+    parser.add_argument(
+        "--train-images", type=int, default=1024, help="images per timed training call"
+    )
     parser.add_argument("--models", nargs="*", help="only these models")
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -108,7 +108,7 @@ def main() -> None:
     for key, recipe in CASES:
         if args.models and key not in args.models:
             continue
-        row = measure(key, recipe, x, y, args.seconds, DEFAULT_STEPS_PER_EXECUTION)
+        row = measure(key, recipe, x, y, args.seconds, args.train_images)
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as handle:
