@@ -68,7 +68,7 @@ def grpc_accuracy(target: str, images: np.ndarray, labels: np.ndarray) -> float:
             )
             scores = from_tensor_proto(call(request, timeout=120).outputs[contract.SCORES_KEY])
             correct += int((scores.argmax(axis=1) == labels[start : start + 200]).sum())
-    return correct / len(images)
+    return round(correct / len(images), 4)
 
 
 def gateway_accuracy(url: str, files: list[bytes], labels: np.ndarray, fmt: str) -> float:
@@ -84,7 +84,7 @@ def gateway_accuracy(url: str, files: list[bytes], labels: np.ndarray, fmt: str)
             response.raise_for_status()
             predicted = np.array([p["class_id"] for p in response.json()["predictions"]])
             correct += int((predicted == labels[start : start + 16]).sum())
-    return correct / len(files)
+    return round(correct / len(files), 4)
 
 
 def main() -> int:
