@@ -29,7 +29,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, dict]] = {
         "*": {"batch_size": 256, "optimizer": {"name": "adam", "learning_rate": 0.002}},
         "cifar10_airnet": {
             "batch_size": 512,
-            "optimizer": {"name": "nesterov", "learning_rate": 0.2, "momentum": 0.9},
+            "optimizer": {"name": "nesterov", "learning_rate": 0.8, "momentum": 0.9},
         },
     },
 }

@@ -48,7 +48,7 @@ def test_book_stays_the_default_and_fast_fills_only_unset_fields() -> None:
     assert mine.batch_size == 64 and mine.optimizer.name == "sgd"
     air = JobSpec(model="cifar10_airnet")
     assert air.recipe == "fast" and air.batch_size == 512 and air.augment is True
-    assert air.optimizer.name == "nesterov" and air.optimizer.learning_rate == 0.2
+    assert air.optimizer.name == "nesterov" and air.optimizer.learning_rate == 0.8
     # The worker re-validates the stored spec: the resolved values survive the round trip.
     stored = JobSpec.model_validate(fast.model_dump(mode="json"))
     assert stored == fast
