@@ -1,12 +1,17 @@
-"""GPU training benchmark: ``mnist_cnn`` and ``cifar10_cnn_bn`` against a wall-clock budget.
+"""GPU training benchmark: ``mnist_cnn``, ``cifar10_cnn_bn`` and ``cifar10_airnet`` against a
+wall-clock budget.
 
     python bench/gpu_train.py [--budget-s 540] [--out result.json]
+    python bench/gpu_train.py --models cifar10_airnet --budget-s 120   # issue 18: 94% in 30 s
     python bench/gpu_train.py --smoke        # a few steps on CPU, to check the script runs
 
-Uses the project's own pipelines, models, optimizer and precision policy (mixed float16 and
-MirroredStrategy over all visible GPUs, as the worker does). After every epoch the test set is
-evaluated; the script reports the time to 99% test accuracy (MNIST) and the time to the best test
-accuracy reached within the budget. One prepared run, at most ~10 minutes.
+Uses the project's own pipelines, models, recipes, optimizer and precision policy (mixed float16
+and MirroredStrategy over all visible GPUs, as the worker does). After every epoch the test set is
+evaluated (not counted in the seconds); the script reports the seconds of training to the
+target (99% MNIST, 94% for ``cifar10_airnet``) and to the best test accuracy within the budget.
+``cifar10_airnet`` trains with its ``fast`` recipe at the widths of ``--airnet-widths`` (default
+airbench94's 64/256/256; the CPU model uses ``training.models_airnet.WIDTHS``). One prepared run,
+at most ~10 minutes.
 """
 
 from __future__ import annotations
@@ -24,9 +29,14 @@ from training_common import DEFAULT_DATA, ROOT
 from fdl.jobspec import JobSpec
 from training.data.registry import load_dataset
 from training.models import ARCHITECTURES, build_model
+from training.models_airnet import airnet
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
+from training.recipes import augmentation, regularization_for
+from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.trainer import compile_model, runtime
+
+TARGETS = {"mnist_cnn": 0.99, "cifar10_airnet": 0.94}
 
 
 class TestAccuracyClock(keras.callbacks.Callback):
@@ -40,10 +50,13 @@ class TestAccuracyClock(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self.start = time.perf_counter()
+        self.eval_s = 0.0
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        train_s = time.perf_counter() - self.start
+        evaluated = time.perf_counter()
+        train_s = evaluated - self.start - self.eval_s
         _, accuracy = self.model.evaluate(self.test_ds, verbose=0)
+        self.eval_s += time.perf_counter() - evaluated
         self.curve.append(
             {
                 "epoch": epoch + 1,
@@ -53,7 +66,7 @@ class TestAccuracyClock(keras.callbacks.Callback):
         )
         if self.target and self.time_to_target is None and accuracy >= self.target:
             self.time_to_target = round(train_s, 2)
-        if time.perf_counter() - self.start > self.budget_s:
+        if train_s > self.budget_s:
             self.model.stop_training = True
 
 
@@ -63,7 +76,15 @@ def dataset_label(name: str, source: str) -> str:
     return name.upper() if name == "mnist" else name
 
 
-def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path, smoke: bool):
+def run(
+    key: str,
+    spec: JobSpec,
+    budget_s: float,
+    data_dir: Path,
+    var_dir: Path,
+    smoke: bool,
+    widths: tuple[int, ...] = (64, 256, 256),
+):
     arch = ARCHITECTURES[key]
     data = load_dataset(str(spec.dataset), arch.image_shape, data_dir, var_dir, allow_download=True)
     if smoke:
@@ -72,14 +93,21 @@ def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path,
     with runtime(spec.seed, mixed_precision=True) as info:
         strategy = info.pop("_strategy")
         batch = spec.batch_size * strategy.num_replicas_in_sync
-        train_ds = train_dataset(x, y, arch.family, batch, spec.seed, bool(spec.augment))
+        mode = augmentation(spec, arch.family)
+        train_ds = train_dataset(x, y, arch.family, batch, spec.seed, mode)
         test_ds = eval_dataset(data.x_test, data.y_test, arch.family, 1024)
+        shape = network_input_shape(arch.image_shape, arch.family)
+        steps = math.ceil(len(x) / batch)
+        spe = min(DEFAULT_STEPS_PER_EXECUTION, steps)
         with strategy.scope():
-            model = build_model(
-                key, network_input_shape(arch.image_shape, arch.family), 10, spec.regularization
-            )
-            compile_model(model, spec)
-        clock = TestAccuracyClock(test_ds, 0.99 if arch.family == "mnist" else None, budget_s)
+            if key == "cifar10_airnet":
+                model = airnet(shape, 10, spec.regularization, 0.0, widths=widths)
+            else:
+                model = build_model(key, shape, 10, regularization_for(spec))
+            if arch.prepare is not None:
+                arch.prepare(model, x)
+            compile_model(model, spec, spe, steps * spec.epochs)
+        clock = TestAccuracyClock(test_ds, TARGETS.get(key), budget_s)
         started = time.perf_counter()
         model.fit(train_ds, epochs=spec.epochs, callbacks=[clock], shuffle=False, verbose=0)
         wall = time.perf_counter() - started
@@ -92,11 +120,14 @@ def run(key: str, spec: JobSpec, budget_s: float, data_dir: Path, var_dir: Path,
         "batch_size": batch,
         "epochs_run": len(clock.curve),
         "images_per_second": round(len(x) * len(clock.curve) / wall, 1),
-        "time_to_99_s": clock.time_to_target,
+        "recipe": spec.recipe,
+        "augmentation": mode,
+        "target": TARGETS.get(key),
+        "time_to_target_s": clock.time_to_target,
         "best_test_accuracy": best["test_accuracy"],
         "time_to_best_s": best["seconds"],
         "curve": clock.curve,
-        "steps_per_epoch": math.ceil(len(x) / batch),
+        "steps_per_epoch": steps,
     }
 
 
@@ -108,21 +139,30 @@ def main() -> None:
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var")
     parser.add_argument("--cifar-dataset", default="cifar10", help="or an image-folder dataset")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--models", nargs="+", default=["mnist_cnn", "cifar10_cnn_bn"])
+    parser.add_argument("--airnet-epochs", type=int, default=10)
+    parser.add_argument("--airnet-widths", type=int, nargs=3, default=[64, 256, 256])
     args = parser.parse_args()
-    plans = [
-        ("mnist_cnn", 0.4, {"epochs": 40, "batch_size": 128}),
-        ("cifar10_cnn_bn", 0.6, {"epochs": 200, "batch_size": 128}),
-    ]
+    adam = {"optimizer": {"name": "adam", "learning_rate": 0.001}}
+    plans = {
+        "mnist_cnn": (0.4, {"epochs": 40, "batch_size": 128, **adam}),
+        "cifar10_cnn_bn": (0.6, {"epochs": 200, "batch_size": 128, **adam}),
+        # The fast recipe's defaults (Nesterov SGD, batch 512, triangular rate); the schedule
+        # spans these epochs, so the budget should exceed their training time.
+        "cifar10_airnet": (1.0, {"epochs": args.airnet_epochs}),
+    }
+    chosen = [(key, *plans[key]) for key in args.models]
+    total_share = sum(share for _, share, _ in chosen)
     results = []
-    for key, share, overrides in plans:
+    for key, share, overrides in chosen:
         if args.smoke:
-            overrides = {"epochs": 1, "batch_size": 64}
+            overrides = {**overrides, "epochs": 1, "batch_size": 64}
         if key.startswith("cifar10"):
             overrides = {**overrides, "dataset": args.cifar_dataset}
-        spec = JobSpec(model=key, optimizer={"name": "adam", "learning_rate": 0.001}, **overrides)
-        results.append(
-            run(key, spec, args.budget_s * share, args.data_dir, args.var_dir, args.smoke)
-        )
+        spec = JobSpec(model=key, **overrides)
+        budget = args.budget_s * share / total_share
+        widths = tuple(args.airnet_widths)
+        results.append(run(key, spec, budget, args.data_dir, args.var_dir, args.smoke, widths))
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

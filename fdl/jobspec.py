@@ -23,6 +23,22 @@ ARCHITECTURES: dict[str, str] = {
     "mnist_cnn": "mnist",
     "cifar10_cnn": "cifar10",
     "cifar10_cnn_bn": "cifar10",
+    "cifar10_airnet": "cifar10",
+}
+RecipeName = Literal["book", "fast"]
+# What a recipe gives the fields a spec leaves unset (training/recipes.py has the rest of each
+# recipe: schedule, label smoothing, weight decay, averaging, augmentation). Keyed by recipe, then
+# by model; "*" is every other model. The resolved values are stored in the job's spec.
+RECIPE_DEFAULTS: dict[str, dict[str, dict]] = {
+    "book": {"*": {}},
+    "fast": {
+        # Twice the book's batch, Adam's rate scaled with it (linear scaling rule).
+        "*": {"batch_size": 256, "optimizer": {"name": "adam", "learning_rate": 0.002}},
+        "cifar10_airnet": {
+            "batch_size": 512,
+            "optimizer": {"name": "nesterov", "learning_rate": 0.8, "momentum": 0.9},
+        },
+    },
 }
 BUILTIN_DATASETS = ("mnist", "cifar10")
 # Served model names, labels and folder dataset names: a path segment, never a path. Matched
@@ -90,7 +106,13 @@ class PublishSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    model: Literal["mnist_logreg", "mnist_mlp", "mnist_cnn", "cifar10_cnn", "cifar10_cnn_bn"]
+    model: Literal[
+        "mnist_logreg", "mnist_mlp", "mnist_cnn", "cifar10_cnn", "cifar10_cnn_bn", "cifar10_airnet"
+    ]
+    recipe: RecipeName | None = Field(
+        default=None,
+        description="training recipe: book (default) or fast (default for cifar10_airnet)",
+    )
     dataset: str | None = Field(
         default=None,
         description="mnist, cifar10, or the name of an image-folder dataset under FDL_DATA_DIR",
@@ -150,6 +172,19 @@ class JobSpec(_Strict):
             self.dataset = ARCHITECTURES[self.model]
         if self.publish_as is None:
             self.publish_as = self.model
+        self._apply_recipe()
         if self.augment is None:
             self.augment = ARCHITECTURES[self.model] == "cifar10"
         return self
+
+    def _apply_recipe(self) -> None:
+        """Fills the fields the caller left unset from the recipe's defaults."""
+        if self.recipe is None:
+            self.recipe = "fast" if self.model == "cifar10_airnet" else "book"
+        table = RECIPE_DEFAULTS[self.recipe]
+        defaults = table.get(self.model, table["*"])
+        unset = set(defaults) - self.model_fields_set
+        if "batch_size" in unset:
+            self.batch_size = defaults["batch_size"]
+        if "optimizer" in unset:
+            self.optimizer = OptimizerSpec(**defaults["optimizer"])

@@ -1,4 +1,5 @@
-"""The book's architectures as Keras functional models that output logits.
+"""The architectures as Keras functional models that output logits (the book's, and
+``cifar10_airnet`` from :mod:`training.models_airnet`).
 
 The book's TF1 code applies ReLU to the output layer; here the last layer is linear (logits) and
 softmax is applied in the loss and in the exported graph. Hidden layers use He-normal init.
@@ -10,16 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from fdl.jobspec import RegularizationSpec
+from training.models_airnet import airnet, prepare_whitening
 
 
 @dataclass(frozen=True)
 class Architecture:
-    family: str  # "mnist" or "cifar": which preprocessing and raw image shape
+    # Which preprocessing: "mnist", "cifar" (the book's 24x24 crop) or "cifar32" (full image).
+    family: str
     image_shape: tuple[int, int, int]  # raw uint8 input of the exported model
     default_dropout: float
     build: Callable[[tuple[int, int, int], int, RegularizationSpec, float], keras.Model]
+    # Sets weights computed from the uint8 training images before training (e.g. whitening).
+    prepare: Callable[[keras.Model, np.ndarray], None] | None = None
 
 
 def _kw(reg: RegularizationSpec) -> dict:
@@ -133,6 +139,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mnist_cnn": Architecture("mnist", MNIST_SHAPE, 0.5, mnist_cnn),
     "cifar10_cnn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=False)),
     "cifar10_cnn_bn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=True)),
+    "cifar10_airnet": Architecture("cifar32", CIFAR_SHAPE, 0.0, airnet, prepare_whitening),
 }
 
 

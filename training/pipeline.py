@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from training.batch_augment import BATCH_AUGMENTATIONS
 from training.preprocess import augment_one, eval_preprocess
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -27,15 +28,18 @@ def train_dataset(
     family: str,
     batch_size: int,
     seed: int,
-    augment: bool,
+    augment: bool | str,
 ) -> tf.data.Dataset:
     """Shuffled (seeded, a new order every epoch) training batches of network input.
 
-    Without augmentation the pipeline shuffles *indices* once per epoch and gathers whole batches
-    of uint8 pixels, preprocessing a batch at a time (vectorised, no per-example work); with
-    augmentation each example gets its own random crop/flip/brightness/contrast.
+    ``augment``: False or "none", True or "book" (the book's per-example augmentation), or one
+    of ``training.batch_augment.BATCH_AUGMENTATIONS`` ("book_batched", "flip_translate").
+    The pipeline shuffles *indices* once per epoch and gathers whole batches of uint8 pixels,
+    preprocessing (or augmenting, seeded by epoch and batch) a batch at a time, with no
+    per-example work; "book" instead gives each example its own map call.
     """
-    if augment:
+    mode = {True: "book", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
+    if mode == "book":
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -54,12 +58,22 @@ def train_dataset(
             tf.range(count, dtype=tf.int64), seed=tf.stack([epoch_seed, tf.constant(0, tf.int64)])
         )
         return tf.data.Dataset.range(batches).map(
-            lambda i: order[i * batch_size : tf.minimum((i + 1) * batch_size, count)]
+            lambda i: (
+                order[i * batch_size : tf.minimum((i + 1) * batch_size, count)],
+                tf.stack([epoch_seed, i + 1]),
+            )
         )
 
+    if mode == "none":
+        transform = lambda pixels, _: eval_preprocess(pixels, family)  # noqa: E731
+    else:
+        transform = BATCH_AUGMENTATIONS[mode]
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     ds = seeds.flat_map(epoch).map(
-        lambda idx: (eval_preprocess(tf.gather(images, idx), family), tf.gather(labels, idx)),
+        lambda idx, batch_seed: (
+            transform(tf.gather(images, idx), batch_seed),
+            tf.gather(labels, idx),
+        ),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

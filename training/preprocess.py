@@ -11,6 +11,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 CROP = 24
+# CIFAR-10's training-set channel mean and standard deviation, in pixel units ("cifar32").
+CIFAR_MEAN = (125.31, 122.95, 113.87)
+CIFAR_STD = (62.99, 62.09, 66.70)
 
 
 def eval_preprocess(images: tf.Tensor, family: str) -> tf.Tensor:
@@ -18,6 +21,8 @@ def eval_preprocess(images: tf.Tensor, family: str) -> tf.Tensor:
     x = tf.cast(images, tf.float32)
     if family == "mnist":
         return x / 255.0
+    if family == "cifar32":
+        return (x - tf.constant(CIFAR_MEAN)) / tf.constant(CIFAR_STD)
     x = tf.image.resize_with_crop_or_pad(x, CROP, CROP)
     return tf.image.per_image_standardization(x)
 
@@ -34,6 +39,6 @@ def augment_one(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def network_input_shape(image_shape: tuple[int, int, int], family: str) -> tuple[int, int, int]:
-    if family == "mnist":
+    if family in ("mnist", "cifar32"):
         return image_shape
     return (CROP, CROP, image_shape[2])

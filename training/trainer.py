@@ -21,9 +21,9 @@ from fdl.jobspec import JobSpec
 from training.callbacks import JobCallback
 from training.data import ImageData
 from training.models import ARCHITECTURES, build_model
-from training.optimizers import make_optimizer
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
+from training.recipes import augmentation, compile_for_recipe, regularization_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,12 @@ def runtime(seed: int, mixed_precision: bool) -> Iterator[dict[str, Any]]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def compile_model(model: keras.Model, spec: JobSpec, steps_per_execution: int = 1) -> None:
-    model.compile(
-        steps_per_execution=steps_per_execution,
-        optimizer=make_optimizer(spec.optimizer),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+def compile_model(
+    model: keras.Model, spec: JobSpec, steps_per_execution: int = 1, total_steps: int = 1
+) -> None:
+    """Compiles with the spec's optimizer and loss under its recipe (``training.recipes``);
+    ``total_steps`` (batches over all epochs) shapes the recipe's learning-rate schedule."""
+    compile_for_recipe(model, spec, total_steps, steps_per_execution)
 
 
 def train(
@@ -91,14 +90,18 @@ def train(
     with runtime(spec.seed, mixed_precision) as info:
         strategy = info.pop("_strategy")
         batch = spec.batch_size * strategy.num_replicas_in_sync
-        train_ds = train_dataset(
-            x_train, y_train, arch.family, batch, spec.seed, bool(spec.augment)
-        )
+        augment = augmentation(spec, arch.family)
+        train_ds = train_dataset(x_train, y_train, arch.family, batch, spec.seed, augment)
         val_ds = eval_dataset(*validation, arch.family, batch) if validation else None
-        with strategy.scope():
-            model = build_model(spec.model, net_shape, len(data.class_names), spec.regularization)
-            compile_model(model, spec, steps_per_execution)
         steps = math.ceil(len(x_train) / batch)
+        with strategy.scope():
+            model = build_model(
+                spec.model, net_shape, len(data.class_names), regularization_for(spec)
+            )
+            if arch.prepare is not None:
+                arch.prepare(model, x_train)
+            compile_model(model, spec, steps_per_execution, steps * spec.epochs)
+        info |= {"recipe": spec.recipe, "augmentation": augment}
         progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)
         callbacks: list[keras.callbacks.Callback] = [progress]
         if tensorboard_dir is not None and importlib.util.find_spec("tensorboard") is None:

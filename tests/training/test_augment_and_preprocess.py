@@ -24,7 +24,7 @@ def cifar_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return exact["x_test"][:16], exact["y_test"][:16].astype(np.int64)
 
 
-@pytest.mark.parametrize("model", ["cifar10_cnn_bn", "mnist_cnn"])
+@pytest.mark.parametrize("model", ["cifar10_cnn_bn", "mnist_cnn", "cifar10_airnet"])
 def test_exported_graph_equals_training_time_evaluation(
     model: str, cifar_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

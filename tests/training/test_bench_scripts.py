@@ -34,3 +34,34 @@ def test_gpu_train_smoke_on_cpu(small_data_dir: Path, tmp_path: Path) -> None:
         assert 0 <= row["best_test_accuracy"] <= 1 and row["images_per_second"] > 0
         assert row["precision_policy"] == "float32"  # no GPU here
     assert [r["dataset"] for r in results] == ["MNIST", "tinycifar"]
+
+
+def test_gpu_train_smoke_runs_the_airnet_with_its_recipe(
+    small_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gpu.json"
+    argv = [
+        sys.executable,
+        "bench/gpu_train.py",
+        "--smoke",
+        "--models",
+        "cifar10_airnet",
+        "--airnet-widths",
+        "8",
+        "16",
+        "16",
+        "--data-dir",
+        str(small_data_dir),
+        "--cifar-dataset",
+        "tinycifar",
+        "--var-dir",
+        str(tmp_path / "var"),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "cifar10_airnet" and row["recipe"] == "fast"
+    assert row["augmentation"] == "flip_translate" and row["target"] == 0.94
+    assert row["epochs_run"] == 1 and 0 <= row["best_test_accuracy"] <= 1

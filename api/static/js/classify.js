@@ -1,7 +1,7 @@
 // Classify: a drawing pad (digits) and a photo drop zone, the preprocessed image, top-k bars.
 import { api, describe } from "./api.js";
 import { channelsOf, getModel, listModels } from "./catalog.js";
-import { el, showError } from "./ui.js";
+import { el, pct, showError } from "./ui.js";
 
 const TOP_K = 5;
 const $ = (id) => document.getElementById(id);
@@ -211,10 +211,19 @@ export function initClassify() {
     if (!name) return;
     try {
       const info = await getModel(name);
+      // Each version's test accuracy beside it, so that people pick the good one.
+      const accuracy = (n) => {
+        const found = info.versions.find((v) => v.version === Number(n));
+        const value = found && found.metrics.test_accuracy;
+        return typeof value === "number" ? `, test ${pct(value, 1)}` : "";
+      };
       for (const [label, v] of Object.entries(info.labels)) {
-        version.append(el("option", { value: `l:${label}` }, `${label} (v${v})`));
+        version.append(el("option", { value: `l:${label}` }, `${label} (v${v}${accuracy(v)})`));
       }
-      for (const v of info.versions) version.append(el("option", { value: `v:${v.version}` }, `v${v.version}`));
+      for (const v of info.versions) {
+        const text = `v${v.version}${accuracy(v.version).replace(", ", " · ")}`;
+        version.append(el("option", { value: `v:${v.version}` }, text));
+      }
       if ([...version.options].some((o) => o.value === keep)) version.value = keep;
     } catch {
       // Unknown model or no catalog route: "latest" still works.

@@ -1,0 +1,111 @@
+"""``cifar10_airnet``: a small modern CIFAR-10 convnet in the spirit of airbench (Keller Jordan's
+cifar10-airbench), written for Keras from its description, not its code.
+
+- A frozen 2x2 patch-whitening first convolution: its filters are the eigenvectors of the
+  covariance of 2x2 training patches, scaled by 1/sqrt(eigenvalue), each with its negative
+  (``prepare_whitening``, run once on training images before training).
+- Three blocks of conv 3x3 -> max-pool 2 -> BatchNorm -> GELU -> conv 3x3 -> BatchNorm -> GELU.
+  BatchNorm learns a bias only (no scale), as in airbench.
+- Global max-pool, a linear layer without bias, logits scaled down by 1/8 so that the
+  label-smoothed loss starts near log(K).
+- Test-time augmentation inside the model: at inference (``training=False``: evaluation,
+  ``predict`` and the exported serving graph) the logits are the mean over the image and its
+  left-right mirror; training sees single images.
+
+The input is the full 32x32 image normalized by CIFAR-10's channel mean and standard deviation
+(family ``cifar32`` in ``training.preprocess``).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from fdl.jobspec import RegularizationSpec
+
+# Channel widths of the three blocks. airbench94 uses (64, 256, 256); these are smaller so that
+# an epoch of 45,000 images fits the 2-core CPU budget (about the FLOPs of cifar10_cnn_bn).
+WIDTHS = (32, 64, 128)
+WHITEN_PATCH = 2
+WHITEN_EPS = 1e-3  # added to eigenvalues: keeps the noisiest directions from being amplified
+WHITEN_IMAGES = 1024  # training images whose patches estimate the covariance
+LOGIT_SCALE = 0.125
+BN = {"momentum": 0.9, "epsilon": 1e-5, "scale": False}
+
+
+class FlipAveraged(keras.layers.Layer):
+    """Runs ``net`` on the batch and, at inference, also on its mirror, averaging the logits."""
+
+    def __init__(self, net: keras.Model, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+
+    def call(self, x, training=None):
+        if training:
+            return self.net(x, training=True)
+        mirrored = keras.ops.flip(x, axis=2)  # NHWC: axis 2 is the width
+        return (self.net(x, training=False) + self.net(mirrored, training=False)) / 2.0
+
+    def compute_output_shape(self, input_shape):
+        return self.net.compute_output_shape(input_shape)
+
+
+def _conv(filters: int, kw: dict, name: str) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=name, **kw
+    )
+
+
+def airnet(
+    shape, num_classes, reg: RegularizationSpec, dropout: float, widths: tuple[int, ...] = WIDTHS
+) -> keras.Model:
+    from training.models import _kw  # the shared regularization keywords
+
+    kw = _kw(reg)
+    inputs = keras.Input(shape=shape, name="pixels")
+    channels = shape[-1] * WHITEN_PATCH * WHITEN_PATCH
+    x = keras.layers.Conv2D(
+        2 * channels, WHITEN_PATCH, use_bias=False, trainable=False, name="whiten"
+    )(inputs)
+    x = keras.layers.BatchNormalization(name="whiten_bn", **BN)(x)
+    x = keras.layers.Activation("gelu", name="whiten_gelu")(x)
+    for i, width in enumerate(widths, start=1):
+        x = _conv(width, kw, f"block{i}_conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn1", **BN)(x)
+        x = keras.layers.Activation("gelu", name=f"block{i}_gelu1")(x)
+        x = _conv(width, kw, f"block{i}_conv2")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn2", **BN)(x)
+        x = keras.layers.Activation("gelu", name=f"block{i}_gelu2")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(num_classes, use_bias=False, dtype="float32", name="logits", **kw)(x)
+    logits = keras.layers.Rescaling(LOGIT_SCALE, dtype="float32", name="logit_scale")(x)
+    net = keras.Model(inputs, logits, name="airnet_body")
+    outer = keras.Input(shape=shape, name="pixels")
+    return keras.Model(outer, FlipAveraged(net, name="flip_tta")(outer), name="cifar10_airnet")
+
+
+def whitening_kernel(images: np.ndarray, eps: float = WHITEN_EPS) -> np.ndarray:
+    """[N, H, W, C] float network input -> the whitening conv kernel [p, p, C, 2*p*p*C]."""
+    p = WHITEN_PATCH
+    c = images.shape[-1]
+    windows = np.lib.stride_tricks.sliding_window_view(images, (p, p), axis=(1, 2))
+    # [N, H-p+1, W-p+1, C, p, p] -> patches flattened in the kernel's (row, col, channel) order.
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, p * p * c).astype(np.float64)
+    patches -= patches.mean(axis=0)
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    filters = eigenvectors / np.sqrt(eigenvalues + eps)
+    filters = np.concatenate([filters, -filters], axis=1)
+    return filters.reshape(p, p, c, 2 * p * p * c).astype(np.float32)
+
+
+def prepare_whitening(model: keras.Model, images: np.ndarray) -> None:
+    """Sets the frozen first convolution from the first uint8 training images."""
+    from training.preprocess import eval_preprocess
+
+    network_input = np.asarray(eval_preprocess(images[:WHITEN_IMAGES], "cifar32"))
+    body = model.get_layer("flip_tta").net
+    body.get_layer("whiten").set_weights([whitening_kernel(network_input)])
