@@ -31,6 +31,7 @@ run: $(RUN_STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Builds the images (stand-in bases where none can be pulled) and runs the compose stack end to
@@ -41,6 +42,7 @@ test-containers: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 lint-deploy: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/lint-deploy.sh
