@@ -6,9 +6,10 @@ The body (multipart files, JSON ``{"instances": [{"b64": ...}]}``, a raw image) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from api.bodies import read_images
@@ -66,28 +67,44 @@ REQUEST_BODY = {
 }
 
 
-async def _classify(
-    request: Request,
-    target: Target,
-    settings: GatewaySettings,
-    predictor: PredictCoalescer,
-    metadata: MetadataCache,
-    limits: DecodeLimits,
-    request_id: str,
-) -> JSONResponse:
-    """Returns the response directly: the result is built here, re-validating it would cost."""
-    images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
-    result = await classify(
-        predictor,
-        metadata,
-        target,
-        images,
-        top_k or settings.default_top_k,
-        request_id,
-        limits,
-        profile_override=settings.profiles.get(target.model),
-    )
-    return JSONResponse(result)
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """What every classify route needs besides its target, from the app's dependencies."""
+
+    settings: GatewaySettings
+    predictor: PredictCoalescer
+    metadata: MetadataCache
+    limits: DecodeLimits
+    request_id: str
+
+    async def respond(self, request: Request, target: Target) -> JSONResponse:
+        """Returns the response directly: the result is built here, re-validating it would cost."""
+        settings = self.settings
+        images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
+        result = await classify(
+            self.predictor,
+            self.metadata,
+            target,
+            images,
+            top_k or settings.default_top_k,
+            self.request_id,
+            self.limits,
+            profile_override=settings.profiles.get(target.model),
+        )
+        return JSONResponse(result)
+
+
+async def classifier(
+    settings: SettingsDep,
+    predictor: PredictorDep,
+    metadata: MetadataDep,
+    limits: DecodeLimitsDep,
+    request_id: RequestIdDep,
+) -> Classifier:
+    return Classifier(settings, predictor, metadata, limits, request_id)
+
+
+ClassifierDep = Annotated[Classifier, Depends(classifier)]
 
 
 @router.post(
@@ -98,18 +115,9 @@ async def _classify(
     responses=CLASSIFY_RESPONSES,
 )
 async def classify_latest(
-    model: ModelName,
-    request: Request,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-    metadata: MetadataDep,
-    limits: DecodeLimitsDep,
-    request_id: RequestIdDep,
-    _caller: ClassifyDep,
+    model: ModelName, request: Request, classifier: ClassifierDep, _caller: ClassifyDep
 ) -> JSONResponse:
-    return await _classify(
-        request, Target(model), settings, predictor, metadata, limits, request_id
-    )
+    return await classifier.respond(request, Target(model))
 
 
 @router.post(
@@ -123,15 +131,10 @@ async def classify_version(
     model: ModelName,
     version: Annotated[int, Path(ge=1, le=2**62)],
     request: Request,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-    metadata: MetadataDep,
-    limits: DecodeLimitsDep,
-    request_id: RequestIdDep,
+    classifier: ClassifierDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    target = Target(model, version=version)
-    return await _classify(request, target, settings, predictor, metadata, limits, request_id)
+    return await classifier.respond(request, Target(model, version=version))
 
 
 @router.post(
@@ -145,12 +148,7 @@ async def classify_label(
     model: ModelName,
     label: LabelName,
     request: Request,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-    metadata: MetadataDep,
-    limits: DecodeLimitsDep,
-    request_id: RequestIdDep,
+    classifier: ClassifierDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    target = Target(model, label=label)
-    return await _classify(request, target, settings, predictor, metadata, limits, request_id)
+    return await classifier.respond(request, Target(model, label=label))
