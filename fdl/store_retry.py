@@ -13,13 +13,6 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import redis
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 log = logging.getLogger("fdl.jobs")
 # Errors that a Redis restart causes (BusyLoadingError, while it reloads its data, is one of the
@@ -43,6 +36,15 @@ def retried(method: M) -> M:
     def wrapper(self: Retries, *args: Any, **kwargs: Any) -> Any:
         if self.retry_for_s <= 0 or getattr(self._local, "retrying", False):
             return method(self, *args, **kwargs)
+        # Imported here: the gateway's store never retries, and its start-up stays without it.
+        from tenacity import (
+            Retrying,
+            before_sleep_log,
+            retry_if_exception_type,
+            stop_after_delay,
+            wait_exponential,
+        )
+
         self._local.retrying = True
         try:
             retrying = Retrying(
