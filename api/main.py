@@ -28,7 +28,8 @@ from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import RateLimiter
 from api.routers import classify, health, jobs, models, ui
-from api.serving_client import TLS, ServingClient
+from api.serving_client import ServingClient
+from api.serving_tls import TLS
 from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
 

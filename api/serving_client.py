@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -36,7 +35,7 @@ from fdl import contract
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-    from api.settings import GatewaySettings
+    from api.serving_tls import TLS
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts up to INT_MAX.
 # Every address the target resolves to gets requests in turn (a headless Service's pods, an
@@ -94,37 +93,6 @@ def model_spec(
     elif label is not None:
         spec.version_label = label
     return spec
-
-
-@dataclass(frozen=True)
-class TLS:
-    """TLS to the model server: the CA of its certificate, an optional client key pair, and the
-    name to expect in its certificate when the target's host is not that name."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> TLS | None:
-        """None (plain gRPC) unless FDL_SERVING_TLS_CA_FILE is set."""
-        if settings.serving_tls_ca_file is None:
-            return None
-        return cls(
-            settings.serving_tls_ca_file,
-            settings.serving_tls_cert_file,
-            settings.serving_tls_key_file,
-            settings.serving_tls_server_name,
-        )
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        key = chain = None
-        if self.cert_file is not None and self.key_file is not None:
-            key, chain = self.key_file.read_bytes(), self.cert_file.read_bytes()
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(), private_key=key, certificate_chain=chain
-        )
 
 
 class ServingClient:
