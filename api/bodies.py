@@ -15,14 +15,23 @@ from api.errors import ApiError
 
 
 async def read_images(
-    request: Request, max_bytes: int, max_batch: int | None = None
+    request: Request, max_bytes: int, max_batch: int
 ) -> tuple[list[bytes], int | None]:
-    """The images and the optional top_k of a multipart or JSON request.
+    """The images and the optional top_k of a multipart, JSON or raw-image request.
 
-    The body-size limit itself is enforced while streaming by :mod:`api.middleware`.
+    Args:
+        request: the request whose body is read.
+        max_bytes: the largest multipart part (the whole body's limit is enforced while it
+            streams, by :mod:`api.middleware`).
+        max_batch: the most images one request may carry.
+
+    Returns:
+        The encoded images and ``top_k`` (``None`` when the request gives none).
+
+    Raises:
+        ApiError: 415 for another content type; 422 (400 for over-deep JSON) for a body that
+            does not hold what it should, with a code that says what.
     """
-    if max_batch is None:
-        max_batch = request.app.state.settings.max_batch_size
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         try:
