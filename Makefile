@@ -2,23 +2,36 @@
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two environments in one .venv: `make run` installs what the stack runs (RUN_STAMP); `make test`
+# and the tool targets install the dev extra on top (STAMP), which marks the run set as present too.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+RUN_EXTRAS := api,training,serving
 PYTEST_ARGS ?=
 
 .PHONY: run test test-containers lint lint-deploy format bench-serving bench-training bench-gateway bench-gateway-bombs bench-peers bench-promotion protos clean
 
-$(STAMP): pyproject.toml
+define install_extras
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(1)]'
+endef
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml
+	$(call install_extras,$(RUN_EXTRAS))
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml
+	$(call install_extras,dev)
+	touch $(STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/fdl up
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Builds the images (stand-in bases where none can be pulled) and runs the compose stack end to
@@ -29,6 +42,7 @@ test-containers: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 lint-deploy: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/lint-deploy.sh

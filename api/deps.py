@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, job store, Celery, the model-server client, auth.
+"""FastAPI dependencies: the services start-up builds (settings, job store, Celery, the model-server
+client and what wraps it), the request id, auth.
 
 All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a hop that
 costs more than these attribute reads.
@@ -9,14 +10,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 from starlette.datastructures import State
 
 from api import auth
+from api.classification import DecodeLimits
+from api.coalesce import PredictCoalescer
 from api.metadata_cache import MetadataCache
+from api.promotion import Promoter
 from api.serving_client import ServingClient
 from api.settings import GatewaySettings
 from fdl.jobs import JobStore
@@ -27,24 +32,40 @@ if TYPE_CHECKING:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
-async def get_settings(request: Request) -> GatewaySettings:
-    return request.app.state.settings
+async def app_settings(request: Request) -> GatewaySettings:
+    return cast("GatewaySettings", request.app.state.settings)
 
 
-async def get_store(request: Request) -> JobStore:
-    return request.app.state.store
+async def app_store(request: Request) -> JobStore:
+    return cast("JobStore", request.app.state.store)
 
 
-async def get_celery(request: Request) -> Celery:
+async def app_celery(request: Request) -> Celery:
     return celery_app(request.app.state)
 
 
-async def get_serving(request: Request) -> ServingClient:
-    return request.app.state.serving
+async def app_serving(request: Request) -> ServingClient:
+    return cast("ServingClient", request.app.state.serving)
 
 
-async def get_metadata(request: Request) -> MetadataCache:
-    return request.app.state.metadata
+async def app_metadata(request: Request) -> MetadataCache:
+    return cast("MetadataCache", request.app.state.metadata)
+
+
+async def app_predictor(request: Request) -> PredictCoalescer:
+    return cast("PredictCoalescer", request.app.state.predictor)
+
+
+async def app_decode_limits(request: Request) -> DecodeLimits:
+    return cast("DecodeLimits", request.app.state.decode_limits)
+
+
+async def app_promoter(request: Request) -> Promoter:
+    return cast("Promoter", request.app.state.promoter)
+
+
+async def app_redis(request: Request) -> aioredis.Redis:
+    return cast("aioredis.Redis", request.app.state.redis)
 
 
 def celery_app(state: State) -> Celery:
@@ -71,15 +92,19 @@ def sane_request_id(value: str | None) -> str:
     return value if value and _REQUEST_ID.match(value) else uuid.uuid4().hex
 
 
-SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-ServingDep = Annotated[ServingClient, Depends(get_serving)]
-MetadataDep = Annotated[MetadataCache, Depends(get_metadata)]
+SettingsDep = Annotated[GatewaySettings, Depends(app_settings)]
+StoreDep = Annotated[JobStore, Depends(app_store)]
+ServingDep = Annotated[ServingClient, Depends(app_serving)]
+MetadataDep = Annotated[MetadataCache, Depends(app_metadata)]
+PredictorDep = Annotated[PredictCoalescer, Depends(app_predictor)]
+DecodeLimitsDep = Annotated[DecodeLimits, Depends(app_decode_limits)]
+PromoterDep = Annotated[Promoter, Depends(app_promoter)]
+RedisDep = Annotated[aioredis.Redis, Depends(app_redis)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 if TYPE_CHECKING:
-    CeleryDep = Annotated[Celery, Depends(get_celery)]
+    CeleryDep = Annotated[Celery, Depends(app_celery)]
 else:  # Celery is imported on first use only; FastAPI needs no type for a dependency
-    CeleryDep = Annotated[object, Depends(get_celery)]
+    CeleryDep = Annotated[object, Depends(app_celery)]
 
 
 class _KeyCheck(HTTPBearer):

@@ -12,17 +12,16 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from api.errors import STORE_RETRY_AFTER_S
-from fdl.jobs import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus
+from fdl.jobs import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
 
 log = logging.getLogger("fdl.gateway")
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # The longest XREAD block; it is cut to half the client's socket timeout.
 MAX_BLOCK_MS = 10_000
 # redis-py's socket timeout (since 6.0) when the URL sets none; connection_kwargs omit it then.
@@ -31,7 +30,7 @@ KEEP_ALIVE = {"comment": "keep-alive"}
 
 
 def _is_end(kind: str, data: Any) -> bool:
-    return kind == "status" and isinstance(data, dict) and data.get("status") in TERMINAL_VALUES
+    return kind == "status" and isinstance(data, dict) and data.get("status") in TERMINAL
 
 
 def block_ms_for(client: aioredis.Redis) -> int:
@@ -64,7 +63,7 @@ async def job_events(
     block = block_ms if block_ms is not None else block_ms_for(client)
     while True:
         try:
-            reply = await client.xread({key: after}, count=100, block=block)
+            reply = cast(StreamReply, await client.xread({key: after}, count=100, block=block))
             status = None if reply else await job_status(client, job_id)
         except RedisError as error:
             log.warning("job %s event stream: job store unavailable: %r", job_id, error)

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from api.auth import Keyring
 from api.budget import Budget
-from api.classify import DecodeLimits
+from api.classification import DecodeLimits
 from api.coalesce import PredictCoalescer
 from api.docs import install_docs
 from api.errors import install_error_handlers
@@ -28,7 +28,8 @@ from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import RateLimiter
 from api.routers import classify, health, jobs, models, ui
-from api.serving_client import TLS, ServingClient
+from api.serving_client import ServingClient
+from api.serving_tls import TLS
 from api.settings import GatewaySettings, get_settings
 from fdl.jobs import JobStore
 
@@ -86,9 +87,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     collector = JobsCollector(app.state.store)
     REGISTRY.register(collector)
-    # What start-up built lives as long as the process: keep it out of the collector's full
-    # passes, which otherwise walk it all again and again (under load the collector took 44-56 us
-    # per classify request before, 14-21 us after; docs/gateway.md, Benchmarks).
+    # What start-up built lives as long as the process: keep it out of the garbage collector's
+    # full passes, which would otherwise walk it again and again under load (docs/gateway.md,
+    # Benchmarks).
     gc.freeze()
     try:
         yield
@@ -122,6 +123,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    ui.mount_static(app)
     install_docs(app)
     return app
 

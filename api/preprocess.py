@@ -181,4 +181,5 @@ def _ink_map(gray: Image.Image) -> np.ndarray:
     # uint8 truncates to 255, so no clipping is needed.
     array *= 255.0 / peak
     array[array < 0.2 * 255.0] = 0
-    return array.astype(np.uint8)
+    digit: np.ndarray = array.astype(np.uint8)
+    return digit

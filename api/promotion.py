@@ -73,7 +73,11 @@ class Promoter:
                 ) from error
             except asyncio.CancelledError:
                 # The thread may still get the lock: give it back as soon as it does.
-                acquiring.add_done_callback(lambda f: f.exception() is None and lock.release())
+                def release_once_acquired(done: asyncio.Future[Any]) -> None:
+                    if done.exception() is None:
+                        lock.release()
+
+                acquiring.add_done_callback(release_once_acquired)
                 raise
             try:
                 yield

@@ -8,9 +8,9 @@ on every call; retries with backoff on ``UNAVAILABLE``; message limits raised to
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -33,7 +33,9 @@ from api.wire.tfs_pb2 import (
 from fdl import contract
 
 if TYPE_CHECKING:
-    from api.settings import GatewaySettings
+    from google.protobuf.message import Message
+
+    from api.serving_tls import TLS
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts up to INT_MAX.
 # Every address the target resolves to gets requests in turn (a headless Service's pods, an
@@ -93,38 +95,21 @@ def model_spec(
     return spec
 
 
-@dataclass(frozen=True)
-class TLS:
-    """TLS to the model server: the CA of its certificate, an optional client key pair, and the
-    name to expect in its certificate when the target's host is not that name."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> TLS | None:
-        """None (plain gRPC) unless FDL_SERVING_TLS_CA_FILE is set."""
-        if settings.serving_tls_ca_file is None:
-            return None
-        return cls(
-            settings.serving_tls_ca_file,
-            settings.serving_tls_cert_file,
-            settings.serving_tls_key_file,
-            settings.serving_tls_server_name,
-        )
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        client = self.cert_file is not None and self.key_file is not None
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.key_file.read_bytes() if client else None,
-            certificate_chain=self.cert_file.read_bytes() if client else None,
-        )
-
-
 class ServingClient:
+    """Async calls to the model server's ``PredictionService`` and ``ModelService``.
+
+    Args:
+        target: a gRPC target (``host:port``, ``unix:/path``, ``dns:///name:port``, ``ipv4:a,b``);
+            calls are spread round-robin over the addresses it resolves to.
+        timeout_s: the deadline of Predict and config reloads.
+        retries: attempts per call while the server answers ``UNAVAILABLE`` (1: no retry).
+        metadata_timeout_s: the deadline of metadata and status calls (default ``timeout_s``).
+        tls: the CA, client key pair and server name for TLS; ``None`` for plain gRPC.
+
+    Every method raises ``grpc.aio.AioRpcError`` with the server's status when a call fails;
+    :meth:`input_spec` raises :class:`ModelContractError` for a model outside the contract.
+    """
+
     def __init__(
         self,
         target: str,
@@ -178,7 +163,13 @@ class ServingClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def _call(self, method, request, request_id: str | None, timeout_s: float | None = None):
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[Any]],
+        request: Message,
+        request_id: str | None,
+        timeout_s: float | None = None,
+    ) -> Any:
         metadata = (("x-request-id", request_id),) if request_id else None
         timeout = timeout_s or self.timeout_s
         try:
@@ -208,6 +199,18 @@ class ServingClient:
         label: str | None = None,
         request_id: str | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
+        """Predict with the ``serving_default`` signature of one model version.
+
+        Args:
+            model: the served model's name.
+            inputs: the input tensors by signature key.
+            version: a version number; ``label`` instead, or neither for the latest.
+            label: a version label (``stable``, ``canary``).
+            request_id: forwarded as ``x-request-id`` metadata.
+
+        Returns:
+            The version that answered and the output tensors by key.
+        """
         request = PredictRequest(
             model_spec=model_spec(model, version, label, contract.SIGNATURE_NAME)
         )
@@ -224,6 +227,11 @@ class ServingClient:
         label: str | None = None,
         request_id: str | None = None,
     ) -> InputSpec:
+        """The input of a version's ``serving_default`` signature (arguments as :meth:`predict`).
+
+        Returns:
+            The version that answered, its input key (``images`` when present), dtype and shape.
+        """
         request = GetModelMetadataRequest(
             model_spec=model_spec(model, version, label), metadata_field=["signature_def"]
         )
@@ -253,6 +261,7 @@ class ServingClient:
         )
 
     async def model_status(self, model: str, request_id: str | None = None) -> list[VersionStatus]:
+        """Returns the state (``AVAILABLE``, ``LOADING``…) of each version the server knows."""
         request = GetModelStatusRequest(model_spec=model_spec(model))
         response: GetModelStatusResponse = await self._call(
             self._status, request, request_id, self.metadata_timeout_s
@@ -270,7 +279,9 @@ class ServingClient:
     async def reload_config(
         self, request: ReloadConfigRequest, timeout_s: float | None = None
     ) -> ReloadConfigResponse:
-        return await self._call(self._reload, request, None, timeout_s)
+        """Hands the server a new model config; returns its answer (an error status inside)."""
+        response: ReloadConfigResponse = await self._call(self._reload, request, None, timeout_s)
+        return response
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers at all (an unknown model's NOT_FOUND is an answer)."""

@@ -16,16 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 from fdl.jobs import JobStore  # noqa: E402
 from fdl.redis_server import redis_server_argv  # noqa: E402
+from fdl.stack import free_port  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("FDL_DATA_DIR", ROOT.parent / "shared" / "data"))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -9,8 +9,8 @@ from httpx_sse import SSEError, connect_sse
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from fdl.cli_client import ExitCode, Gateway, console, fail
+from fdl.jobs import TERMINAL
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_RECONNECTS = 5
 
 
@@ -54,7 +54,7 @@ class Follower:
             self.progress.update(self.task, description=label.get(self.status, self.status))
         elif kind == "progress" and data.get("epoch"):
             epochs = data.get("epochs") or self.progress.tasks[0].total
-            step, steps = data.get("step"), data.get("steps")
+            step, steps = data.get("step") or 0, data.get("steps") or 0
             mid = bool(step and steps and step < steps)
             done = data["epoch"] - 1 + step / steps if mid else data["epoch"]
             self.progress.update(

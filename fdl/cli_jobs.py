@@ -176,7 +176,7 @@ def resolve_id(gateway: Gateway, job_id: str) -> str:
     if len(job_id) >= FULL_ID_LENGTH:
         return job_id
     page = gateway.get("/v1/jobs", params={"limit": 500})
-    matches = [j["id"] for j in page["jobs"] if j["id"].startswith(job_id.lower())]
+    matches: list[str] = [j["id"] for j in page["jobs"] if j["id"].startswith(job_id.lower())]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -1,8 +1,9 @@
 """The SavedModel contract between training (which exports) and serving / the gateway (which call).
 
 This module holds the names only and imports no TensorFlow, so the gateway can use it. The graph
-that implements the contract is built by :mod:`training.export`; ``tests/test_contract.py`` checks
-exported models against it with TF Serving's own Session loader.
+that implements the contract is built by :mod:`training.export`;
+``tests/training/test_export_contract.py`` checks models a real worker published against it,
+loading them with TF Serving's own Session loader.
 
 Signature ``serving_default``:
   input  ``images``  uint8   [-1, H, W, C]  raw pixels; normalization happens inside the graph

@@ -1,9 +1,10 @@
 """gRPC settings our processes start with, before ``grpc`` is first imported.
 
-grpcio 1.85's default client transport (the ``event_engine_client`` experiment) costs about 0.1 ms
-more CPU per call on each side than the older one on our 2-core machines, and about 0.25 ms of
-round-trip latency (docs/serving.md, "gRPC transport"). So the model server, the gateway and the
-benchmarks turn it off unless ``GRPC_EXPERIMENTS`` is already set, which always wins.
+gRPC's EventEngine client transport (the ``event_engine_client`` experiment) costs more CPU per
+call on each side, and more round-trip latency, than the older transport for the small unary calls
+our processes make (measurements: docs/serving.md, "gRPC transport"). So the model server, the
+gateway and the benchmarks turn it off unless ``GRPC_EXPERIMENTS`` is already set, which always
+wins.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -40,6 +40,8 @@ class JobStatus(StrEnum):
         return self in TERMINAL
 
 
+# The statuses a job never leaves. Members are strings (StrEnum), so a status read from JSON
+# tests membership directly: ``record["status"] in TERMINAL``.
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 # KEYS[1] job hash; ARGV[1] new status; ARGV[2..] field/value pairs to set with it.
@@ -85,6 +87,13 @@ _FIELDS = (
 )
 
 
+# What XREAD answers with decode_responses: (stream, [(entry id, fields)]) per stream.
+StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
+# The method JobStore.list hides the builtin inside the class body.
+_Statuses = list[tuple[str, str | None]]
+_Events = list[tuple[str, dict[str, Any]]]
+
+
 def _decode(raw: dict[str, str]) -> dict[str, Any] | None:
     if not raw:
         return None
@@ -99,6 +108,16 @@ def new_job_id() -> str:
 
 
 class JobStore:
+    """Job records, their index and their event streams in one Redis.
+
+    Args:
+        client: a Redis client made with ``decode_responses=True`` (:meth:`from_url` makes one).
+        retry_for_s: how long each operation retries while Redis is unreachable; 0 fails at once.
+
+    Reads return plain dicts (every field of a record present, ``None`` when unset) or ``None``
+    for an unknown job; status changes return whether they applied.
+    """
+
     def __init__(self, client: redis.Redis, retry_for_s: float = 0.0) -> None:
         self.redis = client
         self.retry_for_s = retry_for_s
@@ -139,7 +158,7 @@ class JobStore:
 
     @_retried
     def get(self, job_id: str) -> dict[str, Any] | None:
-        return _decode(self.redis.hgetall(JOB_KEY.format(job_id)))
+        return _decode(cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id))))
 
     @_retried
     def list(
@@ -148,7 +167,7 @@ class JobStore:
         """Newest first. Returns (page, total matching); reads only the page's records."""
         if status is None:
             total = int(self.redis.zcard(INDEX_KEY))
-            page_ids = self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1)
+            page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
         else:
             matching = [i for i, s in self.statuses() if s == status]
             total, page_ids = len(matching), matching[offset : offset + limit]
@@ -159,13 +178,14 @@ class JobStore:
         return records, total
 
     @_retried
-    def statuses(self) -> list[tuple[str, str | None]]:
+    def statuses(self) -> _Statuses:
         """(job id, status) of every job, newest first, without reading the whole records."""
-        ids = self.redis.zrevrange(INDEX_KEY, 0, -1)
+        ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, 0, -1))
         pipe = self.redis.pipeline()
         for job_id in ids:
             pipe.hget(JOB_KEY.format(job_id), "status")
-        return [(i, json.loads(v) if v else None) for i, v in zip(ids, pipe.execute(), strict=True)]
+        values: list[str | None] = pipe.execute()
+        return [(i, json.loads(v) if v else None) for i, v in zip(ids, values, strict=True)]
 
     @_retried
     def set_fields(self, job_id: str, **fields: Any) -> None:
@@ -257,20 +277,24 @@ class JobStore:
 
     @_retried
     def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
-        return self.redis.xadd(
+        entry_id = self.redis.xadd(
             EVENTS_KEY.format(job_id),
             {"type": kind, "data": json.dumps(data), "time": str(time.time())},
             maxlen=EVENTS_MAXLEN,
             approximate=True,
         )
+        return cast(str, entry_id)
 
     @_retried
     def read_events(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> _Events:
         """Events after stream id ``after``; blocks up to ``block_ms`` when none are there yet."""
-        reply = self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms)
-        events: list[tuple[str, dict[str, Any]]] = []
+        reply = cast(
+            StreamReply,
+            self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms),
+        )
+        events: _Events = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 events.append(

@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from fdl.repository import Repository
-    from fdl.settings import common_settings
+    from fdl.settings import get_settings
 
     parser = argparse.ArgumentParser(prog="python -m fdl.model_config", description=main.__doc__)
     parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
     args = parser.parse_args(argv)
-    path = Repository(args.model_dir or common_settings().model_dir).sync()
+    path = Repository(args.model_dir or get_settings().model_dir).sync()
     print(f"model config: {path}")
     return 0
 

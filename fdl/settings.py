@@ -43,5 +43,5 @@ class CommonSettings(BaseSettings):
 
 
 @lru_cache
-def common_settings() -> CommonSettings:
+def get_settings() -> CommonSettings:
     return CommonSettings()

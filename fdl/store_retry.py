@@ -10,20 +10,11 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import redis
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 log = logging.getLogger("fdl.jobs")
-P = ParamSpec("P")
-R = TypeVar("R")
 # Errors that a Redis restart causes (BusyLoadingError, while it reloads its data, is one of the
 # connection errors); anything else (a wrong type, a script error) is a bug and is not retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -34,17 +25,26 @@ class Retries(Protocol):
     _local: threading.local
 
 
-S = TypeVar("S", bound=Retries)
+M = TypeVar("M", bound=Callable[..., Any])
 
 
-def retried(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+def retried(method: M) -> M:
     """Run a store operation under the store's retry policy; an operation called from inside
     another (``finish`` calls ``transition``) is retried as part of the outer one only."""
 
     @functools.wraps(method)
-    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: Retries, *args: Any, **kwargs: Any) -> Any:
         if self.retry_for_s <= 0 or getattr(self._local, "retrying", False):
             return method(self, *args, **kwargs)
+        # Imported here: the gateway's store never retries, and its start-up stays without it.
+        from tenacity import (
+            Retrying,
+            before_sleep_log,
+            retry_if_exception_type,
+            stop_after_delay,
+            wait_exponential,
+        )
+
         self._local.retrying = True
         try:
             retrying = Retrying(
@@ -58,4 +58,4 @@ def retried(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P
         finally:
             self._local.retrying = False
 
-    return wrapper
+    return cast(M, wrapper)

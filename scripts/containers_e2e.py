@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from fdl.jobs import TERMINAL
+
 MODEL = "mnist_logreg"
 DIGITS = 60
 SERVICES = ("redis", "serving", "gateway", "worker", "flower")
@@ -101,7 +103,7 @@ def train(stack: Stack) -> int:
 
     def finished() -> dict[str, Any] | None:
         job = stack.http.get(f"/v1/jobs/{job_id}", headers=stack.admin).json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["status"] in TERMINAL else None
 
     job = until("the training job finishes", 600, finished, interval=3)
     assert job["status"] == "succeeded", json.dumps(job)[:2000]

@@ -39,5 +39,5 @@ class WorkerSettings(CommonSettings):
 
 
 @lru_cache
-def worker_settings() -> WorkerSettings:
+def get_settings() -> WorkerSettings:
     return WorkerSettings()

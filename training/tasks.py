@@ -21,9 +21,9 @@ from fdl.jobs import JobStore
 from fdl.queue import TRAIN_TASK, enqueue_training, make_celery
 from training.job import run_job
 from training.reaper import ReaperThread
-from training.settings import worker_settings
+from training.settings import get_settings
 
-settings = worker_settings()
+settings = get_settings()
 app = make_celery(
     settings.require_redis_url(),
     settings.training_queue,

@@ -1,20 +1,29 @@
-"""Image classification: multipart files, JSON ``{"instances": [{"b64": ...}]}``, a raw image."""
+"""Classification routes: latest, one version, or a labelled version of a model.
+
+The body (multipart files, JSON ``{"instances": [{"b64": ...}]}``, a raw image) is read by
+:mod:`api.bodies`; the stages run in :mod:`api.classification`.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.classify import Target, classify
-from api.deps import ClassifyDep, request_id_of
-from api.errors import ApiError
+from api.bodies import read_images
+from api.classification import DecodeLimits, Target, classify
+from api.coalesce import PredictCoalescer
+from api.deps import (
+    ClassifyDep,
+    DecodeLimitsDep,
+    MetadataDep,
+    PredictorDep,
+    RequestIdDep,
+    SettingsDep,
+)
+from api.metadata_cache import MetadataCache
 from api.schemas import CLASSIFY_RESPONSES, ClassifyResponse, LabelName, ModelName
 from api.settings import GatewaySettings
 
@@ -58,123 +67,44 @@ REQUEST_BODY = {
 }
 
 
-async def read_images(
-    request: Request, max_bytes: int, max_batch: int | None = None
-) -> tuple[list[bytes], int | None]:
-    """The images and the optional top_k of a multipart or JSON request.
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """What every classify route needs besides its target, from the app's dependencies."""
 
-    The body-size limit itself is enforced while streaming by :mod:`api.middleware`.
-    """
-    if max_batch is None:
-        max_batch = request.app.state.settings.max_batch_size
-    content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_batch + 1, max_part_size=max_bytes)
-        except StarletteHTTPException as error:
-            # Starlette answers 400 for malformed multipart and for too many parts.
-            if "Too many files" in str(error.detail):
-                raise _batch_too_large(max_batch + 1, max_batch) from error
-            raise ApiError(422, "invalid_multipart", f"{error.detail}") from error
-        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
-        if not files:
-            raise ApiError(422, "no_image", "send the image(s) as multipart parts named 'file'")
-        if len(files) > max_batch:
-            raise _batch_too_large(len(files), max_batch)
-        images = [await f.read() for f in files]
-        await form.close()
-        top_k_raw = form.get("top_k")
-        top_k = _parse_top_k(top_k_raw if isinstance(top_k_raw, str) else None)
-        return images, top_k
-    if content_type.startswith("application/json"):
-        body = await request.body()
-        return _parse_json_instances(body, max_batch)
-    if content_type.startswith(RAW_IMAGE_TYPES):
-        return await _read_raw_image(request)
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        'send multipart/form-data with \'file\' parts or JSON {"instances": [{"b64": ...}]}',
-    )
+    settings: GatewaySettings
+    predictor: PredictCoalescer
+    metadata: MetadataCache
+    limits: DecodeLimits
+    request_id: str
+
+    async def respond(self, request: Request, target: Target) -> JSONResponse:
+        """Returns the response directly: the result is built here, re-validating it would cost."""
+        settings = self.settings
+        images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
+        result = await classify(
+            self.predictor,
+            self.metadata,
+            target,
+            images,
+            top_k or settings.default_top_k,
+            self.request_id,
+            self.limits,
+            profile_override=settings.profiles.get(target.model),
+        )
+        return JSONResponse(result)
 
 
-RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+async def classifier(
+    settings: SettingsDep,
+    predictor: PredictorDep,
+    metadata: MetadataDep,
+    limits: DecodeLimitsDep,
+    request_id: RequestIdDep,
+) -> Classifier:
+    return Classifier(settings, predictor, metadata, limits, request_id)
 
 
-async def _read_raw_image(request: Request) -> tuple[list[bytes], int | None]:
-    """One image sent as the whole body (``curl --data-binary @digit.png -H 'Content-Type:
-    image/png'``), with top_k in the query string: no multipart parsing, no base64."""
-    body = await request.body()
-    if not body:
-        raise ApiError(422, "no_image", "the body is empty: send the image's bytes")
-    return [body], _parse_top_k(request.query_params.get("top_k"))
-
-
-def _batch_too_large(count: int, limit: int) -> ApiError:
-    more = "or more " if count == limit + 1 else ""
-    return ApiError(
-        422,
-        "batch_too_large",
-        f"{count} {more}images in one request; the limit is {limit}",
-    )
-
-
-def _parse_top_k(raw: object) -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError) as error:
-        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer") from error
-    if value < 1 or value > 1000:
-        raise ApiError(422, "invalid_top_k", "top_k must be between 1 and 1000")
-    return value
-
-
-def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int | None]:
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {error}") from error
-    except RecursionError as error:
-        raise ApiError(400, "json_too_deep", "the JSON body is nested too deeply") from error
-    instances = payload.get("instances") if isinstance(payload, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise ApiError(422, "no_image", "'instances' must be a non-empty list of {\"b64\": ...}")
-    if len(instances) > max_batch:
-        raise _batch_too_large(len(instances), max_batch)
-    images = []
-    for index, item in enumerate(instances):
-        encoded = item.get("b64") if isinstance(item, dict) else None
-        if not isinstance(encoded, str):
-            raise ApiError(422, "invalid_instance", f'instances[{index}] must be {{"b64": str}}')
-        try:
-            images.append(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError) as error:
-            raise ApiError(
-                422, "invalid_base64", f"instances[{index}].b64 is not valid base64"
-            ) from error
-    return images, _parse_top_k(payload.get("top_k"))
-
-
-async def _classify(request: Request, target: Target) -> JSONResponse:
-    """Returns the response directly: the result is built here, re-validating it would cost."""
-    settings: GatewaySettings = request.app.state.settings
-    images, top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
-    state = request.app.state
-    result = await classify(
-        state.predictor,
-        state.metadata,
-        target,
-        images,
-        top_k or settings.default_top_k,
-        request_id_of(request),
-        state.decode_limits,
-        profile_override=settings.profiles.get(target.model),
-    )
-    return JSONResponse(result)
+ClassifierDep = Annotated[Classifier, Depends(classifier)]
 
 
 @router.post(
@@ -184,8 +114,10 @@ async def _classify(request: Request, target: Target) -> JSONResponse:
     response_model=ClassifyResponse,
     responses=CLASSIFY_RESPONSES,
 )
-async def classify_latest(model: ModelName, request: Request, _caller: ClassifyDep) -> JSONResponse:
-    return await _classify(request, Target(model))
+async def classify_latest(
+    model: ModelName, request: Request, classifier: ClassifierDep, _caller: ClassifyDep
+) -> JSONResponse:
+    return await classifier.respond(request, Target(model))
 
 
 @router.post(
@@ -199,9 +131,10 @@ async def classify_version(
     model: ModelName,
     version: Annotated[int, Path(ge=1, le=2**62)],
     request: Request,
+    classifier: ClassifierDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    return await _classify(request, Target(model, version=version))
+    return await classifier.respond(request, Target(model, version=version))
 
 
 @router.post(
@@ -215,6 +148,7 @@ async def classify_label(
     model: ModelName,
     label: LabelName,
     request: Request,
+    classifier: ClassifierDep,
     _caller: ClassifyDep,
 ) -> JSONResponse:
-    return await _classify(request, Target(model, label=label))
+    return await classifier.respond(request, Target(model, label=label))

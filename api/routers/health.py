@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import RedisDep, ServingDep
 
 router = APIRouter(tags=["operations"])
 
@@ -19,15 +21,14 @@ async def healthz() -> dict[str, str]:
     summary="Redis and the model server answer",
     responses={503: {"description": "Not ready; checks says which dependency failed"}},
 )
-async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+async def readyz(redis: RedisDep, serving: ServingDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await state.redis.ping()
+        await redis.ping()
         checks["redis"] = "ok"
     except Exception as error:  # any failure means not ready; say which
         checks["redis"] = f"error: {type(error).__name__}"
-    checks["model_server"] = "ok" if await state.serving.ping() else "unavailable"
+    checks["model_server"] = "ok" if await serving.ping() else "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},

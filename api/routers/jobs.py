@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, CeleryDep, SettingsDep, StoreDep
+from api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep, StoreDep
 from api.errors import ApiError, store_unavailable
 from api.events import STREAM_ID, job_events
 from api.metrics import JOBS_SUBMITTED
@@ -112,8 +112,8 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
 )
 async def job_event_stream(
     job_id: JobId,
-    request: Request,
     store: StoreDep,
+    redis: RedisDep,
     _key: AdminDep,
     last_event_id: Annotated[
         str | None, Header(description="Resume after this event id (SSE reconnection)")
@@ -125,5 +125,5 @@ async def job_event_stream(
             raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must look like 123-0")
         after = last_event_id.strip()
     await run_in_threadpool(_get_or_404, store, job_id)
-    stream = job_events(request.app.state.redis, job_id, after)
+    stream = job_events(redis, job_id, after)
     return EventSourceResponse(stream, ping=15, headers={"Cache-Control": "no-store"})

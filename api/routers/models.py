@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from api.deps import AdminDep, ClassifyDep, RequestIdDep, SettingsDep
+from api.deps import (
+    AdminDep,
+    ClassifyDep,
+    MetadataDep,
+    PromoterDep,
+    RequestIdDep,
+    ServingDep,
+    SettingsDep,
+)
 from api.errors import ApiError
 from api.preprocess import choose_profile
 from api.repository import describe_model, model_names
@@ -31,11 +39,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     responses=errors(401, 403, 429),
 )
 async def list_models(
-    request: Request, settings: SettingsDep, request_id: RequestIdDep, _caller: ClassifyDep
+    settings: SettingsDep, serving: ServingDep, request_id: RequestIdDep, _caller: ClassifyDep
 ) -> dict[str, Any]:
-    client = request.app.state.serving
     models = [
-        await describe_model(client, settings.model_dir, name, request_id)
+        await describe_model(serving, settings.model_dir, name, request_id)
         for name in model_names(settings.model_dir)
     ]
     return {"models": models}
@@ -49,19 +56,19 @@ async def list_models(
 )
 async def get_model(
     model: ModelName,
-    request: Request,
     settings: SettingsDep,
+    serving: ServingDep,
+    metadata: MetadataDep,
     request_id: RequestIdDep,
     _caller: ClassifyDep,
 ) -> dict[str, Any]:
-    state = request.app.state
-    detail = await describe_model(state.serving, settings.model_dir, model, request_id)
+    detail = await describe_model(serving, settings.model_dir, model, request_id)
     if not detail["versions"] and not (settings.model_dir / model).is_dir():
         raise ApiError(404, "model_not_found", f"no model named {model!r}")
     detail["input"] = None
     if any(v["state"] == "AVAILABLE" for v in detail["versions"]):
         try:
-            spec = await state.metadata.get(model, request_id=request_id)
+            spec = await metadata.get(model, request_id=request_id)
         except (ModelContractError, Exception) as error:  # shown as absent, never a failure
             detail["server_error"] = detail["server_error"] or type(error).__name__
         else:
@@ -82,9 +89,9 @@ async def get_model(
     responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
 )
 async def roll_back_label(
-    model: ModelName, label: LabelName, request: Request, _key: AdminDep
+    model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
 ) -> dict[str, Any]:
-    return await request.app.state.promoter.roll_back(model, label)
+    return await promoter.roll_back(model, label)
 
 
 @router.post(
@@ -94,9 +101,13 @@ async def roll_back_label(
     responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
 )
 async def set_label(
-    model: ModelName, label: LabelName, body: LabelRequest, request: Request, _key: AdminDep
+    model: ModelName,
+    label: LabelName,
+    body: LabelRequest,
+    promoter: PromoterDep,
+    _key: AdminDep,
 ) -> dict[str, Any]:
-    return await request.app.state.promoter.set_label(model, label, body.version)
+    return await promoter.set_label(model, label, body.version)
 
 
 @router.delete(
@@ -106,6 +117,6 @@ async def set_label(
     responses=errors(401, 403, 404, 409, 422, 429, 503),
 )
 async def remove_label(
-    model: ModelName, label: LabelName, request: Request, _key: AdminDep
+    model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
 ) -> dict[str, Any]:
-    return await request.app.state.promoter.remove_label(model, label)
+    return await promoter.remove_label(model, label)

@@ -5,24 +5,30 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+from os import PathLike
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
-from api.classify import Target, prepare_bounded, upstream_error
-from api.deps import ClassifyDep, RequestIdDep, SettingsDep
+from api.bodies import read_images
+from api.classification import Target, prepare_bounded, upstream_error
+from api.deps import ClassifyDep, DecodeLimitsDep, MetadataDep, RequestIdDep, SettingsDep
 from api.errors import ApiError
+from api.metadata_cache import MetadataCache
 from api.preprocess import choose_profile
 from api.repository import public_paths
-from api.routers.classify import read_images
 from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
 from fdl.jobspec import NAME_PATTERN
@@ -33,15 +39,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Static paths: segments of letters, digits, '-', '_' and one extension; never '..' or hidden.
 _STATIC_RE = re.compile(r"^(?:[a-z0-9][a-z0-9_\-]*/){0,3}[a-z0-9][a-z0-9_\-.]*\.[a-z0-9]+$", re.I)
 _REPORT_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,96}\.(png|json)$", re.I)
-_MEDIA_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".json": "application/json",
-    ".ico": "image/x-icon",
-}
+# The page loads its scripts as ES modules; some systems' mime.types name .js differently.
+_JAVASCRIPT = "text/javascript; charset=utf-8"
 # The UI is small and changes with the gateway: revalidate every load, never serve it stale.
 _NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 # Everything comes from the gateway itself: no CDN, no third-party script can run in the page.
@@ -59,15 +58,40 @@ _GET_HEAD = ["GET", "HEAD"]
 ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Served model name")]
 
 
-def _static(relative: str) -> FileResponse:
-    if not _STATIC_RE.match(relative) or ".." in relative:
-        raise ApiError(404, "not_found", f"no UI file {relative!r}")
-    path = (STATIC_DIR / relative).resolve()
-    if not path.is_file() or STATIC_DIR not in path.parents:
-        raise ApiError(404, "not_found", f"no UI file {relative!r}")
-    media = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    headers = _PAGE_HEADERS if path.suffix == ".html" else _NO_CACHE
-    return FileResponse(path, media_type=media, headers=headers)
+class UIFiles(StaticFiles):
+    """The files under ``/ui/`` (``index.html`` for the folder itself), with the headers the page
+    needs; only plain names are looked up, never hidden files or ``..``."""
+
+    def __init__(self) -> None:
+        super().__init__(directory=STATIC_DIR, html=True)
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        missing = ApiError(404, "not_found", f"no UI file {path!r}")
+        if path != "." and (not _STATIC_RE.match(path) or ".." in path):
+            raise missing
+        try:
+            return await super().get_response(path, scope)
+        except StarletteHTTPException as error:
+            raise (missing if error.status_code == 404 else error) from None
+
+    def file_response(
+        self,
+        full_path: PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        name = str(full_path)
+        response.headers.update(_PAGE_HEADERS if name.endswith(".html") else _NO_CACHE)
+        if name.endswith(".js"):
+            response.headers["Content-Type"] = _JAVASCRIPT
+        return response
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve the UI's files under ``/ui/`` (a mount: routers cannot carry one)."""
+    app.mount("/ui", UIFiles(), name="ui")
 
 
 @router.api_route("/", methods=_GET_HEAD, include_in_schema=False)
@@ -78,16 +102,6 @@ async def root() -> RedirectResponse:
 @router.api_route("/ui", methods=_GET_HEAD, include_in_schema=False)
 async def ui_redirect() -> RedirectResponse:
     return RedirectResponse("/ui/", status_code=307)
-
-
-@router.api_route("/ui/", methods=_GET_HEAD, include_in_schema=False)
-async def ui_index() -> FileResponse:
-    return _static("index.html")
-
-
-@router.api_route("/ui/{relative:path}", methods=_GET_HEAD, include_in_schema=False)
-async def ui_file(relative: str) -> FileResponse:
-    return _static(relative)
 
 
 def _png(batch: np.ndarray) -> bytes:
@@ -110,6 +124,8 @@ async def preprocess_preview(
     model: ModelName,
     request: Request,
     settings: SettingsDep,
+    metadata: MetadataDep,
+    limits: DecodeLimitsDep,
     request_id: RequestIdDep,
     _caller: ClassifyDep,
     version: Annotated[int | None, Query(ge=1)] = None,
@@ -117,19 +133,17 @@ async def preprocess_preview(
 ) -> Response:
     images, _top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     target = Target(model, version=version, label=None if version else label)
-    spec = await _input_spec(request, target, request_id)
+    spec = await _input_spec(metadata, target, request_id)
     profile = choose_profile(spec, settings.profiles.get(model))
-    batch = await prepare_bounded(images[:1], spec, profile, request.app.state.decode_limits, model)
+    batch = await prepare_bounded(images[:1], spec, profile, limits, model)
     png = await run_in_threadpool(_png, batch)
     headers = {"Cache-Control": "no-store", "X-Model-Version": str(spec.version)}
     return Response(png, media_type="image/png", headers=headers)
 
 
-async def _input_spec(request: Request, target: Target, request_id: str) -> InputSpec:
+async def _input_spec(metadata: MetadataCache, target: Target, request_id: str) -> InputSpec:
     try:
-        return await request.app.state.metadata.get(
-            target.model, target.version, target.label, request_id
-        )
+        return await metadata.get(target.model, target.version, target.label, request_id)
     except grpc.aio.AioRpcError as error:
         raise upstream_error(error, target, "GetModelMetadata") from error
     except ModelContractError as error:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.classify import _small, prepare_batch
+from api.classification import _small, prepare_batch
 from api.imaging import decode_image
 from api.preprocess import _median, decode_size, digit_to_mnist, photo_to_array
 from api.serving_client import InputSpec

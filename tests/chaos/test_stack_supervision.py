@@ -18,6 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from fdl.jobs import TERMINAL
 from fdl.queue import make_celery
 from tests.e2e.conftest import RunningStack, fdl_up, stack_env
 from tests.support.procs import REPO_ROOT, Process, run_command, wait_for
@@ -205,7 +206,7 @@ def test_redis_and_worker_killed_jobs_work_again(stack: RunningStack) -> None:
 
     def finished() -> dict | None:
         job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=5).json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["status"] in TERMINAL else None
 
     job = wait_for(finished, 240, "the job after restarts", interval=0.5)
     assert job["status"] == "succeeded", job

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fdl import contract
+from fdl.jobs import TERMINAL
 from tests.e2e.conftest import RunningStack
 from tests.support.mnist import mnist_test_digits, png_bytes
 from tests.support.procs import Process, free_port, wait_for
@@ -30,7 +31,7 @@ def trained(stack: RunningStack) -> dict:
 
     def finished() -> dict | None:
         job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=5).json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["status"] in TERMINAL else None
 
     job = wait_for(
         finished, 300, "the training job", interval=0.5, check=stack.process.ensure_alive

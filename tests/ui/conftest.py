@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from fdl.jobs import TERMINAL
 from tests.e2e.conftest import RunningStack, stack_env, stop_and_check_no_orphans
 from tests.support.mnist import mnist_test_digits, png_bytes
 from tests.support.procs import Process, wait_for
@@ -53,7 +54,7 @@ def wait_job(stack: RunningStack, job_id: str, timeout: float = 240) -> dict[str
     def finished() -> dict[str, Any] | None:
         response = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=10)
         job = response.json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["status"] in TERMINAL else None
 
     return wait_for(
         finished, timeout, f"job {job_id}", interval=0.5, check=stack.process.ensure_alive

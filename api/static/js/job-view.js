@@ -4,6 +4,7 @@ import { LineChart } from "./chart.js";
 import { duration, el, num, pct, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
+// The browser cannot import fdl/jobs.py: this is its TERMINAL, the statuses a job never leaves.
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const COLORS = { train: "#4f46e5", val: "#0ea5a4" };
 

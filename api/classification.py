@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import time
@@ -132,11 +133,11 @@ async def prepare_bounded(
             f"the images have {sum(pixels):,} pixels together; "
             f"the limit is {limits.max_batch_pixels:,}",
         )
-    args = (prepare_batch, opened, spec, profile, limits.max_pixels, model)
+    prepare = functools.partial(prepare_batch, opened, spec, profile, limits.max_pixels, model)
     if max(pixels) <= limits.free_pixels:
-        return await run_in_threadpool(*args)
+        return await run_in_threadpool(prepare)
     async with limits.budget.share(max(pixels)):
-        return await run_in_threadpool(*args)
+        return await run_in_threadpool(prepare)
 
 
 def _input_size(spec: InputSpec) -> tuple[int, int]:
@@ -257,7 +258,8 @@ def _small(images: list[bytes]) -> bool:
     if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
         # The commonest case, read straight from the PNG header (Pillow's open costs more).
         width, height = struct.unpack(">II", data[16:24])
-        return width * height <= _INLINE_MAX_PIXELS
+        small: bool = width * height <= _INLINE_MAX_PIXELS
+        return small
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.width * image.height <= _INLINE_MAX_PIXELS

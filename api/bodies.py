@@ -1,0 +1,124 @@
+"""The images of a classify request's body: multipart ``file`` parts, JSON
+``{"instances": [{"b64": ...}]}``, or one raw image, each with an optional ``top_k``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import ApiError
+
+
+async def read_images(
+    request: Request, max_bytes: int, max_batch: int
+) -> tuple[list[bytes], int | None]:
+    """The images and the optional top_k of a multipart, JSON or raw-image request.
+
+    Args:
+        request: the request whose body is read.
+        max_bytes: the largest multipart part (the whole body's limit is enforced while it
+            streams, by :mod:`api.middleware`).
+        max_batch: the most images one request may carry.
+
+    Returns:
+        The encoded images and ``top_k`` (``None`` when the request gives none).
+
+    Raises:
+        ApiError: 415 for another content type; 422 (400 for over-deep JSON) for a body that
+            does not hold what it should, with a code that says what.
+    """
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_batch + 1, max_part_size=max_bytes)
+        except StarletteHTTPException as error:
+            # Starlette answers 400 for malformed multipart and for too many parts.
+            if "Too many files" in str(error.detail):
+                raise _batch_too_large(max_batch + 1, max_batch) from error
+            raise ApiError(422, "invalid_multipart", f"{error.detail}") from error
+        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not files:
+            raise ApiError(422, "no_image", "send the image(s) as multipart parts named 'file'")
+        if len(files) > max_batch:
+            raise _batch_too_large(len(files), max_batch)
+        images = [await f.read() for f in files]
+        await form.close()
+        top_k_raw = form.get("top_k")
+        top_k = _parse_top_k(top_k_raw if isinstance(top_k_raw, str) else None)
+        return images, top_k
+    if content_type.startswith("application/json"):
+        body = await request.body()
+        return _parse_json_instances(body, max_batch)
+    if content_type.startswith(RAW_IMAGE_TYPES):
+        return await _read_raw_image(request)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        'send multipart/form-data with \'file\' parts or JSON {"instances": [{"b64": ...}]}',
+    )
+
+
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+async def _read_raw_image(request: Request) -> tuple[list[bytes], int | None]:
+    """One image sent as the whole body (``curl --data-binary @digit.png -H 'Content-Type:
+    image/png'``), with top_k in the query string: no multipart parsing, no base64."""
+    body = await request.body()
+    if not body:
+        raise ApiError(422, "no_image", "the body is empty: send the image's bytes")
+    return [body], _parse_top_k(request.query_params.get("top_k"))
+
+
+def _batch_too_large(count: int, limit: int) -> ApiError:
+    more = "or more " if count == limit + 1 else ""
+    return ApiError(
+        422,
+        "batch_too_large",
+        f"{count} {more}images in one request; the limit is {limit}",
+    )
+
+
+def _parse_top_k(raw: object) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError) as error:
+        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer") from error
+    if value < 1 or value > 1000:
+        raise ApiError(422, "invalid_top_k", "top_k must be between 1 and 1000")
+    return value
+
+
+def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int | None]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise ApiError(400, "json_too_deep", "the JSON body is nested too deeply") from error
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise ApiError(422, "no_image", "'instances' must be a non-empty list of {\"b64\": ...}")
+    if len(instances) > max_batch:
+        raise _batch_too_large(len(instances), max_batch)
+    images = []
+    for index, item in enumerate(instances):
+        encoded = item.get("b64") if isinstance(item, dict) else None
+        if not isinstance(encoded, str):
+            raise ApiError(422, "invalid_instance", f'instances[{index}] must be {{"b64": str}}')
+        try:
+            images.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError) as error:
+            raise ApiError(
+                422, "invalid_base64", f"instances[{index}].b64 is not valid base64"
+            ) from error
+    return images, _parse_top_k(payload.get("top_k"))
