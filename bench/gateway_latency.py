@@ -279,7 +279,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     before = python_speed_ms()  # the machine's speed before and after: it drifts
 

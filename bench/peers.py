@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
     args = parser.parse_args()
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     python = None if args.no_kserve else kserve_python()
     before = python_speed_ms()  # the machine's speed before and after: it drifts

@@ -26,7 +26,11 @@ def _tiny_network(input_shape: Sequence[int], num_classes: int):
 
 
 def mnist_cnn(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10):
-    """The book's MNIST CNN (untrained): conv5x5x32, pool, conv5x5x64, pool, dense1024, dense10."""
+    """The book's MNIST CNN (untrained): conv5x5x32, pool, conv5x5x64, pool, dense1024, dense10.
+
+    It repeats ``training/models.py``'s network so that this fixture needs no training imports;
+    issue 19 lists the pair, to be merged once that module's architecture registry settles.
+    """
     import keras
 
     layers = keras.layers
