@@ -49,8 +49,8 @@ from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.prometheus import sample_sums
 
 Call = Callable[[], Awaitable[None]]

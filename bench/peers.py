@@ -44,8 +44,8 @@ from machine import python_speed_ms, speed_line
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.procs import Process, free_port
 
 Call = Callable[[], Awaitable[None]]

@@ -22,13 +22,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from fdl.grpc_tuning import MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
 from serving.protocol.grpc.options import check_socket_path, server_credentials, server_options
 from serving.protocol.grpc.servicer import ModelService, PredictionService
 
 log = logging.getLogger("serving.server")
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's send/receive limits to INT_MAX
 # Overridable with --grpc_channel_arguments; without SO_REUSEPORT a port in use fails the start.
 DEFAULT_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
