@@ -29,9 +29,9 @@ from api.errors import ApiError
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
 from api.serving_client import ServingClient
-from api.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Labels, Repository
+from fdl.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
 
 POLL_S = 0.1
 

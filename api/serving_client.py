@@ -17,7 +17,9 @@ import numpy as np
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from api.tensors import dtype_name, from_tensor_proto, to_tensor_proto
-from api.wire.tfs_pb2 import (
+from fdl import contract
+from fdl.grpc_tuning import MAX_MESSAGE_BYTES
+from fdl.wire.tfs_pb2 import (
     GetModelMetadataRequest,
     GetModelMetadataResponse,
     GetModelStatusRequest,
@@ -30,14 +32,12 @@ from api.wire.tfs_pb2 import (
     ReloadConfigResponse,
     SignatureDefMap,
 )
-from fdl import contract
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from api.serving_tls import TLS
 
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts up to INT_MAX.
 # Every address the target resolves to gets requests in turn (a headless Service's pods, an
 # ipv4: list); one address behaves as gRPC's default. The server's grpc.max_connection_age_ms
 # makes the channel resolve again, so new replicas are found.

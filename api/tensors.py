@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from api.wire.tfs_pb2 import DataType, TensorProto, TensorShapeProto
+from fdl.wire.tfs_pb2 import DataType, TensorProto, TensorShapeProto
 
 _NUMPY_BY_DTYPE: dict[DataType, np.dtype] = {
     DataType.DT_FLOAT: np.dtype(np.float32),

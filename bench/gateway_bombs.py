@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

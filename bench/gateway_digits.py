@@ -25,8 +25,8 @@ from gateway_stack import REPO_ROOT, running_stack
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import from_tensor_proto, to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 
 def load_idx(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -49,8 +49,8 @@ from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.prometheus import sample_sums
 
 Call = Callable[[], Awaitable[None]]
@@ -279,7 +279,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     before = python_speed_ms()  # the machine's speed before and after: it drifts
 

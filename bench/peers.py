@@ -44,8 +44,8 @@ from machine import python_speed_ms, speed_line
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.procs import Process, free_port
 
 Call = Callable[[], Awaitable[None]]
@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
     args = parser.parse_args()
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     python = None if args.no_kserve else kserve_python()
     before = python_speed_ms()  # the machine's speed before and after: it drifts

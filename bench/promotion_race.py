@@ -132,7 +132,7 @@ def publish_loop(
 
 def build_repository(model_dir: Path) -> Path:
     """The race model's first versions and the publisher's template (TensorFlow needed here)."""
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     for version in TEMPLATE_VERSIONS:
         build_test_model(model_dir / MODEL / str(version), (28, 28, 1), 10, seed=version)

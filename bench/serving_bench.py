@@ -38,7 +38,7 @@ from machine import python_speed_ms, speed_line
 from serving_load import measure
 
 from serving.servable import Servable
-from serving.testing import build_test_model, sample_images
+from tests.support.models import build_test_model, sample_images
 from tests.support.procs import Process, free_port, grpc_ready, wait_for
 
 # Batching parameters tried, as TF Serving's batching guide suggests for CPU-only servers: start

@@ -76,7 +76,7 @@ def main() -> None:
     import numpy as np
 
     from api.tensors import to_tensor_proto
-    from api.wire.tfs_pb2 import PredictRequest, PredictResponse
+    from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
     channel = grpc.insecure_channel(args.target)
     predict = channel.unary_unary(

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 
 DEFAULT_EXPERIMENTS = "-event_engine_client"
+# TF Serving sets gRPC's send and receive limits to INT_MAX; the model server and the gateway's
+# channel use the same.
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 def tune_grpc() -> None:

@@ -1,5 +1,7 @@
 """Render the model server's configuration file (TF Serving's ``ModelServerConfig`` text format).
 
+The file is a :class:`fdl.wire.tfs_pb2.ModelServerConfig` message written by ``text_format``.
+
 Rendering is pure: :mod:`fdl.repository` gathers the models, versions and labels from disk and
 writes the result under its lock. Whatever is rendered is checked before it can be written: a
 model server that cannot parse ``models.config`` applies no later change and refuses to restart,
@@ -12,7 +14,11 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
 from fdl.jobspec import NAME_PATTERN
+from fdl.wire.tfs_pb2 import ModelConfig, ModelServerConfig
 
 # A base path is written between double quotes; these characters would need escaping.
 _UNSAFE_PATH = re.compile(r'["\\\x00-\x1f\x7f]')
@@ -44,29 +50,21 @@ def render(
     ``keep`` adds versions that must stay loaded, e.g. one being promoted); one without labels
     serves TF Serving's default, its latest version.
     """
-    blocks = []
+    _refuse(models, labels, root)  # before building: a bad label must not reach the message
+    config = ModelServerConfig()
+    config.model_config_list.SetInParent()  # an empty list still renders as a list
     for name in sorted(models):
+        model = config.model_config_list.config.add(
+            name=name, base_path=f"{root.rstrip('/')}/{name}", model_platform="tensorflow"
+        )
         model_labels = labels.get(name, {})
-        base_path = f"{root.rstrip('/')}/{name}"
-        lines = [
-            "  config {",
-            f'    name: "{name}"',
-            f'    base_path: "{base_path}"',
-            '    model_platform: "tensorflow"',
-        ]
         extra = set((keep or {}).get(name, set()))
         if model_labels or extra:
             versions = sorted(set(model_labels.values()) | set(models[name][-1:]) | extra)
-            lines.append("    model_version_policy {")
-            lines.append("      specific {")
-            lines += [f"        versions: {v}" for v in versions]
-            lines.append("      }")
-            lines.append("    }")
+            model.model_version_policy.specific.versions.extend(versions)
             for label, version in sorted(model_labels.items()):
-                lines.append(f'    version_labels {{ key: "{label}" value: {version} }}')
-        lines.append("  }")
-        blocks.append("\n".join(lines))
-    text = "model_config_list {\n" + "\n".join(blocks) + ("\n" if blocks else "") + "}\n"
+                model.version_labels[label] = version
+    text = text_format.MessageToString(config, message_formatter=_one_line)
     check(text, models, labels, root)
     return text
 
@@ -78,6 +76,16 @@ def check(
     root: str,
 ) -> None:
     """Refuse a config that would not parse back into exactly the models and labels given."""
+    _refuse(models, labels, root)
+    parsed = _parse(text)
+    if sorted(parsed) != sorted(models):
+        raise ConfigRenderError(f"the rendered config parses back to models {sorted(parsed)}")
+
+
+def _refuse(
+    models: Mapping[str, Sequence[int]], labels: Mapping[str, Mapping[str, int]], root: str
+) -> None:
+    """Names, labels and a base path root that the model server could not be trusted with."""
     for name in models:
         if not valid_name(name):
             raise ConfigRenderError(f"model name {name!r} is not a valid name")
@@ -89,35 +97,23 @@ def check(
                 raise ConfigRenderError(f"label {label!r} of {name!r} names no version")
     if _UNSAFE_PATH.search(root):
         raise ConfigRenderError(f"base path root {root!r} has a quote, backslash or control")
-    parsed = _parse(text)
-    if parsed is not None and sorted(parsed) != sorted(models):
-        raise ConfigRenderError(f"the rendered config parses back to models {sorted(parsed)}")
 
 
-def _parse(text: str) -> list[str] | None:
-    """Model names from a text-format parse with the protos at hand (None without protobuf)."""
+def _one_line(message: Message, indent: int, as_one_line: bool) -> str | None:
+    """Each model's fields on one line (labels read ``version_labels { key: "x" value: 1 }``),
+    so that the file reads one model per line."""
+    if isinstance(message, ModelConfig) and not as_one_line:
+        return text_format.MessageToString(message, as_one_line=True)
+    return None
+
+
+def _parse(text: str) -> list[str]:
+    """The model names ``text`` parses back to."""
     try:
-        from google.protobuf import text_format
-    except ImportError:
-        return None
-    message = _config_message()
-    if message is None:
-        return None
-    try:
-        config = text_format.Parse(text, message)
+        config = text_format.Parse(text, ModelServerConfig())
     except text_format.ParseError as error:
         raise ConfigRenderError(f"the rendered config does not parse: {error}") from error
     return [m.name for m in config.model_config_list.config]
-
-
-def _config_message():
-    """The gateway's copy of TF Serving's ``ModelServerConfig`` (plain protobuf, no TensorFlow;
-    ``tests/api/test_wire_compat.py`` checks it against TF Serving's own)."""
-    try:
-        from api.wire.tfs_pb2 import ModelServerConfig
-    except ImportError:
-        return None
-    return ModelServerConfig()
 
 
 def render_config(

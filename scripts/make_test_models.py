@@ -4,7 +4,8 @@
         [--shape 28 28 1] [--classes 10] [--seed 0] [--architecture tiny|cnn] [--warmup 0]
 
 Writes ``OUT_DIR/<name>/<version>/`` (each version seeded with ``seed + version``) and prints the
-folders. The builder itself is :func:`serving.testing.build_test_model`, importable from here too.
+folders. The builder itself is :func:`tests.support.models.build_test_model` (a test fixture,
+outside the production packages), importable from here too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.testing import build_test_model, mnist_cnn, sample_images
+from tests.support.models import build_test_model, mnist_cnn, sample_images
 
 __all__ = ["build_test_model", "mnist_cnn", "sample_images"]
 

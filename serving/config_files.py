@@ -4,82 +4,21 @@
 
 ``ModelServerConfig`` comes from the official ``tensorflow_serving.config`` package. The pip
 package does not ship ``BatchingParameters`` (session_bundle_config.proto) or
-``MonitoringConfig`` (monitoring_config.proto), so the same messages (same package, names, field
-numbers and wrapper types) are declared here, and their files parse exactly as TF Serving's do.
+``MonitoringConfig`` (monitoring_config.proto); :mod:`fdl.wire` compiles them from
+``fdl/wire/serving_config.proto`` (same names, field numbers and wrapper types), so their files
+parse exactly as TF Serving's do, here and in ``make lint-deploy``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    text_format,
-    wrappers_pb2,  # noqa: F401 - registers google/protobuf/wrappers.proto
-)
+from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-_FDP = descriptor_pb2.FieldDescriptorProto
+from fdl.wire.serving_config_pb2 import BatchingParameters, MonitoringConfig
 
-
-def _field(name: str, number: int, kind: int, type_name: str = "", repeated: bool = False):
-    field = _FDP(
-        name=name,
-        number=number,
-        type=kind,
-        label=_FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL,
-    )
-    if type_name:
-        field.type_name = type_name
-    return field
-
-
-def _build() -> tuple[type, type]:
-    pool = descriptor_pool.Default()
-    try:
-        batching = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-        monitoring = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-    except KeyError:
-        i64 = ".google.protobuf.Int64Value"
-        msg = _FDP.TYPE_MESSAGE
-        file = descriptor_pb2.FileDescriptorProto(
-            name="fdl_serving/tf_serving_config_subset.proto",
-            package="tensorflow.serving",
-            syntax="proto3",
-            dependency=["google/protobuf/wrappers.proto"],
-        )
-        file.message_type.add(
-            name="BatchingParameters",
-            field=[
-                _field("max_batch_size", 1, msg, i64),
-                _field("batch_timeout_micros", 2, msg, i64),
-                _field("max_enqueued_batches", 3, msg, i64),
-                _field("num_batch_threads", 4, msg, i64),
-                _field("thread_pool_name", 5, msg, ".google.protobuf.StringValue"),
-                _field("allowed_batch_sizes", 6, _FDP.TYPE_INT64, repeated=True),
-                _field("pad_variable_length_inputs", 7, _FDP.TYPE_BOOL),
-                _field("enable_large_batch_splitting", 8, msg, ".google.protobuf.BoolValue"),
-                _field("max_execution_batch_size", 9, msg, i64),
-            ],
-        )
-        file.message_type.add(
-            name="PrometheusConfig",
-            field=[_field("enable", 1, _FDP.TYPE_BOOL), _field("path", 2, _FDP.TYPE_STRING)],
-        )
-        file.message_type.add(
-            name="MonitoringConfig",
-            field=[_field("prometheus_config", 1, msg, ".tensorflow.serving.PrometheusConfig")],
-        )
-        pool.Add(file)
-        batching = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-        monitoring = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-    return message_factory.GetMessageClass(batching), message_factory.GetMessageClass(monitoring)
-
-
-BatchingParameters, MonitoringConfig = _build()
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 

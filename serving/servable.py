@@ -17,12 +17,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
+from fdl import contract
 from serving.errors import invalid
 from serving.tensors import dtype_name, numpy_dtype
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit per model version
 
 
@@ -188,7 +188,7 @@ def _make_callable(session: tf.compat.v1.Session, feeds: list[str], fetches: lis
 
 def read_warmup_requests(path: Path) -> list[bytes] | None:
     """The serialized ``PredictionLog`` records of a version's warmup file (None if absent)."""
-    file = path / WARMUP_FILE
+    file = path / contract.WARMUP_FILE
     if not file.exists():
         return None
     records = []

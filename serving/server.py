@@ -1,4 +1,8 @@
-"""The model server: configuration polling, the manager, and the gRPC and REST front ends."""
+"""The model server process: builds the data plane, polls the config, starts the front ends.
+
+Only :mod:`serving.__main__` imports this module; the front ends receive the
+:class:`~serving.dataplane.DataPlane` and never import it back.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching_config import Batching, BatchingConfig
@@ -23,15 +25,14 @@ from serving.config_files import (
     session_config,
     single_model_config,
 )
+from serving.dataplane import DataPlane
 from serving.errors import ServingError
 from serving.event_loop import LoopThread
-from serving.grpc_server import GrpcFrontEnd
 from serving.manager import ManagerOptions, ModelManager
 from serving.metrics import Metrics
+from serving.protocol.grpc.server import GrpcFrontEnd
+from serving.protocol.rest.server import RestFrontEnd
 from serving.servable import SERVE_TAG
-
-if TYPE_CHECKING:
-    from serving.rest_server import RestFrontEnd
 
 log = logging.getLogger("serving.server")
 
@@ -54,9 +55,7 @@ class ModelServer:
             batching = Batching(config, self.loop.loop)
         monitoring = read_monitoring_config(args.monitoring_config_file or None)
         prometheus = monitoring.prometheus_config
-        self.metrics_path = (
-            (prometheus.path or DEFAULT_PROMETHEUS_PATH) if prometheus.enable else None
-        )
+        metrics_path = (prometheus.path or DEFAULT_PROMETHEUS_PATH) if prometheus.enable else None
         config_proto = session_config(
             args.tensorflow_session_config_file or None,
             session_parallelism=args.tensorflow_session_parallelism,
@@ -64,7 +63,7 @@ class ModelServer:
             inter_op_parallelism=args.tensorflow_inter_op_parallelism,
             gpu_memory_fraction=args.per_process_gpu_memory_fraction,
         )
-        self.manager = ModelManager(
+        manager = ModelManager(
             ManagerOptions(
                 max_num_load_retries=max(0, args.max_num_load_retries),
                 load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
@@ -81,8 +80,13 @@ class ModelServer:
                 on_load=self.metrics.record_load,
             )
         )
+        self.data_plane = DataPlane(
+            manager,
+            self.metrics,
+            metrics_path,
+            tensor_content=bool(args.enable_serialization_as_tensor_content),
+        )
         self._stop = threading.Event()
-        self._reload_lock = threading.Lock()
         self._config_text: str | None = None
         self._config_ok = False
         self._last_config_error = ""
@@ -98,26 +102,6 @@ class ModelServer:
             return read_model_server_config(path)
         return single_model_config(self.args.model_name, self.args.model_base_path)
 
-    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Apply a new ModelServerConfig; waits for new models (``HandleReloadConfigRequest``)."""
-        if config.WhichOneof("config") != "model_config_list":
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "Cannot transition to requested config. It is only legal to transition from "
-                "one ModelConfigList to another.",
-            )
-        names = [m.name for m in config.model_config_list.config]
-        if len(set(names)) != len(names) or not all(
-            m.name and m.base_path for m in config.model_config_list.config
-        ):
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "every model config needs a unique name and a base_path",
-            )
-        with self._reload_lock:
-            added = self.manager.apply_config(config)
-            self.manager.wait_available(added)
-
     def _poll_config_file(self) -> None:
         path = Path(self.args.model_config_file)
         try:
@@ -130,7 +114,7 @@ class ModelServer:
         self._config_text = text
         try:
             config = read_model_server_config(path)
-            self.reload_config(config)
+            self.data_plane.reload(config)
             self._config_ok = True
             log.info("model config file %s applied", path)
         except (ConfigError, ServingError) as error:
@@ -152,15 +136,14 @@ class ModelServer:
     # --- start and stop ---------------------------------------------------------------------
     def start(self) -> None:
         config = self._initial_config()
-        with self._reload_lock:
-            self.manager.apply_config(config)
-            self.manager.wait_available([m.name for m in config.model_config_list.config])
+        self.data_plane.load(config)
         self._config_ok = True
         # TensorFlow leaves millions of long-lived Python objects; moving them out of the
         # collector's reach keeps full collections (and latency spikes) short while serving.
         gc.freeze()
         if self.args.file_system_poll_wait_seconds > 0:
-            self._spawn("fs-poll", self.args.file_system_poll_wait_seconds, self.manager.poll)
+            poll = self.data_plane.manager.poll
+            self._spawn("fs-poll", self.args.file_system_poll_wait_seconds, poll)
         if self.args.model_config_file and self.args.model_config_file_poll_wait_seconds > 0:
             self._spawn(
                 "config-poll",
@@ -170,9 +153,14 @@ class ModelServer:
         if self.args.port or self.args.grpc_socket_path:
             self._start_grpc(self.args.port)
         if self.args.rest_api_port:
-            from serving.rest_server import RestFrontEnd
-
-            self._rest = RestFrontEnd(self, self.loop)
+            self._rest = RestFrontEnd(
+                self.data_plane,
+                self.loop,
+                bind_address=self.args.bind_address,
+                num_threads=self.args.rest_api_num_threads,
+                timeout_ms=self.args.rest_api_timeout_in_ms,
+                cors=bool(self.args.rest_api_enable_cors_support),
+            )
             self._rest.start(self.args.rest_api_port)
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.args.rest_api_port)
 
@@ -183,7 +171,16 @@ class ModelServer:
 
     def _start_grpc(self, port: int) -> None:
         workers = self.args.grpc_max_threads or max(64, 8 * (os.cpu_count() or 4))
-        front = GrpcFrontEnd(self, self.loop, workers, self.args.enable_grpc_healthcheck_service)
+        front = GrpcFrontEnd(
+            self.data_plane,
+            self.loop,
+            workers=workers,
+            health_service=self.args.enable_grpc_healthcheck_service,
+            bind_address=self.args.bind_address,
+            channel_arguments=self.args.grpc_channel_arguments,
+            ssl_config_file=self.args.ssl_config_file,
+            socket_path=self.args.grpc_socket_path,
+        )
         self._grpc = front
         front.start(port)
 
@@ -193,5 +190,5 @@ class ModelServer:
             self._grpc.stop(grace=2)
         if self._rest is not None:
             self._rest.stop(grace=2)
-        self.manager.stop()
+        self.data_plane.manager.stop()
         self.loop.stop()

@@ -1,79 +1,24 @@
 """TF Serving's batching and monitoring configs: parsed as the text protos TF Serving reads.
 
-The message definitions mirror TF Serving's ``BatchingParameters`` (session_bundle_config.proto)
-and ``MonitoringConfig`` (monitoring_config.proto); an unknown field or a wrong type fails here as
-it would fail the server at start.
+The messages are the model server's own (``fdl/wire/serving_config.proto``, TF Serving's
+``BatchingParameters`` and ``MonitoringConfig``); an unknown field or a wrong type fails here as
+it fails the server at start, and every field the server accepts passes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    text_format,
-    wrappers_pb2,
-)
+from google.protobuf import text_format
 
 from deploy.lint.common import K8S_DIR, SERVING_CONFIG_DIR, Errors, load_yaml_documents
+from fdl.wire import serving_config_pb2
 
-_F = descriptor_pb2.FieldDescriptorProto
 CONFIG_FILES = {"batching.config": "BatchingParameters", "monitoring.config": "MonitoringConfig"}
-_BATCHING_FIELDS = [
-    ("max_batch_size", 1, ".google.protobuf.Int64Value"),
-    ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
-    ("max_enqueued_batches", 3, ".google.protobuf.Int64Value"),
-    ("num_batch_threads", 4, ".google.protobuf.Int64Value"),
-    ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-]
-
-
-def _message_classes() -> dict[str, type]:
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="fdl_lint/tf_serving_configs.proto",
-        package="fdl_lint",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    batching = proto.message_type.add(name="BatchingParameters")
-    for name, number, type_name in _BATCHING_FIELDS:
-        batching.field.add(
-            name=name,
-            number=number,
-            label=_F.LABEL_OPTIONAL,
-            type=_F.TYPE_MESSAGE,
-            type_name=type_name,
-        )
-    batching.field.add(
-        name="allowed_batch_sizes", number=6, label=_F.LABEL_REPEATED, type=_F.TYPE_INT64
-    )
-    batching.field.add(
-        name="pad_variable_length_inputs", number=7, label=_F.LABEL_OPTIONAL, type=_F.TYPE_BOOL
-    )
-    prometheus = proto.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_BOOL)
-    prometheus.field.add(name="path", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
-    monitoring = proto.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(
-        name="prometheus_config",
-        number=1,
-        label=_F.LABEL_OPTIONAL,
-        type=_F.TYPE_MESSAGE,
-        type_name=".fdl_lint.PrometheusConfig",
-    )
-    pool.Add(proto)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"fdl_lint.{name}"))
-        for name in ("BatchingParameters", "MonitoringConfig")
-    }
 
 
 def parse_config(kind: str, text: str) -> object:
-    message = _message_classes()[kind]()
+    message = getattr(serving_config_pb2, kind)()
     text_format.Parse(text, message)
     return message
 

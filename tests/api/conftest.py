@@ -33,7 +33,7 @@ TRAINING_METADATA = {
 
 def build_repository(root: Path) -> Path:
     """Tiny contract-conforming models: digits (28x28x1, v1+v2), photos (32x32x3), promo."""
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     build_test_model(root / "digits" / "1", (28, 28, 1), 10, seed=0, model_name="digits")
     build_test_model(root / "digits" / "2", (28, 28, 1), 10, seed=1, model_name="digits")

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from api.wire.tfs_pb2 import GetModelStatusRequest, GetModelStatusResponse, ModelSpec
+from fdl.wire.tfs_pb2 import GetModelStatusRequest, GetModelStatusResponse, ModelSpec
 from tests.support.procs import Process, free_port, wait_for
 from tests.support.prometheus import sample_sums
 

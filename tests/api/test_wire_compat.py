@@ -1,6 +1,6 @@
 """The gateway's own protobuf messages are byte-compatible with TensorFlow Serving's.
 
-For every message the gateway sends or reads, the same content is built with ``api.wire`` and
+For every message the gateway sends or reads, the same content is built with ``fdl.wire`` and
 with the official ``tensorflow_serving.apis`` / ``tensorflow.core`` modules; both serialize to
 the same bytes, and each side parses the other's bytes back to an equal message.
 """
@@ -27,8 +27,8 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
 from api.tensors import from_tensor_proto, to_tensor_proto
-from api.wire import tfs_pb2 as ours
 from fdl.model_config import render_config
+from fdl.wire import tfs_pb2 as ours
 
 OFFICIAL = SimpleNamespace(
     DataType=types_pb2,

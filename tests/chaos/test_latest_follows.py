@@ -36,7 +36,7 @@ PNG = png_bytes(np.zeros((28, 28), np.uint8))
 
 @pytest.fixture
 def repository(tmp_path: Path) -> tuple[Repository, Path]:
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     model_dir = tmp_path / "models"
     for version in (1, 2):

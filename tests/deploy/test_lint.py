@@ -163,3 +163,18 @@ def test_env_example_covers_the_compose_variables() -> None:
     with pytest.raises(ValueError, match="FDL_API_KEYS"):
         compose.interpolate(text, values)
     assert "${" not in compose.interpolate(text, {**values, "FDL_API_KEYS": "k"})
+
+
+def test_batching_fields_the_server_accepts_pass(tmp_path: Path) -> None:
+    """Fields 8 and 9 of BatchingParameters (large batch splitting) are the server's too."""
+    root = copy_tree(tmp_path)
+    config = root / "deploy" / "serving" / "batching.config"
+    extra = "enable_large_batch_splitting { value: true }\nmax_execution_batch_size { value: 32 }\n"
+    config.write_text(config.read_text() + extra)
+    k8s_config = root / "deploy" / "k8s" / "base" / "config.yaml"
+    documents = list(yaml.safe_load_all(k8s_config.read_text()))
+    for document in documents:
+        if document and document["metadata"]["name"] == "fdl-serving-config":
+            document["data"]["batching.config"] = config.read_text()
+    k8s_config.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    assert serving_config.check(root) == []

@@ -1,9 +1,9 @@
 """Fixtures for the model-server conformance suite.
 
-Models are built once per session by :mod:`serving.testing`. ``start_server`` starts either our
-server or, with ``FDL_TFS_BINARY`` set, the real ``tensorflow_model_server``; tests that take the
-``impl`` fixture run against both, and the real-binary runs are skipped (with the reason) when no
-binary is given.
+Models are built once per session by :mod:`tests.support.models`. ``start_server`` starts either
+our server or, with ``FDL_TFS_BINARY`` set, the real ``tensorflow_model_server``; tests that take
+the ``impl`` fixture run against both, and the real-binary runs are skipped (with the reason) when
+no binary is given.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ModelStock:
 
 @pytest.fixture(scope="session")
 def model_stock(tmp_path_factory: pytest.TempPathFactory) -> ModelStock:
-    from serving.testing import build_test_model
+    from tests.support.models import build_test_model
 
     root = tmp_path_factory.mktemp("stock")
     stock = ModelStock(root)
@@ -160,7 +160,7 @@ def model_config(models: dict[str, Path], extra: dict[str, str] | None = None) -
 
 
 def images(batch: int, seed: int = 0) -> np.ndarray:
-    from serving.testing import sample_images
+    from tests.support.models import sample_images
 
     return sample_images(SHAPE, batch, seed)
 

@@ -10,14 +10,14 @@ import grpc
 import pytest
 
 from serving.config_files import ConfigError
-from serving.grpc_options import (
+from serving.protocol.grpc.options import (
     ChannelArgumentError,
     check_socket_path,
     parse_channel_arguments,
     server_credentials,
     server_options,
 )
-from serving.grpc_server import DEFAULT_OPTIONS, MAX_MESSAGE_BYTES
+from serving.protocol.grpc.server import DEFAULT_OPTIONS, MAX_MESSAGE_BYTES
 from tests.support.tls import make_pki, openssl, ssl_config
 
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving.testing import write_warmup_file
 from tests.serving.conftest import SHAPE, images, model_config, predict_request
+from tests.support.models import write_warmup_file
 from tests.support.procs import wait_for
 
 State = get_model_status_pb2.ModelVersionStatus.State

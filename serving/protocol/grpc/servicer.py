@@ -17,25 +17,20 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
 from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import ServingError, invalid
-from serving.predict import encode_response, enqueue, fill_model_spec, predict
+from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
+from serving.errors import ServingError
+from serving.predict import encode_response, enqueue, predict
 
 if TYPE_CHECKING:
     from serving.servable import Servable
-    from serving.server import ModelServer
 
 T = TypeVar("T")
-INLINE_RUN_LIMIT_S = 0.002  # a Session run this short may block the event loop
-SIGNATURE_DEF_FIELD = "signature_def"
 
 
 def version_of(spec: Any) -> tuple[int | None, str | None]:
@@ -65,11 +60,11 @@ def _finish(work: asyncio.Future, servable: Servable) -> None:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, server: ModelServer, executor: Executor) -> None:
-        self.server = server
+    def __init__(self, data_plane: DataPlane, executor: Executor) -> None:
+        self.data_plane = data_plane
         self.executor = executor
         self._running = 0
-        self._content = bool(server.args.enable_serialization_as_tensor_content)
+        self._content = data_plane.tensor_content
 
     async def _call(
         self,
@@ -82,7 +77,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         status = "OK"
         try:
             version, label = version_of(spec)
-            servable = self.server.manager.resolve(spec.name, version, label)
+            servable = self.data_plane.resolve(spec.name, version, label)
             try:
                 result = body(servable)
             except BaseException:
@@ -109,7 +104,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         finally:
             if api is not None:
                 seconds = time.perf_counter() - start
-                self.server.metrics.record(spec.name, api, "GRPC", status, seconds)
+                self.data_plane.record(spec.name, api, "GRPC", status, seconds)
         await context.abort(*failure)
         raise AssertionError("unreachable: abort raises")
 
@@ -152,7 +147,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             None,  # TF Serving records no metrics for GetModelMetadata
             request.model_spec,
             context,
-            lambda servable: metadata_response(servable, list(request.metadata_field)),
+            lambda servable: self.data_plane.metadata(servable, request.metadata_field),
         )
 
     Classify = _unimplemented("Classify")
@@ -160,43 +155,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     MultiInference = _unimplemented("MultiInference")
 
 
-def metadata_response(servable: Any, fields: list[str]) -> Any:
-    if not fields:
-        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-    for name in fields:
-        if name != SIGNATURE_DEF_FIELD:
-            raise invalid(f"Metadata field {name} is not supported")
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    fill_model_spec(response.model_spec, servable, None)
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature in servable.signatures.items():
-        signature_map.signature_def[key].CopyFrom(signature)
-    packed = any_pb2.Any()
-    packed.Pack(signature_map)
-    response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
-    return response
-
-
-def status_response(server: ModelServer, name: str, version: int | None, label: str | None) -> Any:
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for number, state, code, message in server.manager.status(name, version, label):
-        item = response.model_version_status.add()
-        item.version = number
-        item.state = state
-        item.status.error_code = code.value[0]
-        item.status.error_message = message
-    return response
-
-
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, server: ModelServer, executor: Executor) -> None:
-        self.server = server
+    def __init__(self, data_plane: DataPlane, executor: Executor) -> None:
+        self.data_plane = data_plane
         self.executor = executor
 
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             spec = request.model_spec
-            return status_response(self.server, spec.name, *version_of(spec))
+            return self.data_plane.status(spec.name, *version_of(spec))
         except ServingError as error:
             await context.abort(error.code, error.message)
 
@@ -205,7 +172,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     ) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self.server.reload_config, request.config)
+            await loop.run_in_executor(self.executor, self.data_plane.reload, request.config)
         except ServingError as error:
             await context.abort(error.code, error.message)
         return model_management_pb2.ReloadConfigResponse()

@@ -15,19 +15,28 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
 from serving.errors import ServingError, invalid
-from serving.grpc_api import INLINE_RUN_LIMIT_S
 from serving.predict import batcher, prepare, run_arrays
-from serving.rest_codec import format_outputs, parse_predict_body
+from serving.protocol.rest.codec import format_outputs, parse_predict_body
 
 if TYPE_CHECKING:
-    from serving.rest import Spec
     from serving.servable import Servable
-    from serving.server import ModelServer
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The model, and the version or label, that a REST path names."""
+
+    name: str
+    version: int | None
+    label: str | None
+
 
 # A body this small decodes in well under a millisecond; larger ones are decoded off the loop.
 INLINE_BODY_LIMIT = 64 * 1024
@@ -59,14 +68,14 @@ def _release(work: asyncio.Future, servable: Servable) -> None:
 
 
 class RestPredictor:
-    def __init__(self, model_server: ModelServer, executor: Executor, timeout: float | None):
-        self.model_server = model_server
+    def __init__(self, data_plane: DataPlane, executor: Executor, timeout: float | None):
+        self.data_plane = data_plane
         self.executor = executor
         self.timeout = timeout
         self._running = 0
 
     async def predict(self, spec: Spec, raw: bytes) -> dict[str, Any]:
-        servable = self.model_server.manager.resolve(spec.name, spec.version, spec.label)
+        servable = self.data_plane.resolve(spec.name, spec.version, spec.label)
         inline = (
             servable.batching is None
             and self._running == 0

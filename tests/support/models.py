@@ -26,7 +26,11 @@ def _tiny_network(input_shape: Sequence[int], num_classes: int):
 
 
 def mnist_cnn(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10):
-    """The book's MNIST CNN (untrained): conv5x5x32, pool, conv5x5x64, pool, dense1024, dense10."""
+    """The book's MNIST CNN (untrained): conv5x5x32, pool, conv5x5x64, pool, dense1024, dense10.
+
+    It repeats ``training/models.py``'s network so that this fixture needs no training imports;
+    issue 19 lists the pair, to be merged once that module's architecture registry settles.
+    """
     import keras
 
     layers = keras.layers
@@ -114,18 +118,10 @@ def write_warmup_file(
     input_key: str = contract.INPUT_KEY,
 ) -> None:
     """Write TF Serving's warmup format: a TFRecord file of ``PredictionLog`` protos."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from training.warmup import warmup_record, write_warmup_records
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for i in range(count):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = contract.SIGNATURE_NAME
-            images = sample_images(input_shape, batch, seed=i)
-            request.inputs[input_key].CopyFrom(tf.make_tensor_proto(images))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
-            writer.write(log.SerializeToString())
+    records = (
+        warmup_record(model_name, sample_images(input_shape, batch, seed=i), input_key)
+        for i in range(count)
+    )
+    write_warmup_records(path, records)

@@ -1,4 +1,4 @@
-"""The REST front end: the ASGI app of :mod:`serving.rest` served by uvicorn on the server's loop.
+"""The REST front end: the ASGI app of :mod:`serving.protocol.rest.app`, on uvicorn on the loop.
 
 uvicorn runs on the same event loop as the gRPC front end and the batch queues,
 so a REST request costs no thread hand-off of its own and joins a batch directly. asyncio's
@@ -18,16 +18,13 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import uvicorn
 
+from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
-from serving.rest import RestApi
-from serving.rest_predict import RestPredictor
-
-if TYPE_CHECKING:
-    from serving.server import ModelServer
+from serving.protocol.rest.app import RestApi
+from serving.protocol.rest.predict import RestPredictor
 
 log = logging.getLogger("serving.server")
 
@@ -49,15 +46,35 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class RestFrontEnd:
-    def __init__(self, server: ModelServer, loop: LoopThread) -> None:
-        args = server.args
+    """The HTTP/REST server of one model server process.
+
+    Args:
+        data_plane: the model operations the routes translate to.
+        loop: the event loop thread uvicorn runs on.
+        bind_address: the host the port listens on.
+        num_threads: ``--rest_api_num_threads`` (0: 4 x CPUs).
+        timeout_ms: ``--rest_api_timeout_in_ms`` (0 or less: none).
+        cors: ``--rest_api_enable_cors_support``.
+    """
+
+    def __init__(
+        self,
+        data_plane: DataPlane,
+        loop: LoopThread,
+        *,
+        bind_address: str,
+        num_threads: int = 0,
+        timeout_ms: int = 0,
+        cors: bool = False,
+    ) -> None:
         self.loop = loop
-        self.bind_address = args.bind_address
-        threads = args.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+        self.bind_address = bind_address
+        threads = num_threads or 4 * (os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rest-work")
-        timeout_s = args.rest_api_timeout_in_ms / 1000
+        timeout_s = timeout_ms / 1000
         timeout = timeout_s if timeout_s > 0 else None
-        self.app = RestApi(server, RestPredictor(server, self.executor, timeout))
+        predictor = RestPredictor(data_plane, self.executor, timeout)
+        self.app = RestApi(data_plane, predictor, cors)
         config = uvicorn.Config(
             self.app,
             lifespan="off",

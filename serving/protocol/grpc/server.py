@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,15 +22,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from fdl.grpc_tuning import MAX_MESSAGE_BYTES
+from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
-from serving.grpc_api import ModelService, PredictionService
-from serving.grpc_options import check_socket_path, server_credentials, server_options
-
-if TYPE_CHECKING:
-    from serving.server import ModelServer
+from serving.protocol.grpc.options import check_socket_path, server_credentials, server_options
+from serving.protocol.grpc.servicer import ModelService, PredictionService
 
 log = logging.getLogger("serving.server")
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's send/receive limits to INT_MAX
 # Overridable with --grpc_channel_arguments; without SO_REUSEPORT a port in use fails the start.
 DEFAULT_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -60,30 +57,55 @@ def _listen(
 
 
 class GrpcFrontEnd:
+    """The gRPC server of one model server process.
+
+    Args:
+        data_plane: the model operations the services translate to.
+        loop: the event loop thread the grpc.aio server runs on.
+        workers: threads for the blocking work handed off the loop.
+        health_service: also serve ``grpc.health.v1.Health``.
+        bind_address: the host ``--port`` listens on.
+        channel_arguments: ``--grpc_channel_arguments``, applied over the defaults.
+        ssl_config_file: ``--ssl_config_file``, or empty for plaintext.
+        socket_path: ``--grpc_socket_path``, or empty for none.
+    """
+
     def __init__(
-        self, server: ModelServer, loop: LoopThread, workers: int, health_service: bool
+        self,
+        data_plane: DataPlane,
+        loop: LoopThread,
+        *,
+        workers: int,
+        health_service: bool,
+        bind_address: str,
+        channel_arguments: str = "",
+        ssl_config_file: str = "",
+        socket_path: str = "",
     ) -> None:
-        self.server = server
+        self.data_plane = data_plane
         self.loop = loop
         self.health_service = health_service
+        self.bind_address = bind_address
+        self.channel_arguments = channel_arguments
+        self.ssl_config_file = ssl_config_file
+        self.socket_path = socket_path
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-work")
         self._grpc: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
 
     def start(self, port: int) -> None:
         """Serve on ``port`` (0: none) and on ``--grpc_socket_path`` if given."""
-        args = self.server.args
-        options = server_options(DEFAULT_OPTIONS, args.grpc_channel_arguments)
+        options = server_options(DEFAULT_OPTIONS, self.channel_arguments)
         credentials = None
-        if args.ssl_config_file:
-            credentials = server_credentials(args.ssl_config_file)
-            log.info("Using SSL credentials from %s", args.ssl_config_file)
-        socket_path = args.grpc_socket_path
+        if self.ssl_config_file:
+            credentials = server_credentials(self.ssl_config_file)
+            log.info("Using SSL credentials from %s", self.ssl_config_file)
+        socket_path = self.socket_path
         if socket_path:
             check_socket_path(socket_path)
         self.loop.run(self._start(port, socket_path, options, credentials))
         if port:
-            log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, port)
+            log.info("Running gRPC ModelServer at %s:%d ...", self.bind_address, port)
         if socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
@@ -96,10 +118,10 @@ class GrpcFrontEnd:
     ) -> None:
         server = grpc.aio.server(options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.server, self.executor), server
+            PredictionService(self.data_plane, self.executor), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.server, self.executor), server
+            ModelService(self.data_plane, self.executor), server
         )
         names = [*SERVICE_NAMES, reflection.SERVICE_NAME]
         if self.health_service:
@@ -110,7 +132,7 @@ class GrpcFrontEnd:
             names.append(health.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         if port:
-            host = self.server.args.bind_address
+            host = self.bind_address
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             _listen(server, address, credentials, f"port {port}")
         if socket_path:

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from fdl.wire.serving_config_pb2 import SSLConfig
 from serving.config_files import ConfigError, parse_text_file
 
 ChannelArgument = tuple[str, int | str]
@@ -57,40 +57,6 @@ def server_options(defaults: list[ChannelArgument], text: str) -> list[ChannelAr
     merged = dict(defaults)
     merged.update(parse_channel_arguments(text))
     return list(merged.items())
-
-
-def _ssl_config_class() -> type:
-    try:  # not in the tensorflow-serving-api wheel today; declared as ssl_config.proto does
-        from tensorflow_serving.config import ssl_config_pb2  # type: ignore[attr-defined]
-
-        return ssl_config_pb2.SSLConfig
-    except ImportError:
-        pass
-    pool = descriptor_pool.Default()
-    try:
-        descriptor = pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")
-    except KeyError:
-        fdp = descriptor_pb2.FieldDescriptorProto
-        file = descriptor_pb2.FileDescriptorProto(
-            name="fdl_serving/ssl_config_subset.proto",
-            package="tensorflow.serving",
-            syntax="proto3",
-        )
-        fields = [("server_key", fdp.TYPE_STRING), ("server_cert", fdp.TYPE_STRING)]
-        fields += [("custom_ca", fdp.TYPE_STRING), ("client_verify", fdp.TYPE_BOOL)]
-        file.message_type.add(
-            name="SSLConfig",
-            field=[
-                fdp(name=name, number=number, type=kind, label=fdp.LABEL_OPTIONAL)
-                for number, (name, kind) in enumerate(fields, start=1)
-            ],
-        )
-        pool.Add(file)
-        descriptor = pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")
-    return message_factory.GetMessageClass(descriptor)
-
-
-SSLConfig = _ssl_config_class()
 
 
 def _encrypted_key() -> bytes:

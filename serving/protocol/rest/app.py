@@ -3,8 +3,8 @@
 ``GET /v1/models/{m}[/versions/{v}|/labels/{l}]`` (status), ``…/metadata``,
 ``POST …:predict``, ``OPTIONS`` (CORS preflight); and the Prometheus metrics at the monitoring
 config's path. With ``--rest_api_enable_cors_support`` the model API's responses carry TF
-Serving's CORS headers. :mod:`serving.rest_server` serves it with uvicorn on the server's event
-loop; :mod:`serving.rest_predict` runs the ``:predict`` calls.
+Serving's CORS headers. :mod:`serving.protocol.rest.server` serves it with uvicorn on the
+server's event loop; :mod:`serving.protocol.rest.predict` runs the ``:predict`` calls.
 """
 
 from __future__ import annotations
@@ -13,21 +13,18 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from serving.errors import ServingError, invalid, not_found
-from serving.grpc_api import metadata_response, status_response
-from serving.rest_predict import RestPredictor
-
-if TYPE_CHECKING:
-    from serving.server import ModelServer
+from serving.protocol.rest.predict import RestPredictor, Spec
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -41,13 +38,6 @@ _CORS_HEADERS = (
 )
 _ORIGIN = re.compile(r"https?://")
 _METRICS_TYPE = "text/plain; version=0.0.4"
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    version: int | None
-    label: str | None
 
 
 def _parse(path: str) -> tuple[Spec, str]:
@@ -83,12 +73,18 @@ Handler = Callable[[Spec, str], Awaitable[tuple[str, Any]]]
 
 
 class RestApi:
-    """The ASGI application: one instance per model server."""
+    """The ASGI application: one instance per model server.
 
-    def __init__(self, model_server: ModelServer, predictor: RestPredictor) -> None:
-        self.model_server = model_server
+    Args:
+        data_plane: the model operations the routes translate to.
+        predictor: runs the ``:predict`` calls.
+        cors: answer with TF Serving's CORS headers (``--rest_api_enable_cors_support``).
+    """
+
+    def __init__(self, data_plane: DataPlane, predictor: RestPredictor, cors: bool) -> None:
+        self.data_plane = data_plane
         self.predictor = predictor
-        self.cors = bool(model_server.args.rest_api_enable_cors_support)
+        self.cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,18 +134,18 @@ class RestApi:
         finally:
             if model:
                 elapsed = time.perf_counter() - start
-                self.model_server.metrics.record(model, api, "REST", status, elapsed)
+                self.data_plane.record(model, api, "REST", status, elapsed)
 
     # --- methods --------------------------------------------------------------------------------
     async def _get(self, raw_path: str) -> Response:
-        model_server = self.model_server
+        data_plane = self.data_plane
         path = raw_path.split("?", 1)[0]
-        if model_server.metrics_path and path == model_server.metrics_path:
-            return _response(200, model_server.metrics.exposition(), _METRICS_TYPE, cors=False)
+        if data_plane.metrics_path and path == data_plane.metrics_path:
+            return _response(200, data_plane.exposition(), _METRICS_TYPE, cors=False)
 
         async def get(spec: Spec, rest: str) -> tuple[str, Any]:
             if rest == "":
-                response = status_response(model_server, spec.name, spec.version, spec.label)
+                response = data_plane.status(spec.name, spec.version, spec.label)
                 return "", _to_dict(response)
             if rest == "/metadata":
                 return "metadata", self._metadata(spec)
@@ -158,15 +154,13 @@ class RestApi:
         return await self._answer(path, get)
 
     def _metadata(self, spec: Spec) -> dict[str, Any]:
-        servable = self.model_server.manager.resolve(spec.name, spec.version, spec.label)
+        servable = self.data_plane.resolve(spec.name, spec.version, spec.label)
         try:
-            response = metadata_response(servable, ["signature_def"])
+            response = self.data_plane.metadata(servable, [SIGNATURE_DEF_FIELD])
         finally:
             servable.release()
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
         signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
+        response.metadata[SIGNATURE_DEF_FIELD].Unpack(signatures)
         return {
             "model_spec": {
                 "name": response.model_spec.name,

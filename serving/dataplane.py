@@ -1,0 +1,121 @@
+"""The protocol-neutral data plane that every front end receives (as kserve's ``DataPlane``).
+
+It resolves a model spec to a loaded version, answers metadata and status requests, applies a
+new model config and records request metrics. The gRPC and REST front ends translate their wire
+formats to and from these calls; the entry point (:mod:`serving.server`) builds one and hands it
+to each front end's constructor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError, invalid
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.predict import fill_model_spec
+from serving.servable import Servable
+
+INLINE_RUN_LIMIT_S = 0.002  # a Session run this short may block the event loop
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+class DataPlane:
+    """Model resolution, metadata, status, reloads and metrics, shared by the front ends.
+
+    Args:
+        manager: the model manager that loads and serves the versions.
+        metrics: the server's request and load metrics.
+        metrics_path: the REST path of the Prometheus metrics, or None when they are off.
+        tensor_content: answer gRPC ``Predict`` with ``tensor_content`` rather than typed fields.
+    """
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        metrics_path: str | None = None,
+        tensor_content: bool = False,
+    ) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.metrics_path = metrics_path
+        self.tensor_content = tensor_content
+        self._reload_lock = threading.Lock()
+
+    def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
+        """The loaded version a spec names, held until the caller calls ``release()`` on it."""
+        return self.manager.resolve(name, version, label)
+
+    def metadata(
+        self, servable: Servable, fields: Iterable[str]
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """``GetModelMetadata``: the signature map of a resolved version."""
+        wanted = list(fields)
+        if not wanted:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for name in wanted:
+            if name != SIGNATURE_DEF_FIELD:
+                raise invalid(f"Metadata field {name} is not supported")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        fill_model_spec(response.model_spec, servable, None)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signatures.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        packed = any_pb2.Any()
+        packed.Pack(signature_map)
+        response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
+        return response
+
+    def status(
+        self, name: str, version: int | None, label: str | None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """``GetModelStatus``: the state of every version the spec names."""
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, state, code, message in self.manager.status(name, version, label):
+            item = response.model_version_status.add()
+            item.version = number
+            item.state = state
+            item.status.error_code = code.value[0]
+            item.status.error_message = message
+        return response
+
+    def load(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Apply the first config and wait until every model in it is available."""
+        with self._reload_lock:
+            self.manager.apply_config(config)
+            self.manager.wait_available([m.name for m in config.model_config_list.config])
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Apply a new ModelServerConfig; waits for new models (``HandleReloadConfigRequest``)."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Cannot transition to requested config. It is only legal to transition from "
+                "one ModelConfigList to another.",
+            )
+        names = [m.name for m in config.model_config_list.config]
+        if len(set(names)) != len(names) or not all(
+            m.name and m.base_path for m in config.model_config_list.config
+        ):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "every model config needs a unique name and a base_path",
+            )
+        with self._reload_lock:
+            added = self.manager.apply_config(config)
+            self.manager.wait_available(added)
+
+    def record(self, model: str, api: str, protocol: str, status: str, seconds: float) -> None:
+        """Count one request (and time it when OK), as TF Serving's request metrics do."""
+        self.metrics.record(model, api, protocol, status, seconds)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus text format."""
+        return self.metrics.exposition()

@@ -1,0 +1,1 @@
+"""The protocol front ends; each receives the :class:`serving.dataplane.DataPlane`."""
