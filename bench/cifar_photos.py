@@ -33,7 +33,7 @@ from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import from_tensor_proto, to_tensor_proto
-from api.wire.tfs_pb2 import PredictRequest, PredictResponse
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
 
 NAME = "cifar-photos"

@@ -29,7 +29,7 @@ RecipeName = Literal["book", "fast"]
 # What a recipe gives the fields a spec leaves unset (training/recipes.py has the rest of each
 # recipe: schedule, label smoothing, weight decay, averaging, augmentation). Keyed by recipe, then
 # by model; "*" is every other model. The resolved values are stored in the job's spec.
-RECIPE_DEFAULTS: dict[str, dict[str, dict]] = {
+RECIPE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "book": {"*": {}},
     "fast": {
         # Twice the book's batch, Adam's rate scaled with it (linear scaling rule).
