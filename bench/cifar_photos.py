@@ -33,8 +33,8 @@ from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
 from api.tensors import from_tensor_proto, to_tensor_proto
-from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from fdl import contract
+from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 NAME = "cifar-photos"
 FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90})}
