@@ -14,13 +14,14 @@ from celery import Celery
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
 from fdl.queue import enqueue_training, make_celery
+from fdl.stack import WORKER_ARGV as STACK_WORKER_ARGV
 from tests.support.procs import Process, wait_for
 
 # The worker command of `fdl up`, Docker and the docs, verbatim.
-WORKER_ARGV = [
-    "celery", "-A", "training.tasks", "worker", "-Q", "training",
-    "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
-]  # fmt: skip
+WORKER_ARGV = list(STACK_WORKER_ARGV)
+# Test workers consume a queue of their own: the gateways of other test modules enqueue fuzzed
+# and sample jobs (hundreds of CIFAR epochs) on the default queue of the same session Redis.
+TEST_QUEUE = "fdl-tests-training"
 MNIST_TINY: dict[str, Any] = {
     "epochs": 1,
     "batch_size": 64,
@@ -37,12 +38,13 @@ class Worker:
     store: JobStore
     model_dir: Path
     var_dir: Path
+    queue: str = TEST_QUEUE
 
     def submit(self, **spec: Any) -> str:
         body = JobSpec.model_validate(spec).model_dump(mode="json")
         job_id = new_job_id()
         self.store.create(body, job_id)
-        enqueue_training(self.app, job_id)
+        enqueue_training(self.app, job_id, self.queue)
         return job_id
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
@@ -72,12 +74,14 @@ def start_worker(
         "FDL_VAR_DIR": str(var_dir),
         "FDL_DOWNLOAD": "false",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "FDL_TRAINING_QUEUE": TEST_QUEUE,
         **(env or {}),
     }
+    queue = full_env["FDL_TRAINING_QUEUE"]
     process = Process(name, WORKER_ARGV, logs_dir, full_env)
-    app = make_celery(redis_url)
+    app = make_celery(redis_url, queue)
     wait_for(lambda: app.control.ping(timeout=0.5), 90, f"{name} ready", check=process.ensure_alive)
-    return Worker(process, app, JobStore.from_url(redis_url), model_dir, var_dir)
+    return Worker(process, app, JobStore.from_url(redis_url), model_dir, var_dir, queue)
 
 
 @pytest.fixture(scope="session")

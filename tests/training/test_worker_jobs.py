@@ -117,7 +117,7 @@ def test_invalid_stored_spec_fails_readably(training_worker: Worker) -> None:
 
     job_id = "bad-spec-job"
     training_worker.store.create({"model": "resnet152", "epochs": 1}, job_id)
-    enqueue_training(training_worker.app, job_id)
+    enqueue_training(training_worker.app, job_id, training_worker.queue)
     record = training_worker.wait_done(job_id)
     assert record["status"] == "failed"
     assert record["error"].startswith("invalid job spec") and "model" in record["error"]
@@ -134,7 +134,7 @@ def test_a_rerun_after_publishing_publishes_no_second_version(
     # The record as Redis held it when it went away: running, its heartbeat long stale.
     training_worker.store.set_fields(job_id, status="running", heartbeat_at=0, result=None)
     assert training_worker.store.requeue_if_stale(job_id, time.time(), "worker lost")
-    enqueue_training(training_worker.app, job_id)
+    enqueue_training(training_worker.app, job_id, training_worker.queue)
     record = training_worker.wait_done(job_id, timeout=120)
     assert record["status"] == "succeeded", record
     assert record["result"]["version"] == result["version"]
