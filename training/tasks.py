@@ -2,10 +2,10 @@
 
 Run it with::
 
-    celery -A training.tasks worker -Q training --concurrency 1 --prefetch-multiplier 1 \
-        --loglevel INFO
+    celery -A training.tasks worker --concurrency 1 --prefetch-multiplier 1 --loglevel INFO
 
-The task is a thin wrapper over :func:`training.job.run_job`. TensorFlow is imported only in the
+It consumes ``FDL_TRAINING_QUEUE`` (the app's default queue), the queue the gateway sends to. The
+task is a thin wrapper over :func:`training.job.run_job`. TensorFlow is imported only in the
 pool process that runs a job, never in the parent (TensorFlow is not fork-safe).
 """
 
