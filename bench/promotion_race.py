@@ -29,9 +29,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 
 from fdl import contract  # noqa: E402
 from fdl.repository import CONFIG_FILE, Repository, read_labels  # noqa: E402
+from fdl.wire.tfs_pb2 import ModelServerConfig  # noqa: E402
 
 MODEL = "race"
 LABELS = ("alpha", "beta")
@@ -65,16 +67,12 @@ def _promote(url: str, key: str, label: str, version: int) -> tuple[int, float]:
 
 
 def _config_labels(model_dir: Path) -> dict[str, int]:
-    """``version_labels`` of the race model in ``models.config`` (a line-based read)."""
-    found: dict[str, int] = {}
-    inside = False
-    for line in (model_dir / CONFIG_FILE).read_text().splitlines():
-        if line.strip().startswith("name:"):
-            inside = line.strip() == f'name: "{MODEL}"'
-        elif inside and "version_labels" in line:
-            parts = line.replace('"', " ").split()
-            found[parts[parts.index("key:") + 1]] = int(parts[parts.index("value:") + 1])
-    return found
+    """``version_labels`` of the race model in ``models.config``, parsed as the server reads it."""
+    config = text_format.Parse((model_dir / CONFIG_FILE).read_text(), ModelServerConfig())
+    for model in config.model_config_list.config:
+        if model.name == MODEL:
+            return dict(model.version_labels)
+    return {}
 
 
 def race(
