@@ -26,6 +26,8 @@ class Budget:
         self.wait_s = wait_s
         self.unit = unit
         self.in_use = 0
+        self._in_use_gauge = BUDGET_IN_USE.labels(name)
+        self._refused = BUDGET_REFUSED.labels(name)
         self._changed: asyncio.Condition | None = None  # made on first use, in the serving loop
 
     def _condition(self) -> asyncio.Condition:
@@ -40,11 +42,14 @@ class Budget:
         changed = self._condition()
         async with changed:
             try:
-                await asyncio.wait_for(
-                    changed.wait_for(lambda: self.in_use + amount <= self.capacity), self.wait_s
-                )
+                # A share that fits now is taken without a timed wait (and its extra task).
+                if self.in_use + amount > self.capacity:
+                    await asyncio.wait_for(
+                        changed.wait_for(lambda: self.in_use + amount <= self.capacity),
+                        self.wait_s,
+                    )
             except TimeoutError:
-                BUDGET_REFUSED.labels(self.name).inc()
+                self._refused.inc()
                 log.warning(
                     "%s budget full: %s %s in flight, %s more waited %.1fs; 503",
                     self.name,
@@ -60,11 +65,11 @@ class Budget:
                     headers={"Retry-After": "1"},
                 ) from None
             self.in_use += amount
-            BUDGET_IN_USE.labels(self.name).set(self.in_use)
+            self._in_use_gauge.set(self.in_use)
         try:
             yield
         finally:
             async with changed:
                 self.in_use -= amount
-                BUDGET_IN_USE.labels(self.name).set(self.in_use)
+                self._in_use_gauge.set(self.in_use)
                 changed.notify_all()
