@@ -109,10 +109,10 @@ async def measure(
         order = names if number % 2 == 0 else names[::-1]
         for name in order:
             process = gateways[name][0]
-            before, server_before = cpu_s(process), cpu_s(server)
+            before, server_before = tree_cpu_s(process), cpu_s(server)
             loop_before, faults_before = loop_cpu_s(process), minor_faults(process.pid)
             rate, done = await throughput(calls[name], CONCURRENCY, args.seconds)
-            gateway_ms = (cpu_s(process) - before) * 1000 / done
+            gateway_ms = (tree_cpu_s(process) - before) * 1000 / done
             loop_ms = (loop_cpu_s(process) - loop_before) * 1000 / done
             server_ms = (cpu_s(server) - server_before) * 1000 / done
             faults = (minor_faults(process.pid) - faults_before) / done
@@ -129,6 +129,11 @@ async def measure(
         for name in names[1:]:
             difference(names[0], profiles[names[0]], name, profiles[name], args.top)
     await session.close()
+
+
+def tree_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of the process and its children (an ASGI server may serve from a worker)."""
+    return cpu_s(process) + sum(cpu_s(child) for child in process.children(recursive=True))
 
 
 def loop_cpu_s(process: psutil.Process) -> float:
