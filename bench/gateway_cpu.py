@@ -41,6 +41,7 @@ import psutil
 from gateway_latency import cpu_s, digit_png, throughput
 from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack, wait_http
 from machine import python_speed_ms, speed_line
+from pyspy_profile import difference, summarise
 
 from tests.support.procs import Process, free_port
 
@@ -167,8 +168,8 @@ RATE_HZ = 250  # py-spy samples per second
 
 
 async def profile(name: str, pid: int, call, args: argparse.Namespace) -> Counter[str]:
-    """py-spy on the gateway while the client keeps it at concurrency 16; returns the µs per
-    request spent in each function, callees included."""
+    """py-spy on the gateway while the client keeps it at concurrency 16; returns the µs of CPU
+    per request spent in each function, callees included."""
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
         raise SystemExit("--profile needs py-spy (pip install py-spy)")
@@ -177,63 +178,15 @@ async def profile(name: str, pid: int, call, args: argparse.Namespace) -> Counte
     seconds = args.profile_seconds
     recorder = await asyncio.create_subprocess_exec(
         spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(RATE_HZ),
-        "--format", "raw", "--output", str(out), "--nonblocking",
+        "--format", "raw", "--output", str(out), "--nonblocking", "--full-filenames",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    process = psutil.Process(pid)
+    before = tree_cpu_s(process)
     _, done = await throughput(call, CONCURRENCY, seconds + 1)
+    cpu_us = (tree_cpu_s(process) - before) * 1e6 / done
     await recorder.wait()
-    # The load ran a second longer than the recording: count the requests the recording saw.
-    return summarise(name, out, args.top, done * seconds / (seconds + 1))
-
-
-def summarise(name: str, path: Path, top: int, requests: float) -> Counter[str]:
-    """Prints the functions with the most samples, self and inclusive, as % of the gateway's
-    samples (threads that py-spy saw idle are not sampled) and as µs per request."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        frames = [_short(f) for f in stack.split(";")]
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    per_request = 1e6 / RATE_HZ / requests  # µs of one sample, per request
-    print(f"\npy-spy, gateway {name}: {total} samples, {total * per_request:.0f} µs per request "
-          f"({path})")  # fmt: skip
-    for title, counter in (("self", own), ("inclusive", inclusive)):
-        print(f"  top {top} {title} (% of samples, µs per request):")
-        for frame, count in counter.most_common(top):
-            print(f"    {100 * count / total:5.1f}% {count * per_request:6.1f}  {frame}")
-    return Counter({frame: count * per_request for frame, count in inclusive.items()})
-
-
-def difference(base: str, before: Counter[str], name: str, after: Counter[str], top: int) -> None:
-    """The functions whose time per request (callees included) grew or shrank the most."""
-    change = Counter({f: after.get(f, 0.0) - before.get(f, 0.0) for f in {*before, *after}})
-    print(f"\npy-spy, {name} - {base}, µs per request, callees included:")
-    ranked = sorted(change.items(), key=lambda item: -abs(item[1]))[:top]
-    for frame, delta in ranked:
-        was, now = before.get(frame, 0.0), after.get(frame, 0.0)
-        print(f"    {delta:+6.1f}  ({was:6.1f} -> {now:6.1f})  {frame}")
-
-
-def _short(frame: str) -> str:
-    """``function (path/to/file.py:line)`` -> ``function (package/file.py)``: lines merged."""
-    function, _, where = frame.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    parts = Path(where).parts
-    for anchor in ("site-packages", "lib"):
-        if anchor in parts:
-            parts = parts[parts.index(anchor) + 1 :]
-            break
-    else:
-        parts = parts[-2:]
-    return f"{function} ({'/'.join(parts)})"
+    return summarise(name, out, args.top, cpu_us)
 
 
 def main() -> int:
