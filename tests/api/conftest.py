@@ -80,3 +80,14 @@ def more_gateways(
             return started.enter_context(gateways_here(name, **kwargs))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def route_model_server(
+    pristine_repository: Path, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelServer]:
+    """A model server over a repository of its own, for the in-process route tests: their
+    promotions must not move the labels the process-level tests assert."""
+    repo = copy_repository(pristine_repository, tmp_path_factory.mktemp("routes") / "models")
+    with model_server_running("model-server-routes", repo, logs_dir, SERVED) as server:
+        yield server
