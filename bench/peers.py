@@ -46,7 +46,7 @@ from api.serving_client import _PREDICTION, model_spec
 from api.tensors import to_tensor_proto
 from fdl import contract
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
-from tests.support.procs import Process, free_port
+from harness.procs import Process, free_port
 
 Call = Callable[[], Awaitable[None]]
 KSERVE_VENV = REPO_ROOT / "var" / "bench" / "kserve-venv"
@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
     args = parser.parse_args()
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     python = None if args.no_kserve else kserve_python()
     before = python_speed_ms()  # the machine's speed before and after: it drifts

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy.lint.common import load_compose, merge_compose
+from harness import containers as c
+from harness.procs import REPO_ROOT, VENV_BIN, free_port
+from harness.procs import run_command as run
 from serving.flags import parse_flags
-from tests.deploy import containers as c
-from tests.support.procs import REPO_ROOT, VENV_BIN, free_port
-from tests.support.procs import run_command as run
 
 DEPLOY = REPO_ROOT / "deploy"
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
-from tests.training.test_export_contract import load_session, predict
+from harness.savedmodel import load_session, predict
 from training.job import run_job
 from training.models import ARCHITECTURES, build_model
 from training.models_airnet import whitening_kernel
