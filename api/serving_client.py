@@ -16,10 +16,11 @@ import grpc
 import numpy as np
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from api.tensors import dtype_name, from_tensor_proto, to_tensor_proto
 from fdl import contract
 from fdl.grpc_tuning import MAX_MESSAGE_BYTES
+from fdl.tensors import from_numpy, to_numpy
 from fdl.wire.tfs_pb2 import (
+    DataType,
     GetModelMetadataRequest,
     GetModelMetadataResponse,
     GetModelStatusRequest,
@@ -215,9 +216,9 @@ class ServingClient:
             model_spec=model_spec(model, version, label, contract.SIGNATURE_NAME)
         )
         for key, array in inputs.items():
-            request.inputs[key].CopyFrom(to_tensor_proto(array))
+            from_numpy(array, request.inputs[key], content=True)
         response: PredictResponse = await self._call(self._predict, request, request_id)
-        outputs = {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+        outputs = {k: to_numpy(v, k) for k, v in response.outputs.items()}
         return int(response.model_spec.version.value), outputs
 
     async def input_spec(
@@ -256,7 +257,7 @@ class ServingClient:
         return InputSpec(
             version=int(response.model_spec.version.value),
             input_key=key,
-            dtype=dtype_name(info.dtype),
+            dtype=DataType.Name(info.dtype),
             shape=shape,
         )
 

@@ -32,8 +32,9 @@ from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack
 from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
-from api.tensors import from_tensor_proto, to_tensor_proto
 from fdl import contract
+from fdl.tensors import to_numpy as from_tensor_proto
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 NAME = "cifar-photos"

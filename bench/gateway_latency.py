@@ -48,8 +48,8 @@ from machine import python_speed_ms, speed_line
 from PIL import Image
 
 from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.prometheus import sample_sums
 

@@ -43,8 +43,8 @@ from gateway_stack import REPO_ROOT, BenchStack, running_stack, start_gateway, w
 from machine import python_speed_ms, speed_line
 
 from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from tests.support.procs import Process, free_port
 
