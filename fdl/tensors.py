@@ -59,7 +59,7 @@ _LITTLE_ENDIAN = {k: v[0].newbyteorder("<") for k, v in _TYPES.items() if k != _
 def enum_name(dtype: int) -> str:
     """``DT_FLOAT`` for 1; the number itself for a type the vendored enum does not list."""
     try:
-        return DataType.Name(dtype)  # type: ignore[arg-type]
+        return DataType.Name(dtype)
     except ValueError:
         return f"DataType {dtype}"
 
