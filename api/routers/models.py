@@ -16,6 +16,7 @@ from api.deps import (
     SettingsDep,
 )
 from api.errors import ApiError
+from api.input_spec import ModelContractError
 from api.preprocess import choose_profile
 from api.repository import describe_model, model_names
 from api.schemas import (
@@ -27,7 +28,6 @@ from api.schemas import (
     ModelName,
     errors,
 )
-from api.serving_client import ModelContractError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
