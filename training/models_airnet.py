@@ -26,7 +26,7 @@ from training.preprocess import eval_preprocess
 from training.regularization import kernel_kwargs
 
 # Channel widths of the three blocks. airbench94 uses (64, 256, 256); these are smaller so that
-# an epoch of 45,000 images fits the 2-core CPU budget (about the FLOPs of cifar10_cnn_bn).
+# an epoch of 45,000 images fits a CPU training budget (about the FLOPs of cifar10_cnn_bn).
 WIDTHS = (32, 64, 128)
 WHITEN_PATCH = 2
 WHITEN_EPS = 1e-3  # added to eigenvalues: keeps the noisiest directions from being amplified
