@@ -47,9 +47,9 @@ from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - s
 from machine import python_speed_ms, speed_line
 from PIL import Image
 
-from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
+from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from harness.prometheus import scrape, total
 
@@ -226,7 +226,7 @@ async def measure(
     png, tensor = digit_png()
     channel = grpc.aio.insecure_channel(stack.grpc_target)
     predict = channel.unary_unary(
-        _PREDICTION + "Predict",
+        PREDICTION_SERVICE + "Predict",
         request_serializer=PredictRequest.SerializeToString,
         response_deserializer=PredictResponse.FromString,
     )

@@ -42,9 +42,9 @@ from gateway_latency import cpu_s, digit_png, own_cpu_s, pct, sequential, throug
 from gateway_stack import REPO_ROOT, BenchStack, running_stack, start_gateway, wait_http
 from machine import python_speed_ms, speed_line
 
-from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
+from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from harness.procs import Process, free_port
 
@@ -102,7 +102,7 @@ def http_call(session: aiohttp.ClientSession, url: str, body: bytes | None, kind
 
 def grpc_call(channel: grpc.aio.Channel, tensor) -> Call:
     predict = channel.unary_unary(
-        _PREDICTION + "Predict",
+        PREDICTION_SERVICE + "Predict",
         request_serializer=PredictRequest.SerializeToString,
         response_deserializer=PredictResponse.FromString,
     )

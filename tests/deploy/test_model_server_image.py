@@ -53,7 +53,7 @@ def test_image_runs_tf_serving_entrypoint_and_flags() -> None:
 def test_image_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
     """ENTRYPOINT + CMD, run as the image runs them, answer the image's HEALTHCHECK."""
     models = tmp_path / "models"
-    assert run(["python", "-m", "fdl.model_config"], {"FDL_MODEL_DIR": str(models)}).returncode == 0
+    assert run(["python", "-m", "fdl.repository"], {"FDL_MODEL_DIR": str(models)}).returncode == 0
     # The image's symlink, made here: TF Serving's name for our server.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
