@@ -32,6 +32,7 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Builds the images (stand-in bases where none can be pulled) and runs the compose stack end to
@@ -43,6 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 lint-deploy: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/lint-deploy.sh

@@ -20,10 +20,10 @@ from api.budget import Budget
 from api.coalesce import PredictCoalescer
 from api.errors import ApiError
 from api.imaging import DEFAULT_MAX_PIXELS, decode_image, open_image
+from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, child, timed
 from api.preprocess import choose_profile, decode_size, preprocess
-from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
 
 if TYPE_CHECKING:

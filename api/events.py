@@ -1,4 +1,4 @@
-"""A job's event stream (Redis stream written by :class:`fdl.jobs.JobStore`) as SSE messages.
+"""A job's event stream (the Redis stream :class:`fdl.jobs.JobStore` writes) as SSE messages.
 
 Read with the asyncio Redis client, so a waiting subscriber holds no thread. Each XREAD blocks
 for half the client's socket timeout (redis-py's default is 5 s): a block as long as the
@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from api.errors import STORE_RETRY_AFTER_S
-from fdl.jobs import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
+from fdl.job_records import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
 
 log = logging.getLogger("fdl.gateway")
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from api.serving_client import InputSpec, ServingClient
+from api.input_spec import InputSpec
+from api.serving_client import ServingClient
 from fdl.repository import list_versions
 
 _Key = tuple[str, int | None, str | None]

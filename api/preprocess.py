@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from api.imaging import WorkSize
-from api.serving_client import InputSpec
+from api.input_spec import InputSpec
 
 PROFILES = ("digit", "photo")
 # The digit profile works on images bounded to this size (detail enough for one digit).

@@ -16,9 +16,10 @@ import grpc
 import numpy as np
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from api.tensors import dtype_name, from_tensor_proto, to_tensor_proto
+from api.input_spec import InputSpec, input_spec_of
 from fdl import contract
 from fdl.grpc_tuning import MAX_MESSAGE_BYTES
+from fdl.tensors import from_numpy, to_numpy
 from fdl.wire.tfs_pb2 import (
     GetModelMetadataRequest,
     GetModelMetadataResponse,
@@ -42,30 +43,10 @@ if TYPE_CHECKING:
 # ipv4: list); one address behaves as gRPC's default. The server's grpc.max_connection_age_ms
 # makes the channel resolve again, so new replicas are found.
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-_PREDICTION = "/tensorflow.serving.PredictionService/"
-_MODEL = "/tensorflow.serving.ModelService/"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model's ``serving_default`` signature takes (from GetModelMetadata)."""
-
-    version: int
-    input_key: str
-    dtype: str
-    shape: tuple[int, ...]  # -1 for unknown dimensions, batch first
-
-    @property
-    def height(self) -> int:
-        return self.shape[1] if len(self.shape) == 4 else -1
-
-    @property
-    def width(self) -> int:
-        return self.shape[2] if len(self.shape) == 4 else -1
-
-    @property
-    def channels(self) -> int:
-        return self.shape[3] if len(self.shape) == 4 else -1
+# The gRPC method paths are these prefixes plus the method name ("Predict"): benchmarks and tools
+# that call the model server with a bare channel use them too.
+PREDICTION_SERVICE = "/tensorflow.serving.PredictionService/"
+MODEL_SERVICE = "/tensorflow.serving.ModelService/"
 
 
 @dataclass(frozen=True)
@@ -74,10 +55,6 @@ class VersionStatus:
     state: str
     error_code: int
     error_message: str
-
-
-class ModelContractError(Exception):
-    """The served model does not look like an image classifier (see :mod:`fdl.contract`)."""
 
 
 def _is_unavailable(error: BaseException) -> bool:
@@ -138,29 +115,32 @@ class ServingClient:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
-        call = self.channel.unary_unary
-        self._predict = call(
-            _PREDICTION + "Predict",
-            request_serializer=PredictRequest.SerializeToString,
-            response_deserializer=PredictResponse.FromString,
+        self._predict = self._method(
+            PREDICTION_SERVICE + "Predict", PredictRequest, PredictResponse
         )
-        self._metadata = call(
-            _PREDICTION + "GetModelMetadata",
-            request_serializer=GetModelMetadataRequest.SerializeToString,
-            response_deserializer=GetModelMetadataResponse.FromString,
+        self._metadata = self._method(
+            PREDICTION_SERVICE + "GetModelMetadata",
+            GetModelMetadataRequest,
+            GetModelMetadataResponse,
         )
-        self._status = call(
-            _MODEL + "GetModelStatus",
-            request_serializer=GetModelStatusRequest.SerializeToString,
-            response_deserializer=GetModelStatusResponse.FromString,
+        self._status = self._method(
+            MODEL_SERVICE + "GetModelStatus", GetModelStatusRequest, GetModelStatusResponse
         )
-        self._reload = call(
-            _MODEL + "HandleReloadConfigRequest",
-            request_serializer=ReloadConfigRequest.SerializeToString,
-            response_deserializer=ReloadConfigResponse.FromString,
+        self._reload = self._method(
+            MODEL_SERVICE + "HandleReloadConfigRequest", ReloadConfigRequest, ReloadConfigResponse
+        )
+
+    def _method(
+        self, path: str, request: type[Message], response: type[Message]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        return self.channel.unary_unary(
+            path,
+            request_serializer=request.SerializeToString,
+            response_deserializer=response.FromString,
         )
 
     async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
         await self.channel.close()
 
     async def _call(
@@ -215,9 +195,9 @@ class ServingClient:
             model_spec=model_spec(model, version, label, contract.SIGNATURE_NAME)
         )
         for key, array in inputs.items():
-            request.inputs[key].CopyFrom(to_tensor_proto(array))
+            from_numpy(array, request.inputs[key], content=True)
         response: PredictResponse = await self._call(self._predict, request, request_id)
-        outputs = {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+        outputs = {k: to_numpy(v, k) for k, v in response.outputs.items()}
         return int(response.model_spec.version.value), outputs
 
     async def input_spec(
@@ -227,10 +207,19 @@ class ServingClient:
         label: str | None = None,
         request_id: str | None = None,
     ) -> InputSpec:
-        """The input of a version's ``serving_default`` signature (arguments as :meth:`predict`).
+        """The input of a version's ``serving_default`` signature.
+
+        Args:
+            model: the served model's name.
+            version: a version number; ``label`` instead, or neither for the latest.
+            label: a version label.
+            request_id: forwarded as ``x-request-id`` metadata.
 
         Returns:
             The version that answered, its input key (``images`` when present), dtype and shape.
+
+        Raises:
+            ModelContractError: the version has no ``serving_default`` signature or no input.
         """
         request = GetModelMetadataRequest(
             model_spec=model_spec(model, version, label), metadata_field=["signature_def"]
@@ -241,27 +230,18 @@ class ServingClient:
         signatures = SignatureDefMap()
         # The Any's type_url names tensorflow.serving.SignatureDefMap; the bytes are identical.
         signatures.ParseFromString(response.metadata["signature_def"].value)
-        if contract.SIGNATURE_NAME not in signatures.signature_def:
-            raise ModelContractError(f"model {model} has no '{contract.SIGNATURE_NAME}' signature")
-        signature = signatures.signature_def[contract.SIGNATURE_NAME]
-        if not signature.inputs:
-            raise ModelContractError(f"model {model}'s signature has no inputs")
-        key = (
-            contract.INPUT_KEY
-            if contract.INPUT_KEY in signature.inputs
-            else sorted(signature.inputs)[0]
-        )
-        info = signature.inputs[key]
-        shape = tuple(int(d.size) for d in info.tensor_shape.dim)
-        return InputSpec(
-            version=int(response.model_spec.version.value),
-            input_key=key,
-            dtype=dtype_name(info.dtype),
-            shape=shape,
-        )
+        return input_spec_of(signatures, model, int(response.model_spec.version.value))
 
     async def model_status(self, model: str, request_id: str | None = None) -> list[VersionStatus]:
-        """Returns the state (``AVAILABLE``, ``LOADING``…) of each version the server knows."""
+        """The state of each version of ``model`` the server knows.
+
+        Args:
+            model: the served model's name.
+            request_id: forwarded as ``x-request-id`` metadata.
+
+        Returns:
+            One :class:`VersionStatus` (``AVAILABLE``, ``LOADING``…) per version.
+        """
         request = GetModelStatusRequest(model_spec=model_spec(model))
         response: GetModelStatusResponse = await self._call(
             self._status, request, request_id, self.metadata_timeout_s
@@ -279,12 +259,27 @@ class ServingClient:
     async def reload_config(
         self, request: ReloadConfigRequest, timeout_s: float | None = None
     ) -> ReloadConfigResponse:
-        """Hands the server a new model config; returns its answer (an error status inside)."""
+        """Hand the server a new model config.
+
+        Args:
+            request: the ``ModelServerConfig`` to apply, in a ``ReloadConfigRequest``.
+            timeout_s: the deadline (default ``timeout_s``).
+
+        Returns:
+            The server's answer; a refused config is an error status inside it, not an exception.
+        """
         response: ReloadConfigResponse = await self._call(self._reload, request, None, timeout_s)
         return response
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
-        """True when the server answers at all (an unknown model's NOT_FOUND is an answer)."""
+        """Whether the server answers at all (an unknown model's NOT_FOUND is an answer).
+
+        Args:
+            timeout_s: how long to wait for the answer; no retries.
+
+        Returns:
+            False when the server is unreachable or does not answer in time, else True.
+        """
         request = GetModelStatusRequest(model_spec=model_spec("__readiness_probe__"))
         try:
             await self._status(request, timeout=timeout_s)

@@ -29,7 +29,7 @@ from training_common import DEFAULT_DATA, ROOT
 
 from fdl.queue import make_celery
 from fdl.redis_server import redis_server_argv
-from tests.support.procs import Process, free_port, wait_for
+from harness.procs import Process, free_port, wait_for
 
 KEY = "bench-admin-key"
 WORKER = [

@@ -31,9 +31,10 @@ import numpy as np
 from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack
 from PIL import Image
 
-from api.serving_client import _PREDICTION, model_spec
-from api.tensors import from_tensor_proto, to_tensor_proto
+from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
+from fdl.tensors import to_numpy as from_tensor_proto
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 NAME = "cifar-photos"
@@ -56,7 +57,7 @@ def offline_32(data: bytes) -> np.ndarray:
 def grpc_accuracy(target: str, images: np.ndarray, labels: np.ndarray) -> float:
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as ch:
         call = ch.unary_unary(
-            _PREDICTION + "Predict",
+            PREDICTION_SERVICE + "Predict",
             request_serializer=PredictRequest.SerializeToString,
             response_deserializer=PredictResponse.FromString,
         )

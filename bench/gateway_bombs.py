@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 from gateway_stack import running_stack
 
-from tests.api.bombs import PeakRss, bomb_load, timed_requests, transparent_png
+from harness.bombs import PeakRss, bomb_load, timed_requests, transparent_png
 
 MB = 1024 * 1024
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -47,11 +47,11 @@ from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - s
 from machine import python_speed_ms, speed_line
 from PIL import Image
 
-from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
+from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
-from tests.support.prometheus import sample_sums
+from harness.prometheus import scrape, total
 
 Call = Callable[[], Awaitable[None]]
 STAGES = ("decode", "preprocess", "predict", "postprocess")
@@ -108,12 +108,9 @@ def cpu_s(process: psutil.Process) -> float:
 
 def predicts_served(url: str) -> tuple[float, float]:
     """(Predict calls, classify requests they served) so far, from the gateway's metrics."""
-    calls, served = sample_sums(
-        f"{url}/metrics",
-        "fdl_gateway_predict_call_requests_count",
-        "fdl_gateway_predict_call_requests_sum",
-    )
-    return calls, served
+    text = scrape(f"{url}/metrics")
+    calls = total(text, "fdl_gateway_predict_call_requests_count")
+    return calls, total(text, "fdl_gateway_predict_call_requests_sum")
 
 
 def http_client(
@@ -153,19 +150,18 @@ def http_client(
 
 def classify_timings(url: str) -> np.ndarray:
     """Seconds so far in the gateway's classify requests (as its middleware times them) and in
-    each stage, then the number of those requests, from the gateway's metrics (whose labels
-    prometheus-client writes in name order)."""
-    route = 'method="POST",route="/v1/models/{model}:classify"}'
+    each stage, then the number of those requests, from the gateway's metrics."""
+    text = scrape(f"{url}/metrics")
+    route = {"method": "POST", "route": "/v1/models/{model}:classify"}
     return np.array(
-        sample_sums(
-            f"{url}/metrics",
-            f"fdl_gateway_request_seconds_sum{{{route}",
+        [
+            total(text, "fdl_gateway_request_seconds_sum", **route),
             *(
-                f'fdl_gateway_stage_seconds_sum{{model="digits",stage="{stage}"}}'
+                total(text, "fdl_gateway_stage_seconds_sum", model="digits", stage=stage)
                 for stage in STAGES
             ),
-            f"fdl_gateway_request_seconds_count{{{route}",
-        )
+            total(text, "fdl_gateway_request_seconds_count", **route),
+        ]
     )
 
 
@@ -230,7 +226,7 @@ async def measure(
     png, tensor = digit_png()
     channel = grpc.aio.insecure_channel(stack.grpc_target)
     predict = channel.unary_unary(
-        _PREDICTION + "Predict",
+        PREDICTION_SERVICE + "Predict",
         request_serializer=PredictRequest.SerializeToString,
         response_deserializer=PredictResponse.FromString,
     )
@@ -279,7 +275,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     before = python_speed_ms()  # the machine's speed before and after: it drifts
 

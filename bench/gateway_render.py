@@ -90,7 +90,7 @@ def transparent_drawing(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def main() -> int:
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.support.mnist import mnist_test_digits
+    from harness.mnist import mnist_test_digits
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)

@@ -1,6 +1,6 @@
 """Start a private stack for gateway benchmarks: Redis, the model server, the gateway.
 
-Reuses the test helpers (free ports, readiness polling with deadlines, process groups).
+Reuses the test harness (free ports, readiness polling with deadlines, process groups).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +16,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import httpx  # noqa: E402
-import redis  # noqa: E402
-
-from fdl.redis_server import redis_server_argv  # noqa: E402
 from fdl.repository import sync_config  # noqa: E402
-from tests.support.procs import Process, free_port, wait_for  # noqa: E402
+from harness.model_server import model_server_running  # noqa: E402
+from harness.procs import Process, free_port, wait_http  # noqa: E402
+from harness.redis import redis_running  # noqa: E402
 
 BENCH_KEY = "bench-admin-key"
+__all__ = ["BENCH_KEY", "REPO_ROOT", "BenchStack", "running_stack", "start_gateway", "wait_http"]
 
 
 @dataclass
@@ -43,49 +42,27 @@ class BenchStack:
 @contextmanager
 def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterator[BenchStack]:
     """``models``: name -> version to wait for."""
-    from tests.api.support import versions_available
-
     logs = work / "logs"
     sync_config(model_dir)
-    redis_port, grpc_port, rest_port = free_port(), free_port(), free_port()
-    processes: list[Process] = []
-    try:
-        processes.append(Process("redis", redis_server_argv(redis_port, work / "redis"), logs))
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        wait_for(redis.Redis.from_url(redis_url).ping, 20, "redis")
-        server = Process(
-            "model-server",
-            [
-                sys.executable,
-                "-m",
-                "serving",
-                f"--port={grpc_port}",
-                f"--rest_api_port={rest_port}",
-                f"--model_config_file={model_dir / 'models.config'}",
-                "--model_config_file_poll_wait_seconds=1",
-            ],
-            logs,
-            env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+    with ExitStack() as started:
+        redis_url = started.enter_context(redis_running(work / "redis", logs))
+        server = started.enter_context(
+            model_server_running("model-server", model_dir, logs, models, timeout=180)
         )
-        processes.append(server)
-        target = f"127.0.0.1:{grpc_port}"
-        for name, version in models.items():
-            wait_for(
-                lambda n=name, v=version: v in versions_available(target, n),
-                180,
-                f"{name} v{version}",
-                interval=0.2,
-                check=server.ensure_alive,
-            )
-        gateway, url, start_s, ready_s = start_gateway(logs, redis_url, grpc_port, model_dir)
-        processes.append(gateway)
-        rest_url = f"http://127.0.0.1:{rest_port}"
+        gateway, url, start_s, ready_s = start_gateway(logs, redis_url, server.port, model_dir)
+        started.callback(gateway.stop)
         yield BenchStack(
-            url, target, rest_url, model_dir, gateway, server, start_s, ready_s, redis_url, logs
+            url,
+            server.target,
+            server.rest,
+            model_dir,
+            gateway,
+            server.process,
+            start_s,
+            ready_s,
+            redis_url,
+            logs,
         )
-    finally:
-        for process in reversed(processes):
-            process.stop()
 
 
 def start_gateway(
@@ -116,21 +93,10 @@ def start_gateway(
     )
     url = f"http://127.0.0.1:{gateway_port}"
     try:
-        wait_http(f"{url}/healthz", "gateway start", gateway)
+        wait_http(f"{url}/healthz", "gateway start", gateway, interval=0.01)
         start_s = time.perf_counter() - spawned
-        wait_http(f"{url}/readyz", "gateway", gateway)
+        wait_http(f"{url}/readyz", "gateway", gateway, interval=0.01)
     except BaseException:
         gateway.stop()
         raise
     return gateway, url, start_s, time.perf_counter() - spawned
-
-
-def wait_http(url: str, what: str, process: Process, timeout: float = 60) -> None:
-    """Poll ``url`` until it answers 200 (deadline ``timeout``), while ``process`` lives."""
-    wait_for(
-        lambda: httpx.get(url, timeout=2).status_code == 200,
-        timeout,
-        what,
-        interval=0.01,
-        check=process.ensure_alive,
-    )

@@ -28,7 +28,7 @@ from training_common import DEFAULT_DATA, ROOT
 
 from fdl.jobspec import JobSpec
 from training.data.registry import load_dataset
-from training.models import ARCHITECTURES, build_model
+from training.models import ARCHITECTURES, build_model, prepare_model
 from training.models_airnet import airnet
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
@@ -104,8 +104,7 @@ def run(
                 model = airnet(shape, 10, spec.regularization, 0.0, widths=widths)
             else:
                 model = build_model(key, shape, 10, regularization_for(spec))
-            if arch.prepare is not None:
-                arch.prepare(model, x)
+            prepare_model(key, model, x)
             compile_model(model, spec, spe, steps * spec.epochs)
         clock = TestAccuracyClock(test_ds, TARGETS.get(key), budget_s)
         started = time.perf_counter()

@@ -42,11 +42,11 @@ from gateway_latency import cpu_s, digit_png, own_cpu_s, pct, sequential, throug
 from gateway_stack import REPO_ROOT, BenchStack, running_stack, start_gateway, wait_http
 from machine import python_speed_ms, speed_line
 
-from api.serving_client import _PREDICTION, model_spec
-from api.tensors import to_tensor_proto
+from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
+from fdl.tensors import to_tensor_proto
 from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
-from tests.support.procs import Process, free_port
+from harness.procs import Process, free_port
 
 Call = Callable[[], Awaitable[None]]
 KSERVE_VENV = REPO_ROOT / "var" / "bench" / "kserve-venv"
@@ -102,7 +102,7 @@ def http_call(session: aiohttp.ClientSession, url: str, body: bytes | None, kind
 
 def grpc_call(channel: grpc.aio.Channel, tensor) -> Call:
     predict = channel.unary_unary(
-        _PREDICTION + "Predict",
+        PREDICTION_SERVICE + "Predict",
         request_serializer=PredictRequest.SerializeToString,
         response_deserializer=PredictResponse.FromString,
     )
@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
     args = parser.parse_args()
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     python = None if args.no_kserve else kserve_python()
     before = python_speed_ms()  # the machine's speed before and after: it drifts

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +130,7 @@ def publish_loop(
 
 def build_repository(model_dir: Path) -> Path:
     """The race model's first versions and the publisher's template (TensorFlow needed here)."""
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     for version in TEMPLATE_VERSIONS:
         build_test_model(model_dir / MODEL / str(version), (28, 28, 1), 10, seed=version)
@@ -144,7 +144,7 @@ def build_repository(model_dir: Path) -> Path:
 @contextmanager
 def publisher(model_dir: Path, template: Path, work: Path, logs: Path) -> Iterator[Path]:
     """The publishing loop in its own process; yields its stop file."""
-    from tests.support.procs import Process
+    from harness.procs import Process
 
     stop_file = work / "stop-publishing"
     argv = [sys.executable, __file__, "publish", str(model_dir), str(template), str(stop_file)]
@@ -161,36 +161,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
-    from tests.api.support import ADMIN_KEY, start_gateway, start_model_server, wait_for_models
-    from tests.support.procs import Process, free_port
+    from harness.gateway import ADMIN_KEY, gateway_running
+    from harness.model_server import model_server_running
+    from harness.redis import redis_running
 
     work = Path(tempfile.mkdtemp(prefix="promotion-race-"))
     logs, model_dir = work / "logs", work / "models"
     template = build_repository(model_dir)
-    processes: list[Process] = []
     try:
-        from fdl.redis_server import redis_server_argv
-
-        redis_port = free_port()
-        processes.append(Process("redis", redis_server_argv(redis_port, work / "redis"), logs))
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        server = start_model_server("model-server", model_dir, logs)
-        processes.append(server.process)
-        wait_for_models(server, {MODEL: 3})
-        gateways = [
-            start_gateway(name, logs, redis_url, server.port, model_dir, work / name)
-            for name in ("gateway-a", "gateway-b")
-        ]
-        processes += [g.process for g in gateways]
-        with publisher(model_dir, template, work, logs):
-            result = race((gateways[0].url, gateways[1].url), ADMIN_KEY, model_dir, args.rounds)
+        with ExitStack() as started:
+            redis_url = started.enter_context(redis_running(work / "redis", logs))
+            server = started.enter_context(
+                model_server_running("model-server", model_dir, logs, {MODEL: 3})
+            )
+            gateways = [
+                started.enter_context(
+                    gateway_running(name, logs, redis_url, server.port, model_dir, work / name)
+                )
+                for name in ("gateway-a", "gateway-b")
+            ]
+            with publisher(model_dir, template, work, logs):
+                urls = (gateways[0].url, gateways[1].url)
+                result = race(urls, ADMIN_KEY, model_dir, args.rounds)
         print(result.line())
         for example in result.lost_examples[:5]:
             print("  lost:", example)
         return 1 if result.lost or result.failed else 0
     finally:
-        for process in reversed(processes):
-            process.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import python_speed_ms, speed_line
 from serving_load import measure
 
+from harness.models import build_test_model, sample_images
+from harness.procs import Process, free_port, grpc_ready, wait_for
 from serving.servable import Servable
-from tests.support.models import build_test_model, sample_images
-from tests.support.procs import Process, free_port, grpc_ready, wait_for
 
 # Batching parameters tried, as TF Serving's batching guide suggests for CPU-only servers: start
 # with one batch thread per core and no timeout, then try timeouts of a millisecond or more. On a

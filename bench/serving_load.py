@@ -75,7 +75,7 @@ def main() -> None:
     import grpc
     import numpy as np
 
-    from api.tensors import to_tensor_proto
+    from fdl.tensors import to_tensor_proto
     from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
     channel = grpc.insecure_channel(args.target)

@@ -9,7 +9,7 @@ from httpx_sse import SSEError, connect_sse
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from fdl.cli_client import ExitCode, Gateway, console, fail
-from fdl.jobs import TERMINAL
+from fdl.job_records import TERMINAL
 
 MAX_RECONNECTS = 5
 

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from fdl.architectures import ARCHITECTURES
 from fdl.cli_client import (
     DEFAULT_URL,
     ExitCode,
@@ -23,7 +24,7 @@ from fdl.cli_client import (
     print_json,
 )
 from fdl.cli_follow import follow
-from fdl.jobspec import ARCHITECTURES, JobSpec
+from fdl.jobspec import JobSpec
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -33,6 +34,7 @@ STATUS_STYLE = {
     "cancelled": "magenta",
 }
 FULL_ID_LENGTH = 32
+_ARCHITECTURES_HELP = "; ".join(f"{k} ({a.description})" for k, a in ARCHITECTURES.items())
 
 
 def _pct(value: Any) -> str:
@@ -84,7 +86,7 @@ def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> d
 
 
 def train(
-    model: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHITECTURES)}.")],
+    model: Annotated[str, typer.Argument(help=f"Architecture: {_ARCHITECTURES_HELP}.")],
     epochs: Annotated[int | None, typer.Option(help="Epochs to train.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
     optimizer: Annotated[

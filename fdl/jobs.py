@@ -1,8 +1,7 @@
 """Training-job records in Redis: the store the gateway reads and the worker writes.
 
-One hash per job (``fdl:job:<id>``) holds JSON-encoded fields, a sorted set indexes jobs by
-creation time, and a Redis stream per job carries the events that live consumers follow.
-Status changes go through a Lua script so that a terminal status is never overwritten.
+The record layout and the status scripts are in :mod:`fdl.job_records`. Status changes go
+through a Lua script so that a terminal status is never overwritten.
 
 A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
 unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
@@ -14,97 +13,33 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from enum import StrEnum
 from typing import Any, cast
 
 import redis
 
+from fdl.job_records import (
+    EVENTS_KEY,
+    EVENTS_MAXLEN,
+    INDEX_KEY,
+    JOB_KEY,
+    REQUEUE_STALE_SCRIPT,
+    TERMINAL,
+    TRANSITION_SCRIPT,
+    Events,
+    JobStatus,
+    StreamReply,
+    decode_events,
+    decode_record,
+    new_job_id,
+    new_record,
+)
 from fdl.store_retry import retried as _retried
 
-JOB_KEY = "fdl:job:{}"
-EVENTS_KEY = "fdl:job:{}:events"
-INDEX_KEY = "fdl:jobs"
-EVENTS_MAXLEN = 10_000
+# What callers of the store use with it (the record layout itself is fdl.job_records').
+__all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-
-# The statuses a job never leaves. Members are strings (StrEnum), so a status read from JSON
-# tests membership directly: ``record["status"] in TERMINAL``.
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-# KEYS[1] job hash; ARGV[1] new status; ARGV[2..] field/value pairs to set with it.
-# Returns 1 when applied, 0 when the job is missing or already terminal.
-_TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return 0 end
-current = cjson.decode(current)
-if current == 'succeeded' or current == 'failed' or current == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-# KEYS[1] job hash; ARGV[1] heartbeat threshold (epoch seconds). A running job whose heartbeat is
-# older goes back to queued (its worker died). Returns 1 when applied.
-_REQUEUE_STALE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or cjson.decode(status) ~= 'running' then return 0 end
-local beat = redis.call('HGET', KEYS[1], 'heartbeat_at')
-if beat then
-  beat = cjson.decode(beat)
-  if type(beat) == 'number' and beat >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'worker', 'null')
-return 1
-"""
-
-_FIELDS = (
-    "id",
-    "status",
-    "spec",
-    "progress",
-    "result",
-    "error",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "attempts",
-    "cancel_requested",
-    "worker",
-    "heartbeat_at",
-)
-
-
-# What XREAD answers with decode_responses: (stream, [(entry id, fields)]) per stream.
-StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 # The method JobStore.list hides the builtin inside the class body.
 _Statuses = list[tuple[str, str | None]]
-_Events = list[tuple[str, dict[str, Any]]]
-
-
-def _decode(raw: dict[str, str]) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    record = {k: json.loads(v) for k, v in raw.items()}
-    for field in _FIELDS:
-        record.setdefault(field, None)
-    return record
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 class JobStore:
@@ -122,33 +57,38 @@ class JobStore:
         self.redis = client
         self.retry_for_s = retry_for_s
         self._local = threading.local()
-        self._transition = client.register_script(_TRANSITION)
-        self._requeue_stale = client.register_script(_REQUEUE_STALE)
+        self._transition = client.register_script(TRANSITION_SCRIPT)
+        self._requeue_stale = client.register_script(REQUEUE_STALE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
-        """``retry_for_s`` > 0: retry operations that find Redis unreachable for that long."""
+        """A store on the Redis at ``url``.
+
+        Args:
+            url: a ``redis://`` URL.
+            retry_for_s: > 0 retries operations that find Redis unreachable for that long.
+
+        Returns:
+            The store, with a client that decodes responses.
+        """
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
     # --- records -----------------------------------------------------------------------------
 
     @_retried
     def create(self, spec: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+        """Record a new queued job and index it.
+
+        Args:
+            spec: the validated job spec, as JSON-ready data.
+            job_id: the id to use (the gateway's, sent with the Celery task); default a new one.
+
+        Returns:
+            The record as stored.
+        """
         job_id = job_id or new_job_id()
         now = time.time()
-        record = {
-            "id": job_id,
-            "status": JobStatus.QUEUED.value,
-            "spec": spec,
-            "progress": {},
-            "result": None,
-            "error": None,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "attempts": 0,
-            "cancel_requested": False,
-        }
+        record = new_record(job_id, spec, now)
         pipe = self.redis.pipeline()
         pipe.hset(JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
         pipe.zadd(INDEX_KEY, {job_id: now})
@@ -158,13 +98,23 @@ class JobStore:
 
     @_retried
     def get(self, job_id: str) -> dict[str, Any] | None:
-        return _decode(cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id))))
+        """Returns the job's record, or None for an unknown job."""
+        return decode_record(cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id))))
 
     @_retried
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first. Returns (page, total matching); reads only the page's records."""
+        """One page of job records, newest first; reads only the page's records.
+
+        Args:
+            status: only jobs in this status; None for all.
+            limit: the page size.
+            offset: how many matching jobs come before the page.
+
+        Returns:
+            The page and the number of matching jobs.
+        """
         if status is None:
             total = int(self.redis.zcard(INDEX_KEY))
             page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
@@ -174,7 +124,7 @@ class JobStore:
         pipe = self.redis.pipeline()
         for job_id in page_ids:
             pipe.hgetall(JOB_KEY.format(job_id))
-        records = [r for r in map(_decode, pipe.execute()) if r is not None]
+        records = [r for r in map(decode_record, pipe.execute()) if r is not None]
         return records, total
 
     @_retried
@@ -189,13 +139,24 @@ class JobStore:
 
     @_retried
     def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Set record fields (JSON-encoded) without touching the status or emitting an event."""
         self.redis.hset(
             JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
         )
 
     @_retried
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move a non-terminal job to ``status``; returns False if it was already terminal."""
+        """Move a non-terminal job to ``status`` and emit a ``status`` event.
+
+        Args:
+            job_id: the job.
+            status: the new status.
+            **fields: record fields set in the same atomic step (``result`` and ``error`` also
+                go into the event).
+
+        Returns:
+            False when the job is unknown or already terminal (nothing changed), else True.
+        """
         args: list[str] = [status.value]
         for key, value in fields.items():
             args += [key, json.dumps(value)]
@@ -208,6 +169,7 @@ class JobStore:
 
     @_retried
     def mark_running(self, job_id: str, worker: str) -> bool:
+        """Start an attempt on ``worker`` (counted); False when the job is unknown or ended."""
         record = self.get(job_id)
         attempts = (record or {}).get("attempts") or 0
         now = time.time()
@@ -222,12 +184,21 @@ class JobStore:
 
     @_retried
     def heartbeat(self, job_id: str) -> None:
+        """Record that the job's worker is alive (the reaper requeues jobs whose beat stops)."""
         self.set_fields(job_id, heartbeat_at=time.time())
 
     @_retried
     def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
-        """Atomically move a running job whose heartbeat is older than ``heartbeat_before`` back
-        to queued (its worker was lost); False when it is not running or is still alive."""
+        """Atomically move a running job whose worker was lost back to queued.
+
+        Args:
+            job_id: the job.
+            heartbeat_before: epoch seconds; a heartbeat at or after it counts as alive.
+            reason: why, for the ``status`` event.
+
+        Returns:
+            False when the job is not running or its worker is still alive, else True.
+        """
         applied = bool(
             self._requeue_stale(keys=[JOB_KEY.format(job_id)], args=[repr(heartbeat_before)])
         )
@@ -239,6 +210,7 @@ class JobStore:
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event."""
         self.set_fields(job_id, progress=progress, heartbeat_at=time.time())
         self.append_event(job_id, "progress", progress)
 
@@ -250,6 +222,7 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> bool:
+        """End the job in a terminal ``status``; False when it is unknown or already terminal."""
         assert status.terminal
         return self.transition(job_id, status, result=result, error=error, finished_at=time.time())
 
@@ -257,7 +230,12 @@ class JobStore:
 
     @_retried
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Flag a job for cancellation; a queued job is cancelled at once."""
+        """Flag a job for cancellation; a queued job is cancelled at once, a running one by its
+        worker at its next check.
+
+        Returns:
+            The record after the request, or None for an unknown job.
+        """
         record = self.get(job_id)
         if record is None:
             return None
@@ -270,6 +248,7 @@ class JobStore:
 
     @_retried
     def cancel_requested(self, job_id: str) -> bool:
+        """Whether cancellation was requested (the worker polls this between batches)."""
         value = self.redis.hget(JOB_KEY.format(job_id), "cancel_requested")
         return bool(value and json.loads(value))
 
@@ -277,6 +256,16 @@ class JobStore:
 
     @_retried
     def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        """Append an event to the job's stream (capped at about ``EVENTS_MAXLEN`` entries).
+
+        Args:
+            job_id: the job.
+            kind: ``status``, ``progress``, ``log``…
+            data: the event's JSON-ready payload.
+
+        Returns:
+            The stream entry's id.
+        """
         entry_id = self.redis.xadd(
             EVENTS_KEY.format(job_id),
             {"type": kind, "data": json.dumps(data), "time": str(time.time())},
@@ -288,26 +277,24 @@ class JobStore:
     @_retried
     def read_events(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
-    ) -> _Events:
-        """Events after stream id ``after``; blocks up to ``block_ms`` when none are there yet."""
+    ) -> Events:
+        """The job's events after a stream id.
+
+        Args:
+            job_id: the job.
+            after: a stream entry id; ``0-0`` for all.
+            block_ms: how long to wait when none are there yet; None does not wait.
+            count: the most events returned.
+
+        Returns:
+            ``(entry id, {"type", "data", "time"})`` per event, oldest first.
+        """
         reply = cast(
             StreamReply,
             self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms),
         )
-        events: _Events = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                events.append(
-                    (
-                        entry_id,
-                        {
-                            "type": fields["type"],
-                            "data": json.loads(fields["data"]),
-                            "time": float(fields["time"]),
-                        },
-                    )
-                )
-        return events
+        return decode_events(reply)
 
     def ping(self) -> bool:
+        """Whether Redis answers (raises when it is unreachable)."""
         return bool(self.redis.ping())

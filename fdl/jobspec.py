@@ -17,14 +17,8 @@ from pydantic import (
     model_validator,
 )
 
-ARCHITECTURES: dict[str, str] = {
-    "mnist_logreg": "mnist",
-    "mnist_mlp": "mnist",
-    "mnist_cnn": "mnist",
-    "cifar10_cnn": "cifar10",
-    "cifar10_cnn_bn": "cifar10",
-    "cifar10_airnet": "cifar10",
-}
+from fdl.architectures import ARCHITECTURES, BUILTIN_DATASETS, ArchitectureName
+
 RecipeName = Literal["book", "fast"]
 # What a recipe gives the fields a spec leaves unset (training/recipes.py has the rest of each
 # recipe: schedule, label smoothing, weight decay, averaging, augmentation). Keyed by recipe, then
@@ -40,7 +34,6 @@ RECIPE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
-BUILTIN_DATASETS = ("mnist", "cifar10")
 # Served model names, labels and folder dataset names: a path segment, never a path. Matched
 # with fullmatch: with re.match, "$" also matches before a trailing newline ("evil\n").
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -106,9 +99,7 @@ class PublishSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    model: Literal[
-        "mnist_logreg", "mnist_mlp", "mnist_cnn", "cifar10_cnn", "cifar10_cnn_bn", "cifar10_airnet"
-    ]
+    model: ArchitectureName
     recipe: RecipeName | None = Field(
         default=None,
         description="training recipe: book (default) or fast (default for cifar10_airnet)",
@@ -143,11 +134,11 @@ class JobSpec(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
-        family = ARCHITECTURES.get(info.data.get("model", ""))
-        if family and value in BUILTIN_DATASETS and value != family:
+        arch = ARCHITECTURES.get(info.data.get("model", ""))
+        if arch and value in BUILTIN_DATASETS and value != arch.dataset:
             raise ValueError(
                 f"dataset {value!r} does not fit model {info.data['model']!r} "
-                f"(its images are shaped for {family})"
+                f"(its images are shaped for {arch.dataset})"
             )
         return value
 
@@ -161,20 +152,20 @@ class JobSpec(_Strict):
     @field_validator("augment")
     @classmethod
     def _augment_cifar_only(cls, value: bool | None, info: ValidationInfo) -> bool | None:
-        family = ARCHITECTURES.get(info.data.get("model", ""))
-        if value and family and family != "cifar10":
+        arch = ARCHITECTURES.get(info.data.get("model", ""))
+        if value and arch and arch.dataset != "cifar10":
             raise ValueError("augment applies to the CIFAR-10 architectures only")
         return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> JobSpec:
         if self.dataset is None:
-            self.dataset = ARCHITECTURES[self.model]
+            self.dataset = ARCHITECTURES[self.model].dataset
         if self.publish_as is None:
             self.publish_as = self.model
         self._apply_recipe()
         if self.augment is None:
-            self.augment = ARCHITECTURES[self.model] == "cifar10"
+            self.augment = ARCHITECTURES[self.model].dataset == "cifar10"
         return self
 
     def _apply_recipe(self) -> None:

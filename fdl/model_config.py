@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -114,36 +113,3 @@ def _parse(text: str) -> list[str]:
     except text_format.ParseError as error:
         raise ConfigRenderError(f"the rendered config does not parse: {error}") from error
     return [m.name for m in config.model_config_list.config]
-
-
-def render_config(
-    model_dir: Path,
-    labels: dict[str, dict[str, int]] | None = None,
-    base_path_root: str | None = None,
-) -> str:
-    """The config for what ``model_dir`` holds now (:meth:`fdl.repository.Repository.render`)."""
-    from fdl.repository import Repository
-
-    return Repository(model_dir, base_path_root).render(labels)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fdl.model_config [--model-dir DIR]``: write ``models.config`` for the model dir.
-
-    Deployments run it once before TF Serving starts (which refuses a missing config file).
-    """
-    import argparse
-
-    from fdl.repository import Repository
-    from fdl.settings import get_settings
-
-    parser = argparse.ArgumentParser(prog="python -m fdl.model_config", description=main.__doc__)
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
-    args = parser.parse_args(argv)
-    path = Repository(args.model_dir or get_settings().model_dir).sync()
-    print(f"model config: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,7 +5,7 @@ labels, so a restart keeps them), ``models.config`` (rendered by :mod:`fdl.model
 by the model server) and ``.repository.lock``.
 
 Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
-``python -m fdl.model_config`` syncing the config) takes the same cross-process file lock and
+``python -m fdl.repository`` syncing the config) takes the same cross-process file lock and
 does its read-modify-write of ``labels.json`` and ``models.config`` under it, so two writers never
 overwrite each other's change. Files are written atomically (temporary file, then rename) and
 readable by other users (``0666 & ~umask``), since the model server may run as another user.
@@ -13,6 +13,7 @@ readable by other users (``0666 & ~umask``), since the model server may run as a
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from filelock import FileLock
 
 from fdl import contract
 from fdl.model_config import render, valid_label, valid_name
+from fdl.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +243,28 @@ class Repository:
 def sync_config(model_dir: Path) -> Path:
     """(Re)write the config file beside the models, under the repository lock."""
     return Repository(model_dir).sync()
+
+
+def render_config(
+    model_dir: Path,
+    labels: dict[str, dict[str, int]] | None = None,
+    base_path_root: str | None = None,
+) -> str:
+    """The config for what ``model_dir`` holds now (:meth:`Repository.render`)."""
+    return Repository(model_dir, base_path_root).render(labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fdl.repository [--model-dir DIR]``: write ``models.config`` for the model dir.
+
+    Deployments run it once before TF Serving starts (which refuses a missing config file).
+    """
+    parser = argparse.ArgumentParser(prog="python -m fdl.repository", description=main.__doc__)
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
+    args = parser.parse_args(argv)
+    print(f"model config: {sync_config(args.model_dir or get_settings().model_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

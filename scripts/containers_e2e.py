@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from fdl.jobs import TERMINAL
+from fdl.job_records import TERMINAL
 
 MODEL = "mnist_logreg"
 DIGITS = 60

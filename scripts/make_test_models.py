@@ -4,7 +4,7 @@
         [--shape 28 28 1] [--classes 10] [--seed 0] [--architecture tiny|cnn] [--warmup 0]
 
 Writes ``OUT_DIR/<name>/<version>/`` (each version seeded with ``seed + version``) and prints the
-folders. The builder itself is :func:`tests.support.models.build_test_model` (a test fixture,
+folders. The builder itself is :func:`harness.models.build_test_model` (the test harness,
 outside the production packages), importable from here too.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.models import build_test_model, mnist_cnn, sample_images
+from harness.models import build_test_model, mnist_cnn, sample_images
 
 __all__ = ["build_test_model", "mnist_cnn", "sample_images"]
 

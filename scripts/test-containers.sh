@@ -91,7 +91,7 @@ build "fdl-serve/model-server:$VERSION" --target model-server
 wait "$worker"
 
 # ---------------------------------------------------------------- 4. the stack
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$PYTHON" -c 'import portpicker; print(portpicker.pick_unused_port())'; }
 export FDL_API_KEYS="ci-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 GATEWAY_PORT=$(free_port)
 export FDL_GATEWAY_PUBLISH=127.0.0.1:$GATEWAY_PORT

@@ -12,6 +12,7 @@ parse exactly as TF Serving's do, here and in ``make lint-deploy``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
@@ -26,7 +27,11 @@ class ConfigError(ValueError):
     """A configuration file that cannot be read or parsed."""
 
 
-def parse_text_file(path: str | Path, message: object, what: str):
+def parse_text_file(path: str | Path | None, message: Any, what: str) -> Any:
+    """``message`` filled from the text-format file at ``path``; as it is (TF Serving's defaults)
+    when ``path`` is empty."""
+    if not path:
+        return message
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -67,10 +72,7 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
 
 def read_batching_parameters(path: str | Path | None):
     """TF Serving's defaults where the file (or a field) is absent."""
-    params = BatchingParameters()
-    if path:
-        parse_text_file(path, params, "batching parameters file")
-    return params
+    return parse_text_file(path, BatchingParameters(), "batching parameters file")
 
 
 def session_config(
@@ -84,9 +86,7 @@ def session_config(
     """The ConfigProto every Session gets, as ``tensorflow_model_server`` builds it: the
     ``--tensorflow_session_config_file`` text, then the flags on top (they always set the thread
     counts and the GPU memory fraction, so a file cannot change those)."""
-    config = config_pb2.ConfigProto()
-    if path:
-        parse_text_file(path, config, "session config file")
+    config = parse_text_file(path, config_pb2.ConfigProto(), "session config file")
     config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
     if intra_op_parallelism > 0 and inter_op_parallelism > 0 and session_parallelism > 0:
         raise ConfigError(
@@ -104,7 +104,4 @@ def session_config(
 
 
 def read_monitoring_config(path: str | Path | None):
-    config = MonitoringConfig()
-    if path:
-        parse_text_file(path, config, "monitoring config file")
-    return config
+    return parse_text_file(path, MonitoringConfig(), "monitoring config file")

@@ -17,16 +17,16 @@ from typing import Any
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import ServingError, invalid, not_found
+from serving.errors import ServingError, not_found
 from serving.loading import load_version
 from serving.records import (
     ManagerOptions,
-    ModelConfig,
     ModelEntry,
     State,
+    StatusRow,
     VersionRecord,
+    checked_labels,
     grpc_code,
-    not_ready,
 )
 from serving.servable import Servable
 from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
@@ -36,6 +36,16 @@ log = logging.getLogger("serving.manager")
 
 
 class ModelManager:
+    """The models of the current config and the lifecycle of their versions.
+
+    Args:
+        options: load retries, warmup, label rules, loader threads, batching and the metric
+            hooks (``--flags`` of TF Serving, see :class:`ManagerOptions`).
+
+    Loads run on a small thread pool and unloads on one thread; every lookup takes one lock, so
+    front ends call :meth:`resolve` and :meth:`status` from any thread.
+    """
+
     def __init__(self, options: ManagerOptions) -> None:
         self.options = options
         self._lock = threading.RLock()
@@ -51,12 +61,24 @@ class ModelManager:
 
         Labels are checked first: a label may only point at an AVAILABLE version (with
         ``allow_labels_for_unavailable``, a new label may point anywhere, but moving an existing
-        label still needs an available version); on error nothing changes. Returns the names of
-        models that are new in this config.
+        label still needs an available version); on error nothing changes.
+
+        Args:
+            config: the whole ``ModelServerConfig`` (a ``model_config_list``).
+
+        Returns:
+            The names of the models that are new in this config.
+
+        Raises:
+            ServingError: FAILED_PRECONDITION for a label on a version that is not available.
         """
         wanted = {m.name: m for m in config.model_config_list.config}
         with self._lock:
-            labels = {name: self._checked_labels(name, m) for name, m in wanted.items()}
+            allow = self.options.allow_labels_for_unavailable
+            labels = {
+                name: checked_labels(self._models.get(name), name, model, allow)
+                for name, model in wanted.items()
+            }
             added = [name for name in wanted if name not in self._models]
             for name, entry in list(self._models.items()):
                 if name not in wanted:
@@ -73,52 +95,27 @@ class ModelManager:
         self.poll()
         return added
 
-    def _checked_labels(self, name: str, model: ModelConfig) -> dict[str, int]:
-        entry = self._models.get(name)
-        current = entry.labels if entry else {}
-        for label, version in model.version_labels.items():
-            if self.options.allow_labels_for_unavailable and current.get(label, version) == version:
-                continue
-            record = entry.versions.get(version) if entry else None
-            if record is None or record.state != State.AVAILABLE:
-                raise ServingError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"Request to assign label to version {version} of model {name}, "
-                    "which is not currently available for inference",
-                )
-        return dict(model.version_labels)
-
     def wait_available(self, names: list[str], timeout: float | None = None) -> None:
         """Wait until each model has an AVAILABLE version; raise UNKNOWN for those that failed.
 
         A model with no version folder on disk is not waited for (TF Serving would wait forever).
+
+        Args:
+            names: the models to wait for.
+            timeout: seconds; None waits until no load is in progress.
+
+        Raises:
+            ServingError: UNKNOWN naming each model whose every version failed to load.
         """
 
-        def pending() -> list[str]:
-            out = []
-            for name in names:
-                entry = self._models.get(name)
-                if entry is None or any(
-                    r.state == State.AVAILABLE for r in entry.versions.values()
-                ):
-                    continue
-                if any(r.state in (State.START, State.LOADING) for r in entry.versions.values()):
-                    out.append(name)
-            return out
+        def loading(name: str) -> bool:
+            entry = self._models.get(name)
+            return entry is not None and entry.loading()
 
         with self._lock:
-            self._changed.wait_for(lambda: not pending(), timeout)
-            failed = []
-            for name in names:
-                entry = self._models.get(name)
-                if entry is None or not entry.versions:
-                    continue
-                if not any(r.state == State.AVAILABLE for r in entry.versions.values()):
-                    errors = [
-                        f"{{name: {name} version: {r.version}}} due to error: {r.error_message}"
-                        for r in entry.versions.values()
-                    ]
-                    failed.append(", ".join(errors))
+            self._changed.wait_for(lambda: not any(map(loading, names)), timeout)
+            entries = [(n, e) for n in names if (e := self._models.get(n)) is not None]
+            failed = [errors for n, e in entries if (errors := e.load_errors(n))]
         if failed:
             raise ServingError(
                 grpc.StatusCode.UNKNOWN,
@@ -127,6 +124,7 @@ class ModelManager:
 
     # --- polling ----------------------------------------------------------------------------
     def poll(self) -> None:
+        """Scan each model's base path: load new aspired versions, unload the others."""
         with self._lock:
             names = list(self._models)
         for name in names:
@@ -235,53 +233,55 @@ class ModelManager:
 
     # --- lookups ----------------------------------------------------------------------------
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
-        """The servable for a request, acquired: the caller must ``release()`` it."""
+        """The servable a request names, acquired: the caller must ``release()`` it.
+
+        Args:
+            name: the model.
+            version: a version number; ``label`` instead, or neither for the newest available.
+            label: a version label.
+
+        Returns:
+            The servable, acquired (unloading waits until it is released).
+
+        Raises:
+            ServingError: NOT_FOUND (unknown model or version), INVALID_ARGUMENT (unknown label),
+                UNAVAILABLE (the version is still loading).
+        """
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
-            if label:
-                version = _labelled(entry, label)
-            if version is None:
-                available = [v for v, r in entry.versions.items() if r.state == State.AVAILABLE]
-                if not available:
-                    raise not_ready(entry, f"Latest({name})")
-                version = max(available)
-            record = entry.versions.get(version)
-            if record is None or record.state != State.AVAILABLE or record.servable is None:
-                if record is not None and record.state in (State.START, State.LOADING):
-                    raise ServingError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"Servable {name} version {version} is still loading",
-                    )
-                raise not_found(f"Servable not found for request: Specific({name}, {version})")
-            record.servable.acquire()
-            return record.servable
+            servable = entry.servable(name, version, label)
+            servable.acquire()
+            return servable
 
-    def status(self, name: str, version: int | None, label: str | None = None) -> list:
+    def status(self, name: str, version: int | None, label: str | None = None) -> list[StatusRow]:
+        """The state of a model's versions, as GetModelStatus reports it.
+
+        Args:
+            name: the model.
+            version: one version; None for all (or the one ``label`` points at).
+            label: a version label.
+
+        Returns:
+            ``(version, state, error code, error message)`` per version, newest first.
+
+        Raises:
+            ServingError: NOT_FOUND (unknown model or version), INVALID_ARGUMENT (unknown label).
+        """
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
                 raise not_found(f"Could not find any versions of model {name}")
-            if label:
-                version = _labelled(entry, label)
-            records = sorted(entry.versions.values(), key=lambda r: -r.version)
-            if version is not None:
-                records = [r for r in records if r.version == version]
-                if not records:
-                    raise not_found(f"Could not find version {version} of model {name}")
-            if not records:
-                raise not_found(f"Could not find any versions of model {name}")
-            return [
-                (r.version, r.state, r.error_code, r.error_message)
-                for r in records
-            ]  # fmt: skip
+            return entry.status(name, version, label)
 
     def model_names(self) -> list[str]:
+        """Returns the models of the current config, sorted."""
         with self._lock:
             return sorted(self._models)
 
     def stop(self) -> None:
+        """Close every servable and stop loading; pending loads and unloads are dropped."""
         self._stop.set()
         with self._lock:
             for entry in self._models.values():
@@ -292,10 +292,3 @@ class ModelManager:
                         record.servable = None
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._unloader.shutdown(wait=False, cancel_futures=True)
-
-
-def _labelled(entry: ModelEntry, label: str) -> int:
-    """The version a label points at (TF Serving: INVALID_ARGUMENT for an unknown label)."""
-    if label not in entry.labels:
-        raise invalid(f"Unrecognized servable version label: {label}")
-    return entry.labels[label]

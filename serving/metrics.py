@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import Metric
@@ -90,43 +90,48 @@ class Metrics:
             "Latency in microseconds for SavedModels that were successfully loaded.",
             "model_path",
         )
-        self._latency = Histogram(
+        self._latency = self._histogram(
             REQUEST_LATENCY,
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
-            ["model_name", "API", "entrypoint"],
-            buckets=_LATENCY_BUCKETS_US,
-            registry=self.registry,
+            _LATENCY_BUCKETS_US,
+            "model_name",
+            "API",
+            "entrypoint",
         )
-        self._runtime = Histogram(
+        self._runtime = self._histogram(
             RUNTIME_LATENCY,
             "Distribution of wall time (in microseconds) for Tensorflow runtime.",
-            ["model_name", "API", "runtime"],
-            buckets=_LATENCY_BUCKETS_US,
-            registry=self.registry,
+            _LATENCY_BUCKETS_US,
+            "model_name",
+            "API",
+            "runtime",
         )
         # ``labels()`` validates and locks on every call: each label set is looked up once.
         self._children: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
-        self._batch = Histogram(
+        self._batch = self._histogram(
             BATCH_SIZE,
             "Rows per batch run by server-side batching (after padding).",
-            ["model_name"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-            registry=self.registry,
+            (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            "model_name",
         )
-        self._queuing = Histogram(
+        self._queuing = self._histogram(
             QUEUING_LATENCY,
             "Distribution of wall time spent (in microseconds) in queuing",
-            ["thread_pool_name"],
-            buckets=_QUEUING_BUCKETS_US,
-            registry=self.registry,
+            _QUEUING_BUCKETS_US,
+            "thread_pool_name",
         )
-        self._warmup = Histogram(
+        self._warmup = self._histogram(
             WARMUP_LATENCY,
             "Distribution of wall time (in microseconds) for warming up the model.",
-            ["model_path", "status"],
-            buckets=_LATENCY_BUCKETS_US,
-            registry=self.registry,
+            _LATENCY_BUCKETS_US,
+            "model_path",
+            "status",
         )
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> _Counter:
         counter = _Counter(name, documentation, labels)

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from fdl import tensors
+from serving.errors import invalid
 from serving.servable import Servable, signature_key
-from serving.tensors import from_numpy, to_numpy
 
 if TYPE_CHECKING:
     from serving.batching import Batcher
@@ -50,6 +52,19 @@ def run_arrays(
     if batching is not None:
         return batcher(servable, signature_name, keys, batching).submit(inputs, timeout)
     return servable.run(signature_name, inputs, keys)
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
+    """Decode a request tensor; a malformed one is INVALID_ARGUMENT naming it."""
+    return tensors.to_numpy(proto, name, invalid)
+
+
+def from_numpy(
+    array: np.ndarray, proto: tensor_pb2.TensorProto | None = None, content: bool = False
+) -> tensor_pb2.TensorProto:
+    """Encode an output array into ``proto`` (a new official ``TensorProto`` if None)."""
+    target = proto if proto is not None else tensor_pb2.TensorProto()
+    return tensors.from_numpy(array, target, content, invalid)
 
 
 def decode_request(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:

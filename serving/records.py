@@ -12,7 +12,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching_config import Batching
-from serving.errors import ServingError, not_found
+from serving.errors import ServingError, invalid, not_found
 from serving.servable import Servable
 from serving.versions import Fingerprint
 
@@ -21,7 +21,7 @@ _STATE = get_model_status_pb2.ModelVersionStatus.State
 
 class State:
     """``ModelVersionStatus.State`` values as plain ints: the protobuf enum wrapper resolves each
-    attribute through a Python ``__getattr__``, which showed up on the request path."""
+    attribute through a Python ``__getattr__``, a cost on the request path."""
 
     START = _STATE.Value("START")
     LOADING = _STATE.Value("LOADING")
@@ -61,12 +61,93 @@ class VersionRecord:
     failed_fingerprint: Fingerprint | None = None
 
 
+# (version, state, error code, error message), as GetModelStatus reports a version.
+StatusRow = tuple[int, int, grpc.StatusCode, str]
+
+
 @dataclass
 class ModelEntry:
+    """One model of the config: its version records and labels (read under the manager's lock).
+    The lookups raise the errors TF Serving answers with."""
+
     config: ModelConfig
     versions: dict[int, VersionRecord] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     removed: bool = False
+
+    def loading(self) -> bool:
+        """No version is available yet and one is still loading."""
+        states = [r.state for r in self.versions.values()]
+        return State.AVAILABLE not in states and any(
+            s in (State.START, State.LOADING) for s in states
+        )
+
+    def load_errors(self, name: str) -> str | None:
+        """Why each version failed, when versions exist and none is available."""
+        if not self.versions or any(r.state == State.AVAILABLE for r in self.versions.values()):
+            return None
+        return ", ".join(
+            f"{{name: {name} version: {r.version}}} due to error: {r.error_message}"
+            for r in self.versions.values()
+        )
+
+    def labelled(self, label: str) -> int:
+        """The version a label points at (TF Serving: INVALID_ARGUMENT for an unknown label)."""
+        if label not in self.labels:
+            raise invalid(f"Unrecognized servable version label: {label}")
+        return self.labels[label]
+
+    def servable(self, name: str, version: int | None, label: str | None) -> Servable:
+        """The servable a request names (by label, number, or the newest available)."""
+        if label:
+            version = self.labelled(label)
+        if version is None:
+            available = [v for v, r in self.versions.items() if r.state == State.AVAILABLE]
+            if not available:
+                raise not_ready(self, f"Latest({name})")
+            version = max(available)
+        record = self.versions.get(version)
+        if record is None or record.state != State.AVAILABLE or record.servable is None:
+            if record is not None and record.state in (State.START, State.LOADING):
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"Servable {name} version {version} is still loading",
+                )
+            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+        return record.servable
+
+    def status(self, name: str, version: int | None, label: str | None) -> list[StatusRow]:
+        """The status of one version (by number or label) or of all, newest first."""
+        if label:
+            version = self.labelled(label)
+        records = sorted(self.versions.values(), key=lambda r: -r.version)
+        if version is not None:
+            records = [r for r in records if r.version == version]
+            if not records:
+                raise not_found(f"Could not find version {version} of model {name}")
+        if not records:
+            raise not_found(f"Could not find any versions of model {name}")
+        return [(r.version, r.state, r.error_code, r.error_message) for r in records]
+
+
+def checked_labels(
+    entry: ModelEntry | None, name: str, model: ModelConfig, allow_unavailable: bool
+) -> dict[str, int]:
+    """A new config's labels of one model, if each may point where it does: at an AVAILABLE
+    version (with ``allow_unavailable`` a new label may point anywhere, but moving an existing
+    label still needs an available version)."""
+    current = entry.labels if entry else {}
+    for label, version in model.version_labels.items():
+        if allow_unavailable and current.get(label, version) == version:
+            continue
+        record = entry.versions.get(version) if entry else None
+        if record is None or record.state != State.AVAILABLE:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Request to assign label to version {version} of model {name}, "
+                "which is not currently available for inference",
+            )
+    return dict(model.version_labels)
 
 
 def not_ready(entry: ModelEntry, what: str) -> ServingError:

@@ -18,8 +18,8 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
 from fdl import contract
+from fdl.tensors import dtype_name, numpy_dtype
 from serving.errors import invalid
-from serving.tensors import dtype_name, numpy_dtype
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -115,7 +115,7 @@ class Servable:
             )
         for key, array in inputs.items():
             info = signature.inputs[key]
-            want = numpy_dtype(info.dtype)
+            want = numpy_dtype(info.dtype, invalid)
             if array.dtype != want and not (want == np.dtype(object) and array.dtype.kind in "OS"):
                 raise invalid(
                     f"Expects arg for input '{key}' ({info.name}) to be {dtype_name(info.dtype)} "

@@ -1,15 +1,15 @@
-"""Session-wide fixtures: a private Redis server and the real data directory."""
+"""Session-wide fixtures: a private Redis server, the real data directory, lone gateways."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-import redis
 
-from fdl.redis_server import redis_server_argv
-from tests.support.procs import Process, free_port, wait_for
+from harness.gateway import Gateway, gateway_running
+from harness.redis import redis_running
 
 
 @pytest.fixture(scope="session")
@@ -20,8 +20,8 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST / CIFAR-10 data: FDL_TEST_DATA_DIR, ../shared/data (CI) or, on a fresh
-    clone, a cache under var/test-data that the first run downloads (tests/support/testdata.py)."""
-    from tests.support.testdata import DataFetchError, find_test_data
+    clone, a cache under var/test-data that the first run downloads (harness/testdata.py)."""
+    from harness.testdata import DataFetchError, find_test_data
 
     try:
         found = find_test_data()
@@ -35,11 +35,17 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
     """A private Redis server on a free port, the same way `fdl up` starts one."""
-    port = free_port()
-    process = Process("redis", redis_server_argv(port, tmp_path_factory.mktemp("redis")), logs_dir)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    wait_for(client.ping, 20, "redis", check=process.ensure_alive)
-    yield url
-    client.close()
-    process.stop()
+    with redis_running(tmp_path_factory.mktemp("redis"), logs_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def lone_gateway(tmp_path: Path, logs_dir: Path) -> Callable[..., AbstractContextManager[Gateway]]:
+    """Gateways with no model server behind them (job routes need none), over an empty
+    repository: ``with lone_gateway(name, redis_url, **FDL_settings) as gateway: …``."""
+
+    def start(name: str, redis_url: str, **overrides: str) -> AbstractContextManager[Gateway]:
+        secrets, models = tmp_path / f"secrets-{name}", tmp_path / "models"
+        return gateway_running(name, logs_dir, redis_url, None, models, secrets, **overrides)
+
+    return start

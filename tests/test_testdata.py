@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.procs import Process, free_port, wait_for
-from tests.support.testdata import (
+from harness.procs import Process, free_port, wait_for
+from harness.testdata import (
     CIFAR_EXACT,
     MNIST_SHA256,
     DataFetchError,

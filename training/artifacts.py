@@ -11,10 +11,11 @@ import keras
 import tensorflow as tf
 
 from fdl import contract
+from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import JobSpec
 from training.data import ImageData
 from training.export import export_savedmodel, float32_copy
-from training.models import ARCHITECTURES, build_model
+from training.models import build_model
 from training.preprocess import network_input_shape
 from training.report import evaluation, write_report
 from training.trainer import TrainOutcome

@@ -1,6 +1,6 @@
 """Augmentations applied to whole uint8 batches at once (vectorised), seeded per batch.
 
-Per-example ``map`` calls cost a Python-free but per-image graph execution each; on a 2-core
+Per-example ``map`` calls cost a Python-free but per-image graph execution each; on a CPU
 machine that competes with training for the same cores. These functions draw every random
 number for a batch in one call and transform the batch with a few batched ops.
 

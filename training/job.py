@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStatus, JobStore
 from fdl.jobspec import JobSpec
 from training.data import DataMissingError
@@ -102,7 +103,6 @@ def execute(
     # TensorFlow is imported here so that importing the task module stays light.
     from training.artifacts import write_model
     from training.data.registry import load_dataset
-    from training.models import ARCHITECTURES
     from training.publish import publish, published_before, quality_gate, staging_dir
     from training.trainer import train
 

@@ -1,5 +1,6 @@
-"""The architectures as Keras functional models that output logits (the book's, and
-``cifar10_airnet`` from :mod:`training.models_airnet`).
+"""The Keras builders of the architectures in :mod:`fdl.architectures`, keyed by the same names:
+functional models that output logits (the book's, and ``cifar10_airnet`` from
+:mod:`training.models_airnet`).
 
 The book's TF1 code applies ReLU to the output layer; here the last layer is linear (logits) and
 softmax is applied in the loss and in the exported graph. Hidden layers use He-normal init.
@@ -13,34 +14,24 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import RegularizationSpec
 from training.models_airnet import airnet, prepare_whitening
+from training.regularization import kernel_kwargs
 
 
 @dataclass(frozen=True)
-class Architecture:
-    # Which preprocessing: "mnist", "cifar" (the book's 24x24 crop) or "cifar32" (full image).
-    family: str
-    image_shape: tuple[int, int, int]  # raw uint8 input of the exported model
-    default_dropout: float
+class Builder:
+    # (network input shape, number of classes, regularization, dropout rate) -> logits model
     build: Callable[[tuple[int, int, int], int, RegularizationSpec, float], keras.Model]
     # Sets weights computed from the uint8 training images before training (e.g. whitening).
     prepare: Callable[[keras.Model, np.ndarray], None] | None = None
 
 
-def _kw(reg: RegularizationSpec) -> dict:
-    kw: dict = {}
-    if reg.l1 or reg.l2:
-        kw["kernel_regularizer"] = keras.regularizers.L1L2(l1=reg.l1, l2=reg.l2)
-    if reg.max_norm is not None:
-        kw["kernel_constraint"] = keras.constraints.MaxNorm(reg.max_norm)
-    return kw
-
-
 def _logits(x, num_classes: int, reg: RegularizationSpec, init: str = "glorot_uniform"):
     # float32 even under a mixed-precision policy: scores stay float32.
     return keras.layers.Dense(
-        num_classes, kernel_initializer=init, dtype="float32", name="logits", **_kw(reg)
+        num_classes, kernel_initializer=init, dtype="float32", name="logits", **kernel_kwargs(reg)
     )(x)
 
 
@@ -58,7 +49,11 @@ def mlp(shape, num_classes, reg, dropout) -> keras.Model:
     x = keras.layers.Flatten()(inputs)
     for i in (1, 2):
         x = keras.layers.Dense(
-            256, activation="relu", kernel_initializer="he_normal", name=f"hidden_{i}", **_kw(reg)
+            256,
+            activation="relu",
+            kernel_initializer="he_normal",
+            name=f"hidden_{i}",
+            **kernel_kwargs(reg),
         )(x)
         if dropout:
             x = keras.layers.Dropout(dropout)(x)
@@ -76,12 +71,12 @@ def mnist_cnn(shape, num_classes, reg, dropout) -> keras.Model:
             activation="relu",
             kernel_initializer="he_normal",
             name=f"conv_{i}",
-            **_kw(reg),
+            **kernel_kwargs(reg),
         )(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(
-        1024, activation="relu", kernel_initializer="he_normal", name="fc", **_kw(reg)
+        1024, activation="relu", kernel_initializer="he_normal", name="fc", **kernel_kwargs(reg)
     )(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
@@ -109,7 +104,7 @@ def _cifar(batch_norm: bool):
                 use_bias=not batch_norm,
                 kernel_initializer="he_normal",
                 name=f"conv_{i}",
-                **_kw(reg),
+                **kernel_kwargs(reg),
             )
             x = block(x, conv, f"conv_{i}")
             x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
@@ -120,7 +115,7 @@ def _cifar(batch_norm: bool):
                 use_bias=not batch_norm,
                 kernel_initializer="he_normal",
                 name=name,
-                **_kw(reg),
+                **kernel_kwargs(reg),
             )
             x = block(x, dense, name)
             if dropout:
@@ -131,21 +126,28 @@ def _cifar(batch_norm: bool):
     return build
 
 
-MNIST_SHAPE = (28, 28, 1)
-CIFAR_SHAPE = (32, 32, 3)
-ARCHITECTURES: dict[str, Architecture] = {
-    "mnist_logreg": Architecture("mnist", MNIST_SHAPE, 0.0, logreg),
-    "mnist_mlp": Architecture("mnist", MNIST_SHAPE, 0.0, mlp),
-    "mnist_cnn": Architecture("mnist", MNIST_SHAPE, 0.5, mnist_cnn),
-    "cifar10_cnn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=False)),
-    "cifar10_cnn_bn": Architecture("cifar", CIFAR_SHAPE, 0.5, _cifar(batch_norm=True)),
-    "cifar10_airnet": Architecture("cifar32", CIFAR_SHAPE, 0.0, airnet, prepare_whitening),
+BUILDERS: dict[str, Builder] = {
+    "mnist_logreg": Builder(logreg),
+    "mnist_mlp": Builder(mlp),
+    "mnist_cnn": Builder(mnist_cnn),
+    "cifar10_cnn": Builder(_cifar(batch_norm=False)),
+    "cifar10_cnn_bn": Builder(_cifar(batch_norm=True)),
+    "cifar10_airnet": Builder(airnet, prepare_whitening),
 }
+if set(BUILDERS) != set(ARCHITECTURES):
+    raise RuntimeError(f"builders and architectures differ: {set(BUILDERS) ^ set(ARCHITECTURES)}")
 
 
 def build_model(
     key: str, net_shape: tuple[int, int, int], num_classes: int, reg: RegularizationSpec
 ) -> keras.Model:
-    arch = ARCHITECTURES[key]
-    dropout = arch.default_dropout if reg.dropout is None else reg.dropout
-    return arch.build(net_shape, num_classes, reg, dropout)
+    dropout = ARCHITECTURES[key].default_dropout if reg.dropout is None else reg.dropout
+    return BUILDERS[key].build(net_shape, num_classes, reg, dropout)
+
+
+def prepare_model(key: str, model: keras.Model, x_train: np.ndarray) -> None:
+    """Set the weights an architecture computes from its uint8 training images (airnet's
+    whitening) before training; nothing for the others."""
+    prepare = BUILDERS[key].prepare
+    if prepare is not None:
+        prepare(model, x_train)

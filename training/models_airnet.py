@@ -22,9 +22,11 @@ import keras
 import numpy as np
 
 from fdl.jobspec import RegularizationSpec
+from training.preprocess import eval_preprocess
+from training.regularization import kernel_kwargs
 
 # Channel widths of the three blocks. airbench94 uses (64, 256, 256); these are smaller so that
-# an epoch of 45,000 images fits the 2-core CPU budget (about the FLOPs of cifar10_cnn_bn).
+# an epoch of 45,000 images fits a CPU training budget (about the FLOPs of cifar10_cnn_bn).
 WIDTHS = (32, 64, 128)
 WHITEN_PATCH = 2
 WHITEN_EPS = 1e-3  # added to eigenvalues: keeps the noisiest directions from being amplified
@@ -59,9 +61,7 @@ def _conv(filters: int, kw: dict, name: str) -> keras.layers.Conv2D:
 def airnet(
     shape, num_classes, reg: RegularizationSpec, dropout: float, widths: tuple[int, ...] = WIDTHS
 ) -> keras.Model:
-    from training.models import _kw  # the shared regularization keywords
-
-    kw = _kw(reg)
+    kw = kernel_kwargs(reg)
     inputs = keras.Input(shape=shape, name="pixels")
     channels = shape[-1] * WHITEN_PATCH * WHITEN_PATCH
     x = keras.layers.Conv2D(
@@ -104,8 +104,6 @@ def whitening_kernel(images: np.ndarray, eps: float = WHITEN_EPS) -> np.ndarray:
 
 def prepare_whitening(model: keras.Model, images: np.ndarray) -> None:
     """Sets the frozen first convolution from the first uint8 training images."""
-    from training.preprocess import eval_preprocess
-
     network_input = np.asarray(eval_preprocess(images[:WHITEN_IMAGES], "cifar32"))
     body = model.get_layer("flip_tta").net
     body.get_layer("whiten").set_weights([whitening_kernel(network_input)])

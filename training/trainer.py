@@ -16,11 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
 from training.callbacks import JobCallback
 from training.data import ImageData
-from training.models import ARCHITECTURES, build_model
+from training.models import build_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
 from training.recipes import augmentation, compile_for_recipe, regularization_for
@@ -98,8 +99,7 @@ def train(
             model = build_model(
                 spec.model, net_shape, len(data.class_names), regularization_for(spec)
             )
-            if arch.prepare is not None:
-                arch.prepare(model, x_train)
+            prepare_model(spec.model, model, x_train)
             compile_model(model, spec, steps_per_execution, steps * spec.epochs)
         info |= {"recipe": spec.recipe, "augmentation": augment}
         progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)

@@ -6,8 +6,9 @@ The body (multipart files, JSON ``{"instances": [{"b64": ...}]}``, a raw image) 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
@@ -102,28 +103,28 @@ async def classifier(request: Request) -> Classifier:
 
 
 ClassifierDep = Annotated[Classifier, Depends(classifier)]
+_Route = TypeVar("_Route", bound=Callable[..., Awaitable[JSONResponse]])
 
 
-@router.post(
-    "/{model}:classify",
-    summary="Classify images with the model's latest version",
-    openapi_extra=REQUEST_BODY,
-    response_model=ClassifyResponse,
-    responses=CLASSIFY_RESPONSES,
-)
+def _classify_route(path: str, summary: str) -> Callable[[_Route], _Route]:
+    """The three classify routes differ only in how the path names the version."""
+    return router.post(
+        path,
+        summary=summary,
+        openapi_extra=REQUEST_BODY,
+        response_model=ClassifyResponse,
+        responses=CLASSIFY_RESPONSES,
+    )
+
+
+@_classify_route("/{model}:classify", "Classify images with the model's latest version")
 async def classify_latest(
     model: ModelName, request: Request, classifier: ClassifierDep, _caller: ClassifyDep
 ) -> JSONResponse:
     return await classifier.respond(request, Target(model))
 
 
-@router.post(
-    "/{model}/versions/{version}:classify",
-    summary="Classify images with one version",
-    openapi_extra=REQUEST_BODY,
-    response_model=ClassifyResponse,
-    responses=CLASSIFY_RESPONSES,
-)
+@_classify_route("/{model}/versions/{version}:classify", "Classify images with one version")
 async def classify_version(
     model: ModelName,
     version: Annotated[int, Path(ge=1, le=2**62)],
@@ -134,12 +135,8 @@ async def classify_version(
     return await classifier.respond(request, Target(model, version=version))
 
 
-@router.post(
-    "/{model}/labels/{label}:classify",
-    summary="Classify images with a labelled version (stable, canary)",
-    openapi_extra=REQUEST_BODY,
-    response_model=ClassifyResponse,
-    responses=CLASSIFY_RESPONSES,
+@_classify_route(
+    "/{model}/labels/{label}:classify", "Classify images with a labelled version (stable, canary)"
 )
 async def classify_label(
     model: ModelName,

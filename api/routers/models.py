@@ -16,6 +16,7 @@ from api.deps import (
     SettingsDep,
 )
 from api.errors import ApiError
+from api.input_spec import ModelContractError
 from api.preprocess import choose_profile
 from api.repository import describe_model, model_names
 from api.schemas import (
@@ -27,7 +28,6 @@ from api.schemas import (
     ModelName,
     errors,
 )
-from api.serving_client import ModelContractError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -82,11 +82,17 @@ async def get_model(
     return detail
 
 
+# What both label routes answer (the promoter's outcomes and errors).
+_LABEL_ROUTE: dict[str, Any] = {
+    "response_model": LabelResponse,
+    "responses": errors(401, 403, 404, 409, 422, 429, 503, 504),
+}
+
+
 @router.post(
     "/{model}/labels/{label}:rollback",
     summary="Roll a label back to the newest version older than the one it names, loading it",
-    response_model=LabelResponse,
-    responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
+    **_LABEL_ROUTE,
 )
 async def roll_back_label(
     model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
@@ -97,8 +103,7 @@ async def roll_back_label(
 @router.post(
     "/{model}/labels/{label}",
     summary="Point a label (stable, canary) at a version: promote or roll back",
-    response_model=LabelResponse,
-    responses=errors(401, 403, 404, 409, 422, 429, 503, 504),
+    **_LABEL_ROUTE,
 )
 async def set_label(
     model: ModelName,

@@ -26,10 +26,10 @@ from api.bodies import read_images
 from api.classification import Target, prepare_bounded, upstream_error
 from api.deps import ClassifyDep, DecodeLimitsDep, MetadataDep, RequestIdDep, SettingsDep
 from api.errors import ApiError
+from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.preprocess import choose_profile
 from api.repository import public_paths
-from api.serving_client import InputSpec, ModelContractError
 from fdl import contract
 from fdl.jobspec import NAME_PATTERN
 

@@ -1,70 +1,23 @@
-"""Shared real processes for the gateway tests: tiny models, a model server, a gateway."""
+"""Shared real processes for the gateway tests: tiny models, a model server, gateways."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
-from fdl import contract
-from fdl.repository import sync_config
-from tests.api.support import (
-    Gateway,
-    ModelServer,
-    start_gateway,
-    start_model_server,
-    wait_for_models,
-)
-
-PHOTO_CLASSES = ["cat", "dog", "bird"]
-TRAINING_METADATA = {
-    "job_id": "job-abc123",
-    "model": "digits",
-    "architecture": "mnist_logreg",
-    "spec": {"model": "mnist_logreg", "epochs": 1},
-    "class_names": [str(i) for i in range(10)],
-    "metrics": {"test_accuracy": 0.91, "test_loss": 0.3},
-    "history": {"loss": [0.5, 0.3]},
-}
-
-
-def build_repository(root: Path) -> Path:
-    """Tiny contract-conforming models: digits (28x28x1, v1+v2), photos (32x32x3), promo."""
-    from tests.support.models import build_test_model
-
-    build_test_model(root / "digits" / "1", (28, 28, 1), 10, seed=0, model_name="digits")
-    build_test_model(root / "digits" / "2", (28, 28, 1), 10, seed=1, model_name="digits")
-    (root / "digits" / "2" / contract.METADATA_FILE).write_text(json.dumps(TRAINING_METADATA))
-    build_test_model(
-        root / "photos" / "1",
-        (32, 32, 3),
-        3,
-        seed=2,
-        class_names=PHOTO_CLASSES,
-        model_name="photos",
-    )
-    for version in (1, 2, 3):
-        build_test_model(root / "promo" / str(version), (28, 28, 1), 10, seed=version)
-    (root / "promo" / "3" / contract.METADATA_FILE).unlink()  # metadata is optional
-    sync_config(root)
-    return root
+from harness.gateway import Gateway, gateway_running, set_label
+from harness.model_server import ModelServer, model_server_running
+from harness.repository import SERVED, build_repository, copy_repository
 
 
 @pytest.fixture(scope="session")
 def pristine_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once; tests that change a repository copy it."""
     return build_repository(tmp_path_factory.mktemp("pristine") / "models")
-
-
-def copy_repository(source: Path, target: Path) -> Path:
-    import shutil
-
-    shutil.copytree(source, target)
-    sync_config(target)  # base paths point at the copy
-    return target
 
 
 @pytest.fixture(scope="session")
@@ -74,40 +27,67 @@ def model_dir(pristine_repository: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def model_server(model_dir: Path, logs_dir: Path) -> Iterator[ModelServer]:
-    server = start_model_server("model-server", model_dir, logs_dir)
-    try:
-        wait_for_models(server, {"digits": 2, "photos": 1, "promo": 3})
+    with model_server_running("model-server", model_dir, logs_dir, SERVED) as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 @pytest.fixture(scope="session")
-def gateway(
+def gateways_here(
     redis_url: str,
     model_server: ModelServer,
     model_dir: Path,
     logs_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
-    """Keyed classification, a generous rate limit."""
-    running = start_gateway(
-        "gateway",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets"),
-    )
-    try:
-        # Label digits v1 "stable" through the API: it stays loaded beside the latest, v2.
-        response = httpx.post(
-            f"{running.url}/v1/models/digits/labels/stable",
-            json={"version": 1},
-            headers=running.admin(),
-            timeout=60,
+) -> Callable[..., AbstractContextManager[Gateway]]:
+    """Gateways over the shared model server and repository: ``with gateways_here(name,
+    redis_url=…, serving_port=…, model_dir=…, **FDL_settings) as gateway`` (``serving_port``
+    None: no model server behind it)."""
+
+    def running(
+        name: str,
+        redis_url: str = redis_url,
+        serving_port: int | None = model_server.port,
+        model_dir: Path = model_dir,
+        **overrides: str,
+    ) -> AbstractContextManager[Gateway]:
+        secrets = tmp_path_factory.mktemp(f"secrets-{name}")
+        return gateway_running(
+            name, logs_dir, redis_url, serving_port, model_dir, secrets, **overrides
         )
+
+    return running
+
+
+@pytest.fixture(scope="session")
+def gateway(gateways_here: Callable[..., AbstractContextManager[Gateway]]) -> Iterator[Gateway]:
+    """Keyed classification, a generous rate limit."""
+    with gateways_here("gateway") as running:
+        # Label digits v1 "stable" through the API: it stays loaded beside the latest, v2.
+        response = set_label(running, "digits", "stable", {"version": 1})
         assert response.status_code == 200, response.text
         yield running
-    finally:
-        running.process.stop()
+
+
+@pytest.fixture(scope="module")
+def more_gateways(
+    gateways_here: Callable[..., AbstractContextManager[Gateway]],
+) -> Iterator[Callable[..., Gateway]]:
+    """Starts gateways beside the shared one (the arguments of ``gateways_here``); all stop
+    when the module ends."""
+    with ExitStack() as started:
+
+        def start(name: str, **kwargs: Any) -> Gateway:
+            return started.enter_context(gateways_here(name, **kwargs))
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def route_model_server(
+    pristine_repository: Path, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelServer]:
+    """A model server over a repository of its own, for the in-process route tests: their
+    promotions must not move the labels the process-level tests assert."""
+    repo = copy_repository(pristine_repository, tmp_path_factory.mktemp("routes") / "models")
+    with model_server_running("model-server-routes", repo, logs_dir, SERVED) as server:
+        yield server

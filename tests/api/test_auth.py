@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import numpy as np
 import pytest
 
-from tests.api.support import (
-    ADMIN_KEY,
-    CLASSIFY_KEY,
-    FILE_ADMIN_KEY,
-    Gateway,
-    ModelServer,
-    start_gateway,
-)
-from tests.support.mnist import png_bytes
+from harness.gateway import ADMIN_KEY, CLASSIFY_KEY, FILE_ADMIN_KEY, Gateway, bearer
+from harness.gateway import classify as post_image
+from harness.prometheus import samples
 
-PNG = png_bytes(np.zeros((28, 28), np.uint8))
 JOBS = "/v1/jobs"
 CLASSIFY = "/v1/models/digits:classify"
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def classify(gateway: Gateway, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}{CLASSIFY}",
-        files=[("file", ("a.png", PNG, "image/png"))],
-        headers=headers,
-        timeout=30,
-    )
+    return post_image(f"{gateway.url}{CLASSIFY}", headers)
 
 
 def test_admin_routes_need_a_key(gateway: Gateway) -> None:
@@ -99,31 +81,17 @@ def test_keys_never_reach_the_log(gateway: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def open_gateway(
-    redis_url: str,
-    model_server: ModelServer,
-    model_dir: Path,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
+def open_gateway(redis_url: str, more_gateways: Callable[..., Gateway]) -> Gateway:
     """Open classification; 3 requests of burst, then one per 20 s per identity."""
     # Its own Redis database: its tight limits must not spend the shared gateway's budgets.
     own_db = redis_url.rsplit("/", 1)[0] + "/1"
-    running = start_gateway(
+    return more_gateways(
         "gateway-open",
-        logs_dir,
-        own_db,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets-open"),
+        redis_url=own_db,
         FDL_CLASSIFY_OPEN="true",
         FDL_RATE_LIMIT_PER_MINUTE="3",
         FDL_RATE_LIMIT_BURST="3",
     )
-    try:
-        yield running
-    finally:
-        running.process.stop()
 
 
 def test_open_classification_and_rate_limit(open_gateway: Gateway) -> None:
@@ -138,4 +106,4 @@ def test_open_classification_and_rate_limit(open_gateway: Gateway) -> None:
     # Open classification does not open administration.
     assert httpx.get(f"{open_gateway.url}{JOBS}", timeout=5).status_code == 401
     metrics = httpx.get(f"{open_gateway.url}/metrics", timeout=5).text
-    assert "fdl_gateway_rate_limited_total 3.0" in metrics
+    assert samples(metrics, "fdl_gateway_rate_limited_total") == [3.0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.api.corpus import Case, all_cases, image_cases
-from tests.api.support import Gateway
+from harness.corpus import Case, all_cases, image_cases
+from harness.gateway import Gateway
 
 CASES = all_cases()
 

@@ -14,22 +14,10 @@ from PIL import Image
 
 from api.imaging import decode_image
 from api.preprocess import digit_to_mnist
-from tests.api.conftest import PHOTO_CLASSES
-from tests.api.support import Gateway, ModelServer, log_lines
-from tests.support.mnist import mnist_test_digits, png_bytes
-
-
-def paper_png(digit: np.ndarray) -> bytes:
-    """An MNIST digit as dark ink on light paper, larger and off centre."""
-    canvas = np.full((90, 120), 230, np.uint8)
-    ink = np.asarray(Image.fromarray(255 - digit).resize((56, 56), Image.Resampling.BILINEAR))
-    canvas[20:76, 50:106] = np.minimum(canvas[20:76, 50:106], ink)
-    return png_bytes(canvas)
-
-
-def post(gateway: Gateway, path: str, **kwargs) -> httpx.Response:
-    kwargs.setdefault("headers", gateway.classifier())
-    return httpx.post(f"{gateway.url}{path}", timeout=30, **kwargs)
+from harness.gateway import Gateway, log_lines, post
+from harness.mnist import mnist_test_digits, paper_png, png_bytes
+from harness.model_server import ModelServer
+from harness.repository import PHOTO_CLASSES
 
 
 def direct_predict(server: ModelServer, model: str, batch: np.ndarray) -> np.ndarray:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.api.support import Gateway
-from tests.api.test_classify import paper_png, post
-from tests.support.mnist import mnist_test_digits
+from harness.gateway import Gateway, post
+from harness.mnist import mnist_test_digits, paper_png
 
 
 def _as(png: bytes, fmt: str) -> bytes:

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 
 from api.coalesce import PredictCoalescer, joined_ids
 from api.serving_client import ServingClient
-from tests.api.conftest import copy_repository
-from tests.api.support import ModelServer, ok_requests, start_model_server, wait_for_models
+from harness.model_server import ModelServer, model_server_running, ok_requests
+from harness.repository import copy_repository
 
 MODEL = "digits"
 
@@ -46,14 +46,11 @@ def counting_server(
     repo = copy_repository(pristine_repository, work / "models")
     monitoring = work / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
-    server = start_model_server(
-        "model-server-coalesce", repo, logs_dir, flags=[f"--monitoring_config_file={monitoring}"]
-    )
-    try:
-        wait_for_models(server, {MODEL: 2})
+    flags = [f"--monitoring_config_file={monitoring}"]
+    with model_server_running(
+        "model-server-coalesce", repo, logs_dir, {MODEL: 2}, flags=flags
+    ) as server:
         yield server
-    finally:
-        server.process.stop()
 
 
 async def _run(server: ModelServer, batches, max_batch: int = 64, max_in_flight: int = 1):

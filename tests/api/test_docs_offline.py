@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from tests.api.support import Gateway
+from harness.gateway import Gateway
 
 
 class _References(HTMLParser):

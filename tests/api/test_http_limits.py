@@ -7,16 +7,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.api.bombs import transparent_png
-from tests.api.support import ADMIN_KEY, Gateway, ModelServer, log_lines, start_gateway
-from tests.support.procs import wait_for
-from tests.support.prometheus import sample_sums
+from harness.bombs import transparent_png
+from harness.gateway import ADMIN_KEY, Gateway, log_lines
+from harness.procs import wait_for
+from harness.prometheus import scrape, total
 
 LIMITS = {
     "FDL_MAX_HEADER_BYTES": "8192",
@@ -29,26 +28,8 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def limited(
-    redis_url: str,
-    model_server: ModelServer,
-    model_dir: Path,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
-    running = start_gateway(
-        "gateway-limits",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets-limits"),
-        **LIMITS,
-    )
-    try:
-        yield running
-    finally:
-        running.process.stop()
+def limited(more_gateways: Callable[..., Gateway]) -> Gateway:
+    return more_gateways("gateway-limits", **LIMITS)
 
 
 def _connect(gateway: Gateway) -> socket.socket:
@@ -117,8 +98,8 @@ def test_idle_keep_alive_connections_close(limited: Gateway) -> None:
         idle = time.monotonic() - start
     assert _status(response) == 200, response[:200]
     assert idle < 3, f"the idle connection stayed open {idle:.1f} s (FDL_KEEPALIVE_TIMEOUT_S=1)"
-    closed = 'fdl_gateway_http_guard_total{reason="keepalive_timeout"}'
-    assert sample_sums(f"{limited.url}/metrics", closed)[0] >= 1
+    metrics = scrape(f"{limited.url}/metrics")
+    assert total(metrics, "fdl_gateway_http_guard_total", reason="keepalive_timeout") >= 1
 
 
 def test_connections_beyond_the_cap_are_closed(limited: Gateway) -> None:
@@ -175,37 +156,25 @@ def test_deeply_nested_json_gets_400(limited: Gateway) -> None:
 
 
 def test_forwarded_for_does_not_dodge_the_rate_limit(
-    redis_url: str,
-    model_server: ModelServer,
-    model_dir: Path,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    more_gateways: Callable[..., Gateway],
 ) -> None:
-    running = start_gateway(
+    running = more_gateways(
         "gateway-forwarded",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets-forwarded"),
         FDL_CLASSIFY_OPEN="true",
         FDL_RATE_LIMIT_PER_MINUTE="6",
         FDL_RATE_LIMIT_BURST="3",
     )
-    try:
-        statuses = [
-            httpx.get(
-                f"{running.url}/v1/models",
-                headers={
-                    "X-Forwarded-For": f"10.{i}.0.{i % 250}",
-                    "X-Request-Id": uuid.uuid4().hex,
-                },
-                timeout=10,
-            ).status_code
-            for i in range(8)
-        ]
-    finally:
-        running.process.stop()
+    statuses = [
+        httpx.get(
+            f"{running.url}/v1/models",
+            headers={
+                "X-Forwarded-For": f"10.{i}.0.{i % 250}",
+                "X-Request-Id": uuid.uuid4().hex,
+            },
+            timeout=10,
+        ).status_code
+        for i in range(8)
+    ]
     assert 429 in statuses, statuses
 
 

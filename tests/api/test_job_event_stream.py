@@ -6,49 +6,43 @@ JobStore calls the worker makes."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from fdl.jobs import JobStatus, JobStore
-from tests.api.support import start_gateway
-from tests.support.procs import free_port, wait_for
-from tests.support.sse import StreamReader
+from harness.gateway import Gateway
+from harness.procs import wait_for
+from harness.sse import StreamReader
 
 KEEP_ALIVES = 3  # one per 2.5 s block: together longer than the 5 s socket timeout
 
 
 def test_stream_outlives_the_block_time_and_ends_with_the_job(
-    redis_url: str, tmp_path: Path, logs_dir: Path
+    redis_url: str, lone_gateway: Callable[..., AbstractContextManager[Gateway]]
 ) -> None:
-    gateway = start_gateway(
-        "gateway-stream",
-        logs_dir,
-        redis_url,
-        free_port(),  # no model server: the stream does not need one
-        tmp_path / "models",
-        tmp_path / "secrets",
-    )
-    store = JobStore.from_url(redis_url)
-    try:
-        job_id = store.create({"model": "mnist_logreg", "epochs": 1})["id"]
-        reader = StreamReader(f"{gateway.url}/v1/jobs/{job_id}/events", gateway.admin())
-        opened = time.monotonic()
-        reader.start()
-        assert store.mark_running(job_id, "test-worker")
-        wait_for(
-            lambda: reader.keep_alives() >= KEEP_ALIVES,
-            40,
-            "keep-alive comments on a quiet job",
-            interval=0.2,
-            check=reader.ensure_open,
-        )
-        quiet_s = time.monotonic() - opened
-        store.update_progress(job_id, {"epoch": 1, "epochs": 1, "loss": 0.5})
-        store.finish(job_id, JobStatus.SUCCEEDED, result={"published": False})
-        reader.join(15)
-        assert not reader.is_alive(), "the stream did not end with the job"
-    finally:
-        store.redis.close()
-        gateway.process.stop()
+    # No model server: the stream does not need one.
+    with lone_gateway("gateway-stream", redis_url) as gateway:
+        store = JobStore.from_url(redis_url)
+        try:
+            job_id = store.create({"model": "mnist_logreg", "epochs": 1})["id"]
+            reader = StreamReader(f"{gateway.url}/v1/jobs/{job_id}/events", gateway.admin())
+            opened = time.monotonic()
+            reader.start()
+            assert store.mark_running(job_id, "test-worker")
+            wait_for(
+                lambda: reader.keep_alives() >= KEEP_ALIVES,
+                40,
+                "keep-alive comments on a quiet job",
+                interval=0.2,
+                check=reader.ensure_open,
+            )
+            quiet_s = time.monotonic() - opened
+            store.update_progress(job_id, {"epoch": 1, "epochs": 1, "loss": 0.5})
+            store.finish(job_id, JobStatus.SUCCEEDED, result={"published": False})
+            reader.join(15)
+            assert not reader.is_alive(), "the stream did not end with the job"
+        finally:
+            store.redis.close()
     assert reader.status_code == 200
     assert reader.error is None, reader.error
     assert quiet_s > 5, quiet_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.api.support import Gateway
+from harness.gateway import Gateway
 
 
 def post(gateway: Gateway, spec: dict) -> httpx.Response:

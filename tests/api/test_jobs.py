@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from fdl.jobs import JobStatus, JobStore
-from tests.api.support import Gateway
-from tests.support.procs import wait_for
+from harness.gateway import Gateway
+from harness.procs import wait_for
 
 
 @pytest.fixture(scope="module")

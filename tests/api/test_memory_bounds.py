@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import psutil
 import pytest
 
-from tests.api.bombs import PeakRss, bomb_load, timed_requests, transparent_png
-from tests.api.support import Gateway, ModelServer, start_gateway
-from tests.support.procs import wait_for
+from harness.bombs import PeakRss, bomb_load, timed_requests, transparent_png
+from harness.gateway import Gateway
+from harness.procs import wait_for
 
 MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def default_gateway(
-    redis_url: str,
-    model_server: ModelServer,
-    model_dir: Path,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
+def default_gateway(more_gateways: Callable[..., Gateway]) -> Gateway:
     """The gateway with its default limits and budgets."""
-    running = start_gateway(
-        "gateway-memory",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets-memory"),
-    )
-    try:
-        yield running
-    finally:
-        running.process.stop()
+    return more_gateways("gateway-memory")
 
 
 def test_bombs_keep_memory_bounded(default_gateway: Gateway) -> None:

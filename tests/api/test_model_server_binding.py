@@ -10,8 +10,8 @@ import pytest
 
 from fdl.settings import CommonSettings
 from fdl.stack import model_server_argv
-from tests.api.support import start_model_server, wait_for_models
-from tests.support.procs import port_open, wait_for
+from harness.model_server import start_model_server, wait_for_models
+from harness.procs import port_open, wait_for
 
 
 def _loopback(ip: str) -> bool:

@@ -6,38 +6,22 @@ import json
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from fdl.repository import CONFIG_FILE, read_labels
-from tests.api.conftest import TRAINING_METADATA
-from tests.api.support import Gateway, ModelServer, versions_available
-from tests.support.mnist import png_bytes
-from tests.support.procs import wait_for
-
-PNG = png_bytes(np.zeros((28, 28), np.uint8))
+from harness.gateway import Gateway, classify, set_label
+from harness.model_server import ModelServer, versions_available
+from harness.procs import wait_for
+from harness.repository import TRAINING_METADATA
 
 
 def get(gateway: Gateway, path: str) -> httpx.Response:
     return httpx.get(f"{gateway.url}{path}", headers=gateway.classifier(), timeout=10)
 
 
-def set_label(gateway: Gateway, model: str, label: str, body: object) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/models/{model}/labels/{label}",
-        json=body,
-        headers=gateway.admin(),
-        timeout=60,
-    )
-
-
 def classify_label(gateway: Gateway, model: str, label: str) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/models/{model}/labels/{label}:classify",
-        files=[("file", ("a.png", PNG, "image/png"))],
-        headers=gateway.classifier(),
-        timeout=30,
-    )
+    url = f"{gateway.url}/v1/models/{model}/labels/{label}:classify"
+    return classify(url, gateway.classifier())
 
 
 def test_list_models(gateway: Gateway) -> None:

@@ -7,28 +7,23 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import pytest
 
-from tests.api.support import Gateway, ModelServer, start_gateway
-from tests.support.mnist import png_bytes
-from tests.support.procs import REPO_ROOT, free_port
-
-PNG = png_bytes(np.zeros((28, 28), np.uint8))
+from harness import gateway as harness_gateway
+from harness.gateway import Gateway
+from harness.model_server import ModelServer
+from harness.procs import REPO_ROOT
+from harness.prometheus import samples, total
 
 
 def classify(gateway: Gateway, model: str = "digits") -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/models/{model}:classify",
-        files=[("file", ("a.png", PNG, "image/png"))],
-        headers=gateway.classifier(),
-        timeout=30,
-    )
+    url = f"{gateway.url}/v1/models/{model}:classify"
+    return harness_gateway.classify(url, gateway.classifier())
 
 
 def test_probes(gateway: Gateway) -> None:
@@ -41,26 +36,22 @@ def test_probes(gateway: Gateway) -> None:
 def test_metrics(gateway: Gateway) -> None:
     assert classify(gateway).status_code == 200
     assert classify(gateway, "no_such_model").status_code == 404
-    refused = httpx.post(
-        f"{gateway.url}/v1/models/no_key_model:classify",
-        files=[("file", ("a.png", PNG, "image/png"))],
-        timeout=30,
-    )
+    refused = harness_gateway.classify(f"{gateway.url}/v1/models/no_key_model:classify")
     assert refused.status_code == 401  # this gateway requires a key to classify
     text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    assert re.search(
-        r'fdl_gateway_requests_total\{method="POST",model="digits",'
-        r'route="/v1/models/\{model\}:classify",status="200"\} [1-9]',
-        text,
-    )
+    route = "/v1/models/{model}:classify"
+    requests = "fdl_gateway_requests_total"
+    ok = total(text, requests, method="POST", model="digits", route=route, status="200")
+    assert ok >= 1
     # Names that are not served are not labels (attackers could create unbounded series).
     assert "no_such_model" not in text and "no_key_model" not in text
-    assert re.search(r'model="",route="/v1/models/\{model\}:classify",status="404"', text)
+    assert samples(text, requests, model="", route=route, status="404")
     for stage in ("decode", "preprocess", "predict", "postprocess"):
-        assert f'fdl_gateway_stage_seconds_count{{model="digits",stage="{stage}"}}' in text
-    assert 'fdl_gateway_upstream_errors_total{code="NOT_FOUND",method="GetModelMetadata"}' in text
-    assert re.search(r'fdl_jobs\{state="queued"\} \d+', text)
-    assert "fdl_gateway_images_classified_total" in text
+        assert samples(text, "fdl_gateway_stage_seconds_count", model="digits", stage=stage)
+    upstream = "fdl_gateway_upstream_errors_total"
+    assert samples(text, upstream, code="NOT_FOUND", method="GetModelMetadata")
+    assert samples(text, "fdl_jobs", state="queued")
+    assert samples(text, "fdl_gateway_images_classified_total")
 
 
 def test_openapi_document(gateway: Gateway) -> None:
@@ -134,22 +125,9 @@ def test_api_extra_does_not_pull_tensorflow() -> None:
 
 
 @pytest.fixture(scope="module")
-def orphan_gateway(
-    redis_url: str, model_dir: Path, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+def orphan_gateway(more_gateways: Callable[..., Gateway]) -> Gateway:
     """A gateway whose model server is not there."""
-    running = start_gateway(
-        "gateway-orphan",
-        logs_dir,
-        redis_url,
-        free_port(),
-        model_dir,
-        tmp_path_factory.mktemp("secrets-orphan"),
-    )
-    try:
-        yield running
-    finally:
-        running.process.stop()
+    return more_gateways("gateway-orphan", serving_port=None)
 
 
 def test_model_server_down_is_503(orphan_gateway: Gateway) -> None:
@@ -175,35 +153,21 @@ def test_model_server_down_is_503(orphan_gateway: Gateway) -> None:
 
 
 def test_deadline_exceeded_is_504(
-    redis_url: str,
-    model_server: ModelServer,
-    model_dir: Path,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    model_server: ModelServer, more_gateways: Callable[..., Gateway]
 ) -> None:
     """A model server that is connected but frozen (SIGSTOP): the call's deadline ends it."""
-    impatient = start_gateway(
-        "gateway-impatient",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        model_dir,
-        tmp_path_factory.mktemp("secrets-impatient"),
-        FDL_PREDICT_TIMEOUT_S="0.5",
-        FDL_METADATA_TIMEOUT_S="0.5",
+    impatient = more_gateways(
+        "gateway-impatient", FDL_PREDICT_TIMEOUT_S="0.5", FDL_METADATA_TIMEOUT_S="0.5"
     )
+    assert httpx.get(f"{impatient.url}/readyz", timeout=10).status_code == 200  # connected
+    model_server.process.signal(signal.SIGSTOP)
     try:
-        assert httpx.get(f"{impatient.url}/readyz", timeout=10).status_code == 200  # connected
-        model_server.process.signal(signal.SIGSTOP)
-        try:
-            start = time.monotonic()
-            response = classify(impatient)
-            elapsed = time.monotonic() - start
-        finally:
-            model_server.process.signal(signal.SIGCONT)
-        assert response.status_code == 504, response.text
-        assert response.json()["error"]["code"] == "model_server_timeout"
-        assert elapsed < 5
-        assert classify(impatient).status_code == 200  # and it recovers
+        start = time.monotonic()
+        response = classify(impatient)
+        elapsed = time.monotonic() - start
     finally:
-        impatient.process.stop()
+        model_server.process.signal(signal.SIGCONT)
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "model_server_timeout"
+    assert elapsed < 5
+    assert classify(impatient).status_code == 200  # and it recovers

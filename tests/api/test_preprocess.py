@@ -12,10 +12,10 @@ from PIL import Image
 
 from api.classification import _small, prepare_batch
 from api.imaging import decode_image
+from api.input_spec import InputSpec
 from api.preprocess import _median, decode_size, digit_to_mnist, photo_to_array
-from api.serving_client import InputSpec
-from tests.support.mnist import mnist_test_digits, png_bytes
-from tests.support.procs import REPO_ROOT
+from harness.mnist import mnist_test_digits, png_bytes
+from harness.procs import REPO_ROOT
 
 
 def _renderer():

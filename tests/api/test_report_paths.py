@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fdl import contract
-from tests.api.support import Gateway
+from harness.gateway import Gateway
 
 SECRET_ROOT = "/home/alice/private-datasets"
 

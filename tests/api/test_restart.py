@@ -8,21 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-from tests.api.conftest import copy_repository
-from tests.api.support import (
-    Gateway,
-    ModelServer,
-    start_gateway,
-    start_model_server,
-    wait_for_models,
-)
-from tests.support.mnist import png_bytes
-from tests.support.procs import wait_for
-
-PNG = png_bytes(np.zeros((28, 28), np.uint8))
+from harness import gateway as harness_gateway
+from harness.gateway import Gateway, gateway_running, set_label
+from harness.model_server import ModelServer, start_model_server, wait_for_models
+from harness.procs import wait_for
+from harness.repository import copy_repository
 
 
 class Stack:
@@ -56,27 +48,18 @@ def stack(
     running = Stack(repo, logs_dir)
     try:
         wait_for_models(running.server, {"digits": 2, "promo": 3})
-        running.gateway = start_gateway(
-            "gateway-restart",
-            logs_dir,
-            redis_url,
-            running.server.port,
-            repo,
-            tmp_path_factory.mktemp("secrets-restart"),
-        )
-        yield running
+        secrets = tmp_path_factory.mktemp("secrets-restart")
+        with gateway_running(
+            "gateway-restart", logs_dir, redis_url, running.server.port, repo, secrets
+        ) as gateway:
+            running.gateway = gateway
+            yield running
     finally:
-        if running.gateway is not None:
-            running.gateway.process.stop()
         running.server.process.stop()
 
 
 def classify(client: httpx.Client, gateway: Gateway, path: str) -> httpx.Response:
-    return client.post(
-        f"{gateway.url}{path}",
-        files=[("file", ("a.png", PNG, "image/png"))],
-        headers=gateway.classifier(),
-    )
+    return harness_gateway.classify(f"{gateway.url}{path}", gateway.classifier(), client=client)
 
 
 def test_restart_during_traffic(stack: Stack) -> None:
@@ -121,12 +104,7 @@ def test_restart_during_traffic(stack: Stack) -> None:
 def test_labels_survive_a_model_server_restart(stack: Stack) -> None:
     gateway = stack.gateway
     assert gateway is not None
-    promoted = httpx.post(
-        f"{gateway.url}/v1/models/promo/labels/stable",
-        json={"version": 2},
-        headers=gateway.admin(),
-        timeout=60,
-    )
+    promoted = set_label(gateway, "promo", "stable", {"version": 2})
     assert promoted.status_code == 200, promoted.text
     server = stack.restart_server()
     wait_for_models(server, {"promo": 2})

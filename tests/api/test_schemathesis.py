@@ -6,8 +6,7 @@ cannot touch the models other tests use), backed by the real model server and Re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import schemathesis
@@ -15,29 +14,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.api.support import Gateway, ModelServer, start_gateway
+from harness.gateway import Gateway
 
 
 @pytest.fixture(scope="module")
 def fuzz_gateway(
-    redis_url: str,
-    model_server: ModelServer,
-    logs_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
-    empty_repo = tmp_path_factory.mktemp("fuzz-models")
-    running = start_gateway(
-        "gateway-fuzz",
-        logs_dir,
-        redis_url,
-        model_server.port,
-        empty_repo,
-        tmp_path_factory.mktemp("secrets-fuzz"),
-    )
-    try:
-        yield running
-    finally:
-        running.process.stop()
+    more_gateways: Callable[..., Gateway], tmp_path_factory: pytest.TempPathFactory
+) -> Gateway:
+    return more_gateways("gateway-fuzz", model_dir=tmp_path_factory.mktemp("fuzz-models"))
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

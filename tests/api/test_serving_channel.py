@@ -16,17 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from api.settings import GatewaySettings
-from tests.api.conftest import copy_repository
-from tests.api.support import (
-    ModelServer,
-    ok_requests,
-    start_gateway,
-    start_model_server,
-    wait_for_models,
-)
-from tests.support.mnist import png_bytes
-from tests.support.procs import wait_for
-from tests.support.tls import make_pki, ssl_config
+from harness.gateway import start_gateway
+from harness.mnist import png_bytes
+from harness.model_server import ModelServer, ok_requests, start_model_server, wait_for_models
+from harness.procs import wait_for
+from harness.repository import copy_repository
+from harness.tls import make_pki, ssl_config
 
 PNG = png_bytes(np.zeros((28, 28), np.uint8))
 

@@ -26,8 +26,9 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
-from api.tensors import from_tensor_proto, to_tensor_proto
-from fdl.model_config import render_config
+from fdl.repository import render_config
+from fdl.tensors import to_numpy as from_tensor_proto
+from fdl.tensors import to_tensor_proto
 from fdl.wire import tfs_pb2 as ours
 
 OFFICIAL = SimpleNamespace(

@@ -18,16 +18,15 @@ import pytest
 
 from fdl import contract
 from fdl.repository import Repository
-from tests.api.support import (
-    Gateway,
+from harness.gateway import Gateway, start_gateway
+from harness.mnist import png_bytes
+from harness.model_server import (
     ModelServer,
-    start_gateway,
     start_model_server,
     versions_available,
     wait_for_models,
 )
-from tests.support.mnist import png_bytes
-from tests.support.procs import wait_for
+from harness.procs import wait_for
 
 MODEL = "lat"
 POLL_S = 1.0  # the model server's --model_config_file_poll_wait_seconds in the test helper
@@ -36,7 +35,7 @@ PNG = png_bytes(np.zeros((28, 28), np.uint8))
 
 @pytest.fixture
 def repository(tmp_path: Path) -> tuple[Repository, Path]:
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     model_dir = tmp_path / "models"
     for version in (1, 2):

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.promotion_race import MODEL, build_repository, publisher, race
-from tests.api.support import (
-    ADMIN_KEY,
-    Gateway,
-    ModelServer,
-    start_gateway,
-    start_model_server,
-    wait_for_models,
-)
+from harness.gateway import ADMIN_KEY, Gateway, start_gateway
+from harness.model_server import ModelServer, start_model_server, wait_for_models
 
 PROMOTE_TIMEOUT_S = 10
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.conftest import RestartableRedis
-from tests.support.procs import wait_for
-from tests.training.conftest import MNIST_TINY, start_worker
+from harness.procs import wait_for
+from harness.redis import RestartableRedis
+from harness.worker import MNIST_TINY, worker_running
 
 # What the worker logs when a job-record operation found Redis gone (with the fix: a retry;
 # without it: the task failing).
@@ -18,24 +18,18 @@ OUTAGE_SEEN = ("Retrying fdl.jobs.JobStore", "raised unexpected")
 def test_job_survives_a_redis_restart(
     restartable_redis: RestartableRedis, data_dir: Path, tmp_path: Path, logs_dir: Path
 ) -> None:
-    worker = start_worker(
+    with worker_running(
         "redis-outage-worker",
         restartable_redis.url,
         data_dir,
         tmp_path,
         logs_dir,
         {"FDL_REDIS_RETRY_S": "60"},
-    )
-    try:
+    ) as worker:
         job_id = worker.submit(
             model="mnist_mlp", publish_as="outage", **{**MNIST_TINY, "epochs": 20}
         )
-        wait_for(
-            lambda: (worker.store.get(job_id) or {}).get("progress"),
-            120,
-            "the job's first progress",
-            check=worker.process.ensure_alive,
-        )
+        worker.wait_progress(job_id)
         restartable_redis.stop()
         wait_for(
             lambda: any(mark in worker.process.log_tail(20_000) for mark in OUTAGE_SEEN),
@@ -46,8 +40,6 @@ def test_job_survives_a_redis_restart(
         )
         restartable_redis.start()
         record = worker.wait_done(job_id, timeout=90)
-    finally:
-        worker.process.stop()
     assert record["status"] == "succeeded", (record, worker.process.log_tail())
     assert record["attempts"] == 1
     assert record["result"]["published"] is True and record["result"]["version"] == 1

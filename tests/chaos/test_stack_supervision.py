@@ -18,10 +18,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from fdl.jobs import TERMINAL
 from fdl.queue import make_celery
-from tests.e2e.conftest import RunningStack, fdl_up, stack_env
-from tests.support.procs import REPO_ROOT, Process, run_command, wait_for
+from harness.procs import REPO_ROOT, Process, run_command, wait_for
+from harness.stack import RunningStack, fdl_up, stack_env, submit_job, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -200,15 +199,7 @@ def test_redis_and_worker_killed_jobs_work_again(stack: RunningStack) -> None:
     # The killed worker's pool processes exit too: none is left orphaned.
     psutil.wait_procs(old_pool, timeout=20)
     assert all(dead(p) for p in old_pool), old_pool
-    submitted = httpx.post(f"{stack.url}/v1/jobs", json=JOB, headers=stack.admin(), timeout=10)
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
-
-    def finished() -> dict | None:
-        job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=5).json()
-        return job if job["status"] in TERMINAL else None
-
-    job = wait_for(finished, 240, "the job after restarts", interval=0.5)
+    job = wait_job(stack, submit_job(stack, JOB), timeout=240)
     assert job["status"] == "succeeded", job
     assert job["result"]["published"] is True
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fdl.cli import app
 from fdl.cli_client import ExitCode, stored_key
 from fdl.cli_jobs import build_spec
-from tests.support.procs import free_port
+from harness.procs import free_port
 
 runner = CliRunner()
 

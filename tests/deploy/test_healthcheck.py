@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.support.procs import free_port
+from harness.procs import free_port
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from deploy.lint.dockerfile import dockerignored
-from tests.deploy import containers as c
-from tests.support.procs import REPO_ROOT
+from harness import containers as c
+from harness.procs import REPO_ROOT
 
 TARGETS = {
     "gateway-build": {"fdl", "api"},

@@ -15,7 +15,7 @@ import yaml
 
 from deploy.lint import compose, dockerfile, k8s, serving_config
 from deploy.lint.common import Errors
-from tests.support.procs import REPO_ROOT
+from harness.procs import REPO_ROOT
 
 CHECKS: dict[str, Callable[[Path], Errors]] = {
     "dockerfile": dockerfile.check,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy.lint.common import load_compose, merge_compose
+from harness import containers as c
+from harness.procs import REPO_ROOT, VENV_BIN, free_port
+from harness.procs import run_command as run
 from serving.flags import parse_flags
-from tests.deploy import containers as c
-from tests.support.procs import REPO_ROOT, VENV_BIN, free_port
-from tests.support.procs import run_command as run
 
 DEPLOY = REPO_ROOT / "deploy"
 
@@ -53,7 +53,7 @@ def test_image_runs_tf_serving_entrypoint_and_flags() -> None:
 def test_image_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
     """ENTRYPOINT + CMD, run as the image runs them, answer the image's HEALTHCHECK."""
     models = tmp_path / "models"
-    assert run(["python", "-m", "fdl.model_config"], {"FDL_MODEL_DIR": str(models)}).returncode == 0
+    assert run(["python", "-m", "fdl.repository"], {"FDL_MODEL_DIR": str(models)}).returncode == 0
     # The image's symlink, made here: TF Serving's name for our server.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

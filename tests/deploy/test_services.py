@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from fdl.stack import WORKER_ARGV
-from tests.deploy import containers as c
-from tests.support.procs import Process, free_port, port_open, wait_for
-from tests.support.procs import run_command as run
+from harness import containers as c
+from harness.procs import Process, free_port, port_open, wait_for
+from harness.procs import run_command as run
 
 
 def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.deploy import containers as c
-from tests.support.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
-from tests.support.procs import run_command as run
+from harness import containers as c
+from harness.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
+from harness.procs import run_command as run
 
 SERVING_CONFIG = REPO_ROOT / "deploy" / "serving"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fdl import contract
-from fdl.jobs import TERMINAL
-from tests.e2e.conftest import RunningStack
-from tests.support.mnist import mnist_test_digits, png_bytes
-from tests.support.procs import Process, free_port, wait_for
+from harness.gateway import classify as post_image
+from harness.mnist import mnist_test_digits, png_bytes
+from harness.procs import Process, free_port, wait_for, wait_http
+from harness.stack import RunningStack, redis_url_of, submit_job, wait_job
 
 JOB = {
     "model": "mnist_logreg",
@@ -25,17 +25,7 @@ JOB = {
 
 @pytest.fixture(scope="module")
 def trained(stack: RunningStack) -> dict:
-    response = httpx.post(f"{stack.url}/v1/jobs", json=JOB, headers=stack.admin(), timeout=10)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-
-    def finished() -> dict | None:
-        job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=5).json()
-        return job if job["status"] in TERMINAL else None
-
-    job = wait_for(
-        finished, 300, "the training job", interval=0.5, check=stack.process.ensure_alive
-    )
+    job = wait_job(stack, submit_job(stack, JOB), timeout=300)
     assert job["status"] == "succeeded", job
     return job
 
@@ -136,34 +126,11 @@ def test_model_server_down_gives_503(stack: RunningStack, logs_dir: Path) -> Non
     gateway = Process("gateway-without-server", ["fdl-gateway"], logs_dir, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
-            30,
-            "the second gateway",
-            check=gateway.ensure_alive,
-        )
+        wait_http(f"{url}/healthz", "the second gateway", gateway, timeout=30)
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
-        png = png_bytes(np.zeros((28, 28), np.uint8))
-        response = httpx.post(
-            f"{url}/v1/models/mnist_logreg:classify",
-            files=[("file", ("a.png", png, "image/png"))],
-            timeout=30,
-        )
+        response = post_image(f"{url}/v1/models/mnist_logreg:classify")
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "model_server_unavailable"
         assert "Retry-After" in response.headers
     finally:
         gateway.stop()
-
-
-def redis_url_of(stack: RunningStack) -> str:
-    """The URL of the Redis that `fdl up` started: the port its redis-server listens on."""
-    import psutil
-
-    for child in psutil.Process(stack.process.pid).children(recursive=True):
-        if "redis-server" not in child.name():
-            continue
-        for connection in child.net_connections(kind="tcp"):
-            if connection.status == psutil.CONN_LISTEN:
-                return f"redis://127.0.0.1:{connection.laddr.port}/0"
-    raise AssertionError("fdl up started no Redis")

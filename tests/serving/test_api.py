@@ -16,7 +16,8 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
 )
 
-from tests.serving.conftest import (
+from harness.prometheus import samples
+from harness.tfs import (
     expected_scores,
     images,
     model_config,
@@ -256,16 +257,6 @@ def test_rest_errors(api_server) -> None:
     assert status == 404
 
 
-def _samples(text: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples of ``name`` whose labels include ``labels``."""
-    values = []
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if head.split("{", 1)[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            values.append(float(value))
-    return values
-
-
 def test_prometheus_metrics(api_server) -> None:
     """TF Serving's metrics and rules: request_count counts Predict and REST calls by status,
     request_latency times only the successful ones (API "Predict" over gRPC), runtime_latency
@@ -280,15 +271,15 @@ def test_prometheus_metrics(api_server) -> None:
     with urllib.request.urlopen(f"{api_server.rest}{METRICS_PATH}", timeout=30) as reply:
         text = reply.read().decode()
     count = ":tensorflow:serving:request_count"
-    ok = sum(_samples(text, count, model_name="other", status="OK"))
-    assert ok >= 2 and sum(_samples(text, count, model_name="other", status="NOT_FOUND")) >= 1
+    ok = sum(samples(text, count, model_name="other", status="OK"))
+    assert ok >= 2 and sum(samples(text, count, model_name="other", status="NOT_FOUND")) >= 1
     latency = ":tensorflow:serving:request_latency_count"
-    assert sum(_samples(text, latency, model_name="other")) == ok  # failures are not timed
-    assert _samples(text, latency, model_name="other", API="Predict", entrypoint="GRPC")[0] >= 1
-    assert _samples(text, latency, model_name="other", API="", entrypoint="REST")[0] >= 1
-    assert not _samples(text, latency, API="GetModelMetadata")
+    assert sum(samples(text, latency, model_name="other")) == ok  # failures are not timed
+    assert samples(text, latency, model_name="other", API="Predict", entrypoint="GRPC")[0] >= 1
+    assert samples(text, latency, model_name="other", API="", entrypoint="REST")[0] >= 1
+    assert not samples(text, latency, API="GetModelMetadata")
     runtime = ":tensorflow:serving:runtime_latency_count"
-    assert _samples(text, runtime, model_name="other", API="Predict", runtime="TF1")[0] >= 1
+    assert samples(text, runtime, model_name="other", API="Predict", runtime="TF1")[0] >= 1
 
 
 def test_warmup_metrics(api_server) -> None:
@@ -299,9 +290,9 @@ def test_warmup_metrics(api_server) -> None:
     warmed, plain = api_server.root / "tiny" / "1", api_server.root / "tiny" / "2"
     latency = ":tensorflow:serving:model_warmup_latency_count"
     records = ":tensorflow:serving:model_warmup_records_read"
-    assert _samples(text, latency, model_path=str(warmed), status="OK") == [1]
-    assert _samples(text, records, model_path=str(warmed), status="OK") == [2]
-    assert not _samples(text, latency, model_path=str(plain))
+    assert samples(text, latency, model_path=str(warmed), status="OK") == [1]
+    assert samples(text, records, model_path=str(warmed), status="OK") == [2]
+    assert not samples(text, latency, model_path=str(plain))
 
 
 def test_load_metrics(api_server) -> None:
@@ -312,9 +303,9 @@ def test_load_metrics(api_server) -> None:
     latency = ":tensorflow:cc:saved_model:load_latency"
     for version in ("tiny/1", "tiny/2", "other/5"):
         path = str(api_server.root / version)
-        assert _samples(text, attempts, model_path=path, status="success") == [1], version
-        assert not _samples(text, attempts, model_path=path, status="fail")
-        assert _samples(text, latency, model_path=path)[0] > 0
+        assert samples(text, attempts, model_path=path, status="success") == [1], version
+        assert not samples(text, attempts, model_path=path, status="fail")
+        assert samples(text, latency, model_path=path)[0] > 0
 
 
 def test_failed_load_is_counted(model_stock, tmp_path) -> None:
@@ -333,12 +324,12 @@ def test_failed_load_is_counted(model_stock, tmp_path) -> None:
         load_version("m", bad, options)
     text = metrics.exposition().decode()
     attempts = ":tensorflow:cc:saved_model:load_attempt_count"
-    assert _samples(text, attempts, model_path=str(good.path), status="success") == [1]
-    assert _samples(text, attempts, model_path=str(bad.path), status="fail") == [1]
-    assert not _samples(text, attempts, model_path=str(bad.path), status="success")
+    assert samples(text, attempts, model_path=str(good.path), status="success") == [1]
+    assert samples(text, attempts, model_path=str(bad.path), status="fail") == [1]
+    assert not samples(text, attempts, model_path=str(bad.path), status="success")
     latency = ":tensorflow:cc:saved_model:load_latency"
-    assert _samples(text, latency, model_path=str(good.path))[0] > 0
-    assert len(_samples(text, latency, model_path=str(bad.path))) == 1  # timed too, as in TF
+    assert samples(text, latency, model_path=str(good.path))[0] > 0
+    assert len(samples(text, latency, model_path=str(bad.path))) == 1  # timed too, as in TF
 
 
 def test_reflection_lists_the_services(api_server) -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.serving.conftest import expected_scores, images, predict_request, scores_of
-from tests.support.procs import wait_for
-
-BATCH_COUNT = ":tensorflow:serving:batching_session:processed_batch_size_count"
+from harness.procs import wait_for
+from harness.tfs import (
+    BATCH_COUNT,
+    concurrently,
+    expected_scores,
+    images,
+    metric,
+    predict_request,
+    scores_of,
+)
 
 
 def _start(impl, server_factory, model_stock, tmp_path_factory, name, params):
@@ -55,49 +60,22 @@ def tight(impl, server_factory, model_stock, tmp_path_factory):
     return _start(impl, server_factory, model_stock, tmp_path_factory, "tight", params)
 
 
-def _concurrently(count: int, call) -> list:
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = call(i)
-        except grpc.RpcError as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results
-
-
-def metric(server, prefix: str) -> float:
-    """The value of the first Prometheus line that starts with ``prefix`` (0 if none)."""
-    with urllib.request.urlopen(f"{server.rest}/metrics", timeout=30) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(prefix):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def _batches(server) -> float:
     return metric(server, BATCH_COUNT)
 
 
-RUNTIME_COUNT = ':tensorflow:serving:runtime_latency_count{API="Predict",model_name="tiny"'
+RUNTIME_COUNT = ":tensorflow:serving:runtime_latency_count"
+RUNTIME_TINY = {"API": "Predict", "model_name": "tiny"}
 
 
 def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     callers = 16
-    timed_before = metric(batching, RUNTIME_COUNT)
+    timed_before = metric(batching, RUNTIME_COUNT, **RUNTIME_TINY)
     inputs = [images(1 + i % 3, seed=100 + i) for i in range(callers)]
     expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
     offsets = np.cumsum([0] + [len(x) for x in inputs])
     stub = batching.prediction()
-    results = _concurrently(
+    results = concurrently(
         callers, lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
     )
     for i, result in enumerate(results):
@@ -109,11 +87,13 @@ def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
         batches = _batches(batching)
         assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
     # runtime_latency times each request's Run (its wait and its batch's run), not each batch.
-    assert metric(batching, RUNTIME_COUNT) - timed_before == callers
+    assert metric(batching, RUNTIME_COUNT, **RUNTIME_TINY) - timed_before == callers
     # TF Serving's own batching metrics: one run count per batch, one queuing time per task.
-    runs = metric(batching, ":tensorflow:serving:batching_session:wrapped_run_count ")
+    runs = metric(batching, ":tensorflow:serving:batching_session:wrapped_run_count")
     queued = metric(
-        batching, ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""}'
+        batching,
+        ":tensorflow:serving:batching_session:queuing_latency_count",
+        thread_pool_name="",
     )
     assert 0 < runs < queued and queued >= callers
 
@@ -131,7 +111,7 @@ def test_rest_and_grpc_callers_share_the_queue(batching, model_stock) -> None:
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as reply:
             return np.array([row["scores"] for row in json.loads(reply.read())["predictions"]])
 
-    for i, result in enumerate(_concurrently(len(inputs), call)):
+    for i, result in enumerate(concurrently(len(inputs), call)):
         assert not isinstance(result, grpc.RpcError), result
         expected = expected_scores(model_stock.versions["a"], inputs[i])
         np.testing.assert_allclose(result, expected, rtol=1e-5)
@@ -154,14 +134,18 @@ def test_caller_that_gives_up_leaves_the_queue_working(batching, model_stock) ->
 def test_batch_of_expired_callers_is_not_run(batching) -> None:
     """As in TF Serving, a batch whose every caller's deadline has passed by the time it would
     run (here after the 200 ms batch timeout) is dropped, not run: the queue drains quickly."""
-    runs = ":tensorflow:serving:batching_session:wrapped_run_count "
-    queued = ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=""}'
-    runs_before, queued_before = metric(batching, runs), metric(batching, queued)
+    runs = ":tensorflow:serving:batching_session:wrapped_run_count"
+    queued = ":tensorflow:serving:batching_session:queuing_latency_count"
+
+    def queued_count() -> float:
+        return metric(batching, queued, thread_pool_name="")
+
+    runs_before, queued_before = metric(batching, runs), queued_count()
     stub = batching.prediction()
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(predict_request("tiny", images(1, seed=8)), timeout=0.15)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for(lambda: metric(batching, queued) > queued_before, 30, "the task to leave the queue")
+    wait_for(lambda: queued_count() > queued_before, 30, "the task to leave the queue")
     assert metric(batching, runs) == runs_before
 
 
@@ -176,7 +160,7 @@ def test_padding_to_allowed_size_is_sliced_off(batching, model_stock) -> None:
 
 def test_queue_full_is_unavailable(tight) -> None:
     stub = tight.prediction()
-    results = _concurrently(
+    results = concurrently(
         2, lambda i: stub.Predict(predict_request("tiny", images(5, seed=i)), timeout=60)
     )
     failures = [r for r in results if isinstance(r, grpc.RpcError)]
@@ -204,9 +188,8 @@ def splitting(impl, server_factory, model_stock, tmp_path_factory):
 
 
 def _histogram(server, le: str) -> float:
-    return metric(
-        server, f'{BATCH_COUNT.removesuffix("_count")}_bucket{{le="{le}",model_name="tiny"}}'
-    )
+    bucket = f"{BATCH_COUNT.removesuffix('_count')}_bucket"
+    return metric(server, bucket, le=le, model_name="tiny")
 
 
 def test_large_tasks_are_split_and_joined(splitting, model_stock, impl) -> None:
@@ -217,7 +200,7 @@ def test_large_tasks_are_split_and_joined(splitting, model_stock, impl) -> None:
     expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
     offsets = np.cumsum([0, *sizes])
     stub = splitting.prediction()
-    results = _concurrently(
+    results = concurrently(
         len(sizes), lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
     )
     for i, result in enumerate(results):

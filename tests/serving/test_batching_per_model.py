@@ -7,15 +7,17 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.serving.conftest import (
+from harness.tfs import (
+    BATCH_COUNT,
+    concurrently,
     expected_scores,
     images,
+    metric,
     model_config,
     predict_request,
+    run_server_cli,
     scores_of,
 )
-from tests.serving.test_batching import BATCH_COUNT, _concurrently, metric
-from tests.serving.test_cli import _run
 
 PER_MODEL = (
     "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 200000 }\n"
@@ -25,7 +27,7 @@ PER_MODEL = (
 
 def _batches(server, model: str) -> float:
     """Batch runs of ``model`` so far (our server's batch-size histogram)."""
-    return metric(server, f'{BATCH_COUNT}{{model_name="{model}"}}')
+    return metric(server, BATCH_COUNT, model_name=model)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_version_file_sets_the_batching(per_model, model_stock, impl) -> None:
     expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
     stub = per_model.prediction()
     for model in ("batched", "plain"):
-        results = _concurrently(
+        results = concurrently(
             callers, lambda i, m=model: stub.Predict(predict_request(m, inputs[i]), timeout=60)
         )
         for i, result in enumerate(results):
@@ -75,7 +77,7 @@ def test_version_file_sets_the_batching(per_model, model_stock, impl) -> None:
 def test_bad_version_file_fails_the_load(tmp_path, model_stock) -> None:
     version = model_stock.install("a", tmp_path / "m", 1)
     (version / "batching_params.pbtxt").write_text("max_batch_size: 8\n")  # not a wrapper
-    result = _run(
+    result = run_server_cli(
         "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--port=0", "--rest_api_port=1",
         "--enable_batching", "--enable_per_model_batching_parameters",
         "--max_num_load_retries=0",

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
+from harness.procs import Process, free_port, wait_for
+from harness.tfs import (
+    SERVER,
+    images,
+    predict_request,
+    rpc_code,
+    run_server_cli,
+    served_version,
+    start_server,
+    statuses,
+)
 from serving.__main__ import SHUTDOWN_DEADLINE_S
-from tests.serving.conftest import images, predict_request, start_server
-from tests.serving.test_lifecycle import served_version, statuses
-from tests.support.procs import Process, free_port, wait_for
-
-SERVER = [sys.executable, "-m", "serving"]
-
-
-def _run(*flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SERVER, *flags], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +35,7 @@ def _run(*flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     ids=["unknown", "unsupported", "no-model", "same-ports", "bad-bool"],
 )
 def test_bad_flags_fail_at_start(flags: list[str], needle: str) -> None:
-    result = _run(*flags)
+    result = run_server_cli(*flags)
     assert result.returncode == 2
     assert needle in result.stderr
 
@@ -45,7 +43,7 @@ def test_bad_flags_fail_at_start(flags: list[str], needle: str) -> None:
 def test_unparsable_config_file_fails_at_start(tmp_path) -> None:
     config = tmp_path / "models.config"
     config.write_text("model_config_list { config { nme: 'x' } }\n")
-    result = _run(f"--model_config_file={config}", "--port=0", "--rest_api_port=1")
+    result = run_server_cli(f"--model_config_file={config}", "--port=0", "--rest_api_port=1")
     assert result.returncode == 1
     assert "cannot parse model config file" in result.stderr
 
@@ -57,7 +55,7 @@ def test_label_on_unloaded_version_fails_at_start(tmp_path, model_stock) -> None
         f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
         'version_labels { key: "stable" value: 1 } } }\n'
     )
-    result = _run(f"--model_config_file={config}", "--port=0", "--rest_api_port=1")
+    result = run_server_cli(f"--model_config_file={config}", "--port=0", "--rest_api_port=1")
     assert result.returncode == 1
     assert "which is not currently available for inference" in result.stderr
 
@@ -107,16 +105,12 @@ def test_labels_at_start_unavailable_while_loading_then_sigterm(
         slow = f'config {{ name: "slow" base_path: "{tmp_path / "slow"}" }}'
         config.write_text(f"model_config_list {{ {labelled} {slow} }}\n")
 
-        def unavailable() -> bool:
-            try:
-                served_version(server, "slow")
-            except grpc.RpcError as error:
-                return error.code() == grpc.StatusCode.UNAVAILABLE
-            return False
-
         # The first load fails at once; the retry waits 60 s, and meanwhile the model is LOADING.
         wait_for(
-            unavailable, 60, "UNAVAILABLE from a loading model", check=server.process.ensure_alive
+            lambda: rpc_code(lambda: served_version(server, "slow")) == grpc.StatusCode.UNAVAILABLE,
+            60,
+            "UNAVAILABLE from a loading model",
+            check=server.process.ensure_alive,
         )
         state = statuses(server, "slow")[1][0]
         assert state == get_model_status_pb2.ModelVersionStatus.LOADING

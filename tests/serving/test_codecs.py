@@ -14,8 +14,8 @@ from serving.batching_config import BatchingConfig
 from serving.config_files import read_batching_parameters
 from serving.errors import ServingError
 from serving.flags import FlagError, parse_flags
+from serving.predict import from_numpy, to_numpy
 from serving.protocol.rest.codec import format_outputs, parse_predict_body, to_array
-from serving.tensors import from_numpy, to_numpy
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tests.serving.conftest import expected_scores, images, predict_request, scores_of
-from tests.support.procs import Process, free_port, grpc_ready, wait_for
-from tests.support.tls import make_pki, ssl_config
+from harness.procs import Process, free_port, grpc_ready, wait_for
+from harness.tfs import expected_scores, images, predict_request, scores_of
+from harness.tls import make_pki, ssl_config
 
 SERVER = [sys.executable, "-m", "serving"]
 MODEL = "tiny"

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.tls import make_pki, openssl, ssl_config
 from serving.config_files import ConfigError
 from serving.protocol.grpc.options import (
     ChannelArgumentError,
@@ -18,7 +19,6 @@ from serving.protocol.grpc.options import (
     server_options,
 )
 from serving.protocol.grpc.server import DEFAULT_OPTIONS, MAX_MESSAGE_BYTES
-from tests.support.tls import make_pki, openssl, ssl_config
 
 
 @pytest.fixture(scope="module")

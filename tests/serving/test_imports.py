@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.imports import import_cycle, import_graph
+from harness.imports import import_cycle, import_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,17 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
-from tests.serving.conftest import SHAPE, images, model_config, predict_request
-from tests.support.models import write_warmup_file
-from tests.support.procs import wait_for
+from harness.models import write_warmup_file
+from harness.procs import wait_for
+from harness.tfs import (
+    SHAPE,
+    images,
+    model_config,
+    predict_request,
+    served_version,
+    statuses,
+    wait_served,
+)
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -66,30 +74,6 @@ def polled_batching(impl, server_factory, tmp_path_factory):
         f"--batching_parameters_file={params}",
     ]
     return server_factory(impl, "lifecycle-batching", flags), repo
-
-
-def statuses(server, name: str) -> dict[int, tuple[int, str]]:
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    try:
-        response = server.models().GetModelStatus(request, timeout=10)
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            return {}
-        raise
-    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
-
-
-def served_version(server, name: str) -> int:
-    response = server.prediction().Predict(predict_request(name, images(1)), timeout=30)
-    return response.model_spec.version.value
-
-
-def wait_served(server, name: str, version: int, timeout: float = 60) -> None:
-    def probe() -> bool:
-        return served_version(server, name) == version
-
-    wait_for(probe, timeout, f"{name} version {version} served", check=server.process.ensure_alive)
 
 
 def test_model_added_to_polled_config(polled, model_stock) -> None:

@@ -11,9 +11,15 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.serving.conftest import images, model_config, predict_request
-from tests.serving.test_lifecycle import served_version, statuses
-from tests.support.procs import wait_for
+from harness.procs import wait_for
+from harness.tfs import (
+    images,
+    model_config,
+    predict_request,
+    rpc_code,
+    served_version,
+    statuses,
+)
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -98,14 +104,11 @@ def test_add_and_remove_models(reloadable) -> None:
     assert served_version(server, "late") == 1
     reload(server, root, late=False)
 
-    def gone() -> bool:
-        try:
-            served_version(server, "late")
-        except grpc.RpcError as error:
-            return error.code() == grpc.StatusCode.NOT_FOUND
-        return False
-
-    wait_for(gone, 30, "model 'late' removed")
+    wait_for(
+        lambda: rpc_code(lambda: served_version(server, "late")) == grpc.StatusCode.NOT_FOUND,
+        30,
+        "model 'late' removed",
+    )
 
 
 def test_invalid_reload_is_rejected(reloadable) -> None:

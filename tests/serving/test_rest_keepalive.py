@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serving.conftest import expected_scores, images
+from harness.tfs import expected_scores, images
 
 CALLS = 50
 # A call takes 1-10 ms here even on the slowest, busiest machine; a stalled one takes 40 ms or

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.tfs import expected_scores, images, predict_request, run_server_cli, scores_of
 from serving.config_files import ConfigError, session_config
-from tests.serving.conftest import expected_scores, images, predict_request, scores_of
-from tests.serving.test_cli import _run
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -64,7 +63,7 @@ def test_bad_session_config_file_fails_at_start(tmp_path: Path, text, needle) ->
     path = tmp_path / "session.config"
     if text is not None:
         path.write_text(text)
-    result = _run(
+    result = run_server_cli(
         f"--model_base_path={tmp_path}", f"--tensorflow_session_config_file={path}", "--port=0",
         "--rest_api_port=1",
     )  # fmt: skip
@@ -73,7 +72,7 @@ def test_bad_session_config_file_fails_at_start(tmp_path: Path, text, needle) ->
 
 
 def test_all_parallelism_flags_fail_at_start(tmp_path: Path) -> None:
-    result = _run(
+    result = run_server_cli(
         f"--model_base_path={tmp_path}", "--tensorflow_session_parallelism=1",
         "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
     )  # fmt: skip
@@ -193,7 +192,7 @@ def test_saved_model_tags_choose_the_meta_graph(impl, server_factory, tmp_path_f
 
 def test_default_tag_is_serve(tmp_path: Path) -> None:
     _save_with_tags(tmp_path / "tagged" / "1", ["custom"])
-    result = _run(
+    result = run_server_cli(
         "--model_name=tagged", f"--model_base_path={tmp_path / 'tagged'}", "--port=0",
         "--rest_api_port=1", "--max_num_load_retries=0",
     )  # fmt: skip

@@ -17,9 +17,9 @@ import tensorflow as tf
 from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
-from tests.training.test_export_contract import load_session, predict
+from harness.savedmodel import load_session, predict
 from training.job import run_job
-from training.models import ARCHITECTURES, build_model
+from training.models import ARCHITECTURES, build_model, prepare_model
 from training.models_airnet import whitening_kernel
 from training.pipeline import eval_dataset, train_dataset
 from training.preprocess import eval_preprocess
@@ -56,7 +56,7 @@ def test_trains_with_the_whitening_frozen_and_averages_flips_at_inference(cifar)
     arch = ARCHITECTURES["cifar10_airnet"]
     keras.utils.set_random_seed(0)
     model = build_model(spec.model, arch.image_shape, 10, spec.regularization)
-    arch.prepare(model, x)
+    prepare_model(spec.model, model, x)
     whiten = model.get_layer("flip_tta").net.get_layer("whiten")
     frozen = whiten.get_weights()[0].copy()
     np.testing.assert_allclose(

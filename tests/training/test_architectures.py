@@ -14,7 +14,7 @@ import redis
 from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
-from tests.training.test_export_contract import load_session, predict
+from harness.savedmodel import load_session, predict
 from training.job import run_job
 from training.settings import WorkerSettings
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from fdl.jobspec import RegularizationSpec
-from tests.training.test_export_contract import load_session, predict
+from harness.savedmodel import load_session, predict
 from training.export import export_savedmodel
 from training.models import ARCHITECTURES, build_model
 from training.pipeline import eval_dataset, train_dataset

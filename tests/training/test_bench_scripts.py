@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import REPO_ROOT
+from harness.procs import REPO_ROOT
 
 
 def run_smoke(data_dir: Path, tmp_path: Path, *options: str) -> list[dict[str, Any]]:

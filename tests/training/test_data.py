@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.conftest import write_image_folder
+from harness.worker import write_image_folder
 from training.data import DataMissingError
 from training.data.cifar import CLASS_NAMES, load_cifar10
 from training.data.mnist import FILES, load_mnist, read_idx

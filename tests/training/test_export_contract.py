@@ -14,21 +14,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from fdl import contract
 from fdl.repository import CONFIG_FILE
+from harness.savedmodel import load_session, predict
 from training.data.mnist import load_mnist
-
-
-def load_session(path: Path) -> tuple[tf.compat.v1.Session, Any]:
-    graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph)
-    with graph.as_default():
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [contract.SERVE_TAG], str(path))
-    return session, meta_graph.signature_def[contract.SIGNATURE_NAME]
-
-
-def predict(session: tf.compat.v1.Session, signature: Any, images: np.ndarray):
-    feeds = {signature.inputs[contract.INPUT_KEY].name: images}
-    fetches = [signature.outputs[k].name for k in (contract.SCORES_KEY, contract.CLASSES_KEY)]
-    return session.run(fetches, feed_dict=feeds)
 
 
 def test_signature_matches_the_contract(published_logreg: dict[str, Any]) -> None:

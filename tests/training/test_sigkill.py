@@ -6,8 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.support.procs import wait_for
-from tests.training.conftest import MNIST_TINY, start_worker
+from harness.worker import MNIST_TINY, start_worker, worker_running
 
 FAST_REAPER = {
     "FDL_HEARTBEAT_INTERVAL_S": "0.5",
@@ -26,12 +25,7 @@ def test_sigkilled_worker_job_runs_again(
         job_id = victim.submit(
             model="mnist_mlp", publish_as="survivor", **{**MNIST_TINY, "epochs": 12}
         )
-        wait_for(
-            lambda: (victim.store.get(job_id) or {}).get("progress"),
-            120,
-            "first progress of the victim's job",
-            check=victim.process.ensure_alive,
-        )
+        victim.wait_progress(job_id)
         victim.process.signal(signal.SIGKILL)
         victim.process.popen.wait(10)
         killed = victim.store.get(job_id)
@@ -40,11 +34,10 @@ def test_sigkilled_worker_job_runs_again(
     finally:
         victim.process.stop()
 
-    rescuer = start_worker("rescuer-worker", url, data_dir, tmp_path, logs_dir, FAST_REAPER)
-    try:
+    with worker_running(
+        "rescuer-worker", url, data_dir, tmp_path, logs_dir, FAST_REAPER
+    ) as rescuer:
         record = rescuer.wait_done(job_id, timeout=150)
-    finally:
-        rescuer.process.stop()
     assert record["status"] == "succeeded", (record, rescuer.process.log_tail())
     assert record["attempts"] == 2
     assert record["result"]["published"] is True and record["result"]["version"] == 1

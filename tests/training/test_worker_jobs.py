@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from fdl.jobs import JobStatus
 from fdl.queue import enqueue_training
-from tests.training.conftest import MNIST_TINY, Worker
+from harness.worker import MNIST_TINY, Worker
 
 PROGRESS_KEYS = {
     "epoch", "epochs", "loss", "accuracy", "val_loss", "val_accuracy",
@@ -60,7 +60,7 @@ def test_cancel_stops_training_and_publishes_nothing(training_worker: Worker) ->
         record = training_worker.store.get(job_id)
         return bool(record and record["progress"])
 
-    from tests.support.procs import wait_for
+    from harness.procs import wait_for
 
     wait_for(has_progress, 120, "first progress report")
     training_worker.store.request_cancel(job_id)

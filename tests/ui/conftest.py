@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
-from fdl.jobs import TERMINAL
-from tests.e2e.conftest import RunningStack, stack_env, stop_and_check_no_orphans
-from tests.support.mnist import mnist_test_digits, png_bytes
-from tests.support.procs import Process, wait_for
+from harness.mnist import mnist_test_digits, png_bytes
+from harness.stack import (
+    RunningStack,
+    Served,
+    fdl_up,
+    stack_env,
+    submit_job,
+    wait_job,
+    wait_served,
+)
 
 # Tiny on purpose: seconds of training on 2 cores, still clearly better than chance.
 TINY_JOB = {
@@ -42,71 +46,22 @@ BROWSER_ARGS = [
 ]
 
 
-@dataclass
-class Served:
-    stack: RunningStack
-    model: str
-    version: int
-    job_id: str
-
-
-def wait_job(stack: RunningStack, job_id: str, timeout: float = 240) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        response = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.admin(), timeout=10)
-        job = response.json()
-        return job if job["status"] in TERMINAL else None
-
-    return wait_for(
-        finished, timeout, f"job {job_id}", interval=0.5, check=stack.process.ensure_alive
-    )
-
-
-def wait_served(stack: RunningStack, model: str, version: int, timeout: float = 60) -> None:
-    png = png_bytes(np.zeros((28, 28), np.uint8))
-
-    def served() -> bool:
-        response = httpx.post(
-            f"{stack.url}/v1/models/{model}/versions/{version}:classify",
-            files=[("file", ("x.png", png, "image/png"))],
-            timeout=10,
-        )
-        return response.status_code == 200
-
-    wait_for(served, timeout, f"{model} version {version} to be served", interval=0.5)
-
-
 @pytest.fixture(scope="package")
 def ui_stack(
     tmp_path_factory: pytest.TempPathFactory, data_dir: Path, logs_dir: Path
 ) -> Iterator[RunningStack]:
     tmp = tmp_path_factory.mktemp("ui-stack")
-    env = stack_env(tmp, data_dir)
     # Started in the folder that holds var/, as `make run` is in a checkout: job results show
     # paths such as var/tensorboard/<id> relative to it.
-    process = Process("fdl-up-ui", ["fdl", "up"], logs_dir, env=env, cwd=tmp)
-    url = f"http://127.0.0.1:{env['FDL_GATEWAY_PORT']}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
-            120,
-            "the stack to be ready",
-            interval=0.5,
-            check=process.ensure_alive,
-        )
-        key = (tmp / "var" / "api_key").read_text().strip()
-        yield RunningStack(process, url, key, tmp / "models", tmp / "var", env)
-    finally:
-        stop_and_check_no_orphans(process)
+    env = stack_env(tmp, data_dir)
+    with fdl_up("fdl-up-ui", env, logs_dir, tmp / "models", tmp / "var", cwd=tmp) as up:
+        yield up
 
 
 @pytest.fixture(scope="package")
 def served(ui_stack: RunningStack) -> Served:
     """mnist_logreg version 1, trained by a real job and served by the model server."""
-    response = httpx.post(
-        f"{ui_stack.url}/v1/jobs", json=TINY_JOB, headers=ui_stack.admin(), timeout=10
-    )
-    assert response.status_code == 202, response.text
-    job = wait_job(ui_stack, response.json()["id"])
+    job = wait_job(ui_stack, submit_job(ui_stack, TINY_JOB))
     assert job["status"] == "succeeded", job
     assert job["result"]["published"], job["result"]
     version = job["result"]["version"]
@@ -116,11 +71,7 @@ def served(ui_stack: RunningStack) -> Served:
 
 def train_all(stack: RunningStack, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Submit every job at once (the worker runs them in order) and wait for each to publish."""
-    ids = []
-    for job in jobs:
-        response = httpx.post(f"{stack.url}/v1/jobs", json=job, headers=stack.admin(), timeout=10)
-        assert response.status_code == 202, response.text
-        ids.append(response.json()["id"])
+    ids = [submit_job(stack, job) for job in jobs]
     finished = [wait_job(stack, job_id) for job_id in ids]
     for job in finished:
         assert job["status"] == "succeeded" and job["result"]["published"], job

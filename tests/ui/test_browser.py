@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.procs import REPO_ROOT
-from tests.ui.conftest import Served, wait_job
+from harness.procs import REPO_ROOT
+from harness.stack import Served, wait_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -8,13 +8,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 
-from tests.e2e.conftest import RunningStack
-from tests.support.mnist import png_bytes
-from tests.support.procs import wait_for
-from tests.ui.conftest import Served
+from harness.gateway import classify, set_label
+from harness.procs import wait_for
+from harness.stack import RunningStack, Served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -90,12 +88,7 @@ def test_roll_back_after_promoting_the_newest_version(
     """stable → v2, promote v3, Roll back: stable → v2 again, although v2 was retired (the
     model server serves labelled versions and the newest only)."""
     stack, model = served.stack, rollback_model
-    response = httpx.post(
-        f"{stack.url}/v1/models/{model}/labels/stable",
-        json={"version": 2},
-        headers=stack.admin(),
-        timeout=60,
-    )
+    response = set_label(stack, model, "stable", {"version": 2})
     assert response.status_code == 200, response.text
     page.goto(f"{stack.url}/ui/#models")
     page.evaluate(f"sessionStorage.setItem('fdl.adminKey', {stack.api_key!r})")
@@ -108,11 +101,7 @@ def test_roll_back_after_promoting_the_newest_version(
 
     # v2 is retired now: shown in grey as "retired", not as an error.
     wait_for(lambda: version_state(stack, model, 2) in ("END", "NOT_LOADED"), 60, "v2 retired")
-    retired = httpx.post(
-        f"{stack.url}/v1/models/{model}/versions/2:classify",
-        files=[("file", ("x.png", png_bytes(np.zeros((28, 28), np.uint8)), "image/png"))],
-        timeout=10,
-    )
+    retired = classify(f"{stack.url}/v1/models/{model}/versions/2:classify", timeout=10)
     assert retired.status_code == 404, retired.text  # as docs/ui.md says
     page.click("#models-refresh")
     badge = card.locator("tbody tr", has_text="v2").locator(".badge.retired")
@@ -131,12 +120,7 @@ def test_classify_opens_with_the_stable_model(
 ) -> None:
     """Not the alphabetically first model (a_capped, poor and unlabelled): a labelled one."""
     stack = served.stack
-    response = httpx.post(
-        f"{stack.url}/v1/models/{rollback_model}/labels/stable",
-        json={"version": 3},
-        headers=stack.admin(),
-        timeout=60,
-    )
+    response = set_label(stack, rollback_model, "stable", {"version": 3})
     assert response.status_code == 200, response.text
     models = httpx.get(f"{stack.url}/v1/models", timeout=10).json()["models"]
     assert min(m["name"] for m in models) == "a_capped"

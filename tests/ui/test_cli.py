@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import RunningStack
-from tests.support.procs import REPO_ROOT, VENV_BIN, wait_for
-from tests.ui.conftest import Served, wait_job
+from harness.procs import REPO_ROOT, VENV_BIN, wait_for
+from harness.stack import RunningStack, Served, wait_job
 
 pytestmark = pytest.mark.slow
 TINY = ["--max-train-examples", "2000", "--max-test-examples", "500", "--validation-split", "500"]

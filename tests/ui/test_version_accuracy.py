@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ui.conftest import Served
+from harness.stack import Served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

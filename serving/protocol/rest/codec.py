@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from fdl.tensors import dtype_name, numpy_dtype
 from serving.errors import invalid
-from serving.tensors import dtype_name, numpy_dtype
 
 
 def _is_b64(value: Any) -> bool:
@@ -33,7 +33,7 @@ def _strings(value: Any, name: str) -> Any:
 
 def to_array(value: Any, info: meta_graph_pb2.TensorInfo, name: str) -> np.ndarray:
     """Convert a JSON value to the signature's dtype, or a 400 naming the input."""
-    target = numpy_dtype(info.dtype)
+    target = numpy_dtype(info.dtype, invalid)
     if target == np.dtype(object):
         converted = _strings(value, name)
         array = np.empty(np.shape(converted) if isinstance(converted, list) else (), dtype=object)

@@ -26,24 +26,20 @@ def _tiny_network(input_shape: Sequence[int], num_classes: int):
 
 
 def mnist_cnn(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10):
-    """The book's MNIST CNN (untrained): conv5x5x32, pool, conv5x5x64, pool, dense1024, dense10.
-
-    It repeats ``training/models.py``'s network so that this fixture needs no training imports;
-    issue 19 lists the pair, to be merged once that module's architecture registry settles.
-    """
+    """The book's MNIST CNN (untrained) from :mod:`training.models`, between the test models'
+    own ends: pixels scaled to [0, 1] in, softmax probabilities out."""
     import keras
 
-    layers = keras.layers
+    from fdl.jobspec import RegularizationSpec
+    from training.models import ARCHITECTURES
+
+    architecture = ARCHITECTURES["mnist_cnn"]
+    network = architecture.build(
+        tuple(input_shape), num_classes, RegularizationSpec(), architecture.default_dropout
+    )
     inputs = keras.Input(shape=tuple(input_shape), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Conv2D(32, 5, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Conv2D(64, 5, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(1024, activation="relu")(x)
-    x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    logits = network(keras.layers.Rescaling(1.0 / 255.0)(inputs))
+    outputs = keras.layers.Softmax(name="probs")(logits)
     return keras.Model(inputs, outputs, name="mnist_cnn")
 
 

@@ -2,7 +2,7 @@
 
 Each case says what a client sends and which statuses are right. Odd but valid images (16-bit,
 CMYK, EXIF-rotated, transparent, animated ...) must classify (200); broken ones must get a clear
-4xx; none may get a 5xx. ``python -m tests.api.corpus DIR`` writes the image files to DIR.
+4xx; none may get a 5xx. ``python -m harness.corpus DIR`` writes the image files to DIR.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.procs import REPO_ROOT
+from harness.procs import REPO_ROOT
 from training.data import cifar, mnist
 from training.data.download import download
 

@@ -13,15 +13,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import portpicker
+
 T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port no other process holds, nor one this process picked before (portpicker keeps
+    track, so two servers started in a row never get the same one)."""
+    return int(portpicker.pick_unused_port())
 
 
 def wait_for(
@@ -153,3 +155,18 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
         self._log.close()
+
+
+def wait_http(
+    url: str, what: str, process: Process | None = None, timeout: float = 60, interval=0.1
+) -> None:
+    """Poll ``url`` until it answers 200 (deadline ``timeout``), while ``process`` lives."""
+    import httpx
+
+    wait_for(
+        lambda: httpx.get(url, timeout=2).status_code == 200,
+        timeout,
+        what,
+        interval=interval,
+        check=process.ensure_alive if process is not None else None,
+    )

@@ -14,8 +14,8 @@ from typing import Any
 from deploy.lint import dockerfile
 from deploy.lint.common import load_compose, load_yaml_documents
 from deploy.lint.compose import interpolate
-from tests.support.procs import REPO_ROOT, Process, wait_for
-from tests.support.procs import run_command as run
+from harness.procs import REPO_ROOT, Process, wait_for
+from harness.procs import run_command as run
 
 TEST_API_KEY = "deploy-test-admin-key"
 COMPOSE_VARIABLES = {"FDL_API_KEYS": TEST_API_KEY}

@@ -23,3 +23,11 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def paper_png(digit: np.ndarray) -> bytes:
+    """An MNIST digit as dark ink on light paper, larger and off centre."""
+    canvas = np.full((90, 120), 230, np.uint8)
+    ink = np.asarray(Image.fromarray(255 - digit).resize((56, 56), Image.Resampling.BILINEAR))
+    canvas[20:76, 50:106] = np.minimum(canvas[20:76, 50:106], ink)
+    return png_bytes(canvas)

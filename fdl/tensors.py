@@ -1,0 +1,149 @@
+"""numpy arrays <-> ``TensorProto``, for the gateway and the model server alike.
+
+The functions read and write fields by name, so they work on any ``TensorProto`` class with
+TensorFlow's field names: the vendored ``fdl.wire.tfs_pb2`` messages the gateway speaks (no
+TensorFlow import) and the official ``tensorflow.core`` messages the model server speaks; the
+``DataType`` numbers are the same in both.
+
+Decoding accepts ``tensor_content`` and the typed repeated fields (a single typed value is
+broadcast to the whole shape, as TensorFlow does). Encoding writes the typed repeated fields, as
+TF Serving's ``Predict`` does by default, or with ``content`` raw little-endian bytes in
+``tensor_content`` (one copy, the fastest form to parse; strings always go in ``string_val``).
+
+Malformed tensors raise what ``error`` makes of a message: :class:`TensorError` by default, the
+model server's INVALID_ARGUMENT error there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fdl.wire.tfs_pb2 import DataType, TensorProto
+
+
+class TensorError(ValueError):
+    """A tensor this codec cannot decode or encode."""
+
+
+ErrorFactory = Callable[[str], Exception]
+Message = TypeVar("Message")
+
+# Read once: looking an enum value up on the wrapper is a Python call each time, and a response
+# decodes several tensors.
+_DT_STRING, _DT_HALF = int(DataType.DT_STRING), int(DataType.DT_HALF)
+# DataType number -> (numpy dtype, typed field name, TensorFlow name)
+_TYPES: dict[int, tuple[np.dtype[Any], str, str]] = {
+    DataType.DT_FLOAT: (np.dtype(np.float32), "float_val", "float"),
+    DataType.DT_DOUBLE: (np.dtype(np.float64), "double_val", "double"),
+    DataType.DT_INT32: (np.dtype(np.int32), "int_val", "int32"),
+    DataType.DT_UINT8: (np.dtype(np.uint8), "int_val", "uint8"),
+    DataType.DT_INT16: (np.dtype(np.int16), "int_val", "int16"),
+    DataType.DT_INT8: (np.dtype(np.int8), "int_val", "int8"),
+    DataType.DT_UINT16: (np.dtype(np.uint16), "int_val", "uint16"),
+    DataType.DT_INT64: (np.dtype(np.int64), "int64_val", "int64"),
+    DataType.DT_UINT32: (np.dtype(np.uint32), "uint32_val", "uint32"),
+    DataType.DT_UINT64: (np.dtype(np.uint64), "uint64_val", "uint64"),
+    DataType.DT_BOOL: (np.dtype(np.bool_), "bool_val", "bool"),
+    DataType.DT_HALF: (np.dtype(np.float16), "half_val", "half"),
+    DataType.DT_STRING: (np.dtype(object), "string_val", "string"),
+}
+_BY_NUMPY = {v[0]: k for k, v in _TYPES.items() if k != _DT_STRING}
+# tensor_content is little-endian whatever the host's byte order.
+_LITTLE_ENDIAN = {k: v[0].newbyteorder("<") for k, v in _TYPES.items() if k != _DT_STRING}
+
+
+def enum_name(dtype: int) -> str:
+    """``DT_FLOAT`` for 1; the number itself for a type the vendored enum does not list."""
+    try:
+        return DataType.Name(dtype)
+    except ValueError:
+        return f"DataType {dtype}"
+
+
+def dtype_name(dtype: int) -> str:
+    """TensorFlow's name of a ``DataType`` (``float``, ``uint8``, ``string``)."""
+    entry = _TYPES.get(dtype)
+    return entry[2] if entry else enum_name(dtype)
+
+
+def numpy_dtype(dtype: int, error: ErrorFactory = TensorError) -> np.dtype[Any]:
+    """The numpy dtype of a ``DataType`` (``object`` for strings)."""
+    entry = _TYPES.get(dtype)
+    if entry is None:
+        raise error(f"unsupported tensor dtype {enum_name(dtype)}")
+    return entry[0]
+
+
+def to_numpy(proto: Any, name: str = "tensor", error: ErrorFactory = TensorError) -> np.ndarray:
+    """Decode a tensor; ``name`` is used in error messages."""
+    kind = proto.dtype
+    entry = _TYPES.get(kind)
+    if entry is None:
+        raise error(f"input tensor '{name}' has unsupported dtype {enum_name(kind)}")
+    np_type, field, _ = entry
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(s < 0 for s in shape):
+        raise error(f"input tensor '{name}' has a negative dimension in {shape}")
+    count = math.prod(shape)
+    if kind == _DT_STRING:
+        values = list(proto.string_val)
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif proto.tensor_content:
+        array = np.frombuffer(proto.tensor_content, dtype=_LITTLE_ENDIAN[kind])
+    elif kind == _DT_HALF:
+        array = np.array(proto.half_val, dtype=np.uint16).view(np.float16)
+    else:
+        array = np.array(getattr(proto, field), dtype=np_type)
+    if array.size == count:
+        return array.reshape(shape)
+    if (array.size == 1 and kind != _DT_STRING) or (array.size == 0 and count == 0):
+        return np.full(shape, array[0] if array.size else 0, dtype=array.dtype)
+    if array.size == 1:
+        return np.full(shape, array[0], dtype=object)
+    raise error(
+        f"input tensor '{name}' has {array.size} values but its shape {shape} needs {count}"
+    )
+
+
+def from_numpy(
+    array: np.ndarray,
+    proto: Message,
+    content: bool = False,
+    error: ErrorFactory = TensorError,
+) -> Message:
+    """Encode ``array`` into ``proto`` (an empty ``TensorProto`` of either class, or a map entry
+    such as ``response.outputs[key]``) and return it."""
+    message: Any = proto
+    array = np.asarray(array)
+    dims = message.tensor_shape.dim
+    del dims[:]
+    for size in array.shape:
+        dims.add(size=size)
+    if array.dtype.kind in "OSU":
+        message.dtype = _DT_STRING
+        message.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()
+        )
+        return proto
+    dtype = _BY_NUMPY.get(array.dtype)
+    if dtype is None:
+        raise error(f"cannot encode output of numpy dtype {array.dtype}")
+    message.dtype = dtype
+    if content:
+        message.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        return proto
+    flat = array.ravel()
+    if dtype == _DT_HALF:
+        flat = flat.view(np.uint16)
+    getattr(message, _TYPES[dtype][1]).extend(flat.tolist())
+    return proto
+
+
+def to_tensor_proto(array: np.ndarray) -> TensorProto:
+    """What the gateway sends: a vendored ``TensorProto`` with the values in ``tensor_content``."""
+    return from_numpy(array, TensorProto(), content=True)

@@ -1,1 +1,0 @@
-"""Helpers for tests that run real processes: free ports, polling with deadlines."""
