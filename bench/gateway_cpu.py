@@ -43,7 +43,7 @@ from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack, wait_http
 from machine import python_speed_ms, speed_line
 from pyspy_profile import difference, summarise
 
-from tests.support.procs import Process, free_port
+from harness.procs import Process, free_port
 
 MODEL = "digits"
 CONCURRENCY = 16
@@ -206,7 +206,7 @@ def main() -> int:
         name, _, setting = item.partition(":")
         key, _, value = setting.partition("=")
         envs[name][key] = value
-    from tests.support.models import build_test_model
+    from harness.models import build_test_model
 
     png, _ = digit_png()
     body, kind = (
