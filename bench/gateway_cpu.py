@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from fdl.grpc_tuning import tune_grpc
@@ -39,45 +40,12 @@ tune_grpc()
 import aiohttp
 import psutil
 from gateway_latency import cpu_s, digit_png, throughput
-from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack, wait_http
+from gateway_stack import REPO_ROOT, running_stack, start_gateway
 from machine import python_speed_ms, speed_line
 from pyspy_profile import difference, summarise
 
-from harness.procs import Process, free_port
-
 MODEL = "digits"
 CONCURRENCY = 16
-
-
-def start_tree_gateway(
-    name: str, tree: Path, logs: Path, redis_url: str, grpc_target: str, model_dir: Path,
-    env: dict[str, str],
-) -> tuple[Process, str]:  # fmt: skip
-    """A gateway from ``tree``'s sources (its own directory first on the path)."""
-    port = free_port()
-    process = Process(
-        f"gateway-{name}",
-        [sys.executable, "-m", "api"],
-        logs,
-        env={
-            "PYTHONPATH": str(tree),
-            "FDL_REDIS_URL": redis_url,
-            "FDL_SERVING_GRPC_PORT": grpc_target.rsplit(":", 1)[1],
-            "FDL_GATEWAY_PORT": str(port),
-            "FDL_MODEL_DIR": str(model_dir),
-            "FDL_API_KEYS": BENCH_KEY,
-            "FDL_RATE_LIMIT_PER_MINUTE": "0",
-            **env,
-        },
-        cwd=tree,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/readyz", f"gateway {name}", process)
-    except BaseException:
-        process.stop()
-        raise
-    return process, url
 
 
 def classify_call(session: aiohttp.ClientSession, url: str, body: bytes, kind: str):
@@ -215,27 +183,23 @@ def main() -> int:
         if args.body == "json" else (png, "image/png")
     )  # fmt: skip
     before = python_speed_ms()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as started:
         work = Path(tmp)
         build_test_model(work / "models" / MODEL / "1", (28, 28, 1), 10, model_name=MODEL)
-        with running_stack(work / "models", work, {MODEL: 1}) as stack:
-            started: list[Process] = []
-            try:
-                gateways = {}
-                for name, tree in trees.items():
-                    process, url = start_tree_gateway(
-                        name, tree, stack.logs, stack.redis_url, stack.grpc_target,
-                        stack.model_dir, envs[name],
-                    )  # fmt: skip
-                    started.append(process)
-                    gateways[name] = (psutil.Process(process.pid), url)
-                print(f"trees: {', '.join(f'{n}={p}' for n, p in trees.items())}; body {kind}")
-                gc.freeze()  # the model build's TensorFlow objects: out of the client's GCs
-                server = psutil.Process(stack.server.pid)
-                asyncio.run(measure(gateways, server, body, kind, args))
-            finally:
-                for process in started:
-                    process.stop()
+        stack = started.enter_context(running_stack(work / "models", work, {MODEL: 1}))
+        grpc_port = int(stack.grpc_target.rsplit(":", 1)[1])
+        gateways = {}
+        for name, tree in trees.items():
+            process, url, _, _ = start_gateway(
+                stack.logs, stack.redis_url, grpc_port, stack.model_dir, envs[name],
+                name=f"gateway-{name}", tree=tree,
+            )  # fmt: skip
+            started.callback(process.stop)
+            gateways[name] = (psutil.Process(process.pid), url)
+        print(f"trees: {', '.join(f'{n}={p}' for n, p in trees.items())}; body {kind}")
+        gc.freeze()  # the model build's TensorFlow objects: out of the client's GCs
+        server = psutil.Process(stack.server.pid)
+        asyncio.run(measure(gateways, server, body, kind, args))
     print(speed_line(before, python_speed_ms()))
     return 0
 
