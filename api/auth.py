@@ -57,14 +57,22 @@ class Keyring:
 
 def bearer_token(request: Request) -> str | None:
     """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
-    authorization = request.headers.get("authorization")
+    # One pass over the raw headers, the first of each name winning as in request.headers.get:
+    # that lookup raises and catches a KeyError for every absent name, and on open classify
+    # routes both are usually absent (about 8 µs of CPU per request).
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            authorization = value if authorization is None else authorization
+        elif name == b"x-api-key":
+            api_key = value if api_key is None else api_key
     if authorization:
-        scheme, _, token = authorization.partition(" ")
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return ""
-    api_key = request.headers.get("x-api-key")
-    return api_key.strip() if api_key is not None else None
+    return api_key.decode("latin-1").strip() if api_key is not None else None
 
 
 async def authorize(request: Request, needed: Role, open_access: bool = False) -> str:

@@ -19,7 +19,6 @@ from starlette.datastructures import State
 
 from api import auth
 from api.classification import DecodeLimits
-from api.coalesce import PredictCoalescer
 from api.metadata_cache import MetadataCache
 from api.promotion import Promoter
 from api.serving_client import ServingClient
@@ -50,10 +49,6 @@ async def app_serving(request: Request) -> ServingClient:
 
 async def app_metadata(request: Request) -> MetadataCache:
     return cast("MetadataCache", request.app.state.metadata)
-
-
-async def app_predictor(request: Request) -> PredictCoalescer:
-    return cast("PredictCoalescer", request.app.state.predictor)
 
 
 async def app_decode_limits(request: Request) -> DecodeLimits:
@@ -96,7 +91,6 @@ SettingsDep = Annotated[GatewaySettings, Depends(app_settings)]
 StoreDep = Annotated[JobStore, Depends(app_store)]
 ServingDep = Annotated[ServingClient, Depends(app_serving)]
 MetadataDep = Annotated[MetadataCache, Depends(app_metadata)]
-PredictorDep = Annotated[PredictCoalescer, Depends(app_predictor)]
 DecodeLimitsDep = Annotated[DecodeLimits, Depends(app_decode_limits)]
 PromoterDep = Annotated[Promoter, Depends(app_promoter)]
 RedisDep = Annotated[aioredis.Redis, Depends(app_redis)]

@@ -72,9 +72,11 @@ def start_gateway(
     model_dir: Path,
     env: dict[str, str] | None = None,
     name: str = "gateway",
+    tree: Path | None = None,
 ) -> tuple[Process, str, float, float]:
     """A gateway (rate limit off unless ``env`` sets it): the process, its URL, and the seconds
-    from spawn to the first 200 of /healthz and of /readyz."""
+    from spawn to the first 200 of /healthz and of /readyz. ``tree``: another checkout whose
+    ``api`` (and ``fdl``) it runs, with this interpreter (bench/gateway_cpu.py)."""
     gateway_port = free_port()
     spawned = time.perf_counter()
     gateway = Process(
@@ -82,6 +84,7 @@ def start_gateway(
         [sys.executable, "-m", "api"],
         logs,
         env={
+            **({"PYTHONPATH": str(tree)} if tree else {}),
             "FDL_REDIS_URL": redis_url,
             "FDL_SERVING_GRPC_PORT": str(grpc_port),
             "FDL_GATEWAY_PORT": str(gateway_port),
@@ -90,6 +93,7 @@ def start_gateway(
             "FDL_RATE_LIMIT_PER_MINUTE": "0",
             **(env or {}),
         },
+        cwd=tree,
     )
     url = f"http://127.0.0.1:{gateway_port}"
     try:
