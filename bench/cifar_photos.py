@@ -25,17 +25,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import grpc
-import httpx
 import numpy as np
+from gateway_calls import grpc_accuracy, http_accuracy
 from gateway_stack import BENCH_KEY, REPO_ROOT, running_stack
 from PIL import Image
-
-from api.serving_client import PREDICTION_SERVICE, model_spec
-from fdl import contract
-from fdl.tensors import to_numpy as from_tensor_proto
-from fdl.tensors import to_tensor_proto
-from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 NAME = "cifar-photos"
 FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90})}
@@ -54,38 +47,16 @@ def offline_32(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS))
 
 
-def grpc_accuracy(target: str, images: np.ndarray, labels: np.ndarray) -> float:
-    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as ch:
-        call = ch.unary_unary(
-            PREDICTION_SERVICE + "Predict",
-            request_serializer=PredictRequest.SerializeToString,
-            response_deserializer=PredictResponse.FromString,
-        )
-        correct = 0
-        for start in range(0, len(images), 200):
-            request = PredictRequest(model_spec=model_spec(NAME, signature="serving_default"))
-            request.inputs[contract.INPUT_KEY].CopyFrom(
-                to_tensor_proto(np.ascontiguousarray(images[start : start + 200]))
-            )
-            scores = from_tensor_proto(call(request, timeout=120).outputs[contract.SCORES_KEY])
-            correct += int((scores.argmax(axis=1) == labels[start : start + 200]).sum())
-    return round(correct / len(images), 4)
+def offline_accuracy(target: str, images: np.ndarray, labels: np.ndarray) -> float:
+    """32x32 tensors straight to the model server over gRPC."""
+    return round(grpc_accuracy(target, NAME, images, labels, batch=200, timeout=120), 4)
 
 
 def gateway_accuracy(url: str, files: list[bytes], labels: np.ndarray, fmt: str) -> float:
-    correct = 0
+    """The encoded photos through the gateway's multipart classify."""
     headers = {"x-api-key": BENCH_KEY}
-    with httpx.Client(timeout=300, headers=headers) as client:
-        for start in range(0, len(files), 16):
-            parts = [
-                ("file", (f"{i}.{fmt}", data, "application/octet-stream"))
-                for i, data in enumerate(files[start : start + 16])
-            ]
-            response = client.post(f"{url}/v1/models/{NAME}:classify", files=parts)
-            response.raise_for_status()
-            predicted = np.array([p["class_id"] for p in response.json()["predictions"]])
-            correct += int((predicted == labels[start : start + 16]).sum())
-    return round(correct / len(files), 4)
+    accuracy = http_accuracy(url, NAME, files, labels, fmt, batch=16, timeout=300, headers=headers)
+    return round(accuracy, 4)
 
 
 def main() -> int:
@@ -108,11 +79,11 @@ def main() -> int:
         work = Path(tmp)
         shutil.copytree(args.model_path, work / "models" / NAME / "1")
         with running_stack(work / "models", work, {NAME: 1}) as stack:
-            results["original_32x32_grpc"] = grpc_accuracy(stack.grpc_target, images, labels)
+            results["original_32x32_grpc"] = offline_accuracy(stack.grpc_target, images, labels)
             for fmt, files in photos.items():
                 offline = np.stack([offline_32(data) for data in files])
                 row = {
-                    "offline_lanczos_grpc": grpc_accuracy(stack.grpc_target, offline, labels),
+                    "offline_lanczos_grpc": offline_accuracy(stack.grpc_target, offline, labels),
                     "gateway_http": gateway_accuracy(stack.url, files, labels, fmt),
                     "mean_bytes": round(float(np.mean([len(f) for f in files]))),
                 }

@@ -17,17 +17,12 @@ import gzip
 import tempfile
 from pathlib import Path
 
-import grpc
-import httpx
 import numpy as np
+from gateway_calls import grpc_accuracy, http_accuracy
 from gateway_render import photo_of_paper, transparent_drawing
 from gateway_stack import REPO_ROOT, running_stack
 
-from api.serving_client import PREDICTION_SERVICE, model_spec
 from fdl import contract
-from fdl.tensors import to_numpy as from_tensor_proto
-from fdl.tensors import to_tensor_proto
-from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 
 
 def load_idx(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,38 +65,6 @@ def train_and_export(data_dir: Path, out: Path, epochs: int) -> None:
     archive.write_out(str(out), verbose=False)
 
 
-def raw_accuracy(target: str, images: np.ndarray, labels: np.ndarray) -> float:
-    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as ch:
-        predict = ch.unary_unary(
-            PREDICTION_SERVICE + "Predict",
-            request_serializer=PredictRequest.SerializeToString,
-            response_deserializer=PredictResponse.FromString,
-        )
-        correct = 0
-        for start in range(0, len(images), 250):
-            batch = images[start : start + 250, :, :, None]
-            request = PredictRequest(model_spec=model_spec("digits", signature="serving_default"))
-            request.inputs[contract.INPUT_KEY].CopyFrom(to_tensor_proto(batch))
-            scores = from_tensor_proto(predict(request, timeout=60).outputs["scores"])
-            correct += int((scores.argmax(axis=1) == labels[start : start + 250]).sum())
-    return correct / len(images)
-
-
-def http_accuracy(url: str, files: list[bytes], labels: np.ndarray, kind: str) -> float:
-    correct = 0
-    with httpx.Client(timeout=120) as client:
-        for start in range(0, len(files), 32):
-            parts = [
-                ("file", (f"{i}.{kind}", data, "application/octet-stream"))
-                for i, data in enumerate(files[start : start + 32])
-            ]
-            response = client.post(f"{url}/v1/models/digits:classify", files=parts)
-            response.raise_for_status()
-            predicted = [p["class_id"] for p in response.json()["predictions"]]
-            correct += int((np.array(predicted) == labels[start : start + 32]).sum())
-    return correct / len(files)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
@@ -117,9 +80,9 @@ def main() -> int:
         work = Path(tmp)
         train_and_export(args.data_dir, work / "models" / "digits" / "1", args.epochs)
         with running_stack(work / "models", work, {"digits": 1}) as stack:
-            raw = raw_accuracy(stack.grpc_target, images, labels)
-            photo = http_accuracy(stack.url, photos, labels, "jpg")
-            drawing = http_accuracy(stack.url, drawings, labels, "png")
+            raw = grpc_accuracy(stack.grpc_target, "digits", images[..., None], labels, 250, 60)
+            photo = http_accuracy(stack.url, "digits", photos, labels, "jpg", 32, 120)
+            drawing = http_accuracy(stack.url, "digits", drawings, labels, "png", 32, 120)
     print(f"MNIST test digits: {args.count}; CNN trained {args.epochs} epoch(s)")
     print(f"  raw tensors (direct gRPC):        {raw:.2%}")
     print(f"  photos of paper (HTTP, JPEG):     {photo:.2%}  ({(photo - raw) * 100:+.1f} points)")

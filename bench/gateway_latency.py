@@ -26,14 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import io
-import resource
 import statistics
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from fdl.grpc_tuning import tune_grpc
 
@@ -43,67 +37,14 @@ import grpc
 import httpx
 import numpy as np
 import psutil
-from gateway_stack import REPO_ROOT, BenchStack, running_stack  # noqa: F401 - sets sys.path
+from gateway_calls import Call, grpc_call
+from gateway_stack import DIGITS, BenchStack, digits_stack
+from load_loops import cpu_s, digit_png, own_cpu_s, pct, sequential, throughput
 from machine import python_speed_ms, speed_line
-from PIL import Image
 
-from api.serving_client import PREDICTION_SERVICE, model_spec
-from fdl import contract
-from fdl.tensors import to_tensor_proto
-from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from harness.prometheus import scrape, total
 
-Call = Callable[[], Awaitable[None]]
 STAGES = ("decode", "preprocess", "predict", "postprocess")
-
-
-def digit_png() -> tuple[bytes, np.ndarray]:
-    rng = np.random.default_rng(0)
-    array = np.zeros((28, 28), np.uint8)
-    array[6:22, 12:16] = rng.integers(180, 256, (16, 4))
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue(), array[None, :, :, None]
-
-
-async def sequential(call: Call, count: int) -> list[float]:
-    for _ in range(20):  # warm-up
-        await call()
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        await call()
-        latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
-
-
-async def throughput(call: Call, workers: int, seconds: float) -> tuple[float, int]:
-    done = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await call()
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    return done / (time.perf_counter() - start), done
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def predicts_served(url: str) -> tuple[float, float]:
@@ -119,7 +60,7 @@ def http_client(
     """A classify call of ``png`` (without one: ``GET /healthz``) and the client's close, for
     ``kind`` aiohttp or httpx."""
     method, endpoint = (
-        ("POST", f"{url}/v1/models/digits:classify") if png else ("GET", f"{url}/healthz")
+        ("POST", f"{url}/v1/models/{DIGITS}:classify") if png else ("GET", f"{url}/healthz")
     )
     files = [("file", ("d.png", png, "image/png"))] if png else None
     if kind == "httpx":
@@ -157,7 +98,7 @@ def classify_timings(url: str) -> np.ndarray:
         [
             total(text, "fdl_gateway_request_seconds_sum", **route),
             *(
-                total(text, "fdl_gateway_stage_seconds_sum", model="digits", stage=stage)
+                total(text, "fdl_gateway_stage_seconds_sum", model=DIGITS, stage=stage)
                 for stage in STAGES
             ),
             total(text, "fdl_gateway_request_seconds_count", **route),
@@ -225,20 +166,9 @@ async def measure(
 ) -> None:
     png, tensor = digit_png()
     channel = grpc.aio.insecure_channel(stack.grpc_target)
-    predict = channel.unary_unary(
-        PREDICTION_SERVICE + "Predict",
-        request_serializer=PredictRequest.SerializeToString,
-        response_deserializer=PredictResponse.FromString,
-    )
-
-    async def direct() -> None:
-        request = PredictRequest(model_spec=model_spec("digits", signature=contract.SIGNATURE_NAME))
-        request.inputs[contract.INPUT_KEY].CopyFrom(to_tensor_proto(tensor))
-        await predict(request, timeout=10)
-
     gateway, close = http_client(client, stack.url, png)
     floor, close_floor = http_client(client, stack.url, None)
-    calls = {"direct gRPC": direct, f"gateway {client}": gateway}
+    calls = {"direct gRPC": grpc_call(channel, DIGITS, tensor), f"gateway {client}": gateway}
     processes = {
         "gateway": psutil.Process(stack.gateway.pid),
         "server": psutil.Process(stack.server.pid),
@@ -275,25 +205,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
-    from harness.models import build_test_model
-
     before = python_speed_ms()  # the machine's speed before and after: it drifts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        build_test_model(work / "models" / "digits" / "1", (28, 28, 1), 10, model_name="digits")
-        with running_stack(work / "models", work, {"digits": 1}) as stack:
-            print(
-                f"gateway start-up: spawn to /healthz 200 {stack.gateway_start_s:.2f} s, "
-                f"to /readyz 200 {stack.gateway_ready_s:.2f} s (load average "
-                f"{psutil.getloadavg()[0]:.2f})"
-            )
-            # Building the model imported TensorFlow here: keep its millions of objects out of
-            # the client's garbage collections, which would otherwise pause both clients.
-            gc.freeze()
-            asyncio.run(measure(stack, args.client, args.requests, args.seconds, args.rounds))
-            rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
-            print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
+    with digits_stack() as stack:
+        print(
+            f"gateway start-up: spawn to /healthz 200 {stack.gateway_start_s:.2f} s, "
+            f"to /readyz 200 {stack.gateway_ready_s:.2f} s (load average "
+            f"{psutil.getloadavg()[0]:.2f})"
+        )
+        asyncio.run(measure(stack, args.client, args.requests, args.seconds, args.rounds))
+        rss = psutil.Process(stack.gateway.pid).memory_info().rss / 2**20
+        print(f"gateway RSS after the run: {rss:.0f} MB (goal <= 150 MB)")
     print(speed_line(before, python_speed_ms()))
     return 0
 

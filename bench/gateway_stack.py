@@ -5,7 +5,9 @@ Reuses the test harness (free ports, readiness polling with deadlines, process g
 
 from __future__ import annotations
 
+import gc
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,7 +24,17 @@ from harness.procs import Process, free_port, wait_http  # noqa: E402
 from harness.redis import redis_running  # noqa: E402
 
 BENCH_KEY = "bench-admin-key"
-__all__ = ["BENCH_KEY", "REPO_ROOT", "BenchStack", "running_stack", "start_gateway", "wait_http"]
+DIGITS = "digits"  # the model digits_stack serves
+__all__ = [
+    "BENCH_KEY",
+    "DIGITS",
+    "REPO_ROOT",
+    "BenchStack",
+    "digits_stack",
+    "running_stack",
+    "start_gateway",
+    "wait_http",
+]
 
 
 @dataclass
@@ -63,6 +75,22 @@ def running_stack(model_dir: Path, work: Path, models: dict[str, int]) -> Iterat
             redis_url,
             logs,
         )
+
+
+@contextmanager
+def digits_stack() -> Iterator[BenchStack]:
+    """A private stack, in a temporary folder, serving a small test model (28x28x1 in, 10 classes)
+    as ``DIGITS`` version 1."""
+    from harness.models import build_test_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        build_test_model(work / "models" / DIGITS / "1", (28, 28, 1), 10, model_name=DIGITS)
+        with running_stack(work / "models", work, {DIGITS: 1}) as stack:
+            # Building the model imported TensorFlow here: keep its millions of objects out of
+            # the bench clients' garbage collections, which would otherwise pause them.
+            gc.freeze()
+            yield stack
 
 
 def start_gateway(

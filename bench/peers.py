@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import gc
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fdl.grpc_tuning import tune_grpc
@@ -38,21 +35,17 @@ tune_grpc()  # before grpc loads: the direct client runs as the gateway's does
 import aiohttp
 import grpc
 import psutil
-from gateway_latency import cpu_s, digit_png, own_cpu_s, pct, sequential, throughput
-from gateway_stack import REPO_ROOT, BenchStack, running_stack, start_gateway, wait_http
+from gateway_calls import Call, grpc_call
+from gateway_stack import DIGITS as MODEL
+from gateway_stack import REPO_ROOT, BenchStack, digits_stack, start_gateway, wait_http
+from load_loops import cpu_s, digit_png, own_cpu_s, pct, sequential, throughput
 from machine import python_speed_ms, speed_line
 
-from api.serving_client import PREDICTION_SERVICE, model_spec
-from fdl import contract
-from fdl.tensors import to_tensor_proto
-from fdl.wire.tfs_pb2 import PredictRequest, PredictResponse
 from harness.procs import Process, free_port
 
-Call = Callable[[], Awaitable[None]]
 KSERVE_VENV = REPO_ROOT / "var" / "bench" / "kserve-venv"
 KSERVE_PACKAGES = ["kserve", "pillow"]
 CONCURRENCY = 16
-MODEL = "digits"
 
 
 def kserve_python() -> Path:
@@ -96,21 +89,6 @@ def http_call(session: aiohttp.ClientSession, url: str, body: bytes | None, kind
             await response.read()
             if response.status != 200:
                 raise RuntimeError(f"{url}: {response.status} {(await response.text())[:200]}")
-
-    return call
-
-
-def grpc_call(channel: grpc.aio.Channel, tensor) -> Call:
-    predict = channel.unary_unary(
-        PREDICTION_SERVICE + "Predict",
-        request_serializer=PredictRequest.SerializeToString,
-        response_deserializer=PredictResponse.FromString,
-    )
-
-    async def call() -> None:
-        request = PredictRequest(model_spec=model_spec(MODEL, signature=contract.SIGNATURE_NAME))
-        request.inputs[contract.INPUT_KEY].CopyFrom(to_tensor_proto(tensor))
-        await predict(request, timeout=10)
 
     return call
 
@@ -220,7 +198,7 @@ async def measure(stack: BenchStack, extra: dict[str, str], args: argparse.Names
     channel = grpc.aio.insecure_channel(stack.grpc_target)
     classify = f"/v1/models/{MODEL}:classify"
     calls: dict[str, Call] = {
-        "direct gRPC Predict": grpc_call(channel, tensor),
+        "direct gRPC Predict": grpc_call(channel, MODEL, tensor),
         "direct REST :predict": http_call(
             sessions[0], f"{stack.rest_url}/v1/models/{MODEL}:predict", tensor_json,
             "application/json",
@@ -269,36 +247,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
     args = parser.parse_args()
-    from harness.models import build_test_model
-
     python = None if args.no_kserve else kserve_python()
     before = python_speed_ms()  # the machine's speed before and after: it drifts
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        build_test_model(work / "models" / MODEL / "1", (28, 28, 1), 10, model_name=MODEL)
-        with running_stack(work / "models", work, {MODEL: 1}) as stack:
-            extra: dict[str, str] = {}
-            started: list[Process] = []
-            try:
-                if python is not None:
-                    kserve, extra["kserve"] = start_kserve(stack, python)
-                    started.append(kserve)
-                    extra["kserve_pid"] = str(kserve.pid)
-                grpc_port = int(stack.grpc_target.rsplit(":", 1)[1])
-                limited, extra["limited"], _, _ = start_gateway(
-                    stack.logs, stack.redis_url, grpc_port, stack.model_dir,
-                    {"FDL_RATE_LIMIT_PER_MINUTE": str(10**9), "FDL_RATE_LIMIT_BURST": str(10**6)},
-                    name="gateway-limited",
-                )  # fmt: skip
-                started.append(limited)
-                extra["limited_pid"] = str(limited.pid)
-                # Building the model imported TensorFlow here: keep its objects out of the
-                # client's garbage collections.
-                gc.freeze()
-                asyncio.run(measure(stack, extra, args))
-            finally:
-                for process in started:
-                    process.stop()
+    with digits_stack() as stack:
+        extra: dict[str, str] = {}
+        started: list[Process] = []
+        try:
+            if python is not None:
+                kserve, extra["kserve"] = start_kserve(stack, python)
+                started.append(kserve)
+                extra["kserve_pid"] = str(kserve.pid)
+            grpc_port = int(stack.grpc_target.rsplit(":", 1)[1])
+            limited, extra["limited"], _, _ = start_gateway(
+                stack.logs, stack.redis_url, grpc_port, stack.model_dir,
+                {"FDL_RATE_LIMIT_PER_MINUTE": str(10**9), "FDL_RATE_LIMIT_BURST": str(10**6)},
+                name="gateway-limited",
+            )  # fmt: skip
+            started.append(limited)
+            extra["limited_pid"] = str(limited.pid)
+            asyncio.run(measure(stack, extra, args))
+        finally:
+            for process in started:
+                process.stop()
     print(speed_line(before, python_speed_ms()))
     return 0
 

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,8 @@ CLASSES = 4
 MAX_MESSAGE = 64 * 1024 * 1024
 SERVER = [sys.executable, "-m", "serving"]
 BATCH_COUNT = ":tensorflow:serving:batching_session:processed_batch_size_count"
+# Where the API conformance server (tests/serving/conftest.py's api_server) serves Prometheus.
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 @dataclass
@@ -192,6 +197,31 @@ def rpc_code(call: Callable[[], object]) -> grpc.StatusCode:
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a gRPC call that must fail."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), error.details()
+    raise AssertionError("the call succeeded; it should have failed")
+
+
+def rest_json(url: str, body: object | None = None) -> tuple[int, Any]:
+    """GET ``url`` (POST ``body`` as JSON when given): the status and the JSON answer (its text
+    when it is not JSON), error statuses included."""
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as reply:
+            raw = reply.read()
+            status = reply.status
+    except urllib.error.HTTPError as error:
+        raw, status = error.read(), error.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
 
 
 def run_server_cli(*flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -88,33 +88,31 @@ def test_gateway_process_has_no_tensorflow(gateway: Gateway) -> None:
     assert rss_mb < 150
 
 
-def test_gateway_modules_import_without_tensorflow() -> None:
+def _start_up_imports_none_of(start: str, packages: tuple[str, ...]) -> None:
+    """A fresh interpreter imports the gateway and runs ``start`` (``app`` is the app built from
+    default settings); it fails when any of ``packages`` was imported."""
     import subprocess
 
     code = (
         "import sys, api.main, api.__main__\n"
         "from api.settings import GatewaySettings\n"
-        "api.main.create_app(GatewaySettings()).openapi()\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('tensorflow', 'keras', 'tensorflow_serving', 'tf_keras'))\n"
+        "app = api.main.create_app(GatewaySettings())\n"
+        f"{start}\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
+
+
+def test_gateway_modules_import_without_tensorflow() -> None:
+    _start_up_imports_none_of(
+        "app.openapi()", ("tensorflow", "keras", "tensorflow_serving", "tf_keras")
+    )
 
 
 def test_start_up_leaves_job_and_retry_libraries_unimported() -> None:
     """Celery (job submission) and tenacity (retries) load on first use, not at start-up."""
-    import subprocess
-
-    code = (
-        "import sys, api.main, api.__main__\n"
-        "from api.settings import GatewaySettings\n"
-        "api.main.create_app(GatewaySettings())\n"
-        "lazy = ('celery', 'kombu', 'tenacity')\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in lazy)\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
+    _start_up_imports_none_of("", ("celery", "kombu", "tenacity"))
 
 
 def test_api_extra_does_not_pull_tensorflow() -> None:

@@ -85,30 +85,25 @@ def test_compose_service_without_healthcheck_fails_its_dependants(tmp_path: Path
     assert any("waits for redis to be healthy; it has no healthcheck" in e for e in errors), errors
 
 
+def gpu_patch_errors(tmp_path: Path, old: str, new: str) -> Errors:
+    """The k8s check's errors on a copy whose GPU overlay patch has ``old`` replaced by ``new``."""
+    root = copy_tree(tmp_path)
+    edit(root, "deploy/k8s/overlays/gpu/worker-gpu.yaml", old, new)
+    return k8s.check(root)
+
+
 @needs_kubectl
 def test_broken_kustomize_patch_fails_the_build(tmp_path: Path) -> None:
-    root = copy_tree(tmp_path)
-    edit(
-        root,
-        "deploy/k8s/overlays/gpu/worker-gpu.yaml",
-        "      tolerations:",
-        "      tolerations: [",
-    )
-    errors = k8s.check(root)
+    errors = gpu_patch_errors(tmp_path, "      tolerations:", "      tolerations: [")
     assert any("kubectl kustomize gpu" in e for e in errors), errors
 
 
 @needs_kubectl
 def test_kustomize_output_is_validated(tmp_path: Path) -> None:
     """A patch that is fine on its own but yields an invalid Deployment fails the build check."""
-    root = copy_tree(tmp_path)
-    edit(
-        root,
-        "deploy/k8s/overlays/gpu/worker-gpu.yaml",
-        "      nodeSelector:",
-        "      nodeSelectr:\n        a: b\n      nodeSelector:",
+    errors = gpu_patch_errors(
+        tmp_path, "      nodeSelector:", "      nodeSelectr:\n        a: b\n      nodeSelector:"
     )
-    errors = k8s.check(root)
     assert any("kustomize build of gpu" in e and "nodeSelectr" in e for e in errors), errors
 
 

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.tfs import CLASSES, SHAPE, TFS_BINARY, ModelStock, Server, start_server
+from harness.tfs import (
+    CLASSES,
+    METRICS_PATH,
+    SHAPE,
+    TFS_BINARY,
+    ModelStock,
+    Server,
+    model_config,
+    start_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +63,35 @@ def server_factory(logs_dir: Path) -> Iterator:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    impl: str, server_factory, model_stock: ModelStock, tmp_path_factory: pytest.TempPathFactory
+) -> Server:
+    """The API conformance server: ``tiny`` versions 1 (with warmup records) and 2, both served,
+    and ``other`` version 5; Prometheus at ``METRICS_PATH``, the gRPC health service on."""
+    root = tmp_path_factory.mktemp("api-models")
+    for version, kind in ((1, "a"), (2, "b")):
+        model_stock.install(kind, root / "tiny", version)
+    model_stock.install("c", root / "other", 5)
+    config = root / "models.config"
+    config.write_text(
+        model_config(
+            {"tiny": root / "tiny", "other": root / "other"},
+            {"tiny": "    model_version_policy { all {} }\n"},
+        )
+    )
+    monitoring = root / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    server = server_factory(
+        impl,
+        "api",
+        [
+            f"--model_config_file={config}",
+            f"--monitoring_config_file={monitoring}",
+            "--enable_grpc_healthcheck_service=true",
+        ],
+    )
+    server.root = root
+    return server

@@ -41,27 +41,48 @@ def _start(impl, server_factory, model_stock, tmp_path_factory, name, params):
     )
 
 
+def _params(allowed_batch_sizes: tuple[int, ...] = (), **fields: int | bool) -> str:
+    """BatchingParameters text: each of ``fields`` a wrapper message, then the allowed sizes."""
+    values = {k: str(v).lower() if isinstance(v, bool) else v for k, v in fields.items()}
+    lines = [f"{k} {{ value: {v} }}" for k, v in values.items()]
+    return "\n".join(lines + [f"allowed_batch_sizes: {n}" for n in allowed_batch_sizes]) + "\n"
+
+
 @pytest.fixture(scope="module")
 def batching(impl, server_factory, model_stock, tmp_path_factory):
-    params = (
-        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 200000 }\n"
-        "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
-        "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
-    )
+    params = _params(
+        max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=2,
+        max_enqueued_batches=100, allowed_batch_sizes=(4, 8),
+    )  # fmt: skip
     return _start(impl, server_factory, model_stock, tmp_path_factory, "batching", params)
 
 
 @pytest.fixture(scope="module")
 def tight(impl, server_factory, model_stock, tmp_path_factory):
-    params = (
-        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 3000000 }\n"
-        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 1 }\n"
-    )
+    params = _params(
+        max_batch_size=8, batch_timeout_micros=3_000_000, num_batch_threads=1,
+        max_enqueued_batches=1,
+    )  # fmt: skip
     return _start(impl, server_factory, model_stock, tmp_path_factory, "tight", params)
 
 
 def _batches(server) -> float:
     return metric(server, BATCH_COUNT)
+
+
+def _assert_each_caller_gets_its_rows(server, model_stock, inputs: list[np.ndarray]) -> None:
+    """One concurrent Predict per input (of version "a"); each caller gets its own rows back."""
+    expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
+    offsets = np.cumsum([0] + [len(x) for x in inputs])
+    stub = server.prediction()
+    results = concurrently(
+        len(inputs), lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
+    )
+    for i, result in enumerate(results):
+        assert not isinstance(result, grpc.RpcError), result
+        np.testing.assert_allclose(
+            scores_of(result), expected[offsets[i] : offsets[i + 1]], rtol=1e-5
+        )
 
 
 RUNTIME_COUNT = ":tensorflow:serving:runtime_latency_count"
@@ -72,17 +93,7 @@ def test_each_caller_gets_its_own_rows(batching, model_stock, impl) -> None:
     callers = 16
     timed_before = metric(batching, RUNTIME_COUNT, **RUNTIME_TINY)
     inputs = [images(1 + i % 3, seed=100 + i) for i in range(callers)]
-    expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
-    offsets = np.cumsum([0] + [len(x) for x in inputs])
-    stub = batching.prediction()
-    results = concurrently(
-        callers, lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
-    )
-    for i, result in enumerate(results):
-        assert not isinstance(result, grpc.RpcError), result
-        np.testing.assert_allclose(
-            scores_of(result), expected[offsets[i] : offsets[i + 1]], rtol=1e-5
-        )
+    _assert_each_caller_gets_its_rows(batching, model_stock, inputs)
     if impl == "fdl":
         batches = _batches(batching)
         assert 0 < batches < callers, f"{batches} batch runs for {callers} concurrent calls"
@@ -179,11 +190,10 @@ def test_task_larger_than_max_batch_size(tight, impl) -> None:
 
 @pytest.fixture(scope="module")
 def splitting(impl, server_factory, model_stock, tmp_path_factory):
-    params = (
-        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 100000 }\n"
-        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
-        "enable_large_batch_splitting { value: true }\nmax_execution_batch_size { value: 4 }\n"
-    )
+    params = _params(
+        max_batch_size=16, batch_timeout_micros=100_000, num_batch_threads=1,
+        max_enqueued_batches=100, enable_large_batch_splitting=True, max_execution_batch_size=4,
+    )  # fmt: skip
     return _start(impl, server_factory, model_stock, tmp_path_factory, "splitting", params)
 
 
@@ -197,21 +207,11 @@ def test_large_tasks_are_split_and_joined(splitting, model_stock, impl) -> None:
     its rows back in order, also when several split tasks share batches."""
     sizes = [10, 3, 7, 1, 16, 5]
     inputs = [images(size, seed=400 + i) for i, size in enumerate(sizes)]
-    expected = expected_scores(model_stock.versions["a"], np.concatenate(inputs))
-    offsets = np.cumsum([0, *sizes])
-    stub = splitting.prediction()
-    results = concurrently(
-        len(sizes), lambda i: stub.Predict(predict_request("tiny", inputs[i]), timeout=60)
-    )
-    for i, result in enumerate(results):
-        assert not isinstance(result, grpc.RpcError), result
-        np.testing.assert_allclose(
-            scores_of(result), expected[offsets[i] : offsets[i + 1]], rtol=1e-5
-        )
+    _assert_each_caller_gets_its_rows(splitting, model_stock, inputs)
     if impl == "fdl":
         batches = _batches(splitting)
         assert batches >= sum(sizes) / 4, f"{batches} batches for {sum(sizes)} rows"
         assert _histogram(splitting, "4.0") == batches  # no batch ran more than 4 rows
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(predict_request("tiny", images(17)), timeout=60)
+        splitting.prediction().Predict(predict_request("tiny", images(17)), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

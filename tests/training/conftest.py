@@ -4,13 +4,17 @@ and small datasets."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fdl.jobs import JobStore
 from harness.worker import MNIST_TINY, Worker, start_worker, write_image_folder
+
+# What run_job returned, the job's record, and the model folder it publishes into.
+JobRun = tuple[dict[str, Any] | None, dict[str, Any], Path]
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +78,30 @@ def small_data_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             labels.append(label)
         write_image_folder(root / "shapes" / split, images, labels, names)
     return root
+
+
+@pytest.fixture
+def job_in_process(tmp_path: Path) -> Callable[..., JobRun]:
+    """Runs one small job (1 epoch, batches of 32, 64 test and 32 validation examples, plus
+    ``spec_fields``) through the job function in this process, with no worker; the caller checks
+    what it returns."""
+    from fdl.jobspec import JobSpec
+    from training.job import run_job
+    from training.settings import WorkerSettings
+
+    def run(store: JobStore, job_id: str, data_dir: Path, **spec_fields: Any) -> JobRun:
+        settings = WorkerSettings(
+            redis_url="redis://unused",
+            data_dir=data_dir,
+            model_dir=tmp_path / "models",
+            var_dir=tmp_path / "var",
+            download=False,
+        )
+        spec = JobSpec(
+            epochs=1, batch_size=32, max_test_examples=64, validation_split=32, **spec_fields
+        )
+        store.create(spec.model_dump(mode="json"), job_id)
+        result = run_job(job_id, store, settings)
+        return result, store.get(job_id), settings.model_dir
+
+    return run

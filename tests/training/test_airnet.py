@@ -18,12 +18,10 @@ from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
 from harness.savedmodel import load_session, predict
-from training.job import run_job
 from training.models import ARCHITECTURES, build_model, prepare_model
 from training.models_airnet import whitening_kernel
 from training.pipeline import eval_dataset, train_dataset
 from training.preprocess import eval_preprocess
-from training.settings import WorkerSettings
 from training.trainer import compile_model
 
 
@@ -83,31 +81,15 @@ def test_trains_with_the_whitening_frozen_and_averages_flips_at_inference(cifar)
 
 
 def test_job_publishes_a_contract_model_with_flip_tta_in_the_graph(
-    store: JobStore, small_data_dir: Path, tmp_path: Path, cifar
+    store: JobStore, small_data_dir: Path, job_in_process, cifar
 ) -> None:
-    settings = WorkerSettings(
-        redis_url="redis://unused",
-        data_dir=small_data_dir,
-        model_dir=tmp_path / "models",
-        var_dir=tmp_path / "var",
-        download=False,
-    )
-    spec = JobSpec(
-        model="cifar10_airnet",
-        dataset="tinycifar",
-        epochs=1,
-        batch_size=32,
-        max_train_examples=128,
-        max_test_examples=64,
-        validation_split=32,
-        publish_as="air",
-    )
-    store.create(spec.model_dump(mode="json"), "airnet-job")
-    result = run_job("airnet-job", store, settings)
-    record = store.get("airnet-job")
+    result, record, model_dir = job_in_process(
+        store, "airnet-job", small_data_dir,
+        model="cifar10_airnet", dataset="tinycifar", max_train_examples=128, publish_as="air",
+    )  # fmt: skip
     assert record["status"] == "succeeded", record["error"]
     assert result is not None and result["published"] and result["version"] == 1
-    path = settings.model_dir / "air" / "1"
+    path = model_dir / "air" / "1"
     metadata = json.loads((path / contract.METADATA_FILE).read_text())
     assert metadata["architecture"] == "cifar10_airnet"
     assert metadata["runtime"]["recipe"] == "fast"

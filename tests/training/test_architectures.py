@@ -13,10 +13,7 @@ import redis
 
 from fdl import contract
 from fdl.jobs import JobStore
-from fdl.jobspec import JobSpec
 from harness.savedmodel import load_session, predict
-from training.job import run_job
-from training.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")
@@ -45,33 +42,16 @@ def test_architecture_trains_exports_and_predicts(
     store: JobStore,
     data_dir: Path,
     small_data_dir: Path,
-    tmp_path: Path,
+    job_in_process,
 ) -> None:
-    settings = WorkerSettings(
-        redis_url="redis://unused",
-        data_dir=data_dir if dataset == "mnist" else small_data_dir,
-        model_dir=tmp_path / "models",
-        var_dir=tmp_path / "var",
-        download=False,
-    )
-    spec = JobSpec(
-        model=model,
-        dataset=dataset,
-        epochs=1,
-        batch_size=32,
-        max_train_examples=96,
-        max_test_examples=64,
-        validation_split=32,
-        publish_as="m",
-    )
-    job_id = f"arch-{model}-{dataset}"
-    store.create(spec.model_dump(mode="json"), job_id)
-    result = run_job(job_id, store, settings)
-    record = store.get(job_id)
+    result, record, model_dir = job_in_process(
+        store, f"arch-{model}-{dataset}", data_dir if dataset == "mnist" else small_data_dir,
+        model=model, dataset=dataset, max_train_examples=96, publish_as="m",
+    )  # fmt: skip
     assert record["status"] == "succeeded", record["error"]
     assert result is not None and result["published"] and result["version"] == 1
 
-    path = settings.model_dir / "m" / "1"
+    path = model_dir / "m" / "1"
     metadata = json.loads((path / contract.METADATA_FILE).read_text())
     names = metadata["class_names"]
     assert len(names) == classes and metadata["architecture"] == model
