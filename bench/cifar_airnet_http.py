@@ -1,7 +1,8 @@
 """Issue 18's CPU goal: ``cifar10_airnet`` at >= 90% on CIFAR-10 (JPEG q75) within 30 minutes of
 wall time, through a normal job submitted over HTTP, with its accuracy-vs-time curve.
 
-    .venv/bin/python bench/cifar_airnet_http.py [--epochs 16] [--png docs/img/airnet_curve.png]
+    .venv/bin/python bench/cifar_airnet_http.py [--epochs 12] [--png docs/img/airnet_curve.png]
+        [--keep-model DIR]
     .venv/bin/python bench/cifar_airnet_http.py --smoke --data-dir D --dataset tinycifar
 
 Starts a private stack: Redis, one training worker (the command of ``fdl up``) and the gateway.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -120,12 +122,15 @@ def plot(curve: list[dict], test: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--smoke", action="store_true", help="1 epoch on 128 images")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--png", type=Path)
+    parser.add_argument(
+        "--keep-model", type=Path, help="copy the published SavedModel here (for cifar_photos.py)"
+    )
     args = parser.parse_args()
     spec: dict = {"model": "cifar10_airnet", "dataset": args.dataset, "epochs": args.epochs}
     if args.smoke:
@@ -155,6 +160,8 @@ def main() -> int:
             "goal_met": test["accuracy"] >= TARGET and test["seconds"] <= BUDGET_S,
             "curve": curve,
         }
+        if args.keep_model:
+            shutil.copytree(path, args.keep_model, dirs_exist_ok=True)
     print(json.dumps(summary))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
