@@ -26,8 +26,9 @@ from training.preprocess import eval_preprocess
 from training.regularization import kernel_kwargs
 
 # Channel widths of the three blocks. airbench94 uses (64, 256, 256), too slow for the 2-core CPU
-# budget; (64, 128, 256) reaches a higher accuracy than (32, 64, 128) in the same wall time
-# because at these sizes a step's cost is mostly per-layer overhead, not FLOPs (docs/training.md).
+# budget. (64, 128, 256) has 3.4 times the FLOPs of (32, 64, 128) but, at these sizes, where a
+# step's cost is mostly per-layer overhead, costs only about 1.8 times the time per image and
+# gains more per epoch (docs/training.md, "Issue 18").
 WIDTHS = (64, 128, 256)
 WHITEN_PATCH = 2
 WHITEN_EPS = 1e-3  # added to eigenvalues: keeps the noisiest directions from being amplified
