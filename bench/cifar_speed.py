@@ -23,10 +23,10 @@ import tensorflow as tf
 from training_common import DEFAULT_DATA
 
 from fdl.jobspec import JobSpec
-from training.models import ARCHITECTURES, build_model
+from training.models import ARCHITECTURES, build_model, prepare_model
 from training.pipeline import train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import augmentation, regularization_for
+from training.recipes import augmentation, recipe_for, regularization_for
 from training.trainer import compile_model, runtime
 
 CASES = [
@@ -61,7 +61,7 @@ def measure(key: str, recipe: str, x, y, seconds: float, train_images: int) -> d
     spec = JobSpec(model=key, recipe=recipe)
     arch = ARCHITECTURES[key]
     mode = augmentation(spec, arch.family)
-    with runtime(spec.seed, mixed_precision=True) as info:
+    with runtime(spec.seed, True, recipe_for(spec).cpu_bfloat16) as info:
         ds = train_dataset(x, y, arch.family, spec.batch_size, spec.seed, mode)
         pipeline = pipeline_rate(ds, seconds)
         # Pre-made batches: the same tensors every step, so only the training step is timed.
@@ -70,8 +70,7 @@ def measure(key: str, recipe: str, x, y, seconds: float, train_images: int) -> d
         model = build_model(
             key, network_input_shape(arch.image_shape, arch.family), 10, regularization_for(spec)
         )
-        if arch.prepare is not None:
-            arch.prepare(model, x)
+        prepare_model(key, model, x)
         # One call into the compiled graph per fit: all steps run as one execution.
         steps = max(2, round(train_images / spec.batch_size))
         compile_model(model, spec, steps, total_steps=10_000)

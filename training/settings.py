@@ -32,7 +32,8 @@ class WorkerSettings(CommonSettings):
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.
     download: bool = True
     download_timeout_s: float = Field(default=60.0, gt=0)
-    # Mixed precision (float16 compute, float32 outputs) when a GPU is visible.
+    # Mixed precision: float16 compute on GPUs; bfloat16 on CPUs with native bfloat16, for the
+    # recipes that ask for it (training.recipes.Recipe.cpu_bfloat16).  Weights stay float32.
     mixed_precision: bool = True
     # Batches per call into the compiled training graph (cancellation acts within this many).
     steps_per_execution: int = Field(default=DEFAULT_STEPS_PER_EXECUTION, ge=1, le=256)

@@ -24,7 +24,7 @@ from training.data import ImageData
 from training.models import build_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import augmentation, compile_for_recipe, regularization_for
+from training.recipes import augmentation, compile_for_recipe, recipe_for, regularization_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,35 @@ class TrainOutcome:
     runtime: dict[str, Any] = field(default_factory=dict)
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_has_native_bfloat16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), from the kernel's
+    flags; False where the flags cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_policy(
+    gpus: int, mixed_precision: bool, cpu_bfloat16: bool, cpuinfo: Path = CPUINFO
+) -> str:
+    """float16 compute on GPUs; bfloat16 on CPUs that have it natively, when the recipe asks."""
+    if not mixed_precision:
+        return "float32"
+    if gpus:
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_bfloat16 and cpu_has_native_bfloat16(cpuinfo) else "float32"
+
+
 @contextmanager
-def runtime(seed: int, mixed_precision: bool) -> Iterator[dict[str, Any]]:
+def runtime(
+    seed: int, mixed_precision: bool, cpu_bfloat16: bool = False
+) -> Iterator[dict[str, Any]]:
     """Seeds, determinism (CPU), distribution strategy (>1 GPU) and precision policy of a run."""
     gpus = tf.config.list_physical_devices("GPU")
     keras.backend.clear_session()
@@ -51,7 +78,7 @@ def runtime(seed: int, mixed_precision: bool) -> Iterator[dict[str, Any]]:
     if not gpus:
         tf.config.experimental.enable_op_determinism()
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    policy = "mixed_float16" if gpus and mixed_precision else "float32"
+    policy = precision_policy(len(gpus), mixed_precision, cpu_bfloat16)
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -88,7 +115,7 @@ def train(
     (x_train, y_train), validation = split_validation(
         data.x_train, data.y_train, spec.validation_split
     )
-    with runtime(spec.seed, mixed_precision) as info:
+    with runtime(spec.seed, mixed_precision, recipe_for(spec).cpu_bfloat16) as info:
         strategy = info.pop("_strategy")
         batch = spec.batch_size * strategy.num_replicas_in_sync
         augment = augmentation(spec, arch.family)

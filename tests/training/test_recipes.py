@@ -25,7 +25,7 @@ from training.recipes import (
     recipe_for,
     regularization_for,
 )
-from training.trainer import compile_model
+from training.trainer import compile_model, precision_policy
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_label_smoothing_loss_is_the_smoothed_cross_entropy() -> None:
     [
         (JobSpec(model="cifar10_cnn"), None, "Adam", False),
         (JobSpec(model="cifar10_cnn", recipe="fast"), 0.1, "Adam", False),
-        (JobSpec(model="cifar10_airnet"), 0.2, "SGD", True),
+        (JobSpec(model="cifar10_airnet"), 0.2, "SGD", False),
     ],
 )
 def test_compile_wires_the_recipe_into_the_model(spec, smoothing, optimizer, ema) -> None:
@@ -181,3 +181,24 @@ def test_batched_pipeline_is_reproducible_and_new_each_epoch(cifar_images) -> No
         (e1, l1), (e2, l2) = epoch(ds), epoch(ds)
         np.testing.assert_array_equal(e1, epoch(again)[0])
         assert sorted(l1) == sorted(l2) == list(range(16)) and not np.allclose(e1, e2)
+
+
+@pytest.mark.parametrize(
+    ("flags", "gpus", "mixed", "asks", "policy"),
+    [
+        ("fpu avx512f avx512_bf16", 0, True, True, "mixed_bfloat16"),
+        ("fpu amx_bf16 amx_tile", 0, True, True, "mixed_bfloat16"),
+        ("fpu avx2 avx512f", 0, True, True, "float32"),  # no native bfloat16: emulated is slow
+        ("fpu avx512_bf16", 0, True, False, "float32"),  # the recipe does not ask
+        ("fpu avx512_bf16", 0, False, True, "float32"),  # the worker turned it off
+        ("fpu avx512_bf16", 1, True, True, "mixed_float16"),
+    ],
+)
+def test_precision_policy_follows_the_cpu_the_recipe_and_the_setting(
+    flags: str, gpus: int, mixed: bool, asks: bool, policy: str, tmp_path: Path
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert precision_policy(gpus, mixed, asks, cpuinfo) == policy
+    assert precision_policy(0, True, True, tmp_path / "absent") == "float32"
+    assert FAST_AIRNET.cpu_bfloat16 and not FAST.cpu_bfloat16
