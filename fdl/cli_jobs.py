@@ -88,6 +88,10 @@ def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> d
 def train(
     model: Annotated[str, typer.Argument(help=f"Architecture: {_ARCHITECTURES_HELP}.")],
     epochs: Annotated[int | None, typer.Option(help="Epochs to train.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="book or fast (default: book; fast for cifar10_airnet)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
     optimizer: Annotated[
         str | None, typer.Option(help="sgd, momentum, nesterov, adagrad, rmsprop, adam, adadelta.")

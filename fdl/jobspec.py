@@ -179,3 +179,9 @@ class JobSpec(_Strict):
             self.batch_size = defaults["batch_size"]
         if "optimizer" in unset:
             self.optimizer = OptimizerSpec(**defaults["optimizer"])
+        elif "optimizer" in defaults:
+            # Field by field: {"learning_rate": 0.4} keeps the recipe's optimizer and its other
+            # settings; naming another optimizer takes none of the recipe's values.
+            given = self.optimizer.model_dump(include=self.optimizer.model_fields_set)
+            if given.get("name", defaults["optimizer"]["name"]) == defaults["optimizer"]["name"]:
+                self.optimizer = OptimizerSpec(**(defaults["optimizer"] | given))

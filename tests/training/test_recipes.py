@@ -46,6 +46,15 @@ def test_book_stays_the_default_and_fast_fills_only_unset_fields() -> None:
     )
     mine = JobSpec(model="cifar10_cnn", recipe="fast", batch_size=64, optimizer={"name": "sgd"})
     assert mine.batch_size == 64 and mine.optimizer.name == "sgd"
+    assert mine.optimizer.learning_rate == 0.001  # another optimizer takes none of the recipe's
+    rate_only = JobSpec(model="cifar10_airnet", optimizer={"learning_rate": 0.4})
+    assert rate_only.optimizer.model_dump(include={"name", "learning_rate", "momentum"}) == {
+        "name": "nesterov",  # the recipe's optimizer, at the rate given
+        "learning_rate": 0.4,
+        "momentum": 0.9,
+    }
+    same = JobSpec(model="cifar10_airnet", optimizer={"name": "nesterov", "momentum": 0.8})
+    assert (same.optimizer.learning_rate, same.optimizer.momentum) == (0.8, 0.8)
     air = JobSpec(model="cifar10_airnet")
     assert air.recipe == "fast" and air.batch_size == 512 and air.augment is True
     assert air.optimizer.name == "nesterov" and air.optimizer.learning_rate == 0.8

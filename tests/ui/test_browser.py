@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fdl.architectures import ARCHITECTURES
 from harness.procs import REPO_ROOT
 from harness.stack import Served, wait_job
 
@@ -149,8 +150,11 @@ def open_job_form(page: Any, url: str, api_key: str) -> Any:
 def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> None:
     stack = served.stack
     form = open_job_form(page, stack.url, stack.api_key)
+    offered = form.locator("select[name=model] option").evaluate_all("els => els.map(e => e.value)")
+    assert sorted(offered) == sorted(ARCHITECTURES)  # every architecture, the airnet included
     form.locator("select[name=model]").select_option("mnist_logreg")
     form.locator("input[name=epochs]").fill("3")
+    form.locator("select[name=optimizer]").select_option("adam")
     form.locator("input[name=learning_rate]").fill("0.01")
     form.locator("input[name=validation_split]").fill("500")
     page.click("#job-form summary")
@@ -185,6 +189,10 @@ def test_submit_a_job_and_watch_its_curves_grow(served: Served, page: Any) -> No
     assert page.locator("#epoch-rows tr").count() == 3
     assert "Published ui_logreg version 1" in page.inner_text("#detail-result")
     assert job["status"] == "succeeded" and job["result"]["model"] == "ui_logreg"
+    # Fields left empty take the recipe's values: the book's batch size, the chosen optimizer.
+    assert job["spec"]["recipe"] == "book" and job["spec"]["batch_size"] == 128
+    assert job["spec"]["optimizer"]["name"] == "adam"
+    assert job["spec"]["optimizer"]["learning_rate"] == 0.01
     row = page.locator(f"#jobs-rows tr[data-job='{job_id}']")
     row.wait_for()
 
@@ -193,10 +201,12 @@ def test_cancel_a_job_from_the_ui(served: Served, page: Any) -> None:
     stack = served.stack
     form = open_job_form(page, stack.url, stack.api_key)
     form.locator("select[name=model]").select_option("mnist_logreg")
+    form.locator("select[name=recipe]").select_option("fast")
     form.locator("input[name=epochs]").fill("200")
     page.click("#job-form summary")
     form.locator("input[name=max_train_examples]").fill("3000")
     form.locator("input[name=publish_as]").fill("ui_cancelled")
+    form.locator("input[name=learning_rate]").fill("0.005")  # for the recipe's optimizer
     page.click("#job-submit")
     page.wait_for_selector("#job-cancel:not([hidden])")
     job_id = page.inner_text("#detail-id")
@@ -205,7 +215,11 @@ def test_cancel_a_job_from_the_ui(served: Served, page: Any) -> None:
         "() => document.getElementById('detail-status').textContent === 'cancelled'",
         timeout=120_000,
     )
-    assert wait_job(stack, job_id, timeout=120)["status"] == "cancelled"
+    job = wait_job(stack, job_id, timeout=120)
+    assert job["status"] == "cancelled"
+    assert job["spec"]["recipe"] == "fast" and job["spec"]["batch_size"] == 256  # the recipe's
+    assert job["spec"]["optimizer"]["name"] == "adam"  # the recipe's, with the rate given
+    assert job["spec"]["optimizer"]["learning_rate"] == 0.005
     assert page.locator("#job-cancel").is_hidden()
 
 

@@ -50,6 +50,7 @@ def test_train_follows_the_job_to_the_end(served: Served, tmp_path: Path) -> Non
     job_id = run.stdout.split("Job ", 1)[1].split()[0]
     job = wait_job(stack, job_id)
     assert job["status"] == "succeeded" and job["spec"]["epochs"] == 2
+    assert job["spec"]["recipe"] == "book" and job["spec"]["optimizer"]["learning_rate"] == 0.01
 
     listed = fdl(stack, "jobs", "--json", tmp=tmp_path)
     assert listed.returncode == 0
@@ -104,6 +105,8 @@ def test_clear_messages_and_exit_codes(served: Served, tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "not served" in unknown.stderr
     bad = fdl(stack, "train", "mnist_logreg", "--epochs", "0", tmp=tmp_path)
     assert bad.returncode == 2 and "epochs" in bad.stderr
+    slow = fdl(stack, "train", "mnist_logreg", "--recipe", "slow", tmp=tmp_path)
+    assert slow.returncode == 2 and "recipe" in slow.stderr
     gone = fdl(stack, "job", "0" * 32, tmp=tmp_path)
     assert gone.returncode == 1 and "job_not_found" in gone.stderr
 

@@ -16,10 +16,14 @@ function specFromForm(form) {
     batch_size: number("batch_size"),
     validation_split: number("validation_split"),
     seed: number("seed"),
-    optimizer: { name: value("optimizer"), learning_rate: number("learning_rate") },
     regularization: { l2: number("l2") ?? 0 },
     publish: { min_accuracy: number("min_accuracy") ?? 0, only_if_better: data.get("only_if_better") === "on" },
   };
+  // Fields left empty take the recipe's values; a rate alone applies to the recipe's optimizer.
+  if (value("recipe")) spec.recipe = value("recipe");
+  const optimizer = { name: value("optimizer") || undefined, learning_rate: number("learning_rate") };
+  for (const key of Object.keys(optimizer)) if (optimizer[key] === undefined) delete optimizer[key];
+  if (Object.keys(optimizer).length) spec.optimizer = optimizer;
   if (number("dropout") !== undefined) spec.regularization.dropout = number("dropout");
   if (number("patience") !== undefined) spec.early_stopping = { patience: number("patience") };
   if (number("max_train_examples") !== undefined) spec.max_train_examples = number("max_train_examples");
