@@ -4,7 +4,7 @@ Every pipeline runs with tf.data's autotuner off and fixed parallelism. With it 
 an iterator (Keras does at the end of every epoch, for training and for validation) waits for the
 autotuner's thread to wake from its current sleep, which doubles up to a minute as the iterator
 lives: measured on two cores, training stalled with every core idle for 10-16 s after each
-25 s of steps, and a 140 s epoch lost ~50 s (docs/training.md, "Input pipeline").
+25 s of steps, and a 140 s epoch lost ~50 s (docs/training.md, "Data").
 """
 
 from __future__ import annotations
