@@ -21,7 +21,7 @@ from fdl.architectures import ARCHITECTURES, BUILTIN_DATASETS, ArchitectureName
 
 RecipeName = Literal["book", "fast"]
 # What a recipe gives the fields a spec leaves unset (training/recipes.py has the rest of each
-# recipe: schedule, label smoothing, weight decay, averaging, augmentation). Keyed by recipe, then
+# recipe: schedule, label smoothing, weight decay, augmentation). Keyed by recipe, then
 # by model; "*" is every other model. The resolved values are stored in the job's spec.
 RECIPE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "book": {"*": {}},

@@ -13,15 +13,11 @@ def make_optimizer(
     spec: OptimizerSpec,
     learning_rate: Any = None,
     weight_decay: float | None = None,
-    ema_momentum: float | None = None,
 ) -> keras.optimizers.Optimizer:
     """``learning_rate`` (a float or a schedule) replaces the spec's constant rate; a recipe's
-    decoupled ``weight_decay`` and weight averaging (``ema_momentum``) apply to every optimizer."""
+    decoupled ``weight_decay`` applies to every optimizer."""
     lr = spec.learning_rate if learning_rate is None else learning_rate
     common: dict[str, Any] = {"weight_decay": weight_decay}
-    if ema_momentum is not None:
-        # The average replaces the weights when fit ends (ema_overwrite_frequency None).
-        common |= {"use_ema": True, "ema_momentum": ema_momentum}
     match spec.name:
         case "sgd":
             return keras.optimizers.SGD(lr, **common)

@@ -1,4 +1,4 @@
-"""Training recipes: the learning-rate schedule, loss, weight decay, averaging and augmentation
+"""Training recipes: the learning-rate schedule, loss, weight decay and augmentation
 that go with a job spec's ``recipe`` (the batch size and optimizer defaults are filled in by
 ``fdl.jobspec.RECIPE_DEFAULTS``, so that the stored spec shows them).
 
@@ -33,7 +33,6 @@ class Recipe:
     end_fraction: float = 1.0  # rate at the last step, as a fraction of the peak
     label_smoothing: float = 0.0
     weight_decay: float | None = None  # decoupled, scaled by the rate (Keras' weight_decay)
-    ema_momentum: float | None = None  # weight averaging; the average replaces the weights at end
     dropout: float | None = None  # when the spec leaves regularization.dropout unset
     batched_augmentation: bool = False  # whole batches at a time instead of per example
     # bfloat16 compute (float32 weights) on CPUs with native bfloat16 instructions (AVX512-BF16
@@ -169,7 +168,7 @@ def compile_for_recipe(
     rate = learning_rate(recipe, spec.optimizer.learning_rate, total_steps)
     model.compile(
         steps_per_execution=steps_per_execution,
-        optimizer=make_optimizer(spec.optimizer, rate, recipe.weight_decay, recipe.ema_momentum),
+        optimizer=make_optimizer(spec.optimizer, rate, recipe.weight_decay),
         loss=make_loss(recipe),
         metrics=["accuracy"],
     )
