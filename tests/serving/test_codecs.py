@@ -8,6 +8,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.batching_config import BatchingConfig
@@ -15,7 +17,7 @@ from serving.config_files import read_batching_parameters
 from serving.errors import ServingError
 from serving.flags import FlagError, parse_flags
 from serving.predict import from_numpy, to_numpy
-from serving.protocol.rest.codec import format_outputs, parse_predict_body, to_array
+from serving.protocol.rest.codec import format_outputs, nested_array, parse_predict_body, to_array
 
 
 @pytest.mark.parametrize(
@@ -75,6 +77,68 @@ def test_rest_values_checked_against_dtype(value: list, needle: str) -> None:
     with pytest.raises(ServingError) as error:
         to_array(value, info, "images")
     assert error.value.http_status == 400 and needle in error.value.message
+
+
+def _asarray_outcome(function, value) -> tuple:
+    try:
+        array = function(value)
+    except Exception as error:
+        return ("error", type(error))
+    return ("array", array.dtype, array.shape, array.tolist() if array.dtype != object else None)
+
+
+_LEAVES = st.one_of(
+    st.integers(0, 255),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=2),
+    st.just({"b64": "AA=="}),
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [[1, 2], [3, 4]],
+        [[[1]], [[2]]],
+        [1, 2.5],
+        [True, 1],
+        [[1, 2], [3]],  # ragged
+        [[1, 2], []],
+        [[1], [[2]]],  # leaves at two depths
+        [[1, 2], "ab"],  # a string where a row should be
+        [[1, 2], {"a": 1, "b": 2}],
+        [[1, None]],
+        [[10**30, 1]],
+        [],
+        [[]],
+        7,
+    ],
+)
+def test_nested_array_is_numpys_asarray(value) -> None:
+    assert _asarray_outcome(nested_array, value) == _asarray_outcome(np.asarray, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4), max_leaves=40))
+def test_nested_array_matches_asarray_on_any_json(value) -> None:
+    assert _asarray_outcome(nested_array, value) == _asarray_outcome(np.asarray, value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(1, 4), min_size=1, max_size=4).flatmap(
+        lambda shape: st.lists(
+            st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.booleans(),
+            min_size=int(np.prod(shape)),
+            max_size=int(np.prod(shape)),
+        ).map(lambda leaves: np.array(leaves, dtype=object).reshape(shape).tolist())
+    )
+)
+def test_nested_array_matches_asarray_on_rectangular_numbers(value) -> None:
+    assert _asarray_outcome(nested_array, value) == _asarray_outcome(np.asarray, value)
 
 
 def test_rest_bad_b64_and_both_formats() -> None:

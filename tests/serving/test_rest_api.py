@@ -49,3 +49,17 @@ def test_rest_errors(api_server) -> None:
     assert status == 400 and "nolabel" in body["error"]
     status, _ = rest_json(f"{api_server.rest}/v1/models/missing:predict", {"instances": [1]})
     assert status == 404
+
+
+def test_rest_reads_nan_as_tf_serving_does(api_server) -> None:
+    """TF Serving's JSON reader accepts NaN and Infinity: such a body is a typed 400 for a uint8
+    input, not a parse error (the fast strict parser falls back to the lenient one)."""
+    url = f"{api_server.rest}/v1/models/tiny:predict"
+    batch = images(1).tolist()
+    batch[0][0][0][0] = float("nan")  # json.dumps writes it as NaN
+    status, body = rest_json(url, {"instances": batch})
+    assert status == 400, body
+    if api_server.impl == "fdl":
+        assert "JSON Parse error" not in body["error"] and "images" in body["error"], body
+    status, body = rest_json(url, {"instances": images(1).tolist()})
+    assert status == 200, body

@@ -110,7 +110,10 @@ class RestApi:
         return _response(status, body, content_type, self.cors)
 
     def _json(self, status: int, payload: Any) -> Response:
-        return self._send(status, json.dumps(payload, indent=1).encode())
+        # One line: with ``indent`` the json module drops to its pure-Python encoder, which cost
+        # 7x the C encoder's time on a 10-class predict answer (TF Serving pretty-prints; the
+        # whitespace carries no meaning).
+        return self._send(status, json.dumps(payload).encode())
 
     def _error(self, error: ServingError) -> Response:
         return self._json(error.http_status, {"error": error.message})

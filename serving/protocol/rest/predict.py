@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import orjson
 
 from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
 from serving.errors import ServingError, invalid
@@ -45,9 +46,14 @@ INLINE_BODY_LIMIT = 64 * 1024
 def _decode(raw: bytes) -> tuple[Any, str]:
     """The JSON body and its signature name, or a 400."""
     try:
-        body = json.loads(raw or b"null")
-    except ValueError as error:
-        raise invalid(f"JSON Parse error: {error}") from error
+        body = orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
+        # orjson (2-3x faster) reads strict JSON only; Python's parser also reads NaN and
+        # Infinity, as TF Serving's does, and UTF-16 bodies, and words the errors.
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise invalid(f"JSON Parse error: {error}") from error
     signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
     if not isinstance(signature_name, str):
         raise invalid("'signature_name' key must be a string value.")
