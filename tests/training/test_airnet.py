@@ -19,7 +19,7 @@ from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
 from harness.savedmodel import load_session, predict
 from training.models import ARCHITECTURES, build_model, prepare_model
-from training.models_airnet import whitening_kernel
+from training.models_airnet import PartialIdentity, whitening_kernel
 from training.pipeline import eval_dataset, train_dataset
 from training.preprocess import eval_preprocess
 from training.trainer import compile_model
@@ -46,6 +46,21 @@ def test_whitening_kernel_whitens_two_by_two_patches(cifar) -> None:
     covariance = np.cov(out[:, :12], rowvar=False)
     np.testing.assert_allclose(covariance, np.eye(12), atol=1e-3)
     np.testing.assert_allclose(out[:, 12:], -out[:, :12], rtol=1e-5)  # each filter and its negative
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 24, 64), (3, 3, 64, 64), (3, 3, 128, 64)])
+def test_partial_identity_passes_channels_through(shape) -> None:
+    keras.utils.set_random_seed(3)
+    kernel = keras.ops.convert_to_numpy(PartialIdentity()(shape, dtype="float32"))
+    assert kernel.shape == shape
+    count = min(shape[2], shape[3])
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, shape[2])).astype(np.float32)
+    out = tf.nn.conv2d(x, kernel, strides=1, padding="SAME").numpy()
+    np.testing.assert_allclose(out[..., :count], x[..., :count], atol=1e-6)
+    rest = kernel[..., count:]
+    if rest.size:  # He-normal: zero mean, variance 2 / fan-in
+        assert abs(rest.mean()) < 0.01
+        assert rest.std() == pytest.approx(np.sqrt(2 / (9 * shape[2])), rel=0.15)
 
 
 def test_trains_with_the_whitening_frozen_and_averages_flips_at_inference(cifar) -> None:
