@@ -31,12 +31,9 @@ def mnist_cnn(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10):
     import keras
 
     from fdl.jobspec import RegularizationSpec
-    from training.models import ARCHITECTURES
+    from training.models import build_model
 
-    architecture = ARCHITECTURES["mnist_cnn"]
-    network = architecture.build(
-        tuple(input_shape), num_classes, RegularizationSpec(), architecture.default_dropout
-    )
+    network = build_model("mnist_cnn", tuple(input_shape), num_classes, RegularizationSpec())
     inputs = keras.Input(shape=tuple(input_shape), name="pixels")
     logits = network(keras.layers.Rescaling(1.0 / 255.0)(inputs))
     outputs = keras.layers.Softmax(name="probs")(logits)
