@@ -3,7 +3,12 @@ HTTP client would; ``api_server`` is in conftest.py."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import numpy as np
+import pytest
 
 from harness.tfs import expected_scores, images, rest_json
 
@@ -63,3 +68,20 @@ def test_rest_reads_nan_as_tf_serving_does(api_server) -> None:
         assert "JSON Parse error" not in body["error"] and "images" in body["error"], body
     status, body = rest_json(url, {"instances": images(1).tolist()})
     assert status == 200, body
+
+
+def test_rest_deeply_nested_body_is_a_400(api_server) -> None:
+    """Brackets nested beyond any parser's recursion limit get a 400 that says so, never a 500."""
+    request = urllib.request.Request(
+        f"{api_server.rest}/v1/models/tiny:predict", data=b'{"instances": ' + b"[" * 50_000
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    if api_server.impl == "fdl":
+        assert "JSON Parse error" in json.loads(refused.value.read())["error"]
+    deep: object = 1
+    for _ in range(70):  # past NumPy's 64 dimensions
+        deep = [deep]
+    status, body = rest_json(f"{api_server.rest}/v1/models/tiny:predict", {"instances": deep})
+    assert status == 400, body

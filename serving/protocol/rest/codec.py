@@ -33,8 +33,12 @@ def _strings(value: Any, name: str) -> Any:
     raise invalid(f"input '{name}': expected a string or {{\"b64\": …}}, got {value!r:.60}")
 
 
+_MAX_FAST_DIMS = 32  # deeper lists are NumPy's to refuse (at most 64 dimensions)
+
+
 def nested_array(value: Any) -> np.ndarray:
-    """``np.asarray(value)``, three to four times faster for rectangular nested lists of numbers.
+    """``np.asarray(value)``, a quarter faster for rectangular nested lists of numbers (a 28x28x1
+    image: 112 against 150 us; docs/serving.md).
 
     NumPy discovers the shape of nested lists element by element; here each level is checked
     for equal lengths and flattened in C (``map(len)``, ``chain``), and only the flat list of
@@ -46,7 +50,7 @@ def nested_array(value: Any) -> np.ndarray:
     shape = []
     level: Any = value
     while type(level) is list:
-        if not level:
+        if not level or len(shape) > _MAX_FAST_DIMS:
             return np.asarray(value)
         shape.append(len(level))
         level = level[0]

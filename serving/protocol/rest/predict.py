@@ -54,6 +54,8 @@ def _decode(raw: bytes) -> tuple[Any, str]:
             body = json.loads(raw)
         except ValueError as error:
             raise invalid(f"JSON Parse error: {error}") from error
+        except RecursionError:  # thousands of nested brackets: a 400, never a 500
+            raise invalid("JSON Parse error: nested too deeply") from None
     signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
     if not isinstance(signature_name, str):
         raise invalid("'signature_name' key must be a string value.")
