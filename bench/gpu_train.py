@@ -32,7 +32,7 @@ from training.models import ARCHITECTURES, build_model, prepare_model
 from training.models_airnet import airnet
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import augmentation, regularization_for
+from training.recipes import augmentation, flip_tta, regularization_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.trainer import compile_model, runtime
 
@@ -103,7 +103,9 @@ def run(
             if key == "cifar10_airnet":
                 model = airnet(shape, 10, spec.regularization, 0.0, widths=widths)
             else:
-                model = build_model(key, shape, 10, regularization_for(spec))
+                model = build_model(
+                    key, shape, 10, regularization_for(spec), flip_tta=flip_tta(spec)
+                )
             prepare_model(key, model, x)
             compile_model(model, spec, spe, steps * spec.epochs)
         clock = TestAccuracyClock(test_ds, TARGETS.get(key), budget_s)

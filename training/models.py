@@ -16,6 +16,7 @@ import numpy as np
 
 from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import RegularizationSpec
+from training import tta
 from training.models_airnet import airnet, prepare_whitening
 from training.regularization import kernel_kwargs
 
@@ -139,10 +140,19 @@ if set(BUILDERS) != set(ARCHITECTURES):
 
 
 def build_model(
-    key: str, net_shape: tuple[int, int, int], num_classes: int, reg: RegularizationSpec
+    key: str,
+    net_shape: tuple[int, int, int],
+    num_classes: int,
+    reg: RegularizationSpec,
+    flip_tta: bool = False,
 ) -> keras.Model:
+    """The architecture's model; with ``flip_tta`` wrapped in flip test-time augmentation
+    (``training.tta``) unless it has it built in (``cifar10_airnet``)."""
     dropout = ARCHITECTURES[key].default_dropout if reg.dropout is None else reg.dropout
-    return BUILDERS[key].build(net_shape, num_classes, reg, dropout)
+    model = BUILDERS[key].build(net_shape, num_classes, reg, dropout)
+    if flip_tta and tta.network(model) is model:
+        return tta.with_flip_tta(model, model.name)
+    return model
 
 
 def prepare_model(key: str, model: keras.Model, x_train: np.ndarray) -> None:

@@ -12,9 +12,7 @@ cifar10-airbench), written for Keras from its description, not its code.
   +0.8 points of test accuracy after three epochs (docs/training.md).
 - Global max-pool, a linear layer without bias, logits scaled down by 1/8 so that the
   label-smoothed loss starts near log(K).
-- Test-time augmentation inside the model: at inference (``training=False``: evaluation,
-  ``predict`` and the exported serving graph) the logits are the mean over the image and its
-  left-right mirror; training sees single images.
+- Flip test-time augmentation inside the model (``training.tta``), whatever the recipe.
 
 The input is the full 32x32 image normalized by CIFAR-10's channel mean and standard deviation
 (family ``cifar32`` in ``training.preprocess``).
@@ -28,6 +26,7 @@ import numpy as np
 from fdl.jobspec import RegularizationSpec
 from training.preprocess import eval_preprocess
 from training.regularization import kernel_kwargs
+from training.tta import network, with_flip_tta
 
 # Channel widths of the three blocks. airbench94 uses (64, 256, 256), too slow for the 2-core CPU
 # budget. (64, 128, 256) has 3.4 times the FLOPs of (32, 64, 128) but, at these sizes, where a
@@ -54,23 +53,6 @@ class PartialIdentity(keras.initializers.Initializer):
         identity[height // 2, width // 2, np.arange(count), np.arange(count)] = 1.0
         rest = keras.initializers.HeNormal()(shape, dtype=dtype)[..., count:]
         return keras.ops.concatenate([keras.ops.cast(identity, rest.dtype), rest], axis=-1)
-
-
-class FlipAveraged(keras.layers.Layer):
-    """Runs ``net`` on the batch and, at inference, also on its mirror, averaging the logits."""
-
-    def __init__(self, net: keras.Model, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.net = net
-
-    def call(self, x, training=None):
-        if training:
-            return self.net(x, training=True)
-        mirrored = keras.ops.flip(x, axis=2)  # NHWC: axis 2 is the width
-        return (self.net(x, training=False) + self.net(mirrored, training=False)) / 2.0
-
-    def compute_output_shape(self, input_shape):
-        return self.net.compute_output_shape(input_shape)
 
 
 def _conv(filters: int, kw: dict, name: str) -> keras.layers.Conv2D:
@@ -109,9 +91,7 @@ def airnet(
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, dtype="float32", name="logits", **kw)(x)
     logits = keras.layers.Rescaling(LOGIT_SCALE, dtype="float32", name="logit_scale")(x)
-    net = keras.Model(inputs, logits, name="airnet_body")
-    outer = keras.Input(shape=shape, name="pixels")
-    return keras.Model(outer, FlipAveraged(net, name="flip_tta")(outer), name="cifar10_airnet")
+    return with_flip_tta(keras.Model(inputs, logits, name="airnet_body"), "cifar10_airnet")
 
 
 def whitening_kernel(images: np.ndarray, eps: float = WHITEN_EPS) -> np.ndarray:
@@ -132,5 +112,4 @@ def whitening_kernel(images: np.ndarray, eps: float = WHITEN_EPS) -> np.ndarray:
 def prepare_whitening(model: keras.Model, images: np.ndarray) -> None:
     """Sets the frozen first convolution from the first uint8 training images."""
     network_input = np.asarray(eval_preprocess(images[:WHITEN_IMAGES], "cifar32"))
-    body = model.get_layer("flip_tta").net
-    body.get_layer("whiten").set_weights([whitening_kernel(network_input)])
+    network(model).get_layer("whiten").set_weights([whitening_kernel(network_input)])

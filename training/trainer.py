@@ -24,7 +24,13 @@ from training.data import ImageData
 from training.models import build_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import augmentation, compile_for_recipe, recipe_for, regularization_for
+from training.recipes import (
+    augmentation,
+    compile_for_recipe,
+    flip_tta,
+    recipe_for,
+    regularization_for,
+)
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 
 log = logging.getLogger(__name__)
@@ -124,7 +130,11 @@ def train(
         steps = math.ceil(len(x_train) / batch)
         with strategy.scope():
             model = build_model(
-                spec.model, net_shape, len(data.class_names), regularization_for(spec)
+                spec.model,
+                net_shape,
+                len(data.class_names),
+                regularization_for(spec),
+                flip_tta=flip_tta(spec),
             )
             prepare_model(spec.model, model, x_train)
             compile_model(model, spec, steps_per_execution, steps * spec.epochs)

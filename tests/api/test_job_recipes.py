@@ -19,7 +19,7 @@ def test_the_stored_spec_shows_the_recipes_values(gateway: Gateway) -> None:
     fast = post(gateway, {"model": "cifar10_cnn_bn", "recipe": "fast", "max_train_examples": 10})
     assert fast.status_code == 202, fast.text
     spec = fast.json()["spec"]
-    assert spec["batch_size"] == 256 and spec["optimizer"]["learning_rate"] == 0.002
+    assert spec["batch_size"] == 256 and spec["optimizer"]["learning_rate"] == 0.004
     air = post(gateway, {"model": "cifar10_airnet", "batch_size": 64, "max_train_examples": 10})
     assert air.status_code == 202, air.text
     spec = air.json()["spec"]

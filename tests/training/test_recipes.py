@@ -19,8 +19,10 @@ from training.preprocess import eval_preprocess, network_input_shape
 from training.recipes import (
     FAST,
     FAST_AIRNET,
+    FAST_BN,
     SmoothedSparseCrossentropy,
     augmentation,
+    flip_tta,
     learning_rate,
     recipe_for,
     regularization_for,
@@ -42,8 +44,10 @@ def test_book_stays_the_default_and_fast_fills_only_unset_fields() -> None:
     assert (fast.batch_size, fast.optimizer.name, fast.optimizer.learning_rate) == (
         256,
         "adam",
-        0.002,
+        0.004,  # the BatchNorm net's own rate; the book's other nets get 0.002
     )
+    plain = JobSpec(model="cifar10_cnn", recipe="fast")
+    assert (plain.batch_size, plain.optimizer.learning_rate) == (256, 0.002)
     mine = JobSpec(model="cifar10_cnn", recipe="fast", batch_size=64, optimizer={"name": "sgd"})
     assert mine.batch_size == 64 and mine.optimizer.name == "sgd"
     assert mine.optimizer.learning_rate == 0.001  # another optimizer takes none of the recipe's
@@ -74,9 +78,31 @@ def test_recipe_parts_per_model() -> None:
     assert augmentation(JobSpec(model="cifar10_airnet"), "cifar32") == "flip_translate"
     assert augmentation(JobSpec(model="cifar10_airnet", augment=False), "cifar32") == "none"
     assert regularization_for(JobSpec(model="cifar10_cnn", recipe="fast")).dropout == FAST.dropout
+    bn = JobSpec(model="cifar10_cnn_bn", recipe="fast")
+    assert recipe_for(bn) is FAST_BN and regularization_for(bn).dropout == 0.0
     explicit = JobSpec(model="cifar10_cnn", recipe="fast", regularization={"dropout": 0.4})
     assert regularization_for(explicit).dropout == 0.4
     assert regularization_for(JobSpec(model="cifar10_cnn")).dropout is None  # the book's 0.5
+
+
+def test_fast_averages_flips_at_inference_for_cifar_nets_only(cifar_images) -> None:
+    assert flip_tta(JobSpec(model="cifar10_cnn_bn", recipe="fast"))
+    assert flip_tta(JobSpec(model="cifar10_airnet"))
+    assert not flip_tta(JobSpec(model="cifar10_cnn_bn"))  # the book's recipe stays the book's
+    assert not flip_tta(JobSpec(model="mnist_cnn", recipe="fast"))  # a mirrored digit is not one
+    spec = JobSpec(model="cifar10_cnn_bn", recipe="fast")
+    arch = ARCHITECTURES[spec.model]
+    shape = network_input_shape(arch.image_shape, arch.family)
+    keras.utils.set_random_seed(0)
+    model = build_model(spec.model, shape, 10, regularization_for(spec), flip_tta=flip_tta(spec))
+    images = eval_preprocess(cifar_images[:8], arch.family)
+    mirrored = tf.reverse(images, axis=[2])
+    np.testing.assert_allclose(
+        model(images, training=False), model(mirrored, training=False), rtol=1e-4, atol=1e-5
+    )
+    body = model.get_layer("flip_tta").net
+    assert body.name == "cifar10_cnn_bn" and model.name == "cifar10_cnn_bn"
+    assert not np.allclose(body(images, training=False), body(mirrored, training=False))
 
 
 def _rates(schedule, steps: int) -> np.ndarray:
