@@ -28,11 +28,11 @@ from training_common import DEFAULT_DATA, ROOT
 
 from fdl.jobspec import JobSpec
 from training.data.registry import load_dataset
-from training.models import ARCHITECTURES, build_model, prepare_model
+from training.models import ARCHITECTURES, build_job_model, prepare_model
 from training.models_airnet import airnet
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import augmentation, flip_tta, regularization_for
+from training.recipes import augmentation
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.trainer import compile_model, runtime
 
@@ -103,9 +103,7 @@ def run(
             if key == "cifar10_airnet":
                 model = airnet(shape, 10, spec.regularization, 0.0, widths=widths)
             else:
-                model = build_model(
-                    key, shape, 10, regularization_for(spec), flip_tta=flip_tta(spec)
-                )
+                model = build_job_model(spec, shape, 10)
             prepare_model(key, model, x)
             compile_model(model, spec, spe, steps * spec.epochs)
         clock = TestAccuracyClock(test_ds, TARGETS.get(key), budget_s)

@@ -15,9 +15,8 @@ from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import JobSpec
 from training.data import ImageData
 from training.export import export_savedmodel, float32_copy
-from training.models import build_model
+from training.models import build_job_model
 from training.preprocess import network_input_shape
-from training.recipes import flip_tta, regularization_for
 from training.report import evaluation, write_report
 from training.trainer import TrainOutcome
 from training.warmup import write_warmup
@@ -30,12 +29,7 @@ def exportable(outcome: TrainOutcome, spec: JobSpec, num_classes: int) -> keras.
         return outcome.model
     arch = ARCHITECTURES[spec.model]
     shape = network_input_shape(arch.image_shape, arch.family)
-    return float32_copy(
-        outcome.model,
-        lambda: build_model(
-            spec.model, shape, num_classes, regularization_for(spec), flip_tta=flip_tta(spec)
-        ),
-    )
+    return float32_copy(outcome.model, lambda: build_job_model(spec, shape, num_classes))
 
 
 def write_model(

@@ -15,9 +15,10 @@ import keras
 import numpy as np
 
 from fdl.architectures import ARCHITECTURES
-from fdl.jobspec import RegularizationSpec
+from fdl.jobspec import JobSpec, RegularizationSpec
 from training import tta
 from training.models_airnet import airnet, prepare_whitening
+from training.recipes import flip_tta, regularization_for
 from training.regularization import kernel_kwargs
 
 
@@ -153,6 +154,15 @@ def build_model(
     if flip_tta and tta.network(model) is model:
         return tta.with_flip_tta(model, model.name)
     return model
+
+
+def build_job_model(
+    spec: JobSpec, net_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """The model a job trains and exports: its architecture with the recipe's dropout and flip
+    test-time augmentation."""
+    reg = regularization_for(spec)
+    return build_model(spec.model, net_shape, num_classes, reg, flip_tta=flip_tta(spec))
 
 
 def prepare_model(key: str, model: keras.Model, x_train: np.ndarray) -> None:

@@ -21,16 +21,10 @@ from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
 from training.callbacks import JobCallback
 from training.data import ImageData
-from training.models import build_model, prepare_model
+from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
-from training.recipes import (
-    augmentation,
-    compile_for_recipe,
-    flip_tta,
-    recipe_for,
-    regularization_for,
-)
+from training.recipes import augmentation, compile_for_recipe, recipe_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 
 log = logging.getLogger(__name__)
@@ -129,13 +123,7 @@ def train(
         val_ds = eval_dataset(*validation, arch.family, batch) if validation else None
         steps = math.ceil(len(x_train) / batch)
         with strategy.scope():
-            model = build_model(
-                spec.model,
-                net_shape,
-                len(data.class_names),
-                regularization_for(spec),
-                flip_tta=flip_tta(spec),
-            )
+            model = build_job_model(spec, net_shape, len(data.class_names))
             prepare_model(spec.model, model, x_train)
             compile_model(model, spec, steps_per_execution, steps * spec.epochs)
         info |= {"recipe": spec.recipe, "augmentation": augment}

@@ -23,7 +23,8 @@ class FlipAveraged(keras.layers.Layer):
         # One call on the batch and its mirror stacked: one pass through every layer, not two.
         both = keras.ops.concatenate([x, keras.ops.flip(x, axis=2)], axis=0)  # NHWC: 2 = width
         logits = self.net(both, training=False)
-        return (logits[: keras.ops.shape(x)[0]] + logits[keras.ops.shape(x)[0] :]) / 2.0
+        count = keras.ops.shape(x)[0]
+        return (logits[:count] + logits[count:]) / 2.0
 
     def compute_output_shape(self, input_shape):
         return self.net.compute_output_shape(input_shape)
