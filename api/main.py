@@ -20,6 +20,7 @@ from api.classification import DecodeLimits
 from api.coalesce import PredictCoalescer
 from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.fastpath import FastPathMiddleware
 from api.imaging import set_max_pixels
 from api.logs import configure_logging
 from api.metadata_cache import MetadataCache
@@ -113,6 +114,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    if settings.classify_fast_path:
+        # Added first, so it runs inside GatewayMiddleware: ids, limits, logs and metrics stay.
+        app.add_middleware(FastPathMiddleware, routes=classify.fast_routes())
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -47,6 +47,9 @@ class GatewaySettings(CommonSettings):
     # max_batch_size images per Predict) when one returns. 0: no limit, every request alone.
     # With several model-server replicas, at least their number (docs/gateway.md).
     predict_max_in_flight: int = Field(default=1, ge=0)
+    # Classify requests with well-formed path parameters skip FastAPI's routing and dependency
+    # solving (api/fastpath.py); false sends every request through FastAPI. Answers are the same.
+    classify_fast_path: bool = True
     # Decoded-pixel limit per image (a JPEG counts at the scale it is decoded at); above it the
     # image is refused with 413. 16 M covers 12-16 MP camera photos at full resolution; the
     # models need 28x28 or 32x32.

@@ -4,16 +4,19 @@ Each ``--tree NAME=PATH`` (a git worktree of another commit, e.g. ``git worktree
 ../old <commit> --detach``) runs its own gateway (``python -m api`` from that tree, this venv's
 interpreter) against the same Redis and model server; the same aiohttp client sends the same
 JSON-b64 digit to each at concurrency 16 for ``--seconds``, trees in turn and their order
-reversed every other round (the machine's speed drifts within minutes). Printed: requests/s and
-CPU ms per request of each gateway and of the model server, per round and as medians, with each
-tree's CPU as a ratio of the first's. ``--env NAME:KEY=VALUE`` sets a setting for one tree only.
+reversed every other round (the machine's speed drifts within minutes); before each, ``--requests``
+calls one at a time. Printed: requests/s and CPU ms per request of each gateway and of the model
+server, per round and as medians, with each tree's CPU as a ratio of the first's, and the p50
+latency at concurrency 1 with its ratio. ``--env NAME:KEY=VALUE`` sets a setting for one tree
+only (``--tree fast=. --tree slow=. --env slow:FDL_CLASSIFY_FAST_PATH=false``).
 
 ``--profile DIR`` then records each gateway with py-spy (not a project dependency: ``pip install
 py-spy``) under the same load, writes ``DIR/NAME.txt`` (collapsed stacks) and prints the functions
 with the largest share of the gateway's samples, on-CPU (self) and including callees.
 
     python bench/gateway_cpu.py --tree old=../old --tree new=. [--seconds 3] [--rounds 5]
-                                [--body json|png] [--env new:FDL_X=1] [--profile DIR]
+                                [--requests 300] [--body json|png] [--env new:FDL_X=1]
+                                [--profile DIR]
 """
 
 # ruff: noqa: E402 - grpc must be imported after tune_grpc()
@@ -41,6 +44,7 @@ import aiohttp
 import psutil
 from gateway_latency import cpu_s, digit_png, throughput
 from gateway_stack import REPO_ROOT, running_stack, start_gateway
+from load_loops import sequential
 from machine import python_speed_ms, speed_line
 from pyspy_profile import difference, summarise
 
@@ -80,12 +84,14 @@ async def measure(
             process = gateways[name][0]
             before, server_before = tree_cpu_s(process), cpu_s(server)
             loop_before, faults_before = loop_cpu_s(process), minor_faults(process.pid)
+            latencies = await sequential(calls[name], args.requests)
             rate, done = await throughput(calls[name], CONCURRENCY, args.seconds)
             gateway_ms = (tree_cpu_s(process) - before) * 1000 / done
             loop_ms = (loop_cpu_s(process) - loop_before) * 1000 / done
             server_ms = (cpu_s(server) - server_before) * 1000 / done
             faults = (minor_faults(process.pid) - faults_before) / done
-            rows[name].append((rate, gateway_ms, loop_ms, server_ms, faults))
+            p50 = statistics.median(latencies)
+            rows[name].append((rate, gateway_ms, loop_ms, server_ms, faults, p50))
         cells = "  ".join(f"{n} {rows[n][-1][1]:.3f} ms {rows[n][-1][0]:.0f}/s" for n in names)
         print(f"round {number + 1}: {cells} (load {psutil.getloadavg()[0]:.2f})", flush=True)
     if args.rounds:
@@ -121,15 +127,18 @@ def minor_faults(pid: int) -> int:
 def report(rows: dict[str, list[tuple[float, ...]]], rounds: int) -> None:
     names = list(rows)
     first = statistics.median(r[1] for r in rows[names[0]])
-    print(f"\nmedians of {rounds} rounds at concurrency {CONCURRENCY}; CPU ms per request")
+    first_p50 = statistics.median(r[5] for r in rows[names[0]])
+    print(f"\nmedians of {rounds} rounds at concurrency {CONCURRENCY}; CPU ms per request; "
+          "p50 ms at concurrency 1")  # fmt: skip
     print(f"{'gateway':<14} {'req/s':>7} {'gateway CPU':>11} {'ratio':>6} {'event loop':>10} "
-          f"{'server CPU':>10} {'page faults/req':>15}")  # fmt: skip
+          f"{'server CPU':>10} {'page faults/req':>15} {'c1 p50':>7} {'ratio':>6}")  # fmt: skip
     for name, values in rows.items():
-        rate, cpu, loop, server_ms, faults = (
-            statistics.median(v[i] for v in values) for i in range(5)
+        rate, cpu, loop, server_ms, faults, p50 = (
+            statistics.median(v[i] for v in values) for i in range(6)
         )
         print(f"{name:<14} {rate:>7.1f} {cpu:>11.3f} {cpu / first:>6.2f} {loop:>10.3f} "
-              f"{server_ms:>10.3f} {faults:>15.1f}")  # fmt: skip
+              f"{server_ms:>10.3f} {faults:>15.1f} "
+              f"{p50:>7.3f} {p50 / first_p50:>6.2f}")  # fmt: skip
 
 
 RATE_HZ = 250  # py-spy samples per second
@@ -162,6 +171,7 @@ def main() -> int:
     parser.add_argument("--tree", action="append", required=True, help="NAME=PATH, repeated")
     parser.add_argument("--env", action="append", default=[], help="NAME:KEY=VALUE")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=300, help="at concurrency 1, per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--body", choices=("json", "png"), default="json")
     parser.add_argument("--profile", help="a directory: py-spy each gateway after the rounds")

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from api.settings import GatewaySettings
 from harness.mnist import png_bytes
+from harness.model_server import ModelServer
 from harness.procs import Process, free_port, wait_http
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
@@ -49,6 +51,28 @@ class Gateway:
     def close(self) -> None:
         """Stops the process (``contextlib.closing`` calls it)."""
         self.process.stop()
+
+
+def inprocess_settings(
+    redis_url: str, server: ModelServer, database: int, **overrides: Any
+) -> GatewaySettings:
+    """Settings for ``create_app(settings)`` in a test process: keyed classification, a generous
+    rate limit, a Redis database of its own (its jobs and rate-limit budgets stay apart). They read
+    no environment and leave ``get_settings()``'s cache alone, so no test sees another's."""
+    return GatewaySettings(
+        redis_url=f"{redis_url.rsplit('/', 1)[0]}/{database}",
+        serving_host="127.0.0.1",
+        serving_grpc_port=server.port,
+        model_dir=server.config_file.parent,
+        api_keys=ADMIN_KEY,
+        classify_keys=CLASSIFY_KEY,
+        classify_open=False,
+        rate_limit_per_minute=1_000_000,
+        rate_limit_burst=100_000,
+        predict_timeout_s=5,
+        log_json=False,
+        **overrides,
+    )
 
 
 def gateway_env(

@@ -13,15 +13,19 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
+from api import auth
 from api.bodies import read_images
 from api.classification import DecodeLimits, Target, classify
 from api.coalesce import PredictCoalescer
 from api.deps import ClassifyDep, request_id_of
+from api.fastpath import FastRoute
 from api.metadata_cache import MetadataCache
 from api.schemas import CLASSIFY_RESPONSES, ClassifyResponse, LabelName, ModelName
 from api.settings import GatewaySettings
+from fdl.jobspec import valid_label, valid_name
 
 router = APIRouter(prefix="/v1/models", tags=["classify"])
+MAX_VERSION = 2**62
 
 
 REQUEST_BODY = {
@@ -127,7 +131,7 @@ async def classify_latest(
 @_classify_route("/{model}/versions/{version}:classify", "Classify images with one version")
 async def classify_version(
     model: ModelName,
-    version: Annotated[int, Path(ge=1, le=2**62)],
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
     request: Request,
     classifier: ClassifierDep,
     _caller: ClassifyDep,
@@ -146,3 +150,41 @@ async def classify_label(
     _caller: ClassifyDep,
 ) -> JSONResponse:
     return await classifier.respond(request, Target(model, label=label))
+
+
+# The fast path (api/fastpath.py) serves these routes with the same auth, classifier and error
+# handlers, for path parameters FastAPI would take as they are; others go to FastAPI.
+
+
+def _latest(params: dict[str, str]) -> Target | None:
+    model = params["model"]
+    return Target(model) if valid_name(model) else None
+
+
+def _version(params: dict[str, str]) -> Target | None:
+    model, version = params["model"], params["version"]
+    # Plain decimal only: pydantic's lax parsing of anything else ("+5", " 5", "5_0") is its call.
+    if not (valid_name(model) and version.isascii() and version.isdigit() and version[0] != "0"):
+        return None
+    number = int(version)
+    return Target(model, version=number) if number <= MAX_VERSION else None
+
+
+def _label(params: dict[str, str]) -> Target | None:
+    model, label = params["model"], params["label"]
+    return Target(model, label=label) if valid_name(model) and valid_label(label) else None
+
+
+async def _serve(request: Request, target: Target) -> JSONResponse:
+    """What the routes do, with their dependencies in FastAPI's order."""
+    served_by = await classifier(request)
+    await auth.require_classify(request)
+    return await served_by.respond(request, target)
+
+
+def fast_routes() -> list[FastRoute]:
+    parsers = {classify_latest: _latest, classify_version: _version, classify_label: _label}
+    return [
+        FastRoute(route, parsers[route.endpoint], _serve)  # type: ignore[attr-defined]
+        for route in router.routes
+    ]

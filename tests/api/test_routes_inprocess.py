@@ -12,8 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.settings import GatewaySettings
-from harness.gateway import ADMIN_KEY, BLANK_PNG, CLASSIFY_KEY, bearer
+from harness.gateway import ADMIN_KEY, BLANK_PNG, CLASSIFY_KEY, bearer, inprocess_settings
 from harness.model_server import ModelServer
 
 ADMIN, CLASSIFIER = bearer(ADMIN_KEY), bearer(CLASSIFY_KEY)
@@ -25,22 +24,8 @@ def png_part(png: bytes = BLANK_PNG, name: str = "a.png") -> tuple[str, tuple[st
 
 @pytest.fixture(scope="module")
 def client(redis_url: str, route_model_server: ModelServer) -> Iterator[TestClient]:
-    """The app built from explicit settings: ``create_app(settings)`` reads no environment and
-    leaves ``get_settings()``'s cache alone, so no test sees another's settings."""
-    settings = GatewaySettings(
-        # A Redis database of its own: its jobs and rate-limit budgets stay apart.
-        redis_url=redis_url.rsplit("/", 1)[0] + "/3",
-        serving_host="127.0.0.1",
-        serving_grpc_port=route_model_server.port,
-        model_dir=route_model_server.config_file.parent,
-        api_keys=ADMIN_KEY,
-        classify_keys=CLASSIFY_KEY,
-        classify_open=False,
-        rate_limit_per_minute=1_000_000,
-        rate_limit_burst=100_000,
-        predict_timeout_s=5,
-        log_json=False,
-    )
+    """The app built from explicit settings (harness.gateway.inprocess_settings)."""
+    settings = inprocess_settings(redis_url, route_model_server, database=3)
     with TestClient(create_app(settings)) as test_client:  # runs the lifespan: start-up, close
         yield test_client
 
