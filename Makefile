@@ -72,8 +72,8 @@ bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway_latency.py
 	$(BIN)/python bench/gateway_digits.py
 
-# The gateway against a KServe transformer (in var/bench/kserve-venv, made on first use) and the
-# model server called directly; BENCH_ARGS="--rounds 5" and so on pass through.
+# The gateway against a KServe transformer and a LitServe API (each in var/bench/<name>-venv, made
+# on first use) and the model server called directly; BENCH_ARGS="--rounds 5" and so on pass through.
 bench-peers: $(STAMP)
 	$(BIN)/python bench/peers.py $(BENCH_ARGS)
 

@@ -44,7 +44,7 @@ import aiohttp
 import psutil
 from gateway_latency import cpu_s, digit_png, throughput
 from gateway_stack import REPO_ROOT, running_stack, start_gateway
-from load_loops import sequential
+from load_loops import sequential, tree_cpu_s
 from machine import python_speed_ms, speed_line
 from pyspy_profile import difference, summarise
 
@@ -104,11 +104,6 @@ async def measure(
         for name in names[1:]:
             difference(names[0], profiles[names[0]], name, profiles[name], args.top)
     await session.close()
-
-
-def tree_cpu_s(process: psutil.Process) -> float:
-    """CPU seconds of the process and its children (an ASGI server may serve from a worker)."""
-    return cpu_s(process) + sum(cpu_s(child) for child in process.children(recursive=True))
 
 
 def loop_cpu_s(process: psutil.Process) -> float:

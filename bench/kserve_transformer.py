@@ -14,24 +14,9 @@ The request body is the gateway's JSON: ``{"instances": [{"b64": "..."}]}``.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 
-import numpy as np
 from kserve import Model, ModelServer, model_server
-from PIL import Image
-
-
-def image_transform(data: str, size: tuple[int, int], channels: int) -> list:
-    byte_array = base64.b64decode(data)
-    image = Image.open(io.BytesIO(byte_array))
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    if channels == 1:
-        array = array[:, :, None]
-    return array.tolist()
+from peer_preprocess import image_transform
 
 
 class ImageTransformer(Model):

@@ -65,3 +65,8 @@ def own_cpu_s() -> float:
 def cpu_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
+
+
+def tree_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of the process and its children (an ASGI server may serve from a worker)."""
+    return cpu_s(process) + sum(cpu_s(child) for child in process.children(recursive=True))

@@ -1,19 +1,24 @@
-"""The gateway against its peer, a KServe image transformer, in front of the same model server.
+"""The gateway against its peers, a KServe image transformer and a LitServe API, in front of the
+same model server.
 
-Both get the same PNG as the same JSON body, ``{"instances": [{"b64": ...}]}``, through the same
+All get the same PNG as the same JSON body, ``{"instances": [{"b64": ...}]}``, through the same
 aiohttp client. The KServe transformer (``bench/kserve_transformer.py``, written as KServe's
-image-transformer sample) runs in a virtual environment of its own that this bench creates
-(``var/bench/kserve-venv``; ``pip install kserve pillow``), so ``kserve`` never enters ours. It
-decodes and resizes the image in ``preprocess`` and forwards the tensor over REST v1 to the model
-server's ``:predict``; the gateway calls the model server over gRPC. Also measured: the model
-server directly (gRPC ``Predict``, and REST ``:predict`` with the decoded tensor, as a client
-with no gateway would call it), ``GET /healthz`` of the gateway (the HTTP floor), the gateway
-with a raw ``image/png`` body, and a second gateway with the rate limit on (its Redis round trip).
+image-transformer sample) and the LitServe API (``bench/litserve_peer.py``, the same
+preprocessing in LitServe's ``decode_request``/``predict``) each run in a virtual environment of
+their own that this bench creates (``var/bench/kserve-venv``, ``var/bench/litserve-venv``;
+``bench/peer_servers.py``), so neither enters ours. They decode and resize the image and forward
+the tensor over REST v1 to the model server's ``:predict``; the gateway calls it over gRPC.
+Also measured: the model server directly (gRPC ``Predict``, and REST ``:predict`` with the
+decoded tensor, as a client with no gateway would call it), ``GET /healthz`` of the gateway (the
+HTTP floor), the gateway with a raw ``image/png`` body, and a second gateway with the rate limit
+on (its Redis round trip). CPU per request counts each process with its children (LitServe
+serves from worker processes).
 
 Rounds alternate every call (the machine's speed drifts within minutes); medians of the rounds are
 printed with the goals of issue 17 as ratios, and the machine's speed probe before and after.
 
     python bench/peers.py [--requests 300] [--seconds 3] [--rounds 3] [--no-kserve]
+                          [--no-litserve]
 """
 
 # ruff: noqa: E402 - grpc must be imported after tune_grpc()
@@ -24,9 +29,6 @@ import asyncio
 import base64
 import json
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 from fdl.grpc_tuning import tune_grpc
 
@@ -37,47 +39,14 @@ import grpc
 import psutil
 from gateway_calls import Call, grpc_call
 from gateway_stack import DIGITS as MODEL
-from gateway_stack import REPO_ROOT, BenchStack, digits_stack, start_gateway, wait_http
-from load_loops import cpu_s, digit_png, own_cpu_s, pct, sequential, throughput
+from gateway_stack import BenchStack, digits_stack, start_gateway
+from load_loops import digit_png, own_cpu_s, pct, sequential, throughput, tree_cpu_s
 from machine import python_speed_ms, speed_line
+from peer_servers import PEERS, peer_python, start_peer
 
-from harness.procs import Process, free_port
+from harness.procs import Process
 
-KSERVE_VENV = REPO_ROOT / "var" / "bench" / "kserve-venv"
-KSERVE_PACKAGES = ["kserve", "pillow"]
 CONCURRENCY = 16
-
-
-def kserve_python() -> Path:
-    """The KServe virtual environment's interpreter, created on first use."""
-    python = KSERVE_VENV / "bin" / "python"
-    stamp = KSERVE_VENV / ".installed"
-    if not stamp.exists():
-        print(f"creating {KSERVE_VENV} (pip install {' '.join(KSERVE_PACKAGES)}) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", *KSERVE_PACKAGES], check=True
-        )
-        stamp.touch()
-    version = subprocess.run(
-        [str(python), "-c", "from importlib.metadata import version; print(version('kserve'))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    print(f"kserve {version} in {KSERVE_VENV}")
-    return python
-
-
-def start_kserve(stack: BenchStack, python: Path) -> tuple[Process, str]:
-    port = free_port()
-    argv = [
-        str(python), str(REPO_ROOT / "bench" / "kserve_transformer.py"),
-        f"--model_name={MODEL}", f"--predictor_host={stack.rest_url.removeprefix('http://')}",
-        f"--http_port={port}", "--enable_grpc=false", "--height=28", "--width=28", "--channels=1",
-    ]  # fmt: skip
-    process = Process("kserve", argv, stack.logs)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v1/models/{MODEL}", "KServe transformer", process, timeout=120)
-    return process, url
 
 
 def http_call(session: aiohttp.ClientSession, url: str, body: bytes | None, kind: str) -> Call:
@@ -105,13 +74,13 @@ async def one_round(
     for name, call in calls.items():
         if name == "gateway /healthz":
             continue
-        before = {k: cpu_s(p) for k, p in processes.items()}
+        before = {k: tree_cpu_s(p) for k, p in processes.items()}
         client_before = own_cpu_s()
         rate, done = await throughput(call, CONCURRENCY, seconds)
         results[name]["rps"] = rate
         results[name]["cpu client"] = (own_cpu_s() - client_before) * 1000 / done
         for key, process in processes.items():
-            results[name][f"cpu {key}"] = (cpu_s(process) - before[key]) * 1000 / done
+            results[name][f"cpu {key}"] = (tree_cpu_s(process) - before[key]) * 1000 / done
     return results
 
 
@@ -136,6 +105,18 @@ def report(table: dict[str, dict[str, float]], rounds: int) -> None:
         print(f"{name:<28} {row['p50']:>7.2f} {row['p99']:>7.2f} {rps:>8.1f} " + " ".join(cells))
 
 
+def compare(gateway: dict[str, float], peer: dict[str, float], key: str, name: str) -> None:
+    """The gateway beside one peer: requests/s, p50 and each front end's CPU per request."""
+    print(f"  gateway / {name}: req/s at c{CONCURRENCY} {gateway['rps'] / peer['rps']:.2f}x, "
+          f"c1 p50 {gateway['p50'] / peer['p50']:.2f}x")  # fmt: skip
+    ratio = (peer[f"cpu {key}"] + peer["cpu server"]) / (
+        gateway["cpu gateway"] + gateway["cpu server"]
+    )
+    print(f"  CPU per request, front end + model server: {name} {peer[f'cpu {key}']:.2f} + "
+          f"{peer['cpu server']:.2f} ms, gateway {gateway['cpu gateway']:.2f} + "
+          f"{gateway['cpu server']:.2f} ms: {name} / gateway {ratio:.2f}x")  # fmt: skip
+
+
 def goals(table: dict[str, dict[str, float]]) -> None:
     gateway, direct, rest = (
         table["gateway JSON b64"],
@@ -154,14 +135,9 @@ def goals(table: dict[str, dict[str, float]]) -> None:
         line(f"c{CONCURRENCY} gateway / KServe req/s", ratio, ">= 5x", ratio >= 5)
         ratio = gateway["p50"] / kserve["p50"]
         line("c1 gateway p50 / KServe p50", ratio, "<= 0.5x", ratio <= 0.5)
-        for who in ("gateway", "kserve"):
-            key = f"cpu {who}"
-            print(f"  CPU per request, {who}: gateway call {gateway[key]:.2f} ms, "
-                  f"KServe call {kserve[key]:.2f} ms")  # fmt: skip
-        ratio = (kserve["cpu kserve"] + kserve["cpu server"]) / (
-            gateway["cpu gateway"] + gateway["cpu server"]
-        )
-        print(f"  CPU per request, front end + model server: KServe / gateway {ratio:.2f}x")
+    for key, peer in PEERS.items():
+        if peer.label in table:
+            compare(gateway, table[peer.label], key, peer.label.split()[0])
     ratio = gateway["rps"] / direct["rps"]
     line(f"c{CONCURRENCY} gateway / direct gRPC req/s", ratio, ">= 0.85x", ratio >= 0.85)
     added = gateway["p50"] - direct["p50"]
@@ -193,7 +169,7 @@ async def measure(stack: BenchStack, extra: dict[str, str], args: argparse.Names
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32), timeout=aiohttp.ClientTimeout(total=30)
         )
-        for _ in range(6)
+        for _ in range(5 + len(PEERS))
     ]
     channel = grpc.aio.insecure_channel(stack.grpc_target)
     classify = f"/v1/models/{MODEL}:classify"
@@ -209,14 +185,14 @@ async def measure(stack: BenchStack, extra: dict[str, str], args: argparse.Names
         "gateway raw image/png": http_call(sessions[2], stack.url + classify, png, "image/png"),
         "gateway /healthz": http_call(sessions[3], f"{stack.url}/healthz", None, ""),
     }  # fmt: skip
-    if "kserve" in extra:
-        calls["KServe transformer"] = http_call(
-            sessions[4], f"{extra['kserve']}/v1/models/{MODEL}:predict", json_b64,
-            "application/json",
-        )  # fmt: skip
+    for number, (key, peer) in enumerate(PEERS.items()):
+        if key in extra:
+            calls[peer.label] = http_call(
+                sessions[5 + number], extra[key], json_b64, "application/json"
+            )
     if "limited" in extra:
         calls["gateway, rate limit on"] = http_call(
-            sessions[5], extra["limited"] + classify, json_b64, "application/json"
+            sessions[4], extra["limited"] + classify, json_b64, "application/json"
         )
     try:  # a call the gateway does not take (yet) is left out, with the reason
         await calls["gateway raw image/png"]()
@@ -225,7 +201,7 @@ async def measure(stack: BenchStack, extra: dict[str, str], args: argparse.Names
         del calls["gateway raw image/png"]
     processes = {"gateway": psutil.Process(stack.gateway.pid), "server": psutil.Process(
         stack.server.pid)}  # fmt: skip
-    for key, pid in (("kserve", "kserve_pid"), ("gateway2", "limited_pid")):
+    for key, pid in (*((k, f"{k}_pid") for k in PEERS), ("gateway2", "limited_pid")):
         if pid in extra:
             processes[key] = psutil.Process(int(extra[pid]))
     rounds = []
@@ -246,17 +222,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per call at concurrency 16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
+    parser.add_argument("--no-litserve", action="store_true", help="leave the LitServe peer out")
     args = parser.parse_args()
-    python = None if args.no_kserve else kserve_python()
+    left_out = {"kserve": args.no_kserve, "litserve": args.no_litserve}
+    pythons = {key: peer_python(key) for key in PEERS if not left_out[key]}
     before = python_speed_ms()  # the machine's speed before and after: it drifts
     with digits_stack() as stack:
         extra: dict[str, str] = {}
         started: list[Process] = []
         try:
-            if python is not None:
-                kserve, extra["kserve"] = start_kserve(stack, python)
-                started.append(kserve)
-                extra["kserve_pid"] = str(kserve.pid)
+            for key, python in pythons.items():
+                peer, extra[key] = start_peer(key, stack, python)
+                started.append(peer)
+                extra[f"{key}_pid"] = str(peer.pid)
             grpc_port = int(stack.grpc_target.rsplit(":", 1)[1])
             limited, extra["limited"], _, _ = start_gateway(
                 stack.logs, stack.redis_url, grpc_port, stack.model_dir,
