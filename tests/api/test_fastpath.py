@@ -2,7 +2,7 @@
 
 Two apps on one model server and Redis, the fast path on and off, get the same requests: good
 ones, and every kind of bad path parameter, key and body; status, JSON body and the headers a
-client acts on must be identical.
+client acts on must be identical, and so must what the requests add to the gateway's metrics.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from api.fastpath import FastPathMiddleware
 from api.main import create_app
@@ -62,6 +63,16 @@ KEYS: dict[str, dict[str, str]] = {
     "wrong-key": bearer("not-a-key"),
 }
 COMPARED_HEADERS = ("content-type", "www-authenticate", "retry-after", "x-request-id", "allow")
+# Counters, and how many observations each histogram got (their sums are durations).
+COUNTED = (
+    "fdl_gateway_requests_total",
+    "fdl_gateway_request_seconds_count",
+    "fdl_gateway_stage_seconds_count",
+    "fdl_gateway_predict_call_requests_count",
+    "fdl_gateway_images_classified_total",
+    "fdl_gateway_upstream_errors_total",
+    "fdl_gateway_rate_limited_total",
+)
 
 
 Call = tuple[str, str, str, str]  # method, path, body name, key name
@@ -90,10 +101,21 @@ def answer(client: TestClient, call: Call) -> tuple[int, Any, dict[str, str | No
     return response.status_code, payload, {h: response.headers.get(h) for h in COMPARED_HEADERS}
 
 
+def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The process's gateway metrics in ``COUNTED``, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name in COUNTED
+    }
+
+
 @pytest.fixture(scope="module")
-def answers(redis_url: str, route_model_server: ModelServer) -> dict[bool, dict[Call, Any]]:
-    """Every call's answer from each app; one app runs at a time (each registers its metrics)."""
-    result: dict[bool, dict[Call, Any]] = {}
+def runs(redis_url: str, route_model_server: ModelServer) -> dict[bool, dict[str, Any]]:
+    """Each app's answer to every call, and what the calls added to the metrics. One app runs
+    at a time: both would register the same collector, and the metrics are the process's."""
+    result: dict[bool, dict[str, Any]] = {}
     for fast in (True, False):
         settings = inprocess_settings(
             redis_url, route_model_server, database=4, classify_fast_path=fast
@@ -101,13 +123,32 @@ def answers(redis_url: str, route_model_server: ModelServer) -> dict[bool, dict[
         app = create_app(settings)
         assert (FastPathMiddleware in [m.cls for m in app.user_middleware]) == fast
         with TestClient(app) as client:
-            result[fast] = {call: answer(client, call) for call in CALLS}
+            answer(client, CALLS[0])  # the metadata cache and the channel, before counting
+            before = counted()
+            answers = {call: answer(client, call) for call in CALLS}
+            after = counted()
+        added = {key: after[key] - before.get(key, 0.0) for key in after}
+        result[fast] = {"answers": answers, "metrics": {k: v for k, v in added.items() if v}}
     return result
+
+
+@pytest.fixture(scope="module")
+def answers(runs: dict[bool, dict[str, Any]]) -> dict[bool, dict[Call, Any]]:
+    return {fast: run["answers"] for fast, run in runs.items()}
 
 
 @pytest.mark.parametrize("call", CALLS, ids=[" ".join(call) for call in CALLS])
 def test_answers_alike(answers: dict[bool, dict[Call, Any]], call: Call) -> None:
     assert answers[True][call] == answers[False][call]
+
+
+def test_metrics_alike(runs: dict[bool, dict[str, Any]]) -> None:
+    fast, slow = runs[True]["metrics"], runs[False]["metrics"]
+    assert fast == slow
+    routes = {
+        dict(labels).get("route") for name, labels in fast if name.startswith("fdl_gateway_req")
+    }
+    assert "/v1/models/{model}/versions/{version}:classify" in routes, routes
 
 
 def test_the_comparison_covers_classifications_and_errors(
