@@ -82,9 +82,10 @@ async def measure(
         order = names if number % 2 == 0 else names[::-1]
         for name in order:
             process = gateways[name][0]
+            # Concurrency 1 first, outside the CPU counts: they are per request at concurrency 16.
+            latencies = await sequential(calls[name], args.requests)
             before, server_before = tree_cpu_s(process), cpu_s(server)
             loop_before, faults_before = loop_cpu_s(process), minor_faults(process.pid)
-            latencies = await sequential(calls[name], args.requests)
             rate, done = await throughput(calls[name], CONCURRENCY, args.seconds)
             gateway_ms = (tree_cpu_s(process) - before) * 1000 / done
             loop_ms = (loop_cpu_s(process) - loop_before) * 1000 / done

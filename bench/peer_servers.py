@@ -23,6 +23,7 @@ from harness.procs import Process, free_port
 
 @dataclass(frozen=True)
 class Peer:
+    name: str  # the project, in ratios and in --no-<key>'s help
     label: str  # the row name in the bench's table
     packages: tuple[str, ...]
     argv: Callable[[BenchStack, int], list[str]]  # the script's arguments for a stack and port
@@ -51,6 +52,7 @@ def _litserve_argv(stack: BenchStack, port: int) -> list[str]:
 
 PEERS = {
     "kserve": Peer(
+        "KServe",
         "KServe transformer",
         ("kserve", "pillow"),
         _kserve_argv,
@@ -58,6 +60,7 @@ PEERS = {
         f"/v1/models/{MODEL}:predict",
     ),
     "litserve": Peer(
+        "LitServe",
         "LitServe API",
         ("litserve", "numpy", "pillow", "requests"),
         _litserve_argv,

@@ -137,7 +137,7 @@ def goals(table: dict[str, dict[str, float]]) -> None:
         line("c1 gateway p50 / KServe p50", ratio, "<= 0.5x", ratio <= 0.5)
     for key, peer in PEERS.items():
         if peer.label in table:
-            compare(gateway, table[peer.label], key, peer.label.split()[0])
+            compare(gateway, table[peer.label], key, peer.name)
     ratio = gateway["rps"] / direct["rps"]
     line(f"c{CONCURRENCY} gateway / direct gRPC req/s", ratio, ">= 0.85x", ratio >= 0.85)
     added = gateway["p50"] - direct["p50"]
@@ -221,11 +221,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="per call at concurrency 1")
     parser.add_argument("--seconds", type=float, default=3.0, help="per call at concurrency 16")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-kserve", action="store_true", help="leave the KServe peer out")
-    parser.add_argument("--no-litserve", action="store_true", help="leave the LitServe peer out")
+    for key, peer in PEERS.items():
+        parser.add_argument(f"--no-{key}", action="store_true", help=f"leave {peer.name} out")
     args = parser.parse_args()
-    left_out = {"kserve": args.no_kserve, "litserve": args.no_litserve}
-    pythons = {key: peer_python(key) for key in PEERS if not left_out[key]}
+    pythons = {key: peer_python(key) for key in PEERS if not getattr(args, f"no_{key}")}
     before = python_speed_ms()  # the machine's speed before and after: it drifts
     with digits_stack() as stack:
         extra: dict[str, str] = {}
