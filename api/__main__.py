@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import resource
+import sys
 
 import uvicorn
 
 from api.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from api.memory import tune_malloc
-from api.settings import GatewaySettings, get_settings
+from api.settings import GatewaySettings, WeakKeyError, get_settings
 from fdl.grpc_tuning import tune_grpc
 
 
@@ -35,6 +36,10 @@ def main() -> None:
     tune_grpc()  # before the app (and grpc) is imported
     tune_malloc()
     settings = get_settings()
+    try:
+        settings.check_keys()  # before anything listens: a weak key never serves a request
+    except WeakKeyError as error:
+        sys.exit(f"fdl-gateway: {error}")  # to stderr, exit status 1
     _raise_open_files_limit(settings.max_connections + 512)
     trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
     uvicorn.run(

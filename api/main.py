@@ -85,6 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.model_dir,
         settings.serving_model_base_path,
         settings.promote_timeout_s,
+        tls=TLS.from_settings(settings),
     )
     collector = JobsCollector(app.state.store)
     REGISTRY.register(collector)
@@ -103,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_keys()  # a placeholder or short API key: no app (WeakKeyError)
     set_max_pixels(settings.max_image_pixels)
     app = FastAPI(
         title="FDL Serve",

@@ -7,7 +7,8 @@ waited for and taken in a worker thread, never on the event loop.
 
 TF Serving only accepts a label that points at a loaded version, so a promotion of a version that
 is not loaded has two steps, each written to the config file first (the file is what a restarted
-or polling server reads) and then sent with ``HandleReloadConfigRequest``:
+or polling server reads) and then sent with ``HandleReloadConfigRequest`` to every replica of the
+model server (:mod:`api.replicas`), step 2 only once each has finished step 1:
 1. keep the version loaded (added to the model's ``specific`` version policy) and wait for it;
 2. write ``labels.json``, render the final config, and reload with the label.
 """
@@ -15,6 +16,7 @@ or polling server reads) and then sent with ``HandleReloadConfigRequest``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +30,9 @@ from google.protobuf import text_format
 from api.errors import ApiError
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
+from api.replicas import reachable_replicas
 from api.serving_client import ServingClient
+from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Labels, Repository
 from fdl.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
@@ -48,8 +52,10 @@ class Promoter:
         model_dir: Path,
         base_path_root: str | None,
         timeout_s: float,
+        tls: TLS | None = None,
     ) -> None:
         self.client = client
+        self.tls = tls
         self.cache = cache
         self.repository = Repository(model_dir, base_path_root, lock_timeout_s=timeout_s)
         self.timeout_s = timeout_s
@@ -84,13 +90,16 @@ class Promoter:
             finally:
                 lock.release()
 
-    async def _apply(self, text: str) -> None:
-        """Write the config file, then tell the server (it would also find the file by polling)."""
+    async def _apply(self, replicas: list[ServingClient], text: str) -> None:
+        """Write the config file, then tell each replica (each would also find it by polling)."""
         await asyncio.to_thread(self.repository.write_config, text)
+        request = ReloadConfigRequest(config=parse_config(text))
+        for replica in replicas:
+            await self._reload(replica, request)
+
+    async def _reload(self, replica: ServingClient, request: ReloadConfigRequest) -> None:
         try:
-            await self.client.reload_config(
-                ReloadConfigRequest(config=parse_config(text)), timeout_s=self.timeout_s
-            )
+            await replica.reload_config(request, timeout_s=self.timeout_s)
         except grpc.aio.AioRpcError as error:
             UPSTREAM_ERRORS.labels("HandleReloadConfigRequest", error.code().name).inc()
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -104,9 +113,9 @@ class Promoter:
                 409, "reload_rejected", f"the model server refused the config: {error.details()}"
             ) from error
 
-    async def _state(self, model: str, version: int) -> tuple[str, str]:
+    async def _state(self, replica: ServingClient, model: str, version: int) -> tuple[str, str]:
         try:
-            statuses = await self.client.model_status(model)
+            statuses = await replica.model_status(model)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise _server_error(error) from error
@@ -116,21 +125,36 @@ class Promoter:
                 return status.state, status.error_message
         return "NOT_LOADED", ""
 
-    async def _ensure_loaded(self, model: str, version: int, labels: Labels) -> None:
-        state, _ = await self._state(model, version)
-        if state == "AVAILABLE":
-            return
-        await self._apply(await self._render(labels, {model: {version}}))
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            state, message = await self._state(model, version)
+    async def _pending(
+        self, replicas: list[ServingClient], model: str, version: int
+    ) -> list[ServingClient]:
+        """The replicas that have not loaded ``version`` yet."""
+        pending = []
+        for replica in replicas:
+            state, message = await self._state(replica, model, version)
             if state == "AVAILABLE":
-                return
+                continue
             if state == "END" and message:
                 raise ApiError(
                     409, "version_failed", f"version {version} failed to load: {message}"
                 )
+            pending.append(replica)
+        return pending
+
+    async def _ensure_loaded(
+        self, replicas: list[ServingClient], model: str, version: int, labels: Labels
+    ) -> None:
+        pending = await self._pending(replicas, model, version)
+        if not pending:
+            return
+        await self._apply(pending, await self._render(labels, {model: {version}}))
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            pending = await self._pending(pending, model, version)
+            if not pending:
+                return
             if time.monotonic() > deadline:
+                state, _ = await self._state(pending[0], model, version)
                 raise ApiError(
                     504,
                     "load_timeout",
@@ -145,15 +169,21 @@ class Promoter:
         except ConfigRenderError as error:
             raise ApiError(409, "invalid_config", f"config not written: {error}") from error
 
+    @asynccontextmanager
+    async def _turn(self, model: str) -> AsyncIterator[list[ServingClient]]:
+        """The repository's lock, and the model server replicas that answer for ``model``."""
+        async with self._locked(), reachable_replicas(self.client, model, self.tls) as replicas:
+            yield replicas
+
     async def set_label(self, model: str, label: str, version: int) -> dict[str, Any]:
-        async with self._locked():
+        async with self._turn(model) as replicas:
             labels = await asyncio.to_thread(self.repository.labels)
-            return await self._point(model, label, version, labels)
+            return await self._point(replicas, model, label, version, labels)
 
     async def roll_back(self, model: str, label: str) -> dict[str, Any]:
         """Point ``label`` at the newest version on disk older than the one it names now,
         whatever that version's load state (it is loaded first, as for a promotion)."""
-        async with self._locked():
+        async with self._turn(model) as replicas:
             labels = await asyncio.to_thread(self.repository.labels)
             current = labels.get(model, {}).get(label)
             if current is None:
@@ -165,19 +195,21 @@ class Promoter:
                     "no_older_version",
                     f"No older version of {model} than {current} to roll {label!r} back to",
                 )
-            return await self._point(model, label, older[-1], labels)
+            return await self._point(replicas, model, label, older[-1], labels)
 
-    async def _point(self, model: str, label: str, version: int, labels: Labels) -> dict[str, Any]:
-        """Load ``version`` if needed, then point the label at it (the lock is held)."""
+    async def _point(
+        self, replicas: list[ServingClient], model: str, label: str, version: int, labels: Labels
+    ) -> dict[str, Any]:
+        """Load ``version`` where needed, then point the label at it (the lock is held)."""
         if version not in await asyncio.to_thread(self.repository.versions, model):
             raise ApiError(
                 404, "version_not_found", f"model {model} has no version {version} on disk"
             )
         previous = labels.get(model, {}).get(label)
-        await self._ensure_loaded(model, version, labels)
+        await self._ensure_loaded(replicas, model, version, labels)
         updated = {m: dict(v) for m, v in labels.items()}
         updated.setdefault(model, {})[label] = version
-        await self._commit(labels, updated)
+        await self._commit(replicas, labels, updated)
         self.cache.invalidate(model)
         PROMOTIONS.labels(model, label).inc()
         return {
@@ -189,7 +221,7 @@ class Promoter:
         }
 
     async def remove_label(self, model: str, label: str) -> dict[str, Any]:
-        async with self._locked():
+        async with self._turn(model) as replicas:
             labels = await asyncio.to_thread(self.repository.labels)
             if label not in labels.get(model, {}):
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
@@ -197,7 +229,7 @@ class Promoter:
             previous = updated[model].pop(label)
             if not updated[model]:
                 del updated[model]
-            await self._commit(labels, updated)
+            await self._commit(replicas, labels, updated)
         self.cache.invalidate(model)
         return {
             "model": model,
@@ -207,14 +239,19 @@ class Promoter:
             "labels": updated.get(model, {}),
         }
 
-    async def _commit(self, before: Labels, after: Labels) -> None:
-        """Persist the labels and reload; on failure put the old labels and config back."""
+    async def _commit(self, replicas: list[ServingClient], before: Labels, after: Labels) -> None:
+        """Persist the labels and reload; on failure put the old labels and config back (and
+        on the replicas that took the new one before another refused it)."""
         await asyncio.to_thread(self.repository.write_labels, after)
         try:
-            await self._apply(await self._render(after))
+            await self._apply(replicas, await self._render(after))
         except ApiError:
             await asyncio.to_thread(self.repository.write_labels, before)
-            await asyncio.to_thread(self.repository.write_config, await self._render(before))
+            restored = await self._render(before)
+            await asyncio.to_thread(self.repository.write_config, restored)
+            if len(replicas) > 1:
+                with contextlib.suppress(ApiError):
+                    await self._apply(replicas, restored)
             raise
 
 

@@ -13,16 +13,44 @@ from fdl.settings import CommonSettings
 ProfileName = Literal["digit", "photo"]
 
 
+# A key shorter than this, or one that starts like a placeholder of the examples (the shipped
+# deploy/k8s/base/secret.yaml holds "replace-me-with-a-long-random-key"), stops the gateway at
+# start: a guessable admin key would be live on the network. `openssl rand -hex 32` makes one.
+MIN_KEY_LENGTH = 16
+PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
+
+
+class WeakKeyError(ValueError):
+    """A configured API key is a placeholder or too short; the message names the setting."""
+
+
+def _split_inline(inline: str | None) -> list[str]:
+    return [k.strip() for k in (inline or "").split(",") if k.strip()]
+
+
+def _read_file(path: Path | None) -> list[str]:
+    if not (path and path.is_file()):
+        return []
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
 def _read_keys(inline: str | None, path: Path | None) -> list[str]:
     """Comma-separated keys plus one key per line of a file (``#`` comments allowed)."""
-    keys = [k.strip() for k in (inline or "").split(",") if k.strip()]
-    if path and path.is_file():
-        keys += [
-            line.strip()
-            for line in path.read_text().splitlines()
-            if line.strip() and not line.strip().startswith("#")
-        ]
-    return keys
+    return _split_inline(inline) + _read_file(path)
+
+
+def weak_key_reason(key: str) -> str | None:
+    """Why ``key`` must not be used, or None when it is acceptable. Never quotes the key."""
+    for prefix in PLACEHOLDER_PREFIXES:
+        if key.lower().startswith(prefix):
+            return f"is a placeholder (it starts with {prefix!r}), not a secret"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"is {len(key)} characters long; at least {MIN_KEY_LENGTH} are required"
+    return None
 
 
 class GatewaySettings(CommonSettings):
@@ -83,8 +111,8 @@ class GatewaySettings(CommonSettings):
     # Preprocessing profile per model, overriding the choice by channel count:
     # FDL_PROFILES='{"my_model": "photo"}'.
     profiles: dict[str, ProfileName] = Field(default_factory=dict)
-    # base_path root as the model server sees the repository, when it differs (containers).
-    serving_model_base_path: str | None = None
+    # FDL_SERVING_MODEL_BASE_PATH (serving_model_base_path) is in CommonSettings: the workers and
+    # `python -m fdl.repository` render models.config with it too.
     # A gRPC target instead of FDL_SERVING_HOST:FDL_SERVING_GRPC_PORT: "unix:/run/tfs.sock",
     # "ipv4:10.0.0.5:8500,10.0.0.6:8500", "dns:///fdl-serving-headless:8500". Requests are spread
     # round-robin over every address the target resolves to.
@@ -116,6 +144,35 @@ class GatewaySettings(CommonSettings):
         if self.serving_tls_cert_file is not None and self.serving_tls_ca_file is None:
             raise ValueError("a client certificate needs FDL_SERVING_TLS_CA_FILE (TLS is off)")
         return self
+
+    def check_keys(self) -> None:
+        """Raise :class:`WeakKeyError` naming each setting whose keys are placeholders or short.
+
+        The gateway calls it before it listens (``fdl-gateway``) and when the app is built, so a
+        deployment with the shipped placeholder Secret never serves with it.
+        """
+        sources = [
+            ("FDL_API_KEYS", _split_inline(self.api_keys)),
+            (f"FDL_API_KEYS_FILE ({self.api_keys_file})", _read_file(self.api_keys_file)),
+            ("FDL_CLASSIFY_KEYS", _split_inline(self.classify_keys)),
+            (
+                f"FDL_CLASSIFY_KEYS_FILE ({self.classify_keys_file})",
+                _read_file(self.classify_keys_file),
+            ),
+        ]
+        problems = [
+            f"{name}: key {index} of {len(keys)} {reason}"
+            for name, keys in sources
+            for index, key in enumerate(keys, 1)
+            if (reason := weak_key_reason(key)) is not None
+        ]
+        if problems:
+            raise WeakKeyError(
+                "refusing to start with a weak API key: "
+                + "; ".join(problems)
+                + f". Use random keys of at least {MIN_KEY_LENGTH} characters, e.g. "
+                "`openssl rand -hex 32` (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)."
+            )
 
     def admin_keys(self) -> list[str]:
         return _read_keys(self.api_keys, self.api_keys_file)

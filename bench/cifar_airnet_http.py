@@ -33,7 +33,7 @@ from fdl.queue import make_celery
 from fdl.redis_server import redis_server_argv
 from harness.procs import Process, free_port, wait_for
 
-KEY = "bench-admin-key"
+KEY = "bench-admin-key-0123456789"  # 16+ characters: shorter keys stop the gateway
 WORKER = [
     "celery", "-A", "training.tasks", "worker", "-Q", "training",
     "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",

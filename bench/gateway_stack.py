@@ -23,7 +23,7 @@ from harness.model_server import model_server_running  # noqa: E402
 from harness.procs import Process, free_port, wait_http  # noqa: E402
 from harness.redis import redis_running  # noqa: E402
 
-BENCH_KEY = "bench-admin-key"
+BENCH_KEY = "bench-admin-key-0123456789"  # 16+ characters: shorter keys stop the gateway
 DIGITS = "digits"  # the model digits_stack serves
 __all__ = [
     "BENCH_KEY",

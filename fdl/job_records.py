@@ -8,6 +8,7 @@ creation time, and a Redis stream per job carries the events that live consumers
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from enum import StrEnum
 from typing import Any
@@ -34,33 +35,127 @@ class JobStatus(StrEnum):
 # tests membership directly: ``record["status"] in TERMINAL``.
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
-# KEYS[1] job hash; ARGV[1] new status; ARGV[2..] field/value pairs to set with it.
-# Returns 1 when applied, 0 when the job is missing or already terminal.
-TRANSITION_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return 0 end
-current = cjson.decode(current)
-if TERMINAL_STATUSES then return 0 end
-redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-""".replace(
-    "TERMINAL_STATUSES", " or ".join(f"current == '{status}'" for status in sorted(TERMINAL))
-)
-
-# KEYS[1] job hash; ARGV[1] heartbeat threshold (epoch seconds). A running job whose heartbeat is
-# older goes back to queued (its worker died). Returns 1 when applied.
-REQUEUE_STALE_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or cjson.decode(status) ~= 'running' then return 0 end
-local beat = redis.call('HGET', KEYS[1], 'heartbeat_at')
-if beat then
-  beat = cjson.decode(beat)
-  if type(beat) == 'number' and beat >= tonumber(ARGV[1]) then return 0 end
+# Every status change runs as one Lua script that also appends the ``status`` event, so a change
+# and its event are never separated. Each call carries a token of its own (ARGV[1], a
+# JSON-encoded uuid) that the script stores in ``op_token`` when it applies: a retry of the same
+# call (fdl.store_retry, or redis-py's own, after the script ran but its reply was lost) finds
+# its token there and answers "applied" again without changing anything. Any later status
+# change overwrites the token, so a retry after someone else's change is judged afresh.
+#
+# Common arguments: KEYS[1] job hash, KEYS[2] events stream; ARGV[1] token, ARGV[2] the event's
+# data (JSON), ARGV[3] the event's time; then each script's own.
+_PRELUDE = """
+local key, stream, token = KEYS[1], KEYS[2], ARGV[1]
+local function replayed() return redis.call('HGET', key, 'op_token') == token end
+local function status()
+  local raw = redis.call('HGET', key, 'status')
+  if not raw then return nil end
+  return cjson.decode(raw)
 end
-redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'worker', 'null')
+local function is_terminal(s) return TERMINAL_STATUSES end
+local function number(field)
+  local raw = redis.call('HGET', key, field)
+  if not raw then return nil end
+  local value = cjson.decode(raw)
+  if type(value) == 'number' then return value end
+  return nil
+end
+local function set_pairs(first)
+  for i = first, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+local function changed()
+  redis.call('HSET', key, 'op_token', token)
+  redis.call('XADD', stream, 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
+             'type', 'status', 'data', ARGV[2], 'time', ARGV[3])
+end
+""".replace(
+    "TERMINAL_STATUSES", " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
+).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+
+# KEYS[3] the index; ARGV[4] creation time, ARGV[5] job id, ARGV[6..] field/value pairs (JSON).
+# Writes the record, indexes it and emits ``queued``. Returns 1 (also on a replay).
+CREATE_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+set_pairs(6)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+changed()
 return 1
 """
+)
+
+# ARGV[4..] field/value pairs (JSON), the new status among them. Returns 1 when applied, 0 when
+# the job is missing or already terminal.
+TRANSITION_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+local current = status()
+if not current or is_terminal(current) then return 0 end
+set_pairs(4)
+changed()
+return 1
+"""
+)
+
+# The claim of an attempt. ARGV[4] heartbeat threshold (epoch seconds), ARGV[5..] field/value
+# pairs (JSON) set with status running. A queued job is claimed; a running one only when its
+# heartbeat (else its start) is older than the threshold (its worker was lost). Counts the
+# attempt. Returns 1 when claimed, 0 otherwise (missing, terminal, or running elsewhere).
+CLAIM_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+local current = status()
+if current == 'running' then
+  local beat = number('heartbeat_at') or number('started_at')
+  if beat and beat >= tonumber(ARGV[4]) then return 0 end
+elseif current ~= 'queued' then
+  return 0
+end
+set_pairs(5)
+redis.call('HSET', key, 'status', cjson.encode('running'),
+           'attempts', tostring((number('attempts') or 0) + 1))
+changed()
+return 1
+"""
+)
+
+# ARGV[4] heartbeat threshold (epoch seconds). A running job whose heartbeat is older goes back to
+# queued (its worker died). Returns 1 when applied.
+REQUEUE_STALE_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+if status() ~= 'running' then return 0 end
+local beat = number('heartbeat_at')
+if beat and beat >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', key, 'status', cjson.encode('queued'), 'worker', 'null')
+changed()
+return 1
+"""
+)
+
+# ARGV[4..] field/value pairs (JSON) set when a queued job is cancelled. Flags a job that is not
+# terminal for cancellation; only a job still queued is cancelled at once (its worker, if a
+# message reaches one, then finds it terminal). Returns -1 for a missing job, 0 when it is
+# terminal, 1 when only flagged, 2 when cancelled.
+CANCEL_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 2 end
+local current = status()
+if not current then return -1 end
+if is_terminal(current) then return 0 end
+redis.call('HSET', key, 'cancel_requested', 'true')
+if current ~= 'queued' then return 1 end
+redis.call('HSET', key, 'status', cjson.encode('cancelled'))
+set_pairs(4)
+changed()
+return 2
+"""
+)
 
 FIELDS = (
     "id",
@@ -76,6 +171,7 @@ FIELDS = (
     "cancel_requested",
     "worker",
     "heartbeat_at",
+    "op_token",
 )
 
 
@@ -113,6 +209,16 @@ def new_record(job_id: str, spec: dict[str, Any], now: float) -> dict[str, Any]:
         "attempts": 0,
         "cancel_requested": False,
     }
+
+
+def script_args(event: dict[str, Any], *own: str, **fields: Any) -> list[str]:
+    """A status script's arguments: a new token, the event's data and time, the script's own
+    arguments, then ``fields`` as JSON-encoded field/value pairs. Made once per call, so every
+    retry of the call sends the same token."""
+    args = [json.dumps(uuid.uuid4().hex), json.dumps(event), str(time.time()), *own]
+    for key, value in fields.items():
+        args += [key, json.dumps(value)]
+    return args
 
 
 def decode_events(reply: StreamReply | None) -> Events:

@@ -1,7 +1,8 @@
 """Training-job records in Redis: the store the gateway reads and the worker writes.
 
-The record layout and the status scripts are in :mod:`fdl.job_records`. Status changes go
-through a Lua script so that a terminal status is never overwritten.
+The record layout and the status scripts are in :mod:`fdl.job_records`. Each status change,
+with its ``status`` event, is one Lua script: a terminal status is never overwritten, and a
+retry of a change that applied but whose reply was lost changes nothing (a token per call).
 
 A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
 unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
@@ -16,8 +17,12 @@ import time
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
 
 from fdl.job_records import (
+    CANCEL_SCRIPT,
+    CLAIM_SCRIPT,
+    CREATE_SCRIPT,
     EVENTS_KEY,
     EVENTS_MAXLEN,
     INDEX_KEY,
@@ -32,6 +37,7 @@ from fdl.job_records import (
     decode_record,
     new_job_id,
     new_record,
+    script_args,
 )
 from fdl.store_retry import retried as _retried
 
@@ -57,8 +63,11 @@ class JobStore:
         self.redis = client
         self.retry_for_s = retry_for_s
         self._local = threading.local()
+        self._create = client.register_script(CREATE_SCRIPT)
         self._transition = client.register_script(TRANSITION_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
         self._requeue_stale = client.register_script(REQUEUE_STALE_SCRIPT)
+        self._cancel = client.register_script(CANCEL_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
@@ -73,9 +82,14 @@ class JobStore:
         """
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
+    @_retried
+    def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> int:
+        """Run a status script on the job (the token in ``args`` makes its retries safe)."""
+        job_keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), *keys]
+        return int(cast(int, script(keys=job_keys, args=args)))
+
     # --- records -----------------------------------------------------------------------------
 
-    @_retried
     def create(self, spec: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
         """Record a new queued job and index it.
 
@@ -89,11 +103,8 @@ class JobStore:
         job_id = job_id or new_job_id()
         now = time.time()
         record = new_record(job_id, spec, now)
-        pipe = self.redis.pipeline()
-        pipe.hset(JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
-        pipe.zadd(INDEX_KEY, {job_id: now})
-        pipe.execute()
-        self.append_event(job_id, "status", {"status": JobStatus.QUEUED.value})
+        event = {"status": JobStatus.QUEUED.value}
+        self._run(self._create, job_id, script_args(event, repr(now), job_id, **record), INDEX_KEY)
         return record
 
     @_retried
@@ -144,7 +155,6 @@ class JobStore:
             JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
         )
 
-    @_retried
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move a non-terminal job to ``status`` and emit a ``status`` event.
 
@@ -157,37 +167,38 @@ class JobStore:
         Returns:
             False when the job is unknown or already terminal (nothing changed), else True.
         """
-        args: list[str] = [status.value]
-        for key, value in fields.items():
-            args += [key, json.dumps(value)]
-        applied = bool(self._transition(keys=[JOB_KEY.format(job_id)], args=args))
-        if applied:
-            event = {"status": status.value}
-            event.update({k: fields[k] for k in ("result", "error") if k in fields})
-            self.append_event(job_id, "status", event)
-        return applied
+        event: dict[str, Any] = {"status": status.value}
+        event.update({k: fields[k] for k in ("result", "error") if k in fields})
+        args = script_args(event, status=status.value, **fields)
+        return bool(self._run(self._transition, job_id, args))
 
-    @_retried
-    def mark_running(self, job_id: str, worker: str) -> bool:
-        """Start an attempt on ``worker`` (counted); False when the job is unknown or ended."""
-        record = self.get(job_id)
-        attempts = (record or {}).get("attempts") or 0
+    def mark_running(self, job_id: str, worker: str, heartbeat_before: float = 0.0) -> bool:
+        """Atomically claim an attempt for ``worker`` and count it.
+
+        Args:
+            job_id: the job.
+            worker: who runs the attempt.
+            heartbeat_before: epoch seconds; a running job whose heartbeat is older (its worker
+                was lost) may be claimed too. The default takes only a queued job.
+
+        Returns:
+            False when the job is unknown, terminal, or running under a live heartbeat.
+        """
         now = time.time()
-        return self.transition(
-            job_id,
-            JobStatus.RUNNING,
+        args = script_args(
+            {"status": JobStatus.RUNNING.value},
+            repr(heartbeat_before),
             started_at=now,
             heartbeat_at=now,
             worker=worker,
-            attempts=attempts + 1,
         )
+        return bool(self._run(self._claim, job_id, args))
 
     @_retried
     def heartbeat(self, job_id: str) -> None:
         """Record that the job's worker is alive (the reaper requeues jobs whose beat stops)."""
         self.set_fields(job_id, heartbeat_at=time.time())
 
-    @_retried
     def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
         """Atomically move a running job whose worker was lost back to queued.
 
@@ -199,14 +210,9 @@ class JobStore:
         Returns:
             False when the job is not running or its worker is still alive, else True.
         """
-        applied = bool(
-            self._requeue_stale(keys=[JOB_KEY.format(job_id)], args=[repr(heartbeat_before)])
-        )
-        if applied:
-            self.append_event(
-                job_id, "status", {"status": JobStatus.QUEUED.value, "reason": reason}
-            )
-        return applied
+        event = {"status": JobStatus.QUEUED.value, "reason": reason}
+        args = script_args(event, repr(heartbeat_before))
+        return bool(self._run(self._requeue_stale, job_id, args))
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
@@ -214,7 +220,6 @@ class JobStore:
         self.set_fields(job_id, progress=progress, heartbeat_at=time.time())
         self.append_event(job_id, "progress", progress)
 
-    @_retried
     def finish(
         self,
         job_id: str,
@@ -228,22 +233,18 @@ class JobStore:
 
     # --- cancellation ------------------------------------------------------------------------
 
-    @_retried
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Flag a job for cancellation; a queued job is cancelled at once, a running one by its
-        worker at its next check.
+        """Flag a job for cancellation, atomically: a job still queued is cancelled at once, a
+        running one by its worker at its next check.
 
         Returns:
             The record after the request, or None for an unknown job.
         """
-        record = self.get(job_id)
-        if record is None:
+        error = "cancelled before it started"
+        event = {"status": JobStatus.CANCELLED.value, "result": None, "error": error}
+        args = script_args(event, result=None, error=error, finished_at=time.time())
+        if self._run(self._cancel, job_id, args) < 0:
             return None
-        if JobStatus(record["status"]).terminal:
-            return record
-        self.set_fields(job_id, cancel_requested=True)
-        if record["status"] == JobStatus.QUEUED.value:
-            self.finish(job_id, JobStatus.CANCELLED, error="cancelled before it started")
         return self.get(job_id)
 
     @_retried

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -215,23 +215,34 @@ class Repository:
         with self.locked():
             return self.write_config(self.render())
 
-    def publish(self, staged: Path, model: str, job_id: str) -> tuple[int, bool]:
+    def publish(
+        self,
+        staged: Path,
+        model: str,
+        job_id: str,
+        check: Callable[[Path], None] | None = None,
+    ) -> tuple[int, bool]:
         """Move ``staged`` in as the model's next version and render the config.
 
         Idempotent on ``job_id``: when a version of this model already carries the job's id (a
         re-run after the first run published and then lost its record), that version is returned
-        and ``staged`` is left alone. Returns ``(version, published_now)``.
+        and ``staged`` is left alone. Otherwise ``check(model_path)``, run under the lock, may
+        raise to publish nothing (a quality gate that compares with the newest version). The
+        model's folder is created here, under the lock, so a new model never shows up without a
+        version. Returns ``(version, published_now)``.
         """
         if not valid_name(model):
             raise ValueError(f"model name {model!r} is not a valid name")
         model_path = self.model_dir / model
-        model_path.mkdir(parents=True, exist_ok=True)
         with self.locked():
             existing = find_job_version(model_path, job_id)
             if existing is not None:
                 log.info("job %s already published %s version %d", job_id, model, existing)
                 self.write_config(self.render())
                 return existing, False
+            if check is not None:
+                check(model_path)
+            model_path.mkdir(parents=True, exist_ok=True)
             versions = list_versions(model_path)
             version = (versions[-1] + 1) if versions else 1
             make_readable(staged)
@@ -240,9 +251,9 @@ class Repository:
             return version, True
 
 
-def sync_config(model_dir: Path) -> Path:
+def sync_config(model_dir: Path, base_path_root: str | None = None) -> Path:
     """(Re)write the config file beside the models, under the repository lock."""
-    return Repository(model_dir).sync()
+    return Repository(model_dir, base_path_root).sync()
 
 
 def render_config(
@@ -262,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fdl.repository", description=main.__doc__)
     parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
     args = parser.parse_args(argv)
-    print(f"model config: {sync_config(args.model_dir or get_settings().model_dir)}")
+    settings = get_settings()  # FDL_SERVING_MODEL_BASE_PATH too, as the gateway and workers
+    path = sync_config(args.model_dir or settings.model_dir, settings.serving_model_base_path)
+    print(f"model config: {path}")
     return 0
 
 

@@ -32,6 +32,11 @@ class CommonSettings(BaseSettings):
     training_queue: str = "training"
     # Comma-separated admin keys.
     api_keys: str | None = Field(default=None, repr=False)
+    # The root of the base paths written into models.config (the model repository as the model
+    # server sees it), when it differs from FDL_MODEL_DIR (containers, object storage). Unset:
+    # FDL_MODEL_DIR resolved. Every process that renders models.config reads it (the gateway's
+    # promotions, the worker's publish, `python -m fdl.repository`, `fdl up`), so all agree.
+    serving_model_base_path: str | None = None
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

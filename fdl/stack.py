@@ -142,7 +142,7 @@ def plan_stack(settings: CommonSettings) -> Stack:
     data_dir = settings.data_dir.resolve()
     for folder in (model_dir, var_dir, data_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    config_file = sync_config(model_dir)
+    config_file = sync_config(model_dir, settings.serving_model_base_path)
     api_key, generated = ensure_api_key(settings)
     env = {
         "FDL_MODEL_DIR": str(model_dir),

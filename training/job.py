@@ -1,7 +1,9 @@
 """Run one training job end to end: the plain function behind the Celery task.
 
 Idempotent: a job whose record is terminal, or running under a live heartbeat elsewhere, is
-skipped, so a redelivered message never runs a job twice at the same time.
+skipped, so a redelivered message never runs a job twice at the same time. The claim itself
+(:meth:`fdl.jobs.JobStore.mark_running`) is one atomic check-and-set, so two deliveries that read
+the record at the same moment do not both run it.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ def run_job(
     except ValidationError as error:
         store.finish(job_id, JobStatus.FAILED, error=f"invalid job spec: {error}")
         return None
-    if not store.mark_running(job_id, worker or default_worker_name()):
+    # The claim is atomic: of two deliveries that both read the record above, one runs the job.
+    stale_before = time.time() - settings.stale_after_s
+    if not store.mark_running(job_id, worker or default_worker_name(), stale_before):
+        log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None
     with Heartbeat(store, job_id, settings.heartbeat_interval_s):
         try:
@@ -103,7 +108,14 @@ def execute(
     # TensorFlow is imported here so that importing the task module stays light.
     from training.artifacts import write_model
     from training.data.registry import load_dataset
-    from training.publish import publish, published_before, quality_gate, staging_dir
+    from training.publish import (
+        GateClosed,
+        gate_under_lock,
+        publish,
+        published_before,
+        quality_gate,
+        staging_dir,
+    )
     from training.trainer import train
 
     arch = ARCHITECTURES[spec.model]
@@ -152,7 +164,12 @@ def execute(
     try:
         write_model(staged, job_id, spec, data, outcome)
         _check_cancel(store, job_id)  # last chance: nothing is visible yet
-        result["version"], _ = publish(staged, settings.model_dir, name, job_id)
+        gate = gate_under_lock(spec.publish, accuracy)
+        root = settings.serving_model_base_path
+        result["version"], _ = publish(staged, settings.model_dir, name, job_id, root, gate)
+    except GateClosed as closed:  # a better version was published while this job trained
+        result["reason"] = str(closed)
+        return result
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     result["published"] = True

@@ -1,16 +1,39 @@
 """Quality gate and publication of a SavedModel as the next integer version, through
-:class:`fdl.repository.Repository`, which serialises every writer of the repository."""
+:class:`fdl.repository.Repository`, which serialises every writer of the repository.
+
+An export is staged in a folder of its own per attempt, ``<model_dir>/.tmp-<model>-<job>-<hex>``
+(a dot name: not a model, not a version), so two runs of one job never write into, or remove,
+each other's export, and a new model's folder appears only when its first version is published.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import shutil
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fdl import contract
 from fdl.jobspec import PublishSpec
 from fdl.repository import Repository, find_job_version, list_versions
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".tmp-"
+# A staging folder nothing has changed for this long was left by a run that died mid-export (an
+# export writes its files within minutes); younger ones may be another process's live export.
+STAGING_STALE_AFTER_S = 6 * 3600.0
+
+
+class GateClosed(Exception):
+    """The quality gate, checked again under the repository lock, refused the version (a
+    better one was published meanwhile); ``str()`` is the reason, as :func:`quality_gate` says."""
 
 
 def published_accuracy(version_dir: Path) -> float | None:
@@ -45,21 +68,73 @@ def quality_gate(policy: PublishSpec, accuracy: float, model_path: Path) -> tupl
     return True, reason
 
 
-def staging_dir(model_path: Path, job_id: str) -> Path:
-    """A folder beside the versions whose name is not an integer, so servers ignore it."""
-    path = model_path / f".tmp-{job_id}"
-    shutil.rmtree(path, ignore_errors=True)
-    model_path.mkdir(parents=True, exist_ok=True)
-    return path
+def gate_under_lock(policy: PublishSpec, accuracy: float) -> Callable[[Path], None]:
+    """:func:`quality_gate` again, for :func:`publish` to run under the repository lock: of two
+    jobs that passed it together, the worse one must not become the newest version."""
+
+    def check(model_path: Path) -> None:
+        passed, reason = quality_gate(policy, accuracy, model_path)
+        if not passed:
+            raise GateClosed(reason)
+
+    return check
 
 
-def publish(staged: Path, model_dir: Path, model_name: str, job_id: str) -> tuple[int, bool]:
+def _last_change(folder: Path) -> float:
+    """The newest inode change (``st_ctime``) in a folder: copies that keep old modification
+    times still count as changed now."""
+    newest = folder.lstat().st_ctime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_ctime)
+    return newest
+
+
+def sweep_staging(model_dir: Path, stale_after_s: float = STAGING_STALE_AFTER_S) -> list[Path]:
+    """Remove staging folders (here and, from older releases, inside model folders) that nothing
+    changed for ``stale_after_s``; returns those removed."""
+    removed = []
+    candidates = [*model_dir.glob(f"{STAGING_PREFIX}*"), *model_dir.glob(f"*/{STAGING_PREFIX}*")]
+    for path in candidates:
+        try:
+            if not path.is_dir() or time.time() - _last_change(path) < stale_after_s:
+                continue
+        except OSError:  # removed meanwhile
+            continue
+        log.warning("removing staging folder %s, left by a run that died mid-export", path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def staging_dir(
+    model_path: Path, job_id: str, stale_after_s: float = STAGING_STALE_AFTER_S
+) -> Path:
+    """A new folder path, unique to this attempt, to export into beside ``model_path`` (it does
+    not exist yet); stale staging folders of dead runs are removed first."""
+    model_dir = model_path.parent
+    model_dir.mkdir(parents=True, exist_ok=True)
+    sweep_staging(model_dir, stale_after_s)
+    return model_dir / f"{STAGING_PREFIX}{model_path.name}-{job_id}-{uuid.uuid4().hex}"
+
+
+def publish(
+    staged: Path,
+    model_dir: Path,
+    model_name: str,
+    job_id: str,
+    base_path_root: str | None = None,
+    gate: Callable[[Path], None] | None = None,
+) -> tuple[int, bool]:
     """Move ``staged`` in as the next version under the repository lock; idempotent on the job.
 
     Returns ``(version, published_now)``: a re-run of a job that already published (its record
     was lost, e.g. Redis went away after the rename) finds that version and publishes no other.
+    ``gate`` (:func:`gate_under_lock`) runs under the lock and raises :class:`GateClosed` to
+    publish nothing; ``staged`` is then left to the caller.
     """
-    return Repository(model_dir).publish(staged, model_name, job_id)
+    return Repository(model_dir, base_path_root).publish(staged, model_name, job_id, gate)
 
 
 def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str, Any] | None:

@@ -106,8 +106,15 @@ def check_references(docs: list[Doc]) -> Errors:
                     errors.append(f"{name}: env {env['name']} uses unknown Secret {ref!r}")
     for hpa in (d for d in docs if d.get("kind") == "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
-        if find(docs, target["kind"], target["name"]) is None:
+        scaled = find(docs, target["kind"], target["name"])
+        if scaled is None:
             errors.append(f"HPA {hpa['metadata']['name']}: no {target['kind']} {target['name']}")
+        elif "replicas" in (scaled.get("spec") or {}):
+            # Every `kubectl apply` would reset the count the HPA chose.
+            errors.append(
+                f"{target['kind']} {target['name']} sets spec.replicas, but HPA "
+                f"{hpa['metadata']['name']} owns its count: drop replicas (minReplicas applies)"
+            )
     for service in (d for d in docs if d.get("kind") == "Service"):
         selector = service["spec"].get("selector") or {}
         matching = [

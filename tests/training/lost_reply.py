@@ -1,0 +1,84 @@
+"""A TCP proxy in front of Redis that loses the reply of a command after Redis ran it: the
+"applied, reply lost" outcome of a Redis restart, a failover or a socket timeout right after a
+command, which makes the job store (and redis-py) retry a command that already took effect."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from types import TracebackType
+
+
+class LostReplyProxy:
+    """Forwards everything to ``upstream``, except that for the first ``drops`` requests that
+    contain ``marker`` it forwards the request, waits for Redis's reply, swallows it and closes
+    the client's connection."""
+
+    def __init__(self, upstream: tuple[str, int], marker: bytes = b"EVALSHA", drops: int = 1):
+        self.upstream, self.marker, self.drops = upstream, marker, drops
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.upstream)
+            losing = threading.Event()
+            threading.Thread(
+                target=self._requests, args=(client, server, losing), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._replies, args=(client, server, losing), daemon=True
+            ).start()
+
+    def _requests(
+        self, client: socket.socket, server: socket.socket, losing: threading.Event
+    ) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.marker in data:
+                    with self._lock:
+                        if self.dropped < self.drops:
+                            self.dropped += 1
+                            losing.set()
+                server.sendall(data)
+                if losing.is_set():
+                    return
+        except OSError:
+            pass
+
+    def _replies(
+        self, client: socket.socket, server: socket.socket, losing: threading.Event
+    ) -> None:
+        try:
+            while data := server.recv(65536):
+                if losing.is_set():  # Redis ran the command: lose its reply and the connection
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        for sock in (client, server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> LostReplyProxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._listener.close()
