@@ -8,6 +8,7 @@ that version folder change (so an export still being written never wedges the se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -131,7 +132,15 @@ class ModelManager:
             entry = self._models.get(name)
             if entry is None:
                 continue
-            on_disk = scan_versions(Path(entry.config.base_path))
+            base_path = entry.config.base_path
+            try:
+                on_disk = scan_versions(Path(base_path))
+            except OSError as error:  # TF Serving aborts the poll and keeps every version
+                log.warning(
+                    "Could not find base path %s for servable %s with error %s; "
+                    "keeping its versions", base_path, name, error,
+                )  # fmt: skip
+                continue
             with self._lock:
                 if self._models.get(name) is not entry:
                     continue
@@ -207,8 +216,10 @@ class ModelManager:
                 record.servable, record.state = servable, State.AVAILABLE
                 record.error_code, record.error_message = grpc.StatusCode.OK, ""
                 log.info("%s version %d is AVAILABLE", name, record.version)
-                on_disk = scan_versions(Path(entry.config.base_path))
-                self._reconcile(name, aspired_versions(entry.config.model_version_policy, on_disk))
+                with contextlib.suppress(OSError):  # base path gone: the next poll logs it
+                    on_disk = scan_versions(Path(entry.config.base_path))
+                    policy = entry.config.model_version_policy
+                    self._reconcile(name, aspired_versions(policy, on_disk))
             self._changed.notify_all()
 
     def _reconcile(self, name: str, aspired: set[int]) -> None:

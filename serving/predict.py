@@ -78,6 +78,7 @@ def enqueue(
     timeout: float | None = None,
 ) -> asyncio.Future:
     """On the loop: validate a request and queue it; the future resolves to its outputs."""
+    servable.signature(request.model_spec.signature_name)  # TF Serving checks it first
     inputs = decode_request(request)
     name = request.model_spec.signature_name
     keys = prepare(servable, name, inputs, list(request.output_filter))
@@ -90,6 +91,7 @@ def predict(
     batching: Batching | None = None,
     tensor_content: bool = False,
 ) -> predict_pb2.PredictResponse:
+    servable.signature(request.model_spec.signature_name)  # TF Serving checks it first
     outputs = run_arrays(
         servable,
         request.model_spec.signature_name,

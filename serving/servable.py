@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
@@ -19,7 +20,7 @@ from tensorflow.python.util import deprecation
 
 from fdl import contract
 from fdl.tensors import dtype_name, numpy_dtype
-from serving.errors import invalid
+from serving.errors import ServingError, invalid
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -92,11 +93,23 @@ class Servable:
         self.session.close()
 
     # --- signatures -------------------------------------------------------------------------
-    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+    def signature(self, name: str, rest: bool = False) -> meta_graph_pb2.SignatureDef:
+        """The SignatureDef a request names (``""``: ``serving_default``).
+
+        An unknown one is TF Serving's error: FAILED_PRECONDITION ``Serving signature key "x"
+        not found.`` on the Predict path (predict_util.cc, RunPredict), and with ``rest``
+        INVALID_ARGUMENT ``Serving signature name: "x" not found in signature def``, which its
+        REST handler answers first while reading the JSON (http_rest_api_handler.cc,
+        GetInfoMap).
+        """
         key = signature_key(name)
         found = self.signatures.get(key)
         if found is None:
-            raise invalid(f'Serving signature name: "{key}" not found in signature def')
+            if rest:
+                raise invalid(f'Serving signature name: "{key}" not found in signature def')
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'
+            )
         return found
 
     def validate(

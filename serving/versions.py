@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 
-log = logging.getLogger("serving.versions")
 Policy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
 Fingerprint = tuple[tuple[str, int, int], ...]
 _MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def scan_versions(base_path: Path) -> dict[int, Path]:
-    """Integer-named folders holding a SavedModel file; anything else is ignored."""
-    try:
-        children = list(base_path.iterdir())
-    except OSError as error:
-        log.warning("cannot list base path %s: %s", base_path, error)
-        return {}
+    """Integer-named folders holding a SavedModel file; anything else is ignored.
+
+    Raises:
+        OSError: the base path cannot be listed (missing, moved away for a moment, unreadable).
+            It is not an empty list: callers keep the model's versions, as TF Serving's
+            ``PollFileSystemForServable`` refuses to emit an empty version list for a base path
+            it cannot find (``file_system_storage_path_source.cc``).
+    """
+    children = list(base_path.iterdir())
     found = {}
     for child in children:
         if (

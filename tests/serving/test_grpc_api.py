@@ -74,10 +74,10 @@ def test_output_filter(api_server) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "images",
         ),
-        (
+        (  # FAILED_PRECONDITION: TF Serving's predict_util.cc, RunPredict (:91-94 @ 9d981c5c)
             lambda r: setattr(r.model_spec, "signature_name", "nope"),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "nope",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "nope" not found.',
         ),
         (
             lambda r: setattr(r.model_spec, "version_label", "nolabel"),
@@ -104,6 +104,53 @@ def test_wrong_dtype_with_typed_values(api_server) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     if api_server.impl == "fdl":  # TF Serving's own text comes from Session::Run
         assert "images" in details
+
+
+def _malformed(kind: str):
+    request = predict_request("tiny", images(2, seed=4))
+    tensor = request.inputs["images"]
+    if kind == "content-float":  # 7 bytes: not whole 4-byte floats
+        tensor.dtype, tensor.tensor_content = 1, b"\0" * 7
+    elif kind == "content-count":  # 127 pixels for a [2, 8, 8, 1] shape
+        tensor.tensor_content = tensor.tensor_content[:-1]
+    else:
+        tensor.ClearField("tensor_content")
+        tensor.int_val.append(1)
+        del tensor.tensor_shape.dim[:]
+        sizes = [2**40, 2**40] if kind == "huge" else [1] * 70
+        for size in sizes:
+            tensor.tensor_shape.dim.add(size=size)
+    return request
+
+
+@pytest.mark.parametrize("kind", ["content-float", "content-count", "huge", "rank-70"])
+def test_malformed_tensor_is_invalid_argument(api_server, kind) -> None:
+    """A TensorProto that does not parse is INVALID_ARGUMENT "tensor parsing error: <input>", as
+    TensorFlow's saved_model::GetInputValues words a failed Tensor::FromProto (tensorflow/cc/
+    saved_model/util.cc, called from TF Serving's predict_util.cc PreProcessPrediction). A shape
+    of 70 dimensions parses in TensorFlow (its limit is 254): the Session refuses it there."""
+    request = _malformed(kind)
+    code, details = rpc_error(lambda: api_server.prediction().Predict(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    if kind != "rank-70" or api_server.impl == "fdl":
+        assert "tensor parsing error: images" in details
+
+
+def test_broadcast_bounded(api_server) -> None:
+    """One typed value fills the whole shape; 8 MiB of pixels that way is served, while a shape
+    whose decoded tensor would pass the 2 GiB message limit is refused before any allocation."""
+    request = predict_request("tiny", images(1), content=False)
+    tensor = request.inputs["images"]
+    del tensor.int_val[1:]
+    tensor.tensor_shape.dim[0].size = 2**17  # 2^17 x 8 x 8 x 1 bytes: 8 MiB from 1 value
+    scores = scores_of(api_server.prediction().Predict(request, timeout=120))
+    assert scores.shape == (2**17, 4) and (scores == scores[0]).all()
+    if api_server.impl != "fdl":  # TF Serving would allocate the 2 GiB and run the model
+        return
+    tensor.tensor_shape.dim[0].size = 2**25  # 2 GiB, one byte over the bound
+    code, details = rpc_error(lambda: api_server.prediction().Predict(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input tensor 'images'" in details and "2147483647 bytes" in details
 
 
 def test_large_request_beyond_grpc_default(api_server) -> None:

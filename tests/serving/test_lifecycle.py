@@ -193,3 +193,36 @@ def test_warmup_replayed_and_failed_warmup_rejected(polled, model_stock, impl, t
 
     wait_for(failed, 60, "version 2 failing its warmup", check=server.process.ensure_alive)
     assert served_version(server, "warm") == 1
+
+
+def test_base_path_briefly_missing_keeps_versions(polled, model_stock, impl) -> None:
+    """A base path moved away for a few polls (a deploy swapping directories) changes nothing.
+
+    TF Serving checks that the base path exists before listing it, so that it never emits an
+    empty version list for a missing or transiently unavailable one, and aborts that poll
+    (file_system_storage_path_source.cc:251-262 and :333, tensorflow/serving @ 9d981c5c); the
+    error is logged on every poll (:416, "Could not find base path … for servable …").
+    """
+    server, repo = polled
+    base = repo.add("moving")
+    model_stock.install("a", base, 1)
+    wait_served(server, "moving", 1)
+    marker = f"Could not find base path {base} for servable moving"
+
+    def failed_polls() -> int:
+        return server.process.log_tail(50_000_000).count(marker)
+
+    moved = base.with_name("moving.away")
+    base.rename(moved)
+    try:
+        # Two polls have found the base path missing: the version is still served.
+        wait_for(lambda: failed_polls() >= 2, 30, "two polls without the base path",
+                 check=server.process.ensure_alive)  # fmt: skip
+        assert served_version(server, "moving") == 1
+        assert statuses(server, "moving")[1][0] == State.AVAILABLE
+    finally:
+        moved.rename(base)
+    assert served_version(server, "moving") == 1
+    assert statuses(server, "moving")[1][0] == State.AVAILABLE
+    if impl == "fdl":
+        assert "unloading moving version 1" not in server.process.log_tail(50_000_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,6 +55,11 @@ def test_rest_errors(api_server) -> None:
     assert status == 400 and "nolabel" in body["error"]
     status, _ = rest_json(f"{api_server.rest}/v1/models/missing:predict", {"instances": [1]})
     assert status == 404
+    # Over REST an unknown signature stays INVALID_ARGUMENT, answered while reading the JSON
+    # (http_rest_api_handler.cc:236-238 @ 9d981c5c); gRPC says FAILED_PRECONDITION.
+    status, body = rest_json(url, {"signature_name": "nope", "instances": images(1).tolist()})
+    assert status == 400
+    assert body["error"] == 'Serving signature name: "nope" not found in signature def'
 
 
 def test_rest_reads_nan_as_tf_serving_does(api_server) -> None:
@@ -85,3 +91,71 @@ def test_rest_deeply_nested_body_is_a_400(api_server) -> None:
         deep = [deep]
     status, body = rest_json(f"{api_server.rest}/v1/models/tiny:predict", {"instances": deep})
     assert status == 400, body
+
+
+def _post_nested(url: str, prefix: str, leaf: str, depth: int, suffix: str) -> tuple[int, Any]:
+    """POST ``prefix + [[…leaf…]] + suffix``, lists ``depth`` deep (written as text: too deep
+    for ``json.dumps``); the status and the JSON answer."""
+    body = f"{prefix}{'[' * depth}{leaf}{']' * depth}{suffix}".encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def words_server(impl, server_factory, tmp_path_factory):
+    """A server with ``words``: a string input ``s`` of shape [batch, n], ``length`` out."""
+    import tensorflow as tf
+
+    class Words(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="s")])
+        def serve(self, s: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"length": tf.strings.length(s)}
+
+    root = tmp_path_factory.mktemp("words")
+    words = Words()
+    tf.saved_model.save(
+        words, str(root / "words" / "1"), signatures={"serving_default": words.serve}
+    )
+    return server_factory(
+        impl, "words", ["--model_name=words", f"--model_base_path={root / 'words'}"]
+    )
+
+
+def test_rest_ragged_or_deep_strings_are_a_400(words_server) -> None:
+    """Ragged or deeply nested string lists are refused as TF Serving refuses them (they were a
+    500): json_tensor.cc's FillTensorProto (:421-427, "Encountered list at unexpected size") and,
+    per instance of the row format, AddInstanceItem (:462-464, "Expecting tensor size");
+    tensorflow/serving @ 9d981c5c."""
+    url = f"{words_server.rest}/v1/models/words:predict"
+    status, body = rest_json(url, {"inputs": {"s": [["ab", "c"]]}})
+    assert (status, body) == (200, {"outputs": [[2, 1]]})
+    status, body = rest_json(url, {"inputs": {"s": [["a"], ["b", "c"]]}})
+    assert status == 400
+    assert "Encountered list at unexpected size: 2 at level: 1 expected size: 1" in body["error"]
+    status, body = rest_json(url, {"instances": [["a"], ["b", "c"]]})
+    assert status == 400 and "Expecting tensor size: 1 but got: 2" in body["error"]
+    # 70 deep: TF Serving builds a rank-70 tensor that the signature refuses; 1000 deep: ours
+    # refuses anything past NumPy's 64 dimensions (TF Serving's limit is TensorShape's 254).
+    for depth in (70, 1000) if words_server.impl == "fdl" else (70,):
+        status, body = _post_nested(url, '{"inputs": {"s": ', '"x"', depth, "}}")
+        assert status == 400, (depth, body)
+        if words_server.impl == "fdl":
+            assert "nested more than 64 deep" in body["error"]
+
+
+def test_rest_ragged_or_deep_numbers_are_a_400(api_server) -> None:
+    """The same checks for numbers, in both formats (json_tensor.cc:421-427 and :462-464)."""
+    url = f"{api_server.rest}/v1/models/tiny:predict"
+    ragged = images(2).tolist()
+    ragged[1][3].append([0])  # a row of 9 pixels where 8 are expected
+    status, body = rest_json(url, {"inputs": {"images": ragged}})
+    assert status == 400
+    assert "Encountered list at unexpected size: 9 at level: 2 expected size: 8" in body["error"]
+    status, body = rest_json(url, {"instances": [images(1).tolist()[0], [[[0]]]]})
+    assert status == 400 and "Expecting tensor size: 64 but got: 1" in body["error"]
+    for depth in (70, 1000) if api_server.impl == "fdl" else (70,):
+        status, body = _post_nested(url, '{"instances": ', "1", depth, "}")
+        assert status == 400, (depth, body)

@@ -14,23 +14,33 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from fdl.tensors import dtype_name, numpy_dtype
 from serving.errors import invalid
+from serving.protocol.rest.dense import checked, debug_string
 
 
 def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
-def _strings(value: Any, name: str) -> Any:
+def _string(value: Any, name: str) -> bytes:
     if _is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, TypeError) as error:
             raise invalid(f"input '{name}': invalid base64 in {{\"b64\": …}}: {error}") from error
-    if isinstance(value, list):
-        return [_strings(v, name) for v in value]
     if isinstance(value, str):
         return value.encode()
-    raise invalid(f"input '{name}': expected a string or {{\"b64\": …}}, got {value!r:.60}")
+    got = debug_string(value)[:60]
+    raise invalid(f"input '{name}': expected a string or {{\"b64\": …}}, got {got}")
+
+
+def _string_array(value: Any, shape: list[int], name: str) -> np.ndarray:
+    """A string tensor of a JSON value already checked dense with ``shape``."""
+    leaves: list[Any] = value if shape else [value]
+    for _ in shape[1:]:
+        leaves = list(chain.from_iterable(leaves))
+    array = np.empty(len(leaves), dtype=object)
+    array[:] = [_string(leaf, name) for leaf in leaves]
+    return array.reshape(shape)
 
 
 _MAX_FAST_DIMS = 32  # deeper lists are NumPy's to refuse (at most 64 dimensions)
@@ -68,22 +78,26 @@ def nested_array(value: Any) -> np.ndarray:
     return flat.reshape(shape)
 
 
-def to_array(value: Any, info: meta_graph_pb2.TensorInfo, name: str) -> np.ndarray:
-    """Convert a JSON value to the signature's dtype, or a 400 naming the input."""
+def to_array(
+    value: Any, info: meta_graph_pb2.TensorInfo, name: str, rows: bool = False
+) -> np.ndarray:
+    """Convert a JSON value to the signature's dtype, or a 400 naming the input.
+
+    ``rows``: the value is the list of one input's values in the ``instances`` format, each
+    instance checked on its own as TF Serving does. A value that is not a dense tensor gets
+    TF Serving's error (``dense.py``); numbers are checked only when NumPy refuses them, so the
+    fast path stays fast.
+    """
     target = numpy_dtype(info.dtype, invalid)
     if target == np.dtype(object):
-        converted = _strings(value, name)
-        array = np.empty(np.shape(converted) if isinstance(converted, list) else (), dtype=object)
-        if array.ndim == 0:
-            array[()] = converted
-        else:
-            array[...] = converted
-        return array
+        return _string_array(value, checked(value, name, rows), name)
     try:
         array = nested_array(value)
     except ValueError as error:
+        checked(value, name, rows)  # TF Serving's error for a ragged or too deep list
         raise invalid(f"input '{name}': ragged or malformed JSON list: {error}") from error
     if array.dtype == object or array.dtype.kind in "USV":
+        checked(value, name, rows)
         raise invalid(
             f"input '{name}': JSON value is not a rectangular list of {dtype_name(info.dtype)}"
         )
@@ -144,7 +158,7 @@ def parse_predict_body(
                 f"input tensor alias not found in signature: {key}. Inputs expected to be in "
                 f"the set {{{','.join(names)}}}."
             )
-        arrays[key] = to_array(value, signature.inputs[key], key)
+        arrays[key] = to_array(value, signature.inputs[key], key, has_rows)
     return arrays, has_rows
 
 

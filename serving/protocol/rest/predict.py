@@ -65,7 +65,7 @@ def _decode(raw: bytes) -> tuple[Any, str]:
 def predict_now(servable: Servable, raw: bytes) -> dict[str, Any]:
     """Decode, run without batching and encode, on the calling thread."""
     body, signature_name = _decode(raw)
-    inputs, rows = parse_predict_body(body, servable.signature(signature_name))
+    inputs, rows = parse_predict_body(body, servable.signature(signature_name, rest=True))
     return format_outputs(run_arrays(servable, signature_name, inputs, []), rows)
 
 
@@ -119,7 +119,7 @@ class RestPredictor:
 
     def _batched(self, servable: Servable, raw: bytes) -> asyncio.Future:
         body, signature_name = _decode(raw)
-        inputs, rows = parse_predict_body(body, servable.signature(signature_name))
+        inputs, rows = parse_predict_body(body, servable.signature(signature_name, rest=True))
         keys = prepare(servable, signature_name, inputs, [])
         queued = batcher(servable, signature_name, keys, servable.batching).enqueue(
             inputs, self.timeout
