@@ -4,6 +4,9 @@ Requests take a share before the costly work and give it back after. One that do
 up to ``wait_s`` for others to finish, then gets 503 with Retry-After. Waiters are not served in
 order: whatever fits goes first, so small requests slip past large ones instead of queueing
 behind them (a large one that keeps not fitting gets its 503 after ``wait_s``).
+
+A :class:`Reservation` is a share that grows while the costly thing arrives (a request body, as
+its bytes come in), so nobody holds budget for what it has not yet sent.
 """
 
 from __future__ import annotations
@@ -38,6 +41,21 @@ class Budget:
     @asynccontextmanager
     async def share(self, amount: int) -> AsyncIterator[None]:
         """Hold ``amount`` (at most the capacity) for the duration of the block."""
+        taken = await self.take(amount)
+        try:
+            yield
+        finally:
+            await self.give(taken)
+
+    async def take(self, amount: int) -> int:
+        """Take ``amount`` (clamped to 0..capacity), waiting up to ``wait_s`` for room.
+
+        Returns:
+            What was taken: give exactly that back with :meth:`give`.
+
+        Raises:
+            ApiError: 503 ``busy`` (Retry-After: 1) when it did not fit in time.
+        """
         amount = min(max(amount, 0), self.capacity)
         changed = self._condition()
         async with changed:
@@ -66,10 +84,32 @@ class Budget:
                 ) from None
             self.in_use += amount
             self._in_use_gauge.set(self.in_use)
-        try:
-            yield
-        finally:
-            async with changed:
-                self.in_use -= amount
-                self._in_use_gauge.set(self.in_use)
-                changed.notify_all()
+        return amount
+
+    async def give(self, amount: int) -> None:
+        """Give back what :meth:`take` returned."""
+        if amount <= 0:
+            return
+        changed = self._condition()
+        async with changed:
+            self.in_use -= amount
+            self._in_use_gauge.set(self.in_use)
+            changed.notify_all()
+
+
+class Reservation:
+    """A share of ``budget`` that only grows when asked to, up to the budget's capacity."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    async def grow_to(self, amount: int) -> None:
+        """Hold ``amount`` in all (no-op when already held); 503 ``busy`` as :meth:`Budget.take`."""
+        amount = min(amount, self.budget.capacity)
+        if amount > self.held:
+            self.held += await self.budget.take(amount - self.held)
+
+    async def release(self) -> None:
+        held, self.held = self.held, 0
+        await self.budget.give(held)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.budget import Budget
 from api.coalesce import PredictCoalescer
 from api.errors import ApiError
-from api.imaging import DEFAULT_MAX_PIXELS, decode_image, open_image
+from api.imaging import DEFAULT_MAX_PIXELS, decode_cost, decode_image, open_image
 from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, child, timed
@@ -125,7 +125,7 @@ async def prepare_bounded(
     for index, data in enumerate(images):
         with _numbered(index, len(images)):
             opened.append(open_image(data, work, limits.max_pixels))
-    pixels = [image.width * image.height for image in opened]
+    pixels = [decode_cost(image) for image in opened]
     if sum(pixels) > limits.max_batch_pixels:
         raise ApiError(
             413,

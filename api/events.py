@@ -21,7 +21,17 @@ from api.errors import STORE_RETRY_AFTER_S
 from fdl.job_records import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
 
 log = logging.getLogger("fdl.gateway")
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_MAX_ID_PART = 2**64 - 1  # each half of a Redis stream id is an unsigned 64-bit number
+
+
+def valid_stream_id(text: str) -> bool:
+    """A Redis stream id (``123-0``) that XREAD accepts: two parts, each within 64 bits."""
+    if not _STREAM_ID.fullmatch(text):
+        return False
+    return all(int(part) <= _MAX_ID_PART for part in text.split("-"))
+
+
 # The longest XREAD block; it is cut to half the client's socket timeout.
 MAX_BLOCK_MS = 10_000
 # redis-py's socket timeout (since 6.0) when the URL sets none; connection_kwargs omit it then.

@@ -20,6 +20,9 @@ from api.errors import error_body
 from api.metrics import HTTP_GUARD
 
 log = logging.getLogger("fdl.gateway.http")
+# The scope key under which a request whose connection this module closed carries the status it
+# answered (408 body timeout, 400 malformed chunked framing), for the middleware to record.
+CUT_STATUS = "fdl.cut_status"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ def _response(status: int, reason: str, message: str) -> bytes:
 
 
 _PHRASES = {
+    400: "Bad Request",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
@@ -124,6 +128,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         what = "headers" if reason == "header_timeout" else "the body"
         self._refuse(408, reason, f"{what} did not arrive in time")
 
+    def send_400_response(self, msg: str) -> None:
+        # What httptools cannot parse (a bad request line, header or chunk size, two lengths):
+        # uvicorn would answer text/plain; every error of the gateway is JSON.
+        self._refuse(
+            400,
+            "malformed_request",
+            "the request is not valid HTTP/1.1 (request line, a header or chunked framing)",
+        )
+
     def _refuse(self, status: int, reason: str, message: str) -> None:
         HTTP_GUARD.labels(reason).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
@@ -136,4 +149,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         if self.cycle is None or not self.cycle.response_started:
             self.transport.write(_response(status, reason, message))
+        if self.cycle is not None:
+            # The app sees only a disconnect: this tells its metrics and access log what the
+            # client was answered (api/middleware.py).
+            self.cycle.scope[CUT_STATUS] = status  # type: ignore[literal-required]
         self.transport.close()

@@ -42,6 +42,8 @@ _REDUCE_MODE = {
     "RGBX": "RGB",
 }
 _UNPREMULTIPLY = {"RGBa": "RGBA", "La": "LA"}
+# Where open_image notes the pixel count of the canvas before any draft scale (image.info).
+_CANVAS = "fdl_canvas_pixels"
 # EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -96,6 +98,16 @@ def open_image(
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ApiError(422, "corrupt_image", f"the image has no pixels ({width}x{height})")
+        if _progressive(image) and width * height > max_pixels:
+            # libjpeg keeps a progressive JPEG's coefficients for the whole canvas, 2 bytes a
+            # sample, whatever the draft scale: its full size is what decoding costs.
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"the image is a progressive JPEG of {width}x{height} pixels, decoded at full "
+                f"size; the limit is {max_pixels:,} pixels",
+            )
+        image.info[_CANVAS] = width * height
         if work and image.format == "JPEG":
             side = max(work.size)  # either orientation (EXIF may rotate it later)
             image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
@@ -106,6 +118,24 @@ def open_image(
                 f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels",
             )
         return image
+
+
+def decode_cost(image: Image.Image) -> int:
+    """The memory decoding an opened image takes, in decoded pixels (3 bytes each at most).
+
+    The pixels it decodes to; for a progressive JPEG, also its 16-bit coefficients of the full
+    canvas, which libjpeg holds while it decodes even at a draft scale.
+    """
+    pixels = image.width * image.height
+    if not _progressive(image):
+        return pixels
+    canvas = int(image.info.get(_CANVAS, pixels))
+    layers = len(image.getbands())
+    return pixels + -(-2 * layers * canvas // 3)
+
+
+def _progressive(image: Image.Image) -> bool:
+    return image.format == "JPEG" and bool(image.info.get("progressive"))
 
 
 def decode_image(

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, the body-size limit, access logs and request metrics.
+"""ASGI middleware: request ids, the body-size limit and budget, access logs and request metrics.
 
 Pure ASGI (no BaseHTTPMiddleware), so bodies stream through and are never buffered here.
 """
@@ -8,22 +8,56 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.budget import Budget
+from api.budget import Budget, Reservation
 from api.deps import sane_request_id
 from api.errors import ApiError, error_body
+from api.http_guard import CUT_STATUS
 from api.logs import request_id_var
 from api.metrics import REQUEST_LATENCY, REQUESTS, child
 
 log = logging.getLogger("fdl.gateway.access")
 
+# The status recorded (metrics, access log) for a request whose client went away before its body
+# was in: nginx's "client closed request". Nobody receives it.
+CLIENT_CLOSED = 499
+# A body's budget share grows in steps of this many bytes as it arrives (never past its length).
+BUDGET_STEP = 1024 * 1024
+
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
+
+
+def declared_length(raw: bytes, limit: int) -> int | None:
+    """The value of a Content-Length header, or None when it is absent or not all digits.
+
+    Any value over ``limit`` comes back as ``limit + 1``, without ``int()`` of the digits (Python
+    refuses ``int()`` of more than 4300 digits, and zeros can pad a small value to any length).
+    """
+    if not raw.isdigit():
+        return None
+    digits = raw.lstrip(b"0")
+    if len(digits) > len(str(limit)):
+        return limit + 1
+    return min(int(digits or b"0"), limit + 1)
+
+
+@dataclass
+class _Exchange:
+    """What one request's answer has been so far, as far as the middleware knows."""
+
+    start: float
+    status: int = 500
+    started: bool = False  # the response has begun
+    refused: bool = False  # the middleware itself answered (413, 503) while the body streamed
+    cut: int | None = None  # the body never arrived: CLIENT_CLOSED, or 408 (the body timeout)
 
 
 class GatewayMiddleware:
@@ -56,15 +90,14 @@ class GatewayMiddleware:
         request_id = sane_request_id(raw_id.decode("latin-1") if raw_id is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
-        start = time.perf_counter()
-        status = {"code": 500}
-        refused = {"sent": False}
+        exchange = _Exchange(time.perf_counter())
 
         async def send_with_id(message: Message) -> None:
-            if refused["sent"]:
-                return  # the 413 went out while the body streamed; the app's answer is moot
+            if exchange.refused:
+                return  # the 413 or 503 went out while the body streamed; the app's is moot
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                exchange.started = True
+                exchange.status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"],
@@ -72,52 +105,83 @@ class GatewayMiddleware:
                 ]
             await send(message)
 
+        reservation: Reservation | None = None
         try:
-            if length.isdigit() and int(length) > self.max_body_bytes:
+            size = declared_length(length, self.max_body_bytes)
+            if size is not None and size > self.max_body_bytes:
                 # Refused before a byte of the body is read.
                 await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
                 return
-            # A body is held while it is parsed: large ones share a budget across the process.
-            size = int(length) if length.isdigit() else self.max_body_bytes if chunked else 0
-            limited = self._limited(receive, send_with_id, refused)
-            if self.body_budget is None or size <= self.body_free_bytes:
-                await self.app(scope, limited, send_with_id)
-            else:
-                try:
-                    async with self.body_budget.share(size):
-                        await self.app(scope, limited, send_with_id)
-                except ApiError as error:
-                    if error.status != 503 or error.code != "busy":
-                        raise
-                    await _send_error(send_with_id, error)
-        except BodyTooLarge:
-            if not refused["sent"]:
+            # A body is held while it is parsed: large ones share a budget across the process,
+            # taken as their bytes arrive (an idle connection holds none of it).
+            if self.body_budget is not None and (chunked or (size or 0) > self.body_free_bytes):
+                reservation = Reservation(self.body_budget)
+            limited = self._limited(scope, receive, send_with_id, exchange, size, reservation)
+            await self.app(scope, limited, send_with_id)
+        except ClientDisconnect:
+            # The client left mid-body (or the body timeout cut it): nobody to answer.
+            if exchange.cut is None:
+                exchange.cut = CLIENT_CLOSED
+        except ApiError:
+            if not exchange.refused:
                 raise
         finally:
-            elapsed = time.perf_counter() - start
-            self._record(scope, status["code"], elapsed)
+            if reservation is not None:
+                await reservation.release()
+            elapsed = time.perf_counter() - exchange.start
+            status = exchange.status if exchange.cut is None else exchange.cut
+            self._record(scope, status, elapsed)
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive, send: Send, refused: dict[str, bool]) -> Receive:
-        """Counts the body as it streams (chunked bodies declare no length).
+    def _limited(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: _Exchange,
+        size: int | None,
+        reservation: Reservation | None,
+    ) -> Receive:
+        """Counts the body as it streams (chunked bodies declare no length), grows its budget
+        share past the free bytes, and notes a client that leaves before the body is in.
 
-        Past the limit the 413 is sent from here, at once: whoever reads the body (a route, or
-        FastAPI's own body parsing, which turns any read error into a 400) only sees the error.
+        Past the limit (or when the budget cannot grow in time) the 413 (503) is sent from here,
+        at once: whoever reads the body (a route, or FastAPI's own body parsing, which turns any
+        read error into a 400) only sees the error.
         """
         received = 0
+        complete = False
         limit = self.max_body_bytes
+        most = min(size if size is not None else limit, limit)
+
+        async def refuse(error: ApiError) -> None:
+            if not exchange.refused:
+                await _send_error(send, error)
+                exchange.refused = True
+            raise error
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, complete
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
-                    error = BodyTooLarge(limit)
-                    if not refused["sent"]:
-                        await _send_error(send, error)
-                        refused["sent"] = True
-                    raise error
+                    await refuse(BodyTooLarge(limit))
+                if reservation is not None and received > self.body_free_bytes:
+                    steps = -(-received // BUDGET_STEP)
+                    try:
+                        await reservation.grow_to(min(steps * BUDGET_STEP, max(most, received)))
+                    except ApiError as error:
+                        await refuse(error)
+            elif (
+                message["type"] == "http.disconnect"
+                and not (complete or exchange.started)
+                and exchange.cut is None
+            ):
+                # What the gateway answered when it closed the connection itself (the body
+                # timeout's 408), else the client left.
+                exchange.cut = scope.get(CUT_STATUS, CLIENT_CLOSED)
             return message
 
         return limited_receive

@@ -170,7 +170,10 @@ class ModelList(BaseModel):
 
 class LabelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"version": 2}})
-    version: int = Field(ge=1, le=2**62, description="The version the label should point at")
+    # Strict: JSON true or "2" is not a version (422).
+    version: int = Field(
+        ge=1, le=2**62, strict=True, description="The version the label should point at"
+    )
 
 
 class LabelResponse(BaseModel):

@@ -92,7 +92,7 @@ class GatewaySettings(CommonSettings):
     decode_free_pixels: int = Field(default=512 * 512, ge=0)
     decode_wait_s: float = Field(default=2.0, ge=0)
     # Request-body bytes in flight across the process (a body is held 2-3 times while parsed).
-    # Bodies up to FDL_BODY_FREE_BYTES skip it; a chunked body counts as FDL_MAX_BODY_BYTES.
+    # A body past FDL_BODY_FREE_BYTES takes its share as its bytes arrive (api/middleware.py).
     body_budget_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     body_free_bytes: int = Field(default=256 * 1024, ge=0)
     # HTTP limits (api/http_guard.py): the request line and headers together (431 above it);

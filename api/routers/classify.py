@@ -26,6 +26,7 @@ from fdl.jobspec import valid_label, valid_name
 
 router = APIRouter(prefix="/v1/models", tags=["classify"])
 MAX_VERSION = 2**62
+MAX_VERSION_DIGITS = len(str(MAX_VERSION))  # 19
 
 
 REQUEST_BODY = {
@@ -163,8 +164,15 @@ def _latest(params: dict[str, str]) -> Target | None:
 
 def _version(params: dict[str, str]) -> Target | None:
     model, version = params["model"], params["version"]
-    # Plain decimal only: pydantic's lax parsing of anything else ("+5", " 5", "5_0") is its call.
-    if not (valid_name(model) and version.isascii() and version.isdigit() and version[0] != "0"):
+    # Plain decimal only: pydantic's lax parsing of anything else ("+5", " 5", "5_0") is its call,
+    # and so is a number longer than MAX_VERSION's (int() refuses over 4300 digits).
+    if not (
+        valid_name(model)
+        and len(version) <= MAX_VERSION_DIGITS
+        and version.isascii()
+        and version.isdigit()
+        and version[0] != "0"
+    ):
         return None
     number = int(version)
     return Target(model, version=number) if number <= MAX_VERSION else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep, StoreDep
 from api.errors import ApiError, store_unavailable
-from api.events import STREAM_ID, job_events
+from api.events import job_events, valid_stream_id
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
 from fdl.jobs import JobStatus, JobStore, new_job_id
@@ -20,6 +21,7 @@ from fdl.jobspec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
+NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -36,13 +38,22 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 def submit_job(
     spec: JobSpec, store: StoreDep, celery: CeleryDep, settings: SettingsDep, _key: AdminDep
 ) -> dict[str, Any]:
-    from fdl.queue import enqueue_training  # Celery: imported on first submission only
+    from kombu.exceptions import KombuError  # with Celery: imported on first submission only
+
+    from fdl.queue import enqueue_training
 
     job_id = new_job_id()
     try:
         record = store.create(spec.model_dump(), job_id)
-        enqueue_training(celery, job_id, settings.training_queue)
     except (RedisError, OSError) as error:
+        raise store_unavailable(error) from error
+    try:
+        enqueue_training(celery, job_id, settings.training_queue)
+    except (RedisError, OSError, KombuError) as error:
+        # Not acknowledged, so never to run: the record must not wait as queued for a message
+        # that was never sent (best effort; the broker and the store are one Redis).
+        with contextlib.suppress(RedisError, OSError):
+            store.finish(job_id, JobStatus.FAILED, error=NOT_QUEUED)
         raise store_unavailable(error) from error
     JOBS_SUBMITTED.labels(spec.model).inc()
     return public(record)
@@ -121,7 +132,7 @@ async def job_event_stream(
 ) -> EventSourceResponse:
     after = "0-0"
     if last_event_id:
-        if not STREAM_ID.match(last_event_id.strip()):
+        if not valid_stream_id(last_event_id.strip()):
             raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must look like 123-0")
         after = last_event_id.strip()
     await run_in_threadpool(_get_or_404, store, job_id)

@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
@@ -30,8 +31,10 @@ from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.preprocess import choose_profile
 from api.repository import public_paths
+from api.routers.classify import MAX_VERSION
+from api.schemas import ModelName
 from fdl import contract
-from fdl.jobspec import NAME_PATTERN
+from fdl.jobspec import NAME_PATTERN, check_label
 
 router = APIRouter()
 
@@ -55,7 +58,9 @@ _PAGE_HEADERS = {
 # HEAD as well as GET: link checkers and `curl -I` probe the UI with HEAD.
 _GET_HEAD = ["GET", "HEAD"]
 
-ModelName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Served model name")]
+
+def _label(value: str | None) -> str | None:
+    return None if value is None else check_label(value)
 
 
 class UIFiles(StaticFiles):
@@ -128,8 +133,8 @@ async def preprocess_preview(
     limits: DecodeLimitsDep,
     request_id: RequestIdDep,
     _caller: ClassifyDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
-    label: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
+    label: Annotated[str | None, Query(pattern=NAME_PATTERN), AfterValidator(_label)] = None,
 ) -> Response:
     images, _top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     target = Target(model, version=version, label=None if version else label)
@@ -160,7 +165,7 @@ async def _input_spec(metadata: MetadataCache, target: Target, request_id: str) 
 )
 async def version_report(
     model: ModelName,
-    version: Annotated[int, PathParam(ge=1)],
+    version: Annotated[int, PathParam(ge=1, le=MAX_VERSION)],
     name: str,
     settings: SettingsDep,
     _caller: ClassifyDep,

@@ -33,6 +33,8 @@ PATHS = [
     "/v1/models/digits/versions/+2:classify",
     "/v1/models/digits/versions/0:classify",
     "/v1/models/digits/versions/4611686018427387905:classify",
+    "/v1/models/digits/versions/" + "1" * 20 + ":classify",
+    "/v1/models/digits/versions/" + "1" * 4301 + ":classify",  # over int()'s 4300 digits
     "/v1/models/digits/versions/two:classify",
     "/v1/models/digits/labels/stable:classify",
     "/v1/models/digits/labels/no-such-label:classify",
@@ -166,6 +168,8 @@ def test_the_comparison_covers_classifications_and_errors(
         ({"model": "digits", "version": "4611686018427387904"}, True),
         ({"model": "digits", "version": "4611686018427387905"}, False),
         ({"model": "digits", "version": "02"}, False),
+        ({"model": "digits", "version": "9" * 20}, False),
+        ({"model": "digits", "version": "9" * 4301}, False),
         ({"model": "digits", "version": "٣"}, False),  # a digit, but not an ASCII one
         ({"model": "digits", "label": "stable"}, True),
         ({"model": "digits", "label": "42"}, False),

@@ -189,7 +189,10 @@ def test_events_stream_live_until_the_end(gateway: Gateway, store: JobStore) -> 
 def test_events_errors(gateway: Gateway, store: JobStore) -> None:
     assert get(gateway, "/v1/jobs/feedface/events").status_code == 404
     job = store.create({"model": "mnist_logreg"})["id"]
-    headers = {**gateway.admin(), "Last-Event-ID": "not-an-id"}
-    response = httpx.get(f"{gateway.url}/v1/jobs/{job}/events", headers=headers, timeout=10)
-    assert response.status_code == 422
+    # Not an id, or halves beyond Redis's 64 bits (which XREAD would refuse).
+    for bad in ("not-an-id", "99999999999999999999-0", "1-18446744073709551616"):
+        headers = {**gateway.admin(), "Last-Event-ID": bad}
+        response = httpx.get(f"{gateway.url}/v1/jobs/{job}/events", headers=headers, timeout=10)
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["error"]["code"] == "invalid_last_event_id"
     assert httpx.get(f"{gateway.url}/v1/jobs/{job}/events", timeout=10).status_code == 401

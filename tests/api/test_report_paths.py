@@ -59,3 +59,32 @@ def test_model_listing_shows_the_dataset_without_absolute_paths(
     assert SECRET_ROOT not in response.text
     version = next(v for v in response.json()["versions"] if v["version"] == 1)
     assert version["metadata"]["dataset"]["source"] == "cifar10"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # Versions beyond what any route accepts (2**62), however many digits: 422, not a 500
+        # from a file name too long or a protobuf int64 out of range.
+        "/v1/models/photos/versions/" + "9" * 300 + "/report/metadata.json",
+        "/v1/models/photos/versions/4611686018427387905/report/metadata.json",
+    ],
+)
+def test_report_versions_are_bounded(gateway: Gateway, path: str) -> None:
+    response = httpx.get(f"{gateway.url}{path}", headers=gateway.classifier(), timeout=10)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    "query", ["version=9223372036854775808", "version=0", "label=42", "label=a%0A"]
+)
+def test_preprocess_parameters_are_validated_in_full(gateway: Gateway, query: str) -> None:
+    # The parameters are refused before the body is read: any body will do.
+    response = httpx.post(
+        f"{gateway.url}/v1/models/photos:preprocess?{query}",
+        files={"file": ("a.png", b"\x89PNG", "image/png")},
+        headers=gateway.classifier(),
+        timeout=10,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"

@@ -140,3 +140,25 @@ def test_settings_are_the_apps_own(client: TestClient) -> None:
     settings = client.app.state.settings  # type: ignore[attr-defined]
     assert settings.classify_open is False
     assert Path(settings.model_dir).name == "models"
+
+
+def test_a_job_the_broker_refuses_is_not_left_queued(client: TestClient, redis_url: str) -> None:
+    """The store takes the record, then the broker (a real Celery client, pointed at a port where
+    nothing listens) refuses the message: 503, and the record ends failed, not queued forever."""
+    from fdl.jobs import JobStore
+    from fdl.queue import make_celery
+    from harness.procs import free_port
+
+    app_state = client.app.state  # type: ignore[attr-defined]
+    working = app_state.celery
+    app_state.celery = make_celery(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        response = client.post("/v1/jobs", json={"model": "mnist_logreg"}, headers=ADMIN)
+    finally:
+        app_state.celery = working
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "job_store_unavailable"
+    store = JobStore.from_url(app_state.settings.require_redis_url())
+    records, _ = store.list(None, 1, 0)
+    assert records[0]["status"] == "failed", records[0]
+    assert "could not be queued" in records[0]["error"]
