@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStatus, JobStore
 from fdl.jobspec import JobSpec
+from fdl.store_retry import TRANSIENT_ERRORS
 from training.data import DataMissingError
 from training.heartbeat import Heartbeat
 from training.settings import WorkerSettings
@@ -88,6 +89,18 @@ def run_job(
             return None
         except DataMissingError as error:
             store.finish(job_id, JobStatus.FAILED, error=str(error))
+            return None
+        except TRANSIENT_ERRORS as error:
+            # The job store stayed away longer than FDL_REDIS_RETRY_S. Recording "failed" now
+            # would end, for an outage, a job that a re-run can finish: leave the record running;
+            # once its heartbeat is stale a reaper runs it again (docs/training.md).
+            log.error(
+                "job %s stopped: the job store was unreachable for over %.0fs (%s); "
+                "left to the reaper",
+                job_id,
+                settings.redis_retry_s,
+                error,
+            )
             return None
         except Exception as error:
             log.exception("job %s failed", job_id)

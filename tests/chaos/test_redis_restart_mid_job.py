@@ -46,3 +46,46 @@ def test_job_survives_a_redis_restart(
     assert record["progress"]["epoch"] == 20
     versions = sorted(p.name for p in (worker.model_dir / "outage").iterdir() if p.is_dir())
     assert versions == ["1"], versions
+
+
+# What the worker logs when a job-record operation kept failing past FDL_REDIS_RETRY_S.
+LEFT_TO_REAPER = "left to the reaper"
+
+
+def test_job_outlives_an_outage_longer_than_its_retries(
+    restartable_redis: RestartableRedis, data_dir: Path, tmp_path: Path, logs_dir: Path
+) -> None:
+    """Redis stays away past the worker's retries: the attempt stops without recording a
+    failure, and once Redis is back the reaper runs the job again to success."""
+    quick_rescue = {
+        "FDL_REDIS_RETRY_S": "2",
+        "FDL_HEARTBEAT_INTERVAL_S": "1",
+        "FDL_STALE_AFTER_S": "5",
+        "FDL_REAPER_INTERVAL_S": "1",
+    }
+    with worker_running(
+        "redis-long-outage-worker",
+        restartable_redis.url,
+        data_dir,
+        tmp_path,
+        logs_dir,
+        quick_rescue,
+    ) as worker:
+        job_id = worker.submit(
+            model="mnist_mlp", publish_as="long-outage", **{**MNIST_TINY, "epochs": 20}
+        )
+        worker.wait_progress(job_id)
+        restartable_redis.stop()
+        wait_for(
+            lambda: LEFT_TO_REAPER in worker.process.log_tail(20_000),
+            60,
+            "the attempt to stop once the retries ran out",
+            interval=0.2,
+            check=worker.process.ensure_alive,
+        )
+        restartable_redis.start()
+        record = worker.wait_done(job_id, timeout=120)
+    assert record["status"] == "succeeded", (record, worker.process.log_tail())
+    assert record["attempts"] == 2
+    versions = sorted(p.name for p in (worker.model_dir / "long-outage").iterdir() if p.is_dir())
+    assert versions == ["1"], versions
