@@ -15,6 +15,8 @@ from api.errors import ApiError
 
 DEFAULT_MAX_PIXELS = 16_000_000
 SUPPORTED = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# The most scans a JPEG may have: progressive encoders write about 10 (mozjpeg's up to ~20).
+MAX_JPEG_SCANS = 100
 # open_image checks the pixel count itself (before any pixel is decoded, after a JPEG's draft
 # scale is chosen), so Pillow's own warning is redundant; its error stays armed far above.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -72,7 +74,8 @@ class WorkSize:
     def factor(self, width: int, height: int) -> int:
         ratios = (width / self.size[0], height / self.size[1])
         factor = max(1, int((min(ratios) if self.cover else max(ratios)) / self.gap))
-        while (width // factor) * (height // factor) > _WORK_MAX_PIXELS:
+        # Image.reduce rounds up: a 1-pixel-wide strip stays 1 wide at any factor.
+        while -(-width // factor) * -(-height // factor) > _WORK_MAX_PIXELS:
             factor += 1
         return factor
 
@@ -106,6 +109,15 @@ def open_image(
                 "image_too_large",
                 f"the image is a progressive JPEG of {width}x{height} pixels, decoded at full "
                 f"size; the limit is {max_pixels:,} pixels",
+            )
+        if image.format == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+            # Each scan of a progressive JPEG is another pass over the whole canvas; libjpeg
+            # has no limit of its own. Entropy-coded data stuffs every 0xFF, so the count of
+            # start-of-scan markers is the scan count (more, with an EXIF thumbnail's).
+            raise ApiError(
+                422,
+                "corrupt_image",
+                f"the JPEG has more than {MAX_JPEG_SCANS} scans (usual ones have at most 12)",
             )
         image.info[_CANVAS] = width * height
         if work and image.format == "JPEG":
