@@ -122,8 +122,9 @@ return 1
 """
 )
 
-# ARGV[4] heartbeat threshold (epoch seconds). A running job whose heartbeat is older goes back to
-# queued (its worker died). Returns 1 when applied.
+# ARGV[4] heartbeat threshold (epoch seconds), ARGV[5..] field/value pairs (JSON) set with it. A
+# running job whose heartbeat is older goes back to queued (its worker died). Returns 1 when
+# applied.
 REQUEUE_STALE_SCRIPT = (
     _PRELUDE
     + """
@@ -132,10 +133,26 @@ if status() ~= 'running' then return 0 end
 local beat = number('heartbeat_at')
 if beat and beat >= tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', key, 'status', cjson.encode('queued'), 'worker', 'null')
+set_pairs(5)
 changed()
 return 1
 """
 )
+
+# KEYS[1] job hash; ARGV[1] cut-off, ARGV[2] now (epoch seconds). A job still queued whose message
+# was last sent (else the job created) before the cut-off is marked sent now: one reaper re-sends
+# it. Returns 1 when marked.
+RESEND_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw or cjson.decode(raw) ~= 'queued' then return 0 end
+local sent = redis.call('HGET', KEYS[1], 'sent_at') or redis.call('HGET', KEYS[1], 'created_at')
+if sent then
+  sent = cjson.decode(sent)
+  if type(sent) == 'number' and sent >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])))
+return 1
+"""
 
 # ARGV[4..] field/value pairs (JSON) set when a queued job is cancelled. Flags a job that is not
 # terminal for cancellation; only a job still queued is cancelled at once (its worker, if a
@@ -172,6 +189,7 @@ FIELDS = (
     "worker",
     "heartbeat_at",
     "op_token",
+    "sent_at",
 )
 
 

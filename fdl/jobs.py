@@ -28,6 +28,7 @@ from fdl.job_records import (
     INDEX_KEY,
     JOB_KEY,
     REQUEUE_STALE_SCRIPT,
+    RESEND_SCRIPT,
     TERMINAL,
     TRANSITION_SCRIPT,
     Events,
@@ -68,6 +69,7 @@ class JobStore:
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._requeue_stale = client.register_script(REQUEUE_STALE_SCRIPT)
         self._cancel = client.register_script(CANCEL_SCRIPT)
+        self._resend = client.register_script(RESEND_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
@@ -211,8 +213,13 @@ class JobStore:
             False when the job is not running or its worker is still alive, else True.
         """
         event = {"status": JobStatus.QUEUED.value, "reason": reason}
-        args = script_args(event, repr(heartbeat_before))
+        args = script_args(event, repr(heartbeat_before), sent_at=time.time())
         return bool(self._run(self._requeue_stale, job_id, args))
+
+    def mark_resent(self, job_id: str, sent_before: float) -> bool:
+        """True (and the job marked sent now) when it is still queued and its message was last
+        sent before ``sent_before``: the caller sends it again (one caller per period)."""
+        return bool(self._run(self._resend, job_id, [repr(sent_before), repr(time.time())]))
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:

@@ -6,6 +6,11 @@ record carries a heartbeat (refreshed by a thread of the process that trains it)
 checks at start-up and then periodically for running jobs whose heartbeat is older than
 ``FDL_STALE_AFTER_S``, moves them back to ``queued`` atomically (one reaper wins) and re-sends
 the task, or ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
+
+Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
+stopped between writing the record and sending it; the broker lost it). A job still queued
+``FDL_RESEND_QUEUED_AFTER_S`` after its message was sent has it sent again; a worker that gets a
+duplicate of a job already taken or ended skips it (the claim is atomic).
 """
 
 from __future__ import annotations
@@ -49,6 +54,22 @@ def reap_once(
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
             send(job_id)
             actions.append((job_id, "requeued"))
+    return actions + _resend_waiting(store, now - settings.resend_queued_after_s, send)
+
+
+def _resend_waiting(
+    store: JobStore, sent_before: float, send: Callable[[str], None]
+) -> list[tuple[str, str]]:
+    """Send again the message of every job queued since before ``sent_before``."""
+    queued, _total = store.list(status=JobStatus.QUEUED.value, limit=100_000)
+    actions: list[tuple[str, str]] = []
+    for record in queued:
+        if float(record.get("sent_at") or record.get("created_at") or 0) >= sent_before:
+            continue
+        if store.mark_resent(record["id"], sent_before):
+            log.warning("job %s is still queued; sending its message again", record["id"])
+            send(record["id"])
+            actions.append((record["id"], "resent"))
     return actions
 
 

@@ -27,6 +27,10 @@ class WorkerSettings(CommonSettings):
     # While Redis is unreachable (a restart), the worker retries each job-record operation this
     # long before giving the job up to the reaper; training pauses meanwhile instead of failing.
     redis_retry_s: float = Field(default=120.0, ge=0)
+    # A job still queued this long after its message was sent has it sent again by a reaper (a
+    # message lost between the gateway's record and the broker, or inside the broker); a
+    # duplicate of a job already taken or ended is skipped by the worker that receives it.
+    resend_queued_after_s: float = Field(default=600.0, gt=0)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.

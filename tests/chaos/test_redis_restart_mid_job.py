@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fdl.jobspec import JobSpec
 from harness.procs import wait_for
 from harness.redis import RestartableRedis
 from harness.worker import MNIST_TINY, worker_running
@@ -89,3 +90,23 @@ def test_job_outlives_an_outage_longer_than_its_retries(
     assert record["attempts"] == 2
     versions = sorted(p.name for p in (worker.model_dir / "long-outage").iterdir() if p.is_dir())
     assert versions == ["1"], versions
+
+
+def test_a_job_whose_message_was_lost_still_runs(
+    restartable_redis: RestartableRedis, data_dir: Path, tmp_path: Path, logs_dir: Path
+) -> None:
+    """The record is written but the message never reaches the broker (the gateway stopped in
+    between): a worker's reaper sends it again, and the job runs once."""
+    with worker_running(
+        "lost-message-worker",
+        restartable_redis.url,
+        data_dir,
+        tmp_path,
+        logs_dir,
+        {"FDL_RESEND_QUEUED_AFTER_S": "1", "FDL_REAPER_INTERVAL_S": "1"},
+    ) as worker:
+        spec = JobSpec.model_validate({"model": "mnist_logreg", **MNIST_TINY})
+        job_id = worker.store.create(spec.model_dump(mode="json"))["id"]
+        record = worker.wait_done(job_id, timeout=120)
+    assert record["status"] == "succeeded", (record, worker.process.log_tail())
+    assert record["attempts"] == 1

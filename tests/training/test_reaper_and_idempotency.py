@@ -51,6 +51,29 @@ def test_reaper_requeues_stale_jobs_only(store: JobStore, tmp_path: Path) -> Non
     assert store.get("alive")["status"] == "running"
     # A second pass finds nothing more to do: the claim is atomic.
     assert reap_once(store, settings(tmp_path), sent.append) == []
+    # Sent just now: the queued-job watch leaves it alone.
+    assert store.get("stale")["sent_at"] > time.time() - 60
+
+
+def test_reaper_resends_a_job_whose_message_never_reached_a_worker(
+    store: JobStore, tmp_path: Path
+) -> None:
+    # What a gateway that stopped between writing the record and sending the message leaves.
+    store.create({"model": "mnist_logreg"}, "orphan")
+    store.set_fields("orphan", created_at=time.time() - 120)
+    store.create({"model": "mnist_logreg"}, "fresh")
+    patient = settings(tmp_path, resend_queued_after_s=60)
+    sent: list[str] = []
+    assert reap_once(store, patient, sent.append) == [("orphan", "resent")]
+    assert sent == ["orphan"]
+    # Once per period: the next pass waits for another 60 s.
+    assert reap_once(store, patient, sent.append) == []
+    store.set_fields("orphan", sent_at=time.time() - 120)
+    assert reap_once(store, patient, sent.append) == [("orphan", "resent")]
+    # A job that has started, or ended, is never re-sent.
+    store.mark_running("orphan", "some-worker:1")
+    store.set_fields("orphan", sent_at=time.time() - 120)
+    assert reap_once(store, patient, sent.append) == []
 
 
 def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
