@@ -8,16 +8,9 @@ from typing import Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from fdl.settings import CommonSettings
+from fdl.settings import MIN_KEY_LENGTH, CommonSettings, weak_key_reason
 
 ProfileName = Literal["digit", "photo"]
-
-
-# A key shorter than this, or one that starts like a placeholder of the examples (the shipped
-# deploy/k8s/base/secret.yaml holds "replace-me-with-a-long-random-key"), stops the gateway at
-# start: a guessable admin key would be live on the network. `openssl rand -hex 32` makes one.
-MIN_KEY_LENGTH = 16
-PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
 
 
 class WeakKeyError(ValueError):
@@ -41,16 +34,6 @@ def _read_file(path: Path | None) -> list[str]:
 def _read_keys(inline: str | None, path: Path | None) -> list[str]:
     """Comma-separated keys plus one key per line of a file (``#`` comments allowed)."""
     return _split_inline(inline) + _read_file(path)
-
-
-def weak_key_reason(key: str) -> str | None:
-    """Why ``key`` must not be used, or None when it is acceptable. Never quotes the key."""
-    for prefix in PLACEHOLDER_PREFIXES:
-        if key.lower().startswith(prefix):
-            return f"is a placeholder (it starts with {prefix!r}), not a secret"
-    if len(key) < MIN_KEY_LENGTH:
-        return f"is {len(key)} characters long; at least {MIN_KEY_LENGTH} are required"
-    return None
 
 
 class GatewaySettings(CommonSettings):

@@ -25,10 +25,14 @@ console = Console()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
     from fdl.settings import CommonSettings
-    from fdl.stack import plan_stack, redis_banner, run_stack
+    from fdl.stack import WeakApiKey, plan_stack, redis_banner, run_stack
 
     settings = CommonSettings()
-    stack = plan_stack(settings)
+    try:
+        stack = plan_stack(settings)
+    except WeakApiKey as error:
+        console.print(f"fdl up: refusing to start: {error}", style="red", markup=False)
+        raise typer.Exit(2) from error
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
     console.print(f"[bold]FDL Serve[/bold] starting: gateway {url}  (Ctrl-C stops everything)")
     if stack.api_key_generated:

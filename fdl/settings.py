@@ -12,6 +12,23 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A key shorter than this, or one that starts like a placeholder of the examples (the shipped
+# deploy/k8s/base/secret.yaml holds "replace-me-with-a-long-random-key"), stops the gateway (and
+# `fdl up`) at start: a guessable admin key would be live on the network. `openssl rand -hex 32`
+# makes one.
+MIN_KEY_LENGTH = 16
+PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
+
+
+def weak_key_reason(key: str) -> str | None:
+    """Why ``key`` must not be used, or None when it is acceptable. Never quotes the key."""
+    for prefix in PLACEHOLDER_PREFIXES:
+        if key.lower().startswith(prefix):
+            return f"is a placeholder (it starts with {prefix!r}), not a secret"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"is {len(key)} characters long; at least {MIN_KEY_LENGTH} are required"
+    return None
+
 
 class CommonSettings(BaseSettings):
     # An empty variable means "not set", as compose files write `FDL_X: ${X:-}` for optional ones.

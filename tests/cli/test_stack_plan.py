@@ -6,8 +6,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from fdl.settings import CommonSettings
-from fdl.stack import plan_stack, redis_banner, supervisor_config
+from fdl.stack import WeakApiKey, plan_stack, redis_banner, supervisor_config
 
 
 def settings(tmp: Path, **extra: str) -> CommonSettings:
@@ -16,7 +18,7 @@ def settings(tmp: Path, **extra: str) -> CommonSettings:
         var_dir=tmp / "var",
         data_dir=tmp / "var" / "data",
         redis_url=extra.get("redis_url"),
-        api_keys="key-for-tests",
+        api_keys=extra.get("api_keys", "admin-key-for-stack-tests"),
     )
 
 
@@ -53,3 +55,20 @@ def test_supervisor_restarts_children_and_escapes_percent(tmp_path: Path) -> Non
     assert config.count("autorestart=true") == 4
     assert config.count("stopasgroup=true") == 4 and config.count("killasgroup=true") == 4
     assert "command=fdl-gateway --note=100%%" in config
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ("admin-key-for-stack-tests,short", "key 2 of 2 is 5 characters long"),
+        ("replace-me-with-a-long-random-key", "key 1 of 1 is a placeholder"),
+    ],
+)
+def test_weak_admin_keys_stop_fdl_up_before_anything_starts(
+    tmp_path: Path, keys: str, reason: str
+) -> None:
+    # The gateway would refuse them and exit at once, again and again under the supervisor.
+    with pytest.raises(WeakApiKey, match=reason) as raised:
+        plan_stack(settings(tmp_path, api_keys=keys))
+    assert "short" not in str(raised.value) and "replace-me-with" not in str(raised.value)
+    assert not (tmp_path / "var" / "redis_url").exists()
