@@ -186,6 +186,38 @@ def test_model_status(api_server) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+def test_model_spec_is_checked_before_any_lookup(api_server) -> None:
+    # TF Serving: predict_impl.cc, get_model_status_impl.cc and get_model_metadata_impl.cc
+    # ("Missing ModelSpec"); server_core.cc ServableRequestFromModelSpec (no name); and
+    # ValidateGetModelMetadataRequest (no field), all before the model is looked up.
+    prediction, models = api_server.prediction(), api_server.models()
+    no_spec = predict_request("tiny", images(1))
+    no_spec.ClearField("model_spec")
+    no_name = predict_request("tiny", images(1))
+    no_name.model_spec.name = ""
+    no_fields = get_model_metadata_pb2.GetModelMetadataRequest()
+    no_fields.model_spec.name = "missing"
+    calls = {
+        "Missing ModelSpec": [
+            lambda: prediction.Predict(no_spec, timeout=30),
+            lambda: models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(), timeout=30),
+            lambda: prediction.GetModelMetadata(
+                get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"]),
+                timeout=30,
+            ),
+        ],
+        "ModelSpec has no name specified.": [lambda: prediction.Predict(no_name, timeout=30)],
+        "must specify at least one metadata_field": [
+            lambda: prediction.GetModelMetadata(no_fields, timeout=30)
+        ],
+    }
+    for needle, failing in calls.items():
+        for call in failing:
+            code, details = rpc_error(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (needle, details)
+            assert needle in details
+
+
 def test_classify_is_refused_clearly(api_server) -> None:
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "tiny"

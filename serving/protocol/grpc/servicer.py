@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid
 from serving.predict import encode_response, enqueue, predict
 
 if TYPE_CHECKING:
@@ -40,6 +40,24 @@ def version_of(spec: Any) -> tuple[int | None, str | None]:
     if choice == "version_label":
         return None, spec.version_label
     return None, None
+
+
+def checked_spec(request: Any, *, named: bool = True) -> Any:
+    """The request's ModelSpec, refused as TF Serving refuses it before any lookup: absent
+    (``predict_impl.cc``, ``get_model_status_impl.cc``: "Missing ModelSpec"), or, for calls that
+    resolve a servable, without a name (``server_core.cc``, ``ServableRequestFromModelSpec``)."""
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    if named and not request.model_spec.name:
+        raise invalid("ModelSpec has no name specified.")
+    return request.model_spec
+
+
+def _metadata_checked(request: Any) -> None:
+    # get_model_metadata_impl.cc validates the fields before it looks the model up.
+    checked_spec(request)
+    if not request.metadata_field:
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
 
 
 def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
@@ -72,10 +90,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec: Any,
         context: grpc.aio.ServicerContext,
         body: Callable[[Servable], T | Awaitable[T]],
+        check: Callable[[], object] | None = None,
     ) -> T:
         start = time.perf_counter()
         status = "OK"
         try:
+            if check is not None:
+                check()
             version, label = version_of(spec)
             servable = self.data_plane.resolve(spec.name, version, label)
             try:
@@ -140,6 +161,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             request.model_spec,
             context,
             lambda servable: self._predict(servable, request, context.time_remaining()),
+            lambda: checked_spec(request),
         )
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -148,6 +170,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             request.model_spec,
             context,
             lambda servable: self.data_plane.metadata(servable, request.metadata_field),
+            lambda: _metadata_checked(request),
         )
 
     Classify = _unimplemented("Classify")
@@ -162,7 +185,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            spec = request.model_spec
+            spec = checked_spec(request, named=False)
             return self.data_plane.status(spec.name, *version_of(spec))
         except ServingError as error:
             await context.abort(error.code, error.message)
