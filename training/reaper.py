@@ -43,7 +43,11 @@ def reap_once(
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
         if not store.requeue_if_stale(job_id, threshold, reason):
             continue  # it beat again, finished, or another reaper took it
-        if attempts >= settings.max_attempts:
+        if record.get("cancel_requested"):
+            # Its user cancelled it while it ran: end it so rather than run it again.
+            store.finish(job_id, JobStatus.CANCELLED, error=f"cancelled by request ({reason})")
+            actions.append((job_id, "cancelled"))
+        elif attempts >= settings.max_attempts:
             store.finish(
                 job_id,
                 JobStatus.FAILED,

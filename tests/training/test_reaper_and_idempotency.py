@@ -55,6 +55,18 @@ def test_reaper_requeues_stale_jobs_only(store: JobStore, tmp_path: Path) -> Non
     assert store.get("stale")["sent_at"] > time.time() - 60
 
 
+def test_reaper_ends_a_lost_job_that_was_cancelled_instead_of_rerunning_it(
+    store: JobStore, tmp_path: Path
+) -> None:
+    running_job(store, "unwanted", heartbeat_age=60)
+    assert store.request_cancel("unwanted")["status"] == "running"  # only flagged: it runs
+    sent: list[str] = []
+    assert reap_once(store, settings(tmp_path), sent.append) == [("unwanted", "cancelled")]
+    assert sent == []
+    record = store.get("unwanted")
+    assert record["status"] == "cancelled" and "lost" in record["error"]
+
+
 def test_reaper_resends_a_job_whose_message_never_reached_a_worker(
     store: JobStore, tmp_path: Path
 ) -> None:
