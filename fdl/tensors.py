@@ -90,6 +90,10 @@ def numpy_dtype(dtype: int, error: ErrorFactory = TensorError) -> np.dtype[Any]:
     return entry[0]
 
 
+# The most bytes one typed value may be broadcast to (TF Serving fills any shape).
+MAX_BROADCAST_BYTES = 64 * 1024 * 1024
+
+
 def to_numpy(
     proto: Any,
     name: str = "tensor",
@@ -138,6 +142,14 @@ def to_numpy(
     if array.size == count:
         return array.reshape(shape)
     if array.size == 1 or (array.size == 0 and count == 0):
+        if nbytes > MAX_BROADCAST_BYTES:
+            # A few bytes on the wire must not become gigabytes here (a Predict holds about five
+            # times its input): values beyond this are sent, not broadcast.
+            raise error(
+                f"input tensor '{name}': one value broadcast to shape {shape} would take "
+                f"{nbytes} bytes; at most {MAX_BROADCAST_BYTES} bytes may be filled from one "
+                "value (send the values)"
+            )
         # Broadcast without a copy of the value per element (strings share one bytes object).
         return np.full(shape, array[0] if array.size else 0, dtype=array.dtype)
     raise error(

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from fdl.tensors import MAX_BROADCAST_BYTES
 from serving.batching_config import BatchingConfig
 from serving.config_files import read_batching_parameters
 from serving.errors import ServingError
@@ -70,6 +71,16 @@ def test_broadcast_refused_past_the_bound_before_allocating() -> None:
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "input tensor 'x'" in info.value.message and "2147483647" in info.value.message
     assert to_numpy(_broadcast([2**10, 2**10]), "x").shape == (2**10, 2**10)
+
+
+def test_one_value_fills_at_most_64_mib() -> None:
+    """A 31-byte request must not make the server allocate gigabytes: one value may fill up to
+    64 MiB (here 16 Mi float32 values); one more value's worth is refused."""
+    assert to_numpy(_broadcast([2**24]), "x").nbytes == MAX_BROADCAST_BYTES
+    with pytest.raises(ServingError) as info:
+        to_numpy(_broadcast([2**24 + 1]), "x")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "broadcast" in info.value.message and str(MAX_BROADCAST_BYTES) in info.value.message
 
 
 def test_from_numpy_keeps_about_one_copy() -> None:
