@@ -196,6 +196,8 @@ def test_rest_bad_b64_and_both_formats() -> None:
         parse_predict_body({"instances": [{"b64": "%%%"}]}, signature)
     with pytest.raises(ServingError, match="exactly one"):
         parse_predict_body({"instances": [], "inputs": []}, signature)
+    with pytest.raises(ServingError, match="No values in 'instances' array"):
+        parse_predict_body({"instances": []}, signature)
 
 
 def test_rest_output_formats() -> None:

@@ -128,6 +128,8 @@ def parse_predict_body(
         rows = body["instances"]
         if not isinstance(rows, list):
             raise invalid("'instances' must be a list")
+        if not rows:  # json_tensor.cc, FillPredictRequestFromJson
+            raise invalid("No values in 'instances' array")
         named = rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows)
         if not named:
             if len(names) != 1:
