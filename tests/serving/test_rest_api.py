@@ -3,6 +3,7 @@ HTTP client would; ``api_server`` is in conftest.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -159,3 +160,37 @@ def test_rest_ragged_or_deep_numbers_are_a_400(api_server) -> None:
     for depth in (70, 1000) if api_server.impl == "fdl" else (70,):
         status, body = _post_nested(url, '{"instances": ', "1", depth, "}")
         assert status == 400, (depth, body)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/models/ti%6Ey", 200),  # the name is percent-decoded (DecodeArg)
+        ("GET", "/V1/MODELS/tiny/VERSIONS/1", 200),  # the patterns are (?i)
+        ("GET", "/v1/models/tiny/", 400),  # matched in full: no trailing slash
+        ("GET", "/v1/models", 400),  # "Missing model name in request."
+        ("GET", "/v1/models/tiny:predict", 400),
+        ("GET", "/v1/models/tiny/versions/99999999999999999999", 400),  # not an int64
+        ("POST", "/v1/models/tiny", 400),
+        ("POST", "/v1/models/tiny:foo", 400),
+        ("POST", "/v1/models/tiny:PREDICT", 400),  # matched (?i), then compared exactly
+        ("DELETE", "/v1/models/tiny", 400),
+        ("PUT", "/v1/models/tiny:predict", 400),
+    ],
+)
+def test_rest_paths_are_routed_as_tf_serving_routes_them(
+    api_server, method: str, path: str, status: int
+) -> None:
+    """http_rest_api_util.cc's patterns and http_rest_api_handler.cc's dispatch: every request
+    under /v1/ that they do not route is 400 "Malformed request: METHOD PATH"."""
+    body = json.dumps({"instances": images(1).tolist()}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", api_server.rest_port, timeout=30)
+    try:
+        connection.request(method, path, body if method != "GET" else None)
+        response = connection.getresponse()
+        reply = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == status, reply
+    if status == 400 and "Missing" not in reply["error"] and "convert" not in reply["error"]:
+        assert reply["error"] == f"Malformed request: {method} {path}"

@@ -75,13 +75,12 @@ def test_errors_keep_the_connection(rest_server) -> None:
         assert status == 400 and "error" in reply
         status, reply = _post(connection, "/v1/models/missing:predict", b'{"instances": [1]}')
         assert status == 404 and "error" in reply
-        if rest_server.impl == "fdl":  # TF Serving's answer to other methods is its own
-            connection.request("PUT", "/v1/models/tiny:predict", b"{}")
-            response = connection.getresponse()
-            assert response.status == 404
-            assert json.loads(response.read()) == {
-                "error": "Malformed request: PUT /v1/models/tiny:predict"
-            }
+        connection.request("PUT", "/v1/models/tiny:predict", b"{}")
+        response = connection.getresponse()
+        assert response.status == 400  # http_rest_api_handler.cc: the default status
+        assert json.loads(response.read()) == {
+            "error": "Malformed request: PUT /v1/models/tiny:predict"
+        }
         connection.request("GET", "/v1/models/tiny")
         response = connection.getresponse()
         assert response.status == 200

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf import json_format
@@ -26,11 +27,18 @@ from serving.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from serving.errors import ServingError, invalid, not_found
 from serving.protocol.rest.predict import RestPredictor, Spec
 
-_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<rest>/metadata|:[a-zA-Z]+)?/?$"
+# TF Serving's patterns (http_rest_api_util.cc), matched in full and case-insensitively: POST names
+# a verb, GET a status or "/metadata". Any other path under /v1/ is a malformed request (400).
+_POST_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
+    re.IGNORECASE,
 )
+_GET_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
+    re.IGNORECASE,
+)
+_API_PREFIX = re.compile(r"/v1/", re.IGNORECASE)
+_INT64_MAX = 2**63 - 1
 _CORS_HEADERS = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Methods", "POST, GET"),
@@ -40,15 +48,24 @@ _ORIGIN = re.compile(r"https?://")
 _METRICS_TYPE = "text/plain; version=0.0.4"
 
 
-def _parse(path: str) -> tuple[Spec, str]:
-    match = _PATH.match(path)
+def _parse(method: str, path: str) -> tuple[Spec, str] | None:
+    """TF Serving's ``ParseModelInfo``: the spec and the verb or subresource, None when the path
+    does not match the method's pattern. The model name and label are percent-decoded."""
+    match = (_POST_PATH if method == "POST" else _GET_PATH).fullmatch(path)
     if match is None:
-        raise not_found(f"Malformed request: {path}")
-    version = match["version"]
-    if version is not None and not version.isdigit():
-        raise invalid(f"version must be an integer, got {version!r}")
-    spec = Spec(match["name"], int(version) if version is not None else None, match["label"])
-    return spec, match["rest"] or ""
+        return None
+    name, version, label, rest = match.groups()
+    number = None
+    if version is not None:
+        number = int(version)
+        if number > _INT64_MAX:
+            raise invalid(f"Failed to convert version: {version} to numeric.")
+    spec = Spec(unquote(name or ""), number, unquote(label) if label is not None else None)
+    return spec, rest or ""
+
+
+def _malformed(method: str, path: str) -> ServingError:
+    return invalid(f"Malformed request: {method} {path}")
 
 
 def _to_dict(message: Any) -> dict[str, Any]:
@@ -101,8 +118,10 @@ class RestApi:
             response = await self._post(request, path, target)
         elif method == "OPTIONS":
             response = self._options(request, path)
+        elif _API_PREFIX.match(path):
+            response = self._error(_malformed(method, path))
         else:
-            response = self._error(not_found(f"Malformed request: {method} {path}"))
+            response = self._error(not_found(f"Not found: {method} {path}"))
         await response(scope, receive, send)
 
     # --- responses ------------------------------------------------------------------------------
@@ -118,13 +137,21 @@ class RestApi:
     def _error(self, error: ServingError) -> Response:
         return self._json(error.http_status, {"error": error.message})
 
-    async def _answer(self, path: str, handle: Handler) -> Response:
+    async def _answer(self, method: str, path: str, shown: str, handle: Handler) -> Response:
         """Answer a model API request with ``handle(spec, rest)`` -> (API name, JSON payload),
-        recorded as TF Serving records REST requests: counted by status, timed when OK."""
+        recorded as TF Serving records REST requests: counted by status, timed when OK.
+        ``shown``: the path as the malformed-request error names it."""
         start = time.perf_counter()
         status, model, api = "OK", "", ""
         try:
-            spec, rest = _parse(path)
+            if not _API_PREFIX.match(path):
+                raise not_found(f"Not found: {method} {shown}")
+            parsed = _parse(method, path)
+            if parsed is None:
+                raise _malformed(method, shown)
+            spec, rest = parsed
+            if not spec.name:
+                raise invalid("Missing model name in request.")
             model = spec.name
             api, payload = await handle(spec, rest)
             return self._json(200, payload)
@@ -147,14 +174,13 @@ class RestApi:
             return _response(200, data_plane.exposition(), _METRICS_TYPE, cors=False)
 
         async def get(spec: Spec, rest: str) -> tuple[str, Any]:
-            if rest == "":
-                response = data_plane.status(spec.name, spec.version, spec.label)
-                return "", _to_dict(response)
-            if rest == "/metadata":
+            # TF Serving compares the subresource exactly: "/METADATA" asks for the status.
+            if rest == "metadata":
                 return "metadata", self._metadata(spec)
-            raise not_found(f"Malformed request: GET {path}")
+            response = data_plane.status(spec.name, spec.version, spec.label)
+            return "", _to_dict(response)
 
-        return await self._answer(path, get)
+        return await self._answer("GET", path, path, get)
 
     def _metadata(self, spec: Spec) -> dict[str, Any]:
         servable = self.data_plane.resolve(spec.name, spec.version, spec.label)
@@ -177,21 +203,23 @@ class RestApi:
         raw = await request.body()
 
         async def post(spec: Spec, rest: str) -> tuple[str, Any]:
-            if rest in (":classify", ":regress"):
+            # The verb is matched case-insensitively but compared exactly (":PREDICT": 400).
+            if rest in ("classify", "regress"):
                 raise ServingError(
                     grpc.StatusCode.UNIMPLEMENTED,
-                    f"{rest[1:]} is not implemented by fdl-model-server; use :predict",
+                    f"{rest} is not implemented by fdl-model-server; use :predict",
                 )
-            if rest != ":predict":
-                raise not_found(f"Malformed request: POST {target}")
+            if rest != "predict":
+                raise _malformed("POST", target)
             return "predict", await self.predictor.predict(spec, raw)
 
-        return await self._answer(path, post)
+        return await self._answer("POST", path, target, post)
 
     def _options(self, request: Request, path: str) -> Response:
         """A CORS preflight: answered for any model API path that names an http(s) Origin."""
         try:
-            _parse(path)
+            if _parse("POST", path) is None and _parse("GET", path) is None:
+                raise not_found(f"Malformed request: {path}")
             if not _ORIGIN.search(request.headers.get("Origin", "")):
                 raise ServingError(
                     grpc.StatusCode.FAILED_PRECONDITION,
