@@ -74,11 +74,13 @@ class DataPlane:
         return response
 
     def status(
-        self, name: str, version: int | None, label: str | None
+        self, name: str, version: int | None
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        """``GetModelStatus``: the state of every version the spec names."""
+        """``GetModelStatus``: the state of one version, or of every version the server has
+        known. A version label is not read, as TF Serving's ``get_model_status_impl.cc`` reads
+        only ``version``: a spec with a label lists every version."""
         response = get_model_status_pb2.GetModelStatusResponse()
-        for number, state, code, message in self.manager.status(name, version, label):
+        for number, state, code, message in self.manager.status(name, version):
             item = response.model_version_status.add()
             item.version = number
             item.state = state

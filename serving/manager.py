@@ -266,25 +266,24 @@ class ModelManager:
             servable.acquire()
             return servable
 
-    def status(self, name: str, version: int | None, label: str | None = None) -> list[StatusRow]:
+    def status(self, name: str, version: int | None) -> list[StatusRow]:
         """The state of a model's versions, as GetModelStatus reports it.
 
         Args:
             name: the model.
-            version: one version; None for all (or the one ``label`` points at).
-            label: a version label.
+            version: one version; None for all.
 
         Returns:
             ``(version, state, error code, error message)`` per version, newest first.
 
         Raises:
-            ServingError: NOT_FOUND (unknown model or version), INVALID_ARGUMENT (unknown label).
+            ServingError: NOT_FOUND (unknown model or version).
         """
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
                 raise not_found(f"Could not find any versions of model {name}")
-            return entry.status(name, version, label)
+            return entry.status(name, version)
 
     def model_names(self) -> list[str]:
         """Returns the models of the current config, sorted."""

@@ -116,10 +116,8 @@ class ModelEntry:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return record.servable
 
-    def status(self, name: str, version: int | None, label: str | None) -> list[StatusRow]:
-        """The status of one version (by number or label) or of all, newest first."""
-        if label:
-            version = self.labelled(label)
+    def status(self, name: str, version: int | None) -> list[StatusRow]:
+        """The status of one version or of all, newest first."""
         records = sorted(self.versions.values(), key=lambda r: -r.version)
         if version is not None:
             records = [r for r in records if r.version == version]

@@ -181,6 +181,10 @@ def test_model_status(api_server) -> None:
     states = {s.version: s.state for s in response.model_version_status}
     available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert states == {1: available, 2: available}
+    # get_model_status_impl.cc reads only the version: with a label (known or not), every one.
+    request.model_spec.version_label = "nolabel"
+    response = api_server.models().GetModelStatus(request, timeout=30)
+    assert sorted(s.version for s in response.model_version_status) == [1, 2]
     request.model_spec.name = "missing"
     code, _ = rpc_error(lambda: api_server.models().GetModelStatus(request, timeout=30))
     assert code == grpc.StatusCode.NOT_FOUND

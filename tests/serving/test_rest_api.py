@@ -27,6 +27,9 @@ def test_rest_status_and_metadata(api_server) -> None:
     assert inputs["images"]["dtype"] == "DT_UINT8"
     status, body = rest_json(f"{api_server.rest}/v1/models/missing")
     assert status == 404 and "error" in body
+    status, body = rest_json(f"{api_server.rest}/v1/models/tiny/labels/nolabel")
+    assert status == 200  # a status request reads no label (get_model_status_impl.cc)
+    assert sorted(v["version"] for v in body["model_version_status"]) == ["1", "2"]
 
 
 def test_rest_predict_rows_and_columns(api_server, model_stock) -> None:

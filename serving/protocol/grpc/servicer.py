@@ -186,7 +186,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             spec = checked_spec(request, named=False)
-            return self.data_plane.status(spec.name, *version_of(spec))
+            return self.data_plane.status(spec.name, version_of(spec)[0])
         except ServingError as error:
             await context.abort(error.code, error.message)
 

@@ -177,7 +177,7 @@ class RestApi:
             # TF Serving compares the subresource exactly: "/METADATA" asks for the status.
             if rest == "metadata":
                 return "metadata", self._metadata(spec)
-            response = data_plane.status(spec.name, spec.version, spec.label)
+            response = data_plane.status(spec.name, spec.version)
             return "", _to_dict(response)
 
         return await self._answer("GET", path, path, get)
