@@ -1,19 +1,44 @@
 """Redis stops while a real worker trains a job and comes back on the same port: the worker
-retries its job-record operations meanwhile, so the job still succeeds on its first attempt,
-its final state is recorded, and exactly one version is published."""
+retries its job-record operations meanwhile, so the job still succeeds on its first attempt, its
+final state is recorded, and exactly one version is published; past the retries, the reaper runs
+it again. And a job whose message never reached the broker still runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fdl.jobspec import JobSpec
 from harness.procs import wait_for
 from harness.redis import RestartableRedis
-from harness.worker import MNIST_TINY, worker_running
+from harness.worker import MNIST_TINY, Worker, worker_running
 
 # What the worker logs when a job-record operation found Redis gone (with the fix: a retry;
 # without it: the task failing).
 OUTAGE_SEEN = ("Retrying fdl.jobs.JobStore", "raised unexpected")
+
+
+def run_through_outage(
+    worker: Worker, redis: RestartableRedis, publish_as: str, marks: tuple[str, ...], what: str
+) -> dict[str, Any]:
+    """A 20-epoch job; once it trains, Redis stops until the worker logs one of ``marks``, then
+    starts again on its port. Returns the job's final record."""
+    job_id = worker.submit(model="mnist_mlp", publish_as=publish_as, **{**MNIST_TINY, "epochs": 20})
+    worker.wait_progress(job_id)
+    redis.stop()
+    wait_for(
+        lambda: any(mark in worker.process.log_tail(20_000) for mark in marks),
+        60,
+        what,
+        interval=0.2,
+        check=worker.process.ensure_alive,
+    )
+    redis.start()
+    return worker.wait_done(job_id, timeout=120)
+
+
+def published(worker: Worker, model: str) -> list[str]:
+    return sorted(p.name for p in (worker.model_dir / model).iterdir() if p.is_dir())
 
 
 def test_job_survives_a_redis_restart(
@@ -27,26 +52,14 @@ def test_job_survives_a_redis_restart(
         logs_dir,
         {"FDL_REDIS_RETRY_S": "60"},
     ) as worker:
-        job_id = worker.submit(
-            model="mnist_mlp", publish_as="outage", **{**MNIST_TINY, "epochs": 20}
+        record = run_through_outage(
+            worker, restartable_redis, "outage", OUTAGE_SEEN, "the worker to run into the outage"
         )
-        worker.wait_progress(job_id)
-        restartable_redis.stop()
-        wait_for(
-            lambda: any(mark in worker.process.log_tail(20_000) for mark in OUTAGE_SEEN),
-            60,
-            "the worker to run into the Redis outage",
-            interval=0.2,
-            check=worker.process.ensure_alive,
-        )
-        restartable_redis.start()
-        record = worker.wait_done(job_id, timeout=90)
     assert record["status"] == "succeeded", (record, worker.process.log_tail())
     assert record["attempts"] == 1
     assert record["result"]["published"] is True and record["result"]["version"] == 1
     assert record["progress"]["epoch"] == 20
-    versions = sorted(p.name for p in (worker.model_dir / "outage").iterdir() if p.is_dir())
-    assert versions == ["1"], versions
+    assert published(worker, "outage") == ["1"]
 
 
 # What the worker logs when a job-record operation kept failing past FDL_REDIS_RETRY_S.
@@ -72,24 +85,16 @@ def test_job_outlives_an_outage_longer_than_its_retries(
         logs_dir,
         quick_rescue,
     ) as worker:
-        job_id = worker.submit(
-            model="mnist_mlp", publish_as="long-outage", **{**MNIST_TINY, "epochs": 20}
-        )
-        worker.wait_progress(job_id)
-        restartable_redis.stop()
-        wait_for(
-            lambda: LEFT_TO_REAPER in worker.process.log_tail(20_000),
-            60,
+        record = run_through_outage(
+            worker,
+            restartable_redis,
+            "long-outage",
+            (LEFT_TO_REAPER,),
             "the attempt to stop once the retries ran out",
-            interval=0.2,
-            check=worker.process.ensure_alive,
         )
-        restartable_redis.start()
-        record = worker.wait_done(job_id, timeout=120)
     assert record["status"] == "succeeded", (record, worker.process.log_tail())
     assert record["attempts"] == 2
-    versions = sorted(p.name for p in (worker.model_dir / "long-outage").iterdir() if p.is_dir())
-    assert versions == ["1"], versions
+    assert published(worker, "long-outage") == ["1"]
 
 
 def test_a_job_whose_message_was_lost_still_runs(
