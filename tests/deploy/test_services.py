@@ -21,16 +21,22 @@ def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs
     statefulset = c.k8s_pod("StatefulSet", "fdl-redis")["containers"][0]
     assert c.k8s_argv(statefulset) == argv
     health = c.healthcheck("redis")
-    assert statefulset["livenessProbe"]["exec"]["command"][1:] == health[1:]
+    assert statefulset["readinessProbe"]["exec"]["command"][1:] == health[1:]
+    # Liveness also accepts LOADING (a large append-only file being read): checked here on PONG.
+    liveness = statefulset["livenessProbe"]["exec"]["command"]
     port = free_port()
     assert "/data" in argv
     local = [*c.swap(argv, "/data", str(tmp_path)), "--port", str(port), "--bind", "127.0.0.1"]
     server = Process("deploy-redis", local, logs_dir)
     try:
         wait_for(lambda: port_open(port), 20, "redis", check=server.ensure_alive)
-        local_health = [a.replace("redis-cli ping", f"redis-cli -p {port} ping") for a in health]
-        assert local_health != health
+        local_health, local_liveness = (
+            [a.replace("redis-cli ping", f"redis-cli -p {port} ping") for a in probe]
+            for probe in (health, liveness)
+        )
+        assert local_health != health and local_liveness != liveness
         assert run(local_health).returncode == 0
+        assert run(local_liveness).returncode == 0
         client = redis.Redis(port=port)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         client.set("job:1", "queued")
@@ -39,6 +45,7 @@ def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs
     finally:
         server.stop()
     assert run(local_health).returncode != 0
+    assert run(local_liveness).returncode != 0
 
 
 WORKER_QUEUE = "deploy-test-queue"
