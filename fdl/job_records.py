@@ -190,6 +190,7 @@ FIELDS = (
     "heartbeat_at",
     "op_token",
     "sent_at",
+    "queue",
 )
 
 
@@ -212,10 +213,13 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def new_record(job_id: str, spec: dict[str, Any], now: float) -> dict[str, Any]:
-    """A queued job's record, created at ``now`` (epoch seconds)."""
+def new_record(
+    job_id: str, spec: dict[str, Any], now: float, queue: str | None = None
+) -> dict[str, Any]:
+    """A queued job's record, created at ``now`` (epoch seconds), sent to ``queue``."""
     return {
         "id": job_id,
+        "queue": queue,
         "status": JobStatus.QUEUED.value,
         "spec": spec,
         "progress": {},

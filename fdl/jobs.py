@@ -92,19 +92,23 @@ class JobStore:
 
     # --- records -----------------------------------------------------------------------------
 
-    def create(self, spec: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+    def create(
+        self, spec: dict[str, Any], job_id: str | None = None, queue: str | None = None
+    ) -> dict[str, Any]:
         """Record a new queued job and index it.
 
         Args:
             spec: the validated job spec, as JSON-ready data.
             job_id: the id to use (the gateway's, sent with the Celery task); default a new one.
+            queue: the Celery queue its message goes to (a reaper of that queue's workers
+                re-sends a message that was lost).
 
         Returns:
             The record as stored.
         """
         job_id = job_id or new_job_id()
         now = time.time()
-        record = new_record(job_id, spec, now)
+        record = new_record(job_id, spec, now, queue)
         event = {"status": JobStatus.QUEUED.value}
         self._run(self._create, job_id, script_args(event, repr(now), job_id, **record), INDEX_KEY)
         return record

@@ -46,7 +46,7 @@ class Worker:
     def submit(self, **spec: Any) -> str:
         body = JobSpec.model_validate(spec).model_dump(mode="json")
         job_id = new_job_id()
-        self.store.create(body, job_id)
+        self.store.create(body, job_id, self.queue)
         enqueue_training(self.app, job_id, self.queue)
         return job_id
 

@@ -8,9 +8,10 @@ checks at start-up and then periodically for running jobs whose heartbeat is old
 the task, or ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
-stopped between writing the record and sending it; the broker lost it). A job still queued
-``FDL_RESEND_QUEUED_AFTER_S`` after its message was sent has it sent again; a worker that gets a
-duplicate of a job already taken or ended skips it (the claim is atomic).
+stopped between writing the record and sending it; the broker lost it). A job of this worker's
+queue (the record keeps the queue it was sent to) still queued ``FDL_RESEND_QUEUED_AFTER_S``
+after its message was sent has it sent again; a worker that gets a duplicate of a job already
+taken or ended skips it (the claim is atomic).
 """
 
 from __future__ import annotations
@@ -58,16 +59,22 @@ def reap_once(
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
             send(job_id)
             actions.append((job_id, "requeued"))
-    return actions + _resend_waiting(store, now - settings.resend_queued_after_s, send)
+    waiting = _resend_waiting(
+        store, now - settings.resend_queued_after_s, settings.training_queue, send
+    )
+    return actions + waiting
 
 
 def _resend_waiting(
-    store: JobStore, sent_before: float, send: Callable[[str], None]
+    store: JobStore, sent_before: float, queue: str, send: Callable[[str], None]
 ) -> list[tuple[str, str]]:
-    """Send again the message of every job queued since before ``sent_before``."""
+    """Send again the message of every job of ``queue`` (the one this worker consumes) queued
+    since before ``sent_before``; jobs of other queues are left to their own workers."""
     queued, _total = store.list(status=JobStatus.QUEUED.value, limit=100_000)
     actions: list[tuple[str, str]] = []
     for record in queued:
+        if record.get("queue") != queue:
+            continue
         if float(record.get("sent_at") or record.get("created_at") or 0) >= sent_before:
             continue
         if store.mark_resent(record["id"], sent_before):

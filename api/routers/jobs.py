@@ -44,7 +44,7 @@ def submit_job(
 
     job_id = new_job_id()
     try:
-        record = store.create(spec.model_dump(), job_id)
+        record = store.create(spec.model_dump(), job_id, settings.training_queue)
     except (RedisError, OSError) as error:
         raise store_unavailable(error) from error
     try:

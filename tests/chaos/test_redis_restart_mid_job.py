@@ -111,7 +111,7 @@ def test_a_job_whose_message_was_lost_still_runs(
         {"FDL_RESEND_QUEUED_AFTER_S": "1", "FDL_REAPER_INTERVAL_S": "1"},
     ) as worker:
         spec = JobSpec.model_validate({"model": "mnist_logreg", **MNIST_TINY})
-        job_id = worker.store.create(spec.model_dump(mode="json"))["id"]
+        job_id = worker.store.create(spec.model_dump(mode="json"), queue=worker.queue)["id"]
         record = worker.wait_done(job_id, timeout=120)
     assert record["status"] == "succeeded", (record, worker.process.log_tail())
     assert record["attempts"] == 1

@@ -71,10 +71,14 @@ def test_reaper_resends_a_job_whose_message_never_reached_a_worker(
     store: JobStore, tmp_path: Path
 ) -> None:
     # What a gateway that stopped between writing the record and sending the message leaves.
-    store.create({"model": "mnist_logreg"}, "orphan")
-    store.set_fields("orphan", created_at=time.time() - 120)
-    store.create({"model": "mnist_logreg"}, "fresh")
-    patient = settings(tmp_path, resend_queued_after_s=60)
+    store.create({"model": "mnist_logreg"}, "orphan", "training")
+    store.create({"model": "mnist_logreg"}, "fresh", "training")
+    # Jobs of another queue (other workers') or of no recorded queue are not this worker's.
+    store.create({"model": "mnist_logreg"}, "for-gpus", "gpu")
+    store.create({"model": "mnist_logreg"}, "unrouted")
+    for old in ("orphan", "for-gpus", "unrouted"):
+        store.set_fields(old, created_at=time.time() - 120)
+    patient = settings(tmp_path, resend_queued_after_s=60, training_queue="training")
     sent: list[str] = []
     assert reap_once(store, patient, sent.append) == [("orphan", "resent")]
     assert sent == ["orphan"]
