@@ -73,9 +73,7 @@ class DataPlane:
         response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
         return response
 
-    def status(
-        self, name: str, version: int | None
-    ) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
         """``GetModelStatus``: the state of one version, or of every version the server has
         known. A version label is not read, as TF Serving's ``get_model_status_impl.cc`` reads
         only ``version``: a spec with a label lists every version."""
