@@ -9,8 +9,9 @@ import uvicorn
 
 from api.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from api.memory import tune_malloc
-from api.settings import GatewaySettings, WeakKeyError, get_settings
+from api.settings import GatewaySettings, get_settings
 from fdl.grpc_tuning import tune_grpc
+from fdl.settings import WeakKeyError
 
 
 def protocol_class(settings: GatewaySettings) -> type[GuardedHttpToolsProtocol]:

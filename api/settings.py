@@ -8,17 +8,9 @@ from typing import Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from fdl.settings import MIN_KEY_LENGTH, CommonSettings, weak_key_reason
+from fdl.settings import CommonSettings, check_keys, split_keys
 
 ProfileName = Literal["digit", "photo"]
-
-
-class WeakKeyError(ValueError):
-    """A configured API key is a placeholder or too short; the message names the setting."""
-
-
-def _split_inline(inline: str | None) -> list[str]:
-    return [k.strip() for k in (inline or "").split(",") if k.strip()]
 
 
 def _read_file(path: Path | None) -> list[str]:
@@ -33,7 +25,7 @@ def _read_file(path: Path | None) -> list[str]:
 
 def _read_keys(inline: str | None, path: Path | None) -> list[str]:
     """Comma-separated keys plus one key per line of a file (``#`` comments allowed)."""
-    return _split_inline(inline) + _read_file(path)
+    return split_keys(inline) + _read_file(path)
 
 
 class GatewaySettings(CommonSettings):
@@ -129,33 +121,24 @@ class GatewaySettings(CommonSettings):
         return self
 
     def check_keys(self) -> None:
-        """Raise :class:`WeakKeyError` naming each setting whose keys are placeholders or short.
+        """Raise :class:`fdl.settings.WeakKeyError` naming each setting with a placeholder or short
+        key.
 
         The gateway calls it before it listens (``fdl-gateway``) and when the app is built, so a
         deployment with the shipped placeholder Secret never serves with it.
         """
-        sources = [
-            ("FDL_API_KEYS", _split_inline(self.api_keys)),
-            (f"FDL_API_KEYS_FILE ({self.api_keys_file})", _read_file(self.api_keys_file)),
-            ("FDL_CLASSIFY_KEYS", _split_inline(self.classify_keys)),
-            (
-                f"FDL_CLASSIFY_KEYS_FILE ({self.classify_keys_file})",
-                _read_file(self.classify_keys_file),
-            ),
-        ]
-        problems = [
-            f"{name}: key {index} of {len(keys)} {reason}"
-            for name, keys in sources
-            for index, key in enumerate(keys, 1)
-            if (reason := weak_key_reason(key)) is not None
-        ]
-        if problems:
-            raise WeakKeyError(
-                "refusing to start with a weak API key: "
-                + "; ".join(problems)
-                + f". Use random keys of at least {MIN_KEY_LENGTH} characters, e.g. "
-                "`openssl rand -hex 32` (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)."
-            )
+        check_keys(
+            [
+                ("FDL_API_KEYS", split_keys(self.api_keys)),
+                (f"FDL_API_KEYS_FILE ({self.api_keys_file})", _read_file(self.api_keys_file)),
+                ("FDL_CLASSIFY_KEYS", split_keys(self.classify_keys)),
+                (
+                    f"FDL_CLASSIFY_KEYS_FILE ({self.classify_keys_file})",
+                    _read_file(self.classify_keys_file),
+                ),
+            ],
+            " (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)",
+        )
 
     def admin_keys(self) -> list[str]:
         return _read_keys(self.api_keys, self.api_keys_file)

@@ -24,14 +24,14 @@ console = Console()
 @app.command()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
-    from fdl.settings import CommonSettings
-    from fdl.stack import WeakApiKey, plan_stack, redis_banner, run_stack
+    from fdl.settings import CommonSettings, WeakKeyError
+    from fdl.stack import plan_stack, redis_banner, run_stack
 
     settings = CommonSettings()
     try:
         stack = plan_stack(settings)
-    except WeakApiKey as error:
-        console.print(f"fdl up: refusing to start: {error}", style="red", markup=False)
+    except WeakKeyError as error:
+        console.print(f"fdl up: {error}", style="red", markup=False)
         raise typer.Exit(2) from error
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
     console.print(f"[bold]FDL Serve[/bold] starting: gateway {url}  (Ctrl-C stops everything)")

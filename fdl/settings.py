@@ -20,6 +20,33 @@ MIN_KEY_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
 
 
+class WeakKeyError(ValueError):
+    """A configured API key is a placeholder or too short; the message names the setting."""
+
+
+def split_keys(inline: str | None) -> list[str]:
+    """Comma-separated keys (``FDL_API_KEYS``), blanks dropped."""
+    return [key.strip() for key in (inline or "").split(",") if key.strip()]
+
+
+def check_keys(sources: list[tuple[str, list[str]]], advice: str = "") -> None:
+    """Raise :class:`WeakKeyError` naming, by setting and position (never the key itself), every
+    key of ``sources`` (setting, keys) that :func:`weak_key_reason` refuses."""
+    problems = [
+        f"{name}: key {index} of {len(keys)} {reason}"
+        for name, keys in sources
+        for index, key in enumerate(keys, 1)
+        if (reason := weak_key_reason(key)) is not None
+    ]
+    if problems:
+        raise WeakKeyError(
+            "refusing to start with a weak API key: "
+            + "; ".join(problems)
+            + f". Use random keys of at least {MIN_KEY_LENGTH} characters, e.g. "
+            f"`openssl rand -hex 32`{advice}."
+        )
+
+
 def weak_key_reason(key: str) -> str | None:
     """Why ``key`` must not be used, or None when it is acceptable. Never quotes the key."""
     for prefix in PLACEHOLDER_PREFIXES:

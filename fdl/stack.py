@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from fdl.redis_server import redis_server_argv
 from fdl.repository import sync_config
-from fdl.settings import MIN_KEY_LENGTH, CommonSettings, weak_key_reason
+from fdl.settings import CommonSettings, check_keys, split_keys
 
 API_KEY_FILE = "api_key"
 # The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
@@ -74,26 +74,16 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-class WeakApiKey(ValueError):
-    """FDL_API_KEYS holds a key the gateway would refuse to start with."""
-
-
 def ensure_api_key(settings: CommonSettings) -> tuple[str, bool]:
     """The first admin key: FDL_API_KEYS, else one stored under FDL_VAR_DIR (made once).
 
     Raises:
-        WeakApiKey: a key of FDL_API_KEYS is a placeholder or short (the gateway would exit at
+        WeakKeyError: a key of FDL_API_KEYS is a placeholder or short (the gateway would exit at
             once, again and again under the supervisor).
     """
-    keys = [key.strip() for key in (settings.api_keys or "").split(",") if key.strip()]
+    keys = split_keys(settings.api_keys)
     if keys:
-        for index, key in enumerate(keys, 1):
-            if reason := weak_key_reason(key):
-                raise WeakApiKey(
-                    f"FDL_API_KEYS: key {index} of {len(keys)} {reason}; use random keys of at "
-                    f"least {MIN_KEY_LENGTH} characters (`openssl rand -hex 32`), or unset "
-                    "FDL_API_KEYS and `fdl up` makes one"
-                )
+        check_keys([("FDL_API_KEYS", keys)], ", or unset FDL_API_KEYS and `fdl up` makes one")
         return keys[0], False
     path = settings.var_dir / API_KEY_FILE
     if path.exists():

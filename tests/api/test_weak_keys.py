@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from api.main import create_app
-from api.settings import GatewaySettings, WeakKeyError
+from api.settings import GatewaySettings
+from fdl.settings import WeakKeyError
 from fdl.stack import free_port, port_free
 from harness.containers import TEST_API_KEY
 from harness.gateway import ADMIN_KEY, CLASSIFY_KEY, write_keys_file

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fdl.settings import CommonSettings
-from fdl.stack import WeakApiKey, plan_stack, redis_banner, supervisor_config
+from fdl.settings import CommonSettings, WeakKeyError
+from fdl.stack import plan_stack, redis_banner, supervisor_config
 
 
 def settings(tmp: Path, **extra: str) -> CommonSettings:
@@ -68,7 +68,7 @@ def test_weak_admin_keys_stop_fdl_up_before_anything_starts(
     tmp_path: Path, keys: str, reason: str
 ) -> None:
     # The gateway would refuse them and exit at once, again and again under the supervisor.
-    with pytest.raises(WeakApiKey, match=reason) as raised:
+    with pytest.raises(WeakKeyError, match=reason) as raised:
         plan_stack(settings(tmp_path, api_keys=keys))
     assert "short" not in str(raised.value) and "replace-me-with" not in str(raised.value)
     assert not (tmp_path / "var" / "redis_url").exists()
