@@ -30,6 +30,13 @@ CLIENT_CLOSED = 499
 BUDGET_STEP = 1024 * 1024
 
 
+def _cut_status(scope: Scope) -> int:
+    """What a request whose body never fully arrived is recorded as: what the gateway answered
+    when it closed the connection itself (api/http_guard.py: 408 body timeout, 400 framing),
+    else CLIENT_CLOSED."""
+    return int(scope.get(CUT_STATUS, CLIENT_CLOSED))
+
+
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
@@ -119,9 +126,9 @@ class GatewayMiddleware:
             limited = self._limited(scope, receive, send_with_id, exchange, size, reservation)
             await self.app(scope, limited, send_with_id)
         except ClientDisconnect:
-            # The client left mid-body (or the body timeout cut it): nobody to answer.
+            # The client left mid-body (or the gateway cut it): nobody to answer.
             if exchange.cut is None:
-                exchange.cut = CLIENT_CLOSED
+                exchange.cut = _cut_status(scope)
         except ApiError:
             if not exchange.refused:
                 raise
@@ -152,7 +159,7 @@ class GatewayMiddleware:
         received = 0
         complete = False
         limit = self.max_body_bytes
-        most = min(size if size is not None else limit, limit)
+        most = size if size is not None else limit  # a larger size was refused already
 
         async def refuse(error: ApiError) -> None:
             if not exchange.refused:
@@ -179,9 +186,7 @@ class GatewayMiddleware:
                 and not (complete or exchange.started)
                 and exchange.cut is None
             ):
-                # What the gateway answered when it closed the connection itself (the body
-                # timeout's 408), else the client left.
-                exchange.cut = scope.get(CUT_STATUS, CLIENT_CLOSED)
+                exchange.cut = _cut_status(scope)
             return message
 
         return limited_receive

@@ -12,7 +12,7 @@ TF Serving's ``Predict`` does by default, or with ``content`` raw little-endian 
 
 Malformed tensors raise what ``error`` makes of a message: :class:`TensorError` by default, the
 model server's INVALID_ARGUMENT error there. Decoding is bounded: a tensor that would take more
-than ``max_bytes`` (2 GiB, the gRPC message limit) once decoded is refused unallocated.
+than 2 GiB (the gRPC message limit) once decoded is refused unallocated.
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ def to_numpy(
     proto: Any,
     name: str = "tensor",
     error: ErrorFactory = TensorError,
-    max_bytes: int = MAX_MESSAGE_BYTES,
 ) -> np.ndarray:
     """Decode a tensor; ``name`` is used in error messages.
 
@@ -106,9 +105,9 @@ def to_numpy(
     elements than an int64 counts, ``tensor_content`` that is not whole values, a number of
     typed values that is neither 1 nor the shape's) is ``tensor parsing error: NAME``, as TF
     Serving words it, with the reason after it; so is a shape beyond NumPy's 64 dimensions. A
-    tensor that would take more than ``max_bytes`` once decoded (one typed value broadcast to a
-    huge shape) is refused before anything is allocated; a tensor sent whole in a message of at
-    most ``max_bytes`` always fits.
+    tensor that would take more than the gRPC message limit once decoded is refused before
+    anything is allocated (a tensor sent whole in a message always fits), and so is one typed
+    value broadcast to more than ``MAX_BROADCAST_BYTES``.
     """
     kind = proto.dtype
     entry = _TYPES.get(kind)
@@ -118,10 +117,10 @@ def to_numpy(
     shape = [d.size for d in proto.tensor_shape.dim]
     count = _checked_count(shape, name, error)
     nbytes = count * (_POINTER_BYTES if kind == _DT_STRING else np_type.itemsize)
-    if nbytes > max_bytes:
+    if nbytes > MAX_MESSAGE_BYTES:
         raise error(
             f"input tensor '{name}' of shape {shape} would take {nbytes} bytes decoded, more "
-            f"than the {max_bytes} bytes a request tensor may take"
+            f"than the {MAX_MESSAGE_BYTES} bytes a request tensor may take"
         )
     if kind == _DT_STRING:
         values = list(proto.string_val)

@@ -130,7 +130,7 @@ def parse_predict_body(
             raise invalid("'instances' must be a list")
         if not rows:  # json_tensor.cc, FillPredictRequestFromJson
             raise invalid("No values in 'instances' array")
-        named = rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows)
+        named = all(isinstance(r, dict) and not _is_b64(r) for r in rows)
         if not named:
             if len(names) != 1:
                 raise invalid(
