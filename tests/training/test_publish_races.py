@@ -61,6 +61,8 @@ def test_stale_staging_folders_are_swept_and_live_ones_kept(tmp_path: Path) -> N
     dead = export(model_dir / ".tmp-m-dead-0123", "dead")
     from_older_release = export(model_dir / "m" / ".tmp-older", "older")
     template = export(tmp_path / "template", "copied")
+    # Not a wait for a process: the two folders above must be older than the 1 s staleness
+    # below, by their inode change times, which nothing but time passing can age.
     time.sleep(1.5)
     live = export(staging_dir(model_dir / "m", "live", stale_after_s=1.0), "live")
     # A copy keeps old modification times; it is being written now all the same.
