@@ -7,8 +7,9 @@ by the model server) and ``.repository.lock``.
 Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
 ``python -m fdl.repository`` syncing the config) takes the same cross-process file lock and
 does its read-modify-write of ``labels.json`` and ``models.config`` under it, so two writers never
-overwrite each other's change. Files are written atomically (temporary file, then rename) and
-readable by other users (``0666 & ~umask``), since the model server may run as another user.
+overwrite each other's change. Files are written atomically (temporary file, then rename),
+flushed to the disk with the folders that hold them (:mod:`fdl.files`), and readable by other
+users (``0666 & ~umask``), since the model server may run as another user.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from fdl import contract
+from fdl.files import atomic_write, fsync_path, seal_version
 from fdl.model_config import render, valid_label, valid_name
 from fdl.settings import get_settings
 
@@ -36,22 +37,6 @@ CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
 _VERSION = re.compile(r"[0-9]{1,18}")
 Labels = dict[str, dict[str, int]]
-
-
-def _read_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_read_umask()
 
 
 def discover_models(model_dir: Path) -> list[str]:
@@ -104,34 +89,6 @@ def find_job_version(model_path: Path, job_id: str) -> int | None:
         if version_job_id(model_path / str(version)) == job_id:
             return version
     return None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` by a complete new file, readable by others (``0666 & ~umask``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600, unreadable by a model server user
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def make_readable(folder: Path) -> None:
-    """Let other users read a version folder (TensorFlow may write files 0600 on some systems)."""
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            path = os.path.join(root, name)
-            os.chmod(path, os.stat(path).st_mode | 0o555 & (FILE_MODE | 0o111))
-        for name in files:
-            path = os.path.join(root, name)
-            os.chmod(path, os.stat(path).st_mode | 0o444 & FILE_MODE)
-    os.chmod(folder, os.stat(folder).st_mode | 0o555 & (FILE_MODE | 0o111))
 
 
 def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
@@ -245,8 +202,10 @@ class Repository:
             model_path.mkdir(parents=True, exist_ok=True)
             versions = list_versions(model_path)
             version = (versions[-1] + 1) if versions else 1
-            make_readable(staged)
+            seal_version(staged)
             os.rename(staged, model_path / str(version))
+            fsync_path(model_path)  # the rename, and a new model's folder in the repository
+            fsync_path(self.model_dir)
             self.write_config(self.render())
             return version, True
 

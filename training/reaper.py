@@ -5,7 +5,9 @@ With the Redis broker an unacknowledged message comes back only after the visibi
 record carries a heartbeat (refreshed by a thread of the process that trains it); every worker
 checks at start-up and then periodically for running jobs whose heartbeat is older than
 ``FDL_STALE_AFTER_S``, moves them back to ``queued`` atomically (one reaper wins) and re-sends
-the task, or ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
+the task to the queue the job was sent to (a GPU job found by a CPU worker's reaper goes back to
+the GPU queue; a record written before records kept their queue goes to the reaper's own), or
+ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def reap_once(
-    store: JobStore, settings: WorkerSettings, send: Callable[[str], None]
+    store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "failed") for every job it acted on."""
     now = time.time()
@@ -57,7 +59,7 @@ def reap_once(
             actions.append((job_id, "failed"))
         else:
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
-            send(job_id)
+            send(job_id, record.get("queue") or settings.training_queue)
             actions.append((job_id, "requeued"))
     waiting = _resend_waiting(
         store, now - settings.resend_queued_after_s, settings.training_queue, send
@@ -66,7 +68,7 @@ def reap_once(
 
 
 def _resend_waiting(
-    store: JobStore, sent_before: float, queue: str, send: Callable[[str], None]
+    store: JobStore, sent_before: float, queue: str, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
     """Send again the message of every job of ``queue`` (the one this worker consumes) queued
     since before ``sent_before``; jobs of other queues are left to their own workers."""
@@ -79,14 +81,14 @@ def _resend_waiting(
             continue
         if store.mark_resent(record["id"], sent_before):
             log.warning("job %s is still queued; sending its message again", record["id"])
-            send(record["id"])
+            send(record["id"], queue)
             actions.append((record["id"], "resent"))
     return actions
 
 
 class ReaperThread(threading.Thread):
     def __init__(
-        self, store: JobStore, settings: WorkerSettings, send: Callable[[str], None]
+        self, store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
     ) -> None:
         super().__init__(name="fdl-reaper", daemon=True)
         self.store, self.settings, self.send = store, settings, send

@@ -55,7 +55,7 @@ def _start_reaper(**_: Any) -> None:
     thread = ReaperThread(
         JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s),
         settings,
-        lambda job_id: enqueue_training(sender, job_id, settings.training_queue),
+        lambda job_id, queue: enqueue_training(sender, job_id, queue),
     )
     thread.start()
     _reaper.append(thread)

@@ -58,7 +58,8 @@ def test_a_requeue_whose_reply_was_lost_still_resends_the_job(
     reaper_store, proxy = lossy
     sent: list[str] = []
     settings = WorkerSettings(redis_url="redis://unused", model_dir=tmp_path, stale_after_s=5)
-    assert reap_once(reaper_store, settings, sent.append) == [("lost", "requeued")]
+    send = lambda job_id, _queue: sent.append(job_id)  # noqa: E731
+    assert reap_once(reaper_store, settings, send) == [("lost", "requeued")]
     assert proxy.dropped == 1  # the requeue ran in Redis, its reply never arrived
     assert sent == ["lost"] and store.get("lost")["status"] == "queued"
     assert statuses(store, "lost") == ["queued", "running", "queued"]

@@ -35,8 +35,17 @@ def settings(tmp_path: Path, **overrides: object) -> WorkerSettings:
     )
 
 
-def running_job(store: JobStore, job_id: str, heartbeat_age: float) -> None:
-    store.create({"model": "mnist_logreg"}, job_id)
+class Sent(list[tuple[str, str]]):
+    """What the reaper sent: (job id, queue) pairs."""
+
+    def __call__(self, job_id: str, queue: str) -> None:
+        self.append((job_id, queue))
+
+
+def running_job(
+    store: JobStore, job_id: str, heartbeat_age: float, queue: str | None = None
+) -> None:
+    store.create({"model": "mnist_logreg"}, job_id, queue)
     store.mark_running(job_id, "some-worker:1")
     store.set_fields(job_id, heartbeat_at=time.time() - heartbeat_age)
 
@@ -44,13 +53,14 @@ def running_job(store: JobStore, job_id: str, heartbeat_age: float) -> None:
 def test_reaper_requeues_stale_jobs_only(store: JobStore, tmp_path: Path) -> None:
     running_job(store, "stale", heartbeat_age=60)
     running_job(store, "alive", heartbeat_age=1)
-    sent: list[str] = []
-    actions = reap_once(store, settings(tmp_path), sent.append)
-    assert actions == [("stale", "requeued")] and sent == ["stale"]
+    sent = Sent()
+    actions = reap_once(store, settings(tmp_path), sent)
+    # A record without a queue (written before records kept one) goes to the reaper's own.
+    assert actions == [("stale", "requeued")] and sent == [("stale", "training")]
     assert store.get("stale")["status"] == "queued"
     assert store.get("alive")["status"] == "running"
     # A second pass finds nothing more to do: the claim is atomic.
-    assert reap_once(store, settings(tmp_path), sent.append) == []
+    assert reap_once(store, settings(tmp_path), sent) == []
     # Sent just now: the queued-job watch leaves it alone.
     assert store.get("stale")["sent_at"] > time.time() - 60
 
@@ -60,8 +70,8 @@ def test_reaper_ends_a_lost_job_that_was_cancelled_instead_of_rerunning_it(
 ) -> None:
     running_job(store, "unwanted", heartbeat_age=60)
     assert store.request_cancel("unwanted")["status"] == "running"  # only flagged: it runs
-    sent: list[str] = []
-    assert reap_once(store, settings(tmp_path), sent.append) == [("unwanted", "cancelled")]
+    sent = Sent()
+    assert reap_once(store, settings(tmp_path), sent) == [("unwanted", "cancelled")]
     assert sent == []
     record = store.get("unwanted")
     assert record["status"] == "cancelled" and "lost" in record["error"]
@@ -79,24 +89,37 @@ def test_reaper_resends_a_job_whose_message_never_reached_a_worker(
     for old in ("orphan", "for-gpus", "unrouted"):
         store.set_fields(old, created_at=time.time() - 120)
     patient = settings(tmp_path, resend_queued_after_s=60, training_queue="training")
-    sent: list[str] = []
-    assert reap_once(store, patient, sent.append) == [("orphan", "resent")]
-    assert sent == ["orphan"]
+    sent = Sent()
+    assert reap_once(store, patient, sent) == [("orphan", "resent")]
+    assert sent == [("orphan", "training")]
     # Once per period: the next pass waits for another 60 s.
-    assert reap_once(store, patient, sent.append) == []
+    assert reap_once(store, patient, sent) == []
     store.set_fields("orphan", sent_at=time.time() - 120)
-    assert reap_once(store, patient, sent.append) == [("orphan", "resent")]
+    assert reap_once(store, patient, sent) == [("orphan", "resent")]
     # A job that has started, or ended, is never re-sent.
     store.mark_running("orphan", "some-worker:1")
     store.set_fields("orphan", sent_at=time.time() - 120)
-    assert reap_once(store, patient, sent.append) == []
+    assert reap_once(store, patient, sent) == []
+
+
+def test_reaper_sends_a_lost_job_back_to_the_queue_it_was_sent_to(
+    store: JobStore, tmp_path: Path
+) -> None:
+    # A CPU worker's reaper finds a GPU job whose worker died: it must go back to the GPU
+    # workers, not be trained on a CPU.
+    running_job(store, "gpu-job", heartbeat_age=60, queue="gpu")
+    sent = Sent()
+    cpu_reaper = settings(tmp_path, training_queue="cpu")
+    assert reap_once(store, cpu_reaper, sent) == [("gpu-job", "requeued")]
+    assert sent == [("gpu-job", "gpu")]
+    assert store.get("gpu-job")["queue"] == "gpu"
 
 
 def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
     running_job(store, "doomed", heartbeat_age=60)
     store.set_fields("doomed", attempts=2)
-    sent: list[str] = []
-    assert reap_once(store, settings(tmp_path), sent.append) == [("doomed", "failed")]
+    sent = Sent()
+    assert reap_once(store, settings(tmp_path), sent) == [("doomed", "failed")]
     record = store.get("doomed")
     assert sent == [] and record["status"] == "failed"
     assert "no heartbeat" in record["error"] and "giving up" in record["error"]

@@ -103,3 +103,32 @@ def test_rendering_refuses_a_base_path_that_would_not_parse_back(tmp_path: Path,
     with pytest.raises(ConfigRenderError):
         Repository(model_dir, root).sync()
     assert (model_dir / CONFIG_FILE).read_text() == before
+
+
+def test_a_published_version_is_flushed_to_disk_before_and_after_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after an acknowledged publish must not leave empty files or a lost rename:
+    every file and folder of the version is fsynced before the rename, the folders that hold
+    the rename after it."""
+    model_dir = tmp_path / "models"
+    staged = _staged(model_dir / "m", "job-a")
+    inodes = {os.stat(path).st_ino: path for path in [staged, *staged.rglob("*")]}
+    events: list[tuple[str, int]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd))[1]
+    )
+
+    def rename(source: str | Path, target: str | Path) -> None:
+        events.append(("rename", os.stat(source).st_ino))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    publish(staged, model_dir, "m", "job-a")
+    renamed = events.index(("rename", os.stat(model_dir / "m" / "1").st_ino))
+    flushed_before = {inode for kind, inode in events[:renamed] if kind == "fsync"}
+    flushed_after = {inode for kind, inode in events[renamed:] if kind == "fsync"}
+    assert not set(inodes) - flushed_before, [str(inodes[i]) for i in set(inodes) - flushed_before]
+    assert os.stat(model_dir / "m").st_ino in flushed_after
+    assert os.stat(model_dir).st_ino in flushed_after  # the config's rename, and a new model
