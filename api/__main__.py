@@ -20,6 +20,7 @@ def protocol_class(settings: GatewaySettings) -> type[GuardedHttpToolsProtocol]:
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
         max_connections=settings.max_connections,
     )
     return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})

@@ -1,9 +1,12 @@
-"""HTTP limits below the app: header size, header and body read timeouts, a connection cap.
+"""HTTP limits below the app: header size, header and body read timeouts, a write-stall timeout,
+a connection cap.
 
-uvicorn's httptools protocol (the fast one) has no header-size limit and no read timeouts, and
-its ``limit_concurrency`` only answers 503 once headers have arrived, so idle connections still
-hold file descriptors. This subclass adds them; everything else is uvicorn's. Each limit logs a
-warning and counts in ``fdl_gateway_http_guard_total{reason}`` when it triggers.
+uvicorn's httptools protocol (the fast one) has no header-size limit, no read timeouts and no
+write timeout (a client that stops reading its responses holds its connection, and the app's
+``send``, forever), and its ``limit_concurrency`` only answers 503 once headers have arrived, so
+idle connections still hold file descriptors. This subclass adds them; everything else is
+uvicorn's. Each limit logs a warning and counts in ``fdl_gateway_http_guard_total{reason}``
+when it triggers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from api.errors import error_body
 from api.metrics import HTTP_GUARD
@@ -30,6 +33,7 @@ class HttpLimits:
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    write_timeout_s: float = 60.0
     max_connections: int = 512
 
 
@@ -57,6 +61,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._in_headers = True  # waiting for (the rest of) a request's headers
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._running: RequestResponseCycle | None = None  # the request being answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -67,7 +73,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writes_moved()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: the client is not reading. It
+        # gets FDL_WRITE_TIMEOUT_S to take some of it, as nginx's send_timeout.
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        self._writes_moved()
+        super().resume_writing()
+
+    def _watch_writes(self) -> None:
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.write_timeout_s, self._write_stalled
+            )
+
+    def _writes_moved(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        HTTP_GUARD.labels("write_timeout").inc()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.warning(
+            "closing connection from %s: it took none of its responses for %.0f s",
+            client,
+            self.limits.write_timeout_s,
+            extra={"reason": "write_timeout", "client": client},
+        )
+        # The app's pending send must return as for any disconnect, and no pipelined request
+        # start: uvloop's abort resumes writing before uvicorn learns the connection is gone,
+        # and uvicorn marks only the last parsed request as disconnected, which with pipelined
+        # requests is not the one running.
+        for cycle in (self._running, self.cycle, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+        self.pipeline.clear()
+        # abort, not close: close would wait for the buffer to drain, which it never does.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if not self._in_headers:
@@ -154,3 +207,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # client was answered (api/middleware.py).
             self.cycle.scope[CUT_STATUS] = status  # type: ignore[literal-required]
         self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self._watch_writes()  # a client that never reads would keep it closing forever

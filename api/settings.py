@@ -72,11 +72,14 @@ class GatewaySettings(CommonSettings):
     body_free_bytes: int = Field(default=256 * 1024, ge=0)
     # HTTP limits (api/http_guard.py): the request line and headers together (431 above it);
     # the time to receive them (from connecting, or from a keep-alive request's first byte)
-    # and the time to receive a body after its headers (408); idle keep-alive connections;
-    # open connections (ones beyond it are closed at once). Each logs when it triggers.
+    # and the time to receive a body after its headers (408); how long a client may leave its
+    # responses unread once the connection's send buffer is full (then closed); idle keep-alive
+    # connections; open connections (ones beyond it are closed at once). Each logs when it
+    # triggers.
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=60.0, gt=0)
+    write_timeout_s: float = Field(default=60.0, gt=0)
     keepalive_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses

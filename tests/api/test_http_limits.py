@@ -22,6 +22,7 @@ LIMITS = {
     "FDL_HEADER_TIMEOUT_S": "1",
     "FDL_BODY_TIMEOUT_S": "1",
     "FDL_KEEPALIVE_TIMEOUT_S": "1",
+    "FDL_WRITE_TIMEOUT_S": "1",
     "FDL_MAX_CONNECTIONS": "40",
     "FDL_MAX_BATCH_PIXELS": "100000",
 }
@@ -100,6 +101,36 @@ def test_idle_keep_alive_connections_close(limited: Gateway) -> None:
     assert idle < 3, f"the idle connection stayed open {idle:.1f} s (FDL_KEEPALIVE_TIMEOUT_S=1)"
     metrics = scrape(f"{limited.url}/metrics")
     assert total(metrics, "fdl_gateway_http_guard_total", reason="keepalive_timeout") >= 1
+
+
+def test_a_client_that_never_reads_its_responses_is_disconnected(limited: Gateway) -> None:
+    """Pipelined requests whose answers are never read fill the send buffers; the connection
+    (and the app's pending send) must not be held forever."""
+    before = total(
+        scrape(f"{limited.url}/metrics"), "fdl_gateway_http_guard_total", reason="write_timeout"
+    )
+    port = int(limited.url.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+    sock.settimeout(10)
+    with sock:
+        sock.connect(("127.0.0.1", port))
+        request = b"GET /docs-assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n"
+        try:
+            for _ in range(8):  # 1.5 MB each: far more than the kernel's buffers hold
+                sock.sendall(request)
+        except OSError:
+            pass  # the gateway stopped reading, or cut the connection already
+
+        def cut() -> bool:
+            metrics = scrape(f"{limited.url}/metrics")
+            return total(metrics, "fdl_gateway_http_guard_total", reason="write_timeout") > before
+
+        wait_for(cut, 20, "the stalled connection to be closed (FDL_WRITE_TIMEOUT_S=1)")
+        assert _logged(limited, "write_timeout")
+        _read_all(sock, timeout=10)  # what was sent, then the reset: the connection is gone
+    # The request being answered saw a disconnect, not a write to a closed transport.
+    assert not any("Exception in ASGI" in str(line) for line in log_lines(limited.process))
 
 
 def test_connections_beyond_the_cap_are_closed(limited: Gateway) -> None:
