@@ -139,20 +139,38 @@ return 1
 """
 )
 
-# KEYS[1] job hash; ARGV[1] cut-off, ARGV[2] now (epoch seconds). A job still queued whose message
-# was last sent (else the job created) before the cut-off is marked sent now: one reaper re-sends
-# it. Returns 1 when marked.
+# A queued job's message is sent again after FDL_RESEND_QUEUED_AFTER_S, then after twice that,
+# four times, ... up to this power of two (32: 5 h 20 min with the default 10 min), so a job that
+# only waits behind a long backlog collects a few duplicate messages, not one per period.
+RESEND_BACKOFF_CAP = 5
+
+# KEYS[1] job hash; ARGV[1] the first resend period (s), ARGV[2] now (epoch seconds), ARGV[3] the
+# cap on its doublings. A job still queued whose message was last sent (else the job created) a
+# period ago is marked sent now and its resend count grows: one reaper re-sends it. Returns 1
+# when marked.
 RESEND_SCRIPT = """
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw or cjson.decode(raw) ~= 'queued' then return 0 end
+local resends = redis.call('HGET', KEYS[1], 'resends')
+resends = resends and tonumber(cjson.decode(resends)) or 0
+local period = tonumber(ARGV[1]) * 2 ^ math.min(resends, tonumber(ARGV[3]))
 local sent = redis.call('HGET', KEYS[1], 'sent_at') or redis.call('HGET', KEYS[1], 'created_at')
 if sent then
   sent = cjson.decode(sent)
-  if type(sent) == 'number' and sent >= tonumber(ARGV[1]) then return 0 end
+  if type(sent) == 'number' and sent + period > tonumber(ARGV[2]) then return 0 end
 end
-redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])))
+redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])),
+  'resends', cjson.encode(resends + 1))
 return 1
 """
+
+
+def resend_due(record: dict[str, Any], after_s: float) -> float:
+    """When a queued job's message is next sent again (epoch seconds; RESEND_SCRIPT's rule)."""
+    sent = float(record.get("sent_at") or record.get("created_at") or 0)
+    resends = int(record.get("resends") or 0)
+    return sent + after_s * float(2 ** min(resends, RESEND_BACKOFF_CAP))
+
 
 # ARGV[4..] field/value pairs (JSON) set when a queued job is cancelled. Flags a job that is not
 # terminal for cancellation; only a job still queued is cancelled at once (its worker, if a
@@ -190,6 +208,7 @@ FIELDS = (
     "heartbeat_at",
     "op_token",
     "sent_at",
+    "resends",
     "queue",
 )
 

@@ -28,6 +28,7 @@ from fdl.job_records import (
     INDEX_KEY,
     JOB_KEY,
     REQUEUE_STALE_SCRIPT,
+    RESEND_BACKOFF_CAP,
     RESEND_SCRIPT,
     TERMINAL,
     TRANSITION_SCRIPT,
@@ -217,13 +218,15 @@ class JobStore:
             False when the job is not running or its worker is still alive, else True.
         """
         event = {"status": JobStatus.QUEUED.value, "reason": reason}
-        args = script_args(event, repr(heartbeat_before), sent_at=time.time())
+        args = script_args(event, repr(heartbeat_before), sent_at=time.time(), resends=0)
         return bool(self._run(self._requeue_stale, job_id, args))
 
-    def mark_resent(self, job_id: str, sent_before: float) -> bool:
-        """True (and the job marked sent now) when it is still queued and its message was last
-        sent before ``sent_before``: the caller sends it again (one caller per period)."""
-        return bool(self._run(self._resend, job_id, [repr(sent_before), repr(time.time())]))
+    def mark_resent(self, job_id: str, after_s: float) -> bool:
+        """True (and the job marked sent now) when it is still queued and its message is due to
+        be sent again (``after_s`` after the last send, doubling with each resend): the caller
+        sends it again (one caller per period)."""
+        args = [repr(after_s), repr(time.time()), str(RESEND_BACKOFF_CAP)]
+        return bool(self._run(self._resend, job_id, args))
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
 from training.settings import WorkerSettings
 
@@ -61,25 +62,23 @@ def reap_once(
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
             send(job_id, record.get("queue") or settings.training_queue)
             actions.append((job_id, "requeued"))
-    waiting = _resend_waiting(
-        store, now - settings.resend_queued_after_s, settings.training_queue, send
-    )
+    waiting = _resend_waiting(store, now, settings, send)
     return actions + waiting
 
 
 def _resend_waiting(
-    store: JobStore, sent_before: float, queue: str, send: Callable[[str, str], None]
+    store: JobStore, now: float, settings: WorkerSettings, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
-    """Send again the message of every job of ``queue`` (the one this worker consumes) queued
-    since before ``sent_before``; jobs of other queues are left to their own workers."""
+    """Send again the message of every job of the queue this worker consumes that is due for it
+    (``FDL_RESEND_QUEUED_AFTER_S`` after its last send, doubling with each resend); jobs of
+    other queues are left to their own workers."""
+    queue, after_s = settings.training_queue, settings.resend_queued_after_s
     queued, _total = store.list(status=JobStatus.QUEUED.value, limit=100_000)
     actions: list[tuple[str, str]] = []
     for record in queued:
-        if record.get("queue") != queue:
+        if record.get("queue") != queue or resend_due(record, after_s) > now:
             continue
-        if float(record.get("sent_at") or record.get("created_at") or 0) >= sent_before:
-            continue
-        if store.mark_resent(record["id"], sent_before):
+        if store.mark_resent(record["id"], after_s):
             log.warning("job %s is still queued; sending its message again", record["id"])
             send(record["id"], queue)
             actions.append((record["id"], "resent"))

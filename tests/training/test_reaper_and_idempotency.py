@@ -61,8 +61,9 @@ def test_reaper_requeues_stale_jobs_only(store: JobStore, tmp_path: Path) -> Non
     assert store.get("alive")["status"] == "running"
     # A second pass finds nothing more to do: the claim is atomic.
     assert reap_once(store, settings(tmp_path), sent) == []
-    # Sent just now: the queued-job watch leaves it alone.
+    # Sent just now, a first time: the queued-job watch leaves it alone for a whole period.
     assert store.get("stale")["sent_at"] > time.time() - 60
+    assert store.get("stale")["resends"] == 0
 
 
 def test_reaper_ends_a_lost_job_that_was_cancelled_instead_of_rerunning_it(
@@ -92,10 +93,18 @@ def test_reaper_resends_a_job_whose_message_never_reached_a_worker(
     sent = Sent()
     assert reap_once(store, patient, sent) == [("orphan", "resent")]
     assert sent == [("orphan", "training")]
-    # Once per period: the next pass waits for another 60 s.
+    # Once per period, and the period doubles with each resend (a job waiting behind a long
+    # backlog collects a few duplicates, not one per period): 60 s, then 120, then 240.
     assert reap_once(store, patient, sent) == []
-    store.set_fields("orphan", sent_at=time.time() - 120)
+    store.set_fields("orphan", sent_at=time.time() - 90)
+    assert reap_once(store, patient, sent) == []
+    store.set_fields("orphan", sent_at=time.time() - 130)
     assert reap_once(store, patient, sent) == [("orphan", "resent")]
+    store.set_fields("orphan", sent_at=time.time() - 200)
+    assert reap_once(store, patient, sent) == []
+    store.set_fields("orphan", sent_at=time.time() - 250)
+    assert reap_once(store, patient, sent) == [("orphan", "resent")]
+    assert store.get("orphan")["resends"] == 3
     # A job that has started, or ended, is never re-sent.
     store.mark_running("orphan", "some-worker:1")
     store.set_fields("orphan", sent_at=time.time() - 120)
