@@ -60,6 +60,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
         self._in_headers = True  # waiting for (the rest of) a request's headers
+        self._requests_ended = 0
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._running: RequestResponseCycle | None = None  # the request being answered
@@ -123,28 +124,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_headers:
-            super().data_received(data)
-            return
-        if self._timer is None:  # the first byte of a keep-alive connection's next request
-            self._arm(self.limits.header_timeout_s, "header_timeout")
-        room = self.limits.max_header_bytes - self._header_bytes
-        self._header_bytes += len(data)
-        if len(data) <= room:
-            super().data_received(data)
-            return
-        # Only what the limit allows is parsed; the rest only if the headers ended within it.
-        super().data_received(data[:room])
-        if self.transport.is_closing():
-            return
-        if self._in_headers:
-            self._refuse(
-                431,
-                "headers_too_large",
-                f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
-            )
-            return
-        super().data_received(data[room:])
+        # Pipelined requests may share one read: the parser is fed at most what the current
+        # request's headers may still take, and again (with a fresh allowance) only when a
+        # request ended within it. What follows a request's end inside one piece is not counted
+        # against the next, so its headers may reach twice the limit: bounded all the same.
+        while data:
+            if not self._in_headers:
+                super().data_received(data)
+                return
+            if self._timer is None:  # the first byte of a keep-alive connection's next request
+                self._arm(self.limits.header_timeout_s, "header_timeout")
+            room = self.limits.max_header_bytes - self._header_bytes
+            if room <= 0:
+                self._headers_too_large()
+                return
+            piece, data = data[:room], data[room:]
+            self._header_bytes += len(piece)
+            ended = self._requests_ended
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+            if data and self._in_headers and self._requests_ended == ended:
+                self._headers_too_large()
+                return
+
+    def _headers_too_large(self) -> None:
+        self._refuse(
+            431,
+            "headers_too_large",
+            f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
+        )
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -156,6 +165,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_headers = True
         self._header_bytes = 0
+        self._requests_ended += 1
         super().on_message_complete()
 
     def timeout_keep_alive_handler(self) -> None:

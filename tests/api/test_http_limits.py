@@ -70,6 +70,19 @@ def test_oversized_headers_get_431(limited: Gateway) -> None:
     assert ok.status_code == 200
 
 
+def test_pipelined_requests_each_get_the_whole_header_allowance(limited: Gateway) -> None:
+    """Many small pipelined requests arriving in one read are not one oversized header."""
+    requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 300  # 11.7 KB > 8 KiB limit
+    with _connect(limited) as sock:
+        sock.sendall(requests[:-2])  # the last one unfinished, so the server keeps the connection
+        data = b""
+        sock.settimeout(10)
+        while data.count(b"HTTP/1.1 ") < 299 and (chunk := sock.recv(65536)):
+            data += chunk
+    statuses = [_status(b"HTTP/1.1 " + part) for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [200] * 299, statuses[-3:]
+
+
 @pytest.mark.parametrize("partial", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"])
 def test_slow_headers_time_out(limited: Gateway, partial: bytes) -> None:
     with _connect(limited) as sock:
