@@ -23,11 +23,13 @@ from serving.loading import load_version
 from serving.records import (
     ManagerOptions,
     ModelEntry,
+    RetiredVersions,
     State,
     StatusRow,
     VersionRecord,
     checked_labels,
     grpc_code,
+    status_rows,
 )
 from serving.servable import Servable
 from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
@@ -52,6 +54,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._models: dict[str, ModelEntry] = {}
+        self._retired = RetiredVersions()  # versions GetModelStatus still reports
         self._stop = threading.Event()
         self._loader = ThreadPoolExecutor(max(1, options.num_load_threads), "load")
         self._unloader = ThreadPoolExecutor(1, "unload")
@@ -87,6 +90,7 @@ class ModelManager:
                     log.info("model %s removed from the config; unloading", name)
                     self._reconcile(name, set())
                     del self._models[name]
+                    self._retired.add(name, entry.versions.values(), wanted)
             for name, model in wanted.items():
                 entry = self._models.setdefault(name, ModelEntry(config=model))
                 entry.config = model
@@ -224,7 +228,9 @@ class ModelManager:
 
     def _reconcile(self, name: str, aspired: set[int]) -> None:
         """Unload versions no longer aspired, once an aspired one is available (or none is)."""
+        # Those that have ended go to the retired records, which GetModelStatus still reports.
         entry = self._models[name]
+        self._retired.take_ended(name, entry.versions, aspired, self._models)
         available = {v for v, r in entry.versions.items() if r.state == State.AVAILABLE}
         keep_old = not entry.removed and aspired and not (aspired & available)
         for version, record in entry.versions.items():
@@ -267,23 +273,13 @@ class ModelManager:
             return servable
 
     def status(self, name: str, version: int | None) -> list[StatusRow]:
-        """The state of a model's versions, as GetModelStatus reports it.
-
-        Args:
-            name: the model.
-            version: one version; None for all.
-
-        Returns:
-            ``(version, state, error code, error message)`` per version, newest first.
-
-        Raises:
-            ServingError: NOT_FOUND (unknown model or version).
-        """
+        """The state of a model's versions, live or retired, as GetModelStatus reports it:
+        ``(version, state, error code, error message)`` of ``version``, or of all (None) newest
+        first; NOT_FOUND (``ServingError``) for a model or version never seen."""
         with self._lock:
             entry = self._models.get(name)
-            if entry is None:
-                raise not_found(f"Could not find any versions of model {name}")
-            return entry.status(name, version)
+            live = entry.versions if entry is not None else {}
+            return status_rows(name, {**self._retired.records(name), **live}, version)
 
     def model_names(self) -> list[str]:
         """Returns the models of the current config, sorted."""

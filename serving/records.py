@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,17 +117,6 @@ class ModelEntry:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return record.servable
 
-    def status(self, name: str, version: int | None) -> list[StatusRow]:
-        """The status of one version or of all, newest first."""
-        records = sorted(self.versions.values(), key=lambda r: -r.version)
-        if version is not None:
-            records = [r for r in records if r.version == version]
-            if not records:
-                raise not_found(f"Could not find version {version} of model {name}")
-        if not records:
-            raise not_found(f"Could not find any versions of model {name}")
-        return [(r.version, r.state, r.error_code, r.error_message) for r in records]
-
 
 def checked_labels(
     entry: ModelEntry | None, name: str, model: ModelConfig, allow_unavailable: bool
@@ -161,3 +151,74 @@ def grpc_code(error: BaseException) -> grpc.StatusCode:
         if status.value[0] == code:
             return status
     return grpc.StatusCode.UNKNOWN
+
+
+# GetModelStatus keeps reporting versions that ended: the last this many of each model, of the
+# models in the config and of the last RETIRED_MODELS removed from it (TF Serving keeps all).
+RETIRED_PER_MODEL = 32
+RETIRED_MODELS = 256
+
+
+class RetiredVersions:
+    """Versions that left their model's live records, kept for GetModelStatus.
+
+    TF Serving answers GetModelStatus from its ``ServableStateMonitor``, which stores the last
+    state of every version it ever saw and never drops one (``servable_state_monitor.cc``:
+    ``HandleEvent`` writes ``states_``, ``ForgetUnloadedServableStates`` has no caller): a
+    version unloaded because its folder was deleted or the version policy dropped it, and every
+    version of a model removed from the config, stay listed as ``END``. Here the manager hands
+    such records over (unloaded and no longer aspired, or of a removed model) and this keeps the
+    last ``RETIRED_PER_MODEL`` of each model, so a model repository that churns versions (or a
+    config that churns model names: ``RETIRED_MODELS`` removed models) cannot grow memory
+    without bound. Records are shared, so one still unloading turns ``END`` here too.
+    """
+
+    def __init__(self) -> None:
+        self._models: OrderedDict[str, OrderedDict[int, VersionRecord]] = OrderedDict()
+
+    def add(self, name: str, records: Iterable[VersionRecord], live: Container[str]) -> None:
+        """Keep ``records`` of model ``name``; ``live``: the models of the current config."""
+        versions = self._models.setdefault(name, OrderedDict())
+        self._models.move_to_end(name)
+        for record in records:
+            versions.pop(record.version, None)
+            versions[record.version] = record
+        while len(versions) > RETIRED_PER_MODEL:
+            versions.popitem(last=False)
+        removed = [n for n in self._models if n not in live]
+        for gone in removed[: max(0, len(removed) - RETIRED_MODELS)]:
+            del self._models[gone]
+
+    def take_ended(
+        self,
+        name: str,
+        versions: dict[int, VersionRecord],
+        aspired: Container[int],
+        live: Container[str],
+    ) -> None:
+        """Move a live model's records that have ended and are no longer aspired here."""
+        ended = [r for v, r in versions.items() if v not in aspired and r.state == State.END]
+        for record in ended:
+            del versions[record.version]
+        if ended:
+            self.add(name, ended, live)
+
+    def records(self, name: str) -> Mapping[int, VersionRecord]:
+        return self._models.get(name, {})
+
+
+def status_rows(
+    name: str, records: Mapping[int, VersionRecord], version: int | None
+) -> list[StatusRow]:
+    """GetModelStatus's answer from the records of a model's versions: one version or all,
+    newest first; NOT_FOUND with TF Serving's texts (``get_model_status_impl.cc``)."""
+    if version is not None:
+        record = records.get(version)
+        if record is None:
+            raise not_found(f"Could not find version {version} of model {name}")
+        chosen = [record]
+    else:
+        chosen = sorted(records.values(), key=lambda r: -r.version)
+        if not chosen:
+            raise not_found(f"Could not find any versions of model {name}")
+    return [(r.version, r.state, r.error_code, r.error_message) for r in chosen]

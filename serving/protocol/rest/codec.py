@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 from collections.abc import Mapping
 from itertools import chain
@@ -14,32 +13,27 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from fdl.tensors import dtype_name, numpy_dtype
 from serving.errors import invalid
-from serving.protocol.rest.dense import checked, debug_string
+from serving.protocol.rest.dense import checked
+from serving.protocol.rest.jsontext import debug_string
+from serving.protocol.rest.values import is_b64, leaf_check, string_element
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and "b64" in value
-
-
-def _string(value: Any, name: str) -> bytes:
-    if _is_b64(value):
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, TypeError) as error:
-            raise invalid(f"input '{name}': invalid base64 in {{\"b64\": …}}: {error}") from error
-    if isinstance(value, str):
-        return value.encode()
-    got = debug_string(value)[:60]
-    raise invalid(f"input '{name}': expected a string or {{\"b64\": …}}, got {got}")
+def _leaves(value: Any, shape: list[int]) -> list[Any]:
+    """The values of a JSON value already checked dense with ``shape``, in document order."""
+    leaves: list[Any] = value if shape else [value]
+    for _ in shape[1:]:
+        leaves = list(chain.from_iterable(leaves))
+    return leaves
 
 
 def _string_array(value: Any, shape: list[int], name: str) -> np.ndarray:
     """A string tensor of a JSON value already checked dense with ``shape``."""
-    leaves: list[Any] = value if shape else [value]
-    for _ in shape[1:]:
-        leaves = list(chain.from_iterable(leaves))
-    array = np.empty(len(leaves), dtype=object)
-    array[:] = [_string(leaf, name) for leaf in leaves]
+    elements = list(map(string_element, _leaves(value, shape)))
+    for element in elements:
+        if isinstance(element, str):  # "Unable to base64 decode"
+            raise invalid(f"input '{name}': {element}")
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
     return array.reshape(shape)
 
 
@@ -78,50 +72,110 @@ def nested_array(value: Any) -> np.ndarray:
     return flat.reshape(shape)
 
 
+def _plain(array: np.ndarray, target: np.dtype[Any], bools: bool) -> bool:
+    """Whether NumPy's array of the values is what TF Serving takes for the ``target`` dtype, in
+    the range we take, so no value needs a look of its own. NumPy turns ``[true, 2]`` into
+    integers: with ``bools`` (the body has a literal ``true`` or ``false``) numbers always take
+    the exact path."""
+    have, kind = array.dtype.kind, target.kind
+    if not array.size or kind == "b":
+        return have == kind or not array.size
+    if bools or have not in ("iu" if kind in "iu" else "iuf"):
+        return False
+    if kind == "f":
+        return True
+    limits = np.iinfo(target)  # within the types' ranges TF Serving takes (values.py)
+    return bool(limits.min <= array.min() and array.max() <= limits.max)
+
+
 def to_array(
-    value: Any, info: meta_graph_pb2.TensorInfo, name: str, rows: bool = False
+    value: Any,
+    info: meta_graph_pb2.TensorInfo,
+    name: str,
+    rows: bool = False,
+    bools: bool = True,
 ) -> np.ndarray:
     """Convert a JSON value to the signature's dtype, or a 400 naming the input.
 
     ``rows``: the value is the list of one input's values in the ``instances`` format, each
-    instance checked on its own as TF Serving does. A value that is not a dense tensor gets
-    TF Serving's error (``dense.py``); numbers are checked only when NumPy refuses them, so the
-    fast path stays fast.
+    instance checked on its own as TF Serving does. A value that is not a dense tensor, or holds
+    a value the dtype does not take (``values.py``: ``1.0`` or ``true`` for an integer input),
+    gets TF Serving's error at the first such value. Numbers that NumPy reads into an array of
+    the right kind and range take a fast path with no look at each value; ``bools``: whether the
+    body may hold ``true`` or ``false`` (which NumPy would read as numbers).
     """
     target = numpy_dtype(info.dtype, invalid)
+    check = leaf_check(info.dtype)
     if target == np.dtype(object):
-        return _string_array(value, checked(value, name, rows), name)
+        return _string_array(value, checked(value, name, rows, check), name)
     try:
-        array = nested_array(value)
-    except ValueError as error:
-        checked(value, name, rows)  # TF Serving's error for a ragged or too deep list
-        raise invalid(f"input '{name}': ragged or malformed JSON list: {error}") from error
-    if array.dtype == object or array.dtype.kind in "USV":
-        checked(value, name, rows)
-        raise invalid(
-            f"input '{name}': JSON value is not a rectangular list of {dtype_name(info.dtype)}"
-        )
-    kind = target.kind
-    if kind in "iu":
-        if array.dtype.kind == "f" and array.size and not np.all(np.mod(array, 1) == 0):
-            raise invalid(f"input '{name}': not of expected type: {dtype_name(info.dtype)}")
-        if array.size:
-            limits = np.iinfo(target)
-            if array.min() < limits.min or array.max() > limits.max:
-                raise invalid(f"input '{name}': value out of range for {dtype_name(info.dtype)}")
-    elif kind == "b" and array.dtype.kind != "b" and array.size:
-        raise invalid(f"input '{name}': not of expected type: bool")
+        array: np.ndarray | None = nested_array(value)
+    except ValueError:
+        array = None
+    if array is not None and _plain(array, target, bools):
+        return array.astype(target)
+    shape = checked(value, name, rows, check)  # TF Serving's error at the first bad value
+    wide: Any = np.float64 if target.kind == "f" else target
+    if target.kind in "iu":
+        wide = np.uint64 if target == np.uint64 else np.int64
+    array = np.array(_leaves(value, shape), dtype=wide).reshape(shape)
+    if target.kind in "iu" and array.size:  # ours: TF Serving would wrap int32 into the type
+        limits = np.iinfo(target)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise invalid(f"input '{name}': value out of range for {dtype_name(info.dtype)}")
     return array.astype(target)
 
 
+def _row_columns(rows: list[Any], names: list[str]) -> dict[str, list[Any]]:
+    """``instances`` as one list of values per input, split and checked as TF Serving's
+    ``FillTensorMapFromInstancesList`` does: plain values for a one-input signature, else
+    objects with exactly the signature's keys; a key it does not have is an error."""
+    if type(rows[0]) is not dict and len(names) > 1:
+        raise invalid(
+            "instances is a plain list, but expecting list of objects as multiple input tensors "
+            "required as per tensorinfo_map"
+        )
+    if not _named(rows[0]):
+        for i, row in enumerate(rows):
+            if _named(row):
+                raise invalid(f"Expecting value/list but got object at item {i} of input list")
+        return {names[0]: rows}
+    wanted = set(names)
+    for i, row in enumerate(rows):
+        if not _named(row):
+            raise invalid(f"Expecting object but got list at item {i} of input list")
+        for key in row:
+            if key not in wanted:
+                raise invalid(
+                    f"Failed to process element: {i} key: {key} of 'instances' list. Error: "
+                    f"INVALID_ARGUMENT: JSON object: does not have named input: {key}"
+                )
+        if len(row) != len(wanted):
+            raise invalid(
+                f"Failed to process element: {i} of 'instances' list. JSON object: "
+                f"{debug_string(row)} keys must be equal to: {','.join(names)}"
+            )
+    return {key: [row[key] for row in rows] for key in names}
+
+
+def _named(value: Any) -> bool:
+    return type(value) is dict and not is_b64(value)
+
+
 def parse_predict_body(
-    body: Any, signature: meta_graph_pb2.SignatureDef
+    body: Any, signature: meta_graph_pb2.SignatureDef, bools: bool = True
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """Inputs by alias, and whether the row format was used."""
+    """Inputs by alias, and whether the row format was used; ``bools``: see :func:`to_array`.
+
+    In the ``inputs`` format, keys the signature does not have are ignored, as TF Serving's
+    ``FillTensorMapFromInputsMap`` reads only the signature's inputs.
+    """
     if not isinstance(body, dict):
         raise invalid("JSON request body must be an object")
     has_rows, has_columns = "instances" in body, "inputs" in body
-    if has_rows == has_columns:
+    if not has_rows and not has_columns:
+        raise invalid("Missing 'inputs' or 'instances' key")
+    if has_rows and has_columns:
         raise invalid("JSON request must contain exactly one of 'instances' or 'inputs'")
     names = sorted(signature.inputs)
     if has_rows:
@@ -130,38 +184,25 @@ def parse_predict_body(
             raise invalid("'instances' must be a list")
         if not rows:  # json_tensor.cc, FillPredictRequestFromJson
             raise invalid("No values in 'instances' array")
-        named = all(isinstance(r, dict) and not _is_b64(r) for r in rows)
-        if not named:
-            if len(names) != 1:
-                raise invalid(
-                    f"the signature has {len(names)} inputs ({','.join(names)}); each instance "
-                    "must be an object keyed by input name"
-                )
-            columns = {names[0]: rows}
-        else:
-            columns = {}
-            for i, row in enumerate(rows):
-                if set(row) != set(rows[0]):
-                    raise invalid(f"instance {i} does not have the same keys as instance 0")
-            for key in rows[0]:
-                columns[key] = [row[key] for row in rows]
+        columns = _row_columns(rows, names)
     else:
         value = body["inputs"]
-        if isinstance(value, dict) and not _is_b64(value):
-            columns = dict(value)
-        else:
-            if len(names) != 1:
-                raise invalid(f"the signature has {len(names)} inputs; 'inputs' must be an object")
-            columns = {names[0]: value}
-    arrays = {}
-    for key, value in columns.items():
-        if key not in signature.inputs:
+        if _named(value):
+            for key in names:
+                if key not in value:
+                    raise invalid(f"Missing named input: {key} in 'inputs' object.")
+            columns = {key: value[key] for key in names}
+        elif len(names) > 1:
             raise invalid(
-                f"input tensor alias not found in signature: {key}. Inputs expected to be in "
-                f"the set {{{','.join(names)}}}."
+                "inputs is a plain value/list, but expecting an object as multiple input tensors "
+                "required as per tensorinfo_map"
             )
-        arrays[key] = to_array(value, signature.inputs[key], key, has_rows)
-    return arrays, has_rows
+        else:
+            columns = {names[0]: value}
+    return {
+        key: to_array(value, signature.inputs[key], key, has_rows, bools)
+        for key, value in columns.items()
+    }, has_rows
 
 
 def _jsonable(array: np.ndarray, name: str) -> Any:

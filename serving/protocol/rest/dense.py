@@ -10,22 +10,15 @@ Nesting deeper than NumPy's dimension limit is refused before anything recurses.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 from serving.errors import invalid
+from serving.protocol.rest.jsontext import debug_string
 
 MAX_DIMS = 64  # NumPy's NPY_MAXDIMS; TF's TensorShape would allow 254
-_MAX_DEBUG_BYTES = 256  # json_tensor.cc's kMaxJsonDebugStringBytes
-
-
-def debug_string(value: Any) -> str:
-    """The JSON text of a value, cut at 256 bytes, as TF Serving's JsonValueToDebugString."""
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except (RecursionError, TypeError, ValueError):
-        text = f"<{type(value).__name__}>"
-    return text.encode()[:_MAX_DEBUG_BYTES].decode(errors="ignore")
+# Why a leaf value cannot be an element of the tensor (TF Serving's text), or None when it can.
+LeafCheck = Callable[[Any], str | None]
 
 
 def _shape_string(shape: list[int]) -> str:
@@ -49,8 +42,10 @@ def dense_shape(value: Any, name: str) -> list[int]:
     return shape
 
 
-def checked_shape(value: Any, name: str) -> tuple[list[int], int]:
-    """The shape and number of leaves of a dense JSON tensor; INVALID_ARGUMENT otherwise."""
+def checked_shape(value: Any, name: str, leaf: LeafCheck | None = None) -> tuple[list[int], int]:
+    """The shape and number of leaves of a dense JSON tensor; INVALID_ARGUMENT otherwise.
+    ``leaf`` checks each value where it sits, so the first error in document order is the one
+    reported, as ``FillTensorProto`` reports it."""
     shape = dense_shape(value, name)
     rank, count = len(shape), 0
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -62,6 +57,8 @@ def checked_shape(value: Any, name: str) -> tuple[list[int], int]:
                     f"input '{name}': JSON Value: {debug_string(item)} found at incorrect level: "
                     f"{level + 1} in the JSON DOM. Expected at level: {rank}"
                 )
+            if leaf is not None and (why := leaf(item)) is not None:
+                raise invalid(f"input '{name}': {why}")
             count += 1
             continue
         if level >= rank:
@@ -77,12 +74,12 @@ def checked_shape(value: Any, name: str) -> tuple[list[int], int]:
     return shape, count
 
 
-def checked_rows(rows: list[Any], name: str) -> list[int]:
+def checked_rows(rows: list[Any], name: str, leaf: LeafCheck | None = None) -> list[int]:
     """The shape of ``instances`` whose items are one input's values, checked as TF Serving does:
     each instance alone, then its size and shape against the first instance's."""
     first: tuple[list[int], int] | None = None
     for row in rows:
-        shape, count = checked_shape(row, name)
+        shape, count = checked_shape(row, name, leaf)
         if first is None:
             first = shape, count
         elif count != first[1]:
@@ -95,8 +92,9 @@ def checked_rows(rows: list[Any], name: str) -> list[int]:
     return [len(rows), *(first[0] if first else [])]
 
 
-def checked(value: Any, name: str, rows: bool) -> list[int]:
-    """The shape of one input's JSON value (a list of instances when ``rows``)."""
+def checked(value: Any, name: str, rows: bool, leaf: LeafCheck | None = None) -> list[int]:
+    """The shape of one input's JSON value (a list of instances when ``rows``), each value
+    checked by ``leaf`` where it sits."""
     if rows and isinstance(value, list):
-        return checked_rows(value, name)
-    return checked_shape(value, name)[0]
+        return checked_rows(value, name, leaf)
+    return checked_shape(value, name, leaf)[0]

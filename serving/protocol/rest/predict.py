@@ -13,18 +13,17 @@ the model version may unload).
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import orjson
 
 from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
 from serving.errors import ServingError, invalid
 from serving.predict import batcher, prepare, run_arrays
 from serving.protocol.rest.codec import format_outputs, parse_predict_body
+from serving.protocol.rest.jsontext import may_hold_booleans, parse_document
 
 if TYPE_CHECKING:
     from serving.servable import Servable
@@ -43,29 +42,21 @@ class Spec:
 INLINE_BODY_LIMIT = 64 * 1024
 
 
-def _decode(raw: bytes) -> tuple[Any, str]:
-    """The JSON body and its signature name, or a 400."""
-    try:
-        body = orjson.loads(raw or b"null")
-    except orjson.JSONDecodeError:
-        # orjson (2-3x faster) reads strict JSON only; Python's parser also reads NaN and
-        # Infinity, as TF Serving's does, and UTF-16 bodies, and words the errors.
-        try:
-            body = json.loads(raw)
-        except ValueError as error:
-            raise invalid(f"JSON Parse error: {error}") from error
-        except RecursionError:  # thousands of nested brackets: a 400, never a 500
-            raise invalid("JSON Parse error: nested too deeply") from None
+def _decode(raw: bytes) -> tuple[Any, str, bool]:
+    """The JSON body, its signature name and whether it may hold ``true`` or ``false``; a 400
+    when it does not parse (bytes after the first JSON value are ignored, as in TF Serving)."""
+    body = parse_document(raw)
     signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
     if not isinstance(signature_name, str):
         raise invalid("'signature_name' key must be a string value.")
-    return body, signature_name
+    return body, signature_name, may_hold_booleans(raw)
 
 
 def predict_now(servable: Servable, raw: bytes) -> dict[str, Any]:
     """Decode, run without batching and encode, on the calling thread."""
-    body, signature_name = _decode(raw)
-    inputs, rows = parse_predict_body(body, servable.signature(signature_name, rest=True))
+    body, signature_name, bools = _decode(raw)
+    signature = servable.signature(signature_name, rest=True)
+    inputs, rows = parse_predict_body(body, signature, bools)
     return format_outputs(run_arrays(servable, signature_name, inputs, []), rows)
 
 
@@ -118,8 +109,9 @@ class RestPredictor:
             ) from None
 
     def _batched(self, servable: Servable, raw: bytes) -> asyncio.Future:
-        body, signature_name = _decode(raw)
-        inputs, rows = parse_predict_body(body, servable.signature(signature_name, rest=True))
+        body, signature_name, bools = _decode(raw)
+        signature = servable.signature(signature_name, rest=True)
+        inputs, rows = parse_predict_body(body, signature, bools)
         keys = prepare(servable, signature_name, inputs, [])
         queued = batcher(servable, signature_name, keys, servable.batching).enqueue(
             inputs, self.timeout
