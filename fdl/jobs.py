@@ -86,6 +86,14 @@ class JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
     @_retried
+    def now(self) -> float:
+        """Redis's clock, in epoch seconds. Every time the store writes (a heartbeat, a send, a
+        start) and every cut-off compared with one (a reaper's, a claim's) is read from it, so
+        machines whose own clocks disagree never take a live job for lost."""
+        seconds, microseconds = self.redis.time()
+        return seconds + microseconds / 1e6
+
+    @_retried
     def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> int:
         """Run a status script on the job (the token in ``args`` makes its retries safe)."""
         job_keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), *keys]
@@ -108,7 +116,7 @@ class JobStore:
             The record as stored.
         """
         job_id = job_id or new_job_id()
-        now = time.time()
+        now = self.now()
         record = new_record(job_id, spec, now, queue)
         event = {"status": JobStatus.QUEUED.value}
         self._run(self._create, job_id, script_args(event, repr(now), job_id, **record), INDEX_KEY)
@@ -191,7 +199,7 @@ class JobStore:
         Returns:
             False when the job is unknown, terminal, or running under a live heartbeat.
         """
-        now = time.time()
+        now = self.now()
         args = script_args(
             {"status": JobStatus.RUNNING.value},
             repr(heartbeat_before),
@@ -204,7 +212,7 @@ class JobStore:
     @_retried
     def heartbeat(self, job_id: str) -> None:
         """Record that the job's worker is alive (the reaper requeues jobs whose beat stops)."""
-        self.set_fields(job_id, heartbeat_at=time.time())
+        self.set_fields(job_id, heartbeat_at=self.now())
 
     def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
         """Atomically move a running job whose worker was lost back to queued.
@@ -218,20 +226,20 @@ class JobStore:
             False when the job is not running or its worker is still alive, else True.
         """
         event = {"status": JobStatus.QUEUED.value, "reason": reason}
-        args = script_args(event, repr(heartbeat_before), sent_at=time.time(), resends=0)
+        args = script_args(event, repr(heartbeat_before), sent_at=self.now(), resends=0)
         return bool(self._run(self._requeue_stale, job_id, args))
 
     def mark_resent(self, job_id: str, after_s: float) -> bool:
         """True (and the job marked sent now) when it is still queued and its message is due to
         be sent again (``after_s`` after the last send, doubling with each resend): the caller
         sends it again (one caller per period)."""
-        args = [repr(after_s), repr(time.time()), str(RESEND_BACKOFF_CAP)]
+        args = [repr(after_s), repr(self.now()), str(RESEND_BACKOFF_CAP)]
         return bool(self._run(self._resend, job_id, args))
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event."""
-        self.set_fields(job_id, progress=progress, heartbeat_at=time.time())
+        self.set_fields(job_id, progress=progress, heartbeat_at=self.now())
         self.append_event(job_id, "progress", progress)
 
     def finish(
@@ -243,7 +251,7 @@ class JobStore:
     ) -> bool:
         """End the job in a terminal ``status``; False when it is unknown or already terminal."""
         assert status.terminal
-        return self.transition(job_id, status, result=result, error=error, finished_at=time.time())
+        return self.transition(job_id, status, result=result, error=error, finished_at=self.now())
 
     # --- cancellation ------------------------------------------------------------------------
 
@@ -256,7 +264,7 @@ class JobStore:
         """
         error = "cancelled before it started"
         event = {"status": JobStatus.CANCELLED.value, "result": None, "error": error}
-        args = script_args(event, result=None, error=error, finished_at=time.time())
+        args = script_args(event, result=None, error=error, finished_at=self.now())
         if self._run(self._cancel, job_id, args) < 0:
             return None
         return self.get(job_id)

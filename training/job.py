@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def run_job(
         log.info("job %s is already %s; skipping redelivered message", job_id, status)
         return None
     if status is JobStatus.RUNNING:
-        age = time.time() - float(record.get("heartbeat_at") or 0)
+        age = store.now() - float(record.get("heartbeat_at") or 0)
         if age < settings.stale_after_s:
             log.info("job %s runs elsewhere (heartbeat %.0fs ago); skipping", job_id, age)
             return None
@@ -77,7 +76,7 @@ def run_job(
         store.finish(job_id, JobStatus.FAILED, error=f"invalid job spec: {error}")
         return None
     # The claim is atomic: of two deliveries that both read the record above, one runs the job.
-    stale_before = time.time() - settings.stale_after_s
+    stale_before = store.now() - settings.stale_after_s
     if not store.mark_running(job_id, worker or default_worker_name(), stale_before):
         log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None

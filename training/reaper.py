@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from fdl.job_records import resend_due
@@ -34,7 +33,7 @@ def reap_once(
     store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "failed") for every job it acted on."""
-    now = time.time()
+    now = store.now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
     running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
     actions: list[tuple[str, str]] = []

@@ -124,6 +124,27 @@ def test_reaper_sends_a_lost_job_back_to_the_queue_it_was_sent_to(
     assert store.get("gpu-job")["queue"] == "gpu"
 
 
+@pytest.mark.parametrize("skew_s", [-600.0, 600.0])
+def test_clocks_that_disagree_never_take_a_live_job_for_lost(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skew_s: float
+) -> None:
+    """Heartbeats and cut-offs are read from Redis's clock: a worker or reaper whose own clock
+    is ten minutes off (either way) neither takes a live job for lost nor misses a dead one."""
+    store.create({"model": "mnist_logreg"}, "live", "training")
+    store.mark_running("live", "some-worker:1")
+    store.heartbeat("live")
+    running_job(store, "dead", heartbeat_age=60, queue="training")
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew_s)
+    sent = Sent()
+    assert reap_once(store, settings(tmp_path), sent) == [("dead", "requeued")]
+    assert store.get("live")["status"] == "running"
+    # A redelivered message of the live job, at a worker with the skewed clock, is skipped.
+    before = store.get("live")
+    assert run_job("live", store, settings(tmp_path)) is None
+    assert store.get("live") == before
+
+
 def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
     running_job(store, "doomed", heartbeat_age=60)
     store.set_fields("doomed", attempts=2)
