@@ -74,15 +74,8 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
-        """A store on the Redis at ``url``.
-
-        Args:
-            url: a ``redis://`` URL.
-            retry_for_s: > 0 retries operations that find Redis unreachable for that long.
-
-        Returns:
-            The store, with a client that decodes responses.
-        """
+        """A store on the Redis at ``url`` (a client that decodes responses); ``retry_for_s`` > 0
+        retries operations that find Redis unreachable for that long."""
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
     @_retried
@@ -104,17 +97,10 @@ class JobStore:
     def create(
         self, spec: dict[str, Any], job_id: str | None = None, queue: str | None = None
     ) -> dict[str, Any]:
-        """Record a new queued job and index it.
-
-        Args:
-            spec: the validated job spec, as JSON-ready data.
-            job_id: the id to use (the gateway's, sent with the Celery task); default a new one.
-            queue: the Celery queue its message goes to (a reaper of that queue's workers
-                re-sends a message that was lost).
-
-        Returns:
-            The record as stored.
-        """
+        """Record a new queued job and index it; returns the record as stored. ``spec``: the
+        validated job spec as JSON-ready data; ``job_id``: the gateway's (sent with the Celery
+        task), default a new one; ``queue``: the Celery queue its message goes to (a reaper of
+        that queue's workers re-sends a message that was lost)."""
         job_id = job_id or new_job_id()
         now = self.now()
         record = new_record(job_id, spec, now, queue)
@@ -188,17 +174,10 @@ class JobStore:
         return bool(self._run(self._transition, job_id, args))
 
     def mark_running(self, job_id: str, worker: str, heartbeat_before: float = 0.0) -> bool:
-        """Atomically claim an attempt for ``worker`` and count it.
-
-        Args:
-            job_id: the job.
-            worker: who runs the attempt.
-            heartbeat_before: epoch seconds; a running job whose heartbeat is older (its worker
-                was lost) may be claimed too. The default takes only a queued job.
-
-        Returns:
-            False when the job is unknown, terminal, or running under a live heartbeat.
-        """
+        """Atomically claim an attempt for ``worker`` and count it; False when the job is
+        unknown, terminal, or running under a live heartbeat. A running job whose heartbeat is
+        older than ``heartbeat_before`` (epoch seconds; its worker was lost) may be claimed too;
+        the default takes only a queued job."""
         now = self.now()
         args = script_args(
             {"status": JobStatus.RUNNING.value},
@@ -215,16 +194,9 @@ class JobStore:
         self.set_fields(job_id, heartbeat_at=self.now())
 
     def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
-        """Atomically move a running job whose worker was lost back to queued.
-
-        Args:
-            job_id: the job.
-            heartbeat_before: epoch seconds; a heartbeat at or after it counts as alive.
-            reason: why, for the ``status`` event.
-
-        Returns:
-            False when the job is not running or its worker is still alive, else True.
-        """
+        """Atomically move a running job whose worker was lost back to queued; False when it is
+        not running or its worker is alive (a heartbeat at or after ``heartbeat_before``, epoch
+        seconds). ``reason``: why, for the ``status`` event."""
         event = {"status": JobStatus.QUEUED.value, "reason": reason}
         args = script_args(event, repr(heartbeat_before), sent_at=self.now(), resends=0)
         return bool(self._run(self._requeue_stale, job_id, args))
