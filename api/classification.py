@@ -189,6 +189,9 @@ def postprocess(outputs: dict[str, np.ndarray], top_k: int) -> list[dict[str, An
     scores = np.asarray(outputs[contract.SCORES_KEY], dtype=np.float64)
     if scores.ndim != 2:
         raise ApiError(502, "bad_model_output", f"'scores' has shape {scores.shape}, not [N, K]")
+    if not np.isfinite(scores).all():  # weights that diverged (workers publish no such model)
+        broken = "the model returned NaN or infinite scores: this version is broken"
+        raise ApiError(502, "bad_model_output", broken)
     classes = outputs.get(contract.CLASSES_KEY)
     if classes is not None and classes.shape != scores.shape:
         classes = None

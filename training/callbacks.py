@@ -1,4 +1,5 @@
-"""Keras callbacks that connect a training run to its job record: progress and cancellation."""
+"""Keras callbacks that connect a training run to its job record: progress, cancellation, and
+the end of a run whose loss diverged."""
 
 from __future__ import annotations
 
@@ -20,9 +21,25 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else round(value, 6)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are no longer numbers, and a model exported
+    from them would answer NaN to every image. The job fails and publishes nothing."""
+
+
+def check_loss(value: Any, where: str) -> None:
+    """Raise :class:`TrainingDiverged` when the reported loss is not a finite number."""
+    if value is not None and not math.isfinite(float(value)):
+        raise TrainingDiverged(
+            f"training diverged: the loss was {float(value)} {where}; nothing was published "
+            "(a lower learning rate, or clipping with max_norm, usually helps)"
+        )
+
+
 class JobCallback(keras.callbacks.Callback):
-    """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record
-    and stops training at the next batch when the job's cancellation flag is set."""
+    """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record,
+    stops training at the next batch when the job's cancellation flag is set, and ends it with
+    :class:`TrainingDiverged` when a reported loss is NaN or infinite (read only where it is
+    reported anyway, so that no batch waits for the device to hand its loss over)."""
 
     def __init__(
         self, store: JobStore, job_id: str, epochs: int, train_examples: int, steps: int
@@ -49,6 +66,7 @@ class JobCallback(keras.callbacks.Callback):
         if now - self._last_report >= MID_EPOCH_REPORT_S:
             self._last_report = now
             logs = logs or {}
+            check_loss(logs.get("loss"), f"at step {batch + 1} of epoch {len(self.history) + 1}")
             done = (batch + 1) / max(self.steps, 1)
             epochs_done = len(self.history) + done
             rate = self._images_per_second(now - self._epoch_start, done)
@@ -78,6 +96,7 @@ class JobCallback(keras.callbacks.Callback):
         if self.cancelled:
             return
         logs = logs or {}
+        check_loss(logs.get("loss"), f"after epoch {epoch + 1}")
         now = time.monotonic()
         entry = {
             "epoch": epoch + 1,

@@ -19,7 +19,7 @@ import tensorflow as tf
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
-from training.callbacks import JobCallback
+from training.callbacks import JobCallback, TrainingDiverged
 from training.data import ImageData
 from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
@@ -174,6 +174,12 @@ def train(
 
 
 def _evaluate(outcome: TrainOutcome, logits: np.ndarray, y_true: np.ndarray) -> TrainOutcome:
+    broken = int((~np.isfinite(logits)).any(axis=1).sum())
+    if broken:
+        raise TrainingDiverged(
+            f"the trained model's outputs are NaN or infinite for {broken} of {len(logits)} "
+            "test images; nothing was published (a lower learning rate usually helps)"
+        )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
     y_pred = logits.argmax(axis=1)
     outcome.y_true, outcome.y_pred = y_true, y_pred
