@@ -35,6 +35,9 @@ class JobStatus(StrEnum):
 # tests membership directly: ``record["status"] in TERMINAL``.
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+# Lua: whether status ``s`` is terminal.
+_TERMINAL_TEST = " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
+
 # Every status change runs as one Lua script that also appends the ``status`` event, so a change
 # and its event are never separated. Each call carries a token of its own (ARGV[1], a
 # JSON-encoded uuid) that the script stores in ``op_token`` when it applies: a retry of the same
@@ -52,7 +55,7 @@ local function status()
   if not raw then return nil end
   return cjson.decode(raw)
 end
-local function is_terminal(s) return TERMINAL_STATUSES end
+local function is_terminal(s) return TERMINAL_TEST end
 local function number(field)
   local raw = redis.call('HGET', key, field)
   if not raw then return nil end
@@ -68,9 +71,7 @@ local function changed()
   redis.call('XADD', stream, 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
              'type', 'status', 'data', ARGV[2], 'time', ARGV[3])
 end
-""".replace(
-    "TERMINAL_STATUSES", " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
-).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+""".replace("TERMINAL_TEST", _TERMINAL_TEST).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
 
 # KEYS[3] the index; ARGV[4] creation time, ARGV[5] job id, ARGV[6..] field/value pairs (JSON).
 # Writes the record, indexes it and emits ``queued``. Returns 1 (also on a replay).
@@ -191,6 +192,24 @@ changed()
 return 2
 """
 )
+
+# KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
+# ARGV[2] job id. A job that ended (else was created) before the cut-off loses its record, its
+# events and its index entry; an index entry whose record is gone goes too. Returns 1 when removed.
+PRUNE_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if raw then
+  local s = cjson.decode(raw)
+  if not (TERMINAL_TEST) then return 0 end
+  local ended = redis.call('HGET', KEYS[1], 'finished_at')
+  ended = ended or redis.call('HGET', KEYS[1], 'created_at')
+  ended = ended and cjson.decode(ended)
+  if type(ended) ~= 'number' or ended >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+""".replace("TERMINAL_TEST", _TERMINAL_TEST)
 
 FIELDS = (
     "id",

@@ -27,6 +27,7 @@ from fdl.job_records import (
     EVENTS_MAXLEN,
     INDEX_KEY,
     JOB_KEY,
+    PRUNE_SCRIPT,
     REQUEUE_STALE_SCRIPT,
     RESEND_BACKOFF_CAP,
     RESEND_SCRIPT,
@@ -48,6 +49,7 @@ __all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 
 # The method JobStore.list hides the builtin inside the class body.
 _Statuses = list[tuple[str, str | None]]
+_Ids = list[str]
 
 
 class JobStore:
@@ -71,6 +73,7 @@ class JobStore:
         self._requeue_stale = client.register_script(REQUEUE_STALE_SCRIPT)
         self._cancel = client.register_script(CANCEL_SCRIPT)
         self._resend = client.register_script(RESEND_SCRIPT)
+        self._prune = client.register_script(PRUNE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
@@ -117,16 +120,9 @@ class JobStore:
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of job records, newest first; reads only the page's records.
-
-        Args:
-            status: only jobs in this status; None for all.
-            limit: the page size.
-            offset: how many matching jobs come before the page.
-
-        Returns:
-            The page and the number of matching jobs.
-        """
+        """One page (``limit`` records after ``offset`` matching ones) of the jobs in ``status``
+        (None: all), newest first, and the number of matching jobs; reads only the page's
+        records."""
         if status is None:
             total = int(self.redis.zcard(INDEX_KEY))
             page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
@@ -157,17 +153,9 @@ class JobStore:
         )
 
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move a non-terminal job to ``status`` and emit a ``status`` event.
-
-        Args:
-            job_id: the job.
-            status: the new status.
-            **fields: record fields set in the same atomic step (``result`` and ``error`` also
-                go into the event).
-
-        Returns:
-            False when the job is unknown or already terminal (nothing changed), else True.
-        """
+        """Move a non-terminal job to ``status`` and emit a ``status`` event, setting ``fields``
+        in the same atomic step (``result`` and ``error`` also go into the event); False when
+        the job is unknown or already terminal (nothing changed)."""
         event: dict[str, Any] = {"status": status.value}
         event.update({k: fields[k] for k in ("result", "error") if k in fields})
         args = script_args(event, status=status.value, **fields)
@@ -207,6 +195,18 @@ class JobStore:
         sends it again (one caller per period)."""
         args = [repr(after_s), repr(self.now()), str(RESEND_BACKOFF_CAP)]
         return bool(self._run(self._resend, job_id, args))
+
+    @_retried
+    def prune(self, ended_before: float) -> _Ids:
+        """Remove the records, events and index entries of jobs that ended before
+        ``ended_before`` (epoch seconds, Redis's clock); returns their ids. Only jobs created
+        before it are looked at (a job ends after it is created)."""
+        old = cast(_Ids, self.redis.zrangebyscore(INDEX_KEY, "-inf", f"({ended_before!r}"))
+        pipe = self.redis.pipeline()
+        for job_id in old:
+            keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), INDEX_KEY]
+            self._prune(keys=keys, args=[repr(ended_before), job_id], client=pipe)
+        return [job_id for job_id, done in zip(old, pipe.execute(), strict=True) if done]
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def reap_once(
     store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
-    """One pass; returns (job id, "requeued" | "failed") for every job it acted on."""
+    """One pass; returns (job id, "requeued" | "failed" | "cancelled" | "resent" | "pruned") for
+    every job it acted on."""
     now = store.now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
     running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
@@ -62,7 +63,12 @@ def reap_once(
             send(job_id, record.get("queue") or settings.training_queue)
             actions.append((job_id, "requeued"))
     waiting = _resend_waiting(store, now, settings, send)
-    return actions + waiting
+    pruned: list[str] = []
+    if settings.job_retention_s > 0:
+        pruned = store.prune(now - settings.job_retention_s)
+        if pruned:
+            log.info("removed the records of %d jobs that ended long ago", len(pruned))
+    return actions + waiting + [(job_id, "pruned") for job_id in pruned]
 
 
 def _resend_waiting(

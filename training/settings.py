@@ -31,6 +31,9 @@ class WorkerSettings(CommonSettings):
     # message lost between the gateway's record and the broker, or inside the broker); a
     # duplicate of a job already taken or ended is skipped by the worker that receives it.
     resend_queued_after_s: float = Field(default=600.0, gt=0)
+    # A job that ended this long ago loses its record and events (a reaper removes them), so
+    # Redis does not grow with every job ever run; 0 keeps them forever.
+    job_retention_s: float = Field(default=30 * 86400.0, ge=0)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.

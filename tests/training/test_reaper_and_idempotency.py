@@ -145,6 +145,40 @@ def test_clocks_that_disagree_never_take_a_live_job_for_lost(
     assert store.get("live") == before
 
 
+def test_jobs_that_ended_long_ago_are_removed(store: JobStore, tmp_path: Path) -> None:
+    """Records, events and index entries of jobs that ended FDL_JOB_RETENTION_S ago go, so Redis
+    does not grow with every job ever run; live jobs and recent ones stay, however old."""
+    day = 86400.0
+    jobs = ("old-done", "old-failed", "recent-done", "old-queued", "old-running")
+    for job_id in jobs:  # all created 40 days ago
+        store.create({"model": "mnist_logreg"}, job_id, "training")
+        store.set_fields(job_id, created_at=time.time() - 40 * day)
+        store.redis.zadd("fdl:jobs", {job_id: time.time() - 40 * day})
+    store.finish("old-done", JobStatus.SUCCEEDED, result={})
+    store.finish("old-failed", JobStatus.FAILED, error="x")
+    store.finish("recent-done", JobStatus.SUCCEEDED, result={})
+    for job_id in ("old-done", "old-failed"):
+        store.set_fields(job_id, finished_at=time.time() - 31 * day)
+    store.mark_running("old-running", "some-worker:1")
+    store.set_fields("old-queued", sent_at=time.time())  # not due for a resend
+    keeper = settings(tmp_path, job_retention_s=30 * day)
+    actions = reap_once(store, keeper, Sent())
+    assert sorted(actions) == [("old-done", "pruned"), ("old-failed", "pruned")]
+    for gone in ("old-done", "old-failed"):
+        assert store.get(gone) is None and store.read_events(gone) == []
+    _page, total = store.list()
+    assert total == 3
+    assert {job_id for job_id, _ in store.statuses()} == {
+        "recent-done",
+        "old-queued",
+        "old-running",
+    }
+    # 0 keeps every record.
+    store.set_fields("recent-done", finished_at=time.time() - 365 * day)
+    assert reap_once(store, settings(tmp_path, job_retention_s=0), Sent()) == []
+    assert store.get("recent-done") is not None
+
+
 def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
     running_job(store, "doomed", heartbeat_age=60)
     store.set_fields("doomed", attempts=2)
