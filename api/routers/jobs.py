@@ -21,6 +21,7 @@ from fdl.jobspec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
+QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
 
 
@@ -40,8 +41,22 @@ def submit_job(
 ) -> dict[str, Any]:
     from kombu.exceptions import KombuError  # with Celery: imported on first submission only
 
-    from fdl.queue import enqueue_training
+    from fdl.queue import enqueue_training, waiting_messages
 
+    if settings.max_queued_jobs:
+        try:
+            waiting = waiting_messages(celery, settings.training_queue)
+        except (RedisError, OSError, KombuError) as error:
+            raise store_unavailable(error) from error
+        if waiting >= settings.max_queued_jobs:
+            raise ApiError(
+                429,
+                "queue_full",
+                f"{waiting} jobs already wait in queue {settings.training_queue!r} "
+                f"(FDL_MAX_QUEUED_JOBS={settings.max_queued_jobs}); submit again once some "
+                "have started",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            )
     job_id = new_job_id()
     try:
         record = store.create(spec.model_dump(), job_id, settings.training_queue)

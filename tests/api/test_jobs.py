@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -41,6 +42,36 @@ def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> Non
     message = json.loads(client.lindex("training", 0))
     assert message["headers"]["id"] == job["id"]
     assert get(gateway, f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_a_full_queue_refuses_submissions_with_429(
+    redis_url: str, more_gateways: Callable[..., Gateway]
+) -> None:
+    """FDL_MAX_QUEUED_JOBS bounds what waits in the broker: a client looping over submissions
+    cannot queue weeks of training. Nobody consumes this gateway's queue."""
+    queue = f"capped-{uuid.uuid4().hex[:8]}"
+    own_db = redis_url.rsplit("/", 1)[0] + "/5"
+    redis.Redis.from_url(own_db).flushdb()
+    capped = more_gateways(
+        "gateway-capped",
+        redis_url=own_db,
+        FDL_MAX_QUEUED_JOBS="2",
+        FDL_TRAINING_QUEUE=queue,
+    )
+    spec = {"model": "mnist_mlp"}
+
+    def submit() -> httpx.Response:
+        url = f"{capped.url}/v1/jobs"
+        return httpx.post(url, json=spec, headers=capped.admin(), timeout=10)
+
+    assert [submit().status_code for _ in range(2)] == [202, 202]
+    refused = submit()
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "60"
+    error = refused.json()["error"]
+    assert error["code"] == "queue_full" and "2 jobs already wait" in error["message"]
+    listed = httpx.get(f"{capped.url}/v1/jobs", headers=capped.admin(), timeout=10).json()
+    assert listed["total"] == 2  # the refused one left no record
 
 
 @pytest.mark.parametrize(
