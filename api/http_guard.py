@@ -119,6 +119,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         for cycle in (self._running, self.cycle, *(queued for queued, _ in self.pipeline)):
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True
+                cycle.message_event.set()  # an app waiting in receive() learns it at once
         self.pipeline.clear()
         # abort, not close: close would wait for the buffer to drain, which it never does.
         self.transport.abort()

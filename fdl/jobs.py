@@ -50,6 +50,8 @@ __all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 # The method JobStore.list hides the builtin inside the class body.
 _Statuses = list[tuple[str, str | None]]
 _Ids = list[str]
+# Jobs removed per round trip by JobStore.prune.
+PRUNE_BATCH = 500
 
 
 class JobStore:
@@ -200,13 +202,29 @@ class JobStore:
     def prune(self, ended_before: float) -> _Ids:
         """Remove the records, events and index entries of jobs that ended before
         ``ended_before`` (epoch seconds, Redis's clock); returns their ids. Only jobs created
-        before it are looked at (a job ends after it is created)."""
+        before it are looked at (a job ends after it is created), in batches that other clients'
+        commands interleave with (no transaction)."""
         old = cast(_Ids, self.redis.zrangebyscore(INDEX_KEY, "-inf", f"({ended_before!r}"))
-        pipe = self.redis.pipeline()
-        for job_id in old:
-            keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), INDEX_KEY]
-            self._prune(keys=keys, args=[repr(ended_before), job_id], client=pipe)
-        return [job_id for job_id, done in zip(old, pipe.execute(), strict=True) if done]
+        pruned: _Ids = []
+        for start in range(0, len(old), PRUNE_BATCH):
+            batch = old[start : start + PRUNE_BATCH]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in batch:
+                keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), INDEX_KEY]
+                self._prune(keys=keys, args=[repr(ended_before), job_id], client=pipe)
+            pruned += [job_id for job_id, done in zip(batch, pipe.execute(), strict=True) if done]
+        return pruned
+
+    @_retried
+    def waiting(self, queue: str) -> int:
+        """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
+        sent again counts once); reads two fields of every indexed record."""
+        ids = cast(_Ids, self.redis.zrange(INDEX_KEY, 0, -1))
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(JOB_KEY.format(job_id), ["status", "queue"])
+        wanted = (json.dumps(JobStatus.QUEUED.value), json.dumps(queue))
+        return sum(1 for fields in pipe.execute() if tuple(fields) == wanted)
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
@@ -251,16 +269,9 @@ class JobStore:
 
     @_retried
     def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
-        """Append an event to the job's stream (capped at about ``EVENTS_MAXLEN`` entries).
-
-        Args:
-            job_id: the job.
-            kind: ``status``, ``progress``, ``log``…
-            data: the event's JSON-ready payload.
-
-        Returns:
-            The stream entry's id.
-        """
+        """Append an event of ``kind`` (``status``, ``progress``, ``log``…) with the JSON-ready
+        ``data`` to the job's stream (capped at about ``EVENTS_MAXLEN`` entries); returns the
+        stream entry's id."""
         entry_id = self.redis.xadd(
             EVENTS_KEY.format(job_id),
             {"type": kind, "data": json.dumps(data), "time": str(time.time())},
@@ -273,17 +284,9 @@ class JobStore:
     def read_events(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
     ) -> Events:
-        """The job's events after a stream id.
-
-        Args:
-            job_id: the job.
-            after: a stream entry id; ``0-0`` for all.
-            block_ms: how long to wait when none are there yet; None does not wait.
-            count: the most events returned.
-
-        Returns:
-            ``(entry id, {"type", "data", "time"})`` per event, oldest first.
-        """
+        """At most ``count`` of the job's events after the stream id ``after`` (``0-0``: from the
+        first), waiting up to ``block_ms`` when there are none yet (None: no wait), oldest first:
+        ``(entry id, {"type", "data", "time"})``."""
         reply = cast(
             StreamReply,
             self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms),

@@ -37,16 +37,3 @@ def make_celery(
 
 def enqueue_training(app: Celery, job_id: str, queue: str = "training") -> None:
     app.send_task(TRAIN_TASK, args=[job_id], task_id=job_id, queue=queue)
-
-
-def waiting_messages(app: Celery, queue: str) -> int:
-    """How many messages wait in ``queue`` (the broker's own count, through kombu's passive
-    declare; a queue that does not exist yet has none)."""
-    from kombu.exceptions import ChannelError
-
-    with app.pool.acquire(block=True) as connection:
-        try:
-            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-        except ChannelError:
-            return 0
-    return int(declared.message_count)

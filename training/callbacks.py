@@ -1,5 +1,5 @@
 """Keras callbacks that connect a training run to its job record: progress, cancellation, and
-the end of a run whose loss diverged."""
+stopping a run whose loss diverged."""
 
 from __future__ import annotations
 
@@ -22,24 +22,24 @@ def _num(value: Any) -> float | None:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the weights are no longer numbers, and a model exported
-    from them would answer NaN to every image. The job fails and publishes nothing."""
+    """The trained model answers NaN or infinity: its weights are no longer numbers (the loss
+    diverged). The job fails and publishes nothing."""
 
 
-def check_loss(value: Any, where: str) -> None:
-    """Raise :class:`TrainingDiverged` when the reported loss is not a finite number."""
-    if value is not None and not math.isfinite(float(value)):
-        raise TrainingDiverged(
-            f"training diverged: the loss was {float(value)} {where}; nothing was published "
-            "(a lower learning rate, or clipping with max_norm, usually helps)"
-        )
+def divergence(value: Any, where: str) -> str | None:
+    """What to tell the user when the reported loss is not a finite number, else None."""
+    if value is None or math.isfinite(float(value)):
+        return None
+    return f"the loss was {float(value)} {where}"
 
 
 class JobCallback(keras.callbacks.Callback):
     """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record,
-    stops training at the next batch when the job's cancellation flag is set, and ends it with
-    :class:`TrainingDiverged` when a reported loss is NaN or infinite (read only where it is
-    reported anyway, so that no batch waits for the device to hand its loss over)."""
+    and stops training at the next batch when the job's cancellation flag is set or a reported
+    loss is NaN or infinite (read only where it is reported anyway, so that no batch waits for
+    the device to hand its loss over). A stop for divergence is kept in ``diverged``; whether
+    the weights are lost is decided on the test set's outputs afterwards: early stopping may have
+    restored its best epoch, and a mixed-precision step that overflowed was skipped."""
 
     def __init__(
         self, store: JobStore, job_id: str, epochs: int, train_examples: int, steps: int
@@ -48,6 +48,7 @@ class JobCallback(keras.callbacks.Callback):
         self.store, self.job_id = store, job_id
         self.epochs, self.train_examples, self.steps = epochs, train_examples, steps
         self.cancelled = False
+        self.diverged: str | None = None
         self.history: list[dict[str, Any]] = []
         self._train_start = self._epoch_start = self._last_report = 0.0
 
@@ -66,7 +67,9 @@ class JobCallback(keras.callbacks.Callback):
         if now - self._last_report >= MID_EPOCH_REPORT_S:
             self._last_report = now
             logs = logs or {}
-            check_loss(logs.get("loss"), f"at step {batch + 1} of epoch {len(self.history) + 1}")
+            where = f"at step {batch + 1} of epoch {len(self.history) + 1}"
+            if self._diverged(logs.get("loss"), where):
+                return
             done = (batch + 1) / max(self.steps, 1)
             epochs_done = len(self.history) + done
             rate = self._images_per_second(now - self._epoch_start, done)
@@ -87,6 +90,13 @@ class JobCallback(keras.callbacks.Callback):
                 },
             )
 
+    def _diverged(self, loss: Any, where: str) -> bool:
+        message = divergence(loss, where)
+        if message is not None:
+            self.diverged = self.diverged or message
+            self.model.stop_training = True
+        return message is not None
+
     def _images_per_second(self, seconds: float, fraction: float) -> float | None:
         if seconds <= 0:
             return None
@@ -96,7 +106,7 @@ class JobCallback(keras.callbacks.Callback):
         if self.cancelled:
             return
         logs = logs or {}
-        check_loss(logs.get("loss"), f"after epoch {epoch + 1}")
+        self._diverged(logs.get("loss"), f"after epoch {epoch + 1}")
         now = time.monotonic()
         entry = {
             "epoch": epoch + 1,

@@ -157,6 +157,8 @@ def train(
             verbose=0,
         )
         info["train_seconds"] = round(time.monotonic() - started, 3)
+        if progress.diverged:
+            info["stopped_early"] = f"training stopped: {progress.diverged}"
         info["epochs_run"] = len(progress.history)
         counts = {
             "train": len(x_train),
@@ -170,15 +172,18 @@ def train(
         logits = model.predict(
             eval_dataset(data.x_test, data.y_test, arch.family, batch), verbose=0
         )
-    return _evaluate(outcome, np.asarray(logits, np.float32), data.y_test)
+    return _evaluate(outcome, np.asarray(logits, np.float32), data.y_test, progress.diverged)
 
 
-def _evaluate(outcome: TrainOutcome, logits: np.ndarray, y_true: np.ndarray) -> TrainOutcome:
+def _evaluate(
+    outcome: TrainOutcome, logits: np.ndarray, y_true: np.ndarray, diverged: str | None = None
+) -> TrainOutcome:
     broken = int((~np.isfinite(logits)).any(axis=1).sum())
     if broken:
         raise TrainingDiverged(
-            f"the trained model's outputs are NaN or infinite for {broken} of {len(logits)} "
-            "test images; nothing was published (a lower learning rate usually helps)"
+            f"training diverged{f' ({diverged})' if diverged else ''}: the trained model's "
+            f"outputs are NaN or infinite for {broken} of {len(logits)} test images; nothing was "
+            "published (a lower learning rate, or clipping with max_norm, usually helps)"
         )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
     y_pred = logits.argmax(axis=1)

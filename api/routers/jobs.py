@@ -41,12 +41,12 @@ def submit_job(
 ) -> dict[str, Any]:
     from kombu.exceptions import KombuError  # with Celery: imported on first submission only
 
-    from fdl.queue import enqueue_training, waiting_messages
+    from fdl.queue import enqueue_training
 
     if settings.max_queued_jobs:
         try:
-            waiting = waiting_messages(celery, settings.training_queue)
-        except (RedisError, OSError, KombuError) as error:
+            waiting = store.waiting(settings.training_queue)
+        except (RedisError, OSError) as error:
             raise store_unavailable(error) from error
         if waiting >= settings.max_queued_jobs:
             raise ApiError(

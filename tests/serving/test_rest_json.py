@@ -195,6 +195,10 @@ def test_codec_rows_keyed_as_tf_serving_keys_them() -> None:
     assert _error({"instances": [{"a": 1, "b": "x"}, [1]]}, two) == message
     assert _error({"inputs": [1]}, two).startswith("inputs is a plain value/list, but expecting")
     assert _error({}, two) == "Missing 'inputs' or 'instances' key"
+    # A signature without inputs (TF Serving reads past the end of its map): a 400, not a 500.
+    none = _signature()
+    for body in ({"instances": [1]}, {"inputs": [1]}, {"inputs": {"a": 1}}):
+        assert _error(body, none) == "the signature has no inputs to fill from this request"
 
 
 def test_debug_string_and_b64_reader() -> None:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fdl.jobs import JobStore
-from training.callbacks import TrainingDiverged, check_loss
+from training.callbacks import JobCallback, TrainingDiverged, divergence
 from training.trainer import TrainOutcome, _evaluate
 
 
@@ -33,16 +33,32 @@ def test_a_job_whose_loss_diverges_fails_and_publishes_nothing(
     assert result is None
     assert record["status"] == "failed"
     assert "TrainingDiverged" in record["error"] and "nothing was published" in record["error"]
+    assert "the loss was nan" in record["error"]
     assert not (model_dir / "m").exists()
 
 
-def test_a_non_finite_loss_or_output_is_divergence() -> None:
-    check_loss(2.5, "after epoch 1")
-    check_loss(None, "after epoch 1")
+def test_a_non_finite_loss_stops_training_and_non_finite_outputs_fail_the_job(
+    store: JobStore,
+) -> None:
+    import keras
+
+    assert divergence(2.5, "after epoch 1") is None and divergence(None, "after epoch 1") is None
     for value in (float("nan"), float("inf"), np.float32("nan")):
-        with pytest.raises(TrainingDiverged, match="after epoch 3"):
-            check_loss(value, "after epoch 3")
+        assert divergence(value, "after epoch 3") == f"the loss was {float(value)} after epoch 3"
+    # The callback stops the run rather than raising: early stopping's best weights, restored
+    # when training ends, may still be good; the test set's outputs decide.
+    store.create({"model": "mnist_logreg"}, "nan-loss")
+    callback = JobCallback(store, "nan-loss", epochs=5, train_examples=10, steps=1)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.stop_training = False  # as fit sets it
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"loss": 0.5})
+    assert callback.diverged is None and not callback.model.stop_training
+    callback.on_epoch_end(1, {"loss": float("nan")})
+    assert callback.diverged == "the loss was nan after epoch 2" and callback.model.stop_training
     logits = np.zeros((4, 10), np.float32)
+    finite = _evaluate(TrainOutcome(None, False, []), logits, np.zeros(4, np.int64), "x")
+    assert finite.metrics["test_accuracy"] == 1.0
     logits[2, 5] = np.nan
-    with pytest.raises(TrainingDiverged, match="for 1 of 4 test images"):
-        _evaluate(TrainOutcome(None, False, []), logits, np.zeros(4, np.int64))
+    with pytest.raises(TrainingDiverged, match=r"\(the loss was nan\).*for 1 of 4 test images"):
+        _evaluate(TrainOutcome(None, False, []), logits, np.zeros(4, np.int64), "the loss was nan")

@@ -179,6 +179,17 @@ def test_jobs_that_ended_long_ago_are_removed(store: JobStore, tmp_path: Path) -
     assert store.get("recent-done") is not None
 
 
+def test_waiting_counts_queued_jobs_of_one_queue_once(store: JobStore) -> None:
+    """What FDL_MAX_QUEUED_JOBS is compared with: records, so a re-sent message adds nothing."""
+    for job_id, queue in (("a", "training"), ("b", "training"), ("c", "gpu"), ("d", "training")):
+        store.create({"model": "mnist_logreg"}, job_id, queue)
+    store.mark_running("b", "some-worker:1")
+    store.set_fields("a", sent_at=time.time() - 3600)
+    assert store.mark_resent("a", 60)  # its message sent twice: still one job
+    assert store.waiting("training") == 2 and store.waiting("gpu") == 1
+    assert store.waiting("nobody") == 0
+
+
 def test_reaper_fails_a_job_lost_too_often(store: JobStore, tmp_path: Path) -> None:
     running_job(store, "doomed", heartbeat_age=60)
     store.set_fields("doomed", attempts=2)

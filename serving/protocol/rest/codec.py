@@ -178,6 +178,8 @@ def parse_predict_body(
     if has_rows and has_columns:
         raise invalid("JSON request must contain exactly one of 'instances' or 'inputs'")
     names = sorted(signature.inputs)
+    if not names:  # TF Serving would read past the end of its (empty) map here
+        raise invalid("the signature has no inputs to fill from this request")
     if has_rows:
         rows = body["instances"]
         if not isinstance(rows, list):
