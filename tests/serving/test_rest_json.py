@@ -7,6 +7,7 @@ codec in-process for the dtypes the test model does not have."""
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 import urllib.request
 from typing import Any
@@ -17,7 +18,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from fdl.wire.tfs_pb2 import DataType
 from serving.errors import ServingError
 from serving.protocol.rest.codec import parse_predict_body
-from serving.protocol.rest.jsontext import b64_unescape, debug_string
+from serving.protocol.rest.jsontext import b64_unescape, debug_string, parse_document
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,16 @@ def test_inputs_the_signature_does_not_have(kinds_server) -> None:
             "Failed to process element: 0 key: extra of 'instances' list. Error: "
             "INVALID_ARGUMENT: JSON object: does not have named input: extra"
         )
+
+
+def test_a_number_beyond_a_double_is_a_parse_error(kinds_server) -> None:
+    """rapidjson refuses 1e400 while parsing (kParseErrorNumberTooBig, "Number too big to be
+    stored in double."); Python's parser would read it as infinity. Infinity spelled out is
+    read, as TF Serving reads it (kParseNanAndInfFlag)."""
+    status, reply = _post(kinds_server, b'{"inputs": [1e400]}')
+    assert status == 400 and "Number too big to be stored in double" in reply["error"]
+    assert math.isinf(parse_document(b"[Infinity, -Infinity]")[0])
+    assert parse_document(b"[1e300, 2.5]") == [1e300, 2.5]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,17 @@ import orjson
 
 from serving.errors import invalid
 
-_DECODER = json.JSONDecoder()
+
+def _finite_float(text: str) -> float:
+    """A JSON number written with a fraction or an exponent; one beyond a double's range is a
+    parse error, as rapidjson's (``NaN`` and ``Infinity`` spelled out are constants, not this)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("Number too big to be stored in double")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite_float)
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON whitespace
 
 
