@@ -107,7 +107,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         HTTP_GUARD.labels("write_timeout").inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning(
-            "closing connection from %s: it took none of its responses for %.0f s",
+            "closing connection from %s: its responses stayed unread for %.0f s",
             client,
             self.limits.write_timeout_s,
             extra={"reason": "write_timeout", "client": client},

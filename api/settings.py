@@ -39,8 +39,9 @@ class GatewaySettings(CommonSettings):
     # Per key (or per client address when anonymous), GCRA in Redis. 0 disables the limit.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
-    # Training jobs that may wait in the queue (the broker's count of its messages); a
-    # submission beyond it gets 429 queue_full. 0: no limit.
+    # Training jobs that may wait in the gateway's training queue (queued job records: a job
+    # whose message a reaper re-sent counts once); a submission beyond it gets 429 queue_full.
+    # 0: no limit.
     max_queued_jobs: int = Field(default=1000, ge=0)
     # Deadlines of gRPC calls to the model server.
     predict_timeout_s: float = Field(default=10.0, gt=0)

@@ -50,6 +50,7 @@ __all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 # The method JobStore.list hides the builtin inside the class body.
 _Statuses = list[tuple[str, str | None]]
 _Ids = list[str]
+_Rows = list[tuple[str, list[str | None]]]  # (job id, raw field values)
 # Jobs removed per round trip by JobStore.prune.
 PRUNE_BATCH = 500
 
@@ -140,12 +141,16 @@ class JobStore:
     @_retried
     def statuses(self) -> _Statuses:
         """(job id, status) of every job, newest first, without reading the whole records."""
-        ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, 0, -1))
-        pipe = self.redis.pipeline()
+        return [(i, json.loads(v[0]) if v[0] else None) for i, v in self._scan("status")]
+
+    def _scan(self, *fields: str) -> _Rows:
+        """(job id, the raw values of ``fields``) of every indexed job, newest first, in one
+        round trip that other clients' commands interleave with (no transaction)."""
+        ids = cast(_Ids, self.redis.zrevrange(INDEX_KEY, 0, -1))
+        pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(JOB_KEY.format(job_id), "status")
-        values: list[str | None] = pipe.execute()
-        return [(i, json.loads(v) if v else None) for i, v in zip(ids, values, strict=True)]
+            pipe.hmget(JOB_KEY.format(job_id), list(fields))
+        return list(zip(ids, pipe.execute(), strict=True))
 
     @_retried
     def set_fields(self, job_id: str, **fields: Any) -> None:
@@ -219,12 +224,8 @@ class JobStore:
     def waiting(self, queue: str) -> int:
         """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
         sent again counts once); reads two fields of every indexed record."""
-        ids = cast(_Ids, self.redis.zrange(INDEX_KEY, 0, -1))
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(JOB_KEY.format(job_id), ["status", "queue"])
-        wanted = (json.dumps(JobStatus.QUEUED.value), json.dumps(queue))
-        return sum(1 for fields in pipe.execute() if tuple(fields) == wanted)
+        wanted = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
+        return sum(1 for _, values in self._scan("status", "queue") if values == wanted)
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:

@@ -57,8 +57,9 @@ def run_job(
     if status.terminal:
         log.info("job %s is already %s; skipping redelivered message", job_id, status)
         return None
+    now = store.now()  # Redis's clock, which heartbeats are written by
     if status is JobStatus.RUNNING:
-        age = store.now() - float(record.get("heartbeat_at") or 0)
+        age = now - float(record.get("heartbeat_at") or 0)
         if age < settings.stale_after_s:
             log.info("job %s runs elsewhere (heartbeat %.0fs ago); skipping", job_id, age)
             return None
@@ -76,7 +77,7 @@ def run_job(
         store.finish(job_id, JobStatus.FAILED, error=f"invalid job spec: {error}")
         return None
     # The claim is atomic: of two deliveries that both read the record above, one runs the job.
-    stale_before = store.now() - settings.stale_after_s
+    stale_before = now - settings.stale_after_s
     if not store.mark_running(job_id, worker or default_worker_name(), stale_before):
         log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None
