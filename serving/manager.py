@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import ServingError, not_found
+from serving.errors import ServingError
 from serving.loading import load_version
 from serving.records import (
     ManagerOptions,
@@ -30,6 +30,7 @@ from serving.records import (
     checked_labels,
     grpc_code,
     status_rows,
+    unknown_model,
 )
 from serving.servable import Servable
 from serving.versions import Fingerprint, aspired_versions, fingerprint, scan_versions
@@ -255,7 +256,7 @@ class ModelManager:
         Args:
             name: the model.
             version: a version number; ``label`` instead, or neither for the newest available.
-            label: a version label.
+            label: a version label (``""`` is a label, which no model has).
 
         Returns:
             The servable, acquired (unloading waits until it is released).
@@ -267,7 +268,7 @@ class ModelManager:
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
-                raise not_found(f"Servable not found for request: Latest({name})")
+                raise unknown_model(name, version, label)
             servable = entry.servable(name, version, label)
             servable.acquire()
             return servable

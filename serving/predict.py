@@ -25,9 +25,11 @@ def prepare(
     inputs: Mapping[str, np.ndarray],
     output_filter: list[str],
 ) -> list[str]:
-    """Validate inputs against the signature; returns the output keys to fetch."""
+    """Validate inputs against the signature; returns the output keys to fetch. The output
+    filter is checked first: TF Serving checks it before its Session checks dtypes and shapes."""
+    keys = servable.output_keys(signature_name, output_filter)
     servable.validate(signature_name, inputs)
-    return servable.output_keys(signature_name, output_filter)
+    return keys
 
 
 def batcher(
@@ -67,7 +69,12 @@ def from_numpy(
     return tensors.from_numpy(array, target, content, invalid)
 
 
-def decode_request(request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+def decode_request(
+    servable: Servable, request: predict_pb2.PredictRequest
+) -> dict[str, np.ndarray]:
+    """The request's tensors, in TF Serving's order of checks: the signature
+    (FAILED_PRECONDITION), the input names, then each tensor as it is parsed."""
+    servable.check_input_names(request.model_spec.signature_name, request.inputs.keys())
     return {key: to_numpy(tensor, key) for key, tensor in request.inputs.items()}
 
 
@@ -78,8 +85,7 @@ def enqueue(
     timeout: float | None = None,
 ) -> asyncio.Future:
     """On the loop: validate a request and queue it; the future resolves to its outputs."""
-    servable.signature(request.model_spec.signature_name)  # TF Serving checks it first
-    inputs = decode_request(request)
+    inputs = decode_request(servable, request)
     name = request.model_spec.signature_name
     keys = prepare(servable, name, inputs, list(request.output_filter))
     return batcher(servable, name, keys, batching).enqueue(inputs, timeout)
@@ -91,11 +97,10 @@ def predict(
     batching: Batching | None = None,
     tensor_content: bool = False,
 ) -> predict_pb2.PredictResponse:
-    servable.signature(request.model_spec.signature_name)  # TF Serving checks it first
     outputs = run_arrays(
         servable,
         request.model_spec.signature_name,
-        decode_request(request),
+        decode_request(servable, request),
         list(request.output_filter),
         batching,
     )

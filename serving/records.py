@@ -100,7 +100,7 @@ class ModelEntry:
 
     def servable(self, name: str, version: int | None, label: str | None) -> Servable:
         """The servable a request names (by label, number, or the newest available)."""
-        if label:
+        if label is not None:  # an empty label is looked up too, as in TF Serving
             version = self.labelled(label)
         if version is None:
             available = [v for v, r in self.versions.items() if r.state == State.AVAILABLE]
@@ -136,6 +136,16 @@ def checked_labels(
                 "which is not currently available for inference",
             )
     return dict(model.version_labels)
+
+
+def unknown_model(name: str, version: int | None, label: str | None) -> ServingError:
+    """A spec naming a model not in the config, as TF Serving answers it: a label is looked up
+    first (``server_core.cc``, ``ServableRequestFromModelSpec``), and the request is named as
+    ``ServableRequest::DebugString`` prints it (``core/manager.h``)."""
+    if label is not None:
+        return invalid(f"Unrecognized servable version label: {label}")
+    wanted = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+    return not_found(f"Servable not found for request: {wanted}")
 
 
 def not_ready(entry: ModelEntry, what: str) -> ServingError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +112,34 @@ class Servable:
             )
         return found
 
+    def check_input_names(self, signature_name: str, sent: Collection[str]) -> None:
+        """TF Serving's checks of a request's input names, made before it parses any tensor:
+        the counts (``predict_util.cc``, ``VerifyRequestInputsSize``), then each of the
+        signature's inputs (``saved_model/util.cc``, ``GetInputValues``; signature defaults are
+        not supported here). INVALID_ARGUMENT with TF Serving's texts."""
+        inputs = self.signature(signature_name).inputs
+        if len(sent) != len(inputs):
+            extra, missing = sorted(set(sent) - set(inputs)), sorted(set(inputs) - set(sent))
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(inputs)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(inputs))}}}). "
+                f"Sent extra: {{{','.join(extra)}}}. "
+                f"Missing but required: {{{','.join(missing)}}}."
+            )
+        for alias in sorted(inputs):
+            if alias not in sent:
+                raise invalid(
+                    f"Signature input alias: {alias}(feed name: {inputs[alias].name}) not found "
+                    "in request and no default value provided. Inputs expected to be in the "
+                    f"request {{{','.join(sorted(sent))}}}, or default input alias set: "
+                )
+
     def validate(
         self, signature_name: str, inputs: Mapping[str, np.ndarray]
     ) -> meta_graph_pb2.SignatureDef:
         """Check names, dtypes and shapes; errors are INVALID_ARGUMENT naming the tensor."""
         signature = self.signature(signature_name)
-        expected = set(signature.inputs)
-        sent = set(inputs)
-        if sent != expected:
-            raise invalid(
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-                f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
-            )
+        self.check_input_names(signature_name, inputs.keys())
         for key, array in inputs.items():
             info = signature.inputs[key]
             want = numpy_dtype(info.dtype, invalid)
@@ -146,17 +160,23 @@ class Servable:
         return signature
 
     def output_keys(self, signature_name: str, output_filter: Iterable[str]) -> list[str]:
+        """The outputs to fetch, sorted, checked alias by alias as TF Serving's
+        ``PreProcessPrediction`` checks ``output_filter`` (``predict_util.cc``); none named: all.
+        Sorted, so the filter's order (which the answer, a map, does not show) makes neither a
+        Session callable nor a batch queue of its own: every order of n outputs made one each,
+        kept until the version unloads, and split batches that TF Serving's batching session
+        (keyed by the *set* of tensors) runs together."""
         signature = self.signature(signature_name)
-        keys = list(output_filter) or sorted(signature.outputs)
-        for key in keys:
+        keys = list(output_filter)
+        for i, key in enumerate(keys):
             if key not in signature.outputs:
                 raise invalid(
                     f"output tensor alias not found in signature: {key} Outputs expected to be "
                     f"in the set {{{','.join(sorted(signature.outputs))}}}."
                 )
-        if len(set(keys)) != len(keys):
-            raise invalid(f"duplicate output tensor alias in output_filter: {keys}")
-        return keys
+            if key in keys[:i]:
+                raise invalid(f"duplicate output tensor alias: {key}")
+        return sorted(keys or signature.outputs)
 
     def run(
         self,

@@ -188,6 +188,26 @@ def test_task_larger_than_max_batch_size(tight, impl) -> None:
     assert "larger than maximum input batch size 8" in info.value.details()
 
 
+def test_output_filter_order_shares_the_batch(tight) -> None:
+    """Callers naming the same outputs in another order join one batch, as TF Serving's batching
+    session keys its queues by the set of tensors; before, each order had a queue (and a Session
+    callable) of its own, so they ran apart, and every order made a new one."""
+    runs = ":tensorflow:serving:batching_session:wrapped_run_count"
+    before = metric(tight, runs)
+    orders = [["scores", "classes"], ["classes", "scores"]] * 2
+
+    def call(i: int):
+        request = predict_request("tiny", images(1, seed=500 + i))
+        request.output_filter[:] = orders[i]
+        return tight.prediction().Predict(request, timeout=60)
+
+    results = concurrently(len(orders), call)
+    for result in results:
+        assert not isinstance(result, grpc.RpcError), result
+        assert set(result.outputs) == {"scores", "classes"}
+    assert metric(tight, runs) - before == 1
+
+
 @pytest.fixture(scope="module")
 def splitting(impl, server_factory, model_stock, tmp_path_factory):
     params = _params(

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from fdl.b64 import b64_unescape
 from fdl.wire.tfs_pb2 import DataType
 from serving.errors import ServingError
 from serving.protocol.rest.codec import parse_predict_body
-from serving.protocol.rest.jsontext import b64_unescape, debug_string, parse_document
+from serving.protocol.rest.jsontext import debug_string, parse_document
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
+from serving.dataplane import INLINE_RUN_LIMIT_S, SIGNATURE_DEF_FIELD, DataPlane
 from serving.errors import ServingError, invalid
 from serving.predict import encode_response, enqueue, predict
 
@@ -54,10 +54,15 @@ def checked_spec(request: Any, *, named: bool = True) -> Any:
 
 
 def _metadata_checked(request: Any) -> None:
-    # get_model_metadata_impl.cc validates the fields before it looks the model up.
-    checked_spec(request)
+    # get_model_metadata_impl.cc validates the fields (ValidateGetModelMetadataRequest) before
+    # it resolves the spec, whose name server_core.cc checks then.
+    checked_spec(request, named=False)
     if not request.metadata_field:
         raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+    for field in request.metadata_field:
+        if field != SIGNATURE_DEF_FIELD:
+            raise invalid(f"Metadata field {field} is not supported")
+    checked_spec(request)
 
 
 def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:

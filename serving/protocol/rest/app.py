@@ -154,6 +154,8 @@ class RestApi:
                 raise invalid("Missing model name in request.")
             model = spec.name
             api, payload = await handle(spec, rest)
+            if isinstance(payload, bytes):  # already JSON: a :predict answer, encoded off the loop
+                return self._send(200, payload)
             return self._json(200, payload)
         except ServingError as error:
             status = error.code.name

@@ -4,7 +4,8 @@ A request whose model answers in about a millisecond, with a small body, while n
 running, is decoded, run and encoded on the loop itself: a thread hand-off would cost as much as
 the run. Otherwise the whole call (JSON decoding, the Session run, JSON encoding) goes to the REST
 thread pool (``--rest_api_num_threads``), so large bodies never hold the loop and concurrent calls
-run in parallel. With batching, the decoded inputs join the batch queue on the loop and carry the
+run in parallel. With batching, the decoded inputs join the batch queue on the loop (a body over
+``INLINE_BODY_LIMIT`` is decoded, and its answer encoded, on the REST pool) and carry the
 ``--rest_api_timeout_in_ms`` deadline into it, as TF Serving's ``RunOptions`` do; without
 batching, a call that takes longer than that deadline answers 504 (its run still finishes before
 the model version may unload).
@@ -13,11 +14,14 @@ the model version may unload).
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 
 from serving.dataplane import INLINE_RUN_LIMIT_S, DataPlane
 from serving.errors import ServingError, invalid
@@ -52,12 +56,23 @@ def _decode(raw: bytes) -> tuple[Any, str, bool]:
     return body, signature_name, may_hold_booleans(raw)
 
 
-def predict_now(servable: Servable, raw: bytes) -> dict[str, Any]:
-    """Decode, run without batching and encode, on the calling thread."""
+def _decoded(servable: Servable, raw: bytes) -> tuple[str, dict[str, np.ndarray], bool]:
+    """The signature name, the inputs by alias and whether the row format was used."""
     body, signature_name, bools = _decode(raw)
     signature = servable.signature(signature_name, rest=True)
     inputs, rows = parse_predict_body(body, signature, bools)
-    return format_outputs(run_arrays(servable, signature_name, inputs, []), rows)
+    return signature_name, inputs, rows
+
+
+def _encoded(outputs: Mapping[str, np.ndarray], rows: bool) -> bytes:
+    """The answer's JSON text (the C encoder: one line; TF Serving's whitespace means nothing)."""
+    return json.dumps(format_outputs(outputs, rows)).encode()
+
+
+def predict_now(servable: Servable, raw: bytes) -> bytes:
+    """Decode, run without batching and encode, on the calling thread."""
+    signature_name, inputs, rows = _decoded(servable, raw)
+    return _encoded(run_arrays(servable, signature_name, inputs, []), rows)
 
 
 def _release(work: asyncio.Future, servable: Servable) -> None:
@@ -73,7 +88,8 @@ class RestPredictor:
         self.timeout = timeout
         self._running = 0
 
-    async def predict(self, spec: Spec, raw: bytes) -> dict[str, Any]:
+    async def predict(self, spec: Spec, raw: bytes) -> bytes:
+        """The JSON answer of a ``:predict`` call."""
         servable = self.data_plane.resolve(spec.name, spec.version, spec.label)
         inline = (
             servable.batching is None
@@ -88,7 +104,7 @@ class RestPredictor:
                 servable.release()
         try:
             if servable.batching is not None:
-                work = self._batched(servable, raw)
+                work = asyncio.ensure_future(self._batched(servable, raw))
             else:
                 work = self._offloaded(servable, raw)
         except BaseException:
@@ -108,19 +124,28 @@ class RestPredictor:
                 f"({self.timeout * 1000:.0f} ms)",
             ) from None
 
-    def _batched(self, servable: Servable, raw: bytes) -> asyncio.Future:
-        body, signature_name, bools = _decode(raw)
-        signature = servable.signature(signature_name, rest=True)
-        inputs, rows = parse_predict_body(body, signature, bools)
+    async def _batched(self, servable: Servable, raw: bytes) -> bytes:
+        """Decode, join the batch queue on the loop, encode. A body over ``INLINE_BODY_LIMIT``
+        is decoded and its answer encoded on the REST pool: on the loop, a large body held every
+        other call (gRPC included) for as long as its JSON took, seconds for tens of MB."""
+        loop = asyncio.get_running_loop()
+        small = len(raw) <= INLINE_BODY_LIMIT
+        started = loop.time()
+        if small:
+            signature_name, inputs, rows = _decoded(servable, raw)
+        else:
+            signature_name, inputs, rows = await loop.run_in_executor(
+                self.executor, _decoded, servable, raw
+            )
         keys = prepare(servable, signature_name, inputs, [])
-        queued = batcher(servable, signature_name, keys, servable.batching).enqueue(
-            inputs, self.timeout
-        )
-
-        async def answer() -> dict[str, Any]:
-            return format_outputs(await queued, rows)
-
-        return asyncio.ensure_future(answer())
+        timeout = self.timeout
+        if timeout is not None:  # the deadline counts from the call's start, decoding included
+            timeout = max(0.0, timeout - (loop.time() - started))
+        batch = batcher(servable, signature_name, keys, servable.batching)
+        outputs = await batch.enqueue(inputs, timeout)
+        if small:
+            return _encoded(outputs, rows)
+        return await loop.run_in_executor(self.executor, _encoded, outputs, rows)
 
     def _offloaded(self, servable: Servable, raw: bytes) -> asyncio.Future:
         self._running += 1  # counted now, so a request arriving next sees this one

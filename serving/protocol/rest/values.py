@@ -15,10 +15,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from fdl.b64 import b64_unescape
 from fdl.tensors import dtype_name
 from fdl.wire.tfs_pb2 import DataType
 from serving.protocol.rest.dense import LeafCheck
-from serving.protocol.rest.jsontext import b64_unescape, debug_string, type_name
+from serving.protocol.rest.jsontext import debug_string, type_name
 
 _INT32 = (-(2**31), 2**31 - 1)
 # The integers each integer dtype takes (the rapidjson predicate json_tensor.cc applies).
