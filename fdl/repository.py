@@ -2,7 +2,8 @@
 
 Layout: ``<model>/<version>/`` (integer-named SavedModel folders), ``labels.json`` (version
 labels, so a restart keeps them), ``models.config`` (rendered by :mod:`fdl.model_config`, polled
-by the model server) and ``.repository.lock``.
+by the model server), ``.versions.json`` (each model's highest version number ever published,
+so a deleted version's number is never given to another model) and ``.repository.lock``.
 
 Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
 ``python -m fdl.repository`` syncing the config) takes the same cross-process file lock and
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
+NUMBERS_FILE = ".versions.json"
 _VERSION = re.compile(r"[0-9]{1,18}")
 Labels = dict[str, dict[str, int]]
 
@@ -71,6 +73,21 @@ def read_labels(model_dir: Path) -> Labels:
         m: {k: int(v) for k, v in labels.items()}
         for m, labels in json.loads(path.read_text()).items()
     }
+
+
+def read_numbers(model_dir: Path) -> dict[str, int]:
+    """Each model's highest version number ever published (``.versions.json``); an unreadable
+    file counts as empty (with a warning): the versions on disk and the labels still count."""
+    try:
+        raw = json.loads((model_dir / NUMBERS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning("ignoring %s: %s", model_dir / NUMBERS_FILE, error)
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {m: v for m, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def version_job_id(version_dir: Path) -> str | None:
@@ -186,7 +203,9 @@ class Repository:
         and ``staged`` is left alone. Otherwise ``check(model_path)``, run under the lock, may
         raise to publish nothing (a quality gate that compares with the newest version). The
         model's folder is created here, under the lock, so a new model never shows up without a
-        version. Returns ``(version, published_now)``.
+        version. All or nothing: when the config cannot be written after the rename (a full
+        disk), the version is moved back to ``staged`` and the error raised. The number is
+        :meth:`next_version`. Returns ``(version, published_now)``.
         """
         if not valid_name(model):
             raise ValueError(f"model name {model!r} is not a valid name")
@@ -199,15 +218,48 @@ class Repository:
                 return existing, False
             if check is not None:
                 check(model_path)
-            model_path.mkdir(parents=True, exist_ok=True)
-            versions = list_versions(model_path)
-            version = (versions[-1] + 1) if versions else 1
+            version = self.next_version(model)
             seal_version(staged)
-            os.rename(staged, model_path / str(version))
-            fsync_path(model_path)  # the rename, and a new model's folder in the repository
-            fsync_path(self.model_dir)
-            self.write_config(self.render())
+            numbers = read_numbers(self.model_dir)
+            atomic_write(
+                self.model_dir / NUMBERS_FILE,
+                json.dumps({**numbers, model: version}, indent=2, sort_keys=True) + "\n",
+            )
+            new_model = not model_path.is_dir()
+            model_path.mkdir(parents=True, exist_ok=True)
+            target = model_path / str(version)
+            os.rename(staged, target)
+            try:
+                fsync_path(model_path)  # the rename, and a new model's folder in the repository
+                fsync_path(self.model_dir)
+                self.write_config(self.render())
+            except BaseException:
+                # All or nothing: a version whose config could not be written (a full disk) is
+                # taken back out, so a job that fails never leaves a version behind.
+                self._take_back(target, staged, model_path if new_model else None)
+                raise
             return version, True
+
+    def next_version(self, model: str) -> int:
+        """One more than any number the model's versions ever had: on disk, named by a label,
+        or published before and deleted since (``.versions.json``), so a number is never given
+        twice (a label or a model server's cache could take the new model for the old one)."""
+        taken = [*self.versions(model), *self.labels().get(model, {}).values()]
+        return max([*taken, read_numbers(self.model_dir).get(model, 0)], default=0) + 1
+
+    def _take_back(self, version_dir: Path, staged: Path, new_model: Path | None) -> None:
+        """Undo a publish that failed after its rename: the version goes back to ``staged``
+        (which its caller removes), a model folder made for it goes too."""
+        log.error("publishing %s failed after its rename; taking it back out", version_dir)
+        try:
+            os.rename(version_dir, staged)
+            if new_model is not None:
+                new_model.rmdir()
+            for folder in (version_dir.parent, self.model_dir):
+                if folder.is_dir():
+                    fsync_path(folder)
+        except OSError:
+            log.exception("could not take %s back out of the repository", version_dir)
 
 
 def sync_config(model_dir: Path, base_path_root: str | None = None) -> Path:

@@ -10,13 +10,13 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from api.settings import GatewaySettings
 from fdl import contract
 from fdl import repository as fdl_repository
+from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
 from fdl.repository import CONFIG_FILE, Repository
 from fdl.settings import get_settings as common_settings
@@ -24,16 +24,6 @@ from training.job import execute
 from training.settings import WorkerSettings
 
 ROOT = "/srv/tf-serving/models"  # where the model server sees the repository
-
-
-class FakeStore:
-    """What execute() touches of the job store."""
-
-    def append_event(self, job_id: str, kind: str, event: dict[str, Any]) -> None:
-        pass
-
-    def cancel_requested(self, job_id: str) -> bool:
-        return False
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_worker_and_gateway_render_the_same_base_paths(
-    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = WorkerSettings(_env_file=None)  # type: ignore[call-arg]
     gateway = GatewaySettings(_env_file=None)  # type: ignore[call-arg]
@@ -94,7 +84,7 @@ def test_worker_and_gateway_render_the_same_base_paths(
     # A worker publishes version 2 of the same model through the real job code.
     fake_training(monkeypatch)
     spec = JobSpec(model="mnist_mlp", dataset="mnist", publish_as="digits")
-    result = execute("job-1", spec, FakeStore(), worker)  # type: ignore[arg-type]
+    result = execute("job-1", spec, JobStore.from_url(redis_url), worker)
     assert result["version"] == 2 and result["published"] is True
     worker_config = (model_dir / CONFIG_FILE).read_text()
 

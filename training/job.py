@@ -65,6 +65,12 @@ def run_job(
             return None
     attempts = int(record.get("attempts") or 0)
     if attempts >= settings.max_attempts:
+        from training.publish import published_by_record
+
+        published = published_by_record(settings.model_dir, record)
+        if published is not None:  # its last run was lost after publishing: it is done
+            store.finish(job_id, JobStatus.SUCCEEDED, result=published)
+            return published
         store.finish(
             job_id,
             JobStatus.FAILED,
@@ -112,6 +118,19 @@ def run_job(
 
 def _check_cancel(store: JobStore, job_id: str) -> None:
     if store.cancel_requested(job_id):
+        raise Cancelled
+
+
+def _cancel_under_lock(store: JobStore, job_id: str) -> None:
+    """The cancellation check just before the rename, under the repository's lock (which may
+    have been waited for): one try, no retries, so that a Redis outage never holds the lock;
+    unreachable, it counts as not cancelled (the check before the lock passed)."""
+    try:
+        cancelled = JobStore(store.redis).cancel_requested(job_id)
+    except TRANSIENT_ERRORS:
+        log.warning("job %s: cancellation flag unreadable under the lock; publishing", job_id)
+        return
+    if cancelled:
         raise Cancelled
 
 
@@ -176,10 +195,15 @@ def execute(
     staged = staging_dir(model_path, job_id)
     try:
         write_model(staged, job_id, spec, data, outcome)
-        _check_cancel(store, job_id)  # last chance: nothing is visible yet
+        _check_cancel(store, job_id)  # before waiting for the repository's lock
         gate = gate_under_lock(spec.publish, accuracy)
+
+        def last_checks(model_path: Path) -> None:
+            _cancel_under_lock(store, job_id)  # last chance: nothing is visible yet
+            gate(model_path)
+
         root = settings.serving_model_base_path
-        result["version"], _ = publish(staged, settings.model_dir, name, job_id, root, gate)
+        result["version"], _ = publish(staged, settings.model_dir, name, job_id, root, last_checks)
     except GateClosed as closed:  # a better version was published while this job trained
         result["reason"] = str(closed)
         return result

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fdl import contract
-from fdl.jobspec import PublishSpec
+from fdl.jobspec import PublishSpec, valid_name
 from fdl.repository import Repository, find_job_version, list_versions
 
 log = logging.getLogger(__name__)
@@ -156,3 +156,18 @@ def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str,
         "epochs_run": (metadata.get("runtime") or {}).get("epochs_run"),
         "tensorboard_dir": None,
     }
+
+
+def published_by_record(model_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`published_before` for a job record (its stored spec names the served model): what
+    a job whose worker was lost after the rename published, so that it ends ``succeeded``
+    rather than ``cancelled`` or ``failed`` with a version in the repository."""
+    spec = record.get("spec")
+    name = (spec.get("publish_as") or spec.get("model")) if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not valid_name(name):
+        return None
+    try:
+        return published_before(model_dir, name, str(record["id"]))
+    except OSError:  # an unreadable repository: the job runs again, and a re-run checks too
+        log.warning("cannot look for job %s's version in %s", record["id"], model_dir)
+        return None

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
+from training.publish import published_by_record
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 def reap_once(
     store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
 ) -> list[tuple[str, str]]:
-    """One pass; returns (job id, "requeued" | "failed" | "cancelled" | "resent" | "pruned") for
-    every job it acted on."""
+    """One pass; returns (job id, "requeued" | "succeeded" | "failed" | "cancelled" | "resent" |
+    "pruned") for every job it acted on. A lost job that already published its version (the
+    worker died between the rename and recording it) ends ``succeeded`` with that version."""
     now = store.now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
     running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
@@ -47,7 +49,12 @@ def reap_once(
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
         if not store.requeue_if_stale(job_id, threshold, reason):
             continue  # it beat again, finished, or another reaper took it
-        if record.get("cancel_requested"):
+        published = published_by_record(settings.model_dir, record)
+        if published is not None:
+            # Lost after its version was renamed in: the job is done, whatever else applies.
+            store.finish(job_id, JobStatus.SUCCEEDED, result=published)
+            actions.append((job_id, "succeeded"))
+        elif record.get("cancel_requested"):
             # Its user cancelled it while it ran: end it so rather than run it again.
             store.finish(job_id, JobStatus.CANCELLED, error=f"cancelled by request ({reason})")
             actions.append((job_id, "cancelled"))

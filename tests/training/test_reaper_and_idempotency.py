@@ -3,6 +3,7 @@ jobs whose heartbeat is stale, and a redelivered message never re-runs a finishe
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,27 @@ def test_job_out_of_attempts_fails_instead_of_running(store: JobStore, tmp_path:
     assert run_job("tired", store, settings(tmp_path)) is None
     record = store.get("tired")
     assert record["status"] == "failed" and "gave up after 2 attempts" in record["error"]
+
+
+def test_a_redelivered_last_attempt_that_already_published_ends_succeeded(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Its worker died after the rename, on the job's last attempt; a redelivered message
+    reaches a worker before any reaper does: the job is done (it published), not failed."""
+    from fdl import contract
+    from training.publish import publish, staging_dir
+
+    worker_settings = settings(tmp_path)
+    store.create({"model": "mnist_logreg", "publish_as": "late"}, "late-job")
+    store.mark_running("late-job", "some-worker:1")
+    store.set_fields("late-job", heartbeat_at=time.time() - 60, attempts=2)
+    staged = staging_dir(worker_settings.model_dir / "late", "late-job")
+    (staged / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
+    metadata = {"job_id": "late-job", "metrics": {"test_accuracy": 0.9}}
+    (staged / contract.METADATA_FILE).write_text(json.dumps(metadata))
+    assert publish(staged, worker_settings.model_dir, "late", "late-job") == (1, True)
+    result = run_job("late-job", store, worker_settings)
+    record = store.get("late-job")
+    assert record["status"] == "succeeded" and record["error"] is None, record
+    assert result == record["result"] and result["version"] == 1 and result["published"]
+    assert result["metrics"] == {"test_accuracy": 0.9}
