@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 
 from fastapi import Request
@@ -13,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import ApiError
+from fdl.b64 import b64_unescape
 
 
 async def read_images(
@@ -42,7 +41,18 @@ async def read_images(
             if "Too many files" in str(error.detail):
                 raise _batch_too_large(max_batch + 1, max_batch) from error
             raise ApiError(422, "invalid_multipart", f"{error.detail}") from error
-        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        parts = form.getlist("file")
+        files = [f for f in parts if isinstance(f, UploadFile)]
+        if len(files) < len(parts):
+            # Starlette reads a part without a filename as a text field: never an image here,
+            # and never dropped in silence (the answer would have fewer predictions than parts).
+            raise ApiError(
+                422,
+                "invalid_multipart",
+                "a 'file' part has no filename, so it is not a file upload: send each image "
+                'as Content-Disposition: form-data; name="file"; filename="a.png" '
+                "(curl -F file=@a.png)",
+            )
         if not files:
             raise ApiError(422, "no_image", "send the image(s) as multipart parts named 'file'")
         if len(files) > max_batch:
@@ -149,10 +159,8 @@ def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int
         encoded = item.get("b64") if isinstance(item, dict) else None
         if not isinstance(encoded, str):
             raise ApiError(422, "invalid_instance", f'instances[{index}] must be {{"b64": str}}')
-        try:
-            images.append(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError) as error:
-            raise ApiError(
-                422, "invalid_base64", f"instances[{index}].b64 is not valid base64"
-            ) from error
+        decoded = b64_unescape(encoded)
+        if decoded is None:
+            raise ApiError(422, "invalid_base64", f"instances[{index}].b64 is not valid base64")
+        images.append(decoded)
     return images, _parse_top_k(payload.get("top_k"))

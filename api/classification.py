@@ -183,12 +183,14 @@ def prepare_batch(
     return stacked.astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
 
-def postprocess(outputs: dict[str, np.ndarray], top_k: int) -> list[dict[str, Any]]:
+def postprocess(outputs: dict[str, np.ndarray], top_k: int, rows: int) -> list[dict[str, Any]]:
+    """The predictions of ``rows`` images from the model's outputs (502 if they are not that)."""
     if contract.SCORES_KEY not in outputs:
         raise ApiError(502, "bad_model_output", f"the model returned no '{contract.SCORES_KEY}'")
     scores = np.asarray(outputs[contract.SCORES_KEY], dtype=np.float64)
-    if scores.ndim != 2:
-        raise ApiError(502, "bad_model_output", f"'scores' has shape {scores.shape}, not [N, K]")
+    if scores.ndim != 2 or scores.shape[0] != rows or scores.shape[1] == 0:
+        shape = list(scores.shape)  # one row per image, at least one class
+        raise ApiError(502, "bad_model_output", f"'scores' has shape {shape}, not [{rows}, K>0]")
     if not np.isfinite(scores).all():  # weights that diverged (workers publish no such model)
         broken = "the model returned NaN or infinite scores: this version is broken"
         raise ApiError(502, "bad_model_output", broken)
@@ -295,6 +297,6 @@ async def classify(
             assert isinstance(cause, grpc.aio.AioRpcError)
             raise upstream_error(cause, target, "Predict") from cause
     with timed("postprocess", target.model):
-        predictions = postprocess(outputs, top_k)
+        predictions = postprocess(outputs, top_k, len(images))
     child(CLASSIFICATIONS, target.model).inc(len(predictions))
     return {"model": target.model, "version": version, "predictions": predictions}

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
 
@@ -44,6 +44,8 @@ _REDUCE_MODE = {
     "RGBX": "RGB",
 }
 _UNPREMULTIPLY = {"RGBa": "RGBA", "La": "LA"}
+# Decompressed PNG metadata (text, ICC profiles) read per image; past it, such chunks are skipped.
+MAX_PNG_METADATA_BYTES = 1 << 20
 # Where open_image notes the pixel count of the canvas before any draft scale (image.info).
 _CANVAS = "fdl_canvas_pixels"
 # EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
@@ -56,6 +58,43 @@ _ORIENT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+class _BoundedPngStream(PngImagePlugin.PngStream):
+    """Pillow's PNG chunk reader, inflating at most MAX_PNG_METADATA_BYTES of metadata per image.
+
+    Each zTXt, iTXt or iCCP chunk inflates to up to 1 MiB (Pillow's MAX_TEXT_CHUNK); Pillow
+    bounds text at 64 MiB per image and ICC profiles not at all, so a 9.5 MB PNG of 9,000 small
+    iCCP chunks of zeros took 43 s to open (the header is read on the event loop), and 64 PNGs
+    of 64 zTXt chunks (4 MB) took 4 GB. Past the bound the chunks are read and CRC-checked, not
+    inflated: the gateway uses no text, and an image's first metadata (its ICC profile) stays.
+    """
+
+    def _spent(self) -> bool:
+        return self.text_memory >= MAX_PNG_METADATA_BYTES
+
+    def _skip(self, length: int) -> bytes:
+        assert self.fp is not None
+        return ImageFile._safe_read(self.fp, length)
+
+    def chunk_iCCP(self, pos: int, length: int) -> bytes:
+        if self._spent():
+            return self._skip(length)
+        data = super().chunk_iCCP(pos, length)
+        self.text_memory += len(self.im_info.get("icc_profile") or b"")
+        return data
+
+    def chunk_tEXt(self, pos: int, length: int) -> bytes:
+        return self._skip(length) if self._spent() else super().chunk_tEXt(pos, length)
+
+    def chunk_zTXt(self, pos: int, length: int) -> bytes:
+        return self._skip(length) if self._spent() else super().chunk_zTXt(pos, length)
+
+    def chunk_iTXt(self, pos: int, length: int) -> bytes:
+        return self._skip(length) if self._spent() else super().chunk_iTXt(pos, length)
+
+
+PngImagePlugin.PngStream = _BoundedPngStream  # type: ignore[misc]  # what PngImageFile opens with
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,15 @@ def list_jobs(
 
 def _get_or_404(store: JobStore, job_id: str) -> dict[str, Any]:
     record = store.get(job_id)
-    if record is None:
-        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    # A record without a status is no job: what a late progress report or heartbeat leaves of
+    # a pruned one (its fields set on the deleted key).
+    if record is None or record.get("status") is None:
+        raise _not_found(job_id)
     return record
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
 
 
 @router.get(
@@ -117,7 +123,9 @@ def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
 async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
     await run_in_threadpool(_get_or_404, store, job_id)
     record = await run_in_threadpool(store.request_cancel, job_id)
-    return public(record or {})
+    if record is None:  # pruned meanwhile
+        raise _not_found(job_id)
+    return public(record)
 
 
 @router.get(

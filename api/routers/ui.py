@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from os import PathLike
@@ -185,9 +186,20 @@ async def version_report(
         return FileResponse(path, media_type="image/png", headers=headers)
     # JSON (metadata.json names the worker's dataset folder): absolute paths are served cut.
     try:
-        document = await run_in_threadpool(lambda: json.loads(path.read_bytes()))
+        document = await run_in_threadpool(_read_json, path)
     except (OSError, ValueError) as error:
         raise ApiError(
             404, "report_not_found", f"model {model} version {version} has no readable {name!r}"
         ) from error
     return JSONResponse(public_paths(document), headers=headers)
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _read_json(path: Path) -> object:
+    """A report file, with NaN, Infinity and numbers beyond a double (``1e999``) read as null:
+    Python's ``json.dumps`` writes them, and JSON (the response) cannot carry them."""
+    return json.loads(path.read_bytes(), parse_constant=lambda _name: None, parse_float=_finite)

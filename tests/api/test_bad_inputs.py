@@ -106,3 +106,35 @@ def test_body_over_the_limit_is_413_with_content_length(
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("with_a_file", [False, True], ids=["alone", "beside a file part"])
+def test_file_part_without_a_filename_is_named_not_dropped(
+    client: httpx.Client, gateway: Gateway, with_a_file: bool
+) -> None:
+    """A 'file' part without a filename (aiohttp's add_field without one, curl -F 'file=<a.png')
+    is a text field to Starlette: alone it was 422 "send the image(s) as parts named 'file'",
+    beside a real file part it was dropped in silence (one prediction for two parts)."""
+    png = next(c for c in CASES if c.name == "png_1x1").file
+    assert png is not None
+    boundary = "b0undary"
+    parts = [(b"", png)] + ([(b'; filename="a.png"', png)] if with_a_file else [])
+    body = (
+        b"".join(
+            b'--%s\r\nContent-Disposition: form-data; name="file"%s\r\n\r\n%s\r\n'
+            % (boundary.encode(), filename, data)
+            for filename, data in parts
+        )
+        + b"--%s--\r\n" % boundary.encode()
+    )
+    response = client.post(
+        f"{gateway.url}/v1/models/digits:classify",
+        content=body,
+        headers={
+            **gateway.classifier(),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_multipart" and "has no filename" in error["message"]

@@ -68,6 +68,34 @@ def test_json_base64_with_top_k(gateway: Gateway, data_dir: Path) -> None:
     assert all(0 <= p["class_id"] <= 9 for p in predictions)
 
 
+def test_json_base64_as_tf_serving_reads_it(gateway: Gateway, data_dir: Path) -> None:
+    """Line-wrapped base64 (``base64`` and MIME encoders wrap at 76) and base64 without its
+    padding: TF Serving's REST API and the model server decode both (absl::Base64Unescape), and
+    the same body must classify alike here; a character outside the alphabet stays a 422."""
+    # Two digits whose PNGs need padding (a length not a multiple of 3).
+    digits = [d for d in mnist_test_digits(data_dir, 20, offset=20)[0] if len(png_bytes(d)) % 3]
+    digits = digits[:2]
+    encoded = [base64.b64encode(png_bytes(d)).decode() for d in digits]
+    plain = post(
+        gateway, "/v1/models/digits:classify", json={"instances": [{"b64": e} for e in encoded]}
+    )
+    assert plain.status_code == 200, plain.text
+    wrapped = base64.encodebytes(png_bytes(digits[0])).decode()
+    unpadded = encoded[1].rstrip("=") + " \n"
+    assert wrapped.count("\n") > 1 and len(unpadded.strip()) % 4
+    forms = post(
+        gateway,
+        "/v1/models/digits:classify",
+        json={"instances": [{"b64": wrapped}, {"b64": unpadded}]},
+    )
+    assert forms.status_code == 200, forms.text
+    assert forms.json()["predictions"] == plain.json()["predictions"]
+    for bad in (encoded[0][:-4] + "!" + encoded[0][-3:], encoded[0] + "=", encoded[0] + "AAA=x"):
+        refused = post(gateway, "/v1/models/digits:classify", json={"instances": [{"b64": bad}]})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "invalid_base64"
+
+
 def test_top_k_above_the_class_count_is_clamped(gateway: Gateway) -> None:
     image = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     png = png_bytes(image)

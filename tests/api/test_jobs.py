@@ -227,3 +227,21 @@ def test_events_errors(gateway: Gateway, store: JobStore) -> None:
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["code"] == "invalid_last_event_id"
     assert httpx.get(f"{gateway.url}/v1/jobs/{job}/events", timeout=10).status_code == 401
+
+
+def test_what_a_pruned_jobs_late_progress_leaves_is_not_a_job(
+    gateway: Gateway, store: JobStore
+) -> None:
+    """A worker's progress report (or heartbeat) that lands after the reaper pruned its job sets
+    fields on the deleted key: a record without id or status. Reading or cancelling it answered
+    500 (the response model needs an id); it is 404 like any unknown job."""
+    job = uuid.uuid4().hex
+    store.update_progress(job, {"epoch": 3, "epochs": 5})
+    assert store.get(job) is not None and store.get(job)["status"] is None  # type: ignore[index]
+    for response in (
+        get(gateway, f"/v1/jobs/{job}"),
+        httpx.delete(f"{gateway.url}/v1/jobs/{job}", headers=gateway.admin(), timeout=10),
+        get(gateway, f"/v1/jobs/{job}/events"),
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "job_not_found"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import struct
 import threading
+import time
+import zlib
 from collections.abc import Callable
 
 import httpx
 import psutil
 import pytest
+from PIL import Image
 
 from harness.bombs import PeakRss, bomb_load, timed_requests, transparent_png
 from harness.gateway import Gateway
@@ -59,3 +64,46 @@ def test_bombs_keep_memory_bounded(default_gateway: Gateway) -> None:
         f"RSS under 150 MB again (now {rss.memory_info().rss / MB:.0f} MB)",
         interval=0.2,
     )
+
+
+def png_with_metadata(kind: bytes, chunks: int) -> bytes:
+    """A 28x28 PNG with ``chunks`` chunks of ``kind`` (zTXt, iCCP), each 1 KB on the wire that
+    inflates to Pillow's 1 MiB cap per chunk."""
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    zeros = zlib.compress(bytes(MB - 16), 9)
+
+    def chunk(data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    metadata = b"".join(chunk(b"k%d\0\0" % i + zeros) for i in range(chunks))
+    return png[:33] + metadata + png[33:]  # after the signature and IHDR
+
+
+def test_png_metadata_bombs_are_not_inflated(default_gateway: Gateway) -> None:
+    """Compressed PNG text and ICC chunks inflate about 1000:1, and Pillow reads them while it
+    opens the image (on the event loop). Before: 16 PNGs of 64 zTXt chunks (1 MB in all) took
+    the gateway's RSS up by 1 GB; one 9.5 MB PNG of 9,000 iCCP chunks took 43 s to answer."""
+    gateway = default_gateway
+    url = f"{gateway.url}/v1/models/digits:classify"
+    texts = png_with_metadata(b"zTXt", 64)
+    files = [("file", (f"{i}.png", texts, "image/png")) for i in range(16)]
+    with PeakRss(gateway.process.pid) as peak:
+        before = peak.peak
+        response = httpx.post(url, files=files, headers=gateway.classifier(), timeout=120)
+    assert response.status_code == 200, response.text
+    assert peak.peak - before < 150 * MB, f"RSS grew by {(peak.peak - before) / MB:.0f} MB"
+    profiles = png_with_metadata(b"iCCP", 9000)
+    start = time.monotonic()
+    response = httpx.post(
+        url,
+        content=profiles,
+        headers={**gateway.classifier(), "Content-Type": "image/png"},
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.text
+    assert elapsed < 3, f"{elapsed:.1f} s for {len(profiles) / MB:.1f} MB"  # 9 GB inflated: more

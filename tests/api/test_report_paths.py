@@ -88,3 +88,19 @@ def test_preprocess_parameters_are_validated_in_full(gateway: Gateway, query: st
     )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_report_with_non_finite_numbers_is_served_with_nulls(
+    gateway: Gateway, model_dir: Path
+) -> None:
+    """Python's json.dumps writes NaN and Infinity (a loss that overflowed, a file from another
+    tool); JSON cannot carry them, so the report route answered 500 for such a file."""
+    path = model_dir / "photos" / "1" / contract.ASSETS_EXTRA_DIR / "evaluation.json"
+    path.write_text('{"test_loss": NaN, "scores": [Infinity, -Infinity, 1e999, 0.5], "n": 3}')
+    try:
+        url = f"{gateway.url}/v1/models/photos/versions/1/report/evaluation.json"
+        response = httpx.get(url, headers=gateway.classifier(), timeout=10)
+    finally:
+        path.unlink()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"test_loss": None, "scores": [None, None, None, 0.5], "n": 3}
