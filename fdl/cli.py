@@ -24,13 +24,16 @@ console = Console()
 @app.command()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
+    from fdl.cli_up import StackError, check_ports, claim_var_dir
     from fdl.settings import CommonSettings, WeakKeyError
     from fdl.stack import plan_stack, redis_banner, run_stack
 
     settings = CommonSettings()
     try:
+        claim_var_dir(settings.var_dir.resolve())  # held until the stack stops
+        check_ports(settings)
         stack = plan_stack(settings)
-    except WeakKeyError as error:
+    except (WeakKeyError, StackError) as error:
         console.print(f"fdl up: {error}", style="red", markup=False)
         raise typer.Exit(2) from error
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -52,7 +53,7 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
-    err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False)
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False)
     raise typer.Exit(int(code))
 
 
@@ -89,7 +90,7 @@ class Gateway:
         with self.errors():
             response = self.client.request(method, path, **kwargs)
         self.check(response)
-        return response.json() if response.content else None
+        return self.json_of(response)
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
@@ -99,6 +100,22 @@ class Gateway:
 
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
+
+    def json_of(self, response: httpx.Response) -> Any:
+        """The body of a successful answer; one that is not JSON did not come from a gateway
+        (FDL_URL names another server, or a proxy answered with its own page)."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            fail(
+                f"{self.url} answered {response.request.method} {response.url.path} with "
+                f"{response.status_code} and {kind}, not JSON: is it the FDL gateway? "
+                "Point --url / FDL_URL at the gateway.",
+                ExitCode.API_ERROR,
+            )
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -119,7 +136,7 @@ class Gateway:
             return
         if not response.is_stream_consumed:
             response.read()
-        code, message = _error_of(response)
+        code, message = error_of(response)
         if response.status_code in (401, 403):
             hint = (
                 "set FDL_API_KEY or pass --api-key (`fdl up` prints the key)"
@@ -130,7 +147,7 @@ class Gateway:
         fail(f"{message} ({response.status_code} {code})", ExitCode.API_ERROR)
 
 
-def _error_of(response: httpx.Response) -> tuple[str, str]:
+def error_of(response: httpx.Response) -> tuple[str, str]:
     try:
         body = response.json()
         error = body["error"]

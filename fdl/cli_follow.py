@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, connect_sse
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from fdl.cli_client import ExitCode, Gateway, console, fail
+from fdl.cli_client import ExitCode, Gateway, console, error_of, fail
 from fdl.job_records import TERMINAL
 
-MAX_RECONNECTS = 5
+MAX_RECONNECTS = 5  # streams in a row that end early with no new event
+# How long following rides out a gateway or Redis restart (no connection, 502/503/504), and the
+# pause between attempts meanwhile.
+RECONNECT_FOR_S = 60.0
+RETRY_S = 1.0
+TRANSIENT_STATUS = frozenset({502, 503, 504})
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -70,10 +78,71 @@ class Follower:
                     self.progress.update(self.task, description="evaluating and publishing")
 
 
+class _Unavailable(Exception):
+    """The gateway (or the job store behind it) is away for now: retried until the deadline."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _transient(gateway: Gateway, response: httpx.Response) -> None:
+    """502/503/504 (a restarting gateway or Redis) raise _Unavailable; other errors exit."""
+    if response.status_code in TRANSIENT_STATUS:
+        response.read()
+        code, message = error_of(response)
+        raise _Unavailable(f"{message} ({response.status_code} {code})", ExitCode.API_ERROR)
+    gateway.check(response)
+
+
+@contextmanager
+def _connection(gateway: Gateway) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as error:
+        message = f"the gateway at {gateway.url} did not answer in time"
+        raise _Unavailable(message, ExitCode.UNREACHABLE) from error
+    except httpx.TransportError as error:
+        message = f"cannot reach the gateway at {gateway.url} ({type(error).__name__})"
+        raise _Unavailable(message, ExitCode.UNREACHABLE) from error
+
+
+def _read_stream(gateway: Gateway, job_id: str, last_id: str | None, follower: Follower) -> str:
+    """Render the job's events after ``last_id`` until the stream ends; the last id seen."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with _connection(gateway):
+        try:
+            with connect_sse(
+                gateway.client,
+                "GET",
+                f"/v1/jobs/{job_id}/events",
+                headers=headers,
+                timeout=httpx.Timeout(10.0, read=60.0),
+            ) as source:
+                _transient(gateway, source.response)
+                for event in source.iter_sse():
+                    if event.id:
+                        last_id = event.id
+                    if event.event in ("status", "progress"):
+                        follower.on_event(event.event, event.json())
+        except SSEError:
+            pass  # not an event stream: the job's record below says where it stands
+    return last_id or ""
+
+
+def _record_status(gateway: Gateway, job_id: str) -> str:
+    with _connection(gateway):
+        response = gateway.client.get(f"/v1/jobs/{job_id}")
+    _transient(gateway, response)
+    return str(gateway.json_of(response)["status"])
+
+
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     """Stream the job's events until its terminal status; returns that status.
 
-    Reconnects with Last-Event-ID when the stream drops before the end (a gateway restart).
+    Reconnects with Last-Event-ID when the stream drops before the end. A gateway or Redis
+    restart (no connection, or 502/503/504) is ridden out for up to RECONNECT_FOR_S seconds, then
+    the exit code says what was wrong (3 unreachable, 1 the gateway's error).
     KeyboardInterrupt propagates to the caller, which detaches or cancels.
     """
     columns = (
@@ -83,34 +152,38 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
         TimeElapsedColumn(),
         TextColumn("{task.fields[metrics]}"),
     )
-    last_id: str | None = None
+    last_id = ""
     failures = 0
+    down_since: float | None = None
     with Progress(*columns, console=console, transient=False) as progress:
         follower = Follower(progress, epochs)
         while follower.status not in TERMINAL:
-            headers = {"Last-Event-ID": last_id} if last_id else {}
-            with gateway.errors():
-                try:
-                    with connect_sse(
-                        gateway.client,
-                        "GET",
-                        f"/v1/jobs/{job_id}/events",
-                        headers=headers,
-                        timeout=httpx.Timeout(10.0, read=60.0),
-                    ) as source:
-                        gateway.check(source.response)
-                        for event in source.iter_sse():
-                            if event.id:
-                                last_id = event.id
-                                failures = 0
-                            if event.event in ("status", "progress"):
-                                follower.on_event(event.event, event.json())
-                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, SSEError):
-                    pass
-            if follower.status not in TERMINAL:
+            try:
+                seen = _read_stream(gateway, job_id, last_id or None, follower)
+                if follower.status not in TERMINAL:
+                    # The stream ended early: read the record, then reconnect (bounded).
+                    follower.status = _record_status(gateway, job_id)
+            except _Unavailable as error:
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    progress.console.print(
+                        f"{error}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
+                        "(the job goes on meanwhile)",
+                        highlight=False,
+                        markup=False,
+                    )
+                if now - down_since > RECONNECT_FOR_S:
+                    fail(f"{error}; the job goes on: `fdl job {job_id}` shows it", error.code)
+                time.sleep(RETRY_S)  # between reconnection attempts
+                continue
+            if down_since is not None:
+                down_since = None
+                progress.console.print("Reconnected.", highlight=False)
+            if seen != last_id:
+                last_id, failures = seen, 0
+            elif follower.status not in TERMINAL:
                 failures += 1
-                # The stream ended early: read the record, then reconnect (bounded).
-                follower.status = gateway.get(f"/v1/jobs/{job_id}")["status"]
                 if failures > MAX_RECONNECTS:
                     fail("the job's event stream keeps breaking off", ExitCode.UNREACHABLE)
     return follower.status

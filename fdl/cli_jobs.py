@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from fdl.architectures import ARCHITECTURES
@@ -171,10 +172,10 @@ def _summary(job: dict[str, Any]) -> None:
             )
         else:
             reason = result.get("reason") or "not published"
-            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {reason}.")
+            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {escape(reason)}.")
     else:
         error = job.get("error") or ""
-        console.print(f"Job {_status(job['status'])}. {error}".rstrip(), highlight=False)
+        console.print(f"Job {_status(job['status'])}. {escape(error)}".rstrip(), highlight=False)
 
 
 def resolve_id(gateway: Gateway, job_id: str) -> str:
@@ -263,12 +264,12 @@ def job(
     result = record.get("result") or {}
     if result:
         published = f"version {result.get('version')}" if result.get("published") else "no"
-        table.add_row("Published", f"{published} {result.get('reason') or ''}".strip())
+        table.add_row("Published", escape(f"{published} {result.get('reason') or ''}".strip()))
         for name, value in (result.get("metrics") or {}).items():
             shown = _pct(value) if "accuracy" in name else value
             table.add_row(name.replace("_", " ").capitalize(), str(shown))
     if record.get("error"):
-        table.add_row("Error", f"[red]{record['error']}[/]")
+        table.add_row("Error", f"[red]{escape(record['error'])}[/]")
     table.add_row("Created", _when(record.get("created_at")))
     table.add_row("Started", _when(record.get("started_at")))
     table.add_row("Finished", _when(record.get("finished_at")))

@@ -6,8 +6,10 @@ import glob
 import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -85,6 +87,13 @@ def expand(patterns: list[str]) -> list[Path]:
     return files
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:  # unreadable (permissions), or gone since it was listed
+        fail(f"cannot read {path}: {error.strerror or error}", ExitCode.USAGE)
+
+
 def classify(
     model: Annotated[str, typer.Argument(help="Served model name.")],
     files: Annotated[list[str], typer.Argument(help="Image files or glob patterns ('*.png').")],
@@ -99,18 +108,20 @@ def classify(
     if version is not None and label is not None:
         fail("give --version or --label, not both", ExitCode.USAGE)
     paths = expand(files)
-    path = f"/v1/models/{model}:classify"
+    # Names are sent percent-encoded, so that one holding '?', '#' or '/' reaches the gateway
+    # whole and gets its answer (no such model), not some other route's.
+    path = f"/v1/models/{quote(model, safe='')}:classify"
     if version is not None:
-        path = f"/v1/models/{model}/versions/{version}:classify"
+        path = f"/v1/models/{quote(model, safe='')}/versions/{version}:classify"
     elif label is not None:
-        path = f"/v1/models/{model}/labels/{label}:classify"
+        path = f"/v1/models/{quote(model, safe='')}/labels/{quote(label, safe='')}:classify"
     rows: list[tuple[Path, dict[str, Any]]] = []
     served_version = None
     with Gateway(url, api_key, timeout=60.0) as gateway:
         for start in range(0, len(paths), BATCH):
             chunk = paths[start : start + BATCH]
             parts = [
-                ("file", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "image/*"))
+                ("file", (p.name, _read(p), mimetypes.guess_type(p.name)[0] or "image/*"))
                 for p in chunk
             ]
             body = gateway.post(path, files=parts, data={"top_k": str(top_k)})
@@ -132,7 +143,12 @@ def classify(
     table.add_column(f"Top {top_k}")
     for file, prediction in rows:
         others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
-        table.add_row(str(file), prediction["label"], _pct(prediction["score"]), others)
+        table.add_row(
+            escape(str(file)),
+            escape(prediction["label"]),
+            _pct(prediction["score"]),
+            escape(others),
+        )
     # File names are never cut: the table grows past the console's width (80 columns when the
     # output is a pipe) when the names need it.
     width = console.width
@@ -153,7 +169,10 @@ def promote(
 ) -> None:
     """Point a label (stable, canary) at a version: promote, or roll back to an older one."""
     with Gateway(url, api_key) as gateway:
-        body = gateway.post(f"/v1/models/{model}/labels/{label}", json={"version": version})
+        body = gateway.post(
+            f"/v1/models/{quote(model, safe='')}/labels/{quote(label, safe='')}",
+            json={"version": version},
+        )
     previous = body.get("previous")
     was = f" (was version {previous})" if previous else ""
     console.print(

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from harness.cli import BackgroundCli
 from harness.procs import REPO_ROOT, VENV_BIN, wait_for
 from harness.stack import RunningStack, Served, wait_job
 
@@ -103,6 +102,15 @@ def test_clear_messages_and_exit_codes(served: Served, tmp_path: Path) -> None:
         stack, "classify", "no_such_model", str(REPO_ROOT / "api/static/favicon.svg"), tmp=tmp_path
     )
     assert unknown.returncode == 1 and "not served" in unknown.stderr
+    # A name the gateway refuses reaches it whole: '?' once cut the path (405 from another route).
+    odd = fdl(stack, "classify", "no?such", str(REPO_ROOT / "api/static/favicon.svg"), tmp=tmp_path)
+    # The gateway's own message, markup-like text included: '[a-z0-9]' was once eaten by rich.
+    assert odd.returncode == 1 and "422 invalid_request" in odd.stderr, odd.stderr
+    assert "'^[a-z0-9][a-z0-9_\\-]{0,63}$'" in odd.stderr, odd.stderr
+    # A file listed but unreadable (here: an I/O error) is a usage error, not a traceback.
+    unreadable = fdl(stack, "classify", "digits", "/proc/self/mem", tmp=tmp_path)
+    assert unreadable.returncode == 2 and "cannot read /proc/self/mem" in unreadable.stderr
+    assert "Traceback" not in unreadable.stderr
     bad = fdl(stack, "train", "mnist_logreg", "--epochs", "0", tmp=tmp_path)
     assert bad.returncode == 2 and "epochs" in bad.stderr
     slow = fdl(stack, "train", "mnist_logreg", "--recipe", "slow", tmp=tmp_path)
@@ -111,46 +119,11 @@ def test_clear_messages_and_exit_codes(served: Served, tmp_path: Path) -> None:
     assert gone.returncode == 1 and "job_not_found" in gone.stderr
 
 
-class Running:
-    """`fdl train` in the background, its output read line by line as it comes."""
-
-    def __init__(self, stack: RunningStack, args: list[str], tmp: Path) -> None:
-        self.popen = subprocess.Popen(
-            ["fdl", *args],
-            env=cli_env(stack, stack.api_key, tmp),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO_ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-
-    def wait_line(self, text: str, timeout: float = 60) -> str:
-        def found() -> str | None:
-            while not self.lines.empty():
-                self.seen.append(self.lines.get())
-            return next((line for line in self.seen if text in line), None)
-
-        return wait_for(found, timeout, f"{text!r} in the output", interval=0.1)
-
-    def output(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
-
-
 def test_ctrl_c_detaches_or_cancels(served: Served, tmp_path: Path) -> None:
     stack = served.stack
     long_job = ["train", "mnist_logreg", "--epochs", "300", *TINY, "--publish-as", "cli_long"]
 
-    detached = Running(stack, long_job, tmp_path)
+    detached = BackgroundCli(long_job, cli_env(stack, stack.api_key, tmp_path))
     line = detached.wait_line("submitted")
     job_id = line.split("Job ", 1)[1].split()[0]
     detached.popen.send_signal(signal.SIGINT)
@@ -163,7 +136,9 @@ def test_ctrl_c_detaches_or_cancels(served: Served, tmp_path: Path) -> None:
     assert cancelled.returncode == 0, cancelled.stderr
     assert wait_job(stack, job_id, timeout=120)["status"] == "cancelled"
 
-    cancelling = Running(stack, [*long_job, "--cancel-on-exit"], tmp_path)
+    cancelling = BackgroundCli(
+        [*long_job, "--cancel-on-exit"], cli_env(stack, stack.api_key, tmp_path)
+    )
     line = cancelling.wait_line("submitted")
     job_id = line.split("Job ", 1)[1].split()[0]
     cancelling.popen.send_signal(signal.SIGINT)
