@@ -11,19 +11,26 @@ or polling server reads) and then sent with ``HandleReloadConfigRequest`` to eve
 model server (:mod:`api.replicas`), step 2 only once each has finished step 1:
 1. keep the version loaded (added to the model's ``specific`` version policy) and wait for it;
 2. write ``labels.json``, render the final config, and reload with the label.
+
+All or nothing: a change that fails at any point (a refused reload, a version that does not load,
+a full disk or a permission error while writing) puts ``labels.json`` and ``models.config`` back as
+they were (:meth:`fdl.repository.Repository.undo_point`) and the replicas that had taken a config
+of the change get the old one again, so a label the client was told failed never takes effect
+later (at the next render of the config, e.g. a worker's publish).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import filelock
 import grpc
 from google.protobuf import text_format
 
@@ -31,17 +38,31 @@ from api.errors import ApiError
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
 from api.replicas import reachable_replicas
+from api.repository_access import io, repository_locked
 from api.serving_client import ServingClient
 from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
-from fdl.repository import Labels, Repository
+from fdl.repository import Repository
+from fdl.repository_files import Labels, LabelsFileError, UndoPoint
 from fdl.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
 
 POLL_S = 0.1
+log = logging.getLogger(__name__)
 
 
 def parse_config(text: str) -> ModelServerConfig:
     return text_format.Parse(text, ModelServerConfig())
+
+
+@dataclass
+class _Change:
+    """One change of labels, under the lock: the replicas it goes to, how to undo its writes, and
+    the replicas that have taken a config of it (they get the old one back if it fails)."""
+
+    replicas: list[ServingClient]
+    undo: UndoPoint
+    written: bool = False
+    reloaded: list[ServingClient] = field(default_factory=list)
 
 
 class Promoter:
@@ -62,40 +83,15 @@ class Promoter:
         # Promotions of this process queue here rather than in threads blocked on the file lock.
         self._local = asyncio.Lock()
 
-    @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        """This process's turn, then the repository's lock, acquired in a worker thread."""
-        async with self._local:
-            lock = self.repository.file_lock()
-            acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
-            try:
-                await asyncio.shield(acquiring)
-            except filelock.Timeout as error:
-                raise ApiError(
-                    503,
-                    "repository_busy",
-                    f"another writer held the model repository for {self.timeout_s:.0f}s",
-                    headers={"Retry-After": "1"},
-                ) from error
-            except asyncio.CancelledError:
-                # The thread may still get the lock: give it back as soon as it does.
-                def release_once_acquired(done: asyncio.Future[Any]) -> None:
-                    if done.exception() is None:
-                        lock.release()
-
-                acquiring.add_done_callback(release_once_acquired)
-                raise
-            try:
-                yield
-            finally:
-                lock.release()
-
-    async def _apply(self, replicas: list[ServingClient], text: str) -> None:
+    async def _apply(self, change: _Change, replicas: list[ServingClient], text: str) -> None:
         """Write the config file, then tell each replica (each would also find it by polling)."""
-        await asyncio.to_thread(self.repository.write_config, text)
+        change.written = True
+        await io(self.repository.write_config, text)
         request = ReloadConfigRequest(config=parse_config(text))
         for replica in replicas:
             await self._reload(replica, request)
+            if replica not in change.reloaded:
+                change.reloaded.append(replica)
 
     async def _reload(self, replica: ServingClient, request: ReloadConfigRequest) -> None:
         try:
@@ -142,12 +138,12 @@ class Promoter:
         return pending
 
     async def _ensure_loaded(
-        self, replicas: list[ServingClient], model: str, version: int, labels: Labels
+        self, change: _Change, model: str, version: int, labels: Labels
     ) -> None:
-        pending = await self._pending(replicas, model, version)
+        pending = await self._pending(change.replicas, model, version)
         if not pending:
             return
-        await self._apply(pending, await self._render(labels, {model: {version}}))
+        await self._apply(change, pending, await self._render(labels, {model: {version}}))
         deadline = time.monotonic() + self.timeout_s
         while True:
             pending = await self._pending(pending, model, version)
@@ -165,51 +161,86 @@ class Promoter:
 
     async def _render(self, labels: Labels, keep: dict[str, set[int]] | None = None) -> str:
         try:
-            return await asyncio.to_thread(self.repository.render, labels, keep)
+            return await io(self.repository.render, labels, keep)
         except ConfigRenderError as error:
             raise ApiError(409, "invalid_config", f"config not written: {error}") from error
 
     @asynccontextmanager
-    async def _turn(self, model: str) -> AsyncIterator[list[ServingClient]]:
-        """The repository's lock, and the model server replicas that answer for ``model``."""
-        async with self._locked(), reachable_replicas(self.client, model, self.tls) as replicas:
-            yield replicas
+    async def _turn(self, model: str) -> AsyncIterator[_Change]:
+        """The repository's lock and the model server replicas that answer for ``model``, for one
+        change that is undone if anything in it fails."""
+        async with (
+            repository_locked(self.repository, self._local, self.timeout_s),
+            reachable_replicas(self.client, model, self.tls) as replicas,
+        ):
+            change = _Change(replicas, await io(self.repository.undo_point))
+            try:
+                yield change
+            except BaseException:
+                if change.written:
+                    change.undo.restore()  # renames only: works on a full disk, never raises
+                    await self._reload_restored(change)
+                raise
+            finally:
+                change.undo.discard()
+
+    async def _reload_restored(self, change: _Change) -> None:
+        """Send the restored config to the replicas that took one of the failed change."""
+        if not change.reloaded:
+            return
+        try:
+            text = await asyncio.to_thread(self.repository.config_path.read_text)
+            request = ReloadConfigRequest(config=parse_config(text))
+        except (OSError, text_format.ParseError):
+            log.exception("the restored model config was not sent: the replicas will poll it")
+            return
+        for replica in change.reloaded:
+            with contextlib.suppress(ApiError):
+                await self._reload(replica, request)
+
+    async def _labels(self) -> Labels:
+        try:
+            return await io(self.repository.labels)
+        except LabelsFileError as error:
+            raise ApiError(
+                409, "invalid_labels", f"{error}: fix or remove it; nothing was written"
+            ) from error
 
     async def set_label(self, model: str, label: str, version: int) -> dict[str, Any]:
-        async with self._turn(model) as replicas:
-            labels = await asyncio.to_thread(self.repository.labels)
-            return await self._point(replicas, model, label, version, labels)
+        async with self._turn(model) as change:
+            labels = await self._labels()
+            return await self._point(change, model, label, version, labels)
 
     async def roll_back(self, model: str, label: str) -> dict[str, Any]:
         """Point ``label`` at the newest version on disk older than the one it names now,
         whatever that version's load state (it is loaded first, as for a promotion)."""
-        async with self._turn(model) as replicas:
-            labels = await asyncio.to_thread(self.repository.labels)
+        async with self._turn(model) as change:
+            labels = await self._labels()
             current = labels.get(model, {}).get(label)
             if current is None:
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
-            older = [v for v in self.repository.versions(model) if v < current]
+            older = [v for v in await io(self.repository.versions, model) if v < current]
             if not older:
                 raise ApiError(
                     409,
                     "no_older_version",
                     f"No older version of {model} than {current} to roll {label!r} back to",
                 )
-            return await self._point(replicas, model, label, older[-1], labels)
+            return await self._point(change, model, label, older[-1], labels)
 
     async def _point(
-        self, replicas: list[ServingClient], model: str, label: str, version: int, labels: Labels
+        self, change: _Change, model: str, label: str, version: int, labels: Labels
     ) -> dict[str, Any]:
         """Load ``version`` where needed, then point the label at it (the lock is held)."""
-        if version not in await asyncio.to_thread(self.repository.versions, model):
+        if version not in await io(self.repository.versions, model):
             raise ApiError(
                 404, "version_not_found", f"model {model} has no version {version} on disk"
             )
         previous = labels.get(model, {}).get(label)
-        await self._ensure_loaded(replicas, model, version, labels)
+        await self._ensure_loaded(change, model, version, labels)
         updated = {m: dict(v) for m, v in labels.items()}
         updated.setdefault(model, {})[label] = version
-        await self._commit(replicas, labels, updated)
+        await self._commit(change, updated)
         self.cache.invalidate(model)
         PROMOTIONS.labels(model, label).inc()
         return {
@@ -221,15 +252,15 @@ class Promoter:
         }
 
     async def remove_label(self, model: str, label: str) -> dict[str, Any]:
-        async with self._turn(model) as replicas:
-            labels = await asyncio.to_thread(self.repository.labels)
+        async with self._turn(model) as change:
+            labels = await self._labels()
             if label not in labels.get(model, {}):
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
             updated = {m: dict(v) for m, v in labels.items()}
             previous = updated[model].pop(label)
             if not updated[model]:
                 del updated[model]
-            await self._commit(replicas, labels, updated)
+            await self._commit(change, updated)
         self.cache.invalidate(model)
         return {
             "model": model,
@@ -239,20 +270,12 @@ class Promoter:
             "labels": updated.get(model, {}),
         }
 
-    async def _commit(self, replicas: list[ServingClient], before: Labels, after: Labels) -> None:
-        """Persist the labels and reload; on failure put the old labels and config back (and
-        on the replicas that took the new one before another refused it)."""
-        await asyncio.to_thread(self.repository.write_labels, after)
-        try:
-            await self._apply(replicas, await self._render(after))
-        except ApiError:
-            await asyncio.to_thread(self.repository.write_labels, before)
-            restored = await self._render(before)
-            await asyncio.to_thread(self.repository.write_config, restored)
-            if len(replicas) > 1:
-                with contextlib.suppress(ApiError):
-                    await self._apply(replicas, restored)
-            raise
+    async def _commit(self, change: _Change, after: Labels) -> None:
+        """Persist the labels and reload (a failure is undone by :meth:`_turn`)."""
+        text = await self._render(after)  # a config that would not parse: nothing written
+        change.written = True
+        await io(self.repository.write_labels, after)
+        await self._apply(change, change.replicas, text)
 
 
 def _server_error(error: grpc.aio.AioRpcError) -> ApiError:

@@ -29,6 +29,7 @@ from filelock import FileLock
 from fdl import contract
 from fdl.files import atomic_write, fsync_path, seal_version
 from fdl.model_config import render, valid_label, valid_name
+from fdl.repository_files import Labels, UndoPoint, parse_labels
 from fdl.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
 NUMBERS_FILE = ".versions.json"
 _VERSION = re.compile(r"[0-9]{1,18}")
-Labels = dict[str, dict[str, int]]
 
 
 def discover_models(model_dir: Path) -> list[str]:
@@ -66,13 +66,8 @@ def list_versions(model_path: Path) -> list[int]:
 
 
 def read_labels(model_dir: Path) -> Labels:
-    path = model_dir / LABELS_FILE
-    if not path.exists():
-        return {}
-    return {
-        m: {k: int(v) for k, v in labels.items()}
-        for m, labels in json.loads(path.read_text()).items()
-    }
+    """``labels.json`` (absent: none); not readable as labels: ``LabelsFileError``."""
+    return parse_labels(model_dir / LABELS_FILE)
 
 
 def read_numbers(model_dir: Path) -> dict[str, int]:
@@ -181,6 +176,10 @@ class Repository:
         if not path.exists() or path.read_text() != text:
             atomic_write(path, text)
         return path
+
+    def undo_point(self) -> UndoPoint:
+        """``labels.json`` and ``models.config`` as they are now, to put back if a change fails."""
+        return UndoPoint(self.model_dir, (LABELS_FILE, CONFIG_FILE))
 
     # --- whole operations (take the lock themselves) ----------------------------------------
     def sync(self) -> Path:

@@ -20,6 +20,7 @@ from api.input_spec import ModelContractError
 from api.preprocess import choose_profile
 from api.repository import describe_model, model_names
 from api.schemas import (
+    ErrorResponse,
     LabelName,
     LabelRequest,
     LabelResponse,
@@ -82,10 +83,23 @@ async def get_model(
     return detail
 
 
-# What both label routes answer (the promoter's outcomes and errors).
+# A label change that could not be written (api.repository_access): nothing was changed.
+_REPOSITORY_ERRORS: dict[int | str, dict[str, Any]] = {
+    500: {
+        "model": ErrorResponse,
+        "description": "The model repository could not be written "
+        "(repository_error: permissions, a read-only file system); nothing was changed",
+    },
+    507: {
+        "model": ErrorResponse,
+        "description": "The model repository's disk is full "
+        "(insufficient_storage); nothing was changed",
+    },
+}
+# What the label routes answer (the promoter's outcomes and errors).
 _LABEL_ROUTE: dict[str, Any] = {
     "response_model": LabelResponse,
-    "responses": errors(401, 403, 404, 409, 422, 429, 503, 504),
+    "responses": errors(401, 403, 404, 409, 422, 429, 503, 504) | _REPOSITORY_ERRORS,
 }
 
 
@@ -119,7 +133,7 @@ async def set_label(
     "/{model}/labels/{label}",
     summary="Remove a label",
     response_model=LabelResponse,
-    responses=errors(401, 403, 404, 409, 422, 429, 503),
+    responses=errors(401, 403, 404, 409, 422, 429, 503) | _REPOSITORY_ERRORS,
 )
 async def remove_label(
     model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
