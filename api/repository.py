@@ -72,7 +72,8 @@ def describe_version(
         "state": status.state if status else "NOT_LOADED",
         "error": (status.error_message or None) if status else None,
         "labels": labels,
-        "job_id": metadata.get("job_id"),
+        # Text, as workers write it; anything else (a file edited by hand) is shown as no job.
+        "job_id": job_id if isinstance(job_id := metadata.get("job_id"), str) else None,
         "metrics": metrics if isinstance(metrics, dict) else None,
         "class_names": [str(c) for c in class_names] if isinstance(class_names, list) else None,
         "metadata": public_paths({k: metadata[k] for k in _SHOWN if k in metadata}) or None,

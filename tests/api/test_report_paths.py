@@ -104,3 +104,22 @@ def test_report_with_non_finite_numbers_is_served_with_nulls(
         path.unlink()
     assert response.status_code == 200, response.text
     assert response.json() == {"test_loss": None, "scores": [None, None, None, 0.5], "n": 3}
+
+
+@pytest.mark.parametrize("job_id", [42, {"id": "x"}, ["x"], True])
+def test_model_listing_survives_a_job_id_that_is_not_text(
+    gateway: Gateway, model_dir: Path, job_id: object
+) -> None:
+    """metadata.json edited by hand or written by another tool: the listing shows no job rather
+    than answering 500 for every model (the response's schema wants text)."""
+    path = model_dir / "photos" / "1" / contract.METADATA_FILE
+    original = path.read_text()
+    path.write_text(json.dumps({**json.loads(original), "job_id": job_id}))
+    try:
+        listing = httpx.get(f"{gateway.url}/v1/models", headers=gateway.classifier(), timeout=10)
+        one = httpx.get(f"{gateway.url}/v1/models/photos", headers=gateway.classifier(), timeout=10)
+    finally:
+        path.write_text(original)
+    assert listing.status_code == one.status_code == 200, listing.text + one.text
+    version = next(v for v in one.json()["versions"] if v["version"] == 1)
+    assert version["job_id"] is None
