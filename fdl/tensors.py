@@ -5,10 +5,11 @@ TensorFlow's field names: the vendored ``fdl.wire.tfs_pb2`` messages the gateway
 TensorFlow import) and the official ``tensorflow.core`` messages the model server speaks; the
 ``DataType`` numbers are the same in both.
 
-Decoding accepts ``tensor_content`` and the typed repeated fields (a single typed value is
-broadcast to the whole shape, as TensorFlow does). Encoding writes the typed repeated fields, as
-TF Serving's ``Predict`` does by default, or with ``content`` raw little-endian bytes in
-``tensor_content`` (one copy, the fastest form to parse; strings always go in ``string_val``).
+Decoding reads ``tensor_content`` or the typed repeated fields by TensorFlow's rule (fewer typed
+values than the shape's are filled with the last one, more are ignored). Encoding writes the typed
+repeated fields, as TF Serving's ``Predict`` does by default, or with ``content`` raw
+little-endian bytes in ``tensor_content`` (one copy, the fastest form to parse; strings always go
+in ``string_val``).
 
 Malformed tensors raise what ``error`` makes of a message: :class:`TensorError` by default, the
 model server's INVALID_ARGUMENT error there. Decoding is bounded: a tensor that would take more
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,6 +65,7 @@ _PACKED_FIXED: dict[int, tuple[bytes, np.dtype[Any]]] = {
     int(DataType.DT_DOUBLE): (bytes([6 << 3 | 2]), np.dtype("<f8")),
 }
 _CHUNK = 1 << 16  # values converted to Python numbers at a time for the other typed fields
+_CHUNK_BYTES = 1 << 20  # bytes of an encoded string list scanned for varint ends at a time
 _MAX_DIMS = 64  # NumPy's limit (TensorFlow's is 254)
 _MAX_ELEMENTS = 2**63 - 1  # TensorShape's limit on the number of elements
 _POINTER_BYTES = 8  # a string element: one reference (a broadcast value is shared)
@@ -90,7 +93,7 @@ def numpy_dtype(dtype: int, error: ErrorFactory = TensorError) -> np.dtype[Any]:
     return entry[0]
 
 
-# The most bytes one typed value may be broadcast to (TF Serving fills any shape).
+# The most bytes a tensor filled from fewer typed values than its shape's may take.
 MAX_BROADCAST_BYTES = 64 * 1024 * 1024
 
 
@@ -99,15 +102,18 @@ def to_numpy(
     name: str = "tensor",
     error: ErrorFactory = TensorError,
 ) -> np.ndarray:
-    """Decode a tensor; ``name`` is used in error messages.
+    """Decode a tensor as TensorFlow's ``Tensor::FromProto`` does; ``name`` is used in errors.
 
-    A tensor TensorFlow's ``Tensor::FromProto`` would not parse (a negative dimension, more
-    elements than an int64 counts, ``tensor_content`` that is not whole values, a number of
-    typed values that is neither 1 nor the shape's) is ``tensor parsing error: NAME``, as TF
-    Serving words it, with the reason after it; so is a shape beyond NumPy's 64 dimensions. A
+    An empty shape reads no values. Otherwise ``tensor_content``, when set, wins and must hold
+    exactly the shape's values (for strings, TensorFlow's encoded list: the lengths as varints,
+    then the bytes); else the typed field is read: extra values are ignored, missing ones repeat
+    the last value sent, and none at all gives zeros (empty strings, ``False``). A tensor
+    TensorFlow would not parse (a negative dimension, more elements than an int64 counts,
+    ``tensor_content`` of the wrong length) is ``tensor parsing error: NAME``, as TF Serving words
+    it, with the reason after it; so is a shape NumPy cannot hold (65 or more dimensions). A
     tensor that would take more than the gRPC message limit once decoded is refused before
-    anything is allocated (a tensor sent whole in a message always fits), and so is one typed
-    value broadcast to more than ``MAX_BROADCAST_BYTES``.
+    anything is allocated (a tensor sent whole in a message always fits), and so is one of more
+    than ``MAX_BROADCAST_BYTES`` whose typed values are not all sent.
     """
     kind = proto.dtype
     entry = _TYPES.get(kind)
@@ -115,56 +121,127 @@ def to_numpy(
         raise error(f"input tensor '{name}' has unsupported dtype {enum_name(kind)}")
     np_type, field, _ = entry
     shape = [d.size for d in proto.tensor_shape.dim]
-    count = _checked_count(shape, name, error)
-    nbytes = count * (_POINTER_BYTES if kind == _DT_STRING else np_type.itemsize)
+    width = _POINTER_BYTES if kind == _DT_STRING else np_type.itemsize
+    count = _checked_count(shape, width, name, error)
+    nbytes = count * width
     if nbytes > MAX_MESSAGE_BYTES:
         raise error(
             f"input tensor '{name}' of shape {shape} would take {nbytes} bytes decoded, more "
             f"than the {MAX_MESSAGE_BYTES} bytes a request tensor may take"
         )
-    if kind == _DT_STRING:
-        values = list(proto.string_val)
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-    elif proto.tensor_content:
-        content = proto.tensor_content
-        if len(content) % np_type.itemsize:
-            raise error(
-                f"tensor parsing error: {name} (tensor_content has {len(content)} bytes, not a "
-                f"whole number of {np_type.itemsize}-byte {_TYPES[kind][2]} values)"
-            )
-        array = np.frombuffer(content, dtype=_LITTLE_ENDIAN[kind])
-    elif kind == _DT_HALF:
-        array = np.array(proto.half_val, dtype=np.uint16).view(np.float16)
-    else:
-        array = np.array(getattr(proto, field), dtype=np_type)
-    if array.size == count:
+    if count == 0:  # TensorFlow reads neither tensor_content nor the typed values
+        return np.empty(shape, dtype=np_type)
+    if proto.tensor_content:
+        return _from_content(proto.tensor_content, kind, count, name, error).reshape(shape)
+    values = getattr(proto, field)
+    sent = len(values)
+    if sent < count and nbytes > MAX_BROADCAST_BYTES:
+        # A few bytes on the wire must not become gigabytes here (a Predict holds about five
+        # times its input): values beyond this are sent, not filled.
+        raise error(
+            f"input tensor '{name}': {sent} typed values broadcast to shape {shape} would take "
+            f"{nbytes} bytes; at most {MAX_BROADCAST_BYTES} bytes may be filled from fewer values "
+            "than the shape has (send them all)"
+        )
+    array = _typed(values[:count] if sent > count else values, kind)
+    if sent >= count:
         return array.reshape(shape)
-    if array.size == 1 or (array.size == 0 and count == 0):
-        if nbytes > MAX_BROADCAST_BYTES:
-            # A few bytes on the wire must not become gigabytes here (a Predict holds about five
-            # times its input): values beyond this are sent, not broadcast.
+    # Fill without a copy of the value per element (strings share one bytes object).
+    zero = b"" if kind == _DT_STRING else np_type.type(0)
+    filled = np.full(count, array[-1] if sent else zero, dtype=np_type)
+    filled[:sent] = array
+    return filled.reshape(shape)
+
+
+def _typed(values: Any, kind: int) -> np.ndarray:
+    """The typed values as an array of the tensor's dtype. ``int_val`` and ``half_val`` hold
+    int32 numbers that TensorFlow casts, wrapping, to the narrower type, as NumPy's cast does."""
+    np_type, field, _ = _TYPES[kind]
+    if kind == _DT_STRING:
+        return _objects(list(values))
+    if field in ("int_val", "half_val"):
+        array = np.array(values, dtype=np.int32).astype(np_type if kind != _DT_HALF else np.uint16)
+        return array.view(np.float16) if kind == _DT_HALF else array
+    return np.array(values, dtype=np_type)
+
+
+def _objects(strings: list[bytes]) -> np.ndarray:
+    array = np.empty(len(strings), dtype=object)  # np.array would make fixed-width bytes
+    array[:] = strings
+    return array
+
+
+def _from_content(
+    content: bytes, kind: int, count: int, name: str, error: ErrorFactory
+) -> np.ndarray:
+    """``count`` values from ``tensor_content``, which must hold exactly that many."""
+    if kind == _DT_STRING:
+        strings = _string_list(content, count)
+        if strings is None:
             raise error(
-                f"input tensor '{name}': one value broadcast to shape {shape} would take "
-                f"{nbytes} bytes; at most {MAX_BROADCAST_BYTES} bytes may be filled from one "
-                "value (send the values)"
+                f"tensor parsing error: {name} (tensor_content of {len(content)} bytes is not "
+                f"an encoded list of {count} strings)"
             )
-        # Broadcast without a copy of the value per element (strings share one bytes object).
-        return np.full(shape, array[0] if array.size else 0, dtype=array.dtype)
-    raise error(
-        f"tensor parsing error: {name} ({array.size} values, but its shape {shape} needs {count})"
-    )
+        return _objects(strings)
+    width = _LITTLE_ENDIAN[kind].itemsize
+    if len(content) != count * width:
+        raise error(
+            f"tensor parsing error: {name} (tensor_content has {len(content)} bytes; its shape "
+            f"needs {count} {_TYPES[kind][2]} values, {count * width} bytes)"
+        )
+    return np.frombuffer(content, dtype=_LITTLE_ENDIAN[kind])
 
 
-def _checked_count(shape: list[int], name: str, error: ErrorFactory) -> int:
-    """The number of elements of a valid shape; ``tensor parsing error`` for an invalid one."""
+def _string_list(content: bytes, count: int) -> list[bytes] | None:
+    """TensorFlow's ``DecodeStringList``: ``count`` lengths as varint32s, then exactly as many
+    bytes as they add up to; None where it fails. Parsed with NumPy, not a Python loop."""
+    if count > len(content):  # every length takes at least one byte
+        return None
+    head = np.frombuffer(content, dtype=np.uint8, count=min(len(content), 5 * count))
+    found, have = [], 0
+    for at in range(0, head.size, _CHUNK_BYTES):  # a chunk at a time: an index per varint only
+        part = np.flatnonzero(head[at : at + _CHUNK_BYTES] < 0x80)[: count - have]
+        found.append(part + at)  # the last byte of each varint
+        have += part.size
+        if have == count:
+            break
+    if have < count:
+        return None
+    ends = np.concatenate(found)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if int((ends - starts).max()) > 4:  # a varint32 takes at most five bytes
+        return None
+    sizes = np.zeros(count, dtype=np.uint64)
+    for i in range(5):  # the i-th byte of every varint that has one
+        has = starts + i <= ends
+        part = (head[starts[has] + i] & 0x7F).astype(np.uint64)
+        sizes[has] |= part << np.uint64(7 * i)
+    sizes &= np.uint64(0xFFFFFFFF)  # bits past 32 fall off, as in TensorFlow's GetVarint32
+    offset = int(ends[-1]) + 1
+    if int(sizes.sum(dtype=np.uint64)) != len(content) - offset:  # < 2^64: count <= 2^31
+        return None
+    bounds = (offset + np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))).tolist()
+    return [content[a:b] for a, b in pairwise(bounds)]
+
+
+def _checked_count(shape: list[int], width: int, name: str, error: ErrorFactory) -> int:
+    """The number of elements of a valid shape; ``tensor parsing error`` for an invalid one.
+    TensorFlow's ``TensorShape::IsValid``: no negative size, and no running product of the
+    sizes past 2^63-1 (so a zero after an overflow does not save the shape)."""
     if len(shape) > _MAX_DIMS:
         raise error(f"tensor parsing error: {name} ({len(shape)} dimensions; at most {_MAX_DIMS})")
     if any(s < 0 for s in shape):
         raise error(f"tensor parsing error: {name} (a negative dimension in {shape})")
-    count = math.prod(shape)
-    if count > _MAX_ELEMENTS:
-        raise error(f"tensor parsing error: {name} (shape {shape} has more than 2^63-1 elements)")
+    count = 1
+    for size in shape:
+        count *= size
+        if count > _MAX_ELEMENTS:
+            raise error(
+                f"tensor parsing error: {name} (shape {shape} has more than 2^63-1 elements)"
+            )
+    if count == 0 and math.prod(s for s in shape if s) * width > _MAX_ELEMENTS:
+        # NumPy refuses an empty array whose other sizes multiply past its index range.
+        raise error(f"tensor parsing error: {name} (shape {shape} is too large for NumPy)")
     return count
 
 

@@ -42,15 +42,21 @@ def test_tensor_round_trip_matches_tensorflow(array: np.ndarray) -> None:
     np.testing.assert_array_equal(to_numpy(proto, "x"), array)
 
 
-def test_single_typed_value_is_broadcast_and_bad_counts_refused() -> None:
+def test_typed_values_are_filled_and_bad_content_refused() -> None:
+    """Typed values short of the shape's are filled with the last one (TensorFlow's rule; more
+    in test_tensor_parsing.py); tensor_content of the wrong length is refused, naming the input."""
     proto = tf.make_tensor_proto(np.zeros((2, 3), np.float32))
+    content = proto.tensor_content
     proto.ClearField("tensor_content")
     proto.float_val.append(2.5)
     np.testing.assert_array_equal(to_numpy(proto, "x"), np.full((2, 3), 2.5, np.float32))
     proto.float_val.append(1.0)
+    np.testing.assert_array_equal(to_numpy(proto, "x").ravel(), [2.5, 1, 1, 1, 1, 1])
+    proto.tensor_content = content[:-4]
     with pytest.raises(ServingError) as info:
         to_numpy(proto, "pixels")
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "pixels" in info.value.message
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tensor parsing error: pixels" in info.value.message
 
 
 def _broadcast(shape: list[int], dtype: int = 1):
