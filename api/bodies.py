@@ -70,14 +70,27 @@ async def read_images(
         return await asyncio.to_thread(_parse_json_instances, body, max_batch)
     if content_type.startswith(RAW_IMAGE_TYPES):
         return await _read_raw_image(request)
+    shown = content_type.split(";")[0].strip() or "none"
     raise ApiError(
         415,
         "unsupported_media_type",
-        'send multipart/form-data with \'file\' parts or JSON {"instances": [{"b64": ...}]}',
+        f"Content-Type {shown!r} is not a classify body: send multipart/form-data with 'file' "
+        'parts, JSON {"instances": [{"b64": ...}]}, or the image itself with its type '
+        "(curl --data-binary @digit.png -H 'Content-Type: image/png')",
     )
 
 
-RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+# One image as the whole body: every format the decoder reads (api/imaging.py, SUPPORTED), and
+# application/octet-stream (the decoder tells the format from the bytes, whatever the type says).
+RAW_IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "application/octet-stream",
+)
 # JSON bodies up to this size are parsed on the event loop; larger ones in a worker thread.
 JSON_ON_LOOP_BYTES = 256 * 1024
 # The documented shape has two "{" or "," per instance and a few more: this many per image of the
