@@ -1,8 +1,11 @@
 """Training-job records in Redis: the store the gateway reads and the worker writes.
 
-The record layout and the status scripts are in :mod:`fdl.job_records`. Each status change,
-with its ``status`` event, is one Lua script: a terminal status is never overwritten, and a
-retry of a change that applied but whose reply was lost changes nothing (a token per call).
+The record layout is in :mod:`fdl.job_records`, the scripts that change records in
+:mod:`fdl.job_scripts`, the reads in :mod:`fdl.job_reads`. Each status change, with its
+``status`` event, is one Lua script: a terminal status is never overwritten, and a retry of a
+change that applied but whose reply was lost changes nothing (a token per call). Fields that a
+running job updates (heartbeats, progress) are set only while its record exists: a late report
+of a job whose record was pruned or lost writes nothing.
 
 A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
 unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
@@ -19,51 +22,47 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
+from fdl.job_reads import JobReads
 from fdl.job_records import (
-    CANCEL_SCRIPT,
-    CLAIM_SCRIPT,
-    CREATE_SCRIPT,
     EVENTS_KEY,
-    EVENTS_MAXLEN,
     INDEX_KEY,
     JOB_KEY,
-    PRUNE_SCRIPT,
-    REQUEUE_STALE_SCRIPT,
     RESEND_BACKOFF_CAP,
-    RESEND_SCRIPT,
     TERMINAL,
-    TRANSITION_SCRIPT,
-    Events,
     JobStatus,
-    StreamReply,
-    decode_events,
-    decode_record,
+    lost_outcomes,
     new_job_id,
     new_record,
     script_args,
+)
+from fdl.job_scripts import (
+    CANCEL_SCRIPT,
+    CLAIM_SCRIPT,
+    CREATE_SCRIPT,
+    PRUNE_SCRIPT,
+    RESEND_SCRIPT,
+    SET_FIELDS_SCRIPT,
+    SETTLE_LOST_SCRIPT,
+    TRANSITION_SCRIPT,
 )
 from fdl.store_retry import retried as _retried
 
 # What callers of the store use with it (the record layout itself is fdl.job_records').
 __all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 
-# The method JobStore.list hides the builtin inside the class body.
-_Statuses = list[tuple[str, str | None]]
-_Ids = list[str]
-_Rows = list[tuple[str, list[str | None]]]  # (job id, raw field values)
 # Jobs removed per round trip by JobStore.prune.
 PRUNE_BATCH = 500
 
 
-class JobStore:
+class JobStore(JobReads):
     """Job records, their index and their event streams in one Redis.
 
     Args:
         client: a Redis client made with ``decode_responses=True`` (:meth:`from_url` makes one).
         retry_for_s: how long each operation retries while Redis is unreachable; 0 fails at once.
 
-    Reads return plain dicts (every field of a record present, ``None`` when unset) or ``None``
-    for an unknown job; status changes return whether they applied.
+    Reads (:class:`fdl.job_reads.JobReads`) return plain dicts or ``None`` for an unknown job;
+    status changes return whether they applied.
     """
 
     def __init__(self, client: redis.Redis, retry_for_s: float = 0.0) -> None:
@@ -73,7 +72,8 @@ class JobStore:
         self._create = client.register_script(CREATE_SCRIPT)
         self._transition = client.register_script(TRANSITION_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
-        self._requeue_stale = client.register_script(REQUEUE_STALE_SCRIPT)
+        self._settle_lost = client.register_script(SETTLE_LOST_SCRIPT)
+        self._set_fields = client.register_script(SET_FIELDS_SCRIPT)
         self._cancel = client.register_script(CANCEL_SCRIPT)
         self._resend = client.register_script(RESEND_SCRIPT)
         self._prune = client.register_script(PRUNE_SCRIPT)
@@ -85,18 +85,11 @@ class JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
     @_retried
-    def now(self) -> float:
-        """Redis's clock, in epoch seconds. Every time the store writes (a heartbeat, a send, a
-        start) and every cut-off compared with one (a reaper's, a claim's) is read from it, so
-        machines whose own clocks disagree never take a live job for lost."""
-        seconds, microseconds = self.redis.time()
-        return seconds + microseconds / 1e6
-
-    @_retried
-    def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> int:
-        """Run a status script on the job (the token in ``args`` makes its retries safe)."""
+    def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> Any:
+        """Run a script on the job (the token in a status script's ``args`` makes its retries
+        safe); returns its reply."""
         job_keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), *keys]
-        return int(cast(int, script(keys=job_keys, args=args)))
+        return script(keys=job_keys, args=args)
 
     # --- records -----------------------------------------------------------------------------
 
@@ -114,50 +107,22 @@ class JobStore:
         self._run(self._create, job_id, script_args(event, repr(now), job_id, **record), INDEX_KEY)
         return record
 
-    @_retried
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        """Returns the job's record, or None for an unknown job."""
-        return decode_record(cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id))))
+    def set_fields(self, job_id: str, **fields: Any) -> bool:
+        """Set record fields (JSON-encoded) without touching the status or emitting an event;
+        False (nothing written) when the job's record is gone or never existed."""
+        return self._update(job_id, "", {}, fields) is not None
 
-    @_retried
-    def list(
-        self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
-        """One page (``limit`` records after ``offset`` matching ones) of the jobs in ``status``
-        (None: all), newest first, and the number of matching jobs; reads only the page's
-        records."""
-        if status is None:
-            total = int(self.redis.zcard(INDEX_KEY))
-            page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
-        else:
-            matching = [i for i, s in self.statuses() if s == status]
-            total, page_ids = len(matching), matching[offset : offset + limit]
-        pipe = self.redis.pipeline()
-        for job_id in page_ids:
-            pipe.hgetall(JOB_KEY.format(job_id))
-        records = [r for r in map(decode_record, pipe.execute()) if r is not None]
-        return records, total
-
-    @_retried
-    def statuses(self) -> _Statuses:
-        """(job id, status) of every job, newest first, without reading the whole records."""
-        return [(i, json.loads(v[0]) if v[0] else None) for i, v in self._scan("status")]
-
-    def _scan(self, *fields: str) -> _Rows:
-        """(job id, the raw values of ``fields``) of every indexed job, newest first, in one
-        round trip that other clients' commands interleave with (no transaction)."""
-        ids = cast(_Ids, self.redis.zrevrange(INDEX_KEY, 0, -1))
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(JOB_KEY.format(job_id), list(fields))
-        return list(zip(ids, pipe.execute(), strict=True))
-
-    @_retried
-    def set_fields(self, job_id: str, **fields: Any) -> None:
-        """Set record fields (JSON-encoded) without touching the status or emitting an event."""
-        self.redis.hset(
-            JOB_KEY.format(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
-        )
+    def _update(
+        self, job_id: str, kind: str, data: dict[str, Any], fields: dict[str, Any]
+    ) -> str | None:
+        """Set ``fields`` and append an event of ``kind`` ('' for none) with ``data``, in one
+        step, only while the record exists; returns the event's id ('1' without one), or None
+        when the record is gone."""
+        args = [kind, json.dumps(data), str(time.time())]
+        for key, value in fields.items():
+            args += [key, json.dumps(value)]
+        reply = self._run(self._set_fields, job_id, args)
+        return None if reply in (0, "0") else str(reply)
 
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move a non-terminal job to ``status`` and emit a ``status`` event, setting ``fields``
@@ -184,17 +149,38 @@ class JobStore:
         return bool(self._run(self._claim, job_id, args))
 
     @_retried
-    def heartbeat(self, job_id: str) -> None:
-        """Record that the job's worker is alive (the reaper requeues jobs whose beat stops)."""
-        self.set_fields(job_id, heartbeat_at=self.now())
+    def heartbeat(self, job_id: str) -> bool:
+        """Record that the job's worker is alive (the reaper requeues jobs whose beat stops);
+        False when its record is gone (nothing written)."""
+        return self.set_fields(job_id, heartbeat_at=self.now())
 
-    def requeue_if_stale(self, job_id: str, heartbeat_before: float, reason: str) -> bool:
-        """Atomically move a running job whose worker was lost back to queued; False when it is
-        not running or its worker is alive (a heartbeat at or after ``heartbeat_before``, epoch
-        seconds). ``reason``: why, for the ``status`` event."""
+    def settle_lost(
+        self,
+        job_id: str,
+        heartbeat_before: float,
+        attempts: int,
+        reason: str,
+        published: dict[str, Any] | None = None,
+        give_up: str | None = None,
+    ) -> str | None:
+        """Decide, in one atomic step, what becomes of a running job whose worker was lost: its
+        heartbeat is older than ``heartbeat_before`` (epoch seconds) and it still counts
+        ``attempts`` (those the caller saw). It ends ``succeeded`` with ``published`` (what an
+        earlier run of it published) when given, else ``cancelled`` when its cancellation was
+        requested, else ``failed`` with the error ``give_up`` when given (it is out of
+        attempts), else goes back to ``queued`` (the caller sends its message again).
+        ``reason``: why its worker counts as lost, for the event or the error.
+
+        Returns:
+            The status the job was left in, or None when nothing changed (it beat again, ended,
+            or was claimed again; another reaper took it).
+        """
+        now = self.now()
         event = {"status": JobStatus.QUEUED.value, "reason": reason}
-        args = script_args(event, repr(heartbeat_before), sent_at=self.now(), resends=0)
-        return bool(self._run(self._requeue_stale, job_id, args))
+        outcomes = lost_outcomes(reason, now, published, give_up)
+        args = script_args(event, repr(heartbeat_before), str(attempts), outcomes)
+        reply = self._run(self._settle_lost, job_id, args)
+        return str(reply) if reply else None
 
     def mark_resent(self, job_id: str, after_s: float) -> bool:
         """True (and the job marked sent now) when it is still queued and its message is due to
@@ -204,13 +190,13 @@ class JobStore:
         return bool(self._run(self._resend, job_id, args))
 
     @_retried
-    def prune(self, ended_before: float) -> _Ids:
+    def prune(self, ended_before: float) -> list[str]:
         """Remove the records, events and index entries of jobs that ended before
         ``ended_before`` (epoch seconds, Redis's clock); returns their ids. Only jobs created
         before it are looked at (a job ends after it is created), in batches that other clients'
         commands interleave with (no transaction)."""
-        old = cast(_Ids, self.redis.zrangebyscore(INDEX_KEY, "-inf", f"({ended_before!r}"))
-        pruned: _Ids = []
+        old = cast(list[str], self.redis.zrangebyscore(INDEX_KEY, "-inf", f"({ended_before!r}"))
+        pruned: list[str] = []
         for start in range(0, len(old), PRUNE_BATCH):
             batch = old[start : start + PRUNE_BATCH]
             pipe = self.redis.pipeline(transaction=False)
@@ -221,17 +207,11 @@ class JobStore:
         return pruned
 
     @_retried
-    def waiting(self, queue: str) -> int:
-        """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
-        sent again counts once); reads two fields of every indexed record."""
-        wanted = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
-        return sum(1 for _, values in self._scan("status", "queue") if values == wanted)
-
-    @_retried
-    def update_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event."""
-        self.set_fields(job_id, progress=progress, heartbeat_at=self.now())
-        self.append_event(job_id, "progress", progress)
+    def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event, in
+        one step; False when its record is gone (nothing written)."""
+        fields = {"progress": progress, "heartbeat_at": self.now()}
+        return self._update(job_id, "progress", progress, fields) is not None
 
     def finish(
         self,
@@ -260,40 +240,10 @@ class JobStore:
             return None
         return self.get(job_id)
 
-    @_retried
-    def cancel_requested(self, job_id: str) -> bool:
-        """Whether cancellation was requested (the worker polls this between batches)."""
-        value = self.redis.hget(JOB_KEY.format(job_id), "cancel_requested")
-        return bool(value and json.loads(value))
-
     # --- events ------------------------------------------------------------------------------
 
-    @_retried
-    def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+    def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str | None:
         """Append an event of ``kind`` (``status``, ``progress``, ``log``…) with the JSON-ready
         ``data`` to the job's stream (capped at about ``EVENTS_MAXLEN`` entries); returns the
-        stream entry's id."""
-        entry_id = self.redis.xadd(
-            EVENTS_KEY.format(job_id),
-            {"type": kind, "data": json.dumps(data), "time": str(time.time())},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-        return cast(str, entry_id)
-
-    @_retried
-    def read_events(
-        self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100
-    ) -> Events:
-        """At most ``count`` of the job's events after the stream id ``after`` (``0-0``: from the
-        first), waiting up to ``block_ms`` when there are none yet (None: no wait), oldest first:
-        ``(entry id, {"type", "data", "time"})``."""
-        reply = cast(
-            StreamReply,
-            self.redis.xread({EVENTS_KEY.format(job_id): after}, count=count, block=block_ms),
-        )
-        return decode_events(reply)
-
-    def ping(self) -> bool:
-        """Whether Redis answers (raises when it is unreachable)."""
-        return bool(self.redis.ping())
+        stream entry's id, or None when the job's record is gone (no stream is left behind)."""
+        return self._update(job_id, kind, data, {})

@@ -35,11 +35,12 @@ def divergence(value: Any, where: str) -> str | None:
 
 class JobCallback(keras.callbacks.Callback):
     """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record,
-    and stops training at the next batch when the job's cancellation flag is set or a reported
-    loss is NaN or infinite (read only where it is reported anyway, so that no batch waits for
-    the device to hand its loss over). A stop for divergence is kept in ``diverged``; whether
-    the weights are lost is decided on the test set's outputs afterwards: early stopping may have
-    restored its best epoch, and a mixed-precision step that overflowed was skipped."""
+    and stops training at the next batch when the job's cancellation flag is set (or its record
+    is gone: pruned, or lost with Redis's data) or a reported loss is NaN or infinite (read only
+    where it is reported anyway, so that no batch waits for the device to hand its loss over). A
+    stop for divergence is kept in ``diverged``; whether the weights are lost is decided on the
+    test set's outputs afterwards: early stopping may have restored its best epoch, and a
+    mixed-precision step that overflowed was skipped."""
 
     def __init__(
         self, store: JobStore, job_id: str, epochs: int, train_examples: int, steps: int
@@ -59,7 +60,7 @@ class JobCallback(keras.callbacks.Callback):
         self._epoch_start = self._last_report = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
-        if self.store.cancel_requested(self.job_id):
+        if self.store.stop_requested(self.job_id):  # cancelled, or its record is gone
             self.cancelled = True
             self.model.stop_training = True
             return

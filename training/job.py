@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
-    pass
+    """The job stops: its cancellation was requested, or its record is gone."""
 
 
 def default_worker_name() -> str:
@@ -50,7 +50,7 @@ def run_job(
 ) -> dict[str, Any] | None:
     """Run ``job_id``; returns the job's result, or None when it was skipped or did not succeed."""
     record = store.get(job_id)
-    if record is None:
+    if record is None or record["status"] is None:  # unknown, or what an old worker left
         log.warning("job %s has no record; skipping", job_id)
         return None
     status = JobStatus(record["status"])
@@ -91,7 +91,12 @@ def run_job(
         try:
             result = execute(job_id, spec, store, settings)
         except Cancelled:
-            store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
+            if not store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request"):
+                log.warning(
+                    "job %s stopped, nothing published: its record is gone (pruned, deleted or "
+                    "lost with Redis's data) or it had already ended",
+                    job_id,
+                )
             return None
         except DataMissingError as error:
             store.finish(job_id, JobStatus.FAILED, error=str(error))
@@ -117,7 +122,8 @@ def run_job(
 
 
 def _check_cancel(store: JobStore, job_id: str) -> None:
-    if store.cancel_requested(job_id):
+    """Stop the job when its cancellation was requested or its record is gone."""
+    if store.stop_requested(job_id):
         raise Cancelled
 
 
@@ -126,7 +132,7 @@ def _cancel_under_lock(store: JobStore, job_id: str) -> None:
     have been waited for): one try, no retries, so that a Redis outage never holds the lock;
     unreachable, it counts as not cancelled (the check before the lock passed)."""
     try:
-        cancelled = JobStore(store.redis).cancel_requested(job_id)
+        cancelled = JobStore(store.redis).stop_requested(job_id)
     except TRANSIENT_ERRORS:
         log.warning("job %s: cancellation flag unreadable under the lock; publishing", job_id)
         return

@@ -7,7 +7,9 @@ checks at start-up and then periodically for running jobs whose heartbeat is old
 ``FDL_STALE_AFTER_S``, moves them back to ``queued`` atomically (one reaper wins) and re-sends
 the task to the queue the job was sent to (a GPU job found by a CPU worker's reaper goes back to
 the GPU queue; a record written before records kept their queue goes to the reaper's own), or
-ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost.
+ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost (``cancelled`` when
+a cancel was requested, ``succeeded`` when the run had published): one script decides and
+applies which (:meth:`fdl.jobs.JobStore.settle_lost`).
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
@@ -47,28 +49,21 @@ def reap_once(
         job_id = record["id"]
         attempts = int(record.get("attempts") or 0)
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
-        if not store.requeue_if_stale(job_id, threshold, reason):
-            continue  # it beat again, finished, or another reaper took it
+        # Lost after its version was renamed in: the job is done, whatever else applies.
         published = published_by_record(settings.model_dir, record)
-        if published is not None:
-            # Lost after its version was renamed in: the job is done, whatever else applies.
-            store.finish(job_id, JobStatus.SUCCEEDED, result=published)
-            actions.append((job_id, "succeeded"))
-        elif record.get("cancel_requested"):
-            # Its user cancelled it while it ran: end it so rather than run it again.
-            store.finish(job_id, JobStatus.CANCELLED, error=f"cancelled by request ({reason})")
-            actions.append((job_id, "cancelled"))
-        elif attempts >= settings.max_attempts:
-            store.finish(
-                job_id,
-                JobStatus.FAILED,
-                error=f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up",
-            )
-            actions.append((job_id, "failed"))
-        else:
+        give_up = None
+        if attempts >= settings.max_attempts:
+            give_up = f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up"
+        # One atomic step: a duplicate message never finds the job queued before it is ended.
+        status = store.settle_lost(job_id, threshold, attempts, reason, published, give_up)
+        if status is None:
+            continue  # it beat again, finished, or another reaper took it
+        if status == JobStatus.QUEUED:
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
             send(job_id, record.get("queue") or settings.training_queue)
             actions.append((job_id, "requeued"))
+        else:  # succeeded (published), cancelled (requested while it ran), failed (giving up)
+            actions.append((job_id, status))
     waiting = _resend_waiting(store, now, settings, send)
     pruned: list[str] = []
     if settings.job_retention_s > 0:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from fdl.repository import CONFIG_FILE, LABELS_FILE, read_labels, render_config, sync_config
+from harness.disks import small_tmpfs
 from harness.gateway import Gateway, classify, gateway_running, set_label
 from harness.model_server import ModelServer, model_server_running, versions_available
 from harness.procs import wait_for
@@ -36,18 +37,6 @@ class Faulty:
     gateway: Gateway
 
 
-def mount_tmpfs(where: Path, size_mb: int) -> None:
-    where.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-
-
 @pytest.fixture(scope="module")
 def faulty(
     pristine_repository: Path,
@@ -57,9 +46,7 @@ def faulty(
 ) -> Iterator[Faulty]:
     """A model repository on a tmpfs of its own, with its own model server and gateway."""
     root = tmp_path_factory.mktemp("faults")
-    disk = root / "disk"
-    mount_tmpfs(disk, 64)
-    try:
+    with small_tmpfs(root / "disk", "64m") as disk:
         model_dir = disk / "models"
         shutil.copytree(pristine_repository, model_dir)
         for name in PADDING:
@@ -89,8 +76,6 @@ def faulty(
             ) as gateway,
         ):
             yield Faulty(disk, model_dir, server, gateway)
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def state(model_dir: Path) -> tuple[str, str, list[str]]:

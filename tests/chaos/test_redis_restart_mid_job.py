@@ -1,13 +1,18 @@
 """Redis stops while a real worker trains a job and comes back on the same port: the worker
 retries its job-record operations meanwhile, so the job still succeeds on its first attempt, its
 final state is recorded, and exactly one version is published; past the retries, the reaper runs
-it again. And a job whose message never reached the broker still runs."""
+it again. A Redis that comes back without its data (the job's record lost) stops the job, and
+nothing recreates its record. And a job whose message never reached the broker still runs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from fdl.job_records import EVENTS_KEY, JOB_KEY
 from fdl.jobspec import JobSpec
 from harness.procs import wait_for
 from harness.redis import RestartableRedis
@@ -115,3 +120,53 @@ def test_a_job_whose_message_was_lost_still_runs(
         record = worker.wait_done(job_id, timeout=120)
     assert record["status"] == "succeeded", (record, worker.process.log_tail())
     assert record["attempts"] == 1
+
+
+# What the worker logs when it stopped a job whose record is gone.
+RECORD_GONE = "stopped, nothing published: its record is gone"
+
+
+def test_a_job_whose_record_redis_lost_stops_and_is_not_recreated(
+    restartable_redis: RestartableRedis, data_dir: Path, tmp_path: Path, logs_dir: Path
+) -> None:
+    """Redis restarts without its data (no append-only file, a failover to an empty replica)
+    while a real worker trains: the job's record is gone. Before, the worker's next heartbeat
+    or progress report wrote a record of only those fields (and an event stream nothing
+    prunes), and the job trained on and published a version that no job record names. Now
+    those writes need the record: the worker stops the job as if cancelled, publishes nothing,
+    and leaves no key behind."""
+    with worker_running(
+        "redis-wiped-worker",
+        restartable_redis.url,
+        data_dir,
+        tmp_path,
+        logs_dir,
+        {"FDL_REDIS_RETRY_S": "60", "FDL_HEARTBEAT_INTERVAL_S": "0.5"},
+    ) as worker:
+        job_id = worker.submit(
+            model="mnist_mlp", publish_as="forgotten", **{**MNIST_TINY, "epochs": 200}
+        )
+        worker.wait_progress(job_id)
+        restartable_redis.stop()
+        for path in restartable_redis.data_dir.iterdir():  # its append-only file: data lost
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        restartable_redis.start()
+        client = redis.Redis.from_url(restartable_redis.url)
+        keys = (JOB_KEY.format(job_id), EVENTS_KEY.format(job_id))
+        try:
+            wait_for(
+                lambda: RECORD_GONE in worker.process.log_tail(20_000) or client.exists(*keys),
+                120,
+                "the worker to stop the job (or to write its record again)",
+                interval=0.2,
+                check=worker.process.ensure_alive,
+            )
+            assert client.exists(*keys) == 0, (client.hgetall(keys[0]), worker.process.log_tail())
+            assert client.keys("fdl:job*") == []
+        finally:
+            client.close()
+        assert not (worker.model_dir / "forgotten").exists()
+        # The worker takes the next job as usual.
+        assert worker.wait_done(worker.submit(model="mnist_logreg", **MNIST_TINY))["status"] == (
+            "succeeded"
+        )

@@ -1,22 +1,32 @@
 """A TCP proxy in front of Redis that loses the reply of a command after Redis ran it: the
 "applied, reply lost" outcome of a Redis restart, a failover or a socket timeout right after a
-command, which makes the job store (and redis-py) retry a command that already took effect."""
+command, which makes the job store (and redis-py) retry a command that already took effect. Or
+that holds the reply while the test acts: what other clients may do between two commands of
+one."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 
 class LostReplyProxy:
     """Forwards everything to ``upstream``, except that for the first ``drops`` requests that
     contain ``marker`` it forwards the request, waits for Redis's reply, swallows it and closes
-    the client's connection."""
+    the client's connection; with ``hold``, it calls ``hold()`` instead and then forwards the
+    reply (the client waits for it meanwhile)."""
 
-    def __init__(self, upstream: tuple[str, int], marker: bytes = b"EVALSHA", drops: int = 1):
-        self.upstream, self.marker, self.drops = upstream, marker, drops
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        marker: bytes = b"EVALSHA",
+        drops: int = 1,
+        hold: Callable[[], None] | None = None,
+    ):
+        self.upstream, self.marker, self.drops, self.hold = upstream, marker, drops, hold
         self.dropped = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -52,7 +62,7 @@ class LostReplyProxy:
                             self.dropped += 1
                             losing.set()
                 server.sendall(data)
-                if losing.is_set():
+                if losing.is_set() and self.hold is None:
                     return
         except OSError:
             pass
@@ -62,8 +72,11 @@ class LostReplyProxy:
     ) -> None:
         try:
             while data := server.recv(65536):
-                if losing.is_set():  # Redis ran the command: lose its reply and the connection
-                    break
+                if losing.is_set():  # Redis ran the command
+                    if self.hold is None:  # lose its reply and the connection
+                        break
+                    losing.clear()
+                    self.hold()
                 client.sendall(data)
         except OSError:
             pass

@@ -34,7 +34,7 @@ class Monitor(threading.Thread):
                 self.seen.append(command)
 
     def cancel_checks(self, job_id: str, after: float) -> int:
-        wanted = f"HGET fdl:job:{job_id} cancel_requested"
+        wanted = f"HMGET fdl:job:{job_id} status cancel_requested"
         return sum(1 for c in list(self.seen) if c["command"] == wanted and c["time"] > after)
 
 

@@ -16,6 +16,7 @@ from redis.commands.core import Script
 
 from fdl.jobs import JobStatus, JobStore
 from tests.training.lost_reply import LostReplyProxy
+from training.job import run_job
 from training.reaper import reap_once
 from training.settings import WorkerSettings
 
@@ -179,3 +180,50 @@ def test_cancelling_a_job_as_a_worker_claims_it_never_cancels_a_running_job(
         else:  # the gateway got it first: cancelled before any attempt
             assert record["status"] == "cancelled" and record["attempts"] == 0, (n, record)
             assert record["error"] == "cancelled before it started"
+
+
+@pytest.mark.parametrize(
+    ("attempts", "cancel", "expected"),
+    [(1, True, "cancelled"), (2, False, "failed")],
+    ids=["cancelled-meanwhile", "out-of-attempts"],
+)
+def test_a_delivery_while_the_reaper_settles_a_lost_job_never_finds_it_queued(
+    store: JobStore, tmp_path: Path, attempts: int, cancel: bool, expected: str
+) -> None:
+    """The reaper ends a lost job that was cancelled while it ran, or is out of attempts. Before,
+    it moved the job back to queued, then ended it in a second call: a duplicate message of the
+    job delivered in between (the broker's redelivery, a resend) found it queued and claimed it,
+    and the reaper then ended it under the worker that ran it (or the delivery ended it first,
+    for its own reason). One script decides now: the delivery finds the job already ended."""
+    store.create({"model": "mnist_logreg"}, "lost", "training")
+    assert store.mark_running("lost", "dead-worker:1")
+    store.set_fields("lost", heartbeat_at=time.time() - 600, attempts=attempts)
+    if cancel:
+        assert store.request_cancel("lost")["status"] == "running"  # only flagged
+    settings = WorkerSettings(
+        redis_url="redis://unused",
+        data_dir=tmp_path / "data",
+        model_dir=tmp_path / "models",
+        var_dir=tmp_path / "var",
+        download=False,
+        stale_after_s=5,
+        max_attempts=2,
+    )
+    deliveries: list[object] = []
+
+    def duplicate_delivery() -> None:  # the reaper's first script ran; its reply waits
+        deliveries.append(run_job("lost", store, settings, worker="duplicate:2"))
+
+    kwargs = store.redis.connection_pool.connection_kwargs
+    with LostReplyProxy((kwargs["host"], kwargs["port"]), hold=duplicate_delivery) as proxy:
+        reaper_store = JobStore.from_url(proxy.url(DB))
+        sent: list[str] = []
+        actions = reap_once(reaper_store, settings, lambda job_id, _queue: sent.append(job_id))
+        reaper_store.redis.close()
+    assert proxy.dropped == 1 and deliveries == [None] and sent == []
+    assert actions == [("lost", expected)]
+    record = store.get("lost")
+    assert record["status"] == expected, record
+    assert record["attempts"] == attempts and record["worker"] == "dead-worker:1"
+    assert "no heartbeat" in record["error"]
+    assert statuses(store, "lost") == ["queued", "running", expected]

@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from fdl import contract
 from fdl.model_config import ConfigRenderError
 from fdl.repository import CONFIG_FILE, LABELS_FILE, NUMBERS_FILE, Repository, list_versions
+from harness.disks import small_tmpfs
 from training.publish import publish, staging_dir
 
 
@@ -83,21 +83,9 @@ def test_a_publish_whose_config_cannot_be_written_leaves_no_version(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs (needs root, or skips)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    """A 512 KiB tmpfs."""
+    with small_tmpfs(tmp_path / "disk", "512k") as mount:
+        yield mount
 
 
 def fill(disk: Path) -> None:

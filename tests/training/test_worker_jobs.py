@@ -133,7 +133,9 @@ def test_a_rerun_after_publishing_publishes_no_second_version(
     before = sorted(p.name for p in model_path.iterdir() if p.name.isdigit())
     # The record as Redis held it when it went away: running, its heartbeat long stale.
     training_worker.store.set_fields(job_id, status="running", heartbeat_at=0, result=None)
-    assert training_worker.store.requeue_if_stale(job_id, time.time(), "worker lost")
+    attempts = published_logreg["record"]["attempts"]
+    queued = training_worker.store.settle_lost(job_id, time.time(), attempts, "worker lost")
+    assert queued == "queued"
     enqueue_training(training_worker.app, job_id, training_worker.queue)
     record = training_worker.wait_done(job_id, timeout=120)
     assert record["status"] == "succeeded", record

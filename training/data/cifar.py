@@ -2,11 +2,14 @@
 
 A tarball (``cifar-10-python.tar.gz`` or an image-folder export such as ``cifar10-jpeg.tar.gz``)
 is unpacked once into ``<var_dir>/cache/datasets/`` (the data folder may be read-only); decoded
-arrays are cached there as ``arrays.npz`` so that later jobs start fast.
+arrays are cached there as ``arrays.npz`` so that later jobs start fast. Each is written under a
+temporary name and renamed into place; a write that fails removes its temporary, and what a
+crashed process left is swept (:mod:`training.data.leftovers`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -19,6 +22,9 @@ import numpy as np
 from training.data import DataMissingError, ImageData
 from training.data.download import download
 from training.data.folder import is_image_folder, load_image_folder
+from training.data.leftovers import filling
+
+log = logging.getLogger(__name__)
 
 CLASS_NAMES = (
     "airplane",
@@ -35,6 +41,9 @@ CLASS_NAMES = (
 BATCHES_DIR = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 SHAPE = (32, 32, 3)
+# The temporaries of the cache (relative to its root): every hidden entry of the root (tarballs
+# being unpacked, downloads in progress) and arrays being saved in an unpacked tree.
+CACHE_LEFTOVERS = (".*", "*/.arrays.*.npz")
 
 
 def load_batches(folder: Path) -> ImageData:
@@ -78,7 +87,8 @@ def _tarballs(data_dir: Path) -> list[Path]:
 
 
 def unpack_cached(tarball: Path, cache_root: Path) -> Path:
-    """Unpack ``tarball`` once into ``cache_root/<stem>``; atomic: no half tree on a crash."""
+    """Unpack ``tarball`` once into ``cache_root/<stem>``; atomic: no half tree on a crash (the
+    caller holds the cache's fill lock, so that its temporary is not swept meanwhile)."""
     target = cache_root / tarball.name.removesuffix(".tar.gz")
     if target.is_dir():
         return target
@@ -114,16 +124,26 @@ def _cached_arrays(folder: Path) -> ImageData:
     data = _from_tree(folder)
     if data is None:
         raise DataMissingError(f"{folder} holds neither {BATCHES_DIR} nor train/ and test/ folders")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".arrays.", suffix=".npz")
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(
-            handle,
-            x_train=data.x_train,
-            y_train=data.y_train,
-            x_test=data.x_test,
-            y_test=data.y_test,
-        )
-    os.replace(tmp, cache)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".arrays.", suffix=".npz")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                x_train=data.x_train,
+                y_train=data.y_train,
+                x_test=data.x_test,
+                y_test=data.y_test,
+            )
+        os.replace(tmp, cache)
+    except OSError as error:  # a full disk: the job goes on, a later one decodes again
+        log.warning("cannot cache the decoded arrays in %s: %s", folder, error)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
     return data
 
 
@@ -139,14 +159,15 @@ def load_cifar10(
     tarballs = _tarballs(data_dir)
     if not tarballs and (cache_root / "cifar-10-python.tar.gz").is_file():
         tarballs = [cache_root / "cifar-10-python.tar.gz"]
-    if not tarballs:
-        if not allow_download:
-            raise DataMissingError(_missing(data_dir, "downloads are disabled"))
-        try:
-            tarballs = [download(URL, cache_root / "cifar-10-python.tar.gz", timeout_s)]
-        except OSError as error:
-            raise DataMissingError(_missing(data_dir, f"download failed: {error}")) from error
-    return _cached_arrays(unpack_cached(tarballs[0], cache_root))
+    if not tarballs and not allow_download:
+        raise DataMissingError(_missing(data_dir, "downloads are disabled"))
+    with filling(cache_root, CACHE_LEFTOVERS):
+        if not tarballs:
+            try:
+                tarballs = [download(URL, cache_root / "cifar-10-python.tar.gz", timeout_s)]
+            except OSError as error:
+                raise DataMissingError(_missing(data_dir, f"download failed: {error}")) from error
+        return _cached_arrays(unpack_cached(tarballs[0], cache_root))
 
 
 def _missing(data_dir: Path, why: str) -> str:

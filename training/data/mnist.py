@@ -1,4 +1,6 @@
-"""MNIST from the four original IDX ``.gz`` files (downloaded when absent and allowed)."""
+"""MNIST from the four original IDX ``.gz`` files (downloaded when absent and allowed; what a
+download that crashed left, its ``.part`` file, is swept by the next one:
+:mod:`training.data.leftovers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 
 from training.data import DataMissingError, ImageData
 from training.data.download import download
+from training.data.leftovers import filling
 
 FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -19,6 +22,8 @@ FILES = {
 MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 CLASS_NAMES = tuple(str(i) for i in range(10))
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+# Downloads in progress (training.data.download's temporaries), in the folder they go to.
+LEFTOVERS = tuple(f".{name}.*.part" for name in FILES.values())
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -49,9 +54,10 @@ def load_mnist(data_dir: Path, allow_download: bool = True, timeout_s: float = 6
         folder = data_dir / "mnist"
         if allow_download:
             try:
-                for name in FILES.values():
-                    if not (folder / name).is_file():
-                        download(MIRROR + name, folder / name, timeout_s)
+                with filling(folder, LEFTOVERS):
+                    for name in FILES.values():
+                        if not (folder / name).is_file():
+                            download(MIRROR + name, folder / name, timeout_s)
             except OSError as error:
                 raise DataMissingError(_missing(data_dir, f"download failed: {error}")) from error
         else:

@@ -1,0 +1,200 @@
+"""The Lua scripts that change training-job records in Redis atomically
+(:class:`fdl.jobs.JobStore` runs them; the record layout is :mod:`fdl.job_records`').
+
+Every status change runs as one script that also appends the ``status`` event, so a change and
+its event are never separated. Each call carries a token of its own (ARGV[1], a JSON-encoded
+uuid) that the script stores in ``op_token`` when it applies: a retry of the same call
+(fdl.store_retry, or redis-py's own, after the script ran but its reply was lost) finds its token
+there and answers "applied" again without changing anything. Any later status change overwrites
+the token, so a retry after someone else's change is judged afresh.
+"""
+
+from __future__ import annotations
+
+from fdl.job_records import EVENTS_MAXLEN, TERMINAL
+
+# Lua: whether status ``s`` is terminal.
+_TERMINAL_TEST = " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
+
+# Common arguments of the status scripts: KEYS[1] job hash, KEYS[2] events stream; ARGV[1]
+# token, ARGV[2] the event's data (JSON), ARGV[3] the event's time; then each script's own.
+_PRELUDE = """
+local key, stream, token = KEYS[1], KEYS[2], ARGV[1]
+local function replayed() return redis.call('HGET', key, 'op_token') == token end
+local function status()
+  local raw = redis.call('HGET', key, 'status')
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+local function is_terminal(s) return TERMINAL_TEST end
+local function number(field)
+  local raw = redis.call('HGET', key, field)
+  if not raw then return nil end
+  local value = cjson.decode(raw)
+  if type(value) == 'number' then return value end
+  return nil
+end
+local function set_pairs(first)
+  for i = first, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+local function changed(data)
+  redis.call('HSET', key, 'op_token', token)
+  redis.call('XADD', stream, 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
+             'type', 'status', 'data', data or ARGV[2], 'time', ARGV[3])
+end
+""".replace("TERMINAL_TEST", _TERMINAL_TEST).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+
+# KEYS[3] the index; ARGV[4] creation time, ARGV[5] job id, ARGV[6..] field/value pairs (JSON).
+# Writes the record, indexes it and emits ``queued``. Returns 1 (also on a replay).
+CREATE_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+set_pairs(6)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+changed()
+return 1
+"""
+)
+
+# ARGV[4..] field/value pairs (JSON), the new status among them. Returns 1 when applied, 0 when
+# the job is missing or already terminal.
+TRANSITION_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+local current = status()
+if not current or is_terminal(current) then return 0 end
+set_pairs(4)
+changed()
+return 1
+"""
+)
+
+# The claim of an attempt. ARGV[4] heartbeat threshold (epoch seconds), ARGV[5..] field/value
+# pairs (JSON) set with status running. A queued job is claimed; a running one only when its
+# heartbeat (else its start) is older than the threshold (its worker was lost). Counts the
+# attempt. Returns 1 when claimed, 0 otherwise (missing, terminal, or running elsewhere).
+CLAIM_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 1 end
+local current = status()
+if current == 'running' then
+  local beat = number('heartbeat_at') or number('started_at')
+  if beat and beat >= tonumber(ARGV[4]) then return 0 end
+elseif current ~= 'queued' then
+  return 0
+end
+set_pairs(5)
+redis.call('HSET', key, 'status', cjson.encode('running'),
+           'attempts', tostring((number('attempts') or 0) + 1))
+changed()
+return 1
+"""
+)
+
+# What becomes of a running job whose worker was lost, decided in one step (a duplicate message
+# that a worker receives meanwhile finds the job either still running elsewhere or already
+# settled, never a queued job about to be ended). ARGV[4] heartbeat threshold (epoch seconds),
+# ARGV[5] the attempts the reaper saw, ARGV[6] the outcomes: JSON {status: [event data (JSON),
+# {field: value (JSON)}]} for 'queued' and 'cancelled', and 'succeeded' (the job's version is
+# already published) or 'failed' (it is out of attempts) when they apply. A running job whose
+# heartbeat (else its start) is older than the threshold and whose attempts are still those seen
+# takes the first of succeeded, cancelled (when its cancellation was requested), failed, else
+# queued. Returns the status it was left in (also on a replay); '' when nothing changed (it beat
+# again, ended, or was claimed again).
+SETTLE_LOST_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return status() end
+if status() ~= 'running' then return '' end
+local beat = number('heartbeat_at') or number('started_at')
+if beat and beat >= tonumber(ARGV[4]) then return '' end
+if (number('attempts') or 0) ~= tonumber(ARGV[5]) then return '' end
+local outcomes = cjson.decode(ARGV[6])
+local chosen = 'queued'
+if outcomes['succeeded'] then
+  chosen = 'succeeded'
+elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
+  chosen = 'cancelled'
+elseif outcomes['failed'] then
+  chosen = 'failed'
+end
+local event, fields = outcomes[chosen][1], outcomes[chosen][2]
+for field, value in pairs(fields) do redis.call('HSET', key, field, value) end
+changed(event)
+return chosen
+"""
+)
+
+# KEYS[1] job hash, KEYS[2] events stream; ARGV[1] an event's type ('' for none), ARGV[2] its
+# data (JSON), ARGV[3] its time, ARGV[4..] field/value pairs (JSON). Sets the fields of a job's
+# record and appends the event, only while the record exists (it has a status): a late heartbeat
+# or progress report of a job whose record is gone (pruned, deleted, lost with Redis's data)
+# writes nothing. Returns 0 when the record is gone, else the event's id (1 without an event).
+SET_FIELDS_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] == '' then return 1 end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
+                  'type', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
+""".replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+
+# KEYS[1] job hash; ARGV[1] the first resend period (s), ARGV[2] now (epoch seconds), ARGV[3] the
+# cap on its doublings. A job still queued whose message was last sent (else the job created) a
+# period ago is marked sent now and its resend count grows: one reaper re-sends it. Returns 1
+# when marked.
+RESEND_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw or cjson.decode(raw) ~= 'queued' then return 0 end
+local resends = redis.call('HGET', KEYS[1], 'resends')
+resends = resends and tonumber(cjson.decode(resends)) or 0
+local period = tonumber(ARGV[1]) * 2 ^ math.min(resends, tonumber(ARGV[3]))
+local sent = redis.call('HGET', KEYS[1], 'sent_at') or redis.call('HGET', KEYS[1], 'created_at')
+if sent then
+  sent = cjson.decode(sent)
+  if type(sent) == 'number' and sent + period > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])),
+  'resends', cjson.encode(resends + 1))
+return 1
+"""
+
+# ARGV[4..] field/value pairs (JSON) set when a queued job is cancelled. Flags a job that is not
+# terminal for cancellation; only a job still queued is cancelled at once (its worker, if a
+# message reaches one, then finds it terminal). Returns -1 for a missing job, 0 when it is
+# terminal, 1 when only flagged, 2 when cancelled.
+CANCEL_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 2 end
+local current = status()
+if not current then return -1 end
+if is_terminal(current) then return 0 end
+redis.call('HSET', key, 'cancel_requested', 'true')
+if current ~= 'queued' then return 1 end
+redis.call('HSET', key, 'status', cjson.encode('cancelled'))
+set_pairs(4)
+changed()
+return 2
+"""
+)
+
+# KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
+# ARGV[2] job id. A job that ended (else was created) before the cut-off loses its record, its
+# events and its index entry; an index entry whose record is gone goes too. Returns 1 when removed.
+PRUNE_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if raw then
+  local s = cjson.decode(raw)
+  if not (TERMINAL_TEST) then return 0 end
+  local ended = redis.call('HGET', KEYS[1], 'finished_at')
+  ended = ended or redis.call('HGET', KEYS[1], 'created_at')
+  ended = ended and cjson.decode(ended)
+  if type(ended) ~= 'number' or ended >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+""".replace("TERMINAL_TEST", _TERMINAL_TEST)
