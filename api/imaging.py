@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -66,9 +66,10 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
     Each zTXt, iTXt or iCCP chunk inflates to up to 1 MiB (Pillow's MAX_TEXT_CHUNK); Pillow
     bounds text at 64 MiB per image and ICC profiles not at all, so a 9.5 MB PNG of 9,000 small
     iCCP chunks of zeros took 43 s to open (the header is read on the event loop), and 64 PNGs
-    of 64 zTXt chunks (4 MB) took 4 GB. Past the bound the chunks are read and CRC-checked, not
-    inflated: the gateway uses no text, and an image's first metadata (its ICC profile) stays.
-    """
+    of 64 zTXt chunks (4 MB) took 4 GB. A compressed chunk is charged the most it may inflate,
+    whatever Pillow keeps (a bad zlib checksum is found after the whole inflate). Past the bound
+    chunks are read and CRC-checked, not inflated: the gateway uses no text; the first (the ICC
+    profile) stays."""
 
     def _spent(self) -> bool:
         return self.text_memory >= MAX_PNG_METADATA_BYTES
@@ -77,21 +78,25 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
         assert self.fp is not None
         return ImageFile._safe_read(self.fp, length)
 
-    def chunk_iCCP(self, pos: int, length: int) -> bytes:
+    def _inflating(self, read: Callable[[int, int], bytes], pos: int, length: int) -> bytes:
         if self._spent():
             return self._skip(length)
-        data = super().chunk_iCCP(pos, length)
-        self.text_memory += len(self.im_info.get("icc_profile") or b"")
-        return data
+        try:
+            return read(pos, length)
+        finally:
+            self.text_memory += PngImagePlugin.MAX_TEXT_CHUNK
+
+    def chunk_iCCP(self, pos: int, length: int) -> bytes:
+        return self._inflating(super().chunk_iCCP, pos, length)
 
     def chunk_tEXt(self, pos: int, length: int) -> bytes:
         return self._skip(length) if self._spent() else super().chunk_tEXt(pos, length)
 
     def chunk_zTXt(self, pos: int, length: int) -> bytes:
-        return self._skip(length) if self._spent() else super().chunk_zTXt(pos, length)
+        return self._inflating(super().chunk_zTXt, pos, length)
 
     def chunk_iTXt(self, pos: int, length: int) -> bytes:
-        return self._skip(length) if self._spent() else super().chunk_iTXt(pos, length)
+        return self._inflating(super().chunk_iTXt, pos, length)
 
 
 PngImagePlugin.PngStream = _BoundedPngStream  # type: ignore[misc]  # what PngImageFile opens with
