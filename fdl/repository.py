@@ -70,19 +70,34 @@ def read_labels(model_dir: Path) -> Labels:
     return parse_labels(model_dir / LABELS_FILE)
 
 
+class NumbersFileError(ValueError):
+    """``.versions.json`` cannot be read as ``{model: number}``: nothing is published over it,
+    since rewriting it would forget the numbers of other models' deleted versions."""
+
+
 def read_numbers(model_dir: Path) -> dict[str, int]:
-    """Each model's highest version number ever published (``.versions.json``); an unreadable
-    file counts as empty (with a warning): the versions on disk and the labels still count."""
+    """Each model's highest version number ever published (``.versions.json``; absent: none).
+
+    Raises:
+        NumbersFileError: the file is unreadable or not ``{model: number}``.
+    """
+    path = model_dir / NUMBERS_FILE
     try:
-        raw = json.loads((model_dir / NUMBERS_FILE).read_text())
+        raw = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
-        log.warning("ignoring %s: %s", model_dir / NUMBERS_FILE, error)
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    return {m: v for m, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+        raise NumbersFileError(f"{path} cannot be read ({error}); {_NUMBERS_FIX}") from error
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw.values()
+    ):
+        raise NumbersFileError(f"{path} is not {{model: number}}; {_NUMBERS_FIX}")
+    return raw
+
+
+_NUMBERS_FIX = (
+    "fix it, or remove it to publish again (the numbers of deleted versions may then be reused)"
+)
 
 
 def version_job_id(version_dir: Path) -> str | None:
@@ -227,16 +242,20 @@ class Repository:
             new_model = not model_path.is_dir()
             model_path.mkdir(parents=True, exist_ok=True)
             target = model_path / str(version)
+            config = UndoPoint(self.model_dir, (CONFIG_FILE,))
             os.rename(staged, target)
             try:
                 fsync_path(model_path)  # the rename, and a new model's folder in the repository
                 fsync_path(self.model_dir)
                 self.write_config(self.render())
             except BaseException:
-                # All or nothing: a version whose config could not be written (a full disk) is
-                # taken back out, so a job that fails never leaves a version behind.
+                # All or nothing: a version whose config could not be written (a full disk, or
+                # a flush that failed after the new config was renamed in) is taken back out,
+                # and the config put back, so a job that fails never leaves a version behind.
                 self._take_back(target, staged, model_path if new_model else None)
+                config.restore()
                 raise
+            config.discard()
             return version, True
 
     def next_version(self, model: str) -> int:

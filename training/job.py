@@ -67,10 +67,14 @@ def run_job(
     if attempts >= settings.max_attempts:
         from training.publish import published_by_record
 
-        published = published_by_record(settings.model_dir, record)
+        root = settings.serving_model_base_path
+        published = published_by_record(settings.model_dir, record, root)
         if published is not None:  # its last run was lost after publishing: it is done
             store.finish(job_id, JobStatus.SUCCEEDED, result=published)
             return published
+        if record.get("cancel_requested"):  # as the reaper decides: a cancel comes first
+            store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
+            return None
         store.finish(
             job_id,
             JobStatus.FAILED,

@@ -21,7 +21,7 @@ from typing import Any
 
 from fdl import contract
 from fdl.jobspec import PublishSpec, valid_name
-from fdl.repository import Repository, find_job_version, list_versions
+from fdl.repository import Repository, find_job_version, list_versions, sync_config
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +158,26 @@ def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str,
     }
 
 
-def published_by_record(model_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+def published_by_record(
+    model_dir: Path, record: dict[str, Any], base_path_root: str | None = None
+) -> dict[str, Any] | None:
     """:func:`published_before` for a job record (its stored spec names the served model): what
     a job whose worker was lost after the rename published, so that it ends ``succeeded``
-    rather than ``cancelled`` or ``failed`` with a version in the repository."""
+    rather than ``cancelled`` or ``failed`` with a version in the repository. The config is
+    rendered again when one is found: the worker may have died before writing it, and the
+    version would then not be served until the next publish."""
     spec = record.get("spec")
     name = (spec.get("publish_as") or spec.get("model")) if isinstance(spec, dict) else None
     if not isinstance(name, str) or not valid_name(name):
         return None
     try:
-        return published_before(model_dir, name, str(record["id"]))
+        published = published_before(model_dir, name, str(record["id"]))
     except OSError:  # an unreadable repository: the job runs again, and a re-run checks too
         log.warning("cannot look for job %s's version in %s", record["id"], model_dir)
         return None
+    if published is not None:
+        try:
+            sync_config(model_dir, base_path_root)
+        except (OSError, ValueError):  # the next publish or promotion renders it again
+            log.exception("job %s: could not render the config for its version", record["id"])
+    return published

@@ -50,7 +50,9 @@ def reap_once(
         attempts = int(record.get("attempts") or 0)
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
         # Lost after its version was renamed in: the job is done, whatever else applies.
-        published = published_by_record(settings.model_dir, record)
+        published = published_by_record(
+            settings.model_dir, record, settings.serving_model_base_path
+        )
         give_up = None
         if attempts >= settings.max_attempts:
             give_up = f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up"

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from fdl.jobs import JobStatus, JobStore
+from fdl.repository import CONFIG_FILE
 from training.job import run_job
 from training.reaper import reap_once
 from training.settings import WorkerSettings
@@ -224,6 +225,19 @@ def test_job_out_of_attempts_fails_instead_of_running(store: JobStore, tmp_path:
     assert record["status"] == "failed" and "gave up after 2 attempts" in record["error"]
 
 
+def test_a_cancelled_job_out_of_attempts_ends_cancelled_as_the_reaper_ends_it(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A redelivered message reaching a worker before any reaper does decides as the reaper's
+    script would: a cancel requested while it ran comes before giving up."""
+    running_job(store, "unwanted", heartbeat_age=60)
+    store.set_fields("unwanted", attempts=2)
+    store.request_cancel("unwanted")
+    assert run_job("unwanted", store, settings(tmp_path)) is None
+    record = store.get("unwanted")
+    assert record["status"] == "cancelled", record
+
+
 def test_a_redelivered_last_attempt_that_already_published_ends_succeeded(
     store: JobStore, tmp_path: Path
 ) -> None:
@@ -241,7 +255,11 @@ def test_a_redelivered_last_attempt_that_already_published_ends_succeeded(
     metadata = {"job_id": "late-job", "metrics": {"test_accuracy": 0.9}}
     (staged / contract.METADATA_FILE).write_text(json.dumps(metadata))
     assert publish(staged, worker_settings.model_dir, "late", "late-job") == (1, True)
+    # The worker died before the config named the version: it is rendered again.
+    config = worker_settings.model_dir / CONFIG_FILE
+    config.write_text("model_config_list {\n}\n")
     result = run_job("late-job", store, worker_settings)
+    assert 'name: "late"' in config.read_text()
     record = store.get("late-job")
     assert record["status"] == "succeeded" and record["error"] is None, record
     assert result == record["result"] and result["version"] == 1 and result["published"]

@@ -15,7 +15,14 @@ import pytest
 
 from fdl import contract
 from fdl.model_config import ConfigRenderError
-from fdl.repository import CONFIG_FILE, LABELS_FILE, NUMBERS_FILE, Repository, list_versions
+from fdl.repository import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    NUMBERS_FILE,
+    NumbersFileError,
+    Repository,
+    list_versions,
+)
 from harness.disks import small_tmpfs
 from training.publish import publish, staging_dir
 
@@ -55,6 +62,20 @@ def test_a_label_left_on_a_deleted_version_keeps_its_number(tmp_path: Path) -> N
     (model_dir / LABELS_FILE).write_text(json.dumps({"m": {"stable": 5}}))
     assert not (model_dir / NUMBERS_FILE).exists()
     assert publish(staged(model_dir, "m", "e"), model_dir, "m", "e") == (6, True)
+
+
+@pytest.mark.parametrize("text", ["{not json", '["m", 4]', '{"m": "4"}', '{"m": true}'])
+def test_an_unreadable_numbers_file_is_never_written_over(tmp_path: Path, text: str) -> None:
+    """Rewriting it with the one model being published would forget every other model's
+    deleted numbers: the publish is refused, with a message naming the file, and nothing moves."""
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / NUMBERS_FILE).write_text(text)
+    folder = staged(model_dir, "m", "f")
+    with pytest.raises(NumbersFileError, match=r"\.versions\.json"):
+        publish(folder, model_dir, "m", "f")
+    assert (model_dir / NUMBERS_FILE).read_text() == text
+    assert folder.is_dir() and list_versions(model_dir / "m") == []
 
 
 @pytest.mark.parametrize("existing_model", [False, True])
