@@ -14,9 +14,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from fdl.cli_client import ExitCode, Gateway, console, error_of, fail
 from fdl.job_records import TERMINAL
 
-MAX_RECONNECTS = 5  # streams in a row that end early with no new event
-# How long following rides out a gateway or Redis restart (no connection, 502/503/504), and the
-# pause between attempts meanwhile.
+MAX_RECONNECTS = 5  # streams in a row that end early (or drop) with no new event
+# How long following rides out a gateway or Redis restart (no connection, 502/503/504), counted
+# from the last connection or event, and the pause between attempts meanwhile.
 RECONNECT_FOR_S = 60.0
 RETRY_S = 1.0
 TRANSIENT_STATUS = frozenset({502, 503, 504})
@@ -48,11 +48,13 @@ def _epoch_line(p: dict[str, Any]) -> str:
 
 
 class Follower:
-    """Renders events; ``status`` is the last status seen."""
+    """Renders events; ``status`` is the last status seen, ``last_id`` the last event's id (the
+    Last-Event-ID of a reconnection: events already shown are not shown again)."""
 
     def __init__(self, progress: Progress, epochs: int) -> None:
         self.progress = progress
         self.status = "queued"
+        self.last_id = ""
         self.task = progress.add_task("queued, waiting for a worker", total=epochs, metrics="")
 
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -107,9 +109,11 @@ def _connection(gateway: Gateway) -> Iterator[None]:
         raise _Unavailable(message, ExitCode.UNREACHABLE) from error
 
 
-def _read_stream(gateway: Gateway, job_id: str, last_id: str | None, follower: Follower) -> str:
-    """Render the job's events after ``last_id`` until the stream ends; the last id seen."""
-    headers = {"Last-Event-ID": last_id} if last_id else {}
+def _read_stream(gateway: Gateway, job_id: str, follower: Follower, retries: _Retries) -> None:
+    """Render the job's events after ``follower.last_id`` until the stream ends. The id is kept
+    on the follower per event, so a stream that drops mid-way resumes after the last event shown;
+    ``retries`` hears when the connection is up."""
+    headers = {"Last-Event-ID": follower.last_id} if follower.last_id else {}
     with _connection(gateway):
         try:
             with connect_sse(
@@ -120,14 +124,54 @@ def _read_stream(gateway: Gateway, job_id: str, last_id: str | None, follower: F
                 timeout=httpx.Timeout(10.0, read=60.0),
             ) as source:
                 _transient(gateway, source.response)
+                retries.connected()
                 for event in source.iter_sse():
                     if event.id:
-                        last_id = event.id
+                        follower.last_id = event.id
                     if event.event in ("status", "progress"):
                         follower.on_event(event.event, event.json())
         except SSEError:
             pass  # not an event stream: the job's record below says where it stands
-    return last_id or ""
+
+
+class _Retries:
+    """When following gives up: after RECONNECT_FOR_S without a connection to the gateway, or
+    after more than MAX_RECONNECTS streams in a row that end (cleanly or by a drop) with no new
+    event. A connection clears the first; a new event clears both."""
+
+    def __init__(self, progress: Progress, job_id: str) -> None:
+        self.progress, self.job_id = progress, job_id
+        self.down_since: float | None = None
+        self.failures = 0
+        self.opened = False  # the current attempt got a connection
+
+    def connected(self) -> None:
+        self.opened = True
+        if self.down_since is not None:
+            self.down_since = None
+            self.progress.console.print("Reconnected.", highlight=False)
+
+    def stream_ended(self, new_events: bool) -> None:
+        if new_events:
+            self.failures = 0
+        elif self.opened:
+            self.failures += 1
+            if self.failures > MAX_RECONNECTS:
+                fail("the job's event stream keeps breaking off", ExitCode.UNREACHABLE)
+
+    def unavailable(self, error: _Unavailable) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self.progress.console.print(
+                f"{error}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
+                "(the job goes on meanwhile)",
+                highlight=False,
+                markup=False,
+            )
+        if now - self.down_since > RECONNECT_FOR_S:
+            fail(f"{error}; the job goes on: `fdl job {self.job_id}` shows it", error.code)
+        time.sleep(RETRY_S)  # between reconnection attempts
 
 
 def _record_status(gateway: Gateway, job_id: str) -> str:
@@ -140,9 +184,11 @@ def _record_status(gateway: Gateway, job_id: str) -> str:
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     """Stream the job's events until its terminal status; returns that status.
 
-    Reconnects with Last-Event-ID when the stream drops before the end. A gateway or Redis
-    restart (no connection, or 502/503/504) is ridden out for up to RECONNECT_FOR_S seconds, then
-    the exit code says what was wrong (3 unreachable, 1 the gateway's error).
+    Reconnects with the Last-Event-ID of the last event shown when the stream ends or drops
+    before the end, so no event is shown twice. A gateway or Redis restart (no connection, or
+    502/503/504) is ridden out for up to RECONNECT_FOR_S seconds without a connection, then the
+    exit code says what was wrong (3 unreachable, 1 the gateway's error); each connection or new
+    event starts that count afresh.
     KeyboardInterrupt propagates to the caller, which detaches or cancels.
     """
     columns = (
@@ -152,38 +198,22 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
         TimeElapsedColumn(),
         TextColumn("{task.fields[metrics]}"),
     )
-    last_id = ""
-    failures = 0
-    down_since: float | None = None
     with Progress(*columns, console=console, transient=False) as progress:
         follower = Follower(progress, epochs)
+        retries = _Retries(progress, job_id)
         while follower.status not in TERMINAL:
+            before, retries.opened = follower.last_id, False
             try:
-                seen = _read_stream(gateway, job_id, last_id or None, follower)
+                _read_stream(gateway, job_id, follower, retries)
                 if follower.status not in TERMINAL:
                     # The stream ended early: read the record, then reconnect (bounded).
                     follower.status = _record_status(gateway, job_id)
             except _Unavailable as error:
-                now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    progress.console.print(
-                        f"{error}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
-                        "(the job goes on meanwhile)",
-                        highlight=False,
-                        markup=False,
-                    )
-                if now - down_since > RECONNECT_FOR_S:
-                    fail(f"{error}; the job goes on: `fdl job {job_id}` shows it", error.code)
-                time.sleep(RETRY_S)  # between reconnection attempts
+                if follower.status in TERMINAL:
+                    break  # it dropped after the last event
+                retries.stream_ended(follower.last_id != before)
+                retries.unavailable(error)
                 continue
-            if down_since is not None:
-                down_since = None
-                progress.console.print("Reconnected.", highlight=False)
-            if seen != last_id:
-                last_id, failures = seen, 0
-            elif follower.status not in TERMINAL:
-                failures += 1
-                if failures > MAX_RECONNECTS:
-                    fail("the job's event stream keeps breaking off", ExitCode.UNREACHABLE)
+            if follower.status not in TERMINAL:
+                retries.stream_ended(follower.last_id != before)
     return follower.status

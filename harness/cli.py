@@ -12,11 +12,14 @@ from harness.procs import REPO_ROOT, VENV_BIN, wait_for
 
 
 class BackgroundCli:
-    """The `fdl` of this virtual environment with ``env``; stdout and stderr together."""
+    """The `fdl` of this virtual environment (or ``command``) with ``env``; stdout and stderr
+    together."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], command: list[str] | None = None
+    ) -> None:
         self.popen = subprocess.Popen(
-            [str(VENV_BIN / "fdl"), *args],
+            [*(command or [str(VENV_BIN / "fdl")]), *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
