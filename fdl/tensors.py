@@ -13,19 +13,20 @@ in ``string_val``).
 
 Malformed tensors raise what ``error`` makes of a message: :class:`TensorError` by default, the
 model server's INVALID_ARGUMENT error there. Decoding is bounded: a tensor that would take more
-than 2 GiB (the gRPC message limit) once decoded is refused unallocated.
+than 2 GiB (the gRPC message limit) once decoded, a string counting ``STRING_ELEMENT_BYTES``, is
+refused unallocated.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from itertools import pairwise
 from typing import Any, TypeVar
 
 import numpy as np
 
 from fdl.grpc_tuning import MAX_MESSAGE_BYTES
+from fdl.tensor_strings import STRING_ELEMENT_BYTES, decode_string_list, objects
 from fdl.wire.tfs_pb2 import DataType, TensorProto
 
 
@@ -64,11 +65,9 @@ _PACKED_FIXED: dict[int, tuple[bytes, np.dtype[Any]]] = {
     int(DataType.DT_FLOAT): (bytes([5 << 3 | 2]), np.dtype("<f4")),
     int(DataType.DT_DOUBLE): (bytes([6 << 3 | 2]), np.dtype("<f8")),
 }
-_CHUNK = 1 << 16  # values converted to Python numbers at a time for the other typed fields
-_CHUNK_BYTES = 1 << 20  # bytes of an encoded string list scanned for varint ends at a time
+_CHUNK = 1 << 16  # typed values converted to or from Python numbers at a time
 _MAX_DIMS = 64  # NumPy's limit (TensorFlow's is 254)
 _MAX_ELEMENTS = 2**63 - 1  # TensorShape's limit on the number of elements
-_POINTER_BYTES = 8  # a string element: one reference (a broadcast value is shared)
 
 
 def enum_name(dtype: int) -> str:
@@ -112,7 +111,8 @@ def to_numpy(
     ``tensor_content`` of the wrong length) is ``tensor parsing error: NAME``, as TF Serving words
     it, with the reason after it; so is a shape NumPy cannot hold (65 or more dimensions). A
     tensor that would take more than the gRPC message limit once decoded is refused before
-    anything is allocated (a tensor sent whole in a message always fits), and so is one of more
+    anything is allocated (a numeric tensor sent whole in a message always fits; a string counts
+    ``STRING_ELEMENT_BYTES``, what decoding it costs), and so is one of more
     than ``MAX_BROADCAST_BYTES`` whose typed values are not all sent.
     """
     kind = proto.dtype
@@ -121,9 +121,9 @@ def to_numpy(
         raise error(f"input tensor '{name}' has unsupported dtype {enum_name(kind)}")
     np_type, field, _ = entry
     shape = [d.size for d in proto.tensor_shape.dim]
-    width = _POINTER_BYTES if kind == _DT_STRING else np_type.itemsize
-    count = _checked_count(shape, width, name, error)
-    nbytes = count * width
+    count = _checked_count(shape, np_type.itemsize, name, error)
+    # What decoding costs: a string's array slot and bytes object (tensor_strings.py).
+    nbytes = count * (STRING_ELEMENT_BYTES if kind == _DT_STRING else np_type.itemsize)
     if nbytes > MAX_MESSAGE_BYTES:
         raise error(
             f"input tensor '{name}' of shape {shape} would take {nbytes} bytes decoded, more "
@@ -143,7 +143,7 @@ def to_numpy(
             f"{nbytes} bytes; at most {MAX_BROADCAST_BYTES} bytes may be filled from fewer values "
             "than the shape has (send them all)"
         )
-    array = _typed(values[:count] if sent > count else values, kind)
+    array = _typed(values, kind, count)
     if sent >= count:
         return array.reshape(shape)
     # Fill without a copy of the value per element (strings share one bytes object).
@@ -153,22 +153,28 @@ def to_numpy(
     return filled.reshape(shape)
 
 
-def _typed(values: Any, kind: int) -> np.ndarray:
-    """The typed values as an array of the tensor's dtype. ``int_val`` and ``half_val`` hold
-    int32 numbers that TensorFlow casts, wrapping, to the narrower type, as NumPy's cast does."""
-    np_type, field, _ = _TYPES[kind]
+def _typed(values: Any, kind: int, count: int) -> np.ndarray:
+    """The first ``count`` typed values (all, when fewer are sent) as an array of the tensor's
+    dtype. Past ``count``, a chunk at a time: a slice of a repeated field is a list of Python
+    objects, 5 to 10 times the values' size."""
     if kind == _DT_STRING:
-        return _objects(list(values))
+        return objects(values, min(len(values), count))
+    if len(values) <= count:
+        return _converted(values, kind)
+    array = np.empty(count, dtype=_TYPES[kind][0])
+    for start in range(0, count, _CHUNK):
+        array[start : start + _CHUNK] = _converted(values[start : min(count, start + _CHUNK)], kind)
+    return array
+
+
+def _converted(values: Any, kind: int) -> np.ndarray:
+    """``int_val`` and ``half_val`` hold int32 numbers that TensorFlow casts, wrapping, to the
+    narrower type, as NumPy's cast does."""
+    np_type, field, _ = _TYPES[kind]
     if field in ("int_val", "half_val"):
         array = np.array(values, dtype=np.int32).astype(np_type if kind != _DT_HALF else np.uint16)
         return array.view(np.float16) if kind == _DT_HALF else array
     return np.array(values, dtype=np_type)
-
-
-def _objects(strings: list[bytes]) -> np.ndarray:
-    array = np.empty(len(strings), dtype=object)  # np.array would make fixed-width bytes
-    array[:] = strings
-    return array
 
 
 def _from_content(
@@ -176,13 +182,13 @@ def _from_content(
 ) -> np.ndarray:
     """``count`` values from ``tensor_content``, which must hold exactly that many."""
     if kind == _DT_STRING:
-        strings = _string_list(content, count)
+        strings = decode_string_list(content, count)
         if strings is None:
             raise error(
                 f"tensor parsing error: {name} (tensor_content of {len(content)} bytes is not "
                 f"an encoded list of {count} strings)"
             )
-        return _objects(strings)
+        return strings
     width = _LITTLE_ENDIAN[kind].itemsize
     if len(content) != count * width:
         raise error(
@@ -190,38 +196,6 @@ def _from_content(
             f"needs {count} {_TYPES[kind][2]} values, {count * width} bytes)"
         )
     return np.frombuffer(content, dtype=_LITTLE_ENDIAN[kind])
-
-
-def _string_list(content: bytes, count: int) -> list[bytes] | None:
-    """TensorFlow's ``DecodeStringList``: ``count`` lengths as varint32s, then exactly as many
-    bytes as they add up to; None where it fails. Parsed with NumPy, not a Python loop."""
-    if count > len(content):  # every length takes at least one byte
-        return None
-    head = np.frombuffer(content, dtype=np.uint8, count=min(len(content), 5 * count))
-    found, have = [], 0
-    for at in range(0, head.size, _CHUNK_BYTES):  # a chunk at a time: an index per varint only
-        part = np.flatnonzero(head[at : at + _CHUNK_BYTES] < 0x80)[: count - have]
-        found.append(part + at)  # the last byte of each varint
-        have += part.size
-        if have == count:
-            break
-    if have < count:
-        return None
-    ends = np.concatenate(found)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    if int((ends - starts).max()) > 4:  # a varint32 takes at most five bytes
-        return None
-    sizes = np.zeros(count, dtype=np.uint64)
-    for i in range(5):  # the i-th byte of every varint that has one
-        has = starts + i <= ends
-        part = (head[starts[has] + i] & 0x7F).astype(np.uint64)
-        sizes[has] |= part << np.uint64(7 * i)
-    sizes &= np.uint64(0xFFFFFFFF)  # bits past 32 fall off, as in TensorFlow's GetVarint32
-    offset = int(ends[-1]) + 1
-    if int(sizes.sum(dtype=np.uint64)) != len(content) - offset:  # < 2^64: count <= 2^31
-        return None
-    bounds = (offset + np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))).tolist()
-    return [content[a:b] for a, b in pairwise(bounds)]
 
 
 def _checked_count(shape: list[int], width: int, name: str, error: ErrorFactory) -> int:

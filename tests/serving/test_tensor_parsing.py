@@ -122,6 +122,73 @@ def test_string_tensor_content_on_any_bytes(content: bytes, count: int) -> None:
     _agrees_with_tensorflow(_proto(types_pb2.DT_STRING, [count], tensor_content=content))
 
 
+def _encoded_list(strings: list[bytes], padded: dict[int, int] | None = None) -> bytes:
+    """TensorFlow's encoded string list: the lengths as varints, then the bytes; the length of
+    string ``i`` written in ``padded[i]`` bytes (continuation bytes of 0 bits), if given."""
+    lengths = bytearray()
+    for i, text in enumerate(strings):
+        size, varint = len(text), bytearray()
+        while size > 0x7F:
+            varint.append(size & 0x7F | 0x80)
+            size >>= 7
+        varint.append(size)
+        while len(varint) < (padded or {}).get(i, 0):
+            varint[-1] |= 0x80
+            varint.append(0)
+        lengths += varint
+    return bytes(lengths) + b"".join(strings)
+
+
+def test_long_string_lists_in_tensor_content_follow_tensorflow() -> None:
+    """Lists whose lengths take many chunks of the decoder's scan, with varints of one to five
+    bytes across the chunks' ends; broken far from the start (a six-byte varint, a byte left over
+    or missing, one length fewer than the shape has)."""
+    rng = np.random.default_rng(5)
+    sizes = rng.choice(
+        [0, 1, 2, 127, 128, 300, 20000], size=60000, p=[0.2, 0.3, 0.2, 0.1, 0.1, 0.0999, 0.0001]
+    )
+    strings = [bytes([i % 251]) * int(n) for i, n in enumerate(sizes)]
+    padded = {i: 5 for i in range(30000, 60000, 7)}
+    content = _encoded_list(strings, padded)
+    count = len(strings)
+    _agrees_with_tensorflow(_proto(types_pb2.DT_STRING, [count], tensor_content=content))
+    _agrees_with_tensorflow(_proto(types_pb2.DT_STRING, [count // 4, 4], tensor_content=content))
+    for bad in (
+        content + b"X",
+        content[:-1],
+        _encoded_list(strings[:-1]),
+        _encoded_list(strings, padded | {45000: 6}),
+    ):
+        _agrees_with_tensorflow(_proto(types_pb2.DT_STRING, [count], tensor_content=bad))
+
+
+def test_many_tiny_strings_cost_what_the_bound_counts() -> None:
+    """A string tensor costs at most what the decode bound counts per element (read off its
+    refusal), in ``tensor_content`` or ``string_val`` (also with more values than the shape
+    has): no count-sized NumPy temporaries, offset lists or lists of all the bytes objects."""
+    import tracemalloc
+
+    with pytest.raises(ServingError) as info:
+        to_numpy(_proto(types_pb2.DT_STRING, [2**40]), "x")
+    charged = int(info.value.message.split(" would take ")[1].split()[0]) // 2**40
+    count = 300_000
+    for tensor in (
+        _proto(types_pb2.DT_STRING, [count], tensor_content=b"\2" * count + b"ab" * count),
+        _proto(types_pb2.DT_STRING, [count], string_val=[b"ab"] * count),
+        _proto(types_pb2.DT_STRING, [count], string_val=[b"ab"] * (count + 1000)),
+        _proto(types_pb2.DT_STRING, [count], tensor_content=b"\1" * count + b"a" * count),
+    ):
+        tensor = tensor_pb2.TensorProto.FromString(tensor.SerializeToString())
+        tracemalloc.start()
+        try:
+            decoded = to_numpy(tensor, "x")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert decoded.shape == (count,) and decoded[0] == decoded[-1] in (b"a", b"ab")
+        assert peak <= 1.25 * charged * count, (peak / count, charged)
+
+
 @pytest.mark.parametrize(
     ("shape", "extra"),
     [
