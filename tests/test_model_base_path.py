@@ -84,7 +84,9 @@ def test_worker_and_gateway_render_the_same_base_paths(
     # A worker publishes version 2 of the same model through the real job code.
     fake_training(monkeypatch)
     spec = JobSpec(model="mnist_mlp", dataset="mnist", publish_as="digits")
-    result = execute("job-1", spec, JobStore.from_url(redis_url), worker)
+    store = JobStore.from_url(redis_url)
+    job_id = store.create(spec.model_dump(mode="json"))["id"]  # a job with no record stops
+    result = execute(job_id, spec, store, worker)
     assert result["version"] == 2 and result["published"] is True
     worker_config = (model_dir / CONFIG_FILE).read_text()
 
