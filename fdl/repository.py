@@ -232,9 +232,9 @@ class Repository:
                 return existing, False
             if check is not None:
                 check(model_path)
-            version = self.next_version(model)
-            seal_version(staged)
             numbers = read_numbers(self.model_dir)
+            version = self.next_version(model, numbers)
+            seal_version(staged)
             atomic_write(
                 self.model_dir / NUMBERS_FILE,
                 json.dumps({**numbers, model: version}, indent=2, sort_keys=True) + "\n",
@@ -258,12 +258,13 @@ class Repository:
             config.discard()
             return version, True
 
-    def next_version(self, model: str) -> int:
+    def next_version(self, model: str, numbers: dict[str, int]) -> int:
         """One more than any number the model's versions ever had: on disk, named by a label,
-        or published before and deleted since (``.versions.json``), so a number is never given
-        twice (a label or a model server's cache could take the new model for the old one)."""
+        or published before and deleted since (``numbers``: ``.versions.json``), so a number is
+        never given twice (a label or a model server's cache could take the new model for the
+        old one)."""
         taken = [*self.versions(model), *self.labels().get(model, {}).values()]
-        return max([*taken, read_numbers(self.model_dir).get(model, 0)], default=0) + 1
+        return max([*taken, numbers.get(model, 0)], default=0) + 1
 
     def _take_back(self, version_dir: Path, staged: Path, new_model: Path | None) -> None:
         """Undo a publish that failed after its rename: the version goes back to ``staged``

@@ -65,12 +65,12 @@ def run_job(
             return None
     attempts = int(record.get("attempts") or 0)
     if attempts >= settings.max_attempts:
-        from training.publish import published_by_record
+        from training.publish import published_by_record, render_config_again
 
-        root = settings.serving_model_base_path
-        published = published_by_record(settings.model_dir, record, root)
+        published = published_by_record(settings.model_dir, record)
         if published is not None:  # its last run was lost after publishing: it is done
             store.finish(job_id, JobStatus.SUCCEEDED, result=published)
+            render_config_again(settings.model_dir, settings.serving_model_base_path, job_id)
             return published
         if record.get("cancel_requested"):  # as the reaper decides: a cancel comes first
             store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")

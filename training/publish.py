@@ -158,14 +158,11 @@ def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str,
     }
 
 
-def published_by_record(
-    model_dir: Path, record: dict[str, Any], base_path_root: str | None = None
-) -> dict[str, Any] | None:
+def published_by_record(model_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
     """:func:`published_before` for a job record (its stored spec names the served model): what
     a job whose worker was lost after the rename published, so that it ends ``succeeded``
-    rather than ``cancelled`` or ``failed`` with a version in the repository. The config is
-    rendered again when one is found: the worker may have died before writing it, and the
-    version would then not be served until the next publish."""
+    rather than ``cancelled`` or ``failed`` with a version in the repository. A caller that
+    ends the job so calls :func:`render_config_again`."""
     spec = record.get("spec")
     name = (spec.get("publish_as") or spec.get("model")) if isinstance(spec, dict) else None
     if not isinstance(name, str) or not valid_name(name):
@@ -175,9 +172,13 @@ def published_by_record(
     except OSError:  # an unreadable repository: the job runs again, and a re-run checks too
         log.warning("cannot look for job %s's version in %s", record["id"], model_dir)
         return None
-    if published is not None:
-        try:
-            sync_config(model_dir, base_path_root)
-        except (OSError, ValueError):  # the next publish or promotion renders it again
-            log.exception("job %s: could not render the config for its version", record["id"])
     return published
+
+
+def render_config_again(model_dir: Path, base_path_root: str | None, job_id: str) -> None:
+    """Render ``models.config`` for a lost job's version: its worker may have died before
+    writing it, and the version would then not be served until the next publish."""
+    try:
+        sync_config(model_dir, base_path_root)
+    except (OSError, ValueError):  # the next publish or promotion renders it again
+        log.exception("job %s: could not render the config for its version", job_id)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
-from training.publish import published_by_record
+from training.publish import published_by_record, render_config_again
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ def reap_once(
         attempts = int(record.get("attempts") or 0)
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
         # Lost after its version was renamed in: the job is done, whatever else applies.
-        published = published_by_record(
-            settings.model_dir, record, settings.serving_model_base_path
-        )
+        published = published_by_record(settings.model_dir, record)
         give_up = None
         if attempts >= settings.max_attempts:
             give_up = f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up"
@@ -65,6 +63,8 @@ def reap_once(
             send(job_id, record.get("queue") or settings.training_queue)
             actions.append((job_id, "requeued"))
         else:  # succeeded (published), cancelled (requested while it ran), failed (giving up)
+            if status == JobStatus.SUCCEEDED:
+                render_config_again(settings.model_dir, settings.serving_model_base_path, job_id)
             actions.append((job_id, status))
     waiting = _resend_waiting(store, now, settings, send)
     pruned: list[str] = []
