@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from fdl.base_paths import uri_is_relative_path
 from fdl.jobspec import NAME_PATTERN
 from fdl.wire.tfs_pb2 import ModelConfig, ModelServerConfig
 
@@ -96,6 +97,12 @@ def _refuse(
                 raise ConfigRenderError(f"label {label!r} of {name!r} names no version")
     if _UNSAFE_PATH.search(root):
         raise ConfigRenderError(f"base path root {root!r} has a quote, backslash or control")
+    if uri_is_relative_path(root):  # the model server would refuse every poll and reload
+        raise ConfigRenderError(
+            f"base path root {root!r} is relative, and the model server (as TF Serving) refuses "
+            "relative base paths: set FDL_SERVING_MODEL_BASE_PATH to an absolute path or a URI "
+            "(gs://bucket/models)"
+        )
 
 
 def _one_line(message: Message, indent: int, as_one_line: bool) -> str | None:

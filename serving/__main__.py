@@ -68,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         started.set()
     except (ConfigError, ServingError, OSError, ValueError) as error:
-        message = error.message if isinstance(error, ServingError) else str(error)
+        message = str(error)
+        if isinstance(error, ServingError):  # as absl prints a status (TF Serving's main.cc)
+            message = f"{error.code.name}: {error.message}"
         log.error("Failed to start server. Error: %s", message)
         if server is not None:
             server.stop()

@@ -16,6 +16,7 @@ from google.protobuf import any_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.config_rules import check_model_list
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -48,6 +49,7 @@ class DataPlane:
         self.metrics_path = metrics_path
         self.tensor_content = tensor_content
         self._reload_lock = threading.Lock()
+        self._config: model_server_config_pb2.ModelServerConfig | None = None  # the one served
 
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
         """The loaded version a spec names, held until the caller calls ``release()`` on it."""
@@ -89,28 +91,32 @@ class DataPlane:
     def load(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Apply the first config and wait until every model in it is available."""
         with self._reload_lock:
-            self.manager.apply_config(config)
+            self._apply(config)
             self.manager.wait_available([m.name for m in config.model_config_list.config])
 
     def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Apply a new ModelServerConfig; waits for new models (``HandleReloadConfigRequest``)."""
-        if config.WhichOneof("config") != "model_config_list":
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "Cannot transition to requested config. It is only legal to transition from "
-                "one ModelConfigList to another.",
-            )
-        names = [m.name for m in config.model_config_list.config]
-        if len(set(names)) != len(names) or not all(
-            m.name and m.base_path for m in config.model_config_list.config
-        ):
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "every model config needs a unique name and a base_path",
-            )
+        """Apply a new ModelServerConfig and wait for its new models, as TF Serving's
+        ``ServerCore::ReloadConfig`` (a polled config file, ``HandleReloadConfigRequest``)."""
         with self._reload_lock:
-            added = self.manager.apply_config(config)
-            self.manager.wait_available(added)
+            kind = config.WhichOneof("config")
+            if kind != "model_config_list":
+                served = self._config.WhichOneof("config") if self._config else None
+                if kind is None and served is None:
+                    return  # "Taking no action for empty config.", until a first config
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "Cannot transition to requested config. It is only legal to transition "
+                    "from one ModelConfigList to another.",
+                )
+            self.manager.wait_available(self._apply(config))
+
+    def _apply(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
+        """TF Serving's checks (:mod:`serving.config_rules`), then the swap; the new models."""
+        served = self._config.model_config_list if self._config is not None else None
+        check_model_list(config.model_config_list, served)
+        added = self.manager.apply_config(config)
+        self._config = config
+        return added
 
     def record(self, model: str, api: str, protocol: str, status: str, seconds: float) -> None:
         """Count one request (and time it when OK), as TF Serving's request metrics do."""

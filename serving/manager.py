@@ -1,34 +1,29 @@
-"""Model lifecycle: aspired versions, loading (retries, warmup), labels and unloading.
+"""The models of the current config: the config swap, the polls of their base paths, lookups.
 
-Availability is preserved as in TF Serving: a new version serves only once it has loaded and
-warmed up, and the versions it replaces are unloaded only then. A failed load keeps the old
-version serving; it is retried ``max_num_load_retries`` times, and again whenever the files of
-that version folder change (so an export still being written never wedges the server).
+Each poll lists a model's base path and fingerprints its failed versions outside the lock, then
+starts the loads and unloads under it (:mod:`serving.lifecycle`), so a slow file system never
+holds the lookups every request makes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.config_rules import check_platforms
 from serving.errors import ServingError
-from serving.loading import load_version
+from serving.lifecycle import VersionLifecycle
 from serving.records import (
     ManagerOptions,
+    ModelConfig,
     ModelEntry,
     RetiredVersions,
-    State,
     StatusRow,
-    VersionRecord,
     checked_labels,
-    grpc_code,
     status_rows,
     unknown_model,
 )
@@ -39,6 +34,16 @@ __all__ = ["ManagerOptions", "ModelManager"]
 log = logging.getLogger("serving.manager")
 
 
+def pending_aspired(entry: ModelEntry, model: ModelConfig) -> set[int]:
+    """The versions a new config aspires until its own poll lists the base path: its policy over
+    the last listing, so a load that finishes meanwhile unloads by the new policy, not the old
+    one (a rollback to ``specific { 1 }`` while version 2 loads keeps 1). No file is read: this
+    runs under the lock. When the policy aspires none of the listed versions (it may name a
+    folder that the last listing predates), none is unloaded until the poll tells."""
+    aspired = aspired_versions(model.model_version_policy, entry.on_disk)
+    return aspired or set(entry.versions)
+
+
 class ModelManager:
     """The models of the current config and the lifecycle of their versions.
 
@@ -47,7 +52,8 @@ class ModelManager:
             hooks (``--flags`` of TF Serving, see :class:`ManagerOptions`).
 
     Loads run on a small thread pool and unloads on one thread; every lookup takes one lock, so
-    front ends call :meth:`resolve` and :meth:`status` from any thread.
+    front ends call :meth:`resolve` and :meth:`status` from any thread. The lock guards the
+    models, their records and labels; it is never held while files are read.
     """
 
     def __init__(self, options: ManagerOptions) -> None:
@@ -56,9 +62,7 @@ class ModelManager:
         self._changed = threading.Condition(self._lock)
         self._models: dict[str, ModelEntry] = {}
         self._retired = RetiredVersions()  # versions GetModelStatus still reports
-        self._stop = threading.Event()
-        self._loader = ThreadPoolExecutor(max(1, options.num_load_threads), "load")
-        self._unloader = ThreadPoolExecutor(1, "unload")
+        self._versions = VersionLifecycle(options, self._changed, self._models, self._retired)
 
     # --- configuration --------------------------------------------------------------------
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
@@ -66,7 +70,8 @@ class ModelManager:
 
         Labels are checked first: a label may only point at an AVAILABLE version (with
         ``allow_labels_for_unavailable``, a new label may point anywhere, but moving an existing
-        label still needs an available version); on error nothing changes.
+        label still needs an available version); then each model's platform. On error nothing
+        changes.
 
         Args:
             config: the whole ``ModelServerConfig`` (a ``model_config_list``).
@@ -75,7 +80,8 @@ class ModelManager:
             The names of the models that are new in this config.
 
         Raises:
-            ServingError: FAILED_PRECONDITION for a label on a version that is not available.
+            ServingError: FAILED_PRECONDITION for a label on a version that is not available,
+                INVALID_ARGUMENT for a platform this server does not serve.
         """
         wanted = {m.name: m for m in config.model_config_list.config}
         with self._lock:
@@ -84,18 +90,20 @@ class ModelManager:
                 name: checked_labels(self._models.get(name), name, model, allow)
                 for name, model in wanted.items()
             }
+            check_platforms(config.model_config_list)
             added = [name for name in wanted if name not in self._models]
             for name, entry in list(self._models.items()):
                 if name not in wanted:
                     entry.removed = True
                     log.info("model %s removed from the config; unloading", name)
-                    self._reconcile(name, set())
+                    self._versions.reconcile(name, entry, set())
                     del self._models[name]
                     self._retired.add(name, entry.versions.values(), wanted)
             for name, model in wanted.items():
                 entry = self._models.setdefault(name, ModelEntry(config=model))
                 entry.config = model
                 entry.labels = labels[name]
+                entry.aspired = pending_aspired(entry, model)
             for name in added:
                 log.info("model %s added (base path %s)", name, wanted[name].base_path)
         self.poll()
@@ -134,120 +142,38 @@ class ModelManager:
         with self._lock:
             names = list(self._models)
         for name in names:
+            self._poll_model(name)
+
+    def _poll_model(self, name: str) -> None:
+        with self._lock:
             entry = self._models.get(name)
             if entry is None:
-                continue
-            base_path = entry.config.base_path
-            try:
-                on_disk = scan_versions(Path(base_path))
-            except OSError as error:  # TF Serving aborts the poll and keeps every version
-                log.warning(
-                    "Could not find base path %s for servable %s with error %s; "
-                    "keeping its versions", base_path, name, error,
-                )  # fmt: skip
-                continue
-            with self._lock:
-                if self._models.get(name) is not entry:
-                    continue
-                aspired = aspired_versions(entry.config.model_version_policy, on_disk)
-                for version in sorted(aspired):
-                    self._maybe_load(name, entry, version, on_disk[version])
-                self._reconcile(name, aspired)
-
-    def _maybe_load(self, name: str, entry: ModelEntry, version: int, path: Path) -> None:
-        record = entry.versions.get(version)
-        if record is not None and record.state in (State.START, State.LOADING, State.AVAILABLE):
-            return
-        if record is not None and record.failed_fingerprint is not None:
-            if fingerprint(path) == record.failed_fingerprint:
                 return
-            log.info("%s version %d changed on disk since its failed load; retrying", name, version)
-        record = VersionRecord(version=version, path=path, state=State.LOADING)
-        entry.versions[version] = record
-        self._loader.submit(self._load, name, entry, record)
-
-    def _load(self, name: str, entry: ModelEntry, record: VersionRecord, attempt: int = 1) -> None:
-        """One load attempt; a retry is scheduled on a timer, so no loader thread sleeps."""
-        attempts = self.options.max_num_load_retries + 1
-        if self._stop.is_set() or entry.removed:
-            self._finish(name, entry, record, None, None)
-            return
-        seen = fingerprint(record.path)
+            config = entry.config
+            entry.scans_started += 1
+            ticket = entry.scans_started
+            failed = {v for v, r in entry.versions.items() if r.failed_fingerprint is not None}
         try:
-            servable = load_version(name, record, self.options)
-        except Exception as error:  # a model TF Serving would reject: log the reason
-            log.error(
-                "Loading servable %s version %d failed (attempt %d of %d): %s",
-                name, record.version, attempt, attempts, error,
+            on_disk = scan_versions(Path(config.base_path))
+        except OSError as error:  # TF Serving aborts the poll and keeps every version
+            log.warning(
+                "Could not find base path %s for servable %s with error %s; "
+                "keeping its versions", config.base_path, name, error,
             )  # fmt: skip
-            with self._lock:
-                record.error_code, record.error_message = grpc_code(error), f"{error}"
-            if attempt < attempts and not self._stop.is_set():
-                timer = threading.Timer(
-                    self.options.load_retry_interval_s,
-                    self._submit,
-                    args=(self._load, name, entry, record, attempt + 1),
-                )
-                timer.daemon = True
-                timer.start()
-                return
-            self._finish(name, entry, record, None, seen)
             return
-        self._finish(name, entry, record, servable, seen)
-
-    def _submit(self, *args: Any) -> None:
-        if not self._stop.is_set():
-            self._loader.submit(*args)
-
-    def _finish(
-        self,
-        name: str,
-        entry: ModelEntry,
-        record: VersionRecord,
-        servable: Servable | None,
-        seen: Fingerprint | None,
-    ) -> None:
+        aspired = aspired_versions(config.model_version_policy, on_disk)
+        # A failed version is tried again only once its files change.
+        seen: dict[int, Fingerprint] = {v: fingerprint(on_disk[v]) for v in failed & aspired}
         with self._lock:
-            if servable is None:
-                record.state = State.END
-                record.failed_fingerprint = seen if seen is not None else fingerprint(record.path)
-                if not record.error_message:
-                    record.error_code = grpc.StatusCode.CANCELLED
-                    record.error_message = "load cancelled"
-            elif entry.removed or self._stop.is_set():
-                record.state = State.END
-                servable.close()
-            else:
-                record.servable, record.state = servable, State.AVAILABLE
-                record.error_code, record.error_message = grpc.StatusCode.OK, ""
-                log.info("%s version %d is AVAILABLE", name, record.version)
-                with contextlib.suppress(OSError):  # base path gone: the next poll logs it
-                    on_disk = scan_versions(Path(entry.config.base_path))
-                    policy = entry.config.model_version_policy
-                    self._reconcile(name, aspired_versions(policy, on_disk))
-            self._changed.notify_all()
-
-    def _reconcile(self, name: str, aspired: set[int]) -> None:
-        """Unload versions no longer aspired, once an aspired one is available (or none is)."""
-        # Those that have ended go to the retired records, which GetModelStatus still reports.
-        entry = self._models[name]
-        self._retired.take_ended(name, entry.versions, aspired, self._models)
-        available = {v for v, r in entry.versions.items() if r.state == State.AVAILABLE}
-        keep_old = not entry.removed and aspired and not (aspired & available)
-        for version, record in entry.versions.items():
-            if version in aspired or record.state != State.AVAILABLE or keep_old:
-                continue
-            record.state = State.UNLOADING
-            servable, record.servable = record.servable, None
-            log.info("unloading %s version %d", name, version)
-            self._unloader.submit(self._unload, record, servable)
-
-    def _unload(self, record: VersionRecord, servable: Servable | None) -> None:
-        if servable is not None:
-            servable.close()
-        with self._lock:
-            record.state = State.END
-            self._changed.notify_all()
+            # A reload may have changed the model, or a newer scan been applied, meanwhile.
+            stale = entry.config is not config or entry.scan_applied > ticket
+            if self._models.get(name) is not entry or stale:
+                return
+            entry.scan_applied, entry.on_disk, entry.aspired = ticket, on_disk, aspired
+            for version in sorted(aspired):
+                path = on_disk[version]
+                self._versions.maybe_load(name, entry, version, path, seen.get(version))
+            self._versions.reconcile(name, entry, aspired)
 
     # --- lookups ----------------------------------------------------------------------------
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
@@ -289,7 +215,7 @@ class ModelManager:
 
     def stop(self) -> None:
         """Close every servable and stop loading; pending loads and unloads are dropped."""
-        self._stop.set()
+        self._versions.stopped.set()
         with self._lock:
             for entry in self._models.values():
                 entry.removed = True
@@ -297,5 +223,4 @@ class ModelManager:
                     if record.servable is not None:
                         record.servable.close(timeout=5)
                         record.servable = None
-        self._loader.shutdown(wait=False, cancel_futures=True)
-        self._unloader.shutdown(wait=False, cancel_futures=True)
+        self._versions.shutdown()

@@ -75,6 +75,13 @@ class ModelEntry:
     versions: dict[int, VersionRecord] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     removed: bool = False
+    # The version folders of the newest scan of the base path applied and the versions the
+    # policy aspires of them, and the tickets of the scans started and applied: a scan runs
+    # outside the lock, and one older than the applied one is dropped.
+    on_disk: dict[int, Path] = field(default_factory=dict)
+    aspired: set[int] = field(default_factory=set)
+    scans_started: int = 0
+    scan_applied: int = 0
 
     def loading(self) -> bool:
         """No version is available yet and one is still loading."""

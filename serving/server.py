@@ -160,6 +160,9 @@ class ModelServer:
                 num_threads=self.args.rest_api_num_threads,
                 timeout_ms=self.args.rest_api_timeout_in_ms,
                 cors=bool(self.args.rest_api_enable_cors_support),
+                max_body_bytes=self.args.rest_api_max_body_bytes,
+                body_timeout_ms=self.args.rest_api_body_timeout_in_ms,
+                max_body_bytes_in_flight=self.args.rest_api_max_body_bytes_in_flight,
             )
             self._rest.start(self.args.rest_api_port)
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.args.rest_api_port)

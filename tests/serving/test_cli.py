@@ -22,6 +22,8 @@ from harness.tfs import (
 )
 from serving.__main__ import SHUTDOWN_DEADLINE_S
 
+TENSORFLOW = 'model_platform: "tensorflow"'  # TF Serving refuses a model without a platform
+
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
@@ -53,7 +55,7 @@ def test_label_on_unloaded_version_fails_at_start(tmp_path, model_stock) -> None
     config = tmp_path / "models.config"
     config.write_text(
         f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
-        'version_labels { key: "stable" value: 1 } } }\n'
+        f'{TENSORFLOW} version_labels {{ key: "stable" value: 1 }} }} }}\n'
     )
     result = run_server_cli(f"--model_config_file={config}", "--port=0", "--rest_api_port=1")
     assert result.returncode == 1
@@ -79,7 +81,7 @@ def test_labels_at_start_unavailable_while_loading_then_sigterm(
     model_stock.install("broken", tmp_path / "slow", 1)
     config = tmp_path / "models.config"
     labelled = (
-        f'config {{ name: "m" base_path: "{tmp_path / "m"}" '
+        f'config {{ name: "m" base_path: "{tmp_path / "m"}" {TENSORFLOW} '
         "model_version_policy { specific { versions: 1 versions: 2 } } "
         'version_labels { key: "stable" value: 1 } }'
     )
@@ -102,7 +104,7 @@ def test_labels_at_start_unavailable_while_loading_then_sigterm(
         # As in TF Serving, start-up waits for one version of each model, not for all of them.
         wait_for(lambda: served_version(server, "m") == 2, 30, "version 2 of m")
 
-        slow = f'config {{ name: "slow" base_path: "{tmp_path / "slow"}" }}'
+        slow = f'config {{ name: "slow" base_path: "{tmp_path / "slow"}" {TENSORFLOW} }}'
         config.write_text(f"model_config_list {{ {labelled} {slow} }}\n")
 
         # The first load fails at once; the retry waits 60 s, and meanwhile the model is LOADING.

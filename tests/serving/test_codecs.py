@@ -125,13 +125,15 @@ def test_rest_rows_columns_and_b64() -> None:
 
 @pytest.mark.parametrize(
     ("value", "needle"),
-    [([256], "out of range"), ([1.5], "not of expected type"), ([[1], [1, 2]], "images")],
+    [([2**31], "not of expected type"), ([1.5], "not of expected type"), ([[1], [1, 2]], "images")],
 )
 def test_rest_values_checked_against_dtype(value: list, needle: str) -> None:
     info = meta_graph_pb2.TensorInfo(dtype=tf.uint8.as_datatype_enum)
     with pytest.raises(ServingError) as error:
         to_array(value, info, "images")
     assert error.value.http_status == 400 and needle in error.value.message
+    # An int32 beyond uint8 wraps, as TF Serving's int_val does (it was a 400, "out of range").
+    assert to_array([256, -1, 300], info, "images").tolist() == [0, 255, 44]
 
 
 def _asarray_outcome(function, value) -> tuple:

@@ -155,7 +155,9 @@ def test_retired_versions_are_bounded(model_stock, tmp_path, monkeypatch) -> Non
     def configure(*names: str) -> None:
         config = config_pb2.ModelServerConfig()
         for name in names:
-            config.model_config_list.config.add(name=name, base_path=str(tmp_path / name))
+            config.model_config_list.config.add(
+                name=name, base_path=str(tmp_path / name), model_platform="tensorflow"
+            )
         manager.apply_config(config)
 
     def states(name: str) -> dict[int, int]:

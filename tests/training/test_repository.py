@@ -105,6 +105,30 @@ def test_rendering_refuses_a_base_path_that_would_not_parse_back(tmp_path: Path,
     assert (model_dir / CONFIG_FILE).read_text() == before
 
 
+@pytest.mark.parametrize("root", ["models", "./models", "var/models", "~/models", ""])
+def test_rendering_refuses_a_relative_base_path_root(tmp_path: Path, root: str) -> None:
+    """FDL_SERVING_MODEL_BASE_PATH=models rendered ``base_path: "models/x"``, which the model
+    server refuses, as TF Serving does, at every poll of the file and every reload; the writer
+    now refuses it by the server's rule and writes nothing."""
+    model_dir = tmp_path / "models"
+    (model_dir / "good" / "1").mkdir(parents=True)
+    Repository(model_dir).sync()
+    before = (model_dir / CONFIG_FILE).read_text()
+    with pytest.raises(ConfigRenderError, match=r"relative.*FDL_SERVING_MODEL_BASE_PATH"):
+        render(root, {"good": [1]}, {})
+    if root:  # an empty root is FDL_MODEL_DIR resolved to the repository
+        with pytest.raises(ConfigRenderError, match="relative"):
+            Repository(model_dir, root).sync()
+    assert (model_dir / CONFIG_FILE).read_text() == before
+
+
+@pytest.mark.parametrize("root", ["/srv/models", "/", "gs://bucket/models", "s3://b/m"])
+def test_rendering_takes_an_absolute_base_path_root_or_a_uri(root: str) -> None:
+    text = render(root, {"good": [1]}, {})
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert config.model_config_list.config[0].base_path == f"{root.rstrip('/')}/good"
+
+
 def test_a_published_version_is_flushed_to_disk_before_and_after_its_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -199,6 +199,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
         loop = asyncio.get_running_loop()
+        if request.config.WhichOneof("config") != "model_config_list":  # model_service_impl.cc
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                "ModelConfigList is currently supported",
+            )
         try:
             await loop.run_in_executor(self.executor, self.data_plane.reload, request.config)
         except ServingError as error:

@@ -4,7 +4,8 @@
 ``POST …:predict``, ``OPTIONS`` (CORS preflight); and the Prometheus metrics at the monitoring
 config's path. With ``--rest_api_enable_cors_support`` the model API's responses carry TF
 Serving's CORS headers. :mod:`serving.protocol.rest.server` serves it with uvicorn on the
-server's event loop; :mod:`serving.protocol.rest.predict` runs the ``:predict`` calls.
+server's event loop; :mod:`serving.protocol.rest.predict` runs the ``:predict`` calls. Every
+request's body is read first, within the limits of :mod:`serving.protocol.rest.body`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from serving.errors import ServingError, invalid, not_found
+from serving.protocol.rest.body import (
+    BodyBudget,
+    BodyLease,
+    BodyLimits,
+    BodyRefused,
+    ClientGone,
+    read_body,
+)
 from serving.protocol.rest.predict import RestPredictor, Spec
 
 # TF Serving's patterns (http_rest_api_util.cc), matched in full and case-insensitively: POST names
@@ -76,12 +85,24 @@ def _to_dict(message: Any) -> dict[str, Any]:
     )
 
 
-def _response(status: int, body: bytes, content_type: str, cors: bool) -> Response:
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    cors: bool,
+    close: bool = False,
+    retry_after: int | None = None,
+) -> Response:
     """A response whose header names keep TF Serving's case where the HTTP layer keeps it (h11,
-    with CORS support on; Starlette itself would lower them)."""
+    with CORS support on; Starlette itself would lower them). ``close``: end the connection;
+    ``retry_after``: seconds for a ``Retry-After`` header."""
     response = Response(body, status)
     names = [*(_CORS_HEADERS if cors else ()), ("Content-Type", content_type)]
     names.append(("Content-Length", str(len(body))))
+    if retry_after is not None:
+        names.append(("Retry-After", str(retry_after)))
+    if close:
+        names.append(("Connection", "close"))
     response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in names]
     return response
 
@@ -96,16 +117,44 @@ class RestApi:
         data_plane: the model operations the routes translate to.
         predictor: runs the ``:predict`` calls.
         cors: answer with TF Serving's CORS headers (``--rest_api_enable_cors_support``).
+        body_limits: the largest body read, how long it may take to arrive, and the bytes of
+            bodies all requests hold at once.
     """
 
-    def __init__(self, data_plane: DataPlane, predictor: RestPredictor, cors: bool) -> None:
+    def __init__(
+        self,
+        data_plane: DataPlane,
+        predictor: RestPredictor,
+        cors: bool,
+        body_limits: BodyLimits | None = None,
+    ) -> None:
         self.data_plane = data_plane
         self.predictor = predictor
         self.cors = cors
+        self.body_limits = body_limits or BodyLimits()
+        self.body_budget = BodyBudget(self.body_limits.max_bytes_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan or websocket handling: uvicorn runs with lifespan "off"
+        lease = self.body_budget.lease()
+        try:  # the body's bytes stay in the budget until the request is answered
+            await self._serve(scope, receive, send, lease)
+        finally:
+            lease.release()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, lease: BodyLease) -> None:
+        try:
+            raw = await read_body(scope, receive, self.body_limits, lease)
+        except ClientGone:
+            return
+        except BodyRefused as refused:
+            body = json.dumps({"error": refused.message}).encode()
+            response = _response(
+                refused.status, body, "application/json", self.cors, True, refused.retry_after
+            )
+            await response(scope, receive, send)
+            return
         request = Request(scope, receive)
         # The request target as sent, not percent-decoded, as TF Serving matches it.
         path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
@@ -115,7 +164,7 @@ class RestApi:
         elif method == "POST":
             query = scope.get("query_string", b"").decode("latin-1")
             target = f"{path}?{query}" if query else path
-            response = await self._post(request, path, target)
+            response = await self._post(raw, path, target)
         elif method == "OPTIONS":
             response = self._options(request, path)
         elif _API_PREFIX.match(path):
@@ -201,9 +250,7 @@ class RestApi:
             "metadata": {"signature_def": _to_dict(signatures)},
         }
 
-    async def _post(self, request: Request, path: str, target: str) -> Response:
-        raw = await request.body()
-
+    async def _post(self, raw: bytes, path: str, target: str) -> Response:
         async def post(spec: Spec, rest: str) -> tuple[str, Any]:
             # The verb is matched case-insensitively but compared exactly (":PREDICT": 400).
             if rest in ("classify", "regress"):

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from fdl.tensors import dtype_name, numpy_dtype
+from fdl.tensors import numpy_dtype
 from serving.errors import invalid
 from serving.protocol.rest.dense import checked
 from serving.protocol.rest.jsontext import debug_string
-from serving.protocol.rest.values import is_b64, leaf_check, string_element
+from serving.protocol.rest.values import CONVERTED, is_b64, leaf_check, string_element
 
 
 def _leaves(value: Any, shape: list[int]) -> list[Any]:
@@ -95,7 +95,8 @@ def to_array(
     rows: bool = False,
     bools: bool = True,
 ) -> np.ndarray:
-    """Convert a JSON value to the signature's dtype, or a 400 naming the input.
+    """Convert a JSON value to the signature's dtype, or an error naming the input (400; 501 at
+    the first value of a dtype TF Serving does not fill from JSON, such as ``half``).
 
     ``rows``: the value is the list of one input's values in the ``instances`` format, each
     instance checked on its own as TF Serving does. A value that is not a dense tensor, or holds
@@ -104,8 +105,11 @@ def to_array(
     the right kind and range take a fast path with no look at each value; ``bools``: whether the
     body may hold ``true`` or ``false`` (which NumPy would read as numbers).
     """
-    target = numpy_dtype(info.dtype, invalid)
     check = leaf_check(info.dtype)
+    if info.dtype not in CONVERTED:  # TF Serving cannot fill it: an error at the first value
+        shape = checked(value, name, rows, check)
+        return np.empty(shape, numpy_dtype(info.dtype, invalid))  # no values: an empty tensor
+    target = numpy_dtype(info.dtype, invalid)
     if target == np.dtype(object):
         return _string_array(value, checked(value, name, rows, check), name)
     try:
@@ -119,10 +123,8 @@ def to_array(
     if target.kind in "iu":
         wide = np.uint64 if target == np.uint64 else np.int64
     array = np.array(_leaves(value, shape), dtype=wide).reshape(shape)
-    if target.kind in "iu" and array.size:  # ours: TF Serving would wrap int32 into the type
-        limits = np.iinfo(target)
-        if array.min() < limits.min or array.max() > limits.max:
-            raise invalid(f"input '{name}': value out of range for {dtype_name(info.dtype)}")
+    # An int32 beyond a narrower type wraps (300 is 44 in uint8), as TF Serving's int_val does
+    # when TensorFlow reads the tensor.
     return array.astype(target)
 
 

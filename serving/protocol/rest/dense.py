@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from serving.errors import invalid
+from serving.errors import ServingError, invalid
 from serving.protocol.rest.jsontext import debug_string
 
 MAX_DIMS = 64  # NumPy's NPY_MAXDIMS; TF's TensorShape would allow 254
-# Why a leaf value cannot be an element of the tensor (TF Serving's text), or None when it can.
-LeafCheck = Callable[[Any], str | None]
+# Why a leaf value cannot be an element of the tensor, or None when it can: TF Serving's text
+# (INVALID_ARGUMENT), or an error with another code (UNIMPLEMENTED for a dtype it cannot fill).
+LeafCheck = Callable[[Any], str | ServingError | None]
 
 
 def _shape_string(shape: list[int]) -> str:
@@ -42,10 +43,20 @@ def dense_shape(value: Any, name: str) -> list[int]:
     return shape
 
 
-def checked_shape(value: Any, name: str, leaf: LeafCheck | None = None) -> tuple[list[int], int]:
+def _leaf_error(name: str, why: str | ServingError, in_row: bool) -> ServingError:
+    if isinstance(why, str):
+        return invalid(f"input '{name}': {why}")
+    if in_row:  # FillTensorMapFromInstancesList: INVALID_ARGUMENT, the item's status in the text
+        return invalid(f"input '{name}': {why.code.name}: {why.message}")
+    return ServingError(why.code, f"input '{name}': {why.message}")
+
+
+def checked_shape(
+    value: Any, name: str, leaf: LeafCheck | None = None, in_row: bool = False
+) -> tuple[list[int], int]:
     """The shape and number of leaves of a dense JSON tensor; INVALID_ARGUMENT otherwise.
     ``leaf`` checks each value where it sits, so the first error in document order is the one
-    reported, as ``FillTensorProto`` reports it."""
+    reported, as ``FillTensorProto`` reports it; ``in_row``: the value is one instance."""
     shape = dense_shape(value, name)
     rank, count = len(shape), 0
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -58,7 +69,7 @@ def checked_shape(value: Any, name: str, leaf: LeafCheck | None = None) -> tuple
                     f"{level + 1} in the JSON DOM. Expected at level: {rank}"
                 )
             if leaf is not None and (why := leaf(item)) is not None:
-                raise invalid(f"input '{name}': {why}")
+                raise _leaf_error(name, why, in_row)
             count += 1
             continue
         if level >= rank:
@@ -79,7 +90,7 @@ def checked_rows(rows: list[Any], name: str, leaf: LeafCheck | None = None) -> l
     each instance alone, then its size and shape against the first instance's."""
     first: tuple[list[int], int] | None = None
     for row in rows:
-        shape, count = checked_shape(row, name, leaf)
+        shape, count = checked_shape(row, name, leaf, in_row=True)
         if first is None:
             first = shape, count
         elif count != first[1]:

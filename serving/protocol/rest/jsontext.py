@@ -2,7 +2,8 @@
 
 - :func:`parse_document`: a request body. TF Serving parses with ``kParseStopWhenDoneFlag``, so
   whatever follows the first complete JSON value is never read: ``{"instances": [1]} xyz`` is
-  the request ``{"instances": [1]}``.
+  the request ``{"instances": [1]}``. Nor does it pass ``kParseValidateEncodingFlag``: a string
+  holding bytes that are not UTF-8 keeps them (:mod:`serving.protocol.rest.rawtext`).
 - :func:`debug_string`: a value in an error message, as ``JsonValueToDebugString`` prints it
   (rapidjson's ``PrettyWriter`` with single-line arrays, cut once 256 bytes are written).
 - :func:`type_name`: ``JsonTypeString``, the JSON type an error names.
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from serving.errors import invalid
+from serving.protocol.rest.rawtext import has_bytes, keep_bytes
 
 
 def _finite_float(text: str) -> float:
@@ -65,6 +67,8 @@ def parse_document(raw: bytes) -> Any:
 
     orjson reads strict JSON (the common case); anything else goes to Python's parser, which also
     reads ``NaN`` and ``Infinity`` (as TF Serving's reader does) and UTF-16, and words the error.
+    Bytes that are not UTF-8 are kept in the strings that hold them (``rawtext.RawString``), and
+    refused elsewhere, as rapidjson keeps and refuses them.
     """
     try:
         if len(raw) < _PAUSE_GC_BYTES:
@@ -74,11 +78,15 @@ def parse_document(raw: bytes) -> Any:
         pass
     try:
         encoding = json.detect_encoding(raw)
-        # Bytes after the document may be anything: they are decoded leniently and never read.
+        # Bytes that are not UTF-8 become lone surrogates, read back by keep_bytes; after the
+        # document they are never read.
         text = raw.decode(encoding, "surrogateescape" if encoding == "utf-8" else "strict")
         start = _SPACE.match(text).end()  # type: ignore[union-attr]
         value, end = _DECODER.raw_decode(text, start)
-        text[:end].encode(encoding)  # the document itself must be valid text
+        if encoding != "utf-8":
+            text[:end].encode(encoding)  # the document itself must be valid text
+        elif has_bytes(text, end):
+            value = keep_bytes(value)
     except (ValueError, UnicodeError) as error:
         raise invalid(f"JSON Parse error: {error}") from error
     except RecursionError:  # thousands of nested brackets: a 400, never a 500

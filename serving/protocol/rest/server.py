@@ -8,7 +8,12 @@ stall of the ``http.server`` front end this replaces).
 The flags keep their meaning: ``--rest_api_port`` is the port (bound here first, so a port in
 use fails the start with exit status 1), ``--rest_api_num_threads`` the threads that run the
 calls handed off the loop (0: 4 x CPUs, TF Serving's default), ``--rest_api_timeout_in_ms`` the
-deadline of one call and how long an idle keep-alive connection stays open.
+deadline of one call and how long an idle keep-alive connection stays open. Three flags of ours
+bound request bodies: ``--rest_api_max_body_bytes`` and ``--rest_api_body_timeout_in_ms`` each
+one, ``--rest_api_max_body_bytes_in_flight`` all of them at once
+(:mod:`serving.protocol.rest.body`). Headers are not bounded: uvicorn has no timeout for a
+request's headers (``timeout_keep_alive`` runs only between requests), and httptools, unlike
+h11 (16 KiB), no limit on their size.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ import uvicorn
 from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
 from serving.protocol.rest.app import RestApi
+from serving.protocol.rest.body import (
+    DEFAULT_BODY_TIMEOUT_MS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+    BodyLimits,
+)
 from serving.protocol.rest.predict import RestPredictor
 
 log = logging.getLogger("serving.server")
@@ -55,6 +66,9 @@ class RestFrontEnd:
         num_threads: ``--rest_api_num_threads`` (0: 4 x CPUs).
         timeout_ms: ``--rest_api_timeout_in_ms`` (0 or less: none).
         cors: ``--rest_api_enable_cors_support``.
+        max_body_bytes: ``--rest_api_max_body_bytes`` (0 or less: no limit).
+        body_timeout_ms: ``--rest_api_body_timeout_in_ms`` (0 or less: none).
+        max_body_bytes_in_flight: ``--rest_api_max_body_bytes_in_flight`` (0 or less: none).
     """
 
     def __init__(
@@ -66,6 +80,9 @@ class RestFrontEnd:
         num_threads: int = 0,
         timeout_ms: int = 0,
         cors: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout_ms: int = DEFAULT_BODY_TIMEOUT_MS,
+        max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
     ) -> None:
         self.loop = loop
         self.bind_address = bind_address
@@ -74,7 +91,9 @@ class RestFrontEnd:
         timeout_s = timeout_ms / 1000
         timeout = timeout_s if timeout_s > 0 else None
         predictor = RestPredictor(data_plane, self.executor, timeout)
-        self.app = RestApi(data_plane, predictor, cors)
+        body_timeout = body_timeout_ms / 1000 if body_timeout_ms > 0 else None
+        limits = BodyLimits(max_body_bytes, body_timeout, max_body_bytes_in_flight)
+        self.app = RestApi(data_plane, predictor, cors, limits)
         config = uvicorn.Config(
             self.app,
             lifespan="off",
