@@ -6,6 +6,7 @@ models, because ``/{model}/labels/{label}`` would otherwise swallow ``...:classi
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from api.metrics import JobsCollector
 from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import RateLimiter
+from api.repository_access import recover_at_start
 from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
 from api.serving_tls import TLS
@@ -87,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.promote_timeout_s,
         tls=TLS.from_settings(settings),
     )
+    await asyncio.to_thread(recover_at_start, app.state.promoter.repository)
     collector = JobsCollector(app.state.store)
     REGISTRY.register(collector)
     # What start-up built lives as long as the process: keep it out of the garbage collector's

@@ -16,7 +16,13 @@ All or nothing: a change that fails at any point (a refused reload, a version th
 a full disk or a permission error while writing) puts ``labels.json`` and ``models.config`` back as
 they were (:meth:`fdl.repository.Repository.undo_point`) and the replicas that had taken a config
 of the change get the old one again, so a label the client was told failed never takes effect
-later (at the next render of the config, e.g. a worker's publish).
+later (at the next render of the config, e.g. a worker's publish). A gateway that dies in the
+middle of a change (SIGKILL, out of memory, a lost node) never answered it: the next process that
+takes the lock rolls it back from the undo records it left (:func:`fdl.repository_files.roll_back`).
+Only a gateway's change (:meth:`Promoter._turn`) then sends the restored config to the replicas;
+a rollback at a gateway's start-up (:func:`api.repository_access.recover_at_start`), by a publish,
+the job reaper or ``fdl up`` sends nothing, and the model servers take it at their next poll of the
+config file (``--model_config_file_poll_wait_seconds``; docs/gateway.md, "Promotion").
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from api.errors import ApiError
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
 from api.replicas import reachable_replicas
-from api.repository_access import io, repository_locked
+from api.repository_access import io, repository_error, repository_locked
 from api.serving_client import ServingClient
 from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
@@ -173,20 +179,29 @@ class Promoter:
             repository_locked(self.repository, self._local, self.timeout_s),
             reachable_replicas(self.client, model, self.tls) as replicas,
         ):
+            if await io(self.repository.recover):
+                # A gateway died in the middle of a change, which may have reached the replicas.
+                await self._reload_restored(replicas)
             change = _Change(replicas, await io(self.repository.undo_point))
             try:
                 yield change
+                # The change stands from here. On the loop, not in a thread: a cancellation there
+                # (uvicorn's shutdown timeout) would run restore() beside the thread dropping the
+                # records (new labels, old config). Two unlinks and an fsync, as restore() is.
+                try:
+                    change.undo.discard()
+                except OSError as error:
+                    raise repository_error(error) from error
             except BaseException:
+                change.undo.restore()  # renames only: works on a full disk, never raises
                 if change.written:
-                    change.undo.restore()  # renames only: works on a full disk, never raises
-                    await self._reload_restored(change)
+                    await self._reload_restored(change.reloaded)
                 raise
-            finally:
-                change.undo.discard()
 
-    async def _reload_restored(self, change: _Change) -> None:
-        """Send the restored config to the replicas that took one of the failed change."""
-        if not change.reloaded:
+    async def _reload_restored(self, replicas: list[ServingClient]) -> None:
+        """Send the config file, as restored, to ``replicas`` (those that took a config of a
+        change that failed, or of one that a dead gateway left half made)."""
+        if not replicas:
             return
         try:
             text = await asyncio.to_thread(self.repository.config_path.read_text)
@@ -194,7 +209,7 @@ class Promoter:
         except (OSError, text_format.ParseError):
             log.exception("the restored model config was not sent: the replicas will poll it")
             return
-        for replica in change.reloaded:
+        for replica in replicas:
             with contextlib.suppress(ApiError):
                 await self._reload(replica, request)
 

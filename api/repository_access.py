@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from api.errors import ApiError
 from fdl.repository import Repository
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 UNCHANGED = "labels.json and models.config are left as they were"
 
 
@@ -70,3 +72,19 @@ async def repository_locked(
             yield
         finally:
             lock.release()
+
+
+def recover_at_start(repository: Repository) -> None:
+    """At the gateway's start, roll back a change a dead gateway left half made (a restarted
+    pod is often the next to come), if the lock is free at once: a busy lock's holder rolls it
+    back itself. Never stops the start (a missing or read-only repository is only logged).
+    Sends no config to the model servers: they read the restored file at their next poll."""
+    if not repository.model_dir.is_dir():
+        return
+    try:
+        with repository.file_lock(timeout_s=0):
+            repository.recover()  # logs what it rolls back
+    except filelock.Timeout:
+        return
+    except (OSError, ValueError):
+        log.exception("could not check %s for a change left half made", repository.model_dir)

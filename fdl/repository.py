@@ -29,7 +29,7 @@ from filelock import FileLock
 from fdl import contract
 from fdl.files import atomic_write, fsync_path, seal_version
 from fdl.model_config import render, valid_label, valid_name
-from fdl.repository_files import Labels, UndoPoint, parse_labels
+from fdl.repository_files import Labels, UndoPoint, parse_labels, roll_back
 from fdl.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,15 @@ class Repository:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
+        """The lock, with a change its last holder died in the middle of rolled back first."""
         with self.file_lock():
+            self.recover()
             yield
+
+    def recover(self) -> bool:
+        """Roll back a change of labels (or the config of a publish) whose process died holding
+        the lock; call with the lock held, before anything else. Whether there was one."""
+        return roll_back(self.model_dir, LABELS_FILE, CONFIG_FILE, self.render)
 
     # --- reads ----------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -248,6 +255,7 @@ class Repository:
                 fsync_path(model_path)  # the rename, and a new model's folder in the repository
                 fsync_path(self.model_dir)
                 self.write_config(self.render())
+                config.discard()
             except BaseException:
                 # All or nothing: a version whose config could not be written (a full disk, or
                 # a flush that failed after the new config was renamed in) is taken back out,
@@ -255,7 +263,6 @@ class Repository:
                 self._take_back(target, staged, model_path if new_model else None)
                 config.restore()
                 raise
-            config.discard()
             return version, True
 
     def next_version(self, model: str, numbers: dict[str, int]) -> int:

@@ -1,12 +1,18 @@
 """The two files a change of labels writes, ``labels.json`` and ``models.config``: reading the
-labels strictly, and putting both files back when a change fails part-way.
+labels strictly, and putting both files back when a change fails part-way, even when the process
+making it dies (SIGKILL, out of memory, a lost node).
 
 A change of labels writes both files (and, when the version must be loaded first, the config
 twice). Either both keep the change or both go back to what they were: :class:`UndoPoint`
-hard-links each file to a hidden name beside it before the first write, which takes no space on
-the disk, and puts a file back by renaming that link over it, which takes none either; so a change
-that failed on a full disk (``ENOSPC``) is undone on that same full disk. Where the file system has
-no hard links, the file's text is kept in memory and written back instead.
+records each file before the first write in an undo record beside it, a hard link
+``.<name>.undo`` (which takes no space on the disk) or, when there was no such file, an empty
+``.<name>.undo-absent``; it puts a file back by renaming that link over it, which takes no space
+either, so a change that failed on a full disk (``ENOSPC``) is undone on that same full disk.
+Where the file system has no hard links, the link is a copy (the change then needs room for it).
+
+The records stay on the disk until the change is kept or undone, so a process that dies in the
+middle leaves them behind, and the next holder of the repository lock rolls the change back with
+:func:`roll_back` before it does anything else: the change was never acknowledged.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fdl.files import atomic_write, fsync_path
@@ -53,48 +59,140 @@ def _version(value: object) -> int:
     return int(value)
 
 
+def _link(folder: Path, name: str) -> Path:
+    return folder / f".{name}.undo"
+
+
+def _absent(folder: Path, name: str) -> Path:
+    return folder / f".{name}.undo-absent"
+
+
+def has_record(folder: Path, name: str) -> bool:
+    """Whether an undo record of ``name`` is in ``folder``."""
+    return os.path.lexists(_link(folder, name)) or os.path.lexists(_absent(folder, name))
+
+
+def put_back(folder: Path, name: str) -> bool:
+    """Put ``name`` back as its undo record says it was, and drop the record; whether there was
+    one. Each step can be repeated: a process that dies here leaves a record the next one uses."""
+    path, link, absent = folder / name, _link(folder, name), _absent(folder, name)
+    if os.path.lexists(link):
+        os.replace(link, path)
+        # A link to the very file (nothing was written over it) is not consumed by the rename.
+        link.unlink(missing_ok=True)
+        return True
+    if os.path.lexists(absent):
+        path.unlink(missing_ok=True)
+        absent.unlink()
+        return True
+    return False
+
+
+def drop_record(folder: Path, name: str) -> None:
+    """Keep ``name`` as it is now: remove its undo record, if any."""
+    _link(folder, name).unlink(missing_ok=True)
+    _absent(folder, name).unlink(missing_ok=True)
+
+
+def roll_back(folder: Path, labels: str, config: str, render: Callable[[], str]) -> bool:
+    """Roll back the change of a process that died holding the repository lock (call with the
+    lock held, before anything else); whether there was one.
+
+    ``labels`` is put back from its record. ``config`` is not: it is written again from
+    ``render()`` (the labels and the version folders now), whatever its record says. Its record
+    may be a worker's publish's, whose version folder was renamed in before the worker died: the
+    job reaper then counts the job as published and renders the config with that version
+    (``training/publish.py``, ``render_config_again``), and so does this; putting the old config
+    back would leave the version out. Where the config cannot be rendered (a ``labels.json``
+    that was already corrupt), the config is put back from its record.
+    """
+    restored = put_back(folder, labels)
+    if not restored and not has_record(folder, config):
+        return False
+    log.warning("rolling back a change of %s left half made by a process that died", folder)
+    try:
+        text = render()
+    except ValueError:  # LabelsFileError, ConfigRenderError
+        log.exception("the config cannot be rendered: putting back its copy from the change")
+        put_back(folder, config)
+    else:
+        path = folder / config
+        if not path.exists() or path.read_text() != text:
+            atomic_write(path, text)
+        drop_record(folder, config)
+    fsync_path(folder)
+    return True
+
+
 class UndoPoint:
-    """The files ``names`` of ``folder`` as they are now (call with the repository lock held)."""
+    """The files ``names`` of ``folder`` as they are now (call with the repository lock held).
+
+    :meth:`discard` drops the records in the order of ``names``, and dropping the first one is
+    the point where the change stands: a process that dies before it has its change rolled back
+    by :func:`roll_back`; one that dies after it leaves at most the records of the other names,
+    for which :func:`roll_back` only renders the config again from the labels the change wrote
+    (no change). So ``labels.json`` comes first.
+    """
 
     def __init__(self, folder: Path, names: Sequence[str]) -> None:
         self.folder = folder
-        # name -> the hidden link to the old file, its text, or None when it did not exist
-        self._saved = {name: self._save(name) for name in names}
-
-    def _save(self, name: str) -> Path | str | None:
-        path, backup = self.folder / name, self.folder / f".{name}.undo"
-        backup.unlink(missing_ok=True)  # left behind by a process that died mid-change
+        self.names = list(names)
+        done: list[str] = []
         try:
-            os.link(path, backup)
+            for name in self.names:
+                self._save(name)
+                done.append(name)
+        except BaseException:
+            for name in done:  # nothing was written: the records go, no file changed
+                drop_record(folder, name)
+            raise
+
+    def _save(self, name: str) -> None:
+        path, link = self.folder / name, _link(self.folder, name)
+        # A record left by a dead process is rolled back by whoever took the lock before this
+        # (roll_back); were one still here, os.link fails (FileExistsError) rather than lose it.
+        try:
+            os.link(path, link)
         except FileNotFoundError:
-            return None
-        except OSError:  # no hard links on this file system (some FUSE mounts)
-            return path.read_text()
-        return backup
+            if path.exists():
+                raise
+            fd = os.open(_absent(self.folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some FUSE mounts, another user's file): a copy
+            atomic_write(link, path.read_text())
 
     def restore(self) -> None:
-        """Put every file back as it was (never raises: what fails is logged)."""
-        for name, saved in self._saved.items():
-            path = self.folder / name
+        """Put every file back as it was and drop the records (never raises: what fails is
+        logged, and its record is left for the next holder of the lock)."""
+        for name in self.names:
             try:
-                if saved is None:
-                    path.unlink(missing_ok=True)
-                elif isinstance(saved, Path):
-                    os.replace(saved, path)
-                elif not path.exists() or path.read_text() != saved:
-                    atomic_write(path, saved)
+                put_back(self.folder, name)
             except OSError:
-                log.exception("could not put %s back as it was", path)
+                log.exception("could not put %s back as it was", self.folder / name)
         try:
             fsync_path(self.folder)
         except OSError:
             log.exception("could not flush %s", self.folder)
 
     def discard(self) -> None:
-        """Keep the change: drop the links."""
-        for saved in self._saved.values():
-            if isinstance(saved, Path):
-                try:
-                    saved.unlink(missing_ok=True)
-                except OSError:
-                    log.warning("could not remove %s", saved)
+        """Keep the change: drop the records, the first name's first (see the class).
+
+        Raises:
+            OSError: the first record could not be dropped; the change does not stand, and the
+                caller undoes it (:meth:`restore`). The others' failures are only logged.
+        """
+        for index, name in enumerate(self.names):
+            try:
+                drop_record(self.folder, name)
+            except OSError:
+                if index == 0:
+                    raise
+                log.warning("could not remove the undo record of %s", self.folder / name)
+        try:
+            # The change is acknowledged after this: a record that came back after a power loss
+            # would roll it back.
+            fsync_path(self.folder)
+        except OSError:
+            log.warning("could not flush %s after keeping a change", self.folder)
