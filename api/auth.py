@@ -4,6 +4,10 @@ Keys are loaded once at start-up from the environment and secret files. A presen
 compared with every known key in constant time (``hmac.compare_digest``), so the answer's timing
 says nothing about the keys. Keys are never logged: the rate limiter and the logs see a short
 SHA-256 digest only.
+
+A key that is not valid counts against its client address's limit of failed authentications
+(``FDL_AUTH_FAILURES_PER_MINUTE``); past it, the address's keys that are not valid get 429 without
+a Redis call. A valid key is always served, whatever its address's failures.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import hmac
 from enum import StrEnum
 
 from fastapi import Request
+from starlette.datastructures import State
 
 from api.errors import ApiError
-from api.ratelimit import RateLimiter
+from api.ratelimit import FailureLimiter, RateLimiter, address_bucket
 from api.settings import GatewaySettings
 
 
@@ -75,13 +80,57 @@ def bearer_token(request: Request) -> str | None:
     return api_key.decode("latin-1").strip() if api_key is not None else None
 
 
+def client_address(request: Request) -> str:
+    """The client's address as the limits count it (an IPv6 client by its /64, any text that is
+    not an IP address as ``invalid-address``)."""
+    return address_bucket(request.client.host) if request.client else "unknown"
+
+
+def auth_failures(state: State) -> FailureLimiter:
+    """The failed-authentication limiter, built on first use over the app's Redis client."""
+    failures: FailureLimiter | None = getattr(state, "auth_failures", None)
+    if failures is None or failures.limiter.client is not state.redis:
+        settings: GatewaySettings = state.settings
+        limiter = RateLimiter(
+            state.redis, settings.auth_failures_per_minute, settings.auth_failures_burst
+        )
+        failures = state.auth_failures = FailureLimiter(limiter)
+    return failures
+
+
+def _too_many_failures(retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        f"too many requests with an API key that is not valid from this address; "
+        f"retry in {retry_after_s} s",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+async def _role_of(request: Request, token: str) -> Role:
+    """The key's role. A key that is not valid is 401, counted against the client's address;
+    past its limit, 429 for the address's keys that are not valid until Retry-After."""
+    keyring: Keyring = request.app.state.keyring
+    role = keyring.role_of(token)
+    if role is not None:
+        return role
+    failures = auth_failures(request.app.state)
+    address = client_address(request)
+    wait = failures.blocked_for(address)
+    if wait:
+        raise _too_many_failures(wait)
+    decision = await failures.failed(address)
+    if not decision.allowed:
+        raise _too_many_failures(decision.retry_after_s)
+    raise ApiError(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
+
+
 async def authorize(request: Request, needed: Role, open_access: bool = False) -> str:
     """Check the key for ``needed``, then the rate limit. Returns the caller's identity."""
-    keyring: Keyring = request.app.state.keyring
     token = bearer_token(request)
     if token is None and open_access:
-        host = request.client.host if request.client else "unknown"
-        identity = f"ip:{host}"
+        identity = f"ip:{client_address(request)}"
     elif token is None:
         raise ApiError(
             401,
@@ -90,9 +139,7 @@ async def authorize(request: Request, needed: Role, open_access: bool = False) -
             headers=_CHALLENGE,
         )
     else:
-        role = keyring.role_of(token)
-        if role is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
+        role = await _role_of(request, token)
         if needed not in GRANTS[role]:
             raise ApiError(
                 403, "forbidden", f"this key has the '{role}' role; '{needed}' is required"

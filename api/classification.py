@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
-from api.budget import Budget
 from api.coalesce import PredictCoalescer
+from api.decoding import DecodeLimits, prepare_batch, prepare_bounded
 from api.errors import ApiError
-from api.imaging import DEFAULT_MAX_PIXELS, decode_cost, decode_image, open_image
-from api.input_spec import InputSpec, ModelContractError
+from api.input_spec import ModelContractError
 from api.metadata_cache import MetadataCache
-from api.metrics import CLASSIFICATIONS, STAGE_LATENCY, UPSTREAM_ERRORS, child, timed
-from api.preprocess import choose_profile, decode_size, preprocess
+from api.metrics import CLASSIFICATIONS, UPSTREAM_ERRORS, child, timed
+from api.preprocess import choose_profile
 from fdl import contract
 
-if TYPE_CHECKING:
-    from api.settings import GatewaySettings
+# Decoding within the pixel limits is api.decoding's; its names are also imported from here.
+__all__ = [
+    "DecodeLimits",
+    "Target",
+    "classify",
+    "postprocess",
+    "prepare_batch",
+    "prepare_bounded",
+    "upstream_error",
+]
 
-# The input side assumed when a model's signature leaves height or width unknown.
-_DEFAULT_SIDE = 28
 _INLINE_MAX_BYTES = 16 * 1024
 _INLINE_MAX_PIXELS = 64 * 64
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_NUMPY_INPUT = {"DT_UINT8": np.uint8, "DT_FLOAT": np.float32, "DT_HALF": np.float16}
 
 
 @dataclass(frozen=True)
@@ -77,110 +76,6 @@ def upstream_error(error: grpc.aio.AioRpcError, target: Target, method: str) -> 
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ApiError(503, "model_server_overloaded", details, headers={"Retry-After": "1"})
     return ApiError(502, "model_server_error", f"{code.name}: {details}")
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Pixels per image, per request, and in flight across the process (docs/gateway.md)."""
-
-    budget: Budget
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch_pixels: int = 4 * DEFAULT_MAX_PIXELS
-    free_pixels: int = 512 * 512
-
-    @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> DecodeLimits:
-        budget = Budget(
-            "decode", settings.decode_budget_pixels, settings.decode_wait_s, "decoded pixels"
-        )
-        return cls(
-            budget,
-            settings.max_image_pixels,
-            settings.max_batch_pixels,
-            settings.decode_free_pixels,
-        )
-
-
-@contextmanager
-def _numbered(index: int, count: int) -> Iterator[None]:
-    """An image's errors name it when the request has several."""
-    try:
-        yield
-    except ApiError as error:
-        if count > 1:
-            error.message = f"image {index}: {error.message}"
-        raise
-
-
-async def prepare_bounded(
-    images: list[bytes], spec: InputSpec, profile: str, limits: DecodeLimits, model: str
-) -> np.ndarray:
-    """prepare_batch in a worker thread, within the pixel limits and the process's budget.
-
-    Headers are read here (no pixel is decoded) to learn what decoding will cost; the images of a
-    request decode one after another, so the request holds its largest image's share.
-    """
-    work = decode_size(profile, _input_size(spec))
-    opened = []
-    for index, data in enumerate(images):
-        with _numbered(index, len(images)):
-            opened.append(open_image(data, work, limits.max_pixels))
-    pixels = [decode_cost(image) for image in opened]
-    if sum(pixels) > limits.max_batch_pixels:
-        raise ApiError(
-            413,
-            "batch_too_large",
-            f"the images have {sum(pixels):,} pixels together; "
-            f"the limit is {limits.max_batch_pixels:,}",
-        )
-    prepare = functools.partial(prepare_batch, opened, spec, profile, limits.max_pixels, model)
-    if max(pixels) <= limits.free_pixels:
-        return await run_in_threadpool(prepare)
-    async with limits.budget.share(max(pixels)):
-        return await run_in_threadpool(prepare)
-
-
-def _input_size(spec: InputSpec) -> tuple[int, int]:
-    """(width, height) of the model's input."""
-    height = spec.height if spec.height > 0 else _DEFAULT_SIDE
-    width = spec.width if spec.width > 0 else _DEFAULT_SIDE
-    return width, height
-
-
-def prepare_batch(
-    images: Sequence[bytes | Image.Image],
-    spec: InputSpec,
-    profile: str,
-    max_pixels: int,
-    model: str,
-) -> np.ndarray:
-    """Decode and preprocess every image (runs in a worker thread); stages are timed."""
-    if len(spec.shape) != 4 or spec.dtype not in _NUMPY_INPUT:
-        raise ApiError(
-            502,
-            "unsupported_model_input",
-            f"the model takes {spec.dtype} {list(spec.shape)}, not an image batch [N, H, W, C]",
-        )
-    work = decode_size(profile, _input_size(spec))
-    decode_s = preprocess_s = 0.0
-    batch = []
-    for index, data in enumerate(images):
-        start = time.perf_counter()
-        with _numbered(index, len(images)):
-            image = decode_image(data, work, max_pixels)
-            middle = time.perf_counter()
-            try:
-                batch.append(preprocess(image, spec, profile))
-            except (ValueError, ArithmeticError, OSError) as error:
-                raise ApiError(
-                    422, "unprocessable_image", f"the image could not be preprocessed: {error}"
-                ) from error
-        decode_s += middle - start
-        preprocess_s += time.perf_counter() - middle
-    child(STAGE_LATENCY, "decode", model).observe(decode_s)
-    child(STAGE_LATENCY, "preprocess", model).observe(preprocess_s)
-    stacked = batch[0][np.newaxis] if len(batch) == 1 else np.stack(batch)
-    return stacked.astype(_NUMPY_INPUT[spec.dtype], copy=False)
 
 
 def postprocess(outputs: dict[str, np.ndarray], top_k: int, rows: int) -> list[dict[str, Any]]:

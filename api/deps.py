@@ -18,7 +18,7 @@ from fastapi.security import HTTPBearer
 from starlette.datastructures import State
 
 from api import auth
-from api.classification import DecodeLimits
+from api.decoding import DecodeLimits
 from api.metadata_cache import MetadataCache
 from api.promotion import Promoter
 from api.serving_client import ServingClient

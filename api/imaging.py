@@ -65,7 +65,7 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
 
     Each zTXt, iTXt or iCCP chunk inflates to up to 1 MiB (Pillow's MAX_TEXT_CHUNK); Pillow
     bounds text at 64 MiB per image and ICC profiles not at all, so a 9.5 MB PNG of 9,000 small
-    iCCP chunks of zeros took 43 s to open (the header is read on the event loop), and 64 PNGs
+    iCCP chunks of zeros took 43 s to open (then on the event loop), and 64 PNGs
     of 64 zTXt chunks (4 MB) took 4 GB. A compressed chunk is charged the most it may inflate,
     whatever Pillow keeps (a bad zlib checksum is found after the whole inflate). Past the bound
     chunks are read and CRC-checked, not inflated: the gateway uses no text; the first (the ICC

@@ -3,13 +3,20 @@
 GCRA keeps one number per identity, the theoretical arrival time (TAT) of the next request, so the
 limit is smooth (no fixed-window bursts at window edges) and costs one round trip. The script uses
 Redis's own clock, so several gateway replicas share one limit without clock skew.
+
+Failed authentications have a limit of their own per client address (:class:`FailureLimiter`).
+Addresses are counted as :func:`address_bucket` groups them: an IPv6 client by its /64, and every
+text that is not an IP address in one shared bucket.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -45,6 +52,37 @@ class Decision:
     retry_after_s: int = 0
 
 
+# The longest text of an IPv6 address (45 characters) with room for a zone (``%eth0``).
+_MAX_ADDRESS_TEXT = 64
+# The one bucket of every client "address" that is not an IP address.
+INVALID_ADDRESS = "invalid-address"
+
+
+@lru_cache(maxsize=4096)
+def _bucket(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return INVALID_ADDRESS
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return f"{ipaddress.IPv6Network((address, 64), strict=False).network_address}/64"
+
+
+def address_bucket(host: str) -> str:
+    """What a client address is counted as: an IPv4 address itself, an IPv6 address its /64.
+
+    One IPv6 subscriber or host usually holds a whole /64 and may pick any address in it, so
+    per-address buckets would give it 2^64 budgets. An IPv4-mapped IPv6 address is its IPv4.
+    Any text that is not an IP address (a trusted proxy's X-Forwarded-For may hold any) is
+    :data:`INVALID_ADDRESS`, one bucket for all such texts: a bucket per text would give a client
+    behind a trusted proxy a fresh budget per made-up value.
+    """
+    return INVALID_ADDRESS if len(host) > _MAX_ADDRESS_TEXT else _bucket(host)
+
+
 class RateLimiter:
     def __init__(self, client: aioredis.Redis, per_minute: int, burst: int) -> None:
         self.client = client
@@ -74,3 +112,42 @@ class RateLimiter:
             return Decision(True)
         RATE_LIMITED.inc()
         return Decision(False, max(1, math.ceil(float(wait))))
+
+
+class FailureLimiter:
+    """Failed authentications per client address: GCRA in Redis, apart from the request limit.
+
+    Only keys that are not valid are counted or refused here: a valid key is always served (the
+    limit bounds the cost of floods of wrong keys, not the guessing of keys of at least 16
+    characters), so one client retrying an old key does not lock out the others behind its NAT
+    address. An address found over its limit is also remembered in this process until its
+    Retry-After, so that meanwhile its wrong keys are refused at no Redis cost. Another replica
+    learns of the block at the address's next failure there. At most ``max_blocked`` addresses
+    are remembered (the oldest go first: it only costs them one more check in Redis).
+    """
+
+    def __init__(self, limiter: RateLimiter, max_blocked: int = 10_000) -> None:
+        self.limiter = limiter
+        self.max_blocked = max_blocked
+        self._blocked: dict[str, float] = {}  # address -> time.monotonic() of its Retry-After
+
+    def blocked_for(self, address: str) -> int:
+        """Seconds until ``address`` may try a key again here; 0 when it may now."""
+        until = self._blocked.get(address)
+        if until is None:
+            return 0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[address]
+            return 0
+        RATE_LIMITED.inc()
+        return max(1, math.ceil(left))
+
+    async def failed(self, address: str) -> Decision:
+        """Count one failed authentication; refused once the address is over its limit."""
+        decision = await self.limiter.check(f"authfail:{address}")
+        if not decision.allowed:
+            while len(self._blocked) >= self.max_blocked:
+                del self._blocked[next(iter(self._blocked))]
+            self._blocked[address] = time.monotonic() + decision.retry_after_s
+        return decision

@@ -36,9 +36,16 @@ class GatewaySettings(CommonSettings):
     classify_keys_file: Path | None = None
     # True: anyone may classify. False: a classify or admin key is required.
     classify_open: bool = True
-    # Per key (or per client address when anonymous), GCRA in Redis. 0 disables the limit.
+    # Per key (or per client address when anonymous, an IPv6 client by its /64), GCRA in Redis.
+    # 0 disables the limit.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # Requests with a key that is not valid, per client address (an IPv6 client by its /64),
+    # GCRA in Redis, on whether or not the limit above is. Past it, every request from the
+    # address that presents a key gets 429 until Retry-After, before its key is checked.
+    # 0 disables it.
+    auth_failures_per_minute: int = Field(default=30, ge=0)
+    auth_failures_burst: int = Field(default=30, ge=1)
     # Training jobs that may wait in the gateway's training queue (queued job records: a job
     # whose message a reaper re-sent counts once); a submission beyond it gets 429 queue_full.
     # 0: no limit.

@@ -9,13 +9,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.deps import RedisDep, ServingDep
 
 router = APIRouter(tags=["operations"])
+# Each route also answers HEAD (health checkers, curl -I): the same status and headers, no body
+# (the server sends none). Left out of the OpenAPI document, which lists the GETs.
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="The gateway process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     summary="Redis and the model server answer",
@@ -36,6 +40,7 @@ async def readyz(redis: RedisDep, serving: ServingDep) -> JSONResponse:
     )
 
 
+@router.head("/metrics", response_class=Response, include_in_schema=False)
 @router.get(
     "/metrics",
     summary="Prometheus metrics",

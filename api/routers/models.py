@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -31,8 +32,14 @@ from api.schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+# Status calls a model listing makes at once: a repository of many models is listed in about the
+# time of its slowest few calls, while one listing never floods the model server.
+LISTING_CONCURRENCY = 8
+# The GET routes also answer HEAD (health checkers, curl -I): the same status and headers, no
+# body (the server sends none). Left out of the OpenAPI document, which lists the GETs.
 
 
+@router.head("", response_model=ModelList, include_in_schema=False)
 @router.get(
     "",
     summary="Models in the repository, with versions, status, labels and metrics",
@@ -42,13 +49,23 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 async def list_models(
     settings: SettingsDep, serving: ServingDep, request_id: RequestIdDep, _caller: ClassifyDep
 ) -> dict[str, Any]:
-    models = [
-        await describe_model(serving, settings.model_dir, name, request_id)
-        for name in model_names(settings.model_dir)
-    ]
+    gate = asyncio.Semaphore(LISTING_CONCURRENCY)
+
+    async def describe(name: str) -> dict[str, Any]:
+        async with gate:
+            return await describe_model(serving, settings.model_dir, name, request_id)
+
+    names = model_names(settings.model_dir)
+    described = await asyncio.gather(*map(describe, names), return_exceptions=True)
+    models = []
+    for model in described:
+        if isinstance(model, BaseException):
+            raise model  # the first failure in listing order, as when they were asked in turn
+        models.append(model)
     return {"models": models}
 
 
+@router.head("/{model}", response_model=ModelDetail, include_in_schema=False)
 @router.get(
     "/{model}",
     summary="One model: versions with status, labels, metrics, job id, input spec, class names",
