@@ -198,3 +198,44 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 """.replace("TERMINAL_TEST", _TERMINAL_TEST)
+
+# KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
+# ARGV[2] job id, ARGV[3] now (epoch seconds). What workers older than SET_FIELDS_SCRIPT left
+# after a job's record was pruned: a hash of only heartbeat or progress fields (no status) and an
+# event stream without a record, neither indexed. Such keys go when the newest time they hold (a
+# time field of the hash, the stream's last entry id) is before the cut-off; a hash that holds
+# no time is stamped ``leftover_seen_at`` now and goes once that is. A job with a status, or an
+# index entry, is never touched (PRUNE_SCRIPT's). Returns 1 when removed.
+PRUNE_LEFTOVER_SCRIPT = """
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end
+local cutoff = tonumber(ARGV[1])
+local hash_type = redis.call('TYPE', KEYS[1])['ok']
+if hash_type ~= 'none' then
+  if hash_type ~= 'hash' or redis.call('HEXISTS', KEYS[1], 'status') == 1 then return 0 end
+  local newest = nil
+  for _, field in ipairs({'heartbeat_at', 'finished_at', 'started_at', 'created_at',
+                          'sent_at', 'leftover_seen_at'}) do
+    local value = tonumber(redis.call('HGET', KEYS[1], field) or '')
+    if value and (not newest or value > newest) then newest = value end
+  end
+  if not newest then
+    redis.call('HSET', KEYS[1], 'leftover_seen_at', ARGV[3])
+    return 0
+  end
+  if newest >= cutoff then return 0 end
+end
+local stream_type = redis.call('TYPE', KEYS[2])['ok']
+if stream_type ~= 'none' then
+  if stream_type ~= 'stream' then return 0 end
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms = tonumber(string.match(info[i + 1], '^(%d+)'))
+      if not ms or ms / 1000 >= cutoff then return 0 end
+    end
+  end
+end
+if hash_type == 'none' and stream_type == 'none' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""

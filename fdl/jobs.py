@@ -39,6 +39,7 @@ from fdl.job_scripts import (
     CANCEL_SCRIPT,
     CLAIM_SCRIPT,
     CREATE_SCRIPT,
+    PRUNE_LEFTOVER_SCRIPT,
     PRUNE_SCRIPT,
     RESEND_SCRIPT,
     SET_FIELDS_SCRIPT,
@@ -52,6 +53,10 @@ __all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
 
 # Jobs removed per round trip by JobStore.prune.
 PRUNE_BATCH = 500
+# Keys each SCAN step of JobStore.prune_leftovers looks at (a hint to Redis; one round trip).
+LEFTOVER_SCAN_COUNT = 1000
+_JOB_PREFIX = JOB_KEY.format("")
+_EVENTS_SUFFIX = EVENTS_KEY.format("").removeprefix(_JOB_PREFIX)
 
 
 class JobStore(JobReads):
@@ -77,6 +82,7 @@ class JobStore(JobReads):
         self._cancel = client.register_script(CANCEL_SCRIPT)
         self._resend = client.register_script(RESEND_SCRIPT)
         self._prune = client.register_script(PRUNE_SCRIPT)
+        self._prune_leftover = client.register_script(PRUNE_LEFTOVER_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
@@ -205,6 +211,29 @@ class JobStore(JobReads):
                 self._prune(keys=keys, args=[repr(ended_before), job_id], client=pipe)
             pruned += [job_id for job_id, done in zip(batch, pipe.execute(), strict=True) if done]
         return pruned
+
+    @_retried
+    def prune_leftovers(self, before: float) -> list[str]:
+        """Remove what workers older than the record-existence check left after a job's record
+        was pruned, older than ``before`` (epoch seconds, Redis's clock): hashes of only
+        heartbeat or progress fields and event streams without a record, which no index entry
+        names (one script per job id, :data:`fdl.job_scripts.PRUNE_LEFTOVER_SCRIPT`). Found with
+        SCAN (``LEFTOVER_SCAN_COUNT`` keys a step, never KEYS), so it costs one pass over Redis's
+        keys; returns the job ids removed."""
+        removed: list[str] = []
+        cursor = 0
+        while True:
+            cursor, keys = self.redis.scan(cursor, f"{_JOB_PREFIX}*", LEFTOVER_SCAN_COUNT)
+            found = cast(list[str], keys)
+            ids = sorted({k.removeprefix(_JOB_PREFIX).removesuffix(_EVENTS_SUFFIX) for k in found})
+            now = repr(self.now())
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                job_keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), INDEX_KEY]
+                self._prune_leftover(keys=job_keys, args=[repr(before), job_id, now], client=pipe)
+            removed += [job_id for job_id, done in zip(ids, pipe.execute(), strict=True) if done]
+            if cursor == 0:
+                return removed
 
     @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:

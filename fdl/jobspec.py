@@ -45,6 +45,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 NAME_RULE = "lower-case letters, digits, _ and -, starting with a letter or digit, at most 64"
 
+# The most a spec's max_duration_s may ask for (30 days); a worker's own limit may be lower.
+MAX_DURATION_S = 30 * 86400
+
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta"]
 
 
@@ -128,6 +131,11 @@ class JobSpec(_Strict):
     # Caps the training / test examples used; for smoke runs and tests.
     max_train_examples: Annotated[int, Field(ge=1)] | None = None
     max_test_examples: Annotated[int, Field(ge=1)] | None = None
+    max_duration_s: Annotated[int, Field(ge=1, le=MAX_DURATION_S)] | None = Field(
+        default=None,
+        description="seconds a run of the job may take before it ends failed; the worker's "
+        "FDL_MAX_JOB_DURATION_S (24 h by default) applies when it is lower or this is unset",
+    )
 
     @field_validator("publish_as", "dataset")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 import keras
 
 from fdl.jobs import JobStore
+from training.time_limit import Deadline
 
 MID_EPOCH_REPORT_S = 5.0
 
@@ -40,15 +41,24 @@ class JobCallback(keras.callbacks.Callback):
     where it is reported anyway, so that no batch waits for the device to hand its loss over). A
     stop for divergence is kept in ``diverged``; whether the weights are lost is decided on the
     test set's outputs afterwards: early stopping may have restored its best epoch, and a
-    mixed-precision step that overflowed was skipped."""
+    mixed-precision step that overflowed was skipped. Training also stops at the next batch once
+    ``deadline`` has passed; ``timed_out`` then says where (the trainer raises)."""
 
     def __init__(
-        self, store: JobStore, job_id: str, epochs: int, train_examples: int, steps: int
+        self,
+        store: JobStore,
+        job_id: str,
+        epochs: int,
+        train_examples: int,
+        steps: int,
+        deadline: Deadline | None = None,
     ) -> None:
         super().__init__()
         self.store, self.job_id = store, job_id
         self.epochs, self.train_examples, self.steps = epochs, train_examples, steps
+        self.deadline = deadline
         self.cancelled = False
+        self.timed_out: str | None = None
         self.diverged: str | None = None
         self.history: list[dict[str, Any]] = []
         self._train_start = self._epoch_start = self._last_report = 0.0
@@ -62,6 +72,10 @@ class JobCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None) -> None:
         if self.store.stop_requested(self.job_id):  # cancelled, or its record is gone
             self.cancelled = True
+            self.model.stop_training = True
+            return
+        if self.deadline is not None and self.deadline.passed():
+            self.timed_out = f"in epoch {len(self.history) + 1} of {self.epochs}"
             self.model.stop_training = True
             return
         now = time.monotonic()
@@ -104,7 +118,7 @@ class JobCallback(keras.callbacks.Callback):
         return round(self.train_examples * fraction / seconds, 1)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        if self.cancelled:
+        if self.cancelled or self.timed_out:
             return
         logs = logs or {}
         self._diverged(logs.get("loss"), f"after epoch {epoch + 1}")

@@ -8,6 +8,7 @@ the record at the same moment do not both run it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,18 +19,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from fdl.architectures import ARCHITECTURES
+from fdl.job_records import JOB_KEY
 from fdl.jobs import JobStatus, JobStore
 from fdl.jobspec import JobSpec
 from fdl.store_retry import TRANSIENT_ERRORS
 from training.data import DataMissingError
 from training.heartbeat import Heartbeat
 from training.settings import WorkerSettings
+from training.time_limit import Deadline, TimedOut
 
 log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
     """The job stops: its cancellation was requested, or its record is gone."""
+
+
+class NotThisRun(Exception):
+    """The job's record no longer shows this run running it (it ended, or another run claimed it
+    while this one went unheard): this run publishes nothing and leaves the record alone."""
 
 
 def default_worker_name() -> str:
@@ -88,12 +96,17 @@ def run_job(
         return None
     # The claim is atomic: of two deliveries that both read the record above, one runs the job.
     stale_before = now - settings.stale_after_s
-    if not store.mark_running(job_id, worker or default_worker_name(), stale_before):
+    worker = worker or default_worker_name()
+    if not store.mark_running(job_id, worker, stale_before):
         log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None
+    deadline = Deadline.start(settings, spec.max_duration_s)
     with Heartbeat(store, job_id, settings.heartbeat_interval_s):
         try:
-            result = execute(job_id, spec, store, settings)
+            result = execute(job_id, spec, store, settings, deadline, worker)
+        except NotThisRun:
+            log.warning("job %s: another run owns it now; this one published nothing", job_id)
+            return None
         except Cancelled:
             if not store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request"):
                 log.warning(
@@ -102,7 +115,8 @@ def run_job(
                     job_id,
                 )
             return None
-        except DataMissingError as error:
+        except (DataMissingError, TimedOut) as error:
+            log.warning("job %s failed: %s", job_id, error)
             store.finish(job_id, JobStatus.FAILED, error=str(error))
             return None
         except TRANSIENT_ERRORS as error:
@@ -131,22 +145,36 @@ def _check_cancel(store: JobStore, job_id: str) -> None:
         raise Cancelled
 
 
-def _cancel_under_lock(store: JobStore, job_id: str) -> None:
-    """The cancellation check just before the rename, under the repository's lock (which may
-    have been waited for): one try, no retries, so that a Redis outage never holds the lock;
-    unreachable, it counts as not cancelled (the check before the lock passed)."""
+def _check_under_lock(store: JobStore, job_id: str, worker: str | None) -> None:
+    """The record's check just before the rename, under the repository's lock (which may have
+    been waited for): :class:`Cancelled` when its cancellation was requested or the record is
+    gone, :class:`NotThisRun` when it is no longer running under ``worker`` (None: not
+    checked). One read, no retries, so that a Redis outage never holds the lock; unreachable,
+    it counts as passed (the checks before the lock did)."""
     try:
-        cancelled = JobStore(store.redis).stop_requested(job_id)
+        raw = store.redis.hmget(JOB_KEY.format(job_id), ["status", "cancel_requested", "worker"])
     except TRANSIENT_ERRORS:
-        log.warning("job %s: cancellation flag unreadable under the lock; publishing", job_id)
+        log.warning("job %s: its record is unreadable under the lock; publishing", job_id)
         return
-    if cancelled:
+    status, flag, holder = (json.loads(value) if value else None for value in raw)
+    if status is None or flag:
         raise Cancelled
+    if worker is not None and (status != JobStatus.RUNNING or holder != worker):
+        raise NotThisRun
 
 
 def execute(
-    job_id: str, spec: JobSpec, store: JobStore, settings: WorkerSettings
+    job_id: str,
+    spec: JobSpec,
+    store: JobStore,
+    settings: WorkerSettings,
+    deadline: Deadline | None = None,
+    worker: str | None = None,
 ) -> dict[str, Any]:
+    """Train, evaluate and publish; ``deadline`` (default: starts now) bounds the run. With
+    ``worker`` (the name the run claimed the job under), a job no longer running under it
+    publishes nothing (:class:`NotThisRun`)."""
+    deadline = deadline or Deadline.start(settings, spec.max_duration_s)
     # TensorFlow is imported here so that importing the task module stays light.
     from training.artifacts import write_model
     from training.data.registry import load_dataset
@@ -175,6 +203,7 @@ def execute(
         settings.download_timeout_s,
     ).capped(spec.max_train_examples, spec.max_test_examples)
     _check_cancel(store, job_id)
+    deadline.check("after loading the data")
     tensorboard_dir = settings.var_dir / "tensorboard" / job_id
     outcome = train(
         spec,
@@ -184,9 +213,11 @@ def execute(
         tensorboard_dir,
         settings.mixed_precision,
         settings.steps_per_execution,
+        deadline,
     )
     if outcome.cancelled:
         raise Cancelled
+    deadline.check("after training, before the quality gate")
     name = str(spec.publish_as)
     model_path: Path = settings.model_dir / name
     accuracy = outcome.metrics["test_accuracy"]
@@ -206,10 +237,12 @@ def execute(
     try:
         write_model(staged, job_id, spec, data, outcome)
         _check_cancel(store, job_id)  # before waiting for the repository's lock
+        deadline.check("after the export")
         gate = gate_under_lock(spec.publish, accuracy)
 
         def last_checks(model_path: Path) -> None:
-            _cancel_under_lock(store, job_id)  # last chance: nothing is visible yet
+            _check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
+            deadline.check("while it waited for the model repository's lock")
             gate(model_path)
 
         root = settings.serving_model_base_path

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from fdl.job_records import resend_due
@@ -31,13 +32,23 @@ from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+# How often a reaper thread looks for what older workers left of pruned jobs (at start-up, then
+# this often): it scans every key of Redis, and nothing today leaves such keys.
+LEFTOVER_SWEEP_EVERY_S = 3600.0
+
 
 def reap_once(
-    store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
+    store: JobStore,
+    settings: WorkerSettings,
+    send: Callable[[str, str], None],
+    sweep_leftovers: bool = True,
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "succeeded" | "failed" | "cancelled" | "resent" |
     "pruned") for every job it acted on. A lost job that already published its version (the
-    worker died between the rename and recording it) ends ``succeeded`` with that version."""
+    worker died between the rename and recording it) ends ``succeeded`` with that version.
+    ``sweep_leftovers`` also removes, past the retention, what older workers left of pruned
+    jobs (:meth:`fdl.jobs.JobStore.prune_leftovers`: a pass over every Redis key, so the
+    reaper thread asks for it once an hour)."""
     now = store.now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
     running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
@@ -72,6 +83,11 @@ def reap_once(
         pruned = store.prune(now - settings.job_retention_s)
         if pruned:
             log.info("removed the records of %d jobs that ended long ago", len(pruned))
+        if sweep_leftovers:
+            leftovers = store.prune_leftovers(now - settings.job_retention_s)
+            if leftovers:
+                log.info("removed what older workers left of %d pruned jobs", len(leftovers))
+            pruned += leftovers
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
 
 
@@ -103,9 +119,13 @@ class ReaperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        next_sweep = 0.0
         while True:
             try:
-                reap_once(self.store, self.settings, self.send)
+                sweep = time.monotonic() >= next_sweep
+                reap_once(self.store, self.settings, self.send, sweep)
+                if sweep:
+                    next_sweep = time.monotonic() + LEFTOVER_SWEEP_EVERY_S
             except Exception:
                 log.exception("reaper pass failed; retrying later")
             if self.stopped.wait(self.settings.reaper_interval_s):

@@ -36,6 +36,13 @@ class WorkerSettings(CommonSettings):
     job_retention_s: float = Field(default=30 * 86400.0, ge=0)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # A run of a job that goes on longer than this ends failed and publishes nothing (the job's
+    # spec may ask for less: max_duration_s); checked between calls into the training graph and
+    # between the job's stages, so a runaway job never holds its worker for good.
+    max_job_duration_s: float = Field(default=24 * 3600.0, gt=0)
+    # A run still going this long after its time was up (stuck where nothing checks: reading
+    # data, a call that never returns) has its process killed (Celery's hard time limit).
+    job_kill_grace_s: float = Field(default=600.0, gt=0)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.
     download: bool = True
     download_timeout_s: float = Field(default=60.0, gt=0)

@@ -7,22 +7,34 @@ Run it with::
 It consumes ``FDL_TRAINING_QUEUE`` (the app's default queue), the queue the gateway sends to. The
 task is a thin wrapper over :func:`training.job.run_job`. TensorFlow is imported only in the
 pool process that runs a job, never in the parent (TensorFlow is not fork-safe).
+
+The task's hard time limit (``FDL_MAX_JOB_DURATION_S`` + ``FDL_JOB_KILL_GRACE_S``) is the
+backstop for a run stuck where the job's own checks never come (:mod:`training.time_limit`):
+the prefork pool, this command's default, kills the pool process and starts another. Celery
+calls the request's timeout handler in the main process just before it kills that process; the
+handler leaves a thread to end the job once the process is gone (:class:`TrainRequest`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_ready, worker_shutdown
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from fdl.jobs import JobStore
 from fdl.queue import TRAIN_TASK, enqueue_training, make_celery
 from training.job import run_job
 from training.reaper import ReaperThread
 from training.settings import get_settings
+from training.time_limit import end_when_gone, hard_limit_s, process_start
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(
     settings.require_redis_url(),
@@ -37,7 +49,31 @@ def job_store() -> JobStore:
     return JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
 
 
-@app.task(name=TRAIN_TASK, bind=True)
+class TrainRequest(Request):  # type: ignore[misc]
+    """A task message in the worker's main process; knows the pool process that runs it."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        # Celery's hard time limit: called before the pool process is killed (SIGTERM, then
+        # SIGKILL), which may still be publishing. Its job is ended once it is gone, by a thread:
+        # it may take a while, and this is Celery's loop.
+        pid = self.worker_pid
+        started = process_start(pid) if pid and not soft else None  # before it is killed
+        super().on_timeout(soft, timeout)
+        if soft or worker_state.should_terminate or not self.args:
+            return  # at a cold shutdown Celery skips its failure handling; the reaper ends it
+        job_id = str(self.args[0])
+        if not pid:
+            log.error("job %s: killed, but its process is unknown; left to the reaper", job_id)
+            return
+        store = JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
+        end_when_gone(job_id, pid, started, store, settings, f"{self.hostname}:{pid}")
+
+
+class TrainTask(Task):  # type: ignore[misc]
+    Request = TrainRequest
+
+
+@app.task(name=TRAIN_TASK, bind=True, base=TrainTask, time_limit=hard_limit_s(settings))
 def train(self: Any, job_id: str) -> None:
     run_job(job_id, job_store(), settings, worker=f"{self.request.hostname}:{os.getpid()}")
 
@@ -47,7 +83,7 @@ _reaper: list[ReaperThread] = []
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
-    sender = make_celery(
+    resender = make_celery(
         settings.require_redis_url(),
         settings.training_queue,
         visibility_timeout_s=settings.visibility_timeout_s,
@@ -55,7 +91,7 @@ def _start_reaper(**_: Any) -> None:
     thread = ReaperThread(
         JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s),
         settings,
-        lambda job_id, queue: enqueue_training(sender, job_id, queue),
+        lambda job_id, queue: enqueue_training(resender, job_id, queue),
     )
     thread.start()
     _reaper.append(thread)

@@ -26,6 +26,7 @@ from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
 from training.recipes import augmentation, compile_for_recipe, recipe_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
+from training.time_limit import Deadline, TimedOut
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ def train(
     tensorboard_dir: Path | None,
     mixed_precision: bool = True,
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
+    deadline: Deadline | None = None,
 ) -> TrainOutcome:
+    """Train and evaluate; raises :class:`TimedOut` when training passed ``deadline``."""
     arch = ARCHITECTURES[spec.model]
     net_shape = network_input_shape(arch.image_shape, arch.family)
     (x_train, y_train), validation = split_validation(
@@ -127,7 +130,7 @@ def train(
             prepare_model(spec.model, model, x_train)
             compile_model(model, spec, steps_per_execution, steps * spec.epochs)
         info |= {"recipe": spec.recipe, "augmentation": augment}
-        progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps)
+        progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps, deadline)
         callbacks: list[keras.callbacks.Callback] = [progress]
         if tensorboard_dir is not None and importlib.util.find_spec("tensorboard") is None:
             log.warning(
@@ -157,6 +160,8 @@ def train(
             verbose=0,
         )
         info["train_seconds"] = round(time.monotonic() - started, 3)
+        if deadline is not None and progress.timed_out:
+            raise TimedOut(deadline.error(progress.timed_out))
         if progress.diverged:
             info["stopped_early"] = f"training stopped: {progress.diverged}"
         info["epochs_run"] = len(progress.history)

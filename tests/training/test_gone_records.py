@@ -5,15 +5,17 @@ and the worker is told to stop. On a real Redis."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from fdl.job_records import EVENTS_KEY, JOB_KEY
+from fdl.job_records import EVENTS_KEY, INDEX_KEY, JOB_KEY
 from fdl.jobs import JobStatus, JobStore
 from training.job import run_job
+from training.reaper import reap_once
 from training.settings import WorkerSettings
 
 DB = 4
@@ -83,3 +85,82 @@ def test_the_worker_stops_a_job_that_was_cancelled_or_whose_record_is_gone(
     settings = WorkerSettings(redis_url="redis://unused", model_dir=tmp_path, var_dir=tmp_path)
     assert run_job("leftover", store, settings) is None
     assert store.redis.hgetall(JOB_KEY.format("leftover")) == {"heartbeat_at": "1.5"}
+
+
+def test_what_older_workers_left_of_pruned_jobs_is_removed_after_the_retention(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Workers older than SET_FIELDS_SCRIPT, reporting after the reaper pruned their job, left a
+    hash of only heartbeat/progress fields and an event stream, which no index entry names, so
+    prune never saw them and they stayed in Redis. The reaper's leftover sweep (SCAN, over
+    several steps here) removes them once older than the retention, and nothing else."""
+    day = 86400.0
+    now = store.now()
+    old, recent = json.dumps(now - 40 * day), json.dumps(now - day)
+    redis_ = store.redis
+    redis_.hset(JOB_KEY.format("old-beat"), mapping={"heartbeat_at": old, "progress": "{}"})
+    redis_.hset(JOB_KEY.format("old-both"), mapping={"heartbeat_at": old})
+    redis_.xadd(EVENTS_KEY.format("old-both"), {"type": "log"}, id=f"{int(old_ms(now))}-0")
+    redis_.xadd(EVENTS_KEY.format("old-stream"), {"type": "log"}, id=f"{int(old_ms(now))}-0")
+    redis_.hset(JOB_KEY.format("recent-beat"), mapping={"heartbeat_at": recent})
+    redis_.hset(JOB_KEY.format("old-beat-new-events"), mapping={"heartbeat_at": old})
+    redis_.xadd(EVENTS_KEY.format("old-beat-new-events"), {"type": "log"})
+    redis_.xadd(EVENTS_KEY.format("recent-stream"), {"type": "log"})
+    redis_.hset(JOB_KEY.format("timeless"), mapping={"progress": "{}"})
+    redis_.set(JOB_KEY.format("not-a-hash"), "x")
+    many = [f"many-{i}" for i in range(2500)]  # more keys than one SCAN step looks at
+    pipe = redis_.pipeline(transaction=False)
+    for job_id in many:
+        pipe.hset(JOB_KEY.format(job_id), "heartbeat_at", old)
+    pipe.execute()
+    # Real jobs are never touched, whatever their age: an indexed one ended long ago (prune's
+    # to decide; it is within the retention here), a live one, one whose index entry is gone.
+    for job_id in ("ended", "live", "unindexed"):
+        store.create({"model": "mnist_logreg"}, job_id, "training")
+        store.set_fields(job_id, created_at=now - 40 * day)
+    store.finish("ended", JobStatus.SUCCEEDED, result={})
+    store.finish("unindexed", JobStatus.FAILED, error="x")
+    store.set_fields("unindexed", finished_at=now - 40 * day)
+    redis_.zrem(INDEX_KEY, "unindexed")
+    assert store.mark_running("live", "worker:1")
+    settings = WorkerSettings(
+        redis_url="redis://unused", model_dir=tmp_path, var_dir=tmp_path, job_retention_s=30 * day
+    )
+
+    def leftovers(actions: list[tuple[str, str]]) -> set[str]:
+        return {job_id for job_id, action in actions if action == "pruned"}
+
+    # Without the sweep (the reaper thread runs it once an hour) nothing goes: prune alone
+    # never saw these keys.
+    assert leftovers(reap_once(store, settings, lambda *_: None, sweep_leftovers=False)) == set()
+    assert leftovers(reap_once(store, settings, lambda *_: None)) == {
+        "old-beat",
+        "old-both",
+        "old-stream",
+        *many,
+    }
+    for job_id in ("old-beat", "old-both", "old-stream", "many-0", "many-2499"):
+        assert redis_.exists(JOB_KEY.format(job_id), EVENTS_KEY.format(job_id)) == 0
+    kept = ("recent-beat", "old-beat-new-events", "recent-stream", "timeless", "not-a-hash")
+    for job_id in kept:
+        assert redis_.exists(JOB_KEY.format(job_id), EVENTS_KEY.format(job_id)) >= 1, job_id
+    assert {record["id"] for record in store.list(limit=10)[0]} == {"ended", "live"}
+    assert store.get("unindexed")["status"] == "failed"  # type: ignore[index]
+    # A hash that holds no time was stamped when first seen, and goes once that is old enough.
+    seen = float(redis_.hget(JOB_KEY.format("timeless"), "leftover_seen_at") or 0)
+    assert now <= seen <= store.now()
+    assert sorted(store.prune_leftovers(seen + 1)) == [
+        "old-beat-new-events",
+        "recent-beat",
+        "recent-stream",
+        "timeless",
+    ]
+    assert sorted(redis_.keys(JOB_KEY.format("*"))) == sorted(
+        [JOB_KEY.format(i) for i in ("ended", "live", "unindexed", "not-a-hash")]
+        + [EVENTS_KEY.format(i) for i in ("ended", "live", "unindexed")]
+    )
+
+
+def old_ms(now: float) -> float:
+    """A stream entry id's time 40 days before ``now`` (milliseconds)."""
+    return (now - 40 * 86400.0) * 1000

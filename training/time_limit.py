@@ -1,0 +1,198 @@
+"""How long one run of a job may take: the worker's ``FDL_MAX_JOB_DURATION_S``, or less when the
+job's spec asks (``max_duration_s``).
+
+The limit is checked where the job already checks its cancellation flag: between calls into
+the training graph (:class:`training.callbacks.JobCallback`) and between the job's stages
+(:func:`training.job.execute`); a run past it ends ``failed`` and publishes nothing. Where no
+check comes (data loading that hangs, a call that never returns), the Celery task's hard time
+limit, ``FDL_JOB_KILL_GRACE_S`` later, has the pool process killed and replaced, and the
+worker's main process ends the job once that process is gone (:func:`end_when_gone`): Celery
+calls its timeout handlers before it kills the process, which may still be renaming its version
+in or holding the repository's lock. Celery's soft time limit is not used: it raises wherever
+the process happens to be, the publication under the repository's lock included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fdl.jobs import JobStatus, JobStore
+from training.publish import published_by_record, render_config_again
+from training.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class TimedOut(Exception):
+    """The job ran longer than it may; ``str()`` is the job's error."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    limit_s: float
+    source: str  # which setting the limit comes from, for the error
+    at: float  # time.monotonic()
+
+    @classmethod
+    def start(cls, settings: WorkerSettings, spec_limit_s: float | None) -> Deadline:
+        """The deadline of a run that starts now: the spec's limit when it asks for less than
+        the worker's."""
+        if spec_limit_s is not None and spec_limit_s < settings.max_job_duration_s:
+            return cls(spec_limit_s, "its spec's max_duration_s", time.monotonic() + spec_limit_s)
+        limit = settings.max_job_duration_s
+        return cls(limit, "the worker's FDL_MAX_JOB_DURATION_S", time.monotonic() + limit)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def error(self, where: str) -> str:
+        return (
+            f"ran longer than {self.limit_s:g} s ({self.source}): stopped {where}; nothing was "
+            "published"
+        )
+
+    def check(self, where: str) -> None:
+        """Raise :class:`TimedOut` once the deadline has passed; ``where``: what the job was
+        doing, for the error."""
+        if self.passed():
+            raise TimedOut(self.error(where))
+
+
+def hard_limit_s(settings: WorkerSettings) -> float:
+    """The Celery task's hard time limit: the longest run, and the grace it has to stop."""
+    return settings.max_job_duration_s + settings.job_kill_grace_s
+
+
+# How long the main process waits for a killed pool process to be gone before it leaves the job
+# to the reaper (a process stuck in the kernel, on hung storage, outlives SIGKILL a while), and
+# how often it looks.
+KILLED_EXIT_WAIT_S = 60.0
+_POLL_S = 0.1
+_PROC = Path("/proc")
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc``: clock ticks since boot), to tell it from a later
+    process given the same pid; None when unknown (it is gone, or there is no ``/proc``)."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields is not None else None
+
+
+def process_gone(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` (which started at ``started``, :func:`process_start`) has exited:
+    no such process, a zombie (exited, not yet reaped by its parent), or another process that
+    got its pid since."""
+    if not _PROC.is_dir():  # not Linux: a zombie counts as alive until its parent reaps it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    fields = _stat_fields(pid)
+    return (
+        fields is None or fields[0] in ("Z", "X") or (started is not None and fields[19] != started)
+    )
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None when the
+    process is gone."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def end_when_gone(
+    job_id: str,
+    pid: int,
+    started: str | None,
+    store: JobStore,
+    settings: WorkerSettings,
+    worker: str,
+) -> threading.Thread:
+    """In the worker's main process, when Celery's hard time limit fired for the pool process
+    ``pid`` (which started at ``started``) that runs ``job_id`` under the name ``worker``:
+    starts a daemon thread that ends the job once that process is gone
+    (:func:`end_job_once_gone`), leaving Celery's loop free meanwhile."""
+
+    def run() -> None:
+        try:
+            end_job_once_gone(job_id, pid, started, store, settings, worker)
+        except Exception:  # the reaper ends it once its heartbeat is stale
+            log.exception("job %s: could not record that its process was killed", job_id)
+
+    thread = threading.Thread(target=run, name=f"fdl-killed-{job_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def end_job_once_gone(
+    job_id: str,
+    pid: int,
+    started: str | None,
+    store: JobStore,
+    settings: WorkerSettings,
+    worker: str,
+    wait_s: float = KILLED_EXIT_WAIT_S,
+) -> str | None:
+    """Wait up to ``wait_s`` for process ``pid`` to be gone, then :func:`end_killed_job`. A
+    process still there is left alone, and so is its job (the reaper settles it once its
+    heartbeat stops): ended now, its version could still be renamed in, or its config not
+    rendered while it holds the repository's lock. Returns the status the job was left in."""
+    deadline = time.monotonic() + wait_s
+    while not process_gone(pid, started):
+        if time.monotonic() >= deadline:
+            log.error(
+                "job %s: its process %d was killed but had not exited %g s later; left to the "
+                "reaper",
+                job_id,
+                pid,
+                wait_s,
+            )
+            return None
+        time.sleep(_POLL_S)
+    return end_killed_job(job_id, store, settings, worker)
+
+
+def end_killed_job(
+    job_id: str, store: JobStore, settings: WorkerSettings, worker: str
+) -> str | None:
+    """End ``job_id``, whose process Celery killed past the task's hard time limit and which is
+    gone now, as the reaper ends a lost job, in one atomic step
+    (:meth:`fdl.jobs.JobStore.settle_lost`): ``succeeded`` when that process had published its
+    version (the config rendered again), else ``cancelled`` when its cancellation was
+    requested, else ``failed`` (never queued again: it would run out of time again). Else it
+    would stay ``running`` until a reaper took it for lost and ran it again. Only while the
+    record shows the run of ``worker`` (``"<node>:<pid>"``, the name it claimed the job under):
+    a job that another worker claimed since (its heartbeat went stale) is left alone. Returns
+    the status it was left in, None when it was left alone."""
+    record = store.get(job_id)
+    if record is None or record["status"] != JobStatus.RUNNING or record.get("worker") != worker:
+        return None
+    published = published_by_record(settings.model_dir, record)
+    hard = hard_limit_s(settings)
+    reason = f"its process was killed {hard:g} s after the run started"
+    error = (
+        f"ran longer than {settings.max_job_duration_s:g} s (the worker's "
+        f"FDL_MAX_JOB_DURATION_S) and had not stopped {settings.job_kill_grace_s:g} s later "
+        "(stuck outside the training loop: reading data, or a call that did not return): its "
+        "process was killed; nothing was published"
+    )
+    # Its process is gone, so every heartbeat it wrote is older than now: the threshold never
+    # holds the job back. The attempts read above do: a claim since counts another.
+    attempts = int(record.get("attempts") or 0)
+    status = store.settle_lost(job_id, store.now() + 1.0, attempts, reason, published, error)
+    if status == JobStatus.SUCCEEDED:
+        render_config_again(settings.model_dir, settings.serving_model_base_path, job_id)
+    elif status == JobStatus.FAILED:
+        log.error("job %s: %s", job_id, error)
+    return status
