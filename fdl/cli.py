@@ -1,21 +1,44 @@
 """The `fdl` command line.
 
 Exit codes: 0 ok, 1 the gateway answered with an error, 2 usage, 3 gateway unreachable,
-4 API key missing or refused, 5 the followed training job failed or was cancelled.
+4 API key missing or refused, 5 the followed training job failed or was cancelled, 141 the
+output's reader went away.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from fdl import cli_jobs, cli_models
+from fdl.cli_client import quiet_broken_pipe
+
+
+class Commands(TyperGroup):
+    """fdl's commands; output to a closed pipe ends any of them quietly, help included."""
+
+    # Contexts are typed Any: typer's click Context is a private module's class.
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        with quiet_broken_pipe():  # `fdl --help | true`: help is printed while parsing
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with quiet_broken_pipe():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
+    cls=Commands,
     help="FDL Serve: train the book's models and serve them.\n\n"
     "Talks to the gateway at --url / FDL_URL (default http://127.0.0.1:8000) with the admin key "
     "from --api-key / FDL_API_KEY. Exit codes: 0 ok, 1 API error, 2 usage, 3 gateway "
-    "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled.",
+    "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled, 141 the "
+    "output's reader went away (`fdl jobs | true`).",
     no_args_is_help=True,
 )
 console = Console()
@@ -24,13 +47,23 @@ console = Console()
 @app.command()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
-    from fdl.cli_up import StackError, check_ports, claim_var_dir
+    from fdl.cli_up import StackError, check_ports, claim_var_dir, leftovers, stop_leftovers
     from fdl.settings import CommonSettings, WeakKeyError
     from fdl.stack import plan_stack, redis_banner, run_stack
 
     settings = CommonSettings()
+    var_dir = settings.var_dir.resolve()
     try:
-        claim_var_dir(settings.var_dir.resolve())  # held until the stack stops
+        claim_var_dir(var_dir)  # held until the stack stops
+        left = leftovers(var_dir)
+        if left:
+            console.print(
+                f"fdl up: stopping what a killed `fdl up` left running over {var_dir}: "
+                f"{', '.join(map(str, left))}",
+                style="yellow",
+                markup=False,
+            )
+            stop_leftovers(left)
         check_ports(settings)
         stack = plan_stack(settings)
     except (WeakKeyError, StackError) as error:

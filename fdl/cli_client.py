@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -15,8 +16,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fdl.cli_shapes import Shape, problem
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+NOT_THE_GATEWAY = "is it the FDL gateway? Point --url / FDL_URL at the gateway."
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,7 +34,8 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command-line usage (typer's own code), e.g. an unknown option or no file
     UNREACHABLE = 3  # no connection to the gateway, or it timed out
     AUTH = 4  # the API key is missing, wrong, or lacks the role
-    JOB_FAILED = 5  # `fdl train` followed a job that failed or was cancelled
+    JOB_FAILED = 5  # `fdl train` or `fdl job --follow` followed a job that failed or was cancelled
+    BROKEN_PIPE = 141  # the output's reader went away (`fdl jobs | true`): 128 + SIGPIPE
 
 
 UrlOption = Annotated[
@@ -57,16 +62,67 @@ def fail(message: str, code: ExitCode) -> NoReturn:
     raise typer.Exit(int(code))
 
 
+@contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """Output to a pipe whose reader has gone (`fdl jobs | true`) ends the command quietly with
+    141, what the shell reports for `ls` killed by SIGPIPE, rather than 1 (an API error)."""
+    try:
+        yield
+    except BrokenPipeError:  # click's and typer's echo
+        _silence_output()
+        raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
+    except SystemExit as exit_:
+        # rich's consoles (ours, and typer's help) end a write to a closed pipe with exit 1
+        # after pointing stdout at /dev/null (Console.on_broken_pipe); nothing else here exits
+        # with SystemExit.
+        if exit_.code != 1 or not _is_devnull(sys.stdout):
+            raise
+        _silence_output()
+        raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
+
+
+def _is_devnull(stream: Any) -> bool:
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):  # not a file (a test's captured output)
+        return False
+
+
+def _silence_output() -> None:
+    """As Python's signal module docs advise: what is still buffered goes to /dev/null at exit,
+    instead of a second BrokenPipeError and its message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # not a file (a test's captured output)
+            continue
+
+
+def clean_key(key: str | None, source: str) -> str | None:
+    """The key as it is sent: surrounding whitespace cut, and an empty or whitespace-only one
+    counts as not given. One with a character an HTTP header cannot carry is a usage error (it
+    would fail as an unreachable gateway, or with a traceback)."""
+    key = (key or "").strip()
+    if not all(" " <= char <= "~" for char in key):
+        fail(
+            f"the API key from {source} holds a character an HTTP header cannot carry "
+            "(only printable ASCII can be sent)",
+            ExitCode.USAGE,
+        )
+    return key or None
+
+
 def stored_key(url: str) -> str | None:
     """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere)."""
     if httpx.URL(url).host not in LOCAL_HOSTS:
         return None
     path = Path(os.environ.get("FDL_VAR_DIR") or "var") / "api_key"
     try:
-        key = path.read_text().strip()
-    except OSError:
+        key = path.read_text()
+    except (OSError, ValueError):  # absent or unreadable, or not text
         return None
-    return key or None
+    return clean_key(key, str(path))
 
 
 class Gateway:
@@ -74,7 +130,7 @@ class Gateway:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self.api_key = api_key or stored_key(self.url)
+        self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or stored_key(self.url)
         headers = {"User-Agent": "fdl-cli"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -86,20 +142,21 @@ class Gateway:
     def __exit__(self, *_exc: object) -> None:
         self.client.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, expect: type[Shape], **kwargs: Any) -> Any:
+        """The JSON answer to ``method path``, checked to have the shape ``expect``."""
         with self.errors():
             response = self.client.request(method, path, **kwargs)
         self.check(response)
-        return self.json_of(response)
+        return self.checked(expect, self.json_of(response), f"{method} {response.url.path}")
 
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
+    def get(self, path: str, *, expect: type[Shape], **kwargs: Any) -> Any:
+        return self.request("GET", path, expect=expect, **kwargs)
 
-    def post(self, path: str, **kwargs: Any) -> Any:
-        return self.request("POST", path, **kwargs)
+    def post(self, path: str, *, expect: type[Shape], **kwargs: Any) -> Any:
+        return self.request("POST", path, expect=expect, **kwargs)
 
-    def delete(self, path: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", path, **kwargs)
+    def delete(self, path: str, *, expect: type[Shape], **kwargs: Any) -> Any:
+        return self.request("DELETE", path, expect=expect, **kwargs)
 
     def json_of(self, response: httpx.Response) -> Any:
         """The body of a successful answer; one that is not JSON did not come from a gateway
@@ -112,10 +169,21 @@ class Gateway:
             kind = response.headers.get("content-type", "no content type").split(";")[0]
             fail(
                 f"{self.url} answered {response.request.method} {response.url.path} with "
-                f"{response.status_code} and {kind}, not JSON: is it the FDL gateway? "
-                "Point --url / FDL_URL at the gateway.",
+                f"{response.status_code} and {kind}, not JSON: {NOT_THE_GATEWAY}",
                 ExitCode.API_ERROR,
             )
+
+    def checked(self, expect: type[Shape], data: Any, what: str) -> Any:
+        """``data`` (the answer to ``what``, a request or an event) when it has the shape
+        ``expect``; else exit 1 saying what was expected (another service answered)."""
+        wrong = problem(expect, data)
+        if wrong is not None:
+            fail(
+                f"{self.url} answered {what} with JSON the CLI cannot use ({wrong}): "
+                f"{NOT_THE_GATEWAY}",
+                ExitCode.API_ERROR,
+            )
+        return data
 
     @contextmanager
     def errors(self) -> Iterator[None]:

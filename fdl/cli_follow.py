@@ -1,4 +1,5 @@
-"""Follow a job's server-sent events with a rich progress bar, until the job ends."""
+"""Follow a job's server-sent events with a rich progress bar until the job ends, then print its
+outcome (`fdl train`, `fdl job --follow`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
+import typer
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from fdl import cli_format as fmt
+from fdl import cli_shapes as shapes
 from fdl.cli_client import ExitCode, Gateway, console, error_of, fail
 from fdl.job_records import TERMINAL
 
@@ -129,9 +134,20 @@ def _read_stream(gateway: Gateway, job_id: str, follower: Follower, retries: _Re
                     if event.id:
                         follower.last_id = event.id
                     if event.event in ("status", "progress"):
-                        follower.on_event(event.event, event.json())
+                        follower.on_event(event.event, _event_data(gateway, job_id, event))
         except SSEError:
             pass  # not an event stream: the job's record below says where it stands
+
+
+def _event_data(gateway: Gateway, job_id: str, event: ServerSentEvent) -> dict[str, Any]:
+    """The data of a status or progress event, checked like the gateway's answers."""
+    try:
+        data = event.json()
+    except ValueError:
+        data = event.data
+    shape = shapes.StatusEvent if event.event == "status" else shapes.Progress
+    what = f"GET /v1/jobs/{job_id}/events (a {event.event} event)"
+    return dict(gateway.checked(shape, data, what))
 
 
 class _Retries:
@@ -178,7 +194,8 @@ def _record_status(gateway: Gateway, job_id: str) -> str:
     with _connection(gateway):
         response = gateway.client.get(f"/v1/jobs/{job_id}")
     _transient(gateway, response)
-    return str(gateway.json_of(response)["status"])
+    record = gateway.checked(shapes.Job, gateway.json_of(response), f"GET /v1/jobs/{job_id}")
+    return str(record["status"])
 
 
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
@@ -217,3 +234,31 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
             if follower.status not in TERMINAL:
                 retries.stream_ended(follower.last_id != before)
     return follower.status
+
+
+def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> None:
+    """Follow the job until it ends and print its outcome; exit 5 unless it succeeded.
+    KeyboardInterrupt propagates to the caller, which detaches or cancels."""
+    status = follow(gateway, job_id, epochs)
+    summary(gateway.get(f"/v1/jobs/{job_id}", expect=shapes.Job))
+    if status != "succeeded":
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def summary(job: dict[str, Any]) -> None:
+    """One line on how the job ended: what it published, or why not."""
+    result = job.get("result") or {}
+    if job["status"] == "succeeded" and result:
+        accuracy = fmt.pct((result.get("metrics") or {}).get("test_accuracy"))
+        if result.get("published"):
+            console.print(
+                f"[green]Succeeded[/]: published {escape(str(result.get('model')))} version "
+                f"{result.get('version')} (test accuracy {accuracy}).",
+                highlight=False,
+            )
+        else:
+            reason = result.get("reason") or "not published"
+            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {escape(reason)}.")
+    else:
+        error = job.get("error") or ""
+        console.print(f"Job {fmt.status(job['status'])}. {escape(error)}".rstrip(), highlight=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,8 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
+from fdl import cli_format as fmt
+from fdl import cli_shapes as shapes
 from fdl.architectures import ARCHITECTURES
 from fdl.cli_client import (
     DEFAULT_URL,
@@ -24,34 +25,19 @@ from fdl.cli_client import (
     fail,
     print_json,
 )
-from fdl.cli_follow import follow
+from fdl.cli_follow import follow_to_end
 from fdl.jobspec import JobSpec
 
-STATUS_STYLE = {
-    "queued": "yellow",
-    "running": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-}
 FULL_ID_LENGTH = 32
 _ARCHITECTURES_HELP = "; ".join(f"{k} ({a.description})" for k, a in ARCHITECTURES.items())
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
 
 
 def _epochs(count: Any) -> str:
     return f"{count} epoch" if count == 1 else f"{count} epochs"
 
 
-def _when(seconds: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
-
-
-def _status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+def _spec_epochs(job: dict[str, Any]) -> int:
+    return int((job.get("spec") or {}).get("epochs") or 1)
 
 
 def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -133,56 +119,37 @@ def train(
     options = {k: v for k, v in locals().items() if k not in _NOT_SPEC}
     spec = build_spec(model, spec_file, options)
     with Gateway(url, api_key) as gateway:
-        job = gateway.post("/v1/jobs", json=spec)
+        job = gateway.post("/v1/jobs", json=spec, expect=shapes.Job)
         job_id = job["id"]
         try:
             console.print(f"Job [bold]{job_id}[/bold] submitted ({model}).", highlight=False)
             if detach:
-                console.print(f"Follow it with: fdl job {job_id}", highlight=False)
+                console.print(f"Follow it with: fdl job {job_id} --follow", highlight=False)
                 return
-            status = follow(gateway, job_id, int(job["spec"].get("epochs") or 1))
+            follow_to_end(gateway, job_id, _spec_epochs(job))
         except KeyboardInterrupt:
             if cancel_on_exit:
-                gateway.delete(f"/v1/jobs/{job_id}")
+                gateway.delete(f"/v1/jobs/{job_id}", expect=shapes.Job)
                 console.print(f"Cancelled job {job_id}.", highlight=False)
                 raise typer.Exit(130) from None
-            console.print(
-                f"\nDetached; the job keeps running. Follow it with: fdl job {job_id}",
-                highlight=False,
-            )
-            return
-        final = gateway.get(f"/v1/jobs/{job_id}")
-    _summary(final)
-    if status != "succeeded":
-        raise typer.Exit(int(ExitCode.JOB_FAILED))
+            _detached(job_id)
 
 
 _NOT_SPEC = {"model", "spec_file", "detach", "cancel_on_exit", "url", "api_key"}
 
 
-def _summary(job: dict[str, Any]) -> None:
-    result = job.get("result") or {}
-    if job["status"] == "succeeded" and result:
-        accuracy = _pct((result.get("metrics") or {}).get("test_accuracy"))
-        if result.get("published"):
-            console.print(
-                f"[green]Succeeded[/]: published {result['model']} version {result['version']} "
-                f"(test accuracy {accuracy}).",
-                highlight=False,
-            )
-        else:
-            reason = result.get("reason") or "not published"
-            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {escape(reason)}.")
-    else:
-        error = job.get("error") or ""
-        console.print(f"Job {_status(job['status'])}. {escape(error)}".rstrip(), highlight=False)
+def _detached(job_id: str) -> None:
+    console.print(
+        f"\nDetached; the job keeps running. Follow it with: fdl job {job_id} --follow",
+        highlight=False,
+    )
 
 
 def resolve_id(gateway: Gateway, job_id: str) -> str:
     """Full job ids pass through; a unique prefix (as `fdl jobs` shows) is looked up."""
     if len(job_id) >= FULL_ID_LENGTH:
         return job_id
-    page = gateway.get("/v1/jobs", params={"limit": 500})
+    page = gateway.get("/v1/jobs", params={"limit": 500}, expect=shapes.JobPage)
     matches: list[str] = [j["id"] for j in page["jobs"] if j["id"].startswith(job_id.lower())]
     if len(matches) == 1:
         return matches[0]
@@ -205,7 +172,7 @@ def jobs(
     if status:
         params["status"] = status
     with Gateway(url, api_key) as gateway:
-        page = gateway.get("/v1/jobs", params=params)
+        page = gateway.get("/v1/jobs", params=params, expect=shapes.JobPage)
     if as_json:
         print_json(page)
         return
@@ -220,23 +187,44 @@ def jobs(
         table.add_row(
             job["id"][:12],
             result.get("model") or spec.get("publish_as") or spec.get("model", "?"),
-            _status(job["status"]),
+            fmt.status(job["status"]),
             f"{progress.get('epoch') or 0}/{epochs}" if epochs else "-",
-            _pct((result.get("metrics") or {}).get("test_accuracy")),
-            _when(job.get("created_at")),
+            fmt.pct((result.get("metrics") or {}).get("test_accuracy")),
+            fmt.when(job.get("created_at")),
         )
     console.print(table)
 
 
 def job(
     job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
+    follow_it: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Follow the job until it ends, as `fdl train` does (exit 5 if it failed or was "
+            "cancelled; Ctrl-C stops following, the job goes on).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
-    """Show one job: spec, progress, result."""
+    """Show one job: spec, progress, result; or follow it live until it ends (--follow)."""
+    if follow_it and as_json:
+        fail("give --follow or --json, not both", ExitCode.USAGE)
     with Gateway(url, api_key) as gateway:
-        record = gateway.get(f"/v1/jobs/{resolve_id(gateway, job_id)}")
+        full_id = resolve_id(gateway, job_id)
+        record = gateway.get(f"/v1/jobs/{full_id}", expect=shapes.Job)
+        if follow_it:
+            spec = record.get("spec") or {}
+            model = spec.get("publish_as") or spec.get("model") or "?"
+            console.print(f"Following job [bold]{full_id}[/bold] ({escape(model)}).")
+            try:
+                follow_to_end(gateway, full_id, _spec_epochs(record))
+            except KeyboardInterrupt:
+                _detached(full_id)
+            return
     if as_json:
         print_json(record)
         return
@@ -246,7 +234,7 @@ def job(
     table.add_column(style="bold")
     table.add_column()
     table.add_row("Job", record["id"])
-    table.add_row("Status", _status(record["status"]))
+    table.add_row("Status", fmt.status(record["status"]))
     table.add_row("Model", f"{spec.get('model')} → {spec.get('publish_as') or spec.get('model')}")
     optimizer = spec.get("optimizer") or {}
     table.add_row(
@@ -258,21 +246,21 @@ def job(
         table.add_row(
             "Progress",
             f"epoch {progress['epoch']}/{progress.get('epochs')}  loss "
-            f"{progress.get('loss')}  accuracy {_pct(progress.get('accuracy'))}  "
-            f"val accuracy {_pct(progress.get('val_accuracy'))}",
+            f"{progress.get('loss')}  accuracy {fmt.pct(progress.get('accuracy'))}  "
+            f"val accuracy {fmt.pct(progress.get('val_accuracy'))}",
         )
     result = record.get("result") or {}
     if result:
         published = f"version {result.get('version')}" if result.get("published") else "no"
         table.add_row("Published", escape(f"{published} {result.get('reason') or ''}".strip()))
         for name, value in (result.get("metrics") or {}).items():
-            shown = _pct(value) if "accuracy" in name else value
+            shown = fmt.pct(value) if "accuracy" in name else value
             table.add_row(name.replace("_", " ").capitalize(), str(shown))
     if record.get("error"):
         table.add_row("Error", f"[red]{escape(record['error'])}[/]")
-    table.add_row("Created", _when(record.get("created_at")))
-    table.add_row("Started", _when(record.get("started_at")))
-    table.add_row("Finished", _when(record.get("finished_at")))
+    table.add_row("Created", fmt.when(record.get("created_at")))
+    table.add_row("Started", fmt.when(record.get("started_at")))
+    table.add_row("Finished", fmt.when(record.get("finished_at")))
     table.add_row("Attempts", str(record.get("attempts") or 0))
     console.print(table)
 
@@ -285,7 +273,7 @@ def cancel(
     """Cancel a job (a running job stops within 16 batches: FDL_STEPS_PER_EXECUTION)."""
     with Gateway(url, api_key) as gateway:
         full_id = resolve_id(gateway, job_id)
-        record = gateway.delete(f"/v1/jobs/{full_id}")
+        record = gateway.delete(f"/v1/jobs/{full_id}", expect=shapes.Job)
     status = record.get("status", "?")
     if status == "cancelled":
         console.print(f"Job {full_id} cancelled.", highlight=False)
@@ -296,4 +284,4 @@ def cancel(
             highlight=False,
         )
     else:
-        console.print(f"Job {full_id} had already ended: {_status(status)}.", highlight=False)
+        console.print(f"Job {full_id} had already ended: {fmt.status(status)}.", highlight=False)

@@ -13,8 +13,11 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from fdl import cli_format as fmt
+from fdl import cli_shapes as shapes
 from fdl.cli_client import (
     DEFAULT_URL,
+    NOT_THE_GATEWAY,
     ExitCode,
     Gateway,
     JsonOption,
@@ -30,10 +33,6 @@ BATCH = 32  # images per request (the gateway's default limit is 64)
 RETIRED = ("END", "NOT_LOADED")
 
 
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
-
-
 def models(
     as_json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
@@ -41,7 +40,7 @@ def models(
 ) -> None:
     """List the models with their versions, status, labels and test accuracy."""
     with Gateway(url, api_key) as gateway:
-        body = gateway.get("/v1/models")
+        body = gateway.get("/v1/models", expect=shapes.Models)
     if as_json:
         print_json(body)
         return
@@ -66,7 +65,7 @@ def models(
                 str(version["version"]),
                 f"[{style}]{state.lower()}[/]",
                 ", ".join(version.get("labels") or []),
-                _pct(metrics.get("test_accuracy")),
+                fmt.pct(metrics.get("test_accuracy")),
                 (version.get("job_id") or "")[:12],
             )
     console.print(table)
@@ -124,7 +123,15 @@ def classify(
                 ("file", (p.name, _read(p), mimetypes.guess_type(p.name)[0] or "image/*"))
                 for p in chunk
             ]
-            body = gateway.post(path, files=parts, data={"top_k": str(top_k)})
+            body = gateway.post(
+                path, files=parts, data={"top_k": str(top_k)}, expect=shapes.Classification
+            )
+            if len(body["predictions"]) != len(chunk):
+                fail(
+                    f"{gateway.url} answered POST {path} with {len(body['predictions'])} "
+                    f"predictions for {len(chunk)} images: {NOT_THE_GATEWAY}",
+                    ExitCode.API_ERROR,
+                )
             served_version = body["version"]
             rows += list(zip(chunk, body["predictions"], strict=True))
     if as_json:
@@ -146,7 +153,7 @@ def classify(
         table.add_row(
             escape(str(file)),
             escape(prediction["label"]),
-            _pct(prediction["score"]),
+            fmt.pct(prediction["score"]),
             escape(others),
         )
     # File names are never cut: the table grows past the console's width (80 columns when the
@@ -172,6 +179,7 @@ def promote(
         body = gateway.post(
             f"/v1/models/{quote(model, safe='')}/labels/{quote(label, safe='')}",
             json={"version": version},
+            expect=shapes.Label,
         )
     previous = body.get("previous")
     was = f" (was version {previous})" if previous else ""

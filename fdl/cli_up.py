@@ -1,18 +1,25 @@
-"""What `fdl up` checks before it starts anything: that no other stack holds its var folder,
-and that the ports of the gateway and the model server are free (docs/deploy.md, "fdl up")."""
+"""What `fdl up` checks before it starts anything: that no other stack holds its var folder, that
+nothing a killed stack left running over it is still running (stopped if so), and that the ports
+of the gateway and the model server are free (docs/deploy.md, "fdl up")."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import signal
 import socket
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fdl.settings import CommonSettings
+from fdl.stack import STACK_MARKER, STOP_WAIT_S
 
 # Held (flock) by `fdl up` and, across its exec, by supervisord: one stack per var folder.
 LOCK_FILE = "fdl-up.lock"
+# linux/pidfd.h: pidfd_send_signal to the process group that the pidfd's process leads.
+PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
 
 
 class StackError(Exception):
@@ -85,3 +92,120 @@ def listenable(port: int, host: str) -> bool:
         except OSError as error:
             return error.errno != errno.EADDRINUSE
         return True
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process of a stack whose supervisord was killed (SIGKILL leaves its children running)."""
+
+    pid: int
+    started: str  # the start time in /proc/PID/stat: a reused pid is another process
+    command: str
+
+    @property
+    def redis(self) -> bool:
+        return "redis-server" in self.command
+
+    def __str__(self) -> str:
+        """Its program's name: the script's for a Python one (fdl-gateway, celery)."""
+        names = [word.rsplit("/", 1)[-1] for word in self.command.split()[:2]] or ["?"]
+        name = names[-1] if names[0].startswith("python") else names[0]
+        return f"{name} (pid {self.pid})"
+
+
+def leftovers(var_dir: Path) -> list[Leftover]:
+    """What a stack over ``var_dir`` left running: the processes whose environment holds its
+    STACK_MARKER, and a Redis working in ``var_dir``/redis (Redis overwrites its environment
+    with its process title). Call it holding the folder's lock, so that no live stack owns them.
+    Linux only (/proc): elsewhere none are found."""
+    marker = f"{STACK_MARKER}={var_dir}".encode()
+    redis_dir = str(var_dir / "redis")
+    ours = {os.getpid(), os.getppid()}
+    found: list[Leftover] = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) in ours:
+            continue
+        try:
+            started = _start_time(entry.name)
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            in_redis_dir = os.readlink(entry / "cwd") == redis_dir
+            if _start_time(entry.name) != started:  # the pid was reused while it was read
+                continue
+        except OSError:  # gone, a zombie, or another user's
+            continue
+        if marker in environ or (in_redis_dir and "redis-server" in command):
+            found.append(Leftover(int(entry.name), started, command.strip()))
+    return found
+
+
+def _start_time(pid: str) -> str:
+    stat = (Path("/proc") / pid / "stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+
+
+def _running(process: Leftover) -> bool:
+    try:
+        stat = (Path("/proc") / str(process.pid) / "stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and fields[19] == process.started
+
+
+def stop_leftovers(found: list[Leftover]) -> None:
+    """Stop them as the stack's own stop would: SIGTERM to each one's process group (a
+    Celery worker's pool with it), SIGKILL after STOP_WAIT_S; Redis last, so that it writes its
+    append-only file after the others have stopped writing to it.
+
+    Raises:
+        StackError: one of them outlived SIGKILL.
+    """
+    for batch in ([p for p in found if not p.redis], [p for p in found if p.redis]):
+        for sig, wait_s in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, 5.0)):
+            for process in batch:
+                _signal(process, sig)
+            deadline = time.monotonic() + wait_s
+            while any(_running(p) for p in batch) and time.monotonic() < deadline:
+                time.sleep(0.1)  # they are not our children: no wait() tells when they exit
+            batch = [p for p in batch if _running(p)]
+        if batch:
+            raise StackError(f"could not stop {', '.join(map(str, batch))}: stop it yourself")
+
+
+def _signal(process: Leftover, sig: signal.Signals) -> None:
+    """Signal it, or its process group if it leads one, unless its pid now names another
+    process: through a pidfd where Linux has them (the signal then fails if the process has
+    exited, even if its pid was reused since), else right after a last check of its start time."""
+    try:
+        pidfd: int | None = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # not Linux 5.3 or later
+        pidfd = None
+    try:
+        # Checked once the pidfd is open: then the pidfd holds this process, not a reuser.
+        if not _running(process):
+            return
+        group = os.getpgid(process.pid) == process.pid
+        if pidfd is not None and _pidfd_signal(pidfd, sig, group):
+            return
+        if _running(process):
+            (os.killpg if group else os.kill)(process.pid, sig)
+    except (ProcessLookupError, PermissionError):  # gone; or another user's: reported after
+        pass
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd_signal(pidfd: int, sig: signal.Signals, group: bool) -> bool:
+    """Whether the signal went through ``pidfd``: False if this Linux (before 6.9) cannot signal
+    a process group so."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP if group else 0)
+    except OSError as error:
+        if group and error.errno == errno.EINVAL:
+            return False
+        raise
+    return True

@@ -26,6 +26,9 @@ API_KEY_FILE = "api_key"
 # The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
 REDIS_URL_FILE = "redis_url"
 SUPERVISOR_CONF = "supervisord.conf"
+# In the environment of every process of a stack (supervisord and its children): the stack's var
+# folder, so that a later `fdl up` finds what a killed one left running (fdl/cli_up.py).
+STACK_MARKER = "FDL_UP_STACK"
 # No -Q: the worker consumes the app's default queue, FDL_TRAINING_QUEUE (training/tasks.py), the
 # queue the gateway sends to; the containers run the same command.
 WORKER_ARGV = [
@@ -75,24 +78,30 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def ensure_api_key(settings: CommonSettings) -> tuple[str, bool]:
-    """The first admin key: FDL_API_KEYS, else one stored under FDL_VAR_DIR (made once).
+    """The first admin key: FDL_API_KEYS, else the one stored under FDL_VAR_DIR, else a new one
+    stored there. An empty or whitespace-only file holds no key: a new one replaces it.
 
     Raises:
-        WeakKeyError: a key of FDL_API_KEYS is a placeholder or short (the gateway would exit at
-            once, again and again under the supervisor).
+        WeakKeyError: a key of FDL_API_KEYS, or the stored key, is a placeholder or short (the
+            gateway would exit at once, again and again under the supervisor).
     """
     keys = split_keys(settings.api_keys)
     if keys:
         check_keys([("FDL_API_KEYS", keys)], ", or unset FDL_API_KEYS and `fdl up` makes one")
         return keys[0], False
     path = settings.var_dir / API_KEY_FILE
-    if path.exists():
-        return path.read_text().strip(), False
+    stored = path.read_text().strip() if path.exists() else ""
+    if stored:
+        check_keys([(str(path), [stored])], f", or delete {path} and `fdl up` makes one")
+        return stored, False
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole, then renamed over the path: a crash never leaves an empty key file.
+    partial = path.with_name(f".{API_KEY_FILE}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
+    os.replace(partial, path)
     return key, True
 
 
@@ -162,6 +171,7 @@ def plan_stack(settings: CommonSettings) -> Stack:
         "FDL_GATEWAY_HOST": settings.gateway_host,
         "FDL_GATEWAY_PORT": str(settings.gateway_port),
         "PYTHONUNBUFFERED": "1",
+        STACK_MARKER: str(var_dir),
     }
     stack = Stack(env=env, api_key=api_key, api_key_generated=generated, var_dir=var_dir)
     if settings.redis_url:

@@ -72,3 +72,27 @@ def test_weak_admin_keys_stop_fdl_up_before_anything_starts(
         plan_stack(settings(tmp_path, api_keys=keys))
     assert "short" not in str(raised.value) and "replace-me-with" not in str(raised.value)
     assert not (tmp_path / "var" / "redis_url").exists()
+
+
+@pytest.mark.parametrize("stored", ["", " \n\t\n"])
+def test_an_empty_key_file_gets_a_new_key(tmp_path: Path, stored: str) -> None:
+    """An empty var/api_key would start a gateway with no admin key and print none."""
+    path = tmp_path / "var" / "api_key"
+    path.parent.mkdir(parents=True)
+    path.write_text(stored)
+    stack = plan_stack(settings(tmp_path, api_keys=""))
+    assert stack.api_key_generated and stack.api_key and len(stack.api_key) >= 32
+    assert stack.env["FDL_API_KEYS"] == stack.api_key
+    assert path.read_text() == f"{stack.api_key}\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = plan_stack(settings(tmp_path, api_keys=""))
+    assert (again.api_key, again.api_key_generated) == (stack.api_key, False)
+
+
+def test_a_weak_stored_key_stops_fdl_up_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "api_key"
+    path.parent.mkdir(parents=True)
+    path.write_text("tiny-key\n")
+    with pytest.raises(WeakKeyError, match=f"{path}: key 1 of 1 is 8 characters long") as raised:
+        plan_stack(settings(tmp_path, api_keys=""))
+    assert f"delete {path}" in str(raised.value) and "tiny-key" not in str(raised.value)
