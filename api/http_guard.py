@@ -1,222 +1,28 @@
-"""HTTP limits below the app: header size, header and body read timeouts, a write-stall timeout,
-a connection cap.
-
-uvicorn's httptools protocol (the fast one) has no header-size limit, no read timeouts and no
-write timeout (a client that stops reading its responses holds its connection, and the app's
-``send``, forever), and its ``limit_concurrency`` only answers 503 once headers have arrived, so
-idle connections still hold file descriptors. This subclass adds them; everything else is
-uvicorn's. Each limit logs a warning and counts in ``fdl_gateway_http_guard_total{reason}``
-when it triggers.
+"""The gateway's HTTP limits: fdl/http_guard.py's guarded httptools protocol (header size,
+header and body read timeouts, a write-stall timeout, a connection cap) with the gateway's error
+bodies (``{"error": {"code", "message"}}``), logger (``fdl.gateway.http``) and counter
+``fdl_gateway_http_guard_total{reason}``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from api.errors import error_body
 from api.metrics import HTTP_GUARD
+from fdl import http_guard
+from fdl.http_guard import CUT_STATUS, HttpLimits
 
-log = logging.getLogger("fdl.gateway.http")
-# The scope key under which a request whose connection this module closed carries the status it
-# answered (408 body timeout, 400 malformed chunked framing), for the middleware to record.
-CUT_STATUS = "fdl.cut_status"
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    max_header_bytes: int = 32 * 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    write_timeout_s: float = 60.0
-    max_connections: int = 512
+__all__ = ["CUT_STATUS", "GuardedHttpToolsProtocol", "HttpLimits"]
 
 
-def _response(status: int, reason: str, message: str) -> bytes:
-    body = json.dumps(error_body(reason, message)).encode()
-    return (
-        f"HTTP/1.1 {status} {_PHRASES[status]}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode() + body
+class GuardedHttpToolsProtocol(http_guard.GuardedHttpToolsProtocol):
+    log = logging.getLogger("fdl.gateway.http")
+    server_name = "the gateway"
 
+    def error_json(self, status: int, reason: str, message: str) -> bytes:
+        return json.dumps(error_body(reason, message)).encode()
 
-_PHRASES = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
-
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    limits = HttpLimits()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_bytes = 0
-        self._in_headers = True  # waiting for (the rest of) a request's headers
-        self._requests_ended = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._write_timer: asyncio.TimerHandle | None = None
-        self._running: RequestResponseCycle | None = None  # the request being answered
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            self._refuse(503, "too_many_connections", "the gateway has too many connections")
-            return
-        self._arm(self.limits.header_timeout_s, "header_timeout")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._writes_moved()
-        super().connection_lost(exc)
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        self._running = cycle
-        super()._start_asgi_task(cycle, app)
-
-    def pause_writing(self) -> None:
-        # The transport's buffer is over its high-water mark: the client is not reading. It
-        # gets FDL_WRITE_TIMEOUT_S to take some of it, as nginx's send_timeout.
-        super().pause_writing()
-        self._watch_writes()
-
-    def resume_writing(self) -> None:
-        self._writes_moved()
-        super().resume_writing()
-
-    def _watch_writes(self) -> None:
-        if self._write_timer is None:
-            self._write_timer = self.loop.call_later(
-                self.limits.write_timeout_s, self._write_stalled
-            )
-
-    def _writes_moved(self) -> None:
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-
-    def _write_stalled(self) -> None:
-        self._write_timer = None
-        HTTP_GUARD.labels("write_timeout").inc()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        log.warning(
-            "closing connection from %s: its responses stayed unread for %.0f s",
-            client,
-            self.limits.write_timeout_s,
-            extra={"reason": "write_timeout", "client": client},
-        )
-        # The app's pending send must return as for any disconnect, and no pipelined request
-        # start: uvloop's abort resumes writing before uvicorn learns the connection is gone,
-        # and uvicorn marks only the last parsed request as disconnected, which with pipelined
-        # requests is not the one running.
-        for cycle in (self._running, self.cycle, *(queued for queued, _ in self.pipeline)):
-            if cycle is not None and not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()  # an app waiting in receive() learns it at once
-        self.pipeline.clear()
-        # abort, not close: close would wait for the buffer to drain, which it never does.
-        self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        # Pipelined requests may share one read: the parser is fed at most what the current
-        # request's headers may still take, and again (with a fresh allowance) only when a
-        # request ended within it. What follows a request's end inside one piece is not counted
-        # against the next, so its headers may reach twice the limit: bounded all the same.
-        while data:
-            if not self._in_headers:
-                super().data_received(data)
-                return
-            if self._timer is None:  # the first byte of a keep-alive connection's next request
-                self._arm(self.limits.header_timeout_s, "header_timeout")
-            room = self.limits.max_header_bytes - self._header_bytes
-            if room <= 0:
-                self._headers_too_large()
-                return
-            piece, data = data[:room], data[room:]
-            self._header_bytes += len(piece)
-            ended = self._requests_ended
-            super().data_received(piece)
-            if self.transport.is_closing():
-                return
-            if data and self._in_headers and self._requests_ended == ended:
-                self._headers_too_large()
-                return
-
-    def _headers_too_large(self) -> None:
-        self._refuse(
-            431,
-            "headers_too_large",
-            f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
-        )
-
-    def on_headers_complete(self) -> None:
-        self._in_headers = False
-        self._arm(self.limits.body_timeout_s, "body_timeout")
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        # The body is in; the app's time to answer is its own (deadlines on the model server).
-        self._disarm()
-        self._in_headers = True
-        self._header_bytes = 0
-        self._requests_ended += 1
-        super().on_message_complete()
-
-    def timeout_keep_alive_handler(self) -> None:
-        # Routine (every idle client ends this way), so counted, and logged at debug level only.
-        if not self.transport.is_closing():
-            HTTP_GUARD.labels("keepalive_timeout").inc()
-            log.debug("closing idle keep-alive connection", extra={"reason": "keepalive_timeout"})
-        super().timeout_keep_alive_handler()
-
-    def _arm(self, seconds: float, reason: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._expired, reason)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self, reason: str) -> None:
-        self._timer = None
-        if self.transport.is_closing():
-            return
-        what = "headers" if reason == "header_timeout" else "the body"
-        self._refuse(408, reason, f"{what} did not arrive in time")
-
-    def send_400_response(self, msg: str) -> None:
-        # What httptools cannot parse (a bad request line, header or chunk size, two lengths):
-        # uvicorn would answer text/plain; every error of the gateway is JSON.
-        self._refuse(
-            400,
-            "malformed_request",
-            "the request is not valid HTTP/1.1 (request line, a header or chunked framing)",
-        )
-
-    def _refuse(self, status: int, reason: str, message: str) -> None:
+    def count(self, reason: str) -> None:
         HTTP_GUARD.labels(reason).inc()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        log.warning(
-            "closing connection from %s: %s (%d)",
-            client,
-            message,
-            status,
-            extra={"reason": reason, "client": client, "status": status},
-        )
-        if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(_response(status, reason, message))
-        if self.cycle is not None:
-            # The app sees only a disconnect: this tells its metrics and access log what the
-            # client was answered (api/middleware.py).
-            self.cycle.scope[CUT_STATUS] = status  # type: ignore[literal-required]
-        self.transport.close()
-        if self.transport.get_write_buffer_size():
-            self._watch_writes()  # a client that never reads would keep it closing forever

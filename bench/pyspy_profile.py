@@ -32,7 +32,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("FastAPI dependencies, parameters", ("fastapi/dependencies/", "pydantic", "fastapi/_compat")),
     ("gateway middleware, request id", ("api/middleware.py", "api/deps.py")),
     ("FastAPI/Starlette routing, middleware", _ROUTING),
-    ("HTTP guard", ("api/http_guard.py",)),
+    ("HTTP guard", ("api/http_guard.py", "fdl/http_guard.py")),
     ("uvicorn HTTP protocol", ("uvicorn/",)),
     ("gRPC poller thread", ("Thread.run (threading.py)",)),
     ("event loop (uvloop, C)", ("Runner.run (asyncio/runners.py)",)),

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("rest_api_timeout_in_ms", int, 30000, "deadline of one REST call; keep-alive idle time")
     flag("rest_api_enable_cors_support", bool, False, "CORS headers on REST responses")
     # fdl-model-server only (TF Serving reads any body, however large or slow): REST request
-    # bodies are bounded in size and time, each and all at once. Headers are not: uvicorn has no
-    # timeout for them, and httptools no size limit (docs/serving.md, "The REST front end").
+    # bodies are bounded in size and time, each and all at once, and headers in size and time
+    # (uvicorn has no timeout for them, httptools no size limit; docs/serving.md, "The REST
+    # front end").
     flag("rest_api_max_body_bytes", int, 256 * 1024 * 1024, "largest REST body (0: no limit)")
     flag("rest_api_body_timeout_in_ms", int, 60_000, "time a REST body may take (0: no limit)")
     flag(
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         int,
         1024 * 1024 * 1024,
         "bytes of REST bodies held at once; 503 past it (0: no limit)",
+    )
+    flag(
+        "rest_api_max_header_bytes",
+        int,
+        64 * 1024,
+        "largest REST request line + headers; 431 past it (0: no limit; h11's 16 KiB with CORS)",
+    )
+    flag(
+        "rest_api_header_timeout_in_ms",
+        int,
+        10_000,
+        "time REST request headers may take; 408 past it (0: no limit)",
     )
     flag("enable_batching", bool, False, "merge concurrent Predict calls into one run")
     flag("batching_parameters_file", str, "", "ascii BatchingParameters file")

@@ -163,6 +163,8 @@ class ModelServer:
                 max_body_bytes=self.args.rest_api_max_body_bytes,
                 body_timeout_ms=self.args.rest_api_body_timeout_in_ms,
                 max_body_bytes_in_flight=self.args.rest_api_max_body_bytes_in_flight,
+                max_header_bytes=self.args.rest_api_max_header_bytes,
+                header_timeout_ms=self.args.rest_api_header_timeout_in_ms,
             )
             self._rest.start(self.args.rest_api_port)
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.args.rest_api_port)
