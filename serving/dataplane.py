@@ -94,6 +94,11 @@ class DataPlane:
             self._apply(config)
             self.manager.wait_available([m.name for m in config.model_config_list.config])
 
+    @property
+    def config(self) -> model_server_config_pb2.ModelServerConfig | None:
+        """The config served now (the last one applied, from a file or a ReloadConfig)."""
+        return self._config
+
     def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Apply a new ModelServerConfig and wait for its new models, as TF Serving's
         ``ServerCore::ReloadConfig`` (a polled config file, ``HandleReloadConfigRequest``)."""

@@ -89,6 +89,8 @@ class ModelServer:
         self._stop = threading.Event()
         self._config_text: str | None = None
         self._config_ok = False
+        # The config object the file was last applied as (compared by identity with the served).
+        self._file_config: model_server_config_pb2.ModelServerConfig | None = None
         self._last_config_error = ""
         self._threads: list[threading.Thread] = []
         self._grpc: GrpcFrontEnd | None = None
@@ -109,12 +111,18 @@ class ModelServer:
         except OSError as error:
             log.error("cannot read model config file %s: %s", path, error)
             return
-        if text == self._config_text and self._config_ok:
+        # As TF Serving's poll, which compares the file with the config served now: a
+        # ReloadConfig since the last poll (e.g. from a gateway that then died) is undone by the
+        # file even when the file's text is the one read last time.
+        served = self.data_plane.config
+        if text == self._config_text and self._config_ok and served is self._file_config:
             return
         self._config_text = text
         try:
             config = read_model_server_config(path)
-            self.data_plane.reload(config)
+            if served is None or config != served:
+                self.data_plane.reload(config)
+            self._file_config = self.data_plane.config
             self._config_ok = True
             log.info("model config file %s applied", path)
         except (ConfigError, ServingError) as error:
@@ -138,6 +146,7 @@ class ModelServer:
         config = self._initial_config()
         self.data_plane.load(config)
         self._config_ok = True
+        self._file_config = self.data_plane.config
         # TensorFlow leaves millions of long-lived Python objects; moving them out of the
         # collector's reach keeps full collections (and latency spikes) short while serving.
         gc.freeze()

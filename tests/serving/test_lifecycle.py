@@ -8,7 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tensorflow_serving.apis import get_model_status_pb2
+from google.protobuf import text_format
+from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
 
 from harness.models import write_warmup_file
 from harness.procs import wait_for
@@ -226,3 +227,20 @@ def test_base_path_briefly_missing_keeps_versions(polled, model_stock, impl) -> 
     assert statuses(server, "moving")[1][0] == State.AVAILABLE
     if impl == "fdl":
         assert "unloading moving version 1" not in server.process.log_tail(50_000_000)
+
+
+def test_polled_file_undoes_a_reload_config(polled, model_stock) -> None:
+    """The polled file is compared with the config served now, as TF Serving's poll does: a
+    ReloadConfig that dropped a model (say from a gateway that then died, whose change was rolled
+    back in the file) is undone at the next poll even though the file's text did not change."""
+    server, repo = polled
+    base = repo.add("kept")
+    model_stock.install("a", base, 1)
+    wait_served(server, "kept", 1)
+    file_text = repo.config.read_text()
+    others = {name: path for name, path in repo.models.items() if name != "kept"}
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(model_config(others), request.config)
+    server.models().HandleReloadConfigRequest(request, timeout=120)
+    assert repo.config.read_text() == file_text  # the file is as it was
+    wait_served(server, "kept", 1)
