@@ -20,17 +20,6 @@ from api.metrics import CLASSIFICATIONS, UPSTREAM_ERRORS, child, timed
 from api.preprocess import choose_profile
 from fdl import contract
 
-# Decoding within the pixel limits is api.decoding's; its names are also imported from here.
-__all__ = [
-    "DecodeLimits",
-    "Target",
-    "classify",
-    "postprocess",
-    "prepare_batch",
-    "prepare_bounded",
-    "upstream_error",
-]
-
 _INLINE_MAX_BYTES = 16 * 1024
 _INLINE_MAX_PIXELS = 64 * 64
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 
 from api.auth import Keyring
 from api.budget import Budget
-from api.classification import DecodeLimits
 from api.coalesce import PredictCoalescer
+from api.decoding import DecodeLimits
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.fastpath import FastPathMiddleware

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 
 from api import auth
 from api.bodies import read_images
-from api.classification import DecodeLimits, Target, classify
+from api.classification import Target, classify
 from api.coalesce import PredictCoalescer
+from api.decoding import DecodeLimits
 from api.deps import ClassifyDep, request_id_of
 from api.fastpath import FastRoute
 from api.metadata_cache import MetadataCache

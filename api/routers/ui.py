@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from api.bodies import read_images
-from api.classification import Target, prepare_bounded, upstream_error
+from api.classification import Target, upstream_error
+from api.decoding import prepare_bounded
 from api.deps import ClassifyDep, DecodeLimitsDep, MetadataDep, RequestIdDep, SettingsDep
 from api.errors import ApiError
 from api.input_spec import InputSpec, ModelContractError

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.classification import _small, prepare_batch
+from api.classification import _small
+from api.decoding import prepare_batch
 from api.imaging import decode_image
 from api.input_spec import InputSpec
 from api.preprocess import _median, decode_size, digit_to_mnist, photo_to_array

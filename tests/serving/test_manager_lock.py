@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -25,12 +26,20 @@ State = get_model_status_pb2.ModelVersionStatus.State
 SLOW_LISTING_S = 3.0
 
 
-def test_lookups_do_not_wait_for_a_slow_base_path(model_stock, tmp_path, monkeypatch) -> None:
-    base = tmp_path / "m"
+def _one_model(
+    model_stock, base: Path
+) -> tuple[ModelManager, model_server_config_pb2.ModelServerConfig]:
+    """A manager without retries and the config of one model ``m`` at ``base`` (version 1)."""
     model_stock.install("a", base, 1)
     manager = ModelManager(ManagerOptions(enable_warmup=False, max_num_load_retries=0))
     config = model_server_config_pb2.ModelServerConfig()
     config.model_config_list.config.add(name="m", base_path=str(base), model_platform="tensorflow")
+    return manager, config
+
+
+def test_lookups_do_not_wait_for_a_slow_base_path(model_stock, tmp_path, monkeypatch) -> None:
+    base = tmp_path / "m"
+    manager, config = _one_model(model_stock, base)
     slow = threading.Event()
     listdir = os.listdir
 
@@ -78,10 +87,7 @@ def test_lookups_do_not_wait_for_a_failed_version_s_files(
     """A version whose load failed is tried again only once its files change: each poll takes
     the fingerprint of its folder (every file's size and time), which it did under the lock."""
     base = tmp_path / "m"
-    model_stock.install("a", base, 1)
-    manager = ModelManager(ManagerOptions(enable_warmup=False, max_num_load_retries=0))
-    config = model_server_config_pb2.ModelServerConfig()
-    config.model_config_list.config.add(name="m", base_path=str(base), model_platform="tensorflow")
+    manager, config = _one_model(model_stock, base)
     slow = threading.Event()
     walk = os.walk
 
