@@ -17,7 +17,6 @@ import hmac
 from enum import StrEnum
 
 from fastapi import Request
-from starlette.datastructures import State
 
 from api.errors import ApiError
 from api.ratelimit import FailureLimiter, RateLimiter, address_bucket
@@ -86,18 +85,6 @@ def client_address(request: Request) -> str:
     return address_bucket(request.client.host) if request.client else "unknown"
 
 
-def auth_failures(state: State) -> FailureLimiter:
-    """The failed-authentication limiter, built on first use over the app's Redis client."""
-    failures: FailureLimiter | None = getattr(state, "auth_failures", None)
-    if failures is None or failures.limiter.client is not state.redis:
-        settings: GatewaySettings = state.settings
-        limiter = RateLimiter(
-            state.redis, settings.auth_failures_per_minute, settings.auth_failures_burst
-        )
-        failures = state.auth_failures = FailureLimiter(limiter)
-    return failures
-
-
 def _too_many_failures(retry_after_s: int) -> ApiError:
     return ApiError(
         429,
@@ -115,7 +102,7 @@ async def _role_of(request: Request, token: str) -> Role:
     role = keyring.role_of(token)
     if role is not None:
         return role
-    failures = auth_failures(request.app.state)
+    failures: FailureLimiter = request.app.state.auth_failures
     address = client_address(request)
     wait = failures.blocked_for(address)
     if wait:

@@ -80,7 +80,7 @@ async def read_images(
     )
 
 
-# One image as the whole body: every format the decoder reads (api/imaging.py, SUPPORTED), and
+# One image as the whole body: every format the decoder reads (api/image_open.py, SUPPORTED), and
 # application/octet-stream (the decoder tells the format from the bytes, whatever the type says).
 RAW_IMAGE_TYPES = (
     "image/png",

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.budget import Budget
 from api.errors import ApiError
-from api.imaging import DEFAULT_MAX_PIXELS, WorkSize, decode_cost, decode_image, open_image
+from api.image_decode import decode_image
+from api.image_open import DEFAULT_MAX_PIXELS, WorkSize, decode_cost, open_image
 from api.input_spec import InputSpec
 from api.metrics import STAGE_LATENCY, child
 from api.preprocess import decode_size, preprocess

@@ -22,13 +22,13 @@ from api.decoding import DecodeLimits
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.fastpath import FastPathMiddleware
-from api.imaging import set_max_pixels
+from api.image_open import set_max_pixels
 from api.logs import configure_logging
 from api.metadata_cache import MetadataCache
 from api.metrics import JobsCollector
 from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
-from api.ratelimit import RateLimiter
+from api.ratelimit import FailureLimiter, RateLimiter
 from api.repository_access import recover_at_start
 from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
@@ -67,6 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.keyring = Keyring.from_settings(settings)
     app.state.limiter = RateLimiter(
         app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_burst
+    )
+    app.state.auth_failures = FailureLimiter(
+        RateLimiter(
+            app.state.redis, settings.auth_failures_per_minute, settings.auth_failures_burst
+        )
     )
     app.state.serving = ServingClient(
         settings.serving_target,

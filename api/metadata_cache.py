@@ -18,7 +18,7 @@ from pathlib import Path
 
 from api.input_spec import InputSpec
 from api.serving_client import ServingClient
-from fdl.repository import list_versions
+from fdl.repository_reads import list_versions
 
 _Key = tuple[str, int | None, str | None]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from api.imaging import WorkSize
+from api.image_open import WorkSize
 from api.input_spec import InputSpec
 
 PROFILES = ("digit", "photo")

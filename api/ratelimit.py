@@ -121,9 +121,13 @@ class FailureLimiter:
     limit bounds the cost of floods of wrong keys, not the guessing of keys of at least 16
     characters), so one client retrying an old key does not lock out the others behind its NAT
     address. An address found over its limit is also remembered in this process until its
-    Retry-After, so that meanwhile its wrong keys are refused at no Redis cost. Another replica
-    learns of the block at the address's next failure there. At most ``max_blocked`` addresses
-    are remembered (the oldest go first: it only costs them one more check in Redis).
+    Retry-After, so that meanwhile its wrong keys are refused at no Redis cost. The budget is one
+    per address across replicas: GCRA spends none of it on a refused attempt, so the failures that
+    all replicas let through stay within the limit whether or not they ask Redis about the
+    refused ones; another replica learns of the block at the address's next failure there. While
+    Redis fails, failures are let through (:meth:`RateLimiter.check` fails open) except from the
+    addresses remembered here. At most ``max_blocked`` addresses are remembered (the oldest go
+    first: it only costs them one more check in Redis).
     """
 
     def __init__(self, limiter: RateLimiter, max_blocked: int = 10_000) -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import grpc
 
+from api.repository_access import io
 from api.serving_client import ServingClient, VersionStatus
 from fdl import contract
-from fdl.repository import discover_models, list_versions, read_labels
+from fdl.repository import Repository
+from fdl.repository_reads import discover_models, list_versions
 
 # Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
@@ -42,9 +44,11 @@ def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str
     return data if isinstance(data, dict) else None
 
 
-def safe_labels(model_dir: Path) -> dict[str, dict[str, int]]:
+def safe_labels(repository: Repository) -> dict[str, dict[str, int]]:
+    """The labels that stand (never a change not acknowledged yet, such as one a killed gateway
+    left half made: :meth:`fdl.repository.Repository.settled_labels`); none when unreadable."""
     try:
-        return read_labels(model_dir)
+        return repository.settled_labels()
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
 
@@ -81,11 +85,21 @@ def describe_version(
 
 
 async def describe_model(
-    client: ServingClient, model_dir: Path, model: str, request_id: str | None
+    client: ServingClient,
+    repository: Repository,
+    model: str,
+    request_id: str | None,
+    all_labels: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
+    """One model as the model routes show it; ``all_labels``: :func:`safe_labels`, read once
+    for a listing of many (by default read here)."""
+    model_dir = repository.model_dir
     statuses, server_error = await served_status(client, model, request_id)
     by_version = {s.version: s for s in statuses}
-    labels = safe_labels(model_dir).get(model, {})
+    if all_labels is None:
+        # In a worker thread: with a change's undo record there, this may roll it back.
+        all_labels = await io(safe_labels, repository)
+    labels = all_labels.get(model, {})
     versions = sorted(set(list_versions(model_dir / model)) | set(by_version))
     return {
         "name": model,

@@ -32,7 +32,7 @@ from gateway_stack import DIGITS, digits_stack
 from load_loops import digit_png
 from machine import python_speed_ms, speed_line
 
-from api.imaging import decode_image
+from api.image_decode import decode_image
 from api.preprocess import decode_size, digit_to_mnist
 from api.serving_client import PREDICTION_SERVICE, ServingClient, model_spec
 from fdl.tensors import from_numpy

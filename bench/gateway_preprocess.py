@@ -1,7 +1,7 @@
 """Preprocessing a 4032x3024 phone-photo JPEG: the gateway's pipeline vs a naive one.
 
 Naive: decode the full-size JPEG, convert to RGB, resize the shorter side to the model input with
-antialiasing, centre-crop. Gateway: ``api.imaging.decode_image`` with the model's input size
+antialiasing, centre-crop. Gateway: ``api.image_decode.decode_image`` with the model's input size
 (libjpeg decodes at 1/8 scale via Pillow's draft mode, then EXIF/alpha/mode normalisation) and
 ``api.preprocess.photo_to_array``. Both produce the same 224x224 (or 32x32) crop.
 Goal (issue 5): >= 5x faster. The photo is synthetic (a CIFAR-10 test image upscaled, with
@@ -25,7 +25,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from api.imaging import decode_image  # noqa: E402
+from api.image_decode import decode_image  # noqa: E402
 from api.preprocess import decode_size, photo_to_array  # noqa: E402
 
 

@@ -32,7 +32,8 @@ import httpx  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from fdl import contract  # noqa: E402
-from fdl.repository import CONFIG_FILE, Repository, read_labels  # noqa: E402
+from fdl.repository import CONFIG_FILE, Repository  # noqa: E402
+from fdl.repository_reads import read_labels  # noqa: E402
 from fdl.wire.tfs_pb2 import ModelServerConfig  # noqa: E402
 
 MODEL = "race"

@@ -20,7 +20,10 @@ _ROUTING = (
 )  # fmt: skip
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("access log, metrics", ("logging/", "api/logs.py", "prometheus_client/", "api/metrics.py")),
-    ("decode, preprocess (Pillow, NumPy)", ("api/imaging.py", "api/preprocess.py", "PIL/")),
+    (
+        "decode, preprocess (Pillow, NumPy)",
+        ("api/image_open.py", "api/image_decode.py", "api/preprocess.py", "PIL/"),
+    ),
     ("gRPC Predict (client side)", ("grpc/", "api/serving_client.py", "api/tensors.py")),
     (
         "classify route: coalescer, stages, postprocess",

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from fdl import cli_jobs, cli_models
@@ -70,11 +71,18 @@ def up() -> None:
         console.print(f"fdl up: {error}", style="red", markup=False)
         raise typer.Exit(2) from error
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    console.print(f"[bold]FDL Serve[/bold] starting: gateway {url}  (Ctrl-C stops everything)")
+    console.print(
+        f"[bold]FDL Serve[/bold] starting: gateway {escape(url)}  (Ctrl-C stops everything)"
+    )
     if stack.api_key_generated:
-        console.print(f"Admin API key (new, stored in {settings.var_dir}/api_key): {stack.api_key}")
+        console.print(
+            f"Admin API key (new, stored in {settings.var_dir}/api_key): {stack.api_key}",
+            markup=False,
+        )
     elif stack.api_key and not settings.api_keys:
-        console.print(f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}")
+        console.print(
+            f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}", markup=False
+        )
     console.print(redis_banner(stack), soft_wrap=True, markup=False)
     raise typer.Exit(run_stack(stack))
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from fdl.cli_shapes import Shape, problem
 
@@ -58,7 +58,8 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
-    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False)
+    # The message often quotes the gateway: Text keeps it from being read as markup.
+    err_console.print(Text.assemble(("Error:", "bold red"), " ", message))
     raise typer.Exit(int(code))
 
 

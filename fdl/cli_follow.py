@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import typer
 from httpx_sse import ServerSentEvent, SSEError, connect_sse
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
@@ -208,12 +208,13 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     event starts that count afresh.
     KeyboardInterrupt propagates to the caller, which detaches or cancels.
     """
+    # The description can be a status event's text: the columns never read it as markup.
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[metrics]}", markup=False),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         follower = Follower(progress, epochs)
@@ -248,17 +249,16 @@ def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> None:
 def summary(job: dict[str, Any]) -> None:
     """One line on how the job ended: what it published, or why not."""
     result = job.get("result") or {}
+    succeeded = Text("Succeeded", style="green")
     if job["status"] == "succeeded" and result:
         accuracy = fmt.pct((result.get("metrics") or {}).get("test_accuracy"))
         if result.get("published"):
-            console.print(
-                f"[green]Succeeded[/]: published {escape(str(result.get('model')))} version "
-                f"{result.get('version')} (test accuracy {accuracy}).",
-                highlight=False,
-            )
+            published = f"{result.get('model')} version {result.get('version')}"
+            line = Text.assemble(succeeded, f": published {published} (test accuracy {accuracy}).")
         else:
             reason = result.get("reason") or "not published"
-            console.print(f"[green]Succeeded[/] (test accuracy {accuracy}); {escape(reason)}.")
+            line = Text.assemble(succeeded, f" (test accuracy {accuracy}); {reason}.")
     else:
-        error = job.get("error") or ""
-        console.print(f"Job {fmt.status(job['status'])}. {escape(error)}".rstrip(), highlight=False)
+        line = Text.assemble("Job ", fmt.status(job["status"]), f". {job.get('error') or ''}")
+        line.rstrip()
+    console.print(line)

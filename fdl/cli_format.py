@@ -1,11 +1,11 @@
-"""How the CLI writes the gateway's values: percentages, statuses, times."""
+"""How the CLI writes the gateway's values: percentages, statuses, times, and its text as it is."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rich.markup import escape
+from rich.text import Text
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -25,9 +25,16 @@ def pct(value: Any) -> str:
     return f"{value * 100:.2f}%"
 
 
-def status(name: str) -> str:
-    """A job status in its colour (rich markup)."""
-    return f"[{STATUS_STYLE.get(name, 'white')}]{escape(name)}[/]"
+def plain(value: Any, style: str = "") -> Text:
+    """Text from the gateway (names, ids, messages) as it is: a rich Text is never read as markup,
+    so square brackets and backslashes in it are printed, and an unbalanced ``[/]`` cannot end
+    the command with a MarkupError (``rich.markup.escape`` drops a backslash before a tag)."""
+    return Text(str(value), style=style)
+
+
+def status(name: str) -> Text:
+    """A job status in its colour."""
+    return plain(name, STATUS_STYLE.get(name, "white"))
 
 
 def when(seconds: float | None) -> str:

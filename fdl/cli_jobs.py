@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
@@ -122,15 +122,17 @@ def train(
         job = gateway.post("/v1/jobs", json=spec, expect=shapes.Job)
         job_id = job["id"]
         try:
-            console.print(f"Job [bold]{job_id}[/bold] submitted ({model}).", highlight=False)
+            console.print(Text.assemble("Job ", (job_id, "bold"), f" submitted ({model})."))
             if detach:
-                console.print(f"Follow it with: fdl job {job_id} --follow", highlight=False)
+                console.print(
+                    f"Follow it with: fdl job {job_id} --follow", highlight=False, markup=False
+                )
                 return
             follow_to_end(gateway, job_id, _spec_epochs(job))
         except KeyboardInterrupt:
             if cancel_on_exit:
                 gateway.delete(f"/v1/jobs/{job_id}", expect=shapes.Job)
-                console.print(f"Cancelled job {job_id}.", highlight=False)
+                console.print(f"Cancelled job {job_id}.", highlight=False, markup=False)
                 raise typer.Exit(130) from None
             _detached(job_id)
 
@@ -142,6 +144,7 @@ def _detached(job_id: str) -> None:
     console.print(
         f"\nDetached; the job keeps running. Follow it with: fdl job {job_id} --follow",
         highlight=False,
+        markup=False,
     )
 
 
@@ -185,8 +188,8 @@ def jobs(
         epochs = progress.get("epochs") or spec.get("epochs")
         result = job.get("result") or {}
         table.add_row(
-            job["id"][:12],
-            result.get("model") or spec.get("publish_as") or spec.get("model", "?"),
+            fmt.plain(job["id"][:12]),
+            fmt.plain(result.get("model") or spec.get("publish_as") or spec.get("model", "?")),
             fmt.status(job["status"]),
             f"{progress.get('epoch') or 0}/{epochs}" if epochs else "-",
             fmt.pct((result.get("metrics") or {}).get("test_accuracy")),
@@ -219,7 +222,7 @@ def job(
         if follow_it:
             spec = record.get("spec") or {}
             model = spec.get("publish_as") or spec.get("model") or "?"
-            console.print(f"Following job [bold]{full_id}[/bold] ({escape(model)}).")
+            console.print(Text.assemble("Following job ", (full_id, "bold"), f" ({model})."))
             try:
                 follow_to_end(gateway, full_id, _spec_epochs(record))
             except KeyboardInterrupt:
@@ -233,14 +236,17 @@ def job(
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Job", record["id"])
+    table.add_row("Job", fmt.plain(record["id"]))
     table.add_row("Status", fmt.status(record["status"]))
-    table.add_row("Model", f"{spec.get('model')} → {spec.get('publish_as') or spec.get('model')}")
+    model = f"{spec.get('model')} → {spec.get('publish_as') or spec.get('model')}"
+    table.add_row("Model", fmt.plain(model))
     optimizer = spec.get("optimizer") or {}
     table.add_row(
         "Training",
-        f"{_epochs(spec.get('epochs'))}, batch {spec.get('batch_size')}, "
-        f"{optimizer.get('name')} lr {optimizer.get('learning_rate')}",
+        fmt.plain(
+            f"{_epochs(spec.get('epochs'))}, batch {spec.get('batch_size')}, "
+            f"{optimizer.get('name')} lr {optimizer.get('learning_rate')}"
+        ),
     )
     if progress.get("epoch"):
         table.add_row(
@@ -252,12 +258,13 @@ def job(
     result = record.get("result") or {}
     if result:
         published = f"version {result.get('version')}" if result.get("published") else "no"
-        table.add_row("Published", escape(f"{published} {result.get('reason') or ''}".strip()))
+        table.add_row("Published", fmt.plain(f"{published} {result.get('reason') or ''}".strip()))
+        # Metrics beyond test_accuracy are the gateway's: their names and values too.
         for name, value in (result.get("metrics") or {}).items():
             shown = fmt.pct(value) if "accuracy" in name else value
-            table.add_row(name.replace("_", " ").capitalize(), str(shown))
+            table.add_row(fmt.plain(name.replace("_", " ").capitalize()), fmt.plain(shown))
     if record.get("error"):
-        table.add_row("Error", f"[red]{escape(record['error'])}[/]")
+        table.add_row("Error", fmt.plain(record["error"], "red"))
     table.add_row("Created", fmt.when(record.get("created_at")))
     table.add_row("Started", fmt.when(record.get("started_at")))
     table.add_row("Finished", fmt.when(record.get("finished_at")))
@@ -276,12 +283,13 @@ def cancel(
         record = gateway.delete(f"/v1/jobs/{full_id}", expect=shapes.Job)
     status = record.get("status", "?")
     if status == "cancelled":
-        console.print(f"Job {full_id} cancelled.", highlight=False)
+        console.print(f"Job {full_id} cancelled.", highlight=False, markup=False)
     elif status == "running":
         console.print(
             f"Job {full_id}: cancellation requested; it stops within 16 batches "
             "(one call into the compiled graph, FDL_STEPS_PER_EXECUTION).",
             highlight=False,
+            markup=False,
         )
     else:
-        console.print(f"Job {full_id} had already ended: {fmt.status(status)}.", highlight=False)
+        console.print(Text.assemble(f"Job {full_id} had already ended: ", fmt.status(status), "."))

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
@@ -53,7 +53,7 @@ def models(
     for model in body["models"]:
         versions = sorted(model["versions"], key=lambda v: v["version"], reverse=True)
         if not versions:
-            table.add_row(model["name"], "-", "no versions", "", "", "")
+            table.add_row(fmt.plain(model["name"]), "-", "no versions", "", "", "")
         for index, version in enumerate(versions):
             state = str(version.get("state") or "?")
             style = "green" if state == "AVAILABLE" else "yellow"
@@ -61,12 +61,12 @@ def models(
                 state, style = "retired", "dim"
             metrics = version.get("metrics") or {}
             table.add_row(
-                model["name"] if index == 0 else "",
+                fmt.plain(model["name"] if index == 0 else ""),
                 str(version["version"]),
-                f"[{style}]{state.lower()}[/]",
-                ", ".join(version.get("labels") or []),
+                fmt.plain(state.lower(), style),
+                fmt.plain(", ".join(version.get("labels") or [])),
                 fmt.pct(metrics.get("test_accuracy")),
-                (version.get("job_id") or "")[:12],
+                fmt.plain((version.get("job_id") or "")[:12]),
             )
     console.print(table)
 
@@ -143,7 +143,8 @@ def classify(
             }
         )
         return
-    table = Table(title=f"{model} version {served_version}", title_justify="left")
+    title = fmt.plain(f"{model} version {served_version}", "table.title")
+    table = Table(title=title, title_justify="left")
     table.add_column("File")
     table.add_column("Prediction", style="bold")
     table.add_column("Score", justify="right")
@@ -151,10 +152,10 @@ def classify(
     for file, prediction in rows:
         others = ", ".join(f"{t['label']} {t['score'] * 100:.1f}%" for t in prediction["top_k"])
         table.add_row(
-            escape(str(file)),
-            escape(prediction["label"]),
+            fmt.plain(file),
+            fmt.plain(prediction["label"]),
             fmt.pct(prediction["score"]),
-            escape(others),
+            fmt.plain(others),
         )
     # File names are never cut: the table grows past the console's width (80 columns when the
     # output is a pipe) when the names need it.
@@ -184,6 +185,7 @@ def promote(
     previous = body.get("previous")
     was = f" (was version {previous})" if previous else ""
     console.print(
-        f"{model}: label [bold]{label}[/bold] → version {body.get('version', version)}{was}.",
-        highlight=False,
+        Text.assemble(
+            f"{model}: label ", (label, "bold"), f" → version {body.get('version', version)}{was}."
+        )
     )

@@ -65,6 +65,8 @@ FIELDS = (
     "worker",
     "heartbeat_at",
     "op_token",
+    "event_token",  # [token, stream id] of the last event appended (a retry appends nothing)
+    "resend_token",
     "sent_at",
     "resends",
     "queue",

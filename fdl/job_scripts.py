@@ -6,7 +6,10 @@ its event are never separated. Each call carries a token of its own (ARGV[1], a 
 uuid) that the script stores in ``op_token`` when it applies: a retry of the same call
 (fdl.store_retry, or redis-py's own, after the script ran but its reply was lost) finds its token
 there and answers "applied" again without changing anything. Any later status change overwrites
-the token, so a retry after someone else's change is judged afresh.
+the token, so a retry after someone else's change is judged afresh. The other writes that are
+not idempotent by themselves, an event's XADD (SET_FIELDS_SCRIPT) and a resend's count
+(RESEND_SCRIPT), carry tokens of their own in fields of their own (``event_token``,
+``resend_token``), so that a status change in between does not hide a replay.
 """
 
 from __future__ import annotations
@@ -129,25 +132,40 @@ return chosen
 )
 
 # KEYS[1] job hash, KEYS[2] events stream; ARGV[1] an event's type ('' for none), ARGV[2] its
-# data (JSON), ARGV[3] its time, ARGV[4..] field/value pairs (JSON). Sets the fields of a job's
-# record and appends the event, only while the record exists (it has a status): a late heartbeat
-# or progress report of a job whose record is gone (pruned, deleted, lost with Redis's data)
-# writes nothing. Returns 0 when the record is gone, else the event's id (1 without an event).
+# data (JSON), ARGV[3] its time, ARGV[4] its token (a new one per call), ARGV[5..] field/value
+# pairs (JSON). Sets the fields of a job's record and appends the event, only while the record
+# exists (it has a status): a late heartbeat or progress report of a job whose record is gone
+# (pruned, deleted, lost with Redis's data) writes nothing. The record keeps the token and
+# entry id of the last event appended here (``event_token``, JSON [token, id]): a retry of that
+# call (its reply was lost) appends nothing and answers the same id. One field is enough, since
+# one run writes its events in order and retries each before the next; status events (the
+# other scripts') leave it alone. Returns 0 when the record is gone, else the event's id (1
+# without an event).
 SET_FIELDS_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] ~= '' then
+  local last = redis.call('HGET', KEYS[1], 'event_token')
+  last = last and cjson.decode(last)
+  if type(last) == 'table' and last[1] == ARGV[4] then return last[2] end
+end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == '' then return 1 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
-                  'type', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
+                      'type', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
+redis.call('HSET', KEYS[1], 'event_token', cjson.encode({ARGV[4], id}))
+return id
 """.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
 
 # KEYS[1] job hash; ARGV[1] the first resend period (s), ARGV[2] now (epoch seconds), ARGV[3] the
-# cap on its doublings. A job still queued whose message was last sent (else the job created) a
-# period ago is marked sent now and its resend count grows: one reaper re-sends it. Returns 1
-# when marked.
+# cap on its doublings, ARGV[4] a token (JSON, a new one per call). A job still queued whose
+# message was last sent (else the job created) a period ago is marked sent now, its resend count
+# grows and the token is kept (``resend_token``): one reaper re-sends it. A retry of that call
+# (its reply was lost) finds its token and answers 1 again while the job is queued, instead of
+# "not due" (the mark it made), so the message is still sent. Returns 1 when marked.
 RESEND_SCRIPT = """
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw or cjson.decode(raw) ~= 'queued' then return 0 end
+if redis.call('HGET', KEYS[1], 'resend_token') == ARGV[4] then return 1 end
 local resends = redis.call('HGET', KEYS[1], 'resends')
 resends = resends and tonumber(cjson.decode(resends)) or 0
 local period = tonumber(ARGV[1]) * 2 ^ math.min(resends, tonumber(ARGV[3]))
@@ -157,7 +175,7 @@ if sent then
   if type(sent) == 'number' and sent + period > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])),
-  'resends', cjson.encode(resends + 1))
+  'resends', cjson.encode(resends + 1), 'resend_token', ARGV[4])
 return 1
 """
 

@@ -3,7 +3,8 @@
 The record layout is in :mod:`fdl.job_records`, the scripts that change records in
 :mod:`fdl.job_scripts`, the reads in :mod:`fdl.job_reads`. Each status change, with its
 ``status`` event, is one Lua script: a terminal status is never overwritten, and a retry of a
-change that applied but whose reply was lost changes nothing (a token per call). Fields that a
+change that applied but whose reply was lost changes nothing (a token per call); so does a
+retried ``progress`` or ``log`` event, which is appended once (a token per event). Fields that a
 running job updates (heartbeats, progress) are set only while its record exists: a late report
 of a job whose record was pruned or lost writes nothing.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from typing import Any, cast
 
 import redis
@@ -123,8 +125,10 @@ class JobStore(JobReads):
     ) -> str | None:
         """Set ``fields`` and append an event of ``kind`` ('' for none) with ``data``, in one
         step, only while the record exists; returns the event's id ('1' without one), or None
-        when the record is gone."""
-        args = [kind, json.dumps(data), str(time.time())]
+        when the record is gone. The event's token is made here, once: ``_run`` retries with the
+        same one, so a retry of a write whose reply was lost does not append it again (no caller
+        of this may itself be ``@_retried``, or its retry would make a new token)."""
+        args = [kind, json.dumps(data), str(time.time()), uuid.uuid4().hex if kind else ""]
         for key, value in fields.items():
             args += [key, json.dumps(value)]
         reply = self._run(self._set_fields, job_id, args)
@@ -192,7 +196,8 @@ class JobStore(JobReads):
         """True (and the job marked sent now) when it is still queued and its message is due to
         be sent again (``after_s`` after the last send, doubling with each resend): the caller
         sends it again (one caller per period)."""
-        args = [repr(after_s), repr(self.now()), str(RESEND_BACKOFF_CAP)]
+        token = json.dumps(uuid.uuid4().hex)  # a retry whose first try marked it still sends
+        args = [repr(after_s), repr(self.now()), str(RESEND_BACKOFF_CAP), token]
         return bool(self._run(self._resend, job_id, args))
 
     @_retried
@@ -235,10 +240,9 @@ class JobStore(JobReads):
             if cursor == 0:
                 return removed
 
-    @_retried
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
         """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event, in
-        one step; False when its record is gone (nothing written)."""
+        one step, once also when retried; False when its record is gone (nothing written)."""
         fields = {"progress": progress, "heartbeat_at": self.now()}
         return self._update(job_id, "progress", progress, fields) is not None
 
@@ -274,5 +278,6 @@ class JobStore(JobReads):
     def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str | None:
         """Append an event of ``kind`` (``status``, ``progress``, ``log``…) with the JSON-ready
         ``data`` to the job's stream (capped at about ``EVENTS_MAXLEN`` entries); returns the
-        stream entry's id, or None when the job's record is gone (no stream is left behind)."""
+        stream entry's id, or None when the job's record is gone (no stream is left behind). A
+        retry after a lost reply appends nothing and returns the first try's id."""
         return self._update(job_id, kind, data, {})

@@ -9,6 +9,11 @@ from __future__ import annotations
 from celery import Celery
 
 TRAIN_TASK = "fdl.train"
+# The header of a task message that carries its job spec's ``max_duration_s``: the worker bounds
+# the hard time limit of the run by it (``training.tasks.TrainRequest``); a worker that predates
+# it ignores it. Not Celery's own ``timelimit`` header, which is the hard limit itself: the worker
+# adds the grace it alone knows, and names the right limit when the run is killed.
+MAX_DURATION_HEADER = "fdl_max_duration_s"
 # Longer than the longest training job: Redis redelivers an unacknowledged message only after it.
 DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
 
@@ -35,5 +40,10 @@ def make_celery(
     return app
 
 
-def enqueue_training(app: Celery, job_id: str, queue: str = "training") -> None:
-    app.send_task(TRAIN_TASK, args=[job_id], task_id=job_id, queue=queue)
+def enqueue_training(
+    app: Celery, job_id: str, queue: str = "training", max_duration_s: float | None = None
+) -> None:
+    """Send the task of ``job_id`` to ``queue``; ``max_duration_s``: its spec's, if it has one
+    (:data:`MAX_DURATION_HEADER`)."""
+    headers = {MAX_DURATION_HEADER: max_duration_s} if max_duration_s is not None else None
+    app.send_task(TRAIN_TASK, args=[job_id], task_id=job_id, queue=queue, headers=headers)

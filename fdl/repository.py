@@ -4,6 +4,7 @@ Layout: ``<model>/<version>/`` (integer-named SavedModel folders), ``labels.json
 labels, so a restart keeps them), ``models.config`` (rendered by :mod:`fdl.model_config`, polled
 by the model server), ``.versions.json`` (each model's highest version number ever published,
 so a deleted version's number is never given to another model) and ``.repository.lock``.
+The reads that need no lock are in :mod:`fdl.repository_reads`.
 
 Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
 ``python -m fdl.repository`` syncing the config) takes the same cross-process file lock and
@@ -19,103 +20,30 @@ import argparse
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from fdl import contract
 from fdl.files import atomic_write, fsync_path, seal_version
 from fdl.model_config import render, valid_label, valid_name
-from fdl.repository_files import Labels, UndoPoint, parse_labels, roll_back
+from fdl.repository_files import Labels, UndoPoint, has_record, labels_before_change, roll_back
+from fdl.repository_reads import (
+    LABELS_FILE,
+    NUMBERS_FILE,
+    discover_models,
+    find_job_version,
+    list_versions,
+    read_labels,
+    read_numbers,
+)
 from fdl.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.json"
 CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
-NUMBERS_FILE = ".versions.json"
-_VERSION = re.compile(r"[0-9]{1,18}")
-
-
-def discover_models(model_dir: Path) -> list[str]:
-    """Folders whose name is a valid model name; others (e.g. ``evil\\n``) are skipped."""
-    if not model_dir.is_dir():
-        return []
-    names = []
-    for path in model_dir.iterdir():
-        if not path.is_dir() or path.name.startswith("."):
-            continue
-        if valid_name(path.name):
-            names.append(path.name)
-        else:
-            log.warning("skipping folder %r in the model repository: not a model name", path.name)
-    return sorted(names)
-
-
-def list_versions(model_path: Path) -> list[int]:
-    """Published versions of one model, ascending (folders named by ASCII digits only)."""
-    if not model_path.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in model_path.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()
-    )
-
-
-def read_labels(model_dir: Path) -> Labels:
-    """``labels.json`` (absent: none); not readable as labels: ``LabelsFileError``."""
-    return parse_labels(model_dir / LABELS_FILE)
-
-
-class NumbersFileError(ValueError):
-    """``.versions.json`` cannot be read as ``{model: number}``: nothing is published over it,
-    since rewriting it would forget the numbers of other models' deleted versions."""
-
-
-def read_numbers(model_dir: Path) -> dict[str, int]:
-    """Each model's highest version number ever published (``.versions.json``; absent: none).
-
-    Raises:
-        NumbersFileError: the file is unreadable or not ``{model: number}``.
-    """
-    path = model_dir / NUMBERS_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise NumbersFileError(f"{path} cannot be read ({error}); {_NUMBERS_FIX}") from error
-    if not isinstance(raw, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in raw.values()
-    ):
-        raise NumbersFileError(f"{path} is not {{model: number}}; {_NUMBERS_FIX}")
-    return raw
-
-
-_NUMBERS_FIX = (
-    "fix it, or remove it to publish again (the numbers of deleted versions may then be reused)"
-)
-
-
-def version_job_id(version_dir: Path) -> str | None:
-    """The training job that published a version (``job_id`` in its metadata), if recorded."""
-    try:
-        metadata = json.loads((version_dir / contract.METADATA_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    job_id = metadata.get("job_id") if isinstance(metadata, dict) else None
-    return str(job_id) if job_id else None
-
-
-def find_job_version(model_path: Path, job_id: str) -> int | None:
-    """The version a job already published under ``model_path``, newest first."""
-    for version in reversed(list_versions(model_path)):
-        if version_job_id(model_path / str(version)) == job_id:
-            return version
-    return None
 
 
 def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
@@ -132,6 +60,20 @@ def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
             else:
                 log.warning("label %r of model %s in labels.json is not a valid name", label, model)
     return kept
+
+
+# How many times a reader looks again when labels.json changed under its read.
+_SETTLE_TRIES = 5
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` is and when it last changed (a hard link made to it, or another file
+    renamed over it, changes this); None when there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_ctime_ns
 
 
 class Repository:
@@ -179,6 +121,44 @@ class Repository:
 
     def labels(self) -> Labels:
         return read_labels(self.model_dir)
+
+    def settled_labels(self) -> Labels:
+        """The labels as they stand for a reader without the lock: never those of a change that
+        is not acknowledged (its undo record of ``labels.json`` is still there).
+
+        Without such a record before and after the read, and with ``labels.json`` the same file
+        (inode and change time) before and after, what :meth:`labels` read. With one, the lock
+        is tried without waiting. Free, the writer died: its change is rolled back, as the next
+        holder would (the model servers take the config at their next poll). Held (a writer
+        still making its change, or about to roll a dead one back), or not to be taken (a
+        read-only repository): the labels from before the change, its record's, which stand
+        until it is kept. A record gone by then, or a file that changed under the read, means a
+        change was kept or undone meanwhile: read again. Raises as :meth:`labels`.
+        """
+        path = self.model_dir / LABELS_FILE
+        for _ in range(_SETTLE_TRIES):
+            stamp = _stamp(path)
+            if has_record(self.model_dir, LABELS_FILE):
+                self._roll_back_if_free()
+                before = labels_before_change(self.model_dir, LABELS_FILE)
+                if before is not None:
+                    return before
+                continue  # kept or undone since: read what stands now
+            labels = self.labels()
+            # A change that began during the read (its record linked, labels.json replaced), or
+            # one that was undone during it (labels.json put back), shows in the second look.
+            if not has_record(self.model_dir, LABELS_FILE) and _stamp(path) == stamp:
+                return labels
+        return self.labels()  # changes one after another all along: the latest read
+
+    def _roll_back_if_free(self) -> None:
+        try:
+            with self.file_lock(timeout_s=0):
+                self.recover()
+        except Timeout:
+            pass
+        except (OSError, ValueError):
+            log.exception("could not roll back the change left half made in %s", self.model_dir)
 
     def render(self, labels: Labels | None = None, keep: dict[str, set[int]] | None = None) -> str:
         """The config for what is on disk now, with ``labels`` (default: ``labels.json``)."""

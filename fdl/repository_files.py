@@ -12,7 +12,8 @@ Where the file system has no hard links, the link is a copy (the change then nee
 
 The records stay on the disk until the change is kept or undone, so a process that dies in the
 middle leaves them behind, and the next holder of the repository lock rolls the change back with
-:func:`roll_back` before it does anything else: the change was never acknowledged.
+:func:`roll_back` before it does anything else: the change was never acknowledged. Meanwhile a
+reader without the lock takes the labels from the record (:func:`labels_before_change`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ def parse_labels(path: Path) -> Labels:
     """``{model: {label: version}}`` from ``path`` (absent: no labels). Anything else raises
     :class:`LabelsFileError` naming the file, never a bare ``AttributeError`` or ``TypeError``."""
     try:
-        raw = json.loads(path.read_text())
+        return _labels_from(path)
     except FileNotFoundError:
         return {}
-    except ValueError as error:
+
+
+def _labels_from(path: Path) -> Labels:
+    """:func:`parse_labels`, with an absent file's ``FileNotFoundError``."""
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as error:  # UnicodeDecodeError too
         raise LabelsFileError(f"{path.name} is not JSON: {error}") from error
     try:
         return {
@@ -70,6 +77,16 @@ def _absent(folder: Path, name: str) -> Path:
 def has_record(folder: Path, name: str) -> bool:
     """Whether an undo record of ``name`` is in ``folder``."""
     return os.path.lexists(_link(folder, name)) or os.path.lexists(_absent(folder, name))
+
+
+def labels_before_change(folder: Path, name: str) -> Labels | None:
+    """The labels file ``name`` as it was before the change whose undo record is beside it (none
+    when there was no such file), or None when there is no record (any more: a change kept or
+    undone since the caller saw one). Not readable as labels: :class:`LabelsFileError`."""
+    try:
+        return _labels_from(_link(folder, name))
+    except FileNotFoundError:
+        return {} if os.path.lexists(_absent(folder, name)) else None
 
 
 def put_back(folder: Path, name: str) -> bool:

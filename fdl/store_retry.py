@@ -2,6 +2,11 @@
 
 Used by :class:`fdl.jobs.JobStore`: a store whose ``retry_for_s`` is positive (the worker's)
 waits out a Redis restart; one whose ``retry_for_s`` is 0 (the gateway's) fails at once.
+
+A retry runs the method again with the same arguments, also when the first try took effect and
+only its reply was lost. A write that is not idempotent by itself therefore carries a token made
+before the retried method is entered (an argument of it), which its script recognises; a token
+made inside the retried method would be a new one on every try.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ folders its datasets read."""
 
 from __future__ import annotations
 
+import os
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ class Worker:
         body = JobSpec.model_validate(spec).model_dump(mode="json")
         job_id = new_job_id()
         self.store.create(body, job_id, self.queue)
-        enqueue_training(self.app, job_id, self.queue)
+        enqueue_training(self.app, job_id, self.queue, body.get("max_duration_s"))
         return job_id
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
@@ -109,3 +110,18 @@ def write_image_folder(root: Path, images, labels, class_names, suffix: str = ".
         folder = root / class_names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.squeeze()).save(folder / f"{index:04d}{suffix}")
+
+
+def write_stuck_data(data_dir: Path, root: Path) -> Path:
+    """A data folder ``root`` with MNIST (from ``data_dir``) and ``stuck``, an image folder whose
+    first image is a FIFO that nobody writes: a job on it blocks in ``open`` for good, outside
+    any check of the job."""
+    import numpy as np
+
+    root.mkdir()
+    (root / "mnist").symlink_to(data_dir / "mnist", target_is_directory=True)
+    image = np.zeros((28, 28, 1), np.uint8)
+    write_image_folder(root / "stuck" / "train", [image, image], [0, 1], ["a", "b"])
+    write_image_folder(root / "stuck" / "test", [image], [0], ["a", "b"])
+    os.mkfifo(root / "stuck" / "train" / "a" / "0000-fifo.png")
+    return root

@@ -138,14 +138,19 @@ class VersionLifecycle:
             self._changed.notify_all()
 
     def reconcile(self, name: str, entry: ModelEntry, aspired: set[int]) -> None:
-        """Unload versions no longer aspired, once an aspired one is available (or none is).
-        Called under the lock."""
+        """Unload versions no longer aspired, once an aspired one is available (or none is);
+        meanwhile only the newest of them stays. Called under the lock."""
         # Those that have ended go to the retired records, which GetModelStatus still reports.
         self._retired.take_ended(name, entry.versions, aspired, self._models)
         available = {v for v, r in entry.versions.items() if r.state == State.AVAILABLE}
+        # Until an aspired version is available, the newest version it replaces keeps serving;
+        # the older ones go at once, as TF Serving's AvailabilityPreservingPolicy unloads the
+        # lowest of two or more unaspired versions that serve.
+        replaced = available - aspired
         keep_old = not entry.removed and aspired and not (aspired & available)
+        keep = {max(replaced)} if keep_old and replaced else set()
         for version, record in entry.versions.items():
-            if version in aspired or record.state != State.AVAILABLE or keep_old:
+            if version in aspired or record.state != State.AVAILABLE or version in keep:
                 continue
             record.state = State.UNLOADING
             servable, record.servable = record.servable, None

@@ -21,7 +21,8 @@ from typing import Any
 
 from fdl import contract
 from fdl.jobspec import PublishSpec, valid_name
-from fdl.repository import Repository, find_job_version, list_versions, sync_config
+from fdl.repository import Repository, sync_config
+from fdl.repository_reads import find_job_version, list_versions
 
 log = logging.getLogger(__name__)
 

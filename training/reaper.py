@@ -16,6 +16,9 @@ stopped between writing the record and sending it; the broker lost it). A job of
 queue (the record keeps the queue it was sent to) still queued ``FDL_RESEND_QUEUED_AFTER_S``
 after its message was sent has it sent again; a worker that gets a duplicate of a job already
 taken or ended skips it (the claim is atomic).
+
+A message sent again carries the spec's ``max_duration_s``, as the gateway's does, so that the
+hard time limit of the run it starts is the spec's (:func:`resender`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
@@ -108,6 +112,25 @@ def _resend_waiting(
             send(record["id"], queue)
             actions.append((record["id"], "resent"))
     return actions
+
+
+def resender(
+    store: JobStore, enqueue: Callable[[str, str, float | None], None]
+) -> Callable[[str, str], None]:
+    """The reaper's ``send``: ``enqueue(job id, queue, its spec's max_duration_s or None)``, the
+    limit read from the job's record (the one spec field the message carries)."""
+
+    def send(job_id: str, queue: str) -> None:
+        enqueue(job_id, queue, spec_max_duration_s(store.get(job_id)))
+
+    return send
+
+
+def spec_max_duration_s(record: dict[str, Any] | None) -> float | None:
+    """The ``max_duration_s`` of a job record's spec; None when it has none (or no record)."""
+    spec = (record or {}).get("spec")
+    limit = spec.get("max_duration_s") if isinstance(spec, dict) else None
+    return limit if isinstance(limit, int | float) and not isinstance(limit, bool) else None
 
 
 class ReaperThread(threading.Thread):

@@ -8,11 +8,12 @@ It consumes ``FDL_TRAINING_QUEUE`` (the app's default queue), the queue the gate
 task is a thin wrapper over :func:`training.job.run_job`. TensorFlow is imported only in the
 pool process that runs a job, never in the parent (TensorFlow is not fork-safe).
 
-The task's hard time limit (``FDL_MAX_JOB_DURATION_S`` + ``FDL_JOB_KILL_GRACE_S``) is the
-backstop for a run stuck where the job's own checks never come (:mod:`training.time_limit`):
-the prefork pool, this command's default, kills the pool process and starts another. Celery
-calls the request's timeout handler in the main process just before it kills that process; the
-handler leaves a thread to end the job once the process is gone (:class:`TrainRequest`).
+The task's hard time limit (``FDL_MAX_JOB_DURATION_S``, or the spec's ``max_duration_s`` when
+lower, + ``FDL_JOB_KILL_GRACE_S``) is the backstop for a run stuck where the job's own checks
+never come (:mod:`training.time_limit`): the prefork pool, this command's default, kills the
+pool process and starts another. Celery calls the request's timeout handler in the main process
+just before it kills that process; the handler leaves a thread to end the job once the process
+is gone (:class:`TrainRequest`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from fdl.jobs import JobStore
-from fdl.queue import TRAIN_TASK, enqueue_training, make_celery
+from fdl.queue import MAX_DURATION_HEADER, TRAIN_TASK, enqueue_training, make_celery
 from training.job import run_job
-from training.reaper import ReaperThread
+from training.reaper import ReaperThread, resender
 from training.settings import get_settings
-from training.time_limit import end_when_gone, hard_limit_s, process_start
+from training.time_limit import end_when_gone, hard_limit_s, limit_from_message, process_start
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -52,6 +53,16 @@ def job_store() -> JobStore:
 class TrainRequest(Request):  # type: ignore[misc]
     """A task message in the worker's main process; knows the pool process that runs it."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The time limits of this run, which Celery's pool applies (``execute_using_pool``): the
+        # hard one bounded by the spec's limit that the message carries, never longer than the
+        # worker's; no soft one. Celery's own ``timelimit`` header, which the base class reads,
+        # is ignored: it could lengthen the run, or ask for a soft limit, which raises wherever
+        # the process is (under the repository's lock too).
+        self.spec_limit_s = limit_from_message(self.request_dict.get(MAX_DURATION_HEADER))
+        self.time_limits = (hard_limit_s(settings, self.spec_limit_s), None)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         # Celery's hard time limit: called before the pool process is killed (SIGTERM, then
         # SIGKILL), which may still be publishing. Its job is ended once it is gone, by a thread:
@@ -66,7 +77,8 @@ class TrainRequest(Request):  # type: ignore[misc]
             log.error("job %s: killed, but its process is unknown; left to the reaper", job_id)
             return
         store = JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
-        end_when_gone(job_id, pid, started, store, settings, f"{self.hostname}:{pid}")
+        worker = f"{self.hostname}:{pid}"
+        end_when_gone(job_id, pid, started, store, settings, worker, self.spec_limit_s)
 
 
 class TrainTask(Task):  # type: ignore[misc]
@@ -83,16 +95,16 @@ _reaper: list[ReaperThread] = []
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
-    resender = make_celery(
+    sender = make_celery(
         settings.require_redis_url(),
         settings.training_queue,
         visibility_timeout_s=settings.visibility_timeout_s,
     )
-    thread = ReaperThread(
-        JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s),
-        settings,
-        lambda job_id, queue: enqueue_training(resender, job_id, queue),
+    store = JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
+    send = resender(
+        store, lambda job_id, queue, limit: enqueue_training(sender, job_id, queue, limit)
     )
+    thread = ReaperThread(store, settings, send)
     thread.start()
     _reaper.append(thread)
 

@@ -10,11 +10,16 @@ worker's main process ends the job once that process is gone (:func:`end_when_go
 calls its timeout handlers before it kills the process, which may still be renaming its version
 in or holding the repository's lock. Celery's soft time limit is not used: it raises wherever
 the process happens to be, the publication under the repository's lock included.
+
+The hard limit is set per run, from the spec's ``max_duration_s`` that the task message carries
+(:data:`fdl.queue.MAX_DURATION_HEADER`, :func:`limit_from_message`): a message never makes it
+longer than the worker's own, and one without the value gets the worker's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -40,19 +45,16 @@ class Deadline:
 
     @classmethod
     def start(cls, settings: WorkerSettings, spec_limit_s: float | None) -> Deadline:
-        """The deadline of a run that starts now: the spec's limit when it asks for less than
-        the worker's."""
-        if spec_limit_s is not None and spec_limit_s < settings.max_job_duration_s:
-            return cls(spec_limit_s, "its spec's max_duration_s", time.monotonic() + spec_limit_s)
-        limit = settings.max_job_duration_s
-        return cls(limit, "the worker's FDL_MAX_JOB_DURATION_S", time.monotonic() + limit)
+        """The deadline of a run that starts now (:func:`run_limit`)."""
+        limit, source = run_limit(settings, spec_limit_s)
+        return cls(limit, source, time.monotonic() + limit)
 
     def passed(self) -> bool:
         return time.monotonic() >= self.at
 
     def error(self, where: str) -> str:
         return (
-            f"ran longer than {self.limit_s:g} s ({self.source}): stopped {where}; nothing was "
+            f"ran longer than {self.limit_s:.10g} s ({self.source}): stopped {where}; nothing was "
             "published"
         )
 
@@ -63,9 +65,32 @@ class Deadline:
             raise TimedOut(self.error(where))
 
 
-def hard_limit_s(settings: WorkerSettings) -> float:
-    """The Celery task's hard time limit: the longest run, and the grace it has to stop."""
-    return settings.max_job_duration_s + settings.job_kill_grace_s
+def run_limit(settings: WorkerSettings, spec_limit_s: float | None) -> tuple[float, str]:
+    """How long a run may take, and which setting says so (for its error): the spec's limit when
+    it asks for less than the worker's ``FDL_MAX_JOB_DURATION_S``, else the worker's."""
+    if spec_limit_s is not None and spec_limit_s < settings.max_job_duration_s:
+        return spec_limit_s, "its spec's max_duration_s"
+    return settings.max_job_duration_s, "the worker's FDL_MAX_JOB_DURATION_S"
+
+
+def hard_limit_s(settings: WorkerSettings, spec_limit_s: float | None = None) -> float:
+    """The Celery hard time limit of a run: how long it may take (:func:`run_limit`), and the
+    grace it has to stop (always the worker's ``FDL_JOB_KILL_GRACE_S``)."""
+    return run_limit(settings, spec_limit_s)[0] + settings.job_kill_grace_s
+
+
+def limit_from_message(value: object) -> float | None:
+    """The spec's ``max_duration_s`` as a task message carries it
+    (:data:`fdl.queue.MAX_DURATION_HEADER`), or None: a message without it (from a gateway that
+    predates it) or with anything but a positive finite number gets the worker's limit. A value
+    above the worker's limit changes nothing (:func:`run_limit`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        limit = float(value)
+    except OverflowError:  # an int too large for a float: more than any worker allows
+        return None
+    return limit if math.isfinite(limit) and limit > 0 else None
 
 
 # How long the main process waits for a killed pool process to be gone before it leaves the job
@@ -118,15 +143,19 @@ def end_when_gone(
     store: JobStore,
     settings: WorkerSettings,
     worker: str,
+    spec_limit_s: float | None = None,
 ) -> threading.Thread:
     """In the worker's main process, when Celery's hard time limit fired for the pool process
-    ``pid`` (which started at ``started``) that runs ``job_id`` under the name ``worker``:
-    starts a daemon thread that ends the job once that process is gone
-    (:func:`end_job_once_gone`), leaving Celery's loop free meanwhile."""
+    ``pid`` (which started at ``started``) that runs ``job_id`` under the name ``worker``, with
+    the spec's limit ``spec_limit_s`` from its message: starts a daemon thread that ends the job
+    once that process is gone (:func:`end_job_once_gone`), leaving Celery's loop free
+    meanwhile."""
 
     def run() -> None:
         try:
-            end_job_once_gone(job_id, pid, started, store, settings, worker)
+            end_job_once_gone(
+                job_id, pid, started, store, settings, worker, spec_limit_s=spec_limit_s
+            )
         except Exception:  # the reaper ends it once its heartbeat is stale
             log.exception("job %s: could not record that its process was killed", job_id)
 
@@ -143,6 +172,7 @@ def end_job_once_gone(
     settings: WorkerSettings,
     worker: str,
     wait_s: float = KILLED_EXIT_WAIT_S,
+    spec_limit_s: float | None = None,
 ) -> str | None:
     """Wait up to ``wait_s`` for process ``pid`` to be gone, then :func:`end_killed_job`. A
     process still there is left alone, and so is its job (the reaper settles it once its
@@ -160,11 +190,15 @@ def end_job_once_gone(
             )
             return None
         time.sleep(_POLL_S)
-    return end_killed_job(job_id, store, settings, worker)
+    return end_killed_job(job_id, store, settings, worker, spec_limit_s)
 
 
 def end_killed_job(
-    job_id: str, store: JobStore, settings: WorkerSettings, worker: str
+    job_id: str,
+    store: JobStore,
+    settings: WorkerSettings,
+    worker: str,
+    spec_limit_s: float | None = None,
 ) -> str | None:
     """End ``job_id``, whose process Celery killed past the task's hard time limit and which is
     gone now, as the reaper ends a lost job, in one atomic step
@@ -173,17 +207,19 @@ def end_killed_job(
     requested, else ``failed`` (never queued again: it would run out of time again). Else it
     would stay ``running`` until a reaper took it for lost and ran it again. Only while the
     record shows the run of ``worker`` (``"<node>:<pid>"``, the name it claimed the job under):
-    a job that another worker claimed since (its heartbeat went stale) is left alone. Returns
-    the status it was left in, None when it was left alone."""
+    a job that another worker claimed since (its heartbeat went stale) is left alone. The error
+    names the limit that applied to the run (``spec_limit_s``: the spec's that its message
+    carried, :func:`run_limit`). Returns the status it was left in, None when it was left
+    alone."""
     record = store.get(job_id)
     if record is None or record["status"] != JobStatus.RUNNING or record.get("worker") != worker:
         return None
     published = published_by_record(settings.model_dir, record)
-    hard = hard_limit_s(settings)
-    reason = f"its process was killed {hard:g} s after the run started"
+    limit, source = run_limit(settings, spec_limit_s)
+    grace = settings.job_kill_grace_s
+    reason = f"its process was killed {limit + grace:.10g} s after the run started"
     error = (
-        f"ran longer than {settings.max_job_duration_s:g} s (the worker's "
-        f"FDL_MAX_JOB_DURATION_S) and had not stopped {settings.job_kill_grace_s:g} s later "
+        f"ran longer than {limit:.10g} s ({source}) and had not stopped {grace:.10g} s later "
         "(stuck outside the training loop: reading data, or a call that did not return): its "
         "process was killed; nothing was published"
     )

@@ -23,6 +23,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PUBLIC_FIELDS = tuple(Job.model_fields)
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
+# The plain GET routes also answer HEAD (health checkers, curl -I): the same status and headers,
+# no body (the server sends none). Left out of the OpenAPI document, which lists the GETs. The
+# event stream does not: it never ends while the job runs.
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def submit_job(
     except (RedisError, OSError) as error:
         raise store_unavailable(error) from error
     try:
-        enqueue_training(celery, job_id, settings.training_queue)
+        enqueue_training(celery, job_id, settings.training_queue, spec.max_duration_s)
     except (RedisError, OSError, KombuError) as error:
         # Not acknowledged, so never to run: the record must not wait as queued for a message
         # that was never sent (best effort; the broker and the store are one Redis).
@@ -74,6 +77,7 @@ def submit_job(
     return public(record)
 
 
+@router.head("", response_model=JobList, include_in_schema=False)
 @router.get(
     "",
     summary="List jobs, newest first",
@@ -104,6 +108,7 @@ def _not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
 
 
+@router.head("/{job_id}", response_model=Job, include_in_schema=False)
 @router.get(
     "/{job_id}",
     summary="One job with its progress and result",

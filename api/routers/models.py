@@ -19,7 +19,8 @@ from api.deps import (
 from api.errors import ApiError
 from api.input_spec import ModelContractError
 from api.preprocess import choose_profile
-from api.repository import describe_model, model_names
+from api.repository import describe_model, model_names, safe_labels
+from api.repository_access import io
 from api.schemas import (
     ErrorResponse,
     LabelName,
@@ -47,13 +48,19 @@ LISTING_CONCURRENCY = 8
     responses=errors(401, 403, 429),
 )
 async def list_models(
-    settings: SettingsDep, serving: ServingDep, request_id: RequestIdDep, _caller: ClassifyDep
+    settings: SettingsDep,
+    serving: ServingDep,
+    promoter: PromoterDep,
+    request_id: RequestIdDep,
+    _caller: ClassifyDep,
 ) -> dict[str, Any]:
     gate = asyncio.Semaphore(LISTING_CONCURRENCY)
+    # Once for the listing, in a worker thread (it may roll back a dead gateway's change).
+    labels = await io(safe_labels, promoter.repository)
 
     async def describe(name: str) -> dict[str, Any]:
         async with gate:
-            return await describe_model(serving, settings.model_dir, name, request_id)
+            return await describe_model(serving, promoter.repository, name, request_id, labels)
 
     names = model_names(settings.model_dir)
     described = await asyncio.gather(*map(describe, names), return_exceptions=True)
@@ -77,10 +84,11 @@ async def get_model(
     settings: SettingsDep,
     serving: ServingDep,
     metadata: MetadataDep,
+    promoter: PromoterDep,
     request_id: RequestIdDep,
     _caller: ClassifyDep,
 ) -> dict[str, Any]:
-    detail = await describe_model(serving, settings.model_dir, model, request_id)
+    detail = await describe_model(serving, promoter.repository, model, request_id)
     if not detail["versions"] and not (settings.model_dir / model).is_dir():
         raise ApiError(404, "model_not_found", f"no model named {model!r}")
     detail["input"] = None

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.main import create_app
-from api.ratelimit import INVALID_ADDRESS, address_bucket
+from api.ratelimit import INVALID_ADDRESS, FailureLimiter, address_bucket
 from harness.gateway import ADMIN_KEY, CLASSIFY_KEY, bearer, inprocess_settings
 from harness.model_server import ModelServer
 
@@ -168,6 +168,22 @@ def test_replicas_share_the_count(gateway_app: Any) -> None:
         assert_failure_limited(get(second, JOBS, attacker, "guess-4"))  # the count in Redis
         assert_failure_limited(get(second, JOBS, attacker, "guess-5"))  # remembered here
         assert get(second, JOBS, attacker, ADMIN_KEY).status_code == 200
+
+
+def test_the_limiter_is_built_at_start(gateway_app: Any) -> None:
+    """Start-up builds the failed-key limiter over the app's Redis client, as the request limiter:
+    no request builds it, and a restarted app gets one over its new client."""
+    with gateway_app(auth_failures_per_minute=1, auth_failures_burst=1) as client:
+        app = client.app.app  # inside ProxyHeadersMiddleware
+        first = app.state.auth_failures
+        assert isinstance(first, FailureLimiter)
+        assert first.limiter.client is app.state.redis
+        assert (first.limiter.per_minute, first.limiter.burst) == (1, 1)
+        assert get(client, JOBS, "198.51.100.50", "guess-1").status_code == 401
+    with TestClient(client.app) as restarted:
+        assert app.state.auth_failures is not first
+        assert app.state.auth_failures.limiter.client is app.state.redis
+        assert_failure_limited(get(restarted, JOBS, "198.51.100.50", "guess-2"))
 
 
 def test_good_requests_cost_redis_nothing_more(gateway_app: Any, redis_db: redis.Redis) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.imaging import decode_image
+from api.image_decode import decode_image
 from api.preprocess import digit_to_mnist
 from harness.gateway import Gateway, log_lines, post
 from harness.mnist import mnist_test_digits, paper_png, png_bytes

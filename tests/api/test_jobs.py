@@ -17,8 +17,10 @@ import redis
 
 from fdl.job_records import JOB_KEY
 from fdl.jobs import JobStatus, JobStore
+from fdl.queue import MAX_DURATION_HEADER
 from harness.gateway import Gateway
 from harness.procs import wait_for
+from tests.api.test_head import head_then_get, header, split_headers
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,24 @@ def test_submit_queues_a_celery_message(gateway: Gateway, redis_url: str) -> Non
     message = json.loads(client.lindex("training", 0))
     assert message["headers"]["id"] == job["id"]
     assert get(gateway, f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("limit", [60, None])
+def test_submit_sends_the_specs_time_limit_with_the_message(
+    gateway: Gateway, redis_url: str, limit: int | None
+) -> None:
+    """The worker bounds the hard time limit of the run by it (tests/training/
+    test_spec_hard_limit.py); a spec without one sends none."""
+    client = redis.Redis.from_url(redis_url)
+    spec = {"model": "mnist_mlp"} | ({"max_duration_s": limit} if limit else {})
+    response = httpx.post(f"{gateway.url}/v1/jobs", json=spec, headers=gateway.admin(), timeout=10)
+    assert response.status_code == 202, response.text
+    message = client.lindex("training", 0)
+    assert isinstance(message, bytes)
+    headers = json.loads(message)["headers"]
+    assert headers["id"] == response.json()["id"]
+    assert headers.get(MAX_DURATION_HEADER) == limit
+    assert headers.get("timelimit") in (None, [None, None])  # Celery's own: the worker's limits
 
 
 def test_a_full_queue_refuses_submissions_with_429(
@@ -125,6 +145,44 @@ def test_get_unknown_and_malformed_ids(gateway: Gateway) -> None:
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "job_not_found"
     assert get(gateway, "/v1/jobs/bad.id!").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/jobs", 200),
+        ("/v1/jobs?status=queued&limit=2", 200),
+        ("/v1/jobs/{job_id}", 200),
+        ("/v1/jobs/0123456789abcdef", 404),
+        ("/v1/jobs/bad.id!", 422),
+        ("/v1/jobs?limit=0", 422),
+    ],
+)
+@pytest.mark.parametrize("keyed", [True, False])
+def test_head_on_the_job_routes_answers_as_get_without_a_body(
+    gateway: Gateway, store: JobStore, path: str, status: int, keyed: bool
+) -> None:
+    """The GET's status and headers, and on the wire no body (``tests/api/test_head.py``)."""
+    path = path.format(job_id=store.create({"model": "mnist_logreg"})["id"])
+    headers = gateway.admin() if keyed else {}
+    status = status if keyed else 401
+    head = httpx.head(f"{gateway.url}{path}", headers=headers, timeout=10)
+    got = httpx.get(f"{gateway.url}{path}", headers=headers, timeout=10)
+    assert head.status_code == got.status_code == status, head.headers
+    for name in ("content-type", "content-length", "www-authenticate"):
+        assert head.headers.get(name) == got.headers.get(name), name
+    raw_head, after = head_then_get(gateway.url, path, headers)
+    assert raw_head.startswith(f"HTTP/1.1 {status} ".encode()), raw_head
+    assert int(header(raw_head, "content-length") or 0) > 0, raw_head  # announced, not sent
+    assert after.startswith(f"HTTP/1.1 {status} ".encode()), after[:200]
+    raw_get, body = split_headers(after)
+    assert len(body) == int(header(raw_get, "content-length") or -1), raw_get
+
+
+def test_the_event_stream_does_not_answer_head(gateway: Gateway, store: JobStore) -> None:
+    job_id = store.create({"model": "mnist_logreg"})["id"]
+    url = f"{gateway.url}/v1/jobs/{job_id}/events"
+    assert httpx.head(url, headers=gateway.admin(), timeout=10).status_code == 405
 
 
 def test_cancel_queued_and_running(gateway: Gateway, store: JobStore) -> None:

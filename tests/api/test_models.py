@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fdl.repository import CONFIG_FILE, read_labels
+from fdl.repository import CONFIG_FILE
+from fdl.repository_reads import read_labels
 from harness.gateway import Gateway, classify, set_label
 from harness.model_server import ModelServer, versions_available
 from harness.procs import wait_for

@@ -12,7 +12,7 @@ from PIL import Image
 
 from api.classification import _small
 from api.decoding import prepare_batch
-from api.imaging import decode_image
+from api.image_decode import decode_image
 from api.input_spec import InputSpec
 from api.preprocess import _median, decode_size, digit_to_mnist, photo_to_array
 from harness.mnist import mnist_test_digits, png_bytes

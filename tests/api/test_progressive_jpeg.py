@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from api.errors import ApiError
-from api.imaging import MAX_JPEG_SCANS, decode_cost, decode_image, open_image
+from api.image_decode import decode_image
+from api.image_open import MAX_JPEG_SCANS, decode_cost, open_image
 from api.preprocess import decode_size
 
 DIGIT_WORK = decode_size("digit", (28, 28))

@@ -23,8 +23,9 @@ from typing import Any
 from api.metadata_cache import MetadataCache
 from api.promotion import Promoter
 from api.serving_client import ServingClient
-from fdl.repository import CONFIG_FILE, LABELS_FILE, read_labels, render_config
+from fdl.repository import CONFIG_FILE, render_config
 from fdl.repository_files import has_record
+from fdl.repository_reads import LABELS_FILE, read_labels
 from harness.model_server import ModelServer, model_server_running
 from harness.repository import SERVED, copy_repository
 

@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from fdl import contract
-from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository, read_labels, render_config
+from fdl.repository import CONFIG_FILE, Repository, render_config
+from fdl.repository_reads import LABELS_FILE, read_labels
 from harness.gateway import Gateway, classify, set_label, start_gateway
 from harness.model_server import ModelServer, model_server_running
 from harness.procs import wait_for

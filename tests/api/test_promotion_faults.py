@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fdl.repository import CONFIG_FILE, LABELS_FILE, read_labels, render_config, sync_config
+from fdl.repository import CONFIG_FILE, render_config, sync_config
+from fdl.repository_reads import LABELS_FILE, read_labels
 from harness.disks import small_tmpfs
 from harness.gateway import Gateway, classify, gateway_running, set_label
 from harness.model_server import ModelServer, model_server_running, versions_available

@@ -80,9 +80,9 @@ class OtherJson(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def other_service() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OtherJson)
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """A server of ``handler`` on a free port, in a thread, for a fixture to yield."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -90,6 +90,11 @@ def other_service() -> Iterator[ThreadingHTTPServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def other_service() -> Iterator[ThreadingHTTPServer]:
+    yield from serve(OtherJson)
 
 
 @pytest.fixture

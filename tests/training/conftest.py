@@ -81,6 +81,33 @@ def small_data_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture
+def tarball(tmp_path: Path, data_dir: Path) -> Path:
+    """A CIFAR-10 image-folder export of 400 exact images (300 train, 100 test), as a tarball in
+    a data folder, and a file beside them larger than a file the crashing children of
+    test_data_leftovers.py may write (the dataset cache tests, test_data_fill_lock.py too)."""
+    import os
+    import tarfile
+
+    import numpy as np
+
+    from training.data.cifar import CLASS_NAMES
+
+    with np.load(data_dir / "cifar10" / "cifar10-test-first1000-exact.npz") as exact:
+        x, y = exact["x_test"][:400], exact["y_test"][:400]
+    export = tmp_path / "export"
+    write_image_folder(export / "train", x[:300], y[:300], CLASS_NAMES)
+    write_image_folder(export / "test", x[300:], y[300:], CLASS_NAMES)
+    (export / "notes.bin").write_bytes(os.urandom(600_000))
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    path = folder / "cifar10-png.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name in ("train", "test", "notes.bin"):
+            archive.add(export / name, name)
+    return path
+
+
+@pytest.fixture
 def job_in_process(tmp_path: Path) -> Callable[..., JobRun]:
     """Runs one small job (1 epoch, batches of 32, 64 test and 32 validation examples, plus
     ``spec_fields``) through the job function in this process, with no worker; the caller checks

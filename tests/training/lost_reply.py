@@ -9,8 +9,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
+
+import redis
+from redis.commands.core import Script
+
+from fdl.jobs import JobStore
 
 
 class LostReplyProxy:
@@ -95,3 +100,19 @@ class LostReplyProxy:
         tb: TracebackType | None,
     ) -> None:
         self._listener.close()
+
+
+@contextlib.contextmanager
+def loaded_store(redis_url: str, db: int) -> Iterator[JobStore]:
+    """A job store on database ``db`` of the Redis at ``redis_url``, emptied, its scripts loaded
+    as on any Redis that ran them before: a lost reply is then one of a script that ran."""
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{db}", decode_responses=True)
+    client.flushdb()
+    direct = JobStore(client)
+    for script in vars(direct).values():
+        if isinstance(script, Script):
+            client.script_load(script.script)
+    try:
+        yield direct
+    finally:
+        client.close()

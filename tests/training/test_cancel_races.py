@@ -12,7 +12,8 @@ from typing import Any
 import redis
 
 from fdl import contract
-from fdl.repository import Repository, list_versions
+from fdl.repository import Repository
+from fdl.repository_reads import list_versions
 from harness.procs import wait_for
 from harness.redis import redis_running
 from harness.worker import MNIST_TINY, worker_running

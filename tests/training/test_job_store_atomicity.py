@@ -11,11 +11,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import redis
-from redis.commands.core import Script
 
 from fdl.jobs import JobStatus, JobStore
-from tests.training.lost_reply import LostReplyProxy
+from tests.training.lost_reply import LostReplyProxy, loaded_store
 from training.job import run_job
 from training.reaper import reap_once
 from training.settings import WorkerSettings
@@ -25,15 +23,8 @@ DB = 3
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
-    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{DB}", decode_responses=True)
-    client.flushdb()
-    direct = JobStore(client)
-    # Loaded, as on any Redis that ran them before: the lost reply is then one of a script that ran.
-    for script in vars(direct).values():
-        if isinstance(script, Script):
-            client.script_load(script.script)
-    yield direct
-    client.close()
+    with loaded_store(redis_url, DB) as direct:
+        yield direct
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from fdl import contract
 from fdl.jobspec import JobSpec, PublishSpec
-from fdl.repository import list_versions
+from fdl.repository_reads import list_versions
 from training.publish import publish, quality_gate, staging_dir
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from fdl.repository import list_versions
+from fdl.repository_reads import list_versions
 from harness.procs import wait_for
 from harness.redis import redis_running
 from harness.worker import MNIST_TINY, Worker, start_worker, worker_running

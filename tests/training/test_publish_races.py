@@ -13,7 +13,8 @@ import pytest
 
 from fdl import contract
 from fdl.jobspec import PublishSpec
-from fdl.repository import Repository, discover_models, list_versions
+from fdl.repository import Repository
+from fdl.repository_reads import discover_models, list_versions
 from training.publish import (
     GateClosed,
     gate_under_lock,

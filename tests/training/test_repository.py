@@ -14,7 +14,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from fdl import contract
 from fdl.model_config import ConfigRenderError, render
-from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository, list_versions
+from fdl.repository import CONFIG_FILE, Repository
+from fdl.repository_reads import LABELS_FILE, list_versions
 from training.publish import publish, published_before, staging_dir
 
 

@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 from pydantic import ValidationError
 
 from fdl.jobs import JobStore
 from fdl.jobspec import MAX_DURATION_S, JobSpec
-from harness.worker import MNIST_TINY, Worker, worker_running, write_image_folder
+from harness.worker import MNIST_TINY, Worker, worker_running, write_stuck_data
 from training.settings import WorkerSettings
 from training.time_limit import Deadline, TimedOut
 
@@ -103,16 +102,8 @@ def test_a_job_over_its_time_fails_and_the_worker_takes_the_next(
 
 @pytest.fixture
 def stuck_data(data_dir: Path, tmp_path: Path) -> Path:
-    """A data folder with MNIST and ``stuck``, an image folder whose first image is a FIFO that
-    nobody writes: reading it blocks in ``open`` for good, outside any check of the job."""
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "mnist").symlink_to(data_dir / "mnist", target_is_directory=True)
-    image = np.zeros((28, 28, 1), np.uint8)
-    write_image_folder(root / "stuck" / "train", [image, image], [0, 1], ["a", "b"])
-    write_image_folder(root / "stuck" / "test", [image], [0], ["a", "b"])
-    os.mkfifo(root / "stuck" / "train" / "a" / "0000-fifo.png")
-    return root
+    """MNIST and ``stuck``, a dataset whose reading blocks for good (:func:`write_stuck_data`)."""
+    return write_stuck_data(data_dir, tmp_path / "data")
 
 
 def test_a_job_stuck_outside_its_checks_is_killed_and_fails(

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository, list_versions
+import fdl.repository
+from fdl.repository import CONFIG_FILE, Repository
+from fdl.repository_files import UndoPoint
+from fdl.repository_reads import LABELS_FILE, list_versions
 from harness.procs import REPO_ROOT
 from training.publish import render_config_again
 
@@ -21,7 +24,8 @@ from training.publish import render_config_again
 DYING_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from fdl.repository import CONFIG_FILE, LABELS_FILE, Repository
+from fdl.repository import CONFIG_FILE, Repository
+from fdl.repository_reads import LABELS_FILE
 from fdl.repository_files import UndoPoint, drop_record
 
 repo = Repository(Path(sys.argv[1]))
@@ -50,9 +54,10 @@ with repo.locked():
 """
 
 
-def die_after(model_dir: Path, steps: str) -> None:
+def run_dying(script: str, *args: str) -> None:
+    """Run ``script`` in a child process with ``args``, which must kill itself with SIGKILL."""
     child = subprocess.run(
-        [sys.executable, "-c", DYING_WRITER, str(model_dir), steps],
+        [sys.executable, "-c", script, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -60,6 +65,10 @@ def die_after(model_dir: Path, steps: str) -> None:
         check=False,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
+
+
+def die_after(model_dir: Path, steps: str) -> None:
+    run_dying(DYING_WRITER, str(model_dir), steps)
 
 
 def files(model_dir: Path) -> tuple[str | None, str, list[str]]:
@@ -140,3 +149,40 @@ def test_an_undo_point_restored_without_writes_leaves_no_record(tmp_path: Path) 
     with repo.locked():
         repo.undo_point().restore()
     assert files(repo.model_dir) == before
+
+
+@pytest.mark.parametrize("outcome", ["in flight", "undone"])
+def test_a_reader_never_returns_a_change_made_during_its_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """A change that begins between the reader's look for an undo record and its read of
+    labels.json (its record linked, the file replaced) is not returned, whether it is still in
+    flight (its writer holds the lock) or was undone before the reader looked again (no record
+    then, but labels.json is another file)."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    reader, writer = Repository(model_dir), Repository(model_dir)
+    before = {"m": {"stable": 1}}
+    writer.write_labels(before)
+    lock = writer.file_lock()
+    lock.acquire()
+    looks: list[bool] = []
+    undo: list[UndoPoint] = []
+    look = fdl.repository.has_record
+
+    def racing_look(folder: Path, name: str) -> bool:
+        if len(looks) == 1 and outcome == "undone":  # undone after the read, before this look
+            undo[0].restore()
+        found = look(folder, name)
+        if not looks:  # the writer's first steps land right after the reader's first look
+            undo.append(writer.undo_point())
+            writer.write_labels({"m": {"stable": 2, "canary": 1}})
+        looks.append(found)
+        return found
+
+    monkeypatch.setattr(fdl.repository, "has_record", racing_look)
+    try:
+        assert reader.settled_labels() == before
+    finally:
+        lock.release()
+    assert len(looks) >= 2

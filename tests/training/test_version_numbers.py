@@ -15,14 +15,8 @@ import pytest
 
 from fdl import contract
 from fdl.model_config import ConfigRenderError
-from fdl.repository import (
-    CONFIG_FILE,
-    LABELS_FILE,
-    NUMBERS_FILE,
-    NumbersFileError,
-    Repository,
-    list_versions,
-)
+from fdl.repository import CONFIG_FILE, Repository
+from fdl.repository_reads import LABELS_FILE, NUMBERS_FILE, NumbersFileError, list_versions
 from harness.disks import small_tmpfs
 from training.publish import publish, staging_dir
 

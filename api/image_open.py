@@ -1,4 +1,6 @@
-"""Decoding user images safely with Pillow: any common format, EXIF orientation, alpha on white."""
+"""Opening untrusted image files safely with Pillow: the formats read, the checks made from the
+headers before any pixel is decoded (pixels, JPEG scans, PNG metadata), the memory decoding will
+take, the size decoding may reduce an image to, and Pillow's errors as API errors."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import ExifTags, Image, ImageFile, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
 
@@ -20,44 +21,12 @@ MAX_JPEG_SCANS = 100
 # open_image checks the pixel count itself (before any pixel is decoded, after a JPEG's draft
 # scale is chosen), so Pillow's own warning is redundant; its error stays armed far above.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-# Full-resolution images are reduced in horizontal strips of about this many pixels, so that no
-# conversion (premultiplied alpha, palettes, 16 bits) ever copies the whole image.
-_STRIP_PIXELS = 1 << 20
 # What any reduced image may hold at most, whatever its aspect ratio.
 _WORK_MAX_PIXELS = 1 << 20
-# The modes strips are converted to before Image.reduce (averaging needs premultiplied alpha,
-# real colours instead of palette indices, and a mode reduce supports).
-_REDUCE_MODE = {
-    "RGBA": "RGBa",
-    "LA": "La",
-    "PA": "RGBa",
-    "P": "RGBa",
-    "1": "L",
-    "I;16": "I",
-    "I;16L": "I",
-    "I;16B": "I",
-    "I;16N": "I",
-    "CMYK": "RGB",
-    "YCbCr": "RGB",
-    "LAB": "RGB",
-    "HSV": "RGB",
-    "RGBX": "RGB",
-}
-_UNPREMULTIPLY = {"RGBa": "RGBA", "La": "LA"}
 # Decompressed PNG metadata (text, ICC profiles) read per image; past it, such chunks are skipped.
 MAX_PNG_METADATA_BYTES = 1 << 20
 # Where open_image notes the pixel count of the canvas before any draft scale (image.info).
 _CANVAS = "fdl_canvas_pixels"
-# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
-_ORIENT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class _BoundedPngStream(PngImagePlugin.PngStream):
@@ -140,7 +109,7 @@ def open_image(
     """
     if not data:
         raise ApiError(422, "empty_image", "the image is empty (0 bytes)")
-    with _decoding_errors():
+    with decoding_errors():
         image = Image.open(io.BytesIO(data), formats=SUPPORTED)
         width, height = image.size
         if width <= 0 or height <= 0:
@@ -194,33 +163,9 @@ def _progressive(image: Image.Image) -> bool:
     return image.format == "JPEG" and bool(image.info.get("progressive"))
 
 
-def decode_image(
-    data: bytes | Image.Image,
-    work: WorkSize | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Image.Image:
-    """Decode to an upright RGB or L image, reduced to ``work`` first (in 8 bits, in strips)."""
-    source = data if isinstance(data, Image.Image) else open_image(data, work, max_pixels)
-    with _decoding_errors():
-        source.seek(0)  # first frame of animations
-        orientation = source.getexif().get(ExifTags.Base.Orientation, 1)
-        source.load()
-        width, height = source.size
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        factor = work.factor(width, height) if work else 1
-        image = _reduce(source, factor) if factor > 1 else source
-        if orientation in _ORIENT:
-            image = image.transpose(_ORIENT[orientation])
-        image = _normalize_mode(image)
-        if image is not source:
-            # Frees the full-size pixels now, though the caller may still hold the opened image.
-            source.close()
-        return image
-
-
 @contextmanager
-def _decoding_errors() -> Iterator[None]:
+def decoding_errors() -> Iterator[None]:
+    """Pillow's errors while opening or decoding an image as the gateway's: 413, 415 or 422."""
     try:
         yield
     except ApiError:
@@ -239,66 +184,3 @@ def _decoding_errors() -> Iterator[None]:
         raise ApiError(422, "corrupt_image", f"the image could not be decoded: {error}") from error
     except MemoryError as error:
         raise ApiError(413, "image_too_large", "the image is too large to decode") from error
-
-
-def _reduce(image: Image.Image, factor: int) -> Image.Image:
-    """Box-average by ``factor`` strip by strip: only a strip is ever converted at full size.
-
-    Strips are a multiple of ``factor`` rows high, so the result is that of one Image.reduce.
-    """
-    width, height = image.size
-    mode = _REDUCE_MODE.get(image.mode, image.mode)
-    if image.mode in ("L", "RGB") and "transparency" in image.info:
-        mode = "RGBa"
-    rows = max(factor, _STRIP_PIXELS // width // factor * factor)
-    reduced: Image.Image | None = None
-    for top in range(0, height, rows):
-        strip = image.crop((0, top, width, min(height, top + rows)))
-        if strip.mode != mode:
-            # Premultiplied modes are reached through their straight-alpha form.
-            straight = _UNPREMULTIPLY.get(mode)
-            if straight and strip.mode != straight:
-                strip = strip.convert(straight)
-            strip = strip.convert(mode)
-        small = strip.reduce(factor)
-        if reduced is None:
-            reduced = Image.new(mode, (-(-width // factor), -(-height // factor)))
-        reduced.paste(small, (0, top // factor))
-    assert reduced is not None
-    return reduced.convert(_UNPREMULTIPLY[mode]) if mode in _UNPREMULTIPLY else reduced
-
-
-def _normalize_mode(image: Image.Image) -> Image.Image:
-    """Any mode to RGB or L: palettes expanded, 16-bit scaled, CMYK converted, alpha on white.
-
-    Transparent pixels become white, unless what is opaque is itself light (white ink drawn on a
-    transparent canvas): then black, so the drawing never vanishes into its background.
-    """
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype("uint8"), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode in ("RGB", "L") and "transparency" in image.info
-    ):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _background_for(rgba))
-        image = Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "1":
-        image = image.convert("L")
-    if image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV ...
-    return image
-
-
-def _background_for(rgba: Image.Image) -> tuple[int, int, int, int]:
-    array = np.asarray(rgba)
-    alpha = array[..., 3].astype(np.float64) / 255.0
-    weight = alpha.sum()
-    if weight == 0 or alpha.min() > 0.5:
-        return (255, 255, 255, 255)
-    luminance = array[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    opaque_mean = float((luminance * alpha).sum() / weight)
-    return (0, 0, 0, 255) if opaque_mean > 160 else (255, 255, 255, 255)
