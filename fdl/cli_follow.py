@@ -84,6 +84,23 @@ class Follower:
                 if data["epoch"] >= epochs:
                     self.progress.update(self.task, description="evaluating and publishing")
 
+    def on_log(self, message: str | None) -> None:
+        """A worker's note (loading the dataset, waiting for the model repository's lock),
+        printed dim, as it is."""
+        if message:
+            self.progress.console.print(Text(message, style="dim"), highlight=False)
+
+
+def _log_message(event: ServerSentEvent) -> str | None:
+    """The message of a ``log`` event; None for one without a text message (notes are only
+    shown, so one of another shape is skipped rather than an error)."""
+    try:
+        data = event.json()
+    except ValueError:
+        return None
+    message = data.get("message") if isinstance(data, dict) else None
+    return message if isinstance(message, str) else None
+
 
 class _Unavailable(Exception):
     """The gateway (or the job store behind it) is away for now: retried until the deadline."""
@@ -135,6 +152,8 @@ def _read_stream(gateway: Gateway, job_id: str, follower: Follower, retries: _Re
                         follower.last_id = event.id
                     if event.event in ("status", "progress"):
                         follower.on_event(event.event, _event_data(gateway, job_id, event))
+                    elif event.event == "log":
+                        follower.on_log(_log_message(event))
         except SSEError:
             pass  # not an event stream: the job's record below says where it stands
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,27 @@ def _check_under_lock(store: JobStore, job_id: str, worker: str | None) -> None:
         raise NotThisRun
 
 
+def _waiting_for_lock(
+    store: JobStore, job_id: str, deadline: Deadline
+) -> Callable[[Path, float], None]:
+    """What a finished job does between rounds of waiting for the model repository's lock,
+    which another writer holds: it stops when cancelled or out of time, else it says that it
+    waits (a warning and a ``log`` event) and waits another round (``FDL_PUBLISH_LOCK_WAIT_S``).
+    Its export, the hours of training, is kept meanwhile; the heartbeat thread goes on."""
+
+    def waiting(lock_file: Path, waited_s: float) -> None:
+        _check_cancel(store, job_id)
+        deadline.check("while it waited for the model repository's lock")
+        message = (
+            f"waiting for the model repository's lock ({shown_path(lock_file)}), which another "
+            f"writer holds: {waited_s:.0f} s so far"
+        )
+        log.warning("job %s: %s", job_id, message)
+        store.append_event(job_id, "log", {"message": message})
+
+    return waiting
+
+
 def execute(
     job_id: str,
     spec: JobSpec,
@@ -245,8 +267,18 @@ def execute(
             deadline.check("while it waited for the model repository's lock")
             gate(model_path)
 
-        root = settings.serving_model_base_path
-        result["version"], _ = publish(staged, settings.model_dir, name, job_id, root, last_checks)
+        result["version"], _ = publish(
+            staged,
+            settings.model_dir,
+            name,
+            job_id,
+            settings.serving_model_base_path,
+            last_checks,
+            # Rounds shorter than the kill grace: the time limit, checked between rounds, ends
+            # the run before Celery's hard limit could kill it in the middle of a wait.
+            min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2),
+            _waiting_for_lock(store, job_id, deadline),
+        )
     except GateClosed as closed:  # a better version was published while this job trained
         result["reason"] = str(closed)
         return result

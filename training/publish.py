@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import Timeout
+
 from fdl import contract
 from fdl.jobspec import PublishSpec, valid_name
 from fdl.repository import Repository, sync_config
@@ -127,6 +129,8 @@ def publish(
     job_id: str,
     base_path_root: str | None = None,
     gate: Callable[[Path], None] | None = None,
+    lock_wait_s: float = 120.0,
+    waiting: Callable[[Path, float], None] | None = None,
 ) -> tuple[int, bool]:
     """Move ``staged`` in as the next version under the repository lock; idempotent on the job.
 
@@ -134,8 +138,24 @@ def publish(
     was lost, e.g. Redis went away after the rename) finds that version and publishes no other.
     ``gate`` (:func:`gate_under_lock`) runs under the lock and raises :class:`GateClosed` to
     publish nothing; ``staged`` is then left to the caller.
+
+    The lock is waited for in rounds of ``lock_wait_s``. Without ``waiting``, one round, then
+    :class:`filelock.Timeout`. With it, the wait goes on: after each round that did not get the
+    lock, ``staged`` is marked as still in use (so that :func:`sweep_staging` never takes it for
+    a dead run's) and ``waiting(lock_file, waited_s)`` runs, which raises to stop waiting
+    (nothing is published; ``staged`` is left to the caller).
     """
-    return Repository(model_dir, base_path_root).publish(staged, model_name, job_id, gate)
+    repository = Repository(model_dir, base_path_root, lock_timeout_s=lock_wait_s)
+    started = time.monotonic()
+    while True:
+        try:
+            return repository.publish(staged, model_name, job_id, gate)
+        except Timeout as timeout:
+            if waiting is None:
+                raise
+            with contextlib.suppress(OSError):
+                os.utime(staged)  # its inode change time, which the sweep reads, is now
+            waiting(Path(timeout.lock_file), time.monotonic() - started)
 
 
 def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str, Any] | None:

@@ -51,6 +51,12 @@ def test_follows_a_job_to_success(gateway: Gateway, redis_url: str) -> None:
         cli.wait_line("epoch 1/2  loss")
         epoch(store, job_id, 2)
         cli.wait_line("epoch 2/2  loss")
+        # A worker's note (as a finished job waiting for a busy repository lock writes it) is
+        # shown as it is; one of another shape is skipped.
+        store.append_event(job_id, "log", {"note": 1})
+        note = "waiting for the model repository's lock [models/.repository.lock]: 120 s so far"
+        store.append_event(job_id, "log", {"message": note})
+        cli.wait_line(note)
         result = {
             "published": True,
             "model": "mnist_logreg",

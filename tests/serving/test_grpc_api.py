@@ -144,7 +144,12 @@ def test_broadcast_bounded(api_server) -> None:
     del tensor.int_val[1:]
     tensor.tensor_shape.dim[0].size = 2**17  # 2^17 x 8 x 8 x 1 bytes: 8 MiB from 1 value
     scores = scores_of(api_server.prediction().Predict(request, timeout=120))
-    assert scores.shape == (2**17, 4) and (scores == scores[0]).all()
+    assert scores.shape == (2**17, 4)
+    # Equal rows up to float32 rounding: on CPUs without AVX-512 (AMD EPYC) oneDNN runs the
+    # rows of a large batch through kernels that sum in different orders.
+    np.testing.assert_allclose(
+        scores, np.broadcast_to(scores[0], scores.shape), rtol=1e-5, atol=1e-7
+    )
     if api_server.impl != "fdl":  # TF Serving would allocate the 2 GiB and run the model
         return
     tensor.tensor_shape.dim[0].size = 2**25  # 2 GiB, one byte over the bound

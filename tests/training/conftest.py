@@ -110,19 +110,27 @@ def tarball(tmp_path: Path, data_dir: Path) -> Path:
 @pytest.fixture
 def job_in_process(tmp_path: Path) -> Callable[..., JobRun]:
     """Runs one small job (1 epoch, batches of 32, 64 test and 32 validation examples, plus
-    ``spec_fields``) through the job function in this process, with no worker; the caller checks
+    ``spec_fields``) through the job function in this process, with no worker, under the worker
+    settings ``settings_fields`` (e.g. ``{"publish_lock_wait_s": 1}``) change; the caller checks
     what it returns."""
     from fdl.jobspec import JobSpec
     from training.job import run_job
     from training.settings import WorkerSettings
 
-    def run(store: JobStore, job_id: str, data_dir: Path, **spec_fields: Any) -> JobRun:
+    def run(
+        store: JobStore,
+        job_id: str,
+        data_dir: Path,
+        settings_fields: dict[str, Any] | None = None,
+        **spec_fields: Any,
+    ) -> JobRun:
         settings = WorkerSettings(
             redis_url="redis://unused",
             data_dir=data_dir,
             model_dir=tmp_path / "models",
             var_dir=tmp_path / "var",
             download=False,
+            **(settings_fields or {}),
         )
         spec = JobSpec(
             epochs=1, batch_size=32, max_test_examples=64, validation_split=32, **spec_fields
