@@ -146,16 +146,19 @@ def _check_cancel(store: JobStore, job_id: str) -> None:
         raise Cancelled
 
 
-def _check_under_lock(store: JobStore, job_id: str, worker: str | None) -> None:
+def _check_under_lock(
+    store: JobStore, job_id: str, worker: str | None, unreadable: str = "under the lock; publishing"
+) -> None:
     """The record's check just before the rename, under the repository's lock (which may have
-    been waited for): :class:`Cancelled` when its cancellation was requested or the record is
-    gone, :class:`NotThisRun` when it is no longer running under ``worker`` (None: not
-    checked). One read, no retries, so that a Redis outage never holds the lock; unreachable,
-    it counts as passed (the checks before the lock did)."""
+    been waited for), and between rounds of waiting for it: :class:`Cancelled` when its
+    cancellation was requested or the record is gone, :class:`NotThisRun` when it is no longer
+    running under ``worker`` (None: not checked). One read, no retries, so that a Redis outage
+    never holds the lock nor ends a finished job; unreachable, it counts as passed (the checks
+    before did), and the warning says ``unreadable``."""
     try:
         raw = store.redis.hmget(JOB_KEY.format(job_id), ["status", "cancel_requested", "worker"])
     except TRANSIENT_ERRORS:
-        log.warning("job %s: its record is unreadable under the lock; publishing", job_id)
+        log.warning("job %s: its record is unreadable %s", job_id, unreadable)
         return
     status, flag, holder = (json.loads(value) if value else None for value in raw)
     if status is None or flag:
@@ -165,22 +168,27 @@ def _check_under_lock(store: JobStore, job_id: str, worker: str | None) -> None:
 
 
 def _waiting_for_lock(
-    store: JobStore, job_id: str, deadline: Deadline
+    store: JobStore, job_id: str, worker: str | None, deadline: Deadline
 ) -> Callable[[Path, float], None]:
     """What a finished job does between rounds of waiting for the model repository's lock,
-    which another writer holds: it stops when cancelled or out of time, else it says that it
-    waits (a warning and a ``log`` event) and waits another round (``FDL_PUBLISH_LOCK_WAIT_S``).
-    Its export, the hours of training, is kept meanwhile; the heartbeat thread goes on."""
+    which another writer holds: it stops when cancelled, no longer its run, or out of time,
+    else it says that it waits (a warning and a ``log`` event) and waits another round
+    (``FDL_PUBLISH_LOCK_WAIT_S``). Its export, the hours of training, is kept meanwhile; the
+    heartbeat thread goes on. A Redis outage meanwhile never ends it: the record's check counts
+    as passed and the note is skipped (the check under the lock reads the record again)."""
 
     def waiting(lock_file: Path, waited_s: float) -> None:
-        _check_cancel(store, job_id)
+        _check_under_lock(store, job_id, worker, "while it waits for the lock; waiting on")
         deadline.check("while it waited for the model repository's lock")
         message = (
             f"waiting for the model repository's lock ({shown_path(lock_file)}), which another "
             f"writer holds: {waited_s:.0f} s so far"
         )
         log.warning("job %s: %s", job_id, message)
-        store.append_event(job_id, "log", {"message": message})
+        try:
+            store.append_event(job_id, "log", {"message": message})
+        except TRANSIENT_ERRORS as error:
+            log.warning("job %s: its note that it waits was not recorded (%s)", job_id, error)
 
     return waiting
 
@@ -275,9 +283,10 @@ def execute(
             settings.serving_model_base_path,
             last_checks,
             # Rounds shorter than the kill grace: the time limit, checked between rounds, ends
-            # the run before Celery's hard limit could kill it in the middle of a wait.
-            min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2),
-            _waiting_for_lock(store, job_id, deadline),
+            # the run before Celery's hard limit could kill it in the middle of a wait. At least
+            # a second: each round adds a note to the job's capped event stream.
+            max(1.0, min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2)),
+            _waiting_for_lock(store, job_id, worker, deadline),
         )
     except GateClosed as closed:  # a better version was published while this job trained
         result["reason"] = str(closed)

@@ -46,7 +46,7 @@ class WorkerSettings(CommonSettings):
     # A job whose training finished waits for the model repository's lock (another writer may
     # hold it for long: a hung promotion, slow storage) in rounds of this long, for as long as
     # it may run; between rounds it checks its cancellation and time limit and says it waits.
-    publish_lock_wait_s: float = Field(default=120.0, gt=0)
+    publish_lock_wait_s: float = Field(default=120.0, ge=1)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.
     download: bool = True
     download_timeout_s: float = Field(default=60.0, gt=0)

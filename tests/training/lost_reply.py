@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-import redis
 from redis.commands.core import Script
 
 from fdl.jobs import JobStore
+from tests.training.stores import store_on_db
 
 
 class LostReplyProxy:
@@ -106,13 +106,8 @@ class LostReplyProxy:
 def loaded_store(redis_url: str, db: int) -> Iterator[JobStore]:
     """A job store on database ``db`` of the Redis at ``redis_url``, emptied, its scripts loaded
     as on any Redis that ran them before: a lost reply is then one of a script that ran."""
-    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{db}", decode_responses=True)
-    client.flushdb()
-    direct = JobStore(client)
-    for script in vars(direct).values():
-        if isinstance(script, Script):
-            client.script_load(script.script)
-    try:
+    for direct in store_on_db(redis_url, db):
+        for script in vars(direct).values():
+            if isinstance(script, Script):
+                direct.redis.script_load(script.script)
         yield direct
-    finally:
-        client.close()

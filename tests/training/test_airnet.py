@@ -46,7 +46,7 @@ def test_whitening_kernel_whitens_two_by_two_patches(cifar) -> None:
     covariance = np.cov(out[:, :12], rowvar=False)
     np.testing.assert_allclose(covariance, np.eye(12), atol=1e-3)
     # Each filter and its negative, up to float32 rounding: on CPUs without AVX-512 (AMD EPYC)
-    # the convolution sums the output channels in different orders (differences of ~4e-6).
+    # blocks of output channels go through different kernel paths (differences of ~4e-6).
     np.testing.assert_allclose(out[:, 12:], -out[:, :12], rtol=1e-5, atol=2e-5)
 
 

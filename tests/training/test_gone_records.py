@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from fdl.job_records import EVENTS_KEY, INDEX_KEY, JOB_KEY
 from fdl.jobs import JobStatus, JobStore
+from tests.training.stores import store_on_db
 from training.job import run_job
 from training.reaper import reap_once
 from training.settings import WorkerSettings
@@ -23,10 +23,7 @@ DB = 4
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
-    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{DB}", decode_responses=True)
-    client.flushdb()
-    yield JobStore(client)
-    client.close()
+    yield from store_on_db(redis_url, DB)
 
 
 def late_reports(store: JobStore, job_id: str) -> list[object]:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from filelock import FileLock
 
 from fdl.jobs import JobStore
 from fdl.repository import LOCK_FILE
 from fdl.repository_reads import list_versions
 from harness.procs import wait_for
+from tests.training.stores import store_on_db
 from training.publish import sweep_staging
 
 DB = 9
@@ -36,10 +36,7 @@ SETTINGS: dict[str, Any] = {"publish_lock_wait_s": 1, "heartbeat_interval_s": 0.
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
-    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{DB}", decode_responses=True)
-    client.flushdb()
-    yield JobStore(client)
-    client.close()
+    yield from store_on_db(redis_url, DB)
 
 
 class LockHolder(threading.Thread):
@@ -182,3 +179,30 @@ def test_its_time_limit_while_it_waits_ends_it_failed_with_nothing_published(
     assert len(seen["export"]) == 1, seen  # it waited with its export
     assert not list_versions(model_dir / "m")
     assert not staged(model_dir, job_id)
+
+
+def test_a_run_whose_job_another_run_took_stops_waiting_with_nothing_published(
+    store: JobStore, data_dir: Path, tmp_path: Path, job_in_process: Callable[..., Any]
+) -> None:
+    """A reaper that took the waiting job for lost gave it to another worker: this run stops
+    waiting at its next round, publishes nothing and leaves the record to the other run."""
+    job_id, model_dir = "taken-waiting", tmp_path / "models"
+    seen: dict[str, Any] = {}
+
+    def release() -> bool:
+        """Once the job waits: the record names another worker; the lock is given up only once
+        this run has stopped (its export removed)."""
+        if "taken" not in seen:
+            if not waits(store, job_id):
+                return False
+            seen["taken"] = store.set_fields(job_id, worker="other-node:2")
+            seen["export"] = staged(model_dir, job_id)
+        return not staged(model_dir, job_id)
+
+    with LockHolder(model_dir, release) as holder:
+        result, record, _ = job_in_process(store, job_id, data_dir, SETTINGS, **TINY)
+    assert holder.error is None, (holder.error, record)  # it stopped while the lock was held
+    assert seen["taken"] and len(seen["export"]) == 1, seen
+    assert result is None
+    assert record["status"] == "running" and record["worker"] == "other-node:2", record
+    assert not list_versions(model_dir / "m")

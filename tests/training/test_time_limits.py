@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from pydantic import ValidationError
 
 from fdl.jobs import JobStore
 from fdl.jobspec import MAX_DURATION_S, JobSpec
 from harness.worker import MNIST_TINY, Worker, worker_running, write_stuck_data
+from tests.training.stores import store_on_db
 from training.settings import WorkerSettings
 from training.time_limit import Deadline, TimedOut
 
@@ -44,10 +44,7 @@ def test_the_spec_asks_for_less_time_never_more() -> None:
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
-    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{DB}", decode_responses=True)
-    client.flushdb()
-    yield JobStore(client)
-    client.close()
+    yield from store_on_db(redis_url, DB)
 
 
 def test_training_stops_at_the_first_check_past_the_deadline(

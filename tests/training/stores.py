@@ -1,0 +1,20 @@
+"""A job store of its own for a test file: one database of the session's Redis, emptied first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+
+from fdl.jobs import JobStore
+
+
+def store_on_db(redis_url: str, db: int) -> Iterator[JobStore]:
+    """For a fixture to ``yield from``: a :class:`JobStore` on database ``db`` of the Redis at
+    ``redis_url``, emptied, closed afterwards."""
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{db}", decode_responses=True)
+    client.flushdb()
+    try:
+        yield JobStore(client)
+    finally:
+        client.close()
