@@ -79,12 +79,5 @@ def recover_at_start(repository: Repository) -> None:
     pod is often the next to come), if the lock is free at once: a busy lock's holder rolls it
     back itself. Never stops the start (a missing or read-only repository is only logged).
     Sends no config to the model servers: they read the restored file at their next poll."""
-    if not repository.model_dir.is_dir():
-        return
-    try:
-        with repository.file_lock(timeout_s=0):
-            repository.recover()  # logs what it rolls back
-    except filelock.Timeout:
-        return
-    except (OSError, ValueError):
-        log.exception("could not check %s for a change left half made", repository.model_dir)
+    if repository.model_dir.is_dir():
+        repository.recover_if_free()  # logs what it rolls back

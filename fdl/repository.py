@@ -139,7 +139,7 @@ class Repository:
         for _ in range(_SETTLE_TRIES):
             stamp = _stamp(path)
             if has_record(self.model_dir, LABELS_FILE):
-                self._roll_back_if_free()
+                self.recover_if_free()
                 before = labels_before_change(self.model_dir, LABELS_FILE)
                 if before is not None:
                     return before
@@ -151,7 +151,9 @@ class Repository:
                 return labels
         return self.labels()  # changes one after another all along: the latest read
 
-    def _roll_back_if_free(self) -> None:
+    def recover_if_free(self) -> None:
+        """:meth:`recover` if the lock is free at once; a busy lock's holder recovers itself.
+        Never raises for a repository it cannot change (a read-only one is only logged)."""
         try:
             with self.file_lock(timeout_s=0):
                 self.recover()

@@ -18,7 +18,7 @@ after its message was sent has it sent again; a worker that gets a duplicate of 
 taken or ended skips it (the claim is atomic).
 
 A message sent again carries the spec's ``max_duration_s``, as the gateway's does, so that the
-hard time limit of the run it starts is the spec's (:func:`resender`).
+hard time limit of the run it starts is the spec's (:data:`Send`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from training.publish import published_by_record, render_config_again
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+# Sends a job's message again: (job id, queue, its spec's ``max_duration_s`` or None), the one
+# spec field the message carries (fdl.queue.enqueue_training with the app bound).
+Send = Callable[[str, str, float | None], None]
 
 # How often a reaper thread looks for what older workers left of pruned jobs (at start-up, then
 # this often): it scans every key of Redis, and nothing today leaves such keys.
@@ -44,7 +47,7 @@ LEFTOVER_SWEEP_EVERY_S = 3600.0
 def reap_once(
     store: JobStore,
     settings: WorkerSettings,
-    send: Callable[[str, str], None],
+    send: Send,
     sweep_leftovers: bool = True,
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "succeeded" | "failed" | "cancelled" | "resent" |
@@ -75,7 +78,8 @@ def reap_once(
             continue  # it beat again, finished, or another reaper took it
         if status == JobStatus.QUEUED:
             log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
-            send(job_id, record.get("queue") or settings.training_queue)
+            queue = record.get("queue") or settings.training_queue
+            send(job_id, queue, spec_max_duration_s(record))
             actions.append((job_id, "requeued"))
         else:  # succeeded (published), cancelled (requested while it ran), failed (giving up)
             if status == JobStatus.SUCCEEDED:
@@ -96,7 +100,7 @@ def reap_once(
 
 
 def _resend_waiting(
-    store: JobStore, now: float, settings: WorkerSettings, send: Callable[[str, str], None]
+    store: JobStore, now: float, settings: WorkerSettings, send: Send
 ) -> list[tuple[str, str]]:
     """Send again the message of every job of the queue this worker consumes that is due for it
     (``FDL_RESEND_QUEUED_AFTER_S`` after its last send, doubling with each resend); jobs of
@@ -109,21 +113,9 @@ def _resend_waiting(
             continue
         if store.mark_resent(record["id"], after_s):
             log.warning("job %s is still queued; sending its message again", record["id"])
-            send(record["id"], queue)
+            send(record["id"], queue, spec_max_duration_s(record))
             actions.append((record["id"], "resent"))
     return actions
-
-
-def resender(
-    store: JobStore, enqueue: Callable[[str, str, float | None], None]
-) -> Callable[[str, str], None]:
-    """The reaper's ``send``: ``enqueue(job id, queue, its spec's max_duration_s or None)``, the
-    limit read from the job's record (the one spec field the message carries)."""
-
-    def send(job_id: str, queue: str) -> None:
-        enqueue(job_id, queue, spec_max_duration_s(store.get(job_id)))
-
-    return send
 
 
 def spec_max_duration_s(record: dict[str, Any] | None) -> float | None:
@@ -134,9 +126,7 @@ def spec_max_duration_s(record: dict[str, Any] | None) -> float | None:
 
 
 class ReaperThread(threading.Thread):
-    def __init__(
-        self, store: JobStore, settings: WorkerSettings, send: Callable[[str, str], None]
-    ) -> None:
+    def __init__(self, store: JobStore, settings: WorkerSettings, send: Send) -> None:
         super().__init__(name="fdl-reaper", daemon=True)
         self.store, self.settings, self.send = store, settings, send
         self.stopped = threading.Event()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from celery import Task
@@ -31,7 +31,7 @@ from celery.worker.request import Request
 from fdl.jobs import JobStore
 from fdl.queue import MAX_DURATION_HEADER, TRAIN_TASK, enqueue_training, make_celery
 from training.job import run_job
-from training.reaper import ReaperThread, resender
+from training.reaper import ReaperThread
 from training.settings import get_settings
 from training.time_limit import end_when_gone, hard_limit_s, limit_from_message, process_start
 
@@ -101,10 +101,7 @@ def _start_reaper(**_: Any) -> None:
         visibility_timeout_s=settings.visibility_timeout_s,
     )
     store = JobStore.from_url(settings.require_redis_url(), settings.redis_retry_s)
-    send = resender(
-        store, lambda job_id, queue, limit: enqueue_training(sender, job_id, queue, limit)
-    )
-    thread = ReaperThread(store, settings, send)
+    thread = ReaperThread(store, settings, partial(enqueue_training, sender))
     thread.start()
     _reaper.append(thread)
 

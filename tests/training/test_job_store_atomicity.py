@@ -50,7 +50,7 @@ def test_a_requeue_whose_reply_was_lost_still_resends_the_job(
     reaper_store, proxy = lossy
     sent: list[str] = []
     settings = WorkerSettings(redis_url="redis://unused", model_dir=tmp_path, stale_after_s=5)
-    send = lambda job_id, _queue: sent.append(job_id)  # noqa: E731
+    send = lambda job_id, *_: sent.append(job_id)  # noqa: E731
     assert reap_once(reaper_store, settings, send) == [("lost", "requeued")]
     assert proxy.dropped == 1  # the requeue ran in Redis, its reply never arrived
     assert sent == ["lost"] and store.get("lost")["status"] == "queued"
@@ -209,7 +209,7 @@ def test_a_delivery_while_the_reaper_settles_a_lost_job_never_finds_it_queued(
     with LostReplyProxy((kwargs["host"], kwargs["port"]), hold=duplicate_delivery) as proxy:
         reaper_store = JobStore.from_url(proxy.url(DB))
         sent: list[str] = []
-        actions = reap_once(reaper_store, settings, lambda job_id, _queue: sent.append(job_id))
+        actions = reap_once(reaper_store, settings, lambda job_id, *_: sent.append(job_id))
         reaper_store.redis.close()
     assert proxy.dropped == 1 and deliveries == [None] and sent == []
     assert actions == [("lost", expected)]

@@ -40,7 +40,7 @@ def settings(tmp_path: Path, **overrides: object) -> WorkerSettings:
 class Sent(list[tuple[str, str]]):
     """What the reaper sent: (job id, queue) pairs."""
 
-    def __call__(self, job_id: str, queue: str) -> None:
+    def __call__(self, job_id: str, queue: str, _max_duration_s: float | None = None) -> None:
         self.append((job_id, queue))
 
 
