@@ -23,7 +23,30 @@ def protocol_class(settings: GatewaySettings) -> type[GuardedHttpToolsProtocol]:
         write_timeout_s=settings.write_timeout_s,
         max_connections=settings.max_connections,
     )
-    return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    members = {"limits": limits, "_unsupported_upgrade_warning": _upgrade_served_as_http}
+    return type("GatewayHttpProtocol", (GuardedHttpToolsProtocol,), members)
+
+
+def _upgrade_served_as_http(self: GuardedHttpToolsProtocol) -> None:
+    """With ``ws="none"`` uvicorn logs two warnings for every request with an ``Upgrade`` header,
+    one telling the operator to install a WebSocket library. The gateway has no WebSocket route:
+    it serves such a request as plain HTTP (its access line records it), so nothing is logged.
+
+    httptools stops parsing such a request at the end of its headers: a body it declares never
+    reaches the app, and its bytes, read later, would be parsed as the next request on the
+    connection (a request of someone else's, behind a proxy that shares its connections). Such a
+    request is answered (as one with an empty body) and its connection closed after the answer.
+    """
+    if _declares_body(self.headers):
+        self.cycle.keep_alive = False
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A ``Transfer-Encoding``, or a ``Content-Length`` other than 0, among the headers."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip().lstrip(b"0"))
+        for name, value in headers
+    )
 
 
 def _raise_open_files_limit(wanted: int) -> None:
@@ -50,6 +73,10 @@ def main() -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         http=protocol_class(settings),
+        # No WebSocket route exists: an Upgrade request is served as the plain HTTP request it
+        # also is (the app's JSON answer, request id, access line and metrics), where uvicorn's
+        # WebSocket protocol would answer 403 text/plain itself.
+        ws="none",
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         log_config=None,  # api.logs configures JSON logging in make_app
         access_log=False,  # one access line per request comes from api.middleware

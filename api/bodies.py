@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -59,9 +60,7 @@ async def read_images(
             raise _batch_too_large(len(files), max_batch)
         images = [await f.read() for f in files]
         await form.close()
-        top_k_raw = form.get("top_k")
-        top_k = _parse_top_k(top_k_raw if isinstance(top_k_raw, str) else None)
-        return images, top_k
+        return images, _form_top_k(form.getlist("top_k"))
     if content_type.startswith("application/json"):
         body = await request.body()
         if len(body) <= JSON_ON_LOOP_BYTES:
@@ -98,6 +97,9 @@ JSON_ON_LOOP_BYTES = 256 * 1024
 # objects (an empty "{}" costs 64 bytes of memory for 2 bytes of body).
 JSON_MARKS_PER_IMAGE = 4
 JSON_MARKS_SLACK = 64
+MAX_TOP_K = 1000
+# A string top_k: ASCII digits only, and few of them (leading zeros allowed, as int() reads them).
+_TOP_K_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 async def _read_raw_image(request: Request) -> tuple[list[bytes], int | None]:
@@ -107,6 +109,18 @@ async def _read_raw_image(request: Request) -> tuple[list[bytes], int | None]:
     if not body:
         raise ApiError(422, "no_image", "the body is empty: send the image's bytes")
     return [body], _parse_top_k(request.query_params.get("top_k"))
+
+
+def _form_top_k(fields: list[str | UploadFile]) -> int | None:
+    """The multipart ``top_k``: a text field (the last, if repeated, as in the query string); a
+    file part (``curl -F top_k=@file``) is refused, never ignored."""
+    if any(not isinstance(field, str) for field in fields):
+        raise ApiError(
+            422,
+            "invalid_top_k",
+            "top_k must be a text field (curl -F top_k=3), not a file part",
+        )
+    return _parse_top_k(fields[-1]) if fields else None
 
 
 def _batch_too_large(count: int, limit: int) -> ApiError:
@@ -119,16 +133,26 @@ def _batch_too_large(count: int, limit: int) -> ApiError:
 
 
 def _parse_top_k(raw: object) -> int | None:
+    """``top_k`` as plain decimal: a JSON integer, or a string of ASCII digits only (``int()``
+    would also take " 3 ", "+3", "3_0" and other scripts' digits, such as Arabic-Indic ones).
+
+    Raises:
+        ApiError: 422 ``invalid_top_k``.
+    """
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer")
-    try:
+    if isinstance(raw, str):
+        if not _TOP_K_DIGITS.fullmatch(raw):
+            raise ApiError(
+                422, "invalid_top_k", "top_k must be a positive integer in ASCII digits (0-9)"
+            )
         value = int(raw)
-    except (TypeError, ValueError) as error:
-        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer") from error
-    if value < 1 or value > 1000:
-        raise ApiError(422, "invalid_top_k", "top_k must be between 1 and 1000")
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        raise ApiError(422, "invalid_top_k", "top_k must be a positive integer")
+    if value < 1 or value > MAX_TOP_K:
+        raise ApiError(422, "invalid_top_k", f"top_k must be between 1 and {MAX_TOP_K}")
     return value
 
 

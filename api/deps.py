@@ -70,7 +70,11 @@ def celery_app(state: State) -> Celery:
         from fdl.queue import make_celery
 
         settings: GatewaySettings = state.settings
-        app = state.celery = make_celery(settings.require_redis_url(), settings.training_queue)
+        app = state.celery = make_celery(
+            settings.require_redis_url(),
+            settings.training_queue,
+            send_timeout_s=settings.job_store_timeout_s,  # a hung Redis: 503, not a hung request
+        )
     return app
 
 
@@ -101,7 +105,12 @@ else:  # Celery is imported on first use only; FastAPI needs no type for a depen
     CeleryDep = Annotated[object, Depends(app_celery)]
 
 
-class _KeyCheck(HTTPBearer):
+# The scope key under which a route that checked the key before reading its body
+# (api/admin_route.py) keeps the check and the caller's identity.
+KEY_CHECKED = "fdl.key_checked"
+
+
+class KeyCheck(HTTPBearer):
     """The bearer scheme in the OpenAPI document, and the key and role check itself
     (:mod:`api.auth`) as the dependency: one level of dependencies on every request, not two."""
 
@@ -114,8 +123,17 @@ class _KeyCheck(HTTPBearer):
         self.check = check
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        checked = request.scope.get(KEY_CHECKED)
+        if checked is not None and checked[0] is self:
+            return cast(str, checked[1])  # checked already by check_first: once per request
         return await self.check(request)
 
+    async def check_first(self, request: Request) -> None:
+        """The check, run before FastAPI reads the body (api/admin_route.py): its 401, 403 or
+        429 is raised from here; on success the dependency returns the identity it found
+        without checking (or counting against the limits) again."""
+        request.scope[KEY_CHECKED] = (self, await self.check(request))
 
-AdminDep = Annotated[str, Security(_KeyCheck(auth.require_admin))]
-ClassifyDep = Annotated[str, Security(_KeyCheck(auth.require_classify))]
+
+AdminDep = Annotated[str, Security(KeyCheck(auth.require_admin))]
+ClassifyDep = Annotated[str, Security(KeyCheck(auth.require_classify))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,12 +50,36 @@ def store_unavailable(error: Exception) -> ApiError:
     )
 
 
-def _describe_validation(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for error in errors:
-        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
+def store_busy(what: str, waited_s: float) -> ApiError:
+    """503 + Retry-After for a request that waited ``waited_s`` for a lock in the job store
+    (``what`` names it) that others held all along."""
+    return ApiError(
+        503,
+        "job_store_busy",
+        f"{what} stayed taken for {waited_s:g}s by other requests; retry shortly",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
+# Validation errors a 422 names, in its message and in its details; the rest are counted
+# ("and 4980 more"), so the answer stays small whatever the body (a JSON object of thousands of
+# unknown keys is an error per key).
+MAX_VALIDATION_ERRORS = 20
+
+
+def _field(error: Any) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+
+
+def validation_error(errors: Sequence[Any]) -> ApiError:
+    """422 ``invalid_request`` naming the first MAX_VALIDATION_ERRORS of ``errors`` (pydantic's
+    error dicts) in its message and details, and counting the rest in the message."""
+    shown = errors[:MAX_VALIDATION_ERRORS]
+    message = "; ".join(f"{_field(e) or 'body'}: {e.get('msg', 'invalid')}" for e in shown)
+    if len(errors) > len(shown):
+        message += f"; and {len(errors) - len(shown)} more ({len(errors)} errors in all)"
+    details = [{"field": _field(e), "message": e.get("msg", "invalid")} for e in shown]
+    return ApiError(422, "invalid_request", message, details=details)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -67,18 +92,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [
-            {
-                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-                "message": e["msg"],
-            }
-            for e in error.errors()
-        ]
-        return JSONResponse(
-            error_body("invalid_request", _describe_validation(list(error.errors())), details),
-            status_code=422,
-        )
+    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        return await _api_error(request, validation_error(error.errors()))
 
     @app.exception_handler(RedisError)
     async def _store_down(request: Request, error: RedisError) -> JSONResponse:

@@ -50,9 +50,9 @@ def decode_image(
     """Decode to an upright RGB or L image, reduced to ``work`` first (in 8 bits, in strips)."""
     source = data if isinstance(data, Image.Image) else open_image(data, work, max_pixels)
     with decoding_errors():
-        source.seek(0)  # first frame of animations
-        orientation = source.getexif().get(ExifTags.Base.Orientation, 1)
+        source.seek(0)  # first frame of animations (and an MPO's primary image: a no-op at 0)
         source.load()
+        orientation = _orientation(source)
         width, height = source.size
         if orientation in (5, 6, 7, 8):
             width, height = height, width
@@ -65,6 +65,19 @@ def decode_image(
             # Frees the full-size pixels now, though the caller may still hold the opened image.
             source.close()
         return image
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of a loaded image (so that no decoding error is taken for an EXIF
+    one); EXIF that cannot be read (a PNG's or WebP's eXIf chunk that is no TIFF structure, say)
+    means none, as Pillow already reads a JPEG's."""
+    try:
+        orientation: int = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except MemoryError:
+        raise
+    except Exception:  # whatever the EXIF parser raises: the pixels are decoded and fine
+        return 1
+    return orientation
 
 
 def _reduce(image: Image.Image, factor: int) -> Image.Image:
@@ -103,9 +116,7 @@ def _normalize_mode(image: Image.Image) -> Image.Image:
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype("uint8"), "L")
+        image = _eight_bits(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("RGB", "L") and "transparency" in image.info
     ):
@@ -117,6 +128,23 @@ def _normalize_mode(image: Image.Image) -> Image.Image:
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV ...
     return image
+
+
+def _eight_bits(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float pixels to 8-bit L.
+
+    A float image whose largest value is at most 1 holds 0-1 intensities (the usual float
+    convention): scaled by 255 and rounded. Any other is read as 0-255 when its largest value
+    is at most 255, else as 0-65535. Values outside the range clip; NaN reads as 0.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    top = float(array.max(initial=0, where=np.isfinite(array)))
+    if image.mode == "F" and top <= 1.0:
+        scaled = np.rint(array * 255.0)
+    else:
+        scaled = array / (65535.0 if top > 255 else 255.0) * 255.0
+    scaled = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255)
+    return Image.fromarray(scaled.astype("uint8"), "L")
 
 
 def _background_for(rgba: Image.Image) -> tuple[int, int, int, int]:

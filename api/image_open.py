@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
 
@@ -38,7 +38,8 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
     of 64 zTXt chunks (4 MB) took 4 GB. A compressed chunk is charged the most it may inflate,
     whatever Pillow keeps (a bad zlib checksum is found after the whole inflate). Past the bound
     chunks are read and CRC-checked, not inflated: the gateway uses no text; the first (the ICC
-    profile) stays."""
+    profile) stays. A chunk that inflates past MAX_TEXT_CHUNK is skipped too (Pillow's own error
+    would refuse the image), after at most that much inflating."""
 
     def _spent(self) -> bool:
         return self.text_memory >= MAX_PNG_METADATA_BYTES
@@ -52,6 +53,12 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
             return self._skip(length)
         try:
             return read(pos, length)
+        except ValueError:
+            # It inflates past MAX_TEXT_CHUNK (Pillow stops inflating there and raises): skipped,
+            # as past the bound, rather than refusing pixels that may be fine.
+            assert self.fp is not None
+            self.fp.seek(pos)
+            return self._skip(length)
         finally:
             self.text_memory += PngImagePlugin.MAX_TEXT_CHUNK
 
@@ -123,17 +130,18 @@ def open_image(
                 f"the image is a progressive JPEG of {width}x{height} pixels, decoded at full "
                 f"size; the limit is {max_pixels:,} pixels",
             )
-        if image.format == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        if _jpeg(image) and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
             # Each scan of a progressive JPEG is another pass over the whole canvas; libjpeg
             # has no limit of its own. Entropy-coded data stuffs every 0xFF, so the count of
-            # start-of-scan markers is the scan count (more, with an EXIF thumbnail's).
+            # start-of-scan markers is the scan count (more, with an EXIF thumbnail's, or an
+            # MPO's further images': never decoded, but counted, which only errs on the safe side).
             raise ApiError(
                 422,
                 "corrupt_image",
                 f"the JPEG has more than {MAX_JPEG_SCANS} scans (usual ones have at most 12)",
             )
         image.info[_CANVAS] = width * height
-        if work and image.format == "JPEG":
+        if work and _jpeg(image):
             side = max(work.size)  # either orientation (EXIF may rotate it later)
             image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
         if image.width * image.height > max_pixels:
@@ -159,8 +167,15 @@ def decode_cost(image: Image.Image) -> int:
     return pixels + -(-2 * layers * canvas // 3)
 
 
+def _jpeg(image: Image.Image) -> bool:
+    """A JPEG, or an MPO: a JPEG whose MPF segment lists more images (phone cameras' gain maps
+    and dual images), which Pillow opens as a JpegImageFile subclass on its first image, the
+    only one the gateway decodes (decode_image never seeks past frame 0)."""
+    return isinstance(image, JpegImagePlugin.JpegImageFile)
+
+
 def _progressive(image: Image.Image) -> bool:
-    return image.format == "JPEG" and bool(image.info.get("progressive"))
+    return _jpeg(image) and bool(image.info.get("progressive"))
 
 
 @contextmanager

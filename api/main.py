@@ -11,6 +11,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
@@ -28,7 +29,7 @@ from api.metadata_cache import MetadataCache
 from api.metrics import JobsCollector
 from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
-from api.ratelimit import FailureLimiter, RateLimiter
+from api.ratelimit import FailOpen, FailureLimiter, RateLimiter
 from api.repository_access import recover_at_start
 from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
@@ -61,16 +62,29 @@ Authenticate with `Authorization: Bearer <key>`. Errors are `{"error": {"code", 
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     redis_url = settings.require_redis_url()
-    app.state.store = JobStore.from_url(redis_url)
+    store_timeout_s = settings.job_store_timeout_s
+    app.state.store = JobStore(
+        redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=store_timeout_s,
+            socket_connect_timeout=store_timeout_s,
+        )
+    )
     app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     app.state.celery = None  # built on first job submission (api.deps.celery_app)
     app.state.keyring = Keyring.from_settings(settings)
+    # Both limits fail open together: one deadline per check, one back-off while Redis fails.
+    fail_open = FailOpen(settings.rate_limit_timeout_s, settings.rate_limit_backoff_s)
     app.state.limiter = RateLimiter(
-        app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_burst
+        app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_burst, fail_open
     )
     app.state.auth_failures = FailureLimiter(
         RateLimiter(
-            app.state.redis, settings.auth_failures_per_minute, settings.auth_failures_burst
+            app.state.redis,
+            settings.auth_failures_per_minute,
+            settings.auth_failures_burst,
+            fail_open,
         )
     )
     app.state.serving = ServingClient(

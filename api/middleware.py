@@ -28,6 +28,9 @@ log = logging.getLogger("fdl.gateway.access")
 CLIENT_CLOSED = 499
 # A body's budget share grows in steps of this many bytes as it arrives (never past its length).
 BUDGET_STEP = 1024 * 1024
+# A route's own body limit, lower than the gateway's, set in the scope before the route reads its
+# body (api/admin_route.py); the body is counted against it from then on.
+ROUTE_BODY_LIMIT = "fdl.route_max_body_bytes"
 
 
 def _cut_status(scope: Scope) -> int:
@@ -154,12 +157,13 @@ class GatewayMiddleware:
 
         Past the limit (or when the budget cannot grow in time) the 413 (503) is sent from here,
         at once: whoever reads the body (a route, or FastAPI's own body parsing, which turns any
-        read error into a 400) only sees the error.
+        read error into a 400) only sees the error. A route's lower limit (ROUTE_BODY_LIMIT in
+        the scope) counts from the first read after it was set: a larger Content-Length is
+        refused before anything is read.
         """
         received = 0
         complete = False
-        limit = self.max_body_bytes
-        most = size if size is not None else limit  # a larger size was refused already
+        most = size if size is not None else self.max_body_bytes  # larger ones refused already
 
         async def refuse(error: ApiError) -> None:
             if not exchange.refused:
@@ -169,6 +173,12 @@ class GatewayMiddleware:
 
         async def limited_receive() -> Message:
             nonlocal received, complete
+            limit = self.max_body_bytes
+            route_limit = scope.get(ROUTE_BODY_LIMIT)
+            if route_limit is not None and route_limit < limit:
+                limit = route_limit
+                if size is not None and size > limit:
+                    await refuse(BodyTooLarge(limit))
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -7,10 +7,16 @@ Redis's own clock, so several gateway replicas share one limit without clock ske
 Failed authentications have a limit of their own per client address (:class:`FailureLimiter`).
 Addresses are counted as :func:`address_bucket` groups them: an IPv6 client by its /64, and every
 text that is not an IP address in one shared bucket.
+
+The limiters fail open (:class:`FailOpen`): a check that Redis fails or does not answer within a
+short deadline lets the request through, and Redis is then skipped for a few seconds at a time
+until it answers again, so a hung Redis costs one short wait per back-off, not the client's socket
+timeout per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
@@ -83,11 +89,71 @@ def address_bucket(host: str) -> str:
     return INVALID_ADDRESS if len(host) > _MAX_ADDRESS_TEXT else _bucket(host)
 
 
+class FailOpen:
+    """How the limiters of one Redis client fail open: a deadline per check, then a back-off.
+
+    A check that fails, or gets no answer within ``timeout_s``, lets its request through; checks
+    then skip Redis (their requests let through) for ``backoff_s``, after which one check tries
+    Redis again while the others go on skipping. The outage is logged when it begins and when
+    Redis answers again, never per request; each failed Redis call is counted in
+    ``fdl_gateway_upstream_errors_total{method="ratelimit"}``.
+
+    A check cut by the deadline leaves the shared client's pool sound: redis-py (8.x) disconnects
+    a connection whose command is cancelled while connecting, sending or reading, so a late reply
+    is never read as another command's.
+    """
+
+    def __init__(self, timeout_s: float, backoff_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self._down_since: float | None = None  # time.monotonic() of the outage's first failure
+        self._retry_at = 0.0  # Redis is skipped before this time.monotonic()
+        self._unchecked = 0  # requests let through unchecked in this outage
+
+    def skip(self) -> bool:
+        """Whether to let a request through without asking Redis."""
+        if self._down_since is None:
+            return False
+        now = time.monotonic()
+        if now < self._retry_at:
+            self._unchecked += 1
+            return True
+        self._retry_at = now + self.backoff_s  # this check tries Redis; the others skip meanwhile
+        return False
+
+    def failed(self, error: Exception) -> None:
+        UPSTREAM_ERRORS.labels("ratelimit", type(error).__name__).inc()
+        now = time.monotonic()
+        self._retry_at = now + self.backoff_s
+        self._unchecked += 1
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "rate limit check failed (%s): letting requests through unchecked, trying Redis "
+                "again every %.1f s",
+                type(error).__name__,
+                self.backoff_s,
+            )
+
+    def answered(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "rate limit: Redis answers again after %.1f s; %d requests were let through "
+                "unchecked",
+                time.monotonic() - self._down_since,
+                self._unchecked,
+            )
+            self._down_since, self._unchecked = None, 0
+
+
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, per_minute: int, burst: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, per_minute: int, burst: int, fail_open: FailOpen
+    ) -> None:
         self.client = client
         self.per_minute = per_minute
         self.burst = burst
+        self.fail_open = fail_open
         self._script = client.register_script(_GCRA)
 
     @property
@@ -96,18 +162,20 @@ class RateLimiter:
 
     async def check(self, identity: str) -> Decision:
         """``identity`` must already be a digest or an address, never a raw key."""
-        if not self.enabled:
+        fail_open = self.fail_open
+        if not self.enabled or fail_open.skip():
             return Decision(True)
         interval = 60.0 / self.per_minute
         try:
-            allowed, wait = await self._script(
-                keys=[KEY.format(identity)], args=[repr(interval), self.burst]
-            )
-        except RedisError as error:
-            # Fail open: a Redis hiccup must not take classification down with it.
-            UPSTREAM_ERRORS.labels("ratelimit", type(error).__name__).inc()
-            log.warning("rate limit check failed, allowing: %s", type(error).__name__)
+            async with asyncio.timeout(fail_open.timeout_s):
+                allowed, wait = await self._script(
+                    keys=[KEY.format(identity)], args=[repr(interval), self.burst]
+                )
+        except (RedisError, TimeoutError) as error:
+            # Fail open: a Redis hiccup (or a hung Redis) must not take classification down.
+            fail_open.failed(error)
             return Decision(True)
+        fail_open.answered()
         if int(allowed):
             return Decision(True)
         RATE_LIMITED.inc()

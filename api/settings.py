@@ -40,6 +40,11 @@ class GatewaySettings(CommonSettings):
     # 0 disables the limit.
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # The limits' Redis check (a LAN round trip: well under a millisecond) gives up after this
+    # long and lets the request through; Redis is then skipped for FDL_RATE_LIMIT_BACKOFF_S at a
+    # time until it answers again (api/ratelimit.py).
+    rate_limit_timeout_s: float = Field(default=0.5, gt=0)
+    rate_limit_backoff_s: float = Field(default=2.0, gt=0)
     # Requests with a key that is not valid, per client address (an IPv6 client by its /64),
     # GCRA in Redis, on whether or not the limit above is. Past it, every request from the
     # address that presents a key gets 429 until Retry-After, before its key is checked.
@@ -50,12 +55,19 @@ class GatewaySettings(CommonSettings):
     # whose message a reaper re-sent counts once); a submission beyond it gets 429 queue_full.
     # 0: no limit.
     max_queued_jobs: int = Field(default=1000, ge=0)
+    # Socket timeout of the gateway's job-store calls: a hung Redis answers job routes 503 after
+    # about this long per call, not redis-py's 5 s (the workers keep theirs).
+    job_store_timeout_s: float = Field(default=2.0, gt=0)
     # Deadlines of gRPC calls to the model server.
     predict_timeout_s: float = Field(default=10.0, gt=0)
     metadata_timeout_s: float = Field(default=5.0, gt=0)
     # Input specs (GetModelMetadata) are cached per model version this long.
     metadata_cache_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # The body of a keyed JSON route (a job spec, a label change: a few hundred bytes), read
+    # only once the key has been checked (api/admin_route.py); above it, 413. At most
+    # FDL_MAX_BODY_BYTES counts.
+    max_json_body_bytes: int = Field(default=64 * 1024, ge=1)
     max_batch_size: int = Field(default=64, ge=1)
     # Predicts at once per model version; requests beyond it wait and go out together (up to
     # max_batch_size images per Predict) when one returns. 0: no limit, every request alone.

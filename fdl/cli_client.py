@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from fdl.cli_format import safe
 from fdl.cli_shapes import Shape, problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -58,8 +59,10 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
-    # The message often quotes the gateway: Text keeps it from being read as markup.
-    err_console.print(Text.assemble(("Error:", "bold red"), " ", message))
+    # The message often quotes the gateway (its error message, an answer that is not JSON):
+    # Text keeps it from being read as markup, and safe() its control characters from the
+    # terminal.
+    err_console.print(Text.assemble(("Error:", "bold red"), " ", safe(message, lines=True)))
     raise typer.Exit(int(code))
 
 

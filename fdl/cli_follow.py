@@ -3,10 +3,12 @@ outcome (`fdl train`, `fdl job --follow`)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -25,6 +27,13 @@ MAX_RECONNECTS = 5  # streams in a row that end early (or drop) with no new even
 RECONNECT_FOR_S = 60.0
 RETRY_S = 1.0
 TRANSIENT_STATUS = frozenset({502, 503, 504})
+
+
+def job_path(job_id: str) -> str:
+    """The job's route, its id percent-encoded: an id (typed, or from the gateway's list) that
+    holds a control character, '/' or '?' is sent whole rather than failing or reaching another
+    route."""
+    return f"/v1/jobs/{quote(job_id, safe='')}"
 
 
 def _fmt(value: Any, percent: bool = False) -> str:
@@ -66,7 +75,8 @@ class Follower:
         if kind == "status":
             self.status = data.get("status", self.status)
             label = {"running": "training", "queued": "queued, waiting for a worker"}
-            self.progress.update(self.task, description=label.get(self.status, self.status))
+            shown = label.get(self.status) or fmt.safe(self.status)
+            self.progress.update(self.task, description=shown)
         elif kind == "progress" and data.get("epoch"):
             epochs = data.get("epochs") or self.progress.tasks[0].total
             step, steps = data.get("step") or 0, data.get("steps") or 0
@@ -86,9 +96,9 @@ class Follower:
 
     def on_log(self, message: str | None) -> None:
         """A worker's note (loading the dataset, waiting for the model repository's lock),
-        printed dim, as it is."""
+        printed dim, as it is (its control characters made visible)."""
         if message:
-            self.progress.console.print(Text(message, style="dim"), highlight=False)
+            self.progress.console.print(fmt.plain(message, "dim", lines=True), highlight=False)
 
 
 def _log_message(event: ServerSentEvent) -> str | None:
@@ -141,7 +151,7 @@ def _read_stream(gateway: Gateway, job_id: str, follower: Follower, retries: _Re
             with connect_sse(
                 gateway.client,
                 "GET",
-                f"/v1/jobs/{job_id}/events",
+                f"{job_path(job_id)}/events",
                 headers=headers,
                 timeout=httpx.Timeout(10.0, read=60.0),
             ) as source:
@@ -165,7 +175,7 @@ def _event_data(gateway: Gateway, job_id: str, event: ServerSentEvent) -> dict[s
     except ValueError:
         data = event.data
     shape = shapes.StatusEvent if event.event == "status" else shapes.Progress
-    what = f"GET /v1/jobs/{job_id}/events (a {event.event} event)"
+    what = f"GET {job_path(job_id)}/events (a {event.event} event)"
     return dict(gateway.checked(shape, data, what))
 
 
@@ -199,22 +209,41 @@ class _Retries:
         if self.down_since is None:
             self.down_since = now
             self.progress.console.print(
-                f"{error}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
+                f"{fmt.safe(error, lines=True)}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
                 "(the job goes on meanwhile)",
                 highlight=False,
                 markup=False,
             )
         if now - self.down_since > RECONNECT_FOR_S:
-            fail(f"{error}; the job goes on: `fdl job {self.job_id}` shows it", error.code)
+            shown = fmt.safe(self.job_id)  # one line: fail() keeps a message's newlines
+            fail(f"{error}; the job goes on: `fdl job {shown}` shows it", error.code)
         time.sleep(RETRY_S)  # between reconnection attempts
 
 
 def _record_status(gateway: Gateway, job_id: str) -> str:
     with _connection(gateway):
-        response = gateway.client.get(f"/v1/jobs/{job_id}")
+        response = gateway.client.get(job_path(job_id))
     _transient(gateway, response)
-    record = gateway.checked(shapes.Job, gateway.json_of(response), f"GET /v1/jobs/{job_id}")
+    record = gateway.checked(shapes.Job, gateway.json_of(response), f"GET {job_path(job_id)}")
     return str(record["status"])
+
+
+@contextmanager
+def _sigint_to_main_thread() -> Iterator[None]:
+    """Threads started inside block SIGINT (a thread inherits its parent's signal mask). The
+    kernel gives a process's signal to any thread that does not block it; one that lands on
+    rich's refresh thread only sets Python's flag, and the main thread, blocked reading a stream
+    that sends nothing (a job waiting its turn), would not raise KeyboardInterrupt before the
+    read timed out: Ctrl-C seemed ignored for up to a minute. A SIGINT meanwhile waits until
+    the main thread unblocks it here."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: signals only reach the main thread
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
@@ -227,7 +256,8 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     event starts that count afresh.
     KeyboardInterrupt propagates to the caller, which detaches or cancels.
     """
-    # The description can be a status event's text: the columns never read it as markup.
+    # The description can be a status event's text (made safe): the columns never read it as
+    # markup.
     columns = (
         TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
@@ -235,7 +265,10 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
         TimeElapsedColumn(),
         TextColumn("{task.fields[metrics]}", markup=False),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with _sigint_to_main_thread():
+        progress = Progress(*columns, console=console, transient=False)
+        progress.start()  # its refresh thread starts with SIGINT blocked
+    with progress:
         follower = Follower(progress, epochs)
         retries = _Retries(progress, job_id)
         while follower.status not in TERMINAL:
@@ -260,7 +293,7 @@ def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> None:
     """Follow the job until it ends and print its outcome; exit 5 unless it succeeded.
     KeyboardInterrupt propagates to the caller, which detaches or cancels."""
     status = follow(gateway, job_id, epochs)
-    summary(gateway.get(f"/v1/jobs/{job_id}", expect=shapes.Job))
+    summary(gateway.get(job_path(job_id), expect=shapes.Job))
     if status != "succeeded":
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
@@ -272,12 +305,13 @@ def summary(job: dict[str, Any]) -> None:
     if job["status"] == "succeeded" and result:
         accuracy = fmt.pct((result.get("metrics") or {}).get("test_accuracy"))
         if result.get("published"):
-            published = f"{result.get('model')} version {result.get('version')}"
+            published = f"{fmt.safe(result.get('model'))} version {result.get('version')}"
             line = Text.assemble(succeeded, f": published {published} (test accuracy {accuracy}).")
         else:
-            reason = result.get("reason") or "not published"
+            reason = fmt.safe(result.get("reason") or "not published", lines=True)
             line = Text.assemble(succeeded, f" (test accuracy {accuracy}); {reason}.")
     else:
-        line = Text.assemble("Job ", fmt.status(job["status"]), f". {job.get('error') or ''}")
+        error = fmt.safe(job.get("error") or "", lines=True)
+        line = Text.assemble("Job ", fmt.status(job["status"]), f". {error}")
         line.rstrip()
     console.print(line)

@@ -25,7 +25,7 @@ from fdl.cli_client import (
     fail,
     print_json,
 )
-from fdl.cli_follow import follow_to_end
+from fdl.cli_follow import follow_to_end, job_path
 from fdl.jobspec import JobSpec
 
 FULL_ID_LENGTH = 32
@@ -121,18 +121,19 @@ def train(
     with Gateway(url, api_key) as gateway:
         job = gateway.post("/v1/jobs", json=spec, expect=shapes.Job)
         job_id = job["id"]
+        shown = fmt.safe(job_id)
         try:
-            console.print(Text.assemble("Job ", (job_id, "bold"), f" submitted ({model})."))
+            console.print(Text.assemble("Job ", (shown, "bold"), f" submitted ({model})."))
             if detach:
                 console.print(
-                    f"Follow it with: fdl job {job_id} --follow", highlight=False, markup=False
+                    f"Follow it with: fdl job {shown} --follow", highlight=False, markup=False
                 )
                 return
             follow_to_end(gateway, job_id, _spec_epochs(job))
         except KeyboardInterrupt:
             if cancel_on_exit:
-                gateway.delete(f"/v1/jobs/{job_id}", expect=shapes.Job)
-                console.print(f"Cancelled job {job_id}.", highlight=False, markup=False)
+                gateway.delete(job_path(job_id), expect=shapes.Job)
+                console.print(f"Cancelled job {shown}.", highlight=False, markup=False)
                 raise typer.Exit(130) from None
             _detached(job_id)
 
@@ -142,7 +143,7 @@ _NOT_SPEC = {"model", "spec_file", "detach", "cancel_on_exit", "url", "api_key"}
 
 def _detached(job_id: str) -> None:
     console.print(
-        f"\nDetached; the job keeps running. Follow it with: fdl job {job_id} --follow",
+        f"\nDetached; the job keeps running. Follow it with: fdl job {fmt.safe(job_id)} --follow",
         highlight=False,
         markup=False,
     )
@@ -218,11 +219,12 @@ def job(
         fail("give --follow or --json, not both", ExitCode.USAGE)
     with Gateway(url, api_key) as gateway:
         full_id = resolve_id(gateway, job_id)
-        record = gateway.get(f"/v1/jobs/{full_id}", expect=shapes.Job)
+        record = gateway.get(job_path(full_id), expect=shapes.Job)
         if follow_it:
             spec = record.get("spec") or {}
-            model = spec.get("publish_as") or spec.get("model") or "?"
-            console.print(Text.assemble("Following job ", (full_id, "bold"), f" ({model})."))
+            model = fmt.safe(spec.get("publish_as") or spec.get("model") or "?")
+            following = Text.assemble("Following job ", (fmt.safe(full_id), "bold"), f" ({model}).")
+            console.print(following)
             try:
                 follow_to_end(gateway, full_id, _spec_epochs(record))
             except KeyboardInterrupt:
@@ -258,13 +260,14 @@ def job(
     result = record.get("result") or {}
     if result:
         published = f"version {result.get('version')}" if result.get("published") else "no"
-        table.add_row("Published", fmt.plain(f"{published} {result.get('reason') or ''}".strip()))
+        reason = result.get("reason") or ""
+        table.add_row("Published", fmt.plain(f"{published} {reason}".strip(), lines=True))
         # Metrics beyond test_accuracy are the gateway's: their names and values too.
         for name, value in (result.get("metrics") or {}).items():
             shown = fmt.pct(value) if "accuracy" in name else value
             table.add_row(fmt.plain(name.replace("_", " ").capitalize()), fmt.plain(shown))
     if record.get("error"):
-        table.add_row("Error", fmt.plain(record["error"], "red"))
+        table.add_row("Error", fmt.plain(record["error"], "red", lines=True))
     table.add_row("Created", fmt.when(record.get("created_at")))
     table.add_row("Started", fmt.when(record.get("started_at")))
     table.add_row("Finished", fmt.when(record.get("finished_at")))
@@ -280,16 +283,17 @@ def cancel(
     """Cancel a job (a running job stops within 16 batches: FDL_STEPS_PER_EXECUTION)."""
     with Gateway(url, api_key) as gateway:
         full_id = resolve_id(gateway, job_id)
-        record = gateway.delete(f"/v1/jobs/{full_id}", expect=shapes.Job)
+        record = gateway.delete(job_path(full_id), expect=shapes.Job)
     status = record.get("status", "?")
+    shown = fmt.safe(full_id)
     if status == "cancelled":
-        console.print(f"Job {full_id} cancelled.", highlight=False, markup=False)
+        console.print(f"Job {shown} cancelled.", highlight=False, markup=False)
     elif status == "running":
         console.print(
-            f"Job {full_id}: cancellation requested; it stops within 16 batches "
+            f"Job {shown}: cancellation requested; it stops within 16 batches "
             "(one call into the compiled graph, FDL_STEPS_PER_EXECUTION).",
             highlight=False,
             markup=False,
         )
     else:
-        console.print(Text.assemble(f"Job {full_id} had already ended: ", fmt.status(status), "."))
+        console.print(Text.assemble(f"Job {shown} had already ended: ", fmt.status(status), "."))

@@ -186,6 +186,8 @@ def promote(
     was = f" (was version {previous})" if previous else ""
     console.print(
         Text.assemble(
-            f"{model}: label ", (label, "bold"), f" → version {body.get('version', version)}{was}."
+            f"{fmt.safe(model)}: label ",
+            (fmt.safe(label), "bold"),
+            f" → version {body.get('version', version)}{was}.",
         )
     )

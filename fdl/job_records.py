@@ -36,10 +36,27 @@ class JobStatus(StrEnum):
 # tests membership directly: ``record["status"] in TERMINAL``.
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+
+class NotThisRun(Exception):
+    """The job's record no longer shows this run running it (it ended, or another run claimed it
+    while this one went unheard): this run publishes nothing and leaves the record alone. Raised
+    by a run's own write that the record refused (:meth:`fdl.jobs.JobStore.heartbeat` and the
+    others given ``run``), and by the run's checks of the record (:mod:`training.job`)."""
+
+
 # A queued job's message is sent again after FDL_RESEND_QUEUED_AFTER_S, then after twice that,
 # four times, ... up to this power of two (32: 5 h 20 min with the default 10 min), so a job that
 # only waits behind a long backlog collects a few duplicate messages, not one per period.
 RESEND_BACKOFF_CAP = 5
+
+# The error of a job whose message the gateway never confirmed sent (``enqueued`` still false)
+# and that is still queued when its message would be sent again: the resend script ends it
+# instead (:data:`fdl.job_scripts.RESEND_SCRIPT`), since its client was most likely answered 503
+# and may have submitted it again.
+NOT_CONFIRMED = (
+    "the job could not be queued: its message was never confirmed sent (its submission was most "
+    "likely refused with 503) and no worker took it; it was not sent again"
+)
 
 
 def resend_due(record: dict[str, Any], after_s: float) -> float:
@@ -70,6 +87,7 @@ FIELDS = (
     "sent_at",
     "resends",
     "queue",
+    "enqueued",  # false until the gateway confirms the message sent; absent: sent (older gateways)
 )
 
 
@@ -93,10 +111,15 @@ def new_job_id() -> str:
 
 
 def new_record(
-    job_id: str, spec: dict[str, Any], now: float, queue: str | None = None
+    job_id: str,
+    spec: dict[str, Any],
+    now: float,
+    queue: str | None = None,
+    unconfirmed: bool = False,
 ) -> dict[str, Any]:
-    """A queued job's record, created at ``now`` (epoch seconds), sent to ``queue``."""
-    return {
+    """A queued job's record, created at ``now`` (epoch seconds), sent to ``queue``;
+    ``unconfirmed``: marked ``enqueued: false`` until its sender confirms the message sent."""
+    record: dict[str, Any] = {
         "id": job_id,
         "queue": queue,
         "status": JobStatus.QUEUED.value,
@@ -110,6 +133,9 @@ def new_record(
         "attempts": 0,
         "cancel_requested": False,
     }
+    if unconfirmed:
+        record["enqueued"] = False
+    return record
 
 
 def script_args(event: dict[str, Any], *own: str, **fields: Any) -> list[str]:
@@ -141,7 +167,12 @@ def lost_outcomes(
     queued = JobStatus.QUEUED.value
     outcomes = {
         queued: outcome(
-            {"status": queued, "reason": reason}, status=queued, worker=None, sent_at=now, resends=0
+            {"status": queued, "reason": reason},
+            status=queued,
+            worker=None,
+            sent_at=now,
+            resends=0,
+            enqueued=True,  # the reaper sends it itself: resent if lost, never ended unconfirmed
         ),
         JobStatus.CANCELLED.value: ended(
             JobStatus.CANCELLED, None, f"cancelled by request ({reason})"

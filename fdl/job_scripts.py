@@ -60,15 +60,22 @@ return 1
 """
 )
 
-# ARGV[4..] field/value pairs (JSON), the new status among them. Returns 1 when applied, 0 when
-# the job is missing or already terminal.
+# ARGV[4] the changing run's worker name ('' for a change of no run: the gateway's, a reaper's),
+# ARGV[5..] field/value pairs (JSON), the new status among them. A run's change (its end)
+# applies only while the record runs under its name, as its writes in SET_FIELDS_SCRIPT do; a
+# retry of one that applied (its token) still answers 1. Returns 1 when applied, 0 when the job
+# is missing or (a change of no run) terminal, -1 when it is not the changing run's.
 TRANSITION_SCRIPT = (
     _PRELUDE
     + """
 if replayed() then return 1 end
 local current = status()
-if not current or is_terminal(current) then return 0 end
-set_pairs(4)
+if not current then return 0 end
+if ARGV[4] ~= '' then
+  local holder = redis.call('HGET', key, 'worker')
+  if current ~= 'running' or not holder or cjson.decode(holder) ~= ARGV[4] then return -1 end
+elseif is_terminal(current) then return 0 end
+set_pairs(5)
 changed()
 return 1
 """
@@ -132,15 +139,19 @@ return chosen
 )
 
 # KEYS[1] job hash, KEYS[2] events stream; ARGV[1] an event's type ('' for none), ARGV[2] its
-# data (JSON), ARGV[3] its time, ARGV[4] its token (a new one per call), ARGV[5..] field/value
+# data (JSON), ARGV[3] its time, ARGV[4] its token (a new one per call), ARGV[5] the writing
+# run's worker name ('' for a write of no run: the gateway's, a reaper's), ARGV[6..] field/value
 # pairs (JSON). Sets the fields of a job's record and appends the event, only while the record
 # exists (it has a status): a late heartbeat or progress report of a job whose record is gone
-# (pruned, deleted, lost with Redis's data) writes nothing. The record keeps the token and
-# entry id of the last event appended here (``event_token``, JSON [token, id]): a retry of that
-# call (its reply was lost) appends nothing and answers the same id. One field is enough, since
+# (pruned, deleted, lost with Redis's data) writes nothing. A run's write applies only while the
+# record is running under its name: a run that lost its job (ended, or claimed by another run
+# while this one went unheard) writes nothing into the record of the run that has it now. The
+# record keeps the token and entry id of the last event appended here (``event_token``, JSON
+# [token, id]): a retry of that call (its reply was lost) appends nothing and answers the same
+# id, also once the run has lost the job (the event was its own). One field is enough, since
 # one run writes its events in order and retries each before the next; status events (the
-# other scripts') leave it alone. Returns 0 when the record is gone, else the event's id (1
-# without an event).
+# other scripts') leave it alone. Returns 0 when the record is gone, -1 when it is not the
+# writing run's, else the event's id (1 without an event).
 SET_FIELDS_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return 0 end
 if ARGV[1] ~= '' then
@@ -148,7 +159,13 @@ if ARGV[1] ~= '' then
   last = last and cjson.decode(last)
   if type(last) == 'table' and last[1] == ARGV[4] then return last[2] end
 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local run = ARGV[5] or ''
+if run ~= '' then
+  local holder = redis.call('HGET', KEYS[1], 'worker')
+  if cjson.decode(redis.call('HGET', KEYS[1], 'status')) ~= 'running' or not holder
+     or cjson.decode(holder) ~= run then return -1 end
+end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == '' then return 1 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
                       'type', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
@@ -156,26 +173,58 @@ redis.call('HSET', KEYS[1], 'event_token', cjson.encode({ARGV[4], id}))
 return id
 """.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
 
-# KEYS[1] job hash; ARGV[1] the first resend period (s), ARGV[2] now (epoch seconds), ARGV[3] the
-# cap on its doublings, ARGV[4] a token (JSON, a new one per call). A job still queued whose
-# message was last sent (else the job created) a period ago is marked sent now, its resend count
-# grows and the token is kept (``resend_token``): one reaper re-sends it. A retry of that call
-# (its reply was lost) finds its token and answers 1 again while the job is queued, instead of
-# "not due" (the mark it made), so the message is still sent. Returns 1 when marked.
-RESEND_SCRIPT = """
-local raw = redis.call('HGET', KEYS[1], 'status')
-if not raw or cjson.decode(raw) ~= 'queued' then return 0 end
-if redis.call('HGET', KEYS[1], 'resend_token') == ARGV[4] then return 1 end
-local resends = redis.call('HGET', KEYS[1], 'resends')
+# The common arguments (ARGV[2] the data of the ``failed`` event that ends a job never confirmed
+# sent); ARGV[4] the first resend period (s), ARGV[5] now (epoch seconds), ARGV[6] the cap on
+# its doublings, ARGV[7..] field/value pairs (JSON) set when such a job is ended. A job still
+# queued whose message was last sent (else the job created) a period ago is due. When its record
+# says that its message was never confirmed sent (``enqueued`` false: the gateway's submission
+# was refused, or the gateway stopped, before it confirmed), it ends ``failed`` instead: its
+# client was most likely answered 503 and may have submitted it again. Else it is marked sent
+# now, its resend count grows and the token is kept (``resend_token``): one reaper re-sends it.
+# A record without ``enqueued`` (written by an older gateway) counts as confirmed. A retry of
+# that call (its reply was lost) finds its token and answers as the first try did (1 while the
+# job is queued, instead of "not due", the mark it made, so the message is still sent; 2 until
+# another status change), and a gateway's confirmation (CONFIRM_SCRIPT) runs wholly before or
+# after it. Returns 1 when marked (the caller sends the message), 2 when ended, 0 otherwise.
+RESEND_SCRIPT = (
+    _PRELUDE
+    + """
+if replayed() then return 2 end
+if status() ~= 'queued' then return 0 end
+if redis.call('HGET', key, 'resend_token') == token then return 1 end
+local resends = redis.call('HGET', key, 'resends')
 resends = resends and tonumber(cjson.decode(resends)) or 0
-local period = tonumber(ARGV[1]) * 2 ^ math.min(resends, tonumber(ARGV[3]))
-local sent = redis.call('HGET', KEYS[1], 'sent_at') or redis.call('HGET', KEYS[1], 'created_at')
+local period = tonumber(ARGV[4]) * 2 ^ math.min(resends, tonumber(ARGV[6]))
+local sent = redis.call('HGET', key, 'sent_at') or redis.call('HGET', key, 'created_at')
 if sent then
   sent = cjson.decode(sent)
-  if type(sent) == 'number' and sent + period > tonumber(ARGV[2]) then return 0 end
+  if type(sent) == 'number' and sent + period > tonumber(ARGV[5]) then return 0 end
 end
-redis.call('HSET', KEYS[1], 'sent_at', cjson.encode(tonumber(ARGV[2])),
-  'resends', cjson.encode(resends + 1), 'resend_token', ARGV[4])
+if redis.call('HGET', key, 'enqueued') == 'false' then
+  set_pairs(7)
+  changed()
+  return 2
+end
+redis.call('HSET', key, 'sent_at', cjson.encode(tonumber(ARGV[5])),
+  'resends', cjson.encode(resends + 1), 'resend_token', token)
+return 1
+"""
+)
+
+# KEYS[1] job hash; ARGV[1] the error (JSON) that RESEND_SCRIPT ends a job never confirmed sent
+# with. The gateway's confirmation that a job's message was sent: ``enqueued`` becomes true,
+# unless RESEND_SCRIPT already ended the job for want of it (a worker that gets the message
+# finds the job failed and skips it). Safe to retry. Returns 1 when confirmed (also when it was
+# already, or its record never waited for it), 0 when the job was ended unconfirmed, -1 when the
+# record is gone.
+CONFIRM_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return -1 end
+if redis.call('HGET', KEYS[1], 'enqueued') ~= 'false' then return 1 end
+if cjson.decode(raw) == 'failed' and redis.call('HGET', KEYS[1], 'error') == ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'enqueued', 'true')
 return 1
 """
 

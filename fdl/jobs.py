@@ -1,12 +1,15 @@
 """Training-job records in Redis: the store the gateway reads and the worker writes.
 
 The record layout is in :mod:`fdl.job_records`, the scripts that change records in
-:mod:`fdl.job_scripts`, the reads in :mod:`fdl.job_reads`. Each status change, with its
+:mod:`fdl.job_scripts`, the reads in :mod:`fdl.job_reads`, a run's writes in
+:mod:`fdl.job_runs`. Each status change, with its
 ``status`` event, is one Lua script: a terminal status is never overwritten, and a retry of a
 change that applied but whose reply was lost changes nothing (a token per call); so does a
 retried ``progress`` or ``log`` event, which is appended once (a token per event). Fields that a
 running job updates (heartbeats, progress) are set only while its record exists: a late report
-of a job whose record was pruned or lost writes nothing.
+of a job whose record was pruned or lost writes nothing, and a run's own write (given ``run``),
+its end included, only while the record runs under that run's name: a run that lost its job
+writes nothing more.
 
 A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
 unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
@@ -17,29 +20,29 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-import uuid
 from typing import Any, cast
 
 import redis
-from redis.commands.core import Script
 
-from fdl.job_reads import JobReads
 from fdl.job_records import (
     EVENTS_KEY,
     INDEX_KEY,
     JOB_KEY,
+    NOT_CONFIRMED,
     RESEND_BACKOFF_CAP,
     TERMINAL,
     JobStatus,
+    NotThisRun,
     lost_outcomes,
     new_job_id,
     new_record,
     script_args,
 )
+from fdl.job_runs import JobRuns
 from fdl.job_scripts import (
     CANCEL_SCRIPT,
     CLAIM_SCRIPT,
+    CONFIRM_SCRIPT,
     CREATE_SCRIPT,
     PRUNE_LEFTOVER_SCRIPT,
     PRUNE_SCRIPT,
@@ -51,7 +54,7 @@ from fdl.job_scripts import (
 from fdl.store_retry import retried as _retried
 
 # What callers of the store use with it (the record layout itself is fdl.job_records').
-__all__ = ["TERMINAL", "JobStatus", "JobStore", "new_job_id"]
+__all__ = ["TERMINAL", "JobStatus", "JobStore", "NotThisRun", "new_job_id"]
 
 # Jobs removed per round trip by JobStore.prune.
 PRUNE_BATCH = 500
@@ -61,7 +64,7 @@ _JOB_PREFIX = JOB_KEY.format("")
 _EVENTS_SUFFIX = EVENTS_KEY.format("").removeprefix(_JOB_PREFIX)
 
 
-class JobStore(JobReads):
+class JobStore(JobRuns):
     """Job records, their index and their event streams in one Redis.
 
     Args:
@@ -69,7 +72,8 @@ class JobStore(JobReads):
         retry_for_s: how long each operation retries while Redis is unreachable; 0 fails at once.
 
     Reads (:class:`fdl.job_reads.JobReads`) return plain dicts or ``None`` for an unknown job;
-    status changes return whether they applied.
+    status changes return whether they applied. A run's writes, its end among them, are
+    :class:`fdl.job_runs.JobRuns`'.
     """
 
     def __init__(self, client: redis.Redis, retry_for_s: float = 0.0) -> None:
@@ -83,6 +87,7 @@ class JobStore(JobReads):
         self._set_fields = client.register_script(SET_FIELDS_SCRIPT)
         self._cancel = client.register_script(CANCEL_SCRIPT)
         self._resend = client.register_script(RESEND_SCRIPT)
+        self._confirm = client.register_script(CONFIRM_SCRIPT)
         self._prune = client.register_script(PRUNE_SCRIPT)
         self._prune_leftover = client.register_script(PRUNE_LEFTOVER_SCRIPT)
 
@@ -92,56 +97,27 @@ class JobStore(JobReads):
         retries operations that find Redis unreachable for that long."""
         return cls(redis.Redis.from_url(url, decode_responses=True), retry_for_s)
 
-    @_retried
-    def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> Any:
-        """Run a script on the job (the token in a status script's ``args`` makes its retries
-        safe); returns its reply."""
-        job_keys = [JOB_KEY.format(job_id), EVENTS_KEY.format(job_id), *keys]
-        return script(keys=job_keys, args=args)
-
     # --- records -----------------------------------------------------------------------------
 
     def create(
-        self, spec: dict[str, Any], job_id: str | None = None, queue: str | None = None
+        self,
+        spec: dict[str, Any],
+        job_id: str | None = None,
+        queue: str | None = None,
+        unconfirmed: bool = False,
     ) -> dict[str, Any]:
         """Record a new queued job and index it; returns the record as stored. ``spec``: the
         validated job spec as JSON-ready data; ``job_id``: the gateway's (sent with the Celery
         task), default a new one; ``queue``: the Celery queue its message goes to (a reaper of
-        that queue's workers re-sends a message that was lost)."""
+        that queue's workers re-sends a message that was lost); ``unconfirmed``: its message is
+        not sent yet, and is re-sent only once :meth:`confirm_sent` says it was (else the reaper
+        ends the job, :meth:`resend_or_end`)."""
         job_id = job_id or new_job_id()
         now = self.now()
-        record = new_record(job_id, spec, now, queue)
+        record = new_record(job_id, spec, now, queue, unconfirmed)
         event = {"status": JobStatus.QUEUED.value}
         self._run(self._create, job_id, script_args(event, repr(now), job_id, **record), INDEX_KEY)
         return record
-
-    def set_fields(self, job_id: str, **fields: Any) -> bool:
-        """Set record fields (JSON-encoded) without touching the status or emitting an event;
-        False (nothing written) when the job's record is gone or never existed."""
-        return self._update(job_id, "", {}, fields) is not None
-
-    def _update(
-        self, job_id: str, kind: str, data: dict[str, Any], fields: dict[str, Any]
-    ) -> str | None:
-        """Set ``fields`` and append an event of ``kind`` ('' for none) with ``data``, in one
-        step, only while the record exists; returns the event's id ('1' without one), or None
-        when the record is gone. The event's token is made here, once: ``_run`` retries with the
-        same one, so a retry of a write whose reply was lost does not append it again (no caller
-        of this may itself be ``@_retried``, or its retry would make a new token)."""
-        args = [kind, json.dumps(data), str(time.time()), uuid.uuid4().hex if kind else ""]
-        for key, value in fields.items():
-            args += [key, json.dumps(value)]
-        reply = self._run(self._set_fields, job_id, args)
-        return None if reply in (0, "0") else str(reply)
-
-    def transition(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move a non-terminal job to ``status`` and emit a ``status`` event, setting ``fields``
-        in the same atomic step (``result`` and ``error`` also go into the event); False when
-        the job is unknown or already terminal (nothing changed)."""
-        event: dict[str, Any] = {"status": status.value}
-        event.update({k: fields[k] for k in ("result", "error") if k in fields})
-        args = script_args(event, status=status.value, **fields)
-        return bool(self._run(self._transition, job_id, args))
 
     def mark_running(self, job_id: str, worker: str, heartbeat_before: float = 0.0) -> bool:
         """Atomically claim an attempt for ``worker`` and count it; False when the job is
@@ -157,12 +133,6 @@ class JobStore(JobReads):
             worker=worker,
         )
         return bool(self._run(self._claim, job_id, args))
-
-    @_retried
-    def heartbeat(self, job_id: str) -> bool:
-        """Record that the job's worker is alive (the reaper requeues jobs whose beat stops);
-        False when its record is gone (nothing written)."""
-        return self.set_fields(job_id, heartbeat_at=self.now())
 
     def settle_lost(
         self,
@@ -193,12 +163,30 @@ class JobStore(JobReads):
         return str(reply) if reply else None
 
     def mark_resent(self, job_id: str, after_s: float) -> bool:
-        """True (and the job marked sent now) when it is still queued and its message is due to
-        be sent again (``after_s`` after the last send, doubling with each resend): the caller
-        sends it again (one caller per period)."""
-        token = json.dumps(uuid.uuid4().hex)  # a retry whose first try marked it still sends
-        args = [repr(after_s), repr(self.now()), str(RESEND_BACKOFF_CAP), token]
-        return bool(self._run(self._resend, job_id, args))
+        """True when :meth:`resend_or_end` marked the job's message to be sent again now."""
+        return self.resend_or_end(job_id, after_s) == "resent"
+
+    def resend_or_end(self, job_id: str, after_s: float) -> str:
+        """What becomes of a queued job whose message is due to be sent again (``after_s`` after
+        the last send, doubling with each resend), in one atomic step: ``"resent"``, marked sent
+        now (the caller sends it again; one caller per period), or ``"failed"`` when a message
+        was never confirmed sent (:meth:`confirm_sent`), ended with :data:`NOT_CONFIRMED` and
+        sent nothing; ``""`` when it is not queued or not due. A retry whose first try applied
+        (its token) answers the same."""
+        now = self.now()
+        failed = JobStatus.FAILED.value
+        event = {"status": failed, "result": None, "error": NOT_CONFIRMED}
+        ended = {"status": failed, "result": None, "error": NOT_CONFIRMED, "finished_at": now}
+        args = script_args(event, repr(after_s), repr(now), str(RESEND_BACKOFF_CAP), **ended)
+        return {1: "resent", 2: "failed"}.get(int(self._run(self._resend, job_id, args)), "")
+
+    def confirm_sent(self, job_id: str) -> bool | None:
+        """Record that the message of a job created ``unconfirmed`` was sent: True when
+        confirmed (also again, or for a record that never waited for it), False when the reaper
+        had ended the job for want of it first (a worker skips the message), None when the
+        record is gone. Safe to retry."""
+        reply = int(self._run(self._confirm, job_id, [json.dumps(NOT_CONFIRMED)]))
+        return None if reply < 0 else reply == 1
 
     @_retried
     def prune(self, ended_before: float) -> list[str]:
@@ -240,23 +228,6 @@ class JobStore(JobReads):
             if cursor == 0:
                 return removed
 
-    def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
-        """Store the job's progress (it counts as a heartbeat) and emit a ``progress`` event, in
-        one step, once also when retried; False when its record is gone (nothing written)."""
-        fields = {"progress": progress, "heartbeat_at": self.now()}
-        return self._update(job_id, "progress", progress, fields) is not None
-
-    def finish(
-        self,
-        job_id: str,
-        status: JobStatus,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """End the job in a terminal ``status``; False when it is unknown or already terminal."""
-        assert status.terminal
-        return self.transition(job_id, status, result=result, error=error, finished_at=self.now())
-
     # --- cancellation ------------------------------------------------------------------------
 
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -272,12 +243,3 @@ class JobStore(JobReads):
         if self._run(self._cancel, job_id, args) < 0:
             return None
         return self.get(job_id)
-
-    # --- events ------------------------------------------------------------------------------
-
-    def append_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str | None:
-        """Append an event of ``kind`` (``status``, ``progress``, ``log``…) with the JSON-ready
-        ``data`` to the job's stream (capped at about ``EVENTS_MAXLEN`` entries); returns the
-        stream entry's id, or None when the job's record is gone (no stream is left behind). A
-        retry after a lost reply appends nothing and returns the first try's id."""
-        return self._update(job_id, kind, data, {})

@@ -22,7 +22,14 @@ def make_celery(
     redis_url: str,
     queue: str = "training",
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S,
+    send_timeout_s: float | None = None,
 ) -> Celery:
+    """The app; ``send_timeout_s``: the broker connection's socket timeouts, for a sender (the
+    gateway) that must not wait as long as a hung Redis does (kombu's default is none). Never for
+    a worker, whose blocking reads of the queue would time out."""
+    transport: dict[str, float] = {"visibility_timeout": visibility_timeout_s}
+    if send_timeout_s is not None:
+        transport |= {"socket_timeout": send_timeout_s, "socket_connect_timeout": send_timeout_s}
     app = Celery("fdl", broker=redis_url)
     app.conf.update(
         task_default_queue=queue,
@@ -33,7 +40,7 @@ def make_celery(
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options=transport,
         task_serializer="json",
         accept_content=["json"],
     )

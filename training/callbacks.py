@@ -4,12 +4,13 @@ stopping a run whose loss diverged."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
 import keras
 
-from fdl.jobs import JobStore
+from fdl.jobs import JobStore, NotThisRun
 from training.time_limit import Deadline
 
 MID_EPOCH_REPORT_S = 5.0
@@ -42,7 +43,11 @@ class JobCallback(keras.callbacks.Callback):
     stop for divergence is kept in ``diverged``; whether the weights are lost is decided on the
     test set's outputs afterwards: early stopping may have restored its best epoch, and a
     mixed-precision step that overflowed was skipped. Training also stops at the next batch once
-    ``deadline`` has passed; ``timed_out`` then says where (the trainer raises)."""
+    ``deadline`` has passed; ``timed_out`` then says where (the trainer raises). With ``run``
+    (the worker name the run claimed the job under), a report that the record refuses, the job
+    no longer being this run's, sets ``lost`` (shared with the heartbeat thread, whose refused
+    beat sets it too) and training stops at the next batch (the trainer raises
+    :class:`NotThisRun`)."""
 
     def __init__(
         self,
@@ -52,9 +57,12 @@ class JobCallback(keras.callbacks.Callback):
         train_examples: int,
         steps: int,
         deadline: Deadline | None = None,
+        run: str | None = None,
+        lost: threading.Event | None = None,
     ) -> None:
         super().__init__()
-        self.store, self.job_id = store, job_id
+        self.store, self.job_id, self.run = store, job_id, run
+        self.lost = lost or threading.Event()
         self.epochs, self.train_examples, self.steps = epochs, train_examples, steps
         self.deadline = deadline
         self.cancelled = False
@@ -70,6 +78,9 @@ class JobCallback(keras.callbacks.Callback):
         self._epoch_start = self._last_report = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
+        if self.lost.is_set():  # before the cancel flag: another run's, not this run's to end
+            self.model.stop_training = True
+            return
         if self.store.stop_requested(self.job_id):  # cancelled, or its record is gone
             self.cancelled = True
             self.model.stop_training = True
@@ -89,8 +100,7 @@ class JobCallback(keras.callbacks.Callback):
             epochs_done = len(self.history) + done
             rate = self._images_per_second(now - self._epoch_start, done)
             elapsed = now - self._train_start
-            self.store.update_progress(
-                self.job_id,
+            self._report(
                 {
                     "epoch": len(self.history) + 1,
                     "epochs": self.epochs,
@@ -102,8 +112,15 @@ class JobCallback(keras.callbacks.Callback):
                     "val_accuracy": None,
                     "images_per_second": rate,
                     "eta_seconds": round(elapsed / epochs_done * (self.epochs - epochs_done), 1),
-                },
+                }
             )
+
+    def _report(self, progress: dict[str, Any]) -> None:
+        try:
+            self.store.update_progress(self.job_id, progress, self.run)
+        except NotThisRun:
+            self.lost.set()
+            self.model.stop_training = True
 
     def _diverged(self, loss: Any, where: str) -> bool:
         message = divergence(loss, where)
@@ -118,7 +135,7 @@ class JobCallback(keras.callbacks.Callback):
         return round(self.train_examples * fraction / seconds, 1)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        if self.cancelled or self.timed_out:
+        if self.cancelled or self.timed_out or self.lost.is_set():
             return
         logs = logs or {}
         self._diverged(logs.get("loss"), f"after epoch {epoch + 1}")
@@ -136,4 +153,4 @@ class JobCallback(keras.callbacks.Callback):
             ),
         }
         self.history.append(entry)
-        self.store.update_progress(self.job_id, entry)
+        self._report(entry)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from fdl.architectures import ARCHITECTURES
 from fdl.job_records import JOB_KEY
-from fdl.jobs import JobStatus, JobStore
+from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.jobspec import JobSpec
 from fdl.store_retry import TRANSIENT_ERRORS
 from training.data import DataMissingError
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """The job stops: its cancellation was requested, or its record is gone."""
-
-
-class NotThisRun(Exception):
-    """The job's record no longer shows this run running it (it ended, or another run claimed it
-    while this one went unheard): this run publishes nothing and leaves the record alone."""
 
 
 def default_worker_name() -> str:
@@ -84,11 +80,8 @@ def run_job(
         if record.get("cancel_requested"):  # as the reaper decides: a cancel comes first
             store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
             return None
-        store.finish(
-            job_id,
-            JobStatus.FAILED,
-            error=f"gave up after {attempts} attempts: the worker running it was lost each time",
-        )
+        gave_up = f"gave up after {attempts} attempts: the worker running it was lost each time"
+        store.finish(job_id, JobStatus.FAILED, error=gave_up)
         return None
     try:
         spec = JobSpec.model_validate(record["spec"])
@@ -101,47 +94,66 @@ def run_job(
     if not store.mark_running(job_id, worker, stale_before):
         log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None
-    deadline = Deadline.start(settings, spec.max_duration_s)
-    with Heartbeat(store, job_id, settings.heartbeat_interval_s):
-        try:
-            result = execute(job_id, spec, store, settings, deadline, worker)
+    with Heartbeat(store, job_id, settings.heartbeat_interval_s, worker) as beat:
+        ended = _attempt(job_id, spec, store, settings, worker, beat.lost)
+        if ended is None:  # no longer this run's, or left to the reaper
+            return None
+        status, result, error = ended
+        try:  # the run's own end, refused (nothing written) once the job is no longer its own
+            if store.finish(job_id, status, result=result, error=error, run=worker):
+                return result
+            done = "stopped, nothing published" if status is JobStatus.CANCELLED else "ended"
+            log.warning("job %s %s: its record is gone (pruned, deleted, lost)", job_id, done)
         except NotThisRun:
-            log.warning("job %s: another run owns it now; this one published nothing", job_id)
-            return None
-        except Cancelled:
-            if not store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request"):
-                log.warning(
-                    "job %s stopped, nothing published: its record is gone (pruned, deleted or "
-                    "lost with Redis's data) or it had already ended",
-                    job_id,
-                )
-            return None
-        except (DataMissingError, TimedOut) as error:
-            log.warning("job %s failed: %s", job_id, error)
-            store.finish(job_id, JobStatus.FAILED, error=str(error))
-            return None
-        except TRANSIENT_ERRORS as error:
-            # The job store stayed away longer than FDL_REDIS_RETRY_S. Recording "failed" now
-            # would end, for an outage, a job that a re-run can finish: leave the record running;
-            # once its heartbeat is stale a reaper runs it again (docs/training.md).
-            log.error(
-                "job %s stopped: the job store was unreachable for over %.0fs (%s); "
-                "left to the reaper",
-                job_id,
-                settings.redis_retry_s,
-                error,
-            )
-            return None
-        except Exception as error:
-            log.exception("job %s failed", job_id)
-            store.finish(job_id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
-            return None
-        store.finish(job_id, JobStatus.SUCCEEDED, result=result)
-        return result
+            published = result is not None and result.get("published")
+            left = f"version {result['version']} is published" if published else None
+            log.warning(LOST_RUN, job_id, left or "this one published nothing")
+        return None
 
 
-def _check_cancel(store: JobStore, job_id: str) -> None:
-    """Stop the job when its cancellation was requested or its record is gone."""
+# What a run logs when the record says that it lost its job: ``job``, what it left behind.
+LOST_RUN = "job %s: another run owns it now; %s"
+
+
+def _attempt(
+    job_id: str,
+    spec: JobSpec,
+    store: JobStore,
+    settings: WorkerSettings,
+    worker: str,
+    lost: threading.Event,
+) -> tuple[JobStatus, dict[str, Any] | None, str | None] | None:
+    """Run the claimed job (:func:`execute`): how it ends (status, result, error), or None when
+    it is no longer this run's or is left running for the reaper."""
+    deadline = Deadline.start(settings, spec.max_duration_s)
+    try:
+        result = execute(job_id, spec, store, settings, deadline, worker, lost)
+    except NotThisRun:
+        log.warning(LOST_RUN, job_id, "this one published nothing")
+        return None
+    except Cancelled:
+        return JobStatus.CANCELLED, None, "cancelled by request"
+    except (DataMissingError, TimedOut) as error:
+        log.warning("job %s failed: %s", job_id, error)
+        return JobStatus.FAILED, None, str(error)
+    except TRANSIENT_ERRORS as error:
+        # The job store stayed away longer than FDL_REDIS_RETRY_S: "failed" would end, for an
+        # outage, a job that a re-run can finish. Left running, its heartbeat goes stale and a
+        # reaper runs it again (docs/training.md).
+        unreachable = f"unreachable for over {settings.redis_retry_s:.0f}s ({error})"
+        log.error("job %s stopped: the job store was %s; left to the reaper", job_id, unreachable)
+        return None
+    except Exception as error:
+        log.exception("job %s failed", job_id)
+        return JobStatus.FAILED, None, f"{type(error).__name__}: {error}"
+    return JobStatus.SUCCEEDED, result, None
+
+
+def _check_cancel(store: JobStore, job_id: str, lost: threading.Event | None = None) -> None:
+    """Stop the job when it is no longer this run's (``lost``, set by the run's heartbeat thread
+    when the record refused a beat), its cancellation was requested or its record is gone."""
+    if lost is not None and lost.is_set():
+        raise NotThisRun
     if store.stop_requested(job_id):
         raise Cancelled
 
@@ -174,8 +186,9 @@ def _waiting_for_lock(
     which another writer holds: it stops when cancelled, no longer its run, or out of time,
     else it says that it waits (a warning and a ``log`` event) and waits another round
     (``FDL_PUBLISH_LOCK_WAIT_S``). Its export, the hours of training, is kept meanwhile; the
-    heartbeat thread goes on. A Redis outage meanwhile never ends it: the record's check counts
-    as passed and the note is skipped (the check under the lock reads the record again)."""
+    heartbeat thread goes on. A Redis outage meanwhile neither ends it nor stretches its rounds:
+    the record's check (one read) counts as passed and the note (one attempt) is skipped; the
+    check under the lock reads the record again."""
 
     def waiting(lock_file: Path, waited_s: float) -> None:
         _check_under_lock(store, job_id, worker, "while it waits for the lock; waiting on")
@@ -185,8 +198,8 @@ def _waiting_for_lock(
             f"writer holds: {waited_s:.0f} s so far"
         )
         log.warning("job %s: %s", job_id, message)
-        try:
-            store.append_event(job_id, "log", {"message": message})
+        try:  # one attempt: a note that Redis does not take must not stretch the round
+            store.append_event(job_id, "log", {"message": message}, retry=False, run=worker)
         except TRANSIENT_ERRORS as error:
             log.warning("job %s: its note that it waits was not recorded (%s)", job_id, error)
 
@@ -200,10 +213,13 @@ def execute(
     settings: WorkerSettings,
     deadline: Deadline | None = None,
     worker: str | None = None,
+    lost: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and publish; ``deadline`` (default: starts now) bounds the run. With
     ``worker`` (the name the run claimed the job under), a job no longer running under it
-    publishes nothing (:class:`NotThisRun`)."""
+    publishes nothing (:class:`NotThisRun`): the record refuses the run's writes (its events,
+    its progress), and the checks between steps stop it once ``lost`` is set (the run's
+    heartbeat thread sets it when the record refuses a beat)."""
     deadline = deadline or Deadline.start(settings, spec.max_duration_s)
     # TensorFlow is imported here so that importing the task module stays light.
     from training.artifacts import write_model
@@ -221,9 +237,9 @@ def execute(
     arch = ARCHITECTURES[spec.model]
     earlier = published_before(settings.model_dir, str(spec.publish_as), job_id)
     if earlier is not None:  # a re-run after the first run published: one version per job
-        store.append_event(job_id, "log", {"message": earlier["reason"]})
+        store.append_event(job_id, "log", {"message": earlier["reason"]}, run=worker)
         return earlier
-    store.append_event(job_id, "log", {"message": f"loading dataset {spec.dataset}"})
+    store.append_event(job_id, "log", {"message": f"loading dataset {spec.dataset}"}, run=worker)
     data = load_dataset(
         str(spec.dataset),
         arch.image_shape,
@@ -232,7 +248,7 @@ def execute(
         settings.download,
         settings.download_timeout_s,
     ).capped(spec.max_train_examples, spec.max_test_examples)
-    _check_cancel(store, job_id)
+    _check_cancel(store, job_id, lost)
     deadline.check("after loading the data")
     tensorboard_dir = settings.var_dir / "tensorboard" / job_id
     outcome = train(
@@ -244,6 +260,8 @@ def execute(
         settings.mixed_precision,
         settings.steps_per_execution,
         deadline,
+        worker,
+        lost,
     )
     if outcome.cancelled:
         raise Cancelled
@@ -263,12 +281,12 @@ def execute(
     }
     if not published:
         return result
+    gate = gate_under_lock(spec.publish, accuracy)
     staged = staging_dir(model_path, job_id)
     try:
         write_model(staged, job_id, spec, data, outcome)
-        _check_cancel(store, job_id)  # before waiting for the repository's lock
+        _check_cancel(store, job_id, lost)  # before waiting for the repository's lock
         deadline.check("after the export")
-        gate = gate_under_lock(spec.publish, accuracy)
 
         def last_checks(model_path: Path) -> None:
             _check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
@@ -294,4 +312,6 @@ def execute(
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     result["published"] = True
+    if gate.reason is not None:  # the check under the lock, after any wait: the newest version
+        result["reason"] = gate.reason
     return result

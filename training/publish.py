@@ -71,16 +71,25 @@ def quality_gate(policy: PublishSpec, accuracy: float, model_path: Path) -> tupl
     return True, reason
 
 
-def gate_under_lock(policy: PublishSpec, accuracy: float) -> Callable[[Path], None]:
+class GateUnderLock:
     """:func:`quality_gate` again, for :func:`publish` to run under the repository lock: of two
-    jobs that passed it together, the worse one must not become the newest version."""
+    jobs that passed it together, the worse one must not become the newest version. ``reason``
+    is why its last check passed (None before one): what the job's result says when it
+    publishes, since the served version that the gate before the wait named may have changed."""
 
-    def check(model_path: Path) -> None:
-        passed, reason = quality_gate(policy, accuracy, model_path)
+    def __init__(self, policy: PublishSpec, accuracy: float) -> None:
+        self.policy, self.accuracy = policy, accuracy
+        self.reason: str | None = None
+
+    def __call__(self, model_path: Path) -> None:
+        passed, reason = quality_gate(self.policy, self.accuracy, model_path)
         if not passed:
             raise GateClosed(reason)
+        self.reason = reason
 
-    return check
+
+def gate_under_lock(policy: PublishSpec, accuracy: float) -> GateUnderLock:
+    return GateUnderLock(policy, accuracy)
 
 
 def _last_change(folder: Path) -> float:

@@ -15,7 +15,10 @@ Queued jobs are watched too: a message can be lost before a worker ever holds it
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
 queue (the record keeps the queue it was sent to) still queued ``FDL_RESEND_QUEUED_AFTER_S``
 after its message was sent has it sent again; a worker that gets a duplicate of a job already
-taken or ended skips it (the claim is atomic).
+taken or ended skips it (the claim is atomic). A job whose message the gateway never confirmed
+sent (the record's ``enqueued`` is false: the broker refused it, and the gateway answered 503
+but could not end the record) is ended ``failed`` at that point instead, so that a job refused
+to its client never runs (:meth:`fdl.jobs.JobStore.resend_or_end`).
 
 A message sent again carries the spec's ``max_duration_s``, as the gateway's does, so that the
 hard time limit of the run it starts is the spec's (:data:`Send`).
@@ -51,7 +54,8 @@ def reap_once(
     sweep_leftovers: bool = True,
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "succeeded" | "failed" | "cancelled" | "resent" |
-    "pruned") for every job it acted on. A lost job that already published its version (the
+    "pruned") for every job it acted on ("failed" also for a queued job whose message was never
+    confirmed sent). A lost job that already published its version (the
     worker died between the rename and recording it) ends ``succeeded`` with that version.
     ``sweep_leftovers`` also removes, past the retention, what older workers left of pruned
     jobs (:meth:`fdl.jobs.JobStore.prune_leftovers`: a pass over every Redis key, so the
@@ -103,18 +107,23 @@ def _resend_waiting(
     store: JobStore, now: float, settings: WorkerSettings, send: Send
 ) -> list[tuple[str, str]]:
     """Send again the message of every job of the queue this worker consumes that is due for it
-    (``FDL_RESEND_QUEUED_AFTER_S`` after its last send, doubling with each resend); jobs of
-    other queues are left to their own workers."""
+    (``FDL_RESEND_QUEUED_AFTER_S`` after its last send, doubling with each resend), or end it
+    ``failed`` when its message was never confirmed sent; jobs of other queues are left to their
+    own workers."""
     queue, after_s = settings.training_queue, settings.resend_queued_after_s
     queued, _total = store.list(status=JobStatus.QUEUED.value, limit=100_000)
     actions: list[tuple[str, str]] = []
     for record in queued:
         if record.get("queue") != queue or resend_due(record, after_s) > now:
             continue
-        if store.mark_resent(record["id"], after_s):
+        outcome = store.resend_or_end(record["id"], after_s)
+        if outcome == "resent":
             log.warning("job %s is still queued; sending its message again", record["id"])
             send(record["id"], queue, spec_max_duration_s(record))
-            actions.append((record["id"], "resent"))
+        elif outcome == "failed":
+            log.warning("job %s was never confirmed queued; ended failed", record["id"])
+        if outcome:
+            actions.append((record["id"], outcome))
     return actions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from fdl.architectures import ARCHITECTURES
-from fdl.jobs import JobStore
+from fdl.jobs import JobStore, NotThisRun
 from fdl.jobspec import JobSpec
 from training.callbacks import JobCallback, TrainingDiverged
 from training.data import ImageData
@@ -111,8 +112,13 @@ def train(
     mixed_precision: bool = True,
     steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION,
     deadline: Deadline | None = None,
+    run: str | None = None,
+    lost: threading.Event | None = None,
 ) -> TrainOutcome:
-    """Train and evaluate; raises :class:`TimedOut` when training passed ``deadline``."""
+    """Train and evaluate; raises :class:`TimedOut` when training passed ``deadline``, and
+    :class:`NotThisRun` when the job is no longer the run's named ``run`` (a progress report that
+    its record refused, or ``lost`` set by the run's heartbeat thread): it stops at the next
+    batch."""
     arch = ARCHITECTURES[spec.model]
     net_shape = network_input_shape(arch.image_shape, arch.family)
     (x_train, y_train), validation = split_validation(
@@ -130,7 +136,7 @@ def train(
             prepare_model(spec.model, model, x_train)
             compile_model(model, spec, steps_per_execution, steps * spec.epochs)
         info |= {"recipe": spec.recipe, "augmentation": augment}
-        progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps, deadline)
+        progress = JobCallback(store, job_id, spec.epochs, len(x_train), steps, deadline, run, lost)
         callbacks: list[keras.callbacks.Callback] = [progress]
         if tensorboard_dir is not None and importlib.util.find_spec("tensorboard") is None:
             log.warning(
@@ -160,6 +166,8 @@ def train(
             verbose=0,
         )
         info["train_seconds"] = round(time.monotonic() - started, 3)
+        if progress.lost.is_set():
+            raise NotThisRun(f"job {job_id} is no longer this run's; training stopped")
         if deadline is not None and progress.timed_out:
             raise TimedOut(deadline.error(progress.timed_out))
         if progress.diverged:

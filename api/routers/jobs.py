@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from redis.exceptions import RedisError
+from redis.exceptions import LockNotOwnedError, RedisError
+from redis.lock import Lock
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.admin_route import KeyFirstRoute
 from api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep, StoreDep
-from api.errors import ApiError, store_unavailable
+from api.errors import STORE_RETRY_AFTER_S, ApiError, store_busy, store_unavailable
 from api.events import job_events, valid_stream_id
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
+from api.settings import GatewaySettings
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=KeyFirstRoute)
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
+# A submission whose message was sent confirms it in the job's record (``enqueued``: until then a
+# worker's reaper would end the job instead of sending it again), trying again after each of
+# these pauses (seconds) while Redis is unreachable, but starting no try later than
+# CONFIRM_WITHIN_S after the first (a Redis that hangs costs one store timeout, not four).
+CONFIRM_RETRY_S = (0.05, 0.2, 0.5)
+CONFIRM_WITHIN_S = 1.0
 # The plain GET routes also answer HEAD (health checkers, curl -I): the same status and headers,
 # no body (the server sends none). Left out of the OpenAPI document, which lists the GETs. The
 # event stream does not: it never ends while the job runs.
+
+# With FDL_MAX_QUEUED_JOBS, the submissions to one queue take turns, across threads and every
+# gateway replica on the Redis, to count the jobs waiting and write the new record (not to send
+# its message): a redis-py lock, so that concurrent ones cannot all pass the cap. Held for one
+# count, which reads two fields of every record kept (about 16 µs a record on a 2-vCPU VM, 1.6 s
+# for 100 000), it expires by itself after SUBMIT_LOCK_TIMEOUT_S should its holder die (about
+# 2 M records' count; a gateway killed mid-submission holds up that queue's submissions no
+# longer). One that does not get it within SUBMIT_LOCK_WAIT_S answers 503 job_store_busy.
+SUBMIT_LOCK_KEY = "fdl:submit-lock:{}"
+SUBMIT_LOCK_TIMEOUT_S = 30.0
+SUBMIT_LOCK_WAIT_S = 5.0
+SUBMIT_LOCK_POLL_S = 0.02
+log = logging.getLogger("fdl.gateway")
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -46,35 +69,116 @@ def submit_job(
 
     from fdl.queue import enqueue_training
 
-    if settings.max_queued_jobs:
-        try:
-            waiting = store.waiting(settings.training_queue)
-        except (RedisError, OSError) as error:
-            raise store_unavailable(error) from error
-        if waiting >= settings.max_queued_jobs:
-            raise ApiError(
-                429,
-                "queue_full",
-                f"{waiting} jobs already wait in queue {settings.training_queue!r} "
-                f"(FDL_MAX_QUEUED_JOBS={settings.max_queued_jobs}); submit again once some "
-                "have started",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-            )
     job_id = new_job_id()
     try:
-        record = store.create(spec.model_dump(), job_id, settings.training_queue)
+        if settings.max_queued_jobs:
+            record = _create_within_cap(store, spec, job_id, settings)
+        else:
+            queue = settings.training_queue
+            record = store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
     except (RedisError, OSError) as error:
         raise store_unavailable(error) from error
     try:
         enqueue_training(celery, job_id, settings.training_queue, spec.max_duration_s)
     except (RedisError, OSError, KombuError) as error:
-        # Not acknowledged, so never to run: the record must not wait as queued for a message
-        # that was never sent (best effort; the broker and the store are one Redis).
-        with contextlib.suppress(RedisError, OSError):
-            store.finish(job_id, JobStatus.FAILED, error=NOT_QUEUED)
+        _end_not_queued(store, job_id)
         raise store_unavailable(error) from error
+    _confirm_sent(store, job_id)
     JOBS_SUBMITTED.labels(spec.model).inc()
     return public(record)
+
+
+def _end_not_queued(store: JobStore, job_id: str) -> None:
+    """End the record of a job whose message the broker refused: not acknowledged, so never to
+    run, it must not wait as queued (best effort; the broker and the store are one Redis). When
+    this fails too, the record stays queued but unconfirmed, and a worker's reaper ends it once
+    its message would be sent again, never sending it."""
+    try:
+        store.finish(job_id, JobStatus.FAILED, error=NOT_QUEUED)
+    except (RedisError, OSError) as error:
+        log.warning(
+            "job %s could not be queued and its record could not be ended failed (%r): it stays "
+            "queued, unconfirmed, until a worker's reaper ends it (FDL_RESEND_QUEUED_AFTER_S)",
+            job_id,
+            error,
+        )
+
+
+def _confirm_sent(store: JobStore, job_id: str) -> None:
+    """Confirm in the job's record that its message was sent, trying again after each of
+    CONFIRM_RETRY_S while Redis is unreachable (within CONFIRM_WITHIN_S). When no try gets
+    through, the submission is still accepted (logged): its message is in the queue and a
+    worker's claim takes the job. 503 when the reaper ended the job first, for want of this
+    confirmation (its message is then skipped), or its record is gone."""
+    deadline = time.monotonic() + CONFIRM_WITHIN_S
+    for pause in (*CONFIRM_RETRY_S, None):
+        try:
+            confirmed = store.confirm_sent(job_id)
+        except (RedisError, OSError) as error:
+            if pause is not None and time.monotonic() + pause <= deadline:
+                time.sleep(pause)
+                continue
+            log.warning(
+                "job %s was queued but its record could not confirm it (%r); should the broker "
+                "lose its message, the job ends failed instead of being sent again",
+                job_id,
+                error,
+            )
+            return
+        if not confirmed:
+            raise ApiError(
+                503,
+                "job_store_unavailable",
+                "the job could not be queued in time (its record was ended, or lost, before "
+                "the gateway confirmed its message); submit it again",
+                headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+            )
+        return
+
+
+def _create_within_cap(
+    store: JobStore, spec: JobSpec, job_id: str, settings: GatewaySettings
+) -> dict[str, Any]:
+    """Count the jobs waiting in the gateway's queue and, below FDL_MAX_QUEUED_JOBS, write the
+    job's record, holding the queue's submission lock (429 queue_full at the cap, 503
+    job_store_busy when the lock stays taken; RedisError when Redis is unreachable)."""
+    queue, cap = settings.training_queue, settings.max_queued_jobs
+    lock = store.redis.lock(
+        SUBMIT_LOCK_KEY.format(queue),
+        timeout=SUBMIT_LOCK_TIMEOUT_S,
+        sleep=SUBMIT_LOCK_POLL_S,
+        blocking_timeout=SUBMIT_LOCK_WAIT_S,
+    )
+    if not lock.acquire():
+        raise store_busy(f"the submission lock of queue {queue!r}", SUBMIT_LOCK_WAIT_S)
+    try:
+        waiting = store.waiting(queue)
+        if waiting >= cap:
+            raise ApiError(
+                429,
+                "queue_full",
+                f"{waiting} jobs already wait in queue {queue!r} (FDL_MAX_QUEUED_JOBS={cap}); "
+                "submit again once some have started",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            )
+        return store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
+    finally:
+        _release(lock, queue)
+
+
+def _release(lock: Lock, queue: str) -> None:
+    """Give the submission lock back; never raises (what was decided under it stands)."""
+    try:
+        lock.release()
+    except LockNotOwnedError:
+        log.warning(
+            "the submission lock of queue %r expired (after %ss) before its holder was done: "
+            "a submission meanwhile may have passed FDL_MAX_QUEUED_JOBS",
+            queue,
+            SUBMIT_LOCK_TIMEOUT_S,
+        )
+    except (RedisError, OSError) as error:  # Redis lost: the lock expires by itself
+        log.warning("the submission lock of queue %r was not released: %r", queue, error)
 
 
 @router.head("", response_model=JobList, include_in_schema=False)

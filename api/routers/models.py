@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from api.admin_route import KeyFirstRoute
 from api.deps import (
     AdminDep,
     ClassifyDep,
@@ -32,7 +33,7 @@ from api.schemas import (
     errors,
 )
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=KeyFirstRoute)
 # Status calls a model listing makes at once: a repository of many models is listed in about the
 # time of its slowest few calls, while one listing never floods the model server.
 LISTING_CONCURRENCY = 8

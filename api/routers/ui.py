@@ -42,8 +42,9 @@ router = APIRouter()
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Static paths: segments of letters, digits, '-', '_' and one extension; never '..' or hidden.
-_STATIC_RE = re.compile(r"^(?:[a-z0-9][a-z0-9_\-]*/){0,3}[a-z0-9][a-z0-9_\-.]*\.[a-z0-9]+$", re.I)
-_REPORT_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,96}\.(png|json)$", re.I)
+# Both are applied with fullmatch: with match, "$" also matches before a trailing newline.
+_STATIC_RE = re.compile(r"(?:[a-z0-9][a-z0-9_\-]*/){0,3}[a-z0-9][a-z0-9_\-.]*\.[a-z0-9]+", re.I)
+_REPORT_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,96}\.(png|json)", re.I)
 # The page loads its scripts as ES modules; some systems' mime.types name .js differently.
 _JAVASCRIPT = "text/javascript; charset=utf-8"
 # The UI is small and changes with the gateway: revalidate every load, never serve it stale.
@@ -74,7 +75,7 @@ class UIFiles(StaticFiles):
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         missing = ApiError(404, "not_found", f"no UI file {path!r}")
-        if path != "." and (not _STATIC_RE.match(path) or ".." in path):
+        if path != "." and (not _STATIC_RE.fullmatch(path) or ".." in path):
             raise missing
         try:
             return await super().get_response(path, scope)
@@ -172,7 +173,7 @@ async def version_report(
     settings: SettingsDep,
     _caller: ClassifyDep,
 ) -> Response:
-    if not _REPORT_RE.match(name):
+    if not _REPORT_RE.fullmatch(name):
         raise ApiError(
             422, "invalid_report_file", "the report file must be a plain name ending .png or .json"
         )

@@ -6,16 +6,24 @@ TF Serving's sources (tensorflow/serving @ 9d981c5c unless noted): ``server_core
 (``ServableRequest::DebugString``), ``predict_util.cc`` (``VerifyRequestInputsSize``,
 ``PreProcessPrediction``), TensorFlow's ``cc/saved_model/util.cc`` (``GetInputValues``) and
 ``get_model_metadata_impl.cc`` (``ValidateGetModelMetadataRequest``).
+
+Bytes that are no request message, sent to every gRPC service of the model server: INTERNAL
+(as TF Serving's gRPC C++ server answers a request it cannot parse), with a short message that
+names no Python class; the REST front end's answer to bytes that are no JSON names none either.
 """
 
 from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable, Iterable
 
 import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from harness.tfs import images, predict_request, rpc_error
+from harness.tfs import Server, images, predict_request, rpc_error
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
@@ -97,3 +105,86 @@ def test_metadata_fields_are_checked_before_the_spec(api_server) -> None:
         INVALID,
         "GetModelMetadataRequest must specify at least one metadata_field",
     )
+
+
+GARBAGE = [b"\xff\xff", b"\x0a\x05ab"]  # a bad tag; a field shorter than its length says
+UNARY = [
+    "/tensorflow.serving.PredictionService/Predict",
+    "/tensorflow.serving.PredictionService/Classify",
+    "/tensorflow.serving.PredictionService/GetModelMetadata",
+    "/tensorflow.serving.ModelService/GetModelStatus",
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    "/grpc.health.v1.Health/Check",
+]
+
+
+def _raw(server: Server, path: str) -> Callable[..., bytes]:
+    """The unary method at ``path``, called with bytes as they are (no serializer)."""
+    return server.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def _assert_parse_failure(code: grpc.StatusCode, details: str | None, impl: str) -> None:
+    assert code == grpc.StatusCode.INTERNAL, (code, details)
+    if impl == "fdl":  # TF Serving sends an empty message
+        assert details is not None and details.startswith("Failed to parse the request as a ")
+    assert "<class" not in (details or "") and "Error" not in (details or ""), details
+
+
+@pytest.mark.parametrize("payload", GARBAGE, ids=["bad-tag", "short-field"])
+@pytest.mark.parametrize("path", UNARY, ids=lambda p: p.rsplit("/", 1)[1])
+def test_unary_garbage_is_internal(
+    api_server: Server, impl: str, path: str, payload: bytes
+) -> None:
+    call = _raw(api_server, path)
+    code, details = rpc_error(lambda: call(payload, timeout=30))
+    _assert_parse_failure(code, details, impl)
+
+
+@pytest.mark.parametrize(
+    ("path", "open_call"),
+    [
+        (
+            "/grpc.health.v1.Health/Watch",
+            lambda channel, path, payload: channel.unary_stream(path)(payload, timeout=30),
+        ),
+        (
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            lambda channel, path, payload: channel.stream_stream(path)(iter([payload]), timeout=30),
+        ),
+    ],
+    ids=["health-watch", "reflection"],
+)
+def test_streaming_garbage_is_internal(
+    api_server: Server, impl: str, path: str, open_call: Callable[..., Iterable[object]]
+) -> None:
+    def drain() -> None:
+        for _ in open_call(api_server.channel, path, b"\xff\xff"):
+            pass
+
+    code, details = rpc_error(drain)
+    _assert_parse_failure(code, details, impl)
+
+
+def test_the_services_still_answer_after_garbage(api_server: Server) -> None:
+    call = _raw(api_server, UNARY[0])
+    assert rpc_error(lambda: call(b"\xff\xff", timeout=30))[0] == grpc.StatusCode.INTERNAL
+    stub = api_server.prediction()  # type: ignore[no-untyped-call]
+    response = stub.Predict(predict_request("tiny", images(1)), timeout=30)
+    assert response.model_spec.name == "tiny"
+    # A valid message of the wrong shape still gets the servicer's own answer.
+    code, _ = rpc_error(lambda: call(b"", timeout=30))  # an empty PredictRequest: no ModelSpec
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff", b"{", b"[" * 5000], ids=["bytes", "cut", "deep"])
+def test_rest_garbage_names_no_class(api_server: Server, body: bytes) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", api_server.rest_port, timeout=30)
+    try:
+        connection.request("POST", "/v1/models/tiny:predict", body=body)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    finally:
+        connection.close()
+    assert status == 400, (status, raw)
+    error = json.loads(raw)["error"]
+    assert "<class" not in error and "Error:" not in error, error

@@ -8,79 +8,29 @@ while the job runs in the test's own thread."""
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from filelock import FileLock
 
+from fdl import contract
 from fdl.jobs import JobStore
 from fdl.repository import LOCK_FILE
 from fdl.repository_reads import list_versions
-from harness.procs import wait_for
+from tests.training.lock_wait import SETTINGS, TINY, WAITING, LockHolder, staged, waits
 from tests.training.stores import store_on_db
 from training.publish import sweep_staging
 
 DB = 9
-WAITING = "waiting for the model repository's lock"
 TIME_TEXT = "stopped while it waited for the model repository's lock; nothing was published"
-# Shorter than the 120 s a job waited before, so that a job that does not wait in rounds
-# (the code before this change) is still waiting when the holder gives the lock up.
-HOLD_AT_MOST_S = 100.0
-TINY: dict[str, Any] = {"model": "mnist_logreg", "max_train_examples": 96, "publish_as": "m"}
-SETTINGS: dict[str, Any] = {"publish_lock_wait_s": 1, "heartbeat_interval_s": 0.2}
 
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
     yield from store_on_db(redis_url, DB)
-
-
-class LockHolder(threading.Thread):
-    """Another writer: holds the repository's lock (a real ``FileLock`` on its lock file) from
-    before the job reaches its publish until ``release()``, polled from this thread, returns
-    true, or at most ``HOLD_AT_MOST_S``; ``error`` says when it gave up instead."""
-
-    def __init__(self, model_dir: Path, release: Callable[[], bool]) -> None:
-        super().__init__(name="lock-holder", daemon=True)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = FileLock(model_dir / LOCK_FILE, thread_local=False)
-        self.release = release
-        self.held = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        with self.lock:
-            self.held.set()
-            try:
-                wait_for(self.release, HOLD_AT_MOST_S, "the moment to give the lock up")
-            except BaseException as error:  # reported by the test, in its own thread
-                self.error = error
-
-    def __enter__(self) -> LockHolder:
-        self.start()
-        assert self.held.wait(30), "the holder did not get the lock"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.join(HOLD_AT_MOST_S + 30)
-        assert not self.is_alive()
-
-
-def waits(store: JobStore, job_id: str) -> list[str]:
-    """The job's events that say it waits for the repository's lock."""
-    return [
-        str(event["data"]["message"])
-        for _id, event in store.read_events(job_id, count=10_000)
-        if event["type"] == "log" and str(event["data"].get("message")).startswith(WAITING)
-    ]
-
-
-def staged(model_dir: Path, job_id: str) -> list[Path]:
-    return list(model_dir.glob(f".tmp-m-{job_id}-*"))
 
 
 def ended(store: JobStore, job_id: str) -> bool:
@@ -206,3 +156,41 @@ def test_a_run_whose_job_another_run_took_stops_waiting_with_nothing_published(
     assert result is None
     assert record["status"] == "running" and record["worker"] == "other-node:2", record
     assert not list_versions(model_dir / "m")
+
+
+def test_the_result_gives_the_reason_of_the_gate_under_the_lock(
+    store: JobStore, data_dir: Path, tmp_path: Path, job_in_process: Callable[..., Any]
+) -> None:
+    """With only_if_better, the job passes its first gate with no version published; while it
+    waits, the lock's holder publishes a worse version 1. The gate under the lock passes again,
+    and the result's reason is that check's, naming version 1 (before, it kept the first
+    gate's "no version published before", stale after the wait)."""
+    job_id, model_dir = "reason-after-wait", tmp_path / "models"
+
+    def release() -> bool:
+        """Once the job waits: a version 1 of accuracy 0.05 with its files, written as a
+        writer holding the lock writes it; then the lock is given up."""
+        if not waits(store, job_id):
+            return False
+        version = model_dir / "m" / "1"
+        for folder in ("variables", contract.ASSETS_EXTRA_DIR):
+            (version / folder).mkdir(parents=True, exist_ok=True)
+        (version / "saved_model.pb").write_bytes(b"graph")
+        metadata = {"job_id": "other-job", "metrics": {"test_accuracy": 0.05}}
+        (version / contract.METADATA_FILE).write_text(json.dumps(metadata))
+        return True
+
+    with LockHolder(model_dir, release) as holder:
+        result, record, _ = job_in_process(
+            store, job_id, data_dir, SETTINGS, publish={"only_if_better": True}, **TINY
+        )
+    assert holder.error is None, (holder.error, record)
+    assert record["status"] == "succeeded", record["error"]
+    assert result is not None and result["published"] and result["version"] == 2, result
+    accuracy = result["metrics"]["test_accuracy"]
+    assert result["reason"] == (
+        f"test accuracy {accuracy:.4f} >= publish.min_accuracy 0.0000 and better than the "
+        "served version 1 (0.0500)"
+    ), result
+    assert record["result"]["reason"] == result["reason"]
+    assert list_versions(model_dir / "m") == [1, 2]

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -26,6 +26,7 @@ from fdl.grpc_tuning import MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
 from serving.protocol.grpc.options import check_socket_path, server_credentials, server_options
+from serving.protocol.grpc.parsing import ParseChecked
 from serving.protocol.grpc.servicer import ModelService, PredictionService
 
 log = logging.getLogger("serving.server")
@@ -117,20 +118,26 @@ class GrpcFrontEnd:
         credentials: grpc.ServerCredentials | None,
     ) -> None:
         server = grpc.aio.server(options=options)
+        # Every service registers through ParseChecked: a request that does not parse gets
+        # INTERNAL, as from TF Serving, not grpc.aio's UNKNOWN naming a Python class.
+        services = ParseChecked(server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.data_plane, self.executor), server
+            PredictionService(self.data_plane, self.executor), services
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.data_plane, self.executor), server
+            ModelService(self.data_plane, self.executor), services
         )
         names = [*SERVICE_NAMES, reflection.SERVICE_NAME]
         if self.health_service:
             self._health = health.aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, services)
             for service in ("", *SERVICE_NAMES):
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
             names.append(health.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        # What reflection.enable_server_reflection does for a grpc.aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), services
+        )
         if port:
             host = self.bind_address
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
