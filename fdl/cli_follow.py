@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -239,11 +239,11 @@ def _sigint_to_main_thread() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):  # Windows: signals only reach the main thread
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
@@ -265,10 +265,11 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
         TimeElapsedColumn(),
         TextColumn("{task.fields[metrics]}", markup=False),
     )
-    with _sigint_to_main_thread():
-        progress = Progress(*columns, console=console, transient=False)
-        progress.start()  # its refresh thread starts with SIGINT blocked
-    with progress:
+    with ExitStack() as stack:
+        # Entered on the stack, so that a Ctrl-C delivered as SIGINT is unblocked still stops
+        # the display (its cursor shown again, its thread ended).
+        with _sigint_to_main_thread():  # rich's refresh thread starts with SIGINT blocked
+            progress = stack.enter_context(Progress(*columns, console=console, transient=False))
         follower = Follower(progress, epochs)
         retries = _Retries(progress, job_id)
         while follower.status not in TERMINAL:

@@ -6,6 +6,8 @@ task body on the app built here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 TRAIN_TASK = "fdl.train"
@@ -25,11 +27,19 @@ def make_celery(
     send_timeout_s: float | None = None,
 ) -> Celery:
     """The app; ``send_timeout_s``: the broker connection's socket timeouts, for a sender (the
-    gateway) that must not wait as long as a hung Redis does (kombu's default is none). Never for
-    a worker, whose blocking reads of the queue would time out."""
+    gateway) that must not wait as long as a hung Redis does (kombu's default is none), and one
+    retry of a failed send instead of Celery's three, so that a send is given up after about
+    twice that. Never for a worker, whose blocking reads of the queue would time out."""
     transport: dict[str, float] = {"visibility_timeout": visibility_timeout_s}
+    sender: dict[str, Any] = {}
     if send_timeout_s is not None:
         transport |= {"socket_timeout": send_timeout_s, "socket_connect_timeout": send_timeout_s}
+        sender["task_publish_retry_policy"] = {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        }
     app = Celery("fdl", broker=redis_url)
     app.conf.update(
         task_default_queue=queue,
@@ -43,6 +53,7 @@ def make_celery(
         broker_transport_options=transport,
         task_serializer="json",
         accept_content=["json"],
+        **sender,
     )
     return app
 

@@ -293,7 +293,7 @@ def execute(
             deadline.check("while it waited for the model repository's lock")
             gate(model_path)
 
-        result["version"], _ = publish(
+        result["version"], published_now = publish(
             staged,
             settings.model_dir,
             name,
@@ -311,6 +311,8 @@ def execute(
         return result
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    if not published_now:  # another run of this job put its version in while this one trained
+        return published_before(settings.model_dir, name, job_id) or {**result, "published": True}
     result["published"] = True
     if gate.reason is not None:  # the check under the lock, after any wait: the newest version
         result["reason"] = gate.reason

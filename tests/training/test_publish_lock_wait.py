@@ -158,6 +158,17 @@ def test_a_run_whose_job_another_run_took_stops_waiting_with_nothing_published(
     assert not list_versions(model_dir / "m")
 
 
+def put_version(model_dir: Path, job_id: str, accuracy: float) -> None:
+    """Version 1 of model ``m`` with its files, written as a writer holding the lock writes it,
+    published by job ``job_id`` with test accuracy ``accuracy``."""
+    version = model_dir / "m" / "1"
+    for folder in ("variables", contract.ASSETS_EXTRA_DIR):
+        (version / folder).mkdir(parents=True, exist_ok=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    metadata = {"job_id": job_id, "metrics": {"test_accuracy": accuracy}}
+    (version / contract.METADATA_FILE).write_text(json.dumps(metadata))
+
+
 def test_the_result_gives_the_reason_of_the_gate_under_the_lock(
     store: JobStore, data_dir: Path, tmp_path: Path, job_in_process: Callable[..., Any]
 ) -> None:
@@ -172,12 +183,7 @@ def test_the_result_gives_the_reason_of_the_gate_under_the_lock(
         writer holding the lock writes it; then the lock is given up."""
         if not waits(store, job_id):
             return False
-        version = model_dir / "m" / "1"
-        for folder in ("variables", contract.ASSETS_EXTRA_DIR):
-            (version / folder).mkdir(parents=True, exist_ok=True)
-        (version / "saved_model.pb").write_bytes(b"graph")
-        metadata = {"job_id": "other-job", "metrics": {"test_accuracy": 0.05}}
-        (version / contract.METADATA_FILE).write_text(json.dumps(metadata))
+        put_version(model_dir, "other-job", 0.05)
         return True
 
     with LockHolder(model_dir, release) as holder:
@@ -194,3 +200,29 @@ def test_the_result_gives_the_reason_of_the_gate_under_the_lock(
     ), result
     assert record["result"]["reason"] == result["reason"]
     assert list_versions(model_dir / "m") == [1, 2]
+
+
+def test_a_version_another_run_of_the_job_put_in_meanwhile_gives_the_result(
+    store: JobStore, data_dir: Path, tmp_path: Path, job_in_process: Callable[..., Any]
+) -> None:
+    """While the job waits for the lock, another run of the same job (a reaper's, after this
+    one's worker seemed lost) puts its version in. This run publishes nothing more, and its
+    result is that version's: its metrics and the reason that names it (before, this run's
+    metrics and gate reason were recorded for the other run's model)."""
+    job_id, model_dir = "another-run-published", tmp_path / "models"
+
+    def release() -> bool:
+        if not waits(store, job_id):
+            return False
+        put_version(model_dir, job_id, 0.1234)
+        return True
+
+    with LockHolder(model_dir, release) as holder:
+        result, record, _ = job_in_process(store, job_id, data_dir, SETTINGS, **TINY)
+    assert holder.error is None, (holder.error, record)
+    assert record["status"] == "succeeded", record["error"]
+    assert result is not None and result["published"] and result["version"] == 1, result
+    assert result["metrics"] == {"test_accuracy": 0.1234}, result
+    assert result["reason"] == "version 1 was published by an earlier run of this job", result
+    assert record["result"]["metrics"] == result["metrics"]
+    assert list_versions(model_dir / "m") == [1] and not staged(model_dir, job_id)
