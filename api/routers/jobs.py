@@ -7,18 +7,18 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from redis.exceptions import LockNotOwnedError, RedisError
-from redis.lock import Lock
+from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.admin_route import KeyFirstRoute
 from api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep, StoreDep
-from api.errors import STORE_RETRY_AFTER_S, ApiError, store_busy, store_unavailable
+from api.errors import STORE_RETRY_AFTER_S, ApiError, store_unavailable
 from api.events import job_events, valid_stream_id
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
 from api.settings import GatewaySettings
+from api.submit_lock import submission_lock
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
 
@@ -37,17 +37,6 @@ CONFIRM_WITHIN_S = 1.0
 # no body (the server sends none). Left out of the OpenAPI document, which lists the GETs. The
 # event stream does not: it never ends while the job runs.
 
-# With FDL_MAX_QUEUED_JOBS, the submissions to one queue take turns, across threads and every
-# gateway replica on the Redis, to count the jobs waiting and write the new record (not to send
-# its message): a redis-py lock, so that concurrent ones cannot all pass the cap. Held for one
-# count, which reads two fields of every record kept (about 16 µs a record on a 2-vCPU VM, 1.6 s
-# for 100 000), it expires by itself after SUBMIT_LOCK_TIMEOUT_S should its holder die (about
-# 2 M records' count; a gateway killed mid-submission holds up that queue's submissions no
-# longer). One that does not get it within SUBMIT_LOCK_WAIT_S answers 503 job_store_busy.
-SUBMIT_LOCK_KEY = "fdl:submit-lock:{}"
-SUBMIT_LOCK_TIMEOUT_S = 30.0
-SUBMIT_LOCK_WAIT_S = 5.0
-SUBMIT_LOCK_POLL_S = 0.02
 log = logging.getLogger("fdl.gateway")
 
 
@@ -143,15 +132,7 @@ def _create_within_cap(
     job's record, holding the queue's submission lock (429 queue_full at the cap, 503
     job_store_busy when the lock stays taken; RedisError when Redis is unreachable)."""
     queue, cap = settings.training_queue, settings.max_queued_jobs
-    lock = store.redis.lock(
-        SUBMIT_LOCK_KEY.format(queue),
-        timeout=SUBMIT_LOCK_TIMEOUT_S,
-        sleep=SUBMIT_LOCK_POLL_S,
-        blocking_timeout=SUBMIT_LOCK_WAIT_S,
-    )
-    if not lock.acquire():
-        raise store_busy(f"the submission lock of queue {queue!r}", SUBMIT_LOCK_WAIT_S)
-    try:
+    with submission_lock(store, queue):
         waiting = store.waiting(queue)
         if waiting >= cap:
             raise ApiError(
@@ -162,23 +143,6 @@ def _create_within_cap(
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
             )
         return store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
-    finally:
-        _release(lock, queue)
-
-
-def _release(lock: Lock, queue: str) -> None:
-    """Give the submission lock back; never raises (what was decided under it stands)."""
-    try:
-        lock.release()
-    except LockNotOwnedError:
-        log.warning(
-            "the submission lock of queue %r expired (after %ss) before its holder was done: "
-            "a submission meanwhile may have passed FDL_MAX_QUEUED_JOBS",
-            queue,
-            SUBMIT_LOCK_TIMEOUT_S,
-        )
-    except (RedisError, OSError) as error:  # Redis lost: the lock expires by itself
-        log.warning("the submission lock of queue %r was not released: %r", queue, error)
 
 
 @router.head("", response_model=JobList, include_in_schema=False)

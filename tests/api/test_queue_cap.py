@@ -6,19 +6,22 @@ module's own; nobody consumes their queues."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 import redis
 
 from api.errors import STORE_RETRY_AFTER_S
-from api.routers.jobs import SUBMIT_LOCK_KEY, SUBMIT_LOCK_WAIT_S
+from api.submit_lock import SUBMIT_LOCK_KEY, SUBMIT_LOCK_WAIT_S
 from fdl.job_records import INDEX_KEY
 from fdl.jobs import JobStatus, JobStore
 from harness.gateway import Gateway
+from tests.training.lost_reply import LostReplyProxy
 
 DATABASE = 14
 CAP = 2
@@ -130,3 +133,31 @@ def test_a_submission_that_cannot_get_the_lock_is_refused_with_503(
     assert client.zcard(INDEX_KEY) == 0 and client.llen(queue) == 0
     accepted = httpx.post(url, json=SPEC, headers=gateway.admin(), timeout=30)
     assert accepted.status_code == 202, accepted.text
+
+
+def test_a_lock_taken_without_an_answer_is_freed_by_the_next_submission(
+    client: redis.Redis, lone_gateway: Callable[..., AbstractContextManager[Gateway]]
+) -> None:
+    """Redis takes the queue's lock for a submission but its replies are lost (every try of
+    redis-py's): that submission answers 503 job_store_unavailable and the lock stays, held by
+    nobody. The next submission through the same gateway frees it (its token was remembered)
+    and is accepted at once, instead of waiting 5 s for 503 job_store_busy until it expires."""
+    kwargs = client.connection_pool.connection_kwargs
+    lock_key = SUBMIT_LOCK_KEY.format(queue := f"lost-{uuid.uuid4().hex[:8]}")
+    with LostReplyProxy((kwargs["host"], kwargs["port"]), b"fdl:submit-lock", 1000) as proxy:
+        settings = {"FDL_MAX_QUEUED_JOBS": str(CAP), "FDL_TRAINING_QUEUE": queue}
+        with lone_gateway(queue, proxy.url(DATABASE), **settings) as gateway:
+            url, headers = f"{gateway.url}/v1/jobs", gateway.admin()
+            lost = httpx.post(url, json=SPEC, headers=headers, timeout=60)
+            proxy.drops = proxy.dropped  # Redis answers again
+            assert lost.status_code == 503, lost.text
+            assert lost.json()["error"]["code"] == "job_store_unavailable", lost.text
+            assert proxy.dropped >= 1 and client.exists(lock_key)  # Redis took the lock
+            assert client.zcard(INDEX_KEY) == 0
+            started = time.monotonic()
+            accepted = httpx.post(url, json=SPEC, headers=headers, timeout=60)
+            took = time.monotonic() - started
+    assert accepted.status_code == 202, accepted.text
+    assert took < SUBMIT_LOCK_WAIT_S / 2, took
+    assert not client.exists(lock_key)
+    assert client.zcard(INDEX_KEY) == 1 and client.llen(queue) == 1
