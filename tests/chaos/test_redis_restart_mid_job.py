@@ -20,7 +20,7 @@ from harness.worker import MNIST_TINY, Worker, worker_running
 
 # What the worker logs when a job-record operation found Redis gone (with the fix: a retry;
 # without it: the task failing).
-OUTAGE_SEEN = ("Retrying fdl.jobs.JobStore", "raised unexpected")
+OUTAGE_SEEN = ("Retrying fdl.job", "raised unexpected")  # fdl.job_runs, fdl.job_reads…
 
 
 def run_through_outage(
