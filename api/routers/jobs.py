@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -28,10 +27,9 @@ PUBLIC_FIELDS = tuple(Job.model_fields)
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
 # A submission whose message was sent confirms it in the job's record (``enqueued``: until then a
-# worker's reaper would end the job instead of sending it again), trying again after each of
-# these pauses (seconds) while Redis is unreachable, but starting no try later than
-# CONFIRM_WITHIN_S after the first (a Redis that hangs costs one store timeout, not four).
-CONFIRM_RETRY_S = (0.05, 0.2, 0.5)
+# worker's reaper would end the job instead of sending it again), trying again while Redis is
+# unreachable but starting no try later than this after the first (a Redis that hangs costs one
+# store timeout, not several).
 CONFIRM_WITHIN_S = 1.0
 # The plain GET routes also answer HEAD (health checkers, curl -I): the same status and headers,
 # no body (the server sends none). Left out of the OpenAPI document, which lists the GETs. The
@@ -94,35 +92,37 @@ def _end_not_queued(store: JobStore, job_id: str) -> None:
 
 
 def _confirm_sent(store: JobStore, job_id: str) -> None:
-    """Confirm in the job's record that its message was sent, trying again after each of
-    CONFIRM_RETRY_S while Redis is unreachable (within CONFIRM_WITHIN_S). When no try gets
-    through, the submission is still accepted (logged): its message is in the queue and a
-    worker's claim takes the job. 503 when the reaper ended the job first, for want of this
-    confirmation (its message is then skipped), or its record is gone."""
-    deadline = time.monotonic() + CONFIRM_WITHIN_S
-    for pause in (*CONFIRM_RETRY_S, None):
-        try:
-            confirmed = store.confirm_sent(job_id)
-        except (RedisError, OSError) as error:
-            if pause is not None and time.monotonic() + pause <= deadline:
-                time.sleep(pause)
-                continue
-            log.warning(
-                "job %s was queued but its record could not confirm it (%r); should the broker "
-                "lose its message, the job ends failed instead of being sent again",
-                job_id,
-                error,
-            )
-            return
-        if not confirmed:
-            raise ApiError(
-                503,
-                "job_store_unavailable",
-                "the job could not be queued in time (its record was ended, or lost, before "
-                "the gateway confirmed its message); submit it again",
-                headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
-            )
+    """Confirm in the job's record that its message was sent, trying again (tenacity, as the
+    workers' store does) while Redis is unreachable, starting no try later than CONFIRM_WITHIN_S
+    after the first. When no try gets through, the submission is still accepted (logged): its
+    message is in the queue and a worker's claim takes the job. 503 when the reaper ended the job
+    first, for want of this confirmation (its message is then skipped), or its record is gone."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((RedisError, OSError)),
+        stop=stop_after_delay(CONFIRM_WITHIN_S),
+        wait=wait_exponential(multiplier=0.05, max=0.5),
+        reraise=True,
+    )
+    try:
+        confirmed = retrying(store.confirm_sent, job_id)
+    except (RedisError, OSError) as error:
+        log.warning(
+            "job %s was queued but its record could not confirm it (%r); should the broker "
+            "lose its message, the job ends failed instead of being sent again",
+            job_id,
+            error,
+        )
         return
+    if not confirmed:
+        raise ApiError(
+            503,
+            "job_store_unavailable",
+            "the job could not be queued in time (its record was ended, or lost, before "
+            "the gateway confirmed its message); submit it again",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
 
 
 def _create_within_cap(
