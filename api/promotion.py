@@ -19,30 +19,31 @@ of the change get the old one again, so a label the client was told failed never
 later (at the next render of the config, e.g. a worker's publish). A gateway that dies in the
 middle of a change (SIGKILL, out of memory, a lost node) never answered it: the next process that
 takes the lock rolls it back from the undo records it left (:func:`fdl.repository_files.roll_back`).
-Only a gateway's change (:meth:`Promoter._turn`) then sends the restored config to the replicas;
-a rollback at a gateway's start-up (:func:`api.repository_access.recover_at_start`), by a publish,
-the job reaper or ``fdl up`` sends nothing, and the model servers take it at their next poll of the
-config file (``--model_config_file_poll_wait_seconds``; docs/gateway.md, "Promotion").
+A gateway's change (:meth:`Promoter._turn`) and a gateway's start-up
+(:meth:`Promoter.send_restored`) then send the restored config to the replicas, in two steps
+where a replica had taken the dead change in full (:mod:`api.replica_configs`); a rollback by a
+publish, the job reaper, ``fdl up`` or a reader sends nothing: the model servers take it at their
+next poll of the config file (``--model_config_file_poll_wait_seconds``), or, if the dead change
+had unloaded a version the restored labels name, with the next change of labels or gateway start
+(docs/gateway.md, "Promotion").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import text_format
 
 from api.errors import ApiError
 from api.metadata_cache import MetadataCache
-from api.metrics import PROMOTIONS, UPSTREAM_ERRORS
+from api.metrics import PROMOTIONS
+from api.replica_configs import ReplicaConfigs
 from api.replicas import reachable_replicas
 from api.repository_access import io, repository_error, repository_locked
 from api.serving_client import ServingClient
@@ -50,10 +51,11 @@ from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Repository
 from fdl.repository_files import Labels, LabelsFileError, UndoPoint
-from fdl.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
+from fdl.wire.tfs_pb2 import ModelServerConfig
 
-POLL_S = 0.1
 log = logging.getLogger(__name__)
+# Replicas are asked for a model no one names to see that they answer (NOT_FOUND is an answer).
+_ANY_MODEL = "__readiness_probe__"
 
 
 def parse_config(text: str) -> ModelServerConfig:
@@ -67,6 +69,7 @@ class _Change:
 
     replicas: list[ServingClient]
     undo: UndoPoint
+    deadline: float  # of all its calls and waits (monotonic): one promote_timeout_s in all
     written: bool = False
     reloaded: list[ServingClient] = field(default_factory=list)
 
@@ -86,6 +89,7 @@ class Promoter:
         self.cache = cache
         self.repository = Repository(model_dir, base_path_root, lock_timeout_s=timeout_s)
         self.timeout_s = timeout_s
+        self.replicas = ReplicaConfigs(timeout_s)
         # Promotions of this process queue here rather than in threads blocked on the file lock.
         self._local = asyncio.Lock()
 
@@ -93,77 +97,22 @@ class Promoter:
         """Write the config file, then tell each replica (each would also find it by polling)."""
         change.written = True
         await io(self.repository.write_config, text)
-        request = ReloadConfigRequest(config=parse_config(text))
+        config = parse_config(text)
         for replica in replicas:
-            await self._reload(replica, request)
+            # Before the call: a replica may take a config of the change (a bridge's first
+            # step, a reload whose answer was lost) and the call still fail.
             if replica not in change.reloaded:
                 change.reloaded.append(replica)
-
-    async def _reload(self, replica: ServingClient, request: ReloadConfigRequest) -> None:
-        try:
-            await replica.reload_config(request, timeout_s=self.timeout_s)
-        except grpc.aio.AioRpcError as error:
-            UPSTREAM_ERRORS.labels("HandleReloadConfigRequest", error.code().name).inc()
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ApiError(
-                    503,
-                    "model_server_unavailable",
-                    f"the model server did not take the new config: {error.details()}",
-                    headers={"Retry-After": "1"},
-                ) from error
-            raise ApiError(
-                409, "reload_rejected", f"the model server refused the config: {error.details()}"
-            ) from error
-
-    async def _state(self, replica: ServingClient, model: str, version: int) -> tuple[str, str]:
-        try:
-            statuses = await replica.model_status(model)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise _server_error(error) from error
-            return "NOT_LOADED", ""
-        for status in statuses:
-            if status.version == version:
-                return status.state, status.error_message
-        return "NOT_LOADED", ""
-
-    async def _pending(
-        self, replicas: list[ServingClient], model: str, version: int
-    ) -> list[ServingClient]:
-        """The replicas that have not loaded ``version`` yet."""
-        pending = []
-        for replica in replicas:
-            state, message = await self._state(replica, model, version)
-            if state == "AVAILABLE":
-                continue
-            if state == "END" and message:
-                raise ApiError(
-                    409, "version_failed", f"version {version} failed to load: {message}"
-                )
-            pending.append(replica)
-        return pending
+            await self.replicas.reload(replica, config, change.deadline)
 
     async def _ensure_loaded(
         self, change: _Change, model: str, version: int, labels: Labels
     ) -> None:
-        pending = await self._pending(change.replicas, model, version)
+        pending = await self.replicas.pending(change.replicas, model, version, change.deadline)
         if not pending:
             return
         await self._apply(change, pending, await self._render(labels, {model: {version}}))
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            pending = await self._pending(pending, model, version)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                state, _ = await self._state(pending[0], model, version)
-                raise ApiError(
-                    504,
-                    "load_timeout",
-                    f"version {version} was not loaded within {self.timeout_s:.0f}s "
-                    f"(state {state})",
-                )
-            await asyncio.sleep(POLL_S)  # polling the server's status, with a deadline
+        await self.replicas.wait_loaded(pending, model, version, change.deadline)
 
     async def _render(self, labels: Labels, keep: dict[str, set[int]] | None = None) -> str:
         try:
@@ -179,10 +128,11 @@ class Promoter:
             repository_locked(self.repository, self._local, self.timeout_s),
             reachable_replicas(self.client, model, self.tls) as replicas,
         ):
+            deadline = self.replicas.deadline()
             if await io(self.repository.recover):
                 # A gateway died in the middle of a change, which may have reached the replicas.
-                await self._reload_restored(replicas)
-            change = _Change(replicas, await io(self.repository.undo_point))
+                await self._reload_restored(replicas, deadline)
+            change = _Change(replicas, await io(self.repository.undo_point), deadline)
             try:
                 yield change
                 # The change stands from here. On the loop, not in a thread: a cancellation there
@@ -194,24 +144,43 @@ class Promoter:
                     raise repository_error(error) from error
             except BaseException:
                 change.undo.restore()  # renames only: works on a full disk, never raises
-                if change.written:
-                    await self._reload_restored(change.reloaded)
+                if change.written:  # a deadline of its own: the change's may be spent
+                    await self._reload_restored(change.reloaded, self.replicas.deadline())
                 raise
 
-    async def _reload_restored(self, replicas: list[ServingClient]) -> None:
+    async def _reload_restored(self, replicas: list[ServingClient], deadline: float) -> None:
         """Send the config file, as restored, to ``replicas`` (those that took a config of a
-        change that failed, or of one that a dead gateway left half made)."""
+        change that failed, or of one that a dead gateway left half made); a replica whose
+        labels the change had moved gets it in two steps (:mod:`api.replica_configs`)."""
         if not replicas:
             return
         try:
             text = await asyncio.to_thread(self.repository.config_path.read_text)
-            request = ReloadConfigRequest(config=parse_config(text))
-        except (OSError, text_format.ParseError):
+            config = parse_config(text)
+        except (OSError, ValueError):  # text_format.ParseError, UnicodeDecodeError
             log.exception("the restored model config was not sent: the replicas will poll it")
             return
         for replica in replicas:
-            with contextlib.suppress(ApiError):
-                await self._reload(replica, request)
+            try:
+                await self.replicas.reload(replica, config, deadline)
+            except ApiError as error:
+                log.error("a replica did not take the restored model config: %s", error.message)
+
+    async def send_restored(self) -> None:
+        """The config file to every replica, under the lock: after a rollback at the gateway's
+        start, whose dead change may have reached them (a replica that took it in full refuses
+        the restored file at each poll; see :mod:`api.replica_configs`). Failures are logged."""
+        try:
+            async with (
+                repository_locked(self.repository, self._local, self.timeout_s),
+                reachable_replicas(self.client, _ANY_MODEL, self.tls) as replicas,
+            ):
+                await io(self.repository.recover)
+                await self._reload_restored(replicas, self.replicas.deadline())
+        except ApiError as error:
+            log.error("the restored model config was not sent: %s", error.message)
+        except Exception:  # a labels.json that cannot be read: the next change says so
+            log.exception("the restored model config was not sent")
 
     async def _labels(self) -> Labels:
         try:
@@ -291,13 +260,3 @@ class Promoter:
         change.written = True
         await io(self.repository.write_labels, after)
         await self._apply(change, change.replicas, text)
-
-
-def _server_error(error: grpc.aio.AioRpcError) -> ApiError:
-    UPSTREAM_ERRORS.labels("GetModelStatus", error.code().name).inc()
-    return ApiError(
-        503,
-        "model_server_unavailable",
-        f"the model server is unavailable: {error.details()}",
-        headers={"Retry-After": "1"},
-    )

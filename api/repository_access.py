@@ -74,10 +74,12 @@ async def repository_locked(
             lock.release()
 
 
-def recover_at_start(repository: Repository) -> None:
+def recover_at_start(repository: Repository) -> bool:
     """At the gateway's start, roll back a change a dead gateway left half made (a restarted
     pod is often the next to come), if the lock is free at once: a busy lock's holder rolls it
     back itself. Never stops the start (a missing or read-only repository is only logged).
-    Sends no config to the model servers: they read the restored file at their next poll."""
+    Whether a change was rolled back: the gateway then sends the restored config to the model
+    servers (:meth:`api.promotion.Promoter.send_restored`)."""
     if repository.model_dir.is_dir():
-        repository.recover_if_free()  # logs what it rolls back
+        return repository.recover_if_free()  # logs what it rolls back
+    return False

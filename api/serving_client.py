@@ -232,19 +232,34 @@ class ServingClient:
         signatures.ParseFromString(response.metadata["signature_def"].value)
         return input_spec_of(signatures, model, int(response.model_spec.version.value))
 
-    async def model_status(self, model: str, request_id: str | None = None) -> list[VersionStatus]:
+    async def label_version(self, model: str, label: str, timeout_s: float | None = None) -> int:
+        """The version ``label`` of ``model`` names on the server now (``GetModelMetadata`` of
+        the label: TF Serving has no call that lists labels). Raises as the call does (an
+        unknown label: ``INVALID_ARGUMENT`` or ``NOT_FOUND``)."""
+        request = GetModelMetadataRequest(
+            model_spec=model_spec(model, None, label), metadata_field=["signature_def"]
+        )
+        response: GetModelMetadataResponse = await self._call(
+            self._metadata, request, None, timeout_s or self.metadata_timeout_s
+        )
+        return int(response.model_spec.version.value)
+
+    async def model_status(
+        self, model: str, request_id: str | None = None, timeout_s: float | None = None
+    ) -> list[VersionStatus]:
         """The state of each version of ``model`` the server knows.
 
         Args:
             model: the served model's name.
             request_id: forwarded as ``x-request-id`` metadata.
+            timeout_s: the deadline (default ``metadata_timeout_s``).
 
         Returns:
             One :class:`VersionStatus` (``AVAILABLE``, ``LOADING``…) per version.
         """
         request = GetModelStatusRequest(model_spec=model_spec(model))
         response: GetModelStatusResponse = await self._call(
-            self._status, request, request_id, self.metadata_timeout_s
+            self._status, request, request_id, timeout_s or self.metadata_timeout_s
         )
         return [
             VersionStatus(

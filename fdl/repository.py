@@ -151,16 +151,18 @@ class Repository:
                 return labels
         return self.labels()  # changes one after another all along: the latest read
 
-    def recover_if_free(self) -> None:
+    def recover_if_free(self) -> bool:
         """:meth:`recover` if the lock is free at once; a busy lock's holder recovers itself.
-        Never raises for a repository it cannot change (a read-only one is only logged)."""
+        Whether a change was rolled back. Never raises for a repository it cannot change (a
+        read-only one is only logged)."""
         try:
             with self.file_lock(timeout_s=0):
-                self.recover()
+                return self.recover()
         except Timeout:
             pass
         except (OSError, ValueError):
             log.exception("could not roll back the change left half made in %s", self.model_dir)
+        return False
 
     def render(self, labels: Labels | None = None, keep: dict[str, set[int]] | None = None) -> str:
         """The config for what is on disk now, with ``labels`` (default: ``labels.json``)."""

@@ -33,13 +33,17 @@ def parse_text_file(path: str | Path | None, message: Any, what: str) -> Any:
     if not path:
         return message
     try:
-        text = Path(path).read_text()
+        # As TF Serving, bytes that are not UTF-8 are refused only where a value needs text (a
+        # name, a path), not in a comment: they are carried through as surrogates.
+        text = Path(path).read_bytes().decode(errors="surrogateescape")
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: {error}") from error
     try:
         return text_format.Parse(text, message)
-    except text_format.ParseError as error:
-        raise ConfigError(f"cannot parse {what} {path}: {error}") from error
+    except (text_format.ParseError, UnicodeError, ValueError) as error:
+        # The parser quotes the line: its undecodable bytes are written as escapes, not logged.
+        reason = str(error).encode(errors="backslashreplace").decode()
+        raise ConfigError(f"cannot parse {what} {path}: {reason}") from error
 
 
 def read_model_server_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:

@@ -87,7 +87,7 @@ class ModelServer:
             tensor_content=bool(args.enable_serialization_as_tensor_content),
         )
         self._stop = threading.Event()
-        self._config_text: str | None = None
+        self._config_text: bytes | None = None
         self._config_ok = False
         # The config object the file was last applied as (compared by identity with the served).
         self._file_config: model_server_config_pb2.ModelServerConfig | None = None
@@ -100,14 +100,14 @@ class ModelServer:
     def _initial_config(self) -> model_server_config_pb2.ModelServerConfig:
         if self.args.model_config_file:
             path = Path(self.args.model_config_file)
-            self._config_text = path.read_text() if path.exists() else None
+            self._config_text = path.read_bytes() if path.exists() else None
             return read_model_server_config(path)
         return single_model_config(self.args.model_name, self.args.model_base_path)
 
     def _poll_config_file(self) -> None:
         path = Path(self.args.model_config_file)
         try:
-            text = path.read_text()
+            text = path.read_bytes()  # bytes: a file that is not UTF-8 is refused by the parse
         except OSError as error:
             log.error("cannot read model config file %s: %s", path, error)
             return

@@ -184,3 +184,27 @@ def test_uri_is_relative_path(uri: str, relative: bool) -> None:
     """tsl's ParseURI: a scheme is a letter and at least one more letter, digit or dot, so
     ``a://x`` is a relative path; IsAbsolutePath: a leading slash."""
     assert uri_is_relative_path(uri) is relative
+
+
+def test_config_file_bytes_that_are_not_utf8(impl, model_stock, tmp_path, logs_dir) -> None:
+    """A byte that is not UTF-8 in a comment (a Latin-1 editor's ``é``) is read as TF Serving's
+    parser reads it, skipped with the comment; in a value, the polled file is refused with the
+    usual one-line message naming the file, not a traceback at every poll."""
+    model_stock.install("a", tmp_path / "m", 1)
+    config = tmp_path / "models.config"
+    good = model_config({"m": tmp_path / "m"}).encode()
+    config.write_bytes(b"# mod\xe8les servis\n" + good)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+    server = start_server(impl, "config-bytes", logs_dir, flags)
+    try:
+        assert served_version(server, "m") == 1
+        if impl != "fdl":
+            return  # the logged texts below are ours
+        config.write_bytes(good.replace(b'name: "m"', b'name: "m\xe9"'))
+        logged = f"model config file {config} not applied: cannot parse model config file"
+        wait_for(lambda: logged in server.process.log_tail(), 30, "the refusal logged")
+        assert "poll failed" not in server.process.log_tail()
+        assert "Traceback" not in server.process.log_tail()
+        assert served_version(server, "m") == 1
+    finally:
+        server.stop()
