@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,10 @@ from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import JobSpec
 from training.data import ImageData
 from training.export import export_savedmodel, float32_copy
+from training.model_kind import ModelKind
 from training.models import build_job_model
 from training.preprocess import network_input_shape
-from training.report import evaluation, write_report
+from training.report import evaluation, strict_json, write_report
 from training.trainer import TrainOutcome
 from training.warmup import write_warmup
 
@@ -55,7 +55,7 @@ def write_model(
         "spec": spec.model_dump(mode="json"),
         "dataset": {"name": data.name, "source": data.source, **outcome.counts},
         "class_names": list(data.class_names),
-        "input": {"key": contract.INPUT_KEY, "dtype": "uint8", "shape": [-1, *arch.image_shape]},
+        "input": ModelKind.of(data, arch.image_shape).input(),  # what only_if_better compares
         "metrics": outcome.metrics,
         "per_class_accuracy": report["per_class_accuracy"],
         "history": outcome.history,
@@ -65,5 +65,5 @@ def write_model(
         "keras_version": keras.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (folder / contract.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    (folder / contract.METADATA_FILE).write_text(strict_json(metadata))
     return metadata

@@ -35,6 +35,26 @@ def divergence(value: Any, where: str) -> str | None:
     return f"the loss was {float(value)} {where}"
 
 
+def weights_kept(
+    model: keras.Model, stopper: keras.callbacks.EarlyStopping | None, history: list[dict[str, Any]]
+) -> str | None:
+    """After training stopped on a NaN or infinite loss: why the model's weights are still
+    worth the test set's judgement, else None (the run failed: weights that made the loss
+    non-finite, NaN or merely huge, are no model). Early stopping restored the weights of its
+    best epoch (Keras does when training ends) and that epoch's loss and monitored value were
+    finite; or the optimizer scales the loss (mixed float16), skipping each step whose
+    gradients were not finite, so that the weights are those from before it."""
+    best = getattr(stopper, "best_epoch", None) if stopper is not None else None
+    if stopper is not None and stopper.best_weights is not None and best is not None:
+        entry = history[best] if best < len(history) else {}
+        if entry.get("loss") is not None and entry.get(stopper.monitor) is not None:
+            model.set_weights(stopper.best_weights)  # as Keras did at the end of training
+            return f"early stopping restored the weights of epoch {best + 1}"
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        return "the loss scaling skipped the steps whose gradients were not finite"
+    return None
+
+
 class JobCallback(keras.callbacks.Callback):
     """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record,
     and stops training at the next batch when the job's cancellation flag is set (or its record

@@ -8,46 +8,32 @@ the record at the same moment do not both run it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from fdl.architectures import ARCHITECTURES
-from fdl.job_records import JOB_KEY
 from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.jobspec import JobSpec
 from fdl.store_retry import TRANSIENT_ERRORS
 from training.data import DataMissingError
 from training.heartbeat import Heartbeat
+from training.run_checks import Cancelled, check_cancel, check_under_lock, shown_path, unpublished
+from training.run_checks import waiting_for_lock as _waiting
 from training.settings import WorkerSettings
 from training.time_limit import Deadline, TimedOut
 
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):
-    """The job stops: its cancellation was requested, or its record is gone."""
-
-
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def shown_path(path: Path) -> str:
-    """``path`` relative to the worker's working directory when it lies inside it (``fdl up``
-    passes absolute folders; users read ``var/tensorboard/<id>``), else as it is."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def run_job(
@@ -149,63 +135,6 @@ def _attempt(
     return JobStatus.SUCCEEDED, result, None
 
 
-def _check_cancel(store: JobStore, job_id: str, lost: threading.Event | None = None) -> None:
-    """Stop the job when it is no longer this run's (``lost``, set by the run's heartbeat thread
-    when the record refused a beat), its cancellation was requested or its record is gone."""
-    if lost is not None and lost.is_set():
-        raise NotThisRun
-    if store.stop_requested(job_id):
-        raise Cancelled
-
-
-def _check_under_lock(
-    store: JobStore, job_id: str, worker: str | None, unreadable: str = "under the lock; publishing"
-) -> None:
-    """The record's check just before the rename, under the repository's lock (which may have
-    been waited for), and between rounds of waiting for it: :class:`Cancelled` when its
-    cancellation was requested or the record is gone, :class:`NotThisRun` when it is no longer
-    running under ``worker`` (None: not checked). One read, no retries, so that a Redis outage
-    never holds the lock nor ends a finished job; unreachable, it counts as passed (the checks
-    before did), and the warning says ``unreadable``."""
-    try:
-        raw = store.redis.hmget(JOB_KEY.format(job_id), ["status", "cancel_requested", "worker"])
-    except TRANSIENT_ERRORS:
-        log.warning("job %s: its record is unreadable %s", job_id, unreadable)
-        return
-    status, flag, holder = (json.loads(value) if value else None for value in raw)
-    if status is None or flag:
-        raise Cancelled
-    if worker is not None and (status != JobStatus.RUNNING or holder != worker):
-        raise NotThisRun
-
-
-def _waiting_for_lock(
-    store: JobStore, job_id: str, worker: str | None, deadline: Deadline
-) -> Callable[[Path, float], None]:
-    """What a finished job does between rounds of waiting for the model repository's lock,
-    which another writer holds: it stops when cancelled, no longer its run, or out of time,
-    else it says that it waits (a warning and a ``log`` event) and waits another round
-    (``FDL_PUBLISH_LOCK_WAIT_S``). Its export, the hours of training, is kept meanwhile; the
-    heartbeat thread goes on. A Redis outage meanwhile neither ends it nor stretches its rounds:
-    the record's check (one read) counts as passed and the note (one attempt) is skipped; the
-    check under the lock reads the record again."""
-
-    def waiting(lock_file: Path, waited_s: float) -> None:
-        _check_under_lock(store, job_id, worker, "while it waits for the lock; waiting on")
-        deadline.check("while it waited for the model repository's lock")
-        message = (
-            f"waiting for the model repository's lock ({shown_path(lock_file)}), which another "
-            f"writer holds: {waited_s:.0f} s so far"
-        )
-        log.warning("job %s: %s", job_id, message)
-        try:  # one attempt: a note that Redis does not take must not stretch the round
-            store.append_event(job_id, "log", {"message": message}, retry=False, run=worker)
-        except TRANSIENT_ERRORS as error:
-            log.warning("job %s: its note that it waits was not recorded (%s)", job_id, error)
-
-    return waiting
-
-
 def execute(
     job_id: str,
     spec: JobSpec,
@@ -224,6 +153,7 @@ def execute(
     # TensorFlow is imported here so that importing the task module stays light.
     from training.artifacts import write_model
     from training.data.registry import load_dataset
+    from training.model_kind import ModelKind
     from training.publish import (
         GateClosed,
         gate_under_lock,
@@ -248,7 +178,7 @@ def execute(
         settings.download,
         settings.download_timeout_s,
     ).capped(spec.max_train_examples, spec.max_test_examples)
-    _check_cancel(store, job_id, lost)
+    check_cancel(store, job_id, lost)
     deadline.check("after loading the data")
     tensorboard_dir = settings.var_dir / "tensorboard" / job_id
     outcome = train(
@@ -269,7 +199,8 @@ def execute(
     name = str(spec.publish_as)
     model_path: Path = settings.model_dir / name
     accuracy = outcome.metrics["test_accuracy"]
-    published, reason = quality_gate(spec.publish, accuracy, model_path)
+    kind = ModelKind.of(data, arch.image_shape)  # only_if_better compares with its own kind
+    published, reason = quality_gate(spec.publish, accuracy, model_path, kind)
     result: dict[str, Any] = {
         "model": name,
         "version": None,
@@ -279,17 +210,17 @@ def execute(
         "epochs_run": outcome.runtime.get("epochs_run"),
         "tensorboard_dir": shown_path(tensorboard_dir),
     }
-    if not published:
-        return result
-    gate = gate_under_lock(spec.publish, accuracy)
+    if not published:  # a cancel accepted meanwhile ends it cancelled
+        return unpublished(store, job_id, lost, result)
+    gate = gate_under_lock(spec.publish, accuracy, kind)
     staged = staging_dir(model_path, job_id)
     try:
         write_model(staged, job_id, spec, data, outcome)
-        _check_cancel(store, job_id, lost)  # before waiting for the repository's lock
+        check_cancel(store, job_id, lost)  # before waiting for the repository's lock
         deadline.check("after the export")
 
         def last_checks(model_path: Path) -> None:
-            _check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
+            check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
             deadline.check("while it waited for the model repository's lock")
             gate(model_path)
 
@@ -304,11 +235,11 @@ def execute(
             # the run before Celery's hard limit could kill it in the middle of a wait. At least
             # a second: each round adds a note to the job's capped event stream.
             max(1.0, min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2)),
-            _waiting_for_lock(store, job_id, worker, deadline),
+            _waiting(store, job_id, worker, deadline),
         )
     except GateClosed as closed:  # a better version was published while this job trained
         result["reason"] = str(closed)
-        return result
+        return unpublished(store, job_id, lost, result)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     if not published_now:  # another run of this job put its version in while this one trained

@@ -25,6 +25,7 @@ from fdl import contract
 from fdl.jobspec import PublishSpec, valid_name
 from fdl.repository import Repository, sync_config
 from fdl.repository_reads import find_job_version, list_versions
+from training.model_kind import ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,30 @@ class GateClosed(Exception):
     better one was published meanwhile); ``str()`` is the reason, as :func:`quality_gate` says."""
 
 
-def published_accuracy(version_dir: Path) -> float | None:
+def _served_metadata(version_dir: Path) -> dict[str, Any] | None:
     try:
         metadata = json.loads((version_dir / contract.METADATA_FILE).read_text())
-        return float(metadata["metrics"]["test_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _accuracy(metadata: dict[str, Any] | None) -> float | None:
+    try:
+        return float(metadata["metrics"]["test_accuracy"])  # type: ignore[index]
+    except (ValueError, KeyError, TypeError):
         return None
 
 
-def quality_gate(policy: PublishSpec, accuracy: float, model_path: Path) -> tuple[bool, str]:
-    """Whether to publish, and why (the reason goes into the job result)."""
+def published_accuracy(version_dir: Path) -> float | None:
+    return _accuracy(_served_metadata(version_dir))
+
+
+def quality_gate(
+    policy: PublishSpec, accuracy: float, model_path: Path, kind: ModelKind | None = None
+) -> tuple[bool, str]:
+    """Whether to publish, and why (the reason goes into the job result). With ``kind`` (the
+    job's), ``only_if_better`` publishes nothing over a served version of another kind."""
     if accuracy < policy.min_accuracy:
         return False, (
             f"test accuracy {accuracy:.4f} is below publish.min_accuracy {policy.min_accuracy:.4f}"
@@ -58,7 +73,15 @@ def quality_gate(policy: PublishSpec, accuracy: float, model_path: Path) -> tupl
         versions = list_versions(model_path)
         if versions:
             latest = versions[-1]
-            previous = published_accuracy(model_path / str(latest))
+            metadata = _served_metadata(model_path / str(latest))  # one read, for both checks
+            differ = kind.differences(metadata) if kind is not None and metadata else []
+            if differ:
+                return False, (
+                    f"the served version {latest} is not comparable: {'; '.join(differ)}; "
+                    "publish.only_if_better is set, so nothing was published (publish under "
+                    "another name, or without only_if_better)"
+                )
+            previous = _accuracy(metadata)
             if previous is not None and accuracy <= previous:
                 return False, (
                     f"test accuracy {accuracy:.4f} is not better than the served version "
@@ -77,19 +100,21 @@ class GateUnderLock:
     is why its last check passed (None before one): what the job's result says when it
     publishes, since the served version that the gate before the wait named may have changed."""
 
-    def __init__(self, policy: PublishSpec, accuracy: float) -> None:
-        self.policy, self.accuracy = policy, accuracy
+    def __init__(self, policy: PublishSpec, accuracy: float, kind: ModelKind | None = None) -> None:
+        self.policy, self.accuracy, self.kind = policy, accuracy, kind
         self.reason: str | None = None
 
     def __call__(self, model_path: Path) -> None:
-        passed, reason = quality_gate(self.policy, self.accuracy, model_path)
+        passed, reason = quality_gate(self.policy, self.accuracy, model_path, self.kind)
         if not passed:
             raise GateClosed(reason)
         self.reason = reason
 
 
-def gate_under_lock(policy: PublishSpec, accuracy: float) -> GateUnderLock:
-    return GateUnderLock(policy, accuracy)
+def gate_under_lock(
+    policy: PublishSpec, accuracy: float, kind: ModelKind | None = None
+) -> GateUnderLock:
+    return GateUnderLock(policy, accuracy, kind)
 
 
 def _last_change(folder: Path) -> float:

@@ -4,6 +4,7 @@ confusion matrix (JSON and PNG) and training curves (PNG)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,23 @@ import numpy as np
 
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
+
+
+def strict_json(value: Any) -> str:
+    """``value`` as standard JSON (indented, a newline at the end), NaN and infinities written as
+    null: Python's ``json`` would write them as ``NaN``/``Infinity``, which JSON has not, and
+    other readers (browsers, ``jq``) refuse the file."""
+
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(value) for key, value in item.items()}
+        if isinstance(item, list | tuple):
+            return [finite(value) for value in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -53,7 +71,7 @@ def write_report(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "evaluation.json").write_text(strict_json(report))
 
     names = report["class_names"]
     matrix = np.asarray(report["confusion_matrix"])

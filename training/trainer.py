@@ -20,7 +20,7 @@ import tensorflow as tf
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStore, NotThisRun
 from fdl.jobspec import JobSpec
-from training.callbacks import JobCallback, TrainingDiverged
+from training.callbacks import JobCallback, TrainingDiverged, weights_kept
 from training.data import ImageData
 from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
@@ -30,6 +30,7 @@ from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.time_limit import Deadline, TimedOut
 
 log = logging.getLogger(__name__)
+ADVICE = "(a lower learning rate, or clipping with max_norm, usually helps)"
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrainOutcome:
     model: keras.Model
     cancelled: bool
     history: list[dict[str, Any]]
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # test_loss may be None
     y_true: np.ndarray | None = None
     y_pred: np.ndarray | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -148,14 +149,14 @@ def train(
                     str(tensorboard_dir), histogram_freq=1, write_graph=False
                 )
             )
+        stopper = None
         if spec.early_stopping is not None and val_ds is not None:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=spec.early_stopping.monitor,
-                    patience=spec.early_stopping.patience,
-                    restore_best_weights=True,
-                )
+            stopper = keras.callbacks.EarlyStopping(
+                monitor=spec.early_stopping.monitor,
+                patience=spec.early_stopping.patience,
+                restore_best_weights=True,
             )
+            callbacks.append(stopper)
         started = time.monotonic()
         model.fit(
             train_ds,
@@ -172,6 +173,13 @@ def train(
             raise TimedOut(deadline.error(progress.timed_out))
         if progress.diverged:
             info["stopped_early"] = f"training stopped: {progress.diverged}"
+            kept = weights_kept(model, stopper, progress.history)
+            if kept is None:
+                raise TrainingDiverged(
+                    f"training diverged ({progress.diverged}) and no epoch whose loss was finite "
+                    f"was restored (early stopping); nothing was published {ADVICE}"
+                )
+            info["stopped_early"] += f"; {kept}"
         info["epochs_run"] = len(progress.history)
         counts = {
             "train": len(x_train),
@@ -196,14 +204,15 @@ def _evaluate(
         raise TrainingDiverged(
             f"training diverged{f' ({diverged})' if diverged else ''}: the trained model's "
             f"outputs are NaN or infinite for {broken} of {len(logits)} test images; nothing was "
-            "published (a lower learning rate, or clipping with max_norm, usually helps)"
+            f"published {ADVICE}"
         )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
     y_pred = logits.argmax(axis=1)
     outcome.y_true, outcome.y_pred = y_true, y_pred
     outcome.metrics = {
         "test_accuracy": round(float((y_pred == y_true).mean()), 6),
-        "test_loss": round(float(loss), 6),
+        # None (JSON null) when it overflowed: finite logits can still be too far apart
+        "test_loss": round(float(loss), 6) if math.isfinite(float(loss)) else None,
     }
     if outcome.history:
         last = outcome.history[-1]

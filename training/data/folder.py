@@ -49,6 +49,8 @@ def load_image_folder(
     if unknown:
         raise DataMissingError(f"dataset {name!r}: test classes {unknown} are not in train/")
     x_train, y_train = _load_split(root / "train", classes, image_shape)
+    if len(x_train) == 0:  # else 0 steps of training, and an untrained model published
+        raise DataMissingError(f"dataset {name!r}: no images under {root / 'train'}")
     x_test, y_test = _load_split(root / "test", classes, image_shape)
     if len(x_test) == 0:
         raise DataMissingError(f"dataset {name!r}: no images under {root / 'test'}")

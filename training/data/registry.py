@@ -30,6 +30,9 @@ def load_dataset(
                 f"{root}/test/<class>/* (FDL_DATA_DIR={data_dir})"
             )
         return load_image_folder(root, name, image_shape)
+    for split, images in (("training", data.x_train), ("test", data.x_test)):
+        if len(images) == 0:  # files of no images: a model trained on nothing is no model
+            raise DataMissingError(f"dataset {name!r} in {data.source} has no {split} images")
     if data.image_shape != image_shape:
         raise DataMissingError(
             f"dataset {name!r} has images of shape {data.image_shape}, the architecture "
