@@ -14,10 +14,11 @@ from PIL import Image
 from api.coalesce import PredictCoalescer
 from api.decoding import DecodeLimits, prepare_batch, prepare_bounded
 from api.errors import ApiError
-from api.input_spec import ModelContractError
+from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, UPSTREAM_ERRORS, child, timed
 from api.preprocess import choose_profile
+from api.serving_client import ServingClient
 from fdl import contract
 
 _INLINE_MAX_BYTES = 16 * 1024
@@ -104,6 +105,36 @@ def _name(classes: np.ndarray | None, row: int, index: int) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+async def input_spec(cache: MetadataCache, target: Target, request_id: str) -> InputSpec:
+    """The input spec of the version ``target`` names, or the :class:`ApiError` to answer."""
+    try:
+        return await cache.get(target.model, target.version, target.label, request_id)
+    except grpc.aio.AioRpcError as error:
+        answer = upstream_error(error, target, "GetModelMetadata")
+        if answer.code == "label_not_found":
+            answer = await _unless_no_model(cache.client, target, request_id, answer)
+        raise answer from error
+    except ModelContractError as error:
+        raise ApiError(502, "unsupported_model", str(error)) from error
+
+
+async def _unless_no_model(
+    client: ServingClient, target: Target, request_id: str, label_error: ApiError
+) -> ApiError:
+    """TF Serving (and ``serving/``) read a label before they look the model up, so a label of a
+    model that is not served is answered "Unrecognized servable version label": asked only then,
+    the model's ``GetModelStatus`` tells the two apart (NOT_FOUND: no such model)."""
+    try:
+        await client.model_status(target.model, request_id)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            details = error.details() or error.code().name
+            return ApiError(
+                404, "model_not_found", f"model {target.model} is not served: {details}"
+            )
+    return label_error  # served (or unknown: the server did not answer): the label is unknown
+
+
 async def _spec_and_predict(
     predictor: PredictCoalescer,
     cache: MetadataCache,
@@ -113,12 +144,7 @@ async def _spec_and_predict(
     limits: DecodeLimits,
     request_id: str,
 ) -> tuple[int, dict[str, np.ndarray]]:
-    try:
-        spec = await cache.get(target.model, target.version, target.label, request_id)
-    except grpc.aio.AioRpcError as error:
-        raise upstream_error(error, target, "GetModelMetadata") from error
-    except ModelContractError as error:
-        raise ApiError(502, "unsupported_model", str(error)) from error
+    spec = await input_spec(cache, target, request_id)
     profile = choose_profile(spec, profile_override)
     if _small(images):
         # Tiny images cost less to process than a hop to a worker thread.

@@ -19,6 +19,7 @@ from starlette.datastructures import State
 
 from api import auth
 from api.decoding import DecodeLimits
+from api.events import StreamSlots
 from api.metadata_cache import MetadataCache
 from api.promotion import Promoter
 from api.serving_client import ServingClient
@@ -63,6 +64,15 @@ async def app_redis(request: Request) -> aioredis.Redis:
     return cast("aioredis.Redis", request.app.state.redis)
 
 
+async def stream_redis(request: Request) -> aioredis.Redis:
+    """The job event streams' own client (api/events.py), never ``/readyz``'s or the limits'."""
+    return cast("aioredis.Redis", request.app.state.stream_redis)
+
+
+async def stream_slots(request: Request) -> StreamSlots:
+    return cast("StreamSlots", request.app.state.stream_slots)
+
+
 def celery_app(state: State) -> Celery:
     """The Celery client, built on first use: only job submission needs it (and its imports)."""
     app = getattr(state, "celery", None)
@@ -98,6 +108,8 @@ MetadataDep = Annotated[MetadataCache, Depends(app_metadata)]
 DecodeLimitsDep = Annotated[DecodeLimits, Depends(app_decode_limits)]
 PromoterDep = Annotated[Promoter, Depends(app_promoter)]
 RedisDep = Annotated[aioredis.Redis, Depends(app_redis)]
+StreamRedisDep = Annotated[aioredis.Redis, Depends(stream_redis)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(stream_slots)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 if TYPE_CHECKING:
     CeleryDep = Annotated[Celery, Depends(app_celery)]

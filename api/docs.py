@@ -8,13 +8,18 @@ builds the pages with FastAPI's helpers pointed at those local URLs.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
+from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import FileResponse, Response
+from starlette.types import Receive, Scope, Send
 
 ASSETS_URL = "/docs-assets"
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
@@ -33,6 +38,55 @@ DOCS_HEADERS = {
 _REDOC_STYLE = '<style>a[href*="redocly.com"] { display: none; }</style>\n</head>'
 
 
+# Request headers the static mounts never see: they always send the whole file.
+_RANGE_HEADERS = frozenset({b"range", b"if-range"})
+
+
+class WholeFiles(StaticFiles):
+    """Static files, always whole: ``Range`` (and ``If-Range``) is ignored and ``Accept-Ranges``
+    is not sent, so any ``Range`` gets the full 200.
+
+    Starlette's ``FileResponse`` answered an odd one with a ``text/plain`` 400 or 416, not the
+    gateway's JSON error: ``items=0-1`` ("Only support bytes range", where RFC 9110 says an
+    unknown unit is ignored), ``bytes=5-2``, ``bytes=99999-``. The UI's files and the docs'
+    bundles are small and fetched whole by browsers; ETag, Last-Modified and 304 stay."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(without_range(scope), receive, send)
+
+    def file_response(
+        self,
+        full_path: PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if "accept-ranges" in response.headers:
+            del response.headers["accept-ranges"]
+        return response
+
+
+class WholeFileResponse(FileResponse):
+    """A ``FileResponse`` that always sends the whole file, as :class:`WholeFiles` does (for a
+    route's small files: a report's PNG)."""
+
+    def __init__(self, path: PathLike[str] | str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        del self.headers["accept-ranges"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(without_range(scope), receive, send)
+
+
+def without_range(scope: Scope) -> Scope:
+    """An HTTP request's scope without its ``Range`` and ``If-Range`` headers."""
+    if scope["type"] != "http":
+        return scope
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() not in _RANGE_HEADERS]
+    return {**scope, "headers": kept}
+
+
 def _with_headers(page: HTMLResponse, html: str | None = None) -> HTMLResponse:
     body = html if html is not None else bytes(page.body).decode()
     return HTMLResponse(body, headers=DOCS_HEADERS)
@@ -40,7 +94,7 @@ def _with_headers(page: HTMLResponse, html: str | None = None) -> HTMLResponse:
 
 def install_docs(app: FastAPI) -> None:
     """Add /docs, /redoc and their assets; the app must be built with docs_url=redoc_url=None."""
-    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    app.mount(ASSETS_URL, WholeFiles(directory=ASSETS_DIR), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

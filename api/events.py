@@ -4,6 +4,13 @@ Read with the asyncio Redis client, so a waiting subscriber holds no thread. Eac
 for half the client's socket timeout (redis-py's default is 5 s): a block as long as the
 timeout made the socket time out first, which ended every idle stream after ~5 s. An idle round
 sends a keep-alive comment, so proxies and clients see the stream is alive.
+
+A quiet stream holds a Redis connection for its blocking XREAD, so the streams read Redis
+through a client of their own (``app.state.stream_redis``) whose pool has a connection for each
+of the ``FDL_MAX_EVENT_STREAMS`` streams :class:`StreamSlots` lets open at once: streams never
+meet "Too many connections", and never take the connections of ``/readyz`` and the rate limits
+(``app.state.redis``). A stream beyond the cap gets 503 ``too_many_streams`` before anything is
+sent (:class:`CappedEventSourceResponse`).
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sse_starlette.sse import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
-from api.errors import STORE_RETRY_AFTER_S
+from api.errors import STORE_RETRY_AFTER_S, ApiError
 from fdl.job_records import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
 
 log = logging.getLogger("fdl.gateway")
@@ -37,6 +46,65 @@ MAX_BLOCK_MS = 10_000
 # redis-py's socket timeout (since 6.0) when the URL sets none; connection_kwargs omit it then.
 REDIS_PY_SOCKET_TIMEOUT_S = 5.0
 KEEP_ALIVE = {"comment": "keep-alive"}
+
+
+# What a stream refused at the cap is told to wait before trying again.
+TOO_MANY_STREAMS_RETRY_AFTER_S = 5
+
+
+class StreamSlots:
+    """The event streams open in this process, at most ``limit`` (FDL_MAX_EVENT_STREAMS).
+
+    Taken and given back on the event loop only, so a plain counter is enough."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """One more stream, unless ``limit`` are open already."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+def stream_redis(redis_url: str, max_streams: int) -> aioredis.Redis:
+    """The streams' own client: a connection in its pool for each stream the cap lets open."""
+    return aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=max_streams)
+
+
+def too_many_streams(limit: int) -> ApiError:
+    return ApiError(
+        503,
+        "too_many_streams",
+        f"this gateway already serves {limit} job event streams (FDL_MAX_EVENT_STREAMS); "
+        "retry shortly",
+        headers={"Retry-After": str(TOO_MANY_STREAMS_RETRY_AFTER_S)},
+    )
+
+
+class CappedEventSourceResponse(EventSourceResponse):
+    """An event stream that holds one of ``slots`` from its first byte to its end (the client
+    gone, the job ended, the server stopping); with none free, 503 ``too_many_streams`` instead.
+
+    The slot is taken when the response runs, not in the route, so no path between the two can
+    keep it; the error raised here reaches the app's error handlers (nothing has been sent)."""
+
+    def __init__(self, content: AsyncIterator[dict[str, Any]], slots: StreamSlots, **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.slots.take():
+            raise too_many_streams(self.slots.limit)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back()
 
 
 def _is_end(kind: str, data: Any) -> bool:

@@ -7,6 +7,7 @@ models, because ``/{model}/labels/{label}`` would otherwise swallow ``...:classi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from api.coalesce import PredictCoalescer
 from api.decoding import DecodeLimits
 from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.events import StreamSlots, stream_redis
 from api.fastpath import FastPathMiddleware
 from api.image_open import set_max_pixels
 from api.logs import configure_logging
@@ -71,7 +73,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             socket_connect_timeout=store_timeout_s,
         )
     )
+    # /readyz and the rate limits; job event streams read through their own pool, so open
+    # streams never take these connections (api/events.py).
     app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    app.state.stream_redis = stream_redis(redis_url, settings.max_event_streams)
+    app.state.stream_slots = StreamSlots(settings.max_event_streams)
     app.state.celery = None  # built on first job submission (api.deps.celery_app)
     app.state.keyring = Keyring.from_settings(settings)
     # Both limits fail open together: one deadline per check, one back-off while Redis fails.
@@ -108,7 +114,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.promote_timeout_s,
         tls=TLS.from_settings(settings),
     )
-    await asyncio.to_thread(recover_at_start, app.state.promoter.repository)
+    restoring = None
+    if await asyncio.to_thread(recover_at_start, app.state.promoter.repository):
+        # In the background: the model servers may still be starting.
+        restoring = asyncio.create_task(app.state.promoter.send_restored())
     collector = JobsCollector(app.state.store)
     REGISTRY.register(collector)
     # What start-up built lives as long as the process: keep it out of the garbage collector's
@@ -118,9 +127,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if restoring is not None:
+            restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restoring
         REGISTRY.unregister(collector)
         await app.state.serving.close()
         await app.state.redis.aclose()
+        await app.state.stream_redis.aclose()
         app.state.store.redis.close()
 
 

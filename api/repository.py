@@ -100,22 +100,38 @@ async def describe_model(
         # In a worker thread: with a change's undo record there, this may roll it back.
         all_labels = await io(safe_labels, repository)
     labels = all_labels.get(model, {})
-    versions = sorted(set(list_versions(model_dir / model)) | set(by_version))
-    return {
-        "name": model,
-        "labels": labels,
-        "versions": [
-            describe_version(
-                model_dir,
-                model,
-                v,
-                by_version.get(v),
-                sorted(label for label, target in labels.items() if target == v),
-            )
-            for v in versions
-        ],
-        "server_error": server_error,
-    }
+    on_disk = list_versions(model_dir / model)
+    versions = sorted(set(on_disk) | set(by_version))
+    # A folder without a graph yet (being copied in, or not a model) is none the server loads.
+    graphs = [v for v in on_disk if has_graph(model_dir / model / str(v))]
+    coming = pending_version(graphs, by_version, server_error)
+    described = []
+    for v in versions:
+        names = sorted(label for label, target in labels.items() if target == v)
+        version = describe_version(model_dir, model, v, by_version.get(v), names)
+        version["pending"] = v == coming
+        described.append(version)
+    return {"name": model, "labels": labels, "versions": described, "server_error": server_error}
+
+
+def pending_version(
+    on_disk: list[int], by_version: dict[int, VersionStatus], server_error: str | None
+) -> int | None:
+    """The version the model server has yet to pick up, if any: the newest on disk when the
+    server (which answered) reports no state for it and none for a newer one. The server serves
+    the newest version, so it loads it at its next poll of the file system or the config
+    (published a moment ago); an older version it reports nothing for is retired (kept on disk,
+    not served). Its state stays NOT_LOADED, as the server's view is; ``pending`` says which."""
+    if server_error is not None or not on_disk:
+        return None  # no answer from the server: nothing is known of its view
+    newest = on_disk[-1]
+    if newest in by_version or any(known > newest for known in by_version):
+        return None
+    return newest
+
+
+def has_graph(version_dir: Path) -> bool:
+    return any((version_dir / name).is_file() for name in contract.GRAPH_FILES)
 
 
 def model_names(model_dir: Path) -> list[str]:

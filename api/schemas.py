@@ -138,6 +138,14 @@ class VersionInfo(BaseModel):
         examples=["AVAILABLE"],
     )
     error: str | None = None
+    pending: bool = Field(
+        default=False,
+        description="True for the newest version on disk while the model server reports no "
+        "state for it (state NOT_LOADED): published a moment ago, it is loaded at the server's "
+        "next poll of the file system or the config. A NOT_LOADED version that is not pending "
+        "is retired: kept on disk, not served",
+        examples=[False],
+    )
     labels: list[str] = Field(default_factory=list, examples=[["stable"]])
     job_id: str | None = None
     metrics: dict[str, Any] | None = None

@@ -105,6 +105,13 @@ class GatewaySettings(CommonSettings):
     write_timeout_s: float = Field(default=60.0, gt=0)
     keepalive_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
+    # Job event streams (GET /v1/jobs/{id}/events) open at once; one beyond it gets 503
+    # too_many_streams + Retry-After before anything is streamed. The streams read Redis through
+    # a pool of their own, this many connections (each quiet stream holds one for its blocking
+    # XREAD), so they never take the connections of /readyz and the rate limits. 256: half of
+    # FDL_MAX_CONNECTIONS, so streams alone never fill the gateway's connections, and far more
+    # than the UI tabs and `fdl job --follow` sessions one replica sees.
+    max_event_streams: int = Field(default=256, ge=1)
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
     # or CIDR networks, "*" for any). Empty: none, the client is the peer address.
     trusted_proxies: str = ""

@@ -24,6 +24,8 @@ SCORES_DTYPE = "DT_FLOAT"
 CLASSES_DTYPE = "DT_STRING"
 
 ASSETS_EXTRA_DIR = "assets.extra"
+# A version folder holds a model once one of these is in it (TF Serving looks for either).
+GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 METADATA_FILE = "assets.extra/metadata.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 EVALUATION_FILE = "assets.extra/evaluation.json"

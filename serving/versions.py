@@ -9,9 +9,10 @@ from pathlib import Path
 
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 
+from fdl import contract
+
 Policy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
 Fingerprint = tuple[tuple[str, int, int], ...]
-_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 log = logging.getLogger("serving.manager")
@@ -52,7 +53,7 @@ def scan_versions(base_path: Path) -> dict[int, Path]:
             continue
         child = base_path / name
         try:
-            if not (child.is_dir() and any((child / f).is_file() for f in _MODEL_FILES)):
+            if not (child.is_dir() and any((child / f).is_file() for f in contract.GRAPH_FILES)):
                 continue
         except OSError:
             pass  # not readable to us: its load says why (logged, and in GetModelStatus)

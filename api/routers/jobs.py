@@ -11,9 +11,16 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.admin_route import KeyFirstRoute
-from api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep, StoreDep
+from api.deps import (
+    AdminDep,
+    CeleryDep,
+    SettingsDep,
+    StoreDep,
+    StreamRedisDep,
+    StreamSlotsDep,
+)
 from api.errors import STORE_RETRY_AFTER_S, ApiError, store_unavailable
-from api.events import job_events, valid_stream_id
+from api.events import CappedEventSourceResponse, job_events, valid_stream_id
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import Job, JobId, JobList, errors
 from api.settings import GatewaySettings
@@ -220,7 +227,8 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
 async def job_event_stream(
     job_id: JobId,
     store: StoreDep,
-    redis: RedisDep,
+    redis: StreamRedisDep,
+    slots: StreamSlotsDep,
     _key: AdminDep,
     last_event_id: Annotated[
         str | None, Header(description="Resume after this event id (SSE reconnection)")
@@ -232,5 +240,8 @@ async def job_event_stream(
             raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must look like 123-0")
         after = last_event_id.strip()
     await run_in_threadpool(_get_or_404, store, job_id)
-    stream = job_events(redis, job_id, after)
-    return EventSourceResponse(stream, ping=15, headers={"Cache-Control": "no-store"})
+    # The streams' own Redis client and cap (api/events.py): past FDL_MAX_EVENT_STREAMS open
+    # streams, 503 too_many_streams before anything is sent.
+    return CappedEventSourceResponse(
+        job_events(redis, job_id, after), slots, ping=15, headers={"Cache-Control": "no-store"}
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -137,7 +139,7 @@ _LABEL_ROUTE: dict[str, Any] = {
 async def roll_back_label(
     model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
 ) -> dict[str, Any]:
-    return await promoter.roll_back(model, label)
+    return await _of_a_model(promoter.repository.model_dir, model, promoter.roll_back(model, label))
 
 
 @router.post(
@@ -152,7 +154,8 @@ async def set_label(
     promoter: PromoterDep,
     _key: AdminDep,
 ) -> dict[str, Any]:
-    return await promoter.set_label(model, label, body.version)
+    change = promoter.set_label(model, label, body.version)
+    return await _of_a_model(promoter.repository.model_dir, model, change)
 
 
 @router.delete(
@@ -164,4 +167,20 @@ async def set_label(
 async def remove_label(
     model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
 ) -> dict[str, Any]:
-    return await promoter.remove_label(model, label)
+    return await _of_a_model(
+        promoter.repository.model_dir, model, promoter.remove_label(model, label)
+    )
+
+
+async def _of_a_model(
+    model_dir: Path, model: str, change: Awaitable[dict[str, Any]]
+) -> dict[str, Any]:
+    """A label change, whose "no such label / version" for a model the repository does not hold
+    is answered as ``GET /v1/models/{model}`` answers it: 404 ``model_not_found``."""
+    try:
+        return await change
+    except ApiError as error:
+        no_such = error.code in ("label_not_found", "version_not_found")
+        if no_such and not await io(Path.is_dir, model_dir / model):
+            raise ApiError(404, "model_not_found", f"no model named {model!r}") from error
+        raise

@@ -12,12 +12,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import numpy as np
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
@@ -25,12 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from api.bodies import read_images
-from api.classification import Target, upstream_error
+from api.classification import Target, input_spec
 from api.decoding import prepare_bounded
 from api.deps import ClassifyDep, DecodeLimitsDep, MetadataDep, RequestIdDep, SettingsDep
+from api.docs import WholeFileResponse, WholeFiles
 from api.errors import ApiError
-from api.input_spec import InputSpec, ModelContractError
-from api.metadata_cache import MetadataCache
 from api.preprocess import choose_profile
 from api.repository import public_paths
 from api.routers.classify import MAX_VERSION
@@ -66,9 +63,10 @@ def _label(value: str | None) -> str | None:
     return None if value is None else check_label(value)
 
 
-class UIFiles(StaticFiles):
+class UIFiles(WholeFiles):
     """The files under ``/ui/`` (``index.html`` for the folder itself), with the headers the page
-    needs; only plain names are looked up, never hidden files or ``..``."""
+    needs; only plain names are looked up, never hidden files or ``..``; always whole (a
+    ``Range`` is ignored: :class:`api.docs.WholeFiles`)."""
 
     def __init__(self) -> None:
         super().__init__(directory=STATIC_DIR, html=True)
@@ -141,21 +139,12 @@ async def preprocess_preview(
 ) -> Response:
     images, _top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
     target = Target(model, version=version, label=None if version else label)
-    spec = await _input_spec(metadata, target, request_id)
+    spec = await input_spec(metadata, target, request_id)
     profile = choose_profile(spec, settings.profiles.get(model))
     batch = await prepare_bounded(images[:1], spec, profile, limits, model)
     png = await run_in_threadpool(_png, batch)
     headers = {"Cache-Control": "no-store", "X-Model-Version": str(spec.version)}
     return Response(png, media_type="image/png", headers=headers)
-
-
-async def _input_spec(metadata: MetadataCache, target: Target, request_id: str) -> InputSpec:
-    try:
-        return await metadata.get(target.model, target.version, target.label, request_id)
-    except grpc.aio.AioRpcError as error:
-        raise upstream_error(error, target, "GetModelMetadata") from error
-    except ModelContractError as error:
-        raise ApiError(502, "unsupported_model", str(error)) from error
 
 
 @router.get(
@@ -185,7 +174,7 @@ async def version_report(
         )
     headers = {"Cache-Control": "no-cache"}
     if name.lower().endswith(".png"):
-        return FileResponse(path, media_type="image/png", headers=headers)
+        return WholeFileResponse(path, media_type="image/png", headers=headers)
     # JSON (metadata.json names the worker's dataset folder): absolute paths are served cut.
     try:
         document = await run_in_threadpool(_read_json, path)

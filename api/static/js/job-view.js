@@ -46,8 +46,11 @@ export class JobView {
   async follow(signal) {
     const id = this.job.id;
     let failures = 0;
-    // The stream replays the job's history first, so even a finished job gets its curves.
-    for (let first = true; first || (!signal.aborted && !TERMINAL.has(this.job.status)); first = false) {
+    // The stream replays the job's history first, so even a finished job gets its curves: one
+    // that could not be read (a 503 from a gateway at its stream cap, a Redis hiccup) is read
+    // again, with the same back-off, until it has been, or it has failed six times.
+    let replayed = false;
+    while (!signal.aborted) {
       try {
         this.lastEventId = await followEvents(`/v1/jobs/${id}/events`, {
           signal,
@@ -55,6 +58,7 @@ export class JobView {
           onEvent: (type, data) => this.onEvent(type, data),
         });
         failures = 0;
+        replayed = true;
       } catch (error) {
         if (signal.aborted || error.name === "AbortError") return;
         if (error instanceof ApiError && error.status === 401) {
@@ -62,8 +66,12 @@ export class JobView {
           return;
         }
         failures += 1;
+        if (!replayed && failures >= 6 && TERMINAL.has(this.job.status)) {
+          showError($("detail-error"), error);
+          break;
+        }
       }
-      if (TERMINAL.has(this.job.status) || signal.aborted) break;
+      if (signal.aborted || (replayed && TERMINAL.has(this.job.status))) break;
       // The stream ended or failed early: catch up from the record, then reconnect.
       await this.refreshRecord(signal);
       await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** failures)));

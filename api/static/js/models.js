@@ -125,10 +125,14 @@ export function initModels() {
 
 // END (unloaded by the latest-version policy) and NOT_LOADED (after a restart) are no error: the
 // model server serves labelled versions and the newest; the others are kept on disk, retired.
+// The gateway marks `pending` the newest version the model server has not picked up yet (just
+// published): NOT_LOADED too, but loaded at the server's next poll, not retired.
 const RETIRED = new Set(["end", "not_loaded"]);
 const RETIRED_TITLE = "Kept on disk, not served: classifying by this version answers 404. Promote it to serve it again.";
+const PENDING_TITLE = "Published a moment ago: the model server loads it at its next poll of the model repository (a few seconds). Refresh to see it available.";
 
 function statusBadge(v) {
+  if (v.raw.pending === true && v.status === "not_loaded") return el("span", { className: "badge loading", title: PENDING_TITLE }, "pending");
   if (RETIRED.has(v.status)) return el("span", { className: "badge retired", title: RETIRED_TITLE }, "retired");
   return el("span", { className: `badge ${v.status}` }, v.status.replace("_", " "));
 }
