@@ -82,3 +82,9 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# The example images the README and docs classify (digit.png, digit.jpg, digits/*.png, cat.jpg),
+# written into ./examples from the real MNIST and CIFAR-10 test data (scripts/example_images.py).
+.PHONY: examples
+examples: $(RUN_STAMP)
+	$(BIN)/python scripts/example_images.py $(EXAMPLES_ARGS)

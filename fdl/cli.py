@@ -36,7 +36,8 @@ class Commands(TyperGroup):
 app = typer.Typer(
     cls=Commands,
     help="FDL Serve: train the book's models and serve them.\n\n"
-    "Talks to the gateway at --url / FDL_URL (default http://127.0.0.1:8000) with the admin key "
+    "Talks to the gateway at --url / FDL_URL (default http://127.0.0.1:$FDL_GATEWAY_PORT, 8000 "
+    "unless set: the gateway of `fdl up` on this machine) with the admin key "
     "from --api-key / FDL_API_KEY. Exit codes: 0 ok, 1 API error, 2 usage, 3 gateway "
     "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled, 141 the "
     "output's reader went away (`fdl jobs | true`).",

@@ -13,13 +13,16 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.text import Text
 
 from fdl.cli_format import safe
 from fdl.cli_shapes import Shape, problem
+from fdl.settings import FDL_SETTINGS
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_HOST = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 NOT_THE_GATEWAY = "is it the FDL gateway? Point --url / FDL_URL at the gateway."
 
@@ -40,8 +43,14 @@ class ExitCode(IntEnum):
 
 
 UrlOption = Annotated[
-    str,
-    typer.Option("--url", envvar="FDL_URL", help="Gateway URL.", show_default=True),
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="FDL_URL",
+        help="Gateway URL. Default: FDL_URL; failing that, the gateway `fdl up` starts on this "
+        "machine: http://127.0.0.1:$FDL_GATEWAY_PORT (8000 unless set).",
+        show_default=False,
+    ),
 ]
 KeyOption = Annotated[
     str | None,
@@ -56,6 +65,42 @@ KeyOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the gateway's JSON instead of a table.")
 ]
+
+
+class LocalPort(BaseSettings):
+    """The port of `fdl up`'s gateway on this machine, read as `fdl up` reads it (FDL_GATEWAY_PORT,
+    or ``.env`` in the current folder), for the default URL only. Each of the CLI's settings is
+    read on its own, when it is used: a bad value of any other never stops it."""
+
+    model_config = FDL_SETTINGS
+
+    gateway_port: int = 8000
+
+
+class LocalVar(BaseSettings):
+    """The var folder of `fdl up` on this machine (FDL_VAR_DIR), which holds the key it stored."""
+
+    model_config = FDL_SETTINGS
+
+    var_dir: Path = Path("./var")
+
+
+# What reading a settings class can raise besides a bad value: a .env that cannot be read.
+_UNREADABLE = (OSError, UnicodeError)
+
+
+def default_url() -> str:
+    """The gateway of `fdl up` on this machine: FDL_GATEWAY_PORT's, as `fdl up` reads it."""
+    try:
+        port = LocalPort().gateway_port
+    except ValidationError as error:
+        problems = "; ".join(
+            f"FDL_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
+        fail(f"invalid setting: {problems} (or pass --url / set FDL_URL)", ExitCode.USAGE)
+    except _UNREADABLE as error:
+        fail(f"cannot read .env here: {error} (or pass --url / set FDL_URL)", ExitCode.USAGE)
+    return f"http://{DEFAULT_HOST}:{port}"
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
@@ -117,11 +162,21 @@ def clean_key(key: str | None, source: str) -> str | None:
     return key or None
 
 
+def key_file() -> Path | None:
+    """Where `fdl up` stores the admin key it generated: $FDL_VAR_DIR/api_key (./var/api_key),
+    relative to the current folder as `fdl up` reads it; None when FDL_VAR_DIR (or the ``.env``
+    that would set it) cannot be read, for then there is no key file to look for."""
+    try:
+        return LocalVar().var_dir / "api_key"
+    except (ValidationError, *_UNREADABLE):
+        return None
+
+
 def stored_key(url: str) -> str | None:
     """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere)."""
-    if httpx.URL(url).host not in LOCAL_HOSTS:
+    path = key_file() if is_local(url) else None
+    if path is None:
         return None
-    path = Path(os.environ.get("FDL_VAR_DIR") or "var") / "api_key"
     try:
         key = path.read_text()
     except (OSError, ValueError):  # absent or unreadable, or not text
@@ -129,16 +184,26 @@ def stored_key(url: str) -> str | None:
     return clean_key(key, str(path))
 
 
+def is_local(url: str) -> bool:
+    return httpx.URL(url).host in LOCAL_HOSTS
+
+
 class Gateway:
     """A thin httpx client: JSON in, JSON out; every failure becomes a message and an exit code."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | None, api_key: str | None = None, timeout: float = 30.0) -> None:
+        # Where the URL came from, for the message when nothing answers there.
+        self.defaulted = not url
+        self.url = (url or default_url()).rstrip("/")
         self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or stored_key(self.url)
         headers = {"User-Agent": "fdl-cli"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        # A gateway on this machine is never reached through a proxy (HTTP_PROXY with no
+        # NO_PROXY for 127.0.0.1 would be sent the key, the key file's included).
+        self.client = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, trust_env=not is_local(self.url)
+        )
 
     def __enter__(self) -> Gateway:
         return self
@@ -197,8 +262,13 @@ class Gateway:
         except httpx.TimeoutException:
             fail(f"the gateway at {self.url} did not answer in time", ExitCode.UNREACHABLE)
         except httpx.TransportError as error:
+            where = (
+                " (the default: no --url or FDL_URL given; FDL_GATEWAY_PORT sets its port)"
+                if self.defaulted
+                else ""
+            )
             fail(
-                f"cannot reach the gateway at {self.url} ({type(error).__name__}). "
+                f"cannot reach the gateway at {self.url}{where} ({type(error).__name__}). "
                 "Is it running? Start the stack with `fdl up`, or point --url / FDL_URL at it.",
                 ExitCode.UNREACHABLE,
             )
@@ -210,13 +280,24 @@ class Gateway:
             response.read()
         code, message = error_of(response)
         if response.status_code in (401, 403):
-            hint = (
-                "set FDL_API_KEY or pass --api-key (`fdl up` prints the key)"
-                if not self.api_key
-                else "check FDL_API_KEY / --api-key"
-            )
+            hint = self.no_key_hint() if not self.api_key else "check FDL_API_KEY / --api-key"
             fail(f"{message} ({response.status_code} {code}); {hint}", ExitCode.AUTH)
         fail(f"{message} ({response.status_code} {code})", ExitCode.API_ERROR)
+
+    def no_key_hint(self) -> str:
+        """What to do when no key was sent, saying where the CLI looked for one."""
+        path = key_file()
+        if not is_local(self.url):
+            looked = "the key file of `fdl up` is only read for a gateway on this machine"
+        elif path is None:
+            looked = "FDL_VAR_DIR (or the .env here) could not be read to find `fdl up`'s key"
+        else:
+            shown = path if path.is_absolute() or path.parts[:1] == ("..",) else f"./{path}"
+            looked = f"none found in {shown} (FDL_VAR_DIR/api_key, from {Path.cwd()})"
+        return (
+            f"no key given and {looked}: set FDL_API_KEY or pass --api-key (`fdl up` prints "
+            "the key), or run fdl where `fdl up` runs (or with its FDL_VAR_DIR)"
+        )
 
 
 def error_of(response: httpx.Response) -> tuple[str, str]:

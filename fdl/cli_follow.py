@@ -19,6 +19,7 @@ from rich.text import Text
 from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
 from fdl.cli_client import ExitCode, Gateway, console, error_of, fail
+from fdl.cli_progress import Follower
 from fdl.job_records import TERMINAL
 
 MAX_RECONNECTS = 5  # streams in a row that end early (or drop) with no new event
@@ -34,71 +35,6 @@ def job_path(job_id: str) -> str:
     holds a control character, '/' or '?' is sent whole rather than failing or reaching another
     route."""
     return f"/v1/jobs/{quote(job_id, safe='')}"
-
-
-def _fmt(value: Any, percent: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 100:.1f}%" if percent else f"{value:.4f}"
-
-
-def _metrics(p: dict[str, Any]) -> str:
-    parts = [f"loss {_fmt(p.get('loss'))}", f"acc {_fmt(p.get('accuracy'), True)}"]
-    if p.get("val_accuracy") is not None:
-        parts.append(f"val_acc {_fmt(p.get('val_accuracy'), True)}")
-    if p.get("images_per_second"):
-        parts.append(f"{p['images_per_second']:.0f} img/s")
-    if p.get("eta_seconds") is not None:
-        parts.append(f"ETA {p['eta_seconds']:.0f}s")
-    return "  ".join(parts)
-
-
-def _epoch_line(p: dict[str, Any]) -> str:
-    return (
-        f"epoch {p['epoch']}/{p.get('epochs', '?')}  loss {_fmt(p.get('loss'))}  "
-        f"acc {_fmt(p.get('accuracy'), True)}  val_loss {_fmt(p.get('val_loss'))}  "
-        f"val_acc {_fmt(p.get('val_accuracy'), True)}"
-    )
-
-
-class Follower:
-    """Renders events; ``status`` is the last status seen, ``last_id`` the last event's id (the
-    Last-Event-ID of a reconnection: events already shown are not shown again)."""
-
-    def __init__(self, progress: Progress, epochs: int) -> None:
-        self.progress = progress
-        self.status = "queued"
-        self.last_id = ""
-        self.task = progress.add_task("queued, waiting for a worker", total=epochs, metrics="")
-
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "status":
-            self.status = data.get("status", self.status)
-            label = {"running": "training", "queued": "queued, waiting for a worker"}
-            shown = label.get(self.status) or fmt.safe(self.status)
-            self.progress.update(self.task, description=shown)
-        elif kind == "progress" and data.get("epoch"):
-            epochs = data.get("epochs") or self.progress.tasks[0].total
-            step, steps = data.get("step") or 0, data.get("steps") or 0
-            mid = bool(step and steps and step < steps)
-            done = data["epoch"] - 1 + step / steps if mid else data["epoch"]
-            self.progress.update(
-                self.task,
-                total=epochs,
-                completed=done,
-                description=f"epoch {data['epoch']}/{epochs}",
-                metrics=_metrics(data),
-            )
-            if not mid:
-                self.progress.console.print(_epoch_line(data), highlight=False)
-                if data["epoch"] >= epochs:
-                    self.progress.update(self.task, description="evaluating and publishing")
-
-    def on_log(self, message: str | None) -> None:
-        """A worker's note (loading the dataset, waiting for the model repository's lock),
-        printed dim, as it is (its control characters made visible)."""
-        if message:
-            self.progress.console.print(fmt.plain(message, "dim", lines=True), highlight=False)
 
 
 def _log_message(event: ServerSentEvent) -> str | None:
@@ -269,7 +205,11 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
         # Entered on the stack, so that a Ctrl-C delivered as SIGINT is unblocked still stops
         # the display (its cursor shown again, its thread ended).
         with _sigint_to_main_thread():  # rich's refresh thread starts with SIGINT blocked
-            progress = stack.enter_context(Progress(*columns, console=console, transient=False))
+            # Not a terminal: no bar (its last state would be printed cut to 80 columns).
+            bar = Progress(
+                *columns, console=console, transient=False, disable=not console.is_terminal
+            )
+            progress = stack.enter_context(bar)
         follower = Follower(progress, epochs)
         retries = _Retries(progress, job_id)
         while follower.status not in TERMINAL:
@@ -315,4 +255,4 @@ def summary(job: dict[str, Any]) -> None:
         error = fmt.safe(job.get("error") or "", lines=True)
         line = Text.assemble("Job ", fmt.status(job["status"]), f". {error}")
         line.rstrip()
-    console.print(line)
+    console.print(line, soft_wrap=not console.is_terminal)  # a log's line is never wrapped

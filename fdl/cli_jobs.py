@@ -15,7 +15,6 @@ from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
 from fdl.architectures import ARCHITECTURES
 from fdl.cli_client import (
-    DEFAULT_URL,
     ExitCode,
     Gateway,
     JsonOption,
@@ -40,15 +39,28 @@ def _spec_epochs(job: dict[str, Any]) -> int:
     return int((job.get("spec") or {}).get("epochs") or 1)
 
 
-def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> dict[str, Any]:
-    """The job spec: the JSON file (if any), overridden by the options given; validated here."""
+def build_spec(
+    model: str | None, spec_file: Path | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The job spec: the JSON file (if any), overridden by the model argument and the options
+    given; validated here. The model comes from the argument, else from the file's "model"."""
     spec: dict[str, Any] = {}
     if spec_file is not None:
         try:
             spec = json.loads(spec_file.read_text())
         except (OSError, ValueError) as error:
             fail(f"cannot read the spec file {spec_file}: {error}", ExitCode.USAGE)
-    spec["model"] = model
+        if not isinstance(spec, dict):
+            fail(f"the spec file {spec_file} holds no JSON object", ExitCode.USAGE)
+    if model is not None:
+        spec["model"] = model
+    elif "model" not in spec:
+        where = f"the spec file {spec_file} names none" if spec_file is not None else "none given"
+        fail(
+            f"which model? ({where}): give it as the argument (`fdl train mnist_cnn`) or as "
+            '"model" in the --spec file',
+            ExitCode.USAGE,
+        )
     nested = {"optimizer": "optimizer", "learning_rate": "optimizer", "dropout": "regularization"}
     nested |= {"l2": "regularization", "min_accuracy": "publish", "only_if_better": "publish"}
     for key, value in options.items():
@@ -73,7 +85,14 @@ def build_spec(model: str, spec_file: Path | None, options: dict[str, Any]) -> d
 
 
 def train(
-    model: Annotated[str, typer.Argument(help=f"Architecture: {_ARCHITECTURES_HELP}.")],
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"Architecture: {_ARCHITECTURES_HELP}. Optional when the --spec file names "
+            'it ("model"); given, it overrides the file.',
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs to train.")] = None,
     recipe: Annotated[
         str | None,
@@ -112,7 +131,7 @@ def train(
     cancel_on_exit: Annotated[
         bool, typer.Option("--cancel-on-exit", help="Ctrl-C cancels the job (default: detach).")
     ] = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Submit a training job and follow it live until it ends (Ctrl-C detaches)."""
@@ -123,7 +142,8 @@ def train(
         job_id = job["id"]
         shown = fmt.safe(job_id)
         try:
-            console.print(Text.assemble("Job ", (shown, "bold"), f" submitted ({model})."))
+            submitted = f" submitted ({fmt.safe(spec['model'])})."
+            console.print(Text.assemble("Job ", (shown, "bold"), submitted))
             if detach:
                 console.print(
                     f"Follow it with: fdl job {shown} --follow", highlight=False, markup=False
@@ -168,7 +188,7 @@ def jobs(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
     as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """List training jobs, newest first."""
@@ -211,7 +231,7 @@ def job(
         ),
     ] = False,
     as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Show one job: spec, progress, result; or follow it live until it ends (--follow)."""
@@ -261,7 +281,8 @@ def job(
     if result:
         published = f"version {result.get('version')}" if result.get("published") else "no"
         reason = result.get("reason") or ""
-        table.add_row("Published", fmt.plain(f"{published} {reason}".strip(), lines=True))
+        shown = f"{published} ({reason})" if reason else published
+        table.add_row("Published", fmt.plain(shown, lines=True))
         # Metrics beyond test_accuracy are the gateway's: their names and values too.
         for name, value in (result.get("metrics") or {}).items():
             shown = fmt.pct(value) if "accuracy" in name else value
@@ -277,7 +298,7 @@ def job(
 
 def cancel(
     job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Cancel a job (a running job stops within 16 batches: FDL_STEPS_PER_EXECUTION)."""

@@ -16,7 +16,6 @@ from rich.text import Text
 from fdl import cli_format as fmt
 from fdl import cli_shapes as shapes
 from fdl.cli_client import (
-    DEFAULT_URL,
     NOT_THE_GATEWAY,
     ExitCode,
     Gateway,
@@ -31,11 +30,15 @@ from fdl.cli_client import (
 BATCH = 32  # images per request (the gateway's default limit is 64)
 # Versions the model server unloaded (labelled versions and the newest stay served): no error.
 RETIRED = ("END", "NOT_LOADED")
+# ... except the newest one, just published, that the gateway marks pending: the model server
+# loads it at its next poll of the repository.
+PENDING = "pending"
+PENDING_NOTE = "pending: published, loaded at the model server's next poll of the repository"
 
 
 def models(
     as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """List the models with their versions, status, labels and test accuracy."""
@@ -47,7 +50,7 @@ def models(
     if not body["models"]:
         console.print("No models yet: train one with `fdl train mnist_cnn`.")
         return
-    table = Table(title="Models", title_justify="left")
+    table = Table(title="Models", title_justify="left", caption_justify="left")
     for column in ("Model", "Version", "State", "Labels", "Test accuracy", "Job"):
         table.add_column(column, justify="right" if column == "Test accuracy" else "left")
     for model in body["models"]:
@@ -57,7 +60,10 @@ def models(
         for index, version in enumerate(versions):
             state = str(version.get("state") or "?")
             style = "green" if state == "AVAILABLE" else "yellow"
-            if state in RETIRED:
+            if state == "NOT_LOADED" and version.get("pending") is True:
+                state, style = PENDING, "yellow"
+                table.caption = PENDING_NOTE
+            elif state in RETIRED:
                 state, style = "retired", "dim"
             metrics = version.get("metrics") or {}
             table.add_row(
@@ -100,7 +106,7 @@ def classify(
     label: Annotated[str | None, typer.Option(help="A labelled version (stable, canary).")] = None,
     top_k: Annotated[int, typer.Option(min=1, max=100, help="Classes shown per image.")] = 3,
     as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Classify image files and print a table of predictions."""
@@ -172,7 +178,7 @@ def promote(
     model: Annotated[str, typer.Argument(help="Served model name.")],
     version: Annotated[int, typer.Argument(min=1, help="The version the label should point at.")],
     label: Annotated[str, typer.Option(help="The label to set.")] = "stable",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Point a label (stable, canary) at a version: promote, or roll back to an older one."""

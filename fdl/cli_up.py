@@ -56,17 +56,30 @@ def claim_var_dir(var_dir: Path) -> int:
 
 
 def check_ports(settings: CommonSettings) -> None:
-    """The gateway's and the model server's ports must be free, or the child that needs one
-    would fail to start again and again under supervisord.
+    """The gateway's and the model server's ports must be free, and each its own, or the child
+    that needs one would fail to start again and again under supervisord.
 
     Raises:
-        StackError: naming each port in use and its setting.
+        StackError: naming each port in use and its setting, or two settings of one port.
     """
     wanted = [
         (settings.gateway_host, settings.gateway_port, "FDL_GATEWAY_PORT", "the gateway"),
         (settings.serving_host, settings.serving_grpc_port, "FDL_SERVING_GRPC_PORT", "gRPC"),
         (settings.serving_host, settings.serving_rest_port, "FDL_SERVING_REST_PORT", "REST"),
     ]
+    # Refused whatever the hosts: the model server listens on every interface when it is the
+    # real tensorflow_model_server, and its two ports share one host.
+    shared = [
+        f"{variable} and {other} are both {port}"
+        for index, (_host, port, variable, _what) in enumerate(wanted)
+        for _other_host, other_port, other, _other_what in wanted[index + 1 :]
+        if port == other_port
+    ]
+    if shared:
+        raise StackError(
+            f"{'; '.join(shared)}: the gateway, the model server's gRPC API and its REST API "
+            "each need a port of their own; choose another with one of these settings"
+        )
     taken = [
         f"{port} ({variable}, {what})"
         for host, port, variable, what in wanted

@@ -2,8 +2,8 @@
 
 supervisord (the `supervisor` package) supervises the children: a child that dies is logged and
 started again (at once, then with a growing delay while it keeps failing to start) while the
-others keep serving; Ctrl-C or SIGTERM stops every child's process group, so nothing is left
-behind. See docs/deploy.md, "fdl up".
+others keep serving; Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops every child's process
+group, so nothing is left behind. See docs/deploy.md, "fdl up".
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -125,14 +126,19 @@ def model_server_argv(settings: CommonSettings, config_file: Path, poll_s: int =
     ]
 
 
-def private_redis_port(var_dir: Path) -> int:
+def private_redis_port(var_dir: Path, taken: Collection[int] = ()) -> int:
     """The port of the last run's private Redis when it is free again (so a second worker's
-    copied command keeps working across restarts), else a new free one."""
+    copied command keeps working across restarts), else a new free one; never one of ``taken``
+    (the ports of the stack's other servers, free until they start)."""
     try:
         port = urlsplit((var_dir / REDIS_URL_FILE).read_text().strip()).port
     except (OSError, ValueError):
         port = None
-    return port if port and port_free(port) else free_port()
+    if port and port not in taken and port_free(port):
+        return port
+    while (new := free_port()) in taken:
+        continue
+    return new
 
 
 def write_redis_url(var_dir: Path, url: str) -> Path:
@@ -177,7 +183,8 @@ def plan_stack(settings: CommonSettings) -> Stack:
     if settings.redis_url:
         env["FDL_REDIS_URL"] = settings.redis_url
     else:
-        port = private_redis_port(var_dir)
+        servers = (settings.gateway_port, settings.serving_grpc_port, settings.serving_rest_port)
+        port = private_redis_port(var_dir, servers)
         env["FDL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         stack.commands["redis"] = redis_server_argv(port, var_dir / "redis")
     write_redis_url(var_dir, env["FDL_REDIS_URL"])
@@ -203,48 +210,55 @@ def redis_banner(stack: Stack) -> str:
 
 def supervisor_config(stack: Stack) -> str:
     """supervisord's configuration: every child restarted when it dies, its output on ours."""
-    lines = [
-        "[supervisord]",
-        "nodaemon=true",
-        f"logfile={stack.var_dir / 'supervisord.log'}",
-        "logfile_maxbytes=5MB",
-        "logfile_backups=1",
-        f"pidfile={stack.var_dir / 'supervisord.pid'}",
-        "loglevel=info",
-    ]
+    sections: dict[str, dict[str, object]] = {
+        "supervisord": {
+            "nodaemon": "true",
+            "logfile": stack.var_dir / "supervisord.log",
+            "logfile_maxbytes": "5MB",
+            "logfile_backups": 1,
+            "pidfile": stack.var_dir / "supervisord.pid",
+            "loglevel": "info",
+        }
+    }
     if os.getuid() == 0:
-        lines.append("user=root")  # says so explicitly, instead of a warning at every start
+        # Says so explicitly, instead of a warning at every start.
+        sections["supervisord"]["user"] = "root"
     for name, argv in stack.commands.items():
         priority, start_s = CHILDREN.get(name, (50, 2))
-        lines += [
-            "",
-            f"[program:{name}]",
-            # supervisord expands %(...)s in commands: a literal % is written %%.
-            "command=" + shlex.join(argv).replace("%", "%%"),
-            f"priority={priority}",
-            "autorestart=true",
-            f"startsecs={start_s}",
-            f"startretries={START_RETRIES}",
-            "stopsignal=TERM",
-            f"stopwaitsecs={STOP_WAIT_S}",
+        sections[f"program:{name}"] = {
+            "command": shlex.join(argv),
+            "priority": priority,
+            "autorestart": "true",
+            "startsecs": start_s,
+            "startretries": START_RETRIES,
+            "stopsignal": "TERM",
+            "stopwaitsecs": STOP_WAIT_S,
             # Signals go to the child's whole process group (Celery's pool, the server's threads).
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            "stdout_logfile=/dev/stdout",
-            "stdout_logfile_maxbytes=0",
-        ]
-    return "\n".join(lines) + "\n"
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "redirect_stderr": "true",
+            # supervisord expands this value twice (a literal % would be %%%%): keep it free of %.
+            "stdout_logfile": "/dev/stdout",
+            "stdout_logfile_maxbytes": 0,
+        }
+    # supervisord expands %(name)s in every value it reads (paths and commands included): a
+    # literal % (a var folder under "100%done") is written %%.
+    lines = []
+    for section, values in sections.items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{key}={str(value).replace('%', '%%')}" for key, value in values.items()]
+    return "\n".join(lines[1:]) + "\n"
 
 
 def run_stack(stack: Stack) -> int:
-    """Replace this process with supervisord running the stack (it returns only on error)."""
+    """Replace this process with supervisord running the stack (:mod:`fdl.supervise`; it returns
+    only on error). The var folder's lock (fdl/cli_up.py) is held across the exec."""
     # Children find our console scripts (fdl-gateway, celery) next to this interpreter.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     conf = stack.var_dir / SUPERVISOR_CONF
     conf.write_text(supervisor_config(stack))
     sys.stdout.flush()
-    argv = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "--configuration"]
+    argv = [sys.executable, "-m", "fdl.supervise", "--nodaemon", "--configuration"]
     os.execve(sys.executable, [*argv, str(conf)], env)
     return 1  # not reached: execve does not return

@@ -105,7 +105,7 @@ CASES: dict[str, tuple[list[str], dict[str, Any], int, list[str]]] = {
             f"{FOLDER}{CLOSE}",
             f"{COLOUR} → {LINK}",
             f"{CLOSE} lr",
-            f"no {COLOUR}",
+            f"no ({COLOUR})",
             LINK,
             f"Error {CLOSE} {FOLDER} Created",
         ],

@@ -110,7 +110,7 @@ def test_a_jobs_free_text_from_a_real_gateway(gateway: Gateway, redis_url: str) 
     unpublished = ended_job(gateway, redis_url, JobStatus.SUCCEEDED, result=result)
     followed = cli(gateway, "job", unpublished, "--follow")
     assert_shown(followed, ExitCode.OK, f"Succeeded (test accuracy 50.00%); {MESSAGE[1]}.")
-    assert_shown(cli(gateway, "job", unpublished), ExitCode.OK, f"Published no {MESSAGE[1]}")
+    assert_shown(cli(gateway, "job", unpublished), ExitCode.OK, f"Published no ({MESSAGE[1]})")
 
 
 # --- an impostor: names, labels, statuses and error messages -------------------------------------
