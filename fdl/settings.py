@@ -57,11 +57,23 @@ def weak_key_reason(key: str) -> str | None:
     return None
 
 
+# How every FDL_ settings class reads its values (the services' and the CLI's own small one).
+FDL_SETTINGS = SettingsConfigDict(
+    env_prefix="FDL_",
+    env_file=".env",
+    extra="ignore",
+    env_ignore_empty=True,
+    hide_input_in_errors=True,
+)
+
+
 class CommonSettings(BaseSettings):
     # An empty variable means "not set", as compose files write `FDL_X: ${X:-}` for optional ones.
-    model_config = SettingsConfigDict(
-        env_prefix="FDL_", env_file=".env", extra="ignore", env_ignore_empty=True
-    )
+    # A validation error names the setting and the reason but never quotes the input: a check
+    # across fields (e.g. FDL_DECODE_BUDGET_PIXELS below FDL_MAX_IMAGE_PIXELS) would otherwise
+    # print the start of every setting read, FDL_API_KEYS and a password in FDL_REDIS_URL
+    # included, into the process's log. Subclasses inherit this config.
+    model_config = FDL_SETTINGS
 
     # Unset means: the launcher starts a private Redis and passes its URL to every child.
     redis_url: str | None = None

@@ -25,9 +25,31 @@ REQUIRED = [
     ("Secret", "fdl-api-keys"),
     ("PersistentVolumeClaim", "fdl-models"),
     ("NetworkPolicy", "fdl-serving"),
+    ("NetworkPolicy", "fdl-redis"),
+    ("NetworkPolicy", "fdl-flower"),
+    ("PodDisruptionBudget", "fdl-serving"),
+    ("PodDisruptionBudget", "fdl-gateway"),
 ]
-# The only pods that may reach the model server (it has no authentication).
-SERVING_CLIENTS = {"fdl-gateway", "fdl-worker"}
+NAME = "app.kubernetes.io/name"
+# Pods that listen without authentication, and the only pods that may connect to them: the model
+# server (one HandleReloadConfigRequest unloads every model), Redis (no password: the job store and
+# the Celery broker) and Flower (port-forward only).
+ISOLATED: dict[str, set[str]] = {
+    "fdl-serving": {"fdl-gateway", "fdl-worker"},
+    "fdl-redis": {"fdl-gateway", "fdl-worker", "fdl-flower"},
+    "fdl-flower": set(),
+}
+# Pods that listen and need no NetworkPolicy: the gateway checks FDL_API_KEYS itself and is reached
+# through the Ingress, from the controller's namespace, which differs per cluster (docs/deploy.md).
+# Any other pod that declares a port must be selected by a NetworkPolicy that restricts ingress.
+OPEN = {"fdl-gateway"}
+# Seconds each server may take to stop after SIGTERM, which its pods' terminationGracePeriodSeconds
+# must leave after the preStop pause: the gateway's uvicorn graceful shutdown
+# (timeout_graceful_shutdown=10 in api/__main__.py, tests/deploy/test_lint.py keeps them equal) plus
+# 5 s for the app's own shutdown; the model server: fdl-model-server's SHUTDOWN_DEADLINE_S (TF
+# Serving exits at once).
+SHUTDOWN_S = {"fdl-gateway": 10 + 5, "fdl-serving": 10}
+DEFAULT_GRACE_S = 30
 
 
 def names(docs: list[Doc], kind: str) -> set[str]:
@@ -177,34 +199,191 @@ def check_all(docs: list[Doc], root: Path) -> Errors:
     models = find(docs, "PersistentVolumeClaim", "fdl-models")
     if models is not None and "ReadWriteMany" not in models["spec"].get("accessModes", []):
         errors.append("PersistentVolumeClaim fdl-models must be ReadWriteMany (workers + serving)")
-    errors += check_serving_policy(docs)
+    errors += check_network_policies(docs)
+    errors += check_disruptions(docs)
+    errors += check_shutdown(docs)
     return errors + check_references(docs) + check_matches_compose(docs, root)
 
 
-def check_serving_policy(docs: list[Doc]) -> Errors:
-    """NetworkPolicy fdl-serving admits the gateway and worker pods only, to the serving pods."""
-    policy = find(docs, "NetworkPolicy", "fdl-serving")
-    if policy is None:
-        return []
-    spec = policy["spec"]
-    label = "app.kubernetes.io/name"
-    if (spec.get("podSelector") or {}).get("matchLabels", {}).get(label) != "fdl-serving":
-        return ["NetworkPolicy fdl-serving does not select the fdl-serving pods"]
-    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
-        return ["NetworkPolicy fdl-serving does not restrict ingress"]
-    allowed = []
-    for rule in spec.get("ingress") or []:
-        for peer in rule.get("from") or [{}]:
-            keys = set(peer)
-            selector = (peer.get("podSelector") or {}).get("matchLabels") or {}
-            if keys != {"podSelector"} or set(selector) != {label}:
-                return [f"NetworkPolicy fdl-serving admits more than named pods: {peer}"]
-            allowed.append(selector[label])
-    if set(allowed) != SERVING_CLIENTS:
-        return [
-            f"NetworkPolicy fdl-serving admits {sorted(allowed)}, not {sorted(SERVING_CLIENTS)}"
+def pod_labels(doc: Doc) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"].get("labels") or {}
+
+
+def selects(selector: Doc | None, labels: dict[str, str]) -> bool:
+    """A label selector with matchLabels only (what these manifests write) matches ``labels``;
+    one with matchExpressions is not understood here and counts as no match."""
+    selector = selector or {}
+    if selector.get("matchExpressions"):
+        return False
+    return (selector.get("matchLabels") or {}).items() <= labels.items()
+
+
+def restricts_ingress(policy: Doc) -> bool:
+    """Without policyTypes a NetworkPolicy always restricts ingress (and egress if it has rules)."""
+    return "Ingress" in (policy["spec"].get("policyTypes") or ["Ingress"])
+
+
+def check_network_policies(docs: list[Doc]) -> Errors:
+    """Every pod that listens, except the gateway's, is isolated by an ingress NetworkPolicy; the
+    pods of ISOLATED admit exactly their named clients, on ports they have; no policy touches
+    egress (DNS and every way out stay open)."""
+    errors: Errors = []
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    for policy in policies:
+        spec = policy["spec"]
+        if "Egress" in (spec.get("policyTypes") or []) or "egress" in spec:
+            errors.append(
+                f"NetworkPolicy {policy['metadata']['name']} restricts egress: the policies here "
+                "are ingress-only (an egress rule set would cut DNS and Redis for its pods)"
+            )
+    for doc in docs:
+        if doc.get("kind") not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        name, labels = doc["metadata"]["name"], pod_labels(doc)
+        ports = {
+            p.get("name") or p["containerPort"]
+            for c in pod_spec(doc)["containers"]  # type: ignore[index]
+            for p in c.get("ports") or []
+        }
+        selecting = [
+            p
+            for p in policies
+            if restricts_ingress(p) and selects(p["spec"].get("podSelector"), labels)
         ]
+        if ports and not selecting and name not in OPEN:
+            errors.append(
+                f"{doc['kind']} {name} listens on {sorted(map(str, ports))} and no NetworkPolicy "
+                "restricts its ingress (every pod of the cluster could connect)"
+            )
+        if name in ISOLATED and selecting:
+            errors += _admitted_clients(name, selecting, ports, ISOLATED[name])
+    return errors
+
+
+def _admitted_clients(name: str, policies: list[Doc], ports: set[Any], clients: set[str]) -> Errors:
+    """The pods the ingress rules of ``policies`` (all selecting ``name``'s pods) admit are the
+    pods named ``clients`` of this namespace, on ports ``name``'s pods have."""
+    allowed: set[str] = set()
+    names = ", ".join(p["metadata"]["name"] for p in policies)
+    for policy in policies:
+        label = f"NetworkPolicy {policy['metadata']['name']}"
+        for rule in policy["spec"].get("ingress") or []:
+            for peer in rule.get("from") or [{}]:
+                selector = (peer.get("podSelector") or {}).get("matchLabels") or {}
+                if set(peer) != {"podSelector"} or set(selector) != {NAME}:
+                    return [f"{label} admits more than named pods to {name}: {peer}"]
+                allowed.add(selector[NAME])
+            for port in rule.get("ports") or []:
+                if port.get("port") not in ports:
+                    return [f"{label}: port {port.get('port')!r} is not a port of the {name} pods"]
+    if allowed != clients:
+        return [f"NetworkPolicy {names} admits {sorted(allowed)} to {name}, not {sorted(clients)}"]
     return []
+
+
+def check_disruptions(docs: list[Doc]) -> Errors:
+    """Each Deployment an HPA scales spreads its pods over nodes and has a PodDisruptionBudget
+    that lets a drain evict one pod at a time, never none (at the HPA's minReplicas)."""
+    errors: Errors = []
+    budgets = [d for d in docs if d.get("kind") == "PodDisruptionBudget"]
+    for hpa in (d for d in docs if d.get("kind") == "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        doc = find(docs, target["kind"], target["name"])
+        if doc is None or pod_spec(doc) is None:
+            continue  # check_references reports it
+        label, labels = f"{target['kind']} {target['name']}", pod_labels(doc)
+        least = int(hpa["spec"].get("minReplicas", 1))
+        spread = pod_spec(doc).get("topologySpreadConstraints") or []  # type: ignore[union-attr]
+        if not any(
+            c.get("topologyKey") == "kubernetes.io/hostname"
+            and selects(c.get("labelSelector"), labels)
+            and (c.get("labelSelector") or {}).get("matchLabels")
+            for c in spread
+        ):
+            errors.append(
+                f"{label}: no topologySpreadConstraints by kubernetes.io/hostname for its pods "
+                "(all its replicas may run on one node, and one drain takes them all)"
+            )
+        mine = [b for b in budgets if selects(b["spec"].get("selector"), labels)]
+        if not mine:
+            errors.append(
+                f"{label} (HPA minReplicas {least}) has no PodDisruptionBudget: a drain may "
+                "evict all its pods at once"
+            )
+        for budget in mine:
+            evictable = _evictable(budget["spec"], least)
+            if evictable is not None and evictable < 1:
+                errors.append(
+                    f"PodDisruptionBudget {budget['metadata']['name']} lets no pod of {label} "
+                    f"be evicted at the HPA's minReplicas {least}: every node drain would hang"
+                )
+            elif evictable is not None and evictable >= least:
+                errors.append(
+                    f"PodDisruptionBudget {budget['metadata']['name']} lets a drain evict every "
+                    f"pod of {label} at the HPA's minReplicas {least}"
+                )
+    return errors
+
+
+def _evictable(spec: Doc, replicas: int) -> int | None:
+    """How many of ``replicas`` pods the budget lets a drain evict at once (None: not known).
+    Percentages are rounded up, as the disruption controller does for both fields."""
+
+    def count(value: Any) -> int | None:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+            return -(-int(value[:-1]) * replicas // 100)
+        return None
+
+    if "maxUnavailable" in spec:
+        return count(spec["maxUnavailable"])
+    if "minAvailable" in spec:
+        least = count(spec["minAvailable"])
+        return None if least is None else replicas - least
+    return None
+
+
+def prestop_seconds(container: Doc) -> float | None:
+    """The pause of a container's preStop hook: ``sleep N`` (exec) or the native sleep action."""
+    hook = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in hook:
+        return float(hook["sleep"].get("seconds", 0))
+    command = (hook.get("exec") or {}).get("command") or []
+    if len(command) == 2 and command[0] in ("sleep", "/bin/sleep", "/usr/bin/sleep"):
+        try:
+            return float(command[1])
+        except ValueError:
+            return None
+    return None
+
+
+def check_shutdown(docs: list[Doc]) -> Errors:
+    """The servers behind a Service that many clients reach (SHUTDOWN_S) pause in a preStop hook
+    until their pod has left the endpoints, and their grace period covers the pause plus their own
+    shutdown."""
+    errors: Errors = []
+    for name, shutdown in SHUTDOWN_S.items():
+        doc = find(docs, "Deployment", name)
+        if doc is None:
+            continue
+        spec = pod_spec(doc) or {}
+        container = spec["containers"][0]
+        pause = prestop_seconds(container)
+        label = f"Deployment {name}/{container['name']}"
+        if pause is None or pause <= 0:
+            errors.append(
+                f"{label}: no preStop pause (e.g. exec sleep 5): it stops accepting on SIGTERM "
+                "while the endpoints still route to it (errors during every rollout)"
+            )
+            continue
+        grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
+        if grace < pause + shutdown:
+            errors.append(
+                f"{label}: terminationGracePeriodSeconds {grace} is less than its preStop pause "
+                f"({pause:g} s) plus its own shutdown ({shutdown} s): it would be SIGKILLed"
+            )
+    return errors
 
 
 def check_gpu_worker(docs: list[Doc]) -> Errors:

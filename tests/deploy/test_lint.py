@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.lint import compose, dockerfile, k8s, serving_config
+from deploy.lint import compose, dockerfile, k8s, k8s_policy, serving_config
 from deploy.lint.common import Errors
 from harness.procs import REPO_ROOT
 
@@ -173,3 +174,29 @@ def test_batching_fields_the_server_accepts_pass(tmp_path: Path) -> None:
             document["data"]["batching.config"] = config.read_text()
     k8s_config.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     assert serving_config.check(root) == []
+
+
+def test_shutdown_bounds_match_the_servers() -> None:
+    """The k8s check's shutdown times (SHUTDOWN_S, which terminationGracePeriodSeconds must cover
+    after the preStop pause) cover the gateway's uvicorn graceful shutdown and the model server's
+    shutdown deadline, as their sources set them."""
+
+    def constants(relative: str) -> dict[str, object]:
+        tree = ast.parse((REPO_ROOT / relative).read_text())
+        found: dict[str, object] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                for keyword in node.keywords:
+                    if keyword.arg and isinstance(keyword.value, ast.Constant):
+                        found[keyword.arg] = keyword.value.value
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        found[target.id] = node.value.value
+        return found
+
+    graceful = constants("api/__main__.py")["timeout_graceful_shutdown"]
+    deadline = constants("serving/__main__.py")["SHUTDOWN_DEADLINE_S"]
+    assert isinstance(graceful, int | float) and isinstance(deadline, int | float)
+    assert k8s_policy.SHUTDOWN_S["fdl-gateway"] >= graceful
+    assert k8s_policy.SHUTDOWN_S["fdl-serving"] >= deadline

@@ -1,0 +1,89 @@
+"""A setting that fails validation stops the process with a message that names the setting and the
+reason, and never quotes what was read: a check across fields used to print the start of the whole
+settings dict (``input_value={'redis_url': 'redis://:p...``), secrets included, into the log."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from training.settings import WorkerSettings
+
+# Secrets that start with tokens found nowhere else in the output: any prefix of them that is long
+# enough to mean anything contains these four characters.
+API_KEY = "kQ7z" + secrets.token_hex(16)
+PASSWORD = "pW3x" + secrets.token_hex(8)
+REDIS_URL = f"redis://:{PASSWORD}@fdl-redis:6379/0"
+SECRET_PREFIXES = (API_KEY[:4], PASSWORD[:4], "redis://:")
+
+
+def run_gateway(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``python -m api`` (the gateway, as harness/gateway.py starts it) with only these FDL_
+    settings plus a password in FDL_REDIS_URL and an admin key, from a folder with no .env."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FDL_")}
+    env |= {"FDL_REDIS_URL": REDIS_URL, "FDL_API_KEYS": API_KEY, "FDL_LOG_JSON": "false"}
+    env |= settings
+    return subprocess.run(
+        [sys.executable, "-m", "api"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_no_secret(output: str) -> None:
+    assert "input_value" not in output, output
+    for prefix in SECRET_PREFIXES:
+        assert prefix not in output, (prefix, output)
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        (
+            {"FDL_DECODE_BUDGET_PIXELS": "1"},
+            "FDL_DECODE_BUDGET_PIXELS must be at least FDL_MAX_IMAGE_PIXELS",
+        ),
+        (
+            {"FDL_MAX_BODY_BYTES": "2000000", "FDL_BODY_BUDGET_BYTES": "1000000"},
+            "FDL_BODY_BUDGET_BYTES must be at least FDL_MAX_BODY_BYTES",
+        ),
+        ({"FDL_SERVING_TLS_CERT_FILE": "cert.pem"}, "go together"),
+    ],
+    ids=["decode-budget", "body-budget", "tls-pair"],
+)
+def test_gateway_refuses_bad_settings_without_quoting_them(
+    tmp_path: Path, settings: dict[str, str], reason: str
+) -> None:
+    (tmp_path / "cert.pem").write_text("not read: only its existence is checked\n")
+    settings = {k: str(tmp_path / v) if k.endswith("_FILE") else v for k, v in settings.items()}
+    result = run_gateway(tmp_path, **settings)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "validation error for GatewaySettings" in output, output
+    assert reason in output, output
+    assert_no_secret(output)
+
+
+def test_a_field_error_still_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every settings class inherits the config: the worker's field errors say which and why."""
+    for name in list(os.environ):
+        if name.startswith("FDL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FDL_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("FDL_VISIBILITY_TIMEOUT_S", "5")
+    with pytest.raises(ValidationError) as caught:
+        WorkerSettings(_env_file=None)
+    message = str(caught.value)
+    assert "visibility_timeout_s" in message
+    assert "greater than or equal to 60" in message
+    assert_no_secret(message)
