@@ -45,6 +45,9 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
     quality gate and the publish are the worker's own."""
 
     class Data:
+        name = "mnist"  # what the quality gate's kind of model reads
+        class_names = tuple(str(digit) for digit in range(10))
+
         def capped(self, *_: object) -> Data:
             return self
 
