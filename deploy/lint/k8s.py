@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from deploy.lint import k8s_policy
+from deploy.lint import k8s_disruption, k8s_policy
 from deploy.lint.common import K8S_DIR, Errors, load_yaml_documents, run_tool, tool
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests support
@@ -98,7 +98,7 @@ def check(root: Path) -> Errors:
         for f in kustomization_files(root / K8S_DIR / "base")[0]
         for doc in load_yaml_documents(f)
     ]
-    errors += k8s_policy.check_all(base_docs, root)
+    errors += k8s_policy.check_all(base_docs, root) + k8s_disruption.check_all(base_docs)
     gpu_docs = rendered.get("gpu") or [
         doc
         for f in (root / K8S_DIR / "overlays" / "gpu").glob("*.yaml")
@@ -107,7 +107,8 @@ def check(root: Path) -> Errors:
     ]
     errors += [f"gpu overlay: {e}" for e in k8s_policy.check_gpu_worker(gpu_docs)]
     if "gpu" in rendered:
-        errors += [f"gpu overlay: {e}" for e in k8s_policy.check_all(gpu_docs, root)]
+        gpu = k8s_policy.check_all(gpu_docs, root) + k8s_disruption.check_all(gpu_docs)
+        errors += [f"gpu overlay: {e}" for e in gpu]
     return errors
 
 

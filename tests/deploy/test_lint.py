@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.lint import compose, dockerfile, k8s, k8s_policy, serving_config
+from deploy.lint import compose, dockerfile, k8s, k8s_disruption, serving_config
 from deploy.lint.common import Errors
 from harness.procs import REPO_ROOT
 
@@ -198,5 +198,5 @@ def test_shutdown_bounds_match_the_servers() -> None:
     graceful = constants("api/__main__.py")["timeout_graceful_shutdown"]
     deadline = constants("serving/__main__.py")["SHUTDOWN_DEADLINE_S"]
     assert isinstance(graceful, int | float) and isinstance(deadline, int | float)
-    assert k8s_policy.SHUTDOWN_S["fdl-gateway"] >= graceful
-    assert k8s_policy.SHUTDOWN_S["fdl-serving"] >= deadline
+    assert k8s_disruption.SHUTDOWN_S["fdl-gateway"] >= graceful
+    assert k8s_disruption.SHUTDOWN_S["fdl-serving"] >= deadline
