@@ -46,7 +46,7 @@ from api.metrics import PROMOTIONS
 from api.replica_configs import ReplicaConfigs
 from api.replicas import reachable_replicas
 from api.repository_access import io, repository_error, repository_locked
-from api.serving_client import ServingClient
+from api.serving_client import PROBE_MODEL, ServingClient
 from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Repository
@@ -54,8 +54,6 @@ from fdl.repository_files import Labels, LabelsFileError, UndoPoint
 from fdl.wire.tfs_pb2 import ModelServerConfig
 
 log = logging.getLogger(__name__)
-# Replicas are asked for a model no one names to see that they answer (NOT_FOUND is an answer).
-_ANY_MODEL = "__readiness_probe__"
 
 
 def parse_config(text: str) -> ModelServerConfig:
@@ -173,7 +171,7 @@ class Promoter:
         try:
             async with (
                 repository_locked(self.repository, self._local, self.timeout_s),
-                reachable_replicas(self.client, _ANY_MODEL, self.tls) as replicas,
+                reachable_replicas(self.client, PROBE_MODEL, self.tls) as replicas,
             ):
                 await io(self.repository.recover)
                 await self._reload_restored(replicas, self.replicas.deadline())

@@ -47,6 +47,8 @@ _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # that call the model server with a bare channel use them too.
 PREDICTION_SERVICE = "/tensorflow.serving.PredictionService/"
 MODEL_SERVICE = "/tensorflow.serving.ModelService/"
+# A model no one names: asked for, a server that answers NOT_FOUND is up (ping, replica checks).
+PROBE_MODEL = "__readiness_probe__"
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,7 @@ class ServingClient:
         Returns:
             False when the server is unreachable or does not answer in time, else True.
         """
-        request = GetModelStatusRequest(model_spec=model_spec("__readiness_probe__"))
+        request = GetModelStatusRequest(model_spec=model_spec(PROBE_MODEL))
         try:
             await self._status(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
