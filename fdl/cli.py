@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from fdl import cli_jobs, cli_models
+from fdl import cli_jobs, cli_models, cli_train
 from fdl.cli_client import quiet_broken_pipe
 
 
@@ -36,8 +36,9 @@ class Commands(TyperGroup):
 app = typer.Typer(
     cls=Commands,
     help="FDL Serve: train the book's models and serve them.\n\n"
-    "Talks to the gateway at --url / FDL_URL (default http://127.0.0.1:$FDL_GATEWAY_PORT, 8000 "
-    "unless set: the gateway of `fdl up` on this machine) with the admin key "
+    "Talks to the gateway at --url / FDL_URL (default http://$FDL_GATEWAY_HOST:$FDL_GATEWAY_PORT, "
+    "127.0.0.1 for a wildcard or unset host and 8000 unless set: the gateway of `fdl up` on this "
+    "machine) with the admin key "
     "from --api-key / FDL_API_KEY. Exit codes: 0 ok, 1 API error, 2 usage, 3 gateway "
     "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled, 141 the "
     "output's reader went away (`fdl jobs | true`).",
@@ -88,7 +89,7 @@ def up() -> None:
     raise typer.Exit(run_stack(stack))
 
 
-app.command()(cli_jobs.train)
+app.command()(cli_train.train)
 app.command("jobs")(cli_jobs.jobs)
 app.command("job")(cli_jobs.job)
 app.command()(cli_jobs.cancel)

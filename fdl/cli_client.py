@@ -13,17 +13,14 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.text import Text
 
+from fdl import cli_local as local
 from fdl.cli_format import safe
+from fdl.cli_local import is_local, key_file
 from fdl.cli_shapes import Shape, problem
-from fdl.settings import FDL_SETTINGS
 
-DEFAULT_HOST = "127.0.0.1"
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 NOT_THE_GATEWAY = "is it the FDL gateway? Point --url / FDL_URL at the gateway."
 
 console = Console()
@@ -48,7 +45,9 @@ UrlOption = Annotated[
         "--url",
         envvar="FDL_URL",
         help="Gateway URL. Default: FDL_URL; failing that, the gateway `fdl up` starts on this "
-        "machine: http://127.0.0.1:$FDL_GATEWAY_PORT (8000 unless set).",
+        "machine: http://$FDL_GATEWAY_HOST:$FDL_GATEWAY_PORT (127.0.0.1 for a wildcard "
+        "0.0.0.0 / :: or unset, else localhost or an IP address of this machine only; port 8000 "
+        "unless set).",
         show_default=False,
     ),
 ]
@@ -57,8 +56,9 @@ KeyOption = Annotated[
     typer.Option(
         "--api-key",
         envvar="FDL_API_KEY",
-        help="Admin API key. Default: FDL_API_KEY; failing that, for a gateway on localhost, "
-        "the key `fdl up` stored in $FDL_VAR_DIR/api_key.",
+        help="Admin API key. Default: FDL_API_KEY; failing that, for a gateway on this machine "
+        "(localhost, a loopback address, the default URL), the key `fdl up` stored in "
+        "$FDL_VAR_DIR/api_key.",
         show_default=False,
     ),
 ]
@@ -67,40 +67,13 @@ JsonOption = Annotated[
 ]
 
 
-class LocalPort(BaseSettings):
-    """The port of `fdl up`'s gateway on this machine, read as `fdl up` reads it (FDL_GATEWAY_PORT,
-    or ``.env`` in the current folder), for the default URL only. Each of the CLI's settings is
-    read on its own, when it is used: a bad value of any other never stops it."""
-
-    model_config = FDL_SETTINGS
-
-    gateway_port: int = 8000
-
-
-class LocalVar(BaseSettings):
-    """The var folder of `fdl up` on this machine (FDL_VAR_DIR), which holds the key it stored."""
-
-    model_config = FDL_SETTINGS
-
-    var_dir: Path = Path("./var")
-
-
-# What reading a settings class can raise besides a bad value: a .env that cannot be read.
-_UNREADABLE = (OSError, UnicodeError)
-
-
 def default_url() -> str:
-    """The gateway of `fdl up` on this machine: FDL_GATEWAY_PORT's, as `fdl up` reads it."""
+    """The gateway of `fdl up` on this machine (:func:`fdl.cli_local.default_url`); a bad
+    setting of it is a usage error."""
     try:
-        port = LocalPort().gateway_port
-    except ValidationError as error:
-        problems = "; ".join(
-            f"FDL_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
-        )
-        fail(f"invalid setting: {problems} (or pass --url / set FDL_URL)", ExitCode.USAGE)
-    except _UNREADABLE as error:
-        fail(f"cannot read .env here: {error} (or pass --url / set FDL_URL)", ExitCode.USAGE)
-    return f"http://{DEFAULT_HOST}:{port}"
+        return local.default_url()
+    except local.BadLocalSetting as error:
+        fail(str(error), ExitCode.USAGE)
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
@@ -162,19 +135,10 @@ def clean_key(key: str | None, source: str) -> str | None:
     return key or None
 
 
-def key_file() -> Path | None:
-    """Where `fdl up` stores the admin key it generated: $FDL_VAR_DIR/api_key (./var/api_key),
-    relative to the current folder as `fdl up` reads it; None when FDL_VAR_DIR (or the ``.env``
-    that would set it) cannot be read, for then there is no key file to look for."""
-    try:
-        return LocalVar().var_dir / "api_key"
-    except (ValidationError, *_UNREADABLE):
-        return None
-
-
-def stored_key(url: str) -> str | None:
-    """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere)."""
-    path = key_file() if is_local(url) else None
+def stored_key(url: str, defaulted: bool = False) -> str | None:
+    """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere): a
+    loopback URL, or the default URL (which only ever names this machine)."""
+    path = key_file() if defaulted or is_local(url) else None
     if path is None:
         return None
     try:
@@ -184,10 +148,6 @@ def stored_key(url: str) -> str | None:
     return clean_key(key, str(path))
 
 
-def is_local(url: str) -> bool:
-    return httpx.URL(url).host in LOCAL_HOSTS
-
-
 class Gateway:
     """A thin httpx client: JSON in, JSON out; every failure becomes a message and an exit code."""
 
@@ -195,14 +155,18 @@ class Gateway:
         # Where the URL came from, for the message when nothing answers there.
         self.defaulted = not url
         self.url = (url or default_url()).rstrip("/")
-        self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or stored_key(self.url)
+        # The default URL names this machine only, a non-loopback address of it included.
+        self.local = self.defaulted or is_local(self.url)
+        self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or stored_key(
+            self.url, self.local
+        )
         headers = {"User-Agent": "fdl-cli"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         # A gateway on this machine is never reached through a proxy (HTTP_PROXY with no
         # NO_PROXY for 127.0.0.1 would be sent the key, the key file's included).
         self.client = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, trust_env=not is_local(self.url)
+            base_url=self.url, headers=headers, timeout=timeout, trust_env=not self.local
         )
 
     def __enter__(self) -> Gateway:
@@ -263,7 +227,8 @@ class Gateway:
             fail(f"the gateway at {self.url} did not answer in time", ExitCode.UNREACHABLE)
         except httpx.TransportError as error:
             where = (
-                " (the default: no --url or FDL_URL given; FDL_GATEWAY_PORT sets its port)"
+                " (the default: no --url or FDL_URL given; FDL_GATEWAY_HOST and FDL_GATEWAY_PORT "
+                "set its address and port)"
                 if self.defaulted
                 else ""
             )
@@ -287,7 +252,7 @@ class Gateway:
     def no_key_hint(self) -> str:
         """What to do when no key was sent, saying where the CLI looked for one."""
         path = key_file()
-        if not is_local(self.url):
+        if not self.local:
             looked = "the key file of `fdl up` is only read for a gateway on this machine"
         elif path is None:
             looked = "FDL_VAR_DIR (or the .env here) could not be read to find `fdl up`'s key"

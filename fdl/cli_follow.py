@@ -28,6 +28,9 @@ MAX_RECONNECTS = 5  # streams in a row that end early (or drop) with no new even
 RECONNECT_FOR_S = 60.0
 RETRY_S = 1.0
 TRANSIENT_STATUS = frozenset({502, 503, 504})
+# The longest pause a Retry-After gets: the gateway's too_many_streams asks for 5 s, another
+# server's answer might ask for an hour.
+MAX_RETRY_AFTER_S = 30.0
 
 
 def job_path(job_id: str) -> str:
@@ -49,19 +52,31 @@ def _log_message(event: ServerSentEvent) -> str | None:
 
 
 class _Unavailable(Exception):
-    """The gateway (or the job store behind it) is away for now: retried until the deadline."""
+    """The gateway (or the job store behind it) is away for now: retried until the deadline,
+    after ``retry_after`` seconds when the answer asked for a pause."""
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    def __init__(self, message: str, code: ExitCode, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.retry_after = code, retry_after
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The pause an answer's Retry-After asks for in seconds, at most MAX_RETRY_AFTER_S; None
+    without one in seconds (absent, or an HTTP date)."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return min(float(value), MAX_RETRY_AFTER_S)
 
 
 def _transient(gateway: Gateway, response: httpx.Response) -> None:
-    """502/503/504 (a restarting gateway or Redis) raise _Unavailable; other errors exit."""
+    """502/503/504 (a restarting gateway or Redis, a gateway serving all the event streams it
+    may) raise _Unavailable; other errors exit."""
     if response.status_code in TRANSIENT_STATUS:
         response.read()
         code, message = error_of(response)
-        raise _Unavailable(f"{message} ({response.status_code} {code})", ExitCode.API_ERROR)
+        status = f"{message} ({response.status_code} {code})"
+        raise _Unavailable(status, ExitCode.API_ERROR, retry_after_s(response))
     gateway.check(response)
 
 
@@ -150,10 +165,14 @@ class _Retries:
                 highlight=False,
                 markup=False,
             )
-        if now - self.down_since > RECONNECT_FOR_S:
+        left = self.down_since + RECONNECT_FOR_S - now
+        if left < 0:
             shown = fmt.safe(self.job_id)  # one line: fail() keeps a message's newlines
             fail(f"{error}; the job goes on: `fdl job {shown}` shows it", error.code)
-        time.sleep(RETRY_S)  # between reconnection attempts
+        # The pause the answer asked for (never shorter than RETRY_S), cut to the time left so
+        # that the last attempt comes at the deadline rather than past it.
+        pause = max(RETRY_S, error.retry_after or 0.0)
+        time.sleep(min(pause, max(RETRY_S, left)))
 
 
 def _record_status(gateway: Gateway, job_id: str) -> str:
@@ -189,7 +208,9 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     before the end, so no event is shown twice. A gateway or Redis restart (no connection, or
     502/503/504) is ridden out for up to RECONNECT_FOR_S seconds without a connection, then the
     exit code says what was wrong (3 unreachable, 1 the gateway's error); each connection or new
-    event starts that count afresh.
+    event starts that count afresh. Attempts are RETRY_S apart, or as long as an answer's
+    Retry-After asks (up to MAX_RETRY_AFTER_S): a gateway already serving all the event streams
+    it may (503 too_many_streams) is not asked again every second.
     KeyboardInterrupt propagates to the caller, which detaches or cancels.
     """
     # The description can be a status event's text (made safe): the columns never read it as
@@ -237,6 +258,20 @@ def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> None:
     summary(gateway.get(job_path(job_id), expect=shapes.Job))
     if status != "succeeded":
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def job_epochs(job: dict[str, Any]) -> int:
+    """The epochs of a job's spec: the progress bar's length until its events say."""
+    return int((job.get("spec") or {}).get("epochs") or 1)
+
+
+def detached(job_id: str) -> None:
+    """Following stopped (Ctrl-C) while the job goes on: how to follow it again."""
+    console.print(
+        f"\nDetached; the job keeps running. Follow it with: fdl job {fmt.safe(job_id)} --follow",
+        highlight=False,
+        markup=False,
+    )
 
 
 def summary(job: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fdl.cli_local import port_problem
 from fdl.settings import CommonSettings
 from fdl.stack import STACK_MARKER, STOP_WAIT_S
 
@@ -60,13 +61,23 @@ def check_ports(settings: CommonSettings) -> None:
     that needs one would fail to start again and again under supervisord.
 
     Raises:
-        StackError: naming each port in use and its setting, or two settings of one port.
+        StackError: naming each port in use and its setting, a setting that is no port (0 would
+            be a random one, that the CLI and the gateway cannot find), or two settings of one
+            port.
     """
     wanted = [
         (settings.gateway_host, settings.gateway_port, "FDL_GATEWAY_PORT", "the gateway"),
         (settings.serving_host, settings.serving_grpc_port, "FDL_SERVING_GRPC_PORT", "gRPC"),
         (settings.serving_host, settings.serving_rest_port, "FDL_SERVING_REST_PORT", "REST"),
     ]
+    # The same check as the CLI's default URL makes of FDL_GATEWAY_PORT (fdl.cli_local).
+    bad = [
+        f"{variable}: {problem}"
+        for _host, port, variable, _what in wanted
+        if (problem := port_problem(port)) is not None
+    ]
+    if bad:
+        raise StackError(f"{'; '.join(bad)}: choose another with the setting")
     # Refused whatever the hosts: the model server listens on every interface when it is the
     # real tensorflow_model_server, and its two ports share one host.
     shared = [

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fdl.cli import app
 from fdl.cli_client import ExitCode, stored_key
-from fdl.cli_jobs import build_spec
+from fdl.cli_train import build_spec
 from harness.procs import free_port
 
 runner = CliRunner()
