@@ -88,7 +88,7 @@ WORKDIR /var/lib/fdl
 # node name is celery@<gethostname()>: `hostname` gives it where $HOSTNAME is unset (podman exec,
 # podman healthcheck run).
 HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
-    CMD ["sh", "-c", "exec celery --broker \"$FDL_REDIS_URL\" inspect ping --timeout 10 --destination \"celery@$(hostname)\""]
+    CMD ["sh", "-c", "export CELERY_BROKER_URL=\"$FDL_REDIS_URL\"; exec celery inspect ping --timeout 10 --destination \"celery@$(hostname)\""]
 # One process per GPU: concurrency 1, no prefetch (long jobs, acks_late). No -Q: the worker
 # consumes the app's default queue, FDL_TRAINING_QUEUE, the one the gateway sends to.
 CMD ["celery", "-A", "training.tasks", "worker", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]

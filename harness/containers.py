@@ -7,6 +7,7 @@ inside a container are swapped for local ones.
 from __future__ import annotations
 
 import re
+import secrets
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from harness.procs import REPO_ROOT, Process, wait_for
 from harness.procs import run_command as run
 
 TEST_API_KEY = "deploy-test-admin-key"
-COMPOSE_VARIABLES = {"FDL_API_KEYS": TEST_API_KEY}
+# deploy/compose.yaml requires FDL_REDIS_PASSWORD (Redis's password, in every client's URL).
+COMPOSE_VARIABLES = {"FDL_API_KEYS": TEST_API_KEY, "FDL_REDIS_PASSWORD": secrets.token_hex(16)}
 
 
 @cache

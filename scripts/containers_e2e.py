@@ -2,8 +2,10 @@
 
 Run by scripts/test-containers.sh once the stack is up: trains mnist_logreg (1 epoch) with the
 admin key, classifies real MNIST test digits, promotes a label, restarts the gateway container
-and expects the same answers, checks who owns what in the shared model volume, and runs every
-container's HEALTHCHECK. Every wait has a deadline.
+and expects the same answers, checks who owns what in the shared model volume, runs every
+container's HEALTHCHECK, and checks that Redis refuses clients without its password
+(FDL_REDIS_PASSWORD, from the environment) and that no container logs it or the admin key.
+Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -176,6 +179,35 @@ def check_healthchecks(stack: Stack) -> None:
         log(f"{service}: healthy")
 
 
+# One inline command to the stack's Redis over the network, as any container on it could send.
+REDIS_SAYS = """
+import socket, sys
+with socket.create_connection(("redis", 6379), timeout=5) as connection:
+    connection.sendall(sys.argv[1].encode() + b"\\r\\n")
+    print(connection.recv(200).decode(errors="replace").strip())
+"""
+
+
+def check_credentials(stack: Stack, admin_key: str, redis_password: str) -> None:
+    """Redis refuses a client without its password or with a wrong one; the admin key is not in
+    the gateway's environment (a file from a compose secret); no log holds either secret."""
+    for command, refusal in (("PING", "-NOAUTH"), ("AUTH not-the-password", "-WRONGPASS")):
+        said = podman("exec", stack.container("flower"), "python3", "-c", REDIS_SAYS, command)
+        assert said.returncode == 0, said.stderr
+        assert said.stdout.startswith(refusal), (command, said.stdout)
+    log("redis: PING without the password answers NOAUTH, a wrong password WRONGPASS")
+    env = podman("inspect", "--format", "{{json .Config.Env}}", stack.container("gateway"))
+    names = [item.split("=", 1)[0] for item in json.loads(env.stdout)]
+    assert "FDL_API_KEYS" not in names and "FDL_API_KEYS_FILE" in names, names
+    assert admin_key not in env.stdout
+    for service in (*SERVICES, "model-config"):
+        logs = podman("logs", stack.container(service))
+        assert logs.returncode == 0, logs.stderr
+        for name, secret in (("the Redis password", redis_password), ("the admin key", admin_key)):
+            assert secret not in logs.stdout + logs.stderr, f"{service} logs {name}"
+    log("gateway: admin keys from /run/secrets, not the environment; no log holds a secret")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
@@ -219,6 +251,7 @@ def main() -> int:
     check_model_volume(stack, version)
     check_model_server_exposure(stack)
     check_healthchecks(stack)
+    check_credentials(stack, args.key, os.environ["FDL_REDIS_PASSWORD"])
     log("end-to-end test passed")
     return 0
 

@@ -8,7 +8,8 @@
 #   4. start deploy/compose.yaml + deploy/compose.cpu.yaml + deploy/compose.model-server.yaml
 #      (the one swap: our model server for tensorflow/serving) with podman-compose;
 #   5. copy MNIST into the worker's data volume and run scripts/containers_e2e.py against the
-#      published gateway port; print image sizes and build times; remove the stack.
+#      published gateway port (and Redis's password and the secrets' reach from inside the stack);
+#      print image sizes and build times; remove the stack.
 # Usage: bash scripts/test-containers.sh        (make test-containers)
 # Environment: FDL_TEST_DATA_DIR (default ../shared/data), FDL_CONTAINER_BASES=standin|pull|auto,
 # FDL_CONTAINERS_KEEP=1 leaves the stack running for a look (remove it with the printed command).
@@ -92,7 +93,16 @@ wait "$worker"
 
 # ---------------------------------------------------------------- 4. the stack
 free_port() { "$PYTHON" -c 'import portpicker; print(portpicker.pick_unused_port())'; }
-export FDL_API_KEYS="ci-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+token() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+# The secrets: the Redis password in the environment (as deploy/.env would hold it), the admin key
+# in a file for the gateway's compose secret, readable by its uid 10001 inside $WORK (mode 0700).
+export FDL_REDIS_PASSWORD
+FDL_REDIS_PASSWORD=$(token)$(token)
+ADMIN_KEY="ci-$(token)"
+export FDL_SECRETS_DIR=$WORK/secrets
+mkdir -m 700 "$FDL_SECRETS_DIR"
+printf '%s\n' "$ADMIN_KEY" >"$FDL_SECRETS_DIR/api-keys"
+chmod 644 "$FDL_SECRETS_DIR/api-keys"
 GATEWAY_PORT=$(free_port)
 export FDL_GATEWAY_PUBLISH=127.0.0.1:$GATEWAY_PORT
 export FDL_FLOWER_PUBLISH=127.0.0.1:$(free_port)
@@ -127,7 +137,7 @@ podman exec -u 0 "${PROJECT}_worker_1" chown -R 10001:10001 /data/mnist
 # ---------------------------------------------------------------- 5. end to end
 log "end-to-end test"
 "$PYTHON" scripts/containers_e2e.py --url "http://127.0.0.1:$GATEWAY_PORT" \
-  --key "$FDL_API_KEYS" --project "$PROJECT" --mnist "$DATA/mnist"
+  --key "$ADMIN_KEY" --project "$PROJECT" --mnist "$DATA/mnist"
 
 log "images"
 printf '%-44s %9s %9s\n' image "size MB" "build s"

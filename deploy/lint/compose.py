@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from deploy.lint import dockerfile
+from deploy.lint import credentials, dockerfile
 from deploy.lint.common import COMPOSE_FILES, Errors, load_compose, merge_compose, strip_tags
 
 REQUIRED_SERVICES = ("redis", "serving", "gateway", "worker", "flower", "tensorboard")
@@ -121,6 +121,7 @@ def check(root: Path) -> Errors:
     base, cpu, model_server = documents
     errors += check_references(base, paths[0].parent, root)
     errors += check_serving_exposure(base)
+    errors += credentials.check_compose(base, "compose.yaml")
     worker = (base.get("services") or {}).get("worker") or {}
     if not any("gpu" in (d.get("capabilities") or []) for d in gpu_devices(worker)):
         errors.append(
@@ -128,6 +129,8 @@ def check(root: Path) -> Errors:
         )
     merged = merge_compose(base, cpu)
     errors += schema_errors(merged, "compose.yaml + compose.cpu.yaml")
+    if not errors:
+        errors += credentials.check_compose(merged, "compose.yaml + compose.cpu.yaml")
     if gpu_devices((merged.get("services") or {}).get("worker") or {}):
         errors.append("compose.cpu.yaml: the worker still reserves a GPU")
     errors += check_model_server_swap(merged, model_server, paths[0].parent, root)

@@ -31,9 +31,10 @@ REQUIRED = [
     ("PodDisruptionBudget", "fdl-gateway"),
 ]
 NAME = "app.kubernetes.io/name"
-# Pods that listen without authentication, and the only pods that may connect to them: the model
-# server (one HandleReloadConfigRequest unloads every model), Redis (no password: the job store and
-# the Celery broker) and Flower (port-forward only).
+# Pods that listen without authentication, or guard what matters most, and the only pods that may
+# connect to them: the model server (one HandleReloadConfigRequest unloads every model), Redis (the
+# job store and the Celery broker; its password, deploy/lint/credentials.py, is the other guard)
+# and Flower (port-forward only).
 ISOLATED: dict[str, set[str]] = {
     "fdl-serving": {"fdl-gateway", "fdl-worker"},
     "fdl-redis": {"fdl-gateway", "fdl-worker", "fdl-flower"},

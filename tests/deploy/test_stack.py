@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -20,8 +21,10 @@ from tensorflow_serving.config import model_server_config_pb2
 from harness import containers as c
 from harness.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
 from harness.procs import run_command as run
+from tests.deploy.compose_redis import compose_redis
 
 SERVING_CONFIG = REPO_ROOT / "deploy" / "serving"
+API_KEYS_SECRET = "/run/secrets/fdl_api_keys"
 
 
 def model_server_argv(grpc_port: int, rest_port: int, models: Path) -> list[str]:
@@ -47,11 +50,21 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+def stack_redis(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
+    """The stack's Redis: its container command, requiring its password."""
+    with compose_redis(tmp_path_factory.mktemp("redis"), logs_dir, "deploy-stack-redis") as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, logs_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, stack_redis: str, logs_dir: Path
 ) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     models, data, var = root / "models", root / "data", root / "var"
+    # The admin keys in a file, where the compose secret puts them (FDL_API_KEYS_FILE).
+    keys = root / "api-keys"
+    keys.write_text(f"{c.TEST_API_KEY}\n")
     init = run(
         c.command("model-config"), {**c.environment("model-config"), "FDL_MODEL_DIR": str(models)}
     )
@@ -69,8 +82,10 @@ def stack(
         )
         env = {**c.image_env("gateway"), **c.environment("gateway")}
         env.pop("HOME", None)
+        assert env["FDL_API_KEYS_FILE"] == API_KEYS_SECRET and "FDL_API_KEYS" not in env
         env.update(
-            FDL_REDIS_URL=redis_url,
+            FDL_API_KEYS_FILE=str(keys),
+            FDL_REDIS_URL=stack_redis,
             FDL_MODEL_DIR=str(models),
             FDL_DATA_DIR=str(data),
             FDL_VAR_DIR=str(var),
@@ -184,3 +199,12 @@ def test_gateway_prometheus_path_answers(stack: Stack) -> None:
     path = doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
     url = f"http://127.0.0.1:{stack.gateway_port}{path}"
     assert run(["python", "-m", "fdl.healthcheck", url]).returncode == 0
+
+
+def test_gateway_reads_the_admin_keys_from_the_compose_secret(stack: Stack) -> None:
+    """The key in the secret's file is an admin key (its job list reads the password-protected
+    Redis); no key, no list."""
+    url = f"http://127.0.0.1:{stack.gateway_port}/v1/jobs"
+    admin = httpx.get(url, headers={"Authorization": f"Bearer {c.TEST_API_KEY}"}, timeout=10)
+    assert admin.status_code == 200, admin.text
+    assert httpx.get(url, timeout=10).status_code == 401
