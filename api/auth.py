@@ -60,7 +60,13 @@ class Keyring:
 
 
 def bearer_token(request: Request) -> str | None:
-    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; None: no key.
+
+    An ``Authorization`` header of another scheme (``Basic`` from an auth proxy or a browser's
+    saved login, ``Negotiate``) is no API key: it is ignored as if absent, so ``X-API-Key`` is
+    read, open routes stay open and it is no failed key. ``Bearer`` wins over ``X-API-Key``, and
+    ``Bearer`` with no token is "" (a key that is not valid): that client meant to send a key.
+    """
     # One pass over the raw headers, the first of each name winning as in request.headers.get:
     # on open classify routes both are usually absent, and each absent lookup through
     # request.headers costs a raised and caught KeyError on the hot path.
@@ -73,9 +79,8 @@ def bearer_token(request: Request) -> str | None:
             api_key = value
     if authorization:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
+        if scheme.lower() == "bearer":
             return token.strip()
-        return ""
     return api_key.decode("latin-1").strip() if api_key is not None else None
 
 

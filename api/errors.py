@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 # Seconds a client should wait before retrying a request that found Redis (the job store) down.
 STORE_RETRY_AFTER_S = 2
@@ -68,18 +70,61 @@ MAX_VALIDATION_ERRORS = 20
 
 
 def _field(error: Any) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"  # its loc is ("body", the character's offset)
     return ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+
+
+def _message(error: Any) -> str:
+    if error.get("type") == "json_invalid":
+        # FastAPI's own words are "JSON decode error", with the offset as the field.
+        offset = error.get("loc", ("body", "?"))[-1]
+        reason = (error.get("ctx") or {}).get("error")
+        return f"not valid JSON at character {offset}" + (f" ({reason})" if reason else "")
+    return str(error.get("msg", "invalid"))
 
 
 def validation_error(errors: Sequence[Any]) -> ApiError:
     """422 ``invalid_request`` naming the first MAX_VALIDATION_ERRORS of ``errors`` (pydantic's
     error dicts) in its message and details, and counting the rest in the message."""
     shown = errors[:MAX_VALIDATION_ERRORS]
-    message = "; ".join(f"{_field(e) or 'body'}: {e.get('msg', 'invalid')}" for e in shown)
+    message = "; ".join(f"{_field(e) or 'body'}: {_message(e)}" for e in shown)
     if len(errors) > len(shown):
         message += f"; and {len(errors) - len(shown)} more ({len(errors)} errors in all)"
-    details = [{"field": _field(e), "message": e.get("msg", "invalid")} for e in shown]
+    details = [{"field": _field(e), "message": _message(e)} for e in shown]
     return ApiError(422, "invalid_request", message, details=details)
+
+
+# The methods a 405's Allow header may name.
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+# Paths whose Allow list is known: trying every method through the routes costs ~0.3 ms, and any
+# client can ask for 405s. Bounded, oldest dropped first, since paths come from clients.
+_ALLOWED_CACHE: OrderedDict[tuple[int, str, str], list[str]] = OrderedDict()
+_ALLOWED_CACHE_SIZE = 256
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers at the request's path: Starlette's 405 names only those of
+    the first route whose path matches (``PUT /v1/jobs`` said ``Allow: POST``). Each method is
+    tried through the app's own matching (included routers, api/routers/models.py's custom
+    methods); mounts, which take any method, are left out. Matching depends on the path alone,
+    so the answer is kept per path."""
+    key = (id(request.app), request.scope.get("root_path", ""), request.scope["path"])
+    if (cached := _ALLOWED_CACHE.get(key)) is not None:
+        _ALLOWED_CACHE.move_to_end(key)
+        return cached
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    allowed = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    _ALLOWED_CACHE[key] = allowed
+    if len(_ALLOWED_CACHE) > _ALLOWED_CACHE_SIZE:
+        _ALLOWED_CACHE.popitem(last=False)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -123,15 +168,20 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {
             400: "bad_request",
             401: "unauthorized",
             404: "not_found",
             405: "method_not_allowed",
         }.get(error.status_code, "http_error")
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405 and headers and "Allow" in headers:
+            # Every route's methods at the path; a static mount's 405 (no route there) keeps
+            # the `Allow: GET, HEAD` StaticFiles sent.
+            headers = {**headers, "Allow": ", ".join(allowed_methods(request)) or headers["Allow"]}
         return JSONResponse(
             error_body(code, str(error.detail)),
             status_code=error.status_code,
-            headers=getattr(error, "headers", None),
+            headers=headers,
         )

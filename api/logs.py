@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -16,6 +17,52 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "asctime",
     "color_message",
 }
+
+
+# The HTTP guard's warnings (api/http_guard.py: malformed requests, timeouts, the connection cap)
+# come from clients anyone can open: at most one line per reason this often, the next one saying
+# how many were not logged (fdl_gateway_http_guard_total counts them all).
+GUARD_LOG_INTERVAL_S = 10.0
+# What uvicorn logs before the guard's own line for a request httptools cannot parse.
+_UVICORN_PARSE_WARNING = "Invalid HTTP request received."
+
+
+class OncePerInterval(logging.Filter):
+    """Lets through at most one warning (or worse) per value of its ``reason`` attribute every
+    ``interval_s``; the next one let through says how many were held back (``not_logged``).
+    Records without a reason, and lower levels, always pass."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reason = getattr(record, "reason", None)
+        if record.levelno < logging.WARNING or not isinstance(reason, str):
+            return True
+        now = self.clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval_s:
+            self._held[reason] = self._held.get(reason, 0) + 1
+            return False
+        self._last[reason] = now
+        held = self._held.pop(reason, 0)
+        if held and isinstance(record.args, tuple):
+            record.msg = f"{record.msg} (and %d more since the previous such line, not logged)"
+            record.args = (*record.args, held)
+            record.not_logged = held
+        return True
+
+
+class NoUvicornParseWarning(logging.Filter):
+    """Drops uvicorn's warning for a request httptools cannot parse: the guard logs each such
+    request itself, with its client and reason (rate-limited)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _UVICORN_PARSE_WARNING
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,6 +106,17 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    _set_filter(logging.getLogger("uvicorn.error"), NoUvicornParseWarning())
+    _set_filter(logging.getLogger("fdl.gateway.http"), OncePerInterval(GUARD_LOG_INTERVAL_S))
     # Our middleware writes one access line per request (with the request id); uvicorn's would
     # repeat it without one.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _set_filter(logger: logging.Logger, log_filter: logging.Filter) -> None:
+    """Adds ``log_filter`` to ``logger`` in place of any of its class added before (logging may
+    be configured more than once in a process)."""
+    for old in list(logger.filters):
+        if type(old) is type(log_filter):
+            logger.removeFilter(old)
+    logger.addFilter(log_filter)

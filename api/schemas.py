@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from fdl.jobspec import NAME_PATTERN, check_label, check_name
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def is_decimal(text: str, max_digits: int | None = None) -> bool:
+    """Whether ``text`` is plain decimal: ASCII digits only (leading zeros allowed), at most
+    ``max_digits`` of them. ``int()`` and pydantic's lax mode would also take " 5 ", "+5", "5_0"
+    (as 50), "5.0" and other scripts' digits."""
+    return bool(_DIGITS.fullmatch(text)) and (max_digits is None or len(text) <= max_digits)
+
+
+def _plain_decimal(value: object) -> object:
+    if isinstance(value, str) and not is_decimal(value):
+        raise PydanticCustomError(
+            "int_decimal", "Input should be a whole number in ASCII digits (0-9)"
+        )
+    return value
+
+
+# For every integer in a path or query string: ASCII digits only, then pydantic's own checks (the
+# range, its refusal of more than 4300 digits). Placed after Path() or Query(), as in
+# ``Annotated[int | None, Query(ge=1), DECIMAL_ONLY]``: before them, the OpenAPI document would
+# show the range as "ge"/"le" where JSON Schema says "minimum"/"maximum".
+DECIMAL_ONLY = BeforeValidator(_plain_decimal)
 
 # The pattern documents the rule in OpenAPI; the validators apply it in full (fullmatch, and no
 # all-digit labels), whatever regex engine reads the pattern.

@@ -21,7 +21,8 @@ PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
 
 
 class WeakKeyError(ValueError):
-    """A configured API key is a placeholder or too short; the message names the setting."""
+    """A configured API key is a placeholder, too short or not visible ASCII; the message names
+    the setting."""
 
 
 def split_keys(inline: str | None) -> list[str]:
@@ -54,6 +55,13 @@ def weak_key_reason(key: str) -> str | None:
             return f"is a placeholder (it starts with {prefix!r}), not a secret"
     if len(key) < MIN_KEY_LENGTH:
         return f"is {len(key)} characters long; at least {MIN_KEY_LENGTH} are required"
+    if not all("!" <= char <= "~" for char in key):
+        # Header values are bytes, read as Latin-1: a client that sends a non-ASCII key as UTF-8
+        # (most do) never matches, and spaces or control characters get trimmed or mangled.
+        return (
+            "has a character outside visible ASCII ('!' to '~', 0x21-0x7E), such as a space, a "
+            "control character or a non-ASCII letter, which HTTP headers do not carry reliably"
+        )
     return None
 
 

@@ -14,14 +14,20 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from api import auth
-from api.bodies import read_images
+from api.bodies import MAX_TOP_K, read_images
 from api.classification import Target, classify
 from api.coalesce import PredictCoalescer
 from api.decoding import DecodeLimits
 from api.deps import ClassifyDep, request_id_of
 from api.fastpath import FastRoute
 from api.metadata_cache import MetadataCache
-from api.schemas import CLASSIFY_RESPONSES, ClassifyResponse, LabelName, ModelName
+from api.schemas import (
+    CLASSIFY_RESPONSES,
+    DECIMAL_ONLY,
+    ClassifyResponse,
+    LabelName,
+    ModelName,
+)
 from api.settings import GatewaySettings
 from fdl.jobspec import valid_label, valid_name
 
@@ -30,7 +36,18 @@ MAX_VERSION = 2**62
 MAX_VERSION_DIGITS = len(str(MAX_VERSION))  # 19
 
 
-REQUEST_BODY = {
+OPENAPI_EXTRA = {
+    # Read by api/bodies.py (not a FastAPI parameter: the fast path reads it the same way).
+    "parameters": [
+        {
+            "name": "top_k",
+            "in": "query",
+            "required": False,
+            "description": "How many classes each prediction lists, for any body kind; a body "
+            "that gives top_k too must give the same value",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -63,7 +80,7 @@ REQUEST_BODY = {
                 "example": {"instances": [{"b64": "iVBORw0KGgo..."}], "top_k": 3},
             },
         },
-    }
+    },
 }
 
 
@@ -117,7 +134,7 @@ def _classify_route(path: str, summary: str) -> Callable[[_Route], _Route]:
     return router.post(
         path,
         summary=summary,
-        openapi_extra=REQUEST_BODY,
+        openapi_extra=OPENAPI_EXTRA,
         response_model=ClassifyResponse,
         responses=CLASSIFY_RESPONSES,
     )
@@ -133,7 +150,7 @@ async def classify_latest(
 @_classify_route("/{model}/versions/{version}:classify", "Classify images with one version")
 async def classify_version(
     model: ModelName,
-    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION), DECIMAL_ONLY],
     request: Request,
     classifier: ClassifierDep,
     _caller: ClassifyDep,
@@ -165,8 +182,9 @@ def _latest(params: dict[str, str]) -> Target | None:
 
 def _version(params: dict[str, str]) -> Target | None:
     model, version = params["model"], params["version"]
-    # Plain decimal only: pydantic's lax parsing of anything else ("+5", " 5", "5_0") is its call,
-    # and so is a number longer than MAX_VERSION's (int() refuses over 4300 digits).
+    # Plain decimal without leading zeros only: FastAPI answers anything else ("+5", "5_0": 422
+    # from DECIMAL_ONLY; "007" as 7), and a number longer than MAX_VERSION's (int() refuses over
+    # 4300 digits).
     if not (
         valid_name(model)
         and len(version) <= MAX_VERSION_DIGITS

@@ -11,6 +11,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.admin_route import KeyFirstRoute
+from api.bodies import JsonBodyDep
 from api.deps import (
     AdminDep,
     CeleryDep,
@@ -22,7 +23,7 @@ from api.deps import (
 from api.errors import STORE_RETRY_AFTER_S, ApiError, store_unavailable
 from api.events import CappedEventSourceResponse, job_events, valid_stream_id
 from api.metrics import JOBS_SUBMITTED
-from api.schemas import Job, JobId, JobList, errors
+from api.schemas import DECIMAL_ONLY, Job, JobId, JobList, errors
 from api.settings import GatewaySettings
 from api.submit_lock import submission_lock
 from fdl.jobs import JobStatus, JobStore, new_job_id
@@ -54,10 +55,15 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     status_code=202,
     summary="Submit a training job",
     response_model=Job,
-    responses=errors(401, 403, 422, 429, 503),
+    responses=errors(401, 403, 415, 422, 429, 503),
 )
 def submit_job(
-    spec: JobSpec, store: StoreDep, celery: CeleryDep, settings: SettingsDep, _key: AdminDep
+    _json: JsonBodyDep,
+    spec: JobSpec,
+    store: StoreDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+    _key: AdminDep,
 ) -> dict[str, Any]:
     from kombu.exceptions import KombuError  # with Celery: imported on first submission only
 
@@ -163,8 +169,8 @@ def list_jobs(
     store: StoreDep,
     _key: AdminDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500), DECIMAL_ONLY] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000), DECIMAL_ONLY] = 0,
 ) -> dict[str, Any]:
     records, total = store.list(status.value if status else None, limit, offset)
     return {"jobs": [public(r) for r in records], "total": total, "limit": limit, "offset": offset}
@@ -221,7 +227,12 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
                 }
             },
         },
-        **errors(401, 403, 404, 422, 429, 503),
+        **errors(401, 403, 404, 422, 429),
+        503: {
+            **errors(503)[503],
+            "description": "The job store (Redis) is unavailable, or `too_many_streams`: this "
+            "gateway already serves FDL_MAX_EVENT_STREAMS event streams (see Retry-After)",
+        },
     },
 )
 async def job_event_stream(

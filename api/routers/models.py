@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.routing import Match
+from starlette.types import Scope
 
 from api.admin_route import KeyFirstRoute
+from api.bodies import JsonBodyDep
 from api.deps import (
     AdminDep,
     ClassifyDep,
@@ -35,7 +39,26 @@ from api.schemas import (
     errors,
 )
 
-router = APIRouter(prefix="/v1/models", tags=["models"], route_class=KeyFirstRoute)
+# The custom methods routes append to a model's or a label's path segment ("{model}:classify",
+# "{label}:rollback", the UI's "{model}:preprocess"); tests/api/test_request_strictness.py
+# checks that this lists every one the app has.
+ACTIONS = ("classify", "preprocess", "rollback")
+_ACTION = re.compile(rf":(?:{'|'.join(ACTIONS)})$")
+
+
+class ModelRoute(KeyFirstRoute):
+    """A route whose path ends with a parameter (``/{model}``, ``/{label}``) does not match a
+    path ending with a custom method: ``GET /v1/models/promo:classify`` is the classify route
+    asked with the wrong method (405, ``Allow: POST``), not a model named "promo:classify" (a 422
+    for its name)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if _ACTION.search(scope["path"]) and not _ACTION.search(self.path):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=ModelRoute)
 # Status calls a model listing makes at once: a repository of many models is listed in about the
 # time of its slowest few calls, while one listing never floods the model server.
 LISTING_CONCURRENCY = 8
@@ -129,6 +152,10 @@ _LABEL_ROUTE: dict[str, Any] = {
     "response_model": LabelResponse,
     "responses": errors(401, 403, 404, 409, 422, 429, 503, 504) | _REPOSITORY_ERRORS,
 }
+# Setting one takes a JSON body: 415 for another type.
+_SET_LABEL_ROUTE: dict[str, Any] = _LABEL_ROUTE | {
+    "responses": errors(401, 403, 404, 409, 415, 422, 429, 503, 504) | _REPOSITORY_ERRORS,
+}
 
 
 @router.post(
@@ -145,9 +172,10 @@ async def roll_back_label(
 @router.post(
     "/{model}/labels/{label}",
     summary="Point a label (stable, canary) at a version: promote or roll back",
-    **_LABEL_ROUTE,
+    **_SET_LABEL_ROUTE,
 )
 async def set_label(
+    _json: JsonBodyDep,
     model: ModelName,
     label: LabelName,
     body: LabelRequest,

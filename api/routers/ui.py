@@ -31,7 +31,7 @@ from api.errors import ApiError
 from api.preprocess import choose_profile
 from api.repository import public_paths
 from api.routers.classify import MAX_VERSION
-from api.schemas import ModelName
+from api.schemas import DECIMAL_ONLY, ModelName
 from fdl import contract
 from fdl.jobspec import NAME_PATTERN, check_label
 
@@ -134,7 +134,7 @@ async def preprocess_preview(
     limits: DecodeLimitsDep,
     request_id: RequestIdDep,
     _caller: ClassifyDep,
-    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION), DECIMAL_ONLY] = None,
     label: Annotated[str | None, Query(pattern=NAME_PATTERN), AfterValidator(_label)] = None,
 ) -> Response:
     images, _top_k = await read_images(request, settings.max_body_bytes, settings.max_batch_size)
@@ -157,7 +157,7 @@ async def preprocess_preview(
 )
 async def version_report(
     model: ModelName,
-    version: Annotated[int, PathParam(ge=1, le=MAX_VERSION)],
+    version: Annotated[int, PathParam(ge=1, le=MAX_VERSION), DECIMAL_ONLY],
     name: str,
     settings: SettingsDep,
     _caller: ClassifyDep,
