@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +159,21 @@ async def _spec_and_predict(
                 target.model, spec.version, spec.input_key, batch, request_id
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND and target.version is None:
-                # The version that latest / the label named is gone (a newer one replaced it).
-                cache.invalidate(target.model)
+            if target.version is None and _version_unavailable(error):
+                # The version latest / the label named (maybe cached before a change of labels
+                # through another gateway) is gone, or loading again: resolve anew.
+                cache.invalidate(target.model, spec.version)
                 raise _Stale from error
             raise upstream_error(error, target, "Predict") from error
+
+
+def _version_unavailable(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the server answered that the version asked for is not served (NOT_FOUND) or is
+    still loading (UNAVAILABLE with that reason; a server that is down is UNAVAILABLE too)."""
+    code = error.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return True
+    return code == grpc.StatusCode.UNAVAILABLE and "still loading" in (error.details() or "")
 
 
 def _small(images: list[bytes]) -> bool:
@@ -186,6 +197,12 @@ class _Stale(Exception):
     pass
 
 
+def _stale_answer(stale: _Stale, target: Target) -> ApiError:
+    cause = stale.__cause__
+    assert isinstance(cause, grpc.aio.AioRpcError)
+    return upstream_error(cause, target, "Predict")
+
+
 async def classify(
     predictor: PredictCoalescer,
     cache: MetadataCache,
@@ -197,15 +214,17 @@ async def classify(
     profile_override: str | None = None,
 ) -> dict[str, Any]:
     args = (predictor, cache, target, images, profile_override, limits, request_id)
+    started = time.monotonic()
     try:
         version, outputs = await _spec_and_predict(*args)
-    except _Stale:
+    except _Stale as stale:
+        # Once, and only while the request is within its predict deadline.
+        if time.monotonic() - started >= cache.client.timeout_s:
+            raise _stale_answer(stale, target) from stale.__cause__
         try:
             version, outputs = await _spec_and_predict(*args)
-        except _Stale as stale:
-            cause = stale.__cause__
-            assert isinstance(cause, grpc.aio.AioRpcError)
-            raise upstream_error(cause, target, "Predict") from cause
+        except _Stale as again:
+            raise _stale_answer(again, target) from again.__cause__
     with timed("postprocess", target.model):
         predictions = postprocess(outputs, top_k, len(images))
     child(CLASSIFICATIONS, target.model).inc(len(predictions))

@@ -17,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from api.budget import Budget
 from api.errors import ApiError
 from api.image_decode import decode_image
-from api.image_open import DEFAULT_MAX_PIXELS, WorkSize, decode_cost, open_image
+from api.image_open import DEFAULT_MAX_PIXELS, decode_cost, open_image
 from api.input_spec import InputSpec
 from api.metrics import STAGE_LATENCY, child
 from api.preprocess import decode_size, preprocess
+from fdl.images import WorkSize
 
 if TYPE_CHECKING:
     from api.settings import GatewaySettings

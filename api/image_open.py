@@ -1,6 +1,7 @@
 """Opening untrusted image files safely with Pillow: the formats read, the checks made from the
 headers before any pixel is decoded (pixels, JPEG scans, PNG metadata), the memory decoding will
-take, the size decoding may reduce an image to, and Pillow's errors as API errors."""
+take, and Pillow's errors as API errors. The size decoding may reduce an image to
+(:class:`fdl.images.WorkSize`) and a JPEG's draft scale are those training reads with."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import io
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
+from fdl.images import DECODING_ERRORS, WorkSize, draft, is_jpeg
 
 DEFAULT_MAX_PIXELS = 16_000_000
 SUPPORTED = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -21,8 +22,6 @@ MAX_JPEG_SCANS = 100
 # open_image checks the pixel count itself (before any pixel is decoded, after a JPEG's draft
 # scale is chosen), so Pillow's own warning is redundant; its error stays armed far above.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-# What any reduced image may hold at most, whatever its aspect ratio.
-_WORK_MAX_PIXELS = 1 << 20
 # Decompressed PNG metadata (text, ICC profiles) read per image; past it, such chunks are skipped.
 MAX_PNG_METADATA_BYTES = 1 << 20
 # Where open_image notes the pixel count of the canvas before any draft scale (image.info).
@@ -78,28 +77,6 @@ class _BoundedPngStream(PngImagePlugin.PngStream):
 PngImagePlugin.PngStream = _BoundedPngStream  # type: ignore[misc]  # what PngImageFile opens with
 
 
-@dataclass(frozen=True)
-class WorkSize:
-    """How small a decoded image may become before preprocessing, without changing its result.
-
-    ``cover``: the image will be resized to cover ``size`` (photo); else to fit inside it
-    (digit). ``gap``: keep at least this factor above that size (Pillow's ``reducing_gap`` of the
-    resize that follows), so the integer reduction here is the one that resize would have done.
-    """
-
-    size: tuple[int, int]
-    cover: bool
-    gap: float
-
-    def factor(self, width: int, height: int) -> int:
-        ratios = (width / self.size[0], height / self.size[1])
-        factor = max(1, int((min(ratios) if self.cover else max(ratios)) / self.gap))
-        # Image.reduce rounds up: a 1-pixel-wide strip stays 1 wide at any factor.
-        while -(-width // factor) * -(-height // factor) > _WORK_MAX_PIXELS:
-            factor += 1
-        return factor
-
-
 def set_max_pixels(max_pixels: int) -> None:
     # Pillow refuses above twice this at open; a JPEG may be 64 times larger in its file than
     # decoded at 1/8 scale, and open_image checks what is decoded.
@@ -130,7 +107,7 @@ def open_image(
                 f"the image is a progressive JPEG of {width}x{height} pixels, decoded at full "
                 f"size; the limit is {max_pixels:,} pixels",
             )
-        if _jpeg(image) and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        if is_jpeg(image) and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
             # Each scan of a progressive JPEG is another pass over the whole canvas; libjpeg
             # has no limit of its own. Entropy-coded data stuffs every 0xFF, so the count of
             # start-of-scan markers is the scan count (more, with an EXIF thumbnail's, or an
@@ -141,9 +118,8 @@ def open_image(
                 f"the JPEG has more than {MAX_JPEG_SCANS} scans (usual ones have at most 12)",
             )
         image.info[_CANVAS] = width * height
-        if work and _jpeg(image):
-            side = max(work.size)  # either orientation (EXIF may rotate it later)
-            image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
+        if work:
+            draft(image, work)
         if image.width * image.height > max_pixels:
             raise ApiError(
                 413,
@@ -167,15 +143,8 @@ def decode_cost(image: Image.Image) -> int:
     return pixels + -(-2 * layers * canvas // 3)
 
 
-def _jpeg(image: Image.Image) -> bool:
-    """A JPEG, or an MPO: a JPEG whose MPF segment lists more images (phone cameras' gain maps
-    and dual images), which Pillow opens as a JpegImageFile subclass on its first image, the
-    only one the gateway decodes (decode_image never seeks past frame 0)."""
-    return isinstance(image, JpegImagePlugin.JpegImageFile)
-
-
 def _progressive(image: Image.Image) -> bool:
-    return _jpeg(image) and bool(image.info.get("progressive"))
+    return is_jpeg(image) and bool(image.info.get("progressive"))
 
 
 @contextmanager
@@ -195,7 +164,7 @@ def decoding_errors() -> Iterator[None]:
             "unsupported_image",
             "the file is not an image in a supported format (PNG, JPEG, GIF, BMP, WebP, TIFF)",
         ) from error
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as error:
+    except DECODING_ERRORS as error:
         raise ApiError(422, "corrupt_image", f"the image could not be decoded: {error}") from error
     except MemoryError as error:
         raise ApiError(413, "image_too_large", "the image is too large to decode") from error

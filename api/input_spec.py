@@ -17,6 +17,9 @@ class InputSpec:
     input_key: str
     dtype: str
     shape: tuple[int, ...]  # -1 for unknown dimensions, batch first
+    # The preprocessing profile the version was trained for, as its metadata.json records it
+    # (contract.PROFILE_KEY); None when it records none or cannot be read (api/metadata_cache.py).
+    profile: str | None = None
 
     @property
     def height(self) -> int:

@@ -3,24 +3,34 @@
 A version's signature never changes, so ``(model, version)`` entries live ``ttl_s``. Which version
 "latest" or a label points at does change (new versions, promotions), so that resolution is kept
 only ``resolve_ttl_s`` and is dropped at once by :meth:`invalidate` (promotion) or when the
-model server no longer serves the version it named.
+model server no longer serves the version it named, or is loading it again. A lookup that was in
+flight when :meth:`invalidate` ran may carry the old answer: its caller uses it (a version that is
+gone is retried, api/classification.py), but it is not stored (a generation count per model).
 
 "latest" is the newest *available* version. While a just-published version loads, that can be an
 older one (a labelled version that stays loaded); such a resolution, older than the newest version
 folder in the repository, is kept only ``catch_up_s``, so "latest" moves to the new version as soon
 as the model server has loaded it, instead of ``resolve_ttl_s`` later.
+
+Each version's spec carries the preprocessing profile its ``metadata.json`` records, read from the
+repository (in a worker thread, bounded: api/repository.py) when its version entry is filled: once
+per ``ttl_s`` per version, plus once per lookup that misses at the same time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 from api.input_spec import InputSpec
+from api.repository import recorded_profile
 from api.serving_client import ServingClient
 from fdl.repository_reads import list_versions
 
 _Key = tuple[str, int | None, str | None]
+RESOLVE_TTL_S = 2.0  # how long which version "latest" or a label names is kept
 
 
 class MetadataCache:
@@ -28,7 +38,7 @@ class MetadataCache:
         self,
         client: ServingClient,
         ttl_s: float,
-        resolve_ttl_s: float = 2.0,
+        resolve_ttl_s: float = RESOLVE_TTL_S,
         model_dir: Path | None = None,
         catch_up_s: float = 0.25,
     ) -> None:
@@ -38,6 +48,7 @@ class MetadataCache:
         self.model_dir = model_dir
         self.catch_up_s = min(catch_up_s, self.resolve_ttl_s)
         self._entries: dict[_Key, tuple[float, InputSpec]] = {}
+        self._generations: dict[str, int] = {}  # of each model: how many invalidations so far
 
     def _lookup(self, key: _Key) -> InputSpec | None:
         entry = self._entries.get(key)
@@ -60,8 +71,15 @@ class MetadataCache:
         cached = self._lookup(key)
         if cached is not None:
             return cached
+        generation = self._generations.get(model, 0)
         if version is None:
             spec = await self.client.input_spec(model, None, label, request_id)
+            # The version's entry, when cached, already holds its recorded profile.
+            spec = self._lookup((model, spec.version, None)) or await self._with_profile(
+                spec, model
+            )
+            if self._generations.get(model, 0) != generation:
+                return spec  # asked before a change of labels: maybe the old version
             now = time.monotonic()
             ttl = self.resolve_ttl_s
             if label is None and self._behind(model, spec.version):
@@ -70,8 +88,18 @@ class MetadataCache:
             self._entries[(model, spec.version, None)] = (now + self.ttl_s, spec)
             return spec
         spec = await self.client.input_spec(model, version, None, request_id)
-        self._entries[key] = (time.monotonic() + self.ttl_s, spec)
+        spec = await self._with_profile(spec, model)
+        if self._generations.get(model, 0) == generation:
+            self._entries[key] = (time.monotonic() + self.ttl_s, spec)
         return spec
+
+    async def _with_profile(self, spec: InputSpec, model: str) -> InputSpec:
+        """``spec`` with the profile its version's metadata.json records (None: none, or no
+        repository to read it from: the gateway then chooses by channel count)."""
+        if self.model_dir is None:
+            return spec
+        profile = await asyncio.to_thread(recorded_profile, self.model_dir, model, spec.version)
+        return dataclasses.replace(spec, profile=profile)
 
     def _behind(self, model: str, version: int) -> bool:
         """Whether the repository holds a newer version than the one "latest" resolved to."""
@@ -84,6 +112,9 @@ class MetadataCache:
         return bool(versions) and versions[-1] > version
 
     def invalidate(self, model: str, version: int | None = None) -> None:
+        """Drop what ``latest`` and the labels of ``model`` name, and the entry of ``version``
+        (None: of every version); lookups in flight now store nothing."""
+        self._generations[model] = self._generations.get(model, 0) + 1
         for key in [k for k in self._entries if k[0] == model]:
             if version is None or key[1] == version or key[1] is None:
                 del self._entries[key]

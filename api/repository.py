@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -19,6 +21,8 @@ from fdl.repository_reads import discover_models, list_versions
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
 # An absolute POSIX or Windows path (no whitespace): how the worker records where data came from.
 _ABSOLUTE_PATH = re.compile(r"^(?:/|[A-Za-z]:[\\/]|\\\\)\S*$")
+# The largest metadata.json read (workers write a few KB; its training history grows with epochs).
+METADATA_MAX_BYTES = 1 << 20
 
 
 def public_paths(value: Any) -> Any:
@@ -35,13 +39,67 @@ def public_paths(value: Any) -> Any:
 
 
 def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str, Any] | None:
-    """``<version>/assets.extra/metadata.json``, or None when absent or unreadable."""
+    """``<version>/assets.extra/metadata.json``, or None when absent or unreadable: not a
+    regular file (a FIFO, a device: never opened for reading, never waited on), larger than
+    :data:`METADATA_MAX_BYTES`, or not a JSON object. A symlink is followed to the file it names,
+    as the model server follows the version's other files."""
     path = model_dir / model / str(version) / contract.METADATA_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    data = read_small_file(path, METADATA_MAX_BYTES)
+    if data is None:
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        metadata = json.loads(data)
+    except (ValueError, RecursionError, MemoryError):  # RecursionError: JSON nested too deep
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def read_small_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes, else None (also when it cannot
+    be read). Anything else is checked before it is opened, and again on what was opened
+    (non-blocking, so a FIFO swapped in meanwhile is never waited on)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # the file may grow after fstat: never more than limit + 1
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None
+    except (OSError, MemoryError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def recorded_profile(model_dir: Path, model: str, version: int) -> str | None:
+    """The preprocessing profile a version was trained for, as its ``metadata.json`` records it
+    (``digit`` or ``photo``); for versions published before profiles were recorded, the one its
+    recorded dataset implies (``mnist``: ``digit``; any other, CIFAR-10 or an image folder:
+    ``photo``, as training/artifacts.py records it now). None when it records neither or cannot
+    be read (the gateway then chooses by channel count)."""
+    metadata = read_version_metadata(model_dir, model, version)
+    if metadata is None:
+        return None
+    profile = metadata.get(contract.PROFILE_KEY)
+    if isinstance(profile, str) and profile in contract.PROFILES:
+        return profile
+    dataset = metadata.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    return contract.DIGIT_PROFILE if name == "mnist" else contract.PHOTO_PROFILE
 
 
 def safe_labels(repository: Repository) -> dict[str, dict[str, int]]:

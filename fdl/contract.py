@@ -29,3 +29,12 @@ GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 METADATA_FILE = "assets.extra/metadata.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 EVALUATION_FILE = "assets.extra/evaluation.json"
+
+# The key of metadata.json that names the gateway's preprocessing profile a version was trained
+# for (api/preprocess.py): ``digit`` for MNIST (its digits were normalised as that profile
+# does), ``photo`` for CIFAR-10 and image folders (their images were read with fdl/photo.py).
+# Versions published before it was recorded lack it; the gateway then goes by channel count.
+PROFILE_KEY = "preprocessing_profile"
+DIGIT_PROFILE = "digit"
+PHOTO_PROFILE = "photo"
+PROFILES = (DIGIT_PROFILE, PHOTO_PROFILE)

@@ -226,7 +226,8 @@ PILLOW_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's default bomb 
 # and what its log says of the stop (None: nothing).
 STOPS: dict[str, tuple[bytes, bool, str | None]] = {
     "data_missing": (b"not an image", False, "failed: cannot read image"),  # DataMissingError
-    "error": (png(claimed=(30_000, 30_000)), False, "DecompressionBombError"),  # any error
+    # Pillow's DecompressionBombError, which the folder loader reports as unreadable data too.
+    "error": (png(claimed=(30_000, 30_000)), False, "decompression bomb"),
     "cancelled": (png(), True, None),  # Cancelled, at the check after loading
 }
 CASES = [(stop, takeover) for stop in sorted(STOPS) for takeover in sorted(TAKEOVERS)]

@@ -1,7 +1,10 @@
 """Image-folder datasets: ``train/<class>/*`` and ``test/<class>/*``, decoded with Pillow.
 
-Images are converted to the architecture's input (RGB or grayscale, resized when needed), so a
-user's own classes can be trained with the MNIST or the CIFAR architectures.
+Images are read as the gateway's ``photo`` profile reads what it serves (:mod:`fdl.photo`: EXIF
+orientation, alpha composited, 16 bits scaled, the centre region of the input's aspect ratio
+resized with Lanczos, then RGB or grey), so a user's own classes can be trained with the MNIST or
+the CIFAR architectures and the model sees the same tensors in training and when served (its
+``metadata.json`` records the ``photo`` profile: training/artifacts.py).
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from fdl.images import DECODING_ERRORS
+from fdl.photo import photo_file_tensor
 from training.data import DataMissingError, ImageData
 
 SHUFFLE_SEED = 20160101
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+# What Pillow raises for a file it cannot read: what the gateway answers with 4xx.
+_UNREADABLE = (*DECODING_ERRORS, MemoryError, Image.DecompressionBombError)
 
 
 def is_image_folder(root: Path) -> bool:
@@ -60,8 +67,6 @@ def load_image_folder(
 def _load_split(
     split_dir: Path, classes: list[str], image_shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    height, width, channels = image_shape
-    mode = "RGB" if channels == 3 else "L"
     images: list[np.ndarray] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
@@ -72,12 +77,8 @@ def _load_split(
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(path) as img:
-                    img = img.convert(mode)
-                    if img.size != (width, height):
-                        img = img.resize((width, height), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8).reshape(image_shape))
-            except (UnidentifiedImageError, OSError) as error:
+                images.append(photo_file_tensor(path, image_shape))
+            except _UNREADABLE as error:
                 raise DataMissingError(f"cannot read image {path}: {error}") from error
             labels.append(label)
     if not images:
