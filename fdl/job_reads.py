@@ -55,14 +55,16 @@ class JobReads:
     ) -> tuple[list[dict[str, Any]], int]:
         """One page (``limit`` records after ``offset`` matching ones) of the jobs in ``status``
         (None: all), newest first, and the number of matching jobs; reads only the page's
-        records."""
+        records, each in one step (HGETALL), in a pipeline without a transaction: a Redis at its
+        maxmemory refuses MULTI's queued commands, reads too, and the records read together
+        need no more than each its own consistency (a page's ids are read before them anyway)."""
         if status is None:
             total = int(self.redis.zcard(INDEX_KEY))
             page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
         else:
             matching = [i for i, s in self.statuses() if s == status]
             total, page_ids = len(matching), matching[offset : offset + limit]
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for job_id in page_ids:
             pipe.hgetall(JOB_KEY.format(job_id))
         records = [r for r in map(decode_record, pipe.execute()) if r is not None]

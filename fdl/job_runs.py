@@ -24,6 +24,8 @@ from fdl.store_retry import retried as _retried
 
 # A script's answer that the record is not the writing run's (SET_FIELDS/TRANSITION_SCRIPT).
 _NOT_THIS_RUN = (-1, "-1")
+# TRANSITION_SCRIPT's answer that the end ``succeeded`` was applied as ``cancelled``.
+_ENDED_CANCELLED = (2, "2")
 
 
 class JobRuns(JobReads):
@@ -119,13 +121,40 @@ class JobRuns(JobReads):
         the run that changes it (its claim's); only while the record is running under it, else
         nothing changes and :class:`NotThisRun` is raised. A retry of a change that applied but
         whose reply was lost answers True, also once the record no longer runs under ``run``."""
+        return self._change(job_id, status, run, fields) is not None
+
+    def _change(
+        self, job_id: str, status: JobStatus, run: str | None, fields: dict[str, Any]
+    ) -> JobStatus | None:
+        """:meth:`transition`'s change: the status the job was left in (``cancelled`` where
+        an end ``succeeded`` that published nothing met a requested cancel), None when nothing
+        changed; a retry whose first try's reply was lost answers as that try did."""
         event: dict[str, Any] = {"status": status.value}
         event.update({k: fields[k] for k in ("result", "error") if k in fields})
         args = script_args(event, run or "", status=status.value, **fields)
         reply = self._run(self._transition, job_id, args)
         if reply in _NOT_THIS_RUN:
             raise NotThisRun(f"job {job_id} no longer runs under {run}; not ended {status}")
-        return bool(reply)
+        if reply in _ENDED_CANCELLED:
+            return JobStatus.CANCELLED
+        return status if reply not in (0, "0") else None
+
+    def end(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        run: str | None = None,
+    ) -> JobStatus | None:
+        """End the job in a terminal ``status``: the status it ended in, ``cancelled`` for an end
+        ``succeeded`` that published nothing once its cancellation was requested (result
+        dropped); None when it is unknown or already terminal. ``run`` (:meth:`transition`): the
+        run's own end, :class:`NotThisRun` when the job is no longer that run's (another run
+        has it, or it was queued again or ended meanwhile)."""
+        assert status.terminal
+        fields = {"result": result, "error": error, "finished_at": self.now()}
+        return self._change(job_id, status, run, fields)
 
     def finish(
         self,
@@ -135,9 +164,6 @@ class JobRuns(JobReads):
         error: str | None = None,
         run: str | None = None,
     ) -> bool:
-        """End the job in a terminal ``status``; False when it is unknown or already terminal.
-        ``run`` (:meth:`transition`): the run's own end, :class:`NotThisRun` when the job is no
-        longer that run's (another run has it, or it was queued again or ended meanwhile)."""
-        assert status.terminal
-        now = self.now()
-        return self.transition(job_id, status, run=run, result=result, error=error, finished_at=now)
+        """:meth:`end`, True when it applied; False when the job is unknown or already
+        terminal."""
+        return self.end(job_id, status, result, error, run) is not None

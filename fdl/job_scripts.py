@@ -1,5 +1,8 @@
 """The Lua scripts that change training-job records in Redis atomically
-(:class:`fdl.jobs.JobStore` runs them; the record layout is :mod:`fdl.job_records`').
+(:class:`fdl.jobs.JobStore` runs them, imported from here; the record layout is
+:mod:`fdl.job_records`'). The status changes are in :mod:`fdl.job_status_scripts`; here are the
+writes of fields and events, the resends of queued jobs' messages and their confirmation, and
+the pruning of old records.
 
 Every status change runs as one script that also appends the ``status`` event, so a change and
 its event are never separated. Each call carries a token of its own (ARGV[1], a JSON-encoded
@@ -14,129 +17,30 @@ not idempotent by themselves, an event's XADD (SET_FIELDS_SCRIPT) and a resend's
 
 from __future__ import annotations
 
-from fdl.job_records import EVENTS_MAXLEN, TERMINAL
-
-# Lua: whether status ``s`` is terminal.
-_TERMINAL_TEST = " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
-
-# Common arguments of the status scripts: KEYS[1] job hash, KEYS[2] events stream; ARGV[1]
-# token, ARGV[2] the event's data (JSON), ARGV[3] the event's time; then each script's own.
-_PRELUDE = """
-local key, stream, token = KEYS[1], KEYS[2], ARGV[1]
-local function replayed() return redis.call('HGET', key, 'op_token') == token end
-local function status()
-  local raw = redis.call('HGET', key, 'status')
-  if not raw then return nil end
-  return cjson.decode(raw)
-end
-local function is_terminal(s) return TERMINAL_TEST end
-local function number(field)
-  local raw = redis.call('HGET', key, field)
-  if not raw then return nil end
-  local value = cjson.decode(raw)
-  if type(value) == 'number' then return value end
-  return nil
-end
-local function set_pairs(first)
-  for i = first, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-end
-local function changed(data)
-  redis.call('HSET', key, 'op_token', token)
-  redis.call('XADD', stream, 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
-             'type', 'status', 'data', data or ARGV[2], 'time', ARGV[3])
-end
-""".replace("TERMINAL_TEST", _TERMINAL_TEST).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
-
-# KEYS[3] the index; ARGV[4] creation time, ARGV[5] job id, ARGV[6..] field/value pairs (JSON).
-# Writes the record, indexes it and emits ``queued``. Returns 1 (also on a replay).
-CREATE_SCRIPT = (
-    _PRELUDE
-    + """
-if replayed() then return 1 end
-set_pairs(6)
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-changed()
-return 1
-"""
+from fdl.job_records import EVENTS_MAXLEN
+from fdl.job_status_scripts import (
+    CANCEL_SCRIPT,
+    CLAIM_SCRIPT,
+    CREATE_SCRIPT,
+    PRELUDE,
+    SETTLE_LOST_SCRIPT,
+    TERMINAL_TEST,
+    TRANSITION_SCRIPT,
 )
 
-# ARGV[4] the changing run's worker name ('' for a change of no run: the gateway's, a reaper's),
-# ARGV[5..] field/value pairs (JSON), the new status among them. A run's change (its end)
-# applies only while the record runs under its name, as its writes in SET_FIELDS_SCRIPT do; a
-# retry of one that applied (its token) still answers 1. Returns 1 when applied, 0 when the job
-# is missing or (a change of no run) terminal, -1 when it is not the changing run's.
-TRANSITION_SCRIPT = (
-    _PRELUDE
-    + """
-if replayed() then return 1 end
-local current = status()
-if not current then return 0 end
-if ARGV[4] ~= '' then
-  local holder = redis.call('HGET', key, 'worker')
-  if current ~= 'running' or not holder or cjson.decode(holder) ~= ARGV[4] then return -1 end
-elseif is_terminal(current) then return 0 end
-set_pairs(5)
-changed()
-return 1
-"""
-)
-
-# The claim of an attempt. ARGV[4] heartbeat threshold (epoch seconds), ARGV[5..] field/value
-# pairs (JSON) set with status running. A queued job is claimed; a running one only when its
-# heartbeat (else its start) is older than the threshold (its worker was lost). Counts the
-# attempt. Returns 1 when claimed, 0 otherwise (missing, terminal, or running elsewhere).
-CLAIM_SCRIPT = (
-    _PRELUDE
-    + """
-if replayed() then return 1 end
-local current = status()
-if current == 'running' then
-  local beat = number('heartbeat_at') or number('started_at')
-  if beat and beat >= tonumber(ARGV[4]) then return 0 end
-elseif current ~= 'queued' then
-  return 0
-end
-set_pairs(5)
-redis.call('HSET', key, 'status', cjson.encode('running'),
-           'attempts', tostring((number('attempts') or 0) + 1))
-changed()
-return 1
-"""
-)
-
-# What becomes of a running job whose worker was lost, decided in one step (a duplicate message
-# that a worker receives meanwhile finds the job either still running elsewhere or already
-# settled, never a queued job about to be ended). ARGV[4] heartbeat threshold (epoch seconds),
-# ARGV[5] the attempts the reaper saw, ARGV[6] the outcomes: JSON {status: [event data (JSON),
-# {field: value (JSON)}]} for 'queued' and 'cancelled', and 'succeeded' (the job's version is
-# already published) or 'failed' (it is out of attempts) when they apply. A running job whose
-# heartbeat (else its start) is older than the threshold and whose attempts are still those seen
-# takes the first of succeeded, cancelled (when its cancellation was requested), failed, else
-# queued. Returns the status it was left in (also on a replay); '' when nothing changed (it beat
-# again, ended, or was claimed again).
-SETTLE_LOST_SCRIPT = (
-    _PRELUDE
-    + """
-if replayed() then return status() end
-if status() ~= 'running' then return '' end
-local beat = number('heartbeat_at') or number('started_at')
-if beat and beat >= tonumber(ARGV[4]) then return '' end
-if (number('attempts') or 0) ~= tonumber(ARGV[5]) then return '' end
-local outcomes = cjson.decode(ARGV[6])
-local chosen = 'queued'
-if outcomes['succeeded'] then
-  chosen = 'succeeded'
-elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
-  chosen = 'cancelled'
-elseif outcomes['failed'] then
-  chosen = 'failed'
-end
-local event, fields = outcomes[chosen][1], outcomes[chosen][2]
-for field, value in pairs(fields) do redis.call('HSET', key, field, value) end
-changed(event)
-return chosen
-"""
-)
+# Every script, those of status changes (fdl.job_status_scripts') included, is imported from here.
+__all__ = [
+    "CANCEL_SCRIPT",
+    "CLAIM_SCRIPT",
+    "CONFIRM_SCRIPT",
+    "CREATE_SCRIPT",
+    "PRUNE_LEFTOVER_SCRIPT",
+    "PRUNE_SCRIPT",
+    "RESEND_SCRIPT",
+    "SETTLE_LOST_SCRIPT",
+    "SET_FIELDS_SCRIPT",
+    "TRANSITION_SCRIPT",
+]
 
 # KEYS[1] job hash, KEYS[2] events stream; ARGV[1] an event's type ('' for none), ARGV[2] its
 # data (JSON), ARGV[3] its time, ARGV[4] its token (a new one per call), ARGV[5] the writing
@@ -187,7 +91,7 @@ return id
 # another status change), and a gateway's confirmation (CONFIRM_SCRIPT) runs wholly before or
 # after it. Returns 1 when marked (the caller sends the message), 2 when ended, 0 otherwise.
 RESEND_SCRIPT = (
-    _PRELUDE
+    PRELUDE
     + """
 if replayed() then return 2 end
 if status() ~= 'queued' then return 0 end
@@ -228,26 +132,6 @@ redis.call('HSET', KEYS[1], 'enqueued', 'true')
 return 1
 """
 
-# ARGV[4..] field/value pairs (JSON) set when a queued job is cancelled. Flags a job that is not
-# terminal for cancellation; only a job still queued is cancelled at once (its worker, if a
-# message reaches one, then finds it terminal). Returns -1 for a missing job, 0 when it is
-# terminal, 1 when only flagged, 2 when cancelled.
-CANCEL_SCRIPT = (
-    _PRELUDE
-    + """
-if replayed() then return 2 end
-local current = status()
-if not current then return -1 end
-if is_terminal(current) then return 0 end
-redis.call('HSET', key, 'cancel_requested', 'true')
-if current ~= 'queued' then return 1 end
-redis.call('HSET', key, 'status', cjson.encode('cancelled'))
-set_pairs(4)
-changed()
-return 2
-"""
-)
-
 # KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
 # ARGV[2] job id. A job that ended (else was created) before the cut-off loses its record, its
 # events and its index entry; an index entry whose record is gone goes too. Returns 1 when removed.
@@ -264,7 +148,7 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
-""".replace("TERMINAL_TEST", _TERMINAL_TEST)
+""".replace("TERMINAL_TEST", TERMINAL_TEST)
 
 # KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
 # ARGV[2] job id, ARGV[3] now (epoch seconds). What workers older than SET_FIELDS_SCRIPT left

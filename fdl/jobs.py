@@ -12,8 +12,9 @@ its end included, only while the record runs under that run's name: a run that l
 writes nothing more.
 
 A store made with ``retry_for_s`` (the worker's) retries every operation while Redis is
-unreachable, for at most that long: a Redis restart in the middle of a job pauses the job's
-bookkeeping instead of failing it. The gateway's store does not retry: it answers 503 at once.
+unreachable or refuses writes at its ``maxmemory`` (:mod:`fdl.store_retry`), for at most that
+long: a Redis restart in the middle of a job pauses the job's bookkeeping instead of failing
+it. The gateway's store does not retry: it answers 503 at once.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class JobStore(JobRuns):
 
     Args:
         client: a Redis client made with ``decode_responses=True`` (:meth:`from_url` makes one).
-        retry_for_s: how long each operation retries while Redis is unreachable; 0 fails at once.
+        retry_for_s: how long each operation retries while Redis is unreachable (or out of
+            memory); 0 fails at once.
 
     Reads (:class:`fdl.job_reads.JobReads`) return plain dicts or ``None`` for an unknown job;
     status changes return whether they applied. A run's writes, its end among them, are

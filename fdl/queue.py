@@ -50,6 +50,8 @@ def make_celery(
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # An ack that Redis refuses (full: maxmemory, noeviction) reconnects, not kills, the worker.
+        broker_channel_error_retry=True,
         broker_transport_options=transport,
         task_serializer="json",
         accept_content=["json"],

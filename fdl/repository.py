@@ -91,7 +91,8 @@ class Repository:
         return self.model_dir / CONFIG_FILE
 
     def file_lock(self, timeout_s: float | None = None) -> FileLock:
-        """The repository's cross-process lock (``flock`` on ``.repository.lock``).
+        """The repository's cross-process lock (``flock`` on ``.repository.lock``): released by
+        the kernel when its holder dies, kept by a stopped one (every other writer waits).
 
         ``thread_local=False``: the gateway acquires it in a worker thread and releases it from
         the event loop's thread.
@@ -205,27 +206,29 @@ class Repository:
 
         Idempotent on ``job_id``: when a version of this model already carries the job's id (a
         re-run after the first run published and then lost its record), that version is returned
-        and ``staged`` is left alone. Otherwise ``check(model_path)``, run under the lock, may
-        raise to publish nothing (a quality gate that compares with the newest version). The
-        model's folder is created here, under the lock, so a new model never shows up without a
-        version. All or nothing: when the config cannot be written after the rename (a full
-        disk), the version is moved back to ``staged`` and the error raised. The number is
-        :meth:`next_version`. Returns ``(version, published_now)``.
+        and ``staged`` is left alone. Otherwise ``check(model_path)`` may raise to publish nothing
+        (the job's record, a quality gate): it runs under the lock after ``staged`` is sealed,
+        and the lock is held from it through the rename and the config's write, so a reaper that
+        ends the job under the lock is never followed by its version. The model's folder is
+        created here, under the lock, so a new model never shows up without a version. All or
+        nothing: when the config cannot be written after the rename (a full disk), the version
+        is moved back to ``staged`` and the error raised. The number is :meth:`next_version`.
+        Returns ``(version, published_now)``.
         """
         if not valid_name(model):
             raise ValueError(f"model name {model!r} is not a valid name")
         model_path = self.model_dir / model
+        seal_version(staged)  # every file flushed: slow, and the run's own folder
         with self.locked():
             existing = find_job_version(model_path, job_id)
             if existing is not None:
                 log.info("job %s already published %s version %d", job_id, model, existing)
                 self.write_config(self.render())
                 return existing, False
-            if check is not None:
-                check(model_path)
             numbers = read_numbers(self.model_dir)
             version = self.next_version(model, numbers)
-            seal_version(staged)
+            if check is not None:
+                check(model_path)
             atomic_write(
                 self.model_dir / NUMBERS_FILE,
                 json.dumps({**numbers, model: version}, indent=2, sort_keys=True) + "\n",

@@ -1,7 +1,9 @@
-"""Retry a job-store operation while Redis is unreachable (tenacity), for a bounded time.
+"""Retry a job-store operation while Redis is unreachable or out of memory (tenacity), for a
+bounded time.
 
 Used by :class:`fdl.jobs.JobStore`: a store whose ``retry_for_s`` is positive (the worker's)
-waits out a Redis restart; one whose ``retry_for_s`` is 0 (the gateway's) fails at once.
+waits out a Redis restart, or a Redis at its ``maxmemory`` that refuses writes; one whose
+``retry_for_s`` is 0 (the gateway's) fails at once.
 
 A retry runs the method again with the same arguments, also when the first try took effect and
 only its reply was lost. A write that is not idempotent by itself therefore carries a token made
@@ -20,9 +22,12 @@ from typing import Any, Protocol, TypeVar, cast
 import redis
 
 log = logging.getLogger("fdl.jobs")
-# Errors that a Redis restart causes (BusyLoadingError, while it reloads its data, is one of the
-# connection errors); anything else (a wrong type, a script error) is a bug and is not retried.
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# Errors that pass: a Redis restart's (BusyLoadingError, while it reloads its data, is one of the
+# connection errors), and the refusal of a Redis at its maxmemory without eviction ("OOM command
+# not allowed"). Redis refuses a script at its first write, before it changed anything, and
+# a command queued in MULTI before EXEC, so the retry finds nothing half done. Anything else
+# (a wrong type, a script error) is a bug and is not retried.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
 
 
 class Retries(Protocol):

@@ -17,7 +17,7 @@ from training.export import export_savedmodel, float32_copy
 from training.model_kind import ModelKind
 from training.models import build_job_model
 from training.preprocess import network_input_shape
-from training.report import evaluation, strict_json, write_report
+from training.report import evaluation, naming, strict_json, write_report
 from training.trainer import TrainOutcome
 from training.warmup import write_warmup
 
@@ -30,6 +30,13 @@ def exportable(outcome: TrainOutcome, spec: JobSpec, num_classes: int) -> keras.
     arch = ARCHITECTURES[spec.model]
     shape = network_input_shape(arch.image_shape, arch.family)
     return float32_copy(outcome.model, lambda: build_job_model(spec, shape, num_classes))
+
+
+def serving_profile(dataset: str) -> str:
+    """The gateway's preprocessing profile that makes what this dataset's images are: MNIST's
+    digits were normalised as the ``digit`` profile normalises; CIFAR-10 and image folders (read
+    with :mod:`fdl.photo`) are what the ``photo`` profile makes, whatever the channel count."""
+    return contract.DIGIT_PROFILE if dataset == "mnist" else contract.PHOTO_PROFILE
 
 
 def write_model(
@@ -56,6 +63,7 @@ def write_model(
         "dataset": {"name": data.name, "source": data.source, **outcome.counts},
         "class_names": list(data.class_names),
         "input": ModelKind.of(data, arch.image_shape).input(),  # what only_if_better compares
+        contract.PROFILE_KEY: serving_profile(data.name),  # what the gateway preprocesses with
         "metrics": outcome.metrics,
         "per_class_accuracy": report["per_class_accuracy"],
         "history": outcome.history,
@@ -65,5 +73,6 @@ def write_model(
         "keras_version": keras.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (folder / contract.METADATA_FILE).write_text(strict_json(metadata))
+    with naming(folder / contract.METADATA_FILE) as path:
+        path.write_text(strict_json(metadata))
     return metadata

@@ -1,18 +1,25 @@
 """Keras callbacks that connect a training run to its job record: progress, cancellation, and
-stopping a run whose loss diverged."""
+stopping a run whose loss diverged; and TensorBoard logging that a run can do without."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
+import tensorflow as tf
+from tensorflow.python.ops import summary_ops_v2
 
 from fdl.jobs import JobStore, NotThisRun
 from training.time_limit import Deadline
 
+log = logging.getLogger(__name__)
 MID_EPOCH_REPORT_S = 5.0
 
 
@@ -135,6 +142,16 @@ class JobCallback(keras.callbacks.Callback):
                 }
             )
 
+    def note(self, message: str) -> None:
+        """Tell the worker's log (a warning) and the job's followers (a ``log`` event)
+        ``message``, from inside training."""
+        log.warning("job %s: %s", self.job_id, message)
+        try:
+            self.store.append_event(self.job_id, "log", {"message": message}, run=self.run)
+        except NotThisRun:
+            self.lost.set()
+            self.model.stop_training = True
+
     def _report(self, progress: dict[str, Any]) -> None:
         try:
             self.store.update_progress(self.job_id, progress, self.run)
@@ -174,3 +191,60 @@ class JobCallback(keras.callbacks.Callback):
         }
         self.history.append(entry)
         self._report(entry)
+
+
+def _guarded(hook: str) -> Callable[..., None]:
+    """Keras TensorBoard's ``hook``, run until TensorBoard logging failed once."""
+
+    def run(self: BestEffortTensorBoard, *args: Any, **kwargs: Any) -> None:
+        if self.failed is None:
+            try:
+                getattr(keras.callbacks.TensorBoard, hook)(self, *args, **kwargs)
+            except (tf.errors.OpError, OSError) as error:
+                self._give_up(error)
+
+    return run
+
+
+class BestEffortTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard logging, which training does without: the first failure to create,
+    write or flush its event files (``No space left on device`` in a full ``FDL_VAR_DIR``) turns
+    it off for the rest of the run and is told to ``on_failure`` once, and training goes on."""
+
+    def __init__(self, log_dir: str, on_failure: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(log_dir, **kwargs)
+        self.on_failure = on_failure
+        self.failed: str | None = None
+        # The thread's default summary writer and step outside this run's logging (none).
+        self._outside = (summary_ops_v2._summary_state.writer, summary_ops_v2._summary_state.step)
+
+    on_train_begin = _guarded("on_train_begin")
+    on_train_end = _guarded("on_train_end")
+    on_epoch_begin = _guarded("on_epoch_begin")
+    on_epoch_end = _guarded("on_epoch_end")
+    on_train_batch_begin = _guarded("on_train_batch_begin")
+    on_train_batch_end = _guarded("on_train_batch_end")
+    on_test_begin = _guarded("on_test_begin")
+    on_test_end = _guarded("on_test_end")
+    on_test_batch_begin = _guarded("on_test_batch_begin")
+
+    def _give_up(self, error: Exception) -> None:
+        # TensorFlow's message starts with the op's function node ({{function_node …}}); its
+        # first line then names the file and the cause, and the lines after repeat them.
+        text = re.sub(r"\{\{.*?\}\}", "", getattr(error, "message", None) or str(error))
+        self.failed = (text.strip().splitlines() or [type(error).__name__])[0]
+        # Leaving a writer flushes it, which fails as the write did; the file is left as it is.
+        with contextlib.suppress(tf.errors.OpError, OSError):
+            while self._prev_summary_state:  # a writer made default per batch (update_freq)
+                for context in reversed(self._prev_summary_state.pop()):
+                    context.__exit__(None, None, None)
+        for writer in self._writers.values():
+            with contextlib.suppress(tf.errors.OpError, OSError):
+                writer.close()
+        self._writers = {}
+        # TensorFlow's writer.as_default() flushes before it puts the previous default writer
+        # back: a failed flush leaves the failed writer the thread's default, and the summaries
+        # Keras writes each batch, of this run or of the next job in this pool process, would
+        # go to it (and fail that job).
+        summary_ops_v2._summary_state.writer, summary_ops_v2._summary_state.step = self._outside
+        self.on_failure(f"TensorBoard logging is off for the rest of this run: {self.failed}")

@@ -56,19 +56,7 @@ def run_job(
             return None
     attempts = int(record.get("attempts") or 0)
     if attempts >= settings.max_attempts:
-        from training.publish import published_by_record, render_config_again
-
-        published = published_by_record(settings.model_dir, record)
-        if published is not None:  # its last run was lost after publishing: it is done
-            store.finish(job_id, JobStatus.SUCCEEDED, result=published)
-            render_config_again(settings.model_dir, settings.serving_model_base_path, job_id)
-            return published
-        if record.get("cancel_requested"):  # as the reaper decides: a cancel comes first
-            store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
-            return None
-        gave_up = f"gave up after {attempts} attempts: the worker running it was lost each time"
-        store.finish(job_id, JobStatus.FAILED, error=gave_up)
-        return None
+        return _out_of_attempts(job_id, record, store, settings)
     try:
         spec = JobSpec.model_validate(record["spec"])
     except ValidationError as error:
@@ -86,8 +74,13 @@ def run_job(
             return None
         status, result, error = ended
         try:  # the run's own end, refused (nothing written) once the job is no longer its own
-            if store.finish(job_id, status, result=result, error=error, run=worker):
+            ended_as = store.end(job_id, status, result=result, error=error, run=worker)
+            if ended_as is JobStatus.SUCCEEDED:
                 return result
+            if ended_as is not None:  # a failure, or a cancel accepted until the end's write
+                if ended_as is not status:
+                    log.info("job %s ended %s: a cancel came before its end", job_id, ended_as)
+                return None
             done = "stopped, nothing published" if status is JobStatus.CANCELLED else "ended"
             log.warning("job %s %s: its record is gone (pruned, deleted, lost)", job_id, done)
         except NotThisRun:
@@ -95,6 +88,35 @@ def run_job(
             left = f"version {result['version']} is published" if published else None
             log.warning(LOST_RUN, job_id, left or "this one published nothing")
         return None
+
+
+def _out_of_attempts(
+    job_id: str, record: dict[str, Any], store: JobStore, settings: WorkerSettings
+) -> dict[str, Any] | None:
+    """End a job whose runs were all lost, as the reaper does and under the repository's lock
+    as it does (:func:`training.publish.fence`): its last run may only be paused, in its
+    publish. With the lock held elsewhere, the job is left to the reaper."""
+    from filelock import Timeout
+
+    from training.publish import fence, published_by_record, render_config_again
+
+    try:
+        with fence(settings.model_dir, settings.serving_model_base_path) as held:
+            published = published_by_record(settings.model_dir, record)
+            if published is not None:  # its last run was lost after publishing: it is done
+                store.finish(job_id, JobStatus.SUCCEEDED, result=published)
+                render_config_again(settings.model_dir, None, job_id, held)
+                return published
+            if record.get("cancel_requested"):  # as the reaper decides: a cancel comes first
+                store.finish(job_id, JobStatus.CANCELLED, error="cancelled by request")
+                return None
+            attempts = int(record.get("attempts") or 0)
+            gave_up = f"gave up after {attempts} attempts: the worker running it was lost each time"
+            store.finish(job_id, JobStatus.FAILED, error=gave_up)
+    except (Timeout, OSError):
+        why = "the model repository's lock is held or cannot be taken"
+        log.warning("job %s is out of attempts, but %s: left to the reaper", job_id, why)
+    return None
 
 
 # What a run logs when the record says that it lost its job: ``job``, what it left behind.
@@ -210,7 +232,7 @@ def execute(
         "epochs_run": outcome.runtime.get("epochs_run"),
         "tensorboard_dir": shown_path(tensorboard_dir),
     }
-    if not published:  # a cancel accepted meanwhile ends it cancelled
+    if not published:  # a cancel accepted meanwhile (or until its end) ends it cancelled
         return unpublished(store, job_id, lost, result)
     gate = gate_under_lock(spec.publish, accuracy, kind)
     staged = staging_dir(model_path, job_id)

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from fdl.jobspec import VALIDATION_ONE_IN
 from training.batch_augment import BATCH_AUGMENTATIONS
 from training.preprocess import augment_one, eval_preprocess
 
@@ -34,7 +35,7 @@ def split_validation(
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """The first ``requested`` examples are held out (as the book's MNIST reader does), capped at
     a fifth of the training examples so that small capped runs still train."""
-    count = min(requested, len(x) // 5)
+    count = min(requested, len(x) // VALIDATION_ONE_IN)
     if count <= 0:
         return (x, y), None
     return (x[count:], y[count:]), (x[:count], y[:count])

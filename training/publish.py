@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,10 +230,37 @@ def published_by_record(model_dir: Path, record: dict[str, Any]) -> dict[str, An
     return published
 
 
-def render_config_again(model_dir: Path, base_path_root: str | None, job_id: str) -> None:
+def render_config_again(
+    model_dir: Path, base_path_root: str | None, job_id: str, held: Repository | None = None
+) -> None:
     """Render ``models.config`` for a lost job's version: its worker may have died before
-    writing it, and the version would then not be served until the next publish."""
+    writing it, and the version would then not be served until the next publish. ``held``: the
+    repository whose lock the caller holds (:func:`fence`), else the lock is taken here."""
     try:
-        sync_config(model_dir, base_path_root)
+        if held is not None:
+            held.write_config(held.render())
+        else:
+            sync_config(model_dir, base_path_root)
     except (OSError, ValueError):  # the next publish or promotion renders it again
         log.exception("job %s: could not render the config for its version", job_id)
+
+
+# How long the end of a lost job waits for the repository's lock before it is left for later.
+FENCE_WAIT_S = 1.0
+
+
+@contextlib.contextmanager
+def fence(
+    model_dir: Path, base_path_root: str | None, wait_s: float = FENCE_WAIT_S
+) -> Iterator[Repository]:
+    """The repository's lock, held while a job whose run may still be alive (its heartbeat is
+    stale, but its process may only be paused) is ended or queued again: that run checks its
+    record under the same lock just before the rename of its version, and holds it through the
+    rename (:meth:`fdl.repository.Repository.publish`), so it either published before the
+    decision (which :func:`published_by_record`, called inside, then finds) or publishes
+    nothing after it. Raises :class:`filelock.Timeout` after ``wait_s`` when another process
+    holds the lock (such a run among others): the caller leaves the job for its next pass. A
+    process that died holding the lock holds it no more (the kernel releases a ``flock``)."""
+    repository = Repository(model_dir, base_path_root, lock_timeout_s=wait_s)
+    with repository.locked():
+        yield repository

@@ -9,7 +9,10 @@ the task to the queue the job was sent to (a GPU job found by a CPU worker's rea
 the GPU queue; a record written before records kept their queue goes to the reaper's own), or
 ends them ``failed`` with the reason once ``FDL_MAX_ATTEMPTS`` runs were lost (``cancelled`` when
 a cancel was requested, ``succeeded`` when the run had published): one script decides and
-applies which (:meth:`fdl.jobs.JobStore.settle_lost`).
+applies which (:meth:`fdl.jobs.JobStore.settle_lost`). It decides only while it holds the model
+repository's lock (:func:`training.publish.fence`), and leaves every lost job for its next pass
+when another process holds it: a run whose heartbeat went stale may only be paused, between its
+record's last check and its version's rename, which it makes under that lock.
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
@@ -32,9 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from filelock import Timeout
+
 from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
-from training.publish import published_by_record, render_config_again
+from training.publish import fence, published_by_record, render_config_again
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -71,13 +76,9 @@ def reap_once(
         job_id = record["id"]
         attempts = int(record.get("attempts") or 0)
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
-        # Lost after its version was renamed in: the job is done, whatever else applies.
-        published = published_by_record(settings.model_dir, record)
-        give_up = None
-        if attempts >= settings.max_attempts:
-            give_up = f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up"
-        # One atomic step: a duplicate message never finds the job queued before it is ended.
-        status = store.settle_lost(job_id, threshold, attempts, reason, published, give_up)
+        status = _settle(store, settings, record, threshold, reason)
+        if status is _BUSY:
+            break  # the lock is held: every lost job waits for the next pass
         if status is None:
             continue  # it beat again, finished, or another reaper took it
         if status == JobStatus.QUEUED:
@@ -86,8 +87,6 @@ def reap_once(
             send(job_id, queue, spec_max_duration_s(record))
             actions.append((job_id, "requeued"))
         else:  # succeeded (published), cancelled (requested while it ran), failed (giving up)
-            if status == JobStatus.SUCCEEDED:
-                render_config_again(settings.model_dir, settings.serving_model_base_path, job_id)
             actions.append((job_id, status))
     waiting = _resend_waiting(store, now, settings, send)
     pruned: list[str] = []
@@ -101,6 +100,39 @@ def reap_once(
                 log.info("removed what older workers left of %d pruned jobs", len(leftovers))
             pruned += leftovers
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
+
+
+# What :func:`_settle` answers when the repository's lock is held.
+_BUSY = "busy"
+
+
+def _settle(
+    store: JobStore, settings: WorkerSettings, record: dict[str, Any], threshold: float, reason: str
+) -> str | None:
+    """Decide what becomes of a lost running job under the repository's lock (:func:`fence`):
+    its run may only be paused, between its record's last check and its version's rename, and
+    must then either have published (found here) or publish nothing. The status the job was
+    left in; None when nothing changed; :data:`_BUSY` when the lock is held (by such a run, a
+    publish or a promotion; never by a dead process), so that the job waits for a later pass."""
+    job_id, attempts = record["id"], int(record.get("attempts") or 0)
+    give_up = None
+    if attempts >= settings.max_attempts:
+        give_up = f"{reason} (attempt {attempts} of {settings.max_attempts}); giving up"
+    try:
+        with fence(settings.model_dir, settings.serving_model_base_path) as held:
+            # Lost after its version was renamed in: the job is done, whatever else applies.
+            published = published_by_record(settings.model_dir, record)
+            # One atomic step: a duplicate message never finds the job queued before it ends.
+            status = store.settle_lost(job_id, threshold, attempts, reason, published, give_up)
+            if status == JobStatus.SUCCEEDED:
+                render_config_again(settings.model_dir, None, job_id, held)
+            return status
+    except Timeout:
+        why = "the model repository's lock is held (a publish, a promotion, a paused run)"
+        log.warning("job %s is lost, but %s: lost jobs wait for the next pass", job_id, why)
+    except OSError:
+        log.exception("job %s is lost, but the model repository's lock cannot be taken", job_id)
+    return _BUSY
 
 
 def _resend_waiting(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ def strict_json(value: Any) -> str:
         return item
 
     return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[Path]:
+    """Writes ``path`` inside; an OSError that does not say which file it is about (a write to a
+    full disk: ``[Errno 28] No space left on device``) is raised again naming ``path``."""
+    try:
+        yield path
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -71,7 +84,8 @@ def write_report(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "evaluation.json").write_text(strict_json(report))
+    with naming(folder / "evaluation.json") as path:
+        path.write_text(strict_json(report))
 
     names = report["class_names"]
     matrix = np.asarray(report["confusion_matrix"])
@@ -89,13 +103,20 @@ def write_report(
             color = "white" if value > limit else "black"
             ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    fig.savefig(folder / CONFUSION_PNG, dpi=100)
-    plt.close(fig)
-
-    fig = curves_figure(history, title)
-    fig.savefig(folder / CURVES_PNG, dpi=100)
-    plt.close(fig)
+    save_png(fig, folder / CONFUSION_PNG)
+    save_png(curves_figure(history, title), folder / CURVES_PNG)
     return ["evaluation.json", CONFUSION_PNG, CURVES_PNG]
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Writes the figure to ``path`` (naming it in an OSError) and closes it, also on failure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with naming(path):
+            fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def curves_figure(history: list[dict[str, Any]], title: str) -> Any:

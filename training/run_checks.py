@@ -46,7 +46,8 @@ def unpublished(
 ) -> dict[str, Any]:
     """``result``, of a run that publishes nothing (its quality gate said no), once the record
     was checked again: a cancel that the gateway accepted while the run evaluated, or waited for
-    the gate, ends the job ``cancelled`` (:class:`Cancelled`), not ``succeeded``."""
+    the gate, ends the job ``cancelled`` (:class:`Cancelled`), not ``succeeded``. One accepted
+    after this check is the run's end's to decide (TRANSITION_SCRIPT, :mod:`fdl.job_scripts`)."""
     check_cancel(store, job_id, lost)
     return result
 

@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStore, NotThisRun
-from fdl.jobspec import JobSpec
-from training.callbacks import JobCallback, TrainingDiverged, weights_kept
-from training.data import ImageData
+from fdl.jobspec import VALIDATION_ONE_IN, JobSpec
+from training.callbacks import BestEffortTensorBoard, JobCallback, TrainingDiverged, weights_kept
+from training.data import DataMissingError, ImageData
 from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
@@ -96,6 +96,17 @@ def runtime(
         keras.mixed_precision.set_global_policy(previous)
 
 
+def no_validation(examples: int) -> str:
+    """Why a job that asked for early stopping fails before training when its dataset (the
+    spec's checks cannot know its size) leaves no validation examples: it would train without
+    the stopping and best-weights restore it asked for."""
+    return (
+        f"early_stopping needs validation examples, and none are left: validation_split holds "
+        f"out at most one in {VALIDATION_ONE_IN} of the {examples} training examples; give the "
+        f"dataset at least {VALIDATION_ONE_IN} training images, or drop early_stopping"
+    )
+
+
 def compile_model(
     model: keras.Model, spec: JobSpec, steps_per_execution: int = 1, total_steps: int = 1
 ) -> None:
@@ -125,6 +136,8 @@ def train(
     (x_train, y_train), validation = split_validation(
         data.x_train, data.y_train, spec.validation_split
     )
+    if spec.early_stopping is not None and validation is None:
+        raise DataMissingError(no_validation(len(data.x_train)))
     with runtime(spec.seed, mixed_precision, recipe_for(spec).cpu_bfloat16) as info:
         strategy = info.pop("_strategy")
         batch = spec.batch_size * strategy.num_replicas_in_sync
@@ -144,9 +157,9 @@ def train(
                 "the tensorboard package is missing; job %s writes no TensorBoard logs", job_id
             )
         elif tensorboard_dir is not None:
-            callbacks.append(
-                keras.callbacks.TensorBoard(
-                    str(tensorboard_dir), histogram_freq=1, write_graph=False
+            callbacks.append(  # a full disk turns it off, with a note; training goes on
+                BestEffortTensorBoard(
+                    str(tensorboard_dir), progress.note, histogram_freq=1, write_graph=False
                 )
             )
         stopper = None
