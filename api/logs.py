@@ -85,6 +85,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Control characters (C0, DEL, C1) as \xNN: a client's path or header must not start a forged
+# line (a newline) or drive the reader's terminal (ESC, CR) in the plain format.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+class PlainFormatter(logging.Formatter):
+    """``time LEVEL logger: message [request id]``, one line per record but for tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_CONTROLS)
+        line = super().formatMessage(record)
+        request_id = request_id_var.get()
+        return f"{line} [{request_id}]" if request_id else line
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route our logs and uvicorn's through one handler on stderr."""
     # Neither format shows the caller's file and line, thread or process, so they are not
@@ -98,7 +116,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -32,6 +32,7 @@ from api.metrics import JobsCollector
 from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import FailOpen, FailureLimiter, RateLimiter
+from api.replica_sync import ReplicaSync
 from api.repository_access import recover_at_start
 from api.routers import classify, health, jobs, models, ui
 from api.serving_client import ServingClient
@@ -114,12 +115,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.promote_timeout_s,
         tls=TLS.from_settings(settings),
     )
+    recovered = await asyncio.to_thread(recover_at_start, app.state.promoter.repository)
+    collector = JobsCollector(app.state.store)
+    REGISTRY.register(collector)  # before the tasks: nothing between them and the try may raise
     restoring = None
-    if await asyncio.to_thread(recover_at_start, app.state.promoter.repository):
+    if recovered:
         # In the background: the model servers may still be starting.
         restoring = asyncio.create_task(app.state.promoter.send_restored())
-    collector = JobsCollector(app.state.store)
-    REGISTRY.register(collector)
+    app.state.replica_sync = ReplicaSync(
+        app.state.promoter, settings.replica_sync_s, settings.metadata_timeout_s
+    )
+    app.state.replica_sync.start()
     # What start-up built lives as long as the process: keep it out of the garbage collector's
     # full passes, which would otherwise walk it again and again under load (docs/gateway.md,
     # Benchmarks).
@@ -131,6 +137,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             restoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await restoring
+        await app.state.replica_sync.stop()
         REGISTRY.unregister(collector)
         await app.state.serving.close()
         await app.state.redis.aclose()
@@ -149,6 +156,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from local assets by install_docs: no CDN, works offline
         redoc_url=None,
+        # No 307 from "/v1/jobs/" to "/v1/jobs": Starlette builds its Location from the client's
+        # Host header, and sends no body. Such paths get the usual 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -18,32 +18,29 @@ they were (:meth:`fdl.repository.Repository.undo_point`) and the replicas that h
 of the change get the old one again, so a label the client was told failed never takes effect
 later (at the next render of the config, e.g. a worker's publish). A gateway that dies in the
 middle of a change (SIGKILL, out of memory, a lost node) never answered it: the next process that
-takes the lock rolls it back from the undo records it left (:func:`fdl.repository_files.roll_back`).
-A gateway's change (:meth:`Promoter._turn`) and a gateway's start-up
-(:meth:`Promoter.send_restored`) then send the restored config to the replicas, in two steps
-where a replica had taken the dead change in full (:mod:`api.replica_configs`); a rollback by a
-publish, the job reaper, ``fdl up`` or a reader sends nothing: the model servers take it at their
-next poll of the config file (``--model_config_file_poll_wait_seconds``), or, if the dead change
-had unloaded a version the restored labels name, with the next change of labels or gateway start
-(docs/gateway.md, "Promotion").
+takes the lock rolls it back from the undo records it left (:func:`fdl.repository_files.roll_back`)
+and a gateway's change or start-up then sends the restored config to the replicas, in two steps
+where one had taken the dead change in full (:mod:`api.replica_configs`). Other rollbacks (a
+publish, the job reaper, ``fdl up``, a reader) send nothing, and a replica that did not answer
+when a change was made is left out of it: the replica sync (:mod:`api.replica_sync`) sends the
+config to each replica whose labels differ from it (docs/gateway.md, "Promotion").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
-
 from api.errors import ApiError
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS
-from api.replica_configs import ReplicaConfigs
+from api.replica_configs import ReplicaConfigs, parse_config
 from api.replicas import reachable_replicas
 from api.repository_access import io, repository_error, repository_locked
 from api.serving_client import PROBE_MODEL, ServingClient
@@ -51,13 +48,10 @@ from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Repository
 from fdl.repository_files import Labels, LabelsFileError, UndoPoint
-from fdl.wire.tfs_pb2 import ModelServerConfig
 
 log = logging.getLogger(__name__)
-
-
-def parse_config(text: str) -> ModelServerConfig:
-    return text_format.Parse(text, ModelServerConfig())
+# The replica sync's work under the lock, given the replicas that answer (api/replica_sync.py).
+SyncSend = Callable[[list[ServingClient]], Awaitable[None]]
 
 
 @dataclass
@@ -86,10 +80,15 @@ class Promoter:
         self.tls = tls
         self.cache = cache
         self.repository = Repository(model_dir, base_path_root, lock_timeout_s=timeout_s)
+        self._at_once = Repository(model_dir, base_path_root, lock_timeout_s=0)  # never waits
         self.timeout_s = timeout_s
         self.replicas = ReplicaConfigs(timeout_s)
         # Promotions of this process queue here rather than in threads blocked on the file lock.
         self._local = asyncio.Lock()
+        # The replica sync's work under the lock, which a change of this process stops (it goes
+        # first), and the changes of this process waiting for the lock or holding it.
+        self._syncing: asyncio.Future[None] | None = None
+        self._changes = 0
 
     async def _apply(self, change: _Change, replicas: list[ServingClient], text: str) -> None:
         """Write the config file, then tell each replica (each would also find it by polling)."""
@@ -122,12 +121,9 @@ class Promoter:
     async def _turn(self, model: str) -> AsyncIterator[_Change]:
         """The repository's lock and the model server replicas that answer for ``model``, for one
         change that is undone if anything in it fails."""
-        async with (
-            repository_locked(self.repository, self._local, self.timeout_s),
-            reachable_replicas(self.client, model, self.tls) as replicas,
-        ):
+        async with self._locked(), reachable_replicas(self.client, model, self.tls) as replicas:
             deadline = self.replicas.deadline()
-            if await io(self.repository.recover):
+            if await self._recover():
                 # A gateway died in the middle of a change, which may have reached the replicas.
                 await self._reload_restored(replicas, deadline)
             change = _Change(replicas, await io(self.repository.undo_point), deadline)
@@ -146,39 +142,84 @@ class Promoter:
                     await self._reload_restored(change.reloaded, self.replicas.deadline())
                 raise
 
-    async def _reload_restored(self, replicas: list[ServingClient], deadline: float) -> None:
-        """Send the config file, as restored, to ``replicas`` (those that took a config of a
-        change that failed, or of one that a dead gateway left half made); a replica whose
-        labels the change had moved gets it in two steps (:mod:`api.replica_configs`)."""
-        if not replicas:
-            return
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The lock, for a change or a restore: a replica sync that holds it gives it up."""
+        self._changes += 1
         try:
-            text = await asyncio.to_thread(self.repository.config_path.read_text)
-            config = parse_config(text)
-        except (OSError, ValueError):  # text_format.ParseError, UnicodeDecodeError
-            log.exception("the restored model config was not sent: the replicas will poll it")
-            return
-        for replica in replicas:
-            try:
-                await self.replicas.reload(replica, config, deadline)
-            except ApiError as error:
-                log.error("a replica did not take the restored model config: %s", error.message)
+            if self._syncing is not None:
+                self._syncing.cancel()
+            async with repository_locked(self.repository, self._local, self.timeout_s):
+                yield
+        finally:
+            self._changes -= 1
+
+    async def _recover(self) -> bool:
+        """Roll back a change a dead process left half made. Cancelled (a deadline, the
+        shutdown), it waits for the rollback's thread: the lock is never given back while it
+        renames the files (as :meth:`_turn` keeps ``restore()`` whole)."""
+        rolling = asyncio.ensure_future(io(self.repository.recover))
+        try:
+            return await asyncio.shield(rolling)
+        except asyncio.CancelledError:
+            while not rolling.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([rolling])
+            if not rolling.cancelled():
+                rolling.exception()  # retrieved: the cancellation goes on
+            raise
+
+    async def _reload_restored(
+        self, replicas: list[ServingClient], deadline: float | None = None
+    ) -> None:
+        """Send the config file, as restored, to ``replicas`` (those that took a config of a
+        change that failed, or of one that a dead gateway left half made)."""
+        await self.replicas.send_file(replicas, self.repository.config_path, deadline)
 
     async def send_restored(self) -> None:
         """The config file to every replica, under the lock: after a rollback at the gateway's
         start, whose dead change may have reached them (a replica that took it in full refuses
         the restored file at each poll; see :mod:`api.replica_configs`). Failures are logged."""
         try:
-            async with (
-                repository_locked(self.repository, self._local, self.timeout_s),
-                reachable_replicas(self.client, PROBE_MODEL, self.tls) as replicas,
-            ):
-                await io(self.repository.recover)
-                await self._reload_restored(replicas, self.replicas.deadline())
+            async with self._locked():
+                await self._settled(self._reload_restored)
         except ApiError as error:
             log.error("the restored model config was not sent: %s", error.message)
         except Exception:  # a labels.json that cannot be read: the next change says so
             log.exception("the restored model config was not sent")
+
+    async def sync_replicas(self, send: SyncSend) -> bool:
+        """Under the lock if it is free at once (never beside a change in progress): roll back
+        a change left half made, then ``send`` to the replicas that answer. Whether it ran: a
+        change of this process that comes for the lock stops ``send`` and goes first (it reaches
+        the replicas itself). Raises as a change does."""
+        if self._local.locked() or self._changes:
+            return False
+        try:
+            async with repository_locked(self._at_once, self._local, 0):
+                if self._changes:  # one came while the lock was taken
+                    return False
+                self._syncing = asyncio.ensure_future(self._settled(send))
+                try:
+                    await self._syncing
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the sync's own (its round's deadline, the shutdown)
+                    return False
+                finally:
+                    self._syncing = None
+        except ApiError as error:
+            if error.code == "repository_busy":
+                return False
+            raise
+        return True
+
+    async def _settled(self, send: SyncSend) -> None:
+        """Under the lock: roll back a dead change, then ``send`` to the replicas that answer."""
+        async with reachable_replicas(self.client, PROBE_MODEL, self.tls) as replicas:
+            await self._recover()
+            await send(replicas)
 
     async def _labels(self) -> Labels:
         try:

@@ -16,19 +16,35 @@ config's versions added to what it loads; once those have loaded, the config its
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
+from google.protobuf import text_format
 
 from api.errors import ApiError
 from api.metrics import UPSTREAM_ERRORS
 from api.serving_client import ServingClient, VersionStatus
 from fdl.wire.tfs_pb2 import ModelServerConfig, ReloadConfigRequest
 
+log = logging.getLogger(__name__)
 POLL_S = 0.1
 # What a replica answers a label that it does not have (TF Serving: INVALID_ARGUMENT
-# "Unrecognized servable version label"; NOT_FOUND for an unknown model).
+# "Unrecognized servable version label"), or one whose version it does not serve (NOT_FOUND).
 _NO_LABEL = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+def still_loading(error: grpc.aio.AioRpcError) -> bool:
+    """Our model server's answer for a version it is still loading, asked by number or label
+    (TF Serving answers NOT_FOUND, as for any version it does not serve: docs/serving.md)."""
+    code, details = error.code(), error.details() or ""
+    return code == grpc.StatusCode.UNAVAILABLE and "still loading" in details
+
+
+def parse_config(text: str) -> ModelServerConfig:
+    return text_format.Parse(text, ModelServerConfig())
 
 
 def bridge_config(
@@ -99,6 +115,27 @@ class ReplicaConfigs:
             except grpc.aio.AioRpcError as again:
                 raise _refused(again) from again
 
+    async def send_file(
+        self, replicas: list[ServingClient], path: Path, deadline: float | None = None
+    ) -> None:
+        """The config file ``path`` as it is now to each of ``replicas``, reloaded as above (all
+        by ``deadline``, or one :meth:`deadline` from now); a failure is logged."""
+        if not replicas:
+            return
+        deadline = deadline or self.deadline()
+        try:
+            config = parse_config(await asyncio.to_thread(path.read_text))
+        except (OSError, ValueError):  # text_format.ParseError, UnicodeDecodeError
+            log.exception("the restored model config was not sent: the replicas will poll it")
+            return
+        for replica in replicas:
+            try:
+                await self.reload(replica, config, deadline)
+            except ApiError as error:
+                log.error(
+                    "replica %s did not take the model config: %s", replica.target, error.message
+                )
+
     async def _send(
         self, replica: ServingClient, config: ModelServerConfig, deadline: float
     ) -> None:
@@ -119,16 +156,25 @@ class ReplicaConfigs:
                 for status in await self._statuses(replica, model.name, deadline)
                 if status.state == "AVAILABLE"
             }
-            served[model.name] = {}
-            for label in model.version_labels:
-                try:
-                    served[model.name][label] = await replica.label_version(
-                        model.name, label, _left(deadline)
-                    )
-                except grpc.aio.AioRpcError as error:
-                    if error.code() not in _NO_LABEL:
-                        raise server_error(error, "GetModelMetadata") from error
+            served[model.name] = await self.served_labels(
+                replica, model.name, model.version_labels, deadline
+            )
         return available, served
+
+    async def served_labels(
+        self, replica: ServingClient, model: str, labels: Iterable[str], deadline: float
+    ) -> dict[str, int]:
+        """The version each of ``labels`` names on ``replica`` now; a label it does not have, or
+        whose version it does not serve (yet), is left out. Each call ends by ``deadline``; a
+        failed one is a counted 503 ApiError."""
+        served = {}
+        for label in labels:
+            try:
+                served[label] = await replica.label_version(model, label, _left(deadline))
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _NO_LABEL and not still_loading(error):
+                    raise server_error(error, "GetModelMetadata") from error
+        return served
 
     async def _statuses(
         self, replica: ServingClient, model: str, deadline: float | None

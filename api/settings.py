@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from fdl.settings import CommonSettings, check_keys, split_keys
+from fdl.settings import CommonSettings, WeakKeyError, check_keys, split_keys
 
 ProfileName = Literal["digit", "photo"]
 
@@ -18,7 +18,7 @@ def _read_file(path: Path | None) -> list[str]:
         return []
     return [
         line.strip()
-        for line in path.read_text().splitlines()
+        for line in path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no key
         if line.strip() and not line.strip().startswith("#")
     ]
 
@@ -134,6 +134,9 @@ class GatewaySettings(CommonSettings):
     serving_tls_server_name: str | None = None
     # How long a promotion waits for a version to load before giving up (504).
     promote_timeout_s: float = Field(default=60.0, gt=0)
+    # Every this many seconds the gateway asks each model-server replica whether its labels are
+    # models.config's, and sends the config to one that differs (api/replica_sync.py). 0: never.
+    replica_sync_s: float = Field(default=30.0, ge=0)
     log_json: bool = True
     log_level: str = "INFO"
 
@@ -155,7 +158,7 @@ class GatewaySettings(CommonSettings):
 
     def check_keys(self) -> None:
         """Raise :class:`fdl.settings.WeakKeyError` naming each setting with a placeholder or short
-        key.
+        key, or a key file that is named but is not a file holding a key.
 
         The gateway calls it before it listens (``fdl-gateway``) and when the app is built, so a
         deployment with the shipped placeholder Secret never serves with it.
@@ -172,6 +175,21 @@ class GatewaySettings(CommonSettings):
             ],
             " (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)",
         )
+        # A key file that is named but missing or empty (a typo, a Secret not mounted, a file
+        # never filled) would otherwise start a gateway with fewer keys than the operator meant.
+        missing = [
+            f"{name} ({path})"
+            for name, path in (
+                ("FDL_API_KEYS_FILE", self.api_keys_file),
+                ("FDL_CLASSIFY_KEYS_FILE", self.classify_keys_file),
+            )
+            if path is not None and not (path.is_file() and _read_file(path))
+        ]
+        if missing:
+            raise WeakKeyError(
+                f"refusing to start: {' and '.join(missing)} is not a file holding a key; mount "
+                "the key file there or unset the setting"
+            )
 
     def admin_keys(self) -> list[str]:
         return _read_keys(self.api_keys, self.api_keys_file)

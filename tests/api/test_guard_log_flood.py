@@ -10,6 +10,7 @@ import pytest
 
 from api.logs import OncePerInterval
 from harness.gateway import Gateway, log_lines
+from harness.procs import wait_for
 from harness.prometheus import scrape, total
 from tests.api.test_http_limits import _connect, _read_all, _status
 
@@ -56,3 +57,32 @@ def test_once_per_interval_counts_what_it_held_back() -> None:
     now[0] += 10.0
     again = _record("malformed_request")
     assert limit.filter(again) and again.getMessage() == "closing c"
+
+
+# A path that would end the access line and start a forged one, then recolour the terminal.
+FORGING_PATH = (
+    "/zz%0a2030-01-01%2000:00:00,000%20WARNING%20fdl.gateway.access:%20POST%20/v1/jobs%20200"
+    "%0d%1b[31mRED%1b[0m"
+)
+
+
+def test_the_plain_log_format_escapes_what_a_client_sends(
+    more_gateways: Callable[..., Gateway],
+) -> None:
+    """FDL_LOG_JSON=false: the access line of a request whose path holds a newline, a carriage
+    return and terminal escapes stays one line, those characters written as \\xNN."""
+    gateway = more_gateways("gateway-plain-log", FDL_LOG_JSON="false")
+    with _connect(gateway) as sock:
+        request = f"GET {FORGING_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        assert _status(_read_all(sock)) == 404
+
+    def access_lines() -> list[str]:
+        text = gateway.process.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if "/zz" in line]
+
+    wait_for(access_lines, 10, "the access line of the forging request")
+    [access] = access_lines()
+    assert "/zz\\x0a2030-01-01" in access and "\\x0d\\x1b[31mRED" in access
+    lines = gateway.process.log_path.read_text(errors="replace").splitlines()
+    assert not [line for line in lines if "\x1b" in line or line.startswith("2030")]

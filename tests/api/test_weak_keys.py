@@ -117,3 +117,19 @@ def test_fdl_gateway_exits_before_it_listens(tmp_path: Path) -> None:
     assert "FDL_API_KEYS: key 1 of 1 is a placeholder" in result.stderr
     assert "Traceback" not in result.stderr
     assert port_free(port)
+
+
+@pytest.mark.parametrize("setting", ["api_keys_file", "classify_keys_file"])
+def test_a_named_key_file_that_is_missing_refuses_to_start(tmp_path: Path, setting: str) -> None:
+    """A typo, an unmounted Secret or an empty file must not start a gateway with fewer keys than
+    meant."""
+    missing = tmp_path / "not-mounted" / "keys"
+    with pytest.raises(WeakKeyError) as caught:
+        settings(api_keys=ADMIN_KEY, **{setting: missing}).check_keys()
+    assert f"FDL_{setting.upper()} ({missing}) is not a file holding a key" in str(caught.value)
+    with pytest.raises(WeakKeyError, match="is not a file"):
+        settings(api_keys=ADMIN_KEY, **{setting: tmp_path}).check_keys()  # a folder
+    empty = tmp_path / "empty"
+    empty.write_text("# the keys go here\n\n")
+    with pytest.raises(WeakKeyError, match="is not a file holding a key"):
+        settings(api_keys=ADMIN_KEY, **{setting: empty}).check_keys()
