@@ -50,6 +50,7 @@ class DataPlane:
         self.tensor_content = tensor_content
         self._reload_lock = threading.Lock()
         self._config: model_server_config_pb2.ModelServerConfig | None = None  # the one served
+        self._configured: frozenset[str] = frozenset()  # its model names
 
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
         """The loaded version a spec names, held until the caller calls ``release()`` on it."""
@@ -121,11 +122,16 @@ class DataPlane:
         check_model_list(config.model_config_list, served)
         added = self.manager.apply_config(config)
         self._config = config
+        self._configured = frozenset(model.name for model in config.model_config_list.config)
         return added
 
     def record(self, model: str, api: str, protocol: str, status: str, seconds: float) -> None:
-        """Count one request (and time it when OK), as TF Serving's request metrics do."""
-        self.metrics.record(model, api, protocol, status, seconds)
+        """Count one request (and time it when OK), as TF Serving's request metrics do. A model
+        name no config names is counted as "": clients choose those names, and each one would
+        otherwise stay a series of its own for the life of the process."""
+        self.metrics.record(
+            model if model in self._configured else "", api, protocol, status, seconds
+        )
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""

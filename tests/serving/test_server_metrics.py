@@ -34,6 +34,23 @@ def test_prometheus_metrics(api_server) -> None:
     assert samples(text, runtime, model_name="other", API="Predict", runtime="TF1")[0] >= 1
 
 
+def test_names_no_config_serves_make_no_series(api_server) -> None:
+    """Ours: requests for models no config names (a client picks any name, of any length) are
+    counted under model_name="", so they cannot grow the metrics without bound (docs/serving.md;
+    what TF Serving writes for them is not asserted)."""
+    stub = api_server.prediction()
+    names = [f"nobody-{index}-{'x' * 200}" for index in range(20)]
+    for name in names:
+        rpc_error(lambda name=name: stub.Predict(predict_request(name, images(1)), timeout=30))
+        assert rest_json(f"{api_server.rest}/v1/models/{name}")[0] == 404
+    text = scrape(f"{api_server.rest}{METRICS_PATH}")
+    if api_server.impl != "fdl":
+        return
+    assert "nobody-" not in text
+    count = ":tensorflow:serving:request_count"
+    assert sum(samples(text, count, model_name="", status="NOT_FOUND")) >= 2 * len(names)
+
+
 def test_warmup_metrics(api_server) -> None:
     """Each loaded version with a warmup file is timed once, with its record count; a version
     without one records nothing."""
