@@ -138,23 +138,29 @@ class RestApi:
         if scope["type"] != "http":
             return  # no lifespan or websocket handling: uvicorn runs with lifespan "off"
         lease = self.body_budget.lease()
-        try:  # the body's bytes stay in the budget until the request is answered
-            await self._serve(scope, receive, send, lease)
+        try:
+            response = await self._respond(scope, receive, lease)
         finally:
+            # The body's bytes leave the budget once the answer is built, before it is written:
+            # a client that does not read its answers (the write waits for it, up to the
+            # write timeout of serving.protocol.rest.guard) would otherwise hold them, and with
+            # pipelined requests a fresh part of the budget, for as long as it stays connected.
             lease.release()
+        if response is not None:
+            await response(scope, receive, send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, lease: BodyLease) -> None:
+    async def _respond(self, scope: Scope, receive: Receive, lease: BodyLease) -> Response | None:
+        """The answer to a request whose body is read into ``lease`` (None: the client left);
+        the body is dropped when this returns."""
         try:
             raw = await read_body(scope, receive, self.body_limits, lease)
         except ClientGone:
-            return
+            return None
         except BodyRefused as refused:
             body = json.dumps({"error": refused.message}).encode()
-            response = _response(
+            return _response(
                 refused.status, body, "application/json", self.cors, True, refused.retry_after
             )
-            await response(scope, receive, send)
-            return
         request = Request(scope, receive)
         # The request target as sent, not percent-decoded, as TF Serving matches it.
         path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
@@ -171,7 +177,7 @@ class RestApi:
             response = self._error(_malformed(method, path))
         else:
             response = self._error(not_found(f"Not found: {method} {path}"))
-        await response(scope, receive, send)
+        return response
 
     # --- responses ------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> Response:

@@ -79,7 +79,8 @@ class BodyBudget:
 
 
 class BodyLease:
-    """The part of the budget one request holds, until :meth:`release` (once it is answered)."""
+    """The part of the budget one request holds, until :meth:`release` (once its answer is
+    built, before it is written: the body is no longer needed)."""
 
     def __init__(self, budget: BodyBudget) -> None:
         self.budget = budget

@@ -11,30 +11,22 @@ calls handed off the loop (0: 4 x CPUs, TF Serving's default), ``--rest_api_time
 deadline of one call and how long an idle keep-alive connection stays open. Three flags of ours
 bound request bodies: ``--rest_api_max_body_bytes`` and ``--rest_api_body_timeout_in_ms`` each
 one, ``--rest_api_max_body_bytes_in_flight`` all of them at once
-(:mod:`serving.protocol.rest.body`). Two more bound headers, which uvicorn leaves unbounded in
-time (``timeout_keep_alive`` runs only between requests) and, with httptools, in size:
-``--rest_api_max_header_bytes`` (431) and ``--rest_api_header_timeout_in_ms`` (408, from the
-connection or a keep-alive request's first byte). With httptools they are the gateway's guard
-(:mod:`fdl.http_guard`), its body timeout left to :mod:`serving.protocol.rest.body` and its
-write timeout and connection cap off; with h11 the size is h11's own limit and the timeout
-:class:`_GuardedH11`. Each answers TF Serving's JSON error form, logs and closes the connection.
+(:mod:`serving.protocol.rest.body`). What uvicorn leaves unbounded, the size and time of a
+request's headers (``--rest_api_max_header_bytes``, ``--rest_api_header_timeout_in_ms``) and how
+long a response may wait for its client to read it (60 s, no flag), is bounded by
+:mod:`serving.protocol.rest.guard`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fdl.http_guard import GuardedHttpToolsProtocol, HttpLimits, close_response
 from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
 from serving.protocol.rest.app import RestApi
@@ -44,118 +36,15 @@ from serving.protocol.rest.body import (
     DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
     BodyLimits,
 )
+from serving.protocol.rest.guard import (
+    DEFAULT_HEADER_TIMEOUT_MS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_WRITE_TIMEOUT_MS,
+    protocol,
+)
 from serving.protocol.rest.predict import RestPredictor
 
 log = logging.getLogger("serving.server")
-http_log = logging.getLogger("serving.rest.http")
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-DEFAULT_HEADER_TIMEOUT_MS = 10_000
-# h11's own header limit (its DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, kept in a private module).
-DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
-
-
-class _TfsErrors:
-    """TF Serving's JSON error form (``{"error": "…"}``) for a closed connection, by reason."""
-
-    messages: ClassVar[dict[str, str]] = {}
-
-    def error_json(self, status: int, reason: str, message: str) -> bytes:
-        text = self.messages.get(reason) or message[:1].upper() + message[1:]
-        return json.dumps({"error": text}).encode()
-
-
-def _messages(max_header_bytes: int, header_timeout_ms: int) -> dict[str, str]:
-    return {
-        "headers_too_large": f"Request line and headers are larger than the {max_header_bytes} "
-        "bytes this server accepts (--rest_api_max_header_bytes)",
-        "header_timeout": f"Request headers did not arrive within {header_timeout_ms} ms "
-        "(--rest_api_header_timeout_in_ms)",
-        "malformed_request": "Malformed HTTP request: the request line, a header or the "
-        "chunked framing is not valid HTTP/1.1",
-    }
-
-
-class _GuardedHttpTools(_TfsErrors, GuardedHttpToolsProtocol):
-    log = http_log
-
-
-class _GuardedH11(_TfsErrors, H11Protocol):
-    """uvicorn's h11 protocol with a timeout for a request's headers (``header_timeout_s``,
-    from the connection or a keep-alive request's first byte) and JSON answers (431 past h11's
-    ``max_header_bytes``, 400) for what h11 cannot parse."""
-
-    header_timeout_s = 0.0
-    max_header_bytes = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-    _timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._timer is None and self.conn.their_state is h11.IDLE:
-            self._arm()  # a request starts: its headers get header_timeout_s
-        super().data_received(data)
-        if self._timer is not None and self.conn.their_state is not h11.IDLE:
-            self._disarm()  # its headers are in (or the connection failed)
-
-    def _arm(self) -> None:
-        if self.header_timeout_s > 0:
-            self._timer = self.loop.call_later(self.header_timeout_s, self._expired)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self) -> None:
-        self._timer = None
-        idle = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
-        if idle and not self.transport.is_closing():
-            self._refuse(408, "header_timeout", "headers did not arrive in time")
-
-    def send_400_response(self, msg: str) -> None:
-        if len(self.conn.trailing_data[0]) > self.max_header_bytes:  # h11's only 431 case
-            message = f"the request line and headers exceed {self.max_header_bytes} bytes"
-            self._refuse(431, "headers_too_large", message)
-        else:
-            self._refuse(400, "malformed_request", "the request is not valid HTTP/1.1")
-
-    def _refuse(self, status: int, reason: str, message: str) -> None:
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        http_log.warning("closing connection from %s: %s (%d)", client, message, status)
-        self.transport.write(close_response(status, self.error_json(status, reason, message)))
-        self.transport.close()
-
-
-def _protocol(
-    cors: bool, max_header_bytes: int, header_timeout_ms: int
-) -> tuple[type[Any], int | None]:
-    """The uvicorn protocol class and h11's header limit (None: h11's own).
-
-    httptools (C) answered 1.25-1.65x the calls/s of h11 (pure Python) at concurrency 16, but
-    writes header names in lower case. Names are case-insensitive; with CORS support on, h11
-    sends them as TF Serving writes them (Access-Control-Allow-Origin).
-    """
-    header_timeout_s = max(0, header_timeout_ms) / 1000
-    if cors:
-        h11_limit = max_header_bytes if max_header_bytes > 0 else None
-        size = h11_limit or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-        attributes = {
-            "header_timeout_s": header_timeout_s,
-            "max_header_bytes": size,
-            "messages": _messages(size, header_timeout_ms),
-        }
-        return type("RestH11Protocol", (_GuardedH11,), attributes), h11_limit
-    # The body's time is body.py's (its 408 names --rest_api_body_timeout_in_ms); the write
-    # timeout and the connection cap have no flag.
-    limits = HttpLimits(max(0, max_header_bytes), header_timeout_s, 0, 0, 0)
-    attributes = {"limits": limits, "messages": _messages(max_header_bytes, header_timeout_ms)}
-    return type("RestHttpToolsProtocol", (_GuardedHttpTools,), attributes), None
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -189,6 +78,8 @@ class RestFrontEnd:
         max_body_bytes_in_flight: ``--rest_api_max_body_bytes_in_flight`` (0 or less: none).
         max_header_bytes: ``--rest_api_max_header_bytes`` (0 or less: none; h11's 16 KiB).
         header_timeout_ms: ``--rest_api_header_timeout_in_ms`` (0 or less: none).
+        write_timeout_ms: how long a response may wait for its client to take any of it
+            before the connection is closed (0 or less: for ever).
     """
 
     def __init__(
@@ -205,6 +96,7 @@ class RestFrontEnd:
         max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         header_timeout_ms: int = DEFAULT_HEADER_TIMEOUT_MS,
+        write_timeout_ms: int = DEFAULT_WRITE_TIMEOUT_MS,
     ) -> None:
         self.loop = loop
         self.bind_address = bind_address
@@ -216,11 +108,13 @@ class RestFrontEnd:
         body_timeout = body_timeout_ms / 1000 if body_timeout_ms > 0 else None
         limits = BodyLimits(max_body_bytes, body_timeout, max_body_bytes_in_flight)
         self.app = RestApi(data_plane, predictor, cors, limits)
-        protocol, h11_limit = _protocol(self.app.cors, max_header_bytes, header_timeout_ms)
+        http, h11_limit = protocol(
+            self.app.cors, max_header_bytes, header_timeout_ms, write_timeout_ms
+        )
         config = uvicorn.Config(
             self.app,
             lifespan="off",
-            http=protocol,
+            http=http,
             h11_max_incomplete_event_size=h11_limit,
             ws="none",
             log_config=None,
