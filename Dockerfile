@@ -46,8 +46,10 @@ COPY --from=gateway-build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /var/lib/fdl
 EXPOSE 8000
+# The probe listener's port when FDL_PROBE_PORT is set (not 0), else the gateway's: --from-env
+# reads both as the gateway's settings do ("00" is 0, off), not as strings.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 \
-    CMD ["sh", "-c", "exec python -m fdl.healthcheck \"http://127.0.0.1:${FDL_GATEWAY_PORT}/healthz\""]
+    CMD ["python", "-m", "fdl.healthcheck", "--from-env", "/healthz"]
 CMD ["fdl-gateway"]
 
 # ---------------------------------------------------------------- worker

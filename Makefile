@@ -13,7 +13,10 @@ PYTEST_ARGS ?=
 
 define install_extras
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# A .venv left without pip (python3 -m venv failed at ensurepip: Debian's python3-venv missing)
+	@# is made again rather than skipped for good.
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) \
+		|| { echo "could not create $(VENV) with pip (on Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(1)]'
 endef

@@ -1,4 +1,5 @@
-"""``fdl-gateway``: run the gateway with uvicorn on FDL_GATEWAY_HOST:FDL_GATEWAY_PORT."""
+"""``fdl-gateway``: run the gateway with uvicorn on FDL_GATEWAY_HOST:FDL_GATEWAY_PORT, and the
+probe listener on FDL_PROBE_PORT when it is set (api/probe.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import sys
 
 import uvicorn
 
+from api import probe
 from api.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from api.memory import tune_malloc
 from api.settings import GatewaySettings, get_settings
 from fdl.grpc_tuning import tune_grpc
-from fdl.settings import WeakKeyError
+from fdl.settings import SETTINGS_ERRORS, WeakKeyError, settings_problem
 
 
-def protocol_class(settings: GatewaySettings) -> type[GuardedHttpToolsProtocol]:
-    """uvicorn's httptools protocol with the gateway's HTTP limits (api/http_guard.py)."""
-    limits = HttpLimits(
+def protocol_class(
+    settings: GatewaySettings, limits: HttpLimits | None = None
+) -> type[GuardedHttpToolsProtocol]:
+    """uvicorn's httptools protocol with the gateway's HTTP limits (api/http_guard.py), or with
+    ``limits`` (the probe listener's)."""
+    limits = limits or HttpLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
@@ -60,14 +65,22 @@ def _raise_open_files_limit(wanted: int) -> None:
 def main() -> None:
     tune_grpc()  # before the app (and grpc) is imported
     tune_malloc()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SETTINGS_ERRORS as error:  # one line naming each setting, never its value
+        sys.exit(f"fdl-gateway: {settings_problem(error)}")
     try:
         settings.check_keys()  # before anything listens: a weak key never serves a request
     except WeakKeyError as error:
         sys.exit(f"fdl-gateway: {error}")  # to stderr, exit status 1
-    _raise_open_files_limit(settings.max_connections + 512)
+    # Bound before anything starts: a port in use stops the gateway here, with one clear line.
+    listener = None
+    if settings.probe_port:
+        sock = probe.bind(settings.gateway_host, settings.probe_port)
+        listener = probe.ProbeListener(sock, protocol_class(settings, probe.PROBE_LIMITS))
+    _raise_open_files_limit(settings.max_connections + probe.PROBE_LIMITS.max_connections + 512)
     trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
-    uvicorn.run(
+    config = uvicorn.Config(
         "api.main:make_app",
         factory=True,
         host=settings.gateway_host,
@@ -86,6 +99,7 @@ def main() -> None:
         forwarded_allow_ips=trusted or None,
         timeout_graceful_shutdown=10,
     )
+    probe.run(config, listener)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ async def _spec_and_predict(
     profile_override: str | None,
     limits: DecodeLimits,
     request_id: str,
+    deadline: float,
 ) -> tuple[int, dict[str, np.ndarray]]:
     spec = await input_spec(cache, target, request_id)
     profile = choose_profile(spec, profile_override)
@@ -156,7 +157,7 @@ async def _spec_and_predict(
         try:
             # Pinned to the version whose input spec shaped the batch.
             return await predictor.predict(
-                target.model, spec.version, spec.input_key, batch, request_id
+                target.model, spec.version, spec.input_key, batch, request_id, deadline
             )
         except grpc.aio.AioRpcError as error:
             if target.version is None and _version_unavailable(error):
@@ -213,13 +214,15 @@ async def classify(
     limits: DecodeLimits,
     profile_override: str | None = None,
 ) -> dict[str, Any]:
-    args = (predictor, cache, target, images, profile_override, limits, request_id)
-    started = time.monotonic()
+    # The request's predict deadline: a stale version's retry, its wait for a merged Predict and
+    # the resends of one the model server refused (api/coalesce.py) stay within it.
+    deadline = time.monotonic() + cache.client.timeout_s
+    args = (predictor, cache, target, images, profile_override, limits, request_id, deadline)
     try:
         version, outputs = await _spec_and_predict(*args)
     except _Stale as stale:
         # Once, and only while the request is within its predict deadline.
-        if time.monotonic() - started >= cache.client.timeout_s:
+        if time.monotonic() >= deadline:
             raise _stale_answer(stale, target) from stale.__cause__
         try:
             version, outputs = await _spec_and_predict(*args)

@@ -9,30 +9,31 @@ waiting requests go out together, up to ``max_batch`` rows, and each gets its ow
 
 There is no timer: batches form only from requests that arrived while earlier ones were running,
 as with TF Serving's batching at ``batch_timeout_micros: 0`` (and KServe's batcher, without its
-wait). A failed Predict fails every request in it with the same error.
+wait). A failed Predict fails every request in it with the same error, except INVALID_ARGUMENT for a
+merged one (a batch above the model server's ``max_batch_size``, which no caller asked for): the
+callers are then answered by api.coalesce_split, which sends them again in parts and learns a cap
+that later merges stay under. A caller already past its deadline is not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 import numpy as np
 
+from api.coalesce_split import Outputs, Splitter, deadline_exceeded, deliver, fail
+from api.coalesce_split import Waiting as _Waiting
 from api.metrics import PREDICT_CALL_REQUESTS, child
 from api.serving_client import ServingClient
 
-Outputs = dict[str, np.ndarray]
 _LaneKey = tuple[str, int, str, str, tuple[int, ...]]
 MAX_ID_HEADER = 1024
-
-
-@dataclass
-class _Waiting:
-    batch: np.ndarray
-    request_id: str
-    future: asyncio.Future[tuple[int, Outputs]]
 
 
 @dataclass
@@ -49,11 +50,24 @@ class PredictCoalescer:
         self.max_in_flight = max_in_flight or 2**31
         self._lanes: dict[_LaneKey, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._split = Splitter(self._predict)
+        self._caps = self._split.caps  # rows per merged Predict a lane's key is known to take
 
     async def predict(
-        self, model: str, version: int, input_key: str, batch: np.ndarray, request_id: str
+        self,
+        model: str,
+        version: int,
+        input_key: str,
+        batch: np.ndarray,
+        request_id: str,
+        deadline: float | None = None,
     ) -> tuple[int, Outputs]:
-        """Predict ``batch`` (``[N, ...]``) with ``model`` at ``version``, alone or with others."""
+        """Predict ``batch`` (``[N, ...]``) with ``model`` at ``version``, alone or with others.
+
+        ``deadline``: the request's deadline (``time.monotonic()``): a waiting request past it is
+        not sent, and the parts of a refused merged Predict wait no longer for it; None: the
+        client's timeout from now.
+        """
         key = (model, version, input_key, batch.dtype.str, batch.shape[1:])
         lane = self._lanes.get(key)
         if lane is None:
@@ -63,13 +77,15 @@ class PredictCoalescer:
             lane.in_flight += 1
             return await self._call(key, lane, [batch], [request_id])
         future: asyncio.Future[tuple[int, Outputs]] = asyncio.get_running_loop().create_future()
-        lane.waiting.append(_Waiting(batch, request_id, future))
+        if deadline is None:
+            deadline = time.monotonic() + self.client.timeout_s
+        lane.waiting.append(_Waiting(batch, request_id, future, deadline))
         return await future
 
     def _dispatch(self, key: _LaneKey, lane: _Lane) -> None:
         """Send what waits in ``lane`` while it has capacity; forget the lane once it is idle."""
         while lane.waiting and lane.in_flight < self.max_in_flight:
-            group = self._take(lane)
+            group = self._take(key, lane)
             if not group:
                 break
             lane.in_flight += 1  # now, so this loop sees it before the task starts
@@ -79,7 +95,9 @@ class PredictCoalescer:
         if not lane.waiting and lane.in_flight == 0:
             self._lanes.pop(key, None)
 
-    def _take(self, lane: _Lane) -> list[_Waiting]:
+    def _take(self, key: _LaneKey, lane: _Lane) -> list[_Waiting]:
+        limit = self._caps.get(key, self.max_batch)
+        now = time.monotonic()  # one clock read per merged Predict
         group: list[_Waiting] = []
         rows = 0
         while lane.waiting:
@@ -87,7 +105,10 @@ class PredictCoalescer:
             if item.future.done():  # its caller gave up (disconnected, cancelled)
                 lane.waiting.popleft()
                 continue
-            if group and rows + len(item.batch) > self.max_batch:
+            if item.deadline <= now:
+                fail([lane.waiting.popleft()], deadline_exceeded())
+                continue
+            if group and rows + len(item.batch) > limit:
                 break
             group.append(lane.waiting.popleft())
             rows += len(item.batch)
@@ -108,29 +129,47 @@ class PredictCoalescer:
             lane.in_flight -= 1
             self._dispatch(key, lane)
 
+    def _predict(self, key: _LaneKey, group: list[_Waiting]) -> Coroutine[Any, Any, Any]:
+        """The Predict call of ``group``'s rows, concatenated in its order."""
+        batches = [item.batch for item in group]
+        child(PREDICT_CALL_REQUESTS, key[0]).observe(len(batches))
+        batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        ids = joined_ids([item.request_id for item in group])
+        return self.client.predict(key[0], {key[2]: batch}, version=key[1], request_id=ids)
+
+    def _release(self, key: _LaneKey, lane: _Lane) -> None:
+        lane.in_flight -= 1
+        self._dispatch(key, lane)
+
     async def _send(self, key: _LaneKey, lane: _Lane, group: list[_Waiting]) -> None:
         """Predict a waiting group together and hand each caller its own rows (or the error)."""
-        batches = [item.batch for item in group]
+        held = True
         try:
-            served, outputs = await self._call(
-                key, lane, batches, [item.request_id for item in group]
-            )
+            try:
+                served, outputs = await self._predict(key, group)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                # The lane's slot is kept while the group is split, so what waits meanwhile
+                # goes out under the cap the split teaches.
+                await self._split.refused(key, group, error)
+                return
+            # The next Predict goes out before these callers resume, as the server is idle.
+            held = False
+            self._release(key, lane)
+            deliver(group, served, outputs)
         except asyncio.CancelledError:  # the gateway is shutting down
             for item in group:
                 item.future.cancel()
             raise
         except Exception as error:
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        total = sum(len(batch) for batch in batches)
-        start = 0
-        for item in group:
-            end = start + len(item.batch)
-            if not item.future.done():
-                item.future.set_result((served, _rows(outputs, start, end, total)))
-            start = end
+            if held:
+                held = False
+                self._release(key, lane)
+            fail(group, error)
+        finally:
+            if held:
+                self._release(key, lane)
 
 
 def joined_ids(ids: list[str], limit: int = MAX_ID_HEADER) -> str:
@@ -145,11 +184,3 @@ def joined_ids(ids: list[str], limit: int = MAX_ID_HEADER) -> str:
             return ",".join(kept) + f",+{len(ids) - index}"
         kept.append(request_id)
     return ",".join(kept)
-
-
-def _rows(outputs: Outputs, start: int, end: int, total: int) -> Outputs:
-    """Rows ``start:end`` of every batched output; an output without a batch axis as it is."""
-    return {
-        name: array[start:end] if array.ndim and len(array) == total else array
-        for name, array in outputs.items()
-    }

@@ -88,10 +88,13 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     """422 ``invalid_request`` naming the first MAX_VALIDATION_ERRORS of ``errors`` (pydantic's
     error dicts) in its message and details, and counting the rest in the message."""
     shown = errors[:MAX_VALIDATION_ERRORS]
-    message = "; ".join(f"{_field(e) or 'body'}: {_message(e)}" for e in shown)
+    # An error of the whole body (missing, or not an object) has no field of its own: both the
+    # message and the details name it "body".
+    named = [(_field(e) or "body", _message(e)) for e in shown]
+    message = "; ".join(f"{field}: {text}" for field, text in named)
     if len(errors) > len(shown):
         message += f"; and {len(errors) - len(shown)} more ({len(errors)} errors in all)"
-    details = [{"field": _field(e), "message": _message(e)} for e in shown]
+    details = [{"field": field, "message": text} for field, text in named]
     return ApiError(422, "invalid_request", message, details=details)
 
 

@@ -10,7 +10,10 @@ gone is retried, api/classification.py), but it is not stored (a generation coun
 "latest" is the newest *available* version. While a just-published version loads, that can be an
 older one (a labelled version that stays loaded); such a resolution, older than the newest version
 folder in the repository, is kept only ``catch_up_s``, so "latest" moves to the new version as soon
-as the model server has loaded it, instead of ``resolve_ttl_s`` later.
+as the model server has loaded it, instead of ``resolve_ttl_s`` later. And once the model's status
+route (``GET /v1/models/{model}``, what `fdl train` polls until it reports a version served) has
+seen a version AVAILABLE, :meth:`served` drops a "latest" that names an older one and keeps a
+lookup in flight from storing one: the next request by name answers from that version or newer.
 
 Each version's spec carries the preprocessing profile its ``metadata.json`` records, read from the
 repository (in a worker thread, bounded: api/repository.py) when its version entry is filled: once
@@ -49,6 +52,7 @@ class MetadataCache:
         self.catch_up_s = min(catch_up_s, self.resolve_ttl_s)
         self._entries: dict[_Key, tuple[float, InputSpec]] = {}
         self._generations: dict[str, int] = {}  # of each model: how many invalidations so far
+        self._served: dict[str, int] = {}  # of each model: the newest version seen AVAILABLE
 
     def _lookup(self, key: _Key) -> InputSpec | None:
         entry = self._entries.get(key)
@@ -110,6 +114,20 @@ class MetadataCache:
         except OSError:
             return False
         return bool(versions) and versions[-1] > version
+
+    def served(self, model: str, version: int) -> None:
+        """The model server reports ``version`` of ``model`` AVAILABLE (the model's status route
+        read it). A cached "latest" that names an older version is dropped; when ``version`` is
+        newer than any seen so far, a "latest" lookup in flight now, maybe answered before the
+        server had loaded it, stores nothing either."""
+        key: _Key = (model, None, None)
+        cached = self._entries.get(key)
+        stale = cached is not None and cached[1].version < version
+        if not stale and version <= self._served.get(model, 0):
+            return
+        self._served[model] = max(version, self._served.get(model, 0))
+        self._generations[model] = self._generations.get(model, 0) + 1
+        self._entries.pop(key, None)
 
     def invalidate(self, model: str, version: int | None = None) -> None:
         """Drop what ``latest`` and the labels of ``model`` name, and the entry of ``version``

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from api.jobs_snapshot import snapshots_for
 from fdl.jobs import JobStatus, JobStore
 
 REQUESTS = Counter(
@@ -36,6 +37,12 @@ PREDICT_CALL_REQUESTS = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+PREDICT_SPLITS = Counter(
+    "fdl_gateway_predict_splits_total",
+    "Merged Predicts the model server refused as invalid (a batch above its max_batch_size), "
+    "split and sent again in parts",
+    ["model"],
+)
 CLASSIFICATIONS = Counter("fdl_gateway_images_classified_total", "Images classified", ["model"])
 UPSTREAM_ERRORS = Counter(
     "fdl_gateway_upstream_errors_total",
@@ -55,8 +62,9 @@ BUDGET_REFUSED = Counter(
 )
 HTTP_GUARD = Counter(
     "fdl_gateway_http_guard_total",
-    "Connections closed by an HTTP limit (header size, timeouts, connection cap)",
-    ["reason"],
+    "Connections closed by an HTTP limit (header size, timeouts, connection cap), by listener "
+    "(public: FDL_GATEWAY_PORT, probe: FDL_PROBE_PORT)",
+    ["reason", "listener"],
 )
 
 
@@ -78,26 +86,28 @@ def timed(stage: str, model: str) -> Iterator[None]:
 
 
 class JobsCollector(Collector):
-    """``fdl_jobs{state=...}``: jobs by state, read from Redis at scrape time (cached briefly)."""
+    """``fdl_jobs{state=...}``: jobs by state, from the store's status snapshot at most
+    ``cache_s`` old (api/jobs_snapshot.py: one scan at a time, shared with the listings). A
+    scrape never waits while there is a snapshot: it takes the latest, however old, and an older
+    one than that starts a scan in the background."""
 
     def __init__(self, store: JobStore, cache_s: float = 5.0) -> None:
         self.store = store
         self.cache_s = cache_s
-        self._at = 0.0
-        self._counts: dict[str, int] | None = None
 
     def _read(self) -> dict[str, int] | None:
-        if self._counts is not None and time.monotonic() - self._at < self.cache_s:
-            return self._counts
         try:
-            statuses = self.store.statuses()
-        except Exception:  # Redis down: report nothing rather than fail the scrape
+            snapshot = snapshots_for(self.store).get(self.cache_s, stale_ok=True)
+        except Exception:  # Redis down, or no snapshot in time: report nothing, not fail
             return None
         counts = {s.value: 0 for s in JobStatus}
-        for _job_id, status in statuses:
-            counts[str(status)] = counts.get(str(status), 0) + 1
-        self._counts, self._at = counts, time.monotonic()
+        for status, count in snapshot.counts().items():
+            counts[str(status)] = counts.get(str(status), 0) + count
         return counts
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # What registering asks for: without it, the registry would collect, and scan, at start.
+        yield GaugeMetricFamily("fdl_jobs", "Training jobs by state", labels=["state"])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts = self._read()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -14,6 +12,7 @@ import grpc
 from api.repository_access import io
 from api.serving_client import ServingClient, VersionStatus
 from fdl import contract
+from fdl.files import read_small_file
 from fdl.repository import Repository
 from fdl.repository_reads import discover_models, list_versions
 
@@ -21,8 +20,7 @@ from fdl.repository_reads import discover_models, list_versions
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
 # An absolute POSIX or Windows path (no whitespace): how the worker records where data came from.
 _ABSOLUTE_PATH = re.compile(r"^(?:/|[A-Za-z]:[\\/]|\\\\)\S*$")
-# The largest metadata.json read (workers write a few KB; its training history grows with epochs).
-METADATA_MAX_BYTES = 1 << 20
+METADATA_MAX_BYTES = contract.METADATA_MAX_BYTES
 
 
 def public_paths(value: Any) -> Any:
@@ -52,35 +50,6 @@ def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str
     except (ValueError, RecursionError, MemoryError):  # RecursionError: JSON nested too deep
         return None
     return metadata if isinstance(metadata, dict) else None
-
-
-def read_small_file(path: Path, limit: int) -> bytes | None:
-    """The bytes of a regular file of at most ``limit`` bytes, else None (also when it cannot
-    be read). Anything else is checked before it is opened, and again on what was opened
-    (non-blocking, so a FIFO swapped in meanwhile is never waited on)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except (OSError, ValueError):  # ValueError: a NUL in the path
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:  # the file may grow after fstat: never more than limit + 1
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-        return None
-    except (OSError, MemoryError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def recorded_profile(model_dir: Path, model: str, version: int) -> str | None:

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, FilePath, model_validator
+from pydantic import Field, FilePath, field_validator, model_validator
 
-from fdl.settings import CommonSettings, WeakKeyError, check_keys, split_keys
+from fdl.settings import (
+    CommonSettings,
+    WeakKeyError,
+    check_keys,
+    folder_problem,
+    seconds,
+    split_keys,
+)
 
 ProfileName = Literal["digit", "photo"]
+LogLevel = Literal["CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET"]
 
 
-def _read_file(path: Path | None) -> list[str]:
+def _read_file(path: Path | None, name: str = "key file") -> list[str]:
+    """The keys of a key file, one a line; ``name`` (its setting) names it in an error."""
     if not (path and path.is_file()):
         return []
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is no key
+    except UnicodeDecodeError as error:  # its message would quote a byte of the secret
+        raise WeakKeyError(
+            f"{name} ({path}): not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise WeakKeyError(f"{name} ({path}): cannot be read ({error.strerror})") from None
     return [
         line.strip()
-        for line in path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no key
+        for line in text.splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
 
@@ -43,8 +62,8 @@ class GatewaySettings(CommonSettings):
     # The limits' Redis check (a LAN round trip: well under a millisecond) gives up after this
     # long and lets the request through; Redis is then skipped for FDL_RATE_LIMIT_BACKOFF_S at a
     # time until it answers again (api/ratelimit.py).
-    rate_limit_timeout_s: float = Field(default=0.5, gt=0)
-    rate_limit_backoff_s: float = Field(default=2.0, gt=0)
+    rate_limit_timeout_s: float = seconds(0.5, gt=0)
+    rate_limit_backoff_s: float = seconds(2.0, gt=0)
     # Requests with a key that is not valid, per client address (an IPv6 client by its /64),
     # GCRA in Redis, on whether or not the limit above is. Past it, every request from the
     # address that presents a key gets 429 until Retry-After, before its key is checked.
@@ -57,12 +76,12 @@ class GatewaySettings(CommonSettings):
     max_queued_jobs: int = Field(default=1000, ge=0)
     # Socket timeout of the gateway's job-store calls: a hung Redis answers job routes 503 after
     # about this long per call, not redis-py's 5 s (the workers keep theirs).
-    job_store_timeout_s: float = Field(default=2.0, gt=0)
+    job_store_timeout_s: float = seconds(2.0, gt=0)
     # Deadlines of gRPC calls to the model server.
-    predict_timeout_s: float = Field(default=10.0, gt=0)
-    metadata_timeout_s: float = Field(default=5.0, gt=0)
+    predict_timeout_s: float = seconds(10.0, gt=0)
+    metadata_timeout_s: float = seconds(5.0, gt=0)
     # Input specs (GetModelMetadata) are cached per model version this long.
-    metadata_cache_s: float = Field(default=30.0, ge=0)
+    metadata_cache_s: float = seconds(30.0, ge=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     # The body of a keyed JSON route (a job spec, a label change: a few hundred bytes), read
     # only once the key has been checked (api/admin_route.py); above it, 413. At most
@@ -88,7 +107,7 @@ class GatewaySettings(CommonSettings):
     # are all at most FDL_DECODE_FREE_PIXELS skip the budget: their memory is small.
     decode_budget_pixels: int = Field(default=24_000_000, ge=1)
     decode_free_pixels: int = Field(default=512 * 512, ge=0)
-    decode_wait_s: float = Field(default=2.0, ge=0)
+    decode_wait_s: float = seconds(2.0, ge=0)
     # Request-body bytes in flight across the process (a body is held 2-3 times while parsed).
     # A body past FDL_BODY_FREE_BYTES takes its share as its bytes arrive (api/middleware.py).
     body_budget_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
@@ -100,11 +119,17 @@ class GatewaySettings(CommonSettings):
     # connections; open connections (ones beyond it are closed at once). Each logs when it
     # triggers.
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    body_timeout_s: float = Field(default=60.0, gt=0)
-    write_timeout_s: float = Field(default=60.0, gt=0)
-    keepalive_timeout_s: float = Field(default=5.0, gt=0)
+    header_timeout_s: float = seconds(10.0, gt=0)
+    body_timeout_s: float = seconds(60.0, gt=0)
+    write_timeout_s: float = seconds(60.0, gt=0)
+    keepalive_timeout_s: float = seconds(5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
+    # The probe listener (api/probe.py): GET/HEAD /healthz, /readyz and /metrics only, on this
+    # port of FDL_GATEWAY_HOST, in the same process and event loop, with a connection cap of its
+    # own, so a flood that fills FDL_MAX_CONNECTIONS never fails the kubelet's probes. For the
+    # kubelet and Prometheus only: never expose it publicly. 0: off (many gateways on one host
+    # then never clash).
+    probe_port: int = Field(default=0, ge=0, le=65535)
     # Job event streams (GET /v1/jobs/{id}/events) open at once; one beyond it gets 503
     # too_many_streams + Retry-After before anything is streamed. The streams read Redis through
     # a pool of their own, this many connections (each quiet stream holds one for its blocking
@@ -133,12 +158,70 @@ class GatewaySettings(CommonSettings):
     serving_tls_key_file: FilePath | None = None
     serving_tls_server_name: str | None = None
     # How long a promotion waits for a version to load before giving up (504).
-    promote_timeout_s: float = Field(default=60.0, gt=0)
+    promote_timeout_s: float = seconds(60.0, gt=0)
     # Every this many seconds the gateway asks each model-server replica whether its labels are
     # models.config's, and sends the config to one that differs (api/replica_sync.py). 0: never.
-    replica_sync_s: float = Field(default=30.0, ge=0)
+    replica_sync_s: float = seconds(30.0, ge=0)
     log_json: bool = True
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"  # any case
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        """Each entry as uvicorn's ProxyHeadersMiddleware reads it: an address, or (with a /) a
+        network without host bits; "*" alone. uvicorn takes any other entry (and "*" beside
+        others) for a host name that no peer is: every client behind the proxy would then count
+        as the proxy (one rate-limit bucket)."""
+        entries = [part.strip() for part in value.split(",") if part.strip()]
+        if "*" in entries and len(entries) > 1:
+            raise ValueError("'*' (any proxy) must be the only entry")
+        for entry in entries:
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry)  # strict, as uvicorn's
+                elif entry != "*":
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                try:
+                    network = ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{entry!r} is neither an IP address nor a CIDR network (nor *)"
+                    ) from None
+                raise ValueError(
+                    f"{entry!r} has host bits set (the network is {network})"
+                ) from None
+        return value
+
+    @field_validator("serving_tls_ca_file")
+    @classmethod
+    def _ca_loads(cls, value: Path | None) -> Path | None:
+        """Loaded as gRPC will load it, so a file with no PEM certificate stops the gateway here
+        instead of failing every classification's handshake (503)."""
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except ssl.SSLError as error:
+                reason = error.reason or str(error)
+                raise ValueError(f"holds no usable PEM CA certificate ({reason})") from None
+            except OSError as error:
+                raise ValueError(f"cannot be read ({error.strerror})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _model_dir_usable(self) -> GatewaySettings:
+        """A repository the gateway can lock and write: not a file, and, when FDL_MODEL_DIR is
+        set, not in a missing folder (an unmounted volume: the lock would make the folder on the
+        root filesystem). The default, var/models, is made where it is missing (`fdl up`)."""
+        explicit = "model_dir" in self.model_fields_set
+        if problem := folder_problem(self.model_dir, parent_must_exist=explicit):
+            raise ValueError(f"FDL_MODEL_DIR: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _budgets_fit(self) -> GatewaySettings:
@@ -146,6 +229,15 @@ class GatewaySettings(CommonSettings):
             raise ValueError("FDL_DECODE_BUDGET_PIXELS must be at least FDL_MAX_IMAGE_PIXELS")
         if self.body_budget_bytes < self.max_body_bytes:
             raise ValueError("FDL_BODY_BUDGET_BYTES must be at least FDL_MAX_BODY_BYTES")
+        return self
+
+    @model_validator(mode="after")
+    def _probe_port_apart(self) -> GatewaySettings:
+        if self.probe_port and self.probe_port == self.gateway_port:
+            raise ValueError(
+                f"FDL_PROBE_PORT ({self.probe_port}) must differ from FDL_GATEWAY_PORT: the probe "
+                "listener needs a port of its own (0 turns it off)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -166,11 +258,14 @@ class GatewaySettings(CommonSettings):
         check_keys(
             [
                 ("FDL_API_KEYS", split_keys(self.api_keys)),
-                (f"FDL_API_KEYS_FILE ({self.api_keys_file})", _read_file(self.api_keys_file)),
+                (
+                    f"FDL_API_KEYS_FILE ({self.api_keys_file})",
+                    _read_file(self.api_keys_file, "FDL_API_KEYS_FILE"),
+                ),
                 ("FDL_CLASSIFY_KEYS", split_keys(self.classify_keys)),
                 (
                     f"FDL_CLASSIFY_KEYS_FILE ({self.classify_keys_file})",
-                    _read_file(self.classify_keys_file),
+                    _read_file(self.classify_keys_file, "FDL_CLASSIFY_KEYS_FILE"),
                 ),
             ],
             " (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)",
@@ -199,7 +294,13 @@ class GatewaySettings(CommonSettings):
 
     @property
     def serving_target(self) -> str:
-        return self.serving_grpc_target or f"{self.serving_host}:{self.serving_grpc_port}"
+        """FDL_SERVING_GRPC_TARGET, else host:port, an IPv6 literal in brackets ([::1]:8500)."""
+        if self.serving_grpc_target:
+            return self.serving_grpc_target
+        host = self.serving_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.serving_grpc_port}"
 
 
 @lru_cache

@@ -1,8 +1,8 @@
 """The `fdl` command line.
 
 Exit codes: 0 ok, 1 the gateway answered with an error, 2 usage, 3 gateway unreachable,
-4 API key missing or refused, 5 the followed training job failed or was cancelled, 141 the
-output's reader went away.
+4 API key missing or refused, 5 the followed training job failed or was cancelled, 6 the version
+it published was not served within --serve-timeout, 141 the output's reader went away.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ app = typer.Typer(
     "127.0.0.1 for a wildcard or unset host and 8000 unless set: the gateway of `fdl up` on this "
     "machine) with the admin key "
     "from --api-key / FDL_API_KEY. Exit codes: 0 ok, 1 API error, 2 usage, 3 gateway "
-    "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled, 141 the "
-    "output's reader went away (`fdl jobs | true`).",
+    "unreachable, 4 key missing or refused, 5 the followed job failed or was cancelled, 6 the "
+    "version it published was not served within --serve-timeout, 141 the output's reader went "
+    "away (`fdl jobs | true`).",
     no_args_is_help=True,
 )
 console = Console()
@@ -50,14 +51,31 @@ console = Console()
 @app.command()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
-    from fdl.cli_up import StackError, check_ports, claim_var_dir, leftovers, stop_leftovers
-    from fdl.settings import CommonSettings, WeakKeyError
+    from fdl.cli_up import (
+        StackError,
+        check_child_settings,
+        check_folder,
+        check_ports,
+        claim_var_dir,
+        leftovers,
+        stop_leftovers,
+    )
+    from fdl.settings import SETTINGS_ERRORS, CommonSettings, WeakKeyError, settings_problem
     from fdl.stack import plan_stack, redis_banner, run_stack
 
-    settings = CommonSettings()
+    try:
+        settings = CommonSettings()
+    except SETTINGS_ERRORS as error:  # a usage error: one line naming the setting, exit 2
+        console.print(f"fdl up: {settings_problem(error)}", style="red", markup=False)
+        raise typer.Exit(2) from error
     var_dir = settings.var_dir.resolve()
     try:
+        check_folder("FDL_VAR_DIR", var_dir)
         claim_var_dir(var_dir)  # held until the stack stops
+        # Made by plan_stack below, in their parent folder when FDL_MODEL_DIR is set: one that
+        # is missing is a volume not mounted, and the models would go to the disk underneath.
+        check_folder("FDL_MODEL_DIR", settings.model_dir, "model_dir" in settings.model_fields_set)
+        check_folder("FDL_DATA_DIR", settings.data_dir)
         left = leftovers(var_dir)
         if left:
             console.print(
@@ -69,6 +87,7 @@ def up() -> None:
             stop_leftovers(left)
         check_ports(settings)
         stack = plan_stack(settings)
+        check_child_settings(stack)
     except (WeakKeyError, StackError) as error:
         console.print(f"fdl up: {error}", style="red", markup=False)
         raise typer.Exit(2) from error

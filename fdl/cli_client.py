@@ -36,6 +36,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3  # no connection to the gateway, or it timed out
     AUTH = 4  # the API key is missing, wrong, or lacks the role
     JOB_FAILED = 5  # `fdl train` or `fdl job --follow` followed a job that failed or was cancelled
+    NOT_SERVED = 6  # the followed job published a version not served within --serve-timeout
     BROKEN_PIPE = 141  # the output's reader went away (`fdl jobs | true`): 128 + SIGPIPE
 
 
@@ -79,8 +80,9 @@ def default_url() -> str:
 def fail(message: str, code: ExitCode) -> NoReturn:
     # The message often quotes the gateway (its error message, an answer that is not JSON):
     # Text keeps it from being read as markup, and safe() its control characters from the
-    # terminal.
-    err_console.print(Text.assemble(("Error:", "bold red"), " ", safe(message, lines=True)))
+    # terminal. In a pipe or a log its lines are never wrapped at 80 columns (docs/ui.md).
+    text = Text.assemble(("Error:", "bold red"), " ", safe(message, lines=True))
+    err_console.print(text, soft_wrap=not err_console.is_terminal)
     raise typer.Exit(int(code))
 
 

@@ -145,7 +145,8 @@ class _Retries:
         self.opened = True
         if self.down_since is not None:
             self.down_since = None
-            self.progress.console.print("Reconnected.", highlight=False)
+            out = self.progress.console
+            out.print("Reconnected.", highlight=False, soft_wrap=not out.is_terminal)
 
     def stream_ended(self, new_events: bool) -> None:
         if new_events:
@@ -159,11 +160,13 @@ class _Retries:
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = now
-            self.progress.console.print(
+            out = self.progress.console
+            out.print(
                 f"{fmt.safe(error, lines=True)}; reconnecting for up to {RECONNECT_FOR_S:.0f} s "
                 "(the job goes on meanwhile)",
                 highlight=False,
                 markup=False,
+                soft_wrap=not out.is_terminal,  # a log's line is never wrapped
             )
         left = self.down_since + RECONNECT_FOR_S - now
         if left < 0:
@@ -251,13 +254,15 @@ def follow(gateway: Gateway, job_id: str, epochs: int) -> str:
     return follower.status
 
 
-def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> None:
-    """Follow the job until it ends and print its outcome; exit 5 unless it succeeded.
-    KeyboardInterrupt propagates to the caller, which detaches or cancels."""
+def follow_to_end(gateway: Gateway, job_id: str, epochs: int) -> dict[str, Any]:
+    """Follow the job until it ends and print its outcome; exit 5 unless it succeeded, else
+    return its record. KeyboardInterrupt propagates to the caller, which detaches or cancels."""
     status = follow(gateway, job_id, epochs)
-    summary(gateway.get(job_path(job_id), expect=shapes.Job))
+    record: dict[str, Any] = gateway.get(job_path(job_id), expect=shapes.Job)
+    summary(record)
     if status != "succeeded":
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+    return record
 
 
 def job_epochs(job: dict[str, Any]) -> int:
@@ -271,6 +276,7 @@ def detached(job_id: str) -> None:
         f"\nDetached; the job keeps running. Follow it with: fdl job {fmt.safe(job_id)} --follow",
         highlight=False,
         markup=False,
+        soft_wrap=not console.is_terminal,
     )
 
 

@@ -22,6 +22,7 @@ from fdl.cli_client import (
     print_json,
 )
 from fdl.cli_follow import detached, follow_to_end, job_epochs, job_path
+from fdl.cli_served import SERVE_TIMEOUT_S, ServeTimeoutOption, wait_until_served
 
 FULL_ID_LENGTH = 32
 
@@ -91,11 +92,13 @@ def job(
             "cancelled; Ctrl-C stops following, the job goes on).",
         ),
     ] = False,
+    serve_timeout: ServeTimeoutOption = SERVE_TIMEOUT_S,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Show one job: spec, progress, result; or follow it live until it ends (--follow)."""
+    """Show one job: spec, progress, result; or follow it live until it ends (--follow) and,
+    when it published a version, until the model server serves it."""
     if follow_it and as_json:
         fail("give --follow or --json, not both", ExitCode.USAGE)
     with Gateway(url, api_key) as gateway:
@@ -105,11 +108,13 @@ def job(
             spec = record.get("spec") or {}
             model = fmt.safe(spec.get("publish_as") or spec.get("model") or "?")
             following = Text.assemble("Following job ", (fmt.safe(full_id), "bold"), f" ({model}).")
-            console.print(following)
+            console.print(following, soft_wrap=not console.is_terminal)
             try:
-                follow_to_end(gateway, full_id, job_epochs(record))
+                ended = follow_to_end(gateway, full_id, job_epochs(record))
             except KeyboardInterrupt:
                 detached(full_id)
+                return
+            wait_until_served(gateway, ended, serve_timeout)
             return
     if as_json:
         print_json(record)
@@ -169,13 +174,20 @@ def cancel(
     status = record.get("status", "?")
     shown = fmt.safe(full_id)
     if status == "cancelled":
-        console.print(f"Job {shown} cancelled.", highlight=False, markup=False)
+        console.print(
+            f"Job {shown} cancelled.",
+            highlight=False,
+            markup=False,
+            soft_wrap=not console.is_terminal,
+        )
     elif status == "running":
         console.print(
             f"Job {shown}: cancellation requested; it stops within 16 batches "
             "(one call into the compiled graph, FDL_STEPS_PER_EXECUTION).",
             highlight=False,
             markup=False,
+            soft_wrap=not console.is_terminal,
         )
     else:
-        console.print(Text.assemble(f"Job {shown} had already ended: ", fmt.status(status), "."))
+        ended = Text.assemble(f"Job {shown} had already ended: ", fmt.status(status), ".")
+        console.print(ended, soft_wrap=not console.is_terminal)

@@ -92,11 +92,17 @@ class Version(Shape):
     labels: list[str] | None = None
     metrics: Metrics | None = None
     job_id: str | None = None
+    pending: bool | None = None
 
 
 class Model(Shape):
     name: str
     versions: list[Version]
+
+
+class ModelDetail(Model):
+    expected = 'a model (an object with "name" and "versions")'
+    server_error: str | None = None
 
 
 class Models(Shape):

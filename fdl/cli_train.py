@@ -15,6 +15,7 @@ from fdl import cli_shapes as shapes
 from fdl.architectures import ARCHITECTURES
 from fdl.cli_client import ExitCode, Gateway, KeyOption, UrlOption, console, fail
 from fdl.cli_follow import detached, follow_to_end, job_epochs, job_path
+from fdl.cli_served import SERVE_TIMEOUT_S, ServeTimeoutOption, wait_until_served
 from fdl.jobspec import JobSpec
 
 _ARCHITECTURES_HELP = "; ".join(f"{k} ({a.description})" for k, a in ARCHITECTURES.items())
@@ -112,10 +113,12 @@ def train(
     cancel_on_exit: Annotated[
         bool, typer.Option("--cancel-on-exit", help="Ctrl-C cancels the job (default: detach).")
     ] = False,
+    serve_timeout: ServeTimeoutOption = SERVE_TIMEOUT_S,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Submit a training job and follow it live until it ends (Ctrl-C detaches)."""
+    """Submit a training job and follow it live until it ends (Ctrl-C detaches); when it
+    published a version, wait until the model server serves it."""
     options = {k: v for k, v in locals().items() if k not in _NOT_SPEC}
     spec = build_spec(model, spec_file, options)
     with Gateway(url, api_key) as gateway:
@@ -124,19 +127,32 @@ def train(
         shown = fmt.safe(job_id)
         try:
             submitted = f" submitted ({fmt.safe(spec['model'])})."
-            console.print(Text.assemble("Job ", (shown, "bold"), submitted))
+            console.print(
+                Text.assemble("Job ", (shown, "bold"), submitted), soft_wrap=not console.is_terminal
+            )
             if detach:
                 console.print(
-                    f"Follow it with: fdl job {shown} --follow", highlight=False, markup=False
+                    f"Follow it with: fdl job {shown} --follow",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=not console.is_terminal,
                 )
                 return
-            follow_to_end(gateway, job_id, job_epochs(job))
+            ended = follow_to_end(gateway, job_id, job_epochs(job))
         except KeyboardInterrupt:
             if cancel_on_exit:
                 gateway.delete(job_path(job_id), expect=shapes.Job)
-                console.print(f"Cancelled job {shown}.", highlight=False, markup=False)
+                console.print(
+                    f"Cancelled job {shown}.",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=not console.is_terminal,
+                )
                 raise typer.Exit(130) from None
             detached(job_id)
+            return
+        # The job has ended: Ctrl-C from here on stops only the wait.
+        wait_until_served(gateway, ended, serve_timeout)
 
 
-_NOT_SPEC = {"model", "spec_file", "detach", "cancel_on_exit", "url", "api_key"}
+_NOT_SPEC = {"model", "spec_file", "detach", "cancel_on_exit", "serve_timeout", "url", "api_key"}

@@ -9,13 +9,15 @@ import fcntl
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fdl.cli_local import port_problem
-from fdl.settings import CommonSettings
-from fdl.stack import STACK_MARKER, STOP_WAIT_S
+from fdl.settings import CommonSettings, folder_problem
+from fdl.stack import STACK_MARKER, STOP_WAIT_S, Stack
 
 # Held (flock) by `fdl up` and, across its exec, by supervisord: one stack per var folder.
 LOCK_FILE = "fdl-up.lock"
@@ -25,6 +27,53 @@ PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
 
 class StackError(Exception):
     """`fdl up` cannot start; nothing was started."""
+
+
+# The settings classes of the children that have settings of their own, by name: fdl is the layer
+# under api and training, and never imports them (pyproject.toml, import-linter).
+CHILD_SETTINGS = ("api.settings:GatewaySettings", "training.settings:WorkerSettings")
+# Run with the children's environment: each class read as its child will read it, the gateway's
+# key files with it; the first problem printed as one line (never a value), exit status 1.
+CHECK_SETTINGS = """
+import importlib, sys
+from fdl.settings import SETTINGS_ERRORS, WeakKeyError, settings_problem
+for target in sys.argv[1:]:
+    module, name = target.split(":")
+    try:
+        settings = getattr(importlib.import_module(module), name)()
+        getattr(settings, "check_keys", lambda: None)()
+    except (*SETTINGS_ERRORS, WeakKeyError) as error:
+        sys.exit(settings_problem(error))
+"""
+
+
+def check_folder(variable: str, path: Path, parent_must_exist: bool = False) -> None:
+    """Raises:
+    StackError: ``path`` is a file or FIFO, or (``parent_must_exist``) it and its parent folder
+        are both missing (a volume not mounted)."""
+    if problem := folder_problem(path, parent_must_exist):
+        raise StackError(f"{variable}: {problem}")
+
+
+def check_child_settings(stack: Stack) -> None:
+    """The gateway's and the worker's own settings, as they will read them: one that is invalid
+    would make its child exit at every start until supervisord gives it up.
+
+    Raises:
+        StackError: the first invalid setting, by its variable, and why.
+    """
+    # -P: the folder `fdl up` runs in is not put first on sys.path (as -c does), so a user's
+    # api.py or fdl.py there is neither imported in place of ours nor run.
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", CHECK_SETTINGS, *CHILD_SETTINGS],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise StackError(lines[-1])
 
 
 def claim_var_dir(var_dir: Path) -> int:

@@ -27,6 +27,9 @@ ASSETS_EXTRA_DIR = "assets.extra"
 # A version folder holds a model once one of these is in it (TF Serving looks for either).
 GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 METADATA_FILE = "assets.extra/metadata.json"
+# The largest metadata.json anyone reads (workers write a few KB; its training history grows with
+# epochs): a bigger one, or one that is not a regular file, reads as absent.
+METADATA_MAX_BYTES = 1 << 20
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 EVALUATION_FILE = "assets.extra/evaluation.json"
 

@@ -1,12 +1,14 @@
 """Writing into the model repository so that it survives crashes and power losses, readable by
 other users (the model server may run as another user): files replaced atomically, version
-folders flushed to the disk before they are renamed in, and the renames flushed too.
+folders flushed to the disk before they are renamed in, and the renames flushed too; and reading
+its small files (metadata) bounded, whatever someone put in their place.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -72,3 +74,32 @@ def seal_version(folder: Path) -> None:
             fsync_path(path)
     os.chmod(folder, os.stat(folder).st_mode | 0o555 & (FILE_MODE | 0o111))
     fsync_path(folder)
+
+
+def read_small_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes, else None (also when it cannot
+    be read). Anything else is checked before it is opened, and again on what was opened
+    (non-blocking, so a FIFO swapped in meanwhile is never waited on)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # the file may grow after fstat: never more than limit + 1
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None
+    except (OSError, MemoryError):
+        return None
+    finally:
+        os.close(fd)

@@ -58,6 +58,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     log = logging.getLogger("fdl.http")
     # Who refuses a connection past the cap, in its message.
     server_name = "the server"
+    # Which listener closed a connection, in its warnings (" on the probe port"), where a
+    # server has more than one.
+    where = ""
 
     def error_json(self, status: int, reason: str, message: str) -> bytes:
         """The JSON body answered with ``status`` when the limit ``reason`` closes a connection;
@@ -119,8 +122,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.count("write_timeout")
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         self.log.warning(
-            "closing connection from %s: its responses stayed unread for %.0f s",
+            "closing connection from %s%s: its responses stayed unread for %.0f s",
             client,
+            self.where,
             self.limits.write_timeout_s,
             extra={"reason": "write_timeout", "client": client},
         )
@@ -224,8 +228,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.count(reason)
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         self.log.warning(
-            "closing connection from %s: %s (%d)",
+            "closing connection from %s%s: %s (%d)",
             client,
+            self.where,
             message,
             status,
             extra={"reason": reason, "client": client, "status": status},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -24,7 +25,16 @@ from fdl.store_retry import retried as _retried
 # The method JobReads.list hides the builtin inside the class body.
 _Statuses = list[tuple[str, str | None]]
 _Ids = list[str]
-_Rows = list[tuple[str, list[str | None]]]  # (job id, raw field values)
+_Groups = dict[str | None, list[str]]
+_Records = list[dict[str, Any]]
+_Entries = list[tuple[str, float]]  # (job id, index score: its creation time)
+_Row = tuple[str, list[str | None]]  # (job id, raw field values)
+# Index entries a scan of every record reads per step (one ZREVRANGEBYSCORE, then one pipeline of
+# that many HMGETs): what a scan holds at once is one step's, whatever the number of records kept.
+SCAN_CHUNK = 2000
+# Jobs of one creation time a scan reads in one command (ties are microsecond-rare: only jobs
+# written at the very same time share one); a larger group is read this many at a time.
+TIED_MAX = 10 * SCAN_CHUNK
 
 
 class JobReads:
@@ -62,32 +72,90 @@ class JobReads:
             total = int(self.redis.zcard(INDEX_KEY))
             page_ids = cast(list[str], self.redis.zrevrange(INDEX_KEY, offset, offset + limit - 1))
         else:
-            matching = [i for i, s in self.statuses() if s == status]
+            matching = [i for i, (s,) in self._scan("status") if s and json.loads(s) == status]
             total, page_ids = len(matching), matching[offset : offset + limit]
+        return self.records(page_ids), total
+
+    @_retried
+    def records(self, job_ids: Sequence[str]) -> _Records:
+        """The records of ``job_ids`` that exist, in that order, each read in one step (HGETALL)
+        in one pipeline without a transaction (see :meth:`list`)."""
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in page_ids:
+        for job_id in job_ids:
             pipe.hgetall(JOB_KEY.format(job_id))
-        records = [r for r in map(decode_record, pipe.execute()) if r is not None]
-        return records, total
+        return [r for r in map(decode_record, pipe.execute()) if r is not None]
 
     @_retried
     def statuses(self) -> _Statuses:
         """(job id, status) of every job, newest first, without reading the whole records."""
         return [(i, json.loads(v[0]) if v[0] else None) for i, v in self._scan("status")]
 
-    def _scan(self, *fields: str) -> _Rows:
-        """(job id, the raw values of ``fields``) of every indexed job, newest first, in one
-        round trip that other clients' commands interleave with (no transaction)."""
-        ids = cast(_Ids, self.redis.zrevrange(INDEX_KEY, 0, -1))
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(JOB_KEY.format(job_id), list(fields))
-        return list(zip(ids, pipe.execute(), strict=True))
+    @_retried
+    def ids_by_status(self) -> _Groups:
+        """The ids of every indexed job by status (None: an index entry without a record), each
+        newest first: one scan (:meth:`_scan`) that keeps only the ids."""
+        groups: _Groups = {}
+        for job_id, (status,) in self._scan("status"):
+            groups.setdefault(json.loads(status) if status else None, []).append(job_id)
+        return groups
+
+    def _scan(self, *fields: str) -> Iterator[_Row]:
+        """(job id, the raw values of ``fields``) of every indexed job, newest first, the index
+        read a step at a time (:meth:`_index_steps`), each step's records in pipelines of at most
+        SCAN_CHUNK HMGETs that other clients' commands interleave with (no transaction)."""
+        for ids in self._index_steps():
+            for start in range(0, len(ids), SCAN_CHUNK):
+                chunk = ids[start : start + SCAN_CHUNK]
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in chunk:
+                    pipe.hmget(JOB_KEY.format(job_id), list(fields))
+                yield from zip(chunk, pipe.execute(), strict=True)
+
+    def _index_steps(self) -> Iterator[_Ids]:
+        """Every indexed job id, newest first, in steps of at most SCAN_CHUNK entries by score
+        (creation time), not by rank, so that a job indexed or removed meanwhile moves no other.
+        A step never ends inside a group of equal scores: when it would, the group is read whole
+        in one command and the next step starts below its score. So each job indexed all along is
+        read exactly once (one indexed meanwhile may be left out), unless more than TIED_MAX
+        share a score (then that group is read TIED_MAX at a time by rank)."""
+        high = "+inf"
+        while True:
+            entries = cast(
+                _Entries,
+                self.redis.zrevrangebyscore(
+                    INDEX_KEY, high, "-inf", start=0, num=SCAN_CHUNK, withscores=True
+                ),
+            )
+            if len(entries) < SCAN_CHUNK:
+                if entries:
+                    yield [job_id for job_id, _ in entries]
+                return
+            last = entries[-1][1]
+            before = [job_id for job_id, score in entries if score != last]
+            if before:
+                yield before
+            yield from self._tied(last)
+            high = f"({last!r}"  # below the group's score (a float's repr reads back the same)
+
+    def _tied(self, score: float) -> Iterator[_Ids]:
+        """The ids of every indexed job created at ``score``: one read, TIED_MAX at most."""
+        offset = 0
+        while True:
+            ids = cast(
+                _Ids,
+                self.redis.zrevrangebyscore(INDEX_KEY, score, score, start=offset, num=TIED_MAX),
+            )
+            if ids:
+                yield ids
+            if len(ids) < TIED_MAX:
+                return
+            offset += TIED_MAX
 
     @_retried
     def waiting(self, queue: str) -> int:
         """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
-        sent again counts once); reads two fields of every indexed record."""
+        sent again counts once); reads two fields of every indexed record, a step at a time
+        (:meth:`_scan`), never from a cache: the queue cap counts on it being exact."""
         wanted = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
         return sum(1 for _, values in self._scan("status", "queue") if values == wanted)
 

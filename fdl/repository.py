@@ -38,7 +38,7 @@ from fdl.repository_reads import (
     read_labels,
     read_numbers,
 )
-from fdl.settings import get_settings
+from fdl.settings import SETTINGS_ERRORS, get_settings, prepare_model_dir, settings_problem
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,10 @@ class Repository:
         the kernel when its holder dies, kept by a stopped one (every other writer waits).
 
         ``thread_local=False``: the gateway acquires it in a worker thread and releases it from
-        the event loop's thread.
+        the event loop's thread. The model folder is made if missing, but never its parent: a
+        volume not mounted stays missing (FileNotFoundError) instead of taking the models.
         """
-        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.model_dir.mkdir(exist_ok=True)
         timeout = self.lock_timeout_s if timeout_s is None else timeout_s
         return FileLock(self.model_dir / LOCK_FILE, timeout=timeout, thread_local=False)
 
@@ -191,7 +192,6 @@ class Repository:
     # --- whole operations (take the lock themselves) ----------------------------------------
     def sync(self) -> Path:
         """(Re)write ``models.config`` for what the repository holds; returns its path."""
-        self.model_dir.mkdir(parents=True, exist_ok=True)
         with self.locked():
             return self.write_config(self.render())
 
@@ -297,8 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fdl.repository", description=main.__doc__)
     parser.add_argument("--model-dir", type=Path, default=None, help="default: FDL_MODEL_DIR")
     args = parser.parse_args(argv)
-    settings = get_settings()  # FDL_SERVING_MODEL_BASE_PATH too, as the gateway and workers
-    path = sync_config(args.model_dir or settings.model_dir, settings.serving_model_base_path)
+    try:
+        settings = get_settings()  # FDL_SERVING_MODEL_BASE_PATH too, as the gateway and workers
+    except SETTINGS_ERRORS as error:
+        parser.exit(1, f"{parser.prog}: {settings_problem(error)}\n")
+    explicit = args.model_dir is not None or "model_dir" in settings.model_fields_set
+    model_dir = args.model_dir or settings.model_dir
+    if problem := prepare_model_dir(model_dir, explicit):
+        parser.exit(1, f"{parser.prog}: {problem}\n")
+    try:
+        path = sync_config(model_dir, settings.serving_model_base_path)
+    except (OSError, Timeout) as error:  # a read-only or full disk, a lock never freed
+        parser.exit(1, f"{parser.prog}: {model_dir}: {error}\n")
     print(f"model config: {path}")
     return 0
 

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from fdl import contract
+from fdl.files import read_small_file
 from fdl.model_config import valid_name
 from fdl.repository_files import Labels, parse_labels
 
@@ -84,10 +85,12 @@ _NUMBERS_FIX = (
 
 
 def version_job_id(version_dir: Path) -> str | None:
-    """The training job that published a version (``job_id`` in its metadata), if recorded."""
+    """The training job that published a version (``job_id`` in its metadata), if recorded; read
+    as the gateway reads metadata (a regular file of at most 1 MiB, never a FIFO waited on)."""
+    data = read_small_file(version_dir / contract.METADATA_FILE, contract.METADATA_MAX_BYTES)
     try:
-        metadata = json.loads((version_dir / contract.METADATA_FILE).read_text())
-    except (OSError, ValueError):
+        metadata = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return None
     job_id = metadata.get("job_id") if isinstance(metadata, dict) else None
     return str(job_id) if job_id else None

@@ -6,11 +6,13 @@ Each service subclasses :class:`CommonSettings` once and reads it once; every fi
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 # A key shorter than this, or one that starts like a placeholder of the examples (the shipped
 # deploy/k8s/base/secret.yaml holds "replace-me-with-a-long-random-key"), stops the gateway (and
@@ -65,6 +67,84 @@ def weak_key_reason(key: str) -> str | None:
     return None
 
 
+# A TCP port of a setting (Python's socket calls would take 99999 as 99999 % 65536).
+Port = Annotated[int, Field(ge=1, le=65535)]
+# The longest timeout or interval a setting may hold: a day. Beyond about 1e9 s a socket timeout
+# or a gRPC deadline overflows (every call then fails at once), and inf or nan mean nothing.
+MAX_SECONDS = 86_400.0
+
+
+def seconds(default: float, *, gt: float | None = None, ge: float | None = None) -> Any:
+    """A timeout or interval field: finite, at most :data:`MAX_SECONDS`."""
+    return Field(default=default, gt=gt, ge=ge, le=MAX_SECONDS, allow_inf_nan=False)
+
+
+# What reading settings raises for a bad value: pydantic's errors, pydantic-settings' (a JSON
+# setting that does not parse), and a file a setting or .env names that cannot be read.
+SETTINGS_ERRORS = (ValidationError, SettingsError, OSError, UnicodeError)
+
+
+def settings_problem(error: Exception) -> str:
+    """One line naming each invalid setting and what is wrong (``FDL_X: reason; FDL_Y: ...``),
+    never a secret's value (keys, passwords, URLs): the only parts of values it quotes are
+    FDL_TRUSTED_PROXIES entries and FDL_PROFILES keys (model names), which are not secrets."""
+    if isinstance(error, ValidationError):
+        errors = error.errors(include_url=False, include_input=False, include_context=False)
+        return "; ".join(
+            ": ".join(
+                [*_where([str(part) for part in e["loc"]]), e["msg"].removeprefix("Value error, ")]
+            )
+            for e in errors
+        )
+    if isinstance(error, SettingsError):
+        # 'error parsing value for field "profiles" from source "EnvSettingsSource"'
+        field = re.search(r'field "(\w+)"', str(error))
+        cause = f" ({error.__cause__})" if error.__cause__ is not None else ""
+        return f"{_variable(field[1])}: not valid JSON{cause}" if field else str(error)
+    if isinstance(error, UnicodeDecodeError):  # .env: its own message quotes the byte
+        return f".env is not UTF-8 text ({error.reason} at byte {error.start})"
+    return str(error)
+
+
+def _where(loc: list[str]) -> list[str]:
+    """A field's place as its variable, then the keys inside it (FDL_PROFILES, my_model); a check
+    across fields has none (its message names the settings)."""
+    return [_variable(loc[0]), *loc[1:]] if loc else []
+
+
+def _variable(field: str) -> str:
+    return f"FDL_{field.upper()}"
+
+
+def folder_problem(path: Path, parent_must_exist: bool = True) -> str | None:
+    """Why ``path`` cannot be used as a folder, or None: it is something else (a file, a FIFO),
+    or (``parent_must_exist``) it is missing and so is the folder it would be made in (a volume
+    not mounted: making it would write to the filesystem underneath)."""
+    try:
+        if path.exists():
+            return None if path.is_dir() else f"{path} exists and is not a folder"
+        if parent_must_exist and not path.absolute().parent.is_dir():
+            return f"{path} does not exist, nor does its parent folder (a volume not mounted?)"
+    except OSError as error:
+        return f"{path} cannot be looked at ({error.strerror})"
+    return None
+
+
+def prepare_model_dir(model_dir: Path, explicit: bool) -> str | None:
+    """Make ``model_dir`` ready for the repository's lock, or say why not (``FDL_MODEL_DIR:
+    reason``). A set one (``explicit``) is only checked: a missing parent is a volume not
+    mounted, and the models would go to the disk underneath. The default, var/models, is made
+    where it is missing, parents and all (a fresh checkout), as `fdl up` makes it."""
+    if problem := folder_problem(model_dir, parent_must_exist=explicit):
+        return f"FDL_MODEL_DIR: {problem}"
+    if not explicit:
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            return f"FDL_MODEL_DIR: {model_dir} cannot be made ({error.strerror})"
+    return None
+
+
 # How every FDL_ settings class reads its values (the services' and the CLI's own small one).
 FDL_SETTINGS = SettingsConfigDict(
     env_prefix="FDL_",
@@ -89,10 +169,10 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Path("./var/data")
     var_dir: Path = Path("./var")
     serving_host: str = "127.0.0.1"
-    serving_grpc_port: int = 8500
-    serving_rest_port: int = 8501
+    serving_grpc_port: Port = 8500
+    serving_rest_port: Port = 8501
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_port: Port = 8000
     training_queue: str = "training"
     # Comma-separated admin keys.
     api_keys: str | None = Field(default=None, repr=False)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fdl.redis_server import redis_server_argv
 from fdl.repository import sync_config
@@ -46,7 +46,11 @@ WORKER_ARGV = [
 ]
 # Start order (stop order is the reverse) and how long each child must run to count as started;
 # a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after START_RETRIES.
-CHILDREN = {"redis": (10, 1), "serving": (20, 3), "worker": (30, 3), "gateway": (40, 2)}
+# A Python child's time covers its imports (TensorFlow, FastAPI: 1-3 s on an idle machine, 6-9 s
+# seen on a loaded one) with room to spare: a child that fails once its imports are done (a
+# port it cannot bind) has then not yet counted as started, and reaches FATAL instead of
+# being restarted forever.
+CHILDREN = {"redis": (10, 1), "serving": (20, 30), "worker": (30, 30), "gateway": (40, 30)}
 START_RETRIES = 10
 # Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops.
 STOP_WAIT_S = 10
@@ -150,12 +154,23 @@ def write_redis_url(var_dir: Path, url: str) -> Path:
     return path
 
 
+# Query parameters of a Redis URL that redis-py reads as credentials (redis://host/0?password=).
+SECRET_QUERY = ("password", "username")
+
+
 def redacted(url: str) -> str:
+    """``url`` with its credentials masked: the userinfo's password and the ``password`` and
+    ``username`` query parameters."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    query = [
+        (name, "***" if name.lower() in SECRET_QUERY else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    if any(value == "***" for _name, value in query):
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 def plan_stack(settings: CommonSettings) -> Stack:
@@ -200,7 +215,7 @@ def redis_banner(stack: Stack) -> str:
     where = stack.var_dir / REDIS_URL_FILE
     if "redis" in stack.commands:
         kind = "private, no password, listening on 127.0.0.1 only"
-    elif urlsplit(url).password is not None:
+    elif redacted(url) != url:
         kind = f"from FDL_REDIS_URL; the password is in {where} (mode 0600)"
     else:
         kind = "from FDL_REDIS_URL"
@@ -224,7 +239,7 @@ def supervisor_config(stack: Stack) -> str:
         # Says so explicitly, instead of a warning at every start.
         sections["supervisord"]["user"] = "root"
     for name, argv in stack.commands.items():
-        priority, start_s = CHILDREN.get(name, (50, 2))
+        priority, start_s = CHILDREN.get(name, (50, 30))
         sections[f"program:{name}"] = {
             "command": shlex.join(argv),
             "priority": priority,
@@ -259,6 +274,8 @@ def run_stack(stack: Stack) -> int:
     conf = stack.var_dir / SUPERVISOR_CONF
     conf.write_text(supervisor_config(stack))
     sys.stdout.flush()
-    argv = [sys.executable, "-m", "fdl.supervise", "--nodaemon", "--configuration"]
+    # -P: the folder `fdl up` runs in is not put first on the import path (a user's fdl.py there
+    # would shadow our package).
+    argv = [sys.executable, "-P", "-m", "fdl.supervise", "--nodaemon", "--configuration"]
     os.execve(sys.executable, [*argv, str(conf)], env)
     return 1  # not reached: execve does not return

@@ -11,6 +11,8 @@ parse exactly as TF Serving's do, here and in ``make lint-deploy``.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +23,80 @@ from tensorflow_serving.config import model_server_config_pb2
 from fdl.wire.serving_config_pb2 import BatchingParameters, MonitoringConfig
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+# The largest configuration file read (TF Serving reads any); far beyond any real one.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MODEL_CONFIG = "model config file"
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be read or parsed."""
 
 
-def parse_text_file(path: str | Path | None, message: Any, what: str) -> Any:
-    """``message`` filled from the text-format file at ``path``; as it is (TF Serving's defaults)
-    when ``path`` is empty."""
+# The flag that names each file, for the messages.
+FLAGS = {
+    MODEL_CONFIG: "--model_config_file",
+    "batching parameters file": "--batching_parameters_file",
+    "session config file": "--tensorflow_session_config_file",
+    "monitoring config file": "--monitoring_config_file",
+    "SSL config file": "--ssl_config_file",
+}
+
+
+def read_config_file(path: str | Path, what: str) -> bytes:
+    """The bytes of the regular file at ``path``, at most :data:`MAX_CONFIG_BYTES`. Anything
+    else (a FIFO, whose read would block for good; a directory; a device) is refused before it
+    is opened, and again on what was opened, non-blocking, in case it was swapped meanwhile."""
+    where = f"{what} {path} ({FLAGS.get(what, what)})"
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+        if kind:
+            raise ConfigError(f"cannot read {where}: it is {kind}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            kind = _not_regular(os.fstat(fd).st_mode)
+            if kind:
+                raise ConfigError(f"cannot read {where}: it is {kind}, not a regular file")
+            chunks, size = [], 0
+            while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 1 << 20)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        reason = getattr(error, "strerror", None) or error
+        raise ConfigError(f"cannot read {where}: {reason}") from error
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read {where}: larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    return b"".join(chunks)
+
+
+def _not_regular(mode: int) -> str:
+    """What a file that is not a regular one is ("" for a regular file)."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
+
+
+def parse_text_file(
+    path: str | Path | None, message: Any, what: str, data: bytes | None = None
+) -> Any:
+    """``message`` filled from the text-format file at ``path`` (or from ``data``, its bytes
+    read already); as it is (TF Serving's defaults) when ``path`` is empty."""
     if not path:
         return message
-    try:
-        # As TF Serving, bytes that are not UTF-8 are refused only where a value needs text (a
-        # name, a path), not in a comment: they are carried through as surrogates.
-        text = Path(path).read_bytes().decode(errors="surrogateescape")
-    except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: {error}") from error
+    if data is None:
+        data = read_config_file(path, what)
+    # As TF Serving, bytes that are not UTF-8 are refused only where a value needs text (a
+    # name, a path), not in a comment: they are carried through as surrogates.
+    text = data.decode(errors="surrogateescape")
     try:
         return text_format.Parse(text, message)
     except (text_format.ParseError, UnicodeError, ValueError) as error:
@@ -46,10 +105,12 @@ def parse_text_file(path: str | Path | None, message: Any, what: str) -> Any:
         raise ConfigError(f"cannot parse {what} {path}: {reason}") from error
 
 
-def read_model_server_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
-    """The parsed file; what it asks for is checked when it is applied
-    (:mod:`serving.config_rules`, TF Serving's checks and texts)."""
-    config = parse_text_file(path, model_server_config_pb2.ModelServerConfig(), "model config file")
+def read_model_server_config(
+    path: str | Path, data: bytes | None = None
+) -> model_server_config_pb2.ModelServerConfig:
+    """The parsed file (or ``data``, its bytes read already); what it asks for is checked when it
+    is applied (:mod:`serving.config_rules`, TF Serving's checks and texts)."""
+    config = parse_text_file(path, model_server_config_pb2.ModelServerConfig(), MODEL_CONFIG, data)
     if config.HasField("custom_model_config"):
         raise ConfigError(f"{path}: custom_model_config is not supported; use model_config_list")
     return config

@@ -8,7 +8,9 @@ stop the server at start-up with a clear message.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import ipaddress
+import sys
+from collections.abc import Callable, Sequence
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
@@ -43,9 +45,45 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: that listener is off); the socket calls would otherwise take
+    the number modulo 65536, or refuse it only once every model has loaded."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {port}")
+    return port
+
+
+def thread_count(text: str) -> int:
+    """A number of threads, 0 or more (0: the default); checked here, not once every model has
+    loaded and the pool refuses it."""
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (the default) or more threads, got {count}")
+    return count
+
+
+def bind_address(text: str) -> str:
+    """A host name or IP address; an IPv6 literal may come in brackets (``[::1]``), which are
+    removed: each listener adds what its own syntax needs."""
+    host = text.strip()
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a host name or an IP address ([...] only around IPv6), got {text!r}"
+            ) from None
+        host = inner
+    if not host:
+        raise argparse.ArgumentTypeError("expected a host name or an IP address, got nothing")
+    return host
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage()
+        self.print_usage(sys.stderr)
         raise FlagError(f"fdl-model-server: error: {message}")
 
 
@@ -56,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
 
-    def flag(name: str, kind: type, default: object, text: str) -> None:
+    def flag(name: str, kind: Callable[[str], object], default: object, text: str) -> None:
         if kind is bool:
             p.add_argument(
                 f"--{name}", type=parse_bool, nargs="?", const=True, default=default, help=text
@@ -64,15 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument(f"--{name}", type=kind, default=default, help=text)
 
-    flag("port", int, 8500, "gRPC port (0 disables gRPC)")
+    flag("port", port_number, 8500, "gRPC port (0 disables gRPC)")
     # fdl-model-server only (TF Serving always listens on every interface): `fdl up` keeps the
     # unauthenticated model server on the loopback interface with it.
-    flag("bind_address", str, "0.0.0.0", "address --port and --rest_api_port listen on")
+    flag("bind_address", bind_address, "0.0.0.0", "address --port and --rest_api_port listen on")
     flag("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket path")
     flag("grpc_channel_arguments", str, "", "gRPC server arguments: key=value,key=value")
     flag("ssl_config_file", str, "", "ascii SSLConfig file: TLS for gRPC")
-    flag("rest_api_port", int, 0, "HTTP/REST port (0 disables REST)")
-    flag("rest_api_num_threads", int, 0, "threads for REST calls off the event loop (0: 4 x CPUs)")
+    flag("rest_api_port", port_number, 0, "HTTP/REST port (0 disables REST)")
+    flag(
+        "rest_api_num_threads",
+        thread_count,
+        0,
+        "threads for REST calls off the event loop (0: 4 x CPUs)",
+    )
     flag("rest_api_timeout_in_ms", int, 30000, "deadline of one REST call; keep-alive idle time")
     flag("rest_api_enable_cors_support", bool, False, "CORS headers on REST responses")
     # fdl-model-server only (TF Serving reads any body, however large or slow): REST request
@@ -142,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         False,
         "accepted; applies to Classify and Regress, which answer UNIMPLEMENTED here",
     )
-    flag("grpc_max_threads", int, 0, "gRPC worker threads (0: 8 x CPUs, at least 64)")
+    flag("grpc_max_threads", thread_count, 0, "gRPC worker threads (0: 8 x CPUs, at least 64)")
     flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests")
     flag("num_request_iterations_for_warmup", int, 1, "times each warmup record runs")
     flag("monitoring_config_file", str, "", "ascii MonitoringConfig file (Prometheus)")

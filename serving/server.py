@@ -18,8 +18,10 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.batching_config import Batching, BatchingConfig
 from serving.config_files import (
     DEFAULT_PROMETHEUS_PATH,
+    MODEL_CONFIG,
     ConfigError,
     read_batching_parameters,
+    read_config_file,
     read_model_server_config,
     read_monitoring_config,
     session_config,
@@ -100,16 +102,18 @@ class ModelServer:
     def _initial_config(self) -> model_server_config_pb2.ModelServerConfig:
         if self.args.model_config_file:
             path = Path(self.args.model_config_file)
-            self._config_text = path.read_bytes() if path.exists() else None
-            return read_model_server_config(path)
+            self._config_text = read_config_file(path, MODEL_CONFIG)  # a FIFO is never waited on
+            return read_model_server_config(path, self._config_text)
         return single_model_config(self.args.model_name, self.args.model_base_path)
 
     def _poll_config_file(self) -> None:
         path = Path(self.args.model_config_file)
         try:
-            text = path.read_bytes()  # bytes: a file that is not UTF-8 is refused by the parse
-        except OSError as error:
-            log.error("cannot read model config file %s: %s", path, error)
+            text = read_config_file(
+                path, MODEL_CONFIG
+            )  # bytes: the parse refuses what is not UTF-8
+        except ConfigError as error:
+            log.error("%s", error)
             return
         # As TF Serving's poll, which compares the file with the config served now: a
         # ReloadConfig since the last poll (e.g. from a gateway that then died) is undone by the
@@ -119,7 +123,7 @@ class ModelServer:
             return
         self._config_text = text
         try:
-            config = read_model_server_config(path)
+            config = read_model_server_config(path, text)
             if served is None or config != served:
                 self.data_plane.reload(config)
             self._file_config = self.data_plane.config

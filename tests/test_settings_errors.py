@@ -57,21 +57,46 @@ def assert_no_secret(output: str) -> None:
             {"FDL_MAX_BODY_BYTES": "2000000", "FDL_BODY_BUDGET_BYTES": "1000000"},
             "FDL_BODY_BUDGET_BYTES must be at least FDL_MAX_BODY_BYTES",
         ),
-        ({"FDL_SERVING_TLS_CERT_FILE": "cert.pem"}, "go together"),
+        (
+            {"FDL_SERVING_TLS_CERT_FILE": "cert.pem"},
+            "FDL_SERVING_TLS_CERT_FILE and FDL_SERVING_TLS_KEY_FILE go together",
+        ),
+        (
+            {"FDL_MAX_BATCH_SIZE": "abc"},
+            "FDL_MAX_BATCH_SIZE: Input should be a valid integer, unable to parse string as an "
+            "integer",
+        ),
+        ({"FDL_LOG_LEVEL": "bogus"}, "FDL_LOG_LEVEL: Input should be 'CRITICAL', 'FATAL'"),
+        ({"FDL_GATEWAY_PORT": "99999"}, "FDL_GATEWAY_PORT: Input should be less than or equal"),
+        ({"FDL_PROFILES": "{"}, "FDL_PROFILES: not valid JSON ("),
+        ({"FDL_API_KEYS_FILE": "latin1.keys"}, "FDL_API_KEYS_FILE ("),
     ],
-    ids=["decode-budget", "body-budget", "tls-pair"],
+    ids=[
+        "decode-budget",
+        "body-budget",
+        "tls-pair",
+        "integer",
+        "log-level",
+        "port",
+        "json",
+        "utf8",
+    ],
 )
 def test_gateway_refuses_bad_settings_without_quoting_them(
     tmp_path: Path, settings: dict[str, str], reason: str
 ) -> None:
+    """One line on stderr, ``fdl-gateway: FDL_X: reason``, exit status 1: no traceback."""
     (tmp_path / "cert.pem").write_text("not read: only its existence is checked\n")
+    # A key file in Latin-1: its decoding error would quote a byte of the key.
+    (tmp_path / "latin1.keys").write_bytes(b"kQ7z\xe9" + API_KEY.encode() + b"\n")
     settings = {k: str(tmp_path / v) if k.endswith("_FILE") else v for k, v in settings.items()}
     result = run_gateway(tmp_path, **settings)
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "validation error for GatewaySettings" in output, output
-    assert reason in output, output
+    assert result.returncode == 1, output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, output
+    assert result.stderr.startswith(f"fdl-gateway: {reason}"), output
     assert_no_secret(output)
+    assert "xe9" not in output and "\xe9" not in output
 
 
 def test_a_field_error_still_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 
 from fdl.architectures import ARCHITECTURES
@@ -148,8 +149,9 @@ def _attempt(
         # The job store stayed away longer than FDL_REDIS_RETRY_S: "failed" would end, for an
         # outage, a job that a re-run can finish. Left running, its heartbeat goes stale and a
         # reaper runs it again (docs/training.md).
-        unreachable = f"unreachable for over {settings.redis_retry_s:.0f}s ({error})"
-        log.error("job %s stopped: the job store was %s; left to the reaper", job_id, unreachable)
+        state = "full" if isinstance(error, redis.exceptions.OutOfMemoryError) else "unreachable"
+        stayed = f"{state} for over {settings.redis_retry_s:.0f}s ({error})"
+        log.error("job %s stopped: the job store was %s; left to the reaper", job_id, stayed)
         return None
     except Exception as error:
         log.exception("job %s failed", job_id)

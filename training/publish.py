@@ -151,7 +151,8 @@ def staging_dir(
     """A new folder path, unique to this attempt, to export into beside ``model_path`` (it does
     not exist yet); stale staging folders of dead runs are removed first."""
     model_dir = model_path.parent
-    model_dir.mkdir(parents=True, exist_ok=True)
+    # Never its parent: a volume not mounted stays missing (the worker checked it at start).
+    model_dir.mkdir(exist_ok=True)
     sweep_staging(model_dir, stale_after_s)
     return model_dir / f"{STAGING_PREFIX}{model_path.name}-{job_id}-{uuid.uuid4().hex}"
 

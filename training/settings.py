@@ -2,61 +2,98 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fdl.queue import DEFAULT_VISIBILITY_TIMEOUT_S
-from fdl.settings import CommonSettings
+from fdl.settings import SETTINGS_ERRORS, CommonSettings, prepare_model_dir, settings_problem
 
 # Batches run per call into the compiled training graph. Fewer Python round trips per batch make
 # small networks train much faster on CPU; callbacks (progress, the cancellation check) then run
 # once per call, so a cancellation takes effect within this many batches.
 DEFAULT_STEPS_PER_EXECUTION = 16
 
+# Upper bounds of the durations below, so that each is a finite number of seconds that every
+# wait accepts (threading's waits raise OverflowError past about 292 years, killing the thread
+# that waits: the reaper's, a heartbeat's), and no typo makes a job or record last for ages.
+DAY_S = 86400.0
+MONTH_S = 30 * DAY_S
+# A running job is lost after FDL_STALE_AFTER_S without a heartbeat: its worker must have beaten
+# several times in that long, or a healthy run is taken for lost (a slow beat, a Redis hiccup).
+STALE_AFTER_HEARTBEATS = 3
+
 
 class WorkerSettings(CommonSettings):
     # Redis redelivers an unacknowledged message only after this; longer than the longest job.
     visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=60)
     # A running job's record is touched this often by a thread of the worker process.
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0, le=DAY_S, allow_inf_nan=False)
     # A running job whose heartbeat is older than this is considered lost (its worker died).
-    stale_after_s: float = Field(default=120.0, gt=0)
+    stale_after_s: float = Field(default=120.0, gt=0, le=MONTH_S, allow_inf_nan=False)
     # How often each worker looks for lost jobs (it also looks once at start-up).
-    reaper_interval_s: float = Field(default=30.0, gt=0)
+    reaper_interval_s: float = Field(default=30.0, gt=0, le=DAY_S, allow_inf_nan=False)
     # While Redis is unreachable (a restart), the worker retries each job-record operation this
     # long before giving the job up to the reaper; training pauses meanwhile instead of failing.
-    redis_retry_s: float = Field(default=120.0, ge=0)
+    redis_retry_s: float = Field(default=120.0, ge=0, le=DAY_S, allow_inf_nan=False)
     # A job still queued this long after its message was sent has it sent again by a reaper (a
     # message lost between the gateway's record and the broker, or inside the broker); a
     # duplicate of a job already taken or ended is skipped by the worker that receives it.
-    resend_queued_after_s: float = Field(default=600.0, gt=0)
+    resend_queued_after_s: float = Field(default=600.0, gt=0, le=MONTH_S, allow_inf_nan=False)
     # A job that ended this long ago loses its record and events (a reaper removes them), so
     # Redis does not grow with every job ever run; 0 keeps them forever.
-    job_retention_s: float = Field(default=30 * 86400.0, ge=0)
+    job_retention_s: float = Field(default=MONTH_S, ge=0, le=365 * DAY_S, allow_inf_nan=False)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
     # A run of a job that goes on longer than this ends failed and publishes nothing (the job's
     # spec may ask for less: max_duration_s); checked between calls into the training graph and
     # between the job's stages, so a runaway job never holds its worker for good.
-    max_job_duration_s: float = Field(default=24 * 3600.0, gt=0)
+    max_job_duration_s: float = Field(default=DAY_S, gt=0, le=MONTH_S, allow_inf_nan=False)
     # A run still going this long after its time was up (stuck where nothing checks: reading
     # data, a call that never returns) has its process killed (Celery's hard time limit).
-    job_kill_grace_s: float = Field(default=600.0, gt=0)
+    job_kill_grace_s: float = Field(default=600.0, gt=0, le=DAY_S, allow_inf_nan=False)
     # A job whose training finished waits for the model repository's lock (another writer may
     # hold it for long: a hung promotion, slow storage) in rounds of this long, for as long as
     # it may run; between rounds it checks its cancellation and time limit and says it waits.
-    publish_lock_wait_s: float = Field(default=120.0, ge=1)
+    publish_lock_wait_s: float = Field(default=120.0, ge=1, le=DAY_S, allow_inf_nan=False)
     # Download missing datasets (MNIST, CIFAR-10) when the network allows.
     download: bool = True
-    download_timeout_s: float = Field(default=60.0, gt=0)
+    download_timeout_s: float = Field(default=60.0, gt=0, le=DAY_S, allow_inf_nan=False)
     # Mixed precision: float16 compute on GPUs; bfloat16 on CPUs with native bfloat16, for the
     # recipes that ask for it (training.recipes.Recipe.cpu_bfloat16).  Weights stay float32.
     mixed_precision: bool = True
     # Batches per call into the compiled training graph (cancellation acts within this many).
     steps_per_execution: int = Field(default=DEFAULT_STEPS_PER_EXECUTION, ge=1, le=256)
 
+    @model_validator(mode="after")
+    def _stale_after_several_heartbeats(self) -> WorkerSettings:
+        if self.stale_after_s < STALE_AFTER_HEARTBEATS * self.heartbeat_interval_s:
+            raise ValueError(
+                f"FDL_STALE_AFTER_S must be at least {STALE_AFTER_HEARTBEATS} times "
+                "FDL_HEARTBEAT_INTERVAL_S: a running job without a heartbeat for "
+                "FDL_STALE_AFTER_S is taken for lost and run again while its worker still "
+                "trains it"
+            )
+        return self
+
 
 @lru_cache
 def get_settings() -> WorkerSettings:
     return WorkerSettings()
+
+
+def settings_or_exit() -> WorkerSettings:
+    """The worker's settings; invalid ones stop the process with one line on stderr
+    (``fdl-worker: FDL_NAME: reason``, ``; ``-separated) and exit status 1, never quoting a
+    value. So does an FDL_MODEL_DIR the gateway would refuse (a file; a set one whose parent is
+    missing, a volume not mounted: the worker's versions went to the disk underneath, which the
+    gateway and the model server never see); the default, var/models, is made where missing."""
+    try:
+        settings = get_settings()
+    except SETTINGS_ERRORS as error:
+        sys.exit(f"fdl-worker: {settings_problem(error)}")
+    explicit = "model_dir" in settings.model_fields_set
+    if problem := prepare_model_dir(settings.model_dir, explicit):
+        sys.exit(f"fdl-worker: {problem}")
+    return settings

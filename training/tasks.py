@@ -32,11 +32,11 @@ from fdl.jobs import JobStore
 from fdl.queue import MAX_DURATION_HEADER, TRAIN_TASK, enqueue_training, make_celery
 from training.job import run_job
 from training.reaper import ReaperThread
-from training.settings import get_settings
+from training.settings import settings_or_exit
 from training.time_limit import end_when_gone, hard_limit_s, limit_from_message, process_start
 
 log = logging.getLogger(__name__)
-settings = get_settings()
+settings = settings_or_exit()  # an invalid setting stops the worker here, in one line
 app = make_celery(
     settings.require_redis_url(),
     settings.training_queue,

@@ -22,6 +22,7 @@ from api.deps import (
 )
 from api.errors import STORE_RETRY_AFTER_S, ApiError, store_unavailable
 from api.events import CappedEventSourceResponse, job_events, valid_stream_id
+from api.jobs_snapshot import listed_by_status
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import DECIMAL_ONLY, Job, JobId, JobList, errors
 from api.settings import GatewaySettings
@@ -165,14 +166,18 @@ def _create_within_cap(
     response_model=JobList,
     responses=errors(401, 403, 422, 429, 503),
 )
-def list_jobs(
+async def list_jobs(
     store: StoreDep,
     _key: AdminDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=500), DECIMAL_ONLY] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000), DECIMAL_ONLY] = 0,
 ) -> dict[str, Any]:
-    records, total = store.list(status.value if status else None, limit, offset)
+    if status is None:
+        records, total = await run_in_threadpool(store.list, None, limit, offset)
+    else:
+        # Ids from the shared status snapshot (api/jobs_snapshot.py), records read fresh.
+        records, total = await listed_by_status(store, status.value, limit, offset)
     return {"jobs": [public(r) for r in records], "total": total, "limit": limit, "offset": offset}
 
 

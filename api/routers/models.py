@@ -118,7 +118,11 @@ async def get_model(
     if not detail["versions"] and not (settings.model_dir / model).is_dir():
         raise ApiError(404, "model_not_found", f"no model named {model!r}")
     detail["input"] = None
-    if any(v["state"] == "AVAILABLE" for v in detail["versions"]):
+    available = [v["version"] for v in detail["versions"] if v["state"] == "AVAILABLE"]
+    if available:
+        # Reported served here, the version answers classify by name from now on: the
+        # gateway's cached "latest" must not name an older one.
+        metadata.served(model, max(available))
         try:
             spec = await metadata.get(model, request_id=request_id)
         except (ModelContractError, Exception) as error:  # shown as absent, never a failure

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.lint import compose, dockerfile, k8s, serving_config
+from deploy.lint import compose, dockerfile, k8s, probes, serving_config
 from deploy.lint.common import REPO_ROOT, Errors
 
 CHECKS: dict[str, Callable[[Path], Errors]] = {
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("  " + error.replace("\n", "\n    "))
         else:
             print(f"ok   {name}")
+    for note in probes.notes():
+        print(f"note: {note}")
     if not k8s.kustomize_available():
         print(
             "note: kubectl not on PATH: kustomize builds not rendered (each manifest file and "

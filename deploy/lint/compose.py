@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from deploy.lint import credentials, dockerfile
+from deploy.lint import credentials, dockerfile, probes
 from deploy.lint.common import COMPOSE_FILES, Errors, load_compose, merge_compose, strip_tags
 
 REQUIRED_SERVICES = ("redis", "serving", "gateway", "worker", "flower", "tensorboard")
@@ -122,6 +122,7 @@ def check(root: Path) -> Errors:
     errors += check_references(base, paths[0].parent, root)
     errors += check_serving_exposure(base)
     errors += credentials.check_compose(base, "compose.yaml")
+    errors += probes.check_compose(base, "compose.yaml")
     worker = (base.get("services") or {}).get("worker") or {}
     if not any("gpu" in (d.get("capabilities") or []) for d in gpu_devices(worker)):
         errors.append(

@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.lint import probes
 from deploy.lint.common import Errors, run_tool, tool
 
 REQUIRED_TARGETS = ("gateway", "worker", "model-server")
@@ -163,5 +164,8 @@ def check(root: Path) -> Errors:
         errors.append("Dockerfile: a `# syntax=` directive makes BuildKit pull a frontend image")
     args, stages = parse(dockerfile)
     errors += check_stages(args, stages)
+    gateway = next((s for s in stages if s.name == "gateway"), None)
+    healthcheck = gateway.last("HEALTHCHECK") if gateway is not None else None
+    errors += probes.check_dockerfile_healthcheck(healthcheck.argv() if healthcheck else None)
     errors += check_copy_sources(root, stages)
     return errors

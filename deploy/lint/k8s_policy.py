@@ -27,6 +27,7 @@ REQUIRED = [
     ("NetworkPolicy", "fdl-serving"),
     ("NetworkPolicy", "fdl-redis"),
     ("NetworkPolicy", "fdl-flower"),
+    ("NetworkPolicy", "fdl-gateway"),
     ("PodDisruptionBudget", "fdl-serving"),
     ("PodDisruptionBudget", "fdl-gateway"),
 ]
@@ -40,10 +41,9 @@ ISOLATED: dict[str, set[str]] = {
     "fdl-redis": {"fdl-gateway", "fdl-worker", "fdl-flower"},
     "fdl-flower": set(),
 }
-# Pods that listen and need no NetworkPolicy: the gateway checks FDL_API_KEYS itself and is reached
-# through the Ingress, from the controller's namespace, which differs per cluster (docs/deploy.md).
-# Any other pod that declares a port must be selected by a NetworkPolicy that restricts ingress.
-OPEN = {"fdl-gateway"}
+# Every pod that declares a port must be selected by a NetworkPolicy that restricts ingress. The
+# gateway's, fdl-gateway, admits every client to its public port (the Ingress controller's
+# namespace differs per cluster) and only Prometheus to its probe port (deploy/lint/probes.py).
 
 
 def names(docs: list[Doc], kind: str) -> set[str]:
@@ -216,7 +216,7 @@ def restricts_ingress(policy: Doc) -> bool:
 
 
 def check_network_policies(docs: list[Doc]) -> Errors:
-    """Every pod that listens, except the gateway's, is isolated by an ingress NetworkPolicy; the
+    """Every pod that listens is isolated by an ingress NetworkPolicy; the
     pods of ISOLATED admit exactly their named clients, on ports they have; no policy touches
     egress (DNS and every way out stay open)."""
     errors: Errors = []
@@ -242,7 +242,7 @@ def check_network_policies(docs: list[Doc]) -> Errors:
             for p in policies
             if restricts_ingress(p) and selects(p["spec"].get("podSelector"), labels)
         ]
-        if ports and not selecting and name not in OPEN:
+        if ports and not selecting:
             errors.append(
                 f"{doc['kind']} {name} listens on {sorted(map(str, ports))} and no NetworkPolicy "
                 "restricts its ingress (every pod of the cluster could connect)"

@@ -213,3 +213,19 @@ def test_truncated_json_says_where_it_breaks(client: TestClient) -> None:
     error = _error(response)
     assert error["details"][0]["field"] == "body"
     assert error["message"].startswith("body: not valid JSON at character 9"), error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/models/digits/labels/stable"])
+def test_a_missing_json_body_is_named_body_in_the_details_too(
+    client: TestClient, path: str
+) -> None:
+    """The message said ``body: Field required`` while the details' field was empty."""
+    response = client.post(path, headers=ADMIN | {"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = _error(response)
+    assert error["message"] == "body: Field required", error
+    assert error["details"] == [{"field": "body", "message": "Field required"}]
+    # A field inside the body keeps its own name.
+    response = client.post(path, json={}, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in _error(response)["details"]] in (["model"], ["version"])

@@ -97,7 +97,9 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
     pem = tmp_path / "x.pem"
     pem.write_text("-")
     with pytest.raises(ValidationError, match="go together"):
-        GatewaySettings(serving_tls_ca_file=pem, serving_tls_cert_file=pem)
+        GatewaySettings(serving_tls_cert_file=pem)
+    with pytest.raises(ValidationError, match="holds no usable PEM CA certificate"):
+        GatewaySettings(serving_tls_ca_file=pem)  # "-" is no certificate
     with pytest.raises(ValidationError, match="needs FDL_SERVING_TLS_CA_FILE"):
         GatewaySettings(serving_tls_cert_file=pem, serving_tls_key_file=pem)
     with pytest.raises(ValidationError, match="serving_tls_ca_file"):

@@ -96,3 +96,33 @@ def test_the_gateway_lists_jobs_while_redis_refuses_writes(
         ):
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "job_store_unavailable"
+
+
+def test_a_redis_full_for_longer_than_the_retries_is_logged_as_full(
+    restartable_redis: RestartableRedis, data_dir: Path, tmp_path: Path, logs_dir: Path
+) -> None:
+    """Past FDL_REDIS_RETRY_S the run stops and leaves the job to the reaper, and the log line
+    says why in the operator's terms: the store was full (a disk to free, a maxmemory to raise),
+    not unreachable (a network or a restart to look into)."""
+    stopped = "the job store was full for over 2s"
+    with worker_running(
+        "redis-full-worker",
+        restartable_redis.url,
+        data_dir,
+        tmp_path,
+        logs_dir,
+        {"FDL_REDIS_RETRY_S": "2"},
+    ) as worker:
+        job_id = worker.submit(model="mnist_mlp", publish_as="full", **{**MNIST_TINY, "epochs": 20})
+        worker.wait_progress(job_id)
+        with out_of_memory(restartable_redis.url):
+            wait_for(
+                lambda: stopped in worker.process.log_tail(50_000),
+                60,
+                "the run to stop on the full job store",
+                interval=0.2,
+                check=worker.process.ensure_alive,
+            )
+        log = worker.process.log_tail(200_000)
+    assert f"job {job_id} stopped: {stopped}" in log
+    assert "the job store was unreachable" not in log

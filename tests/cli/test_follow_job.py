@@ -5,6 +5,7 @@ a real gateway, the job's progress written to its store as a worker's would be."
 from __future__ import annotations
 
 import os
+import signal
 
 import httpx
 import pytest
@@ -32,7 +33,9 @@ def submit(gateway: Gateway) -> str:
 def follow(gateway: Gateway, job_id: str) -> BackgroundCli:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FDL_")}
     env |= {"FDL_URL": gateway.url, "FDL_API_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
-    return BackgroundCli(["job", job_id[:10], "--follow"], env)
+    # No model server behind the gateway: the published version is never served
+    # (tests/cli/test_serve_wait.py waits for one that is).
+    return BackgroundCli(["job", job_id[:10], "--follow", "--serve-timeout", "0"], env)
 
 
 def epoch(store: JobStore, job_id: str, n: int) -> None:
@@ -94,6 +97,22 @@ def test_a_cancelled_job_exits_5_while_followed_or_after(gateway: Gateway, redis
         again.stop()
 
 
+def test_ctrl_c_detaches_with_how_to_follow_again_on_one_line(gateway: Gateway) -> None:
+    job_id = submit(gateway)
+    cli = follow(gateway, job_id)
+    try:
+        cli.wait_line(f"Following job {job_id}")
+        cli.popen.send_signal(signal.SIGINT)
+        assert cli.popen.wait(30) == ExitCode.OK, cli.output()
+        cli.pump.join(10)
+        # A pipe: the line is whole, not wrapped at 80 columns (docs/ui.md).
+        line = cli.wait_line("Detached; the job keeps running.")
+        assert line.rstrip().endswith(f"Follow it with: fdl job {job_id} --follow"), cli.output()
+    finally:
+        cli.stop()
+        httpx.delete(f"{gateway.url}/v1/jobs/{job_id}", headers=bearer(ADMIN_KEY), timeout=10)
+
+
 def test_follow_and_json_together_is_a_usage_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: exit 2 comes before any request
     result = CliRunner().invoke(
@@ -111,3 +130,25 @@ def test_detaching_says_how_to_follow_again(gateway: Gateway, args: list[str]) -
     job_id = result.output.split("Job ", 1)[1].split()[0]
     assert f"fdl job {job_id} --follow" in result.output
     httpx.delete(f"{gateway.url}/v1/jobs/{job_id}", headers=bearer(ADMIN_KEY), timeout=10)
+
+
+def test_job_lines_stay_whole_in_a_pipe(gateway: Gateway, redis_url: str) -> None:
+    """Output that is not a terminal is never wrapped at 80 columns (docs/ui.md): the line that
+    starts following a job with a long model name, and a cancel's answer for a running job."""
+    model = "a_model_name_long_enough_to_push_the_line_past_eighty_columns"
+    job = {"model": "mnist_logreg", "epochs": EPOCHS, "publish_as": model}
+    response = httpx.post(f"{gateway.url}/v1/jobs", json=job, headers=bearer(ADMIN_KEY), timeout=10)
+    assert response.status_code == 202, response.text
+    job_id = str(response.json()["id"])
+    cli = follow(gateway, job_id)
+    try:
+        line = cli.wait_line(f"Following job {job_id}")
+        assert line.rstrip().endswith(f"({model})."), cli.output()
+    finally:
+        cli.stop()
+    assert JobStore.from_url(redis_url).mark_running(job_id, "test-worker")
+    env = {"FDL_API_KEY": ADMIN_KEY}
+    result = CliRunner().invoke(app, ["cancel", job_id, "--url", gateway.url], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    lines = [line for line in result.output.splitlines() if "cancellation requested" in line]
+    assert lines and lines[0].rstrip().endswith("FDL_STEPS_PER_EXECUTION)."), result.output

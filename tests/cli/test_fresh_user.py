@@ -266,7 +266,8 @@ def test_followed_output_to_a_pipe_is_whole_plain_lines(gateway: Gateway, redis_
     job_id = finished_job(gateway, redis_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FDL_") and k != "COLUMNS"}
     env |= {"FDL_URL": gateway.url, "FDL_API_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
-    cli = BackgroundCli(["job", job_id, "--follow"], env)  # stdout is a pipe, not a terminal
+    # stdout is a pipe, not a terminal; no model server: the version is never served.
+    cli = BackgroundCli(["job", job_id, "--follow", "--serve-timeout", "0"], env)
     try:
         assert cli.popen.wait(60) == ExitCode.OK, cli.output()
         cli.pump.join(10)

@@ -130,9 +130,15 @@ CASES: dict[str, tuple[list[str], dict[str, Any], int, list[str]]] = {
         {
             "/v1/jobs": {"jobs": [{"id": f"0123{CLOSE}{FOLDER}", "status": "queued"}], "total": 1},
             "/v1/jobs/": SUCCEEDED,
+            "/v1/models/": {"name": "x", "versions": [{"version": 2, "state": "AVAILABLE"}]},
         },
         ExitCode.OK,
-        [f"Following job 0123{CLOSE}{FOLDER}", f"published {COLOUR}{FOLDER} version 2"],
+        [
+            f"Following job 0123{CLOSE}{FOLDER}",
+            f"published {COLOUR}{FOLDER} version 2",
+            f"serve {COLOUR}{FOLDER} version 2",
+            f"{COLOUR}{FOLDER} version 2 is served.",
+        ],
     ),
     "train --detach": (
         ["train", "mnist_logreg", "--epochs", "1", "--detach"],

@@ -198,7 +198,9 @@ def test_shutdown_bounds_match_the_servers() -> None:
         return found
 
     graceful = constants("api/__main__.py")["timeout_graceful_shutdown"]
+    probe = constants("api/probe.py")["SHUTDOWN_S"]  # the probe listener stops first
     deadline = constants("serving/__main__.py")["SHUTDOWN_DEADLINE_S"]
     assert isinstance(graceful, int | float) and isinstance(deadline, int | float)
-    assert k8s_disruption.SHUTDOWN_S["fdl-gateway"] >= graceful
+    assert isinstance(probe, int | float)
+    assert k8s_disruption.SHUTDOWN_S["fdl-gateway"] >= probe + graceful
     assert k8s_disruption.SHUTDOWN_S["fdl-serving"] >= deadline

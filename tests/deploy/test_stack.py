@@ -47,6 +47,7 @@ class Stack:
     models: Path
     rest_port: int
     gateway_port: int
+    probe_port: int  # the gateway's probe listener (FDL_PROBE_PORT)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,7 @@ def stack(
     )
     assert init.returncode == 0, init.stderr
     grpc_port, rest_port, gateway_port = free_port(), free_port(), free_port()
+    probe_port = free_port()
     serving = Process("deploy-serving", model_server_argv(grpc_port, rest_port, models), logs_dir)
     processes = [serving]
     try:
@@ -93,13 +95,17 @@ def stack(
             FDL_SERVING_GRPC_PORT=str(grpc_port),
             FDL_SERVING_REST_PORT=str(rest_port),
             FDL_GATEWAY_PORT=str(gateway_port),
+            FDL_PROBE_PORT=str(probe_port),
         )
         gateway = Process("deploy-gateway", c.command("gateway"), logs_dir, env=env)
         processes.append(gateway)
         wait_for(
-            lambda: port_open(gateway_port), 120, "the gateway port", check=gateway.ensure_alive
+            lambda: port_open(gateway_port) and port_open(probe_port),
+            120,
+            "the gateway and probe ports",
+            check=gateway.ensure_alive,
         )
-        yield Stack(models, rest_port, gateway_port)
+        yield Stack(models, rest_port, gateway_port, probe_port)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -167,25 +173,34 @@ def test_gateway_command_is_the_same_everywhere() -> None:
 
 
 def test_gateway_image_healthcheck_passes(stack: Stack) -> None:
+    """On FDL_PROBE_PORT when it is set (not 0), else on FDL_GATEWAY_PORT."""
     argv = c.image_healthcheck("gateway")
-    result = run(argv, {"FDL_GATEWAY_PORT": str(stack.gateway_port)})
-    assert result.returncode == 0, result.stderr
-    closed = run(argv, {"FDL_GATEWAY_PORT": str(free_port())})
+    gateway = str(stack.gateway_port)
+    for probe in ("", "0", str(stack.probe_port)):
+        result = run(argv, {"FDL_GATEWAY_PORT": gateway, "FDL_PROBE_PORT": probe})
+        assert result.returncode == 0, (probe, result.stderr)
+    closed = run(argv, {"FDL_GATEWAY_PORT": str(free_port()), "FDL_PROBE_PORT": ""})
     assert closed.returncode == 1
     assert "unhealthy" in closed.stderr
+    elsewhere = run(argv, {"FDL_GATEWAY_PORT": gateway, "FDL_PROBE_PORT": str(free_port())})
+    assert elsewhere.returncode == 1
 
 
 def test_gateway_compose_healthcheck_passes(stack: Stack) -> None:
-    argv = c.swap(c.healthcheck("gateway"), "8000", str(stack.gateway_port))
+    probe_port = c.environment("gateway")["FDL_PROBE_PORT"]
+    argv = c.swap(c.healthcheck("gateway"), probe_port, str(stack.probe_port))
+    assert argv != c.healthcheck("gateway")  # the probe port, not the gateway's
     result = run(argv)
     assert result.returncode == 0, result.stderr
 
 
 def test_gateway_kubernetes_probes_pass(stack: Stack) -> None:
-    """Liveness /healthz and readiness /readyz (Redis and the model server both answer)."""
+    """Liveness /healthz and readiness /readyz (Redis and the model server both answer), on the
+    probe port."""
     container = c.k8s_pod("Deployment", "fdl-gateway")["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):
-        url = f"http://127.0.0.1:{stack.gateway_port}{container[probe]['httpGet']['path']}"
+        assert container[probe]["httpGet"]["port"] == "probe"
+        url = f"http://127.0.0.1:{stack.probe_port}{container[probe]['httpGet']['path']}"
         result = run(["python", "-m", "fdl.healthcheck", url])
         assert result.returncode == 0, (probe, result.stderr)
 
@@ -196,8 +211,11 @@ def test_gateway_prometheus_path_answers(stack: Stack) -> None:
         for d in c.k8s_docs()
         if d["metadata"]["name"] == "fdl-gateway" and d["kind"] == "Deployment"
     )
-    path = doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
-    url = f"http://127.0.0.1:{stack.gateway_port}{path}"
+    annotations = doc["spec"]["template"]["metadata"]["annotations"]
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert annotations["prometheus.io/port"] == env["FDL_PROBE_PORT"]  # scraped there
+    url = f"http://127.0.0.1:{stack.probe_port}{annotations['prometheus.io/path']}"
     assert run(["python", "-m", "fdl.healthcheck", url]).returncode == 0
 
 

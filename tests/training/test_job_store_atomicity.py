@@ -49,7 +49,9 @@ def test_a_requeue_whose_reply_was_lost_still_resends_the_job(
     store.set_fields("lost", heartbeat_at=time.time() - 600)
     reaper_store, proxy = lossy
     sent: list[str] = []
-    settings = WorkerSettings(redis_url="redis://unused", model_dir=tmp_path, stale_after_s=5)
+    settings = WorkerSettings(
+        redis_url="redis://unused", model_dir=tmp_path, stale_after_s=5, heartbeat_interval_s=1
+    )
     send = lambda job_id, *_: sent.append(job_id)  # noqa: E731
     assert reap_once(reaper_store, settings, send) == [("lost", "requeued")]
     assert proxy.dropped == 1  # the requeue ran in Redis, its reply never arrived
@@ -198,6 +200,7 @@ def test_a_delivery_while_the_reaper_settles_a_lost_job_never_finds_it_queued(
         var_dir=tmp_path / "var",
         download=False,
         stale_after_s=5,
+        heartbeat_interval_s=1,
         max_attempts=2,
     )
     deliveries: list[object] = []

@@ -248,6 +248,7 @@ def run_lost(
         var_dir=tmp_path / "var",
         download=False,
         heartbeat_interval_s=600,  # no beat during the run: only its end meets the takeover
+        stale_after_s=3600,  # several beats long, as FDL_STALE_AFTER_S must be
     )
     store.create(spec.model_dump(mode="json"), job_id)
     feeder = Feeder(store, job_id, steps)
@@ -309,13 +310,12 @@ def test_a_run_whose_gate_says_no_after_another_run_took_its_job_leaves_the_reco
     os.mkfifo(metadata)
     meta = json.dumps(SERVED).encode()
 
-    def loading() -> bool:  # the run is past its first read of the metadata (published_before)
+    def loading() -> bool:  # the run is past its look for a version it published before
         return any(e["type"] == "log" for _, e in store.read_events(job_id))
 
-    steps: list[Step] = [
-        (metadata, meta, None, None),
-        (metadata, meta, loading, lambda: TAKEOVERS[takeover](store, job_id)),
-    ]
+    # That look (published_before) reads metadata bounded and passes over a pipe unopened;
+    # the quality gate's read of the served version's metadata is the one held.
+    steps: list[Step] = [(metadata, meta, loading, lambda: TAKEOVERS[takeover](store, job_id))]
     spec = tiny_spec(PublishSpec(only_if_better=True))
     with caplog.at_level("WARNING", logger="training"):
         feeder, result, settings = run_lost(store, tmp_path, job_id, spec, steps)

@@ -32,6 +32,7 @@ def settings(tmp_path: Path, **overrides: object) -> WorkerSettings:
         model_dir=tmp_path / "m",
         var_dir=tmp_path / "v",
         stale_after_s=5,
+        heartbeat_interval_s=1,
         max_attempts=2,
         **overrides,
     )

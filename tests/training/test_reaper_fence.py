@@ -50,6 +50,7 @@ def settings(tmp_path: Path) -> WorkerSettings:
         model_dir=tmp_path / "models",
         var_dir=tmp_path / "var",
         stale_after_s=5,
+        heartbeat_interval_s=1,
         max_attempts=2,
     )
 

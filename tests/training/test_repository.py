@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from fdl import contract
 from fdl.model_config import ConfigRenderError, render
 from fdl.repository import CONFIG_FILE, Repository
-from fdl.repository_reads import LABELS_FILE, list_versions
+from fdl.repository_reads import LABELS_FILE, find_job_version, list_versions
 from training.publish import publish, published_before, staging_dir
 
 
@@ -44,6 +45,28 @@ def test_a_rerun_job_finds_its_version_and_publishes_no_second(tmp_path: Path) -
     assert earlier is not None and earlier["version"] == 1 and earlier["published"] is True
     assert earlier["metrics"] == {"test_accuracy": 0.9}
     assert published_before(model_dir, "m", "job-c") is None
+
+
+def test_a_version_whose_metadata_is_a_named_pipe_is_never_waited_on(tmp_path: Path) -> None:
+    """A version folder copied in by hand may hold anything as its metadata: a job looking for
+    the version it published before reads it bounded and moves on, never blocked on a FIFO."""
+    model_dir = tmp_path / "models"
+    assert publish(_staged(model_dir / "m", "job-a"), model_dir, "m", "job-a") == (1, True)
+    odd = model_dir / "m" / "2" / contract.METADATA_FILE
+    odd.parent.mkdir(parents=True)
+    os.mkfifo(odd)
+    found: list[int | None] = []
+    reader = threading.Thread(
+        target=lambda: found.append(find_job_version(model_dir / "m", "job-a"))
+    )
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # let a reader blocked in open() go before failing
+        with open(odd, "w"):
+            pass
+        reader.join(timeout=10)
+        pytest.fail("find_job_version waited on a named pipe")
+    assert found == [1]
 
 
 def test_repository_files_are_readable_by_other_users(tmp_path: Path) -> None:

@@ -75,43 +75,90 @@ export const api = {
   upload: (path, form, options = {}) => request(path, { ...options, method: "POST", form }),
 };
 
-// Follow an SSE stream; calls onEvent(type, data) per event and resolves when the stream ends.
+// A stream that sends no byte for this long is taken for dead (a laptop that slept, a proxy that
+// dropped the connection without closing it): the gateway sends a keep-alive comment after every
+// idle wait of at most 10 s (2.5 s by default), so 30 s of silence is never a quiet job. A test
+// may set `window.FDL_STREAM_IDLE_MS` before the page loads to wait less.
+export const STREAM_IDLE_MS = 30_000;
+
+function streamIdleMs() {
+  const wanted = Number(globalThis.FDL_STREAM_IDLE_MS);
+  return Number.isFinite(wanted) && wanted >= 500 ? wanted : STREAM_IDLE_MS;
+}
+
+// Follow an SSE stream; calls onEvent(type, data, id) per event and resolves with the last event
+// id when the stream ends. Silence past the idle limit, while connecting or reading, aborts it
+// with ApiError code "stalled"; the caller reconnects with the last id it was given.
 export async function followEvents(path, { onEvent, signal, lastEventId } = {}) {
   const headers = { Accept: "text/event-stream", ...authHeaders(true) };
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
-  let response;
+  const idleMs = streamIdleMs();
+  const controller = new AbortController();
+  const forward = () => controller.abort();
+  if (signal?.aborted) controller.abort();
+  signal?.addEventListener("abort", forward, { once: true });
+  let stalled = false;
+  let timer = null;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      stalled = true;
+      controller.abort();
+    }, idleMs);
+  };
+  const stalledError = () =>
+    new ApiError(0, "stalled", `The event stream sent nothing for ${Math.round(idleMs / 1000)} s: reconnecting.`);
   try {
-    response = await fetch(path, { headers, signal });
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-    throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
-  }
-  if (!response.ok) throw await errorFrom(response);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  let last = lastEventId || null;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value.replace(/\r\n?/g, "\n");
-    let boundary;
-    while ((boundary = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, boundary);
-      buffer = buffer.slice(boundary + 2);
-      const event = parseBlock(block);
-      if (event.id) last = event.id;
-      if (event.data !== null) {
-        let data = event.data;
-        try {
-          data = JSON.parse(event.data);
-        } catch {
-          // Plain text data stays a string.
-        }
-        onEvent(event.type, data);
-      }
+    arm();
+    let response;
+    try {
+      response = await fetch(path, { headers, signal: controller.signal });
+    } catch (error) {
+      if (stalled) throw stalledError();
+      if (error.name === "AbortError") throw error;
+      throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
     }
+    if (!response.ok) throw await errorFrom(response);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let last = lastEventId || null;
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        if (stalled) throw stalledError();
+        throw error;
+      }
+      if (chunk.done) break;
+      buffer += chunk.value.replace(/\r\n?/g, "\n");
+      let boundary;
+      while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, boundary);
+        buffer = buffer.slice(boundary + 2);
+        const event = parseBlock(block);
+        if (event.id) last = event.id;
+        if (event.data !== null) {
+          let data = event.data;
+          try {
+            data = JSON.parse(event.data);
+          } catch {
+            // Plain text data stays a string.
+          }
+          onEvent(event.type, data, event.id);
+        }
+      }
+      // Armed once the chunk's events are handled, so the time they take is not silence.
+      arm();
+    }
+    return last;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", forward);
+    // Closes the response (a no-op once it has ended): one left open when onEvent throws would
+    // hold one of the gateway's FDL_MAX_EVENT_STREAMS slots for as long as the page lives.
+    controller.abort();
   }
-  return last;
 }
 
 function parseBlock(block) {

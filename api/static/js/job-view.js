@@ -7,6 +7,10 @@ const $ = (id) => document.getElementById(id);
 // The browser cannot import fdl/jobs.py: this is its TERMINAL, the statuses a job never leaves.
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const COLORS = { train: "#4f46e5", val: "#0ea5a4" };
+const GONE = "This job no longer exists (its record was removed).";
+// The gateway's own answer for a job it does not hold: a 404 from a proxy or an ingress in front
+// of it (another code, or no JSON at all) is a failure to retry, not a removed job.
+const isGone = (error) => error instanceof ApiError && error.status === 404 && error.code === "job_not_found";
 
 export class JobView {
   constructor(onStatus) {
@@ -55,7 +59,11 @@ export class JobView {
         this.lastEventId = await followEvents(`/v1/jobs/${id}/events`, {
           signal,
           lastEventId: this.lastEventId,
-          onEvent: (type, data) => this.onEvent(type, data),
+          onEvent: (type, data, eventId) => {
+            // Kept as each event comes, so a stream that breaks off (or stalls) resumes after it.
+            if (eventId) this.lastEventId = eventId;
+            this.onEvent(type, data);
+          },
         });
         failures = 0;
         replayed = true;
@@ -63,6 +71,11 @@ export class JobView {
         if (signal.aborted || error.name === "AbortError") return;
         if (error instanceof ApiError && error.status === 401) {
           showError($("detail-error"), error);
+          return;
+        }
+        // Its record was removed (FDL_JOB_RETENTION_S): asking again would never end.
+        if (isGone(error)) {
+          this.showGone();
           return;
         }
         failures += 1;
@@ -73,12 +86,16 @@ export class JobView {
       }
       if (signal.aborted || (replayed && TERMINAL.has(this.job.status))) break;
       // The stream ended or failed early: catch up from the record, then reconnect.
-      await this.refreshRecord(signal);
+      if (!(await this.refreshRecord(signal))) {
+        if (!signal.aborted) this.showGone();
+        return;
+      }
       await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** failures)));
     }
-    if (!signal.aborted) await this.refreshRecord(signal);
+    if (!signal.aborted && !(await this.refreshRecord(signal)) && !signal.aborted) this.showGone();
   }
 
+  // Catch up from the job's record; false when the record no longer exists.
   async refreshRecord(signal) {
     try {
       const job = await api.get(`/v1/jobs/${this.job.id}`, { admin: true, signal });
@@ -86,9 +103,16 @@ export class JobView {
       if (job.progress && job.progress.epoch) this.addProgress(job.progress);
       this.render();
       this.onStatus(job);
-    } catch {
-      // Shown by the next attempt.
+    } catch (error) {
+      if (isGone(error)) return false;
+      // Anything else is shown by the next attempt.
     }
+    return true;
+  }
+
+  showGone() {
+    $("job-cancel").hidden = true;
+    showError($("detail-error"), new Error(GONE));
   }
 
   onEvent(type, data) {

@@ -106,7 +106,7 @@ class GrpcFrontEnd:
             check_socket_path(socket_path)
         self.loop.run(self._start(port, socket_path, options, credentials))
         if port:
-            log.info("Running gRPC ModelServer at %s:%d ...", self.bind_address, port)
+            log.info("Running gRPC ModelServer at %s ...", _address(self.bind_address, port))
         if socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
@@ -139,9 +139,7 @@ class GrpcFrontEnd:
             reflection.aio.ReflectionServicer(names), services
         )
         if port:
-            host = self.bind_address
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            _listen(server, address, credentials, f"port {port}")
+            _listen(server, _address(self.bind_address, port), credentials, f"port {port}")
         if socket_path:
             _listen(server, f"unix:{socket_path}", credentials, f"UNIX socket {socket_path}")
         await server.start()
@@ -159,3 +157,9 @@ class GrpcFrontEnd:
         except Exception as error:  # a stuck handler must not keep the process alive
             log.warning("gRPC server did not stop cleanly: %s", error)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _address(host: str, port: int) -> str:
+    """gRPC's ``host:port``; an IPv6 literal (``--bind_address`` holds it without brackets) in
+    brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
