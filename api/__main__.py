@@ -8,7 +8,6 @@ import sys
 
 import uvicorn
 
-from api import probe
 from api.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from api.memory import tune_malloc
 from api.settings import GatewaySettings, get_settings
@@ -65,6 +64,8 @@ def _raise_open_files_limit(wanted: int) -> None:
 def main() -> None:
     tune_grpc()  # before the app (and grpc) is imported
     tune_malloc()
+    from api import probe  # imports the app's middleware, and with it grpc: after tune_grpc
+
     try:
         settings = get_settings()
     except SETTINGS_ERRORS as error:  # one line naming each setting, never its value

@@ -13,13 +13,12 @@ import httpx
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings
 
-from fdl.settings import FDL_SETTINGS
+from fdl.settings import FDL_SETTINGS, NOT_A_PORT
 
 DEFAULT_HOST = "127.0.0.1"
 LOCAL_NAMES = frozenset({"localhost"})
 # The ports a server can listen on and a client reach it at; `fdl up` checks its own with it.
 PORTS = range(1, 65536)
-NOT_A_PORT = "not a port number from 1 to 65535"
 NOT_HERE = (
     "not localhost, a wildcard (0.0.0.0, ::) or an IP address of this machine: the default URL "
     "only ever reaches a gateway on this machine"

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 # A key shorter than this, or one that starts like a placeholder of the examples (the shipped
@@ -67,8 +67,17 @@ def weak_key_reason(key: str) -> str | None:
     return None
 
 
+NOT_A_PORT = "not a port number from 1 to 65535"
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(NOT_A_PORT)
+    return value
+
+
 # A TCP port of a setting (Python's socket calls would take 99999 as 99999 % 65536).
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, AfterValidator(_port)]
 # The longest timeout or interval a setting may hold: a day. Beyond about 1e9 s a socket timeout
 # or a gRPC deadline overflows (every call then fails at once), and inf or nan mean nothing.
 MAX_SECONDS = 86_400.0

@@ -80,6 +80,8 @@ def start_worker(
     env: dict[str, str] | None = None,
 ) -> Worker:
     model_dir, var_dir = root / "models", root / "var"
+    # The worker refuses a model folder whose parent is missing (a volume not mounted).
+    root.mkdir(parents=True, exist_ok=True)
     full_env = {
         "FDL_REDIS_URL": redis_url,
         "FDL_MODEL_DIR": str(model_dir),

@@ -67,7 +67,7 @@ def assert_no_secret(output: str) -> None:
             "integer",
         ),
         ({"FDL_LOG_LEVEL": "bogus"}, "FDL_LOG_LEVEL: Input should be 'CRITICAL', 'FATAL'"),
-        ({"FDL_GATEWAY_PORT": "99999"}, "FDL_GATEWAY_PORT: Input should be less than or equal"),
+        ({"FDL_GATEWAY_PORT": "99999"}, "FDL_GATEWAY_PORT: not a port number from 1 to 65535"),
         ({"FDL_PROFILES": "{"}, "FDL_PROFILES: not valid JSON ("),
         ({"FDL_API_KEYS_FILE": "latin1.keys"}, "FDL_API_KEYS_FILE ("),
     ],

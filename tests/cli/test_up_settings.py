@@ -44,7 +44,7 @@ def refused(name: str, env: dict[str, str], tmp: Path, logs_dir: Path) -> str:
         ),
         (
             {"FDL_SERVING_REST_PORT": "99999"},
-            "fdl up: FDL_SERVING_REST_PORT: Input should be less than or equal to 65535",
+            "fdl up: FDL_SERVING_REST_PORT: not a port number from 1 to 65535",
         ),
         # The gateway's own settings.
         (

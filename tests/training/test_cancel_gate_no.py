@@ -42,13 +42,15 @@ def test_a_cancel_accepted_while_the_gate_says_no_ends_the_job_cancelled(
     served = json.dumps(SERVED).encode()  # test accuracy 1.0: "not better"
     accepted: list[dict[str, object] | None] = []
 
-    def trained() -> bool:  # past its first read of the metadata (published_before)
+    def trained() -> bool:  # past its look for a version it published before
         return any(e["type"] == "log" for _, e in store.read_events(job_id))
 
     def cancel() -> None:  # as DELETE /v1/jobs/{id} does
         accepted.append(store.request_cancel(job_id))
 
-    steps: list[Step] = [(metadata, served, None, None), (metadata, served, trained, cancel)]
+    # That look (published_before) reads metadata bounded and passes over a pipe unopened; the
+    # gate's read of the served version's metadata is the one held.
+    steps: list[Step] = [(metadata, served, trained, cancel)]
     spec = tiny_spec(PublishSpec(only_if_better=True))
     _, result, settings = run_lost(store, tmp_path, job_id, spec, steps)
     assert accepted and accepted[0] is not None
