@@ -14,9 +14,13 @@ count (:func:`choose_profile`):
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from api.input_spec import InputSpec
+from api.preprocess_ink import dark_ink as _dark_ink
+from api.preprocess_ink import ink_box as _ink_box
+from api.preprocess_ink import ink_map as _ink_map
+from api.preprocess_ink import median as _median
 from fdl import contract
 from fdl.images import WorkSize
 from fdl.photo import photo_to_array as photo_to_array
@@ -164,88 +168,3 @@ def normalize_digit(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.
     canvas = np.zeros((height, width), dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = fitted
     return canvas
-
-
-def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box of the ink, ignoring specks: found on a morphologically opened mask."""
-    solid = ink > 64
-    if min(ink.shape) > 64:  # specks of noise only matter in photos, which are larger
-        solid = _open3(solid)
-    if not solid.any():
-        solid = ink > 0
-    rows = np.flatnonzero(solid.any(axis=1))
-    cols = np.flatnonzero(solid.any(axis=0))
-    if rows.size == 0 or cols.size == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def _open3(mask: np.ndarray) -> np.ndarray:
-    """Morphological opening with a 3x3 square: removes specks smaller than 3x3."""
-    padded = np.pad(mask, 1)
-    h, w = mask.shape
-    eroded = np.ones_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            eroded &= padded[dy : dy + h, dx : dx + w]
-    padded = np.pad(eroded, 1)
-    opened = np.zeros_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            opened |= padded[dy : dy + h, dx : dx + w]
-    return opened
-
-
-def _background(gray: Image.Image, light: bool) -> np.ndarray:
-    """The paper (or board) without the strokes: a rank filter at quarter scale, smoothed."""
-    small = gray.resize((max(1, gray.width // 4), max(1, gray.height // 4)), Image.Resampling.BOX)
-    rank = ImageFilter.MaxFilter(5) if light else ImageFilter.MinFilter(5)
-    smooth = small.filter(rank).filter(ImageFilter.GaussianBlur(2))
-    return np.asarray(smooth.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a NaN-free array (the same value), without its generic overhead."""
-    flat = values.ravel()
-    half = flat.size // 2
-    if flat.size % 2:
-        return float(np.partition(flat, half)[half])
-    low, high = np.partition(flat, (half - 1, half))[half - 1 : half + 1]
-    return (float(low) + float(high)) / 2  # as floats: uint8 sums would wrap
-
-
-def _ink_map(gray: Image.Image) -> np.ndarray:
-    """Ink as bright values on a zero background, whatever the polarity and lighting."""
-    pixels = np.asarray(gray)  # uint8; medians of it are those of its float64 copy
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    light_paper = _median(border) > 127
-    if light_paper and min(gray.size) >= 16:
-        # Divide out uneven lighting: ink becomes its contrast against the local paper.
-        background = _background(gray, light_paper)
-        array = 255.0 - np.clip(pixels / np.maximum(background, 1.0) * 255.0, 0, 255)
-        array -= _median(array)
-    elif light_paper:
-        array = 255.0 - pixels
-        array -= _median(array)
-    else:
-        return _dark_ink(pixels)
-    return _scaled_ink(array)
-
-
-def _dark_ink(pixels: np.ndarray) -> np.ndarray:
-    """:func:`_ink_map` of grey pixels on a dark background (the border's median at most 127)."""
-    return _scaled_ink(np.subtract(pixels, _median(pixels), dtype=np.float64))
-
-
-def _scaled_ink(array: np.ndarray) -> np.ndarray:
-    """Ink relative to its background (float, a copy the caller gives up) as uint8 ink."""
-    peak = array.max()
-    if peak <= 0:
-        return np.zeros(array.shape, dtype=np.uint8)
-    # The strongest ink becomes 255. Below a fifth of it is faint noise, set to 0 (negative
-    # values included); above 255 there is only rounding (255 plus an ulp), which the cast to
-    # uint8 truncates to 255, so no clipping is needed.
-    array *= 255.0 / peak
-    array[array < 0.2 * 255.0] = 0
-    digit: np.ndarray = array.astype(np.uint8)
-    return digit

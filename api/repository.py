@@ -21,6 +21,9 @@ _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_
 # An absolute POSIX or Windows path (no whitespace): how the worker records where data came from.
 _ABSOLUTE_PATH = re.compile(r"^(?:/|[A-Za-z]:[\\/]|\\\\)\S*$")
 METADATA_MAX_BYTES = contract.METADATA_MAX_BYTES
+# The state of a version whose folder the gateway cannot look into (its permissions, an I/O
+# error) and that the model server does not report: nothing it could load.
+UNREADABLE = "UNREADABLE"
 
 
 def public_paths(value: Any) -> Any:
@@ -127,18 +130,42 @@ async def describe_model(
         # In a worker thread: with a change's undo record there, this may roll it back.
         all_labels = await io(safe_labels, repository)
     labels = all_labels.get(model, {})
-    on_disk = list_versions(model_dir / model)
+    try:
+        on_disk, folder_error = list_versions(model_dir / model), None
+    except OSError as error:  # only the versions the model server reports can be shown
+        on_disk, folder_error = [], _reason(error)  # names the model's folder
     versions = sorted(set(on_disk) | set(by_version))
-    # A folder without a graph yet (being copied in, or not a model) is none the server loads.
-    graphs = [v for v in on_disk if has_graph(model_dir / model / str(v))]
+    # A folder without a graph yet (being copied in, or not a model) is none the server loads;
+    # one the gateway cannot look into is shown UNREADABLE (unless served), never a failure.
+    graphs, unreadable = [], {}
+    for v in on_disk:
+        try:
+            if has_graph(model_dir / model / str(v)):
+                graphs.append(v)
+        except OSError as error:
+            unreadable[v] = f"{_reason(error)}: the version's folder cannot be read"
     coming = pending_version(graphs, by_version, server_error)
     described = []
     for v in versions:
         names = sorted(label for label, target in labels.items() if target == v)
         version = describe_version(model_dir, model, v, by_version.get(v), names)
         version["pending"] = v == coming
+        if v in unreadable:
+            if v not in by_version:
+                version["state"] = UNREADABLE
+            version["error"] = "; ".join(filter(None, (unreadable[v], version["error"])))
         described.append(version)
-    return {"name": model, "labels": labels, "versions": described, "server_error": server_error}
+    return {
+        "name": model,
+        "labels": labels,
+        "versions": described,
+        "server_error": server_error,
+        "repository_error": folder_error,
+    }
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
 
 
 def pending_version(

@@ -160,7 +160,8 @@ class VersionInfo(BaseModel):
     version: int = Field(examples=[2])
     state: str = Field(
         description="AVAILABLE, LOADING, ... from the model server; NOT_LOADED when it does "
-        "not serve this version",
+        "not serve this version; UNREADABLE when it does not and the gateway cannot read the "
+        "version's folder either (its permissions: error says why)",
         examples=["AVAILABLE"],
     )
     error: str | None = None
@@ -184,6 +185,12 @@ class ModelSummary(BaseModel):
     labels: dict[str, int] = Field(examples=[{"stable": 1, "canary": 2}])
     versions: list[VersionInfo]
     server_error: str | None = None
+    repository_error: str | None = Field(
+        default=None,
+        description="Why the gateway cannot list the model's folder (e.g. \"Permission denied: "
+        "the folder of model 'm' cannot be listed\"): versions then shows only those the model "
+        "server reports",
+    )
 
 
 class InputSpecOut(BaseModel):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
+from api.serving_tls import key_pair_problem
 from fdl.settings import (
     CommonSettings,
     WeakKeyError,
@@ -246,6 +247,11 @@ class GatewaySettings(CommonSettings):
             raise ValueError("FDL_SERVING_TLS_CERT_FILE and FDL_SERVING_TLS_KEY_FILE go together")
         if self.serving_tls_cert_file is not None and self.serving_tls_ca_file is None:
             raise ValueError("a client certificate needs FDL_SERVING_TLS_CA_FILE (TLS is off)")
+        # Loaded as gRPC will load them, as the CA is: a pair it cannot use stops the gateway
+        # here instead of failing every channel's handshake (model server unavailable, 503).
+        cert, key = self.serving_tls_cert_file, self.serving_tls_key_file
+        if cert is not None and key is not None and (problem := key_pair_problem(cert, key)):
+            raise ValueError(problem)
         return self
 
     def check_keys(self) -> None:

@@ -34,10 +34,7 @@ from fdl.redis_server import redis_server_argv
 from harness.procs import Process, free_port, wait_for
 
 KEY = "bench-admin-key-0123456789"  # 16+ characters: shorter keys stop the gateway
-WORKER = [
-    "celery", "-A", "training.tasks", "worker", "-Q", "training",
-    "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
-]  # fmt: skip
+WORKER = ["fdl-worker", "-Q", "training"]
 TARGET, BUDGET_S = 0.90, 30 * 60
 
 

@@ -61,7 +61,7 @@ def up() -> None:
         stop_leftovers,
     )
     from fdl.settings import SETTINGS_ERRORS, CommonSettings, WeakKeyError, settings_problem
-    from fdl.stack import plan_stack, redis_banner, run_stack
+    from fdl.stack import gateway_url, plan_stack, redis_banner, run_stack
 
     try:
         settings = CommonSettings()
@@ -91,7 +91,7 @@ def up() -> None:
     except (WeakKeyError, StackError) as error:
         console.print(f"fdl up: {error}", style="red", markup=False)
         raise typer.Exit(2) from error
-    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    url = gateway_url(settings.gateway_host, settings.gateway_port)
     console.print(
         f"[bold]FDL Serve[/bold] starting: gateway {escape(url)}  (Ctrl-C stops everything)"
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fdl.cli_local import port_problem
-from fdl.settings import CommonSettings, folder_problem
+from fdl.settings import CommonSettings, folder_problem, prepare_var_dir, unmakeable
 from fdl.stack import STACK_MARKER, STOP_WAIT_S, Stack
 
 # Held (flock) by `fdl up` and, across its exec, by supervisord: one stack per var folder.
@@ -50,8 +50,9 @@ for target in sys.argv[1:]:
 def check_folder(variable: str, path: Path, parent_must_exist: bool = False) -> None:
     """Raises:
     StackError: ``path`` is a file or FIFO, or (``parent_must_exist``) it and its parent folder
-        are both missing (a volume not mounted)."""
-    if problem := folder_problem(path, parent_must_exist):
+        are both missing (a volume not mounted), or it is missing and cannot be made (under a
+        file, in a read-only folder)."""
+    if problem := folder_problem(path, parent_must_exist) or unmakeable(path):
         raise StackError(f"{variable}: {problem}")
 
 
@@ -84,11 +85,15 @@ def claim_var_dir(var_dir: Path) -> int:
     overwrite its var/redis_url.
 
     Raises:
-        StackError: another `fdl up` holds the folder.
+        StackError: another `fdl up` holds the folder, or it cannot be made or written.
     """
-    var_dir.mkdir(parents=True, exist_ok=True)
+    if problem := prepare_var_dir(var_dir):
+        raise StackError(problem)
     path = var_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StackError(f"FDL_VAR_DIR: {path} cannot be written ({error.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -180,7 +185,7 @@ class Leftover:
         return "redis-server" in self.command
 
     def __str__(self) -> str:
-        """Its program's name: the script's for a Python one (fdl-gateway, celery)."""
+        """Its program's name: the script's for a Python one (fdl-gateway, fdl-worker)."""
         names = [word.rsplit("/", 1)[-1] for word in self.command.split()[:2]] or ["?"]
         name = names[-1] if names[0].startswith("python") else names[0]
         return f"{name} (pid {self.pid})"

@@ -44,6 +44,15 @@ _REDUCE_MODE = {
     "RGBX": "RGB",
 }
 _UNPREMULTIPLY = {"RGBa": "RGBA", "La": "LA"}
+# The attribute holding the region of an image that its source's pixels cover exactly (left, top,
+# right, bottom, in its pixels; floats), where that is not the whole image: a JPEG decoded at a
+# reduced scale, or an image reduced by a factor its size is no multiple of, has a last row and
+# column that cover less of the source (Image.reduce and libjpeg round up). Pillow's own
+# ``draft`` and ``resize(reducing_gap=...)`` carry that box on to the resize that follows; the
+# photo profile does the same (:func:`source_box`). An attribute, not an Image.info entry: Pillow
+# copies info into the images it derives, whose pixels differ, and a PNG's text chunks fill it.
+_SOURCE_BOX = "_fdl_source_box"
+Box = tuple[float, float, float, float]
 # EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -90,7 +99,16 @@ def draft(image: Image.Image, work: WorkSize) -> None:
     mode, done by libjpeg while decoding) as long as the result still covers the work size."""
     if is_jpeg(image):
         side = max(work.size)  # either orientation (EXIF may rotate it later)
-        image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
+        drafted = image.draft(image.mode if image.mode in ("L", "RGB") else None, (side, side))
+        if drafted is not None:  # the source's extent at the scale chosen
+            setattr(image, _SOURCE_BOX, tuple(float(v) for v in drafted[1]))
+
+
+def source_box(image: Image.Image) -> Box:
+    """The region of a decoded image (:func:`upright`'s) that its source's pixels cover exactly
+    (left, top, right, bottom): the whole image unless a reduction rounded its size up."""
+    box: Box | None = getattr(image, _SOURCE_BOX, None)
+    return box if box is not None else (0.0, 0.0, float(image.width), float(image.height))
 
 
 def upright(source: Image.Image, work: WorkSize | None = None) -> Image.Image:
@@ -98,19 +116,54 @@ def upright(source: Image.Image, work: WorkSize | None = None) -> Image.Image:
     in strips); the source's pixels are freed once a new image holds them."""
     source.seek(0)  # first frame of animations (and an MPO's primary image: a no-op at 0)
     source.load()
+    box = source_box(source)
     orientation = _orientation(source)
     width, height = source.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     factor = work.factor(width, height) if work else 1
     image = _reduce(source, factor) if factor > 1 else source
+    box = (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor)
     if orientation in _ORIENT:
+        box = _transposed(box, image.size, _ORIENT[orientation])
         image = image.transpose(_ORIENT[orientation])
     image = _normalize_mode(image)
     if image is not source:
         # Frees the full-size pixels now, though the caller may still hold the opened image.
         source.close()
+    whole = (0.0, 0.0, float(image.width), float(image.height))
+    setattr(image, _SOURCE_BOX, None if box == whole else box)
     return image
+
+
+def _transposed(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
+    """``box`` in an image of ``size`` as it lies once the image is transposed by ``method``."""
+    width, height = size
+    left, top, right, bottom = box
+    flip_x = method in (
+        Image.Transpose.FLIP_LEFT_RIGHT,
+        Image.Transpose.ROTATE_180,
+        Image.Transpose.ROTATE_90,  # counter-clockwise: the right edge becomes the top
+        Image.Transpose.TRANSVERSE,
+    )
+    flip_y = method in (
+        Image.Transpose.FLIP_TOP_BOTTOM,
+        Image.Transpose.ROTATE_180,
+        Image.Transpose.ROTATE_270,  # clockwise: the bottom edge becomes the left
+        Image.Transpose.TRANSVERSE,
+    )
+    if flip_x:
+        left, right = width - right, width - left
+    if flip_y:
+        top, bottom = height - bottom, height - top
+    if method in (
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+    ):  # the axes swap
+        return top, left, bottom, right
+    return left, top, right, bottom
 
 
 def _orientation(image: Image.Image) -> int:

@@ -55,7 +55,7 @@ def render(
     config.model_config_list.SetInParent()  # an empty list still renders as a list
     for name in sorted(models):
         model = config.model_config_list.config.add(
-            name=name, base_path=f"{root.rstrip('/')}/{name}", model_platform="tensorflow"
+            name=name, base_path=base_path(root, name), model_platform="tensorflow"
         )
         model_labels = labels.get(name, {})
         extra = set((keep or {}).get(name, set()))
@@ -64,9 +64,19 @@ def render(
             model.model_version_policy.specific.versions.extend(versions)
             for label, version in sorted(model_labels.items()):
                 model.version_labels[label] = version
-    text = text_format.MessageToString(config, message_formatter=_one_line)
+    text = config_text(config)
     check(text, models, labels, root)
     return text
+
+
+def base_path(root: str, name: str) -> str:
+    """The folder of model ``name`` as the model server is to find it under ``root``."""
+    return f"{root.rstrip('/')}/{name}"
+
+
+def config_text(config: ModelServerConfig) -> str:
+    """``config`` as the file holds it: one model a line (:func:`_one_line`)."""
+    return text_format.MessageToString(config, message_formatter=_one_line)
 
 
 def check(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fdl.images import WorkSize, draft, upright
+from fdl.images import WorkSize, draft, source_box, upright
 
 
 def photo_work_size(size: tuple[int, int]) -> WorkSize:
@@ -27,14 +27,21 @@ def photo_work_size(size: tuple[int, int]) -> WorkSize:
 
 def photo_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """RGB pixels of the centre region of ``image`` with the aspect ratio of ``size`` (H, W),
-    resized to ``size`` with Lanczos."""
+    resized to ``size`` with Lanczos.
+
+    The region is that of the source's pixels (:func:`fdl.images.source_box`): where decoding
+    reduced by a factor the source's size is no multiple of, the last row and column cover less
+    of it, and count for what they cover, as in Pillow's own ``resize(reducing_gap=...)``.
+    """
     height, width = size
+    x0, y0, x1, y1 = source_box(image)
     image = image.convert("RGB")
     # The centre region with the input's aspect ratio, resized to the input: the same as
     # resizing to cover and cropping, but never larger than the input, whatever the aspect ratio.
-    scale = max(width / image.width, height / image.height)
-    box_w, box_h = min(image.width, width / scale), min(image.height, height / scale)
-    left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
+    extent_w, extent_h = x1 - x0, y1 - y0
+    scale = max(width / extent_w, height / extent_h)
+    box_w, box_h = min(extent_w, width / scale), min(extent_h, height / scale)
+    left, top = x0 + (extent_w - box_w) / 2, y0 + (extent_h - box_h) / 2
     resized = image.resize(
         (width, height),
         Image.Resampling.LANCZOS,

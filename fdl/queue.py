@@ -10,6 +10,8 @@ from typing import Any
 
 from celery import Celery
 
+from fdl.settings import credentials_in_userinfo
+
 TRAIN_TASK = "fdl.train"
 # The header of a task message that carries its job spec's ``max_duration_s``: the worker bounds
 # the hard time limit of the run by it (``training.tasks.TrainRequest``); a worker that predates
@@ -29,7 +31,10 @@ def make_celery(
     """The app; ``send_timeout_s``: the broker connection's socket timeouts, for a sender (the
     gateway) that must not wait as long as a hung Redis does (kombu's default is none), and one
     retry of a failed send instead of Celery's three, so that a send is given up after about
-    twice that. Never for a worker, whose blocking reads of the queue would time out."""
+    twice that. Never for a worker, whose blocking reads of the queue would time out.
+
+    A password in the URL's query (``?password=``, as redis-py takes it) is moved into its
+    userinfo, the only place kombu reads it from (:func:`fdl.settings.credentials_in_userinfo`)."""
     transport: dict[str, float] = {"visibility_timeout": visibility_timeout_s}
     sender: dict[str, Any] = {}
     if send_timeout_s is not None:
@@ -40,7 +45,7 @@ def make_celery(
             "interval_step": 0.2,
             "interval_max": 0.2,
         }
-    app = Celery("fdl", broker=redis_url)
+    app = Celery("fdl", broker=credentials_in_userinfo(redis_url))
     app.conf.update(
         task_default_queue=queue,
         task_routes={TRAIN_TASK: {"queue": queue}},

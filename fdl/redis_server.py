@@ -20,7 +20,8 @@ def redis_server_binary() -> str:
 
 
 def redis_server_argv(port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
-    """A Redis that keeps its data in ``data_dir`` (append-only file), so jobs survive restarts."""
+    """A Redis that keeps its data in ``data_dir`` (append-only file), so jobs survive restarts;
+    no RDB snapshots (``--save ""``), whose failure would have Redis refuse every write."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
         redis_server_binary(),

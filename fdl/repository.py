@@ -27,16 +27,27 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from fdl.files import atomic_write, fsync_path, seal_version
-from fdl.model_config import render, valid_label, valid_name
-from fdl.repository_files import Labels, UndoPoint, has_record, labels_before_change, roll_back
+from fdl.model_config import check, render, valid_name
+from fdl.repository_files import (
+    Labels,
+    UndoPoint,
+    has_record,
+    kept_entry,
+    labels_before_change,
+    roll_back,
+    with_entries,
+)
 from fdl.repository_reads import (
     LABELS_FILE,
     NUMBERS_FILE,
+    config_entries,
     discover_models,
     find_job_version,
     list_versions,
     read_labels,
     read_numbers,
+    servable_labels,
+    versions_of,
 )
 from fdl.settings import SETTINGS_ERRORS, get_settings, prepare_model_dir, settings_problem
 
@@ -44,22 +55,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
-
-
-def _servable_labels(labels: Labels, models: dict[str, list[int]]) -> Labels:
-    """Labels of models on disk; a stored label that is not a valid name (written before names
-    were checked in full) is left out with a warning rather than stopping every later write."""
-    kept: Labels = {}
-    for model, model_labels in labels.items():
-        if model not in models:
-            continue
-        kept[model] = {}
-        for label, version in model_labels.items():
-            if valid_label(label):
-                kept[model][label] = version
-            else:
-                log.warning("label %r of model %s in labels.json is not a valid name", label, model)
-    return kept
 
 
 # How many times a reader looks again when labels.json changed under its read.
@@ -159,19 +154,57 @@ class Repository:
         read-only one is only logged)."""
         try:
             with self.file_lock(timeout_s=0):
-                return self.recover()
+                try:
+                    return self.recover()
+                except (OSError, ValueError):
+                    log.exception(
+                        "could not roll back the change left half made in %s", self.model_dir
+                    )
+                    return False
         except Timeout:
             pass
-        except (OSError, ValueError):
-            log.exception("could not roll back the change left half made in %s", self.model_dir)
+        except OSError as error:
+            # The lock file cannot be made (a read-only mount, another owner): nothing was half
+            # made, but every publish and promotion here will fail the same way.
+            log.warning(
+                "cannot take the repository lock in %s (%s): publishes and promotions will fail",
+                self.model_dir,
+                error,
+            )
         return False
 
     def render(self, labels: Labels | None = None, keep: dict[str, set[int]] | None = None) -> str:
-        """The config for what is on disk now, with ``labels`` (default: ``labels.json``)."""
+        """The config for what is on disk now, with ``labels`` (default: ``labels.json``).
+
+        A model whose folder cannot be listed (its permissions, an I/O error) keeps its entry of
+        the current ``models.config``, served versions included, with a warning: a transient
+        problem of one model never unloads it, nor stops the others' publishes and promotions.
+        Its labels are still those of ``labels``, so the two files never disagree (a label
+        removed meanwhile goes, one a rollback puts back comes back: :func:`kept_entry`). One
+        the config has no entry for yet is rendered from its labels, its versions unknown.
+        """
         labels = self.labels() if labels is None else labels
         root = self.base_path_root or str(self.model_dir.resolve())
-        models = {name: self.versions(name) for name in self.models()}
-        return render(root, models, _servable_labels(labels, models), keep)
+        models, unreadable = versions_of(self.model_dir, self.models())
+        entries = config_entries(self.config_path) if unreadable else {}
+        for name, error in unreadable.items():
+            if name not in entries:  # none yet (a config written before the model came)
+                log.warning("%s; rendered from its labels alone", error)
+                models[name] = []
+        listed = {name: entries[name] for name in unreadable if name not in models}
+        servable = servable_labels(labels, {**models, **{name: [] for name in listed}})
+        text = render(root, models, servable, keep)
+        if not listed:
+            return text
+        kept = {
+            name: kept_entry(entry, root, servable.get(name, {})) for name, entry in listed.items()
+        }
+        for name, entry in kept.items():
+            how = "as it is" if entry == listed[name] else "(its base path and labels as now)"
+            log.warning("%s; its entry in %s is kept %s", unreadable[name], CONFIG_FILE, how)
+        text = with_entries(text, kept)
+        check(text, {**models, **{name: [] for name in kept}}, servable, root)
+        return text
 
     # --- writes (call with the lock held) ---------------------------------------------------
     def write_labels(self, labels: Labels) -> None:

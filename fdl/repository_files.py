@@ -21,10 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from google.protobuf import text_format
+
 from fdl.files import atomic_write, fsync_path
+from fdl.model_config import ConfigRenderError, base_path, config_text
+from fdl.wire.tfs_pb2 import ModelConfig, ModelServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,50 @@ def _version(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise TypeError(f"{value!r} is not a version number")
     return int(value)
+
+
+def with_entries(text: str, entries: Mapping[str, ModelConfig]) -> str:
+    """The config ``text`` with ``entries`` (of the config as it was) added as they are, every
+    model in name order and on a line of its own, as :func:`fdl.model_config.render` writes."""
+    config = text_format.Parse(text, ModelServerConfig())
+    listed = config.model_config_list.config
+    models: list[ModelConfig] = []
+    for entry in sorted([*listed, *entries.values()], key=lambda entry: entry.name):
+        models.append(copy := ModelConfig())  # a copy: clearing ``listed`` takes its entries
+        copy.CopyFrom(entry)
+    del listed[:]
+    listed.extend(models)
+    return config_text(config)
+
+
+def kept_entry(entry: ModelConfig, root: str, labels: Mapping[str, int]) -> ModelConfig:
+    """The entry of a model whose versions cannot be listed, from its ``entry`` of the config as
+    it was: its base path under ``root`` (as :func:`fdl.model_config.render` gives it) and its
+    ``labels`` (those of ``labels.json``, which a change may have removed one of, or a rollback
+    put back), each label's version added to a ``specific`` policy; the versions it served stay.
+
+    Raises:
+        ConfigRenderError: ``labels`` name versions and ``entry`` serves the latest: which
+            version that is cannot be known.
+    """
+    kept = ModelConfig()
+    kept.CopyFrom(entry)
+    kept.base_path = base_path(root, entry.name)
+    if dict(kept.version_labels) == dict(labels):
+        return kept
+    policy = kept.model_version_policy
+    if labels and not policy.HasField("specific"):
+        raise ConfigRenderError(
+            f"the labels of model {entry.name!r} name versions its entry does not serve, and "
+            "which versions it has is not known while its folder cannot be listed"
+        )
+    if labels:
+        versions = set(policy.specific.versions) | set(labels.values())
+        del policy.specific.versions[:]
+        policy.specific.versions.extend(sorted(versions))
+    kept.ClearField("version_labels")
+    kept.version_labels.update(labels)
+    return kept
 
 
 def _link(folder: Path, name: str) -> Path:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from google.protobuf import text_format
 
 from fdl import contract
 from fdl.files import read_small_file
-from fdl.model_config import valid_name
+from fdl.model_config import valid_label, valid_name
 from fdl.repository_files import Labels, parse_labels
+from fdl.wire.tfs_pb2 import ModelConfig, ModelServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,68 @@ def discover_models(model_dir: Path) -> list[str]:
 
 
 def list_versions(model_path: Path) -> list[int]:
-    """Published versions of one model, ascending (folders named by ASCII digits only)."""
+    """Published versions of one model, ascending (folders named by ASCII digits only).
+
+    Raises:
+        OSError: the model's folder cannot be listed (its permissions, an I/O error): the same
+            type (``PermissionError``…), its message naming the model.
+    """
     if not model_path.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in model_path.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()
-    )
+    try:
+        return sorted(
+            int(p.name) for p in model_path.iterdir() if _VERSION.fullmatch(p.name) and p.is_dir()
+        )
+    except FileNotFoundError:
+        return []  # removed meanwhile: as if it had not been there
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        problem = f"{reason}: the folder of model {model_path.name!r} cannot be listed"
+        raise type(error)(error.errno, problem, str(model_path)) from error
+
+
+def versions_of(
+    model_dir: Path, names: Iterable[str]
+) -> tuple[dict[str, list[int]], dict[str, OSError]]:
+    """Each model's versions (:func:`list_versions`) and, apart, the error of each model whose
+    folder cannot be listed: one such folder never stops the others being read."""
+    versions: dict[str, list[int]] = {}
+    unreadable: dict[str, OSError] = {}
+    for name in names:
+        try:
+            versions[name] = list_versions(model_dir / name)
+        except OSError as error:
+            unreadable[name] = error
+    return versions, unreadable
+
+
+def config_entries(config_path: Path) -> dict[str, ModelConfig]:
+    """The models of ``models.config`` as it is now, by name; none when it is absent, cannot be
+    read or does not parse (logged)."""
+    try:
+        config = text_format.Parse(config_path.read_text(), ModelServerConfig())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, text_format.ParseError) as error:
+        log.warning("%s cannot be read as a model config: %s", config_path, error)
+        return {}
+    return {entry.name: entry for entry in config.model_config_list.config}
+
+
+def servable_labels(labels: Labels, models: Mapping[str, Sequence[int]]) -> Labels:
+    """Labels of ``models``; a stored label that is not a valid name (written before names
+    were checked in full) is left out with a warning rather than stopping every later write."""
+    kept: Labels = {}
+    for model, model_labels in labels.items():
+        if model not in models:
+            continue
+        kept[model] = {}
+        for label, version in model_labels.items():
+            if valid_label(label):
+                kept[model][label] = version
+            else:
+                log.warning("label %r of model %s in labels.json is not a valid name", label, model)
+    return kept
 
 
 def read_labels(model_dir: Path) -> Labels:

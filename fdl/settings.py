@@ -6,12 +6,14 @@ Each service subclasses :class:`CommonSettings` once and reads it once; every fi
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 # A key shorter than this, or one that starts like a placeholder of the examples (the shipped
@@ -139,6 +141,43 @@ def folder_problem(path: Path, parent_must_exist: bool = True) -> str | None:
     return None
 
 
+def unmakeable(path: Path) -> str | None:
+    """Why ``path``, when it is missing, could not be made, or None: the nearest of its
+    ancestors that exists is not a folder (a file), or takes no new entries (read-only). Makes
+    nothing."""
+    absolute = path.absolute()
+    for ancestor in (absolute, *absolute.parents):
+        try:
+            if not ancestor.exists():
+                continue
+            if ancestor == absolute:
+                return None
+            if not ancestor.is_dir():
+                return f"{path} cannot be made: {ancestor} is not a folder"
+        except OSError as error:
+            return f"{path} cannot be made: {ancestor} cannot be looked at ({error.strerror})"
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"{path} cannot be made: {ancestor} is not writable"
+        return None
+    return None
+
+
+def prepare_var_dir(var_dir: Path) -> str | None:
+    """Make FDL_VAR_DIR where it is missing, parents and all, and check that it takes files, or
+    say why not (``FDL_VAR_DIR: reason``): under a file, in a read-only folder or filesystem."""
+    if problem := folder_problem(var_dir, parent_must_exist=False) or unmakeable(var_dir):
+        return f"FDL_VAR_DIR: {problem}"
+    try:
+        # A link whose target is missing: the target is made, as `fdl up` (which resolves the
+        # setting) makes it, instead of mkdir's EEXIST on the link itself.
+        Path(os.path.realpath(var_dir)).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"FDL_VAR_DIR: {var_dir} cannot be made ({error.strerror})"
+    if not os.access(var_dir, os.W_OK | os.X_OK):
+        return f"FDL_VAR_DIR: {var_dir} is not writable"
+    return None
+
+
 def prepare_model_dir(model_dir: Path, explicit: bool) -> str | None:
     """Make ``model_dir`` ready for the repository's lock, or say why not (``FDL_MODEL_DIR:
     reason``). A set one (``explicit``) is only checked: a missing parent is a volume not
@@ -191,6 +230,12 @@ class CommonSettings(BaseSettings):
     # promotions, the worker's publish, `python -m fdl.repository`, `fdl up`), so all agree.
     serving_model_base_path: str | None = None
 
+    @field_validator("redis_url")
+    @classmethod
+    def _credentials_in_userinfo(cls, url: str | None) -> str | None:
+        """One form for every client of the URL (redis-py, kombu): credentials_in_userinfo."""
+        return credentials_in_userinfo(url) if url else url
+
     def require_redis_url(self) -> str:
         if not self.redis_url:
             raise RuntimeError(
@@ -198,6 +243,40 @@ class CommonSettings(BaseSettings):
                 "or point FDL_REDIS_URL at a Redis server"
             )
         return self.redis_url
+
+
+# Query parameters of a Redis URL that redis-py reads as credentials (redis://host/0?password=).
+CREDENTIAL_QUERY = ("username", "password")
+
+
+def credentials_in_userinfo(url: str) -> str:
+    """``url`` with the credentials that redis-py reads from its query (``?password=``,
+    ``?username=``) moved into its userinfo (``redis://user:password@host``), percent-encoded.
+
+    redis-py takes either form; kombu (the Celery broker) takes a password only in the userinfo,
+    and fails on one in the query (``TypeError: dict() got multiple values for keyword argument
+    'password'``). Read as redis-py reads it: the userinfo's value wins, else the first non-empty
+    value of the query. Other URLs, and one that does not parse, are returned as they are."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("redis", "rediss"):
+            return url
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return url
+    if not any(name in CREDENTIAL_QUERY for name, _value in query):
+        return url
+    from_query: dict[str, str] = {}
+    for name, value in query:
+        if name in CREDENTIAL_QUERY and value:
+            from_query.setdefault(name, value)
+    user = parts.username or quote(from_query.get("username", ""), safe="")
+    password = parts.password or quote(from_query.get("password", ""), safe="")
+    userinfo = user + (f":{password}" if password else "")
+    host = parts.netloc.rpartition("@")[2]
+    rest = [(name, value) for name, value in query if name not in CREDENTIAL_QUERY]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    return parts._replace(netloc=netloc, query=urlencode(rest)).geturl()
 
 
 @lru_cache

@@ -30,20 +30,10 @@ SUPERVISOR_CONF = "supervisord.conf"
 # In the environment of every process of a stack (supervisord and its children): the stack's var
 # folder, so that a later `fdl up` finds what a killed one left running (fdl/cli_up.py).
 STACK_MARKER = "FDL_UP_STACK"
-# No -Q: the worker consumes the app's default queue, FDL_TRAINING_QUEUE (training/tasks.py), the
-# queue the gateway sends to; the containers run the same command.
-WORKER_ARGV = [
-    "celery",
-    "-A",
-    "training.tasks",
-    "worker",
-    "--concurrency",
-    "1",
-    "--prefetch-multiplier",
-    "1",
-    "--loglevel",
-    "INFO",
-]
+# training/worker_main.py: Celery's worker with our app object, never a `training` module looked
+# up in the folder `fdl up` runs in (a user's own training.py), with its options (concurrency 1,
+# no -Q: the app's default queue, FDL_TRAINING_QUEUE); the containers run the same command.
+WORKER_ARGV = ["fdl-worker"]
 # Start order (stop order is the reverse) and how long each child must run to count as started;
 # a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after START_RETRIES.
 # A Python child's time covers its imports (TensorFlow, FastAPI: 1-3 s on an idle machine, 6-9 s
@@ -209,6 +199,14 @@ def plan_stack(settings: CommonSettings) -> Stack:
     return stack
 
 
+def gateway_url(host: str, port: int) -> str:
+    """The gateway's URL in `fdl up`'s start-up banner: an IPv6 address in brackets
+    (``http://[::1]:8000``, not ``http://::1:8000``), a zone's ``%`` written ``%25``."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host.replace('%', '%25')}]"
+    return f"http://{host}:{port}"
+
+
 def redis_banner(stack: Stack) -> str:
     """The start-up line that says where Redis is and how a second worker joins."""
     url = stack.env["FDL_REDIS_URL"]
@@ -268,7 +266,7 @@ def supervisor_config(stack: Stack) -> str:
 def run_stack(stack: Stack) -> int:
     """Replace this process with supervisord running the stack (:mod:`fdl.supervise`; it returns
     only on error). The var folder's lock (fdl/cli_up.py) is held across the exec."""
-    # Children find our console scripts (fdl-gateway, celery) next to this interpreter.
+    # Children find our console scripts (fdl-gateway, fdl-worker) next to this interpreter.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     conf = stack.var_dir / SUPERVISOR_CONF

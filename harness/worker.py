@@ -4,6 +4,7 @@ folders its datasets read."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,11 @@ def start_worker(
     root: Path,
     logs_dir: Path,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    args: Sequence[str] = (),
 ) -> Worker:
+    """The worker command, with ``args`` added, in ``cwd`` (the repository root unless given:
+    `fdl up` runs it in the user's folder), ready once it answers a ping."""
     model_dir, var_dir = root / "models", root / "var"
     # The worker refuses a model folder whose parent is missing (a volume not mounted).
     root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ def start_worker(
         **(env or {}),
     }
     queue = full_env["FDL_TRAINING_QUEUE"]
-    process = Process(name, WORKER_ARGV, logs_dir, full_env)
+    process = Process(name, [*WORKER_ARGV, *args], logs_dir, full_env, cwd=cwd)
     app = make_celery(redis_url, queue)
     wait_for(lambda: app.control.ping(timeout=0.5), 90, f"{name} ready", check=process.ensure_alive)
     return Worker(process, app, JobStore.from_url(redis_url), model_dir, var_dir, queue)

@@ -2,7 +2,8 @@
 
 Run by scripts/test-containers.sh once the stack is up: trains mnist_logreg (1 epoch) with the
 admin key, classifies real MNIST test digits, promotes a label, restarts the gateway container
-and expects the same answers, checks who owns what in the shared model volume, runs every
+and expects the same answers, checks who owns what in the shared model volume, who reaches the
+model server, that every container has a read-only root and an init as PID 1, runs every
 container's HEALTHCHECK, and checks that Redis refuses clients without its password
 (FDL_REDIS_PASSWORD, from the environment) and that no container logs it or the admin key.
 Every wait has a deadline.
@@ -32,6 +33,9 @@ MODEL = "mnist_logreg"
 DIGITS = 60
 SERVICES = ("redis", "serving", "gateway", "worker", "flower")
 FDL_UID = "10001"
+# PID 1 of every container: tini (our images' ENTRYPOINT) or podman's --init (compose `init: true`:
+# catatonit, mounted as /run/podman-init).
+INITS = ("tini", "podman-init")
 
 
 def log(message: str) -> None:
@@ -146,7 +150,8 @@ except OSError as error:
 
 
 def check_model_server_exposure(stack: Stack) -> None:
-    """No published port; only the gateway and the worker share the model server's network."""
+    """No published port; only the gateway shares the model server's network (the worker
+    writes the model volume and never connects to the server)."""
     ports = podman("port", stack.container("serving"))
     assert ports.returncode == 0 and not ports.stdout.strip(), f"published: {ports.stdout}"
     networks = podman(
@@ -155,13 +160,28 @@ def check_model_server_exposure(stack: Stack) -> None:
     (address,) = [n["IPAddress"] for n in json.loads(networks.stdout).values()]
     for service, target, reaches in (
         ("gateway", "serving", True),
-        ("worker", "serving", True),
+        ("worker", "serving", False),
+        ("worker", address, False),
         ("flower", "serving", False),
         ("flower", address, False),
     ):
         result = podman("exec", stack.container(service), "python3", "-c", REACH, target)
         assert (result.returncode == 0) == reaches, (service, target, result.stdout)
-    log("model server: no published port; gateway and worker reach it, flower does not")
+    log("model server: no published port; the gateway reaches it, the worker and flower do not")
+
+
+def check_runtime(stack: Stack) -> None:
+    """Every container: a read-only root (the stack just trained, served and restarted so) and
+    an init as PID 1, which forwards SIGTERM to the program."""
+    for service in SERVICES:
+        name = stack.container(service)
+        read_only = podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", name)
+        assert read_only.stdout.strip() == "true", f"{service}: root not read-only"
+        written = podman("exec", "-u", "0", name, "touch", "/fdl-read-only-check")
+        assert "Read-only file system" in written.stderr, f"{service}: root writable {written}"
+        pid1 = podman("exec", name, "cat", "/proc/1/comm").stdout.strip()
+        assert pid1 in INITS, f"{service}: PID 1 is {pid1!r}, not an init"
+    log(f"every container: read-only root, PID 1 one of {', '.join(INITS)}")
 
 
 def check_healthchecks(stack: Stack) -> None:
@@ -250,6 +270,7 @@ def main() -> int:
 
     check_model_volume(stack, version)
     check_model_server_exposure(stack)
+    check_runtime(stack)
     check_healthchecks(stack)
     check_credentials(stack, args.key, os.environ["FDL_REDIS_PASSWORD"])
     log("end-to-end test passed")

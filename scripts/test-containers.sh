@@ -4,9 +4,12 @@
 #   1. install podman & co. with apt-get when missing (CI starts on a fresh machine);
 #   2. the base images: pulled when a registry answers, else stand-ins built from Debian packages
 #      (scripts/container-bases.sh) and tagged with the exact FROM / image: names;
-#   3. build the Dockerfile targets gateway, worker (CPU base) and model-server, timed;
+#   3. build the Dockerfile targets gateway, worker (CPU base) and model-server, timed, and stop
+#      a container of each 0.2 s after its start: it must end at once (tini as PID 1), and run
+#      the gateway and worker images under another init (tini not PID 1): no warning;
 #   4. start deploy/compose.yaml + deploy/compose.cpu.yaml + deploy/compose.model-server.yaml
-#      (the one swap: our model server for tensorflow/serving) with podman-compose;
+#      (the one swap: our model server for tensorflow/serving) with podman-compose, read-only
+#      roots as Docker makes them (only the tmpfs the files declare is writable);
 #   5. copy MNIST into the worker's data volume and run scripts/containers_e2e.py against the
 #      published gateway port (and Redis's password and the secrets' reach from inside the stack);
 #      print image sizes and build times; remove the stack.
@@ -31,12 +34,14 @@ log() { printf '\n== %s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # ---------------------------------------------------------------- 1. tools
 missing=()
 for tool in podman mmdebstrap runc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+# podman's --init (compose `init: true`) runs catatonit.
+[ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)
 if [ "${#missing[@]}" -gt 0 ]; then
-  log "installing podman, buildah, mmdebstrap, runc, netavark (missing: ${missing[*]})"
+  log "installing podman, buildah, mmdebstrap, runc, netavark, catatonit (missing: ${missing[*]})"
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 \
-    podman buildah mmdebstrap runc containernetworking-plugins netavark aardvark-dns
+    podman buildah mmdebstrap runc containernetworking-plugins netavark aardvark-dns catatonit
 fi
 # One engine configuration for every podman call here, podman-compose's included: runc (crun
 # fails on hybrid cgroup hosts) and ulimits within the host's hard limits (podman's defaults,
@@ -91,6 +96,41 @@ worker=$!
 build "fdl-serve/model-server:$VERSION" --target model-server
 wait "$worker"
 
+# PID 1 is tini in every image: a SIGTERM 0.2 s after the start (before uvicorn, Celery or the
+# model server take the signal) ends the container at once, with the program's status or 143. A
+# program that is PID 1 itself has the kernel drop it, and `podman stop` waits for its timeout,
+# then SIGKILLs (137); the worker meanwhile took a job from the queue.
+stops_at_once() {
+  local image=$1 name=fdl-ci-stop-$$ t0 ms code
+  podman run -d --name "$name" -e FDL_REDIS_URL=redis://127.0.0.1:9/0 "$image" \
+    >"$WORK/stop.log" 2>&1 || { cat "$WORK/stop.log"; return 1; }
+  sleep 0.2
+  t0=${EPOCHREALTIME/./}
+  podman stop -t 20 "$name" >>"$WORK/stop.log" 2>&1
+  ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
+  code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+  podman rm -f "$name" >/dev/null 2>&1
+  printf '   stopped 0.2 s after its start: %-34s in %5d ms, status %s\n' "$image" "$ms" "$code"
+  if [ "$ms" -ge 5000 ] || { [ "$code" != 0 ] && [ "$code" != 143 ]; }; then
+    echo "FAILED: $image did not end at once on SIGTERM (no init as PID 1?)"
+    return 1
+  fi
+}
+log "SIGTERM right after the start"
+for image in gateway worker-cpu model-server; do stops_at_once "fdl-serve/$image:$VERSION"; done
+
+# Where tini is not PID 1 (Kubernetes' serving pod shares the pause container's PID namespace
+# with its model-config init container, our gateway image; `docker run --init`), `tini -s` runs
+# the program without warning that zombie reaping won't work.
+for image in gateway worker-cpu; do
+  out=$(podman run --rm --init "fdl-serve/$image:$VERSION" python -c 'import os; print("pid", os.getpid())' 2>&1)
+  if ! grep -q '^pid [0-9]' <<<"$out" || grep -q 'not running as PID 1' <<<"$out"; then
+    printf '%s\nFAILED: fdl-serve/%s under another init\n' "$out" "$image"
+    exit 1
+  fi
+  echo "   fdl-serve/$image:$VERSION runs quietly with tini not PID 1 ($(grep '^pid' <<<"$out"))"
+done
+
 # ---------------------------------------------------------------- 4. the stack
 free_port() { "$PYTHON" -c 'import portpicker; print(portpicker.pick_unused_port())'; }
 token() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
@@ -107,8 +147,11 @@ GATEWAY_PORT=$(free_port)
 export FDL_GATEWAY_PUBLISH=127.0.0.1:$GATEWAY_PORT
 export FDL_FLOWER_PUBLISH=127.0.0.1:$(free_port)
 export FDL_VERSION=$VERSION
-COMPOSE=("$WORK/venv/bin/podman-compose" -p "$PROJECT" -f deploy/compose.yaml
-  -f deploy/compose.cpu.yaml -f deploy/compose.model-server.yaml)
+# --read-only-tmpfs=false: podman's read-only root otherwise comes with writable /tmp, /var/tmp and
+# /run; Docker's (`read_only: true`) has only the tmpfs the compose file declares.
+COMPOSE=("$WORK/venv/bin/podman-compose" --podman-run-args=--read-only-tmpfs=false
+  -p "$PROJECT" -f deploy/compose.yaml -f deploy/compose.cpu.yaml
+  -f deploy/compose.model-server.yaml)
 cleanup() {
   local rc=$?
   if [ "$rc" != 0 ]; then

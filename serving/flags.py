@@ -63,6 +63,43 @@ def thread_count(text: str) -> int:
     return count
 
 
+# Bounds of the REST limits (fdl-model-server's own flags): a body or the bodies held at once at
+# most 1 TiB, request line and headers from 1 KiB (less refuses ordinary clients' headers) to
+# 16 MiB, a time limit at most a day (a larger number overflowed the float of its seconds and
+# stopped the server once its models had loaded); 0 turns each off. --rest_api_timeout_in_ms is
+# TF Serving's own flag, an int32 there.
+MAX_BODY_BYTES = 2**40
+MIN_HEADER_BYTES, MAX_HEADER_BYTES = 1024, 16 * 1024 * 1024
+MAX_TIMEOUT_MS = 86_400_000
+INT32_MAX = 2**31 - 1
+
+
+def limit(low: int, high: int, unit: str) -> Callable[[str], int]:
+    """A flag's parser: 0 (off) or a whole number from ``low`` to ``high`` ``unit``; checked
+    here, where a negative number used to mean "off" and a huge one stopped the server late."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value != 0 and not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected 0 (no limit) or {low} to {high} {unit}, got {text.strip()[:40]}"
+            )
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for what int() refuses
+    return parse
+
+
+def int32(text: str) -> int:
+    """A whole number that TF Serving's int32 flags hold (0 or less: off, for a time)."""
+    value = int(text)
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a 32-bit integer, at most {INT32_MAX}, got {text.strip()[:40]}"
+        )
+    return value
+
+
 def bind_address(text: str) -> str:
     """A host name or IP address; an IPv6 literal may come in brackets (``[::1]``), which are
     removed: each listener adds what its own syntax needs."""
@@ -116,29 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
         0,
         "threads for REST calls off the event loop (0: 4 x CPUs)",
     )
-    flag("rest_api_timeout_in_ms", int, 30000, "deadline of one REST call; keep-alive idle time")
+    flag("rest_api_timeout_in_ms", int32, 30000, "deadline of one REST call; keep-alive idle time")
     flag("rest_api_enable_cors_support", bool, False, "CORS headers on REST responses")
     # fdl-model-server only (TF Serving reads any body, however large or slow): REST request
     # bodies are bounded in size and time, each and all at once, and headers in size and time
     # (uvicorn has no timeout for them, httptools no size limit; docs/serving.md, "The REST
     # front end").
-    flag("rest_api_max_body_bytes", int, 256 * 1024 * 1024, "largest REST body (0: no limit)")
-    flag("rest_api_body_timeout_in_ms", int, 60_000, "time a REST body may take (0: no limit)")
+    body_bytes, timeout_ms = limit(1, MAX_BODY_BYTES, "bytes"), limit(1, MAX_TIMEOUT_MS, "ms")
+    flag(
+        "rest_api_max_body_bytes", body_bytes, 256 * 1024 * 1024, "largest REST body (0: no limit)"
+    )
+    flag(
+        "rest_api_body_timeout_in_ms", timeout_ms, 60_000, "time a REST body may take (0: no limit)"
+    )
     flag(
         "rest_api_max_body_bytes_in_flight",
-        int,
+        body_bytes,
         1024 * 1024 * 1024,
         "bytes of REST bodies held at once; 503 past it (0: no limit)",
     )
     flag(
         "rest_api_max_header_bytes",
-        int,
+        limit(MIN_HEADER_BYTES, MAX_HEADER_BYTES, "bytes"),
         64 * 1024,
         "largest REST request line + headers; 431 past it (0: no limit; h11's 16 KiB with CORS)",
     )
     flag(
         "rest_api_header_timeout_in_ms",
-        int,
+        timeout_ms,
         10_000,
         "time REST request headers may take; 408 past it (0: no limit)",
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from pathlib import Path
 
+from fdl import contract
 from serving.batching_config import version_batching
 from serving.records import ManagerOptions, VersionRecord
 from serving.servable import Servable
@@ -21,6 +25,11 @@ def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> S
     try:
         servable = Servable(name, record.version, record.path, options.session_config, options.tags)
         loaded = True
+    except OSError as error:  # TensorFlow's "SavedModel file does not exist at ..."
+        if (denied := _denied(record.path)) is None:
+            raise
+        # The same type, so the same status code: only the message says what happened.
+        raise type(error)(f"{denied}: the model server cannot read it ({error})") from error
     finally:
         if options.on_load is not None:  # the SavedModel load alone, as TensorFlow times it
             options.on_load(str(record.path), loaded, time.monotonic() - started)
@@ -46,3 +55,18 @@ def load_version(name: str, record: VersionRecord, options: ManagerOptions) -> S
         servable.session.close()
         raise
     return servable
+
+
+def _denied(path: Path) -> str | None:
+    """``Permission denied: <path>`` when this process may not look into the version's folder
+    (TensorFlow reports such a folder as one without a SavedModel), else None."""
+    try:
+        os.listdir(path)
+        for name in contract.GRAPH_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(path / name)
+    except PermissionError as error:
+        return f"{error.strerror}: {error.filename}"
+    except OSError:
+        return None
+    return None

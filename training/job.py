@@ -16,13 +16,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import redis
 from pydantic import ValidationError
 
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.jobspec import JobSpec
-from fdl.store_retry import TRANSIENT_ERRORS
+from fdl.store_retry import TRANSIENT_ERRORS, store_state
 from training.data import DataMissingError
 from training.heartbeat import Heartbeat
 from training.run_checks import Cancelled, check_cancel, check_under_lock, shown_path, unpublished
@@ -149,7 +148,7 @@ def _attempt(
         # The job store stayed away longer than FDL_REDIS_RETRY_S: "failed" would end, for an
         # outage, a job that a re-run can finish. Left running, its heartbeat goes stale and a
         # reaper runs it again (docs/training.md).
-        state = "full" if isinstance(error, redis.exceptions.OutOfMemoryError) else "unreachable"
+        state = store_state(error)
         stayed = f"{state} for over {settings.redis_retry_s:.0f}s ({error})"
         log.error("job %s stopped: the job store was %s; left to the reaper", job_id, stayed)
         return None

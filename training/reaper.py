@@ -73,21 +73,14 @@ def reap_once(
         beat = float(record.get("heartbeat_at") or record.get("started_at") or 0)
         if beat >= threshold:
             continue
-        job_id = record["id"]
-        attempts = int(record.get("attempts") or 0)
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
-        status = _settle(store, settings, record, threshold, reason)
-        if status is _BUSY:
+        status = settle_lost_run(store, settings, record, threshold, reason, send)
+        if status is BUSY:
             break  # the lock is held: every lost job waits for the next pass
         if status is None:
             continue  # it beat again, finished, or another reaper took it
-        if status == JobStatus.QUEUED:
-            log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
-            queue = record.get("queue") or settings.training_queue
-            send(job_id, queue, spec_max_duration_s(record))
-            actions.append((job_id, "requeued"))
-        else:  # succeeded (published), cancelled (requested while it ran), failed (giving up)
-            actions.append((job_id, status))
+        # succeeded (published), cancelled (requested while it ran), failed (giving up)
+        actions.append((record["id"], "requeued" if status == JobStatus.QUEUED else status))
     waiting = _resend_waiting(store, now, settings, send)
     pruned: list[str] = []
     if settings.job_retention_s > 0:
@@ -102,8 +95,31 @@ def reap_once(
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
 
 
-# What :func:`_settle` answers when the repository's lock is held.
-_BUSY = "busy"
+# What :func:`settle_lost_run` answers when the repository's lock is held.
+BUSY = "busy"
+
+
+def settle_lost_run(
+    store: JobStore,
+    settings: WorkerSettings,
+    record: dict[str, Any],
+    threshold: float,
+    reason: str,
+    send: Send,
+) -> str | None:
+    """Settle the running job of ``record``, whose run is lost (its heartbeat is older than
+    ``threshold``, epoch seconds) for ``reason`` (:func:`_settle`), and send its message again
+    when it went back to ``queued``: the one path by which a lost run's job is run again, from a
+    reaper's pass and from a worker whose pool process died (:mod:`training.lost_process`), so
+    that its next claim counts the next attempt and ``FDL_MAX_ATTEMPTS`` holds. The status the
+    job was left in, None when nothing changed, :data:`BUSY` when the lock is held."""
+    status = _settle(store, settings, record, threshold, reason)
+    if status == JobStatus.QUEUED:
+        job_id, attempts = record["id"], int(record.get("attempts") or 0)
+        log.warning("%s; re-enqueueing job %s (attempt %d)", reason, job_id, attempts + 1)
+        queue = record.get("queue") or settings.training_queue
+        send(job_id, queue, spec_max_duration_s(record))
+    return status
 
 
 def _settle(
@@ -112,7 +128,7 @@ def _settle(
     """Decide what becomes of a lost running job under the repository's lock (:func:`fence`):
     its run may only be paused, between its record's last check and its version's rename, and
     must then either have published (found here) or publish nothing. The status the job was
-    left in; None when nothing changed; :data:`_BUSY` when the lock is held (by such a run, a
+    left in; None when nothing changed; :data:`BUSY` when the lock is held (by such a run, a
     publish or a promotion; never by a dead process), so that the job waits for a later pass."""
     job_id, attempts = record["id"], int(record.get("attempts") or 0)
     give_up = None
@@ -132,7 +148,7 @@ def _settle(
         log.warning("job %s is lost, but %s: lost jobs wait for the next pass", job_id, why)
     except OSError:
         log.exception("job %s is lost, but the model repository's lock cannot be taken", job_id)
-    return _BUSY
+    return BUSY
 
 
 def _resend_waiting(

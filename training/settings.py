@@ -8,7 +8,13 @@ from functools import lru_cache
 from pydantic import Field, model_validator
 
 from fdl.queue import DEFAULT_VISIBILITY_TIMEOUT_S
-from fdl.settings import SETTINGS_ERRORS, CommonSettings, prepare_model_dir, settings_problem
+from fdl.settings import (
+    SETTINGS_ERRORS,
+    CommonSettings,
+    prepare_model_dir,
+    prepare_var_dir,
+    settings_problem,
+)
 
 # Batches run per call into the compiled training graph. Fewer Python round trips per batch make
 # small networks train much faster on CPU; callbacks (progress, the cancellation check) then run
@@ -23,11 +29,19 @@ MONTH_S = 30 * DAY_S
 # A running job is lost after FDL_STALE_AFTER_S without a heartbeat: its worker must have beaten
 # several times in that long, or a healthy run is taken for lost (a slow beat, a Redis hiccup).
 STALE_AFTER_HEARTBEATS = 3
+# The longest broker visibility timeout: a year, far past the longest run a worker allows
+# (FDL_MAX_JOB_DURATION_S + FDL_JOB_KILL_GRACE_S, at most 31 days). kombu computes with it as a
+# float: a longer one either never redelivers or, past about 1e308, stops the worker at start
+# (OverflowError).
+MAX_VISIBILITY_TIMEOUT_S = 365 * 86400
 
 
 class WorkerSettings(CommonSettings):
-    # Redis redelivers an unacknowledged message only after this; longer than the longest job.
-    visibility_timeout_s: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=60)
+    # Redis redelivers an unacknowledged message only after this; meant to be longer than the
+    # longest job (a message redelivered while its job runs is skipped).
+    visibility_timeout_s: int = Field(
+        default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=60, le=MAX_VISIBILITY_TIMEOUT_S
+    )
     # A running job's record is touched this often by a thread of the worker process.
     heartbeat_interval_s: float = Field(default=10.0, gt=0, le=DAY_S, allow_inf_nan=False)
     # A running job whose heartbeat is older than this is considered lost (its worker died).
@@ -88,12 +102,16 @@ def settings_or_exit() -> WorkerSettings:
     (``fdl-worker: FDL_NAME: reason``, ``; ``-separated) and exit status 1, never quoting a
     value. So does an FDL_MODEL_DIR the gateway would refuse (a file; a set one whose parent is
     missing, a volume not mounted: the worker's versions went to the disk underneath, which the
-    gateway and the model server never see); the default, var/models, is made where missing."""
+    gateway and the model server never see); the default, var/models, is made where missing.
+    So does an FDL_VAR_DIR that cannot be made or written (under a file, read-only): its
+    TensorBoard logs and dataset cache go there; it is made where missing."""
     try:
         settings = get_settings()
     except SETTINGS_ERRORS as error:
         sys.exit(f"fdl-worker: {settings_problem(error)}")
     explicit = "model_dir" in settings.model_fields_set
-    if problem := prepare_model_dir(settings.model_dir, explicit):
+    if problem := prepare_model_dir(settings.model_dir, explicit) or prepare_var_dir(
+        settings.var_dir
+    ):
         sys.exit(f"fdl-worker: {problem}")
     return settings

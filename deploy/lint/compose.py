@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from deploy.lint import credentials, dockerfile, probes
+from deploy.lint import credentials, dockerfile, env_names, probes, runtime
 from deploy.lint.common import COMPOSE_FILES, Errors, load_compose, merge_compose, strip_tags
 
 REQUIRED_SERVICES = ("redis", "serving", "gateway", "worker", "flower", "tensorboard")
@@ -123,6 +123,8 @@ def check(root: Path) -> Errors:
     errors += check_serving_exposure(base)
     errors += credentials.check_compose(base, "compose.yaml")
     errors += probes.check_compose(base, "compose.yaml")
+    errors += runtime.check_compose(base, "compose.yaml")
+    errors += env_names.check_compose(base, "compose.yaml")
     worker = (base.get("services") or {}).get("worker") or {}
     if not any("gpu" in (d.get("capabilities") or []) for d in gpu_devices(worker)):
         errors.append(
@@ -139,7 +141,8 @@ def check(root: Path) -> Errors:
 
 
 def check_serving_exposure(base: dict[str, Any]) -> Errors:
-    """The model server has no authentication: no published port, a network of its own."""
+    """The model server has no authentication: no published port, a network of its own that
+    only the gateway joins (the worker writes the model volume and never connects to it)."""
     services = base.get("services") or {}
     errors: Errors = []
     if (services.get("serving") or {}).get("ports"):
@@ -149,9 +152,7 @@ def check_serving_exposure(base: dict[str, Any]) -> Errors:
     if not own or not all((networks.get(n) or {}).get("internal") for n in own):
         errors.append("compose.yaml: serving must be on internal networks only")
     for name, service in services.items():
-        if name not in ("serving", "gateway", "worker") and set(own) & set(
-            service.get("networks") or []
-        ):
+        if name not in ("serving", "gateway") and set(own) & set(service.get("networks") or []):
             errors.append(f"compose.yaml: {name} must not join the model server's network")
     return errors
 
@@ -166,6 +167,8 @@ def check_model_server_swap(
         errors.append("compose.model-server.yaml: must set only serving's image and build")
         return errors
     full = merge_compose(merged, override)
-    errors += schema_errors(full, "compose.yaml + compose.cpu.yaml + compose.model-server.yaml")
+    label = "compose.yaml + compose.cpu.yaml + compose.model-server.yaml"
+    errors += schema_errors(full, label)
     errors += check_references(full, compose_dir, root)
+    errors += runtime.check_compose(full, label)
     return errors

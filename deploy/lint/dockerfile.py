@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.lint import probes
+from deploy.lint import probes, runtime
 from deploy.lint.common import Errors, run_tool, tool
 
 REQUIRED_TARGETS = ("gateway", "worker", "model-server")
@@ -167,5 +167,9 @@ def check(root: Path) -> Errors:
     gateway = next((s for s in stages if s.name == "gateway"), None)
     healthcheck = gateway.last("HEALTHCHECK") if gateway is not None else None
     errors += probes.check_dockerfile_healthcheck(healthcheck.argv() if healthcheck else None)
+    entrypoints = {s.name: s.last("ENTRYPOINT") for s in stages if s.name in REQUIRED_TARGETS}
+    errors += runtime.check_dockerfile(
+        {name: ins.argv() if ins else None for name, ins in entrypoints.items()}
+    )
     errors += check_copy_sources(root, stages)
     return errors

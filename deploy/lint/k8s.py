@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from deploy.lint import credentials, k8s_disruption, k8s_policy, probes
+from deploy.lint import credentials, env_names, k8s_disruption, k8s_policy, probes, runtime
 from deploy.lint.common import K8S_DIR, Errors, load_yaml_documents, run_tool, tool
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests support
@@ -100,6 +100,11 @@ def check(root: Path) -> Errors:
     ]
     errors += k8s_policy.check_all(base_docs, root) + k8s_disruption.check_all(base_docs)
     errors += credentials.check_k8s(base_docs) + probes.check_k8s(base_docs)
+    # Our images under the names the kustomizations give them (a registry of your own).
+    renamed = runtime.renamed_images(
+        [yaml.safe_load((d / "kustomization.yaml").read_text()) or {} for d in kdirs]
+    )
+    errors += runtime.check_k8s(base_docs, renamed) + env_names.check_k8s(base_docs)
     gpu_docs = rendered.get("gpu") or [
         doc
         for f in (root / K8S_DIR / "overlays" / "gpu").glob("*.yaml")
@@ -110,6 +115,7 @@ def check(root: Path) -> Errors:
     if "gpu" in rendered:
         gpu = k8s_policy.check_all(gpu_docs, root) + k8s_disruption.check_all(gpu_docs)
         gpu += credentials.check_k8s(gpu_docs) + probes.check_k8s(gpu_docs)
+        gpu += runtime.check_k8s(gpu_docs, renamed) + env_names.check_k8s(gpu_docs)
         errors += [f"gpu overlay: {e}" for e in gpu]
     return errors
 

@@ -33,11 +33,12 @@ REQUIRED = [
 ]
 NAME = "app.kubernetes.io/name"
 # Pods that listen without authentication, or guard what matters most, and the only pods that may
-# connect to them: the model server (one HandleReloadConfigRequest unloads every model), Redis (the
+# connect to them: the model server (one HandleReloadConfigRequest unloads every model; the
+# workers write the model repository, which it polls, and never connect to it), Redis (the
 # job store and the Celery broker; its password, deploy/lint/credentials.py, is the other guard)
 # and Flower (port-forward only).
 ISOLATED: dict[str, set[str]] = {
-    "fdl-serving": {"fdl-gateway", "fdl-worker"},
+    "fdl-serving": {"fdl-gateway"},
     "fdl-redis": {"fdl-gateway", "fdl-worker", "fdl-flower"},
     "fdl-flower": set(),
 }

@@ -6,6 +6,11 @@ would then fail and restart every gateway pod. The probe port has a small connec
 own and is meant for the cluster's own clients only, never for a Service, an Ingress or a
 published port, and the NetworkPolicy fdl-gateway admits only Prometheus to it.
 
+Readiness uses ``/healthz``, never ``/readyz``: ``/readyz`` fails while Redis or the model server
+is unreachable, and both are shared by every gateway replica, so an outage of either would take
+every gateway pod out of the Service at once, classification (which needs no Redis) included.
+``/readyz`` is for monitoring (docs/deploy.md, What to monitor).
+
 A value these files cannot tell (FDL_PROBE_PORT from a Secret or a ConfigMap defined elsewhere, a
 compose variable without a default) skips the checks that need it, with a note (:func:`notes`).
 """
@@ -22,6 +27,8 @@ GATEWAY = "fdl-gateway"
 PORT_NAME = "probe"
 PUBLIC_PORT_NAME = "http"
 PROBES = ("livenessProbe", "readinessProbe")
+# Paths that fail when a dependency every replica shares is down (Redis, the model server).
+SHARED_DEPENDENCY_PATHS = ("/readyz",)
 # ``${VAR:-default}`` or ``${VAR-default}``: the default (the value without an env file).
 _COMPOSE_DEFAULT = re.compile(r"\$\{\w+:?-([^}]*)\}")
 _notes: list[str] = []
@@ -73,6 +80,13 @@ def check_k8s(docs: list[Doc]) -> Errors:
         target = ((container.get(probe) or {}).get("httpGet") or {}).get("port")
         if target not in (PORT_NAME, port):
             errors.append(f"{where}: {probe} must use port {PORT_NAME!r}, not {target!r}")
+        path = ((container.get(probe) or {}).get("httpGet") or {}).get("path", "")
+        if str(path).split("?")[0] in SHARED_DEPENDENCY_PATHS:
+            errors.append(
+                f"{where}: {probe} uses {path}, which fails while Redis or the model server is "
+                "down: they are shared by every replica, so an outage would take every gateway "
+                "pod out of service at once (use /healthz; /readyz is for monitoring)"
+            )
     annotations = doc["spec"]["template"]["metadata"].get("annotations") or {}
     scraped = annotations.get("prometheus.io/port")
     if scraped is not None and str(scraped) != str(port):
@@ -219,6 +233,11 @@ def check_compose(project: dict[str, Any], label: str) -> Errors:
     asks_env = "fdl.healthcheck" in text and "--from-env" in text  # FDL_PROBE_PORT itself
     if not asks_env and not re.search(rf":{port}(?!\d)", text):
         errors.append(f"{where}: the healthcheck must use the probe port {port}: {text!r}")
+    if any(path in text for path in SHARED_DEPENDENCY_PATHS):
+        errors.append(
+            f"{where}: the healthcheck must not use /readyz: a Redis or model-server outage "
+            "would mark the gateway unhealthy though it still classifies (use /healthz)"
+        )
     if str(port) in _published_targets(service):
         errors.append(f"{where}: publishes the probe port {port}")
     return errors

@@ -36,7 +36,7 @@ JOB = {
 CHILD_MARKERS = {
     "redis": "redis-server",
     "serving": "fdl-model-server",
-    "worker": "training.tasks",
+    "worker": "fdl-worker",
     "gateway": "fdl-gateway",
 }
 

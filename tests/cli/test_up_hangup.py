@@ -26,7 +26,7 @@ from fdl.cli_up import LOCK_FILE, leftovers, stop_leftovers
 from harness.procs import VENV_BIN, Process, wait_for
 from harness.stack import stack_env, stop_and_check_no_orphans
 
-CHILDREN = ("redis-server", "fdl-model-server", "training.tasks", "fdl-gateway")
+CHILDREN = ("redis-server", "fdl-model-server", "fdl-worker", "fdl-gateway")
 
 
 def ready(pid: int, env: dict[str, str], check: Callable[[], None]) -> list[psutil.Process]:

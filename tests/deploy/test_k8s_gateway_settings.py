@@ -1,4 +1,5 @@
-"""The gateway settings in the Kubernetes ConfigMap fdl-env fit the shipped ingress-nginx Ingress:
+"""The gateway's Kubernetes settings (its ConfigMaps fdl-env and fdl-gateway-env) fit the shipped
+ingress-nginx Ingress:
 X-Forwarded-For is believed from pod addresses (so anonymous clients do not share the controller
 pod's rate-limit bucket), and idle keep-alive outlasts nginx's upstream keep-alive."""
 
@@ -15,20 +16,37 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from api.settings import GatewaySettings
 from harness.procs import REPO_ROOT
 
-CONFIG = REPO_ROOT / "deploy" / "k8s" / "base" / "config.yaml"
+BASE = REPO_ROOT / "deploy" / "k8s" / "base"
 NGINX_UPSTREAM_KEEPALIVE_S = 60  # ingress-nginx upstream-keepalive-timeout default
+
+
+def gateway_env() -> dict[str, str]:
+    """The variables of the gateway container with a plain value or from a ConfigMap it takes
+    whole (envFrom), as the kubelet sets them (env wins)."""
+    docs = [
+        d
+        for f in ("config.yaml", "gateway.yaml")
+        for d in yaml.safe_load_all((BASE / f).read_text())
+        if d
+    ]
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        env.update({k: str(v) for k, v in configmaps[source["configMapRef"]["name"]].items()})
+    env.update({e["name"]: str(e["value"]) for e in container["env"] if "value" in e})
+    return env
 
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> GatewaySettings:
-    """GatewaySettings as a gateway pod reads them (envFrom fdl-env)."""
+    """GatewaySettings as a gateway pod reads them."""
     for name in list(os.environ):
         if name.startswith("FDL_"):
             monkeypatch.delenv(name)
-    docs = [d for d in yaml.safe_load_all(CONFIG.read_text()) if d]
-    env = next(d for d in docs if d["metadata"]["name"] == "fdl-env")["data"]
-    for name, value in env.items():
-        monkeypatch.setenv(name, str(value))
+    for name, value in gateway_env().items():
+        monkeypatch.setenv(name, value)
     return GatewaySettings(_env_file=None)  # type: ignore[call-arg]
 
 

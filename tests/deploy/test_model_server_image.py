@@ -38,7 +38,10 @@ def test_image_runs_tf_serving_entrypoint_and_flags() -> None:
     stage = c.stages()["model-server"]
     entrypoint = stage.last("ENTRYPOINT")
     assert entrypoint is not None
-    assert entrypoint.argv() == c.service("serving")["entrypoint"] == ["tensorflow_model_server"]
+    # tini as PID 1, then TF Serving's name; compose runs that name under the engine's init.
+    assert entrypoint.argv() == ["/usr/bin/tini", "-s", "--", "tensorflow_model_server"]
+    assert c.service("serving")["entrypoint"] == ["tensorflow_model_server"]
+    assert c.service("serving")["init"] is True
     runs = " ".join(i.args for i in stage.instructions if i.keyword == "RUN")
     assert "ln -s /opt/venv/bin/fdl-model-server /opt/venv/bin/tensorflow_model_server" in runs
     ports = stage.last("EXPOSE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,9 +14,10 @@ import redis
 
 from fdl.stack import WORKER_ARGV
 from harness import containers as c
-from harness.procs import Process, free_port, wait_for
+from harness.procs import REPO_ROOT, Process, free_port, wait_for
 from harness.procs import run_command as run
 from tests.deploy.compose_redis import compose_redis, redis_argv
+from training.worker_main import worker_argv
 
 
 def test_redis_command_persists_and_answers_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
@@ -119,7 +121,20 @@ def test_worker_command_is_the_same_everywhere() -> None:
     container = c.k8s_pod("Deployment", "fdl-worker")["containers"][0]
     argv = c.command("worker")
     assert argv == c.image_cmd("worker") == c.k8s_argv(container) == WORKER_ARGV
-    assert argv[argv.index("--concurrency") + 1] == "1"
+    # fdl-worker: Celery's worker with our app object, never `celery -A training.tasks` (which
+    # imports a training.py of the working folder), one job at a time.
+    assert argv == ["fdl-worker"]
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fdl-worker"] == "training.worker_main:main"  # the image installs it
+    assert worker_argv([]) == [
+        "worker",
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--loglevel",
+        "INFO",
+    ]
 
 
 def test_worker_consumes_the_configured_queue(worker: dict[str, str]) -> None:

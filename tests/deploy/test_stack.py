@@ -195,7 +195,7 @@ def test_gateway_compose_healthcheck_passes(stack: Stack) -> None:
 
 
 def test_gateway_kubernetes_probes_pass(stack: Stack) -> None:
-    """Liveness /healthz and readiness /readyz (Redis and the model server both answer), on the
+    """Liveness and readiness (both /healthz: tests/deploy/test_gateway_readiness.py), on the
     probe port."""
     container = c.k8s_pod("Deployment", "fdl-gateway")["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):

@@ -1,0 +1,173 @@
+"""The digit profile's ink: what in a grey image is the digit, as bright values on zero, and the
+box around it that the normalization crops (``api/preprocess.py``).
+
+Polarity comes from the image's border: light paper (its median above 127) has dark ink, a dark
+background bright ink, unless a light sheet lies in the dark frame (:mod:`api.preprocess_sheet`):
+then the ink is the dark ink on the sheet, and the desk around it is no ink.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from api.mask_components import components
+from api.preprocess_sheet import desk_mask
+
+# Ink above this (of 255, the strongest) is what the box is measured on; fainter ink is cut.
+_SOLID_INK = 64
+# Ink at least half the strongest: a stroke's core, however thin the stroke.
+_STRONG_INK = 128
+# A stroke's piece apart from the digit (a pen line broken by the paper's grain or the photo's
+# resolution) joins it when it is at least this share of the ink kept so far and lies within
+# half the digit's size of it; specks are smaller, ruled lines and edges farther.
+_PIECE_SHARE = 0.1
+_PIECE_REACH = 0.5
+# A row (column) of strong ink across this share of the frame is a ruled line (a grid, a margin).
+_LINE_COVER = 0.75
+# Strong ink in more runs than this per row is noise, not strokes: the opening alone decides.
+_MAX_RUNS_PER_ROW = 8
+
+
+def median(values: np.ndarray) -> float:
+    """``np.median`` of a NaN-free array (the same value), without its generic overhead."""
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return float(np.partition(flat, half)[half])
+    low, high = np.partition(flat, (half - 1, half))[half - 1 : half + 1]
+    return (float(low) + float(high)) / 2  # as floats: uint8 sums would wrap
+
+
+def ink_map(gray: Image.Image) -> np.ndarray:
+    """Ink as bright values on a zero background, whatever the polarity and lighting."""
+    pixels = np.asarray(gray)  # uint8; medians of it are those of its float64 copy
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if median(border) > 127:
+        return _light_ink(gray, pixels, None)
+    desk = desk_mask(pixels)
+    if desk is not None:
+        return _light_ink(gray, pixels, desk)
+    return dark_ink(pixels)
+
+
+def _light_ink(gray: Image.Image, pixels: np.ndarray, desk: np.ndarray | None) -> np.ndarray:
+    """Dark ink on light paper; ``desk``: where the paper is not (no ink there)."""
+    if min(gray.size) >= 16:
+        # Divide out uneven lighting: ink becomes its contrast against the local paper.
+        background = _background(gray)
+        array = 255.0 - np.clip(pixels / np.maximum(background, 1.0) * 255.0, 0, 255)
+    else:
+        array = 255.0 - pixels
+    if desk is None:
+        array -= median(array)
+    else:
+        array -= median(array[~desk])
+        array[desk] = 0.0
+    return _scaled_ink(array)
+
+
+def dark_ink(pixels: np.ndarray) -> np.ndarray:
+    """:func:`ink_map` of grey pixels on a dark background (the border's median at most 127)."""
+    return _scaled_ink(np.subtract(pixels, median(pixels), dtype=np.float64))
+
+
+def _background(gray: Image.Image) -> np.ndarray:
+    """The paper without the strokes: a rank filter at quarter scale, smoothed."""
+    small = gray.resize((max(1, gray.width // 4), max(1, gray.height // 4)), Image.Resampling.BOX)
+    smooth = small.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
+    return np.asarray(smooth.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def _scaled_ink(array: np.ndarray) -> np.ndarray:
+    """Ink relative to its background (float, a copy the caller gives up) as uint8 ink."""
+    peak = array.max()
+    if peak <= 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    # The strongest ink becomes 255. Below a fifth of it is faint noise, set to 0 (negative
+    # values included); above 255 there is only rounding (255 plus an ulp), which the cast to
+    # uint8 truncates to 255, so no clipping is needed.
+    array *= 255.0 / peak
+    array[array < 0.2 * 255.0] = 0
+    digit: np.ndarray = array.astype(np.uint8)
+    return digit
+
+
+def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box of the ink (top, bottom, left, right; exclusive), ignoring specks."""
+    solid = ink > _SOLID_INK
+    if min(ink.shape) > 64:  # specks of noise only matter in photos, which are larger
+        solid = _without_specks(ink, solid)
+    if not solid.any():
+        solid = ink > 0
+    rows = np.flatnonzero(solid.any(axis=1))
+    cols = np.flatnonzero(solid.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _without_specks(ink: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    """The ink that makes the digit: what a 3x3 opening keeps (strokes 3 pixels wide or more),
+    and the strong ink's connected pieces that touch it, or the largest piece when it kept
+    nothing (the strokes are thinner: a pen in a photo at 256 pixels), with the pieces of a
+    comparable size near them. Ruled lines and faint marks are not strong ink; specks are small.
+    """
+    opened = _open3(solid)
+    strong = ink >= _STRONG_INK
+    rows, cols = np.flatnonzero(opened.any(axis=1)), np.flatnonzero(opened.any(axis=0))
+    if rows.size:
+        # Only the box matters: strong ink all within the opening's box adds nothing to it.
+        outside = strong.copy()
+        outside[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = False
+        if not outside.any():
+            return opened
+    pieces = components(_without_lines(strong), _MAX_RUNS_PER_ROW * ink.shape[0])
+    if pieces is None or pieces.count == 0:
+        return opened
+    keep = pieces.touching(opened)
+    if not keep.any():
+        keep = np.arange(pieces.count) == int(np.argmax(pieces.sizes))
+    boxes = pieces.boxes
+    while True:
+        top, left = boxes[keep, 0].min(), boxes[keep, 2].min()
+        bottom, right = boxes[keep, 1].max(), boxes[keep, 3].max()
+        reach = _PIECE_REACH * max(bottom - top, right - left)
+        near = (
+            (boxes[:, 1] > top - reach)
+            & (boxes[:, 0] < bottom + reach)
+            & (boxes[:, 3] > left - reach)
+            & (boxes[:, 2] < right + reach)
+        )
+        joined = keep | (near & (pieces.sizes >= _PIECE_SHARE * pieces.sizes[keep].sum()))
+        if np.array_equal(joined, keep):
+            kept: np.ndarray = opened | pieces.mask(keep)
+            return kept
+        keep = joined
+
+
+def _without_lines(mask: np.ndarray) -> np.ndarray:
+    """The mask less the rows and columns it covers for at least ``_LINE_COVER`` of the frame:
+    ruled lines, a grid, a margin, whose pieces would otherwise join the digit they cross."""
+    height, width = mask.shape
+    lines = np.zeros_like(mask)
+    lines[np.count_nonzero(mask, axis=1) >= _LINE_COVER * width] = True
+    lines[:, np.count_nonzero(mask, axis=0) >= _LINE_COVER * height] = True
+    kept: np.ndarray = mask & ~lines
+    return kept
+
+
+def _open3(mask: np.ndarray) -> np.ndarray:
+    """Morphological opening with a 3x3 square: removes specks smaller than 3x3."""
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    eroded = np.ones_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            eroded &= padded[dy : dy + h, dx : dx + w]
+    padded = np.pad(eroded, 1)
+    opened = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            opened |= padded[dy : dy + h, dx : dx + w]
+    return opened
