@@ -23,9 +23,13 @@ _STRONG_INK = 128
 # half the digit's size of it; specks are smaller, ruled lines and edges farther.
 _PIECE_SHARE = 0.1
 _PIECE_REACH = 0.5
+# When the opening kept at least this share of the strong ink it touches, the strokes are thick:
+# no piece apart from them joins.
+_THICK_SHARE = 0.5
 # A row (column) of strong ink across this share of the frame is a ruled line (a grid, a margin).
 _LINE_COVER = 0.75
-# Strong ink in more runs than this per row is noise, not strokes: the opening alone decides.
+# Strong ink in more runs than this per row (this times the height, in all) is noise, not
+# strokes: the opening alone decides.
 _MAX_RUNS_PER_ROW = 8
 
 
@@ -128,6 +132,12 @@ def _without_specks(ink: np.ndarray, solid: np.ndarray) -> np.ndarray:
     keep = pieces.touching(opened)
     if not keep.any():
         keep = np.arange(pieces.count) == int(np.argmax(pieces.sizes))
+    elif np.count_nonzero(opened & strong) >= _THICK_SHARE * pieces.sizes[keep].sum():
+        # Thick strokes, which the opening kept: a thin mark apart from them (an underline that
+        # tells a 6 from a 9, a stray line) is no part of the digit, as before thin strokes were
+        # kept at all.
+        thick: np.ndarray = opened | pieces.mask(keep)
+        return thick
     boxes = pieces.boxes
     while True:
         top, left = boxes[keep, 0].min(), boxes[keep, 2].min()

@@ -13,7 +13,10 @@ its length, at least 75% lie on a straight line with their neighbours). White st
 (MNIST, canvas drawings, chalk on a blackboard) are no sheet: strokes without loops leave no
 holes, and bold strokes with their loops filled have curved outlines (3,000 test digits drawn
 bold at 256 pixels, strokes up to a third of the digit wide: at most 68% straight; sheets turned
-up to 45 degrees or in perspective: at least 82%).
+up to 45 degrees or in perspective: at least 82%). A sheet is also mostly paper (60% of it, holes
+filled, above the threshold), where the loop of a bold white 0 or 8, square ones too, is mostly
+hole; and no image of 128 pixels or less is one (the ring of an upscaled MNIST 0 passed for
+straight edges there).
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import numpy as np
 
 from api.mask_components import components
 
-# An image this small or smaller (shorter side, pixels) is no photo of a sheet (photos are larger;
-# the digit profile's speck removal draws the same line).
-_MAX_SMALL_SIDE = 64
+# An image this small or smaller (shorter side, pixels) is no photo of a sheet: photos are larger,
+# and at this size the outline of a white "0" upscaled from MNIST passes for straight edges.
+_MAX_SMALL_SIDE = 128
+# Of the sheet (holes filled, edge left out), how much must be light paper: a sheet is mostly
+# paper, the loop of a bold white "0" or "8" is mostly hole.
+_MIN_PAPER = 0.6
 _MIN_AREA = 0.05  # of the frame
 _MIN_EXTENT = 0.25  # the rotated rectangle's shorter side, of the frame's shorter side
 _MIN_BOX_FILL = 0.35  # a quick test first: of its upright bounding box (a square turned 45
@@ -77,6 +83,9 @@ def desk_mask(pixels: np.ndarray) -> np.ndarray | None:
         return None
     # The sheet's edge (JPEG's and the lens' blur between desk and paper) counts as desk.
     desk: np.ndarray = ~_eroded(filled, _EDGE)
+    inner = ~desk
+    if np.count_nonzero(light & inner) < _MIN_PAPER * np.count_nonzero(inner):
+        return None
     return desk
 
 
