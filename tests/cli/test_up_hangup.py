@@ -29,6 +29,18 @@ from harness.stack import stack_env, stop_and_check_no_orphans
 CHILDREN = ("redis-server", "fdl-model-server", "fdl-worker", "fdl-gateway")
 
 
+@pytest.fixture(autouse=True)
+def sighup_handled_by_default() -> Iterator[None]:
+    """A suite run under `nohup` (as a CI job may be) has SIGHUP ignored, and an ignored signal
+    stays ignored across exec: `fdl up` would then rightly keep ignoring it, as a stack started
+    under nohup should. The stacks here start as from a terminal (the nohup test says nohup)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def ready(pid: int, env: dict[str, str], check: Callable[[], None]) -> list[psutil.Process]:
     """Wait for the stack's /readyz (``check`` raises if `fdl up` died); its processes then."""
     url = f"http://127.0.0.1:{env['FDL_GATEWAY_PORT']}/readyz"
