@@ -157,17 +157,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         logging.getLogger("fdl.gateway").exception("unhandled error: %s", type(error).__name__)
-        # This handler runs outside the middleware that adds the request id to every answer
-        # (Starlette's ServerErrorMiddleware is outermost): the id is added here, and named in
-        # the message, so that the log line of this very error can be found.
+        # This handler runs outside the middleware that adds the request id (and nosniff, and
+        # no-store for keyed requests) to every answer (Starlette's ServerErrorMiddleware is
+        # outermost): they are added here, the id named in the message too, so that the log
+        # line of this very error can be found.
         request_id = getattr(request.state, "request_id", None)
         where = f" (request id {request_id})" if request_id else ""
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
         return JSONResponse(
             error_body(
                 "internal_error", f"an unexpected error occurred; see the gateway log{where}"
             ),
             status_code=500,
-            headers={"x-request-id": request_id} if request_id else None,
+            headers={**headers, "x-request-id": request_id} if request_id else headers,
         )
 
     @app.exception_handler(StarletteHTTPException)

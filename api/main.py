@@ -172,6 +172,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             "body", settings.body_budget_bytes, settings.decode_wait_s, "request-body bytes"
         ),
         body_free_bytes=settings.body_free_bytes,
+        allowed_hosts=settings.allowed_host_names,
     )
     for router in ROUTERS:
         app.include_router(router)

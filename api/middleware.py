@@ -31,6 +31,27 @@ BUDGET_STEP = 1024 * 1024
 # A route's own body limit, lower than the gateway's, set in the scope before the route reads its
 # body (api/admin_route.py); the body is counted against it from then on.
 ROUTE_BODY_LIMIT = "fdl.route_max_body_bytes"
+# Added to every answer (api/errors.py to the 500s, sent outside): browsers must not guess another
+# type than the one sent; an answer to a request with a key (either header), and any job route's,
+# must not be stored by a browser's or a shared cache.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NO_STORE = (b"cache-control", b"no-store")
+_OURS = frozenset({NOSNIFF[0]})  # a route's own value gives way to ours: one header, not two
+_OURS_NO_STORE = frozenset({NOSNIFF[0], NO_STORE[0]})
+JOBS_PATH = "/v1/jobs"
+# Answered whatever the Host header (FDL_ALLOWED_HOSTS): the kubelet's probes name the pod's
+# address, and these tell a page that rebinds its name to the gateway nothing.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# The request headers the middleware reads.
+_REQUEST_ID, _LENGTH, _HOST, _KEY, _CHUNKED = range(5)
+_WATCHED = {
+    b"x-request-id": _REQUEST_ID,
+    b"content-length": _LENGTH,
+    b"host": _HOST,
+    b"authorization": _KEY,
+    b"x-api-key": _KEY,
+    b"transfer-encoding": _CHUNKED,
+}
 
 
 def _cut_status(scope: Scope) -> int:
@@ -43,6 +64,24 @@ def _cut_status(scope: Scope) -> int:
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
+
+
+def host_not_allowed(host: bytes) -> ApiError:
+    shown = host[:100].decode("latin-1")
+    return ApiError(
+        400,
+        "host_not_allowed",
+        f"the Host header {shown!r} is not a name this gateway answers to (FDL_ALLOWED_HOSTS); "
+        "use one of those, e.g. http://localhost:<port>",
+    )
+
+
+def host_name(value: bytes) -> bytes:
+    """The name of a Host header, lower-case, without its port: ``[::1]`` of ``[::1]:8000``."""
+    value = value.lower()
+    if value.startswith(b"["):
+        return value[: value.find(b"]") + 1]
+    return value.partition(b":")[0]
 
 
 def declared_length(raw: bytes, limit: int) -> int | None:
@@ -77,30 +116,47 @@ class GatewayMiddleware:
         max_body_bytes: int,
         body_budget: Budget | None = None,
         body_free_bytes: int = 0,
+        allowed_hosts: frozenset[bytes] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_budget = body_budget
         self.body_free_bytes = body_free_bytes
+        self.allowed_hosts = allowed_hosts  # FDL_ALLOWED_HOSTS' names; None: any Host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         raw_id: bytes | None = None
+        host: bytes | None = None
         length = b""
-        chunked = False
+        chunked = keyed = False
+        watched = _WATCHED.get
         for key, value in scope["headers"]:  # lower-case names (ASGI); the last one wins
-            if key == b"x-request-id":
+            which = watched(key)  # one dict lookup per header, not a chain of comparisons
+            if which is None:
+                continue
+            if which == _REQUEST_ID:
                 raw_id = value
-            elif key == b"content-length":
+            elif which == _LENGTH:
                 length = value
-            elif key == b"transfer-encoding":
+            elif which == _HOST:
+                host = value
+            elif which == _KEY:
+                keyed = True
+            else:
                 chunked = True
         request_id = sane_request_id(raw_id.decode("latin-1") if raw_id is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         exchange = _Exchange(time.perf_counter())
+        if keyed or scope["path"].startswith(JOBS_PATH):
+            ours = _OURS_NO_STORE
+            added = [(b"x-request-id", request_id.encode()), NOSNIFF, NO_STORE]
+        else:
+            ours = _OURS
+            added = [(b"x-request-id", request_id.encode()), NOSNIFF]
 
         async def send_with_id(message: Message) -> None:
             if exchange.refused:
@@ -108,15 +164,25 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 exchange.started = True
                 exchange.status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = message.get("headers") or []
+                for name, _value in headers:
+                    if name in ours:  # rare (the UI's files, event streams): rebuilt then only
+                        headers = [h for h in headers if h[0] not in ours]
+                        break
+                message["headers"] = [*headers, *added]
             await send(message)
 
         reservation: Reservation | None = None
         try:
+            if (
+                self.allowed_hosts is not None
+                and host is not None
+                and host_name(host) not in self.allowed_hosts
+                and scope["path"] not in PROBE_PATHS
+            ):
+                # DNS rebinding: a page whose name now resolves to this gateway's address.
+                await _send_error(send_with_id, host_not_allowed(host))
+                return
             size = declared_length(length, self.max_body_bytes)
             if size is not None and size > self.max_body_bytes:
                 # Refused before a byte of the body is read.

@@ -48,6 +48,20 @@ def _read_keys(inline: str | None, path: Path | None) -> list[str]:
     return split_keys(inline) + _read_file(path)
 
 
+def parse_allowed_hosts(value: str) -> frozenset[bytes] | None:
+    """The lower-case names of FDL_ALLOWED_HOSTS, or None for "*" (any Host)."""
+    entries = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if entries == ["*"]:
+        return None
+    if not entries or "*" in entries:
+        raise ValueError("name the hosts, or '*' (any host) alone")
+    for entry in entries:
+        bracketed = entry.startswith("[") and entry.endswith("]")
+        if not entry.isascii() or (":" in entry and not bracketed):
+            raise ValueError(f"{entry!r}: a name or address without a port (IPv6 in brackets)")
+    return frozenset(entry.encode() for entry in entries)
+
+
 class GatewaySettings(CommonSettings):
     # Admin keys: FDL_API_KEYS (comma-separated, in CommonSettings) plus this file (a secret).
     api_keys_file: Path | None = None
@@ -141,6 +155,11 @@ class GatewaySettings(CommonSettings):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
     # or CIDR networks, "*" for any). Empty: none, the client is the peer address.
     trusted_proxies: str = ""
+    # The names the gateway answers to in the Host header (comma-separated, no port, an IPv6
+    # address in brackets: [::1]); any other gets 400 host_not_allowed, /healthz and /readyz
+    # excepted (api/middleware.py). "*": any. Against DNS rebinding: `fdl up` sets the loopback
+    # names when it binds the gateway to a loopback address.
+    allowed_hosts: str = "*"
     default_top_k: int = Field(default=3, ge=1)
     # Preprocessing profile per model, overriding the choice by channel count:
     # FDL_PROFILES='{"my_model": "photo"}'.
@@ -198,6 +217,17 @@ class GatewaySettings(CommonSettings):
                     f"{entry!r} has host bits set (the network is {network})"
                 ) from None
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_parse(cls, value: str) -> str:
+        parse_allowed_hosts(value)
+        return value
+
+    @property
+    def allowed_host_names(self) -> frozenset[bytes] | None:
+        """FDL_ALLOWED_HOSTS as the gateway compares Host headers with it; None: any."""
+        return parse_allowed_hosts(self.allowed_hosts)
 
     @field_validator("serving_tls_ca_file")
     @classmethod

@@ -32,6 +32,8 @@ class Architecture:
         image_shape: the raw uint8 input of the exported model.
         default_dropout: the dropout rate when the job sets none.
         description: one line for people.
+        batch_norm: whether it normalizes by batch statistics (BatchNormalization), which a
+            batch of one image makes meaningless.
     """
 
     dataset: str
@@ -39,6 +41,7 @@ class Architecture:
     image_shape: tuple[int, int, int]
     default_dropout: float
     description: str
+    batch_norm: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -60,9 +63,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         CIFAR10_SHAPE,
         0.5,
         "the book's CIFAR-10 network with batch normalization",
+        batch_norm=True,
     ),
     "cifar10_airnet": Architecture(
-        "cifar10", "cifar32", CIFAR10_SHAPE, 0.0, "airbench-style network, beyond the book"
+        "cifar10",
+        "cifar32",
+        CIFAR10_SHAPE,
+        0.0,
+        "airbench-style network, beyond the book",
+        batch_norm=True,
     ),
 }
 

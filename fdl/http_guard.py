@@ -46,9 +46,11 @@ PHRASES = {
 
 
 def close_response(status: int, body: bytes) -> bytes:
-    """A whole HTTP/1.1 response with a JSON body, after which the connection closes."""
+    """A whole HTTP/1.1 response with a JSON body, after which the connection closes; with
+    nosniff, as every answer of the apps above (a browser must not take it for another type)."""
     return (
         f"HTTP/1.1 {status} {PHRASES[status]}\r\ncontent-type: application/json\r\n"
+        "x-content-type-options: nosniff\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 

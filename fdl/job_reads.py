@@ -4,6 +4,7 @@ polls, and event streams, as the gateway and the workers read them (no writes he
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -36,6 +37,23 @@ SCAN_CHUNK = 2000
 # written at the very same time share one); a larger group is read this many at a time.
 TIED_MAX = 10 * SCAN_CHUNK
 
+log = logging.getLogger("fdl.jobs")
+
+
+def keyed(job_id: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``record``, read from the key of ``job_id``, with ``job_id`` as its id whatever id it
+    holds (only a hand-edited Redis makes them differ, logged): a reader acts on the job it
+    read, never on one a record names."""
+    if record is not None and record.get("id") != job_id:
+        log.warning(
+            "job %s: its record holds another id (%s); read as %s",
+            job_id,
+            repr(record.get("id"))[:100],
+            job_id,
+        )
+        record["id"] = job_id
+    return record
+
 
 class JobReads:
     """Reads of job records; :class:`fdl.jobs.JobStore` adds the writes. Reads return plain
@@ -56,8 +74,10 @@ class JobReads:
 
     @_retried
     def get(self, job_id: str) -> dict[str, Any] | None:
-        """Returns the job's record, or None for an unknown job."""
-        return decode_record(cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id))))
+        """Returns the job's record (its id: ``job_id``, see :func:`keyed`), or None for an
+        unknown job."""
+        raw = cast(dict[str, str], self.redis.hgetall(JOB_KEY.format(job_id)))
+        return keyed(job_id, decode_record(raw))
 
     @_retried
     def list(
@@ -79,11 +99,13 @@ class JobReads:
     @_retried
     def records(self, job_ids: Sequence[str]) -> _Records:
         """The records of ``job_ids`` that exist, in that order, each read in one step (HGETALL)
-        in one pipeline without a transaction (see :meth:`list`)."""
+        in one pipeline without a transaction (see :meth:`list`); each one's id is the id it was
+        read by (:func:`keyed`)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(JOB_KEY.format(job_id))
-        return [r for r in map(decode_record, pipe.execute()) if r is not None]
+        read = zip(job_ids, map(decode_record, pipe.execute()), strict=True)
+        return [r for r in (keyed(job_id, record) for job_id, record in read) if r is not None]
 
     @_retried
     def statuses(self) -> _Statuses:

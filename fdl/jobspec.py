@@ -233,6 +233,19 @@ class JobSpec(_Strict):
             )
         return value
 
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_norm_needs_two(cls, value: int, info: ValidationInfo) -> int:
+        arch = ARCHITECTURES.get(info.data.get("model", ""))
+        if arch and arch.batch_norm and value < 2:
+            raise ValueError(
+                f"model {info.data['model']!r} normalizes by batch (batch normalization): a "
+                f"batch of {value} image has no variance, and the moving variance that the "
+                "published model normalizes with collapses to 0 (it answers one class for "
+                "every image); use at least 2"
+            )
+        return value
+
     @field_validator("early_stopping")
     @classmethod
     def _needs_validation(cls, value: EarlyStoppingSpec | None, info: ValidationInfo) -> Any:

@@ -229,6 +229,9 @@ class CommonSettings(BaseSettings):
     # FDL_MODEL_DIR resolved. Every process that renders models.config reads it (the gateway's
     # promotions, the worker's publish, `python -m fdl.repository`, `fdl up`), so all agree.
     serving_model_base_path: str | None = None
+    # `fdl up`: how often supervisord starts a child again that keeps exiting before its start
+    # time, after 1 s, 2 s, 3 s ..., before it gives it up (FATAL). docs/deploy.md, "fdl up".
+    start_retries: int = Field(default=10, ge=0, le=1000)
 
     @field_validator("redis_url")
     @classmethod

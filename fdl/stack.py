@@ -8,6 +8,7 @@ group, so nothing is left behind. See docs/deploy.md, "fdl up".
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shlex
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from pydantic_settings import BaseSettings
+
 from fdl.redis_server import redis_server_argv
 from fdl.repository import sync_config
-from fdl.settings import CommonSettings, check_keys, split_keys
+from fdl.settings import FDL_SETTINGS, CommonSettings, check_keys, split_keys
 
 API_KEY_FILE = "api_key"
 # The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
@@ -35,13 +38,13 @@ STACK_MARKER = "FDL_UP_STACK"
 # no -Q: the app's default queue, FDL_TRAINING_QUEUE); the containers run the same command.
 WORKER_ARGV = ["fdl-worker"]
 # Start order (stop order is the reverse) and how long each child must run to count as started;
-# a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after START_RETRIES.
+# a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after
+# FDL_START_RETRIES (10) retries.
 # A Python child's time covers its imports (TensorFlow, FastAPI: 1-3 s on an idle machine, 6-9 s
 # seen on a loaded one) with room to spare: a child that fails once its imports are done (a
 # port it cannot bind) has then not yet counted as started, and reaches FATAL instead of
 # being restarted forever.
 CHILDREN = {"redis": (10, 1), "serving": (20, 30), "worker": (30, 30), "gateway": (40, 30)}
-START_RETRIES = 10
 # Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops.
 STOP_WAIT_S = 10
 
@@ -55,6 +58,7 @@ class Stack:
     api_key: str | None = None
     api_key_generated: bool = False
     var_dir: Path = Path("var")
+    start_retries: int = 10  # FDL_START_RETRIES
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -163,6 +167,28 @@ def redacted(url: str) -> str:
     return parts.geturl()
 
 
+class _GatewayHosts(BaseSettings):
+    """FDL_ALLOWED_HOSTS where the user set it (environment or .env), as the gateway reads it."""
+
+    model_config = FDL_SETTINGS
+    allowed_hosts: str | None = None
+
+
+def loopback_hosts(host: str) -> str | None:
+    """FDL_ALLOWED_HOSTS for a gateway bound to ``host``: the loopback names where that is a
+    loopback address or localhost (a page elsewhere whose name resolves to 127.0.0.1 then cannot
+    read it: DNS rebinding), else None (any Host, as the gateway's default)."""
+    bare = host.strip("[]").lower()
+    try:
+        loopback = ipaddress.ip_address(bare.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = bare == "localhost"
+    if not loopback:
+        return None
+    bound = f"[{bare}]" if ":" in bare else bare
+    return ",".join(dict.fromkeys(["localhost", "127.0.0.1", "[::1]", bound]))
+
+
 def plan_stack(settings: CommonSettings) -> Stack:
     model_dir = settings.model_dir.resolve()
     var_dir = settings.var_dir.resolve()
@@ -184,7 +210,11 @@ def plan_stack(settings: CommonSettings) -> Stack:
         "PYTHONUNBUFFERED": "1",
         STACK_MARKER: str(var_dir),
     }
+    hosts = loopback_hosts(settings.gateway_host)
+    if hosts and _GatewayHosts().allowed_hosts is None:
+        env["FDL_ALLOWED_HOSTS"] = hosts
     stack = Stack(env=env, api_key=api_key, api_key_generated=generated, var_dir=var_dir)
+    stack.start_retries = settings.start_retries
     if settings.redis_url:
         env["FDL_REDIS_URL"] = settings.redis_url
     else:
@@ -243,7 +273,7 @@ def supervisor_config(stack: Stack) -> str:
             "priority": priority,
             "autorestart": "true",
             "startsecs": start_s,
-            "startretries": START_RETRIES,
+            "startretries": stack.start_retries,
             "stopsignal": "TERM",
             "stopwaitsecs": STOP_WAIT_S,
             # Signals go to the child's whole process group (Celery's pool, the server's threads).

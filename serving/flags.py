@@ -71,7 +71,6 @@ def thread_count(text: str) -> int:
 MAX_BODY_BYTES = 2**40
 MIN_HEADER_BYTES, MAX_HEADER_BYTES = 1024, 16 * 1024 * 1024
 MAX_TIMEOUT_MS = 86_400_000
-INT32_MAX = 2**31 - 1
 
 
 def limit(low: int, high: int, unit: str) -> Callable[[str], int]:
@@ -90,14 +89,25 @@ def limit(low: int, high: int, unit: str) -> Callable[[str], int]:
     return parse
 
 
-def int32(text: str) -> int:
-    """A whole number that TF Serving's int32 flags hold (0 or less: off, for a time)."""
-    value = int(text)
-    if not -INT32_MAX - 1 <= value <= INT32_MAX:
-        raise argparse.ArgumentTypeError(
-            f"expected a 32-bit integer, at most {INT32_MAX}, got {text.strip()[:40]}"
-        )
-    return value
+def whole_number(bits: int) -> Callable[[str], int]:
+    """A flag's parser for a whole number that TF Serving's int32 or int64 flag holds, as its
+    flag library refuses any other; a larger one here used to stop a poll thread or a load retry
+    with ``OverflowError`` once the server ran (a poll interval of 10**20 seconds)."""
+    high = 2 ** (bits - 1) - 1
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not -high - 1 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a {bits}-bit integer, at most {high}, got {text.strip()[:40]}"
+            )
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for what int() refuses
+    return parse
+
+
+int32, int64 = whole_number(32), whole_number(64)
 
 
 def bind_address(text: str) -> str:
@@ -194,17 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flag("allow_version_labels_for_unavailable_models", bool, False, "labels may point anywhere")
     flag("model_config_file", str, "", "ascii ModelServerConfig file")
-    flag("model_config_file_poll_wait_seconds", int, 0, "0: read the config file once")
+    flag("model_config_file_poll_wait_seconds", int32, 0, "0: read the config file once")
     flag("model_name", str, "default", "model name (without --model_config_file)")
     flag("model_base_path", str, "", "model base path (without --model_config_file)")
-    flag("num_load_threads", int, 0, "threads loading versions (0 means one)")
-    flag("num_unload_threads", int, 0, "accepted for compatibility")
-    flag("max_num_load_retries", int, 5, "retries after a failed load")
-    flag("load_retry_interval_micros", int, 60_000_000, "wait between load retries")
-    flag("file_system_poll_wait_seconds", int, 1, "version poll interval (0: once)")
-    flag("tensorflow_session_parallelism", int, 0, "threads for each Session (0: auto)")
-    flag("tensorflow_intra_op_parallelism", int, 0, "intra-op threads (0: auto)")
-    flag("tensorflow_inter_op_parallelism", int, 0, "inter-op threads (0: auto)")
+    flag("num_load_threads", int32, 0, "threads loading versions (0 means one)")
+    flag("num_unload_threads", int32, 0, "accepted for compatibility")
+    flag("max_num_load_retries", int32, 5, "retries after a failed load")
+    flag("load_retry_interval_micros", int64, 60_000_000, "wait between load retries")
+    flag("file_system_poll_wait_seconds", int32, 1, "version poll interval (0: once)")
+    flag("tensorflow_session_parallelism", int64, 0, "threads for each Session (0: auto)")
+    flag("tensorflow_intra_op_parallelism", int64, 0, "intra-op threads (0: auto)")
+    flag("tensorflow_inter_op_parallelism", int64, 0, "inter-op threads (0: auto)")
     flag("tensorflow_session_config_file", str, "", "ascii ConfigProto file for every Session")
     flag("per_process_gpu_memory_fraction", float, 0.0, "GPU memory per process (0: TF's default)")
     flag("saved_model_tags", str, "", "comma-separated MetaGraph tags to load (empty: serve)")
@@ -229,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flag("grpc_max_threads", thread_count, 0, "gRPC worker threads (0: 8 x CPUs, at least 64)")
     flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests")
-    flag("num_request_iterations_for_warmup", int, 1, "times each warmup record runs")
+    flag("num_request_iterations_for_warmup", int32, 1, "times each warmup record runs")
     flag("monitoring_config_file", str, "", "ascii MonitoringConfig file (Prometheus)")
     flag("enable_grpc_healthcheck_service", bool, False, "standard gRPC health service")
     flag("version", bool, False, "print the version and exit")

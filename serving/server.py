@@ -68,7 +68,10 @@ class ModelServer:
         manager = ModelManager(
             ManagerOptions(
                 max_num_load_retries=max(0, args.max_num_load_retries),
-                load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
+                # An int64 of microseconds may exceed the longest wait a timer takes.
+                load_retry_interval_s=min(
+                    max(0.0, args.load_retry_interval_micros / 1e6), threading.TIMEOUT_MAX
+                ),
                 enable_warmup=args.enable_model_warmup,
                 warmup_iterations=max(1, args.num_request_iterations_for_warmup),
                 allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,

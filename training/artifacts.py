@@ -55,14 +55,22 @@ def write_model(
     report = evaluation(outcome.y_true, outcome.y_pred, data.class_names, outcome.metrics)
     files = write_report(extra, report, outcome.history, f"{spec.publish_as} ({spec.model})")
     write_warmup(folder / contract.WARMUP_FILE, str(spec.publish_as), data.x_test[:8])
+    kind = ModelKind.of(data, arch.image_shape)  # what only_if_better compares
     metadata = {
         "job_id": job_id,
         "model": spec.publish_as,
         "architecture": spec.model,
         "spec": spec.model_dump(mode="json"),
-        "dataset": {"name": data.name, "source": data.source, **outcome.counts},
+        # name, layout, test count and fingerprint: what only_if_better compares besides the input
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "layout": data.layout,
+            **outcome.counts,
+            "test_sha256": kind.test_sha256,
+        },
         "class_names": list(data.class_names),
-        "input": ModelKind.of(data, arch.image_shape).input(),  # what only_if_better compares
+        "input": kind.input(),
         contract.PROFILE_KEY: serving_profile(data.name),  # what the gateway preprocesses with
         "metrics": outcome.metrics,
         "per_class_accuracy": report["per_class_accuracy"],

@@ -1,5 +1,6 @@
 """Keras callbacks that connect a training run to its job record: progress, cancellation, and
-stopping a run whose loss diverged; and TensorBoard logging that a run can do without."""
+stopping a run whose loss diverged (:mod:`training.divergence` says when, and whether its
+weights are kept); and TensorBoard logging that a run can do without."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import tensorflow as tf
 from tensorflow.python.ops import summary_ops_v2
 
 from fdl.jobs import JobStore, NotThisRun
+from training.divergence import TrainingDiverged as TrainingDiverged  # where it was raised from
+from training.divergence import divergence
 from training.time_limit import Deadline
 
 log = logging.getLogger(__name__)
@@ -30,51 +33,20 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else round(value, 6)
 
 
-class TrainingDiverged(RuntimeError):
-    """The trained model answers NaN or infinity: its weights are no longer numbers (the loss
-    diverged). The job fails and publishes nothing."""
-
-
-def divergence(value: Any, where: str) -> str | None:
-    """What to tell the user when the reported loss is not a finite number, else None."""
-    if value is None or math.isfinite(float(value)):
-        return None
-    return f"the loss was {float(value)} {where}"
-
-
-def weights_kept(
-    model: keras.Model, stopper: keras.callbacks.EarlyStopping | None, history: list[dict[str, Any]]
-) -> str | None:
-    """After training stopped on a NaN or infinite loss: why the model's weights are still
-    worth the test set's judgement, else None (the run failed: weights that made the loss
-    non-finite, NaN or merely huge, are no model). Early stopping restored the weights of its
-    best epoch (Keras does when training ends) and that epoch's loss and monitored value were
-    finite; or the optimizer scales the loss (mixed float16), skipping each step whose
-    gradients were not finite, so that the weights are those from before it."""
-    best = getattr(stopper, "best_epoch", None) if stopper is not None else None
-    if stopper is not None and stopper.best_weights is not None and best is not None:
-        entry = history[best] if best < len(history) else {}
-        if entry.get("loss") is not None and entry.get(stopper.monitor) is not None:
-            model.set_weights(stopper.best_weights)  # as Keras did at the end of training
-            return f"early stopping restored the weights of epoch {best + 1}"
-    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
-        return "the loss scaling skipped the steps whose gradients were not finite"
-    return None
-
-
 class JobCallback(keras.callbacks.Callback):
     """Reports per-epoch progress (and, every few seconds, mid-epoch progress) to the job record,
     and stops training at the next batch when the job's cancellation flag is set (or its record
     is gone: pruned, or lost with Redis's data) or a reported loss is NaN or infinite (read only
-    where it is reported anyway, so that no batch waits for the device to hand its loss over). A
-    stop for divergence is kept in ``diverged``; whether the weights are lost is decided on the
-    test set's outputs afterwards: early stopping may have restored its best epoch, and a
-    mixed-precision step that overflowed was skipped. Training also stops at the next batch once
-    ``deadline`` has passed; ``timed_out`` then says where (the trainer raises). With ``run``
-    (the worker name the run claimed the job under), a report that the record refuses, the job
-    no longer being this run's, sets ``lost`` (shared with the heartbeat thread, whose refused
-    beat sets it too) and training stops at the next batch (the trainer raises
-    :class:`NotThisRun`)."""
+    where it is reported anyway, so that no batch waits for the device to hand its loss over):
+    a stop for divergence is kept in ``diverged``. Whether the weights are lost is decided
+    afterwards (:func:`training.divergence.judge_run`, then the test set's outputs and loss,
+    :func:`training.divergence.judge_test_loss`): early stopping may have restored its best
+    epoch, and a mixed-precision step that overflowed was skipped. Training also stops at the
+    next batch once ``deadline`` has passed; ``timed_out`` then says where (the trainer raises).
+    With ``run`` (the worker name the run claimed the job under), a report that the record
+    refuses, the job no longer being this run's, sets ``lost`` (shared with the heartbeat
+    thread, whose refused beat sets it too) and training stops at the next batch (the trainer
+    raises :class:`NotThisRun`)."""
 
     def __init__(
         self,

@@ -73,7 +73,7 @@ def mnist_cnn(shape, num_classes, reg, dropout) -> keras.Model:
             activation="relu",
             kernel_initializer="he_normal",
             name=f"conv_{i}",
-            **kernel_kwargs(reg),
+            **kernel_kwargs(reg, conv=True),
         )(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
     x = keras.layers.Flatten()(x)
@@ -106,7 +106,7 @@ def _cifar(batch_norm: bool):
                 use_bias=not batch_norm,
                 kernel_initializer="he_normal",
                 name=f"conv_{i}",
-                **kernel_kwargs(reg),
+                **kernel_kwargs(reg, conv=True),
             )
             x = block(x, conv, f"conv_{i}")
             x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)

@@ -70,7 +70,7 @@ def _conv(filters: int, kw: dict, name: str) -> keras.layers.Conv2D:
 def airnet(
     shape, num_classes, reg: RegularizationSpec, dropout: float, widths: tuple[int, ...] = WIDTHS
 ) -> keras.Model:
-    kw = kernel_kwargs(reg)
+    kw, conv_kw = kernel_kwargs(reg), kernel_kwargs(reg, conv=True)
     inputs = keras.Input(shape=shape, name="pixels")
     channels = shape[-1] * WHITEN_PATCH * WHITEN_PATCH
     x = keras.layers.Conv2D(
@@ -79,11 +79,11 @@ def airnet(
     x = keras.layers.BatchNormalization(name="whiten_bn", **BN)(x)
     x = keras.layers.Activation(ACTIVATION, name="whiten_act")(x)
     for i, width in enumerate(widths, start=1):
-        x = _conv(width, kw, f"block{i}_conv1")(x)
+        x = _conv(width, conv_kw, f"block{i}_conv1")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
         x = keras.layers.BatchNormalization(name=f"block{i}_bn1", **BN)(x)
         x = keras.layers.Activation(ACTIVATION, name=f"block{i}_act1")(x)
-        x = _conv(width, kw, f"block{i}_conv2")(x)
+        x = _conv(width, conv_kw, f"block{i}_conv2")(x)
         x = keras.layers.BatchNormalization(name=f"block{i}_bn2", **BN)(x)
         x = keras.layers.Activation(ACTIVATION, name=f"block{i}_act2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)

@@ -25,14 +25,24 @@ to its client never runs (:meth:`fdl.jobs.JobStore.resend_or_end`).
 
 A message sent again carries the spec's ``max_duration_s``, as the gateway's does, so that the
 hard time limit of the run it starts is the spec's (:data:`Send`).
+
+A pruned job's TensorBoard folder (``<FDL_VAR_DIR>/tensorboard/<job id>``) goes with its record
+(:func:`remove_tensorboard_dirs`); the hourly sweep also removes, from this worker's own
+``FDL_VAR_DIR``, the folders of jobs whose records another worker pruned (each Kubernetes pod has
+a ``FDL_VAR_DIR`` of its own) or an older version left (:func:`sweep_tensorboard_dirs`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from filelock import Timeout
@@ -50,6 +60,9 @@ Send = Callable[[str, str, float | None], None]
 # How often a reaper thread looks for what older workers left of pruned jobs (at start-up, then
 # this often): it scans every key of Redis, and nothing today leaves such keys.
 LEFTOVER_SWEEP_EVERY_S = 3600.0
+# The job ids a TensorBoard folder may be named by (api.schemas.JobId's pattern): no separator,
+# no dot, so ``tensorboard/<job id>`` never leads out of the folder.
+TENSORBOARD_JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 def reap_once(
@@ -92,7 +105,64 @@ def reap_once(
             if leftovers:
                 log.info("removed what older workers left of %d pruned jobs", len(leftovers))
             pruned += leftovers
+        remove_tensorboard_dirs(settings.var_dir, pruned)
+        if sweep_leftovers:
+            sweep_tensorboard_dirs(store, settings.var_dir, settings.job_retention_s)
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
+
+
+def remove_tensorboard_dirs(var_dir: Path, job_ids: Iterable[str]) -> list[str]:
+    """Remove the TensorBoard folders (``<var_dir>/tensorboard/<job id>``) of ``job_ids``, jobs
+    whose records were pruned (ended a retention ago: none runs); the ids of those removed. An id
+    that is no plain name, or a link in the folder's place, is left alone."""
+    removed: list[str] = []
+    for job_id in job_ids:
+        folder = var_dir / "tensorboard" / job_id
+        if not TENSORBOARD_JOB_ID.fullmatch(job_id):
+            continue
+        try:  # a folder that cannot be entered raises here too (EACCES), not only in rmtree
+            if not stat.S_ISDIR(folder.lstat().st_mode):
+                continue
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            log.warning("cannot remove the TensorBoard logs of job %s: %s", job_id, error)
+        else:
+            removed.append(job_id)
+    if removed:
+        log.info("removed the TensorBoard logs of %d jobs that ended long ago", len(removed))
+    return removed
+
+
+def sweep_tensorboard_dirs(store: JobStore, var_dir: Path, retention_s: float) -> list[str]:
+    """Remove the TensorBoard folders under ``var_dir`` of jobs that have no record (pruned by
+    another worker, or before the prune removed them) and whose newest file is older than
+    ``retention_s``; a job with a record (queued, running on any worker, ended) keeps its folder.
+    The ids of those removed."""
+    root = var_dir / "tensorboard"
+    try:
+        with os.scandir(root) as entries:
+            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:  # none yet
+        return []
+    names = [name for name in names if TENSORBOARD_JOB_ID.fullmatch(name)]
+    kept = {r.get("id") for r in store.records(names) if r.get("status") is not None}
+    cutoff = time.time() - retention_s
+    old = [n for n in names if n not in kept and _newest_mtime(root / n) < cutoff]
+    return remove_tensorboard_dirs(var_dir, old)
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The newest modification time of ``folder`` and everything in it (inf: unreadable)."""
+    try:
+        newest = folder.lstat().st_mtime
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    except OSError:
+        return float("inf")
+    return newest
 
 
 # What :func:`settle_lost_run` answers when the repository's lock is held.

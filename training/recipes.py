@@ -14,12 +14,13 @@ All values are documented in docs/training.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 
 from fdl.architectures import ARCHITECTURES
 from fdl.jobspec import JobSpec, RegularizationSpec
+from training.divergence import DATA_LOSS
 from training.optimizers import make_optimizer
 
 Schedule = Literal["constant", "warmup_cosine", "triangular"]
@@ -185,11 +186,18 @@ def compile_for_recipe(
     """Compiles ``model`` with the spec's optimizer under its recipe; returns the recipe."""
     recipe = recipe_for(spec)
     rate = learning_rate(recipe, spec.optimizer.learning_rate, total_steps)
+    metrics: list[Any] = ["accuracy"]
+    if spec.regularization.l1 or spec.regularization.l2:
+        # Keras adds the penalty to the reported loss: TensorBoard also shows the fit without
+        # it (training.divergence.DATA_LOSS; the divergence check judges the test loss).
+        metrics.append(
+            keras.metrics.SparseCategoricalCrossentropy(name=DATA_LOSS, from_logits=True)
+        )
     model.compile(
         steps_per_execution=steps_per_execution,
         optimizer=make_optimizer(spec.optimizer, rate, recipe.weight_decay),
         loss=make_loss(recipe),
-        metrics=["accuracy"],
+        metrics=metrics,
     )
     return recipe
 

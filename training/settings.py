@@ -34,6 +34,11 @@ STALE_AFTER_HEARTBEATS = 3
 # float: a longer one either never redelivers or, past about 1e308, stops the worker at start
 # (OverflowError).
 MAX_VISIBILITY_TIMEOUT_S = 365 * 86400
+# The peak resident size (MiB) of a pool process past which it is replaced after its job: well
+# above a CIFAR-10 job's on CPU (measured: 1.5 GiB cifar10_cnn, 1.9 GiB cifar10_airnet, the
+# whole training set; 1.4 GiB for a 1,000-image one), below the Kubernetes manifest's 12 GiB
+# limit (deploy/k8s/base/worker.yaml).
+DEFAULT_MAX_MEMORY_PER_CHILD_MB = 6144
 
 
 class WorkerSettings(CommonSettings):
@@ -79,6 +84,12 @@ class WorkerSettings(CommonSettings):
     mixed_precision: bool = True
     # Batches per call into the compiled training graph (cancellation acts within this many).
     steps_per_execution: int = Field(default=DEFAULT_STEPS_PER_EXECUTION, ge=1, le=256)
+    # The pool process that runs the jobs is replaced by a fresh one after a job that took its
+    # peak resident size past this many MiB (Celery's worker_max_memory_per_child; 0: never),
+    # and after this many jobs (worker_max_tasks_per_child; 0: never): memory that TensorFlow
+    # keeps after each job is given back before the kernel's out-of-memory killer ends a run.
+    max_memory_per_child_mb: int = Field(default=DEFAULT_MAX_MEMORY_PER_CHILD_MB, ge=0, le=2**20)
+    max_jobs_per_child: int = Field(default=0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _stale_after_several_heartbeats(self) -> WorkerSettings:

@@ -20,8 +20,17 @@ import tensorflow as tf
 from fdl.architectures import ARCHITECTURES
 from fdl.jobs import JobStore, NotThisRun
 from fdl.jobspec import VALIDATION_ONE_IN, JobSpec
-from training.callbacks import BestEffortTensorBoard, JobCallback, TrainingDiverged, weights_kept
+from training import gradient_registry
+from training.callbacks import BestEffortTensorBoard, JobCallback
 from training.data import DataMissingError, ImageData
+from training.divergence import (
+    ADVICE,
+    TrainingDiverged,
+    judge_run,
+    judge_test_loss,
+    loss_limit,
+    restored_epoch,
+)
 from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
 from training.preprocess import network_input_shape
@@ -30,7 +39,6 @@ from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.time_limit import Deadline, TimedOut
 
 log = logging.getLogger(__name__)
-ADVICE = "(a lower learning rate, or clipping with max_norm, usually helps)"
 
 
 @dataclass
@@ -85,13 +93,14 @@ def runtime(
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
-        yield {
-            "strategy": type(strategy).__name__,
-            "replicas": strategy.num_replicas_in_sync,
-            "gpus": len(gpus),
-            "precision_policy": policy,
-            "_strategy": strategy,
-        }
+        with gradient_registry.forgotten_at_end():
+            yield {
+                "strategy": type(strategy).__name__,
+                "replicas": strategy.num_replicas_in_sync,
+                "gpus": len(gpus),
+                "precision_policy": policy,
+                "_strategy": strategy,
+            }
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
@@ -184,16 +193,16 @@ def train(
             raise NotThisRun(f"job {job_id} is no longer this run's; training stopped")
         if deadline is not None and progress.timed_out:
             raise TimedOut(deadline.error(progress.timed_out))
-        if progress.diverged:
-            info["stopped_early"] = f"training stopped: {progress.diverged}"
-            kept = weights_kept(model, stopper, progress.history)
-            if kept is None:
-                raise TrainingDiverged(
-                    f"training diverged ({progress.diverged}) and no epoch whose loss was finite "
-                    f"was restored (early stopping); nothing was published {ADVICE}"
-                )
-            info["stopped_early"] += f"; {kept}"
+        if not progress.cancelled:  # a cancelled run ends cancelled, whatever its loss
+            stopped = judge_run(model, stopper, progress.history, progress.diverged)
+            if stopped is not None:
+                info["stopped_early"] = stopped
+        restored = restored_epoch(stopper)  # the weights tested and published are that epoch's
+        if restored is not None:
+            info["restored_epoch"] = restored + 1
         info["epochs_run"] = len(progress.history)
+        # the most that metrics.test_loss, the weights kept's, may be (judge_test_loss)
+        info["loss_limit"] = round(loss_limit(len(data.class_names)), 6)
         counts = {
             "train": len(x_train),
             "validation": 0 if validation is None else len(validation[0]),
@@ -206,12 +215,24 @@ def train(
         logits = model.predict(
             eval_dataset(data.x_test, data.y_test, arch.family, batch), verbose=0
         )
-    return _evaluate(outcome, np.asarray(logits, np.float32), data.y_test, progress.diverged)
+    logits = np.asarray(logits, np.float32)
+    return _evaluate(
+        outcome, logits, data.y_test, progress.diverged, restored, len(data.class_names)
+    )
 
 
 def _evaluate(
-    outcome: TrainOutcome, logits: np.ndarray, y_true: np.ndarray, diverged: str | None = None
+    outcome: TrainOutcome,
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    diverged: str | None = None,
+    epoch: int | None = None,
+    classes: int | None = None,
 ) -> TrainOutcome:
+    """Test metrics from ``logits``, and the training metrics of the epoch (from 0) whose
+    weights were kept: ``epoch``, restored by early stopping, else the last. With ``classes``,
+    raises :class:`TrainingDiverged` when the test loss says the weights are no model
+    (:func:`training.divergence.judge_test_loss`)."""
     broken = int((~np.isfinite(logits)).any(axis=1).sum())
     if broken:
         raise TrainingDiverged(
@@ -220,6 +241,8 @@ def _evaluate(
             f"published {ADVICE}"
         )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
+    if classes is not None:
+        judge_test_loss(float(loss), classes, len(y_true), diverged, epoch)
     y_pred = logits.argmax(axis=1)
     outcome.y_true, outcome.y_pred = y_true, y_pred
     outcome.metrics = {
@@ -228,7 +251,8 @@ def _evaluate(
         "test_loss": round(float(loss), 6) if math.isfinite(float(loss)) else None,
     }
     if outcome.history:
-        last = outcome.history[-1]
+        kept = epoch if epoch is not None and epoch < len(outcome.history) else -1
+        last = outcome.history[kept]
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             if last.get(key) is not None:
                 outcome.metrics[f"train_{key}" if not key.startswith("val") else key] = last[key]

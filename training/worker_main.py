@@ -15,6 +15,8 @@ Celery's usage lines print) is dropped. Options that are not given may come from
 ``CELERY_WORKER_*`` variables (``CELERY_WORKER_QUEUES``, say), never the defaults below, which
 are always given. Celery's variables that would import a module of the current folder or take
 the broker away from ``FDL_REDIS_URL`` are ignored, with a line naming them (:data:`IGNORED`).
+The pool process is replaced after a job that took it past ``FDL_MAX_MEMORY_PER_CHILD_MB``, or
+after ``FDL_MAX_JOBS_PER_CHILD`` jobs (:func:`child_limits`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from training.settings import WorkerSettings
 
 # One process per GPU: concurrency 1, no prefetch (long jobs, acks_late). No -Q: the worker
 # consumes the app's default queue, FDL_TRAINING_QUEUE, the one the gateway sends to.
@@ -65,6 +70,20 @@ def worker_argv(extra: Sequence[str]) -> list[str]:
     return ["worker", *WORKER_OPTIONS, *extra]
 
 
+def child_limits(settings: WorkerSettings) -> dict[str, int | None]:
+    """Celery's settings that replace the pool process after a job (``FDL_MAX_MEMORY_PER_CHILD_MB``,
+    ``FDL_MAX_JOBS_PER_CHILD``; None: never). The process ends after its job has ended and its
+    result reached the main process (billiard's ``EX_RECYCLE``, not a lost process: no
+    ``WorkerLostError``, :mod:`training.lost_process` is not called), and a fresh one takes the
+    next job. Celery reads the peak resident size (``ru_maxrss``), in KiB. Worker options given
+    (``--max-memory-per-child``, ``--max-tasks-per-child``) win over these."""
+    memory_kib = settings.max_memory_per_child_mb * 1024
+    return {
+        "worker_max_memory_per_child": memory_kib or None,
+        "worker_max_tasks_per_child": settings.max_jobs_per_child or None,
+    }
+
+
 def ignore_celery_variables() -> list[str]:
     """Removes the :data:`IGNORED` variables from the environment; the names of those set."""
     return [name for name in IGNORED if os.environ.pop(name, None) is not None]
@@ -96,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from celery.bin.celery import celery
     from celery.bin.worker import worker
 
-    from training.tasks import app
+    from training.tasks import app, settings
 
+    app.conf.update(child_limits(settings))
     # What ``app.start`` does (the -A option's default is the app object itself), with the
     # `celery` command's handling of exit codes, usage errors and CELERY_ variables.
     (option,) = (param for param in celery.params if param.name == "app")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -33,6 +34,7 @@ from fdl.jobspec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=KeyFirstRoute)
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
+JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # api.schemas.JobId's pattern
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
 # A submission whose message was sent confirms it in the job's record (``enqueued``: until then a
@@ -47,8 +49,32 @@ CONFIRM_WITHIN_S = 1.0
 log = logging.getLogger("fdl.gateway")
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in PUBLIC_FIELDS}
+def public(record: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+    """The record's public fields; ``job_id``: the id of the key it was read from, answered
+    whatever id the record holds (only a hand-edited Redis makes them differ)."""
+    answer = {k: record.get(k) for k in PUBLIC_FIELDS}
+    if job_id is not None and answer["id"] != job_id:
+        log.warning(
+            "job %s: its record holds another id (%r); answered %s", job_id, answer["id"], job_id
+        )
+        answer["id"] = job_id
+    return answer
+
+
+def listed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The public fields of the records of a listing, less those whose id is no job id (the UI
+    builds URLs from the ids listed; only a hand-edited Redis holds such a record), logged."""
+    shown = []
+    for record in records:
+        job_id = record.get("id")
+        if isinstance(job_id, str) and JOB_ID.fullmatch(job_id):
+            shown.append(public(record))
+        else:
+            log.warning(
+                "a job record holds an id that is no job id (%s): left out of the listing",
+                repr(job_id)[:100],
+            )
+    return shown
 
 
 @router.post(
@@ -178,7 +204,7 @@ async def list_jobs(
     else:
         # Ids from the shared status snapshot (api/jobs_snapshot.py), records read fresh.
         records, total = await listed_by_status(store, status.value, limit, offset)
-    return {"jobs": [public(r) for r in records], "total": total, "limit": limit, "offset": offset}
+    return {"jobs": listed(records), "total": total, "limit": limit, "offset": offset}
 
 
 def _get_or_404(store: JobStore, job_id: str) -> dict[str, Any]:
@@ -202,7 +228,7 @@ def _not_found(job_id: str) -> ApiError:
     responses=errors(401, 403, 404, 429, 503),
 )
 def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
-    return public(_get_or_404(store, job_id))
+    return public(_get_or_404(store, job_id), job_id)
 
 
 @router.delete(
@@ -216,7 +242,7 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
     record = await run_in_threadpool(store.request_cancel, job_id)
     if record is None:  # pruned meanwhile
         raise _not_found(job_id)
-    return public(record)
+    return public(record, job_id)
 
 
 @router.get(

@@ -46,7 +46,10 @@ PROGRAMS: dict[tuple[str, ...], str] = {
     ("fdl-worker",): "training.settings:WorkerSettings",
     ("python", "-m", "fdl.repository"): "fdl.settings:CommonSettings",
 }
-READ_BY_NO_CONTAINER = {"FDL_SERVING_REST_PORT": "only `fdl up` reads it"}
+READ_BY_NO_CONTAINER = {
+    "FDL_SERVING_REST_PORT": "only `fdl up` reads it",
+    "FDL_START_RETRIES": "only `fdl up` reads it",
+}
 REPLACED_BY = {
     "FDL_SERVING_HOST": "FDL_SERVING_GRPC_TARGET",
     "FDL_SERVING_GRPC_PORT": "FDL_SERVING_GRPC_TARGET",

@@ -11,6 +11,9 @@ is unreachable, and both are shared by every gateway replica, so an outage of ei
 every gateway pod out of the Service at once, classification (which needs no Redis) included.
 ``/readyz`` is for monitoring (docs/deploy.md, What to monitor).
 
+The worker's liveness check (Kubernetes livenessProbe, the compose healthcheck) runs
+``fdl-worker-probe``, never Celery's plain ``inspect ping``: deploy/lint/worker_probe.py.
+
 A value these files cannot tell (FDL_PROBE_PORT from a Secret or a ConfigMap defined elsewhere, a
 compose variable without a default) skips the checks that need it, with a note (:func:`notes`).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from deploy.lint import worker_probe
 from deploy.lint.common import Errors
 from deploy.lint.k8s_policy import Doc, find, pod_labels, pod_spec, restricts_ingress, selects
 
@@ -56,6 +60,11 @@ def _probe_port(env: dict[str, Any], where: str) -> tuple[int | None, Errors]:
 
 
 def check_k8s(docs: list[Doc]) -> Errors:
+    """The gateway's probes (:func:`check_gateway_k8s`) and the worker's liveness."""
+    return check_gateway_k8s(docs) + worker_probe.check_k8s(docs)
+
+
+def check_gateway_k8s(docs: list[Doc]) -> Errors:
     """The gateway's pods set FDL_PROBE_PORT, name it ``probe``, point liveness and readiness
     (and the Prometheus scrape annotation) at it, and no Service exposes it."""
     doc = find(docs, "Deployment", GATEWAY)
@@ -213,6 +222,11 @@ def _published_targets(service: dict[str, Any]) -> set[str]:
 
 
 def check_compose(project: dict[str, Any], label: str) -> Errors:
+    """The gateway's healthcheck (:func:`check_gateway_compose`) and the worker's."""
+    return check_gateway_compose(project, label) + worker_probe.check_compose(project, label)
+
+
+def check_gateway_compose(project: dict[str, Any], label: str) -> Errors:
     """The compose gateway sets FDL_PROBE_PORT, its healthcheck uses it, and it is unpublished."""
     service = (project.get("services") or {}).get("gateway")
     if service is None:

@@ -64,10 +64,31 @@ def test_oversized_headers_get_431(limited: Gateway) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n")
         response = _read_all(sock)
     assert _status(response) == 431, response[:200]
+    assert _headers(response).get(b"x-content-type-options") == b"nosniff"
     assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
     wait_for(lambda: _logged(limited, "headers_too_large"), 10, "the 431 in the log")
     ok = httpx.get(f"{limited.url}/healthz", headers={"X-Small": "a" * 4000}, timeout=10)
     assert ok.status_code == 200
+
+
+def _headers(response: bytes) -> dict[bytes, bytes]:
+    head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    return {
+        name.strip().lower(): value.strip() for name, _, value in (h.partition(b":") for h in head)
+    }
+
+
+def test_a_malformed_request_gets_a_json_400_with_nosniff(limited: Gateway) -> None:
+    """Answered below the app (fdl/http_guard.py), so without its middleware's headers: the
+    guard's own answers carry nosniff too."""
+    with _connect(limited) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1 junk\r\nHost: x\r\n\r\n")
+        response = _read_all(sock)
+    assert _status(response) == 400, response[:200]
+    headers = _headers(response)
+    assert headers.get(b"x-content-type-options") == b"nosniff", response[:300]
+    assert headers.get(b"content-type") == b"application/json"
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "malformed_request"
 
 
 def test_pipelined_requests_each_get_the_whole_header_allowance(limited: Gateway) -> None:

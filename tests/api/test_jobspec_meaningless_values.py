@@ -23,6 +23,7 @@ REFUSED: list[tuple[dict, str, str]] = [
     ({"regularization": {"max_norm": 1e-300}}, "max_norm", "clipped to 0"),
     ({"regularization": {"dropout": 0.995}}, "dropout", "rounds above 127/128 in bfloat16"),
     ({"early_stopping": {}, "max_train_examples": 4}, "max_train_examples", "early_stopping"),
+    ({"model": "cifar10_cnn_bn", "batch_size": 1}, "batch_size", "batch normalization"),
 ]
 
 

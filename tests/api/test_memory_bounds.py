@@ -54,7 +54,9 @@ def test_bombs_keep_memory_bounded(default_gateway: Gateway) -> None:
         finally:
             stop.set()
             worker.join()
-    assert set(statuses) <= {200, 503}, statuses
+    # 503: the decode budget was taken; 504: the Predict outlived FDL_PREDICT_TIMEOUT_S on a
+    # loaded machine (a JSON answer too). Never a 500, and never a request left unanswered.
+    assert set(statuses) <= {200, 503, 504}, statuses
     assert 200 in statuses, statuses
     assert ordinary, "ordinary requests were answered meanwhile"
     assert peak.peak <= 300 * MB, f"peak RSS {peak.peak / MB:.0f} MB"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -123,29 +124,37 @@ def _start_fails(impl: str, *flags: str) -> str:
     return result.stdout + result.stderr
 
 
+# A first config refused at start-up (the text inside model m's ``config { }``), and the status.
+REFUSED_AT_START = (
+    ('model_platform: "tflite"', "Model m requests unsupported platform tflite"),
+    ("", NO_PLATFORM.format("m")),
+    ("model_type: OTHER", "ModelServerConfig::model_type choice 2 not supported."),
+    (
+        'model_type: TENSORFLOW model_platform: "tensorflow"',
+        "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+        "ModelServerConfig::model_platform, model name is m",
+    ),
+)
+
+
 def test_start_up_refuses_what_tf_serving_refuses(impl, model_stock, tmp_path) -> None:
     """The first config gets the same checks: ``Failed to start server. Error: `` and the
     status as absl prints it (main.cc)."""
     model_stock.install("a", tmp_path / "m", 1)
-    output = _start_fails(impl, "--model_name=m", "--model_base_path=relative/m")
-    message = "Failed to start server. Error: INVALID_ARGUMENT: " + RELATIVE.format(
+    relative = "Failed to start server. Error: INVALID_ARGUMENT: " + RELATIVE.format(
         "m", "relative/m"
     )
-    assert message in output
-    for text, wanted in (
-        ('model_platform: "tflite"', "Model m requests unsupported platform tflite"),
-        ("", NO_PLATFORM.format("m")),
-        ("model_type: OTHER", "ModelServerConfig::model_type choice 2 not supported."),
-        (
-            'model_type: TENSORFLOW model_platform: "tensorflow"',
-            "Illegal setting both ModelServerConfig::model_type (deprecated) and "
-            "ModelServerConfig::model_platform, model name is m",
-        ),
-    ):
-        config = tmp_path / "models.config"
+    starts = {("--model_name=m", "--model_base_path=relative/m"): relative}
+    for index, (text, refusal) in enumerate(REFUSED_AT_START):
+        config = tmp_path / f"models-{index}.config"
         model = f'name: "m" base_path: "{tmp_path / "m"}" {text}'
         config.write_text(f"model_config_list {{ config {{ {model} }} }}\n")
-        assert f"INVALID_ARGUMENT: {wanted}" in _start_fails(impl, f"--model_config_file={config}")
+        starts[(f"--model_config_file={config}",)] = f"INVALID_ARGUMENT: {refusal}"
+    # A server of its own for each case, two starting at a time (a start is mostly imports).
+    with ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(lambda flags: _start_fails(impl, *flags), starts))
+    for (flags, message), output in zip(starts.items(), outputs, strict=True):
+        assert message in output, (flags, output)
 
 
 def test_polled_config_file_is_checked(model_stock, tmp_path, logs_dir) -> None:

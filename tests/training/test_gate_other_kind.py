@@ -8,17 +8,21 @@ Real Redis, real TensorFlow (tiny runs), real files."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import PublishSpec
 from tests.training.spec_runs import run_spec, settings_for
 from tests.training.stores import store_on_db
+from training.data.registry import load_dataset
 from training.model_kind import ModelKind
 from training.publish import quality_gate
 
@@ -73,8 +77,9 @@ def test_only_if_better_publishes_nothing_over_a_version_of_another_kind(
     assert sorted(p.name for p in (settings.model_dir / "m").iterdir()) == ["1"]
 
     # The contract's input is compared too; a version of the same kind is compared as ever.
-    mnist_kind = ModelKind("mnist", tuple(str(i) for i in range(10)), "uint8", (-1, 28, 28, 1))
-    other_input = ModelKind("mnist", mnist_kind.class_names, "uint8", (-1, 32, 32, 3))
+    mnist = load_dataset("mnist", (28, 28, 1), data, tmp_path / "var", allow_download=False)
+    mnist_kind = ModelKind.of(mnist.capped(None, 64), (28, 28, 1))
+    other_input = replace(mnist_kind, input_shape=(-1, 32, 32, 3))
     policy, model_path = PublishSpec(only_if_better=True), settings.model_dir / "m"
     passed, reason = quality_gate(policy, 0.99, model_path, other_input)
     assert not passed
@@ -85,6 +90,28 @@ def test_only_if_better_publishes_nothing_over_a_version_of_another_kind(
     passed, reason = quality_gate(policy, 0.99, model_path, mnist_kind)
     assert passed and reason.endswith(
         f"and better than the served version 1 ({served['metrics']['test_accuracy']:.4f})"
+    )
+
+    # So is the test set: its metadata records its size, layout and fingerprint. A job of the
+    # same kind tested on one image (1.0) is not "better" than a version tested on 64, nor one
+    # tested on 64 other images.
+    dataset = json.loads((model_path / "1" / contract.METADATA_FILE).read_text())["dataset"]
+    assert (dataset["name"], dataset["layout"], dataset["test"]) == ("mnist", "idx", 64)
+    assert dataset["test_sha256"] == mnist_kind.test_sha256
+    other_images = replace(mnist_kind, test_sha256=mnist.capped(None, 65).test_sha256)
+    passed, reason = quality_gate(policy, 0.99, model_path, other_images)
+    assert not passed and reason.startswith(
+        "the served version 1 is not comparable: its 64 test images are not this job's (the "
+        "same number, stored the same way, but other pixels, labels or order: "
+    ), reason
+    one_image = ModelKind.of(mnist.capped(None, 1), (28, 28, 1))
+    passed, reason = quality_gate(policy, 1.0, model_path, one_image)
+    assert (passed, reason) == (
+        False,
+        "the served version 1 is not comparable: it was tested on 64 images, this job on 1 "
+        "(max_test_examples, or the dataset's test images, differ); publish.only_if_better is "
+        "set, so nothing was published (publish under another name, or without "
+        "only_if_better)",
     )
 
     # Without only_if_better, the user's choice of name stands.

@@ -24,7 +24,8 @@ from harness.worker import MNIST_TINY, Worker, worker_running, write_stuck_data
 from training.settings import WorkerSettings
 from training.time_limit import Deadline, hard_limit_s, limit_from_message, run_limit
 
-GRACE_S = 3
+# Short: the stuck runs block in open() before any check, and are killed 2 + 1 s after they start.
+GRACE_S = 1
 
 
 def killed_error(limit_s: float, source: str) -> str:

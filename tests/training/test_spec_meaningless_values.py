@@ -57,6 +57,10 @@ def store(redis_url: str) -> Iterator[JobStore]:
             ("max_train_examples",),
             "early_stopping needs validation examples, and 4 training examples leave none",
         ),
+        # A batch of one has no variance: batch normalization's moving variance collapses, and
+        # cifar10_cnn_bn was published answering one class (0% on the test set).
+        ({"model": "cifar10_cnn_bn", "batch_size": 1}, ("batch_size",), "batch normalization"),
+        ({"model": "cifar10_airnet", "batch_size": 1}, ("batch_size",), "use at least 2"),
     ],
 )
 def test_values_training_cannot_use_are_refused(
@@ -76,6 +80,8 @@ def test_values_training_cannot_use_are_refused(
         {"optimizer": {"beta_1": 0.9999999, "beta_2": 0.99999997, "rho": 0.999999}},
         {"optimizer": {"name": "nesterov", "momentum": 0.0}},
         {"regularization": {"l1": 1e-50, "l2": 1e-50, "max_norm": 1e-30, "dropout": DROPOUT_MAX}},
+        {"model": "cifar10_cnn_bn", "batch_size": 2},
+        {"model": "cifar10_cnn", "batch_size": 1},  # no batch normalization
         {"early_stopping": {}, "max_train_examples": 5},  # one validation example
         {"max_train_examples": 4},  # no early stopping: nothing is held out, nothing needed
     ],

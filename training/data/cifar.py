@@ -15,11 +15,12 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from training.data import DataMissingError, ImageData
+from training.data import IMAGE_FOLDER, PYTHON_BATCHES, DataMissingError, ImageData
 from training.data.download import download
 from training.data.folder import is_image_folder, load_image_folder
 from training.data.leftovers import filling
@@ -63,19 +64,31 @@ def load_batches(folder: Path) -> ImageData:
         y_test,
         CLASS_NAMES,
         str(folder),
+        PYTHON_BATCHES,
     )
+
+
+def _find_tree(root: Path) -> tuple[Path, str] | None:
+    """Where CIFAR-10 lies in ``root`` or one level below it, and in which layout."""
+    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
+        if (base / BATCHES_DIR / "test_batch").is_file():
+            return base / BATCHES_DIR, PYTHON_BATCHES
+        if (base / "test_batch").is_file() and base.name == BATCHES_DIR:
+            return base, PYTHON_BATCHES
+        if is_image_folder(base):
+            return base, IMAGE_FOLDER
+    return None
 
 
 def _from_tree(root: Path) -> ImageData | None:
     """CIFAR-10 in ``root`` or one level below it, in either layout."""
-    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
-        if (base / BATCHES_DIR / "test_batch").is_file():
-            return load_batches(base / BATCHES_DIR)
-        if (base / "test_batch").is_file() and base.name == BATCHES_DIR:
-            return load_batches(base)
-        if is_image_folder(base):
-            return load_image_folder(base, "cifar10", SHAPE, CLASS_NAMES)
-    return None
+    found = _find_tree(root)
+    if found is None:
+        return None
+    base, layout = found
+    if layout == PYTHON_BATCHES:
+        return load_batches(base)
+    return load_image_folder(base, "cifar10", SHAPE, CLASS_NAMES)
 
 
 def _tarballs(data_dir: Path) -> list[Path]:
@@ -108,10 +121,46 @@ def unpack_cached(tarball: Path, cache_root: Path) -> Path:
     return target
 
 
-def _cached_arrays(folder: Path) -> ImageData:
+def tarball_layout(tarball: Path) -> str | None:
+    """CIFAR-10's layout in ``tarball`` by its members' names, as :func:`_find_tree` finds it
+    unpacked (at the top or one folder below): read up to the first member that says (the first
+    file, as a rule; the archive is decompressed only that far). None: none says, or unreadable."""
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            for member in archive:
+                parts = [part for part in PurePosixPath(member.name).parts if part != "."]
+                if not member.isfile():
+                    continue
+                if 2 <= len(parts) <= 3 and parts[-2] == BATCHES_DIR:
+                    return PYTHON_BATCHES  # [folder/]cifar-10-batches-py/<batch>
+                if 3 <= len(parts) <= 4 and parts[-3] in ("train", "test"):
+                    return IMAGE_FOLDER  # [folder/]train/<class>/<image>
+    except (OSError, tarfile.TarError, EOFError) as error:
+        log.warning("cannot read the members of %s: %s", tarball, error)
+    return None
+
+
+def _cached_layout(folder: Path, tarball: Path) -> str | None:
+    """The layout of arrays cached before they recorded it: the unpacked tree beside them says,
+    else (a tree that was deleted to save space: the arrays were all that loads read) the
+    names in the tarball it was unpacked from."""
+    found = _find_tree(folder)
+    return found[1] if found is not None else tarball_layout(tarball)
+
+
+def _cached_arrays(folder: Path, tarball: Path) -> ImageData:
+    """CIFAR-10 unpacked from ``tarball`` into ``folder``: its cached arrays, else decoded (and
+    the arrays cached)."""
     cache = folder / "arrays.npz"
     if cache.is_file():
         with np.load(cache) as z:
+            layout = str(z["layout"]) if "layout" in z.files else _cached_layout(folder, tarball)
+            if layout is None:
+                raise DataMissingError(
+                    f"{cache} was cached without the layout of its images, and neither {folder} "
+                    f"nor {tarball} says it: delete {folder} so that {tarball.name} is unpacked "
+                    "and decoded again"
+                )
             return ImageData(
                 "cifar10",
                 z["x_train"],
@@ -120,6 +169,7 @@ def _cached_arrays(folder: Path) -> ImageData:
                 z["y_test"],
                 CLASS_NAMES,
                 str(folder),
+                layout,
             )
     data = _from_tree(folder)
     if data is None:
@@ -134,6 +184,7 @@ def _cached_arrays(folder: Path) -> ImageData:
                 y_train=data.y_train,
                 x_test=data.x_test,
                 y_test=data.y_test,
+                layout=np.asarray(data.layout),
             )
         os.replace(tmp, cache)
     except OSError as error:  # a full disk: the job goes on, a later one decodes again
@@ -144,7 +195,7 @@ def _cached_arrays(folder: Path) -> ImageData:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
-    return data
+    return replace(data, source=str(folder))  # as the cached arrays' loads say
 
 
 def load_cifar10(
@@ -167,7 +218,7 @@ def load_cifar10(
                 tarballs = [download(URL, cache_root / "cifar-10-python.tar.gz", timeout_s)]
             except OSError as error:
                 raise DataMissingError(_missing(data_dir, f"download failed: {error}")) from error
-        return _cached_arrays(unpack_cached(tarballs[0], cache_root))
+        return _cached_arrays(unpack_cached(tarballs[0], cache_root), tarballs[0])
 
 
 def _missing(data_dir: Path, why: str) -> str:

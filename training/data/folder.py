@@ -17,7 +17,7 @@ from PIL import Image
 
 from fdl.images import DECODING_ERRORS
 from fdl.photo import photo_file_tensor
-from training.data import DataMissingError, ImageData
+from training.data import IMAGE_FOLDER, DataMissingError, ImageData
 
 SHUFFLE_SEED = 20160101
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -61,7 +61,9 @@ def load_image_folder(
     x_test, y_test = _load_split(root / "test", classes, image_shape)
     if len(x_test) == 0:
         raise DataMissingError(f"dataset {name!r}: no images under {root / 'test'}")
-    return ImageData(name, x_train, y_train, x_test, y_test, tuple(classes), str(root))
+    return ImageData(
+        name, x_train, y_train, x_test, y_test, tuple(classes), str(root), IMAGE_FOLDER
+    )
 
 
 def _load_split(

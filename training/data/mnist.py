@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataMissingError, ImageData
+from training.data import IDX, DataMissingError, ImageData
 from training.data.download import download
 from training.data.leftovers import filling
 
@@ -71,6 +71,7 @@ def load_mnist(data_dir: Path, allow_download: bool = True, timeout_s: float = 6
         y_test=arrays["y_test"].astype(np.int64),
         class_names=CLASS_NAMES,
         source=str(folder),
+        layout=IDX,
     )
 
 

@@ -20,12 +20,36 @@ export const adminKey = {
   },
 };
 
+// Why a key cannot be sent, or null: an HTTP header carries visible ASCII only ('!' to '~', as
+// the gateway and the CLI require), and fetch refuses anything else with a TypeError before any
+// byte is sent. Names the first such character by code point and position, never the key.
+export function keyProblem(key) {
+  const chars = [...key];
+  const at = chars.findIndex((char) => char < "!" || char > "~");
+  if (at < 0) return null;
+  const code = chars[at].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+  return `The admin key has a character outside visible ASCII ('!' to '~'), U+${code} at position ${at + 1}: ` +
+    "a space, or an invisible character pasted with it? HTTP headers cannot carry it; paste the key again.";
+}
+
 function authHeaders(admin) {
   const key = adminKey.get();
   if (admin && !key) {
     throw new ApiError(401, "no_key", "This needs the admin key: set it with the “Admin key” button.");
   }
+  const problem = key && keyProblem(key);
+  if (problem) throw new ApiError(401, "unsendable_key", problem); // 401: the key dialog opens
   return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// The request's headers, checked before fetch: a value fetch cannot send (a TypeError, as an
+// unreachable gateway's) is reported as what it is, not as the gateway being down.
+function sendable(headers) {
+  try {
+    return new Headers(headers);
+  } catch (error) {
+    throw new ApiError(0, "unsendable_header", `A request header cannot be sent: ${error.message}`);
+  }
 }
 
 async function errorFrom(response) {
@@ -56,8 +80,9 @@ export async function request(path, { method = "GET", json, form, admin = false,
     body = form;
   }
   let response;
+  const checked = sendable(headers);
   try {
-    response = await fetch(path, { method, headers, body, signal });
+    response = await fetch(path, { method, headers: checked, body, signal });
   } catch (error) {
     if (error.name === "AbortError") throw error;
     throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
@@ -92,6 +117,7 @@ function streamIdleMs() {
 export async function followEvents(path, { onEvent, signal, lastEventId } = {}) {
   const headers = { Accept: "text/event-stream", ...authHeaders(true) };
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+  const checked = sendable(headers);
   const idleMs = streamIdleMs();
   const controller = new AbortController();
   const forward = () => controller.abort();
@@ -112,7 +138,7 @@ export async function followEvents(path, { onEvent, signal, lastEventId } = {}) 
     arm();
     let response;
     try {
-      response = await fetch(path, { headers, signal: controller.signal });
+      response = await fetch(path, { headers: checked, signal: controller.signal });
     } catch (error) {
       if (stalled) throw stalledError();
       if (error.name === "AbortError") throw error;

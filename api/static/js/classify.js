@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 function targetPaths(model, choice) {
   const base = `/v1/models/${encodeURIComponent(model)}`;
   if (choice.startsWith("v:")) {
-    const v = choice.slice(2);
+    const v = encodeURIComponent(choice.slice(2));
     return { classify: `${base}/versions/${v}:classify`, preprocess: `${base}:preprocess?version=${v}` };
   }
   if (choice.startsWith("l:")) {

@@ -11,6 +11,9 @@ const GONE = "This job no longer exists (its record was removed).";
 // The gateway's own answer for a job it does not hold: a 404 from a proxy or an ingress in front
 // of it (another code, or no JSON at all) is a failure to retry, not a removed job.
 const isGone = (error) => error instanceof ApiError && error.status === 404 && error.code === "job_not_found";
+// A job's URL: its id encoded, whatever it holds ("../models/x/labels/stable" in a hand-edited
+// Redis record must never make a Cancel click another route's DELETE).
+const jobPath = (id) => `/v1/jobs/${encodeURIComponent(id)}`;
 
 export class JobView {
   constructor(onStatus) {
@@ -39,7 +42,7 @@ export class JobView {
     const controller = new AbortController();
     this.controller = controller;
     try {
-      this.reset(await api.get(`/v1/jobs/${id}`, { admin: true, signal: controller.signal }));
+      this.reset(await api.get(jobPath(id), { admin: true, signal: controller.signal }));
     } catch (error) {
       if (error.name !== "AbortError") showError($("detail-error"), error);
       return;
@@ -56,7 +59,7 @@ export class JobView {
     let replayed = false;
     while (!signal.aborted) {
       try {
-        this.lastEventId = await followEvents(`/v1/jobs/${id}/events`, {
+        this.lastEventId = await followEvents(`${jobPath(id)}/events`, {
           signal,
           lastEventId: this.lastEventId,
           onEvent: (type, data, eventId) => {
@@ -98,7 +101,7 @@ export class JobView {
   // Catch up from the job's record; false when the record no longer exists.
   async refreshRecord(signal) {
     try {
-      const job = await api.get(`/v1/jobs/${this.job.id}`, { admin: true, signal });
+      const job = await api.get(jobPath(this.job.id), { admin: true, signal });
       this.job = job;
       if (job.progress && job.progress.epoch) this.addProgress(job.progress);
       this.render();
@@ -192,7 +195,7 @@ export class JobView {
 
   async cancel() {
     try {
-      const job = await api.del(`/v1/jobs/${this.job.id}`, { admin: true });
+      const job = await api.del(jobPath(this.job.id), { admin: true });
       toast(job.status === "cancelled" ? "Job cancelled." : "Cancellation requested: it stops within 16 batches (one call into the compiled graph).");
       if (job.status) {
         this.job.status = job.status;

@@ -1,5 +1,5 @@
 // The shell: tabs from the URL hash, the admin-key dialog, toasts.
-import { adminKey } from "./api.js";
+import { adminKey, keyProblem } from "./api.js";
 import { initClassify } from "./classify.js";
 import { initJobs } from "./jobs.js";
 import { initModels } from "./models.js";
@@ -36,8 +36,16 @@ function initKeyDialog() {
     dialog.showModal();
     input.focus();
   });
-  document.getElementById("key-form").addEventListener("submit", () => {
-    problem.hidden = true;
+  document.getElementById("key-form").addEventListener("submit", (event) => {
+    // A key that cannot be sent is not saved: the dialog stays open and says why.
+    const refused = keyProblem(input.value.trim());
+    problem.textContent = refused || "";
+    problem.hidden = !refused;
+    if (refused) {
+      event.preventDefault();
+      input.focus();
+      return;
+    }
     adminKey.set(input.value.trim());
     toast(input.value.trim() ? "Admin key saved for this tab." : "Admin key cleared.");
     // What asked for the key (a Promote, say) goes on with it.

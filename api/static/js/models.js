@@ -5,7 +5,7 @@ import { el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const reportUrl = (model, version, file) =>
-  `/v1/models/${encodeURIComponent(model)}/versions/${version}/report/${file}`;
+  `/v1/models/${encodeURIComponent(model)}/versions/${encodeURIComponent(version)}/report/${encodeURIComponent(file)}`;
 
 // Point a label at a version; true when done. When the key is missing or refused, the key dialog
 // opens, and saving it runs the same promotion again, then afterKey().

@@ -1,0 +1,135 @@
+"""When a training run's loss diverged, and whether its weights are still worth testing: a run
+whose loss diverged fails and publishes nothing, unless early stopping restored an epoch before
+it (:class:`training.callbacks.JobCallback` stops the run; :mod:`training.trainer` decides),
+and so does a run whose weights kept are no model by their test loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+# Weights whose loss is above this many times chance level's are no model, the loss finite or
+# not: a model that gives every one of K classes the same score has a cross-entropy of ln K.
+# The weights kept are judged, on the test set after training (:func:`judge_test_loss`): their
+# cross-entropy there, without the regularization penalty. Before, only NaN and infinity
+# counted: Adam at rate 1 on mnist_mlp (a loss of 460, 10% accuracy) was published as latest.
+# An epoch's mean loss is no such judge: it includes a run's first steps, which may spike far
+# above the limit in a run that learns (SGD at 5 on logistic regression, one epoch: a mean of
+# 8.9 on two classes, a model of 91%).
+DIVERGED_OVER_CHANCE = 10
+# The metric that reports the loss without the regularization penalty (L1/L2 on the kernels,
+# which Keras adds to the reported loss), compiled where the spec sets one
+# (training.recipes.compile_for_recipe): how the model fits its data, in its history and
+# TensorBoard (the test loss that is judged has no penalty either).
+DATA_LOSS = "data_loss"
+
+
+ADVICE = "(a lower learning rate, or clipping with max_norm, usually helps)"
+
+
+class TrainingDiverged(RuntimeError):
+    """The trained model answers NaN or infinity, or the loss diverged: its weights are no
+    longer numbers, or no model. The job fails and publishes nothing."""
+
+
+def loss_limit(classes: int) -> float:
+    """The test loss above which the weights kept are no model, for ``classes`` classes."""
+    return DIVERGED_OVER_CHANCE * math.log(max(classes, 2))
+
+
+def divergence(
+    value: Any, where: str, limit: float | None = None, what: str = "the loss"
+) -> str | None:
+    """What to tell the user when the reported loss is not a finite number, or above ``limit``
+    (:func:`loss_limit`), else None."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        return f"{what} was {value} {where}"
+    if limit is not None and value > limit:
+        chance = limit / DIVERGED_OVER_CHANCE
+        return (
+            f"{what} was {value:.6g} {where}, above {limit:.4g}: {DIVERGED_OVER_CHANCE} times "
+            f"the {chance:.4g} of a model that gives every class the same score"
+        )
+    return None
+
+
+def restored_epoch(stopper: keras.callbacks.EarlyStopping | None) -> int | None:
+    """The epoch (from 0) whose weights early stopping put back when training ended (Keras
+    restores its best epoch's whenever it kept them, stopped early or not), else None."""
+    if stopper is None or stopper.best_weights is None:
+        return None
+    return getattr(stopper, "best_epoch", None)
+
+
+def weights_kept(
+    model: keras.Model,
+    stopper: keras.callbacks.EarlyStopping | None,
+    history: list[dict[str, Any]],
+) -> str | None:
+    """After training stopped on a NaN or infinite loss: why the model's weights are still
+    worth the test set's judgement, else None (the run failed: weights that made the loss
+    non-finite are no model). Early stopping restored the weights of its best epoch (Keras does
+    when training ends), whose loss and monitored value were finite (whether they are a model,
+    their test loss says: :func:`judge_test_loss`); or, without such a restore, the optimizer
+    scales the loss (mixed float16), skipping each step whose gradients were not finite, so that
+    the weights are those from before it."""
+    best = restored_epoch(stopper)
+    if stopper is not None and best is not None:
+        entry = history[best] if best < len(history) else {}
+        if entry.get("loss") is not None and entry.get(stopper.monitor) is not None:
+            model.set_weights(stopper.best_weights)  # as Keras did at the end of training
+            return f"early stopping restored the weights of epoch {best + 1}"
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        return "the loss scaling skipped the steps whose gradients were not finite"
+    return None
+
+
+def judge_run(
+    model: keras.Model,
+    stopper: keras.callbacks.EarlyStopping | None,
+    history: list[dict[str, Any]],
+    diverged: str | None,
+) -> str | None:
+    """After training: raises :class:`TrainingDiverged` when training stopped on a NaN or
+    infinite loss (``diverged`` says where) and no weights worth testing are left
+    (:func:`weights_kept` decides), else says why training stopped early
+    (``runtime.stopped_early``; None: it ran its epochs). The weights kept are judged on the test
+    set afterwards (:func:`judge_test_loss`)."""
+    if diverged:
+        kept = weights_kept(model, stopper, history)
+        if kept is None:
+            raise TrainingDiverged(
+                f"training diverged ({diverged}) and no epoch whose loss was finite was restored "
+                f"(early stopping); nothing was published {ADVICE}"
+            )
+        return f"training stopped: {diverged}; {kept}"
+    if stopper is not None and stopper.stopped_epoch > 0:
+        return (
+            f"early stopping after epoch {stopper.stopped_epoch + 1}: {stopper.monitor} did not "
+            f"improve for {stopper.patience} epoch{'s' if stopper.patience != 1 else ''}"
+        )
+    return None
+
+
+def judge_test_loss(
+    test_loss: float, classes: int, tested: int, diverged: str | None, restored: int | None
+) -> None:
+    """Raises :class:`TrainingDiverged` when the weights kept are no model: their cross-entropy
+    on the ``tested`` test images (from their logits: no regularization penalty), ``test_loss``,
+    is not finite or above :func:`loss_limit`. ``diverged``: where training stopped on a NaN or
+    infinite loss; ``restored``: the epoch (from 0) whose weights early stopping restored."""
+    what = "the test loss of the weights kept"
+    if restored is not None:
+        what += f" (epoch {restored + 1}'s, restored by early stopping)"
+    images = f"{tested} test image{'s' if tested != 1 else ''}"
+    message = divergence(test_loss, f"on the {images}", loss_limit(classes), what)
+    if message is not None:
+        raise TrainingDiverged(
+            f"training diverged ({f'{diverged}; ' if diverged else ''}{message}); nothing was "
+            f"published {ADVICE}"
+        )
