@@ -48,6 +48,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
         name = "mnist"  # what the quality gate's kind of model reads
         class_names = tuple(str(digit) for digit in range(10))
         x_test, layout, source = range(64), "idx", "/data/mnist"  # its test set, too
+        test_sha256 = "0" * 64
 
         def capped(self, *_: object) -> Data:
             return self
