@@ -56,9 +56,11 @@ class RaceResult:
         )
 
 
-def _promote(url: str, key: str, label: str, version: int) -> tuple[int, float]:
+def _promote(
+    client: httpx.Client, url: str, key: str, label: str, version: int
+) -> tuple[int, float]:
     started = time.perf_counter()
-    response = httpx.post(
+    response = client.post(
         f"{url}/v1/models/{MODEL}/labels/{label}",
         json={"version": version},
         headers={"Authorization": f"Bearer {key}"},
@@ -82,14 +84,16 @@ def race(
     """``rounds`` rounds of two simultaneous promotions, one per gateway and label
     (``stop_early``: end after the first round that lost or failed one)."""
     result = RaceResult()
-    with ThreadPoolExecutor(2) as pool:
+    # One client (one kept-alive connection) per label: a new one per call cost ~34 ms.
+    with ThreadPoolExecutor(2) as pool, ExitStack() as stack:
+        clients = {label: stack.enter_context(httpx.Client()) for label in LABELS}
         for round_ in range(rounds):
             wanted = {
                 label: TEMPLATE_VERSIONS[(round_ + i) % len(TEMPLATE_VERSIONS)]
                 for i, label in enumerate(LABELS)
             }
             futures = {
-                label: pool.submit(_promote, url, key, label, wanted[label])
+                label: pool.submit(_promote, clients[label], url, key, label, wanted[label])
                 for url, label in zip(urls, LABELS, strict=True)
             }
             outcomes = {label: future.result() for label, future in futures.items()}
