@@ -9,6 +9,7 @@ from fastapi import Path
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from fdl.job_records import JOB_ID_PATTERN
 from fdl.jobspec import NAME_PATTERN, check_label, check_name
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -51,7 +52,7 @@ LabelName = Annotated[
     AfterValidator(check_label),
 ]
 JobId = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="Job id as returned on submit")
+    str, Path(pattern=f"^{JOB_ID_PATTERN}$", description="Job id as returned on submit")
 ]
 
 

@@ -9,6 +9,7 @@ creation time, and a Redis stream per job carries the events that live consumers
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from enum import StrEnum
@@ -104,6 +105,12 @@ def decode_record(raw: dict[str, str]) -> dict[str, Any] | None:
     for field in FIELDS:
         record.setdefault(field, None)
     return record
+
+
+# A job id as routes take it (a new one is 32 hex digits): what a URL, a log line or a folder
+# name may carry; api.schemas.JobId, listings and the reaper's TensorBoard folders check it.
+JOB_ID_PATTERN = r"[A-Za-z0-9_\-]{1,64}"
+JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 def new_job_id() -> str:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import stat
 import threading
@@ -47,7 +46,7 @@ from typing import Any
 
 from filelock import Timeout
 
-from fdl.job_records import resend_due
+from fdl.job_records import JOB_ID, resend_due
 from fdl.jobs import JobStatus, JobStore
 from training.publish import fence, published_by_record, render_config_again
 from training.settings import WorkerSettings
@@ -62,7 +61,6 @@ Send = Callable[[str, str, float | None], None]
 LEFTOVER_SWEEP_EVERY_S = 3600.0
 # The job ids a TensorBoard folder may be named by (api.schemas.JobId's pattern): no separator,
 # no dot, so ``tensorboard/<job id>`` never leads out of the folder.
-TENSORBOARD_JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 def reap_once(
@@ -118,7 +116,7 @@ def remove_tensorboard_dirs(var_dir: Path, job_ids: Iterable[str]) -> list[str]:
     removed: list[str] = []
     for job_id in job_ids:
         folder = var_dir / "tensorboard" / job_id
-        if not TENSORBOARD_JOB_ID.fullmatch(job_id):
+        if not JOB_ID.fullmatch(job_id):
             continue
         try:  # a folder that cannot be entered raises here too (EACCES), not only in rmtree
             if not stat.S_ISDIR(folder.lstat().st_mode):
@@ -146,7 +144,7 @@ def sweep_tensorboard_dirs(store: JobStore, var_dir: Path, retention_s: float) -
             names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
     except OSError:  # none yet
         return []
-    names = [name for name in names if TENSORBOARD_JOB_ID.fullmatch(name)]
+    names = [name for name in names if JOB_ID.fullmatch(name)]
     kept = {r.get("id") for r in store.records(names) if r.get("status") is not None}
     cutoff = time.time() - retention_s
     old = [n for n in names if n not in kept and _newest_mtime(root / n) < cutoff]

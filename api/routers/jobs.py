@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -28,13 +27,13 @@ from api.metrics import JOBS_SUBMITTED
 from api.schemas import DECIMAL_ONLY, Job, JobId, JobList, errors
 from api.settings import GatewaySettings
 from api.submit_lock import submission_lock
+from fdl.job_records import JOB_ID
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=KeyFirstRoute)
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
-JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # api.schemas.JobId's pattern
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
 # A submission whose message was sent confirms it in the job's record (``enqueued``: until then a
@@ -49,16 +48,9 @@ CONFIRM_WITHIN_S = 1.0
 log = logging.getLogger("fdl.gateway")
 
 
-def public(record: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
-    """The record's public fields; ``job_id``: the id of the key it was read from, answered
-    whatever id the record holds (only a hand-edited Redis makes them differ)."""
-    answer = {k: record.get(k) for k in PUBLIC_FIELDS}
-    if job_id is not None and answer["id"] != job_id:
-        log.warning(
-            "job %s: its record holds another id (%r); answered %s", job_id, answer["id"], job_id
-        )
-        answer["id"] = job_id
-    return answer
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's public fields (its id is the key's it was read from: fdl.job_reads)."""
+    return {k: record.get(k) for k in PUBLIC_FIELDS}
 
 
 def listed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,7 +220,7 @@ def _not_found(job_id: str) -> ApiError:
     responses=errors(401, 403, 404, 429, 503),
 )
 def get_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str, Any]:
-    return public(_get_or_404(store, job_id), job_id)
+    return public(_get_or_404(store, job_id))
 
 
 @router.delete(
@@ -242,7 +234,7 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
     record = await run_in_threadpool(store.request_cancel, job_id)
     if record is None:  # pruned meanwhile
         raise _not_found(job_id)
-    return public(record, job_id)
+    return public(record)
 
 
 @router.get(
