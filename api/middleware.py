@@ -1,27 +1,31 @@
 """ASGI middleware: request ids, the body-size limit and budget, access logs and request metrics.
 
-Pure ASGI (no BaseHTTPMiddleware), so bodies stream through and are never buffered here.
+Pure ASGI (no BaseHTTPMiddleware), so bodies stream through and are never buffered here. The
+checks of the Host and Content-Length headers, and the errors it answers itself, are in
+:mod:`api.middleware_checks`; the access log line and request metrics in :mod:`api.access_log`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.access_log import record
 from api.budget import Budget, Reservation
 from api.deps import sane_request_id
-from api.errors import ApiError, error_body
+from api.errors import ApiError
 from api.http_guard import CUT_STATUS
 from api.logs import request_id_var
-from api.metrics import REQUEST_LATENCY, REQUESTS, child
-
-log = logging.getLogger("fdl.gateway.access")
+from api.middleware_checks import (
+    BodyTooLarge,
+    declared_length,
+    host_name,
+    host_not_allowed,
+    send_error,
+)
 
 # The status recorded (metrics, access log) for a request whose client went away before its body
 # was in: nginx's "client closed request". Nobody receives it.
@@ -59,43 +63,6 @@ def _cut_status(scope: Scope) -> int:
     when it closed the connection itself (api/http_guard.py: 408 body timeout, 400 framing),
     else CLIENT_CLOSED."""
     return int(scope.get(CUT_STATUS, CLIENT_CLOSED))
-
-
-class BodyTooLarge(ApiError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
-
-
-def host_not_allowed(host: bytes) -> ApiError:
-    shown = host[:100].decode("latin-1")
-    return ApiError(
-        400,
-        "host_not_allowed",
-        f"the Host header {shown!r} is not a name this gateway answers to (FDL_ALLOWED_HOSTS); "
-        "use one of those, e.g. http://localhost:<port>",
-    )
-
-
-def host_name(value: bytes) -> bytes:
-    """The name of a Host header, lower-case, without its port: ``[::1]`` of ``[::1]:8000``."""
-    value = value.lower()
-    if value.startswith(b"["):
-        return value[: value.find(b"]") + 1]
-    return value.partition(b":")[0]
-
-
-def declared_length(raw: bytes, limit: int) -> int | None:
-    """The value of a Content-Length header, or None when it is absent or not all digits.
-
-    Any value over ``limit`` comes back as ``limit + 1``, without ``int()`` of the digits (Python
-    refuses ``int()`` of more than 4300 digits, and zeros can pad a small value to any length).
-    """
-    if not raw.isdigit():
-        return None
-    digits = raw.lstrip(b"0")
-    if len(digits) > len(str(limit)):
-        return limit + 1
-    return min(int(digits or b"0"), limit + 1)
 
 
 @dataclass
@@ -181,12 +148,12 @@ class GatewayMiddleware:
                 and scope["path"] not in PROBE_PATHS
             ):
                 # DNS rebinding: a page whose name now resolves to this gateway's address.
-                await _send_error(send_with_id, host_not_allowed(host))
+                await send_error(send_with_id, host_not_allowed(host))
                 return
             size = declared_length(length, self.max_body_bytes)
             if size is not None and size > self.max_body_bytes:
                 # Refused before a byte of the body is read.
-                await _send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
+                await send_error(send_with_id, BodyTooLarge(self.max_body_bytes))
                 return
             # A body is held while it is parsed: large ones share a budget across the process,
             # taken as their bytes arrive (an idle connection holds none of it).
@@ -206,7 +173,7 @@ class GatewayMiddleware:
                 await reservation.release()
             elapsed = time.perf_counter() - exchange.start
             status = exchange.status if exchange.cut is None else exchange.cut
-            self._record(scope, status, elapsed)
+            record(scope, status, elapsed)
             request_id_var.reset(token)
 
     def _limited(
@@ -233,7 +200,7 @@ class GatewayMiddleware:
 
         async def refuse(error: ApiError) -> None:
             if not exchange.refused:
-                await _send_error(send, error)
+                await send_error(send, error)
                 exchange.refused = True
             raise error
 
@@ -266,46 +233,3 @@ class GatewayMiddleware:
             return message
 
         return limited_receive
-
-    @staticmethod
-    def _record(scope: Scope, status: int, elapsed: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        model = (scope.get("path_params") or {}).get("model", "")
-        if status >= 400:
-            # Only an answer proves the model is served: names from refused requests (unknown,
-            # invalid, unauthenticated, rate-limited...) stay out of the labels, so nobody can
-            # create unbounded series.
-            model = ""
-        method = scope.get("method", "")
-        child(REQUESTS, template, method, model, str(status)).inc()
-        child(REQUEST_LATENCY, template, method).observe(elapsed)
-        if template in ("/metrics", "/healthz"):
-            return  # scrapes and probes would drown the access log
-        log.info(
-            "%s %s %s %.1fms",
-            method,
-            scope.get("path", ""),
-            status,
-            elapsed * 1000,
-            extra={
-                "method": method,
-                "path": scope.get("path", ""),
-                "route": template,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-                "client": (scope.get("client") or ("", 0))[0],
-            },
-        )
-
-
-async def _send_error(send: Send, error: ApiError) -> None:
-    body = json.dumps(error_body(error.code, error.message)).encode()
-    headers: list[Any] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *((k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()),
-    ]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -19,7 +19,10 @@ _ROUTING = (
     "starlette/middleware/", "starlette/_exception_handler",
 )  # fmt: skip
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("access log, metrics", ("logging/", "api/logs.py", "prometheus_client/", "api/metrics.py")),
+    (
+        "access log, metrics",
+        ("logging/", "api/logs.py", "api/access_log.py", "prometheus_client/", "api/metrics.py"),
+    ),
     (
         "decode, preprocess (Pillow, NumPy)",
         ("api/image_open.py", "api/image_decode.py", "api/preprocess.py", "PIL/"),
@@ -33,7 +36,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("response (JSON encode, headers)", ("starlette/responses.py",)),
     ("auth, rate limit", ("api/auth.py", "api/ratelimit.py")),
     ("FastAPI dependencies, parameters", ("fastapi/dependencies/", "pydantic", "fastapi/_compat")),
-    ("gateway middleware, request id", ("api/middleware.py", "api/deps.py")),
+    (
+        "gateway middleware, request id",
+        ("api/middleware.py", "api/middleware_checks.py", "api/deps.py"),
+    ),
     ("FastAPI/Starlette routing, middleware", _ROUTING),
     ("HTTP guard", ("api/http_guard.py", "fdl/http_guard.py")),
     ("uvicorn HTTP protocol", ("uvicorn/",)),

@@ -61,7 +61,8 @@ def up() -> None:
         stop_leftovers,
     )
     from fdl.settings import SETTINGS_ERRORS, CommonSettings, WeakKeyError, settings_problem
-    from fdl.stack import gateway_url, plan_stack, redis_banner, run_stack
+    from fdl.stack import gateway_url, plan_stack, redis_banner
+    from fdl.stack_supervisor import run_stack
 
     try:
         settings = CommonSettings()

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from fdl.cli_local import port_problem
 from fdl.settings import CommonSettings, folder_problem, prepare_var_dir, unmakeable
-from fdl.stack import STACK_MARKER, STOP_WAIT_S, Stack
+from fdl.stack import STACK_MARKER, Stack
+from fdl.stack_supervisor import STOP_WAIT_S
 
 # Held (flock) by `fdl up` and, across its exec, by supervisord: one stack per var folder.
 LOCK_FILE = "fdl-up.lock"

@@ -4,7 +4,9 @@ Layout: ``<model>/<version>/`` (integer-named SavedModel folders), ``labels.json
 labels, so a restart keeps them), ``models.config`` (rendered by :mod:`fdl.model_config`, polled
 by the model server), ``.versions.json`` (each model's highest version number ever published,
 so a deleted version's number is never given to another model) and ``.repository.lock``.
-The reads that need no lock are in :mod:`fdl.repository_reads`.
+The reads that need no lock are in :mod:`fdl.repository_reads`, the labels such a reader sees
+while a change is under way in :mod:`fdl.repository_settled`, the config's text for what the
+repository holds in :mod:`fdl.repository_render`.
 
 Every writer (a worker publishing a version, any gateway replica promoting one, ``fdl up`` and
 ``python -m fdl.repository`` syncing the config) takes the same cross-process file lock and
@@ -27,48 +29,25 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from fdl.files import atomic_write, fsync_path, seal_version
-from fdl.model_config import check, render, valid_name
-from fdl.repository_files import (
-    Labels,
-    UndoPoint,
-    has_record,
-    kept_entry,
-    labels_before_change,
-    roll_back,
-    with_entries,
-)
+from fdl.model_config import valid_name
+from fdl.repository_files import Labels, UndoPoint, roll_back
 from fdl.repository_reads import (
     LABELS_FILE,
     NUMBERS_FILE,
-    config_entries,
     discover_models,
     find_job_version,
     list_versions,
     read_labels,
     read_numbers,
-    servable_labels,
-    versions_of,
 )
+from fdl.repository_render import render_repository
+from fdl.repository_settled import settled_labels
 from fdl.settings import SETTINGS_ERRORS, get_settings, prepare_model_dir, settings_problem
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "models.config"
 LOCK_FILE = ".repository.lock"
-
-
-# How many times a reader looks again when labels.json changed under its read.
-_SETTLE_TRIES = 5
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` is and when it last changed (a hard link made to it, or another file
-    renamed over it, changes this); None when there is none."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_ino, info.st_ctime_ns
 
 
 class Repository:
@@ -121,32 +100,10 @@ class Repository:
 
     def settled_labels(self) -> Labels:
         """The labels as they stand for a reader without the lock: never those of a change that
-        is not acknowledged (its undo record of ``labels.json`` is still there).
-
-        Without such a record before and after the read, and with ``labels.json`` the same file
-        (inode and change time) before and after, what :meth:`labels` read. With one, the lock
-        is tried without waiting. Free, the writer died: its change is rolled back, as the next
-        holder would (the model servers take the config at their next poll). Held (a writer
-        still making its change, or about to roll a dead one back), or not to be taken (a
-        read-only repository): the labels from before the change, its record's, which stand
-        until it is kept. A record gone by then, or a file that changed under the read, means a
-        change was kept or undone meanwhile: read again. Raises as :meth:`labels`.
-        """
-        path = self.model_dir / LABELS_FILE
-        for _ in range(_SETTLE_TRIES):
-            stamp = _stamp(path)
-            if has_record(self.model_dir, LABELS_FILE):
-                self.recover_if_free()
-                before = labels_before_change(self.model_dir, LABELS_FILE)
-                if before is not None:
-                    return before
-                continue  # kept or undone since: read what stands now
-            labels = self.labels()
-            # A change that began during the read (its record linked, labels.json replaced), or
-            # one that was undone during it (labels.json put back), shows in the second look.
-            if not has_record(self.model_dir, LABELS_FILE) and _stamp(path) == stamp:
-                return labels
-        return self.labels()  # changes one after another all along: the latest read
+        is not acknowledged (its undo record of ``labels.json`` is still there); such a change
+        is rolled back when the lock is free (its writer died). See
+        :func:`fdl.repository_settled.settled_labels`. Raises as :meth:`labels`."""
+        return settled_labels(self.model_dir, self.recover_if_free)
 
     def recover_if_free(self) -> bool:
         """:meth:`recover` if the lock is free at once; a busy lock's holder recovers itself.
@@ -174,37 +131,12 @@ class Repository:
         return False
 
     def render(self, labels: Labels | None = None, keep: dict[str, set[int]] | None = None) -> str:
-        """The config for what is on disk now, with ``labels`` (default: ``labels.json``).
-
-        A model whose folder cannot be listed (its permissions, an I/O error) keeps its entry of
-        the current ``models.config``, served versions included, with a warning: a transient
-        problem of one model never unloads it, nor stops the others' publishes and promotions.
-        Its labels are still those of ``labels``, so the two files never disagree (a label
-        removed meanwhile goes, one a rollback puts back comes back: :func:`kept_entry`). One
-        the config has no entry for yet is rendered from its labels, its versions unknown.
-        """
+        """The config for what is on disk now, with ``labels`` (default: ``labels.json``); a
+        model whose folder cannot be listed keeps its entry of the current ``models.config``
+        (:func:`fdl.repository_render.render_repository`)."""
         labels = self.labels() if labels is None else labels
         root = self.base_path_root or str(self.model_dir.resolve())
-        models, unreadable = versions_of(self.model_dir, self.models())
-        entries = config_entries(self.config_path) if unreadable else {}
-        for name, error in unreadable.items():
-            if name not in entries:  # none yet (a config written before the model came)
-                log.warning("%s; rendered from its labels alone", error)
-                models[name] = []
-        listed = {name: entries[name] for name in unreadable if name not in models}
-        servable = servable_labels(labels, {**models, **{name: [] for name in listed}})
-        text = render(root, models, servable, keep)
-        if not listed:
-            return text
-        kept = {
-            name: kept_entry(entry, root, servable.get(name, {})) for name, entry in listed.items()
-        }
-        for name, entry in kept.items():
-            how = "as it is" if entry == listed[name] else "(its base path and labels as now)"
-            log.warning("%s; its entry in %s is kept %s", unreadable[name], CONFIG_FILE, how)
-        text = with_entries(text, kept)
-        check(text, {**models, **{name: [] for name in kept}}, servable, root)
-        return text
+        return render_repository(self.model_dir, root, labels, self.config_path, keep)
 
     # --- writes (call with the lock held) ---------------------------------------------------
     def write_labels(self, labels: Labels) -> None:

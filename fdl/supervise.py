@@ -1,7 +1,7 @@
 """supervisord running `fdl up`'s stack (``python -m fdl.supervise [supervisord's options]``, the
-program :func:`fdl.stack.run_stack` replaces ``fdl up`` with): supervisord's own loop, run once,
-so that SIGHUP (the terminal closed) stops the stack as SIGTERM does instead of restarting it.
-See docs/deploy.md, "fdl up".
+program :func:`fdl.stack_supervisor.run_stack` replaces ``fdl up`` with): supervisord's own loop,
+run once, so that SIGHUP (the terminal closed) stops the stack as SIGTERM does instead of
+restarting it. See docs/deploy.md, "fdl up".
 """
 
 from __future__ import annotations
@@ -84,5 +84,6 @@ def hung_up(fd: int) -> bool:
 
 
 if __name__ == "__main__":
-    # What `fdl up` runs (fdl.stack.run_stack): python -m fdl.supervise [supervisord's options].
+    # What `fdl up` runs (fdl.stack_supervisor.run_stack):
+    # python -m fdl.supervise [supervisord's options].
     sys.exit(supervise(sys.argv[1:]))

@@ -34,7 +34,9 @@ ConfigMap: a password Redis refuses (``WRONGPASS``, ``NOAUTH``), a command it fo
 option of the URL. Invalid settings exit 1 with the worker's own message; a URL no client takes
 (``sentinel://``, a port out of range) with one line naming the problem.
 Run it as a console script (its own folder on ``sys.path``, never the current one), as
-``fdl-worker`` is run; ``python -m training.probe`` works too.
+``fdl-worker`` is run; ``python -m training.probe`` works too. Its steps' threads are in
+:mod:`training.probe_steps`, what an error means and the line that tells it in
+:mod:`training.probe_errors`.
 """
 
 from __future__ import annotations
@@ -42,12 +44,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import ssl
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -55,105 +55,19 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from fdl.store_retry import REFUSALS, refusal_class
+from training.probe_errors import AWAY, PASSWORD, describe, verdict_of
+from training.probe_steps import Overran, left_behind, within
 
 PROG = "fdl-worker-probe"
 TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 3.0
 # Seconds the Celery step may take beyond its reply timeout (connecting, publishing, cleaning up).
 MARGIN_S = 2.0
-# The most characters of an error that a line quotes.
-DESCRIBE_CHARS = 160
-# What an error shows (:func:`verdict_of`).
-AWAY, PASSWORD, REFUSED = "away", "password", "refused"
-T = TypeVar("T")
-# Steps that overran their deadline, still running in their threads.
-_left_behind: list[threading.Thread] = []
 
 
 def bound_s(timeout_s: float, redis_timeout_s: float) -> float:
     """The most seconds a probe takes from its first PING to its verdict."""
     return timeout_s + 2 * redis_timeout_s + MARGIN_S
-
-
-class Overran(Exception):
-    """A step still running at its deadline (left behind in its thread)."""
-
-
-class _Step(threading.Thread):
-    def __init__(self, work: Callable[[], Any]) -> None:
-        super().__init__(name=f"{PROG}-step", daemon=True)
-        self.work = work
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.work()
-        except BaseException as error:  # re-raised by within()
-            self.error = error
-
-
-def within(until: float, work: Callable[[], T]) -> T:
-    """``work()`` run in a thread: its result or its error, or :class:`Overran` at ``until``
-    (``time.monotonic()``), the thread then left running."""
-    step = _Step(work)
-    step.start()
-    step.join(max(0.0, until - time.monotonic()))
-    if step.is_alive():
-        _left_behind.append(step)
-        raise Overran
-    if step.error is not None:
-        raise step.error
-    return cast(T, step.result)
-
-
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()  # an error, its cause or context, theirs...
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def verdict_of(error: BaseException) -> str:
-    """:data:`AWAY` (Redis unreachable, too slow, loading, or refusing writes), :data:`PASSWORD`
-    (it refuses the password) or :data:`REFUSED` (anything else: a setting or an ACL that a
-    restart with a fixed configuration would mend, or a bug)."""
-    chain = list(_chain(error))
-    if any(isinstance(e, redis.AuthenticationError) for e in chain):
-        return PASSWORD
-    # A TLS handshake that fails (a certificate, a plain port) is a setting, except an
-    # end of the connection in the middle of it (Redis going away).
-    tls = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
-    if any(isinstance(e, ssl.SSLError) and not isinstance(e, tls) for e in chain):
-        return REFUSED
-    if any("CERTIFICATE_VERIFY_FAILED" in str(e) for e in chain):
-        return REFUSED  # redis-py quotes the error only in its own message
-    from kombu.exceptions import OperationalError
-
-    for link in chain:
-        if isinstance(link, redis.ResponseError):
-            return AWAY if issubclass(refusal_class(link), REFUSALS) else REFUSED
-        if isinstance(link, (redis.ConnectionError, redis.TimeoutError, OSError)):
-            return AWAY
-        if isinstance(link, redis.RedisError):
-            return REFUSED
-    return AWAY if any(isinstance(e, OperationalError) for e in chain) else REFUSED
-
-
-def describe(error: BaseException, secret: str | None = None) -> str:
-    """An error in one line of at most :data:`DESCRIBE_CHARS` (cut after a word, `` ...``),
-    ``secret`` (the password, which no client's message is known to quote) blanked out."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    prefix = f"{type(error).__name__}: "
-    if len(prefix + text) <= DESCRIBE_CHARS:
-        return prefix + text
-    room = DESCRIBE_CHARS - len(prefix) - len(" ...")
-    head, space, _ = text[: room + 1].rpartition(" ")
-    return prefix + (head if space and head else text[:room]) + " ..."
 
 
 def where(url: str) -> str:
@@ -298,7 +212,7 @@ def probe(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     code = probe(parser().parse_args(argv))
-    if _left_behind:  # a step still blocked (a hung Redis, a dead resolver): exit without it
+    if left_behind:  # a step still blocked (a hung Redis, a dead resolver): exit without it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

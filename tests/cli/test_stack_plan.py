@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fdl.settings import CommonSettings, WeakKeyError
-from fdl.stack import plan_stack, redis_banner, supervisor_config
+from fdl.stack import plan_stack, redis_banner
+from fdl.stack_supervisor import supervisor_config
 
 
 def settings(tmp: Path, **extra: str) -> CommonSettings:

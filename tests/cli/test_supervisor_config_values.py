@@ -12,7 +12,8 @@ from supervisor import supervisord
 from supervisor.options import ServerOptions
 
 from fdl.settings import CommonSettings
-from fdl.stack import SUPERVISOR_CONF, plan_stack, supervisor_config
+from fdl.stack import plan_stack
+from fdl.stack_supervisor import SUPERVISOR_CONF, supervisor_config
 
 
 @pytest.mark.parametrize("folder", ["100%done", "%(here)s", "%(ENV_HOME)s and 5%s"])

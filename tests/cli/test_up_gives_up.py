@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fdl.settings import CommonSettings
-from fdl.stack import plan_stack, supervisor_config
+from fdl.stack import plan_stack
+from fdl.stack_supervisor import supervisor_config
 from harness.procs import Process, free_port, wait_for
 from harness.stack import stop_and_check_no_orphans
 

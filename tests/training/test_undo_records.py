@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import fdl.repository
+import fdl.repository_settled
 from fdl.repository import CONFIG_FILE, Repository
 from fdl.repository_files import UndoPoint
 from fdl.repository_reads import LABELS_FILE, list_versions
@@ -168,7 +168,7 @@ def test_a_reader_never_returns_a_change_made_during_its_read(
     lock.acquire()
     looks: list[bool] = []
     undo: list[UndoPoint] = []
-    look = fdl.repository.has_record
+    look = fdl.repository_settled.has_record
 
     def racing_look(folder: Path, name: str) -> bool:
         if len(looks) == 1 and outcome == "undone":  # undone after the read, before this look
@@ -180,7 +180,7 @@ def test_a_reader_never_returns_a_change_made_during_its_read(
         looks.append(found)
         return found
 
-    monkeypatch.setattr(fdl.repository, "has_record", racing_look)
+    monkeypatch.setattr(fdl.repository_settled, "has_record", racing_look)
     try:
         assert reader.settled_labels() == before
     finally:

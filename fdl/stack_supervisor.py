@@ -1,0 +1,81 @@
+"""supervisord's configuration for the stack `fdl up` planned (:func:`fdl.stack.plan_stack`), and
+the exec that replaces `fdl up` with supervisord (:mod:`fdl.supervise`) running it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from fdl.stack import Stack
+
+SUPERVISOR_CONF = "supervisord.conf"
+# Start order (stop order is the reverse) and how long each child must run to count as started;
+# a child that exits sooner is retried after 1 s, 2 s, 3 s ... and given up after
+# FDL_START_RETRIES (10) retries.
+# A Python child's time covers its imports (TensorFlow, FastAPI: 1-3 s on an idle machine, 6-9 s
+# seen on a loaded one) with room to spare: a child that fails once its imports are done (a
+# port it cannot bind) has then not yet counted as started, and reaches FATAL instead of
+# being restarted forever.
+CHILDREN = {"redis": (10, 1), "serving": (20, 30), "worker": (30, 30), "gateway": (40, 30)}
+# Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops.
+STOP_WAIT_S = 10
+
+
+def supervisor_config(stack: Stack) -> str:
+    """supervisord's configuration: every child restarted when it dies, its output on ours."""
+    sections: dict[str, dict[str, object]] = {
+        "supervisord": {
+            "nodaemon": "true",
+            "logfile": stack.var_dir / "supervisord.log",
+            "logfile_maxbytes": "5MB",
+            "logfile_backups": 1,
+            "pidfile": stack.var_dir / "supervisord.pid",
+            "loglevel": "info",
+        }
+    }
+    if os.getuid() == 0:
+        # Says so explicitly, instead of a warning at every start.
+        sections["supervisord"]["user"] = "root"
+    for name, argv in stack.commands.items():
+        priority, start_s = CHILDREN.get(name, (50, 30))
+        sections[f"program:{name}"] = {
+            "command": shlex.join(argv),
+            "priority": priority,
+            "autorestart": "true",
+            "startsecs": start_s,
+            "startretries": stack.start_retries,
+            "stopsignal": "TERM",
+            "stopwaitsecs": STOP_WAIT_S,
+            # Signals go to the child's whole process group (Celery's pool, the server's threads).
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "redirect_stderr": "true",
+            # supervisord expands this value twice (a literal % would be %%%%): keep it free of %.
+            "stdout_logfile": "/dev/stdout",
+            "stdout_logfile_maxbytes": 0,
+        }
+    # supervisord expands %(name)s in every value it reads (paths and commands included): a
+    # literal % (a var folder under "100%done") is written %%.
+    lines = []
+    for section, values in sections.items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{key}={str(value).replace('%', '%%')}" for key, value in values.items()]
+    return "\n".join(lines[1:]) + "\n"
+
+
+def run_stack(stack: Stack) -> int:
+    """Replace this process with supervisord running the stack (:mod:`fdl.supervise`; it returns
+    only on error). The var folder's lock (fdl/cli_up.py) is held across the exec."""
+    # Children find our console scripts (fdl-gateway, fdl-worker) next to this interpreter.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    conf = stack.var_dir / SUPERVISOR_CONF
+    conf.write_text(supervisor_config(stack))
+    sys.stdout.flush()
+    # -P: the folder `fdl up` runs in is not put first on the import path (a user's fdl.py there
+    # would shadow our package).
+    argv = [sys.executable, "-P", "-m", "fdl.supervise", "--nodaemon", "--configuration"]
+    os.execve(sys.executable, [*argv, str(conf)], env)
+    return 1  # not reached: execve does not return
