@@ -1,14 +1,19 @@
 """When a training run's loss diverged, and whether its weights are still worth testing: a run
 whose loss diverged fails and publishes nothing, unless early stopping restored an epoch before
 it (:class:`training.callbacks.JobCallback` stops the run; :mod:`training.trainer` decides),
-and so does a run whose weights kept are no model by their test loss."""
+and so does a run whose weights kept are no model by their test loss, unless their test accuracy
+and their training loss say that they overfit."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
+
+from training.pipeline import eval_dataset
 
 # Weights whose loss is above this many times chance level's are no model, the loss finite or
 # not: a model that gives every one of K classes the same score has a cross-entropy of ln K.
@@ -24,6 +29,19 @@ DIVERGED_OVER_CHANCE = 10
 # (training.recipes.compile_for_recipe): how the model fits its data, in its history and
 # TensorBoard (the test loss that is judged has no penalty either).
 DATA_LOSS = "data_loss"
+# A test loss above the limit is not divergence when the weights learned something and are only
+# confidently wrong on some test images (logistic regression fit to 10 threes and 10 fives, SGD
+# at 5 for 40 epochs: 100% on them, 70% on 40 test images, a test loss of 19, over 10 ln 2 =
+# 6.931): their test accuracy is clearly above always answering the largest class (a collapsed
+# model is not: Adam at 1 on the MLP, trained on 95% threes, 51% on a 50/50 test set, with a
+# training loss under 10 ln 2) and they fit their training data, a loss there of at most ln K
+# (logistic regression at SGD 8 on 3 classes, one epoch: 84% on the test set but a training
+# loss of 5.9, 5.4 times a uniform guess's, is no fit). Only when the accuracy passes (a rare
+# path: a normal job costs nothing more) their cross-entropy is measured, on the first this many
+# training examples, through the test set's pipeline: as many as MNIST's and CIFAR-10's test
+# sets, so the extra pass costs at most about one more such test set's evaluation, whatever the
+# size of the training set.
+TRAIN_SAMPLE = 10_000
 
 
 ADVICE = "(a lower learning rate, or clipping with max_norm, usually helps)"
@@ -116,20 +134,82 @@ def judge_run(
     return None
 
 
+def cross_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
+    """The mean cross-entropy of ``logits`` for ``labels`` (no regularization penalty)."""
+    return float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits))
+
+
+def sample_loss(
+    model: keras.Model, x: np.ndarray, y: np.ndarray, family: str, batch: int
+) -> tuple[float, int]:
+    """The cross-entropy of ``model`` on the first :data:`TRAIN_SAMPLE` examples of ``x`` (the
+    training data, read as the test set is: ``eval_dataset``), and how many those were."""
+    count = min(len(x), TRAIN_SAMPLE)
+    logits = model.predict(eval_dataset(x[:count], y[:count], family, batch), verbose=0)
+    return cross_entropy(y[:count], np.asarray(logits, np.float32)), count
+
+
+def majority_rate(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """The test accuracy of ``predicted``, the share of the largest class in ``labels`` (always
+    answering it scores that), and the accuracy clearly better than that: two binomial standard
+    errors above it, on ``len(labels)`` images."""
+    tested = max(len(labels), 1)
+    accuracy = float((predicted == labels).sum() / tested)
+    major = float(np.bincount(labels).max() / tested) if len(labels) else 1.0
+    return accuracy, major, major + 2 * math.sqrt(major * (1 - major) / tested)
+
+
 def judge_test_loss(
-    test_loss: float, classes: int, tested: int, diverged: str | None, restored: int | None
-) -> None:
+    test_loss: float,
+    classes: int,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    diverged: str | None,
+    restored: int | None,
+    train_loss: Callable[[], tuple[float, int]] | None = None,
+) -> str | None:
     """Raises :class:`TrainingDiverged` when the weights kept are no model: their cross-entropy
-    on the ``tested`` test images (from their logits: no regularization penalty), ``test_loss``,
-    is not finite or above :func:`loss_limit`. ``diverged``: where training stopped on a NaN or
-    infinite loss; ``restored``: the epoch (from 0) whose weights early stopping restored."""
+    on the test images (``labels``; from their logits: no regularization penalty), ``test_loss``,
+    is not finite or above :func:`loss_limit`, unless they learned something and are only
+    confidently wrong on some test images (overfitting, not divergence): both (b) their test
+    accuracy (``predicted``) is clearly better than always answering the test set's largest
+    class (:func:`majority_rate`; checked first: it needs no extra pass, so a collapsed model
+    costs nothing more), and (a) they fit their training data, their cross-entropy there, which
+    ``train_loss`` measures (:func:`sample_loss`: the loss and how many examples; called only
+    then; without it the test loss alone decides), being at most ln K, a uniform guess's. Then
+    returns what to tell the user (``runtime.overfit``), else None. ``diverged``: where training
+    stopped on a NaN or infinite loss; ``restored``: the epoch (from 0) whose weights early
+    stopping restored."""
     what = "the test loss of the weights kept"
     if restored is not None:
         what += f" (epoch {restored + 1}'s, restored by early stopping)"
-    images = f"{tested} test image{'s' if tested != 1 else ''}"
-    message = divergence(test_loss, f"on the {images}", loss_limit(classes), what)
-    if message is not None:
-        raise TrainingDiverged(
-            f"training diverged ({f'{diverged}; ' if diverged else ''}{message}); nothing was "
-            f"published {ADVICE}"
+    images = f"{len(labels)} test image{'s' if len(labels) != 1 else ''}"
+    limit = loss_limit(classes)
+    message = divergence(test_loss, f"on the {images}", limit, what)
+    if message is None:
+        return None
+    accuracy, major, needed = majority_rate(labels, predicted)
+    if accuracy < needed:
+        message += (
+            f"; their test accuracy, {accuracy:.1%}, is not clearly above the {major:.1%} of "
+            f"always answering the test set's largest class ({needed:.1%} or more, two standard "
+            "errors above it)"
         )
+    elif train_loss is not None:
+        loss, count = train_loss()
+        on = f"on the first {count} training example{'s' if count != 1 else ''}"
+        chance = f"ln {max(classes, 2)} = {limit / DIVERGED_OVER_CHANCE:.4g}"
+        if math.isfinite(loss) and loss <= limit / DIVERGED_OVER_CHANCE:
+            return (
+                f"{message}, but they fit their training data (a loss of {loss:.4g} {on}, under "
+                f"{chance}) and score {accuracy:.1%} on the test set against {major:.1%} for "
+                "always answering its largest class: overfitting, not divergence; the model "
+                "goes on to the quality gate"
+            )
+        above = f", above {chance}, a uniform guess's" if math.isfinite(loss) else ""
+        unfit = "they do not fit their training data"
+        message += f"; their training loss was {loss:.6g} {on}{above}: {unfit}"
+    raise TrainingDiverged(
+        f"training diverged ({f'{diverged}; ' if diverged else ''}{message}); nothing was "
+        f"published {ADVICE}"
+    )

@@ -7,9 +7,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from training.data import DataMissingError, ImageData
 from training.divergence import (
     ADVICE,
     TrainingDiverged,
+    cross_entropy,
     judge_run,
     judge_test_loss,
     loss_limit,
     restored_epoch,
+    sample_loss,
 )
 from training.models import build_job_model, prepare_model
 from training.pipeline import eval_dataset, split_validation, train_dataset
@@ -201,7 +204,8 @@ def train(
         if restored is not None:
             info["restored_epoch"] = restored + 1
         info["epochs_run"] = len(progress.history)
-        # the most that metrics.test_loss, the weights kept's, may be (judge_test_loss)
+        # the most that metrics.test_loss, the weights kept's, may be, unless runtime.overfit
+        # says that they learned and fit their training data (judge_test_loss)
         info["loss_limit"] = round(loss_limit(len(data.class_names)), 6)
         counts = {
             "train": len(x_train),
@@ -215,10 +219,17 @@ def train(
         logits = model.predict(
             eval_dataset(data.x_test, data.y_test, arch.family, batch), verbose=0
         )
-    logits = np.asarray(logits, np.float32)
-    return _evaluate(
-        outcome, logits, data.y_test, progress.diverged, restored, len(data.class_names)
-    )
+        # the training data's loss, measured only when the test loss is over the limit and
+        # the test accuracy clearly above the largest class's share
+        fits = partial(sample_loss, model, x_train, y_train, arch.family, batch)
+        logits = np.asarray(logits, np.float32)
+        classes = len(data.class_names)
+        outcome = _evaluate(
+            outcome, logits, data.y_test, progress.diverged, restored, classes, fits
+        )
+    if "overfit" in outcome.runtime:
+        progress.note(outcome.runtime["overfit"])
+    return outcome
 
 
 def _evaluate(
@@ -228,11 +239,13 @@ def _evaluate(
     diverged: str | None = None,
     epoch: int | None = None,
     classes: int | None = None,
+    train_loss: Callable[[], tuple[float, int]] | None = None,
 ) -> TrainOutcome:
     """Test metrics from ``logits``, and the training metrics of the epoch (from 0) whose
     weights were kept: ``epoch``, restored by early stopping, else the last. With ``classes``,
-    raises :class:`TrainingDiverged` when the test loss says the weights are no model
-    (:func:`training.divergence.judge_test_loss`)."""
+    raises :class:`TrainingDiverged` when the test loss says the weights are no model, unless
+    the test accuracy and then the training loss that ``train_loss`` measures say that they
+    overfit: ``runtime.overfit`` says so (:func:`training.divergence.judge_test_loss`)."""
     broken = int((~np.isfinite(logits)).any(axis=1).sum())
     if broken:
         raise TrainingDiverged(
@@ -240,10 +253,12 @@ def _evaluate(
             f"outputs are NaN or infinite for {broken} of {len(logits)} test images; nothing was "
             f"published {ADVICE}"
         )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_true, logits)
-    if classes is not None:
-        judge_test_loss(float(loss), classes, len(y_true), diverged, epoch)
+    loss = cross_entropy(y_true, logits)
     y_pred = logits.argmax(axis=1)
+    if classes is not None:
+        overfit = judge_test_loss(loss, classes, y_true, y_pred, diverged, epoch, train_loss)
+        if overfit is not None:
+            outcome.runtime["overfit"] = overfit
     outcome.y_true, outcome.y_pred = y_true, y_pred
     outcome.metrics = {
         "test_accuracy": round(float((y_pred == y_true).mean()), 6),

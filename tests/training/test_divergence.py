@@ -84,7 +84,9 @@ def test_a_job_whose_loss_explodes_but_stays_finite_fails_and_publishes_nothing(
 ) -> None:
     """Adam at rate 1 on the MLP: a loss in the hundreds, never NaN. Before, the run was
     published as latest, a 10% model answering one class for every image. The weights kept are
-    judged by their loss on the test set (64 images here)."""
+    judged by their loss on the test set (64 images here), and, as it is over the limit, by
+    their test accuracy: no better than always answering the largest class of the 64 (10 of
+    them), the run diverged (it did not overfit; its training loss is not measured)."""
     result, record, model_dir = job_in_process(
         store, "exploding-finite", data_dir, model="mnist_mlp", dataset="mnist",
         max_train_examples=512, publish_as="m", optimizer={"name": "adam", "learning_rate": 1},
@@ -95,8 +97,13 @@ def test_a_job_whose_loss_explodes_but_stays_finite_fails_and_publishes_nothing(
     assert error.startswith(
         "TrainingDiverged: training diverged (the test loss of the weights kept was "
     ), error
-    assert error.endswith(f"{ABOVE_10}); nothing was published {ADVICE}"), error
+    assert error.endswith(
+        ", is not clearly above the 15.6% of always answering the test set's largest class "
+        f"(24.7% or more, two standard errors above it)); nothing was published {ADVICE}"
+    ), error
+    assert f"{ABOVE_10}; their test accuracy, " in error, error
     assert judged_loss(error, 64) > 10 * loss_limit(10)  # far above: no model
+    assert "training loss" not in error, error  # the accuracy decided: no extra pass
     assert not (model_dir / "m").exists()
 
 
