@@ -3,7 +3,9 @@ box around it that the normalization crops (``api/preprocess.py``).
 
 Polarity comes from the image's border: light paper (its median above 127) has dark ink, a dark
 background bright ink, unless a light sheet lies in the dark frame (:mod:`api.preprocess_sheet`):
-then the ink is the dark ink on the sheet, and the desk around it is no ink.
+then the ink is the dark ink on the sheet, and the desk around it is no ink. A light border that
+is flat and much darker than the paper inside it (a screenshot's grey padding, a mount) is such a
+desk too, if it holds no ink: its edge would otherwise read as ink, a frame around the digit.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ _LINE_COVER = 0.75
 # Strong ink in more runs than this per row (this times the height, in all) is noise, not
 # strokes: the opening alone decides.
 _MAX_RUNS_PER_ROW = 8
+# A light border is padding around a sheet (a screenshot's grey margin, a mount) when it is flat
+# (its quartiles at most this many levels apart) and the image's light paper (its 90th
+# percentile) is lighter than the border's median by at least _PADDING_CONTRAST.
+_FLAT_BORDER = 12
+_PADDING_CONTRAST = 48
+# Padding is flat everywhere, not only along the border: a desk with more than this share of
+# its pixels _PADDING_CONTRAST levels darker than the border's median holds ink (a digit on
+# light grey paper beside a white label, which would pass for the sheet), and is no padding.
+_PADDING_INK = 0.002
 
 
 def median(values: np.ndarray) -> float:
@@ -47,12 +58,32 @@ def ink_map(gray: Image.Image) -> np.ndarray:
     """Ink as bright values on a zero background, whatever the polarity and lighting."""
     pixels = np.asarray(gray)  # uint8; medians of it are those of its float64 copy
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    if median(border) > 127:
-        return _light_ink(gray, pixels, None)
+    level = median(border)
+    if level > 127:
+        return _light_ink(gray, pixels, _padding(pixels, border, level))
     desk = desk_mask(pixels)
     if desk is not None:
         return _light_ink(gray, pixels, desk)
     return dark_ink(pixels)
+
+
+def _padding(pixels: np.ndarray, border: np.ndarray, level: float) -> np.ndarray | None:
+    """Where a light sheet is not, when the light border around it is flat padding darker than
+    the paper (grey 128 to about 207 around white: the rank filter's paper spilled over the
+    padding's edge, which read as a frame of ink around the digit) and holds no ink, else None
+    (the border is the paper)."""
+    low, high = np.percentile(border, (25, 75))
+    if high - low > _FLAT_BORDER:
+        return None
+    sample = pixels[::2, ::2].ravel()  # a quarter of the pixels is enough for a percentile
+    rank = int(0.9 * (sample.size - 1))
+    if float(np.partition(sample, rank)[rank]) < level + _PADDING_CONTRAST:
+        return None
+    desk = desk_mask(pixels)
+    if desk is None:
+        return None
+    inked = np.count_nonzero(pixels[desk] < level - _PADDING_CONTRAST)
+    return None if inked > _PADDING_INK * np.count_nonzero(desk) else desk
 
 
 def _light_ink(gray: Image.Image, pixels: np.ndarray, desk: np.ndarray | None) -> np.ndarray:
