@@ -15,6 +15,7 @@ from fdl import cli_shapes as shapes
 from fdl.architectures import ARCHITECTURES
 from fdl.cli_client import ExitCode, Gateway, KeyOption, UrlOption, console, fail
 from fdl.cli_follow import detached, follow_to_end, job_epochs, job_path
+from fdl.cli_retry import submit_once
 from fdl.cli_served import SERVE_TIMEOUT_S, ServeTimeoutOption, wait_until_served
 from fdl.jobspec import JobSpec
 
@@ -122,7 +123,7 @@ def train(
     options = {k: v for k, v in locals().items() if k not in _NOT_SPEC}
     spec = build_spec(model, spec_file, options)
     with Gateway(url, api_key) as gateway:
-        job = gateway.post("/v1/jobs", json=spec, expect=shapes.Job)
+        job = submit_once(gateway, "/v1/jobs", json=spec, expect=shapes.Job)
         job_id = job["id"]
         shown = fmt.safe(job_id)
         try:

@@ -17,7 +17,7 @@ not idempotent by themselves, an event's XADD (SET_FIELDS_SCRIPT) and a resend's
 
 from __future__ import annotations
 
-from fdl.job_records import EVENTS_MAXLEN
+from fdl.job_records import EVENTS_KEY, EVENTS_MAXLEN, JOB_KEY
 from fdl.job_status_scripts import (
     CANCEL_SCRIPT,
     CLAIM_SCRIPT,
@@ -33,7 +33,9 @@ __all__ = [
     "CANCEL_SCRIPT",
     "CLAIM_SCRIPT",
     "CONFIRM_SCRIPT",
+    "CREATE_ONCE_SCRIPT",
     "CREATE_SCRIPT",
+    "END_NOT_QUEUED_SCRIPT",
     "PRUNE_LEFTOVER_SCRIPT",
     "PRUNE_SCRIPT",
     "RESEND_SCRIPT",
@@ -117,15 +119,18 @@ return 1
 
 # KEYS[1] job hash; ARGV[1] the error (JSON) that RESEND_SCRIPT ends a job never confirmed sent
 # with. The gateway's confirmation that a job's message was sent: ``enqueued`` becomes true,
-# unless RESEND_SCRIPT already ended the job for want of it (a worker that gets the message
-# finds the job failed and skips it). Safe to retry. Returns 1 when confirmed (also when it was
-# already, or its record never waited for it), 0 when the job was ended unconfirmed, -1 when the
-# record is gone.
+# unless the job was already ended for want of it: by RESEND_SCRIPT, or ended ``failed`` before
+# any worker claimed it (a submission under its Idempotency-Key took it over as abandoned,
+# CREATE_ONCE_SCRIPT): a worker that gets the message finds the job failed and skips it. Safe to
+# retry. Returns 1 when confirmed (also when it was already, or its record never waited for
+# it), 0 when the job was ended unconfirmed, -1 when the record is gone.
 CONFIRM_SCRIPT = """
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return -1 end
 if redis.call('HGET', KEYS[1], 'enqueued') ~= 'false' then return 1 end
-if cjson.decode(raw) == 'failed' and redis.call('HGET', KEYS[1], 'error') == ARGV[1] then
+local never_run = (tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0) == 0
+if cjson.decode(raw) == 'failed'
+  and (never_run or redis.call('HGET', KEYS[1], 'error') == ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'enqueued', 'true')
@@ -190,3 +195,86 @@ if hash_type == 'none' and stream_type == 'none' then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
+
+# A submission under an Idempotency-Key (fdl.job_idempotency): CREATE_SCRIPT's record, written
+# only when the key names no job yet, in the same step as the key's mapping (a hash: ``job``, the
+# job's id, and ``body``, the hash of its spec), so that concurrent submissions under one key
+# create one job. KEYS[1..3] as CREATE_SCRIPT's (the new job's), KEYS[4] the mapping; ARGV[1..5]
+# as CREATE_SCRIPT's (ARGV[4], the creation time, is now: Redis's clock), ARGV[6] the spec's
+# hash, ARGV[7] the mapping's time to live (s), ARGV[8] '1' to create, '' to look only, ARGV[9]
+# how old an unconfirmed job may be before it counts as abandoned (s), ARGV[10] the ``failed``
+# event data and ARGV[11] the fields (JSON {field: JSON value}) of an abandoned job's end,
+# ARGV[12..] the record's field/value pairs (JSON). The key names no job when it maps nothing
+# (never used, or expired), or the job it maps was removed (pruned: it ended
+# FDL_JOB_RETENTION_S ago), never queued (ended ``failed`` unconfirmed and never claimed: its
+# submission was answered 503, or the reaper ended it, RESEND_SCRIPT) or abandoned: still
+# ``queued`` unconfirmed, created ARGV[9] or longer ago, longer than a live submission takes to
+# confirm its message. An abandoned job is ended in the same step, as RESEND_SCRIPT ends one
+# (its message, if sent, finds it ended: a worker's claim skips it; a late confirmation answers
+# 0), when creating; a look leaves it. The earlier job's keys are built here, not passed in
+# KEYS: one Redis (not a cluster) holds every job. Returns {outcome, job id}: 'created' (also for
+# a retry of this very call), 'free' (looked only), 'mismatch' (another spec), 'in_progress'
+# (queued, its message not yet confirmed sent: its submission may still be under way) with its
+# age (s) as a third element, or 'replay' with the earlier record's fields as a third element.
+CREATE_ONCE_SCRIPT = (
+    PRELUDE
+    + """
+local mapping, new_id, now = KEYS[4], ARGV[5], tonumber(ARGV[4])
+local earlier = redis.call('HGET', mapping, 'job')
+if earlier == new_id then return {'created', new_id} end
+local creating = ARGV[8] == '1'
+if earlier then
+  local job = 'JOB_PREFIX' .. earlier
+  local raw = redis.call('HGET', job, 'status')
+  local s = raw and cjson.decode(raw)
+  local unconfirmed = redis.call('HGET', job, 'enqueued') == 'false'
+  local never_queued = s == 'failed' and unconfirmed
+    and (tonumber(redis.call('HGET', job, 'attempts') or '0') or 0) == 0
+  local age = now - (tonumber(redis.call('HGET', job, 'created_at') or '') or now)
+  local abandoned = s == 'queued' and unconfirmed and age >= tonumber(ARGV[9])
+  if s and not never_queued and not abandoned then
+    if redis.call('HGET', mapping, 'body') ~= ARGV[6] then return {'mismatch', earlier} end
+    if s == 'queued' and unconfirmed then return {'in_progress', earlier, tostring(age)} end
+    return {'replay', earlier, redis.call('HGETALL', job)}
+  end
+  if abandoned and creating then
+    for field, value in pairs(cjson.decode(ARGV[11])) do redis.call('HSET', job, field, value) end
+    redis.call('HSET', job, 'op_token', token)
+    redis.call('XADD', job .. 'EVENTS_SUFFIX', 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
+               'type', 'status', 'data', ARGV[10], 'time', ARGV[3])
+  end
+end
+if not creating then return {'free', ''} end
+if not replayed() then
+  set_pairs(12)
+  redis.call('ZADD', KEYS[3], ARGV[4], new_id)
+  changed()
+end
+redis.call('DEL', mapping)
+redis.call('HSET', mapping, 'job', new_id, 'body', ARGV[6])
+redis.call('EXPIRE', mapping, ARGV[7])
+return {'created', new_id}
+""".replace("JOB_PREFIX", JOB_KEY.format(""))
+    .replace("EVENTS_SUFFIX", EVENTS_KEY.format("").removeprefix(JOB_KEY.format("")))
+    .replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+)
+
+# The end of a job whose message the broker refused, submitted under an Idempotency-Key, and the
+# release of the key, in one step: the key is let go only with the job ended, never while its
+# record may still be queued (its message may have reached the queue, the broker's reply lost:
+# a retry under the key would then make a second job to run beside it). KEYS[1..2] as
+# TRANSITION_SCRIPT's, KEYS[3] the key's mapping; ARGV[1..3] as TRANSITION_SCRIPT's, ARGV[4] the
+# job's id, ARGV[5..] field/value pairs (JSON), its status among them. Only a job still queued
+# is ended (one that a worker claimed meanwhile runs on, its key naming it); the mapping is
+# removed while it names that job. Returns 1 when ended (also on a replay), 0 otherwise.
+END_NOT_QUEUED_SCRIPT = (
+    PRELUDE
+    + """
+if replayed() then return 1 end
+if status() ~= 'queued' then return 0 end
+set_pairs(5)
+changed()
+if redis.call('HGET', KEYS[3], 'job') == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from api import idempotency, job_submission
 from api.admin_route import KeyFirstRoute
 from api.bodies import JsonBodyDep
 from api.deps import (
@@ -20,13 +21,13 @@ from api.deps import (
     StreamRedisDep,
     StreamSlotsDep,
 )
-from api.errors import STORE_RETRY_AFTER_S, ApiError, store_unavailable
+from api.errors import ApiError, store_unavailable
 from api.events import CappedEventSourceResponse, job_events, valid_stream_id
+from api.idempotency import REPLAY_RESPONSE, IdempotencyKey
+from api.job_submission import CONFIRM_WITHIN_S, NOT_QUEUED
 from api.jobs_snapshot import listed_by_status
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import DECIMAL_ONLY, Job, JobId, JobList, errors
-from api.settings import GatewaySettings
-from api.submit_lock import submission_lock
 from fdl.job_records import JOB_ID
 from fdl.jobs import JobStatus, JobStore, new_job_id
 from fdl.jobspec import JobSpec
@@ -34,13 +35,6 @@ from fdl.jobspec import JobSpec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=KeyFirstRoute)
 
 PUBLIC_FIELDS = tuple(Job.model_fields)
-QUEUE_FULL_RETRY_AFTER_S = 60
-NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
-# A submission whose message was sent confirms it in the job's record (``enqueued``: until then a
-# worker's reaper would end the job instead of sending it again), trying again while Redis is
-# unreachable but starting no try later than this after the first (a Redis that hangs costs one
-# store timeout, not several).
-CONFIRM_WITHIN_S = 1.0
 # The plain GET routes also answer HEAD (health checkers, curl -I): the same status and headers,
 # no body (the server sends none). Left out of the OpenAPI document, which lists the GETs. The
 # event stream does not: it never ends while the job runs.
@@ -74,107 +68,39 @@ def listed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     status_code=202,
     summary="Submit a training job",
     response_model=Job,
-    responses=errors(401, 403, 415, 422, 429, 503),
+    responses={**REPLAY_RESPONSE, **errors(401, 403, 409, 415, 422, 429, 503)},
 )
 def submit_job(
     _json: JsonBodyDep,
     spec: JobSpec,
+    request: Request,
+    response: Response,
     store: StoreDep,
     celery: CeleryDep,
     settings: SettingsDep,
-    _key: AdminDep,
+    key: AdminDep,
+    _idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     from kombu.exceptions import KombuError  # with Celery: imported on first submission only
 
     from fdl.queue import enqueue_training
 
-    job_id = new_job_id()
+    abandon_after_s = idempotency.abandoned_after_s(settings.job_store_timeout_s, CONFIRM_WITHIN_S)
+    job_id, claim = new_job_id(), idempotency.claim_of(request, key, spec, abandon_after_s)
     try:
-        if settings.max_queued_jobs:
-            record = _create_within_cap(store, spec, job_id, settings)
-        else:
-            queue = settings.training_queue
-            record = store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
+        record = job_submission.create(store, spec, job_id, settings, claim)
     except (RedisError, OSError) as error:
         raise store_unavailable(error) from error
+    if idempotency.mark_replayed(response, record, job_id):
+        return public(record)
     try:
         enqueue_training(celery, job_id, settings.training_queue, spec.max_duration_s)
     except (RedisError, OSError, KombuError) as error:
-        _end_not_queued(store, job_id)
+        job_submission.end_not_sent(store, job_id, claim, NOT_QUEUED)
         raise store_unavailable(error) from error
-    _confirm_sent(store, job_id)
+    job_submission.confirm_sent(store, job_id)
     JOBS_SUBMITTED.labels(spec.model).inc()
     return public(record)
-
-
-def _end_not_queued(store: JobStore, job_id: str) -> None:
-    """End the record of a job whose message the broker refused: not acknowledged, so never to
-    run, it must not wait as queued (best effort; the broker and the store are one Redis). When
-    this fails too, the record stays queued but unconfirmed, and a worker's reaper ends it once
-    its message would be sent again, never sending it."""
-    try:
-        store.finish(job_id, JobStatus.FAILED, error=NOT_QUEUED)
-    except (RedisError, OSError) as error:
-        log.warning(
-            "job %s could not be queued and its record could not be ended failed (%r): it stays "
-            "queued, unconfirmed, until a worker's reaper ends it (FDL_RESEND_QUEUED_AFTER_S)",
-            job_id,
-            error,
-        )
-
-
-def _confirm_sent(store: JobStore, job_id: str) -> None:
-    """Confirm in the job's record that its message was sent, trying again (tenacity, as the
-    workers' store does) while Redis is unreachable, starting no try later than CONFIRM_WITHIN_S
-    after the first. When no try gets through, the submission is still accepted (logged): its
-    message is in the queue and a worker's claim takes the job. 503 when the reaper ended the job
-    first, for want of this confirmation (its message is then skipped), or its record is gone."""
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-    retrying = Retrying(
-        retry=retry_if_exception_type((RedisError, OSError)),
-        stop=stop_after_delay(CONFIRM_WITHIN_S),
-        wait=wait_exponential(multiplier=0.05, max=0.5),
-        reraise=True,
-    )
-    try:
-        confirmed = retrying(store.confirm_sent, job_id)
-    except (RedisError, OSError) as error:
-        log.warning(
-            "job %s was queued but its record could not confirm it (%r); should the broker "
-            "lose its message, the job ends failed instead of being sent again",
-            job_id,
-            error,
-        )
-        return
-    if not confirmed:
-        raise ApiError(
-            503,
-            "job_store_unavailable",
-            "the job could not be queued in time (its record was ended, or lost, before "
-            "the gateway confirmed its message); submit it again",
-            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
-        )
-
-
-def _create_within_cap(
-    store: JobStore, spec: JobSpec, job_id: str, settings: GatewaySettings
-) -> dict[str, Any]:
-    """Count the jobs waiting in the gateway's queue and, below FDL_MAX_QUEUED_JOBS, write the
-    job's record, holding the queue's submission lock (429 queue_full at the cap, 503
-    job_store_busy when the lock stays taken; RedisError when Redis is unreachable)."""
-    queue, cap = settings.training_queue, settings.max_queued_jobs
-    with submission_lock(store, queue):
-        waiting = store.waiting(queue)
-        if waiting >= cap:
-            raise ApiError(
-                429,
-                "queue_full",
-                f"{waiting} jobs already wait in queue {queue!r} (FDL_MAX_QUEUED_JOBS={cap}); "
-                "submit again once some have started",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-            )
-        return store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
 
 
 @router.head("", response_model=JobList, include_in_schema=False)

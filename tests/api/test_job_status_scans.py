@@ -136,9 +136,14 @@ def test_the_first_scrapes_of_a_gateway_wait_for_one_scan(
     scrapes = at_once(gateway, "/metrics", {})
     assert [r.status_code for r in scrapes] == [200] * CONCURRENT
     assert {queued_gauge(r.text) for r in scrapes} == {RECORDS}
-    assert status_reads(client) == RECORDS
-    scans = re.search(r"^fdl_gateway_job_status_scans_total (\S+)$", scrapes[0].text, re.M)
-    assert scans and float(scans.group(1)) == 1
+    assert status_reads(client) == RECORDS  # one scan's reads: the scrapes shared it
+    # A scrape may collect the scan counter before its fdl_jobs collector waited for the scan
+    # (seen under load: 0), but none counts a second scan.
+    scans = [
+        re.search(r"^fdl_gateway_job_status_scans_total (\S+)$", r.text, re.M) for r in scrapes
+    ]
+    assert all(scans) and {float(m.group(1)) for m in scans if m} <= {0.0, 1.0}
+    assert any(m and float(m.group(1)) == 1 for m in scans)
 
 
 def test_concurrent_listings_by_status_share_one_scan(

@@ -1,6 +1,6 @@
 """FDL_MAX_QUEUED_JOBS holds under concurrent submissions: across the threads of one gateway and
 across gateway replicas sharing a Redis, the count of waiting jobs and the record's creation are
-one step (a lock per queue, ``api/routers/jobs.py``). Real gateways on a Redis database of this
+one step (a lock per queue, ``api/job_submission.py``). Real gateways on a Redis database of this
 module's own; nobody consumes their queues."""
 
 from __future__ import annotations
