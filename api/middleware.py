@@ -100,7 +100,9 @@ class GatewayMiddleware:
         length = b""
         chunked = keyed = False
         watched = _WATCHED.get
-        for key, value in scope["headers"]:  # lower-case names (ASGI); the last one wins
+        # Lower-case names (ASGI); the last one wins. One Host at most: fdl/http_guard.py refuses
+        # a request with more (RFC 9112 §3.2) before it gets here.
+        for key, value in scope["headers"]:
             which = watched(key)  # one dict lookup per header, not a chain of comparisons
             if which is None:
                 continue

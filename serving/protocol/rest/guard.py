@@ -17,17 +17,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from typing import Any, ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fdl.http_guard import GuardedHttpToolsProtocol, HttpLimits, close_response
+from fdl.http_guard import MALFORMED, GuardedHttpToolsProtocol, HttpLimits, close_response
 
 http_log = logging.getLogger("serving.rest.http")
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_MS = 10_000
 DEFAULT_WRITE_TIMEOUT_MS = 60_000
+# h11's refusals of a request's Host headers (h11/_events.py), in fdl.http_guard.host_problem's
+# words.
+_H11_HOST_PROBLEMS = {
+    "Found multiple Host: headers": "the request has more than one Host header (RFC 9112 §3.2)",
+    "Missing mandatory Host: header": "the HTTP/1.1 request has no Host header (RFC 9112 §3.2)",
+}
 # h11's own header limit (its DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, kept in a private module).
 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
 
@@ -39,6 +46,8 @@ class _TfsErrors:
 
     def error_json(self, status: int, reason: str, message: str) -> bytes:
         text = self.messages.get(reason) or message[:1].upper() + message[1:]
+        if reason == "malformed_request" and message != MALFORMED:
+            text = f"Malformed HTTP request: {message}"  # which rule (fdl.http_guard.host_problem)
         return json.dumps({"error": text}).encode()
 
 
@@ -161,7 +170,9 @@ class _GuardedH11(_TfsErrors, H11Protocol):
             message = f"the request line and headers exceed {self.max_header_bytes} bytes"
             self._refuse(431, "headers_too_large", message)
         else:
-            self._refuse(400, "malformed_request", "the request is not valid HTTP/1.1")
+            # Called while uvicorn handles h11's RemoteProtocolError: it says which rule broke.
+            problem = _H11_HOST_PROBLEMS.get(str(sys.exception()), MALFORMED)
+            self._refuse(400, "malformed_request", problem)
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
