@@ -29,6 +29,7 @@ from api.errors import ApiError
 from fdl.job_idempotency import Claim, Earlier, create_once, earlier
 from fdl.jobs import JobStore
 from fdl.jobspec import JobSpec
+from fdl.store_retry import retrying_within
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -127,14 +128,7 @@ def create(
     whose reply was lost finds its own job (as the confirmation does, api.job_submission)."""
     if claim is None:
         return store.create(spec.model_dump(), job_id, queue, unconfirmed=True)
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-    retrying = Retrying(
-        retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError, OSError)),
-        stop=stop_after_delay(CREATE_WITHIN_S),
-        wait=wait_exponential(multiplier=0.05, max=0.5),
-        reraise=True,
-    )
+    retrying = retrying_within(CREATE_WITHIN_S, (RedisConnectionError, RedisTimeoutError, OSError))
     spec_data = spec.model_dump()
     found = create_once(store, claim, spec_data, job_id, queue, unconfirmed=True, attempts=retrying)
     return answer(found, claim)

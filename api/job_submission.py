@@ -17,6 +17,7 @@ from api.submit_lock import submission_lock
 from fdl.job_idempotency import Claim, abandoned, end_not_queued
 from fdl.jobs import JobStatus, JobStore
 from fdl.jobspec import JobSpec
+from fdl.store_retry import retrying_within
 
 QUEUE_FULL_RETRY_AFTER_S = 60
 NOT_QUEUED = "the job could not be queued (the broker was unreachable); it was refused with 503"
@@ -81,16 +82,10 @@ def confirm_sent(store: JobStore, job_id: str) -> None:
     message is in the queue and a worker's claim takes the job. 503 when the job was ended
     first, for want of this confirmation (by the reaper, or a retry under its key that took it
     over; its message is then skipped), or its record is gone."""
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-    retrying = Retrying(
-        retry=retry_if_exception_type((RedisError, OSError)),
-        stop=stop_after_delay(CONFIRM_WITHIN_S),
-        wait=wait_exponential(multiplier=0.05, max=0.5),
-        reraise=True,
-    )
     try:
-        confirmed = retrying(store.confirm_sent, job_id)
+        confirmed = retrying_within(CONFIRM_WITHIN_S, (RedisError, OSError))(
+            store.confirm_sent, job_id
+        )
     except (RedisError, OSError) as error:
         log.warning(
             "job %s was queued but its record could not confirm it (%r); should the broker "

@@ -149,3 +149,17 @@ def retried(method: M) -> M:
             self._local.retrying = False
 
     return cast(M, wrapper)
+
+
+def retrying_within(within_s: float, errors: tuple[type[BaseException], ...]) -> Any:
+    """A tenacity ``Retrying`` for one call of the gateway's (it does not wait out outages as the
+    workers' store does): tried again after ``errors``, no try starting later than ``within_s``
+    after the first, 50 ms doubling up to 0.5 s between tries; the last error is raised."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    return Retrying(
+        retry=retry_if_exception_type(errors),
+        stop=stop_after_delay(within_s),
+        wait=wait_exponential(multiplier=0.05, max=0.5),
+        reraise=True,
+    )
