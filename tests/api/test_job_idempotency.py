@@ -24,7 +24,7 @@ from fdl.job_records import INDEX_KEY
 from fdl.job_scripts import CONFIRM_SCRIPT
 from fdl.jobs import JobStatus, JobStore
 from harness.gateway import ADMIN_KEY, FILE_ADMIN_KEY, Gateway, bearer
-from tests.api.cut_proxy import HOLD_LIMIT_S, CutProxy
+from tests.redis_fault_proxy import HOLD_LIMIT_S, RedisFaultProxy, Rule
 
 DATABASE = 6
 SPEC = {"model": "mnist_mlp", "epochs": 2}
@@ -272,13 +272,14 @@ def test_a_retry_while_the_first_is_being_queued_gets_409_even_at_the_cap(
         "FDL_JOB_STORE_TIMEOUT_S": str(HOLD_LIMIT_S),
     }
     key = new_key()
+    confirm = Rule(CONFIRM, "hold_request", 1)
     with (
-        CutProxy((kwargs["host"], kwargs["port"]), CONFIRM, hold=True) as proxy,
+        RedisFaultProxy((kwargs["host"], kwargs["port"]), confirm) as proxy,
         lone_gateway(queue, proxy.url(DATABASE), **settings) as held,
         ThreadPoolExecutor(1) as pool,
     ):
         pending = pool.submit(submit, held, key, SPEC, ADMIN_KEY, 60)
-        assert proxy.fired.wait(30), pending.result() if pending.done() else "no confirmation"
+        assert confirm.came.wait(30), pending.result() if pending.done() else "no confirmation"
         busy = submit(held, key)
         assert busy.status_code == 409, busy.text
         assert int(busy.headers["Retry-After"]) >= 1  # 1 while young: load may age it
@@ -287,7 +288,7 @@ def test_a_retry_while_the_first_is_being_queued_gets_409_even_at_the_cap(
         assert other.status_code == 422, other.text
         assert other.json()["error"]["code"] == "idempotency_key_reused"
         assert submit(held, new_key()).status_code == 429  # the queue is full
-        proxy.release()
+        confirm.release()
         first = pending.result(timeout=60)
         assert first.status_code == 202 and REPLAYED not in first.headers, first.text
         retry = submit(held, key)

@@ -1,6 +1,6 @@
 """POST /v1/jobs with an ``Idempotency-Key`` when Redis fails in the middle of a submission: a
-reply lost on its way back (tests/api/lossy_proxy.py), Redis gone from one command on
-(tests/api/cut_proxy.py). Whatever the client was told, its retries under the key never make a
+reply lost on its way back, Redis gone from one command on (tests/redis_fault_proxy.py).
+Whatever the client was told, its retries under the key never make a
 second job run beside the first, and never wait on a submission that is over. Real gateways on
 a real Redis: one direct, the others through a proxy, on the same database and queue; the
 worker's claim (the claim script a worker runs on each message) and the reaper are the real
@@ -25,8 +25,7 @@ from fdl.job_records import JOB_KEY
 from fdl.job_scripts import CONFIRM_SCRIPT, CREATE_ONCE_SCRIPT, END_NOT_QUEUED_SCRIPT
 from fdl.jobs import JobStore
 from harness.gateway import ADMIN_KEY, Gateway, bearer
-from tests.api.cut_proxy import CutProxy
-from tests.api.lossy_proxy import LossyProxy, Rule
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
 from training.reaper import reap_once
 from training.settings import WorkerSettings
 
@@ -85,7 +84,7 @@ def store(own_db: str) -> Iterator[JobStore]:
     client.close()
 
 
-Through = Callable[[LossyProxy | CutProxy], AbstractContextManager[Gateway]]
+Through = Callable[[RedisFaultProxy], AbstractContextManager[Gateway]]
 
 
 @pytest.fixture
@@ -131,10 +130,11 @@ def test_a_lost_reply_of_the_create_is_tried_again(
     409 until a worker's reaper ended the job, 10 minutes)."""
     store.redis.script_load(CREATE_ONCE_SCRIPT)  # its first EVALSHA runs it (no NOSCRIPT)
     key = new_key()
-    with LossyProxy(upstream(store), Rule(CREATE_ONCE, "lose_reply", 1)) as proxy:
+    lost = Rule(CREATE_ONCE, "lose_reply", 1)
+    with RedisFaultProxy(upstream(store), lost) as proxy:
         with through(proxy) as gateway:
             first = submit(gateway, key)
-        assert proxy.fired[CREATE_ONCE] == 1
+        assert lost.fired == 1
     assert first.status_code == 202, first.text
     assert REPLAYED not in first.headers
     job = only_job(store)
@@ -156,10 +156,11 @@ def test_a_create_whose_replies_are_all_lost_lets_its_key_go(
     store.redis.script_load(CREATE_ONCE_SCRIPT)  # its first EVALSHA runs it (no NOSCRIPT)
     store.redis.script_load(END_NOT_QUEUED_SCRIPT)
     key = new_key()
-    with LossyProxy(upstream(store), Rule(CREATE_ONCE, "lose_reply")) as proxy:
+    lost = Rule(CREATE_ONCE, "lose_reply")
+    with RedisFaultProxy(upstream(store), lost) as proxy:
         with through(proxy) as gateway:
             first = submit(gateway, key)
-        assert proxy.fired[CREATE_ONCE] >= 2, proxy.fired  # tried again
+        assert lost.fired >= 2, lost  # tried again
     assert first.status_code == 503, first.text
     job = only_job(store)
     assert job["status"] == "failed" and job["error"] == NOT_CREATED, job
@@ -178,11 +179,11 @@ def test_a_refused_submission_keeps_its_key_while_its_job_may_run(
     under the key is told to wait (before: the key was let go without the job ended, the retry
     made a second job, and a worker ran both); once a worker takes the job, it is replayed."""
     key = new_key()
-    rules = Rule(LPUSH, "lose_reply"), Rule(END, "drop")
-    with LossyProxy(upstream(store), *rules) as proxy:
+    lost, dropped = Rule(LPUSH, "lose_reply"), Rule(END, "drop")
+    with RedisFaultProxy(upstream(store), lost, dropped) as proxy:
         with through(proxy) as gateway:
             refused = submit(gateway, key)
-        assert proxy.fired[LPUSH] >= 1 and proxy.fired[END] == 1, proxy.fired
+        assert lost.fired >= 1 and dropped.fired == 1, (lost, dropped)
     assert refused.status_code == 503, refused.text
     job = only_job(store)
     assert job["status"] == "queued" and job["enqueued"] is False, job
@@ -218,9 +219,10 @@ def test_a_retry_takes_over_the_key_of_an_abandoned_submission(
     message of it that a worker gets is skipped: its claim fails) and gets a new job (before:
     409 until a worker's reaper ended the job, 10 minutes, or for the key's day without one)."""
     key = new_key()
-    with CutProxy(upstream(store), marker) as proxy, through(proxy) as gateway:
+    cut = Rule(marker, "cut", 1)
+    with RedisFaultProxy(upstream(store), cut) as proxy, through(proxy) as gateway:
         first = submit(gateway, key)
-        assert proxy.fired.is_set()
+        assert cut.came.is_set()
     assert first.status_code == answered, first.text
     job = only_job(store)
     assert job["status"] == "queued" and job["enqueued"] is False, job
@@ -260,7 +262,8 @@ def test_a_key_whose_job_the_reaper_ended_unconfirmed_submits_anew(
     naming it. The reaper ends it at its resend time (never sent, never claimed): the key names
     no job any more, and a retry under it creates one."""
     key = new_key()
-    with CutProxy(upstream(store), LPUSH) as proxy, through(proxy) as gateway:
+    cut = Rule(LPUSH, "cut", 1)
+    with RedisFaultProxy(upstream(store), cut) as proxy, through(proxy) as gateway:
         assert submit(gateway, key).status_code == 503
     job = only_job(store)
     assert in_use(submit(direct, key)) >= 1  # its key names it

@@ -21,7 +21,7 @@ from api.submit_lock import SUBMIT_LOCK_KEY, SUBMIT_LOCK_WAIT_S
 from fdl.job_records import INDEX_KEY
 from fdl.jobs import JobStatus, JobStore
 from harness.gateway import Gateway
-from tests.training.lost_reply import LostReplyProxy
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
 
 DATABASE = 14
 CAP = 2
@@ -144,15 +144,16 @@ def test_a_lock_taken_without_an_answer_is_freed_by_the_next_submission(
     and is accepted at once, instead of waiting 5 s for 503 job_store_busy until it expires."""
     kwargs = client.connection_pool.connection_kwargs
     lock_key = SUBMIT_LOCK_KEY.format(queue := f"lost-{uuid.uuid4().hex[:8]}")
-    with LostReplyProxy((kwargs["host"], kwargs["port"]), b"fdl:submit-lock", 1000) as proxy:
+    unanswered = Rule(b"fdl:submit-lock", "lose_reply", 1000)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), unanswered) as proxy:
         settings = {"FDL_MAX_QUEUED_JOBS": str(CAP), "FDL_TRAINING_QUEUE": queue}
         with lone_gateway(queue, proxy.url(DATABASE), **settings) as gateway:
             url, headers = f"{gateway.url}/v1/jobs", gateway.admin()
             lost = httpx.post(url, json=SPEC, headers=headers, timeout=60)
-            proxy.drops = proxy.dropped  # Redis answers again
+            unanswered.times = unanswered.fired  # Redis answers again
             assert lost.status_code == 503, lost.text
             assert lost.json()["error"]["code"] == "job_store_unavailable", lost.text
-            assert proxy.dropped >= 1 and client.exists(lock_key)  # Redis took the lock
+            assert unanswered.fired >= 1 and client.exists(lock_key)  # Redis took the lock
             assert client.zcard(INDEX_KEY) == 0
             started = time.monotonic()
             accepted = httpx.post(url, json=SPEC, headers=headers, timeout=60)

@@ -2,7 +2,7 @@
 job's record and sending its message and the gateway could not end the record either: the record
 stays ``queued`` but unconfirmed (``enqueued: false``), and the worker's reaper ends it ``failed``
 instead of sending its message again. A real gateway talks to Redis through a proxy that cuts
-Redis off at the command the test names (tests/api/cut_proxy.py); the reaper is the real one on
+Redis off at the command the test names (tests/redis_fault_proxy.py); the reaper is the real one on
 the real store, with short periods. Nobody consumes the test's queue: its length is what was
 sent."""
 
@@ -26,7 +26,7 @@ from fdl.job_records import JOB_KEY, NOT_CONFIRMED
 from fdl.job_scripts import CONFIRM_SCRIPT
 from fdl.jobs import JobStore
 from harness.gateway import ADMIN_KEY, Gateway, bearer
-from tests.api.cut_proxy import HOLD_LIMIT_S, CutProxy
+from tests.redis_fault_proxy import HOLD_LIMIT_S, RedisFaultProxy, Rule
 from training.reaper import reap_once
 from training.settings import WorkerSettings
 
@@ -48,28 +48,30 @@ def store(redis_url: str) -> Iterator[JobStore]:
     client.close()
 
 
-Through = Callable[..., AbstractContextManager[tuple[Gateway, CutProxy]]]
+Through = Callable[..., AbstractContextManager[tuple[Gateway, Rule]]]
 
 
 @pytest.fixture
 def through(
     store: JobStore, lone_gateway: Callable[..., AbstractContextManager[Gateway]]
 ) -> Through:
-    """``with through(marker, hold=False) as (gateway, proxy)``: a gateway whose Redis (store and
-    broker) is behind a :class:`CutProxy` on ``marker``, sending to a queue of its own."""
+    """``with through(marker, hold=False) as (gateway, rule)``: a gateway whose Redis (store and
+    broker) is behind a proxy that cuts Redis off at the first request with ``marker`` (or holds
+    it, until ``rule.release()``), sending to a queue of its own."""
     kwargs = store.redis.connection_pool.connection_kwargs
 
     @contextmanager
     def running(
         marker: bytes, hold: bool = False, timeout_s: float | None = None
-    ) -> Iterator[tuple[Gateway, CutProxy]]:
-        with CutProxy((kwargs["host"], kwargs["port"]), marker, hold) as proxy:
+    ) -> Iterator[tuple[Gateway, Rule]]:
+        rule = Rule(marker, "hold_request" if hold else "cut", 1)
+        with RedisFaultProxy((kwargs["host"], kwargs["port"]), rule) as proxy:
             queue = f"unconfirmed-{uuid.uuid4().hex[:8]}"
             settings = {"FDL_TRAINING_QUEUE": queue}
             if hold:  # a held call must not time out (2 s) while a loaded machine runs the test
                 settings["FDL_JOB_STORE_TIMEOUT_S"] = str(timeout_s or HOLD_LIMIT_S)
             with lone_gateway(queue, proxy.url(DATABASE), **settings) as gateway:
-                yield gateway, proxy
+                yield gateway, rule
 
     return running
 
@@ -119,9 +121,9 @@ def statuses(store: JobStore, job_id: str) -> list[str]:
 def test_a_refused_submission_whose_record_could_not_be_ended_never_runs(
     store: JobStore, through: Through, tmp_path: Path
 ) -> None:
-    with through(LPUSH) as (gateway, proxy):
+    with through(LPUSH) as (gateway, cut):
         response = submit(gateway)
-        assert proxy.fired.is_set()  # Redis went away at the message, not before
+        assert cut.came.is_set()  # Redis went away at the message, not before
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "job_store_unavailable"
         log = gateway.process.log_path.read_text(errors="replace")
@@ -149,15 +151,15 @@ def test_a_confirmation_and_the_reaper_never_both_apply(
     store: JobStore, through: Through, tmp_path: Path
 ) -> None:
     sent = Sent()
-    with through(CONFIRM, hold=True) as (gateway, proxy), ThreadPoolExecutor(1) as pool:
+    with through(CONFIRM, hold=True) as (gateway, held), ThreadPoolExecutor(1) as pool:
         # The reaper first: the message is sent, its confirmation held on its way to Redis.
         pending = pool.submit(submit, gateway)
-        assert proxy.fired.wait(30), pending.result() if pending.done() else "no confirmation"
+        assert held.came.wait(30), pending.result() if pending.done() else "no confirmation"
         job = only_job(store)
         assert job["enqueued"] is False and messages(store, gateway) == 1
         overdue(store, job["id"])
         assert reap_once(store, reaper(tmp_path, gateway), sent) == [(job["id"], "failed")]
-        proxy.release()
+        held.release()
         response = pending.result(timeout=30)
         # The confirmation came too late: the client is told so, and the message in the queue
         # finds the job ended (a worker's claim skips it).
@@ -186,9 +188,9 @@ def test_a_confirmation_and_the_reaper_never_both_apply(
 def test_a_sent_message_whose_confirmation_was_lost_is_accepted(
     store: JobStore, through: Through
 ) -> None:
-    with through(CONFIRM) as (gateway, proxy):
+    with through(CONFIRM) as (gateway, cut):
         response = submit(gateway)
-        assert proxy.fired.is_set()
+        assert cut.came.is_set()
         log = gateway.process.log_path.read_text(errors="replace")
     # The message is in the queue and a worker's claim takes any queued job: 202.
     assert response.status_code == 202, response.text
@@ -206,15 +208,15 @@ def test_a_send_to_a_hung_redis_is_answered_in_bounded_time(
     """The broker's send gets no answer (Redis hung at that command): the submission is answered
     after the gateway's Redis timeout, not after the hang, and its record agrees with the answer.
     Celery retries a failed send on a new connection, which is not held: 202 then, else 503."""
-    with through(LPUSH, hold=True, timeout_s=1.0) as (gateway, proxy):
+    with through(LPUSH, hold=True, timeout_s=1.0) as (gateway, held):
         started = time.monotonic()
         try:
             response = submit_within(gateway, 20.0)
         finally:
-            proxy.release()
+            held.release()
         took = time.monotonic() - started
     assert took < 15.0, took  # before: as long as the hang (here HOLD_LIMIT_S)
-    assert proxy.fired.is_set()
+    assert held.came.is_set()
     job = only_job(store)
     if response.status_code == 202:
         assert job["status"] == "queued" and job["enqueued"] is True, job

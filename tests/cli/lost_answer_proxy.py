@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 
-from tests.api.cut_proxy import HOLD_LIMIT_S
+from tests.redis_fault_proxy import HOLD_LIMIT_S
 
 
 class LostAnswerProxy:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import redis
+from redis.commands.core import Script
 
 from fdl.jobs import JobStore
 
@@ -18,3 +20,14 @@ def store_on_db(redis_url: str, db: int) -> Iterator[JobStore]:
         yield JobStore(client)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def loaded_store(redis_url: str, db: int) -> Iterator[JobStore]:
+    """A job store on database ``db`` of the Redis at ``redis_url``, emptied, its scripts loaded
+    as on any Redis that ran them before: a lost reply is then one of a script that ran."""
+    for direct in store_on_db(redis_url, db):
+        for script in vars(direct).values():
+            if isinstance(script, Script):
+                direct.redis.script_load(script.script)
+        yield direct

@@ -11,14 +11,10 @@ its own. Real Redis, real TensorFlow, real files."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -28,7 +24,8 @@ from fdl.job_records import EVENTS_KEY, JOB_KEY, script_args
 from fdl.job_scripts import TRANSITION_SCRIPT
 from fdl.jobs import JobStatus, JobStore
 from fdl.jobspec import PublishSpec
-from tests.training.lost_reply import LostReplyProxy, loaded_store
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
+from tests.training.stores import loaded_store
 from tests.training.test_lost_run_finish import SERVED, run_lost, tiny_dataset, tiny_spec
 from tests.training.test_lost_run_writes import RUN, raw, running_job
 
@@ -41,59 +38,6 @@ PUBLISHED = {"model": "m", "version": 2, "published": True, "reason": None}
 def store(redis_url: str) -> Iterator[JobStore]:
     with loaded_store(redis_url, DB) as direct:
         yield direct
-
-
-class HoldingProxy:
-    """Forwards everything to ``upstream``, except that the first request holding ``marker`` is
-    forwarded only once ``before()`` returned (the client waits for its reply meanwhile)."""
-
-    def __init__(self, upstream: tuple[str, int], marker: bytes, before: Callable[[], None]):
-        self.upstream, self.marker, self.before = upstream, marker, before
-        self.held = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if requests and self.marker in data:
-                    with self._lock:
-                        first, self.held = self.held == 0, self.held + 1
-                    if first:
-                        self.before()
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def __enter__(self) -> HoldingProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._listener.close()
 
 
 def ended(store: JobStore, job_id: str) -> tuple[Any, Any, Any, Any]:
@@ -169,13 +113,14 @@ def test_a_retried_end_whose_reply_was_lost_answers_cancelled(store: JobStore) -
     job_id = running_job(store)
     store.request_cancel(job_id)
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"])) as proxy:
+    lost = Rule(b"EVALSHA", "lose_reply", 1)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), lost) as proxy:
         worker_store = JobStore.from_url(proxy.url(DB), retry_for_s=10)
         try:
             ended_as = worker_store.end(job_id, JobStatus.SUCCEEDED, result=UNPUBLISHED, run=RUN)
         finally:
             worker_store.redis.close()
-        assert proxy.dropped == 1
+        assert lost.fired == 1
     assert ended_as is JobStatus.CANCELLED
     statuses = [e["data"]["status"] for _, e in store.read_events(job_id) if e["type"] == "status"]
     assert statuses == ["queued", "running", "cancelled"]
@@ -200,14 +145,15 @@ def test_a_cancel_accepted_just_before_the_runs_end_is_written_ends_the_job_canc
 
     sha = hashlib.sha1(TRANSITION_SCRIPT.encode()).hexdigest().encode()
     kwargs = store.redis.connection_pool.connection_kwargs
-    with HoldingProxy((kwargs["host"], kwargs["port"]), sha, cancel) as proxy:
+    held = Rule(sha, "hold_request", 1, then=cancel)  # the end waits for the cancel
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), held) as proxy:
         worker_store = JobStore.from_url(proxy.url(DB))
         try:
             spec = tiny_spec(PublishSpec(only_if_better=True))
             _, returned, settings = run_lost(worker_store, tmp_path, job_id, spec, [])
         finally:
             worker_store.redis.close()
-    assert proxy.held == 1
+    assert held.seen == 1
     assert returned is None  # as for any end but succeeded: not the unpublished result
     assert accepted and accepted[0] is not None
     assert accepted[0]["status"] == "running" and accepted[0]["cancel_requested"]

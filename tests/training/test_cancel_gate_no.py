@@ -19,7 +19,7 @@ import pytest
 from fdl import contract
 from fdl.jobs import JobStore
 from fdl.jobspec import PublishSpec
-from tests.training.lost_reply import loaded_store
+from tests.training.stores import loaded_store
 from tests.training.test_lost_run_finish import SERVED, Step, run_lost, tiny_dataset, tiny_spec
 
 DB = 15

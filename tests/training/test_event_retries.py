@@ -19,7 +19,8 @@ from api.events import job_events
 from fdl.job_records import EVENTS_KEY, JOB_KEY
 from fdl.job_scripts import SET_FIELDS_SCRIPT
 from fdl.jobs import JobStatus, JobStore
-from tests.training.lost_reply import LostReplyProxy, loaded_store
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
+from tests.training.stores import loaded_store
 
 DB = 7
 PROGRESS = {"epoch": 1, "epochs": 2, "loss": 0.5, "accuracy": 0.9}
@@ -35,15 +36,15 @@ def store(redis_url: str) -> Iterator[JobStore]:
         yield direct
 
 
-def lossy_store(store: JobStore) -> tuple[JobStore, LostReplyProxy]:
+def lossy_store(store: JobStore) -> tuple[JobStore, RedisFaultProxy]:
     """A worker's store (it retries) through a proxy that loses the reply of its first script."""
     kwargs = store.redis.connection_pool.connection_kwargs
-    proxy = LostReplyProxy((kwargs["host"], kwargs["port"]))
+    proxy = RedisFaultProxy((kwargs["host"], kwargs["port"]), Rule(b"EVALSHA", "lose_reply", 1))
     return JobStore.from_url(proxy.url(DB), retry_for_s=10), proxy
 
 
 @pytest.fixture
-def lossy(store: JobStore) -> Iterator[tuple[JobStore, LostReplyProxy]]:
+def lossy(store: JobStore) -> Iterator[tuple[JobStore, RedisFaultProxy]]:
     worker_store, proxy = lossy_store(store)
     with proxy:
         yield worker_store, proxy
@@ -85,12 +86,12 @@ def sse_messages(redis_url: str, job_id: str) -> list[tuple[str, Any]]:
 
 
 def test_a_progress_report_whose_reply_was_lost_is_one_event(
-    store: JobStore, lossy: tuple[JobStore, LostReplyProxy], redis_url: str
+    store: JobStore, lossy: tuple[JobStore, RedisFaultProxy], redis_url: str
 ) -> None:
     job_id = running_job(store)
     worker_store, proxy = lossy
     assert worker_store.update_progress(job_id, PROGRESS) is True
-    assert proxy.dropped == 1  # the report ran in Redis, its reply never arrived
+    assert proxy.fired == 1  # the report ran in Redis, its reply never arrived
     assert record(store, job_id)["progress"] == PROGRESS
     status = [("status", {"status": "queued"}), ("status", {"status": "running"})]
     assert events(store, job_id) == [*status, ("progress", PROGRESS)]
@@ -100,12 +101,12 @@ def test_a_progress_report_whose_reply_was_lost_is_one_event(
 
 
 def test_a_log_event_whose_reply_was_lost_is_appended_once_with_its_id(
-    store: JobStore, lossy: tuple[JobStore, LostReplyProxy]
+    store: JobStore, lossy: tuple[JobStore, RedisFaultProxy]
 ) -> None:
     job_id = running_job(store)
     worker_store, proxy = lossy
     entry_id = worker_store.append_event(job_id, "log", {"message": "loading dataset mnist"})
-    assert proxy.dropped == 1
+    assert proxy.fired == 1
     logs = [(i, e["data"]) for i, e in store.read_events(job_id) if e["type"] == "log"]
     assert logs == [(entry_id, {"message": "loading dataset mnist"})]
     # Later events of the same run are appended as before, equal ones too.
@@ -125,7 +126,7 @@ def test_a_new_run_of_the_job_appends_its_own_events(store: JobStore) -> None:
                 assert store.mark_running(job_id, "worker:2", time.time() - 5)
             assert worker_store.update_progress(job_id, PROGRESS)
             worker_store.redis.close()
-        assert proxy.dropped == 1
+        assert proxy.fired == 1
     kinds = [t if t == "progress" else d["status"] for t, d in events(store, job_id)]
     assert kinds == ["queued", "running", "progress", "running", "progress"]
 
@@ -145,12 +146,12 @@ def test_a_replay_after_a_status_event_in_between_appends_nothing(store: JobStor
 
 
 def test_a_resend_whose_reply_was_lost_still_sends_the_message(
-    store: JobStore, lossy: tuple[JobStore, LostReplyProxy]
+    store: JobStore, lossy: tuple[JobStore, RedisFaultProxy]
 ) -> None:
     store.create({"model": "mnist_logreg"}, "waiting", "training")
     store.set_fields("waiting", sent_at=time.time() - 600)
     reaper_store, proxy = lossy
     assert reaper_store.mark_resent("waiting", 60) is True  # the caller sends the message
-    assert proxy.dropped == 1
+    assert proxy.fired == 1
     assert record(store, "waiting")["resends"] == 1
     assert reaper_store.mark_resent("waiting", 60) is False  # not due again yet

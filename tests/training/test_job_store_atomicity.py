@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fdl.jobs import JobStatus, JobStore
-from tests.training.lost_reply import LostReplyProxy, loaded_store
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
+from tests.training.stores import loaded_store
 from training.job import run_job
 from training.reaper import reap_once
 from training.settings import WorkerSettings
@@ -28,10 +29,11 @@ def store(redis_url: str) -> Iterator[JobStore]:
 
 
 @pytest.fixture
-def lossy(store: JobStore) -> Iterator[tuple[JobStore, LostReplyProxy]]:
+def lossy(store: JobStore) -> Iterator[tuple[JobStore, RedisFaultProxy]]:
     """A worker's store (it retries) through a proxy that loses the reply of the first script."""
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"])) as proxy:
+    lost = Rule(b"EVALSHA", "lose_reply", 1)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), lost) as proxy:
         worker_store = JobStore.from_url(proxy.url(DB), retry_for_s=10)
         yield worker_store, proxy
         worker_store.redis.close()
@@ -42,7 +44,7 @@ def statuses(store: JobStore, job_id: str) -> list[str]:
 
 
 def test_a_requeue_whose_reply_was_lost_still_resends_the_job(
-    store: JobStore, lossy: tuple[JobStore, LostReplyProxy], tmp_path: Path
+    store: JobStore, lossy: tuple[JobStore, RedisFaultProxy], tmp_path: Path
 ) -> None:
     store.create({"model": "mnist_logreg"}, "lost")
     assert store.mark_running("lost", "dead-worker:1")
@@ -54,18 +56,18 @@ def test_a_requeue_whose_reply_was_lost_still_resends_the_job(
     )
     send = lambda job_id, *_: sent.append(job_id)  # noqa: E731
     assert reap_once(reaper_store, settings, send) == [("lost", "requeued")]
-    assert proxy.dropped == 1  # the requeue ran in Redis, its reply never arrived
+    assert proxy.fired == 1  # the requeue ran in Redis, its reply never arrived
     assert sent == ["lost"] and store.get("lost")["status"] == "queued"
     assert statuses(store, "lost") == ["queued", "running", "queued"]
 
 
 def test_a_claim_whose_reply_was_lost_counts_one_attempt(
-    store: JobStore, lossy: tuple[JobStore, LostReplyProxy]
+    store: JobStore, lossy: tuple[JobStore, RedisFaultProxy]
 ) -> None:
     store.create({"model": "mnist_logreg"}, "claimed")
     worker_store, proxy = lossy
     assert worker_store.mark_running("claimed", "worker:1")
-    assert proxy.dropped == 1
+    assert proxy.fired == 1
     record = store.get("claimed")
     assert record["status"] == "running" and record["attempts"] == 1
     assert record["worker"] == "worker:1"
@@ -83,25 +85,26 @@ def test_a_claim_whose_reply_was_lost_counts_one_attempt(
 )
 def test_a_status_change_whose_reply_was_lost_applies_once_with_one_event(
     store: JobStore,
-    lossy: tuple[JobStore, LostReplyProxy],
+    lossy: tuple[JobStore, RedisFaultProxy],
     change: Callable[[JobStore], bool],
     expected: str,
 ) -> None:
     store.create({"model": "mnist_logreg"}, "job")
     worker_store, proxy = lossy
     assert change(worker_store) is True  # answered as applied, not "already terminal"
-    assert proxy.dropped == 1
+    assert proxy.fired == 1
     assert store.get("job")["status"] == expected
     assert statuses(store, "job") == ["queued", expected]
 
 
 def test_a_creation_whose_reply_was_lost_is_recorded_once(store: JobStore, redis_url: str) -> None:
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"]), marker=b"fdl:jobs") as proxy:
+    lost = Rule(b"fdl:jobs", "lose_reply", 1)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), lost) as proxy:
         gateway_store = JobStore.from_url(proxy.url(DB), retry_for_s=10)
         created = gateway_store.create({"model": "mnist_logreg"}, "new")
         gateway_store.redis.close()
-    assert proxy.dropped == 1
+    assert lost.fired == 1
     assert store.get("new")["created_at"] == created["created_at"]
     assert statuses(store, "new") == ["queued"]
 
@@ -209,12 +212,13 @@ def test_a_delivery_while_the_reaper_settles_a_lost_job_never_finds_it_queued(
         deliveries.append(run_job("lost", store, settings, worker="duplicate:2"))
 
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"]), hold=duplicate_delivery) as proxy:
+    held = Rule(b"EVALSHA", "hold_reply", 1, then=duplicate_delivery)  # its reply waits
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), held) as proxy:
         reaper_store = JobStore.from_url(proxy.url(DB))
         sent: list[str] = []
         actions = reap_once(reaper_store, settings, lambda job_id, *_: sent.append(job_id))
         reaper_store.redis.close()
-    assert proxy.dropped == 1 and deliveries == [None] and sent == []
+    assert held.fired == 1 and deliveries == [None] and sent == []
     assert actions == [("lost", expected)]
     record = store.get("lost")
     assert record["status"] == expected, record

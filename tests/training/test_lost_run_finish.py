@@ -35,7 +35,8 @@ from fdl.job_scripts import TRANSITION_SCRIPT
 from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.jobspec import JobSpec, PublishSpec
 from harness.procs import wait_for
-from tests.training.lost_reply import LostReplyProxy, loaded_store
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
+from tests.training.stores import loaded_store
 from tests.training.test_lost_run_writes import (
     OTHER,
     RESULT,
@@ -96,13 +97,14 @@ def test_a_retried_end_whose_reply_was_lost_answers_applied(store: JobStore) -> 
     ended), yet the retry finds its token and answers applied, with one terminal event."""
     job_id = running_job(store)
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"])) as proxy:
+    lost = Rule(b"EVALSHA", "lose_reply", 1)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), lost) as proxy:
         worker_store = JobStore.from_url(proxy.url(DB), retry_for_s=10)
         try:
             assert worker_store.finish(job_id, JobStatus.SUCCEEDED, result=RESULT, run=RUN)
         finally:
             worker_store.redis.close()
-        assert proxy.dropped == 1
+        assert lost.fired == 1
     kinds = [(e["type"], e["data"]["status"]) for _, e in store.read_events(job_id)]
     assert kinds == [("status", "queued"), ("status", "running"), ("status", "succeeded")]
     assert store.get(job_id)["result"] == RESULT  # type: ignore[index]

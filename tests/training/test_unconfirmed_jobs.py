@@ -17,7 +17,8 @@ import pytest
 
 from fdl.job_records import JOB_KEY, NOT_CONFIRMED
 from fdl.jobs import JobStore
-from tests.training.lost_reply import LostReplyProxy, loaded_store
+from tests.redis_fault_proxy import RedisFaultProxy, Rule
+from tests.training.stores import loaded_store
 from training.reaper import reap_once
 from training.settings import WorkerSettings
 
@@ -114,13 +115,14 @@ def test_an_end_whose_reply_was_lost_answers_the_same_once(store: JobStore, tmp_
     store.create(SPEC, "refused", "training", unconfirmed=True)
     overdue(store, "refused")
     kwargs = store.redis.connection_pool.connection_kwargs
-    with LostReplyProxy((kwargs["host"], kwargs["port"])) as proxy:
+    lost = Rule(b"EVALSHA", "lose_reply", 1)
+    with RedisFaultProxy((kwargs["host"], kwargs["port"]), lost) as proxy:
         reaper_store = JobStore.from_url(proxy.url(DB), retry_for_s=10)
         try:
             assert reaper_store.resend_or_end("refused", RESEND_AFTER_S) == "failed"
         finally:
             reaper_store.redis.close()
-    assert proxy.dropped == 1  # the end ran in Redis; its reply never arrived, the retry answered
+    assert lost.fired == 1  # the end ran in Redis; its reply never arrived, the retry answered
     assert statuses(store, "refused") == ["queued", "failed"]
 
 
