@@ -1,7 +1,9 @@
 """A job submission (`fdl train`) that survives a lost answer: sent with a new
 ``Idempotency-Key`` and sent again under the same key (tenacity) while the gateway may have got it
 without the answer reaching the CLI, so the retries create one job (docs/training.md, "Submitting
-once"). Other requests of the CLI are sent once (:meth:`fdl.cli_client.Gateway.request`)."""
+once"). Other requests of the CLI are sent once (:meth:`fdl.cli_client.Gateway.request`).
+How many tries, and for how long, are FDL_SUBMIT_TRIES and FDL_SUBMIT_RETRY_FOR_S
+(:class:`SubmitRetry`), read when `fdl train` submits."""
 
 from __future__ import annotations
 
@@ -9,19 +11,27 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings
 
 from fdl import cli_format as fmt
 from fdl.cli_client import ExitCode, Gateway, err_console, error_of, fail
+from fdl.cli_local import UNREADABLE
 from fdl.cli_shapes import Shape
+from fdl.settings import FDL_SETTINGS
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
 HEADER = "Idempotency-Key"
-TRIES = 8  # tries in all
+TRIES = 8  # tries in all (the default of FDL_SUBMIT_TRIES)
 # No try starts later than this after the first one failed: long enough for the gateway to take
 # over a submission that an earlier try left unconfirmed (about 23 s by default; docs/training.md).
+# The default of FDL_SUBMIT_RETRY_FOR_S.
 RETRY_FOR_S = 45.0
+# The most either setting takes: past them a value is a typo (a try a second for 10 minutes).
+MAX_TRIES = 100
+MAX_RETRY_FOR_S = 600.0
 RETRY_AFTER_CAP_S = 10.0  # the most a Retry-After is waited
 # Failures after which the request may have reached the gateway, or never left: a reset or closed
 # connection (its answer lost), a timeout, a connection refused. Not an invalid URL or header
@@ -32,16 +42,45 @@ MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolEr
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # of those, the ones that sent nothing
 
 
+class SubmitRetry(BaseSettings):
+    """How `fdl train` retries its submission (docs/training.md, "Submitting once"): at most
+    ``submit_tries`` tries (1: none again), none starting later than ``submit_retry_for_s``
+    after the first failure (0: none again)."""
+
+    model_config = FDL_SETTINGS
+
+    submit_tries: int = Field(TRIES, ge=1, le=MAX_TRIES)
+    submit_retry_for_s: float = Field(RETRY_FOR_S, ge=0, le=MAX_RETRY_FOR_S, allow_inf_nan=False)
+
+
+def retry_settings() -> SubmitRetry:
+    """FDL_SUBMIT_TRIES and FDL_SUBMIT_RETRY_FOR_S; an invalid one is a usage error naming it
+    (never its value). A ``.env`` here that cannot be read (not UTF-8) sets neither, and stops
+    nothing (docs/ui.md): the environment's values and the defaults apply."""
+    try:
+        try:
+            return SubmitRetry()
+        except UNREADABLE:
+            return SubmitRetry(_env_file=None)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"FDL_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
+        fail(f"invalid setting: {problems}", ExitCode.USAGE)
+
+
 def submit_once(gateway: Gateway, path: str, *, json: Any, expect: type[Shape]) -> Any:
     """The gateway's answer to ``POST path`` with ``json``, checked to have the shape
     ``expect`` (an earlier try's job, said ``Idempotent-Replayed``, the same). Tried again
     under the same key after :data:`MAYBE_SENT`, 503 and 409 ``idempotency_key_in_use`` (an
-    earlier try still being queued), at most :data:`TRIES` times, each retry said on stderr;
+    earlier try still being queued), as :func:`retry_settings` bound it, each retry said on stderr;
     then it fails as :meth:`Gateway.request` does (exit 3, or 1 with the gateway's error),
     saying that a job may exist when a try may have reached the gateway (so does Ctrl-C)."""
     # Imported here, as fdl.store_retry does: the commands that never submit start without it.
     from tenacity import Retrying
 
+    settings = retry_settings()
+    tries, retry_for_s = settings.submit_tries, settings.submit_retry_for_s
     first_failure: list[float] = []
     reached: list[bool] = []  # a try may have reached the gateway
 
@@ -49,7 +88,7 @@ def submit_once(gateway: Gateway, path: str, *, json: Any, expect: type[Shape]) 
         if not first_failure:
             first_failure.append(state.outcome_timestamp or 0.0)
         ends = (state.outcome_timestamp or 0.0) + state.upcoming_sleep
-        return state.attempt_number >= TRIES or ends - first_failure[0] > RETRY_FOR_S
+        return state.attempt_number >= tries or ends - first_failure[0] > retry_for_s
 
     def again(state: RetryCallState) -> bool:
         if _reached(state):
@@ -60,7 +99,7 @@ def submit_once(gateway: Gateway, path: str, *, json: Any, expect: type[Shape]) 
         retry=again,
         stop=stop,
         wait=_wait,
-        before_sleep=_say_retry,
+        before_sleep=lambda state: _say_retry(state, tries),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
     key = uuid.uuid4().hex
@@ -140,8 +179,8 @@ def _why(error: BaseException) -> str:
     return f"{what} ({type(error).__name__})"
 
 
-def _say_retry(state: RetryCallState) -> None:
-    """A dim line on stderr for each retry: why, and when."""
+def _say_retry(state: RetryCallState, tries: int) -> None:
+    """A dim line on stderr for each retry: why, when, and which try of ``tries`` comes next."""
     outcome = state.outcome
     if outcome is None:
         return
@@ -155,6 +194,6 @@ def _say_retry(state: RetryCallState) -> None:
             why += " (an earlier try is still being queued)"
     line = (
         f"submitting: {why}; sending it again under the same {HEADER} in "
-        f"{state.upcoming_sleep:g} s (try {state.attempt_number + 1} of {TRIES})"
+        f"{state.upcoming_sleep:g} s (try {state.attempt_number + 1} of {tries})"
     )
     err_console.print(fmt.plain(line, "dim"), soft_wrap=not err_console.is_terminal)

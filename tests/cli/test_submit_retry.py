@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,11 +29,11 @@ from fdl.cli_client import ExitCode
 from fdl.job_records import INDEX_KEY
 from fdl.job_scripts import CONFIRM_SCRIPT
 from harness.cli import BackgroundCli
-from harness.gateway import ADMIN_KEY, Gateway, gateway_running
+from harness.gateway import ADMIN_KEY, Gateway
 from harness.procs import REPO_ROOT, free_port, wait_for
 from harness.redis import RestartableRedis
-from tests.api.cut_proxy import HOLD_LIMIT_S, CutProxy
 from tests.cli.lost_answer_proxy import LostAnswerProxy
+from tests.redis_fault_proxy import HOLD_LIMIT_S, RedisFaultProxy, Rule
 
 TRAIN = ["train", "mnist_logreg", "--epochs", "1", "--detach"]
 CONFIRM = hashlib.sha1(CONFIRM_SCRIPT.encode()).hexdigest().encode()  # EVALSHA <sha> of it
@@ -56,26 +55,9 @@ def proxy_to(gateway: Gateway, **kwargs: Any) -> Iterator[LostAnswerProxy]:
 
 
 @pytest.fixture(scope="module")
-def own_redis(
-    tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
-) -> Iterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path_factory.mktemp("redis"), logs_dir, "redis-submit-retry")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    own_redis: RestartableRedis, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
-) -> Iterator[Gateway]:
-    root = tmp_path_factory.mktemp("gateway-submit-retry")
-    with gateway_running(
-        "gateway-submit-retry", logs_dir, own_redis.url, None, root / "models", root / "secrets"
-    ) as up:
-        yield up
+def gateway(own_gateway: Gateway) -> Gateway:
+    """The gateway on this module's own Redis (tests/cli/conftest.py)."""
+    return own_gateway
 
 
 @pytest.fixture
@@ -156,16 +138,17 @@ def test_a_retry_while_the_first_is_being_queued_waits_for_it(
     queued) until it is let go, then the first try's job."""
     before = jobs()
     upstream = ("127.0.0.1", own_redis.port)
+    confirm = Rule(CONFIRM, "hold_request", 1)
     with (
-        CutProxy(upstream, CONFIRM, hold=True) as held,
+        RedisFaultProxy(upstream, confirm) as held,
         lone_gateway("held", held.url(0), FDL_JOB_STORE_TIMEOUT_S=str(HOLD_LIMIT_S)) as gateway,
-        proxy_to(gateway, cut_when=held.fired) as proxy,
+        proxy_to(gateway, cut_when=confirm.came) as proxy,
     ):
         cli = fdl(proxy.url, *TRAIN)
         try:
-            assert held.fired.wait(30), cli.output()
+            assert confirm.came.wait(30), cli.output()
             wait_for(lambda: 409 in proxy.statuses, 20, "a retry answered 409")
-            held.release()
+            confirm.release()
             job_id = submitted(cli, retries=None)
             whys = ended(cli, ExitCode.OK)[0]
         finally:

@@ -70,8 +70,10 @@ async function errorFrom(response) {
   return new ApiError(response.status, code, message);
 }
 
-export async function request(path, { method = "GET", json, form, admin = false, signal } = {}) {
-  const headers = { Accept: "application/json", ...authHeaders(admin) };
+// `headers`: more request headers (e.g. Idempotency-Key); `onResponse(response)` is called with
+// each answer, an error's included, before its body is read (to read its headers).
+export async function request(path, { method = "GET", json, form, admin = false, signal, headers: more, onResponse } = {}) {
+  const headers = { Accept: "application/json", ...more, ...authHeaders(admin) };
   let body;
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -87,6 +89,7 @@ export async function request(path, { method = "GET", json, form, admin = false,
     if (error.name === "AbortError") throw error;
     throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
   }
+  onResponse?.(response);
   if (!response.ok) throw await errorFrom(response);
   const type = response.headers.get("content-type") || "";
   if (type.startsWith("application/json")) return response.json();

@@ -34,6 +34,23 @@ function specFromForm(form) {
   return spec;
 }
 
+// A new Idempotency-Key: a UUID, or where randomUUID is missing (a page not served over HTTPS or
+// from localhost), 128 random bits in hex.
+function newKey() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Whether a failed submission may have queued its job, or may be tried again as it is: the answer
+// never came (network, a stopped gateway), a 5xx, a 408 or 429, the key still in use (409), or a
+// refused admin key (it says nothing of an earlier try's job). Such a try's key is kept.
+function mayRetry(error) {
+  if (!(error instanceof ApiError)) return true; // the answer's body was cut off, say
+  const { status, code } = error;
+  return status === 0 || status >= 500 || [401, 403, 408, 429].includes(status) ||
+    (status === 409 && code === "idempotency_key_in_use");
+}
+
 export function initJobs() {
   let offset = 0;
   let selected = null;
@@ -107,6 +124,10 @@ export function initJobs() {
   $("jobs-next").addEventListener("click", () => { offset += PAGE; refresh(); });
   window.addEventListener("fdl:key-changed", () => !$("view-jobs").hidden && startPolling());
 
+  // The Idempotency-Key of the form's last submission while its outcome is unknown or it may be
+  // tried again, with the spec it was sent with: Submit sends that spec again under the same key,
+  // so the gateway creates at most one job. A success, a definite refusal or another spec ends it.
+  let pending = null;
   const form = $("job-form");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -115,14 +136,27 @@ export function initJobs() {
     const button = $("job-submit");
     button.disabled = true;
     $("job-form-status").textContent = "Submitting…";
+    const spec = specFromForm(form);
+    const sent = JSON.stringify(spec);
+    if (!pending || pending.spec !== sent) pending = { key: newKey(), spec: sent };
+    const attempt = pending;
+    let replayed = false;
+    const onResponse = (response) => { replayed = response.headers.get("Idempotent-Replayed") === "true"; };
     try {
-      const job = await api.post("/v1/jobs", specFromForm(form), { admin: true });
-      $("job-form-status").textContent = `Queued job ${job.id.slice(0, 8)}.`;
+      const headers = { "Idempotency-Key": attempt.key };
+      const job = await api.post("/v1/jobs", spec, { admin: true, headers, onResponse });
+      if (pending === attempt) pending = null;
+      const id = job.id.slice(0, 8);
+      $("job-form-status").textContent = replayed
+        ? `Already queued as job ${id}: your earlier try went through.` : `Queued job ${id}.`;
       offset = 0;
       await refresh();
       select(job.id);
     } catch (error) {
-      $("job-form-status").textContent = "";
+      const retry = mayRetry(error);
+      if (!retry && pending === attempt) pending = null;
+      const unknown = retry && pending === attempt && ![401, 403].includes(error.status);
+      $("job-form-status").textContent = unknown ? "Submitting again is safe: it cannot start a second job." : "";
       showError($("job-form-error"), error);
     } finally {
       button.disabled = false;
