@@ -30,7 +30,9 @@ FILE_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` by a complete new file, readable by others (``0666 & ~umask``)."""
+    """Replace ``path`` by a complete new file, readable by others (``0666 & ~umask``). An
+    OSError that names no file (a write to a full disk: ``[Errno 28] No space left on device``)
+    is raised again naming ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,6 +42,11 @@ def atomic_write(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

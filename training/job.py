@@ -24,6 +24,7 @@ from fdl.jobspec import JobSpec
 from fdl.store_retry import TRANSIENT_ERRORS, store_state
 from training.data import DataMissingError
 from training.heartbeat import Heartbeat
+from training.publish import RepositoryFull, naming_full_disk
 from training.run_checks import Cancelled, check_cancel, check_under_lock, shown_path, unpublished
 from training.run_checks import waiting_for_lock as _waiting
 from training.settings import WorkerSettings
@@ -141,7 +142,7 @@ def _attempt(
         return None
     except Cancelled:
         return JobStatus.CANCELLED, None, "cancelled by request"
-    except (DataMissingError, TimedOut) as error:
+    except (DataMissingError, TimedOut, RepositoryFull) as error:
         log.warning("job %s failed: %s", job_id, error)
         return JobStatus.FAILED, None, str(error)
     except TRANSIENT_ERRORS as error:
@@ -238,28 +239,29 @@ def execute(
     gate = gate_under_lock(spec.publish, accuracy, kind)
     staged = staging_dir(model_path, job_id)
     try:
-        write_model(staged, job_id, spec, data, outcome)
-        check_cancel(store, job_id, lost)  # before waiting for the repository's lock
-        deadline.check("after the export")
+        with naming_full_disk(settings.model_dir):  # a full disk: an error to act on
+            write_model(staged, job_id, spec, data, outcome)
+            check_cancel(store, job_id, lost)  # before waiting for the repository's lock
+            deadline.check("after the export")
 
-        def last_checks(model_path: Path) -> None:
-            check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
-            deadline.check("while it waited for the model repository's lock")
-            gate(model_path)
+            def last_checks(model_path: Path) -> None:
+                check_under_lock(store, job_id, worker)  # last chance: nothing is visible yet
+                deadline.check("while it waited for the model repository's lock")
+                gate(model_path)
 
-        result["version"], published_now = publish(
-            staged,
-            settings.model_dir,
-            name,
-            job_id,
-            settings.serving_model_base_path,
-            last_checks,
-            # Rounds shorter than the kill grace: the time limit, checked between rounds, ends
-            # the run before Celery's hard limit could kill it in the middle of a wait. At least
-            # a second: each round adds a note to the job's capped event stream.
-            max(1.0, min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2)),
-            _waiting(store, job_id, worker, deadline),
-        )
+            result["version"], published_now = publish(
+                staged,
+                settings.model_dir,
+                name,
+                job_id,
+                settings.serving_model_base_path,
+                last_checks,
+                # Rounds shorter than the kill grace: the time limit, checked between rounds,
+                # ends the run before Celery's hard limit could kill it in the middle of a wait.
+                # At least a second: each round adds a note to the job's capped event stream.
+                max(1.0, min(settings.publish_lock_wait_s, settings.job_kill_grace_s / 2)),
+                _waiting(store, job_id, worker, deadline),
+            )
     except GateClosed as closed:  # a better version was published while this job trained
         result["reason"] = str(closed)
         return unpublished(store, job_id, lost, result)

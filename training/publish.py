@@ -9,6 +9,7 @@ each other's export, and a new model's folder appears only when its first versio
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -265,3 +266,38 @@ def fence(
     repository = Repository(model_dir, base_path_root, lock_timeout_s=wait_s)
     with repository.locked():
         yield repository
+
+
+class RepositoryFull(Exception):
+    """The model repository's disk is full, or its owner over quota, while a job wrote its
+    version (its export, or the files around it); ``str()`` is the job's error."""
+
+
+# errno: what the repository is, what was refused, what to do (docs/training.md).
+FULL_DISK = {
+    errno.ENOSPC: ("is full", "no space left on device", "free space"),
+    errno.EDQUOT: ("is over its quota", "disk quota exceeded", "free space or raise the quota"),
+}
+
+
+@contextlib.contextmanager
+def naming_full_disk(model_dir: Path) -> Iterator[None]:
+    """Raises a full disk met inside (an ``ENOSPC`` or ``EDQUOT`` OSError, or TensorFlow's
+    ``ResourceExhaustedError`` that says so) as :class:`RepositoryFull`, which names the
+    repository and the file (or the SavedModel) and says what to do. Nothing is retried: the job
+    fails, and is submitted again once there is space."""
+    try:
+        yield
+    except Exception as error:
+        code = error.errno if isinstance(error, OSError) else None
+        what = str(error.filename) if isinstance(error, OSError) and error.filename else None
+        if type(error).__name__ == "ResourceExhaustedError":  # TensorFlow's writes (SaveV2)
+            said = [number for number in FULL_DISK if os.strerror(number) in str(error)]
+            code, what = (said or [None])[0], "the SavedModel"
+        if code not in FULL_DISK:
+            raise
+        disk, refused, act = FULL_DISK[code]
+        raise RepositoryFull(
+            f"the model repository (FDL_MODEL_DIR={model_dir}) {disk}: {refused} while writing "
+            f"{what or 'the new version'}; {act} and submit the job again"
+        ) from error
