@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 from fdl.grpc_tuning import MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
 from serving.event_loop import LoopThread
+from serving.protocol.grpc.health import HealthServicer
 from serving.protocol.grpc.options import check_socket_path, server_credentials, server_options
 from serving.protocol.grpc.parsing import ParseChecked
 from serving.protocol.grpc.servicer import ModelService, PredictionService
@@ -92,7 +93,7 @@ class GrpcFrontEnd:
         self.socket_path = socket_path
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-work")
         self._grpc: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._health: HealthServicer | None = None
 
     def start(self, port: int) -> None:
         """Serve on ``port`` (0: none) and on ``--grpc_socket_path`` if given."""
@@ -129,7 +130,8 @@ class GrpcFrontEnd:
         )
         names = [*SERVICE_NAMES, reflection.SERVICE_NAME]
         if self.health_service:
-            self._health = health.aio.HealthServicer()
+            # TF Serving's bound on service names, and a bound on open Watch streams (health.py).
+            self._health = HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, services)
             for service in ("", *SERVICE_NAMES):
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -5,6 +5,10 @@ that blocks goes elsewhere: a Session run without batching goes to the server's 
 requests run in parallel, as in TF Serving) unless the server is otherwise idle and the model's
 typical run is under ``INLINE_RUN_LIMIT_S``; a batched request waits on its batch's future; a
 config reload (which waits for models to load) runs in the pool too.
+
+Every error leaves through :func:`abort`, which cuts a message that echoes a client's request
+(a 100 KB model name, thousands of input names) to ``MAX_MESSAGE_BYTES`` as gRPC sends it: past
+a client's 16 KiB metadata limit it would get ``RESOURCE_EXHAUSTED`` instead of the status.
 """
 
 from __future__ import annotations
@@ -31,6 +35,33 @@ if TYPE_CHECKING:
     from serving.servable import Servable
 
 T = TypeVar("T")
+# The most a status message takes in its grpc-message header, percent-encoded as gRPC sends it;
+# well under the 16 KiB metadata limit of a default client (TF Serving sends messages whole).
+MAX_MESSAGE_BYTES = 4096
+
+
+def _sent_bytes(char: str) -> int:
+    """What one character takes in grpc-message: printable ASCII but "%" as is, any other byte
+    of its UTF-8 as %XX."""
+    if " " <= char <= "~" and char != "%":
+        return 1
+    return 3 * len(char.encode("utf-8", "surrogatepass"))
+
+
+def bounded(message: str) -> str:
+    """``message``, or its start and ``… (N more characters)`` when gRPC would send more than
+    ``MAX_MESSAGE_BYTES`` of it."""
+    size = 0
+    for index, char in enumerate(message):
+        size += _sent_bytes(char)
+        if size > MAX_MESSAGE_BYTES:
+            return f"{message[:index]}… ({len(message) - index} more characters)"
+    return message
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """End the call with ``code`` and the message, bounded; raises, as ``context.abort`` does."""
+    await context.abort(code, bounded(message))
 
 
 def version_of(spec: Any) -> tuple[int | None, str | None]:
@@ -67,7 +98,8 @@ def _metadata_checked(request: Any) -> None:
 
 def _unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
+        await abort(
+            context,
             grpc.StatusCode.UNIMPLEMENTED,
             f"{name} is not implemented by fdl-model-server; use Predict (our models export "
             "only tensorflow/serving/predict signatures)",
@@ -131,7 +163,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if api is not None:
                 seconds = time.perf_counter() - start
                 self.data_plane.record(spec.name, api, "GRPC", status, seconds)
-        await context.abort(*failure)
+        await abort(context, *failure)
         raise AssertionError("unreachable: abort raises")
 
     def _predict(self, servable: Servable, request: Any, timeout: float | None) -> Any:
@@ -193,14 +225,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             spec = checked_spec(request, named=False)
             return self.data_plane.status(spec.name, version_of(spec)[0])
         except ServingError as error:
-            await context.abort(error.code, error.message)
+            await abort(context, error.code, error.message)
 
     async def HandleReloadConfigRequest(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
         loop = asyncio.get_running_loop()
         if request.config.WhichOneof("config") != "model_config_list":  # model_service_impl.cc
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                 "ModelConfigList is currently supported",
@@ -208,5 +241,5 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             await loop.run_in_executor(self.executor, self.data_plane.reload, request.config)
         except ServingError as error:
-            await context.abort(error.code, error.message)
+            await abort(context, error.code, error.message)
         return model_management_pb2.ReloadConfigResponse()

@@ -15,6 +15,7 @@ import gc
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -34,7 +35,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_float=_finite_float)
+_MAX_DOUBLE_INT = int(sys.float_info.max)
+_MAX_DOUBLE_DIGITS = len(str(_MAX_DOUBLE_INT))  # 309
+
+
+def _integer(text: str) -> int:
+    """A JSON number written as an integer. rapidjson reads one past uint64 as a double, so one
+    beyond a double's range is the same parse error as ``1e400`` (and is never handed to
+    ``int()``, which refuses more than 4300 digits with a text naming a Python setting)."""
+    digits = len(text) - text.startswith("-")
+    if digits > _MAX_DOUBLE_DIGITS or (
+        digits == _MAX_DOUBLE_DIGITS and abs(int(text)) > _MAX_DOUBLE_INT
+    ):
+        raise ValueError("Number too big to be stored in double")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_int=_integer)
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON whitespace
 
 
