@@ -15,6 +15,8 @@ from PIL import Image
 from api.coalesce import PredictCoalescer
 from api.decoding import DecodeLimits, prepare_batch, prepare_bounded
 from api.errors import ApiError
+from api.image_open import SUPPORTED
+from api.image_structure import check_structure
 from api.input_spec import InputSpec, ModelContractError
 from api.metadata_cache import MetadataCache
 from api.metrics import CLASSIFICATIONS, UPSTREAM_ERRORS, child, timed
@@ -188,9 +190,12 @@ def _small(images: list[bytes]) -> bool:
         small: bool = width * height <= _INLINE_MAX_PIXELS
         return small
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # The header is read on the event loop: only a file whose structure is bounded
+        # (api/image_structure.py) in a format the gateway reads, as open_image reads it.
+        check_structure(data)
+        with Image.open(io.BytesIO(data), formats=SUPPORTED) as image:
             return image.width * image.height <= _INLINE_MAX_PIXELS
-    except Exception:  # undecodable: let the worker thread produce the error
+    except Exception:  # refused or undecodable: let the worker thread produce the error
         return False
 
 

@@ -1,7 +1,8 @@
 """Opening untrusted image files safely with Pillow: the formats read, the checks made from the
-headers before any pixel is decoded (pixels, JPEG scans, PNG metadata), the memory decoding will
-take, and Pillow's errors as API errors. The size decoding may reduce an image to
-(:class:`fdl.images.WorkSize`) and a JPEG's draft scale are those training reads with."""
+headers before any pixel is decoded (metadata structure, in :mod:`api.image_structure`; pixels,
+JPEG scans, PNG metadata), the memory decoding will take, and Pillow's errors as API errors. The
+size decoding may reduce an image to (:class:`fdl.images.WorkSize`) and a JPEG's draft scale are
+those training reads with."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from api.errors import ApiError
+from api.image_structure import check_exif, check_structure
 from fdl.images import DECODING_ERRORS, WorkSize, draft, is_jpeg
 
 DEFAULT_MAX_PIXELS = 16_000_000
@@ -94,7 +96,11 @@ def open_image(
     if not data:
         raise ApiError(422, "empty_image", "the image is empty (0 bytes)")
     with decoding_errors():
+        # Metadata Pillow would walk in Python (entries, blocks, segments, chunks) within caps,
+        # before it parses any (api/image_structure.py); then the EXIF it gathered while opening.
+        check_structure(data)
         image = Image.open(io.BytesIO(data), formats=SUPPORTED)
+        check_exif(image.info)
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ApiError(422, "corrupt_image", f"the image has no pixels ({width}x{height})")
