@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -14,7 +15,7 @@ from api.serving_client import ServingClient, VersionStatus
 from fdl import contract
 from fdl.files import read_small_file
 from fdl.repository import Repository
-from fdl.repository_reads import discover_models, list_versions
+from fdl.repository_reads import discover_models, holds_graph, version_paths
 
 # Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
@@ -130,20 +131,9 @@ async def describe_model(
         # In a worker thread: with a change's undo record there, this may roll it back.
         all_labels = await io(safe_labels, repository)
     labels = all_labels.get(model, {})
-    try:
-        on_disk, folder_error = list_versions(model_dir / model), None
-    except OSError as error:  # only the versions the model server reports can be shown
-        on_disk, folder_error = [], _reason(error)  # names the model's folder
+    # In a worker thread: a model folder of thousands of entries takes a scan of them all.
+    on_disk, graphs, unreadable, folder_error = await asyncio.to_thread(_on_disk, model_dir / model)
     versions = sorted(set(on_disk) | set(by_version))
-    # A folder without a graph yet (being copied in, or not a model) is none the server loads;
-    # one the gateway cannot look into is shown UNREADABLE (unless served), never a failure.
-    graphs, unreadable = [], {}
-    for v in on_disk:
-        try:
-            if has_graph(model_dir / model / str(v)):
-                graphs.append(v)
-        except OSError as error:
-            unreadable[v] = f"{_reason(error)}: the version's folder cannot be read"
     coming = pending_version(graphs, by_version, server_error)
     described = []
     for v in versions:
@@ -164,6 +154,26 @@ async def describe_model(
     }
 
 
+def _on_disk(model_path: Path) -> tuple[list[int], list[int], dict[int, str], str | None]:
+    """A model's versions on disk as the model server takes them (a folder without a graph,
+    being copied in or left empty, is none: not listed; :func:`version_paths`), those of them
+    holding a graph, those the gateway cannot look into (listed, shown UNREADABLE unless served,
+    never a failure) with why, and why the model's folder cannot be listed (then only the
+    versions the model server reports can be shown)."""
+    try:
+        folders = version_paths(model_path)
+    except OSError as error:
+        return [], [], {}, _reason(error)  # names the model's folder
+    graphs, unreadable = [], {}
+    for v, folder in sorted(folders.items()):
+        try:
+            if holds_graph(folder):
+                graphs.append(v)
+        except OSError as error:
+            unreadable[v] = f"{_reason(error)}: the version's folder cannot be read"
+    return sorted(folders), graphs, unreadable, None
+
+
 def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
@@ -182,10 +192,6 @@ def pending_version(
     if newest in by_version or any(known > newest for known in by_version):
         return None
     return newest
-
-
-def has_graph(version_dir: Path) -> bool:
-    return any((version_dir / name).is_file() for name in contract.GRAPH_FILES)
 
 
 def model_names(model_dir: Path) -> list[str]:

@@ -37,6 +37,7 @@ from fdl.repository_reads import (
     discover_models,
     find_job_version,
     list_versions,
+    numbered_names,
     read_labels,
     read_numbers,
 )
@@ -221,8 +222,11 @@ class Repository:
         """One more than any number the model's versions ever had: on disk, named by a label,
         or published before and deleted since (``numbers``: ``.versions.json``), so a number is
         never given twice (a label or a model server's cache could take the new model for the
-        old one)."""
-        taken = [*self.versions(model), *self.labels().get(model, {}).values()]
+        old one). A numbered folder that is no version (empty, half copied) takes its number
+        too: the new version's rename onto it would fail."""
+        model_path = self.model_dir / model
+        on_disk = [*self.versions(model), *numbered_names(model_path)]
+        taken = [*on_disk, *self.labels().get(model, {}).values()]
         return max([*taken, numbers.get(model, 0)], default=0) + 1
 
     def _take_back(self, version_dir: Path, staged: Path, new_model: Path | None) -> None:

@@ -33,6 +33,7 @@ def client(
     shutil.copytree(route_model_server.config_file.parent, repository)
     for name in EXTRA:
         (repository / name / "1").mkdir(parents=True)
+        (repository / name / "1" / "saved_model.pb").write_bytes(b"")  # a version, not served
     settings = inprocess_settings(redis_url, route_model_server, database=9)
     with TestClient(create_app(settings.model_copy(update={"model_dir": repository}))) as test:
         yield test

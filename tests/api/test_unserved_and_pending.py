@@ -164,10 +164,10 @@ def test_a_version_published_a_moment_ago_is_pending_not_retired(
     digits = versions_of(gateway, "digits")
     assert digits[3]["state"] == "NOT_LOADED" and digits[3]["pending"] is True
     # A newer folder with no graph in it (being copied, or not a model) is nothing the server
-    # will load: neither it nor version 3 behind it changes; it is not pending.
+    # will load: it is no version (not listed), and version 1 is not pending because of it.
     (repository / "photos" / "7").mkdir()
     photos = versions_of(gateway, "photos")
-    assert photos[7]["state"] == "NOT_LOADED" and photos[7]["pending"] is False
+    assert list(photos) == [1] and photos[1]["pending"] is False
     shutil.rmtree(repository / "photos" / "7")
     assert digits[2]["state"] == "AVAILABLE" and digits[2]["pending"] is False
     assert digits[1]["state"] == "NOT_LOADED" and digits[1]["pending"] is False  # retired

@@ -48,6 +48,7 @@ def test_spec_defaults() -> None:
 def _version(model_path: Path, version: int, accuracy: float) -> None:
     folder = model_path / str(version) / contract.ASSETS_EXTRA_DIR
     folder.mkdir(parents=True)
+    (model_path / str(version) / "saved_model.pb").write_bytes(b"x")  # a version holds a graph
     (model_path / str(version) / contract.METADATA_FILE).write_text(
         json.dumps({"metrics": {"test_accuracy": accuracy}})
     )

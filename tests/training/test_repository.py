@@ -93,6 +93,7 @@ def test_invalid_folder_names_are_skipped_and_the_config_parses(tmp_path: Path) 
     model_dir = tmp_path / "models"
     for name in ("good", "evil\n", "Bad.Name", ".hidden"):
         (model_dir / name / "1").mkdir(parents=True)
+    (model_dir / "good" / "1" / "saved_model.pb").write_bytes(b"x")  # a version holds a graph
     (model_dir / "good" / "\u00b2").mkdir()  # a unicode digit is not a version
     repository = Repository(model_dir)
     text = repository.render({"good": {"stable": 1}})

@@ -84,6 +84,7 @@ def repository(tmp_path: Path, labelled: bool) -> Repository:
     repo = Repository(tmp_path / "models")
     for version in (1, 2):
         (repo.model_dir / "m" / str(version)).mkdir(parents=True)
+        (repo.model_dir / "m" / str(version) / "saved_model.pb").write_bytes(b"x")
     with repo.locked():
         if labelled:
             repo.write_labels({"m": {"stable": 2}})
@@ -133,6 +134,7 @@ def test_a_publish_cut_short_is_rendered_as_the_reaper_renders_it(tmp_path: Path
     repo = repository(tmp_path, labelled=True)
     labels, config, _ = files(repo.model_dir)
     (repo.model_dir / ".staged").mkdir()
+    (repo.model_dir / ".staged" / "saved_model.pb").write_bytes(b"x")
     die_after(repo.model_dir, "publish-undo-point,publish-rename")
     assert list_versions(repo.model_dir / "m") == [1, 2, 3]
     assert files(repo.model_dir) == (labels, config, [f".{CONFIG_FILE}.undo"])
