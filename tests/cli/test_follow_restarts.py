@@ -84,7 +84,7 @@ def test_train_follows_its_job_across_a_restart(
 
 
 # The real `fdl` with the 60 s it rides out a gateway restart cut short, so the test can outlast it.
-RECONNECT_FOR_S = 4.0
+RECONNECT_FOR_S = 8.0  # outlasts a gateway start on a loaded 2-core machine (4 s did not, once)
 PATCHED_FDL = f"""
 import fdl.cli_follow as follow
 follow.RECONNECT_FOR_S, follow.RETRY_S = {RECONNECT_FOR_S}, 0.2
