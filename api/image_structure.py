@@ -23,10 +23,11 @@ TIFF_MAX_ENTRIES = 4096
 TIFF_MAX_VALUES = 1 << 18
 TIFF_MAX_RATIONALS = 4096
 # Strips or tiles (~10 us each): what the geometry needs (ceil(rows / RowsPerStrip), or tiles
-# across x down, times planes), and one per 64 pixels, 1,024 to 65,536 (tiles have 16x16 pixels
-# or more; one-row strips pass 64 pixels wide or more; images the decode budget skips: < 40 ms).
+# across x down, times planes), and one per 64 pixels, 16,384 to 65,536 (tiles have 16x16 pixels
+# or more; one-row strips pass 64 pixels wide or more, or 16,384 rows tall: a 32x2000 or 50x16000
+# scan of one-row strips, 1,024 refused them; ~0.15 s of Pillow's time at the floor).
 TIFF_MAX_STRIPS = 1 << 16
-TIFF_FREE_STRIPS = 1024
+TIFF_FREE_STRIPS = 1 << 14
 TIFF_PIXELS_PER_STRIP = 64
 # The directories Pillow reads: the first, and the EXIF, GPS and Interoperability ones.
 _SUB_DIRECTORIES = {34665, 34853, 40965}
@@ -38,9 +39,10 @@ _NAMES = ("strip offsets", "strip byte counts", "tile offsets", "tile byte count
 _ARRAYS = dict(zip((273, 279, 324, 325), _NAMES, strict=True))
 
 # GIF: Pillow reads what precedes the first image a sub-block (<= 255 bytes) or stray byte at a
-# time: 16,384 reads hold 4 MB of comments, a 100 KB XMP packet reads as ~1,300. The gateway reads
+# time (~0.4 us each): 262,144 reads hold 64 MB of comments, a 100 KB XMP packet reads as ~1,300
+# (16,384 refused the 1.2 MB XMP packets Photoshop's DocumentAncestors grow to). The gateway reads
 # the first frame only (never seeks, counts frames or asks is_animated); pixels are read in C.
-GIF_MAX_BLOCKS = 16_384
+GIF_MAX_BLOCKS = 1 << 18
 
 # JPEG: Pillow reads the segments before the first scan in Python (libjpeg the rest, in C). Camera
 # files carry ~10; an ICC profile takes at most 255 APP2 segments, a 10 MB body 160 full ones.
@@ -169,7 +171,10 @@ def _strips(tags: dict[int, _Entry], data: bytes, order: str) -> None:
     width, height = first(256), first(257)
     planes = max(1, first(277, 1)) if first(284, 1) == 2 else 1
     cost = min(TIFF_MAX_STRIPS, max(TIFF_FREE_STRIPS, width * height // TIFF_PIXELS_PER_STRIP))
-    rule = f"one per {TIFF_PIXELS_PER_STRIP} of its {width * height:,} pixels, 1,024 to 65,536"
+    rule = (
+        f"one per {TIFF_PIXELS_PER_STRIP} of its {width * height:,} pixels, "
+        f"{TIFF_FREE_STRIPS:,} to {TIFF_MAX_STRIPS:,}"
+    )
     for tag in sorted(_ARRAYS.keys() & tags.keys()):
         many = tags[tag][1]
         if tag < 300:  # strips

@@ -149,10 +149,10 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
         "the TIFF's first directory has more than 262,144 numeric values (tag 36864",
     ),
     "gif comment sub-blocks": (
-        lambda: gif_with(b"!\xfe" + b"\x01x" * MANY + b"\0"),
-        "the GIF has more than 16,384 sub-blocks and stray bytes before its image",
+        lambda: gif_with(b"!\xfe" + b"\x01x" * 3 * MANY + b"\0"),
+        "the GIF has more than 262,144 sub-blocks and stray bytes before its image",
     ),
-    "gif stray bytes": (lambda: gif_with(b"x" * MANY), "more than 16,384 sub-blocks"),
+    "gif stray bytes": (lambda: gif_with(b"x" * 3 * MANY), "more than 262,144 sub-blocks"),
     "jpeg empty APP5": (
         lambda: jpeg_with(b"\xff\xe5\0\2" * MANY),
         "the JPEG has more than 1,024 segments before its scan",
@@ -283,6 +283,15 @@ def legitimate() -> dict[str, bytes]:
             digit().resize((280, 280)), "TIFF", compression="tiff_lzw", strip_size=2048
         ),
         "tiled tiff": tiled_tiff(),
+        # A scan 50 pixels wide, 16,000 rows tall, a strip per row (tiffcp -r 1 writes such).
+        "tall tiff of one-row strips": encode(
+            Image.new("L", (50, 16_000), 255), "TIFF", tiffinfo={278: 1}
+        ),
+        # XMP is stored raw, its bytes read as sub-block lengths, then a "magic trailer" (XMP
+        # spec part 3): 2 MB of text (Photoshop's DocumentAncestors) read as ~20,000 sub-blocks.
+        "gif with a 2 MB xmp packet": gif_with(
+            b"!\xff\x0bXMP DataXMP" + b"a" * 2_000_000 + b"\x01" + bytes(range(255, -1, -1)) + b"\0"
+        ),
         "tiff with exif": encode(digit(), "TIFF", exif=camera_exif()),
         "animated gif with comments": encode(
             frames[0],
