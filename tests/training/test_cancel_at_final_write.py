@@ -137,6 +137,7 @@ def test_a_cancel_accepted_just_before_the_runs_end_is_written_ends_the_job_canc
     tiny_dataset(tmp_path / "data" / "tiny", piped=False)
     metadata = tmp_path / "models" / "m" / "1" / contract.METADATA_FILE
     metadata.parent.mkdir(parents=True)
+    (metadata.parents[1] / "saved_model.pb").write_bytes(b"graph")  # a version: it holds a graph
     metadata.write_text(json.dumps(SERVED))
     accepted: list[dict[str, Any] | None] = []
 

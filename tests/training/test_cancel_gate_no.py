@@ -38,6 +38,7 @@ def test_a_cancel_accepted_while_the_gate_says_no_ends_the_job_cancelled(
     tiny_dataset(tmp_path / "data" / "tiny", piped=False)
     metadata = tmp_path / "models" / "m" / "1" / contract.METADATA_FILE
     metadata.parent.mkdir(parents=True)
+    (metadata.parents[1] / "saved_model.pb").write_bytes(b"graph")  # a version: it holds a graph
     os.mkfifo(metadata)
     served = json.dumps(SERVED).encode()  # test accuracy 1.0: "not better"
     accepted: list[dict[str, object] | None] = []

@@ -309,6 +309,7 @@ def test_a_run_whose_gate_says_no_after_another_run_took_its_job_leaves_the_reco
     tiny_dataset(tmp_path / "data" / "tiny", piped=False)
     metadata = tmp_path / "models" / "m" / "1" / contract.METADATA_FILE
     metadata.parent.mkdir(parents=True)
+    (metadata.parents[1] / "saved_model.pb").write_bytes(b"graph")  # a version: it holds a graph
     os.mkfifo(metadata)
     meta = json.dumps(SERVED).encode()
 

@@ -255,6 +255,7 @@ def test_a_redelivered_last_attempt_that_already_published_ends_succeeded(
     (staged / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
     metadata = {"job_id": "late-job", "metrics": {"test_accuracy": 0.9}}
     (staged / contract.METADATA_FILE).write_text(json.dumps(metadata))
+    (staged / "saved_model.pb").write_bytes(b"graph")  # a version: it holds a graph
     assert publish(staged, worker_settings.model_dir, "late", "late-job") == (1, True)
     # The worker died before the config named the version: it is rendered again.
     config = worker_settings.model_dir / CONFIG_FILE

@@ -161,6 +161,7 @@ def test_the_main_process_ends_only_its_own_killed_job(store: JobStore, tmp_path
     staged = staging_dir(settings.model_dir / "done", "done")
     (staged / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
     (staged / contract.METADATA_FILE).write_text(json.dumps({"job_id": "done", "metrics": {}}))
+    (staged / "saved_model.pb").write_bytes(b"graph")  # a version: it holds a graph
     assert publish(staged, settings.model_dir, "done", "done") == (1, True)
     (settings.model_dir / "models.config").unlink()  # as if its run died before writing it
     assert end_killed_job("theirs", store, settings, "celery@a:9") is None
