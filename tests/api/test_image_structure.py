@@ -9,7 +9,6 @@ a 2 MB TIFF of a million strip offsets took 11 s and 250 MB, a 9.8 MB GIF of com
 from __future__ import annotations
 
 import gzip
-import io
 import struct
 import tarfile
 import time
@@ -17,31 +16,17 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from api.classification import _small
 from api.image_open import open_image
-from harness.gateway import Gateway, post
+from harness.gateway import Gateway
 from harness.mnist import mnist_test_digits, png_bytes
+from tests.api.image_posts import classify, encode
 
-CLASSIFY = "/v1/models/digits:classify"
 MANY = 100_000  # entries in a hostile file: over every cap, small enough to build and send fast
-
-
-def classify(gateway: Gateway, *images: bytes) -> httpx.Response:
-    files = [
-        ("file", (f"{i}.img", data, "application/octet-stream")) for i, data in enumerate(images)
-    ]
-    return post(gateway, CLASSIFY, files=files)
-
-
-def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def digit() -> Image.Image:

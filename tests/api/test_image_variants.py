@@ -18,24 +18,11 @@ from PIL import Image
 
 from api.image_open import MAX_JPEG_SCANS, decode_cost, open_image
 from api.preprocess import decode_size
-from harness.gateway import Gateway, post
+from harness.gateway import Gateway
 from harness.mnist import mnist_test_digits, png_bytes
+from tests.api.image_posts import classify, encode
 
-CLASSIFY = "/v1/models/digits:classify"
 MB = 1024 * 1024
-
-
-def classify(gateway: Gateway, *images: bytes) -> httpx.Response:
-    files = [
-        ("file", (f"{i}.img", data, "application/octet-stream")) for i, data in enumerate(images)
-    ]
-    return post(gateway, CLASSIFY, files=files)
-
-
-def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def jpeg_and_mpo(image: Image.Image, **params: object) -> tuple[bytes, bytes]:
