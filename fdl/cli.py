@@ -48,6 +48,12 @@ app = typer.Typer(
 console = Console()
 
 
+def say(line: str, style: str | None = None) -> None:
+    """One line of `fdl up`'s own, never read as markup. In a pipe or a log it is never wrapped
+    at 80 columns, so a long path in it stays whole (a terminal wraps it as it shows it)."""
+    console.print(line, style=style, markup=False, soft_wrap=not console.is_terminal)
+
+
 @app.command()
 def up() -> None:
     """Run the whole stack in the foreground: Redis, model server, worker and gateway."""
@@ -67,7 +73,7 @@ def up() -> None:
     try:
         settings = CommonSettings()
     except SETTINGS_ERRORS as error:  # a usage error: one line naming the setting, exit 2
-        console.print(f"fdl up: {settings_problem(error)}", style="red", markup=False)
+        say(f"fdl up: {settings_problem(error)}", style="red")
         raise typer.Exit(2) from error
     var_dir = settings.var_dir.resolve()
     try:
@@ -79,32 +85,27 @@ def up() -> None:
         check_folder("FDL_DATA_DIR", settings.data_dir)
         left = leftovers(var_dir)
         if left:
-            console.print(
+            say(
                 f"fdl up: stopping what a killed `fdl up` left running over {var_dir}: "
                 f"{', '.join(map(str, left))}",
                 style="yellow",
-                markup=False,
             )
             stop_leftovers(left)
         check_ports(settings)
         stack = plan_stack(settings)
         check_child_settings(stack)
     except (WeakKeyError, StackError) as error:
-        console.print(f"fdl up: {error}", style="red", markup=False)
+        say(f"fdl up: {error}", style="red")
         raise typer.Exit(2) from error
     url = gateway_url(settings.gateway_host, settings.gateway_port)
     console.print(
-        f"[bold]FDL Serve[/bold] starting: gateway {escape(url)}  (Ctrl-C stops everything)"
+        f"[bold]FDL Serve[/bold] starting: gateway {escape(url)}  (Ctrl-C stops everything)",
+        soft_wrap=not console.is_terminal,
     )
     if stack.api_key_generated:
-        console.print(
-            f"Admin API key (new, stored in {settings.var_dir}/api_key): {stack.api_key}",
-            markup=False,
-        )
+        say(f"Admin API key (new, stored in {settings.var_dir}/api_key): {stack.api_key}")
     elif stack.api_key and not settings.api_keys:
-        console.print(
-            f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}", markup=False
-        )
+        say(f"Admin API key (from {settings.var_dir}/api_key): {stack.api_key}")
     console.print(redis_banner(stack), soft_wrap=True, markup=False)
     raise typer.Exit(run_stack(stack))
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+
+# pytest-xdist gives its workers COLUMNS=80; a rich Console made while it is set keeps that width
+# for good, whatever a test sets later. Every test that needs a width sets its own.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 from harness.gateway import Gateway, gateway_running
 from harness.redis import redis_running
