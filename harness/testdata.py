@@ -9,6 +9,7 @@ SHA-256 of its content before it enters the cache; a mismatch leaves nothing beh
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -65,14 +66,23 @@ def fetch_test_data(
     cifar_url: str = cifar.URL,
     timeout_s: float = 120,
 ) -> Path:
-    """Fill ``cache`` once (what is there and verified is kept) and return it."""
-    for name, digest in MNIST_SHA256.items():
-        target = cache / "mnist" / name
-        if not target.is_file():
-            _fetch_verified(mnist_url + name, target, digest, timeout_s)
-    exact = cache / "cifar10" / CIFAR_EXACT
-    if not exact.is_file():
-        _fetch_cifar_exact(cifar_url, exact, timeout_s)
+    """Fill ``cache`` once (what is there and verified is kept) and return it. Processes that
+    fill one cache at once (pytest-xdist's test processes on a fresh clone) take turns under a
+    file lock: the first fetches, the others then find the files there."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / ".fetch.lock", "a")  # noqa: SIM115 (held for the whole fetch)
+    except OSError as error:
+        raise DataFetchError(f"could not make the test data cache {cache}: {error}") from error
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, digest in MNIST_SHA256.items():
+            target = cache / "mnist" / name
+            if not target.is_file():
+                _fetch_verified(mnist_url + name, target, digest, timeout_s)
+        exact = cache / "cifar10" / CIFAR_EXACT
+        if not exact.is_file():
+            _fetch_cifar_exact(cifar_url, exact, timeout_s)
     return cache
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import shutil
+import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from harness.procs import Process, free_port, wait_for
+from harness.procs import REPO_ROOT, Process, free_port, wait_for
 from harness.testdata import (
     CIFAR_EXACT,
     MNIST_SHA256,
@@ -106,3 +107,40 @@ def test_an_unreachable_source_says_where_it_failed(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(DataFetchError, match=f"127.0.0.1:{port}"):
         fetch_test_data(tmp_path, mnist_url=f"http://127.0.0.1:{port}/", timeout_s=2)
+
+
+FETCH_WHEN_TOLD = """
+import sys
+from pathlib import Path
+from harness.testdata import fetch_test_data
+sys.stdin.read(1)  # all start together
+fetch_test_data(Path(sys.argv[1]), mnist_url=sys.argv[2], cifar_url=sys.argv[3])
+"""
+
+
+def test_test_processes_that_fetch_at_once_take_turns(
+    mirror: tuple[str, Path], tmp_path: Path, data_dir: Path
+) -> None:
+    """pytest-xdist's test processes each ask for the data as they start: on a fresh clone they
+    fetch into one cache at once. Before, they wrote the same partial files over each other."""
+    url, _ = mirror
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-c", FETCH_WHEN_TOLD, str(cache), f"{url}/mnist/"]
+    argv.append(f"{url}/cifar/cifar-10-python.tar.gz")
+    fetchers = [
+        subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    for fetcher in fetchers:
+        assert fetcher.stdin is not None
+        fetcher.stdin.write("go")
+    for fetcher in fetchers:
+        assert fetcher.stdin is not None
+        fetcher.stdin.close()
+    outcomes = [(fetcher.wait(timeout=120), fetcher.stderr.read()) for fetcher in fetchers]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    for name in MNIST_SHA256:
+        assert (cache / "mnist" / name).read_bytes() == (data_dir / "mnist" / name).read_bytes()
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(MNIST_SHA256)
