@@ -82,13 +82,18 @@ def jobs_with(stack: RunningStack, seed: int) -> list[dict[str, Any]]:
 
 def fill_form(page: Any, url: str, api_key: str, seed: int) -> Any:
     """The job form filled in for a tiny job that is never published."""
-    form = open_job_form(page, url, api_key)
+    return fill_spec(page, open_job_form(page, url, api_key), seed)
+
+
+def fill_spec(page: Any, form: Any, seed: int) -> Any:
+    """Fills ``form`` (the Jobs page's, open) in for a tiny job that is never published."""
     form.locator("select[name=model]").select_option("mnist_logreg")
     form.locator("input[name=epochs]").fill("1")
     form.locator("select[name=optimizer]").select_option("adam")
     form.locator("input[name=learning_rate]").fill("0.01")
     form.locator("input[name=validation_split]").fill("500")
-    page.click("#job-form summary")
+    if not form.locator("input[name=seed]").is_visible():
+        page.click("#job-form summary")
     form.locator("input[name=seed]").fill(str(seed))
     form.locator("input[name=max_train_examples]").fill("3000")
     form.locator("input[name=max_test_examples]").fill("500")
@@ -138,6 +143,38 @@ def test_submit_again_after_a_lost_answer_gets_the_same_job(
     # Every try went under one key (the browser may have resent the lost ones itself).
     assert len(set(proxy.keys)) == 1 and proxy.keys[0], proxy.keys
     # After a success, Submit is a new submission: a new key, a second job.
+    submit(page)
+    said = wait_for_text(page, STATUS, "Queued job")
+    jobs = jobs_with(stack, seed)
+    assert len(jobs) == 2 and f"Queued job {jobs[0]['id'][:8]}." == said, (said, jobs)
+    assert proxy.keys[-1] != proxy.keys[0]
+
+
+def test_submit_again_after_a_lost_answer_and_a_reload_gets_the_same_job(
+    served: Served, page: Any, proxy: LostAnswerProxy, seed: int
+) -> None:
+    # The natural reaction to a Submit that got no answer is to reload the page: the pending
+    # key lives in the tab's sessionStorage, so the same spec goes again under the same key.
+    stack = served.stack
+    fill_form(page, proxy.url, stack.api_key, seed)
+    lose_an_answer(page, proxy)
+    [first] = jobs_with(stack, seed)  # queued by the gateway, its answer lost on the way
+    page.reload()
+    form = page.locator("#job-form")
+    form.wait_for(state="visible")  # the admin key is the tab's too: no dialog
+    assert page.locator(STATUS).inner_text() == ""
+    # Chromium does not restore the form's fields on a reload (they show the defaults again):
+    # the user fills in the same spec again.
+    fill_spec(page, form, seed)
+    submit(page)
+    said = page.locator(STATUS).inner_text()  # before, "Queued job <a second job's id>."
+    assert said == f"Already queued as job {first['id'][:8]}: your earlier try went through."
+    assert page.locator(ERROR).is_hidden()
+    assert [job["id"] for job in jobs_with(stack, seed)] == [first["id"]]
+    assert len(set(proxy.keys)) == 1 and proxy.keys[0], proxy.keys
+    # The success ends the key, in storage too: another reload and Submit is a new job.
+    page.reload()
+    fill_spec(page, page.locator("#job-form"), seed)
     submit(page)
     said = wait_for_text(page, STATUS, "Queued job")
     jobs = jobs_with(stack, seed)

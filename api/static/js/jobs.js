@@ -51,6 +51,22 @@ function mayRetry(error) {
     (status === 409 && code === "idempotency_key_in_use");
 }
 
+// The pending submission kept in the tab's sessionStorage ({key, spec}), or null when there is
+// none or it cannot be read.
+const PENDING_STORAGE = "fdl.pendingJob";
+
+function readPending() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(PENDING_STORAGE) ?? "null");
+    if (saved && typeof saved.key === "string" && saved.key && typeof saved.spec === "string") {
+      return { key: saved.key, spec: saved.spec };
+    }
+  } catch {
+    // Unreadable (storage disabled, a value not JSON): none.
+  }
+  return null;
+}
+
 export function initJobs() {
   let offset = 0;
   let selected = null;
@@ -127,7 +143,18 @@ export function initJobs() {
   // The Idempotency-Key of the form's last submission while its outcome is unknown or it may be
   // tried again, with the spec it was sent with: Submit sends that spec again under the same key,
   // so the gateway creates at most one job. A success, a definite refusal or another spec ends it.
-  let pending = null;
+  // Kept in the tab's sessionStorage too, so that it survives a reload (a user's reaction to a
+  // Submit that got no answer); a new tab starts without one.
+  let pending = readPending();
+  const setPending = (value) => {
+    pending = value;
+    try {
+      if (value) sessionStorage.setItem(PENDING_STORAGE, JSON.stringify(value));
+      else sessionStorage.removeItem(PENDING_STORAGE);
+    } catch {
+      // No storage (disabled, full): the key lives in the page only, as before.
+    }
+  };
   const form = $("job-form");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -138,14 +165,14 @@ export function initJobs() {
     $("job-form-status").textContent = "Submitting…";
     const spec = specFromForm(form);
     const sent = JSON.stringify(spec);
-    if (!pending || pending.spec !== sent) pending = { key: newKey(), spec: sent };
+    if (!pending || pending.spec !== sent) setPending({ key: newKey(), spec: sent });
     const attempt = pending;
     let replayed = false;
     const onResponse = (response) => { replayed = response.headers.get("Idempotent-Replayed") === "true"; };
     try {
       const headers = { "Idempotency-Key": attempt.key };
       const job = await api.post("/v1/jobs", spec, { admin: true, headers, onResponse });
-      if (pending === attempt) pending = null;
+      if (pending === attempt) setPending(null);
       const id = job.id.slice(0, 8);
       $("job-form-status").textContent = replayed
         ? `Already queued as job ${id}: your earlier try went through.` : `Queued job ${id}.`;
@@ -154,7 +181,7 @@ export function initJobs() {
       select(job.id);
     } catch (error) {
       const retry = mayRetry(error);
-      if (!retry && pending === attempt) pending = null;
+      if (!retry && pending === attempt) setPending(null);
       const unknown = retry && pending === attempt && ![401, 403].includes(error.status);
       $("job-form-status").textContent = unknown ? "Submitting again is safe: it cannot start a second job." : "";
       showError($("job-form-error"), error);
