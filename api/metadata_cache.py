@@ -82,12 +82,17 @@ class MetadataCache:
             spec = self._lookup((model, spec.version, None)) or await self._with_profile(
                 spec, model
             )
+            # In a worker thread (it lists the model's folder), and before the generation check:
+            # no await between that check and storing the entries.
+            behind = (
+                label is None
+                and self.model_dir is not None
+                and await asyncio.to_thread(self._behind, model, spec.version)
+            )
             if self._generations.get(model, 0) != generation:
                 return spec  # asked before a change of labels: maybe the old version
             now = time.monotonic()
-            ttl = self.resolve_ttl_s
-            if label is None and self._behind(model, spec.version):
-                ttl = self.catch_up_s
+            ttl = self.catch_up_s if behind else self.resolve_ttl_s
             self._entries[key] = (now + ttl, spec)
             self._entries[(model, spec.version, None)] = (now + self.ttl_s, spec)
             return spec
@@ -106,7 +111,8 @@ class MetadataCache:
         return dataclasses.replace(spec, profile=profile)
 
     def _behind(self, model: str, version: int) -> bool:
-        """Whether the repository holds a newer version than the one "latest" resolved to."""
+        """Whether the repository holds a newer version than the one "latest" resolved to (a
+        listing of the model's folder: call it from a worker thread)."""
         if self.model_dir is None:
             return False
         try:

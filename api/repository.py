@@ -15,7 +15,7 @@ from api.serving_client import ServingClient, VersionStatus
 from fdl import contract
 from fdl.files import read_small_file
 from fdl.repository import Repository
-from fdl.repository_reads import discover_models, holds_graph, version_paths
+from fdl.repository_reads import discover_models, version_dir, version_paths
 
 # Metadata keys shown with each version (the rest, e.g. the training history, stays on disk).
 _SHOWN = ("architecture", "spec", "dataset", "created_at", "input", "tensorflow_version")
@@ -40,12 +40,19 @@ def public_paths(value: Any) -> Any:
     return value
 
 
-def read_version_metadata(model_dir: Path, model: str, version: int) -> dict[str, Any] | None:
+def read_version_metadata(
+    model_dir: Path, model: str, version: int, folder: Path | None = None
+) -> dict[str, Any] | None:
     """``<version>/assets.extra/metadata.json``, or None when absent or unreadable: not a
     regular file (a FIFO, a device: never opened for reading, never waited on), larger than
     :data:`METADATA_MAX_BYTES`, or not a JSON object. A symlink is followed to the file it names,
-    as the model server follows the version's other files."""
-    path = model_dir / model / str(version) / contract.METADATA_FILE
+    as the model server follows the version's other files. The version's folder is ``folder``
+    when the caller has it (from :func:`version_paths`), else the one the model server loads it
+    from (``05`` for 5: :func:`fdl.repository_reads.version_dir`, a few stats: call it from a
+    worker thread)."""
+    if folder is None:
+        folder = version_dir(model_dir / model, version)
+    path = folder / contract.METADATA_FILE
     data = read_small_file(path, METADATA_MAX_BYTES)
     if data is None:
         return None
@@ -97,9 +104,15 @@ async def served_status(
 
 
 def describe_version(
-    model_dir: Path, model: str, version: int, status: VersionStatus | None, labels: list[str]
+    model_dir: Path,
+    model: str,
+    version: int,
+    status: VersionStatus | None,
+    labels: list[str],
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    metadata = read_version_metadata(model_dir, model, version) or {}
+    """One version as the model routes show it; ``folder``: as :func:`read_version_metadata`."""
+    metadata = read_version_metadata(model_dir, model, version, folder) or {}
     class_names = metadata.get("class_names") or metadata.get("classes")
     metrics = metadata.get("metrics")
     return {
@@ -138,7 +151,9 @@ async def describe_model(
     described = []
     for v in versions:
         names = sorted(label for label, target in labels.items() if target == v)
-        version = describe_version(model_dir, model, v, by_version.get(v), names)
+        # The folder the listing found (``05`` for 5); one the server alone reports: its name.
+        folder = on_disk.get(v, model_dir / model / str(v))
+        version = describe_version(model_dir, model, v, by_version.get(v), names, folder)
         version["pending"] = v == coming
         if v in unreadable:
             if v not in by_version:
@@ -154,24 +169,27 @@ async def describe_model(
     }
 
 
-def _on_disk(model_path: Path) -> tuple[list[int], list[int], dict[int, str], str | None]:
-    """A model's versions on disk as the model server takes them (a folder without a graph,
-    being copied in or left empty, is none: not listed; :func:`version_paths`), those of them
-    holding a graph, those the gateway cannot look into (listed, shown UNREADABLE unless served,
-    never a failure) with why, and why the model's folder cannot be listed (then only the
-    versions the model server reports can be shown)."""
+def _on_disk(
+    model_path: Path,
+) -> tuple[dict[int, Path], list[int], dict[int, str], str | None]:
+    """A model's versions on disk as the model server takes them, each with the folder it is
+    loaded from (a folder without a graph, being copied in or left empty, is none: not listed;
+    :func:`version_paths`), those of them holding a graph, those the gateway cannot look into
+    (listed, shown UNREADABLE unless served, never a failure) with why, as the listing found
+    them (no second stat), and why the model's folder cannot be listed (then only the versions
+    the model server reports can be shown)."""
+    errors: dict[Path, OSError] = {}
     try:
-        folders = version_paths(model_path)
+        folders = version_paths(model_path, errors)
     except OSError as error:
-        return [], [], {}, _reason(error)  # names the model's folder
+        return {}, [], {}, _reason(error)  # names the model's folder
     graphs, unreadable = [], {}
     for v, folder in sorted(folders.items()):
-        try:
-            if holds_graph(folder):
-                graphs.append(v)
-        except OSError as error:
-            unreadable[v] = f"{_reason(error)}: the version's folder cannot be read"
-    return sorted(folders), graphs, unreadable, None
+        if (failure := errors.get(folder)) is None:
+            graphs.append(v)
+        else:
+            unreadable[v] = f"{_reason(failure)}: the version's folder cannot be read"
+    return folders, graphs, unreadable, None
 
 
 def _reason(error: OSError) -> str:

@@ -84,7 +84,9 @@ def holds_graph(folder: str | os.PathLike[str]) -> bool:
     return False
 
 
-def version_folders(base_path: Path) -> list[tuple[int, Path]]:
+def version_folders(
+    base_path: Path, unreadable: dict[Path, OSError] | None = None
+) -> list[tuple[int, Path]]:
     """The children of a model's folder that are versions to the gateway and training (every
     reader here), in byte order of their names: a name :func:`version_number` reads, a folder
     holding a graph (:func:`holds_graph`), as the model server also requires. One whose
@@ -95,6 +97,9 @@ def version_folders(base_path: Path) -> list[tuple[int, Path]]:
     graph file name until one is found (two for an empty folder); nothing is opened or read
     (20,000 empty folders: 0.3-0.5 s on a loaded 2-CPU VM). Nothing caps the entries examined:
     a cap would hide versions past it, and neither TF Serving nor the model server has one.
+
+    ``unreadable``, when given, receives each listed folder whose contents could not be
+    checked, with the error, so that a caller need not stat it again to learn which.
 
     Raises:
         OSError: ``base_path`` cannot be listed (missing, unreadable).
@@ -108,8 +113,10 @@ def version_folders(base_path: Path) -> list[tuple[int, Path]]:
             try:
                 if not (entry.is_dir() and holds_graph(entry.path)):
                     continue
-            except OSError:
-                pass  # not readable to us: the model server's load says why
+            except OSError as error:
+                # Not readable to us: the model server's load says why.
+                if unreadable is not None:
+                    unreadable[base_path / entry.name] = error
             found.append((number, entry.name))
     found.sort(key=lambda item: os.fsencode(item[1]))
     return [(number, base_path / name) for number, name in found]
@@ -126,10 +133,37 @@ def list_versions(model_path: Path) -> list[int]:
     return sorted(version_paths(model_path))
 
 
-def version_paths(model_path: Path) -> dict[int, Path]:
+def version_paths(
+    model_path: Path, unreadable: dict[Path, OSError] | None = None
+) -> dict[int, Path]:
     """Each version of :func:`list_versions` and the folder the model server loads it from (of
-    two names of one version, ``5`` and ``05``, the last in byte order). Raises as it does."""
-    return _listed(model_path, lambda: dict(version_folders(model_path)), {})
+    two names of one version, ``5`` and ``05``, the last in byte order). Raises as it does;
+    ``unreadable`` as :func:`version_folders`'."""
+    return _listed(model_path, lambda: dict(version_folders(model_path, unreadable)), {})
+
+
+def version_dir(model_path: Path, version: int) -> Path:
+    """The folder the model server loads one version from, as :func:`version_paths` would name
+    it, without listing the model's folder: of the names that spell ``version`` (``5``, ``05``,
+    … up to 18 digits) the last in byte order that holds a graph or cannot be looked into.
+    When none does (no such version, or a folder without a graph), the name a publish writes,
+    ``str(version)``, so that a reader finds what it found before versions could be padded.
+
+    Cost: a ``stat`` per graph file name per candidate name, none opened: at most 36 for a
+    version with no folder at all (about 0.1 ms), one for a version in its plain folder.
+    """
+    digits = str(version)
+    if version >= 0 and len(digits) <= 18:
+        # ASCII digits: str order is byte order; the last in byte order is tried first.
+        for name in sorted((digits.zfill(width) for width in range(len(digits), 19)), reverse=True):
+            folder = model_path / name
+            try:
+                if holds_graph(folder):
+                    return folder
+            except OSError:
+                if os.path.isdir(folder):
+                    return folder  # counted, as version_folders counts it
+    return model_path / digits
 
 
 def numbered_names(model_path: Path) -> list[int]:
@@ -249,8 +283,9 @@ def version_job_id(version_dir: Path) -> str | None:
 
 
 def find_job_version(model_path: Path, job_id: str) -> int | None:
-    """The version a job already published under ``model_path``, newest first."""
-    for version in reversed(list_versions(model_path)):
-        if version_job_id(model_path / str(version)) == job_id:
+    """The version a job already published under ``model_path``, newest first (each read from
+    the folder the model server loads it from: :func:`version_paths`)."""
+    for version, folder in sorted(version_paths(model_path).items(), reverse=True):
+        if version_job_id(folder) == job_id:
             return version
     return None

@@ -34,6 +34,7 @@ from api.routers.classify import MAX_VERSION
 from api.schemas import DECIMAL_ONLY, ModelName
 from fdl import contract
 from fdl.jobspec import NAME_PATTERN, check_label
+from fdl.repository_reads import version_dir
 
 router = APIRouter()
 
@@ -166,9 +167,9 @@ async def version_report(
         raise ApiError(
             422, "invalid_report_file", "the report file must be a plain name ending .png or .json"
         )
-    folder = (settings.model_dir / model / str(version) / contract.ASSETS_EXTRA_DIR).resolve()
-    path = (folder / name).resolve()
-    if path.parent != folder or not path.is_file():
+    # In a worker thread: finding the version's folder (``05`` for 5) takes a few stats.
+    path = await run_in_threadpool(_report_path, settings.model_dir / model, version, name)
+    if path is None:
         raise ApiError(
             404, "report_not_found", f"model {model} version {version} has no report file {name!r}"
         )
@@ -183,6 +184,14 @@ async def version_report(
             404, "report_not_found", f"model {model} version {version} has no readable {name!r}"
         ) from error
     return JSONResponse(public_paths(document), headers=headers)
+
+
+def _report_path(model_path: Path, version: int, name: str) -> Path | None:
+    """A report file in ``assets.extra/`` of the folder the model server loads ``version`` from
+    (:func:`fdl.repository_reads.version_dir`); None when it is no regular file there."""
+    folder = (version_dir(model_path, version) / contract.ASSETS_EXTRA_DIR).resolve()
+    path = (folder / name).resolve()
+    return path if path.parent == folder and path.is_file() else None
 
 
 def _finite(text: str) -> float | None:

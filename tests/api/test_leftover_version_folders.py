@@ -8,10 +8,16 @@ promotion to an empty folder's number is refused as one to a missing number, a r
 take an empty folder for an older version, the config the promotion renders serves the real
 version only, and the next publish still steps over every numbered folder (its rename would
 fail onto one that is not empty).
+
+The model ``padded`` holds one version in a folder named ``05``, which the model server serves as
+version 5: the gateway reads its metadata.json, recorded profile and report files from that folder
+too (before, from ``5``: none of them), and a publish's idempotency check finds its job there.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -22,15 +28,25 @@ import httpx
 import pytest
 from google.protobuf import text_format
 
-from fdl.repository import CONFIG_FILE, Repository
+from fdl import contract
+from fdl.repository import CONFIG_FILE, Repository, sync_config
+from fdl.repository_reads import find_job_version, version_dir, version_paths
 from fdl.wire.tfs_pb2 import ModelServerConfig
-from harness.gateway import Gateway, classify, set_label
+from harness.gateway import BLANK_PNG, Gateway, classify, set_label
 from harness.model_server import ModelServer, model_server_running
-from harness.repository import SERVED, copy_repository
+from harness.repository import SERVED, TRAINING_METADATA, copy_repository
 
 JUNK = 2000  # empty folders 2 .. JUNK + 1 (the hunter's 20,000 took 2.3-5 s; this, under 0.1 s)
 HALF_COPIED = JUNK + 100  # the newest number: files being copied in, no saved_model.pb yet
 MISSING = JUNK + 1000  # no folder at all
+PADDED = "padded"  # its one version, 5, in the folder 05
+# A 1-channel model that records the photo profile: by channel count it would get digit.
+PADDED_METADATA = {
+    **TRAINING_METADATA,
+    "job_id": "job-padded",
+    "model": PADDED,
+    contract.PROFILE_KEY: contract.PHOTO_PROFILE,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +59,18 @@ def repository(pristine_repository: Path, tmp_path_factory: pytest.TempPathFacto
     (photos / str(HALF_COPIED) / "assets.extra").mkdir()
     (photos / str(HALF_COPIED) / "assets.extra" / "metadata.json").write_text("{}")
     (photos / "0").mkdir()  # older than the real version: nothing to roll back to
+    padded = model_dir / PADDED / "05"
+    shutil.copytree(model_dir / "digits" / "2", padded)
+    (padded / contract.METADATA_FILE).write_text(json.dumps(PADDED_METADATA))
+    (padded / contract.ASSETS_EXTRA_DIR / "confusion.png").write_bytes(BLANK_PNG)
+    sync_config(model_dir)  # the config serves it too
     return model_dir
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path, logs_dir: Path) -> Iterator[ModelServer]:
-    with model_server_running("model-server-junk", repository, logs_dir, SERVED) as up:
+    wanted = {**SERVED, PADDED: 5}
+    with model_server_running("model-server-junk", repository, logs_dir, wanted) as up:
         yield up
 
 
@@ -134,3 +156,56 @@ def test_a_publish_steps_over_every_numbered_folder(repository: Path) -> None:
     """Not versions, but their names are taken: a new version renamed onto the half-copied
     folder would fail (it is not empty), so the next number is past all of them."""
     assert Repository(repository).next_version("photos", {}) == HALF_COPIED + 1
+
+
+def test_a_version_in_a_zero_padded_folder_is_read_from_it(
+    gateway: Gateway, repository: Path
+) -> None:
+    """``05`` is version 5 to the model server; its metadata, recorded profile and report are
+    read from there, as a publish's idempotency check reads its job."""
+    listing = get(gateway, "/v1/models")[0]
+    assert listing.status_code == 200, listing.text
+    models = {m["name"]: m for m in listing.json()["models"]}
+    detail = get(gateway, f"/v1/models/{PADDED}")[0]
+    assert detail.status_code == 200, detail.text
+    for padded in (models[PADDED], detail.json()):
+        (version,) = padded["versions"]
+        assert version["version"] == 5 and version["state"] == "AVAILABLE", version
+        assert version["job_id"] == "job-padded"
+        assert version["class_names"] == PADDED_METADATA["class_names"]
+        assert version["metrics"] == PADDED_METADATA["metrics"]
+        assert version["metadata"]["architecture"] == PADDED_METADATA["architecture"]
+    # The profile classification uses, read (in the metadata cache) from 05/'s metadata.json.
+    assert detail.json()["input"]["version"] == 5
+    assert detail.json()["input"]["profile"] == contract.PHOTO_PROFILE
+
+    for url in (f"{PADDED}/versions/5:classify", f"{PADDED}:classify"):
+        answer = classify(f"{gateway.url}/v1/models/{url}", gateway.classifier())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["version"] == 5
+        # Labelled with the class names the model holds, under the photo profile.
+        assert answer.json()["predictions"][0]["label"] in PADDED_METADATA["class_names"]
+
+    report = httpx.get(
+        f"{gateway.url}/v1/models/{PADDED}/versions/5/report/confusion.png",
+        headers=gateway.classifier(),
+        timeout=60,
+    )
+    assert report.status_code == 200, report.text
+    assert report.content == BLANK_PNG
+
+    assert find_job_version(repository / PADDED, "job-padded") == 5
+
+
+def test_one_version_maps_to_the_folder_the_listing_names(tmp_path: Path) -> None:
+    """:func:`version_dir` (no listing) agrees with :func:`version_paths` (the model server's
+    choice): of the names of one version holding a graph, the last in byte order."""
+    for name in ("005", "05", "00", "0", "7", "07"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").touch()
+    (tmp_path / "5").mkdir()  # empty: no version
+    listed = version_paths(tmp_path)
+    assert {v: p.name for v, p in listed.items()} == {0: "00", 5: "05", 7: "7"}
+    for version, folder in listed.items():
+        assert version_dir(tmp_path, version) == folder
+    assert version_dir(tmp_path, 9) == tmp_path / "9"  # none: the name a publish writes
