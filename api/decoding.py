@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # The input side assumed when a model's signature leaves height or width unknown.
 _DEFAULT_SIDE = 28
 _NUMPY_INPUT = {"DT_UINT8": np.uint8, "DT_FLOAT": np.float32, "DT_HALF": np.float16}
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,31 @@ def _open_or_prepare(
     return _Opened(opened, largest)
 
 
+def _outcome(func: Callable[[], _Result]) -> tuple[_Result | None, Exception | None]:
+    try:
+        return func(), None
+    except Exception as error:
+        return None, error
+
+
+async def _in_worker_thread(func: Callable[[], _Result]) -> _Result:
+    """``func()`` in a worker thread; what it raises is raised here, its traceback that of the
+    worker thread's frames (and this request's, as it goes up).
+
+    An error raised through ``run_in_threadpool`` came back with anyio's frame that awaited it in
+    its traceback; that frame holds the Future, and the Future the error: a reference cycle that
+    kept the request's frames, and its body (up to 10 MB, twice that for a multipart body),
+    until a full collection, for every image refused (422, 413, 415). Handed back as a value,
+    the error is in no Future when raised, and freed once answered."""
+    result, error = await run_in_threadpool(_outcome, func)
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error  # this frame, in the error's traceback, must not hold it either
+    return result  # type: ignore[return-value]  # None only with an error
+
+
 async def prepare_bounded(
     images: list[bytes], spec: InputSpec, profile: str, limits: DecodeLimits, model: str
 ) -> np.ndarray:
@@ -114,14 +140,16 @@ async def prepare_bounded(
     request has taken its share. The images of a request decode one after another, so the
     request holds its largest image's share.
     """
-    result = await run_in_threadpool(_open_or_prepare, images, spec, profile, limits, model)
+    result = await _in_worker_thread(
+        functools.partial(_open_or_prepare, images, spec, profile, limits, model)
+    )
     if isinstance(result, np.ndarray):
         return result
     prepare = functools.partial(
         prepare_batch, result.images, spec, profile, limits.max_pixels, model
     )
     async with limits.budget.share(result.largest):
-        return await run_in_threadpool(prepare)
+        return await _in_worker_thread(prepare)
 
 
 def _input_size(spec: InputSpec) -> tuple[int, int]:
