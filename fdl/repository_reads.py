@@ -62,26 +62,37 @@ def version_number(name: str) -> int | None:
     return int(name) if _NUMBER_NAME.fullmatch(name) else None
 
 
+def _mode(path: str | os.PathLike[str]) -> int:
+    """``st_mode`` of ``path``, a symlink followed; 0 where ``Path.is_dir`` and ``is_file`` (the
+    model server's) take it as absent: ENOENT, ENOTDIR, EBADF, ELOOP (a symlink loop).
+
+    Raises:
+        OSError: any other error (``PermissionError``…): it cannot be looked into.
+    """
+    try:
+        return os.stat(path).st_mode
+    except OSError as error:
+        if error.errno in _ABSENT:
+            return 0
+        raise
+
+
 def holds_graph(folder: str | os.PathLike[str]) -> bool:
     """Whether a version folder holds a SavedModel graph (a regular file of
     :data:`fdl.contract.GRAPH_FILES`, a symlink followed): a stat per name, none opened.
-
-    Raises:
-        OSError: the folder cannot be looked into (``PermissionError``…); absent is False.
-    """
+    Raises as :func:`_mode` (the folder cannot be looked into); absent is False."""
     path = os.fspath(folder)
-    for name in _GRAPH_NAMES:
-        try:
-            mode = os.stat(path + name).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            if error.errno in _ABSENT:
-                continue
-            raise
-        if stat.S_ISREG(mode):
-            return True
-    return False
+    return any(stat.S_ISREG(_mode(path + name)) for name in _GRAPH_NAMES)
+
+
+def is_version_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether a version-named child of a model's folder is a version, as to the model server
+    (``serving/versions.py:scan_versions``): a folder (a symlink followed) holding a graph;
+    absent, a dangling symlink or a loop (ELOOP), not a folder: False, as ``Path.is_dir`` says.
+    Raises ``OSError`` where it cannot be looked into (a ``PermissionError``: it, or a symlink
+    into a folder closed to us): counted as a version then, as the model server counts it.
+    The one rule of :func:`version_folders` and :func:`version_dir`."""
+    return stat.S_ISDIR(_mode(folder)) and holds_graph(folder)
 
 
 def version_folders(
@@ -89,14 +100,14 @@ def version_folders(
 ) -> list[tuple[int, Path]]:
     """The children of a model's folder that are versions to the gateway and training (every
     reader here), in byte order of their names: a name :func:`version_number` reads, a folder
-    holding a graph (:func:`holds_graph`), as the model server also requires. One whose
+    holding a graph (:func:`is_version_folder`), as the model server also requires. One whose
     contents cannot be checked (a permission error) counts, as TF Serving aspires every
     version-named child without looking inside; an empty or half-copied folder does not.
 
-    Cost: one ``scandir`` of ``base_path``, and for each version-named folder one ``stat`` per
-    graph file name until one is found (two for an empty folder); nothing is opened or read
-    (20,000 empty folders: 0.3-0.5 s on a loaded 2-CPU VM). Nothing caps the entries examined:
-    a cap would hide versions past it, and neither TF Serving nor the model server has one.
+    Cost: one ``scandir`` of ``base_path``, and for each version-named child a ``stat`` and one
+    per graph file name until one is found (three for an empty folder), nothing opened (20,000
+    empty folders: 0.3-0.5 s on a loaded 2-CPU VM). Nothing caps the entries examined: a cap
+    would hide versions past it, and neither TF Serving nor the model server has one.
 
     ``unreadable``, when given, receives each listed folder whose contents could not be
     checked, with the error, so that a caller need not stat it again to learn which.
@@ -111,7 +122,7 @@ def version_folders(
             if number is None:
                 continue
             try:
-                if not (entry.is_dir() and holds_graph(entry.path)):
+                if not is_version_folder(entry.path):
                     continue
             except OSError as error:
                 # Not readable to us: the model server's load says why.
@@ -145,12 +156,12 @@ def version_paths(
 def version_dir(model_path: Path, version: int) -> Path:
     """The folder the model server loads one version from, as :func:`version_paths` would name
     it, without listing the model's folder: of the names that spell ``version`` (``5``, ``05``,
-    … up to 18 digits) the last in byte order that holds a graph or cannot be looked into.
-    When none does (no such version, or a folder without a graph), the name a publish writes,
+    … up to 18 digits) the last in byte order that :func:`is_version_folder` counts. When none
+    does (no such version, or a folder without a graph), the name a publish writes,
     ``str(version)``, so that a reader finds what it found before versions could be padded.
 
-    Cost: a ``stat`` per graph file name per candidate name, none opened: at most 36 for a
-    version with no folder at all (about 0.1 ms), one for a version in its plain folder.
+    Cost: a ``stat`` per candidate name, and one per graph file name for a folder, none
+    opened: 18 for a version with no folder at all, two for a version in its plain folder.
     """
     digits = str(version)
     if version >= 0 and len(digits) <= 18:
@@ -158,11 +169,11 @@ def version_dir(model_path: Path, version: int) -> Path:
         for name in sorted((digits.zfill(width) for width in range(len(digits), 19)), reverse=True):
             folder = model_path / name
             try:
-                if holds_graph(folder):
+                if is_version_folder(folder):
                     return folder
             except OSError:
-                if os.path.isdir(folder):
-                    return folder  # counted, as version_folders counts it
+                if os.path.lexists(folder):  # not a name in a model folder we may not search
+                    return folder
     return model_path / digits
 
 

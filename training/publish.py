@@ -25,7 +25,7 @@ from filelock import Timeout
 from fdl import contract
 from fdl.jobspec import PublishSpec, valid_name
 from fdl.repository import Repository, sync_config
-from fdl.repository_reads import find_job_version, list_versions
+from fdl.repository_reads import find_job_version, version_dir, version_paths
 from training.model_kind import ModelKind
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def quality_gate(
         )
     reason = f"test accuracy {accuracy:.4f} >= publish.min_accuracy {policy.min_accuracy:.4f}"
     if policy.only_if_better:
-        versions = list_versions(model_path)
+        versions = version_paths(model_path)  # each from the folder the model server loads
         if versions:
-            latest = versions[-1]
-            metadata = _served_metadata(model_path / str(latest))  # one read, for both checks
+            latest = max(versions)
+            metadata = _served_metadata(versions[latest])  # one read, for both checks
             differ = kind.differences(metadata) if kind is not None and metadata else []
             if differ:
                 return False, (
@@ -201,7 +201,8 @@ def published_before(model_dir: Path, model_name: str, job_id: str) -> dict[str,
     if version is None:
         return None
     try:
-        metadata = json.loads((model_path / str(version) / contract.METADATA_FILE).read_text())
+        folder = version_dir(model_path, version)  # the folder the model server loads it from
+        metadata = json.loads((folder / contract.METADATA_FILE).read_text())
     except (OSError, ValueError):
         metadata = {}
     return {

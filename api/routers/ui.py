@@ -168,7 +168,12 @@ async def version_report(
             422, "invalid_report_file", "the report file must be a plain name ending .png or .json"
         )
     # In a worker thread: finding the version's folder (``05`` for 5) takes a few stats.
-    path = await run_in_threadpool(_report_path, settings.model_dir / model, version, name)
+    try:
+        path = await run_in_threadpool(_report_path, settings.model_dir / model, version, name)
+    except (OSError, RuntimeError) as error:  # RuntimeError: resolve() met a symlink loop
+        raise ApiError(
+            404, "report_not_found", f"model {model} version {version} has no readable {name!r}"
+        ) from error
     if path is None:
         raise ApiError(
             404, "report_not_found", f"model {model} version {version} has no report file {name!r}"
@@ -188,7 +193,12 @@ async def version_report(
 
 def _report_path(model_path: Path, version: int, name: str) -> Path | None:
     """A report file in ``assets.extra/`` of the folder the model server loads ``version`` from
-    (:func:`fdl.repository_reads.version_dir`); None when it is no regular file there."""
+    (:func:`fdl.repository_reads.version_dir`); None when it is no regular file there.
+
+    Raises:
+        OSError: the folder cannot be looked into (``PermissionError``: closed to the gateway).
+        RuntimeError: a symlink loop on the way (``Path.resolve``'s error for one).
+    """
     folder = (version_dir(model_path, version) / contract.ASSETS_EXTRA_DIR).resolve()
     path = (folder / name).resolve()
     return path if path.parent == folder and path.is_file() else None

@@ -35,6 +35,7 @@ from fdl.wire.tfs_pb2 import ModelServerConfig
 from harness.gateway import BLANK_PNG, Gateway, classify, set_label
 from harness.model_server import ModelServer, model_server_running
 from harness.repository import SERVED, TRAINING_METADATA, copy_repository
+from serving.versions import scan_versions
 
 JUNK = 2000  # empty folders 2 .. JUNK + 1 (the hunter's 20,000 took 2.3-5 s; this, under 0.1 s)
 HALF_COPIED = JUNK + 100  # the newest number: files being copied in, no saved_model.pb yet
@@ -209,3 +210,23 @@ def test_one_version_maps_to_the_folder_the_listing_names(tmp_path: Path) -> Non
     for version, folder in listed.items():
         assert version_dir(tmp_path, version) == folder
     assert version_dir(tmp_path, 9) == tmp_path / "9"  # none: the name a publish writes
+
+
+def test_a_symlink_loop_is_no_version_as_to_the_model_server(tmp_path: Path) -> None:
+    """A version-named symlink loop (ELOOP: it cannot be looked into, but is no folder) is no
+    version to the model server (``Path.is_dir`` is False), so none to the listing either, and
+    :func:`version_dir` takes the folder beside it as the listing does (before, the listing
+    counted ``06`` as version 6, unreadable, while ``version_dir`` took ``6``)."""
+    for name in ("1", "5"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").touch()
+    (tmp_path / "6").mkdir()  # empty: no version
+    (tmp_path / "05").symlink_to("05")
+    (tmp_path / "06").symlink_to("06")
+    server = {v: p.name for v, p in scan_versions(tmp_path).items()}
+    assert server == {1: "1", 5: "5"}
+    unreadable: dict[Path, OSError] = {}
+    assert {v: p.name for v, p in version_paths(tmp_path, unreadable).items()} == server
+    assert unreadable == {}
+    assert version_dir(tmp_path, 5) == tmp_path / "5"
+    assert version_dir(tmp_path, 6) == tmp_path / "6"  # none: the name a publish writes

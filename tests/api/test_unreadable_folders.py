@@ -9,6 +9,9 @@ in a process that permissions bind (tests/unprivileged.py): root would read the 
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +21,11 @@ import httpx
 import numpy as np
 import pytest
 
+from fdl import contract
 from fdl.repository import CONFIG_FILE
 from harness.gateway import (
     ADMIN_KEY,
+    BLANK_PNG,
     Gateway,
     bearer,
     gateway_env,
@@ -158,3 +163,61 @@ def test_a_label_removed_from_an_unreadable_model_leaves_its_entry_too(
         served = post(gateway, "/v1/models/photos/labels/canary:classify", files=files)
         assert served.status_code == 404, served.text
         assert served.json()["error"]["code"] == "label_not_found"
+
+
+# Version 5 of ``hidden`` as the gateway's listing, its ``version_dir`` and the model server's own
+# rule (``serving/versions.py``, which counts a folder it cannot look into) each name it.
+_RULES = """
+import json, sys
+from pathlib import Path
+from fdl.repository_reads import version_dir, version_paths
+from serving.versions import scan_versions
+path = Path(sys.argv[1])
+print(json.dumps([version_dir(path, 5).name, {v: p.name for v, p in version_paths(path).items()},
+                  {v: p.name for v, p in scan_versions(path).items()}]))
+"""
+
+
+def test_a_padded_version_closed_to_the_gateway_is_not_read_from_a_leftover(
+    closable: tuple[Gateway, Path],
+) -> None:
+    """Version 5 of ``hidden`` is ``05``, a symlink to an export under a folder closed to the
+    gateway (another user's), beside ``5``, a leftover without a graph holding a report of its
+    own: every rule takes ``05`` (before, ``version_dir`` took ``5``: ``os.path.isdir`` is False
+    where the listing's ``DirEntry.is_dir`` raised), the listing shows it unreadable and its
+    report is none (404 ``report_not_found``; with ``05`` taken, before, a 500), never the
+    leftover's. A report that is a symlink loop is none either (before, a 500)."""
+    gateway, model_dir = closable
+    export = model_dir.parent / "elsewhere" / "export"
+    (export / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"x")
+    (export / contract.ASSETS_EXTRA_DIR / "confusion.png").write_bytes(BLANK_PNG)
+    leftover = model_dir / "hidden" / "5" / contract.ASSETS_EXTRA_DIR
+    leftover.mkdir(parents=True)
+    (leftover / "confusion.png").write_bytes(b"\x89PNG\r\n\x1a\nLEFTOVER")
+    (model_dir / "hidden" / "05").symlink_to(export)
+    looped = model_dir / "loopy" / "1" / contract.ASSETS_EXTRA_DIR
+    looped.mkdir(parents=True)
+    (looped.parent / "saved_model.pb").write_bytes(b"x")
+    (looped / "confusion.png").symlink_to("confusion.png")
+    try:
+        with closed(export.parent):
+            rules = subprocess.run(
+                [*unprivileged(), sys.executable, "-c", _RULES, str(model_dir / "hidden")],
+                capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+            )  # fmt: skip
+            listed = _get(gateway, "/v1/models/hidden")
+            report = _get(gateway, "/v1/models/hidden/versions/5/report/confusion.png")
+            loop = _get(gateway, "/v1/models/loopy/versions/1/report/confusion.png")
+    finally:
+        shutil.rmtree(model_dir / "hidden")
+        shutil.rmtree(model_dir / "loopy")
+        shutil.rmtree(export.parent)
+    assert json.loads(rules.stdout) == ["05", {"5": "05"}, {"5": "05"}]
+    assert listed.status_code == 200, listed.text
+    (version,) = listed.json()["versions"]
+    assert version["version"] == 5
+    assert version["error"] == "Permission denied: the version's folder cannot be read"
+    for answer in (report, loop):
+        assert answer.status_code == 404, (answer.status_code, answer.content[:40])
+        assert answer.json()["error"]["code"] == "report_not_found"

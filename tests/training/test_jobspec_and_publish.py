@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from fdl import contract
 from fdl.jobspec import JobSpec, PublishSpec
 from fdl.repository_reads import list_versions
-from training.publish import publish, quality_gate, staging_dir
+from training.publish import publish, published_before, quality_gate, staging_dir
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,22 @@ def test_quality_gate(tmp_path: Path) -> None:
     assert not ok and "served version 2 (0.9000)" in why
     ok, why = quality_gate(better, 0.93, path)
     assert ok and "better than the served version 2" in why
+
+
+def test_the_gate_and_a_rerun_read_a_padded_version_from_its_folder(tmp_path: Path) -> None:
+    """A version the model server loads from ``05/`` (copied in by hand): the gate compares
+    with its metrics and a re-run of its job finishes with them, not with none from ``5/``."""
+    model_dir = tmp_path / "models"
+    padded = model_dir / "m" / "05"
+    (padded / contract.ASSETS_EXTRA_DIR).mkdir(parents=True)
+    (padded / "saved_model.pb").write_bytes(b"x")
+    metadata = {"job_id": "job-a", "metrics": {"test_accuracy": 0.99}, "runtime": {"epochs_run": 7}}
+    (padded / contract.METADATA_FILE).write_text(json.dumps(metadata))
+    ok, why = quality_gate(PublishSpec(only_if_better=True), 0.5, model_dir / "m")
+    assert not ok and "not better than the served version 5 (0.9900)" in why
+    earlier = published_before(model_dir, "m", "job-a")
+    assert earlier is not None and earlier["version"] == 5
+    assert (earlier["metrics"], earlier["epochs_run"]) == ({"test_accuracy": 0.99}, 7)
 
 
 def test_publish_takes_the_next_version_and_skips_staging(tmp_path: Path) -> None:
