@@ -172,13 +172,18 @@ def test_model_server_killed_gateway_answers_503_then_200(stack: RunningStack) -
     while time.monotonic() < deadline:
         if back_at is None and model_available(stack):
             back_at = time.monotonic()
+        sent = time.monotonic()
         response = classify(stack)
         answers.append(response.status_code)
         assert response.status_code in (200, 503), response.text
         if response.status_code == 503:
             assert response.headers.get("Retry-After"), response.headers
         elif back_at is not None:
-            assert time.monotonic() - back_at < 2, "classify took over 2 s to recover"
+            # While its channel is down the gateway answers 503 at once, so the first 200 was
+            # sent once it had reconnected: within its 1 s maximum reconnect backoff (plus
+            # gRPC's jitter) of the model server's return. The call's own time, the restarted
+            # server's first Predict, is left out: a loaded machine stretches it.
+            assert sent - back_at < 2, "classify took over 2 s to recover"
             break
     assert 503 in answers and answers[-1] == 200, answers
     assert child(stack, "serving").pid != old.pid
