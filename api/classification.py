@@ -113,12 +113,20 @@ async def input_spec(cache: MetadataCache, target: Target, request_id: str) -> I
     try:
         return await cache.get(target.model, target.version, target.label, request_id)
     except grpc.aio.AioRpcError as error:
-        answer = upstream_error(error, target, "GetModelMetadata")
-        if answer.code == "label_not_found":
-            answer = await _unless_no_model(cache.client, target, request_id, answer)
-        raise answer from error
+        # Built in a function of its own: a frame that held the answer it raised would be in a
+        # cycle with it (through its traceback), and keep the request's body until a collection.
+        raise await _metadata_answer(cache.client, target, request_id, error) from error
     except ModelContractError as error:
         raise ApiError(502, "unsupported_model", str(error)) from error
+
+
+async def _metadata_answer(
+    client: ServingClient, target: Target, request_id: str, error: grpc.aio.AioRpcError
+) -> ApiError:
+    answer = upstream_error(error, target, "GetModelMetadata")
+    if answer.code == "label_not_found":
+        return await _unless_no_model(client, target, request_id, answer)
+    return answer
 
 
 async def _unless_no_model(

@@ -80,7 +80,12 @@ class PredictCoalescer:
         if deadline is None:
             deadline = time.monotonic() + self.client.timeout_s
         lane.waiting.append(_Waiting(batch, request_id, future, deadline))
-        return await future
+        try:
+            return await future
+        finally:
+            # The error the future may hold has this frame in its traceback: holding the future
+            # too made a cycle that kept the request's frames, and its body, until a collection.
+            del future
 
     def _dispatch(self, key: _LaneKey, lane: _Lane) -> None:
         """Send what waits in ``lane`` while it has capacity; forget the lane once it is idle."""
@@ -167,6 +172,9 @@ class PredictCoalescer:
                 held = False
                 self._release(key, lane)
             fail(group, error)
+            # This frame is in the error's traceback, and so are the callers' once they raise it:
+            # the group, whose futures hold the error, must not be held here as well.
+            del group
         finally:
             if held:
                 self._release(key, lane)

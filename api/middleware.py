@@ -204,7 +204,12 @@ class GatewayMiddleware:
             if not exchange.refused:
                 await send_error(send, error)
                 exchange.refused = True
-            raise error
+            try:
+                raise error
+            finally:
+                # This frame is in the error's traceback: holding the error too made a cycle that
+                # kept the frames below, and the body they read, until a full collection.
+                del error
 
         async def limited_receive() -> Message:
             nonlocal received, complete
