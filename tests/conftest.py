@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -15,7 +17,26 @@ os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 
 from harness.gateway import Gateway, gateway_running
+from harness.ports import start_port_server, stop_port_server
 from harness.redis import redis_running
+
+_PORT_SERVER = pytest.StashKey[subprocess.Popen[bytes] | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One port server for the run, started by the main pytest process before its test
+    processes (pytest-xdist's workers inherit its address; harness/ports.py)."""
+    if hasattr(config, "workerinput") or os.environ.get("PORTSERVER_ADDRESS"):
+        return
+    config.stash[_PORT_SERVER] = start_port_server(_port_server_log())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_port_server(config.stash.get(_PORT_SERVER, None), _port_server_log())
+
+
+def _port_server_log() -> Path:
+    return Path(tempfile.gettempdir()) / f"fdl-port-server-{os.getpid()}.log"
 
 
 @pytest.fixture(scope="session")
