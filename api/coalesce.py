@@ -158,6 +158,9 @@ class PredictCoalescer:
                 # The lane's slot is kept while the group is split, so what waits meanwhile
                 # goes out under the cap the split teaches.
                 await self._split.refused(key, group, error)
+                # This frame is in that error's traceback, and it is the context of the errors
+                # the split's Predicts raise: the group, whose futures hold them, goes first.
+                del group
                 return
             # The next Predict goes out before these callers resume, as the server is idle.
             held = False

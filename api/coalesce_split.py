@@ -110,20 +110,28 @@ class Splitter:
             if item.deadline < latest
         ]
         try:
-            served, outputs = await asyncio.wait_for(self._send(key, live), latest - now)
+            # Not asyncio.wait_for: its frame, in the traceback of the error the call raises,
+            # holds the task that holds that error, a cycle with the callers' frames and bodies.
+            async with asyncio.timeout(latest - now):
+                served, outputs = await self._send(key, live)
         except TimeoutError:
             fail(live, deadline_exceeded())
             return None
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                fail(live, error)
-                return None
-            if size_limit(error, rows_of(live)) is not None:  # too large after all
-                await self.refused(key, live, error)
-                return None
-            if len(live) == 1:  # its own verdict
-                fail(live, error)
-            return error
+            try:
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    fail(live, error)
+                    return None
+                if size_limit(error, rows_of(live)) is not None:  # too large after all
+                    await self.refused(key, live, error)
+                    return None
+                if len(live) == 1:  # its own verdict
+                    fail(live, error)
+                return error
+            finally:
+                # This frame is in the error's traceback: holding the callers too (whose futures
+                # hold it) made a cycle that kept their requests' bodies until a collection.
+                del part, live
         finally:
             for timer in timers:
                 timer.cancel()

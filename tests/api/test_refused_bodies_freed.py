@@ -224,7 +224,8 @@ async def post(app: Any, case: Case, body: bytes) -> tuple[int, str]:
             answer["body"] += message.get("body", b"")
 
     await app(scope, receive, send)
-    code = json.loads(answer["body"])["error"]["code"] if answer["body"] else ""
+    error = json.loads(answer["body"]).get("error", {}) if answer["body"] else {}
+    code: str = error.get("code", "")
     return answer["status"], code
 
 
