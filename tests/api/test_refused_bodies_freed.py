@@ -250,6 +250,20 @@ def left_behind(send: Callable[[], Any], most: int) -> tuple[set[Any], int]:
         tracemalloc.stop()
 
 
+def measured(
+    client: TestClient, case: Case, send: Callable[[], Any], size: int
+) -> tuple[set[Any], int]:
+    """``case`` set up, one warm-up call (caches filled, worker threads started) that must
+    answer as expected, then :func:`left_behind`; the set-up undone whatever happens."""
+    undo = case.setup(client) if case.setup else None
+    try:
+        assert send() == {case.expected}
+        return left_behind(send, size // 2)
+    finally:
+        if undo:
+            undo()
+
+
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_refused_bodies_are_freed_without_the_collector(client: TestClient, case: Case) -> None:
     body = case.body()
@@ -263,13 +277,7 @@ def test_refused_bodies_are_freed_without_the_collector(client: TestClient, case
     def send() -> frozenset[tuple[int, str]]:
         return client.portal.call(together)
 
-    undo = case.setup(client) if case.setup else None
-    try:
-        assert send() == {case.expected}  # warmed up: caches filled, worker threads started
-        answers, left = left_behind(send, size // 2)
-    finally:
-        if undo:
-            undo()
+    answers, left = measured(client, case, send, size)
     assert answers == {frozenset({case.expected})}
     assert left < size // 2, (
         f"{REQUESTS} refused bodies of {size:,} bytes left {left:,} bytes behind until a collection"

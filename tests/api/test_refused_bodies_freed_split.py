@@ -29,7 +29,7 @@ from api.main import create_app
 from harness.gateway import inprocess_settings
 from harness.model_server import ModelServer
 from tests.api.test_coalesce_split import SERVER_MAX, batching_server  # noqa: F401
-from tests.api.test_refused_bodies_freed import PNG, REQUESTS, SETTLE_S, Case, left_behind, post
+from tests.api.test_refused_bodies_freed import PNG, REQUESTS, SETTLE_S, Case, measured, post
 
 JSON = "application/json"
 
@@ -140,13 +140,7 @@ def test_split_or_late_bodies_are_freed_without_the_collector(
         return client.portal.call(together)
 
     before = splits()
-    undo = case.setup(client) if case.setup else None
-    try:
-        assert send() == {case.expected}  # warmed up: caches filled, worker threads started
-        answers, left = left_behind(send, size // 2)
-    finally:
-        if undo:
-            undo()
+    answers, left = measured(client, case, send, size)
     assert answers == {frozenset({case.expected})}
     # Every round's merged Predict was refused and split; or (the cap known, or none sent) none.
     assert splits() - before == (1 + REQUESTS if forget else 0)
