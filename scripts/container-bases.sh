@@ -13,6 +13,8 @@ WORK=$1
 MODE=${FDL_CONTAINER_BASES:-auto}
 MIRROR=${FDL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 read -r -a BUILD_OPTS <<<"${BUILD_OPTS_STR:---pull=never --format docker}"
+# shellcheck source=scripts/network-retries.sh
+source scripts/network-retries.sh
 
 PYTHON_BASE=docker.io/library/python:3.11.13-slim-bookworm
 declare -A IMAGE=(
@@ -34,21 +36,21 @@ have_real() {
 
 python_standin() {
   # Debian bookworm's Python 3.11 with venv; no docs, man pages or locales (the slim image has none).
-  mmdebstrap --quiet --variant=minbase \
+  with_network_retries "$WORK/standin-python.log" mmdebstrap --quiet --variant=minbase \
     --include=python3,python3-venv,python-is-python3,ca-certificates \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
-    bookworm "$WORK/python-base.tar" "$MIRROR"
+    bookworm "$WORK/python-base.tar" "$MIRROR" || { tail -30 "$WORK/standin-python.log"; return 1; }
   podman import --quiet --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' \
     --change 'LABEL fdl.standin=true' "$WORK/python-base.tar" "$PYTHON_BASE" >/dev/null
   rm -f "$WORK/python-base.tar"
 }
 
 standin() {
-  local image=$1 file=$2
-  podman build "${BUILD_OPTS[@]}" --label fdl.standin=true --build-arg "BASE=$PYTHON_BASE" \
-    -f "$file" -t "$image" deploy/standins >"$WORK/standin-$(basename "$file").log" 2>&1 || {
-    tail -30 "$WORK/standin-$(basename "$file").log"; return 1; }
+  local image=$1 file=$2 log=$WORK/standin-$(basename "$2").log
+  with_network_retries "$log" podman build "${BUILD_OPTS[@]}" --label fdl.standin=true \
+    --build-arg "BASE=$PYTHON_BASE" -f "$file" -t "$image" deploy/standins || {
+    tail -30 "$log"; return 1; }
 }
 
 report() { printf 'base %-46s %-9s %4d s\n' "$1" "$2" "$3"; }

@@ -64,6 +64,8 @@ if [ -n "$CA" ] && [ -f "$CA" ]; then
   BUILD_OPTS+=(-v "$CA:/etc/ssl/certs/ca-certificates.crt:ro")
 fi
 export BUILD_OPTS_STR="${BUILD_OPTS[*]}"
+# shellcheck source=scripts/network-retries.sh
+source scripts/network-retries.sh
 
 log "podman-compose into $WORK/venv"
 python3 -m venv "$WORK/venv"
@@ -76,7 +78,7 @@ build() {
   local image=$1 t0=$SECONDS log=$WORK/build-${1//[\/:]/_}.log
   shift
   log "building $image"
-  podman build "${BUILD_OPTS[@]}" -t "$image" "$@" . >"$log" 2>&1 || {
+  with_network_retries "$log" podman build "${BUILD_OPTS[@]}" -t "$image" "$@" . || {
     tail -40 "$log"; echo "FAILED: building $image"; return 1; }
   echo "$image $((SECONDS - t0))" >>"$WORK/build-times.txt"
 }
@@ -87,14 +89,19 @@ tensorflow=$!
 bash scripts/container-bases.sh "$WORK" redis flower >"$WORK/bases-rest.txt" &
 others=$!
 build "fdl-serve/gateway:$VERSION" --target gateway
-wait "$others"
-wait "$tensorflow"
+# Each background step's report (and, on failure, the tail of its log) is printed before any
+# failure ends the script.
+failed=
+wait "$others" || failed+=" redis/flower"
+wait "$tensorflow" || failed+=" tensorflow"
 cat "$WORK/bases-tf.txt" "$WORK/bases-rest.txt" | tee -a "$WORK/bases.txt"
+[ -z "$failed" ] || { echo "FAILED: base images:$failed"; exit 1; }
 build "fdl-serve/worker-cpu:$VERSION" --target worker \
   --build-arg TENSORFLOW_IMAGE=tensorflow/tensorflow:2.21.0 &
 worker=$!
-build "fdl-serve/model-server:$VERSION" --target model-server
-wait "$worker"
+build "fdl-serve/model-server:$VERSION" --target model-server || failed+=" model-server"
+wait "$worker" || failed+=" worker"
+[ -z "$failed" ] || { echo "FAILED: images:$failed"; exit 1; }
 
 # PID 1 is tini in every image: a SIGTERM 0.2 s after the start (before uvicorn, Celery or the
 # model server take the signal) ends the container at once, with the program's status or 143. A
