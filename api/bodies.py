@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-import json
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import ApiError
+from api.errors import ApiError, json_body_refusal
+from api.json_body import JsonBodyError, parse_json
 from api.schemas import is_decimal
 from fdl.b64 import b64_unescape
 
@@ -206,13 +206,11 @@ def _check_json_size(body: bytes, max_batch: int) -> None:
 def _parse_json_instances(body: bytes, max_batch: int) -> tuple[list[bytes], int | None]:
     _check_json_size(body, max_batch)
     try:
-        payload = json.loads(body)
-    except RecursionError as error:
-        raise ApiError(400, "json_too_deep", "the JSON body is nested too deeply") from error
-    except ValueError as error:
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer of more
-        # than 4300 digits (Python's int-string conversion limit).
-        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {error}") from error
+        payload = parse_json(body)
+    except JsonBodyError as error:
+        # Syntax, not UTF-8, an integer of more than 4300 digits, a key given twice: 422.
+        status, code = (400, "json_too_deep") if error.kind == "too_deep" else (422, "invalid_json")
+        raise ApiError(status, code, error.message) from error
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "no_image", "'instances' must be a non-empty list of {\"b64\": ...}")
@@ -245,9 +243,19 @@ async def require_json_body(request: Request) -> None:
     """415 ``unsupported_media_type`` for a JSON route's body sent as another type (form data,
     text/plain) or with none: FastAPI would hand its bytes to validation, whose 422 "Input should
     be a valid dictionary" says nothing of the type. An empty body is left to FastAPI's 422
-    ("Field required")."""
+    ("Field required"). A JSON body is read again by :func:`api.json_body.parse_json` (FastAPI
+    parsed it already, keeping the last of a key given twice): 422 ``invalid_request`` naming a
+    key given twice; FastAPI's own parse failures are told by :mod:`api.errors`."""
     content_type = request.headers.get("content-type", "")
-    if (content_type and _is_json(content_type)) or not await request.body():
+    body = await request.body()
+    if content_type and _is_json(content_type):
+        if body:
+            try:
+                parse_json(body)
+            except JsonBodyError as error:
+                raise json_body_refusal(error) from error
+        return
+    if not body:
         return
     shown = content_type.split(";")[0].strip() or "none"
     raise ApiError(

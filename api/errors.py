@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 
+from api.json_body import JsonBodyError, explain, parse_json
+
 # Seconds a client should wait before retrying a request that found Redis (the job store) down.
 STORE_RETRY_AFTER_S = 2
 
@@ -98,6 +100,36 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     return ApiError(422, "invalid_request", message, details=details)
 
 
+def json_body_refusal(error: JsonBodyError) -> ApiError:
+    """A keyed JSON route's answer to a body :func:`api.json_body.parse_json` refuses: 400
+    ``json_too_deep`` (as a classify body's), else 422 ``invalid_request`` naming the field as
+    its syntax errors do (``body``, or the key given twice)."""
+    if error.kind == "too_deep":
+        return ApiError(400, "json_too_deep", error.message)
+    details = [{"field": error.field, "message": error.reason}]
+    return ApiError(422, "invalid_request", f"{error.field}: {error.reason}", details=details)
+
+
+async def _body_parse_refusal(request: Request, error: StarletteHTTPException) -> ApiError | None:
+    """FastAPI's 400 "There was an error parsing the body" for a JSON body ``json.loads`` raised
+    on, other than a syntax error (nested past the recursion limit, an integer of more than 4300
+    digits, not UTF-8), told as :func:`json_body_refusal` tells it; None for any other 400."""
+    cause = error.__cause__
+    if error.status_code != 400 or not isinstance(cause, RecursionError | ValueError):
+        return None
+    try:
+        body = await request.body()  # read already: FastAPI's parse failed on it
+    except Exception:  # any failure to read it: the plain 400 stands
+        return None
+    if isinstance(cause, RecursionError):
+        return json_body_refusal(explain(cause, body))
+    try:
+        parse_json(body)
+    except JsonBodyError as refused:
+        return json_body_refusal(refused)
+    return None  # a ValueError of something else than the body's JSON
+
+
 # The methods a 405's Allow header may name.
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
@@ -174,6 +206,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if (refusal := await _body_parse_refusal(request, error)) is not None:
+            return await _api_error(request, refusal)
         code = {
             400: "bad_request",
             401: "unauthorized",

@@ -103,11 +103,26 @@ def claim_of(
     if not key:
         raise _invalid("is empty")
     if len(key) > MAX_KEY_LENGTH:
-        raise _invalid(f"is {len(key)} characters long")
+        raise _invalid(f"is {len(key)} {'characters' if key.isascii() else 'bytes'} long")
     if (bad := _NOT_PRINTABLE.search(key)) is not None:
-        char = bad.group()
-        raise _invalid(f"holds {char!r} (U+{ord(char):04X}) at character {bad.start() + 1}")
+        raise _invalid(_not_printable(key, bad.start()))
     return Claim.of(f"{identity} {ROUTE}", key, spec.model_dump(), abandon_after_s)
+
+
+def _not_printable(key: str, at: int) -> str:
+    """What the key holds at ``key[at]`` (its first character that is not printable ASCII, so
+    every one before is one byte), as the client sent it: Starlette decodes header values as
+    Latin-1, one character per byte, so a UTF-8 ``é`` would read as ``Ã``."""
+    char = key[at]
+    if char.isascii():
+        return f"holds {char!r} (U+{ord(char):04X}) at character {at + 1}"
+    raw = key.encode("latin-1")
+    try:
+        char = raw.decode("utf-8")[at]
+    except UnicodeDecodeError:
+        return f"holds the byte 0x{raw[at]:02X} at byte {at + 1} (the key is not UTF-8)"
+    encoded = " ".join(f"{byte:02X}" for byte in char.encode("utf-8"))
+    return f"holds {char!r} (U+{ord(char):04X}, UTF-8 bytes {encoded}) at character {at + 1}"
 
 
 def _invalid(what: str) -> ApiError:

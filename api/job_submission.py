@@ -107,14 +107,16 @@ def confirm_sent(store: JobStore, job_id: str) -> None:
 def _create_within_cap(
     store: JobStore, spec: JobSpec, job_id: str, settings: GatewaySettings, claim: Claim | None
 ) -> dict[str, Any]:
-    """Count the jobs waiting in the gateway's queue and, below FDL_MAX_QUEUED_JOBS, write the
-    job's record, holding the queue's submission lock (429 queue_full at the cap, 503
-    job_store_busy when the lock stays taken; RedisError when Redis is unreachable). The job
-    that the claim's Idempotency-Key names already is answered first, whatever the count:
-    before the lock is taken (a replay never waits for it, nor fails with it), and again under
-    it (a concurrent submission under the key may have created it meanwhile). At the cap, a job
-    of the queue that the key names, abandoned, does not count: the create ends it as it
-    writes the new one (under the lock, nothing else queues a job here meanwhile)."""
+    """Count the jobs waiting in the gateway's queue (:meth:`fdl.jobs.JobStore.waiting`: the
+    records of the jobs queued there only, not every record kept) and, below
+    FDL_MAX_QUEUED_JOBS, write the job's record, holding the queue's submission lock (429
+    queue_full at the cap, 503 job_store_busy when the lock stays taken; RedisError when Redis
+    is unreachable). The job that the claim's Idempotency-Key names already is answered first,
+    whatever the count: before the lock is taken (a replay never waits for it, nor fails with
+    it), and again under it (a concurrent submission under the key may have created it
+    meanwhile). At the cap, a job of the queue that the key names, abandoned, does not count:
+    the create ends it as it writes the new one (under the lock, nothing else queues a job here
+    meanwhile)."""
     queue, cap = settings.training_queue, settings.max_queued_jobs
     if (earlier := idempotency.replayed(store, claim, job_id)) is not None:
         return earlier

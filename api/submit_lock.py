@@ -17,11 +17,11 @@ from redis.lock import Lock
 from api.errors import store_busy
 from fdl.jobs import JobStore
 
-# Held for one count, which reads two fields of every record kept (about 16 µs a record on a
-# 2-vCPU VM, 1.6 s for 100 000), the lock expires by itself after SUBMIT_LOCK_TIMEOUT_S should its
-# holder die (about 2 M records' count; a gateway killed mid-submission holds up that queue's
-# submissions no longer). One that does not get it within SUBMIT_LOCK_WAIT_S answers 503
-# job_store_busy.
+# Held for one count, which reads two fields of each job that may be queued (fdl/jobs.py:
+# JobStore.waiting; once after an upgrade, of every record kept: about 16 µs a record on a 2-vCPU
+# VM, 1.6 s for 100 000), the lock expires by itself after SUBMIT_LOCK_TIMEOUT_S should its holder
+# die (a gateway killed mid-submission holds up that queue's submissions no longer). One that
+# does not get it within SUBMIT_LOCK_WAIT_S answers 503 job_store_busy.
 SUBMIT_LOCK_KEY = "fdl:submit-lock:{}"
 SUBMIT_LOCK_TIMEOUT_S = 30.0
 SUBMIT_LOCK_WAIT_S = 5.0

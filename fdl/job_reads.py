@@ -16,7 +16,6 @@ from fdl.job_records import (
     INDEX_KEY,
     JOB_KEY,
     Events,
-    JobStatus,
     StreamReply,
     decode_events,
     decode_record,
@@ -172,14 +171,6 @@ class JobReads:
             if len(ids) < TIED_MAX:
                 return
             offset += TIED_MAX
-
-    @_retried
-    def waiting(self, queue: str) -> int:
-        """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
-        sent again counts once); reads two fields of every indexed record, a step at a time
-        (:meth:`_scan`), never from a cache: the queue cap counts on it being exact."""
-        wanted = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
-        return sum(1 for _, values in self._scan("status", "queue") if values == wanted)
 
     @_retried
     def cancel_requested(self, job_id: str) -> bool:

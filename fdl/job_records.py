@@ -3,7 +3,8 @@ the Lua scripts (:mod:`fdl.job_scripts`) that change it atomically (:class:`fdl.
 runs them).
 
 One hash per job (``fdl:job:<id>``) holds JSON-encoded fields, a sorted set indexes jobs by
-creation time, and a Redis stream per job carries the events that live consumers follow.
+creation time, a Redis stream per job carries the events that live consumers follow, and a set
+per queue (``fdl:queued:<queue>``) holds the jobs that may wait in it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ JOB_KEY = "fdl:job:{}"
 EVENTS_KEY = "fdl:job:{}:events"
 INDEX_KEY = "fdl:jobs"
 EVENTS_MAXLEN = 10_000
+# A set per queue of the ids of its jobs that may be queued: every status change that leaves a
+# job queued adds it to its queue's set, and every other drops it, in the same script
+# (fdl.job_status_scripts.PRELUDE's ``track``). The count of the jobs waiting in a queue
+# (JobStore.waiting, the queue cap's) reads only its members' records, dropping those no longer
+# queued there (ended, claimed, pruned, deleted). QUEUED_BUILT, a member that no job id can be
+# (JOB_ID_PATTERN), says the set holds every queued job of the queue: a store written before
+# these sets (or a set lost on its own) has none, and its first count builds the set from one
+# scan of every record (JobStore.waiting).
+QUEUED_KEY = "fdl:queued:{}"
+QUEUED_BUILT = ":built"
 
 
 class JobStatus(StrEnum):

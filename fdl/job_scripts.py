@@ -1,8 +1,8 @@
 """The Lua scripts that change training-job records in Redis atomically
 (:class:`fdl.jobs.JobStore` runs them, imported from here; the record layout is
 :mod:`fdl.job_records`'). The status changes are in :mod:`fdl.job_status_scripts`; here are the
-writes of fields and events, the resends of queued jobs' messages and their confirmation, and
-the pruning of old records.
+writes of fields and events, the resends of queued jobs' messages and their confirmation, the
+count of the jobs waiting in a queue, and the pruning of old records.
 
 Every status change runs as one script that also appends the ``status`` event, so a change and
 its event are never separated. Each call carries a token of its own (ARGV[1], a JSON-encoded
@@ -17,7 +17,7 @@ not idempotent by themselves, an event's XADD (SET_FIELDS_SCRIPT) and a resend's
 
 from __future__ import annotations
 
-from fdl.job_records import EVENTS_KEY, EVENTS_MAXLEN, JOB_KEY
+from fdl.job_records import EVENTS_KEY, EVENTS_MAXLEN, JOB_KEY, QUEUED_BUILT
 from fdl.job_status_scripts import (
     CANCEL_SCRIPT,
     CLAIM_SCRIPT,
@@ -33,6 +33,7 @@ __all__ = [
     "CANCEL_SCRIPT",
     "CLAIM_SCRIPT",
     "CONFIRM_SCRIPT",
+    "COUNT_QUEUED_SCRIPT",
     "CREATE_ONCE_SCRIPT",
     "CREATE_SCRIPT",
     "END_NOT_QUEUED_SCRIPT",
@@ -91,12 +92,15 @@ return id
 # that call (its reply was lost) finds its token and answers as the first try did (1 while the
 # job is queued, instead of "not due", the mark it made, so the message is still sent; 2 until
 # another status change), and a gateway's confirmation (CONFIRM_SCRIPT) runs wholly before or
-# after it. Returns 1 when marked (the caller sends the message), 2 when ended, 0 otherwise.
+# after it. A queued job looked at is put in its queue's set (``track``): a job that a process
+# older than these sets queued again is counted from then on. Returns 1 when marked (the caller
+# sends the message), 2 when ended, 0 otherwise.
 RESEND_SCRIPT = (
     PRELUDE
     + """
 if replayed() then return 2 end
 if status() ~= 'queued' then return 0 end
+track(key)
 if redis.call('HGET', key, 'resend_token') == token then return 1 end
 local resends = redis.call('HGET', key, 'resends')
 resends = resends and tonumber(cjson.decode(resends)) or 0
@@ -136,6 +140,24 @@ end
 redis.call('HSET', KEYS[1], 'enqueued', 'true')
 return 1
 """
+
+# KEYS[1] a queue's set of queued jobs (fdl.job_records.QUEUED_KEY); ARGV[1] the status
+# ``queued`` and ARGV[2] the queue, as records hold them (JSON). The jobs of the set whose record
+# is queued in that queue, read in one step; the others (ended, claimed, pruned, deleted) leave
+# the set. Returns -1, reading nothing, when the set lacks QUEUED_BUILT (JobStore.waiting builds
+# it), else the count.
+COUNT_QUEUED_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[1], 'BUILT') == 0 then return -1 end
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if id ~= 'BUILT' then
+    local found = redis.call('HMGET', 'JOB_PREFIX' .. id, 'status', 'queue')
+    if found[1] == ARGV[1] and found[2] == ARGV[2] then n = n + 1
+    else redis.call('SREM', KEYS[1], id) end
+  end
+end
+return n
+""".replace("BUILT", QUEUED_BUILT).replace("JOB_PREFIX", JOB_KEY.format(""))
 
 # KEYS[1] job hash, KEYS[2] events stream, KEYS[3] the index; ARGV[1] cut-off (epoch seconds),
 # ARGV[2] job id. A job that ended (else was created) before the cut-off loses its record, its
@@ -242,6 +264,7 @@ if earlier then
     redis.call('HSET', job, 'op_token', token)
     redis.call('XADD', job .. 'EVENTS_SUFFIX', 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
                'type', 'status', 'data', ARGV[10], 'time', ARGV[3])
+    track(job)
   end
 end
 if not creating then return {'free', ''} end

@@ -7,13 +7,17 @@ imports every script from) describes.
 
 from __future__ import annotations
 
-from fdl.job_records import EVENTS_MAXLEN, TERMINAL
+from fdl.job_records import EVENTS_MAXLEN, JOB_KEY, QUEUED_KEY, TERMINAL
 
 # Lua: whether status ``s`` is terminal.
 TERMINAL_TEST = " or ".join(f"s == '{status}'" for status in sorted(TERMINAL))
 
 # Common arguments of the status scripts: KEYS[1] job hash, KEYS[2] events stream; ARGV[1]
 # token, ARGV[2] the event's data (JSON), ARGV[3] the event's time; then each script's own.
+# ``changed`` (every status change) and ``track`` (given a job's hash) keep the job in its
+# queue's set of queued jobs (fdl.job_records.QUEUED_KEY) while it is queued and out of it
+# otherwise, in the same step as the change: the set's key is built here, not passed in KEYS
+# (one Redis, not a cluster, holds every job), and a record without a queue is in no set.
 PRELUDE = """
 local key, stream, token = KEYS[1], KEYS[2], ARGV[1]
 local function replayed() return redis.call('HGET', key, 'op_token') == token end
@@ -33,12 +37,24 @@ end
 local function set_pairs(first)
   for i = first, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
+local function track(job)
+  local q = redis.call('HGET', job, 'queue')
+  q = q and cjson.decode(q)
+  if type(q) ~= 'string' then return end
+  local id, s = string.sub(job, JOB_PREFIX_LEN + 1), redis.call('HGET', job, 'status')
+  if s and cjson.decode(s) == 'queued' then redis.call('SADD', 'QUEUED_PREFIX' .. q, id)
+  else redis.call('SREM', 'QUEUED_PREFIX' .. q, id) end
+end
 local function changed(data)
   redis.call('HSET', key, 'op_token', token)
   redis.call('XADD', stream, 'MAXLEN', '~', 'EVENTS_MAXLEN', '*',
              'type', 'status', 'data', data or ARGV[2], 'time', ARGV[3])
+  track(key)
 end
 """.replace("TERMINAL_TEST", TERMINAL_TEST).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
+PRELUDE = PRELUDE.replace("JOB_PREFIX_LEN", str(len(JOB_KEY.format("")))).replace(
+    "QUEUED_PREFIX", QUEUED_KEY.format("")
+)
 
 # KEYS[3] the index; ARGV[4] creation time, ARGV[5] job id, ARGV[6..] field/value pairs (JSON).
 # Writes the record, indexes it and emits ``queued``. Returns 1 (also on a replay).

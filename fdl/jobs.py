@@ -30,6 +30,8 @@ from fdl.job_records import (
     INDEX_KEY,
     JOB_KEY,
     NOT_CONFIRMED,
+    QUEUED_BUILT,
+    QUEUED_KEY,
     RESEND_BACKOFF_CAP,
     TERMINAL,
     JobStatus,
@@ -44,6 +46,7 @@ from fdl.job_scripts import (
     CANCEL_SCRIPT,
     CLAIM_SCRIPT,
     CONFIRM_SCRIPT,
+    COUNT_QUEUED_SCRIPT,
     CREATE_SCRIPT,
     PRUNE_LEFTOVER_SCRIPT,
     PRUNE_SCRIPT,
@@ -92,6 +95,7 @@ class JobStore(JobRuns):
         self._confirm = client.register_script(CONFIRM_SCRIPT)
         self._prune = client.register_script(PRUNE_SCRIPT)
         self._prune_leftover = client.register_script(PRUNE_LEFTOVER_SCRIPT)
+        self._count_queued = client.register_script(COUNT_QUEUED_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, retry_for_s: float = 0.0) -> JobStore:
@@ -189,6 +193,33 @@ class JobStore(JobRuns):
         record is gone. Safe to retry."""
         reply = int(self._run(self._confirm, job_id, [json.dumps(NOT_CONFIRMED)]))
         return None if reply < 0 else reply == 1
+
+    @_retried
+    def waiting(self, queue: str) -> int:
+        """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
+        sent again counts once), exact, never from a cache: the queue cap counts on it. Reads
+        the records of the queue's set of jobs that may be queued (QUEUED_KEY), in one script
+        that drops the members no longer queued there (:data:`COUNT_QUEUED_SCRIPT`): O(jobs
+        queued), whatever the number of records kept. A set without QUEUED_BUILT (a store
+        written before these sets) is built first from one scan of every record
+        (:meth:`_build_queued`), once."""
+        keys = [QUEUED_KEY.format(queue)]
+        args = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
+        count = int(self._count_queued(keys=keys, args=args))
+        if count < 0:
+            self._build_queued(queue)
+            count = int(self._count_queued(keys=keys, args=args))
+        return count
+
+    def _build_queued(self, queue: str) -> None:
+        """Put every job of ``queue`` that a scan of every record (:meth:`_scan`) finds queued
+        in its set, with QUEUED_BUILT, in one SADD. Exact without a transaction, since every
+        status change keeps the set itself meanwhile: a job queued when the SADD runs was either
+        queued when the scan read it, or queued since by a script that added it (a job that left
+        the queue since it was read is a member that the count drops)."""
+        wanted = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
+        ids = [job_id for job_id, values in self._scan("status", "queue") if values == wanted]
+        self.redis.sadd(QUEUED_KEY.format(queue), QUEUED_BUILT, *ids)
 
     @_retried
     def prune(self, ended_before: float) -> list[str]:

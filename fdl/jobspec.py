@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from fdl.architectures import ARCHITECTURES, BUILTIN_DATASETS, ArchitectureName
+from fdl.json_types import JSON_BOOL, JSON_FLOAT, JSON_INT
 
 RecipeName = Literal["book", "fast"]
 # What a recipe gives the fields a spec leaves unset (training/recipes.py has the rest of each
@@ -48,6 +49,9 @@ NAME_RULE = "lower-case letters, digits, _ and -, starting with a letter or digi
 
 # The most a spec's max_duration_s may ask for (30 days); a worker's own limit may be lower.
 MAX_DURATION_S = 30 * 86400
+# The most max_train_examples / max_test_examples may be: more than any data set a worker trains
+# on holds (ImageNet: 1.3 million), and a number that records and listings show whole.
+MAX_EXAMPLES = 10**9
 
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adadelta"]
 
@@ -136,17 +140,19 @@ def check_label(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Values only in their JSON types (fdl/json_types.py): lax mode read "2_0" as 20, "yes" as
+    # true. Strict for any field without a JSON_INT, JSON_FLOAT or JSON_BOOL too.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class OptimizerSpec(_Strict):
     name: OptimizerName = "adam"
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    beta_1: Annotated[float, Field(gt=0, lt=1)] = 0.9
-    beta_2: Annotated[float, Field(gt=0, lt=1)] = 0.999
-    rho: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    epsilon: Annotated[float, Field(gt=0, le=1)] = 1e-7
+    learning_rate: Annotated[float, Field(gt=0, le=10), JSON_FLOAT] = 0.001
+    momentum: Annotated[float, Field(ge=0, lt=1), JSON_FLOAT] = 0.9
+    beta_1: Annotated[float, Field(gt=0, lt=1), JSON_FLOAT] = 0.9
+    beta_2: Annotated[float, Field(gt=0, lt=1), JSON_FLOAT] = 0.999
+    rho: Annotated[float, Field(gt=0, lt=1), JSON_FLOAT] = 0.95
+    epsilon: Annotated[float, Field(gt=0, le=1), JSON_FLOAT] = 1e-7
 
     _float32 = field_validator("learning_rate", "momentum", "beta_1", "beta_2", "rho", "epsilon")(
         check_float32
@@ -154,11 +160,11 @@ class OptimizerSpec(_Strict):
 
 
 class RegularizationSpec(_Strict):
-    l1: Annotated[float, Field(ge=0, le=1)] = 0.0
-    l2: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_norm: Annotated[float, Field(gt=0, le=100)] | None = None
+    l1: Annotated[float, Field(ge=0, le=1), JSON_FLOAT] = 0.0
+    l2: Annotated[float, Field(ge=0, le=1), JSON_FLOAT] = 0.0
+    max_norm: Annotated[float, Field(gt=0, le=100), JSON_FLOAT] | None = None
     # None means the architecture's own default (the book's 0.5 for the CNNs, none otherwise).
-    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1), JSON_FLOAT] | None = None
 
     _float32 = field_validator("max_norm")(check_float32)
 
@@ -175,13 +181,13 @@ class RegularizationSpec(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    patience: Annotated[int, Field(ge=1, le=100)] = 3
+    patience: Annotated[int, Field(ge=1, le=100), JSON_INT] = 3
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
 
 
 class PublishSpec(_Strict):
-    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.0
-    only_if_better: bool = False
+    min_accuracy: Annotated[float, Field(ge=0, le=1), JSON_FLOAT] = 0.0
+    only_if_better: Annotated[bool, JSON_BOOL] = False
 
 
 class JobSpec(_Strict):
@@ -194,22 +200,22 @@ class JobSpec(_Strict):
         default=None,
         description="mnist, cifar10, or the name of an image-folder dataset under FDL_DATA_DIR",
     )
-    epochs: Annotated[int, Field(ge=1, le=500)] = 1
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 128
+    epochs: Annotated[int, Field(ge=1, le=500), JSON_INT] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096), JSON_INT] = 128
     optimizer: OptimizerSpec = OptimizerSpec()
     regularization: RegularizationSpec = RegularizationSpec()
-    validation_split: Annotated[int, Field(ge=0, le=50_000)] = 5_000
+    validation_split: Annotated[int, Field(ge=0, le=50_000), JSON_INT] = 5_000
     early_stopping: EarlyStoppingSpec | None = None
-    augment: bool | None = Field(
+    augment: Annotated[bool, JSON_BOOL] | None = Field(
         default=None, description="CIFAR augmentation; default on for CIFAR"
     )
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), JSON_INT] = 42
     publish_as: str | None = None
     publish: PublishSpec = PublishSpec()
     # Caps the training / test examples used; for smoke runs and tests.
-    max_train_examples: Annotated[int, Field(ge=1)] | None = None
-    max_test_examples: Annotated[int, Field(ge=1)] | None = None
-    max_duration_s: Annotated[int, Field(ge=1, le=MAX_DURATION_S)] | None = Field(
+    max_train_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES), JSON_INT] | None = None
+    max_test_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES), JSON_INT] | None = None
+    max_duration_s: Annotated[int, Field(ge=1, le=MAX_DURATION_S), JSON_INT] | None = Field(
         default=None,
         description="seconds a run of the job may take before it ends failed; the worker's "
         "FDL_MAX_JOB_DURATION_S (24 h by default) applies when it is lower or this is unset",

@@ -17,6 +17,7 @@ from api import auth
 from api.bodies import MAX_TOP_K, read_images
 from api.classification import Target, classify
 from api.coalesce import PredictCoalescer
+from api.custom_methods import ActionRoute
 from api.decoding import DecodeLimits
 from api.deps import ClassifyDep, request_id_of
 from api.fastpath import FastRoute
@@ -31,7 +32,7 @@ from api.schemas import (
 from api.settings import GatewaySettings
 from fdl.jobspec import valid_label, valid_name
 
-router = APIRouter(prefix="/v1/models", tags=["classify"])
+router = APIRouter(prefix="/v1/models", tags=["classify"], route_class=ActionRoute)
 MAX_VERSION = 2**62
 MAX_VERSION_DIGITS = len(str(MAX_VERSION))  # 19
 

@@ -24,6 +24,7 @@ from starlette.types import Scope
 
 from api.bodies import read_images
 from api.classification import Target, input_spec
+from api.custom_methods import ActionRoute
 from api.decoding import prepare_bounded
 from api.deps import ClassifyDep, DecodeLimitsDep, MetadataDep, RequestIdDep, SettingsDep
 from api.docs import WholeFileResponse, WholeFiles
@@ -36,7 +37,7 @@ from fdl import contract
 from fdl.jobspec import NAME_PATTERN, check_label
 from fdl.repository_reads import version_dir
 
-router = APIRouter()
+router = APIRouter(route_class=ActionRoute)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Static paths: segments of letters, digits, '-', '_' and one extension; never '..' or hidden.

@@ -122,7 +122,7 @@ def test_the_same_key_with_another_spec_is_refused(gateway: Gateway, redis_url: 
         ("", "is empty"),
         ("k" * 256, "is 256 characters long"),
         ("two words", "holds ' ' (U+0020) at character 4"),
-        (b"caf\xc3\xa9", "holds 'Ã' (U+00C3) at character 4"),
+        (b"caf\xc3\xa9", "holds 'é' (U+00E9, UTF-8 bytes C3 A9) at character 4"),
         ("tab\there", "holds '\\t' (U+0009) at character 4"),
     ],
 )
