@@ -40,11 +40,31 @@ class ExitCode(IntEnum):
     BROKEN_PIPE = 141  # the output's reader went away (`fdl jobs | true`): 128 + SIGPIPE
 
 
+def checked_url(context: typer.Context, param: typer.CallbackParam, url: str | None) -> str | None:
+    """The --url / FDL_URL given (None when empty or blank: the default URL), when it is a
+    gateway's URL, http:// or https:// and a host; else a usage error saying which of the two
+    gave it and how to write it (it used to fail as an unreachable gateway, exit 3)."""
+    url = (url or "").strip()
+    problem = local.url_problem(url) if url else None
+    if problem is None:
+        return url or None
+    source = context.get_parameter_source(param.name or "url")
+    given = {"COMMANDLINE": "--url", "ENVIRONMENT": "FDL_URL"}.get(getattr(source, "name", ""))
+    rest = url.split("://", 1)[-1].lstrip("/")
+    example = f"http://{rest}" if rest and "://" not in url else "http://localhost:8000"
+    fail(
+        f"{given or '--url / FDL_URL'} {url!r} is not a gateway URL: {problem}; write it "
+        f"as e.g. {example}",
+        ExitCode.USAGE,
+    )
+
+
 UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
         envvar="FDL_URL",
+        callback=checked_url,
         help="Gateway URL. Default: FDL_URL; failing that, the gateway `fdl up` starts on this "
         "machine: http://$FDL_GATEWAY_HOST:$FDL_GATEWAY_PORT (127.0.0.1 for a wildcard "
         "0.0.0.0 / :: or unset, else localhost or an IP address of this machine only; port 8000 "

@@ -142,6 +142,21 @@ def key_file() -> Path | None:
         return None
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a gateway's URL (None when it can): httpx reads ``localhost:8000``
+    as the scheme ``localhost`` and ``127.0.0.1:8000`` as a path, and each then failed as an
+    unreachable gateway (exit 3) although the gateway ran."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "it is not a URL"
+    if parsed.scheme not in ("http", "https"):
+        return "it does not start with http:// or https://"
+    if not parsed.host:
+        return "it names no host"
+    return None
+
+
 def is_local(url: str) -> bool:
     """localhost or a loopback address (127.0.0.0/8, ::1): never another machine."""
     host = httpx.URL(url).host

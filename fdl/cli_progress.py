@@ -76,9 +76,13 @@ class Follower:
             self.describe(label.get(self.status) or fmt.safe(self.status), line=not ended)
         elif kind == "progress" and data.get("epoch"):
             epochs = data.get("epochs") or self.progress.tasks[0].total
-            step, steps = data.get("step") or 0, data.get("steps") or 0
-            mid = bool(step and steps and step < steps)
-            done = data["epoch"] - 1 + step / steps if mid else data["epoch"]
+            # A mid-epoch report carries step/steps; the epoch's own report (after validation)
+            # has none, whatever step says: an older worker reported step 16 of 4 steps.
+            step, steps = data.get("step"), data.get("steps")
+            mid = step is not None
+            done = data["epoch"]
+            if mid:
+                done += (min(step / steps, 1) if steps else 0) - 1
             self.progress.update(
                 self.task,
                 total=epochs,

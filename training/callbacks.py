@@ -89,13 +89,19 @@ class JobCallback(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         now = time.monotonic()
-        if now - self._last_report >= MID_EPOCH_REPORT_S:
+        # Keras passes the last batch index of a call into the compiled graph (16 batches,
+        # FDL_STEPS_PER_EXECUTION) without cutting it to the epoch's batches: an epoch of 4
+        # steps ends at "batch" 15. A call that ran the epoch's last batch is no mid-epoch
+        # report (one with step == steps looked like the epoch's end to its readers, and 16 of 4
+        # steps gave a negative ETA): the epoch's end is on_epoch_end's report, after validation.
+        step = min(batch + 1, self.steps)
+        if step < self.steps and now - self._last_report >= MID_EPOCH_REPORT_S:
             self._last_report = now
             logs = logs or {}
-            where = f"at step {batch + 1} of epoch {len(self.history) + 1}"
+            where = f"at step {step} of epoch {len(self.history) + 1}"
             if self._diverged(logs.get("loss"), where):
                 return
-            done = (batch + 1) / max(self.steps, 1)
+            done = step / self.steps
             epochs_done = len(self.history) + done
             rate = self._images_per_second(now - self._epoch_start, done)
             elapsed = now - self._train_start
@@ -103,7 +109,7 @@ class JobCallback(keras.callbacks.Callback):
                 {
                     "epoch": len(self.history) + 1,
                     "epochs": self.epochs,
-                    "step": batch + 1,
+                    "step": step,
                     "steps": self.steps,
                     "loss": _num(logs.get("loss")),
                     "accuracy": _num(logs.get("accuracy")),

@@ -104,12 +104,20 @@ function defaultVersion(model) {
   return stable || model.versions.find((v) => SERVED.has(v.status)) || null;
 }
 
+// Whether a model fits a source, digits (1 channel) or photos (3), by the input its metadata
+// records; one whose input is unknown fits where its name says so (mnist…, cifar…), and with
+// `loosely` it fits anywhere (it may be offered, never opened with).
+function fits(model, channels, prefix, loosely = false) {
+  const found = channelsOf(model);
+  if (found !== null) return found === channels;
+  return loosely || model.name.startsWith(prefix);
+}
+
 // The model a page opens with, for digits (1 channel) or photos (3): one with a "stable" label
-// first, then the most accurate served one (never merely the alphabetically first).
+// first, then the most accurate served one (never merely the alphabetically first); null when
+// none fits, never a model of the other kind (a digit model that calls every photo a digit).
 export function defaultModel(models, channels, prefix) {
-  const fits = models.filter((m) => channelsOf(m) === channels);
-  const candidates = (fits.length ? fits : models.filter((m) => m.name.startsWith(prefix)))
-    .filter((m) => defaultVersion(m));
+  const candidates = models.filter((m) => fits(m, channels, prefix) && defaultVersion(m));
   const accuracy = (m) => {
     const v = defaultVersion(m);
     return v.metrics.test_accuracy ?? v.raw.test_accuracy ?? -1;
@@ -119,8 +127,16 @@ export function defaultModel(models, channels, prefix) {
     const [ra, rb] = [rank(a), rank(b)];
     return rb[0] - ra[0] || rb[1] - ra[1];
   });
-  return candidates[0] || models[0] || null;
+  return candidates[0] || null;
 }
+
+// Each source's kind of model: input channels, name prefix, and what to train when none is served.
+const KINDS = {
+  digit: { channels: 1, prefix: "mnist", what: "digit", train: "mnist_cnn" },
+  photo: { channels: 3, prefix: "cifar", what: "photo", train: "cifar10_cnn" },
+};
+const noneServed = (source) =>
+  `No ${KINDS[source].what} model is served yet: train ${KINDS[source].train} on the Jobs page.`;
 
 export function initClassify() {
   const sources = {
@@ -135,7 +151,9 @@ export function initClassify() {
     const modelName = model.value.trim();
     showError($("result-error"), null);
     if (!modelName) {
-      showError($("result-error"), new Error(`Choose a model for the ${source} first.`));
+      const none = !$(`${source}-model-names`).options.length;
+      const why = none ? noneServed(source) : `Choose a model for the ${source} first.`;
+      showError($("result-error"), new Error(why));
       return;
     }
     controller?.abort();
@@ -240,16 +258,19 @@ export function initClassify() {
     } catch (error) {
       console.warn("model list unavailable:", describe(error));
     }
-    $("model-names").replaceChildren(...models.map((m) => el("option", { value: m.name })));
-    for (const [source, channels, prefix] of [["digit", 1, "mnist"], ["photo", 3, "cifar"]]) {
+    for (const [source, { channels, prefix }] of Object.entries(KINDS)) {
+      // Each box offers the models whose input fits its images only.
+      const offered = models.filter((m) => fits(m, channels, prefix, true));
+      $(`${source}-model-names`).replaceChildren(...offered.map((m) => el("option", { value: m.name })));
       const box = sources[source].model;
-      if (!box.value) {
-        const found = defaultModel(models, channels, prefix);
-        if (found) {
-          box.value = found.name;
-          fillVersions(source, found.labels.stable !== undefined ? "l:stable" : "");
-        }
+      const found = box.value ? null : defaultModel(models, channels, prefix);
+      if (found) {
+        box.value = found.name;
+        fillVersions(source, found.labels.stable !== undefined ? "l:stable" : "");
       }
+      const note = $(`${source}-none`);
+      note.hidden = Boolean(box.value) || offered.some((m) => fits(m, channels, prefix));
+      note.textContent = note.hidden ? "" : noneServed(source);
     }
   }
 

@@ -14,6 +14,9 @@ const isGone = (error) => error instanceof ApiError && error.status === 404 && e
 // A job's URL: its id encoded, whatever it holds ("../models/x/labels/stable" in a hand-edited
 // Redis record must never make a Cancel click another route's DELETE).
 const jobPath = (id) => `/v1/jobs/${encodeURIComponent(id)}`;
+// A mid-epoch report carries step/steps; the epoch's own report (after validation) has none,
+// whatever step says: the epoch is done only at that report.
+const isMidEpoch = (p) => p.step !== undefined && p.step !== null;
 
 export class JobView {
   constructor(onStatus) {
@@ -122,7 +125,7 @@ export class JobView {
     if (type === "progress") {
       this.addProgress(data);
       this.job.progress = data;
-      if (!(data.step && data.step < data.steps)) this.onStatus(this.job); // epoch done: list row
+      if (!isMidEpoch(data)) this.onStatus(this.job); // epoch done: list row
     } else if (type === "status") {
       this.job.status = data.status;
       if ("result" in data) this.job.result = data.result;
@@ -133,7 +136,8 @@ export class JobView {
   }
 
   addProgress(p) {
-    const x = p.step && p.steps && p.step < p.steps ? p.epoch - 1 + p.step / p.steps : p.epoch;
+    // A mid-epoch point stays short of the epoch's own (an older worker reported 16 of 4 steps).
+    const x = isMidEpoch(p) ? p.epoch - 1 + Math.min(p.steps ? p.step / p.steps : 0, 0.999) : p.epoch;
     this.points.set(Math.round(x * 1000) / 1000, p);
   }
 
@@ -162,7 +166,7 @@ export class JobView {
     $("job-cancel").hidden = TERMINAL.has(job.status);
 
     const series = (key) => sorted.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
-    const epochEnds = sorted.filter(([x, p]) => Number.isInteger(x) && !(p.step && p.step < p.steps));
+    const epochEnds = sorted.filter(([x, p]) => Number.isInteger(x) && !isMidEpoch(p));
     const valSeries = (key) => epochEnds.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
     this.lossChart.setSeries([
       { name: "train loss", color: COLORS.train, points: series("loss") },

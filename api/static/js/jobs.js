@@ -6,6 +6,23 @@ import { el, pct, showError, when } from "./ui.js";
 const $ = (id) => document.getElementById(id);
 const PAGE = 15;
 
+// Whether the gateway augments a model's training images when a spec leaves `augment` out
+// (fdl/jobspec.py): on for the CIFAR-10 architectures, off (and refused) for MNIST ones.
+const augmentsByDefault = (model) => model.startsWith("cifar10");
+// What that augmentation is, shown beside the box (docs/training.md, the job-spec table).
+function augmentHint(model) {
+  if (model === "cifar10_airnet") return "on by default: flip, translate ±2 px";
+  if (augmentsByDefault(model)) return "on by default: crop, flip, brightness, contrast";
+  return "CIFAR-10 models only";
+}
+
+// The augmentation box starts at the chosen model's default (ticked for CIFAR-10 models).
+function syncAugment(form) {
+  const model = form.elements.model.value;
+  form.elements.augment.checked = augmentsByDefault(model);
+  document.getElementById("augment-hint").textContent = `(${augmentHint(model)})`;
+}
+
 function specFromForm(form) {
   const data = new FormData(form);
   const value = (name) => String(data.get(name) ?? "").trim();
@@ -29,7 +46,9 @@ function specFromForm(form) {
   if (number("max_train_examples") !== undefined) spec.max_train_examples = number("max_train_examples");
   if (number("max_test_examples") !== undefined) spec.max_test_examples = number("max_test_examples");
   if (value("publish_as")) spec.publish_as = value("publish_as");
-  if (spec.model.startsWith("cifar10") || data.get("augment") === "on") spec.augment = data.get("augment") === "on";
+  // Sent only where the box differs from the model's default, so that the server's applies.
+  const augment = data.get("augment") === "on";
+  if (augment !== augmentsByDefault(spec.model)) spec.augment = augment;
   for (const key of Object.keys(spec)) if (spec[key] === undefined) delete spec[key];
   return spec;
 }
@@ -156,6 +175,8 @@ export function initJobs() {
     }
   };
   const form = $("job-form");
+  form.elements.model.addEventListener("change", () => syncAugment(form));
+  syncAugment(form);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     showError($("job-form-error"), null);
