@@ -36,11 +36,14 @@ def redis_db(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def gateway_app(redis_url: str, route_model_server: ModelServer, redis_db: redis.Redis) -> Any:
-    """``gateway_app(**settings)``: a running app (one at a time: each registers collectors)."""
+    """``gateway_app(**settings)``: a running app (one at a time: each registers collectors).
+    Its limits wait up to 30 s for Redis, not 0.5 s: a check that a loaded machine delays past
+    the default would let its request through (they fail open: tests/api/test_frozen_redis.py)."""
 
     @contextmanager
     def running(**update: Any) -> Iterator[TestClient]:
         settings = inprocess_settings(redis_url, route_model_server, database=DATABASE)
+        update = {"rate_limit_timeout_s": 30.0, **update}
         app = ProxyHeadersMiddleware(create_app(settings.model_copy(update=update)), "*")
         with TestClient(app) as client:  # type: ignore[arg-type]
             yield client

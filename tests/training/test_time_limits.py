@@ -126,12 +126,13 @@ def test_a_job_stuck_outside_its_checks_is_killed_and_fails(
             "return): its process was killed; nothing was published"
         )
         assert record["finished_at"] - record["started_at"] >= 12 - 1
-        # The worker goes on with a new pool process; the worker's own limit applies there too.
+        # The worker goes on with a new pool process; the worker's own limit applies there too
+        # (stopped at its check, or killed where a loaded machine took over 12 s to load).
         nxt = worker.wait_done(worker.submit(model="mnist_logreg", **MNIST_TINY), timeout=120)
         assert nxt["status"] == "failed", (nxt, worker.process.log_tail())
         assert nxt["error"].startswith(
-            "ran longer than 2 s (the worker's FDL_MAX_JOB_DURATION_S): stopped "
-        )
+            "ran longer than 2 s (the worker's FDL_MAX_JOB_DURATION_S)"
+        ), nxt
         again = worker.store.get(stuck)
         assert again is not None and again["status"] == "failed" and again["attempts"] == 1
         assert not (worker.model_dir / "mnist_logreg").exists()
@@ -258,8 +259,9 @@ def test_a_run_killed_after_its_rename_is_ended_once_its_process_is_gone(
     env = {
         "FDL_TRAINING_QUEUE": f"fdl-tests-killed-publisher-{os.getpid()}",
         # Long enough for a fresh pool process to import TensorFlow, train and export (~5 s
-        # idle, up to ~11 s seen on a loaded machine) and rename its version in.
-        "FDL_MAX_JOB_DURATION_S": "20",
+        # idle, up to ~11 s seen on a loaded machine, over 20 s on one loaded 7 times over) and
+        # rename its version in.
+        "FDL_MAX_JOB_DURATION_S": "30",
         "FDL_JOB_KILL_GRACE_S": "2",
     }
     try:
@@ -268,7 +270,7 @@ def test_a_run_killed_after_its_rename_is_ended_once_its_process_is_gone(
             running = worker.wait_status(job_id, {"running"}, timeout=60)
             pid = int(running["worker"].rsplit(":", 1)[1])
             version = model_dir / "held" / "1"
-            wait_for(version.is_dir, 30, "the rename", check=worker.process.ensure_alive)
+            wait_for(version.is_dir, 45, "the rename", check=worker.process.ensure_alive)
             record = worker.wait_done(job_id, timeout=60)
             assert process_gone(pid), "the job ended while its process was still there"
             if record["status"] == "failed":
