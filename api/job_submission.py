@@ -123,14 +123,17 @@ def _create_within_cap(
     with submission_lock(store, queue):
         if (earlier := idempotency.replayed(store, claim, job_id)) is not None:
             return earlier
-        waiting = store.waiting(queue)
+        # Counted up to one past the cap: enough to know whether an abandoned job's end frees
+        # a place, and no further.
+        waiting = store.waiting(queue, up_to=cap + 1)
+        told = f"more than {cap}" if waiting > cap else str(cap)
         if waiting >= cap and claim is not None and abandoned(store, claim, queue):
             waiting -= 1  # the create ends it
         if waiting >= cap:
             raise ApiError(
                 429,
                 "queue_full",
-                f"{waiting} jobs already wait in queue {queue!r} (FDL_MAX_QUEUED_JOBS={cap}); "
+                f"{told} jobs already wait in queue {queue!r} (FDL_MAX_QUEUED_JOBS={cap}); "
                 "submit again once some have started",
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
             )

@@ -144,15 +144,18 @@ return 1
 # KEYS[1] a queue's set of queued jobs (fdl.job_records.QUEUED_KEY); ARGV[1] the status
 # ``queued`` and ARGV[2] the queue, as records hold them (JSON). The jobs of the set whose record
 # is queued in that queue, read in one step; the others (ended, claimed, pruned, deleted) leave
-# the set. Returns -1, reading nothing, when the set lacks QUEUED_BUILT (JobStore.waiting builds
-# it), else the count.
+# the set. ARGV[3], when not empty, stops the count once it reaches that number (a script blocks
+# every other client of the Redis while it runs: a cap's count needs to read no further). Returns
+# -1, reading nothing, when the set lacks QUEUED_BUILT (JobStore.waiting builds it), else the count.
 COUNT_QUEUED_SCRIPT = """
 if redis.call('SISMEMBER', KEYS[1], 'BUILT') == 0 then return -1 end
-local n = 0
+local n, up_to = 0, tonumber(ARGV[3])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if id ~= 'BUILT' then
     local found = redis.call('HMGET', 'JOB_PREFIX' .. id, 'status', 'queue')
-    if found[1] == ARGV[1] and found[2] == ARGV[2] then n = n + 1
+    if found[1] == ARGV[1] and found[2] == ARGV[2] then
+      n = n + 1
+      if up_to and n >= up_to then return n end
     else redis.call('SREM', KEYS[1], id) end
   end
 end

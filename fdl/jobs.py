@@ -195,21 +195,31 @@ class JobStore(JobRuns):
         return None if reply < 0 else reply == 1
 
     @_retried
-    def waiting(self, queue: str) -> int:
+    def waiting(self, queue: str, up_to: int | None = None) -> int:
         """How many jobs of ``queue`` are still queued (records, so a job whose message a reaper
-        sent again counts once), exact, never from a cache: the queue cap counts on it. Reads
+        sent again counts once), exact, never from a cache: the queue cap counts on it; with
+        ``up_to``, ``up_to`` once that many are found (a cap needs to know no more, and the
+        count's script holds up every other client of the Redis while it runs). Reads
         the records of the queue's set of jobs that may be queued (QUEUED_KEY), in one script
         that drops the members no longer queued there (:data:`COUNT_QUEUED_SCRIPT`): O(jobs
         queued), whatever the number of records kept. A set without QUEUED_BUILT (a store
         written before these sets) is built first from one scan of every record
         (:meth:`_build_queued`), once."""
         keys = [QUEUED_KEY.format(queue)]
-        args = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue)]
+        args = [json.dumps(JobStatus.QUEUED.value), json.dumps(queue), up_to or ""]
         count = int(self._count_queued(keys=keys, args=args))
         if count < 0:
             self._build_queued(queue)
             count = int(self._count_queued(keys=keys, args=args))
         return count
+
+    @_retried
+    def track_queued(self, queue: str, job_ids: list[str]) -> None:
+        """Add jobs read queued in ``queue`` to its set (the reaper's pass, for the jobs that
+        processes of the previous version queued without it): never wrong, since the count
+        checks every member's record."""
+        if job_ids:
+            self.redis.sadd(QUEUED_KEY.format(queue), *job_ids)
 
     def _build_queued(self, queue: str) -> None:
         """Put every job of ``queue`` that a scan of every record (:meth:`_scan`) finds queued

@@ -228,6 +228,9 @@ def _resend_waiting(
     own workers."""
     queue, after_s = settings.training_queue, settings.resend_queued_after_s
     queued, _total = store.list(status=JobStatus.QUEUED.value, limit=100_000)
+    # A job that a process older than the queue sets queued (a rolling upgrade) is counted by
+    # the queue cap from this pass on: a member that is not queued is only dropped by the count.
+    store.track_queued(queue, [r["id"] for r in queued if r.get("queue") == queue])
     actions: list[tuple[str, str]] = []
     for record in queued:
         if record.get("queue") != queue or resend_due(record, after_s) > now:

@@ -229,3 +229,49 @@ def test_an_upgraded_store_counts_exactly_while_jobs_change_during_its_first_sca
     assert store.resend_or_end(old, 60) == "resent"
     assert_exact(store)
     assert store.waiting(QUEUE) == 6
+
+
+def test_a_count_up_to_a_number_reads_no_further(store: JobStore, gateway: Gateway) -> None:
+    """A queue holding more than the cap (a cap lowered, lost runs sent back): a submission's
+    count stops one past the cap, so the script that holds up every other client of the Redis
+    reads that many queued records, not the whole backlog, and the refusal says "more than"."""
+    for _ in range(40):
+        store.create(SPEC, queue=QUEUE)
+    assert store.waiting(QUEUE) == 40
+    store.redis.config_resetstat()
+    assert store.waiting(QUEUE, up_to=3) == 3
+    assert record_reads(store.redis) == 3
+    store.redis.config_resetstat()
+    full = submit(gateway)
+    assert full.status_code == 429, full.text
+    assert f"more than {CAP} jobs already wait" in full.json()["error"]["message"]
+    assert record_reads(store.redis) <= CAP + 1 + 10  # the count, and the submission's own reads
+    assert store.waiting(QUEUE) == 40
+
+
+def test_the_reaper_adds_the_jobs_an_older_process_queued(store: JobStore, tmp_path: Path) -> None:
+    """A rolling upgrade: after the set is built, a gateway of the previous version queues two
+    jobs without it (not yet due for a resend). The count misses them until a new worker's
+    reaper passes, which adds every queued job of its queue (and none of another's)."""
+    from training.reaper import reap_once
+    from training.settings import WorkerSettings
+
+    store.create(SPEC, queue=QUEUE)
+    assert store.waiting(QUEUE) == 1  # built
+    write_old(store, 2, JobStatus.QUEUED)
+    write_old(store, 1, JobStatus.QUEUED, queue="elsewhere")
+    for job_id in store.redis.zrange(INDEX_KEY, 0, -1):
+        store.redis.hset(JOB_KEY.format(job_id), "sent_at", json.dumps(store.now()))
+    assert store.waiting(QUEUE) == 1
+    worker = WorkerSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_url="redis://unused",
+        training_queue=QUEUE,
+        model_dir=tmp_path / "m",
+        var_dir=tmp_path / "v",
+    )
+    sent: list[tuple[str, str]] = []
+    assert reap_once(store, worker, lambda *message: sent.append(message[:2])) == []
+    assert sent == []
+    assert_exact(store)
+    assert store.waiting(QUEUE) == 3
