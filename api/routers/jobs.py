@@ -185,6 +185,7 @@ async def cancel_job(job_id: JobId, store: StoreDep, _key: AdminDep) -> dict[str
     },
 )
 async def job_event_stream(
+    request: Request,
     job_id: JobId,
     store: StoreDep,
     redis: StreamRedisDep,
@@ -195,6 +196,11 @@ async def job_event_stream(
     ] = None,
 ) -> EventSourceResponse:
     after = "0-0"
+    if (sent := len(request.headers.getlist("last-event-id"))) > 1:
+        # Which one counts would depend on the reader: a proxy may resume from another.
+        raise ApiError(
+            422, "invalid_last_event_id", f"Last-Event-ID was sent {sent} times; send it once"
+        )
     if last_event_id:
         if not valid_stream_id(last_event_id.strip()):
             raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must look like 123-0")

@@ -290,6 +290,13 @@ def test_events_errors(gateway: Gateway, store: JobStore) -> None:
         response = httpx.get(f"{gateway.url}/v1/jobs/{job}/events", headers=headers, timeout=10)
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["error"]["code"] == "invalid_last_event_id"
+    # Sent twice, a valid id then a bad one: refused, not read from the first alone.
+    headers = [*gateway.admin().items(), ("Last-Event-ID", "1-0"), ("Last-Event-ID", "bad")]
+    url = f"{gateway.url}/v1/jobs/{job}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=10) as response:  # a stream, if taken
+        assert response.status_code == 422, response.status_code
+        message = json.loads(response.read())["error"]["message"]
+    assert message == "Last-Event-ID was sent 2 times; send it once"
     assert httpx.get(f"{gateway.url}/v1/jobs/{job}/events", timeout=10).status_code == 401
 
 
