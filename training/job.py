@@ -155,8 +155,21 @@ def _attempt(
         return None
     except Exception as error:
         log.exception("job %s failed", job_id)
-        return JobStatus.FAILED, None, f"{type(error).__name__}: {error}"
+        return JobStatus.FAILED, None, failure_message(error)
     return JobStatus.SUCCEEDED, result, None
+
+
+# A Python MemoryError says nothing (``str()`` is empty, or numpy's "Unable to allocate …").
+OUT_OF_MEMORY = (
+    "out of memory while training ({error}): lower batch_size or max_train_examples, or give "
+    "the worker more memory"
+)
+
+
+def failure_message(error: Exception) -> str:
+    """The job's error for an exception nothing else explains: its type and message."""
+    named = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return OUT_OF_MEMORY.format(error=named) if isinstance(error, MemoryError) else named
 
 
 def execute(

@@ -13,6 +13,9 @@ applies which (:meth:`fdl.jobs.JobStore.settle_lost`). It decides only while it 
 repository's lock (:func:`training.publish.fence`), and leaves every lost job for its next pass
 when another process holds it: a run whose heartbeat went stale may only be paused, between its
 record's last check and its version's rename, which it makes under that lock.
+A reaper judges runs lost only once Redis has answered it without a break for a grace (two
+heartbeat intervals and a margin, :mod:`training.redis_watch`), from its start and after every
+outage it saw: a heartbeat gap that an outage explains is no lost run.
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
@@ -48,7 +51,9 @@ from filelock import Timeout
 
 from fdl.job_records import JOB_ID, resend_due
 from fdl.jobs import JobStatus, JobStore
+from fdl.store_retry import TRANSIENT_ERRORS
 from training.publish import fence, published_by_record, render_config_again
+from training.redis_watch import RedisWatch
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ def reap_once(
     settings: WorkerSettings,
     send: Send,
     sweep_leftovers: bool = True,
+    watch: RedisWatch | None = None,
 ) -> list[tuple[str, str]]:
     """One pass; returns (job id, "requeued" | "succeeded" | "failed" | "cancelled" | "resent" |
     "pruned") for every job it acted on ("failed" also for a queued job whose message was never
@@ -75,10 +81,13 @@ def reap_once(
     worker died between the rename and recording it) ends ``succeeded`` with that version.
     ``sweep_leftovers`` also removes, past the retention, what older workers left of pruned
     jobs (:meth:`fdl.jobs.JobStore.prune_leftovers`: a pass over every Redis key, so the
-    reaper thread asks for it once an hour)."""
-    now = store.now()  # Redis's clock, which every heartbeat is written by
+    reaper thread asks for it once an hour). With ``watch`` (the reaper thread's), no run is
+    judged lost before Redis has answered for :func:`training.redis_watch.outage_grace_s`."""
+    now = (watch or store).now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
-    running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
+    running: list[dict[str, Any]] = []
+    if watch is None or watch.judging():
+        running, _total = store.list(status=JobStatus.RUNNING.value, limit=100_000)
     actions: list[tuple[str, str]] = []
     for record in running:
         beat = float(record.get("heartbeat_at") or record.get("started_at") or 0)
@@ -258,16 +267,27 @@ class ReaperThread(threading.Thread):
         super().__init__(name="fdl-reaper", daemon=True)
         self.store, self.settings, self.send = store, settings, send
         self.stopped = threading.Event()
+        self.watch = RedisWatch(store, settings.heartbeat_interval_s)
 
     def run(self) -> None:
         next_sweep = 0.0
         while True:
+            started = time.monotonic()
             try:
-                sweep = time.monotonic() >= next_sweep
-                reap_once(self.store, self.settings, self.send, sweep)
+                sweep = started >= next_sweep
+                reap_once(self.store, self.settings, self.send, sweep, self.watch)
                 if sweep:
                     next_sweep = time.monotonic() + LEFTOVER_SWEEP_EVERY_S
-            except Exception:
+            except Exception as error:
                 log.exception("reaper pass failed; retrying later")
-            if self.stopped.wait(self.settings.reaper_interval_s):
+                if isinstance(error, TRANSIENT_ERRORS):
+                    self.watch.unreachable()
+            # Any of the pass's calls may have waited out an outage.
+            self.watch.note(started, time.monotonic(), "a reaper pass")
+            # A pass within the grace judged no run: the next one comes once the grace is over.
+            pending_s = self.watch.grace_s - self.watch.reachable_s()
+            wait_s = self.settings.reaper_interval_s
+            if pending_s > 0:
+                wait_s = min(wait_s, pending_s + 0.1)
+            if self.watch.wait(wait_s, self.stopped):
                 return

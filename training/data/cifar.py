@@ -15,6 +15,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from training.data import IMAGE_FOLDER, PYTHON_BATCHES, DataMissingError, ImageData
 from training.data.download import download
+from training.data.errors import FIX, READ_ERRORS, DataUnreadableError, check_labels, unreadable
 from training.data.folder import is_image_folder, load_image_folder
 from training.data.leftovers import filling
 
@@ -49,10 +51,24 @@ CACHE_LEFTOVERS = (".*", "*/.arrays.*.npz")
 
 def load_batches(folder: Path) -> ImageData:
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(folder / name, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-        x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return x, np.asarray(batch[b"labels"], np.int64)
+        path = folder / name
+        try:
+            with open(path, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")
+            rows = np.asarray(batch[b"data"], np.uint8)
+            labels = np.asarray(batch[b"labels"], np.int64)
+        except READ_ERRORS as error:
+            raise unreadable(path, error, "CIFAR-10 batch") from error
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            what = f"{type(error).__name__}: {error}"
+            raise DataUnreadableError(f"{path} is not a CIFAR-10 batch ({what}): {FIX}") from error
+        if rows.ndim != 2 or rows.shape[1] != 32 * 32 * 3 or len(rows) != len(labels):
+            raise DataUnreadableError(
+                f"{path} holds {len(labels)} labels and images of shape {list(rows.shape)} "
+                f"(a CIFAR-10 batch: one label per row of 3072 bytes): {FIX}"
+            )
+        check_labels(path, labels, len(CLASS_NAMES))
+        return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
     parts = [read(f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = read("test_batch")
@@ -111,6 +127,9 @@ def unpack_cached(tarball: Path, cache_root: Path) -> Path:
         with tarfile.open(tarball, "r:gz") as archive:
             archive.extractall(tmp, filter="data")
         os.rename(tmp, target)
+    except READ_ERRORS as error:  # BadGzipFile is an OSError: a damaged tarball comes first
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise unreadable(tarball, error, "tar.gz") from error
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not target.is_dir():  # another worker may have won the race
@@ -153,26 +172,18 @@ def _cached_arrays(folder: Path, tarball: Path) -> ImageData:
     the arrays cached)."""
     cache = folder / "arrays.npz"
     if cache.is_file():
-        with np.load(cache) as z:
-            layout = str(z["layout"]) if "layout" in z.files else _cached_layout(folder, tarball)
-            if layout is None:
-                raise DataMissingError(
-                    f"{cache} was cached without the layout of its images, and neither {folder} "
-                    f"nor {tarball} says it: delete {folder} so that {tarball.name} is unpacked "
-                    "and decoded again"
-                )
-            return ImageData(
-                "cifar10",
-                z["x_train"],
-                z["y_train"],
-                z["x_test"],
-                z["y_test"],
-                CLASS_NAMES,
-                str(folder),
-                layout,
-            )
+        try:
+            return _read_cache(cache, folder, tarball)
+        except CACHE_ERRORS as error:  # cut short, overwritten: decoded again, as if absent
+            why = f"{type(error).__name__}: {error}"
+            log.warning("%s cannot be read (%s): decoding %s again", cache, why, folder)
     data = _from_tree(folder)
     if data is None:
+        if cache.is_file():  # unreadable, and the tree it was decoded from was deleted
+            raise DataUnreadableError(
+                f"{cache} cannot be read and {folder} no longer holds the images it was decoded "
+                f"from: delete {folder} so that {tarball.name} is unpacked and decoded again"
+            )
         raise DataMissingError(f"{folder} holds neither {BATCHES_DIR} nor train/ and test/ folders")
     tmp = None
     try:
@@ -196,6 +207,29 @@ def _cached_arrays(folder: Path, tarball: Path) -> ImageData:
             Path(tmp).unlink(missing_ok=True)
         raise
     return replace(data, source=str(folder))  # as the cached arrays' loads say
+
+
+# What reading a damaged ``arrays.npz`` raises: zipfile.BadZipFile (truncated, not a zip),
+# zlib.error, EOFError, OSError, ValueError (a damaged member), KeyError (a missing array).
+CACHE_ERRORS = (*READ_ERRORS, zipfile.BadZipFile, OSError, ValueError, KeyError)
+
+
+def _read_cache(cache: Path, folder: Path, tarball: Path) -> ImageData:
+    """The arrays cached in ``cache``, all read (a damaged member raises here, not later)."""
+    with np.load(cache) as z:
+        layout = str(z["layout"]) if "layout" in z.files else _cached_layout(folder, tarball)
+        if layout is None:
+            raise DataMissingError(
+                f"{cache} was cached without the layout of its images, and neither {folder} "
+                f"nor {tarball} says it: delete {folder} so that {tarball.name} is unpacked "
+                "and decoded again"
+            )
+        x_train, y_train, x_test, y_test = (
+            z[k] for k in ("x_train", "y_train", "x_test", "y_test")
+        )
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError("images and labels of different counts")
+    return ImageData("cifar10", x_train, y_train, x_test, y_test, CLASS_NAMES, str(folder), layout)
 
 
 def load_cifar10(

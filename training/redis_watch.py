@@ -1,0 +1,102 @@
+"""How long Redis has been reachable to a reaper, so that it does not take a heartbeat gap that
+an outage explains for a lost run.
+
+While Redis is away (stopped, restarting, paused by SIGSTOP, out of this worker's reach), no
+worker can write a heartbeat, and a reaper's pass may come right when Redis is back, before the
+live runs' next beats land: every running job then looks lost. A reaper therefore judges runs
+lost only once Redis has answered it without a break for :func:`outage_grace_s`: by then each
+live run has beaten again. A stopped Redis fails calls (the store retries them, so the call
+only takes long); a paused one answers them late; either way a call to it that takes longer than
+a heartbeat interval, or fails, restarts the count. So does a whole pass of the reaper that took
+that long (any of its calls may have waited out an outage), and the reaper reads Redis's clock
+this way between its passes too (:meth:`RedisWatch.wait`), so that an outage that falls between
+two passes is seen as well. The count is each reaper's own: a worker cut off from Redis while the
+others were not waits the grace, and the others judge meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+from fdl.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+# After an outage a live run's heartbeat thread tries again within 2 s (the store's retry waits
+# at most that long), and its first beat may carry a time read before the outage (a Redis paused
+# between the read and the write): its second beat, one interval later, is a fresh one. Margin
+# for a busy process's late beat on top.
+GRACE_HEARTBEATS = 2
+GRACE_MARGIN_S = 5.0
+
+
+def outage_grace_s(heartbeat_interval_s: float) -> float:
+    """How long Redis must have been reachable to a reaper before it judges a run lost."""
+    return GRACE_HEARTBEATS * heartbeat_interval_s + GRACE_MARGIN_S
+
+
+class RedisWatch:
+    """Reads Redis's clock for a reaper and keeps since when Redis has answered it without a
+    break (a call that failed, or took longer than a heartbeat interval, is one), in monotonic
+    seconds. It counts from its creation: nothing is known of before."""
+
+    def __init__(self, store: JobStore, heartbeat_interval_s: float) -> None:
+        self.store = store
+        self.slow_s, self.grace_s = heartbeat_interval_s, outage_grace_s(heartbeat_interval_s)
+        self.since: float | None = time.monotonic()
+
+    def now(self) -> float:
+        """Redis's clock (:meth:`fdl.jobs.JobStore.now`), noting how its call went; raises what
+        the call raised."""
+        started = time.monotonic()
+        try:
+            now = self.store.now()
+        except Exception:
+            self.unreachable()
+            raise
+        if self.since is None:
+            self.since = started
+        self.note(started, time.monotonic(), "reading Redis's clock")
+        return now
+
+    def note(self, started: float, ended: float, what: str) -> None:
+        """Calls to Redis (``what``) ran from ``started`` to ``ended`` (monotonic): taking
+        longer than a heartbeat interval, they may have waited out an outage, which ended then
+        at the latest. Nothing changes while the last call found Redis unreachable."""
+        if self.since is not None and ended - started > self.slow_s:
+            log.warning(
+                "%s took %.1fs (Redis away or slow?): lost runs are judged once Redis has "
+                "answered for %.0fs",
+                what,
+                ended - started,
+                self.grace_s,
+            )
+            self.since = ended
+
+    def unreachable(self) -> None:
+        """A call found Redis unreachable (past the store's retries)."""
+        if self.since is not None:
+            log.warning("Redis is unreachable: lost runs are judged once it is back")
+        self.since = None
+
+    def reachable_s(self) -> float:
+        """How long Redis has answered without a break, up to now (0: its last call failed)."""
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def judging(self) -> bool:
+        """Whether Redis has answered for the grace: a heartbeat gap is a lost run's now."""
+        return self.reachable_s() >= self.grace_s
+
+    def wait(self, seconds: float, stopped: threading.Event) -> bool:
+        """Wait ``seconds`` (True at once when ``stopped`` is set), reading Redis's clock every
+        half heartbeat interval meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if stopped.wait(min(left, self.slow_s / 2)):
+                return True
+            with contextlib.suppress(Exception):  # noted; the reaper's next pass says more
+                self.now()
+        return stopped.is_set()
