@@ -70,9 +70,27 @@ async function errorFrom(response) {
   return new ApiError(response.status, code, message);
 }
 
+// How long a request may take, answer and body, before it is given up with ApiError code
+// "timeout" (a hung gateway or proxy otherwise leaves "Submitting…" forever). Every gateway call
+// answers within seconds, except an upload, whose body may take up to the gateway's
+// FDL_BODY_TIMEOUT_S (60 s) to arrive on a slow link, and a label change, which waits for the
+// version to load up to FDL_PROMOTE_TIMEOUT_S (60 s): those get LONG_REQUEST_MS. Event streams
+// (followEvents) have their idle limit instead. A page may set `window.FDL_REQUEST_TIMEOUT_MS`
+// before it loads to use another limit for ordinary calls, as FDL_STREAM_IDLE_MS.
+export const REQUEST_TIMEOUT_MS = 30_000;
+export const LONG_REQUEST_MS = 90_000;
+const LABEL_CHANGE = /^\/v1\/models\/[^/?]+\/labels\/[^/?]+(:rollback)?$/;
+
+function requestTimeoutMs(method, path, form) {
+  if (form !== undefined || (method === "POST" && LABEL_CHANGE.test(path))) return LONG_REQUEST_MS;
+  const wanted = Number(globalThis.FDL_REQUEST_TIMEOUT_MS);
+  return Number.isFinite(wanted) && wanted >= 500 ? wanted : REQUEST_TIMEOUT_MS;
+}
+
 // `headers`: more request headers (e.g. Idempotency-Key); `onResponse(response)` is called with
-// each answer, an error's included, before its body is read (to read its headers).
-export async function request(path, { method = "GET", json, form, admin = false, signal, headers: more, onResponse } = {}) {
+// each answer, an error's included, before its body is read (to read its headers); `timeoutMs`:
+// another time limit than the call's default (requestTimeoutMs).
+export async function request(path, { method = "GET", json, form, admin = false, signal, headers: more, onResponse, timeoutMs } = {}) {
   const headers = { Accept: "application/json", ...more, ...authHeaders(admin) };
   let body;
   if (json !== undefined) {
@@ -81,19 +99,42 @@ export async function request(path, { method = "GET", json, form, admin = false,
   } else if (form !== undefined) {
     body = form;
   }
-  let response;
   const checked = sendable(headers);
+  const limit = timeoutMs ?? requestTimeoutMs(method, path, form);
+  const controller = new AbortController();
+  const forward = () => controller.abort();
+  if (signal?.aborted) controller.abort();
+  signal?.addEventListener("abort", forward, { once: true });
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, limit);
+  const timeoutError = () =>
+    new ApiError(0, "timeout", `The gateway did not answer within ${Math.round(limit / 1000)} s. Is it overloaded or hung? Try again.`);
   try {
-    response = await fetch(path, { method, headers: checked, body, signal });
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-    throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
+    let response;
+    try {
+      response = await fetch(path, { method, headers: checked, body, signal: controller.signal });
+    } catch (error) {
+      if (timedOut) throw timeoutError();
+      if (error.name === "AbortError") throw error;
+      throw new ApiError(0, "unreachable", "The gateway cannot be reached. Is `fdl up` running?");
+    }
+    onResponse?.(response);
+    try {
+      if (!response.ok) throw await errorFrom(response);
+      const type = response.headers.get("content-type") || "";
+      if (type.startsWith("application/json")) return await response.json();
+      return await response.blob();
+    } catch (error) {
+      if (timedOut) throw timeoutError();
+      throw error;
+    }
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", forward);
   }
-  onResponse?.(response);
-  if (!response.ok) throw await errorFrom(response);
-  const type = response.headers.get("content-type") || "";
-  if (type.startsWith("application/json")) return response.json();
-  return response.blob();
 }
 
 export const api = {

@@ -137,6 +137,20 @@ const KINDS = {
 };
 const noneServed = (source) =>
   `No ${KINDS[source].what} model is served yet: train ${KINDS[source].train} on the Jobs page.`;
+const unlisted = (error, seconds) =>
+  `The model list could not be loaded: ${describe(error)} Retrying in ${seconds} s (or type a model name).`;
+
+// Waits between tries to load the model list while it fails (a gateway still starting, say).
+const RETRY_FIRST_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
+
+// Hides the previous answer (bars, "what the model sees", version and time): after a failed
+// request only the error and the new input show, never another image's answer beside them.
+function clearResult() {
+  $("result-body").hidden = true;
+  $("result-meta").textContent = "";
+  $("seen").parentElement.hidden = true;
+}
 
 export function initClassify() {
   const sources = {
@@ -145,15 +159,39 @@ export function initClassify() {
   };
   let controller = null;
   let previewUrl = null;
+  // The model list: `error` while the last try failed (then it is tried again after `delay`,
+  // doubled each time up to RETRY_MAX_MS), `served[source]` whether a fetched list had a model
+  // of that kind, `errorShown` whether the result box shows the failure. Until a list is fetched
+  // nothing claims that no model is served.
+  const list = {
+    error: null,
+    delay: RETRY_FIRST_MS,
+    served: { digit: false, photo: false },
+    errorShown: false,
+    timer: null,
+    loading: null,
+  };
 
   async function classify(source, blob, name) {
     const { model, version } = sources[source];
-    const modelName = model.value.trim();
+    let modelName = model.value.trim();
     showError($("result-error"), null);
+    list.errorShown = false;
+    if (!modelName && list.error) {
+      // The list failed before: it is asked for now, and its default model used if it comes.
+      await refresh();
+      modelName = model.value.trim();
+    }
     if (!modelName) {
-      const none = !$(`${source}-model-names`).options.length;
-      const why = none ? noneServed(source) : `Choose a model for the ${source} first.`;
+      clearResult();
+      // "None served" only from a list that was fetched: a list that failed says why instead.
+      const why = list.error
+        ? unlisted(list.error, Math.round(list.delay / 1000))
+        : list.served[source]
+          ? `Choose a model for the ${source} first.`
+          : noneServed(source);
       showError($("result-error"), new Error(why));
+      list.errorShown = Boolean(list.error);
       return;
     }
     controller?.abort();
@@ -185,6 +223,7 @@ export function initClassify() {
       }
     } catch (error) {
       if (error.name === "AbortError") return;
+      clearResult();
       showError($("result-error"), error);
     } finally {
       if (!signal.aborted) $("result").removeAttribute("aria-busy");
@@ -247,17 +286,41 @@ export function initClassify() {
       // Unknown model or no catalog route: "latest" still works.
     }
   }
+
+  // Each box's note: why the list is missing, or that no model of its kind is served; hidden
+  // once the box names a model (one typed in by hand included).
+  function showNote(source) {
+    const note = $(`${source}-none`);
+    const named = Boolean(sources[source].model.value.trim());
+    if (list.error) note.textContent = unlisted(list.error, Math.round(list.delay / 1000));
+    else note.textContent = named || list.served[source] ? "" : noneServed(source);
+    note.hidden = !note.textContent;
+  }
+
   for (const source of Object.keys(sources)) {
     sources[source].model.addEventListener("change", () => fillVersions(source));
+    sources[source].model.addEventListener("input", () => showNote(source));
   }
 
   async function loadModels() {
-    let models = [];
+    clearTimeout(list.timer);
+    let models;
     try {
       models = await listModels();
     } catch (error) {
-      console.warn("model list unavailable:", describe(error));
+      if (list.error) list.delay = Math.min(list.delay * 2, RETRY_MAX_MS);
+      list.error = error;
+      for (const source of Object.keys(KINDS)) showNote(source);
+      // Tried again while the page is on Classify; otherwise when it is shown again.
+      list.timer = setTimeout(() => {
+        if (!$("view-classify").hidden) refresh();
+      }, list.delay);
+      return;
     }
+    list.error = null;
+    list.delay = RETRY_FIRST_MS;
+    if (list.errorShown) showError($("result-error"), null);
+    list.errorShown = false;
     for (const [source, { channels, prefix }] of Object.entries(KINDS)) {
       // Each box offers the models whose input fits its images only.
       const offered = models.filter((m) => fits(m, channels, prefix, true));
@@ -268,11 +331,24 @@ export function initClassify() {
         box.value = found.name;
         fillVersions(source, found.labels.stable !== undefined ? "l:stable" : "");
       }
-      const note = $(`${source}-none`);
-      note.hidden = Boolean(box.value) || offered.some((m) => fits(m, channels, prefix));
-      note.textContent = note.hidden ? "" : noneServed(source);
+      list.served[source] = offered.some((m) => fits(m, channels, prefix));
+      showNote(source);
     }
   }
 
-  return { shown: loadModels };
+  // One load at a time: a refresh asked for while one is under way shares it.
+  function refresh() {
+    list.loading ??= loadModels().finally(() => (list.loading = null));
+    return list.loading;
+  }
+
+  // Asked again when the page comes back (another tab, window or app in between): models may
+  // have been trained, or the gateway started, meanwhile.
+  const again = () => {
+    if (!$("view-classify").hidden && document.visibilityState === "visible") refresh();
+  };
+  window.addEventListener("focus", again);
+  document.addEventListener("visibilitychange", again);
+
+  return { shown: refresh };
 }

@@ -1,7 +1,7 @@
 // One job, followed live: status, progress, loss/accuracy curves per epoch, result, cancel.
 import { ApiError, api, followEvents } from "./api.js";
 import { LineChart } from "./chart.js";
-import { duration, el, num, pct, showError, toast } from "./ui.js";
+import { duration, el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 // The browser cannot import fdl/jobs.py: this is its TERMINAL, the statuses a job never leaves.
@@ -24,6 +24,8 @@ export class JobView {
     this.lossChart = new LineChart($("chart-loss"), { xLabel: "epoch" });
     this.accChart = new LineChart($("chart-acc"), { xLabel: "epoch", yMax: 1 });
     this.controller = null;
+    this.wanted = null; // the id of the job asked for, loaded or not
+    this.needsKey = false; // whether opening or following it stopped at a missing or refused key
     $("job-cancel").addEventListener("click", () => this.cancel());
   }
 
@@ -36,6 +38,7 @@ export class JobView {
     $("detail-id").textContent = job.id;
     $("epoch-rows").replaceChildren();
     showError($("detail-error"), null);
+    this.showLost(false);
     if (job.progress && job.progress.epoch) this.addProgress(job.progress);
     this.render();
   }
@@ -44,13 +47,37 @@ export class JobView {
     this.controller?.abort();
     const controller = new AbortController();
     this.controller = controller;
+    this.wanted = id;
+    this.needsKey = false;
     try {
       this.reset(await api.get(jobPath(id), { admin: true, signal: controller.signal }));
     } catch (error) {
-      if (error.name !== "AbortError") showError($("detail-error"), error);
+      if (error.name === "AbortError" || controller.signal.aborted) return;
+      this.needsKey = error instanceof ApiError && error.status === 401;
+      showError($("detail-error"), error);
       return;
     }
     this.follow(controller.signal);
+  }
+
+  // Called once a key is saved: a view that stopped at a missing or refused key goes on, the
+  // stream from the last event it was given (Last-Event-ID), so nothing is lost or drawn twice.
+  resume() {
+    if (!this.needsKey || !this.wanted) return;
+    this.needsKey = false;
+    const signal = this.controller?.signal;
+    if (this.job && this.job.id === this.wanted && signal && !signal.aborted) {
+      showError($("detail-error"), null);
+      this.follow(signal);
+    } else {
+      this.open(this.wanted);
+    }
+  }
+
+  // The "connection lost — reconnecting…" line, shown while the stream is down and the view
+  // tries again, hidden once events flow again.
+  showLost(lost) {
+    $("detail-connection").hidden = !lost;
   }
 
   async follow(signal) {
@@ -68,6 +95,7 @@ export class JobView {
           onEvent: (type, data, eventId) => {
             // Kept as each event comes, so a stream that breaks off (or stalls) resumes after it.
             if (eventId) this.lastEventId = eventId;
+            this.showLost(false);
             this.onEvent(type, data);
           },
         });
@@ -76,6 +104,9 @@ export class JobView {
       } catch (error) {
         if (signal.aborted || error.name === "AbortError") return;
         if (error instanceof ApiError && error.status === 401) {
+          // Resumed by resume() once a key is saved (the key dialog opens).
+          this.needsKey = true;
+          this.showLost(false);
           showError($("detail-error"), error);
           return;
         }
@@ -86,11 +117,15 @@ export class JobView {
         }
         failures += 1;
         if (!replayed && failures >= 6 && TERMINAL.has(this.job.status)) {
+          this.showLost(false);
           showError($("detail-error"), error);
           break;
         }
       }
       if (signal.aborted || (replayed && TERMINAL.has(this.job.status))) break;
+      // The stream broke off, was refused or went silent, before the job's end: say so, rather
+      // than leave the card frozen at its last point (a hung gateway, a paused Redis).
+      this.showLost(true);
       // The stream ended or failed early: catch up from the record, then reconnect.
       if (!(await this.refreshRecord(signal))) {
         if (!signal.aborted) this.showGone();
@@ -98,6 +133,7 @@ export class JobView {
       }
       await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** failures)));
     }
+    if (!signal.aborted) this.showLost(false);
     if (!signal.aborted && !(await this.refreshRecord(signal)) && !signal.aborted) this.showGone();
   }
 
@@ -117,6 +153,7 @@ export class JobView {
   }
 
   showGone() {
+    this.showLost(false);
     $("job-cancel").hidden = true;
     showError($("detail-error"), new Error(GONE));
   }
@@ -208,6 +245,9 @@ export class JobView {
       }
     } catch (error) {
       showError($("detail-error"), error);
+      // Saving the key in the dialog that opens cancels this job without a second click.
+      const id = this.job.id;
+      retryAfterKey(error, () => this.job?.id === id && this.cancel());
     }
   }
 }

@@ -1,10 +1,22 @@
 // Jobs: the form that submits a training job, and the paged list of jobs (one opens in JobView).
-import { ApiError, api } from "./api.js";
+import { ApiError, adminKey, api } from "./api.js";
 import { JobView } from "./job-view.js";
-import { el, pct, showError, when } from "./ui.js";
+import { el, pct, retryAfterKey, showError, when } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 15;
+// The job in the URL (#jobs/<id>), so that a reload, back and forward show the job watched.
+const JOB_HASH = /^#jobs\/(.+)$/;
+
+function jobFromHash() {
+  const match = JOB_HASH.exec(location.hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null; // a malformed escape typed by hand
+  }
+}
 
 // Whether the gateway augments a model's training images when a spec leaves `augment` out
 // (fdl/jobspec.py): on for the CIFAR-10 architectures, off (and refused) for MNIST ones.
@@ -91,6 +103,7 @@ export function initJobs() {
   let selected = null;
   let timer = null;
   const rowsById = new Map();
+  const shown = new WeakMap(); // cell -> what it shows, so an unchanged cell is left alone
   const view = new JobView((job) => updateRow(job));
 
   function statusBadge(job) {
@@ -103,48 +116,92 @@ export function initJobs() {
     return p.epoch ? `${p.epoch}/${epochs}` : epochs ? `0/${epochs}` : "–";
   }
 
-  function row(job) {
-    const tr = el("tr", { className: "clickable", tabIndex: 0, dataset: { job: job.id }, "aria-selected": String(job.id === selected) },
-      el("td", {}, el("code", {}, job.id.slice(0, 8))),
-      el("td", {}, (job.result && job.result.model) || (job.spec && (job.spec.publish_as || job.spec.model)) || "?"),
-      el("td", {}, statusBadge(job)),
-      el("td", {}, progressText(job)),
-      el("td", {}, job.result && job.result.metrics ? pct(job.result.metrics.test_accuracy, 2) : "–"),
-      el("td", {}, when(job.created_at)));
-    const open = () => select(job.id);
-    tr.addEventListener("click", open);
-    tr.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") {
-        event.preventDefault();
-        open();
+  // A job's cells, written into its row's own cells: the row element stays, so keyboard focus
+  // and a screen reader's place on it survive each refresh (a rebuilt row threw focus to <body>).
+  function fill(tr, job) {
+    const cells = [
+      el("code", {}, job.id.slice(0, 8)),
+      (job.result && job.result.model) || (job.spec && (job.spec.publish_as || job.spec.model)) || "?",
+      statusBadge(job),
+      progressText(job),
+      job.result && job.result.metrics ? pct(job.result.metrics.test_accuracy, 2) : "–",
+      when(job.created_at),
+    ];
+    cells.forEach((content, index) => {
+      const td = tr.cells[index];
+      const text = content instanceof Node ? content.outerHTML : content;
+      if (shown.get(td) !== text) {
+        shown.set(td, text);
+        td.replaceChildren(content);
       }
     });
-    rowsById.set(job.id, tr);
+  }
+
+  function row(job) {
+    let tr = rowsById.get(job.id);
+    if (!tr) {
+      tr = el("tr", { className: "clickable", tabIndex: 0, dataset: { job: job.id } },
+        ...Array.from({ length: 6 }, () => el("td")));
+      const open = () => select(job.id);
+      tr.addEventListener("click", open);
+      tr.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          open();
+        }
+      });
+      rowsById.set(job.id, tr);
+    }
+    tr.setAttribute("aria-selected", String(job.id === selected));
+    fill(tr, job);
     return tr;
   }
 
   function updateRow(job) {
     const tr = rowsById.get(job.id);
-    if (!tr) return;
-    tr.replaceWith(row(job));
+    if (tr) fill(tr, job);
   }
 
-  function select(id) {
+  // `push`: a new history entry for the job (a click), or not (the URL already names it).
+  function select(id, push = true) {
     selected = id;
     for (const [jobId, tr] of rowsById) tr.setAttribute("aria-selected", String(jobId === id));
+    const hash = `#jobs/${encodeURIComponent(id)}`;
+    if (push && location.hash !== hash) history.pushState(null, "", hash);
     view.open(id);
+  }
+
+  // The list's rows in the page's order, each job's row kept (and moved only where the order
+  // changed), so the row or control that has focus keeps it.
+  function showRows(jobs) {
+    const body = $("jobs-rows");
+    const wanted = jobs.map(row);
+    const keep = new Set(wanted);
+    for (const [id, tr] of rowsById) if (!keep.has(tr)) rowsById.delete(id);
+    for (const child of [...body.children]) if (!keep.has(child)) child.remove();
+    const focused = document.activeElement;
+    wanted.forEach((tr, index) => {
+      if (body.children[index] !== tr) body.insertBefore(tr, body.children[index] ?? null);
+    });
+    // A focused row that had to move loses focus in the browser: give it back.
+    if (focused && focused !== document.activeElement && body.contains(focused)) focused.focus();
   }
 
   async function refresh() {
     showError($("jobs-error"), null);
     try {
-      const page = await api.get(`/v1/jobs?limit=${PAGE}&offset=${offset}`, { admin: true });
-      rowsById.clear();
-      $("jobs-rows").replaceChildren(...page.jobs.map(row));
-      if (!page.jobs.length) {
-        $("jobs-rows").append(el("tr", {}, el("td", { colSpan: 6, className: "muted" }, "No jobs yet.")));
+      let page = await api.get(`/v1/jobs?limit=${PAGE}&offset=${offset}`, { admin: true });
+      if (!page.jobs.length && page.total > 0 && offset > 0) {
+        // Past the end (jobs removed since this page was shown): the last page that has jobs.
+        offset = Math.floor((page.total - 1) / PAGE) * PAGE;
+        page = await api.get(`/v1/jobs?limit=${PAGE}&offset=${offset}`, { admin: true });
       }
-      $("jobs-page").textContent = page.total ? `${offset + 1}–${offset + page.jobs.length} of ${page.total}` : "";
+      showRows(page.jobs);
+      if (!page.jobs.length) {
+        $("jobs-rows").append(el("tr", {}, el("td", { colSpan: 6, className: "muted" },
+          page.total ? "No jobs on this page." : "No jobs yet.")));
+      }
+      $("jobs-page").textContent = page.jobs.length ? `${offset + 1}–${offset + page.jobs.length} of ${page.total}` : "";
       $("jobs-prev").disabled = offset === 0;
       $("jobs-next").disabled = offset + page.jobs.length >= page.total;
     } catch (error) {
@@ -157,7 +214,13 @@ export function initJobs() {
   $("jobs-refresh").addEventListener("click", refresh);
   $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); refresh(); });
   $("jobs-next").addEventListener("click", () => { offset += PAGE; refresh(); });
-  window.addEventListener("fdl:key-changed", () => !$("view-jobs").hidden && startPolling());
+  // A saved key restarts the polling, and the job view where a missing or refused key stopped it
+  // (its stream resumes from its Last-Event-ID).
+  window.addEventListener("fdl:key-changed", () => {
+    if ($("view-jobs").hidden) return;
+    startPolling();
+    if (adminKey.get()) view.resume();
+  });
 
   // The Idempotency-Key of the form's last submission while its outcome is unknown or it may be
   // tried again, with the spec it was sent with: Submit sends that spec again under the same key,
@@ -206,6 +269,8 @@ export function initJobs() {
       const unknown = retry && pending === attempt && ![401, 403].includes(error.status);
       $("job-form-status").textContent = unknown ? "Submitting again is safe: it cannot start a second job." : "";
       showError($("job-form-error"), error);
+      // Saving the key in the dialog that opens submits again (under the same Idempotency-Key).
+      retryAfterKey(error, () => form.requestSubmit());
     } finally {
       button.disabled = false;
     }
@@ -222,11 +287,12 @@ export function initJobs() {
 
   return {
     shown() {
-      const wanted = sessionStorage.getItem("fdl.openJob");
-      if (wanted) {
-        sessionStorage.removeItem("fdl.openJob");
-        select(wanted);
-      }
+      const linked = sessionStorage.getItem("fdl.openJob");
+      if (linked) sessionStorage.removeItem("fdl.openJob");
+      const inUrl = jobFromHash();
+      if (linked) select(linked);
+      else if (inUrl && inUrl !== selected) select(inUrl, false);
+      else if (selected && adminKey.get()) view.resume();
       startPolling();
     },
   };

@@ -9,7 +9,9 @@ const TABS = ["classify", "models", "jobs"];
 const views = {};
 
 function showTab() {
-  const name = TABS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "classify";
+  // "#jobs/<id>" is the Jobs tab with that job open (js/jobs.js).
+  const tab = location.hash.slice(1).split("/")[0];
+  const name = TABS.includes(tab) ? tab : "classify";
   for (const tab of TABS) {
     document.getElementById(`view-${tab}`).hidden = tab !== name;
     const link = document.querySelector(`nav a[data-tab="${tab}"]`);
