@@ -74,15 +74,15 @@ async function errorFrom(response) {
 // "timeout" (a hung gateway or proxy otherwise leaves "Submitting…" forever). Every gateway call
 // answers within seconds, except an upload, whose body may take up to the gateway's
 // FDL_BODY_TIMEOUT_S (60 s) to arrive on a slow link, and a label change, which waits for the
-// version to load up to FDL_PROMOTE_TIMEOUT_S (60 s): those get LONG_REQUEST_MS. Event streams
+// version to load up to FDL_PROMOTE_TIMEOUT_S (60 s; its callers pass timeoutMs: LONG_REQUEST_MS):
+// those get LONG_REQUEST_MS. Event streams
 // (followEvents) have their idle limit instead. A page may set `window.FDL_REQUEST_TIMEOUT_MS`
 // before it loads to use another limit for ordinary calls, as FDL_STREAM_IDLE_MS.
 export const REQUEST_TIMEOUT_MS = 30_000;
 export const LONG_REQUEST_MS = 90_000;
-const LABEL_CHANGE = /^\/v1\/models\/[^/?]+\/labels\/[^/?]+(:rollback)?$/;
 
-function requestTimeoutMs(method, path, form) {
-  if (form !== undefined || (method === "POST" && LABEL_CHANGE.test(path))) return LONG_REQUEST_MS;
+function requestTimeoutMs(form) {
+  if (form !== undefined) return LONG_REQUEST_MS;
   const wanted = Number(globalThis.FDL_REQUEST_TIMEOUT_MS);
   return Number.isFinite(wanted) && wanted >= 500 ? wanted : REQUEST_TIMEOUT_MS;
 }
@@ -100,7 +100,7 @@ export async function request(path, { method = "GET", json, form, admin = false,
     body = form;
   }
   const checked = sendable(headers);
-  const limit = timeoutMs ?? requestTimeoutMs(method, path, form);
+  const limit = timeoutMs ?? requestTimeoutMs(form);
   const controller = new AbortController();
   const forward = () => controller.abort();
   if (signal?.aborted) controller.abort();

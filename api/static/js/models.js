@@ -1,5 +1,5 @@
 // Models: versions, status, labels, test accuracy, the evaluation report; promote and roll back.
-import { api, describe } from "./api.js";
+import { api, describe, LONG_REQUEST_MS } from "./api.js";
 import { getModel, listModels } from "./catalog.js";
 import { el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
@@ -12,7 +12,7 @@ const reportUrl = (model, version, file) =>
 async function promote(model, label, version, errorBox, afterKey = () => {}) {
   showError(errorBox, null);
   try {
-    await api.post(`/v1/models/${encodeURIComponent(model)}/labels/${encodeURIComponent(label)}`, { version }, { admin: true });
+    await api.post(`/v1/models/${encodeURIComponent(model)}/labels/${encodeURIComponent(label)}`, { version }, { admin: true, timeoutMs: LONG_REQUEST_MS });
     toast(`${model}: “${label}” now points to version ${version}.`);
     return true;
   } catch (error) {
@@ -137,7 +137,7 @@ function modelCard(initial, refresh) {
         throw new Error(`“${name}” was moved to version ${current} elsewhere (this page showed ${shown === undefined ? "no such label" : `version ${shown}`}); nothing was rolled back. Roll back again to roll it back from version ${current}.`);
       }
       // The gateway picks the previous version from the repository, whatever its load state.
-      const done = await api.post(`/v1/models/${encodeURIComponent(model.name)}/labels/${encodeURIComponent(name)}:rollback`, {}, { admin: true });
+      const done = await api.post(`/v1/models/${encodeURIComponent(model.name)}/labels/${encodeURIComponent(name)}:rollback`, {}, { admin: true, timeoutMs: LONG_REQUEST_MS });
       toast(`${model.name}: “${name}” rolled back from version ${current} to version ${done.version}.`);
       refresh();
     } catch (error) {
