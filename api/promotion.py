@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from api.errors import ApiError
+from api.label_precondition import Expected, check
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS
 from api.replica_configs import ReplicaConfigs, parse_config
@@ -229,16 +230,20 @@ class Promoter:
                 409, "invalid_labels", f"{error}: fix or remove it; nothing was written"
             ) from error
 
-    async def set_label(self, model: str, label: str, version: int) -> dict[str, Any]:
+    async def set_label(
+        self, model: str, label: str, version: int, expect: Expected = None
+    ) -> dict[str, Any]:
         async with self._turn(model) as change:
             labels = await self._labels()
+            check(expect, model, label, labels)
             return await self._point(change, model, label, version, labels)
 
-    async def roll_back(self, model: str, label: str) -> dict[str, Any]:
+    async def roll_back(self, model: str, label: str, expect: Expected = None) -> dict[str, Any]:
         """Point ``label`` at the newest version on disk older than the one it names now,
         whatever that version's load state (it is loaded first, as for a promotion)."""
         async with self._turn(model) as change:
             labels = await self._labels()
+            check(expect, model, label, labels)
             current = labels.get(model, {}).get(label)
             if current is None:
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
@@ -274,9 +279,10 @@ class Promoter:
             "labels": updated[model],
         }
 
-    async def remove_label(self, model: str, label: str) -> dict[str, Any]:
+    async def remove_label(self, model: str, label: str, expect: Expected = None) -> dict[str, Any]:
         async with self._turn(model) as change:
             labels = await self._labels()
+            check(expect, model, label, labels)
             if label not in labels.get(model, {}):
                 raise ApiError(404, "label_not_found", f"model {model} has no label {label!r}")
             updated = {m: dict(v) for m, v in labels.items()}

@@ -73,6 +73,9 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key's role does not allow this",
         404: "Not found",
         409: "Conflict with the current state",
+        412: "Precondition failed (`precondition_failed`): the label is not as If-Match / "
+        "If-None-Match expected (moved or removed meanwhile, or already there); nothing was "
+        "changed. `ETag` gives the version it points at now, when it exists",
         413: "Body or image too large",
         415: "Unsupported media type or image format",
         422: "Invalid input (the message names the field)",

@@ -178,14 +178,26 @@ def promote(
     model: Annotated[str, typer.Argument(help="Served model name.")],
     version: Annotated[int, typer.Argument(min=1, help="The version the label should point at.")],
     label: Annotated[str, typer.Option(help="The label to set.")] = "stable",
+    if_version: Annotated[
+        int | None,
+        typer.Option(
+            "--if-version",
+            min=1,
+            help="Only if the label points at this version now (sent as If-Match): a label "
+            "moved meanwhile, by another admin or an earlier try, is left alone (exit 1).",
+            show_default=False,
+        ),
+    ] = None,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Point a label (stable, canary) at a version: promote, or roll back to an older one."""
+    headers = {} if if_version is None else {"If-Match": f'"{if_version}"'}
     with Gateway(url, api_key) as gateway:
         body = gateway.post(
             f"/v1/models/{quote(model, safe='')}/labels/{quote(label, safe='')}",
             json={"version": version},
+            headers=headers,
             expect=shapes.Label,
         )
     previous = body.get("previous")

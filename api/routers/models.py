@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from api.admin_route import KeyFirstRoute
 from api.bodies import JsonBodyDep
@@ -24,6 +24,7 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.input_spec import ModelContractError
+from api.label_precondition import ETAG_RESPONSE, IfMatch, IfNoneMatch, etag, precondition_of
 from api.preprocess import choose_profile
 from api.repository import describe_model, model_names, safe_labels
 from api.repository_access import io
@@ -141,14 +142,19 @@ _REPOSITORY_ERRORS: dict[int | str, dict[str, Any]] = {
         "(insufficient_storage); nothing was changed",
     },
 }
-# What the label routes answer (the promoter's outcomes and errors).
+# What the label routes answer (the promoter's outcomes and errors; 412 for a precondition,
+# api/label_precondition.py, and the label's ETag).
 _LABEL_ROUTE: dict[str, Any] = {
     "response_model": LabelResponse,
-    "responses": errors(401, 403, 404, 409, 422, 429, 503, 504) | _REPOSITORY_ERRORS,
+    "responses": ETAG_RESPONSE
+    | errors(401, 403, 404, 409, 412, 422, 429, 503, 504)
+    | _REPOSITORY_ERRORS,
 }
 # Setting one takes a JSON body: 415 for another type.
 _SET_LABEL_ROUTE: dict[str, Any] = _LABEL_ROUTE | {
-    "responses": errors(401, 403, 404, 409, 415, 422, 429, 503, 504) | _REPOSITORY_ERRORS,
+    "responses": ETAG_RESPONSE
+    | errors(401, 403, 404, 409, 412, 415, 422, 429, 503, 504)
+    | _REPOSITORY_ERRORS,
 }
 
 
@@ -158,9 +164,17 @@ _SET_LABEL_ROUTE: dict[str, Any] = _LABEL_ROUTE | {
     **_LABEL_ROUTE,
 )
 async def roll_back_label(
-    model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
+    request: Request,
+    response: Response,
+    model: ModelName,
+    label: LabelName,
+    promoter: PromoterDep,
+    _key: AdminDep,
+    _if_match: IfMatch = None,
 ) -> dict[str, Any]:
-    return await _of_a_model(promoter.repository.model_dir, model, promoter.roll_back(model, label))
+    # Read once the key is checked (a 401 goes first); If-None-Match is refused here (422).
+    change = promoter.roll_back(model, label, precondition_of(request, create=False))
+    return _tagged(response, await _of_a_model(promoter.repository.model_dir, model, change))
 
 
 @router.post(
@@ -169,29 +183,45 @@ async def roll_back_label(
     **_SET_LABEL_ROUTE,
 )
 async def set_label(
+    request: Request,
+    response: Response,
     _json: JsonBodyDep,
     model: ModelName,
     label: LabelName,
     body: LabelRequest,
     promoter: PromoterDep,
     _key: AdminDep,
+    _if_match: IfMatch = None,
+    _if_none_match: IfNoneMatch = None,
 ) -> dict[str, Any]:
-    change = promoter.set_label(model, label, body.version)
-    return await _of_a_model(promoter.repository.model_dir, model, change)
+    expect = precondition_of(request, create=True)
+    change = promoter.set_label(model, label, body.version, expect)
+    return _tagged(response, await _of_a_model(promoter.repository.model_dir, model, change))
 
 
 @router.delete(
     "/{model}/labels/{label}",
     summary="Remove a label",
     response_model=LabelResponse,
-    responses=errors(401, 403, 404, 409, 422, 429, 503) | _REPOSITORY_ERRORS,
+    responses=errors(401, 403, 404, 409, 412, 422, 429, 503) | _REPOSITORY_ERRORS,
 )
 async def remove_label(
-    model: ModelName, label: LabelName, promoter: PromoterDep, _key: AdminDep
+    request: Request,
+    model: ModelName,
+    label: LabelName,
+    promoter: PromoterDep,
+    _key: AdminDep,
+    _if_match: IfMatch = None,
 ) -> dict[str, Any]:
-    return await _of_a_model(
-        promoter.repository.model_dir, model, promoter.remove_label(model, label)
-    )
+    # No ETag: the label is gone (the body's "version" names the one it pointed at).
+    change = promoter.remove_label(model, label, precondition_of(request, create=False))
+    return await _of_a_model(promoter.repository.model_dir, model, change)
+
+
+def _tagged(response: Response, answer: dict[str, Any]) -> dict[str, Any]:
+    """The label's entity tag, its version now, on a change's answer (for If-Match)."""
+    response.headers["ETag"] = etag(answer["version"])
+    return answer
 
 
 async def _of_a_model(
@@ -202,7 +232,7 @@ async def _of_a_model(
     try:
         return await change
     except ApiError as error:
-        no_such = error.code in ("label_not_found", "version_not_found")
+        no_such = error.code in ("label_not_found", "version_not_found", "precondition_failed")
         if no_such and not await io(Path.is_dir, model_dir / model):
             raise ApiError(404, "model_not_found", f"no model named {model!r}") from error
         raise

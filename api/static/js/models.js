@@ -1,23 +1,26 @@
 // Models: versions, status, labels, test accuracy, the evaluation report; promote and roll back.
-import { api, describe, LONG_REQUEST_MS } from "./api.js";
-import { getModel, listModels } from "./catalog.js";
+import { api, describe } from "./api.js";
+import { listModels } from "./catalog.js";
+import { explained, promoteLabel, rollBackLabel } from "./label-change.js";
 import { el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const reportUrl = (model, version, file) =>
   `/v1/models/${encodeURIComponent(model)}/versions/${encodeURIComponent(version)}/report/${encodeURIComponent(file)}`;
 
-// Point a label at a version; true when done. When the key is missing or refused, the key dialog
-// opens, and saving it runs the same promotion again, then afterKey().
-async function promote(model, label, version, errorBox, afterKey = () => {}) {
+// Point a label at a version, if it still points where the page showed it (`shown`); true when
+// done. When the key is missing or refused, the key dialog opens, and saving it runs the same
+// promotion again, then afterKey(). A label moved elsewhere is refused (412) and read again (update).
+async function promote(model, label, version, shown, errorBox, update, afterKey = () => {}) {
   showError(errorBox, null);
   try {
-    await api.post(`/v1/models/${encodeURIComponent(model)}/labels/${encodeURIComponent(label)}`, { version }, { admin: true, timeoutMs: LONG_REQUEST_MS });
+    await promoteLabel(model, label, version, shown);
     toast(`${model}: “${label}” now points to version ${version}.`);
     return true;
   } catch (error) {
-    showError(errorBox, error);
-    retryAfterKey(error, async () => (await promote(model, label, version, errorBox, afterKey)) && afterKey());
+    const again = (current) => `Promote again to move it from version ${current}.`;
+    showError(errorBox, await explained(error, { model, label, shown, update, done: "promoted", again }));
+    retryAfterKey(error, async () => (await promote(model, label, version, shown, errorBox, update, afterKey)) && afterKey());
     return false;
   }
 }
@@ -122,26 +125,21 @@ function modelCard(initial, refresh) {
     showReport(reportBox, model.name, version);
   };
 
-  // The gateway's rollback takes no expected version, so the label is read again first: a label
-  // moved elsewhere (another tab, the CLI) is not rolled back from a version this page never showed.
+  // Sent with If-Match of the version shown: the gateway refuses (412) a label moved elsewhere
+  // (another tab, the CLI), so it is never rolled back from a version this page did not show.
   async function rollBack() {
     const name = label();
+    const shown = model.labels[name];
     showError(errorBox, null);
     try {
-      const shown = model.labels[name];
-      const fresh = await getModel(model.name);
-      update(fresh);
-      const current = fresh.labels[name];
-      if (current === undefined) throw new Error(`${model.name} has no label “${name}” to roll back.`);
-      if (current !== shown) {
-        throw new Error(`“${name}” was moved to version ${current} elsewhere (this page showed ${shown === undefined ? "no such label" : `version ${shown}`}); nothing was rolled back. Roll back again to roll it back from version ${current}.`);
-      }
+      if (shown === undefined) throw new Error(`${model.name} has no label “${name}” to roll back.`);
       // The gateway picks the previous version from the repository, whatever its load state.
-      const done = await api.post(`/v1/models/${encodeURIComponent(model.name)}/labels/${encodeURIComponent(name)}:rollback`, {}, { admin: true, timeoutMs: LONG_REQUEST_MS });
-      toast(`${model.name}: “${name}” rolled back from version ${current} to version ${done.version}.`);
+      const done = await rollBackLabel(model.name, name, shown);
+      toast(`${model.name}: “${name}” rolled back from version ${shown} to version ${done.version}.`);
       refresh();
     } catch (error) {
-      showError(errorBox, error);
+      const again = (current) => `Roll back again to roll it back from version ${current}.`;
+      showError(errorBox, await explained(error, { model: model.name, label: name, shown, update, done: "rolled back", again }));
       retryAfterKey(error, rollBack); // saving the key carries on with the rollback
     }
   }
@@ -151,7 +149,8 @@ function modelCard(initial, refresh) {
   const row = (v) => {
     const promoteButton = el("button", { type: "button", className: "small", dataset: { focus: `promote-${v.version}` } }, "Promote");
     promoteButton.addEventListener("click", async () => {
-      if (await promote(model.name, label(), v.version, errorBox, refresh)) refresh();
+      const name = label();
+      if (await promote(model.name, name, v.version, model.labels[name], errorBox, update, refresh)) refresh();
     });
     const reportButton = el("button", { type: "button", className: "small ghost", dataset: { focus: `report-${v.version}` } }, "Report");
     reportButton.addEventListener("click", () => showVersion(v.version, true));
