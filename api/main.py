@@ -32,6 +32,7 @@ from api.metrics import JobsCollector
 from api.middleware import GatewayMiddleware
 from api.promotion import Promoter
 from api.ratelimit import FailOpen, FailureLimiter, RateLimiter
+from api.redis_health import log_eviction_policy
 from api.replica_sync import ReplicaSync
 from api.repository_access import recover_at_start
 from api.routers import classify, health, jobs, models, ui
@@ -122,6 +123,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if recovered:
         # In the background: the model servers may still be starting.
         restoring = asyncio.create_task(app.state.promoter.send_restored())
+    # An evicting Redis is logged (in the background: start-up never waits for Redis).
+    policy_check = asyncio.create_task(log_eviction_policy(app.state.redis))
     app.state.replica_sync = ReplicaSync(
         app.state.promoter, settings.replica_sync_s, settings.metadata_timeout_s
     )
@@ -133,6 +136,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        policy_check.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await policy_check
         if restoring is not None:
             restoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):

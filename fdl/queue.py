@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from fdl.settings import credentials_in_userinfo
+from fdl.redis_url import credentials_in_userinfo
 
 TRAIN_TASK = "fdl.train"
 # The header of a task message that carries its job spec's ``max_duration_s``: the worker bounds
@@ -34,7 +34,7 @@ def make_celery(
     twice that. Never for a worker, whose blocking reads of the queue would time out.
 
     A password in the URL's query (``?password=``, as redis-py takes it) is moved into its
-    userinfo, the only place kombu reads it from (:func:`fdl.settings.credentials_in_userinfo`)."""
+    userinfo, the only place kombu reads it from (:func:`fdl.redis_url.credentials_in_userinfo`)."""
     transport: dict[str, float] = {"visibility_timeout": visibility_timeout_s}
     sender: dict[str, Any] = {}
     if send_timeout_s is not None:
@@ -55,7 +55,9 @@ def make_celery(
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # An ack that Redis refuses (full: maxmemory, noeviction) reconnects, not kills, the worker.
+        # An ack that Redis refuses (full: maxmemory, noeviction) reconnects, not kills, the worker;
+        # a reconnection that such a Redis (or a read-only replica) refuses once the connection is
+        # open is closed and retried later by the worker's consumer (training.tasks.TrainConsumer).
         broker_channel_error_retry=True,
         broker_transport_options=transport,
         task_serializer="json",

@@ -21,7 +21,9 @@ def redis_server_binary() -> str:
 
 def redis_server_argv(port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
     """A Redis that keeps its data in ``data_dir`` (append-only file), so jobs survive restarts;
-    no RDB snapshots (``--save ""``), whose failure would have Redis refuse every write."""
+    no RDB snapshots (``--save ""``), whose failure would have Redis refuse every write; never
+    evicting (``--maxmemory-policy noeviction``, Redis's default, stated: a Redis that evicts
+    loses job records and queued messages silently, fdl/redis_policy.py)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
         redis_server_binary(),
@@ -35,6 +37,8 @@ def redis_server_argv(port: int, data_dir: Path, host: str = "127.0.0.1") -> lis
         "yes",
         "--save",
         "",
+        "--maxmemory-policy",
+        "noeviction",
         "--protected-mode",
         "no",
     ]

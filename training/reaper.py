@@ -13,9 +13,12 @@ applies which (:meth:`fdl.jobs.JobStore.settle_lost`). It decides only while it 
 repository's lock (:func:`training.publish.fence`), and leaves every lost job for its next pass
 when another process holds it: a run whose heartbeat went stale may only be paused, between its
 record's last check and its version's rename, which it makes under that lock.
-A reaper judges runs lost only once Redis has answered it without a break for a grace (two
-heartbeat intervals and a margin, :mod:`training.redis_watch`), from its start and after every
-outage it saw: a heartbeat gap that an outage explains is no lost run.
+A reaper judges runs lost only once Redis has answered it and taken its writes without a break
+for a grace (two heartbeat intervals and a margin, :mod:`training.redis_watch`), from its start
+and after every outage or refusal of writes it saw: a heartbeat gap that either explains is no
+lost run. A settling that Redis refuses or fails ends the pass, the lock given back at once, and
+a later pass judges again from fresh heartbeats: no outage is waited out on a judgement made
+before it.
 
 Queued jobs are watched too: a message can be lost before a worker ever holds it (the gateway
 stopped between writing the record and sending it; the broker lost it). A job of this worker's
@@ -47,11 +50,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import redis
 from filelock import Timeout
 
 from fdl.job_records import JOB_ID, resend_due
 from fdl.jobs import JobStatus, JobStore
-from fdl.store_retry import TRANSIENT_ERRORS
+from fdl.store_retry import CONNECTION_ERRORS, TRANSIENT_ERRORS, retrying_only
 from training.publish import fence, published_by_record, render_config_again
 from training.redis_watch import RedisWatch
 from training.settings import WorkerSettings
@@ -66,6 +70,8 @@ Send = Callable[[str, str, float | None], None]
 LEFTOVER_SWEEP_EVERY_S = 3600.0
 # The job ids a TensorBoard folder may be named by (api.schemas.JobId's pattern): no separator,
 # no dot, so ``tensorboard/<job id>`` never leads out of the folder.
+# How long a settling whose connection broke is tried again (its reply may be lost), not refused.
+SETTLE_RETRY_S = 2.0
 
 
 def reap_once(
@@ -82,7 +88,9 @@ def reap_once(
     ``sweep_leftovers`` also removes, past the retention, what older workers left of pruned
     jobs (:meth:`fdl.jobs.JobStore.prune_leftovers`: a pass over every Redis key, so the
     reaper thread asks for it once an hour). With ``watch`` (the reaper thread's), no run is
-    judged lost before Redis has answered for :func:`training.redis_watch.outage_grace_s`."""
+    judged lost before Redis has answered for :func:`training.redis_watch.outage_grace_s`.
+    A settling that Redis refused or failed (:func:`settle_lost_run`) ends the pass, raised, and
+    restarts the watch's count."""
     now = (watch or store).now()  # Redis's clock, which every heartbeat is written by
     threshold = now - settings.stale_after_s
     running: list[dict[str, Any]] = []
@@ -94,7 +102,12 @@ def reap_once(
         if beat >= threshold:
             continue
         reason = f"worker {record.get('worker')} lost: no heartbeat for {now - beat:.0f}s"
-        status = settle_lost_run(store, settings, record, threshold, reason, send)
+        try:
+            status = settle_lost_run(store, settings, record, threshold, reason, send)
+        except redis.exceptions.RedisError as error:
+            if watch is not None:
+                watch.unreachable(error)
+            raise
         if status is BUSY:
             break  # the lock is held: every lost job waits for the next pass
         if status is None:
@@ -206,7 +219,9 @@ def _settle(
     its run may only be paused, between its record's last check and its version's rename, and
     must then either have published (found here) or publish nothing. The status the job was
     left in; None when nothing changed; :data:`BUSY` when the lock is held (by such a run, a
-    publish or a promotion; never by a dead process), so that the job waits for a later pass."""
+    publish or a promotion; never by a dead process), so that the job waits for a later pass.
+    A Redis error is raised with the lock given back, never waited out under it with
+    ``threshold`` judged before (a broken connection is tried again for :data:`SETTLE_RETRY_S`)."""
     job_id, attempts = record["id"], int(record.get("attempts") or 0)
     give_up = None
     if attempts >= settings.max_attempts:
@@ -216,7 +231,8 @@ def _settle(
             # Lost after its version was renamed in: the job is done, whatever else applies.
             published = published_by_record(settings.model_dir, record)
             # One atomic step: a duplicate message never finds the job queued before it ends.
-            status = store.settle_lost(job_id, threshold, attempts, reason, published, give_up)
+            with retrying_only(store, CONNECTION_ERRORS, SETTLE_RETRY_S):
+                status = store.settle_lost(job_id, threshold, attempts, reason, published, give_up)
             if status == JobStatus.SUCCEEDED:
                 render_config_again(settings.model_dir, None, job_id, held)
             return status
@@ -278,10 +294,12 @@ class ReaperThread(threading.Thread):
                 reap_once(self.store, self.settings, self.send, sweep, self.watch)
                 if sweep:
                     next_sweep = time.monotonic() + LEFTOVER_SWEEP_EVERY_S
-            except Exception as error:
+            except redis.exceptions.RedisError as error:
+                self.watch.unreachable(error)
+                bug = not isinstance(error, TRANSIENT_ERRORS)  # else the watch said what it is
+                log.warning("reaper pass stopped (%s); retrying later", error, exc_info=bug)
+            except Exception:
                 log.exception("reaper pass failed; retrying later")
-                if isinstance(error, TRANSIENT_ERRORS):
-                    self.watch.unreachable()
             # Any of the pass's calls may have waited out an outage.
             self.watch.note(started, time.monotonic(), "a reaper pass")
             # A pass within the grace judged no run: the next one comes once the grace is over.

@@ -12,6 +12,12 @@ that long (any of its calls may have waited out an outage), and the reaper reads
 this way between its passes too (:meth:`RedisWatch.wait`), so that an outage that falls between
 two passes is seen as well. The count is each reaper's own: a worker cut off from Redis while the
 others were not waits the grace, and the others judge meanwhile.
+
+A Redis that refuses writes (at its ``maxmemory`` without eviction, ``MISCONF``, a ``READONLY``
+replica) still answers reads, its clock among them, while no heartbeat can be written: each
+reading of the clock therefore comes with a small write (:data:`PROBE_KEY`, which expires by
+itself), and a refused one is a break as a failed call is. So is a write of the reaper's own
+that Redis refused or failed (its settling of a lost run, :meth:`RedisWatch.unreachable`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import contextlib
 import logging
 import threading
 import time
+
+import redis
 
 from fdl.jobs import JobStore
 
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 # for a busy process's late beat on top.
 GRACE_HEARTBEATS = 2
 GRACE_MARGIN_S = 5.0
+# The key each reading of Redis's clock writes, to learn that Redis takes writes (one for every
+# reaper: what it holds does not matter), and how long it stays.
+PROBE_KEY = "fdl:reaper:write-probe"
+PROBE_EXPIRY_S = 60
 
 
 def outage_grace_s(heartbeat_interval_s: float) -> float:
@@ -39,9 +51,10 @@ def outage_grace_s(heartbeat_interval_s: float) -> float:
 
 
 class RedisWatch:
-    """Reads Redis's clock for a reaper and keeps since when Redis has answered it without a
-    break (a call that failed, or took longer than a heartbeat interval, is one), in monotonic
-    seconds. It counts from its creation: nothing is known of before."""
+    """Reads Redis's clock for a reaper and keeps since when Redis has answered it and taken
+    its writes without a break (a call that failed or was refused, or took longer than a
+    heartbeat interval, is one), in monotonic seconds. It counts from its creation: nothing is
+    known of before."""
 
     def __init__(self, store: JobStore, heartbeat_interval_s: float) -> None:
         self.store = store
@@ -49,14 +62,20 @@ class RedisWatch:
         self.since: float | None = time.monotonic()
 
     def now(self) -> float:
-        """Redis's clock (:meth:`fdl.jobs.JobStore.now`), noting how its call went; raises what
-        the call raised."""
+        """Redis's clock (:meth:`fdl.jobs.JobStore.now`), noting how its call went, and how a
+        write of :data:`PROBE_KEY` then went (tried once: a refused one is a break, and the
+        clock is still answered); raises what the clock's call raised."""
         started = time.monotonic()
         try:
             now = self.store.now()
         except Exception:
             self.unreachable()
             raise
+        try:
+            self.store.redis.set(PROBE_KEY, "1", ex=PROBE_EXPIRY_S)
+        except redis.exceptions.RedisError as error:  # refused, still loading its data, gone
+            self.unreachable(error)
+            return now
         if self.since is None:
             self.since = started
         self.note(started, time.monotonic(), "reading Redis's clock")
@@ -76,10 +95,15 @@ class RedisWatch:
             )
             self.since = ended
 
-    def unreachable(self) -> None:
-        """A call found Redis unreachable (past the store's retries)."""
+    def unreachable(self, error: BaseException | None = None) -> None:
+        """A call found Redis unreachable (past the store's retries), or Redis refused or failed
+        a write (``error``): until it answers and takes writes again, no run is judged lost."""
         if self.since is not None:
-            log.warning("Redis is unreachable: lost runs are judged once it is back")
+            log.warning(
+                "Redis %s: lost runs are judged once it has answered and taken writes for %.0fs",
+                "is unreachable" if error is None else f"refused or failed a write ({error})",
+                self.grace_s,
+            )
         self.since = None
 
     def reachable_s(self) -> float:

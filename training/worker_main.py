@@ -115,9 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from celery.bin.celery import celery
     from celery.bin.worker import worker
 
+    from fdl.redis_policy import check_when_worker_ready
     from training.tasks import app, settings
 
     app.conf.update(child_limits(settings))
+    check_when_worker_ready(settings.require_redis_url())  # an evicting Redis: an ERROR line
     # What ``app.start`` does (the -A option's default is the app object itself), with the
     # `celery` command's handling of exit codes, usage errors and CELERY_ variables.
     (option,) = (param for param in celery.params if param.name == "app")

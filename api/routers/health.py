@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import RedisDep, ServingDep
+from api.redis_health import shared_probe
 
 router = APIRouter(tags=["operations"])
-# How long /readyz waits for Redis's PING (a LAN round trip is well under a millisecond), so a
-# hung Redis makes the gateway not ready in about a second, not after the client's socket timeout
-# (5 s). redis-py disconnects the connection of a PING cut short: the pool stays sound.
-READY_REDIS_TIMEOUT_S = 1.0
 # Each route also answers HEAD (health checkers, curl -I): the same status and headers, no body
 # (the server sends none). Left out of the OpenAPI document, which lists the GETs.
 
@@ -33,23 +29,19 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready; checks says which dependency failed"}},
 )
 async def readyz(redis: RedisDep, serving: ServingDep) -> JSONResponse:
+    """200 ``ready``; 200 ``degraded`` while Redis answers but refuses writes (classification
+    needs none: api/redis_health.py); 503 ``not_ready`` while Redis is unreachable or the model
+    server does not answer. ``warnings``: an evicting Redis (fdl/redis_policy.py)."""
     # Both at once: the answer takes the slower probe's time, not the sum.
-    redis_check, serving_ok = await asyncio.gather(_redis_check(redis), serving.ping())
-    checks = {"redis": redis_check, "model_server": "ok" if serving_ok else "unavailable"}
-    ready = all(v == "ok" for v in checks.values())
+    health, serving_ok = await asyncio.gather(shared_probe(redis), serving.ping())
+    checks = {"redis": health.check, "model_server": "ok" if serving_ok else "unavailable"}
+    ready = health.reachable and serving_ok
+    status = "not_ready" if not ready else "ready" if health.check == "ok" else "degraded"
+    warnings = [health.warning] if health.warning else []
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
+        {"status": status, "checks": checks, "warnings": warnings},
         status_code=200 if ready else 503,
     )
-
-
-async def _redis_check(redis: aioredis.Redis) -> str:
-    try:
-        async with asyncio.timeout(READY_REDIS_TIMEOUT_S):
-            await redis.ping()
-    except Exception as error:  # any failure (TimeoutError: no answer in time) means not ready
-        return f"error: {type(error).__name__}"
-    return "ok"
 
 
 @router.head("/metrics", response_class=Response, include_in_schema=False)
