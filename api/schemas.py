@@ -138,6 +138,7 @@ class Job(BaseModel):
                 "started_at": 1764345601.0,
                 "finished_at": None,
                 "attempts": 1,
+                "handed_back": 0,
             }
         }
     )
@@ -150,7 +151,16 @@ class Job(BaseModel):
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    attempts: int | None = None
+    attempts: int | None = Field(
+        default=None,
+        description="runs counted toward FDL_MAX_ATTEMPTS (a lost run counts; one handed back "
+        "by a stopping worker does not, up to FDL_MAX_HAND_BACKS hand-backs)",
+    )
+    handed_back: int | None = Field(
+        default=None,
+        description="runs handed back by a stopping worker (a rollout, a restart); each started "
+        "the job over from its first epoch (null for a job that an older gateway created)",
+    )
 
 
 class JobList(BaseModel):

@@ -31,6 +31,12 @@ def _epochs(count: Any) -> str:
     return f"{count} epoch" if count == 1 else f"{count} epochs"
 
 
+def _handed_back(job: dict[str, Any]) -> int:
+    """The runs of ``job`` handed back by stopping workers (0 from a gateway that omits it)."""
+    count = job.get("handed_back")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
 def resolve_id(gateway: Gateway, job_id: str) -> str:
     """Full job ids pass through; a unique prefix (as `fdl jobs` shows) is looked up."""
     if len(job_id) >= FULL_ID_LENGTH:
@@ -63,7 +69,10 @@ def jobs(
         print_json(page)
         return
     table = Table(title=f"Jobs ({len(page['jobs'])} of {page['total']})", title_justify="left")
-    for column in ("ID", "Model", "Status", "Epoch", "Test accuracy", "Created"):
+    # Hand-backs by stopping workers, only when a job of the page has any.
+    handed_back = any(_handed_back(job) for job in page["jobs"])
+    columns = ("ID", "Model", "Status", "Epoch", "Test accuracy", "Created", "Handed back")
+    for column in columns if handed_back else columns[:-1]:
         table.add_column(column, justify="right" if column == "Test accuracy" else "left")
     for job in page["jobs"]:
         progress = job.get("progress") or {}
@@ -77,6 +86,7 @@ def jobs(
             f"{progress.get('epoch') or 0}/{epochs}" if epochs else "-",
             fmt.pct((result.get("metrics") or {}).get("test_accuracy")),
             fmt.when(job.get("created_at")),
+            *([str(_handed_back(job))] if handed_back else []),
         )
     console.print(table)
 
@@ -159,6 +169,8 @@ def job(
     table.add_row("Started", fmt.when(record.get("started_at")))
     table.add_row("Finished", fmt.when(record.get("finished_at")))
     table.add_row("Attempts", str(record.get("attempts") or 0))
+    if handed_back := _handed_back(record):
+        table.add_row("Handed back", f"{handed_back} (by stopping workers)")
     console.print(table)
 
 

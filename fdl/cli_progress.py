@@ -70,6 +70,9 @@ class Follower:
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "status":
             self.status = data.get("status", self.status)
+            # Why it is queued again (a run handed back, a lost one), as the worker wrote it.
+            reason = data.get("reason")
+            self.on_log(reason if isinstance(reason, str) else None)
             label = {"running": "training", "queued": "queued, waiting for a worker"}
             # The end is said by the summary that follows.
             ended = self.status in TERMINAL

@@ -89,7 +89,8 @@ FIELDS = (
     "created_at",
     "started_at",
     "finished_at",
-    "attempts",
+    "attempts",  # runs counted toward FDL_MAX_ATTEMPTS (a run handed back is not)
+    "handed_back",  # runs handed back by a stopping worker (training/worker_stop.py)
     "cancel_requested",
     "worker",
     "heartbeat_at",
@@ -149,6 +150,7 @@ def new_record(
         "started_at": None,
         "finished_at": None,
         "attempts": 0,
+        "handed_back": 0,
         "cancel_requested": False,
     }
     if unconfirmed:
@@ -166,6 +168,30 @@ def script_args(event: dict[str, Any], *own: str, **fields: Any) -> list[str]:
     return args
 
 
+def _outcome(event: dict[str, Any], **fields: Any) -> list[Any]:
+    """One outcome of a settling script (lost runs', hand-backs'): [event data, {field: JSON}]."""
+    return [json.dumps(event), {k: json.dumps(v) for k, v in fields.items()}]
+
+
+def _ended(
+    status: JobStatus, result: dict[str, Any] | None, error: str | None, now: float
+) -> list[Any]:
+    event = {"status": status.value, "result": result, "error": error}
+    return _outcome(event, status=status.value, result=result, error=error, finished_at=now)
+
+
+def _queued_again(reason: str, now: float, **event: Any) -> list[Any]:
+    queued = JobStatus.QUEUED.value
+    return _outcome(
+        {"status": queued, "reason": reason, **event},
+        status=queued,
+        worker=None,
+        sent_at=now,
+        resends=0,
+        enqueued=True,  # its sender sends it itself: resent if lost, never ended unconfirmed
+    )
+
+
 def lost_outcomes(
     reason: str, now: float, published: dict[str, Any] | None, give_up: str | None
 ) -> str:
@@ -174,32 +200,35 @@ def lost_outcomes(
     (epoch seconds) ``cancelled`` (when its cancellation was requested), ``succeeded`` with
     ``published`` (the version an earlier run of it published), ``failed`` with ``give_up``
     (the error, when it is out of attempts). ``reason``: why its worker counts as lost."""
-
-    def outcome(event: dict[str, Any], **fields: Any) -> list[Any]:
-        return [json.dumps(event), {k: json.dumps(v) for k, v in fields.items()}]
-
-    def ended(status: JobStatus, result: dict[str, Any] | None, error: str | None) -> list[Any]:
-        event = {"status": status.value, "result": result, "error": error}
-        return outcome(event, status=status.value, result=result, error=error, finished_at=now)
-
-    queued = JobStatus.QUEUED.value
     outcomes = {
-        queued: outcome(
-            {"status": queued, "reason": reason},
-            status=queued,
-            worker=None,
-            sent_at=now,
-            resends=0,
-            enqueued=True,  # the reaper sends it itself: resent if lost, never ended unconfirmed
-        ),
-        JobStatus.CANCELLED.value: ended(
-            JobStatus.CANCELLED, None, f"cancelled by request ({reason})"
+        JobStatus.QUEUED.value: _queued_again(reason, now),
+        JobStatus.CANCELLED.value: _ended(
+            JobStatus.CANCELLED, None, f"cancelled by request ({reason})", now
         ),
     }
     if published is not None:
-        outcomes[JobStatus.SUCCEEDED.value] = ended(JobStatus.SUCCEEDED, published, None)
+        outcomes[JobStatus.SUCCEEDED.value] = _ended(JobStatus.SUCCEEDED, published, None, now)
     if give_up is not None:
-        outcomes[JobStatus.FAILED.value] = ended(JobStatus.FAILED, None, give_up)
+        outcomes[JobStatus.FAILED.value] = _ended(JobStatus.FAILED, None, give_up, now)
+    return json.dumps(outcomes)
+
+
+# The outcome of a hand-back past FDL_MAX_HAND_BACKS that counts its run (still queued).
+COUNTED = "counted"
+
+
+def hand_back_outcomes(reason: str, counted: str, give_up: str, now: float) -> str:
+    """What may become of a job that its run hands back (its worker stopping), as the hand-back
+    script takes them (as :func:`lost_outcomes`): queued again with ``reason`` (its run not
+    counted) or, past the hand-backs allowed, with ``counted`` (:data:`COUNTED`: its run
+    counted), or ended at ``now`` ``failed`` with ``give_up`` (counted, out of attempts) or
+    ``cancelled`` (its cancellation requested). Each queued event says ``handed_back``."""
+    outcomes = {
+        JobStatus.QUEUED.value: _queued_again(reason, now, handed_back=True),
+        COUNTED: _queued_again(counted, now, handed_back=True),
+        JobStatus.FAILED.value: _ended(JobStatus.FAILED, None, give_up, now),
+        JobStatus.CANCELLED.value: _ended(JobStatus.CANCELLED, None, "cancelled by request", now),
+    }
     return json.dumps(outcomes)
 
 

@@ -19,7 +19,15 @@ from typing import Any
 from redis.commands.core import Script
 
 from fdl.job_reads import JobReads
-from fdl.job_records import EVENTS_KEY, JOB_KEY, JobStatus, NotThisRun, script_args
+from fdl.job_records import (
+    COUNTED,
+    EVENTS_KEY,
+    JOB_KEY,
+    JobStatus,
+    NotThisRun,
+    hand_back_outcomes,
+    script_args,
+)
 from fdl.store_retry import retried as _retried
 
 # A script's answer that the record is not the writing run's (SET_FIELDS/TRANSITION_SCRIPT).
@@ -33,6 +41,7 @@ class JobRuns(JobReads):
 
     _set_fields: Script
     _transition: Script
+    _hand_back: Script
 
     @_retried
     def _run(self, script: Script, job_id: str, args: list[str], *keys: str) -> Any:
@@ -155,6 +164,36 @@ class JobRuns(JobReads):
         assert status.terminal
         fields = {"result": result, "error": error, "finished_at": self.now()}
         return self._change(job_id, status, run, fields)
+
+    def hand_back(
+        self,
+        job_id: str,
+        run: str,
+        reasons: tuple[str, str, str],
+        max_hand_backs: int,
+        max_attempts: int,
+    ) -> JobStatus:
+        """Give the job back, its worker stopping (:mod:`training.worker_stop`), in one atomic
+        step, only while the record runs under ``run``; ``reasons``: the ``queued`` event's
+        reason of a run not counted, that of a run counted, and the error of a job out of
+        attempts. Its cancellation requested meanwhile, it ends ``cancelled``; else
+        ``handed_back`` counts one more, and up to ``max_hand_backs`` of them (FDL_MAX_HAND_BACKS)
+        the job is ``queued`` again with the attempt its claim counted taken back (``attempts``
+        less one); past them the attempt stays counted, as a reaper counts a lost run's: ``queued``
+        again, or ``failed`` once it has ``max_attempts`` (FDL_MAX_ATTEMPTS). The caller sends
+        a queued job's message again. The status it was left in (a retry whose first try applied
+        answers as the record stands); :class:`NotThisRun` when the record no longer runs under
+        ``run`` (nothing changed)."""
+        uncounted, counted, give_up = reasons
+        outcomes = hand_back_outcomes(uncounted, counted, give_up, self.now())
+        event = {"status": JobStatus.QUEUED.value, "reason": uncounted, "handed_back": True}
+        own = (run, outcomes, str(max_hand_backs), str(max_attempts))
+        reply = str(self._run(self._hand_back, job_id, script_args(event, *own)) or "")
+        if reply == COUNTED:
+            return JobStatus.QUEUED
+        if reply not in (JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED):
+            raise NotThisRun(f"job {job_id} no longer runs under {run}; not handed back")
+        return JobStatus(reply)
 
     def finish(
         self,

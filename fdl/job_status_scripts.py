@@ -51,6 +51,10 @@ local function changed(data)
              'type', 'status', 'data', data or ARGV[2], 'time', ARGV[3])
   track(key)
 end
+local function settle(outcome)
+  for field, value in pairs(outcome[2]) do redis.call('HSET', key, field, value) end
+  changed(outcome[1])
+end
 """.replace("TERMINAL_TEST", TERMINAL_TEST).replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN))
 PRELUDE = PRELUDE.replace("JOB_PREFIX_LEN", str(len(JOB_KEY.format("")))).replace(
     "QUEUED_PREFIX", QUEUED_KEY.format("")
@@ -151,9 +155,7 @@ local chosen = 'queued'
 if outcomes['succeeded'] then chosen = 'succeeded'
 elseif redis.call('HGET', key, 'cancel_requested') == 'true' then chosen = 'cancelled'
 elseif outcomes['failed'] then chosen = 'failed' end
-local event, fields = outcomes[chosen][1], outcomes[chosen][2]
-for field, value in pairs(fields) do redis.call('HSET', key, field, value) end
-changed(event)
+settle(outcomes[chosen])
 return chosen
 """
 )
@@ -175,5 +177,37 @@ redis.call('HSET', key, 'status', cjson.encode('cancelled'))
 set_pairs(4)
 changed()
 return 2
+"""
+)
+
+# A run's hand-back of its job, its worker stopping (training/worker_stop.py): ARGV[4] the run's
+# worker name, ARGV[5] the outcomes (fdl.job_records.hand_back_outcomes: 'queued', 'counted',
+# 'failed', 'cancelled'), ARGV[6] the hand-backs a job may have uncounted (FDL_MAX_HAND_BACKS),
+# ARGV[7] the attempts it may count (FDL_MAX_ATTEMPTS). Only while the record is running under
+# that name: its cancellation requested meanwhile, it ends ``cancelled``; else ``handed_back``
+# counts one more, and up to ARGV[6] of them the job goes back to ``queued`` with the attempt
+# its claim counted taken back (``attempts`` less one); past them the attempt stays counted,
+# the job ``queued`` again ('counted') or, at ARGV[7] attempts, ``failed``. Returns the
+# outcome it took ('queued', 'counted', 'failed', 'cancelled'; on a replay the status it was
+# left in), '' when the record is not the run's.
+HAND_BACK_SCRIPT = (
+    PRELUDE
+    + """
+if replayed() then return status() end
+local holder = redis.call('HGET', key, 'worker')
+if status() ~= 'running' or not holder or cjson.decode(holder) ~= ARGV[4] then return '' end
+local outcomes = cjson.decode(ARGV[5])
+if redis.call('HGET', key, 'cancel_requested') == 'true' then
+  settle(outcomes['cancelled'])
+  return 'cancelled'
+end
+local handed, attempts = (number('handed_back') or 0) + 1, number('attempts') or 1
+local chosen = 'queued'
+if handed <= tonumber(ARGV[6]) then attempts = math.max(attempts - 1, 0)
+elseif attempts >= tonumber(ARGV[7]) then chosen = 'failed'
+else chosen = 'counted' end
+redis.call('HSET', key, 'attempts', tostring(attempts), 'handed_back', tostring(handed))
+settle(outcomes[chosen])
+return chosen
 """
 )

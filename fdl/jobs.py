@@ -55,6 +55,7 @@ from fdl.job_scripts import (
     SETTLE_LOST_SCRIPT,
     TRANSITION_SCRIPT,
 )
+from fdl.job_status_scripts import HAND_BACK_SCRIPT
 from fdl.store_retry import retried as _retried
 
 # What callers of the store use with it (the record layout itself is fdl.job_records').
@@ -89,6 +90,7 @@ class JobStore(JobRuns):
         self._transition = client.register_script(TRANSITION_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._settle_lost = client.register_script(SETTLE_LOST_SCRIPT)
+        self._hand_back = client.register_script(HAND_BACK_SCRIPT)
         self._set_fields = client.register_script(SET_FIELDS_SCRIPT)
         self._cancel = client.register_script(CANCEL_SCRIPT)
         self._resend = client.register_script(RESEND_SCRIPT)

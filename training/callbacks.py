@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow.python.ops import summary_ops_v2
 
 from fdl.jobs import JobStore, NotThisRun
+from training import worker_stop
 from training.divergence import TrainingDiverged as TrainingDiverged  # where it was raised from
 from training.divergence import divergence
 from training.time_limit import Deadline
@@ -46,7 +47,9 @@ class JobCallback(keras.callbacks.Callback):
     With ``run`` (the worker name the run claimed the job under), a report that the record
     refuses, the job no longer being this run's, sets ``lost`` (shared with the heartbeat
     thread, whose refused beat sets it too) and training stops at the next batch (the trainer
-    raises :class:`NotThisRun`)."""
+    raises :class:`NotThisRun`). Once the worker is stopping (:mod:`training.worker_stop`),
+    training stops at the next batch too, after the checks above; ``handed_back`` then says
+    where (the trainer raises :class:`training.worker_stop.HandBack`)."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class JobCallback(keras.callbacks.Callback):
         self.deadline = deadline
         self.cancelled = False
         self.timed_out: str | None = None
+        self.handed_back: str | None = None
         self.diverged: str | None = None
         self.history: list[dict[str, Any]] = []
         self._train_start = self._epoch_start = self._last_report = 0.0
@@ -86,6 +90,10 @@ class JobCallback(keras.callbacks.Callback):
             return
         if self.deadline is not None and self.deadline.passed():
             self.timed_out = f"in epoch {len(self.history) + 1} of {self.epochs}"
+            self.model.stop_training = True
+            return
+        if worker_stop.requested():
+            self.handed_back = f"in epoch {len(self.history) + 1} of {self.epochs}"
             self.model.stop_training = True
             return
         now = time.monotonic()
@@ -150,7 +158,7 @@ class JobCallback(keras.callbacks.Callback):
         return round(self.train_examples * fraction / seconds, 1)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        if self.cancelled or self.timed_out or self.lost.is_set():
+        if self.cancelled or self.timed_out or self.handed_back or self.lost.is_set():
             return
         logs = logs or {}
         self._diverged(logs.get("loss"), f"after epoch {epoch + 1}")

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ from training.heartbeat import Heartbeat
 from training.publish import RepositoryFull, naming_full_disk
 from training.run_checks import Cancelled, check_cancel, check_under_lock, shown_path, unpublished
 from training.run_checks import waiting_for_lock as _waiting
+from training.run_end import LOST_RUN, end_run
 from training.settings import WorkerSettings
 from training.time_limit import Deadline, TimedOut
+from training.worker_stop import HandBack, Send, hand_back
+from training.worker_stop import check as check_stop
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,15 @@ def default_worker_name() -> str:
 
 
 def run_job(
-    job_id: str, store: JobStore, settings: WorkerSettings, worker: str | None = None
+    job_id: str,
+    store: JobStore,
+    settings: WorkerSettings,
+    worker: str | None = None,
+    send: Send | None = None,
 ) -> dict[str, Any] | None:
-    """Run ``job_id``; returns the job's result, or None when it was skipped or did not succeed."""
+    """Run ``job_id``; returns the job's result, or None when it was skipped or did not succeed.
+    A run whose worker is stopping hands the job back (:mod:`training.worker_stop`), its message
+    sent again with ``send``."""
     record = store.get(job_id)
     if record is None or record["status"] is None:  # unknown, or what an old worker left
         log.warning("job %s has no record; skipping", job_id)
@@ -69,25 +79,14 @@ def run_job(
     if not store.mark_running(job_id, worker, stale_before):
         log.info("job %s was claimed by another delivery or ended; skipping", job_id)
         return None
-    with Heartbeat(store, job_id, settings.heartbeat_interval_s, worker) as beat:
-        ended = _attempt(job_id, spec, store, settings, worker, beat.lost)
-        if ended is None:  # no longer this run's, or left to the reaper
-            return None
-        status, result, error = ended
-        try:  # the run's own end, refused (nothing written) once the job is no longer its own
-            ended_as = store.end(job_id, status, result=result, error=error, run=worker)
-            if ended_as is JobStatus.SUCCEEDED:
-                return result
-            if ended_as is not None:  # a failure, or a cancel accepted until the end's write
-                if ended_as is not status:
-                    log.info("job %s ended %s: a cancel came before its end", job_id, ended_as)
-                return None
-            done = "stopped, nothing published" if status is JobStatus.CANCELLED else "ended"
-            log.warning("job %s %s: its record is gone (pruned, deleted, lost)", job_id, done)
-        except NotThisRun:
-            published = result is not None and result.get("published")
-            left = f"version {result['version']} is published" if published else None
-            log.warning(LOST_RUN, job_id, left or "this one published nothing")
+    try:
+        with Heartbeat(store, job_id, settings.heartbeat_interval_s, worker) as beat:
+            ended = _attempt(job_id, spec, store, settings, worker, beat.lost)
+            return None if ended is None else end_run(job_id, store, worker, *ended)
+    except HandBack as stop:  # once the beats stopped: none is refused once it is queued
+        queue = record.get("queue") or settings.training_queue
+        resend = None if send is None else partial(send, job_id, queue, spec.max_duration_s)
+        hand_back(store, settings, job_id, worker, str(stop), resend)
         return None
 
 
@@ -120,10 +119,6 @@ def _out_of_attempts(
     return None
 
 
-# What a run logs when the record says that it lost its job: ``job``, what it left behind.
-LOST_RUN = "job %s: another run owns it now; %s"
-
-
 def _attempt(
     job_id: str,
     spec: JobSpec,
@@ -140,6 +135,8 @@ def _attempt(
     except NotThisRun:
         log.warning(LOST_RUN, job_id, "this one published nothing")
         return None
+    except HandBack:
+        raise
     except Cancelled:
         return JobStatus.CANCELLED, None, "cancelled by request"
     except (DataMissingError, TimedOut, RepositoryFull) as error:
@@ -206,6 +203,7 @@ def execute(
     if earlier is not None:  # a re-run after the first run published: one version per job
         store.append_event(job_id, "log", {"message": earlier["reason"]}, run=worker)
         return earlier
+    check_stop("before it loaded its data")
     store.append_event(job_id, "log", {"message": f"loading dataset {spec.dataset}"}, run=worker)
     data = load_dataset(
         str(spec.dataset),
@@ -217,6 +215,7 @@ def execute(
     ).capped(spec.max_train_examples, spec.max_test_examples)
     check_cancel(store, job_id, lost)
     deadline.check("after loading the data")
+    check_stop("after it loaded its data, before training")
     tensorboard_dir = settings.var_dir / "tensorboard" / job_id
     outcome = train(
         spec,

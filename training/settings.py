@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from fdl.queue import DEFAULT_VISIBILITY_TIMEOUT_S
 from fdl.settings import (
+    REDIS_URL_UNSET,
     SETTINGS_ERRORS,
     CommonSettings,
     prepare_model_dir,
@@ -39,6 +40,9 @@ MAX_VISIBILITY_TIMEOUT_S = 365 * 86400
 # whole training set; 1.4 GiB for a 1,000-image one), below the Kubernetes manifest's 12 GiB
 # limit (deploy/k8s/base/worker.yaml).
 DEFAULT_MAX_MEMORY_PER_CHILD_MB = 6144
+# The hand-backs of a job not counted as attempts (FDL_MAX_HAND_BACKS): far more routine stops
+# (rollouts, restarts) than one job meets, far fewer than a loop of them costs.
+DEFAULT_MAX_HAND_BACKS = 10
 
 
 class WorkerSettings(CommonSettings):
@@ -65,6 +69,10 @@ class WorkerSettings(CommonSettings):
     job_retention_s: float = Field(default=MONTH_S, ge=0, le=365 * DAY_S, allow_inf_nan=False)
     # A job is run at most this many times; a job lost more often ends failed.
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # A job handed back by stopping workers (training/worker_stop.py) more often than this has
+    # each further hand-back counted as an attempt (toward max_attempts), as a lost run is: a
+    # job that itself gets its worker stopped does not go round for ever.
+    max_hand_backs: int = Field(default=DEFAULT_MAX_HAND_BACKS, ge=0, le=1000)
     # A run of a job that goes on longer than this ends failed and publishes nothing (the job's
     # spec may ask for less: max_duration_s); checked between calls into the training graph and
     # between the job's stages, so a runaway job never holds its worker for good.
@@ -120,6 +128,8 @@ def settings_or_exit() -> WorkerSettings:
         settings = get_settings()
     except SETTINGS_ERRORS as error:
         sys.exit(f"fdl-worker: {settings_problem(error)}")
+    if not settings.redis_url:
+        sys.exit(f"fdl-worker: {REDIS_URL_UNSET}")
     explicit = "model_dir" in settings.model_fields_set
     if problem := prepare_model_dir(settings.model_dir, explicit) or prepare_var_dir(
         settings.var_dir

@@ -40,6 +40,7 @@ from training.preprocess import network_input_shape
 from training.recipes import augmentation, compile_for_recipe, recipe_for
 from training.settings import DEFAULT_STEPS_PER_EXECUTION
 from training.time_limit import Deadline, TimedOut
+from training.worker_stop import HandBack
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ def train(
             raise NotThisRun(f"job {job_id} is no longer this run's; training stopped")
         if deadline is not None and progress.timed_out:
             raise TimedOut(deadline.error(progress.timed_out))
+        if progress.handed_back:  # its worker is stopping (training/worker_stop.py)
+            raise HandBack(progress.handed_back)
         if not progress.cancelled:  # a cancelled run ends cancelled, whatever its loss
             stopped = judge_run(model, stopper, progress.history, progress.diverged)
             if stopped is not None:

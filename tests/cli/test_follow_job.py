@@ -152,3 +152,36 @@ def test_job_lines_stay_whole_in_a_pipe(gateway: Gateway, redis_url: str) -> Non
     assert result.exit_code == ExitCode.OK, result.output
     lines = [line for line in result.output.splitlines() if "cancellation requested" in line]
     assert lines and lines[0].rstrip().endswith("FDL_STEPS_PER_EXECUTION)."), result.output
+
+
+def test_hand_backs_are_shown(gateway: Gateway, redis_url: str) -> None:
+    """A job that a stopping worker handed back: following it prints the reason of its
+    ``queued`` event, and the API's job (``handed_back``), `fdl job` ("Handed back") and
+    `fdl jobs` (a "Handed back" column) count the hand-backs."""
+    store = JobStore.from_url(redis_url)
+    job_id = submit(gateway)
+    assert store.mark_running(job_id, "test-worker:7")
+    cli = follow(gateway, job_id)
+    try:
+        cli.wait_line(f"Following job {job_id}")
+        reasons = ("handed back by worker test-worker:7, which is stopping, in epoch 1", "", "")
+        assert store.hand_back(job_id, "test-worker:7", reasons, 10, 3) is JobStatus.QUEUED
+        cli.wait_line(reasons[0])
+        assert store.mark_running(job_id, "test-worker:8")
+        assert store.finish(
+            job_id, JobStatus.FAILED, error="ended by the test", run="test-worker:8"
+        )
+        assert cli.popen.wait(60) == ExitCode.JOB_FAILED, cli.output()
+    finally:
+        cli.stop()
+    shown = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=bearer(ADMIN_KEY), timeout=10)
+    assert (shown.json()["attempts"], shown.json()["handed_back"]) == (1, 1), shown.text
+    env = {"FDL_API_KEY": ADMIN_KEY, "COLUMNS": "200"}
+    one = CliRunner().invoke(app, ["job", job_id, "--url", gateway.url], env=env)
+    assert one.exit_code == ExitCode.OK, one.output
+    assert "Handed back  1 (by stopping workers)" in one.output, one.output
+    listed = CliRunner().invoke(app, ["jobs", "--url", gateway.url], env=env)
+    assert listed.exit_code == ExitCode.OK, listed.output
+    assert "Handed back" in listed.output, listed.output
+    row = next(line for line in listed.output.splitlines() if job_id[:12] in line)
+    assert row.rstrip(" │").endswith("1"), listed.output
