@@ -12,7 +12,7 @@ from api.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from api.memory import tune_malloc
 from api.settings import GatewaySettings, get_settings
 from fdl.grpc_tuning import tune_grpc
-from fdl.settings import SETTINGS_ERRORS, WeakKeyError, settings_problem
+from fdl.settings import REDIS_URL_UNSET, SETTINGS_ERRORS, WeakKeyError, settings_problem
 
 
 def protocol_class(
@@ -70,6 +70,8 @@ def main() -> None:
         settings = get_settings()
     except SETTINGS_ERRORS as error:  # one line naming each setting, never its value
         sys.exit(f"fdl-gateway: {settings_problem(error)}")
+    if not settings.redis_url:
+        sys.exit(f"fdl-gateway: {REDIS_URL_UNSET}")
     try:
         settings.check_keys()  # before anything listens: a weak key never serves a request
     except WeakKeyError as error:
@@ -98,7 +100,8 @@ def main() -> None:
         # else could pick the address the rate limit counts.
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
-        timeout_graceful_shutdown=10,
+        # Then the requests still running are cancelled: api/shutdown.py answers them.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
     probe.run(config, listener)
 

@@ -11,6 +11,15 @@ of the ``FDL_MAX_EVENT_STREAMS`` streams :class:`StreamSlots` lets open at once:
 meet "Too many connections", and never take the connections of ``/readyz`` and the rate limits
 (``app.state.redis``). A stream beyond the cap gets 503 ``too_many_streams`` before anything is
 sent (:class:`CappedEventSourceResponse`).
+
+When the gateway's shutdown begins (SIGTERM or SIGINT: uvicorn sets ``should_exit``), every open
+stream ends at once, not after FDL_SHUTDOWN_GRACE_S: sse-starlette watches uvicorn's exit flag
+(its wrapper of ``Server.handle_exit``, which :class:`api.probe.GatewayServer` calls, and the
+server found through the SIGTERM handler; polled every 0.5 s) and stops the stream between two
+events. :class:`CappedEventSourceResponse` then sends a ``retry`` hint of RESUME_RETRY_MS and the
+closing chunk, so the client reconnects at once with ``Last-Event-ID``, to another gateway, which
+sends the next events from the Redis stream (:func:`job_events`): none is lost, and the gateway
+exits within about a second when only streams are open.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import STORE_RETRY_AFTER_S, ApiError
 from fdl.job_records import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
@@ -46,6 +57,9 @@ MAX_BLOCK_MS = 10_000
 # redis-py's socket timeout (since 6.0) when the URL sets none; connection_kwargs omit it then.
 REDIS_PY_SOCKET_TIMEOUT_S = 5.0
 KEEP_ALIVE = {"comment": "keep-alive"}
+# The reconnection delay a stream ended by the gateway's shutdown tells its client (ms): short,
+# since another gateway serves the stream from where it stopped.
+RESUME_RETRY_MS = 1000
 
 
 # What a stream refused at the cap is told to wait before trying again.
@@ -92,19 +106,38 @@ class CappedEventSourceResponse(EventSourceResponse):
     gone, the job ended, the server stopping); with none free, 503 ``too_many_streams`` instead.
 
     The slot is taken when the response runs, not in the route, so no path between the two can
-    keep it; the error raised here reaches the app's error handlers (nothing has been sent)."""
+    keep it; the error raised here reaches the app's error handlers (nothing has been sent).
+
+    A stream the gateway's shutdown ends gets a ``retry: RESUME_RETRY_MS`` event just before its
+    closing chunk. sse-starlette sets ``stopping`` when it sees the shutdown, stops the stream
+    while it waits for its next event, and sends the closing chunk only when the last event went
+    out whole: the hint always follows a complete event."""
 
     def __init__(self, content: AsyncIterator[dict[str, Any]], slots: StreamSlots, **kwargs: Any):
-        super().__init__(content, **kwargs)
+        self.stopping = anyio.Event()
+        super().__init__(content, shutdown_event=self.stopping, **kwargs)
         self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.slots.take():
             raise too_many_streams(self.slots.limit)
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, self._resumable(send))
         finally:
             self.slots.give_back()
+
+    def _resumable(self, send: Send) -> Send:
+        """``send``, with the retry hint put before the closing chunk of a stream the shutdown
+        ended (one that ended with its job, or its client, gets none)."""
+        hint = ServerSentEvent(retry=RESUME_RETRY_MS, sep=self.sep).encode()
+
+        async def send_resumable(message: Message) -> None:
+            closing = message["type"] == "http.response.body" and not message.get("more_body")
+            if closing and self.stopping.is_set():
+                await send({"type": "http.response.body", "body": hint, "more_body": True})
+            await send(message)
+
+        return send_resumable
 
 
 def _is_end(kind: str, data: Any) -> bool:

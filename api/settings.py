@@ -20,6 +20,9 @@ from fdl.settings import (
     split_keys,
 )
 
+# The most FDL_SHUTDOWN_GRACE_S may be, and its default: the stop waits of `fdl up`, Compose and
+# Kubernetes are sized for it (fdl/stack_supervisor.py, tests/deploy/test_stop_waits.py).
+SHUTDOWN_GRACE_S = 10.0
 ProfileName = Literal["digit", "photo"]
 LogLevel = Literal["CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET"]
 
@@ -177,6 +180,11 @@ class GatewaySettings(CommonSettings):
     serving_tls_cert_file: FilePath | None = None
     serving_tls_key_file: FilePath | None = None
     serving_tls_server_name: str | None = None
+    # Seconds a stopping gateway gives the requests in flight (uvicorn's graceful shutdown); those
+    # still running then are answered 503 shutting_down (api/shutdown.py). Lower only.
+    shutdown_grace_s: float = Field(
+        default=SHUTDOWN_GRACE_S, gt=0, le=SHUTDOWN_GRACE_S, allow_inf_nan=False
+    )
     # How long a promotion waits for a version to load before giving up (504).
     promote_timeout_s: float = seconds(60.0, gt=0)
     # Every this many seconds the gateway asks each model-server replica whether its labels are

@@ -19,8 +19,32 @@ SUPERVISOR_CONF = "supervisord.conf"
 # port it cannot bind) has then not yet counted as started, and reaches FATAL instead of
 # being restarted forever.
 CHILDREN = {"redis": (10, 1), "serving": (20, 30), "worker": (30, 30), "gateway": (40, 30)}
-# Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops.
-STOP_WAIT_S = 10
+# Seconds a child may take to stop after SIGTERM, by its own deadlines (tests/deploy/
+# test_stop_waits.py holds these to the constants they come from): the gateway closes its probe
+# listener (SHUTDOWN_S, 3 s, api/probe.py), gives its requests in flight their grace
+# (FDL_SHUTDOWN_GRACE_S, at most SHUTDOWN_GRACE_S, 10 s, api/settings.py), then shuts its app down
+# (the cancelled requests' end, SETTLE_S, 3 s, api/shutdown.py, and its clients closed: 5 s in
+# all); our model server stops within SHUTDOWN_DEADLINE_S (10 s, serving/__main__.py; TF Serving
+# ends at once).
+GATEWAY_SHUTDOWN_S = 3 + 10 + 5
+SERVING_SHUTDOWN_S = 10
+# Past its own deadline a child gets this long more (a loaded machine's slow exit) before SIGKILL.
+STOP_MARGIN_S = 5
+# The worker's run stops at its next batch and hands its job back (training/worker_stop.py), or,
+# past its training, finishes it: an MNIST or CIFAR-10 job's evaluation, export and publish on
+# CPU take seconds to tens of seconds; one SIGKILLed meanwhile is left to the reaper, counted.
+WORKER_STOP_WAIT_S = 30
+# Seconds between SIGTERM and SIGKILL of a child's process group when the stack stops; Redis gets
+# DEFAULT_STOP_WAIT_S.
+DEFAULT_STOP_WAIT_S = 10
+STOP_WAITS_S = {
+    "serving": SERVING_SHUTDOWN_S + STOP_MARGIN_S,
+    "gateway": GATEWAY_SHUTDOWN_S + STOP_MARGIN_S,
+    "worker": WORKER_STOP_WAIT_S,
+}
+# The longest: what `fdl up` waits for the leftovers of a killed stack, stopped together
+# (fdl/cli_up.py).
+STOP_WAIT_S = max(DEFAULT_STOP_WAIT_S, *STOP_WAITS_S.values())
 
 
 def supervisor_config(stack: Stack) -> str:
@@ -47,7 +71,7 @@ def supervisor_config(stack: Stack) -> str:
             "startsecs": start_s,
             "startretries": stack.start_retries,
             "stopsignal": "TERM",
-            "stopwaitsecs": STOP_WAIT_S,
+            "stopwaitsecs": STOP_WAITS_S.get(name, DEFAULT_STOP_WAIT_S),
             # Signals go to the child's whole process group (Celery's pool, the server's threads).
             "stopasgroup": "true",
             "killasgroup": "true",

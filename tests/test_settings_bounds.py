@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 
-from api.settings import GatewaySettings
+from api.settings import SHUTDOWN_GRACE_S, GatewaySettings
 from fdl.settings import CommonSettings, settings_problem
 
 
@@ -60,6 +60,23 @@ def test_every_timeout_is_finite_and_at_most_a_day(
     assert line.startswith(f"FDL_{name.upper()}: "), line
     monkeypatch.setenv(f"FDL_{name.upper()}", "86400")
     assert getattr(GatewaySettings(), name) == 86400
+
+
+@pytest.mark.parametrize("value", ["1e10", "inf", "nan", "11", "10.5", "0", "-1"])
+def test_the_shutdown_grace_is_above_0_and_at_most_the_stop_waits(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FDL_SHUTDOWN_GRACE_S may only be lowered: the stop waits of `fdl up`, Compose and
+    Kubernetes are sized for SHUTDOWN_GRACE_S (api/settings.py)."""
+    assert GatewaySettings().shutdown_grace_s == SHUTDOWN_GRACE_S == 10
+    monkeypatch.setenv("FDL_SHUTDOWN_GRACE_S", value)
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings()
+    line = settings_problem(caught.value)
+    assert line.startswith("FDL_SHUTDOWN_GRACE_S: "), line
+    for fine in ("10", "0.5"):
+        monkeypatch.setenv("FDL_SHUTDOWN_GRACE_S", fine)
+        assert GatewaySettings().shutdown_grace_s == float(fine)
 
 
 @pytest.mark.parametrize("name", ["gateway_port", "serving_grpc_port", "serving_rest_port"])

@@ -197,7 +197,7 @@ def test_shutdown_bounds_match_the_servers() -> None:
                         found[target.id] = node.value.value
         return found
 
-    graceful = constants("api/__main__.py")["timeout_graceful_shutdown"]
+    graceful = constants("api/settings.py")["SHUTDOWN_GRACE_S"]  # FDL_SHUTDOWN_GRACE_S's most
     probe = constants("api/probe.py")["SHUTDOWN_S"]  # the probe listener stops first
     deadline = constants("serving/__main__.py")["SHUTDOWN_DEADLINE_S"]
     assert isinstance(graceful, int | float) and isinstance(deadline, int | float)
