@@ -158,9 +158,12 @@ RUN python -m pip install --no-cache-dir --no-deps . \
 USER 10001:10001
 WORKDIR /var/lib/fdl
 EXPOSE 8500 8501
-# The gRPC port accepts connections (Kubernetes' liveness probe does the same); compose checks the
-# Prometheus path, which needs --monitoring_config_file.
+# An HTTP request to the REST port that must be answered within 4 s (coreutils' `timeout`, bash's
+# /dev/tcp: what tensorflow/serving has too, no curl): the Prometheus path's status line, 200 with
+# --monitoring_config_file (compose, Kubernetes), 404 without (this CMD); a 5xx fails. A frozen
+# server (SIGSTOP, a deadlock) fails it; the kernel still accepts its connections, so the connect
+# alone, the check before, passed. Kubernetes' liveness asks the gRPC health service instead.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8500"]
+    CMD ["timeout", "4", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8501 && printf 'GET /monitoring/prometheus/metrics HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && read -r proto code rest <&3 && [[ $proto == HTTP/* && $code == [1-4][0-9][0-9] ]]"]
 ENTRYPOINT ["/usr/bin/tini", "-s", "--", "tensorflow_model_server"]
 CMD ["--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config"]

@@ -11,10 +11,11 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from fdl.redis_url import REDIS_URL_FORM, credentials_in_userinfo, redis_url_problem
 
 # A key shorter than this, or one that starts like a placeholder of the examples (the shipped
 # deploy/k8s/base/secret.yaml holds "replace-me-with-a-long-random-key"), stops the gateway (and
@@ -22,6 +23,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 # makes one.
 MIN_KEY_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("replace-me", "change-me", "changeme")
+
+# What the gateway and the worker say, in one line at start, when they have no Redis URL.
+REDIS_URL_UNSET = (
+    "FDL_REDIS_URL is not set; start the stack with `fdl up` (which starts Redis) "
+    "or point FDL_REDIS_URL at a Redis server"
+)
 
 
 class WeakKeyError(ValueError):
@@ -236,50 +243,16 @@ class CommonSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _credentials_in_userinfo(cls, url: str | None) -> str | None:
-        """One form for every client of the URL (redis-py, kombu): credentials_in_userinfo."""
+        """A URL both clients take (:func:`redis_url_problem`), in one form for both:
+        credentials_in_userinfo."""
+        if url and (problem := redis_url_problem(url)):
+            raise ValueError(f"{problem}; {REDIS_URL_FORM}")
         return credentials_in_userinfo(url) if url else url
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise RuntimeError(
-                "FDL_REDIS_URL is not set; start the stack with `fdl up` (which starts Redis) "
-                "or point FDL_REDIS_URL at a Redis server"
-            )
+            raise RuntimeError(REDIS_URL_UNSET)
         return self.redis_url
-
-
-# Query parameters of a Redis URL that redis-py reads as credentials (redis://host/0?password=).
-CREDENTIAL_QUERY = ("username", "password")
-
-
-def credentials_in_userinfo(url: str) -> str:
-    """``url`` with the credentials that redis-py reads from its query (``?password=``,
-    ``?username=``) moved into its userinfo (``redis://user:password@host``), percent-encoded.
-
-    redis-py takes either form; kombu (the Celery broker) takes a password only in the userinfo,
-    and fails on one in the query (``TypeError: dict() got multiple values for keyword argument
-    'password'``). Read as redis-py reads it: the userinfo's value wins, else the first non-empty
-    value of the query. Other URLs, and one that does not parse, are returned as they are."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("redis", "rediss"):
-            return url
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
-        return url
-    if not any(name in CREDENTIAL_QUERY for name, _value in query):
-        return url
-    from_query: dict[str, str] = {}
-    for name, value in query:
-        if name in CREDENTIAL_QUERY and value:
-            from_query.setdefault(name, value)
-    user = parts.username or quote(from_query.get("username", ""), safe="")
-    password = parts.password or quote(from_query.get("password", ""), safe="")
-    userinfo = user + (f":{password}" if password else "")
-    host = parts.netloc.rpartition("@")[2]
-    rest = [(name, value) for name, value in query if name not in CREDENTIAL_QUERY]
-    netloc = f"{userinfo}@{host}" if userinfo else host
-    return parts._replace(netloc=netloc, query=urlencode(rest)).geturl()
 
 
 @lru_cache

@@ -161,8 +161,13 @@ def check_references(docs: list[Doc]) -> Errors:
     return errors
 
 
+# TF Serving's thread pools, sized to a pod's CPU limit (compose sets none): Kubernetes only.
+K8S_ONLY_FLAGS = ("--tensorflow_intra_op_parallelism=", "--tensorflow_inter_op_parallelism=")
+
+
 def check_matches_compose(docs: list[Doc], root: Path) -> Errors:
-    """The cluster runs the same commands as the compose stack (one source of truth for each)."""
+    """The cluster runs the same commands as the compose stack (one source of truth for each),
+    less :data:`K8S_ONLY_FLAGS`."""
     services = load_compose(root / COMPOSE_FILES[0]).get("services") or {}
     errors: Errors = []
     pairs = [("fdl-serving", "serving"), ("fdl-gateway", "gateway"), ("fdl-worker", "worker")]
@@ -172,6 +177,7 @@ def check_matches_compose(docs: list[Doc], root: Path) -> Errors:
             continue
         container = pod_spec(doc)["containers"][0]  # type: ignore[index]
         k8s_argv = list(container.get("command") or []) + list(container.get("args") or [])
+        k8s_argv = [a for a in k8s_argv if not str(a).startswith(K8S_ONLY_FLAGS)]
         svc = services[service]
         compose_argv = list(svc.get("entrypoint") or []) + list(svc.get("command") or [])
         if k8s_argv != compose_argv:

@@ -65,6 +65,7 @@ def test_image_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) ->
     argv = [str(bin_dir / "tensorflow_model_server"), *c.image_cmd("model-server")]
     argv = c.swap(c.swap(argv, "8500", str(grpc_port)), "8501", str(rest_port))
     argv = [a.replace("=/models/", f"={models}/") for a in argv]
-    health = c.swap(c.image_healthcheck("model-server"), "8500", str(grpc_port))
+    # The REST port: the image's CMD has no --monitoring_config_file, so its answer is a 404.
+    health = c.swap(c.image_healthcheck("model-server"), "8501", str(rest_port))
     assert health != c.image_healthcheck("model-server")
     c.check_serves_healthcheck("deploy-model-server-image", argv, health, logs_dir, 180)

@@ -237,6 +237,8 @@ def test_flower_command_serves_its_healthcheck(protected_redis: str, logs_dir: P
 
 
 def test_tensorboard_command_serves_its_healthcheck(tmp_path: Path, logs_dir: Path) -> None:
+    """Here, with the dev venv's tensorboard; that the service's image has the command is
+    tests/deploy/test_tensorboard_image.py's check."""
     argv = c.command("tensorboard")
     worker_env = c.environment("worker")
     logdir = f"{worker_env['FDL_VAR_DIR']}/tensorboard"

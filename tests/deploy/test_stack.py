@@ -8,6 +8,7 @@ paths swapped for local ones. The model server is ``tensorflow_model_server`` wh
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from deploy.lint.k8s_policy import K8S_ONLY_FLAGS
 from harness import containers as c
 from harness.procs import REPO_ROOT, VENV_BIN, Process, free_port, port_open, wait_for
 from harness.procs import run_command as run
+from serving.flags import parse_flags
 from tests.deploy.compose_redis import compose_redis
 
 SERVING_CONFIG = REPO_ROOT / "deploy" / "serving"
@@ -133,8 +136,21 @@ def test_model_config_init_writes_a_config_tf_serving_parses(tmp_path: Path) -> 
 
 
 def test_serving_command_is_the_same_in_kubernetes() -> None:
+    """Less TensorFlow's thread pools, which Kubernetes sizes to the pod's CPU limit."""
     container = c.k8s_pod("Deployment", "fdl-serving")["containers"][0]
-    assert c.k8s_argv(container) == c.command("serving")
+    argv = [a for a in c.k8s_argv(container) if not a.startswith(K8S_ONLY_FLAGS)]
+    assert argv == c.command("serving")
+
+
+def test_serving_thread_pools_match_the_cpu_limit() -> None:
+    """TensorFlow sizes each pool to the node's cores (0, the default), which the container sees
+    whatever its CPU quota: 64 threads on a 64-core node for a limit of 4."""
+    container = c.k8s_pod("Deployment", "fdl-serving")["containers"][0]
+    limit = str(container["resources"]["limits"]["cpu"])
+    cpus = math.ceil(int(limit[:-1]) / 1000) if limit.endswith("m") else math.ceil(float(limit))
+    flags = parse_flags(c.k8s_argv(container)[1:])  # our server takes them as TF Serving does
+    assert flags.tensorflow_intra_op_parallelism == cpus
+    assert flags.tensorflow_inter_op_parallelism == cpus
 
 
 def test_serving_healthcheck_passes_on_the_running_server(stack: Stack) -> None:

@@ -18,7 +18,8 @@ from kombu.utils.url import parse_url as kombu_parse_url
 from redis.connection import parse_url as redis_parse_url
 
 from fdl.redis_server import redis_server_argv
-from fdl.settings import CommonSettings, credentials_in_userinfo
+from fdl.redis_url import credentials_in_userinfo
+from fdl.settings import CommonSettings
 from harness.gateway import gateway_running
 from harness.procs import Process, free_port, wait_for
 from harness.worker import MNIST_TINY, start_worker
