@@ -73,6 +73,7 @@ class Job(Shape):
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int | None = None
+    handed_back: int | None = None
 
 
 class JobPage(Shape):

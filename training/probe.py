@@ -74,8 +74,6 @@ def where(url: str) -> str:
     """Where the URL's Redis is, for a line (no password); ValueError for a URL that redis-py,
     the worker's job store, does not take."""
     kwargs: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    if url.lower().startswith("unix://"):
-        return f"Redis at {kwargs.get('path') or '(no socket path)'}"
     return f"Redis at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 

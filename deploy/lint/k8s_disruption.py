@@ -11,7 +11,7 @@ from deploy.lint.k8s_policy import Doc, find, pod_labels, pod_spec, selects
 
 # Seconds each server may take to stop after SIGTERM, which its pods' terminationGracePeriodSeconds
 # must leave after the preStop pause: the gateway's probe listener (SHUTDOWN_S=3 in api/probe.py),
-# then its uvicorn graceful shutdown (timeout_graceful_shutdown=10 in api/__main__.py;
+# then its uvicorn graceful shutdown (at most SHUTDOWN_GRACE_S=10 in api/settings.py;
 # tests/deploy/test_lint.py keeps them equal) plus 5 s for the app's own shutdown; the model
 # server: fdl-model-server's SHUTDOWN_DEADLINE_S (TF Serving exits at once).
 SHUTDOWN_S = {"fdl-gateway": 3 + 10 + 5, "fdl-serving": 10}
