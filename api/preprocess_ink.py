@@ -1,8 +1,10 @@
 """The digit profile's ink: what in a grey image is the digit, as bright values on zero, and the
 box around it that the normalization crops (``api/preprocess.py``).
 
-Polarity comes from the image's border: light paper (its median above 127) has dark ink, a dark
-background bright ink, unless a light sheet lies in the dark frame (:mod:`api.preprocess_sheet`):
+Polarity comes from the image's border and its tails: the ink is the tail of grey levels far
+from the border's median (dark ink on paper, however dim; bright ink on a dark background or a
+grey card), the median deciding only when neither tail is; on a dark background the ink is bright
+unless a light sheet lies in the dark frame (:mod:`api.preprocess_sheet`):
 then the ink is the dark ink on the sheet, and the desk around it is no ink. A light border that
 is flat and much darker than the paper inside it (a screenshot's grey padding, a mount) is such a
 desk too, if it holds no ink: its edge would otherwise read as ink, a frame around the digit.
@@ -11,7 +13,7 @@ desk too, if it holds no ink: its edge would otherwise read as ink, a frame arou
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from api.mask_components import components
 from api.preprocess_sheet import desk_mask
@@ -42,6 +44,14 @@ _PADDING_CONTRAST = 48
 # its pixels _PADDING_CONTRAST levels darker than the border's median holds ink (a digit on
 # light grey paper beside a white label, which would pass for the sheet), and is no padding.
 _PADDING_INK = 0.002
+# The ink's tail (the 1st or 99th percentile's distance from the border's median) is the one
+# this many times farther out than the other; else the border's brightness decides polarity.
+_TAIL_RATIO = 2.0
+# A bar across the frame this near its edge (of the frame's size) is no part of the digit when
+# all ink lies either in the band from the edge to it or beyond it (see _edge_bars).
+_BAR_MARGIN = 0.1
+# The paper's closing (at quarter scale): its size, odd.
+_CLOSING = 9
 
 
 def median(values: np.ndarray) -> float:
@@ -59,12 +69,28 @@ def ink_map(gray: Image.Image) -> np.ndarray:
     pixels = np.asarray(gray)  # uint8; medians of it are those of its float64 copy
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     level = median(border)
-    if level > 127:
+    if _light_paper(pixels, level):
         return _light_ink(gray, pixels, _padding(pixels, border, level))
     desk = desk_mask(pixels)
     if desk is not None:
         return _light_ink(gray, pixels, desk)
     return dark_ink(pixels)
+
+
+def _light_paper(pixels: np.ndarray, level: float) -> bool:
+    """Whether the background (the border's median ``level``) is paper under dark ink: the ink is
+    the minority tail, the one of the image's 1st and 99th percentiles that lies farther from the
+    background, by ``_TAIL_RATIO`` (dark ink on dim grey paper, white pen on a grey card); when
+    neither does, the background's brightness decides (above 127: paper)."""
+    sample = pixels[::2, ::2].ravel()  # a quarter of the pixels is enough for a percentile
+    low_rank, high_rank = int(0.01 * (sample.size - 1)), int(0.99 * (sample.size - 1))
+    low, high = np.partition(sample, (low_rank, high_rank))[[low_rank, high_rank]]
+    dark, light = level - float(low), float(high) - level
+    if dark > _TAIL_RATIO * light:
+        return True
+    if light > _TAIL_RATIO * dark:
+        return False
+    return level > 127
 
 
 def _padding(pixels: np.ndarray, border: np.ndarray, level: float) -> np.ndarray | None:
@@ -108,10 +134,27 @@ def dark_ink(pixels: np.ndarray) -> np.ndarray:
 
 
 def _background(gray: Image.Image) -> np.ndarray:
-    """The paper without the strokes: a rank filter at quarter scale, smoothed."""
+    """The paper without the strokes: a closing at quarter scale."""
     small = gray.resize((max(1, gray.width // 4), max(1, gray.height // 4)), Image.Resampling.BOX)
-    smooth = small.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
-    return np.asarray(smooth.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)
+    # A closing: strokes (up to 8 small pixels wide) vanish, while a large dark area (a shadow)
+    # keeps its edge in place (a blur after a max filter spread the paper into it: ink).
+    closed = Image.fromarray(_closing(np.asarray(small), _CLOSING // 2))
+    return np.asarray(closed.resize(gray.size, Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def _closing(pixels: np.ndarray, radius: int) -> np.ndarray:
+    """Grey closing with a square ``2 * radius + 1`` wide: its max filter, then its min filter,
+    separable, on the pixels with their edges repeated outward (else light paper near the frame's
+    edge, a white label, would stay spread along it)."""
+    padded = np.pad(pixels, 2 * radius, mode="edge")
+    for reduce in (np.maximum, np.minimum):
+        for axis in (0, 1):
+            size = padded.shape[axis] - 2 * radius
+            shifted = [
+                padded[(slice(None),) * axis + (slice(s, s + size),)] for s in range(2 * radius + 1)
+            ]
+            padded = reduce.reduce(shifted)
+    return padded
 
 
 def _scaled_ink(array: np.ndarray) -> np.ndarray:
@@ -132,6 +175,10 @@ def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box of the ink (top, bottom, left, right; exclusive), ignoring specks."""
     solid = ink > _SOLID_INK
     if min(ink.shape) > 64:  # specks of noise only matter in photos, which are larger
+        bars = _edge_bars(solid)
+        if bars is not None:
+            ink = np.where(bars, 0, ink)
+            solid &= ~bars
         solid = _without_specks(ink, solid)
     if not solid.any():
         solid = ink > 0
@@ -140,6 +187,43 @@ def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
     if rows.size == 0 or cols.size == 0:
         return None
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _edge_bars(solid: np.ndarray) -> np.ndarray | None:
+    """The bands along the frame's edges that hold a bar of ink across ``_LINE_COVER`` of the
+    frame within ``_BAR_MARGIN`` of the edge, and nothing else but what lies within the band, when
+    a piece of ink of some size (the digit) lies beyond it: a screenshot's status bar, a desk's
+    strip. None when there are none."""
+    height, width = solid.shape
+    if not (
+        (np.count_nonzero(solid, axis=1) >= _LINE_COVER * width).any()
+        or (np.count_nonzero(solid, axis=0) >= _LINE_COVER * height).any()
+    ):
+        return None  # the common case, decided cheaply
+    pieces = components(solid, _MAX_RUNS_PER_ROW * height)
+    if pieces is None or pieces.count < 2:
+        return None
+    bars = np.zeros_like(solid)
+    top, bottom, left, right = pieces.boxes.T.astype(np.int64)
+    for side, (near, far, start, end, size, across) in enumerate(
+        (
+            (top, bottom, left, right, height, width),
+            (height - bottom, height - top, left, right, height, width),
+            (left, right, top, bottom, width, height),
+            (width - right, width - left, top, bottom, width, height),
+        )
+    ):
+        bar = (end - start >= _LINE_COVER * across) & (near <= _BAR_MARGIN * size)
+        for index in np.flatnonzero(bar):
+            depth = far[index]
+            beyond = near >= depth
+            if (far <= depth).sum() + beyond.sum() < pieces.count:
+                continue  # ink straddles the band: the bar is part of the digit
+            if not beyond.any() or pieces.sizes[beyond].max() < _PIECE_SHARE * pieces.sizes.sum():
+                continue
+            band = (slice(0, depth), slice(size - depth, size))[side % 2]
+            bars[(band, slice(None)) if side < 2 else (slice(None), band)] = True
+    return bars if bars.any() else None
 
 
 def _without_specks(ink: np.ndarray, solid: np.ndarray) -> np.ndarray:
