@@ -14,6 +14,7 @@ import httpx
 import psutil
 
 from fdl.jobs import TERMINAL
+from fdl.stack_supervisor import DEFAULT_STOP_WAIT_S, STOP_WAITS_S
 from harness.gateway import BLANK_PNG, classify
 from harness.procs import Process, free_port, wait_for, wait_http
 
@@ -79,7 +80,10 @@ def stop_and_check_no_orphans(process: Process) -> None:
         children = []
     if process.alive():
         process.popen.send_signal(signal.SIGINT)
-        process.popen.wait(30)
+        # supervisord stops its children by priority, one group after another: at worst each
+        # takes its whole stop wait before SIGKILL (a gateway that lost a SIGTERM sent as it
+        # started: fdl/stack_supervisor.py).
+        process.popen.wait(sum(STOP_WAITS_S.values()) + DEFAULT_STOP_WAIT_S + 10)
     _gone, alive = psutil.wait_procs(children, timeout=20)
     process.stop()
     for leftover in alive:
