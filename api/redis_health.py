@@ -45,6 +45,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fdl.redis_policy import CONFIG_NAME, eviction_warning, policy_from
+from fdl.store_retry import REFUSAL_CLASSES
 
 # How long the probe waits for Redis, connecting included (a LAN round trip is well under a
 # millisecond), so a hung Redis makes the gateway not ready in about a second.
@@ -53,8 +54,8 @@ READY_REDIS_TIMEOUT_S = 1.0
 PROBE_KEY = "fdl:readyz:probe"
 PROBE_TTL_MS = 10_000
 DETAIL_CHARS = 200
-# Redis's codes of the refusals of a Redis that answers (store_retry.py waits them out too).
-REFUSAL_CODES = ("OOM", "READONLY", "MISCONF")
+# Redis's codes of the refusals of a Redis that answers: those the stores wait out.
+REFUSAL_CODES = tuple(REFUSAL_CLASSES)
 # The codes that redis-py before 8 strips from these errors' words and keeps nowhere.
 _CODES = {
     OutOfMemoryError: "OOM",
