@@ -9,7 +9,9 @@ left acts; every other request, and every request on other connections, goes thr
   comes back (the client never hears that it ran);
 - ``drop``: its connection is closed before it reaches Redis (it never runs);
 - ``cut``: it is dropped, every connection through the proxy is closed and new ones are closed
-  at once until the proxy is closed (Redis lost at that very command);
+  at once until the proxy is closed (Redis lost at that very command): from then on no request
+  or reply passes, also on a connection the cut has yet to close (a client that saw another
+  one close may already be sending on it);
 - ``hold_request``: it waits before it goes on to Redis, ``hold_reply``: it goes on and its
   reply waits (the client waits meanwhile): until the rule's ``then()`` returned, or without
   one until :meth:`Rule.release` (what others do between two of the client's commands).
@@ -109,6 +111,8 @@ class RedisFaultProxy:
     def _requests(self, link: _Link) -> None:
         try:
             while data := link.client.recv(65536):
+                if self.cut_off:  # a cut acted, and has yet to close this connection: nothing
+                    break  # passes from then on (the client may react to another one's close)
                 if (rule := self._match(data)) is not None:
                     if rule.action == "cut":
                         self._cut()
@@ -129,6 +133,8 @@ class RedisFaultProxy:
         instead (its arrival: Redis ran the request), that of one to hold waits."""
         try:
             while data := link.server.recv(65536):
+                if self.cut_off:
+                    break
                 if (rule := link.reply) is not None:
                     if rule.action == "lose_reply":
                         break
