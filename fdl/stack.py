@@ -17,15 +17,19 @@ import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from pydantic_settings import BaseSettings
 
-from fdl.redis_server import redis_server_argv
+from fdl.redis_server import redis_password_config, redis_server_argv
 from fdl.repository import sync_config
 from fdl.settings import FDL_SETTINGS, CommonSettings, check_keys, split_keys
 
 API_KEY_FILE = "api_key"
+# The password of the private Redis, made once like the admin key; redis-server reads it from
+# REDIS_CONFIG_FILE, never from its command line (every local user reads those).
+REDIS_PASSWORD_FILE = "redis_password"
+REDIS_CONFIG_FILE = "redis.conf"
 # The Redis URL of the running stack, for a second worker: FDL_REDIS_URL=$(cat var/redis_url).
 REDIS_URL_FILE = "redis_url"
 # In the environment of every process of a stack (supervisord and its children): the stack's var
@@ -77,19 +81,35 @@ def ensure_api_key(settings: CommonSettings) -> tuple[str, bool]:
         check_keys([("FDL_API_KEYS", keys)], ", or unset FDL_API_KEYS and `fdl up` makes one")
         return keys[0], False
     path = settings.var_dir / API_KEY_FILE
-    stored = path.read_text().strip() if path.exists() else ""
+    stored = stored_secret(path)
     if stored:
         check_keys([(str(path), [stored])], f", or delete {path} and `fdl up` makes one")
         return stored, False
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    # Written whole, then renamed over the path: a crash never leaves an empty key file.
-    partial = path.with_name(f".{API_KEY_FILE}.partial")
+    return new_secret(path), True
+
+
+def stored_secret(path: Path) -> str:
+    """The secret kept in ``path``, or "" when it is missing, empty or whitespace only."""
+    return path.read_text().strip() if path.exists() else ""
+
+
+def new_secret(path: Path) -> str:
+    """A new random secret, kept in ``path`` (:func:`write_private`)."""
+    secret = secrets.token_urlsafe(32)
+    write_private(path, secret + "\n")
+    return secret
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only (0600, whatever the umask or a file left
+    by a crash), written whole, then renamed over the path: a crash never leaves it empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
+        handle.write(text)
     os.replace(partial, path)
-    return key, True
 
 
 def model_server_argv(settings: CommonSettings, config_file: Path, poll_s: int = 2) -> list[str]:
@@ -130,9 +150,7 @@ def private_redis_port(var_dir: Path, taken: Collection[int] = ()) -> int:
 def write_redis_url(var_dir: Path, url: str) -> Path:
     """Write the URL where a second worker finds it; 0600, as it may hold a password."""
     path = var_dir / REDIS_URL_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(url + "\n")
+    write_private(path, url + "\n")
     return path
 
 
@@ -208,8 +226,12 @@ def plan_stack(settings: CommonSettings) -> Stack:
     else:
         servers = (settings.gateway_port, settings.serving_grpc_port, settings.serving_rest_port)
         port = private_redis_port(var_dir, servers)
-        env["FDL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        stack.commands["redis"] = redis_server_argv(port, var_dir / "redis")
+        password_file = var_dir / REDIS_PASSWORD_FILE
+        password = stored_secret(password_file) or new_secret(password_file)
+        config = var_dir / REDIS_CONFIG_FILE
+        write_private(config, redis_password_config(password))
+        env["FDL_REDIS_URL"] = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
+        stack.commands["redis"] = redis_server_argv(port, var_dir / "redis", config_file=config)
     write_redis_url(var_dir, env["FDL_REDIS_URL"])
     stack.commands["serving"] = model_server_argv(settings, config_file)
     stack.commands["worker"] = list(WORKER_ARGV)
@@ -230,7 +252,10 @@ def redis_banner(stack: Stack) -> str:
     url = stack.env["FDL_REDIS_URL"]
     where = stack.var_dir / REDIS_URL_FILE
     if "redis" in stack.commands:
-        kind = "private, no password, listening on 127.0.0.1 only"
+        kind = (
+            f"private, listening on 127.0.0.1 only; its password is in "
+            f"{stack.var_dir / REDIS_PASSWORD_FILE} and {where} (mode 0600)"
+        )
     elif redacted(url) != url:
         kind = f"from FDL_REDIS_URL; the password is in {where} (mode 0600)"
     else:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -122,11 +123,14 @@ def wait_served(stack: RunningStack, model: str, version: int, timeout: float = 
 
 
 def redis_url_of(stack: RunningStack) -> str:
-    """The URL of the Redis that `fdl up` started: the port its redis-server listens on."""
+    """The URL of the Redis that `fdl up` started, with its password (var/redis_url), checked
+    against the port its redis-server listens on."""
+    url = (stack.var_dir / "redis_url").read_text().strip()
     for child in psutil.Process(stack.process.pid).children(recursive=True):
         if "redis-server" not in child.name():
             continue
         for connection in child.net_connections(kind="tcp"):
             if connection.status == psutil.CONN_LISTEN:
-                return f"redis://127.0.0.1:{connection.laddr.port}/0"
+                assert urlsplit(url).port == connection.laddr.port, "a stale var/redis_url"
+                return url
     raise AssertionError("fdl up started no Redis")

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from fdl.queue import make_celery
+from fdl.stack import redacted
 from harness.procs import REPO_ROOT, Process, run_command, wait_for
 from harness.stack import RunningStack, fdl_up, stack_env, submit_job, wait_job
 
@@ -127,9 +128,9 @@ def model_available(stack: RunningStack) -> bool:
 
 def test_redis_url_printed_and_written(stack: RunningStack) -> None:
     url = (stack.var_dir / "redis_url").read_text().strip()
-    assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", url), url
+    assert re.fullmatch(r"redis://:[\w-]{32,}@127\.0\.0\.1:\d+/0", url), url
     assert oct((stack.var_dir / "redis_url").stat().st_mode & 0o777) == "0o600"
-    assert f"Redis {url} (private, no password" in stack.process.log_tail(200_000)
+    assert f"Redis {redacted(url)} (private, " in stack.process.log_tail(200_000)
 
 
 def readme_worker_command() -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from fdl.settings import CommonSettings, WeakKeyError
-from fdl.stack import plan_stack, redis_banner
+from fdl.stack import plan_stack, redacted, redis_banner
 from fdl.stack_supervisor import supervisor_config
 
 
@@ -29,19 +30,41 @@ def test_private_redis_url_written_and_its_port_reused(tmp_path: Path) -> None:
     written = tmp_path / "var" / "redis_url"
     assert written.read_text().strip() == url
     assert written.stat().st_mode & 0o777 == 0o600
-    assert url in redis_banner(first) and "no password" in redis_banner(first)
+    password = (tmp_path / "var" / "redis_password").read_text().strip()
+    assert url == f"redis://:{password}@127.0.0.1:{urlsplit(url).port}/0"
+    assert password not in redis_banner(first) and redacted(url) in redis_banner(first)
     assert plan_stack(settings(tmp_path)).env["FDL_REDIS_URL"] == url
 
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    port = urlsplit(url).port
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         moved = plan_stack(settings(tmp_path)).env["FDL_REDIS_URL"]
     assert moved != url and written.read_text().strip() == moved
 
 
+def test_private_redis_password_is_in_a_0600_config_file_not_its_argv(tmp_path: Path) -> None:
+    """Every local user reads a command line (/proc/<pid>/cmdline, `ps`): the password goes to
+    redis-server in var/redis.conf (0600), its first argument; made once, kept across runs."""
+    stack = plan_stack(settings(tmp_path))
+    var = tmp_path / "var"
+    password = (var / "redis_password").read_text().strip()
+    assert len(password) >= 32
+    argv = stack.commands["redis"]
+    assert argv[1] == str((var / "redis.conf").resolve())
+    assert not any(password in arg for arg in argv)
+    assert f'requirepass "{password}"' in (var / "redis.conf").read_text().splitlines()
+    for name in ("redis_password", "redis.conf", "redis_url"):
+        assert (var / name).stat().st_mode & 0o777 == 0o600, name
+    assert plan_stack(settings(tmp_path)).env["FDL_REDIS_URL"] == stack.env["FDL_REDIS_URL"]
+    assert (var / "redis_password").read_text().strip() == password
+
+
 def test_external_redis_password_is_not_printed(tmp_path: Path) -> None:
     stack = plan_stack(settings(tmp_path, redis_url="redis://:s3cret@redis.example:6380/2"))
     assert "redis" not in stack.commands
+    # No Redis of its own: no password of its own either.
+    assert not (tmp_path / "var" / "redis_password").exists()
+    assert not (tmp_path / "var" / "redis.conf").exists()
     banner = redis_banner(stack)
     assert "s3cret" not in banner and "redis://:***@redis.example:6380/2" in banner
     assert "s3cret" in (tmp_path / "var" / "redis_url").read_text()
