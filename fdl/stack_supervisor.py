@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from fdl.stack import Stack
+from fdl.supervise import STOP_SIGNALS
 
 SUPERVISOR_CONF = "supervisord.conf"
 # Start order (stop order is the reverse) and how long each child must run to count as started;
@@ -91,7 +93,17 @@ def supervisor_config(stack: Stack) -> str:
 
 def run_stack(stack: Stack) -> int:
     """Replace this process with supervisord running the stack (:mod:`fdl.supervise`; it returns
-    only on error). The var folder's lock (fdl/cli_up.py) is held across the exec."""
+    only on error). The var folder's lock (fdl/cli_up.py) is held across the exec.
+
+    The stop signals (Ctrl-C, SIGTERM, SIGHUP) are blocked from here on: one sent during the
+    hand-over stays pending across the exec, and supervisord takes it as soon as its handlers are
+    in (it then stops before starting any child). Unblocked, such a signal was lost (SIGINT
+    inherited ignored, as by a script's `fdl up &`, until supervisord's handler is set, 0.4 s
+    after the exec or more), or killed the new process half-way (default action, or a
+    KeyboardInterrupt in supervisord's imports). One sent before the block raises
+    KeyboardInterrupt here, at the next Python call below, and `fdl up` ends before the exec.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     # Children find our console scripts (fdl-gateway, fdl-worker) next to this interpreter.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **stack.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -101,5 +113,8 @@ def run_stack(stack: Stack) -> int:
     # -P: the folder `fdl up` runs in is not put first on the import path (a user's fdl.py there
     # would shadow our package).
     argv = [sys.executable, "-P", "-m", "fdl.supervise", "--nodaemon", "--configuration"]
-    os.execve(sys.executable, [*argv, str(conf)], env)
+    try:
+        os.execve(sys.executable, [*argv, str(conf)], env)
+    finally:  # reached only if the exec failed: the signals act on `fdl up` again
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     return 1  # not reached: execve does not return

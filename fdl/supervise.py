@@ -14,6 +14,10 @@ import sys
 import termios
 from types import FrameType
 
+# Blocked by `fdl up` from just before its exec into this program (fdl.stack_supervisor.run_stack)
+# until supervisord's handlers for them are in: one sent meanwhile waits, pending, for them.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
 
 def supervise(args: list[str]) -> int:
     """supervisord (``args``: its options) running the stack until SIGTERM, SIGINT or SIGHUP,
@@ -44,6 +48,22 @@ def supervise(args: list[str]) -> int:
                 receive(sig, frame)
 
             signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else hang_up)
+            # The handlers take what was sent during the hand-over (pthread_sigmask runs them
+            # before it returns). supervisord would act on it only after its first round had
+            # started every child, then stop them as they start (a child's handler set by then
+            # may lose the SIGTERM, costing its whole stop wait): the stack stops now instead.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            sig = self.signal_receiver.get_signal()
+            if sig in STOP_SIGNALS:
+                name = signal.Signals(sig).name
+                self.logger.warn(
+                    f"received {name} as the stack started: stopping, no child started"
+                )
+                # SIGHUP as supervisord's own handling would take it (supervise() below).
+                hup = sig == signal.SIGHUP
+                self.mood = SupervisorStates.RESTARTING if hup else SupervisorStates.SHUTDOWN
+            elif sig is not None:
+                self.signal_receiver.receive(sig, None)  # left to supervisord's loop
 
     options = Options()
     options.realize(args, doc=supervisord.__doc__)
