@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from functools import lru_cache
 from pathlib import Path
@@ -11,58 +10,15 @@ from typing import Literal
 from pydantic import Field, FilePath, field_validator, model_validator
 
 from api.serving_tls import key_pair_problem
-from fdl.settings import (
-    CommonSettings,
-    WeakKeyError,
-    check_keys,
-    folder_problem,
-    seconds,
-    split_keys,
-)
+from api.settings_hosts import check_trusted_proxies, parse_allowed_hosts
+from api.settings_keys import check_gateway_keys, read_keys
+from fdl.settings import CommonSettings, folder_problem, seconds
 
 # The most FDL_SHUTDOWN_GRACE_S may be, and its default: the stop waits of `fdl up`, Compose and
 # Kubernetes are sized for it (fdl/stack_supervisor.py, tests/deploy/test_stop_waits.py).
 SHUTDOWN_GRACE_S = 10.0
 ProfileName = Literal["digit", "photo"]
 LogLevel = Literal["CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET"]
-
-
-def _read_file(path: Path | None, name: str = "key file") -> list[str]:
-    """The keys of a key file, one a line; ``name`` (its setting) names it in an error."""
-    if not (path and path.is_file()):
-        return []
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is no key
-    except UnicodeDecodeError as error:  # its message would quote a byte of the secret
-        raise WeakKeyError(
-            f"{name} ({path}): not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
-    except OSError as error:
-        raise WeakKeyError(f"{name} ({path}): cannot be read ({error.strerror})") from None
-    return [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
-
-
-def _read_keys(inline: str | None, path: Path | None) -> list[str]:
-    """Comma-separated keys plus one key per line of a file (``#`` comments allowed)."""
-    return split_keys(inline) + _read_file(path)
-
-
-def parse_allowed_hosts(value: str) -> frozenset[bytes] | None:
-    """The lower-case names of FDL_ALLOWED_HOSTS, or None for "*" (any Host)."""
-    entries = [part.strip().lower() for part in value.split(",") if part.strip()]
-    if entries == ["*"]:
-        return None
-    if not entries or "*" in entries:
-        raise ValueError("name the hosts, or '*' (any host) alone")
-    for entry in entries:
-        bracketed = entry.startswith("[") and entry.endswith("]")
-        if not entry.isascii() or (":" in entry and not bracketed):
-            raise ValueError(f"{entry!r}: a name or address without a port (IPv6 in brackets)")
-    return frozenset(entry.encode() for entry in entries)
 
 
 class GatewaySettings(CommonSettings):
@@ -201,30 +157,9 @@ class GatewaySettings(CommonSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_parse(cls, value: str) -> str:
-        """Each entry as uvicorn's ProxyHeadersMiddleware reads it: an address, or (with a /) a
-        network without host bits; "*" alone. uvicorn takes any other entry (and "*" beside
-        others) for a host name that no peer is: every client behind the proxy would then count
-        as the proxy (one rate-limit bucket)."""
-        entries = [part.strip() for part in value.split(",") if part.strip()]
-        if "*" in entries and len(entries) > 1:
-            raise ValueError("'*' (any proxy) must be the only entry")
-        for entry in entries:
-            try:
-                if "/" in entry:
-                    ipaddress.ip_network(entry)  # strict, as uvicorn's
-                elif entry != "*":
-                    ipaddress.ip_address(entry)
-            except ValueError:
-                try:
-                    network = ipaddress.ip_network(entry, strict=False)
-                except ValueError:
-                    raise ValueError(
-                        f"{entry!r} is neither an IP address nor a CIDR network (nor *)"
-                    ) from None
-                raise ValueError(
-                    f"{entry!r} has host bits set (the network is {network})"
-                ) from None
-        return value
+        """Each entry an address, a network without host bits, or "*" alone (uvicorn's reading;
+        api/settings_hosts.py)."""
+        return check_trusted_proxies(value)
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -299,42 +234,15 @@ class GatewaySettings(CommonSettings):
         The gateway calls it before it listens (``fdl-gateway``) and when the app is built, so a
         deployment with the shipped placeholder Secret never serves with it.
         """
-        check_keys(
-            [
-                ("FDL_API_KEYS", split_keys(self.api_keys)),
-                (
-                    f"FDL_API_KEYS_FILE ({self.api_keys_file})",
-                    _read_file(self.api_keys_file, "FDL_API_KEYS_FILE"),
-                ),
-                ("FDL_CLASSIFY_KEYS", split_keys(self.classify_keys)),
-                (
-                    f"FDL_CLASSIFY_KEYS_FILE ({self.classify_keys_file})",
-                    _read_file(self.classify_keys_file, "FDL_CLASSIFY_KEYS_FILE"),
-                ),
-            ],
-            " (on Kubernetes: the Secret fdl-api-keys, docs/deploy.md)",
+        check_gateway_keys(
+            self.api_keys, self.api_keys_file, self.classify_keys, self.classify_keys_file
         )
-        # A key file that is named but missing or empty (a typo, a Secret not mounted, a file
-        # never filled) would otherwise start a gateway with fewer keys than the operator meant.
-        missing = [
-            f"{name} ({path})"
-            for name, path in (
-                ("FDL_API_KEYS_FILE", self.api_keys_file),
-                ("FDL_CLASSIFY_KEYS_FILE", self.classify_keys_file),
-            )
-            if path is not None and not (path.is_file() and _read_file(path))
-        ]
-        if missing:
-            raise WeakKeyError(
-                f"refusing to start: {' and '.join(missing)} is not a file holding a key; mount "
-                "the key file there or unset the setting"
-            )
 
     def admin_keys(self) -> list[str]:
-        return _read_keys(self.api_keys, self.api_keys_file)
+        return read_keys(self.api_keys, self.api_keys_file)
 
     def classify_only_keys(self) -> list[str]:
-        return _read_keys(self.classify_keys, self.classify_keys_file)
+        return read_keys(self.classify_keys, self.classify_keys_file)
 
     @property
     def serving_target(self) -> str:

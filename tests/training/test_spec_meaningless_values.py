@@ -15,7 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from fdl.jobs import JobStore
-from fdl.jobspec import DROPOUT_MAX, JobSpec, float32
+from fdl.jobspec import JobSpec
+from fdl.jobspec_precision import DROPOUT_MAX, float32
 from tests.training.spec_runs import run_spec, settings_for
 from tests.training.stores import store_on_db
 from tests.training.test_lost_run_finish import png
