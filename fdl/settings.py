@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from fdl.key_patterns import predictable_reason
 from fdl.redis_url import REDIS_URL_FORM, credentials_in_userinfo, redis_url_problem
 
 # A key shorter than this, or one that starts like a placeholder of the examples (the shipped
@@ -60,7 +61,8 @@ def check_keys(sources: list[tuple[str, list[str]]], advice: str = "") -> None:
 
 
 def weak_key_reason(key: str) -> str | None:
-    """Why ``key`` must not be used, or None when it is acceptable. Never quotes the key."""
+    """Why ``key`` must not be used, or None when it is acceptable (a placeholder, too short,
+    not visible ASCII, or guessable: :mod:`fdl.key_patterns`). Never quotes the key."""
     for prefix in PLACEHOLDER_PREFIXES:
         if key.lower().startswith(prefix):
             return f"is a placeholder (it starts with {prefix!r}), not a secret"
@@ -73,7 +75,7 @@ def weak_key_reason(key: str) -> str | None:
             "has a character outside visible ASCII ('!' to '~', 0x21-0x7E), such as a space, a "
             "control character or a non-ASCII letter, which HTTP headers do not carry reliably"
         )
-    return None
+    return predictable_reason(key)
 
 
 NOT_A_PORT = "not a port number from 1 to 65535"
@@ -169,19 +171,20 @@ def unmakeable(path: Path) -> str | None:
     return None
 
 
-def prepare_var_dir(var_dir: Path) -> str | None:
-    """Make FDL_VAR_DIR where it is missing, parents and all, and check that it takes files, or
-    say why not (``FDL_VAR_DIR: reason``): under a file, in a read-only folder or filesystem."""
+def prepare_var_dir(var_dir: Path, setting: str = "FDL_VAR_DIR") -> str | None:
+    """Make FDL_VAR_DIR (or the folder of another ``setting``, FDL_CHECKPOINT_DIR) where it is
+    missing, parents and all, and check that it takes files, or say why not (``FDL_VAR_DIR:
+    reason``): under a file, in a read-only folder or filesystem."""
     if problem := folder_problem(var_dir, parent_must_exist=False) or unmakeable(var_dir):
-        return f"FDL_VAR_DIR: {problem}"
+        return f"{setting}: {problem}"
     try:
         # A link whose target is missing: the target is made, as `fdl up` (which resolves the
         # setting) makes it, instead of mkdir's EEXIST on the link itself.
         Path(os.path.realpath(var_dir)).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        return f"FDL_VAR_DIR: {var_dir} cannot be made ({error.strerror})"
+        return f"{setting}: {var_dir} cannot be made ({error.strerror})"
     if not os.access(var_dir, os.W_OK | os.X_OK):
-        return f"FDL_VAR_DIR: {var_dir} is not writable"
+        return f"{setting}: {var_dir} is not writable"
     return None
 
 

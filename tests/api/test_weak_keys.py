@@ -77,6 +77,36 @@ def test_every_key_setting_is_checked(tmp_path: Path) -> None:
     assert f"FDL_CLASSIFY_KEYS_FILE ({classify_file}): key 1 of 1 is 4 characters" in message
 
 
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("aaaaaaaaaaaaaaaa", "uses only 1 different characters"),
+        ("testtesttesttest", "uses only 3 different characters"),
+        ("passwordpassword", "repeats a unit of 8 characters"),
+        ("0123456789abcdef0123456789abcdef", "repeats a unit of 16 characters"),
+        ("1234567890123456", "runs along the alphabet, the digits or a keyboard row"),
+        ("abcdefghijklmnop", "runs along the alphabet, the digits or a keyboard row"),
+        ("PONMLKJIHGFEDCBA", "runs along the alphabet, the digits or a keyboard row"),
+        ("qwertyuiopasdfgh", "runs along the alphabet, the digits or a keyboard row"),
+    ],
+)
+def test_a_guessable_key_is_refused_and_not_shown(key: str, reason: str) -> None:
+    """Long enough, visible ASCII, and still among the first keys a dictionary attack tries."""
+    with pytest.raises(WeakKeyError) as caught:
+        settings(api_keys=f"{ADMIN_KEY},{key}").check_keys()
+    message = str(caught.value)
+    assert f"FDL_API_KEYS: key 2 of 2 {reason}" in message
+    assert key not in message and "key 1 of 2" not in message
+
+
+def test_random_keys_are_accepted() -> None:
+    """Random keys as people make them, hex from 16 characters and URL-safe base64."""
+    keys = [secrets.token_hex(8) for _ in range(2000)] + [
+        secrets.token_urlsafe(12) for _ in range(2000)
+    ]
+    settings(api_keys=",".join(keys)).check_keys()
+
+
 def test_the_keys_in_use_are_accepted(tmp_path: Path) -> None:
     """The harness's keys, the container tests' key, `fdl up`'s generated key, and no key."""
     settings(
