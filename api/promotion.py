@@ -16,7 +16,9 @@ All or nothing: a change that fails at any point (a refused reload, a version th
 a full disk or a permission error while writing) puts ``labels.json`` and ``models.config`` back as
 they were (:meth:`fdl.repository.Repository.undo_point`) and the replicas that had taken a config
 of the change get the old one again, so a label the client was told failed never takes effect
-later (at the next render of the config, e.g. a worker's publish). A gateway that dies in the
+later (at the next render of the config, e.g. a worker's publish); a change the gateway's shutdown
+cut short gets the old config to its replicas in time or leaves it to the next taker of the lock
+(:mod:`api.promotion_undo`). A gateway that dies in the
 middle of a change (SIGKILL, out of memory, a lost node) never answered it: the next process that
 takes the lock rolls it back from the undo records it left (:func:`fdl.repository_files.roll_back`)
 and a gateway's change or start-up then sends the restored config to the replicas, in two steps
@@ -33,7 +35,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from api.errors import ApiError
 from api.label_precondition import Expected, check
 from api.metadata_cache import MetadataCache
 from api.metrics import PROMOTIONS
+from api.promotion_undo import Change, undo
 from api.replica_configs import ReplicaConfigs, parse_config
 from api.replicas import reachable_replicas
 from api.repository_access import io, repository_error, repository_locked
@@ -48,23 +50,11 @@ from api.serving_client import PROBE_MODEL, ServingClient
 from api.serving_tls import TLS
 from fdl.model_config import ConfigRenderError
 from fdl.repository import Repository
-from fdl.repository_files import Labels, LabelsFileError, UndoPoint
+from fdl.repository_files import Labels, LabelsFileError
 
 log = logging.getLogger(__name__)
 # The replica sync's work under the lock, given the replicas that answer (api/replica_sync.py).
 SyncSend = Callable[[list[ServingClient]], Awaitable[None]]
-
-
-@dataclass
-class _Change:
-    """One change of labels, under the lock: the replicas it goes to, how to undo its writes, and
-    the replicas that have taken a config of it (they get the old one back if it fails)."""
-
-    replicas: list[ServingClient]
-    undo: UndoPoint
-    deadline: float  # of all its calls and waits (monotonic): one promote_timeout_s in all
-    written: bool = False
-    reloaded: list[ServingClient] = field(default_factory=list)
 
 
 class Promoter:
@@ -91,7 +81,7 @@ class Promoter:
         self._syncing: asyncio.Future[None] | None = None
         self._changes = 0
 
-    async def _apply(self, change: _Change, replicas: list[ServingClient], text: str) -> None:
+    async def _apply(self, change: Change, replicas: list[ServingClient], text: str) -> None:
         """Write the config file, then tell each replica (each would also find it by polling)."""
         change.written = True
         await io(self.repository.write_config, text)
@@ -104,7 +94,7 @@ class Promoter:
             await self.replicas.reload(replica, config, change.deadline)
 
     async def _ensure_loaded(
-        self, change: _Change, model: str, version: int, labels: Labels
+        self, change: Change, model: str, version: int, labels: Labels
     ) -> None:
         pending = await self.replicas.pending(change.replicas, model, version, change.deadline)
         if not pending:
@@ -119,7 +109,7 @@ class Promoter:
             raise ApiError(409, "invalid_config", f"config not written: {error}") from error
 
     @asynccontextmanager
-    async def _turn(self, model: str) -> AsyncIterator[_Change]:
+    async def _turn(self, model: str) -> AsyncIterator[Change]:
         """The repository's lock and the model server replicas that answer for ``model``, for one
         change that is undone if anything in it fails."""
         async with self._locked(), reachable_replicas(self.client, model, self.tls) as replicas:
@@ -127,7 +117,7 @@ class Promoter:
             if await self._recover():
                 # A gateway died in the middle of a change, which may have reached the replicas.
                 await self._reload_restored(replicas, deadline)
-            change = _Change(replicas, await io(self.repository.undo_point), deadline)
+            change = Change(replicas, await io(self.repository.undo_point), deadline)
             try:
                 yield change
                 # The change stands from here. On the loop, not in a thread: a cancellation there
@@ -137,10 +127,8 @@ class Promoter:
                     change.undo.discard()
                 except OSError as error:
                     raise repository_error(error) from error
-            except BaseException:
-                change.undo.restore()  # renames only: works on a full disk, never raises
-                if change.written:  # a deadline of its own: the change's may be spent
-                    await self._reload_restored(change.reloaded, self.replicas.deadline())
+            except BaseException as error:
+                await undo(change, self.repository, self.replicas, error)  # never in its place
                 raise
 
     @asynccontextmanager
@@ -257,7 +245,7 @@ class Promoter:
             return await self._point(change, model, label, older[-1], labels)
 
     async def _point(
-        self, change: _Change, model: str, label: str, version: int, labels: Labels
+        self, change: Change, model: str, label: str, version: int, labels: Labels
     ) -> dict[str, Any]:
         """Load ``version`` where needed, then point the label at it (the lock is held)."""
         if version not in await io(self.repository.versions, model):
@@ -299,7 +287,7 @@ class Promoter:
             "labels": updated.get(model, {}),
         }
 
-    async def _commit(self, change: _Change, after: Labels) -> None:
+    async def _commit(self, change: Change, after: Labels) -> None:
         """Persist the labels and reload (a failure is undone by :meth:`_turn`)."""
         text = await self._render(after)  # a config that would not parse: nothing written
         change.written = True

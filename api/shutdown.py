@@ -17,8 +17,10 @@ A SIGTERM or SIGINT stops the gateway (api/probe.py: its probe listener closes f
   :class:`api.middleware.GatewayMiddleware` once the cancellation has run through its route (a
   promotion undoes its change first, api/promotion.py), one whose answer has started is closed.
   The app's own shutdown (closing its clients) waits up to SETTLE_S for those cancelled requests
-  to end (:class:`Running`): a promotion's undo still reaches the model servers, and the 503 goes
-  out before the process exits.
+  to end (:class:`Running`), and the 503 goes out before the process exits. A promotion's undo
+  puts its files back at once and has UNDO_S to send the old config to the model servers; one
+  that does not answer in time (loading, stalled) leaves the undo to the next process that takes
+  the repository's lock, in full (api/promotion_undo.py): the 503 never waits for it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ RETRY_AFTER_S = 1
 # How long the app's shutdown waits for the requests uvicorn cancelled to end, before it closes
 # the clients they use (part of the gateway's stop budget: fdl/stack_supervisor.py).
 SETTLE_S = 3.0
+# How long a cancelled promotion's undo may spend on the model servers: within SETTLE_S, with
+# room for its answer and the lock's release.
+UNDO_S = SETTLE_S - 1.0
 
 
 def shutting_down() -> ApiError:
