@@ -106,8 +106,8 @@ RUN python -m pip install --no-cache-dir --no-deps . \
     && rm -rf /src \
     && groupadd --system --gid 10001 fdl \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fdl --no-create-home fdl \
-    && mkdir -p /models /data /var/lib/fdl \
-    && chown 10001:10001 /models /data /var/lib/fdl
+    && mkdir -p /models /data /var/lib/fdl /checkpoints \
+    && chown 10001:10001 /models /data /var/lib/fdl /checkpoints
 USER 10001:10001
 WORKDIR /var/lib/fdl
 # Pings this worker only, through the broker; a plain Celery client (no TensorFlow import). The

@@ -72,7 +72,20 @@ class JobCallback(keras.callbacks.Callback):
         self.handed_back: str | None = None
         self.diverged: str | None = None
         self.history: list[dict[str, Any]] = []
+        self.resumed_after = 0  # epochs done before this run, restored from a checkpoint
         self._train_start = self._epoch_start = self._last_report = 0.0
+
+    def resume(self, history: list[dict[str, Any]]) -> None:
+        """Take the per-epoch history of the runs before this one (a checkpoint's,
+        :mod:`training.checkpoints`): this run goes on after its last epoch."""
+        self.history = list(history)
+        self.resumed_after = len(history)
+
+    def owns_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) ran whole, in this run, and was reported to a record
+        that still shows this run: not cancelled, timed out, handed back, lost or diverged."""
+        stopped = self.cancelled or self.timed_out or self.handed_back or self.diverged
+        return not stopped and not self.lost.is_set() and len(self.history) == epoch + 1
 
     def on_train_begin(self, logs=None) -> None:
         self._train_start = time.monotonic()
@@ -113,6 +126,7 @@ class JobCallback(keras.callbacks.Callback):
             epochs_done = len(self.history) + done
             rate = self._images_per_second(now - self._epoch_start, done)
             elapsed = now - self._train_start
+            run_done = epochs_done - self.resumed_after  # this run's: its time is elapsed
             self._report(
                 {
                     "epoch": len(self.history) + 1,
@@ -124,7 +138,7 @@ class JobCallback(keras.callbacks.Callback):
                     "val_loss": None,
                     "val_accuracy": None,
                     "images_per_second": rate,
-                    "eta_seconds": round(elapsed / epochs_done * (self.epochs - epochs_done), 1),
+                    "eta_seconds": round(elapsed / run_done * (self.epochs - epochs_done), 1),
                 }
             )
 
@@ -172,7 +186,10 @@ class JobCallback(keras.callbacks.Callback):
             "val_accuracy": _num(logs.get("val_accuracy")),
             "images_per_second": self._images_per_second(now - self._epoch_start, 1.0),
             "eta_seconds": round(
-                (now - self._train_start) / (epoch + 1) * (self.epochs - epoch - 1), 1
+                (now - self._train_start)
+                / max(epoch + 1 - self.resumed_after, 1)
+                * (self.epochs - epoch - 1),
+                1,
             ),
         }
         self.history.append(entry)

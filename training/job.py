@@ -82,7 +82,9 @@ def run_job(
     try:
         with Heartbeat(store, job_id, settings.heartbeat_interval_s, worker) as beat:
             ended = _attempt(job_id, spec, store, settings, worker, beat.lost)
-            return None if ended is None else end_run(job_id, store, worker, *ended)
+            if ended is None:
+                return None
+            return end_run(job_id, store, worker, *ended, checkpoints=settings.checkpoint_root)
     except HandBack as stop:  # once the beats stopped: none is refused once it is queued
         queue = record.get("queue") or settings.training_queue
         resend = None if send is None else partial(send, job_id, queue, spec.max_duration_s)
@@ -228,6 +230,7 @@ def execute(
         deadline,
         worker,
         lost,
+        settings.checkpoint_root if settings.checkpoints else None,
     )
     if outcome.cancelled:
         raise Cancelled
@@ -246,6 +249,8 @@ def execute(
         "epochs_run": outcome.runtime.get("epochs_run"),
         "tensorboard_dir": shown_path(tensorboard_dir),
     }
+    if resumed := outcome.runtime.get("resumed_after_epoch"):  # resumed from a checkpoint
+        result["resumed_after_epoch"] = resumed
     if not published:  # a cancel accepted meanwhile (or until its end) ends it cancelled
         return unpublished(store, job_id, lost, result)
     gate = gate_under_lock(spec.publish, accuracy, kind)

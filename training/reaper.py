@@ -32,6 +32,10 @@ to its client never runs (:meth:`fdl.jobs.JobStore.resend_or_end`).
 A message sent again carries the spec's ``max_duration_s``, as the gateway's does, so that the
 hard time limit of the run it starts is the spec's (:data:`Send`).
 
+Each pass also removes the checkpoints (``FDL_CHECKPOINT_DIR``) of jobs that ended or whose
+record is gone, and the temporary folders of checkpoint writes that died
+(:func:`training.checkpoint_files.sweep`).
+
 A pruned job's TensorBoard folder (``<FDL_VAR_DIR>/tensorboard/<job id>``) goes with its record
 (:func:`remove_tensorboard_dirs`); the hourly sweep also removes, from this worker's own
 ``FDL_VAR_DIR``, the folders of jobs whose records another worker pruned (each Kubernetes pod has
@@ -56,6 +60,8 @@ from filelock import Timeout
 from fdl.job_records import JOB_ID, resend_due
 from fdl.jobs import JobStatus, JobStore
 from fdl.store_retry import CONNECTION_ERRORS, TRANSIENT_ERRORS, retrying_only
+from training.checkpoint_files import job_folders
+from training.checkpoint_files import sweep as sweep_checkpoints
 from training.publish import fence, published_by_record, render_config_again
 from training.redis_watch import RedisWatch
 from training.settings import WorkerSettings
@@ -128,6 +134,7 @@ def reap_once(
         remove_tensorboard_dirs(settings.var_dir, pruned)
         if sweep_leftovers:
             sweep_tensorboard_dirs(store, settings.var_dir, settings.job_retention_s)
+    sweep_checkpoints(store, settings.checkpoint_root)  # of jobs ended or gone; never a live one
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
 
 
@@ -161,12 +168,7 @@ def sweep_tensorboard_dirs(store: JobStore, var_dir: Path, retention_s: float) -
     ``retention_s``; a job with a record (queued, running on any worker, ended) keeps its folder.
     The ids of those removed."""
     root = var_dir / "tensorboard"
-    try:
-        with os.scandir(root) as entries:
-            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-    except OSError:  # none yet
-        return []
-    names = [name for name in names if JOB_ID.fullmatch(name)]
+    names = job_folders(root)
     kept = {r.get("id") for r in store.records(names) if r.get("status") is not None}
     cutoff = time.time() - retention_s
     old = [n for n in names if n not in kept and _newest_mtime(root / n) < cutoff]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from fdl.jobs import JobStatus, JobStore, NotThisRun
+from training.checkpoint_files import remove_job
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +22,16 @@ def end_run(
     status: JobStatus,
     result: dict[str, Any] | None,
     error: str | None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any] | None:
     """The run's own end of its job in ``status`` (with ``result`` or ``error``), only while the
     record runs under ``worker``, the name it claimed the job under; the result when the job
-    ended ``succeeded``, else None."""
+    ended ``succeeded``, else None. Once the job ended (or its record is gone), its checkpoints
+    in ``checkpoints`` (FDL_CHECKPOINT_DIR) are removed; not when another run owns it."""
     try:  # the run's own end, refused (nothing written) once the job is no longer its own
         ended_as = store.end(job_id, status, result=result, error=error, run=worker)
+        if checkpoints is not None:  # ended now, before, or gone: no run resumes it
+            remove_job(checkpoints, job_id)
         if ended_as is JobStatus.SUCCEEDED:
             return result
         if ended_as is not None:  # a failure, or a cancel accepted until the end's write

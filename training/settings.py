@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, model_validator
 
@@ -43,6 +45,8 @@ DEFAULT_MAX_MEMORY_PER_CHILD_MB = 6144
 # The hand-backs of a job not counted as attempts (FDL_MAX_HAND_BACKS): far more routine stops
 # (rollouts, restarts) than one job meets, far fewer than a loop of them costs.
 DEFAULT_MAX_HAND_BACKS = 10
+# The checkpoints' folder in FDL_VAR_DIR unless FDL_CHECKPOINT_DIR names one.
+CHECKPOINTS_FOLDER = "checkpoints"
 
 
 class WorkerSettings(CommonSettings):
@@ -98,6 +102,42 @@ class WorkerSettings(CommonSettings):
     # keeps after each job is given back before the kernel's out-of-memory killer ends a run.
     max_memory_per_child_mb: int = Field(default=DEFAULT_MAX_MEMORY_PER_CHILD_MB, ge=0, le=2**20)
     max_jobs_per_child: int = Field(default=0, ge=0, le=1_000_000)
+    # A checkpoint of each job after each epoch (training/checkpoints.py), from which a run
+    # handed back or lost resumes; in FDL_CHECKPOINT_DIR (default <FDL_VAR_DIR>/checkpoints),
+    # storage that every worker shares where there are several.
+    checkpoints: bool = True
+    checkpoint_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_dir_apart(self) -> WorkerSettings:
+        """The reaper removes the checkpoints of jobs it has no record of: a checkpoint folder
+        that is, or holds, the var folder, the data or the model repository (``.``, the working
+        folder) would be searched for them, and one inside the model repository would sit among
+        the models."""
+        if self.checkpoint_dir is None:
+            return self
+        root = Path(os.path.realpath(self.checkpoint_dir))
+        for setting, folder in (
+            ("FDL_VAR_DIR", self.var_dir),
+            ("FDL_DATA_DIR", self.data_dir),
+            ("FDL_MODEL_DIR", self.model_dir),
+        ):
+            other = Path(os.path.realpath(folder))
+            if other == root or root in other.parents:
+                raise ValueError(
+                    f"FDL_CHECKPOINT_DIR must be a folder of its own: it is or holds {setting}"
+                )
+            if setting == "FDL_MODEL_DIR" and other in root.parents:
+                raise ValueError(
+                    "FDL_CHECKPOINT_DIR must not be inside FDL_MODEL_DIR, among the models"
+                )
+        return self
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where the jobs' checkpoints are (``<root>/<job id>/``): FDL_CHECKPOINT_DIR, else
+        ``<FDL_VAR_DIR>/checkpoints``."""
+        return self.checkpoint_dir or self.var_dir / CHECKPOINTS_FOLDER
 
     @model_validator(mode="after")
     def _stale_after_several_heartbeats(self) -> WorkerSettings:
@@ -123,7 +163,8 @@ def settings_or_exit() -> WorkerSettings:
     missing, a volume not mounted: the worker's versions went to the disk underneath, which the
     gateway and the model server never see); the default, var/models, is made where missing.
     So does an FDL_VAR_DIR that cannot be made or written (under a file, read-only): its
-    TensorBoard logs and dataset cache go there; it is made where missing."""
+    TensorBoard logs and dataset cache go there; it is made where missing. So does, with
+    FDL_CHECKPOINTS on, an FDL_CHECKPOINT_DIR that cannot be made or written."""
     try:
         settings = get_settings()
     except SETTINGS_ERRORS as error:
@@ -133,6 +174,10 @@ def settings_or_exit() -> WorkerSettings:
     explicit = "model_dir" in settings.model_fields_set
     if problem := prepare_model_dir(settings.model_dir, explicit) or prepare_var_dir(
         settings.var_dir
+    ):
+        sys.exit(f"fdl-worker: {problem}")
+    if settings.checkpoints and (
+        problem := prepare_var_dir(settings.checkpoint_root, "FDL_CHECKPOINT_DIR")
     ):
         sys.exit(f"fdl-worker: {problem}")
     return settings

@@ -23,6 +23,7 @@ from fdl.jobs import JobStore, NotThisRun
 from fdl.jobspec import VALIDATION_ONE_IN, JobSpec
 from training import gradient_registry
 from training.callbacks import BestEffortTensorBoard, JobCallback
+from training.checkpoints import JobCheckpoints, fingerprint
 from training.data import DataMissingError, ImageData
 from training.divergence import (
     ADVICE,
@@ -139,11 +140,13 @@ def train(
     deadline: Deadline | None = None,
     run: str | None = None,
     lost: threading.Event | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainOutcome:
     """Train and evaluate; raises :class:`TimedOut` when training passed ``deadline``, and
     :class:`NotThisRun` when the job is no longer the run's named ``run`` (a progress report that
     its record refused, or ``lost`` set by the run's heartbeat thread): it stops at the next
-    batch."""
+    batch. With ``checkpoint_dir``, a checkpoint after each epoch, and the job's newest one
+    resumed from (:mod:`training.checkpoints`)."""
     arch = ARCHITECTURES[spec.model]
     net_shape = network_input_shape(arch.image_shape, arch.family)
     (x_train, y_train), validation = split_validation(
@@ -183,6 +186,15 @@ def train(
                 restore_best_weights=True,
             )
             callbacks.append(stopper)
+        checkpoints = None
+        if checkpoint_dir is not None:  # last: it restores the state of those before it
+            job = fingerprint(
+                spec.model_dump(mode="json"), len(x_train), len(data.class_names), steps
+            )
+            checkpoints = JobCheckpoints(
+                checkpoint_dir, job_id, progress, stopper, job, info["precision_policy"]
+            )
+            callbacks.append(checkpoints)
         started = time.monotonic()
         model.fit(
             train_ds,
@@ -193,6 +205,9 @@ def train(
             verbose=0,
         )
         info["train_seconds"] = round(time.monotonic() - started, 3)
+        info["optimizer_steps"] = int(model.optimizer.iterations)
+        if checkpoints is not None and checkpoints.resumed:
+            info["resumed_after_epoch"] = checkpoints.resumed
         if progress.lost.is_set():
             raise NotThisRun(f"job {job_id} is no longer this run's; training stopped")
         if deadline is not None and progress.timed_out:

@@ -23,14 +23,15 @@ its data, :mod:`training.job`):
   the SIGTERM stays Celery's, whose warm shutdown sets the first flag (before, the job's own
   handler took it: the worker never stopped, and took the job it handed back again, forever).
 
-The run then hands its job back (:func:`hand_back`): one atomic store step
-(:meth:`fdl.jobs.JobStore.hand_back`), only while the record still shows this run: ``queued``
-again, the attempt its claim counted taken back, the reason in its ``queued`` event; its message
-is sent again, and the task returns, so the worker exits within seconds. Up to
+The run then hands its job back (:func:`hand_back`), its last checkpoint written after the last
+epoch it finished (:mod:`training.checkpoints`: the next run resumes after that epoch): one atomic
+store step (:meth:`fdl.jobs.JobStore.hand_back`), only while the record still shows this run:
+``queued`` again, the attempt its claim counted taken back, the reason in its ``queued`` event; its
+message is sent again, and the task returns, so the worker exits within seconds. Up to
 FDL_MAX_HAND_BACKS hand-backs of a job are not counted; past them each counts its attempt as a
-reaper counts a lost run's, and the job ends ``failed`` at FDL_MAX_ATTEMPTS: a job that itself
-gets its worker stopped (its memory evicts the pod, it starves the liveness probe) does not go
-round for ever. A send that fails puts the message the task runs back on the queue instead
+reaper counts a lost run's, and the job ends ``failed`` at FDL_MAX_ATTEMPTS: a job that itself gets
+its worker stopped (its memory evicts the pod, it starves the liveness probe) does not go round for
+ever. A send that fails puts the message the task runs back on the queue instead
 (:mod:`training.tasks`); a worker SIGKILLed between the store step and the send leaves the job
 queued without a message, which a reaper sends again FDL_RESEND_QUEUED_AFTER_S later. A run past
 its training (evaluating, exporting, publishing) finishes instead, if its worker's grace allows
@@ -66,6 +67,7 @@ from billiard.process import current_process
 
 from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.store_retry import TRANSIENT_ERRORS
+from training.checkpoint_files import last_epoch
 from training.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -160,11 +162,18 @@ def handing_back_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def reasons(worker: str, where: str, settings: WorkerSettings) -> tuple[str, str, str]:
+def reasons(
+    worker: str, where: str, settings: WorkerSettings, resumes_after: int | None = None
+) -> tuple[str, str, str]:
     """What a hand-back says (:meth:`fdl.jobs.JobStore.hand_back`'s ``reasons``): of a run not
-    counted, of one counted (past FDL_MAX_HAND_BACKS), and the error of a job out of attempts."""
+    counted, of one counted (past FDL_MAX_HAND_BACKS), and the error of a job out of attempts.
+    ``resumes_after``: the epochs done by the job's last checkpoint (:mod:`training.checkpoints`),
+    None when it has none."""
     run = f"handed back by worker {worker}, which is stopping, {where}"
-    again = f"{run}; it starts over from its first epoch, and this run"
+    if resumes_after is None:
+        again = f"{run}; it starts over from its first epoch, and this run"
+    else:
+        again = f"{run}; it resumes after epoch {resumes_after}, its last checkpoint, and this run"
     limit = f"FDL_MAX_HAND_BACKS ({settings.max_hand_backs})"
     return (
         f"{again} is not counted as an attempt",
@@ -196,7 +205,8 @@ def hand_back(
     cancel came meanwhile. The status it was left in; None when the job is no longer this
     run's, or when the job store stayed away longer than FDL_REDIS_RETRY_S (the job, left
     ``running``, is the reaper's once its heartbeat is stale, the run counted)."""
-    texts = reasons(worker, where, settings)
+    last = last_epoch(settings.checkpoint_root, job_id) if settings.checkpoints else None
+    texts = reasons(worker, where, settings, last)
     limits = (settings.max_hand_backs, settings.max_attempts)
     try:
         status = store.hand_back(job_id, worker, texts, *limits)

@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from deploy.lint import credentials, dockerfile, env_names, probes, runtime
+from deploy.lint import checkpoints, credentials, dockerfile, env_names, probes, runtime
 from deploy.lint.common import COMPOSE_FILES, Errors, load_compose, merge_compose, strip_tags
 
 REQUIRED_SERVICES = ("redis", "serving", "gateway", "worker", "flower", "tensorboard")
@@ -125,6 +125,7 @@ def check(root: Path) -> Errors:
     errors += probes.check_compose(base, "compose.yaml")
     errors += runtime.check_compose(base, "compose.yaml")
     errors += env_names.check_compose(base, "compose.yaml")
+    errors += checkpoints.check_compose(base, "compose.yaml")
     worker = (base.get("services") or {}).get("worker") or {}
     if not any("gpu" in (d.get("capabilities") or []) for d in gpu_devices(worker)):
         errors.append(

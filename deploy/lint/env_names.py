@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -100,28 +101,44 @@ def check_names(where: str, argv: list[Any], received: dict[str, str]) -> Errors
     return errors
 
 
-def _k8s_names(container: Doc, docs: list[Doc]) -> dict[str, str]:
-    names: dict[str, str] = {}
+def k8s_env(container: Doc, docs: list[Doc]) -> dict[str, tuple[str, str]]:
+    """Each variable the container gets from these manifests: its value and where it comes from
+    (a ``valueFrom`` as an empty value)."""
+    env: dict[str, tuple[str, str]] = {}
     for source in container.get("envFrom") or []:
         ref = (source.get("configMapRef") or {}).get("name")
         found = find(docs, "ConfigMap", ref) if ref else None
-        for key in (found or {}).get("data") or {}:
-            names[source.get("prefix", "") + key] = f"ConfigMap {ref}"
+        for key, value in ((found or {}).get("data") or {}).items():
+            env[source.get("prefix", "") + key] = (str(value), f"ConfigMap {ref}")
     for entry in container.get("env") or []:
-        names[entry["name"]] = "env"
-    return names
+        env[entry["name"]] = (str(entry.get("value", "")), "env")
+    return env
 
 
-def check_k8s(docs: list[Doc]) -> Errors:
-    errors: Errors = []
+def _k8s_names(container: Doc, docs: list[Doc]) -> dict[str, str]:
+    return {name: source for name, (_, source) in k8s_env(container, docs).items()}
+
+
+def k8s_containers(docs: list[Doc]) -> Iterator[tuple[str, Doc, Doc, list[Any]]]:
+    """(where, pod spec, container, argv) of each container and init container."""
     for doc in docs:
         spec = pod_spec(doc)
         if spec is None:
             continue
         for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
             argv = list(container.get("command") or []) + list(container.get("args") or [])
-            where = f"{doc['kind']} {doc['metadata']['name']}/{container['name']}"
-            errors += check_names(where, argv, _k8s_names(container, docs))
+            yield (
+                f"{doc['kind']} {doc['metadata']['name']}/{container['name']}",
+                spec,
+                container,
+                argv,
+            )
+
+
+def check_k8s(docs: list[Doc]) -> Errors:
+    errors: Errors = []
+    for where, _, container, argv in k8s_containers(docs):
+        errors += check_names(where, argv, _k8s_names(container, docs))
     return errors
 
 

@@ -8,7 +8,15 @@ from typing import Any
 
 import yaml
 
-from deploy.lint import credentials, env_names, k8s_disruption, k8s_policy, probes, runtime
+from deploy.lint import (
+    checkpoints,
+    credentials,
+    env_names,
+    k8s_disruption,
+    k8s_policy,
+    probes,
+    runtime,
+)
 from deploy.lint.common import K8S_DIR, Errors, load_yaml_documents, run_tool, tool
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests support
@@ -105,6 +113,7 @@ def check(root: Path) -> Errors:
         [yaml.safe_load((d / "kustomization.yaml").read_text()) or {} for d in kdirs]
     )
     errors += runtime.check_k8s(base_docs, renamed) + env_names.check_k8s(base_docs)
+    errors += checkpoints.check_k8s(base_docs)
     gpu_docs = rendered.get("gpu") or [
         doc
         for f in (root / K8S_DIR / "overlays" / "gpu").glob("*.yaml")
@@ -116,6 +125,7 @@ def check(root: Path) -> Errors:
         gpu = k8s_policy.check_all(gpu_docs, root) + k8s_disruption.check_all(gpu_docs)
         gpu += credentials.check_k8s(gpu_docs) + probes.check_k8s(gpu_docs)
         gpu += runtime.check_k8s(gpu_docs, renamed) + env_names.check_k8s(gpu_docs)
+        gpu += checkpoints.check_k8s(gpu_docs)
         errors += [f"gpu overlay: {e}" for e in gpu]
     return errors
 

@@ -96,6 +96,7 @@ def worker(
         FDL_MODEL_DIR=str(root / "models"),
         FDL_DATA_DIR=str(root / "data"),
         FDL_VAR_DIR=str(root / "var"),
+        FDL_CHECKPOINT_DIR=str(root / "checkpoints"),
         MPLCONFIGDIR=str(root / "matplotlib"),
     )
     # Not the default queue: the worker must consume the queue the gateway sends to.

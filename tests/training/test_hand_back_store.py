@@ -133,3 +133,40 @@ def test_hand_backs_past_the_limit_count_as_attempts_until_the_job_fails(
     assert _status_events(store, job_id)[-1] == {"status": "failed", "result": None, "error": error}
     # A run whose claim finds it failed runs nothing.
     assert not store.mark_running(job_id, "celery@stop-5:7")
+
+
+def test_a_hand_back_says_after_which_epoch_the_job_resumes(redis_url: str, tmp_path: Path) -> None:
+    """With a checkpoint of the job (training/checkpoints.py; after epoch 2 here, one after
+    epoch 3 being written: a temporary folder, never taken), the hand-back's reason says that
+    the job resumes after epoch 2, its last checkpoint, instead of that it starts over from its
+    first epoch (what it says without one, and with FDL_CHECKPOINTS off)."""
+    from training import checkpoint_files
+
+    root = tmp_path / "checkpoints"
+    store = JobStore.from_url(redis_url)
+    queue = f"fdl-tests-hand-back-resume-{os.getpid()}"
+    said = []
+    for checkpoints in (True, False):
+        settings = WorkerSettings(
+            redis_url="redis://unused",
+            model_dir=tmp_path / "m",
+            var_dir=tmp_path / "v",
+            checkpoint_dir=root,
+            checkpoints=checkpoints,
+        )
+        job_id = new_job_id()
+        store.create({"model": "mnist_logreg"}, job_id, queue)
+        checkpoint_files.write(root, job_id, 2, lambda folder: None)
+        (root / job_id / ".tmp-epoch-0003-0123456789ab").mkdir()
+        run = "celery@stop-resume:7"
+        assert store.mark_running(job_id, run)
+        status = worker_stop.hand_back(store, settings, job_id, run, "in epoch 4 of 9", None)
+        assert status is JobStatus.QUEUED
+        said += [e["reason"] for e in _status_events(store, job_id) if e.get("handed_back")]
+        assert store.finish(job_id, JobStatus.FAILED, error="ended by the test")
+    assert said == [
+        f"handed back by worker {run}, which is stopping, in epoch 4 of 9; it resumes after epoch "
+        "2, its last checkpoint, and this run is not counted as an attempt",
+        f"handed back by worker {run}, which is stopping, in epoch 4 of 9; it starts over from "
+        "its first epoch, and this run is not counted as an attempt",
+    ], said

@@ -50,8 +50,30 @@ def run_worker(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[s
             {"FDL_HEARTBEAT_INTERVAL_S": "60", "FDL_STALE_AFTER_S": "4"},
             "FDL_STALE_AFTER_S must be at least 3 times FDL_HEARTBEAT_INTERVAL_S",
         ),
+        (
+            {"FDL_CHECKPOINT_DIR": "."},
+            "FDL_CHECKPOINT_DIR must be a folder of its own: it is or holds FDL_VAR_DIR",
+        ),
+        (
+            {"FDL_CHECKPOINT_DIR": "shared", "FDL_DATA_DIR": "shared"},
+            "FDL_CHECKPOINT_DIR must be a folder of its own: it is or holds FDL_DATA_DIR",
+        ),
+        (
+            {"FDL_CHECKPOINT_DIR": "var/models/checkpoints"},
+            "FDL_CHECKPOINT_DIR must not be inside FDL_MODEL_DIR, among the models",
+        ),
     ],
-    ids=["int-as-float", "reaper-1e10", "heartbeat-1e10", "nan", "inf", "stale-below-beats"],
+    ids=[
+        "int-as-float",
+        "reaper-1e10",
+        "heartbeat-1e10",
+        "nan",
+        "inf",
+        "stale-below-beats",
+        "checkpoints-in-working-folder",
+        "checkpoints-are-the-data",
+        "checkpoints-among-models",
+    ],
 )
 def test_an_invalid_setting_stops_the_worker_in_one_line(
     tmp_path: Path, settings: dict[str, str], line: str
