@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
 import shutil
 import tracemalloc
@@ -184,8 +185,16 @@ def test_a_job_on_a_truncated_mnist_file_fails_once_naming_it(
 ) -> None:
     folder = mnist_copy(data_dir, tmp_path / "data")
     path = cut(folder / FILES["y_train"])
+    # A queue of its own: the session's worker (data intact) would take the job from the same
+    # Redis's test queue where an earlier module of this process started it.
+    own_queue = {"FDL_TRAINING_QUEUE": f"fdl-tests-damaged-data-{os.getpid()}"}
     with worker_running(
-        "damaged-data-worker", redis_url, tmp_path / "data", tmp_path / "worker", logs_dir
+        "damaged-data-worker",
+        redis_url,
+        tmp_path / "data",
+        tmp_path / "worker",
+        logs_dir,
+        own_queue,
     ) as worker:
         job_id = worker.submit(model="mnist_logreg", publish_as="damaged", **MNIST_TINY)
         record = worker.wait_done(job_id, timeout=120)
