@@ -176,6 +176,17 @@ def _age(folder: Path, seconds: float) -> None:
         os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
 
 
+def _reaper_settings(tmp_path: Path, checkpoints: Path, name: str) -> WorkerSettings:
+    """A worker's settings for a reaper pass over ``checkpoints``, on a queue of the test's."""
+    return WorkerSettings(
+        redis_url="redis://unused",
+        model_dir=tmp_path / "models",
+        var_dir=tmp_path / "var",
+        checkpoint_dir=checkpoints,
+        training_queue=f"fdl-tests-resume-{name}-{os.getpid()}",
+    )
+
+
 def test_the_reaper_removes_the_checkpoints_of_ended_jobs_only(
     store: JobStore, tmp_path: Path
 ) -> None:
@@ -186,13 +197,7 @@ def test_the_reaper_removes_the_checkpoints_of_ended_jobs_only(
     from training.reaper import reap_once
 
     root = tmp_path / "checkpoints"
-    settings = WorkerSettings(
-        redis_url="redis://unused",
-        model_dir=tmp_path / "models",
-        var_dir=tmp_path / "var",
-        checkpoint_dir=root,
-        training_queue=f"fdl-tests-resume-reaper-{os.getpid()}",
-    )
+    settings = _reaper_settings(tmp_path, root, "reaper")
     ids = {name: new_job_id() for name in ("queued", "running", "cancelled", "ended", "gone")}
     for name, job_id in ids.items():
         if name != "gone":
@@ -507,13 +512,7 @@ def test_a_checkpoint_dir_shared_with_other_folders_loses_none_of_them(
     _complete(var, ended, 2)
     (var / lone).mkdir()  # a folder of another's, empty, named as a job id
     (var / ended / "notes.txt").write_text("not a checkpoint")  # another's file in a job's
-    settings = WorkerSettings(
-        redis_url="redis://unused",
-        model_dir=tmp_path / "models",
-        var_dir=tmp_path / "var",
-        checkpoint_dir=var,
-        training_queue=f"fdl-tests-resume-shared-{os.getpid()}",
-    )
+    settings = _reaper_settings(tmp_path, var, "shared")
     reap_once(store, settings, lambda *_: None, sweep_leftovers=False)
     assert version.read_text() == "a published version"
     assert (var / "cache" / "datasets").is_dir() and (var / lone).is_dir()
