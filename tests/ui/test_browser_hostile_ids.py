@@ -6,7 +6,9 @@
   click became ``DELETE /v1/models/mnist_logreg/labels/stable``. Every URL the view builds
   (open, follow, refreshRecord, cancel) now encodes the id; the gateway answers the id of a
   record's key, in listings too, and leaves index entries that are no job ids out of them
-  (tests/api/test_job_record_ids.py).
+  (tests/api/test_job_record_ids.py). Encoding leaves ``.`` and ``..`` as they are, dot segments
+  the browser resolves (``#jobs/..`` asked for ``/v1/``): an id the gateway would refuse (its
+  rule, JOB_ID_PATTERN) is now refused by the page, said so, and never put in a URL.
 * Admin keys: one pasted with an invisible character (U+200B) made fetch throw a TypeError
   before sending anything, and the page said "The gateway cannot be reached. Is `fdl up`
   running?". The key dialog now refuses such a key, saying why (as the CLI does), and a stored
@@ -36,6 +38,19 @@ HOSTILE = "../../healthz"  # resolved unencoded: GET /healthz, which answers 200
 ENCODED = "/v1/jobs/..%2F..%2Fhealthz"
 ZWSP = "\u200b"
 UNREACHABLE = "cannot be reached"
+NOT_A_JOB_ID = "is not a job id"
+# Ids the gateway refuses (fdl.job_records.JOB_ID_PATTERN, whole: 1 to 64 of [A-Za-z0-9_-]), as
+# the Jobs page's URL holds them (#jobs/<id>, percent-encoded); "." and ".." are dot segments
+# that the browser resolves ("/v1/jobs/.." is "/v1/"), whatever encodeURIComponent does.
+REFUSED_IDS = {
+    ".": ".",
+    "..": "..",
+    "%2E%2E": "..",
+    "a.b": "a.b",
+    "a" * 65: "a" * 65,
+    "abc%0A": "abc\n",
+    "%C3%A9": "\u00e9",
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +87,13 @@ def api_requests(page: Any) -> list[tuple[str, str]]:
 def test_an_opened_job_id_is_encoded_in_every_url(page: Any, gateway: Gateway) -> None:
     seen = api_requests(page)
     with_key(page, ADMIN_KEY, open_job=HOSTILE)
-    with page.expect_request(lambda request: "healthz" in request.url):
-        page.goto(f"{gateway.url}/ui/#jobs")  # the view opens fdl.openJob
-    page.locator("#detail-error").wait_for(state="visible")  # the gateway's 404
-    # The job view's other requests, for the same id: catch up, cancel, follow.
+    page.goto(f"{gateway.url}/ui/#jobs")  # the view is asked to open fdl.openJob
+    error = page.locator("#detail-error")
+    error.wait_for(state="visible")
+    # No job id (the gateway's rule): refused before any request, as the hash's ids are below.
+    assert NOT_A_JOB_ID in error.text_content()
+    assert not [path for _method, path in seen if "healthz" in path], seen
+    # The job view's own requests, for the same id, still encode it: catch up, cancel, follow.
     page.evaluate(
         """async (id) => {
           const { JobView } = await import("/ui/js/job-view.js");
@@ -97,6 +115,32 @@ def test_an_opened_job_id_is_encoded_in_every_url(page: Any, gateway: Gateway) -
     assert ("GET", ENCODED) in mine and ("DELETE", ENCODED) in mine
     assert ("GET", f"{ENCODED}/events") in mine
     assert all(path.startswith(ENCODED) for _method, path in mine), mine
+
+
+def test_a_job_id_the_gateway_refuses_is_refused_by_the_page(page: Any, gateway: Gateway) -> None:
+    """Job ids typed into the URL (#jobs/<id>): each one the gateway would refuse is named as no job
+    id, and no request is built from it; the longest id the gateway takes is asked for."""
+    seen = api_requests(page)
+    with_key(page, ADMIN_KEY)
+    page.goto(f"{gateway.url}/ui/#jobs")
+    page.locator("#jobs-rows tr").first.wait_for()
+    error = page.locator("#detail-error")
+    for typed, shown in REFUSED_IDS.items():
+        page.evaluate("(hash) => { location.hash = hash; }", f"#jobs/{typed}")
+        page.wait_for_function(
+            "(text) => document.getElementById('detail-error').textContent.includes(text)",
+            arg=f"{json.dumps(shown, ensure_ascii=False)} {NOT_A_JOB_ID}",
+        )
+        assert page.locator("#detail-body").is_hidden() and page.locator("#job-cancel").is_hidden()
+        assert "1 to 64 characters" in error.text_content()  # the rule, said
+    # The listing's own requests only: no id above made a URL ("/v1/" for "..", "/v1/jobs/").
+    assert {path for _method, path in seen} == {"/v1/jobs"}, seen
+    longest = "a" * 64
+    with page.expect_response(f"**/v1/jobs/{longest}") as answer:
+        page.evaluate("(hash) => { location.hash = hash; }", f"#jobs/{longest}")
+    assert answer.value.status == 404  # the gateway's job_not_found: no such job
+    error.wait_for(state="visible")
+    assert NOT_A_JOB_ID not in error.text_content()
 
 
 def test_a_cancel_click_on_a_forged_record_never_leaves_the_job_routes(

@@ -157,8 +157,9 @@ function streamIdleMs() {
 
 // Follow an SSE stream; calls onEvent(type, data, id) per event and resolves with the last event
 // id when the stream ends. Silence past the idle limit, while connecting or reading, aborts it
-// with ApiError code "stalled"; the caller reconnects with the last id it was given.
-export async function followEvents(path, { onEvent, signal, lastEventId } = {}) {
+// with ApiError code "stalled"; the caller reconnects with the last id it was given, after the
+// reconnection time the stream gave last in a `retry:` field (onRetry(ms)), as EventSource does.
+export async function followEvents(path, { onEvent, onRetry, signal, lastEventId } = {}) {
   const headers = { Accept: "text/event-stream", ...authHeaders(true) };
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
   const checked = sendable(headers);
@@ -208,15 +209,8 @@ export async function followEvents(path, { onEvent, signal, lastEventId } = {}) 
         buffer = buffer.slice(boundary + 2);
         const event = parseBlock(block);
         if (event.id) last = event.id;
-        if (event.data !== null) {
-          let data = event.data;
-          try {
-            data = JSON.parse(event.data);
-          } catch {
-            // Plain text data stays a string.
-          }
-          onEvent(event.type, data, event.id);
-        }
+        if (event.retry !== null) onRetry?.(event.retry);
+        if (event.data !== null) onEvent(event.type, parseData(event.data), event.id);
       }
       // Armed once the chunk's events are handled, so the time they take is not silence.
       arm();
@@ -231,8 +225,25 @@ export async function followEvents(path, { onEvent, signal, lastEventId } = {}) 
   }
 }
 
+// An event's data: JSON where it parses, else the text. The gateway writes a NaN or infinite
+// number as Python's json does (NaN, Infinity, -Infinity: no JSON), which made a whole progress
+// event text; such a number is read as the string "NaN", "Infinity" or "-Infinity" instead.
+const NON_JSON_NUMBER = /"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g;
+
+function parseData(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    try {
+      return JSON.parse(text.replace(NON_JSON_NUMBER, (token) => (token[0] === '"' ? token : `"${token}"`)));
+    } catch {
+      return text; // plain text data stays a string
+    }
+  }
+}
+
 function parseBlock(block) {
-  const event = { type: "message", data: null, id: null };
+  const event = { type: "message", data: null, id: null, retry: null };
   const data = [];
   for (const line of block.split("\n")) {
     if (!line || line.startsWith(":")) continue;
@@ -243,6 +254,7 @@ function parseBlock(block) {
     if (field === "event") event.type = value;
     else if (field === "data") data.push(value);
     else if (field === "id") event.id = value;
+    else if (field === "retry" && /^[0-9]+$/.test(value)) event.retry = Number(value); // as EventSource
   }
   if (data.length) event.data = data.join("\n");
   return event;

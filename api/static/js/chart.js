@@ -1,4 +1,7 @@
-// A small line chart drawn on a canvas: crisp on high-DPI screens, redrawn on resize.
+// A small line chart drawn on a canvas: crisp on high-DPI screens, redrawn on resize. A point
+// whose value is no finite number (NaN, an infinity, null, a string: a diverged loss) is left
+// out of its curve, which breaks there, and marked with a cross at the top of the chart.
+import { isFiniteNumber } from "./ui.js";
 
 const PALETTE = {
   light: { text: "#3b4252", grid: "#e5e9f0", axis: "#9aa3b2" },
@@ -33,8 +36,9 @@ export class LineChart {
   setSeries(series, xMax) {
     this.series = series;
     this.xMax = Math.max(1, xMax || 1);
-    const count = series.reduce((total, s) => total + s.points.length, 0);
-    this.canvas.dataset.points = String(count);
+    const count = (test) => series.reduce((total, s) => total + s.points.filter(([, y]) => test(y)).length, 0);
+    this.canvas.dataset.points = String(count(isFiniteNumber));
+    this.canvas.dataset.skipped = String(count((y) => !isFiniteNumber(y)));
     this.draw();
   }
 
@@ -57,7 +61,7 @@ export class LineChart {
     const colors = dark ? PALETTE.dark : PALETTE.light;
     ctx.font = "12px system-ui, -apple-system, 'Segoe UI', sans-serif";
 
-    const values = this.series.flatMap((s) => s.points.map((p) => p[1]));
+    const values = this.series.flatMap((s) => s.points.map((p) => p[1]).filter(isFiniteNumber));
     let low = this.yMin ?? (values.length ? Math.min(...values) : 0);
     let high = this.yMax ?? (values.length ? Math.max(...values) : 1);
     if (high - low < 1e-6) {
@@ -111,12 +115,19 @@ export class LineChart {
       ctx.fillText(s.name, legendX + 24, 11);
       legendX += 24 + ctx.measureText(s.name).width + 18;
     }
+    // The crosses' key, bottom left (beside the x axis's label).
+    if (this.series.some((s) => s.points.some(([, py]) => !isFiniteNumber(py)))) {
+      ctx.fillStyle = colors.text;
+      ctx.textBaseline = "top";
+      ctx.fillText("× not a number", 4, height - 14);
+    }
 
     // A lone point (a one-epoch job without mid-epoch reports) is no curve: say its value.
     let labelled = 0;
+    const finite = (s) => s.points.filter(([, py]) => isFiniteNumber(py));
     for (const s of this.series) {
-      if (s.points.length !== 1) continue;
-      const [px, py] = s.points[0];
+      if (finite(s).length !== 1) continue;
+      const [px, py] = finite(s)[0];
       ctx.fillStyle = s.color;
       ctx.textAlign = "right";
       ctx.textBaseline = "middle";
@@ -133,13 +144,28 @@ export class LineChart {
       ctx.lineJoin = "round";
       ctx.setLineDash(s.dashed ? [5, 4] : []);
       ctx.beginPath();
-      s.points.forEach(([px, py], i) => (i ? ctx.lineTo(x(px), y(py)) : ctx.moveTo(x(px), y(py))));
+      let joined = false; // whether the point before was drawn: the curve breaks at a mark
+      for (const [px, py] of s.points) {
+        if (isFiniteNumber(py)) ctx[joined ? "lineTo" : "moveTo"](x(px), y(py));
+        joined = isFiniteNumber(py);
+      }
       ctx.stroke();
       ctx.setLineDash([]);
+      const radius = s.points.length > 40 ? 1.5 : 3;
       for (const [px, py] of s.points) {
         ctx.beginPath();
-        ctx.arc(x(px), y(py), s.points.length > 40 ? 1.5 : 3, 0, Math.PI * 2);
-        ctx.fill();
+        if (isFiniteNumber(py)) {
+          ctx.arc(x(px), y(py), radius, 0, Math.PI * 2);
+          ctx.fill();
+        } else {
+          const [cx, cy, r] = [x(px), pad.top + 5, 4];
+          ctx.lineWidth = 2;
+          ctx.moveTo(cx - r, cy - r);
+          ctx.lineTo(cx + r, cy + r);
+          ctx.moveTo(cx + r, cy - r);
+          ctx.lineTo(cx - r, cy + r);
+          ctx.stroke();
+        }
       }
     }
   }

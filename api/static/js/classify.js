@@ -1,6 +1,7 @@
-// Classify: a drawing pad (digits) and a photo drop zone, the preprocessed image, top-k bars.
+// Classify: digits from the pad (js/draw-pad.js), a photo drop zone, the model seen, top-k bars.
 import { api, describe } from "./api.js";
 import { channelsOf, getModel, listModels } from "./catalog.js";
+import { initPad } from "./draw-pad.js";
 import { el, pct, showError } from "./ui.js";
 
 const TOP_K = 5;
@@ -17,61 +18,6 @@ function targetPaths(model, choice) {
     return { classify: `${base}/labels/${l}:classify`, preprocess: `${base}:preprocess?label=${l}` };
   }
   return { classify: `${base}:classify`, preprocess: `${base}:preprocess` };
-}
-
-function initPad(onStroke) {
-  const pad = $("pad");
-  const ctx = pad.getContext("2d");
-  let drawing = false;
-  let dirty = false;
-  let last = null;
-  const clear = () => {
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, pad.width, pad.height);
-    dirty = false;
-    $("pad-hint").hidden = false;
-  };
-  const point = (event) => {
-    const box = pad.getBoundingClientRect();
-    return [
-      ((event.clientX - box.left) / box.width) * pad.width,
-      ((event.clientY - box.top) / box.height) * pad.height,
-    ];
-  };
-  const line = (from, to) => {
-    ctx.strokeStyle = "#fff";
-    ctx.lineWidth = 20;
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(...from);
-    ctx.lineTo(...to);
-    ctx.stroke();
-  };
-  pad.addEventListener("pointerdown", (event) => {
-    event.preventDefault();
-    pad.setPointerCapture(event.pointerId);
-    drawing = true;
-    last = point(event);
-    line(last, last);
-    dirty = true;
-    $("pad-hint").hidden = true;
-  });
-  pad.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
-    const next = point(event);
-    line(last, next);
-    last = next;
-  });
-  const lift = () => {
-    if (!drawing) return;
-    drawing = false;
-    if (dirty) pad.toBlob((blob) => onStroke(blob), "image/png");
-  };
-  pad.addEventListener("pointerup", lift);
-  pad.addEventListener("pointercancel", lift);
-  $("pad-clear").addEventListener("click", clear);
-  clear();
 }
 
 function renderResult(body, elapsed) {

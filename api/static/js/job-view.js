@@ -1,19 +1,34 @@
 // One job, followed live: status, progress, loss/accuracy curves per epoch, result, cancel.
 import { ApiError, api, followEvents } from "./api.js";
 import { LineChart } from "./chart.js";
-import { duration, el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
+import { duration, el, isFiniteNumber, metricCell, num, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 // The browser cannot import fdl/jobs.py: this is its TERMINAL, the statuses a job never leaves.
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const COLORS = { train: "#4f46e5", val: "#0ea5a4" };
 const GONE = "This job no longer exists (its record was removed).";
+// Waits before a stream is asked for again: the reconnection time the stream gave last (`retry:`,
+// as EventSource keeps it; at most RETRY_MAX_MS), else FIRST_WAIT_MS; doubled per failure in a
+// row, up to WAIT_MAX_MS or the stream's own time where that is longer.
+const FIRST_WAIT_MS = 500;
+const WAIT_MAX_MS = 5000;
+const RETRY_MAX_MS = 300_000;
 // The gateway's own answer for a job it does not hold: a 404 from a proxy or an ingress in front
 // of it (another code, or no JSON at all) is a failure to retry, not a removed job.
 const isGone = (error) => error instanceof ApiError && error.status === 404 && error.code === "job_not_found";
 // A job's URL: its id encoded, whatever it holds ("../models/x/labels/stable" in a hand-edited
 // Redis record must never make a Cancel click another route's DELETE).
 const jobPath = (id) => `/v1/jobs/${encodeURIComponent(id)}`;
+// The gateway's job id rule (fdl/job_records.py JOB_ID_PATTERN, matched whole): an id outside it
+// is never asked for. "." and ".." would not even name a job's route: encodeURIComponent leaves
+// them, and the browser resolves them as dot segments ("/v1/jobs/.." is "/v1/").
+const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const isJobId = (id) => typeof id === "string" && JOB_ID.test(id);
+const notAJobId = (id) => {
+  const shown = JSON.stringify(id.length > 80 ? `${id.slice(0, 80)}…` : id);
+  return `${shown} is not a job id: a job id is 1 to 64 characters, each a letter (A–Z, a–z), a digit, “_” or “-”.`;
+};
 // A mid-epoch report carries step/steps; the epoch's own report (after validation) has none,
 // whatever step says: the epoch is done only at that report.
 const isMidEpoch = (p) => p.step !== undefined && p.step !== null;
@@ -45,6 +60,17 @@ export class JobView {
 
   async open(id) {
     this.controller?.abort();
+    if (!isJobId(id)) {
+      // An id typed into the URL (#jobs/<id>), or a version's job_id: said so, nothing asked.
+      this.controller = null;
+      this.job = null;
+      this.wanted = null;
+      $("detail-empty").hidden = true;
+      $("detail-body").hidden = true;
+      $("job-cancel").hidden = true;
+      showError($("detail-error"), new Error(notAJobId(String(id))));
+      return;
+    }
     const controller = new AbortController();
     this.controller = controller;
     this.wanted = id;
@@ -87,11 +113,13 @@ export class JobView {
     // that could not be read (a 503 from a gateway at its stream cap, a Redis hiccup) is read
     // again, with the same back-off, until it has been, or it has failed six times.
     let replayed = false;
+    let retryMs = null; // the stream's reconnection time, once it gave one
     while (!signal.aborted) {
       try {
         this.lastEventId = await followEvents(`${jobPath(id)}/events`, {
           signal,
           lastEventId: this.lastEventId,
+          onRetry: (ms) => (retryMs = Math.min(ms, RETRY_MAX_MS)),
           onEvent: (type, data, eventId) => {
             // Kept as each event comes, so a stream that breaks off (or stalls) resumes after it.
             if (eventId) this.lastEventId = eventId;
@@ -131,7 +159,8 @@ export class JobView {
         if (!signal.aborted) this.showGone();
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * 2 ** failures)));
+      const base = retryMs ?? FIRST_WAIT_MS;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(Math.max(WAIT_MAX_MS, base), base * 2 ** failures)));
     }
     if (!signal.aborted) this.showLost(false);
     if (!signal.aborted && !(await this.refreshRecord(signal)) && !signal.aborted) this.showGone();
@@ -160,7 +189,7 @@ export class JobView {
 
   onEvent(type, data) {
     if (type === "progress") {
-      this.addProgress(data);
+      if (!this.addProgress(data)) return; // no report it can place
       this.job.progress = data;
       if (!isMidEpoch(data)) this.onStatus(this.job); // epoch done: list row
     } else if (type === "status") {
@@ -172,10 +201,14 @@ export class JobView {
     this.render();
   }
 
+  // Whether `p` was a report with an epoch, placed on the curves.
   addProgress(p) {
+    if (!p || typeof p !== "object" || !isFiniteNumber(p.epoch)) return false;
     // A mid-epoch point stays short of the epoch's own (an older worker reported 16 of 4 steps).
-    const x = isMidEpoch(p) ? p.epoch - 1 + Math.min(p.steps ? p.step / p.steps : 0, 0.999) : p.epoch;
+    const part = isFiniteNumber(p.step) && isFiniteNumber(p.steps) && p.steps ? p.step / p.steps : 0;
+    const x = isMidEpoch(p) ? p.epoch - 1 + Math.min(part, 0.999) : p.epoch;
     this.points.set(Math.round(x * 1000) / 1000, p);
+    return true;
   }
 
   render() {
@@ -192,17 +225,20 @@ export class JobView {
     bar.setAttribute("aria-valuenow", String(Math.round(done * 100)));
     bar.firstElementChild.style.width = `${Math.round(done * 100)}%`;
     const parts = [`${spec.model || "?"}`, `epoch ${progress.epoch || 0} of ${epochs}`];
-    if (progress.images_per_second) parts.push(`${Math.round(progress.images_per_second)} images/s`);
+    if (isFiniteNumber(progress.images_per_second)) parts.push(`${Math.round(progress.images_per_second)} images/s`);
     const trained = sorted.length && sorted.at(-1)[0] >= epochs;
     if (job.status === "running" && trained) {
       parts.push("evaluating and publishing…");
-    } else if (!TERMINAL.has(job.status) && progress.eta_seconds !== undefined && progress.eta_seconds !== null) {
+    } else if (!TERMINAL.has(job.status) && isFiniteNumber(progress.eta_seconds)) {
       parts.push(`about ${duration(progress.eta_seconds)} left`);
     }
+    const diverged = sorted.filter(([, p]) => "loss" in p && !isFiniteNumber(p.loss)).map(([x]) => x);
+    if (diverged.length) parts.push(`loss not a number at epoch ${diverged.join(", ")}`);
     $("detail-summary").textContent = parts.join(" · ");
     $("job-cancel").hidden = TERMINAL.has(job.status);
 
-    const series = (key) => sorted.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
+    // Values that are no number stay in, for the chart to mark; a validation null is no value.
+    const series = (key) => sorted.filter(([, p]) => p[key] !== undefined).map(([x, p]) => [x, p[key]]);
     const epochEnds = sorted.filter(([x, p]) => Number.isInteger(x) && !isMidEpoch(p));
     const valSeries = (key) => epochEnds.filter(([, p]) => p[key] !== null && p[key] !== undefined).map(([x, p]) => [x, p[key]]);
     this.lossChart.setSeries([
@@ -214,9 +250,9 @@ export class JobView {
       { name: "validation accuracy", color: COLORS.val, dashed: true, points: valSeries("val_accuracy") },
     ], epochs);
     $("epoch-rows").replaceChildren(...epochEnds.map(([x, p]) => el("tr", {},
-      el("td", {}, String(x)), el("td", {}, num(p.loss)), el("td", {}, pct(p.accuracy, 2)),
-      el("td", {}, num(p.val_loss)), el("td", {}, pct(p.val_accuracy, 2)),
-      el("td", {}, p.images_per_second ? String(Math.round(p.images_per_second)) : "–"))));
+      el("td", {}, String(x)), metricCell(p.loss, num), metricCell(p.accuracy, (v) => pct(v, 2)),
+      metricCell(p.val_loss, num, true), metricCell(p.val_accuracy, (v) => pct(v, 2), true),
+      el("td", {}, isFiniteNumber(p.images_per_second) ? String(Math.round(p.images_per_second)) : "–"))));
 
     const result = $("detail-result");
     if (job.status === "succeeded" && job.result) {

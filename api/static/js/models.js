@@ -1,12 +1,12 @@
-// Models: versions, status, labels, test accuracy, the evaluation report; promote and roll back.
-import { api, describe } from "./api.js";
+// Models: versions, status, labels, test accuracy, the evaluation report (js/model-report.js);
+// promote and roll back.
+import { describe } from "./api.js";
 import { listModels } from "./catalog.js";
 import { explained, promoteLabel, rollBackLabel } from "./label-change.js";
-import { el, num, pct, retryAfterKey, showError, toast } from "./ui.js";
+import { releaseReport, showReport } from "./model-report.js";
+import { el, pct, retryAfterKey, showError, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const reportUrl = (model, version, file) =>
-  `/v1/models/${encodeURIComponent(model)}/versions/${encodeURIComponent(version)}/report/${encodeURIComponent(file)}`;
 
 // Point a label at a version, if it still points where the page showed it (`shown`); true when
 // done. When the key is missing or refused, the key dialog opens, and saving it runs the same
@@ -23,87 +23,6 @@ async function promote(model, label, version, shown, errorBox, update, afterKey 
     retryAfterKey(error, async () => (await promote(model, label, version, shown, errorBox, update, afterKey)) && afterKey());
     return false;
   }
-}
-
-// The report's images are fetched with the key and shown as object URLs: an <img src> cannot send
-// the Authorization header that a gateway with FDL_CLASSIFY_OPEN=false asks for. As `loading="lazy"`
-// did, an image is fetched only once it comes near the viewport, so a page of many models does not
-// spend the key's rate limit on reports nobody scrolls to. Each box's URLs are revoked, and its
-// pending fetches disowned, when its report is replaced or its card leaves the list.
-const LAZY_MARGIN = "600px";
-const reports = new Map(); // report box -> { urls, loaders, observer } of the showReport call it shows
-
-function releaseReport(box) {
-  const report = reports.get(box);
-  if (!report) return;
-  report.observer.disconnect();
-  for (const url of report.urls) URL.revokeObjectURL(url);
-  reports.delete(box);
-}
-
-// Whether `report` is still what `box` shows, on the page: the box of a card removed is detached.
-const isCurrent = (box, report) => reports.get(box) === report && box.isConnected;
-
-function loadImage(box, report, img, model, version, file, caption) {
-  api.get(reportUrl(model, version, file)).then((blob) => {
-    if (!isCurrent(box, report)) return; // replaced meanwhile
-    if (!(blob instanceof Blob)) throw new Error("the gateway did not answer with an image");
-    const url = URL.createObjectURL(blob);
-    report.urls.push(url);
-    img.src = url;
-  }).catch((error) => {
-    if (!isCurrent(box, report)) return;
-    img.replaceWith(el("p", { className: "muted small" }, `Could not load the ${caption.toLowerCase()}: ${describe(error)}`));
-  });
-}
-
-function reportFigure(box, report, model, version, file, caption) {
-  const img = el("img", { alt: `${caption} of ${model} version ${version}` });
-  const figure = el("figure", {}, img, el("figcaption", {}, caption));
-  report.loaders.set(figure, () => loadImage(box, report, img, model, version, file, caption));
-  report.observer.observe(figure);
-  return figure;
-}
-
-function newReport() {
-  const loaders = new Map(); // figure -> fetches its image
-  const observer = new IntersectionObserver((entries) => {
-    for (const entry of entries) {
-      if (!entry.isIntersecting) continue;
-      observer.unobserve(entry.target);
-      loaders.get(entry.target)?.();
-      loaders.delete(entry.target);
-    }
-  }, { rootMargin: `${LAZY_MARGIN} 0px` });
-  return { urls: [], loaders, observer };
-}
-
-async function showReport(box, model, version) {
-  releaseReport(box);
-  const report = newReport();
-  reports.set(box, report);
-  box.replaceChildren(el("p", { className: "muted small" }, `Loading the report of version ${version}…`));
-  let evaluation = null;
-  try {
-    evaluation = await api.get(reportUrl(model, version, "evaluation.json"));
-  } catch (error) {
-    if (!isCurrent(box, report)) return;
-    box.replaceChildren(el("p", { className: "muted" }, `No evaluation report for version ${version}: ${error.message}`));
-    return;
-  }
-  if (!isCurrent(box, report)) return; // another report, or list, was asked for meanwhile
-  const figure = (file, caption) => reportFigure(box, report, model, version, file, caption);
-  const perClass = Object.entries(evaluation.per_class_accuracy || {});
-  box.replaceChildren(
-    el("p", { className: "result-line" },
-      `Version ${version}: test accuracy ${pct(evaluation.test_accuracy, 2)}, test loss ${num(evaluation.test_loss)} on ${evaluation.test_examples ?? "?"} examples`),
-    perClass.length
-      ? el("p", { className: "muted small" }, "Per class: ", perClass.map(([name, acc]) => `${name} ${pct(acc, 0)}`).join(" · "))
-      : null,
-    el("div", { className: "report" },
-      figure("confusion_matrix.png", "Confusion matrix"),
-      figure("training_curves.png", "Training curves")),
-  );
 }
 
 // A model's card, kept across refreshes and updated in place (`update`): the label typed, the

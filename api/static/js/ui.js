@@ -46,6 +46,21 @@ export const pct = (value, digits = 1) =>
 export const num = (value, digits = 4) =>
   value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 
+export const isFiniteNumber = (value) => typeof value === "number" && Number.isFinite(value);
+
+// A metric that is no number (NaN, an infinity, a string; null where every report has a value,
+// the training loss and accuracy, for the worker writes a NaN as null) as the table shows it.
+const NOT_NUMBERS = new Map([[null, "no value"], ["Infinity", "∞"], ["-Infinity", "−∞"], [Infinity, "∞"], [-Infinity, "−∞"]]);
+const notANumber = (value) => NOT_NUMBERS.get(value) ?? (typeof value === "string" ? value.slice(0, 16) : "NaN");
+
+// A metric's cell: the number, "–" where there is none (`nullIsNone`: null too, a validation
+// value where there is no validation), else what it is, in red.
+export function metricCell(value, format, nullIsNone = false) {
+  if (isFiniteNumber(value)) return el("td", {}, format(value));
+  if (value === undefined || (value === null && nullIsNone)) return el("td", {}, "–");
+  return el("td", { className: "diverged", title: "Not a number: did the training diverge?" }, notANumber(value));
+}
+
 export function when(seconds) {
   if (!seconds) return "–";
   const date = new Date(seconds * 1000);
