@@ -39,6 +39,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import STORE_RETRY_AFTER_S, ApiError
 from fdl.job_records import EVENTS_KEY, JOB_KEY, TERMINAL, JobStatus, StreamReply
+from fdl.json_finite import finite_dumps
 
 log = logging.getLogger("fdl.gateway")
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -197,6 +198,7 @@ async def job_events(
                 data = json.loads(fields.get("data", "null"))
             except json.JSONDecodeError:
                 data = fields.get("data")
-            yield {"id": entry_id, "event": kind, "data": json.dumps(data)}
+            # A diverged run's NaN loss as null: the bare word NaN would make the event unreadable.
+            yield {"id": entry_id, "event": kind, "data": finite_dumps(data)}
             if _is_end(kind, data):
                 return

@@ -3,8 +3,6 @@ confusion matrix (JSON and PNG) and training curves (PNG)."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,25 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from fdl.json_finite import finite_dumps
+
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 
 
 def strict_json(value: Any) -> str:
     """``value`` as standard JSON (indented, a newline at the end), NaN and infinities written as
-    null: Python's ``json`` would write them as ``NaN``/``Infinity``, which JSON has not, and
-    other readers (browsers, ``jq``) refuse the file."""
-
-    def finite(item: Any) -> Any:
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {key: finite(value) for key, value in item.items()}
-        if isinstance(item, list | tuple):
-            return [finite(value) for value in item]
-        return item
-
-    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
+    null (:mod:`fdl.json_finite`)."""
+    return finite_dumps(value, indent=2) + "\n"
 
 
 @contextmanager
