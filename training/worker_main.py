@@ -33,8 +33,20 @@ if TYPE_CHECKING:
     from training.settings import WorkerSettings
 
 # One process per GPU: concurrency 1, no prefetch (long jobs, acks_late). No -Q: the worker
-# consumes the app's default queue, FDL_TRAINING_QUEUE, the one the gateway sends to.
-WORKER_OPTIONS = ("--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO")
+# consumes the app's default queue, FDL_TRAINING_QUEUE, the one the gateway sends to. No gossip
+# and no mingle: nothing here uses them (jobs are cancelled through their records, not revokes),
+# mingle made each start wait for its neighbours' replies, and gossip's restart after a lost
+# Redis connection logged a traceback from kombu (an AttributeError) before it reconnected.
+WORKER_OPTIONS = (
+    "--concurrency",
+    "1",
+    "--prefetch-multiplier",
+    "1",
+    "--loglevel",
+    "INFO",
+    "--without-gossip",
+    "--without-mingle",
+)
 # The variables of Celery (celery/bin/celery.py's options, also read as CELERY_<OPTION>; its
 # app's settings, celery/app/utils.py; its app's loader, celery/app/base.py and
 # celery/loaders/) that a project sets for its own `celery` commands and that would, here:

@@ -135,6 +135,8 @@ def test_worker_command_is_the_same_everywhere() -> None:
         "1",
         "--loglevel",
         "INFO",
+        "--without-gossip",
+        "--without-mingle",
     ]
 
 
