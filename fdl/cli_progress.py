@@ -30,10 +30,12 @@ def _metrics(p: dict[str, Any]) -> str:
 
 
 def _epoch_line(p: dict[str, Any]) -> str:
+    # A resumed run trains again an epoch that a lost run had reported: its line replaces that one.
+    redone = "  (redone: replaces the earlier report)" if p.get("redone") is True else ""
     return (
         f"epoch {p['epoch']}/{p.get('epochs', '?')}  loss {_fmt(p.get('loss'))}  "
         f"acc {_fmt(p.get('accuracy'), True)}  val_loss {_fmt(p.get('val_loss'))}  "
-        f"val_acc {_fmt(p.get('val_accuracy'), True)}"
+        f"val_acc {_fmt(p.get('val_accuracy'), True)}{redone}"
     )
 
 

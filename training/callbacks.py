@@ -49,7 +49,9 @@ class JobCallback(keras.callbacks.Callback):
     thread, whose refused beat sets it too) and training stops at the next batch (the trainer
     raises :class:`NotThisRun`). Once the worker is stopping (:mod:`training.worker_stop`),
     training stops at the next batch too, after the checks above; ``handed_back`` then says
-    where (the trainer raises :class:`training.worker_stop.HandBack`)."""
+    where (the trainer raises :class:`training.worker_stop.HandBack`). A report of an epoch whose
+    end the record had seen reported when the run began (an earlier run reported it and was lost
+    before its checkpoint, or the job started over) says ``redone``, after one note."""
 
     def __init__(
         self,
@@ -73,13 +75,28 @@ class JobCallback(keras.callbacks.Callback):
         self.diverged: str | None = None
         self.history: list[dict[str, Any]] = []
         self.resumed_after = 0  # epochs done before this run, restored from a checkpoint
+        self.earlier_s = 0.0  # the training seconds of those epochs, the checkpoint's
+        # The epochs whose end the job's record had seen reported when this run began (by a run
+        # lost after its report, before its checkpoint; or by runs of a job started over): this
+        # run's reports of them say ``redone``.
+        self.reported = 0
+        self._redone_noted = False
         self._train_start = self._epoch_start = self._last_report = 0.0
 
-    def resume(self, history: list[dict[str, Any]]) -> None:
+    def resume(self, history: list[dict[str, Any]], seconds: float = 0.0) -> None:
         """Take the per-epoch history of the runs before this one (a checkpoint's,
-        :mod:`training.checkpoints`): this run goes on after its last epoch."""
+        :mod:`training.checkpoints`) and their training seconds up to its last epoch: this run
+        goes on after that epoch, and its time limit and ``train_seconds`` count those seconds
+        (:meth:`training.time_limit.Deadline.resumed`)."""
         self.history = list(history)
-        self.resumed_after = len(history)
+        self.resumed_after, self.earlier_s = len(history), seconds
+        if self.deadline is not None:
+            self.deadline.resumed(seconds, len(history))
+
+    def train_seconds(self) -> float:
+        """The job's training seconds so far: its earlier runs' up to the checkpoint this run
+        resumed from, and this run's."""
+        return self.earlier_s + (time.monotonic() - self._train_start)
 
     def owns_epoch(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (from 0) ran whole, in this run, and was reported to a record
@@ -89,9 +106,21 @@ class JobCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self._train_start = time.monotonic()
+        self.reported = reported_epochs((self.store.get(self.job_id) or {}).get("progress"))
+        self._redone_noted = False
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self._epoch_start = self._last_report = time.monotonic()
+        if epoch < self.reported and not self._redone_noted:  # once, at this run's first epoch
+            self._redone_noted = True
+            first, last = epoch + 1, self.reported
+            which = f"epoch {first}" if first == last else f"epochs {first} to {last}"
+            since = f"resumed after epoch {epoch}, its last checkpoint" if epoch else "starts over"
+            are, them = ("is", "it") if first == last else ("are", "them")
+            self.note(
+                f"{which}, which an earlier run of the job reported, {are} run again (this run "
+                f"{since}): its reports of {them} say redone and replace the earlier ones"
+            )
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         if self.lost.is_set():  # before the cancel flag: another run's, not this run's to end
@@ -153,6 +182,8 @@ class JobCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def _report(self, progress: dict[str, Any]) -> None:
+        if progress["epoch"] <= self.reported:  # an earlier run reported it: this one redoes it
+            progress = {**progress, "redone": True}  # the report's, not the history's
         try:
             self.store.update_progress(self.job_id, progress, self.run)
         except NotThisRun:
@@ -194,6 +225,14 @@ class JobCallback(keras.callbacks.Callback):
         }
         self.history.append(entry)
         self._report(entry)
+
+
+def reported_epochs(progress: object) -> int:
+    """The epochs whose end a job's record ``progress`` (its last report) says were reported: a
+    mid-epoch report (it has a ``step``) is of the epoch after them."""
+    if not isinstance(progress, dict) or not isinstance(progress.get("epoch"), int):
+        return 0
+    return int(progress["epoch"]) - (1 if progress.get("step") is not None else 0)
 
 
 def _guarded(hook: str) -> Callable[..., None]:

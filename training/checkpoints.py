@@ -13,7 +13,8 @@ made to fit the job's guarantees:
   is ignored), the Keras version and precision policy, the per-epoch history that
   :class:`training.callbacks.JobCallback` keeps and the early-stopping state, with its best
   weights (``best.npz``), so that a resumed run stops and restores the same epoch as a run never
-  interrupted would;
+  interrupted would, and the job's training seconds up to its epoch, from which a resumed run's
+  time limit and ``train_seconds`` go on (:meth:`training.time_limit.Deadline.resumed`);
 - only a run that still owns its job writes (an epoch it ran whole and reported to a record that
   still shows it); a write that fails (a full disk) turns checkpoints off for the rest of the run,
   with one note in the job's events, and training goes on;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 import warnings
@@ -118,7 +120,7 @@ class JobCheckpoints(keras.callbacks.BackupAndRestore):  # type: ignore[misc]
                 "first epoch"
             )
             return
-        self.progress.resume(state["history"])
+        self.progress.resume(state["history"], state["train_seconds"])
         stopped = False
         if self.stopper is not None:
             es = state["early_stopping"]
@@ -173,6 +175,11 @@ class JobCheckpoints(keras.callbacks.BackupAndRestore):  # type: ignore[misc]
             state["early_stopping"] = {**{k: int(es[k]) for k in keys}, "best": best}
             state["early_stopping"]["best_weights"] = bool(es["best_weights"])
         state["run"], state["resumed"] = str(state["run"]), [int(k) for k in state["resumed"]]
+        # One written before checkpoints kept it: its seconds are unknown, counted as none.
+        seconds = float(state.get("train_seconds") or 0.0)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise Unusable(f"its train_seconds is {seconds}")
+        state["train_seconds"] = seconds
         return state
 
     def _load(self, path: Path, state: dict[str, Any]) -> list[np.ndarray] | None:
@@ -232,6 +239,9 @@ class JobCheckpoints(keras.callbacks.BackupAndRestore):  # type: ignore[misc]
             "precision_policy": self.policy,
             "iterations": int(optimizer.iterations) if optimizer is not None else 0,
             "history": self.progress.history,
+            # the job's training seconds up to this epoch, its earlier runs' included: a resumed
+            # run's time limit and train_seconds go on from them
+            "train_seconds": round(self.progress.train_seconds(), 3),
             "early_stopping": es,
             "resumed": self.resumed,
             "written_at": time.time(),

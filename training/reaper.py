@@ -36,35 +36,29 @@ Each pass also removes the checkpoints (``FDL_CHECKPOINT_DIR``) of jobs that end
 record is gone, and the temporary folders of checkpoint writes that died
 (:func:`training.checkpoint_files.sweep`).
 
-A pruned job's TensorBoard folder (``<FDL_VAR_DIR>/tensorboard/<job id>``) goes with its record
-(:func:`remove_tensorboard_dirs`); the hourly sweep also removes, from this worker's own
-``FDL_VAR_DIR``, the folders of jobs whose records another worker pruned (each Kubernetes pod has
-a ``FDL_VAR_DIR`` of its own) or an older version left (:func:`sweep_tensorboard_dirs`).
+A pruned job's TensorBoard folder goes with its record, and the hourly sweep also removes those
+that other workers' prunes or older versions left (:mod:`training.tensorboard_dirs`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from filelock import Timeout
 
-from fdl.job_records import JOB_ID, resend_due
+from fdl.job_records import resend_due
 from fdl.jobs import JobStatus, JobStore
 from fdl.store_retry import CONNECTION_ERRORS, TRANSIENT_ERRORS, retrying_only
-from training.checkpoint_files import job_folders
 from training.checkpoint_files import sweep as sweep_checkpoints
 from training.publish import fence, published_by_record, render_config_again
 from training.redis_watch import RedisWatch
 from training.settings import WorkerSettings
+from training.tensorboard_dirs import remove_tensorboard_dirs, sweep_tensorboard_dirs
 
 log = logging.getLogger(__name__)
 # Sends a job's message again: (job id, queue, its spec's ``max_duration_s`` or None), the one
@@ -74,8 +68,6 @@ Send = Callable[[str, str, float | None], None]
 # How often a reaper thread looks for what older workers left of pruned jobs (at start-up, then
 # this often): it scans every key of Redis, and nothing today leaves such keys.
 LEFTOVER_SWEEP_EVERY_S = 3600.0
-# The job ids a TensorBoard folder may be named by (api.schemas.JobId's pattern): no separator,
-# no dot, so ``tensorboard/<job id>`` never leads out of the folder.
 # How long a settling whose connection broke is tried again (its reply may be lost), not refused.
 SETTLE_RETRY_S = 2.0
 
@@ -136,55 +128,6 @@ def reap_once(
             sweep_tensorboard_dirs(store, settings.var_dir, settings.job_retention_s)
     sweep_checkpoints(store, settings.checkpoint_root)  # of jobs ended or gone; never a live one
     return actions + waiting + [(job_id, "pruned") for job_id in pruned]
-
-
-def remove_tensorboard_dirs(var_dir: Path, job_ids: Iterable[str]) -> list[str]:
-    """Remove the TensorBoard folders (``<var_dir>/tensorboard/<job id>``) of ``job_ids``, jobs
-    whose records were pruned (ended a retention ago: none runs); the ids of those removed. An id
-    that is no plain name, or a link in the folder's place, is left alone."""
-    removed: list[str] = []
-    for job_id in job_ids:
-        folder = var_dir / "tensorboard" / job_id
-        if not JOB_ID.fullmatch(job_id):
-            continue
-        try:  # a folder that cannot be entered raises here too (EACCES), not only in rmtree
-            if not stat.S_ISDIR(folder.lstat().st_mode):
-                continue
-            shutil.rmtree(folder)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            log.warning("cannot remove the TensorBoard logs of job %s: %s", job_id, error)
-        else:
-            removed.append(job_id)
-    if removed:
-        log.info("removed the TensorBoard logs of %d jobs that ended long ago", len(removed))
-    return removed
-
-
-def sweep_tensorboard_dirs(store: JobStore, var_dir: Path, retention_s: float) -> list[str]:
-    """Remove the TensorBoard folders under ``var_dir`` of jobs that have no record (pruned by
-    another worker, or before the prune removed them) and whose newest file is older than
-    ``retention_s``; a job with a record (queued, running on any worker, ended) keeps its folder.
-    The ids of those removed."""
-    root = var_dir / "tensorboard"
-    names = job_folders(root)
-    kept = {r.get("id") for r in store.records(names) if r.get("status") is not None}
-    cutoff = time.time() - retention_s
-    old = [n for n in names if n not in kept and _newest_mtime(root / n) < cutoff]
-    return remove_tensorboard_dirs(var_dir, old)
-
-
-def _newest_mtime(folder: Path) -> float:
-    """The newest modification time of ``folder`` and everything in it (inf: unreadable)."""
-    try:
-        newest = folder.lstat().st_mtime
-        for root, dirs, files in os.walk(folder):
-            for name in dirs + files:
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-    except OSError:
-        return float("inf")
-    return newest
 
 
 # What :func:`settle_lost_run` answers when the repository's lock is held.

@@ -1,5 +1,7 @@
-"""How long one run of a job may take: the worker's ``FDL_MAX_JOB_DURATION_S``, or less when the
-job's spec asks (``max_duration_s``).
+"""How long a job may take: the worker's ``FDL_MAX_JOB_DURATION_S``, or less when the job's spec
+asks (``max_duration_s``). A run that resumed from a checkpoint has what is left of it: the
+checkpoint's training seconds (those of the job's earlier runs up to its epoch) count
+(:meth:`Deadline.resumed`); a run that starts over has the whole limit again.
 
 The limit is checked where the job already checks its cancellation flag: between calls into
 the training graph (:class:`training.callbacks.JobCallback`) and between the job's stages
@@ -13,7 +15,9 @@ the process happens to be, the publication under the repository's lock included.
 
 The hard limit is set per run, from the spec's ``max_duration_s`` that the task message carries
 (:data:`fdl.queue.MAX_DURATION_HEADER`, :func:`limit_from_message`): a message never makes it
-longer than the worker's own, and one without the value gets the worker's.
+longer than the worker's own, and one without the value gets the worker's. It is the whole limit
+also for a resumed run: only the run finds out whether its checkpoint can be used (one that
+cannot starts the job over, with the whole limit), and the checks above stop it in time.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ class TimedOut(Exception):
     """The job ran longer than it may; ``str()`` is the job's error."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Deadline:
+    """When a run must stop: its job's limit from the run's start, less the training seconds of
+    the job's earlier runs that a checkpoint preserved (:meth:`resumed`): the limit is the
+    job's, not each run's."""
+
     limit_s: float
     source: str  # which setting the limit comes from, for the error
     at: float  # time.monotonic()
+    spent_s: float = 0.0  # the job's training seconds before this run (its checkpoint's)
+    resumed_after: int = 0  # the epoch of the checkpoint this run resumed from
 
     @classmethod
     def start(cls, settings: WorkerSettings, spec_limit_s: float | None) -> Deadline:
@@ -49,13 +59,26 @@ class Deadline:
         limit, source = run_limit(settings, spec_limit_s)
         return cls(limit, source, time.monotonic() + limit)
 
+    def resumed(self, spent_s: float, epoch: int) -> None:
+        """The run resumed after ``epoch`` from a checkpoint that preserved ``spent_s`` training
+        seconds of the job's earlier runs: they count against the limit (the time those runs
+        spent after that checkpoint, lost with their work, does not)."""
+        self.at -= spent_s - self.spent_s
+        self.spent_s, self.resumed_after = spent_s, epoch
+
     def passed(self) -> bool:
         return time.monotonic() >= self.at
 
     def error(self, where: str) -> str:
+        earlier = ""
+        if self.resumed_after:
+            earlier = (
+                f"; {self.spent_s:.10g} s of them trained by its earlier runs, up to its "
+                f"checkpoint after epoch {self.resumed_after}, which this run resumed from"
+            )
         return (
-            f"ran longer than {self.limit_s:.10g} s ({self.source}): stopped {where}; nothing was "
-            "published"
+            f"ran longer than {self.limit_s:.10g} s ({self.source}{earlier}): stopped {where}; "
+            "nothing was published"
         )
 
     def check(self, where: str) -> None:

@@ -204,7 +204,8 @@ def train(
             shuffle=False,  # the pipeline shuffles
             verbose=0,
         )
-        info["train_seconds"] = round(time.monotonic() - started, 3)
+        # the job's: a resumed run's counts its checkpoint's seconds (its earlier runs')
+        info["train_seconds"] = round(progress.earlier_s + time.monotonic() - started, 3)
         info["optimizer_steps"] = int(model.optimizer.iterations)
         if checkpoints is not None and checkpoints.resumed:
             info["resumed_after_epoch"] = checkpoints.resumed

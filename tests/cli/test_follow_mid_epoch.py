@@ -42,3 +42,29 @@ def test_each_epoch_line_is_printed_once(gateway: Gateway, redis_url: str) -> No
         for epoch in (1, 2)
     ], out
     assert lines.count("evaluating and publishing") == 1, out
+
+
+def test_a_redone_epochs_line_says_so(gateway: Gateway, redis_url: str) -> None:
+    """A resumed run reports again an epoch that a lost run had reported (``redone``): its line
+    says that it replaces the earlier one, rather than looking like the epoch ran twice."""
+    job_id = submit(gateway)  # two epochs
+    store = JobStore.from_url(redis_url)
+    assert store.mark_running(job_id, "test-worker")
+    done = {"val_loss": 0.6, "val_accuracy": 0.75}
+    for epoch, redone in ((1, False), (2, False), (2, True)):
+        extra = {"redone": True} if redone else {}
+        assert store.update_progress(job_id, {**report(epoch, **done), **extra})
+    result = {"published": False, "reason": "test", "metrics": {"test_accuracy": 0.8}}
+    assert store.finish(job_id, JobStatus.SUCCEEDED, result=result)
+    cli = follow(gateway, job_id)
+    try:
+        assert cli.popen.wait(60) == ExitCode.OK, cli.output()
+        cli.pump.join(10)
+        out = cli.output()
+    finally:
+        cli.stop()
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith("epoch 2/2")]
+    assert [line.endswith("(redone: replaces the earlier report)") for line in lines] == [
+        False,
+        True,
+    ], out

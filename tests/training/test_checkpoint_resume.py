@@ -1,20 +1,18 @@
 """A job's run handed back (its worker stopping) or lost (its pool process SIGKILLed) resumes
 from the job's last checkpoint instead of starting over (training/checkpoints.py): real workers,
-Redis and TensorFlow on tiny data. Also: a checkpoint that cannot be used is noted and the job
-starts over; early stopping's state survives a resume; a write killed midway is never taken as
-a checkpoint; a reaper removes the checkpoints of ended jobs, never those of live ones."""
+Redis and TensorFlow on tiny data. A resumed run goes on with its job's accounting: its time
+limit and train_seconds count the checkpoint's training seconds, and its reports of an epoch
+that an earlier run had reported say ``redone``. How a checkpoint is taken:
+test_checkpoint_loading.py; where checkpoints lie and who removes them:
+test_checkpoint_storage.py."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import select
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +20,26 @@ from typing import Any
 
 import pytest
 
-from fdl.jobs import JobStatus, JobStore, new_job_id
+from fdl.jobs import JobStore, new_job_id
 from fdl.jobspec import JobSpec
 from fdl.queue import enqueue_training
 from harness.procs import wait_for
 from harness.worker import Worker, start_worker
-from tests.training.stores import store_on_db
+from tests.training.checkpoint_jobs import (
+    SMALL,
+    checkpoint_of_a_run,
+    checkpoint_store,
+    epoch_reports,
+    epochs_reported,
+    events,
+    notes,
+    set_state,
+    tiny_fit,
+    train_small,
+)
 from training import checkpoint_files
-from training.settings import WorkerSettings
+from training.time_limit import Deadline
 
-DB = 11  # the reaper's test: a database of its own, emptied first
 EPOCHS = 4
 BATCH = 32
 HELD_OUT = 200
@@ -57,18 +65,6 @@ def _env(name: str, **more: str) -> dict[str, str]:
     return {**SETTINGS, "FDL_TRAINING_QUEUE": f"fdl-tests-resume-{name}-{os.getpid()}", **more}
 
 
-def _events(store: JobStore, job_id: str) -> list[dict[str, Any]]:
-    return [event for _, event in store.read_events(job_id, count=10_000)]
-
-
-def _epochs_reported(store: JobStore, job_id: str) -> list[int]:
-    """The epochs of the job's end-of-epoch reports (mid-epoch ones have a ``step``)."""
-    events = _events(store, job_id)
-    return [
-        e["data"]["epoch"] for e in events if e["type"] == "progress" and "step" not in e["data"]
-    ]
-
-
 def _checkpoint_after(worker: Worker, job_id: str, epoch: int) -> Path | None:
     found = checkpoint_files.newest(worker.var_dir / "checkpoints", job_id)
     return found[1] if found and found[0] >= epoch else None
@@ -81,12 +77,17 @@ def _metadata(worker: Worker, result: dict[str, Any]) -> dict[str, Any]:
 
 def _resumed_whole(worker: Worker, job_id: str, done: dict[str, Any], run: str) -> None:
     """The job ended ``succeeded`` after a run that resumed after epoch 2 from ``run``'s
-    checkpoint: each epoch reported once, the optimizer's steps those of 4 epochs, and its
+    checkpoint: each epoch reported once (an epoch after 2 that ``run`` reported before it was
+    killed is reported again marked ``redone``), the optimizer's steps those of 4 epochs, and its
     checkpoints removed."""
     assert done["status"] == "succeeded", (done, worker.process.log_tail())
-    assert _epochs_reported(worker.store, job_id) == [1, 2, 3, 4]
-    notes = [e["data"]["message"] for e in _events(worker.store, job_id) if e["type"] == "log"]
-    assert f"resumed after epoch 2 from the checkpoint written by {run}" in notes, notes
+    reports = [(r["epoch"], r.get("redone", False)) for r in epoch_reports(worker.store, job_id)]
+    first = [epoch for epoch, redone in reports if not redone]
+    again = [epoch for epoch, redone in reports if redone]
+    assert first == sorted(set(first)) and set(first) | set(again) == {1, 2, 3, 4}, reports
+    assert all(epoch > 2 and epoch in first for epoch in again), reports
+    said = notes(worker.store, job_id)
+    assert f"resumed after epoch 2 from the checkpoint written by {run}" in said, said
     assert done["result"]["resumed_after_epoch"] == [2], done["result"]
     metadata = _metadata(worker, done["result"])
     assert metadata["runtime"]["resumed_after_epoch"] == [2], metadata["runtime"]
@@ -112,7 +113,7 @@ def test_a_job_handed_back_after_epoch_2_resumes_from_epoch_3(
         training_worker.store.create(body, job_id, training_worker.queue)
         enqueue_training(first.app, job_id, first.queue, None)
         wait_for(
-            lambda: 2 in _epochs_reported(first.store, job_id),
+            lambda: 2 in epochs_reported(first.store, job_id),
             120,
             "epoch 2 reported",
             interval=0.02,
@@ -122,7 +123,7 @@ def test_a_job_handed_back_after_epoch_2_resumes_from_epoch_3(
         assert first.process.popen.wait(15) == 0, first.process.log_tail()
     finally:
         first.process.stop()
-    handed = [e["data"] for e in _events(first.store, job_id) if e["data"].get("handed_back")]
+    handed = [e["data"] for e in events(first.store, job_id) if e["data"].get("handed_back")]
     assert len(handed) == 1, handed
     reason = handed[0]["reason"]
     assert "in epoch 3 of 4; it resumes after epoch 2, its last checkpoint, and this run" in reason
@@ -153,459 +154,109 @@ def test_a_lost_run_resumes_from_its_last_checkpoint(training_worker: Worker) ->
     done = worker.wait_done(job_id, timeout=120)
     _resumed_whole(worker, job_id, done, run)
     assert done["attempts"] == 2, done
-    statuses = [e["data"]["status"] for e in _events(worker.store, job_id) if e["type"] == "status"]
+    statuses = [e["data"]["status"] for e in events(worker.store, job_id) if e["type"] == "status"]
     assert statuses == ["queued", "running", "queued", "running", "succeeded"], statuses
 
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[JobStore]:
-    yield from store_on_db(redis_url, DB)
+    yield from checkpoint_store(redis_url)
 
 
-def _complete(root: Path, job_id: str, epoch: int) -> Path:
-    """A checkpoint folder of ``job_id`` as a finished write leaves it (its contents are not
-    read here)."""
-    return checkpoint_files.write(
-        root, job_id, epoch, lambda f: (f / "state.json").write_text("{}")
-    )
+def _deadline(limit_s: float) -> Deadline:
+    return Deadline(limit_s, "its spec's max_duration_s", time.monotonic() + limit_s)
 
 
-def _age(folder: Path, seconds: float) -> None:
-    for path in (*folder.iterdir(), folder):
-        stat = path.stat()
-        os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+def _seconds(checkpoint: Path) -> float:
+    return float(json.loads((checkpoint / "state.json").read_text())["train_seconds"])
 
 
-def _reaper_settings(tmp_path: Path, checkpoints: Path, name: str) -> WorkerSettings:
-    """A worker's settings for a reaper pass over ``checkpoints``, on a queue of the test's."""
-    return WorkerSettings(
-        redis_url="redis://unused",
-        model_dir=tmp_path / "models",
-        var_dir=tmp_path / "var",
-        checkpoint_dir=checkpoints,
-        training_queue=f"fdl-tests-resume-{name}-{os.getpid()}",
-    )
-
-
-def test_the_reaper_removes_the_checkpoints_of_ended_jobs_only(
+def test_a_resumed_run_has_what_is_left_of_its_jobs_time_limit(
     store: JobStore, tmp_path: Path
 ) -> None:
-    """One reaper pass: the checkpoints of a job cancelled while queued, of one that ended and of
-    one whose record is gone are removed; a queued and a running job keep theirs, and lose only
-    a temporary folder older than STALE_TEMP_S (a write that died), not a fresh one. Before, no
-    checkpoint was ever removed but by its own run's end."""
-    from training.reaper import reap_once
-
-    root = tmp_path / "checkpoints"
-    settings = _reaper_settings(tmp_path, root, "reaper")
-    ids = {name: new_job_id() for name in ("queued", "running", "cancelled", "ended", "gone")}
-    for name, job_id in ids.items():
-        if name != "gone":
-            store.create({"model": "mnist_logreg"}, job_id, settings.training_queue)
-        if name in ("running", "ended"):
-            assert store.mark_running(job_id, "celery@resume:1")
-        _complete(root, job_id, 2)
-    assert store.request_cancel(ids["cancelled"]) is not None
-    assert store.finish(ids["ended"], JobStatus.FAILED, error="ended by the test")
-    old, fresh = (
-        root / ids["queued"] / ".tmp-epoch-0003-aaaaaaaaaaaa",
-        root / ids["running"] / ".tmp-epoch-0003-bbbbbbbbbbbb",
+    """A run interrupted after epoch 2 of 3: its checkpoint keeps the job's training seconds up
+    to that epoch. Runs that resume from it, the seconds set to 100 as if earlier runs had
+    trained that long, have what is left of the limit: 100 s leave none, and the run stops in
+    epoch 3 saying so, writing no checkpoint; 1000 s leave 900, and the run trains epoch 3, its
+    job's seconds going on from 100. Before, each run had the whole limit and counted its
+    seconds from 0."""
+    job_id, late = new_job_id(), new_job_id()
+    for each in (job_id, late):
+        store.create({"model": "mnist_logreg"}, each)
+    tiny_fit(store, job_id, tmp_path, interrupt_after=2, deadline=_deadline(1000))
+    found = checkpoint_files.newest(tmp_path, job_id)
+    assert found is not None and found[0] == 2 and 0 < _seconds(found[1]) < 100, found
+    set_state(found[1], train_seconds=100.0)
+    shutil.copytree(found[1], tmp_path / late / found[1].name)
+    deadline = _deadline(100)
+    progress, _ = tiny_fit(store, late, tmp_path, deadline=deadline)
+    assert progress.timed_out == "in epoch 3 of 3", progress.history
+    assert deadline.error(progress.timed_out) == (
+        "ran longer than 100 s (its spec's max_duration_s; 100 s of them trained by its earlier "
+        "runs, up to its checkpoint after epoch 2, which this run resumed from): stopped in "
+        "epoch 3 of 3; nothing was published"
     )
-    for temp in (old, fresh):
-        temp.mkdir()
-        (temp / "state.json").write_text("{}")
-    _age(old, checkpoint_files.STALE_TEMP_S + 60)
-    reap_once(store, settings, lambda *_: None, sweep_leftovers=False)
-    left = sorted(path.name for path in root.iterdir() if path.is_dir())  # not .clock
-    assert left == sorted([ids["queued"], ids["running"]]), left
-    assert checkpoint_files.last_epoch(root, ids["queued"]) == 2 and not old.exists()
-    assert checkpoint_files.last_epoch(root, ids["running"]) == 2 and fresh.exists()
+    assert checkpoint_files.last_epoch(tmp_path, late) == 2
+    progress, _ = tiny_fit(store, job_id, tmp_path, deadline=_deadline(1000))
+    assert progress.timed_out is None and len(progress.history) == 3
+    found = checkpoint_files.newest(tmp_path, job_id)
+    assert found is not None and found[0] == 3 and 100 < _seconds(found[1]) < 200, found
+    assert 100 < progress.train_seconds() < 200
 
 
-# A writer of a checkpoint after epoch 3 that stops once its files are in, before the rename: a
-# process of its own (a fork of this one, whose threads may hold locks, can hang).
-WRITER = """
-import sys
-from pathlib import Path
-from training.checkpoint_files import write
-
-def fill(folder):
-    (folder / "state.json").write_text('{"epoch": 3}')
-    (folder / "weights.weights.h5").write_bytes(bytes(4096))
-    print("written", flush=True)
-    sys.stdin.read()  # killed here
-
-write(Path(sys.argv[1]), sys.argv[2], 3, fill)
-"""
-
-
-def _killed_mid_write(root: Path, job_id: str) -> None:
-    """SIGKILL a writer of a checkpoint of ``job_id`` once every file of it is in."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), job_id],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
-    )
-    try:
-        assert child.stdout is not None
-        assert select.select([child.stdout], [], [], 60)[0], "the write never started"
-        assert child.stdout.readline() == b"written\n"
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        child.kill()
-        child.wait()
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
-
-
-def test_a_write_killed_midway_is_never_taken_and_is_removed(
-    store: JobStore, tmp_path: Path
-) -> None:
-    """A writer SIGKILLed with every file of its checkpoint after epoch 3 written, before the
-    rename: the job's newest checkpoint is still epoch 2's (what a run resumes from, what a
-    hand-back names); the half folder is removed by a reaper once stale, and at once by the next
-    run of the job (training/checkpoints.py: its run owns the job)."""
-    root = tmp_path / "checkpoints"
-    job_id = new_job_id()
-    store.create({"model": "mnist_logreg"}, job_id)
-    assert store.mark_running(job_id, "celery@resume:2")
-    _complete(root, job_id, 2)
-    _killed_mid_write(root, job_id)
-    temps = [p for p in (root / job_id).iterdir() if p.name.startswith(".tmp-")]
-    assert len(temps) == 1 and (temps[0] / "state.json").exists(), temps
-    assert checkpoint_files.last_epoch(root, job_id) == 2
-    assert checkpoint_files.sweep(store, root) == [] and temps[0].exists()  # fresh: kept
-    _age(temps[0], checkpoint_files.STALE_TEMP_S + 60)
-    assert checkpoint_files.sweep(store, root) == [] and not temps[0].exists()
-    assert checkpoint_files.last_epoch(root, job_id) == 2
-    _killed_mid_write(root, job_id)
-    assert checkpoint_files.remove_temps(root / job_id) != []  # as a run starting removes them
-    assert [p.name[:11] for p in (root / job_id).iterdir()] == ["epoch-0002-"]
-    shutil.rmtree(root)
-
-
-# The job of the in-process tests: job_in_process's spec (1 epoch) with these fields; the quality
-# gate says no (nothing exported: not what is tested, and it takes seconds).
-SMALL = {"model": "mnist_logreg", "max_train_examples": 256, "publish": {"min_accuracy": 1.0}}
-
-
-def _checkpoint_of_a_run(store: JobStore, data_dir: Path, root: Path) -> tuple[Path, float]:
-    """A checkpoint after the one epoch of a run of SMALL (``train`` alone, whose checkpoints
-    stay), and that epoch's loss."""
-    from fdl.architectures import ARCHITECTURES
-    from training.data.registry import load_dataset
-    from training.trainer import train
-
-    spec = JobSpec(epochs=1, batch_size=32, max_test_examples=64, validation_split=32, **SMALL)
-    shape = ARCHITECTURES[spec.model].image_shape
-    data = load_dataset("mnist", shape, data_dir, root, False)
-    data = data.capped(spec.max_train_examples, spec.max_test_examples)
-    job_id = new_job_id()
-    store.create(spec.model_dump(mode="json"), job_id)
-    outcome = train(spec, data, store, job_id, None, checkpoint_dir=root)
-    found = checkpoint_files.newest(root, job_id)
-    assert found is not None and found[0] == 1, found
-    return found[1], outcome.history[0]["loss"]
-
-
-def _damage_optimizer(weights: Path) -> None:
-    """One optimizer variable fewer, as a GPU worker's mixed-float16 optimizer (a loss-scale
-    optimizer around it) has more: Keras only warns, skips the optimizer and keeps the layers it
-    loaded (its step count 0: a learning-rate schedule would start again)."""
-    import h5py
-
-    with h5py.File(weights, "r+") as stored:
-        optimizer = stored["optimizer"]["vars"]
-        del optimizer[str(len(optimizer) - 1)]
-
-
-def test_an_unusable_checkpoint_is_noted_and_the_job_starts_over(
+def test_a_job_resumed_out_of_time_fails_and_train_seconds_go_on(
     store: JobStore, job_in_process: Any, data_dir: Path, tmp_path: Path
 ) -> None:
-    """Jobs whose checkpoint (after their one epoch) cannot be loaded: a truncated weights file;
-    an optimizer whose variables differ. Each run says so in the job's events, starts from
-    epoch 1 with the model as built (its first epoch's loss is that of a run that never had a
-    checkpoint: nothing was left half-loaded) and succeeds; its checkpoints are removed at its
-    end. A usable checkpoint would have had them train no epoch (they had done them all)."""
+    """A job whose checkpoint (after its one epoch) says that its earlier runs trained for the
+    worker's whole FDL_MAX_JOB_DURATION_S (no limit in its spec): its run trains nothing and
+    fails before the quality gate, naming those seconds. With 100 of them, ``train`` reports the
+    job's train_seconds from 100 on. Before, the run had the whole limit again and succeeded,
+    and its train_seconds were its own."""
     root = tmp_path / "var" / "checkpoints"
-    written, first_loss = _checkpoint_of_a_run(store, data_dir, root)
-    for damage in ("truncated", "other optimizer", "other major Keras"):
-        job_id = new_job_id()
-        weights = root / job_id / written.name / "weights.weights.h5"
-        shutil.copytree(written, weights.parent)
-        if damage == "truncated":
-            weights.write_bytes(weights.read_bytes()[:1000])
-        elif damage == "other optimizer":
-            _damage_optimizer(weights)
-        else:
-            _set_keras_version(weights.parent, "2.15.0")
-        result, record, _models = job_in_process(store, job_id, data_dir, **SMALL)
-        assert record["status"] == "succeeded", (damage, record)
-        assert result is not None and "resumed_after_epoch" not in result, (damage, result)
-        notes = [e["data"]["message"] for e in _events(store, job_id) if e["type"] == "log"]
-        cannot = [n for n in notes if n.startswith("its checkpoint after epoch 1 cannot be used")]
-        assert len(cannot) == 1, (damage, notes)
-        assert cannot[0].endswith("training starts from its first epoch"), cannot
-        reports = [e["data"] for e in _events(store, job_id) if e["type"] == "progress"]
-        assert [r["epoch"] for r in reports if "step" not in r] == [1], (damage, reports)
-        assert reports[-1]["loss"] == first_loss, (damage, reports[-1], first_loss)
-        assert not (root / job_id).exists(), damage
+    written, _loss = checkpoint_of_a_run(store, data_dir, root)
+    late, resumed = new_job_id(), new_job_id()
+    for job_id, seconds in ((late, 600.0), (resumed, 100.0)):
+        shutil.copytree(written, root / job_id / written.name)
+        set_state(root / job_id / written.name, train_seconds=seconds)
+    limit = {"max_job_duration_s": 600}
+    result, record, _models = job_in_process(store, late, data_dir, limit, **SMALL)
+    assert result is None and record["status"] == "failed", record
+    assert record["error"] == (
+        "ran longer than 600 s (the worker's FDL_MAX_JOB_DURATION_S; 600 s of them trained by "
+        "its earlier runs, up to its checkpoint after epoch 1, which this run resumed from): "
+        "stopped after training, before the quality gate; nothing was published"
+    )
+    outcome = train_small(store, data_dir, root, resumed)
+    assert outcome.runtime["resumed_after_epoch"] == [1], outcome.runtime
+    assert 100 <= outcome.runtime["train_seconds"] < 200, outcome.runtime
 
 
-def _set_keras_version(checkpoint: Path, version: str) -> None:
-    state = json.loads((checkpoint / "state.json").read_text())
-    (checkpoint / "state.json").write_text(json.dumps(state | {"keras_version": version}))
-
-
-def test_a_checkpoint_of_another_minor_keras_is_resumed(
-    store: JobStore, job_in_process: Any, data_dir: Path, tmp_path: Path
-) -> None:
-    """A rollout that upgrades the worker image's Keras within its major version (the very case
-    of a hand-back) resumes the jobs it took back: the load checks each variable itself."""
-    import keras
-
-    root = tmp_path / "var" / "checkpoints"
-    written, _ = _checkpoint_of_a_run(store, data_dir, root)
-    job_id = new_job_id()
-    shutil.copytree(written, root / job_id / written.name)
-    major = keras.__version__.split(".")[0]
-    _set_keras_version(root / job_id / written.name, f"{major}.0.0")
-    result, record, _models = job_in_process(store, job_id, data_dir, **SMALL)
-    assert record["status"] == "succeeded", record
-    assert result is not None and result.get("resumed_after_epoch") == [1], result
-
-
-TIMES = ("images_per_second", "eta_seconds")
-
-
-def test_early_stopping_survives_a_resume(store: JobStore, tmp_path: Path) -> None:
-    """``fit`` with the job's callbacks (progress, early stopping, checkpoints), interrupted
-    after an epoch past early stopping's best and before its stop, then a fresh model resumed:
-    the same best epoch, stop, history and weights (best weights restored) as a run never
-    interrupted, and the optimizer's steps of its epochs. Without the early-stopping state in the
-    checkpoint, the resumed run took its first epoch for the best and stopped later."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from training.callbacks import JobCallback
-    from training.checkpoints import JobCheckpoints
-
-    epochs, batch = 30, 16
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 8)).astype("float32")
-    y = (x[:, 0] + 0.5 * rng.normal(size=64) > 0).astype("int32")
-    x_val = rng.normal(size=(32, 8)).astype("float32")
-    y_val = (x_val[:, 0] + rng.normal(size=32) > 0).astype("int32")
-
-    class Interrupted(Exception):
-        pass
-
-    class Interrupt(keras.callbacks.Callback):  # type: ignore[misc]
-        def __init__(self, after: int) -> None:
-            super().__init__()
-            self.after = after
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if epoch + 1 == self.after:
-                raise Interrupted
-
-    def fit(job_id: str, interrupt_after: int | None = None) -> tuple[Any, ...]:
-        keras.utils.set_random_seed(1)
-        tf.config.experimental.enable_op_determinism()
-        model = keras.Sequential(
-            [keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)]
-        )
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        model.compile(keras.optimizers.Adam(0.03), loss, metrics=["accuracy"])
-        progress = JobCallback(store, job_id, epochs, len(x), len(x) // batch)
-        stopper = keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
-        checkpoints = JobCheckpoints(tmp_path, job_id, progress, stopper, "spec", "float32")
-        callbacks = [progress, stopper, checkpoints]
-        if interrupt_after is not None:
-            callbacks.append(Interrupt(interrupt_after))
-        with contextlib.suppress(Interrupted):
-            model.fit(x, y, batch, epochs, 0, callbacks, validation_data=(x_val, y_val))
-        return model, progress, stopper, checkpoints
-
-    whole, interrupted = new_job_id(), new_job_id()
-    for job_id in (whole, interrupted):
-        store.create({"model": "mnist_logreg"}, job_id)
-    model, progress, stopper, _ = fit(whole)
-    best, stopped = stopper.best_epoch, stopper.stopped_epoch
-    assert best > 0 and best + 3 == stopped < epochs - 1, (best, stopped)
-    fit(interrupted, best + 2)  # after the best epoch, waiting for a better one
-    assert checkpoint_files.last_epoch(tmp_path, interrupted) == best + 2
-    model2, progress2, stopper2, checkpoints2 = fit(interrupted)
-    assert checkpoints2.resumed == [best + 2]
-    assert (stopper2.best_epoch, stopper2.stopped_epoch) == (best, stopped)
-    timeless = [{k: v for k, v in e.items() if k not in TIMES} for e in progress.history]
-    assert [{k: v for k, v in e.items() if k not in TIMES} for e in progress2.history] == timeless
-    assert int(model2.optimizer.iterations) == int(model.optimizer.iterations)
-    assert int(model.optimizer.iterations) == (stopped + 1) * (len(x) // batch)
-    for kept, resumed in zip(model.get_weights(), model2.get_weights(), strict=True):
-        np.testing.assert_array_equal(kept, resumed)
-
-
-def test_a_checkpoint_dir_that_cannot_be_used_stops_the_worker_in_one_line(tmp_path: Path) -> None:
-    """FDL_CHECKPOINT_DIR is prepared at start as FDL_VAR_DIR is: a file in its place stops the
-    worker in one line (exit 1) instead of every job's checkpoints failing one by one."""
-    from tests.training.test_worker_settings import run_worker
-
-    taken = tmp_path / "checkpoints"
-    taken.write_text("")
-    result = run_worker(tmp_path, FDL_CHECKPOINT_DIR=str(taken))
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert result.stderr == f"fdl-worker: FDL_CHECKPOINT_DIR: {taken} exists and is not a folder\n"
-
-
-def test_a_checkpoint_that_cannot_be_written_is_noted_once_and_training_goes_on(
+def test_an_epoch_that_a_lost_run_reported_is_marked_redone_when_run_again(
     store: JobStore, tmp_path: Path
 ) -> None:
-    """A checkpoint folder that cannot be made (a file in its place, as a full or read-only disk
-    refuses it): the first write's failure turns checkpoints off for the run with one note in the
-    job's events, and ``fit`` trains its epochs. Without the guard the first epoch's end raised
-    and the job failed."""
-    import keras
-    import numpy as np
-
-    from training.callbacks import JobCallback
-    from training.checkpoints import JobCheckpoints
-
-    blocked = tmp_path / "checkpoints"
-    blocked.write_text("")
+    """A run that reported epoch 2's end and stopped before its checkpoint (as a SIGKILL between
+    the two stops it): the next run resumes after epoch 1 and runs epoch 2 again, after a note
+    that says so; its report of epoch 2 says ``redone`` (the record's progress and the UI's
+    chart, which keys its points by epoch, take it in the earlier one's place), epoch 3's does
+    not, and the history kept has each epoch once. A run that starts over (the checkpoints
+    gone) marks all three. Before, the job's events had two reports of epoch 2, alike."""
     job_id = new_job_id()
     store.create({"model": "mnist_logreg"}, job_id)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    progress = JobCallback(store, job_id, 3, 8, 1)
-    checkpoints = JobCheckpoints(blocked, job_id, progress, None, "spec", "float32")
-    x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
-    model.fit(x, y, 8, 3, 0, [progress, checkpoints])
+    tiny_fit(store, job_id, tmp_path, interrupt_after=2, before_checkpoint=True)
+    assert checkpoint_files.last_epoch(tmp_path, job_id) == 1
+    progress, checkpoints = tiny_fit(store, job_id, tmp_path)
+    assert checkpoints.resumed == [1]
+    marks = [(r["epoch"], r.get("redone", False)) for r in epoch_reports(store, job_id)]
+    assert marks == [(1, False), (2, False), (2, True), (3, False)], marks
+    assert notes(store, job_id)[-1] == (
+        "epoch 2, which an earlier run of the job reported, is run again (this run resumed "
+        "after epoch 1, its last checkpoint): its reports of it say redone and replace the "
+        "earlier ones"
+    )
     assert [entry["epoch"] for entry in progress.history] == [1, 2, 3]
-    notes = [e["data"]["message"] for e in _events(store, job_id) if e["type"] == "log"]
-    assert len(notes) == 1 and notes[0].startswith("checkpoints are off for the rest of this run: ")
-    assert checkpoints.failed is not None and blocked.is_file()
-
-
-def test_a_checkpoint_dir_shared_with_other_folders_loses_none_of_them(
-    store: JobStore, tmp_path: Path
-) -> None:
-    """FDL_CHECKPOINT_DIR set to a folder that holds others' folders (the worker refuses its own
-    var folder, data or model repository there, tests/training/test_worker_settings.py, but not
-    another program's: another deployment's models, a cache), named as a job id may be and with
-    no record. A reaper pass and a run's end remove only checkpoints. Before, the reaper's pass
-    removed such folders whole."""
-    from training.reaper import reap_once
-    from training.run_end import end_run
-
-    var = tmp_path / "shared"
-    version = var / "models" / "mnist" / "1" / "saved_model.pb"
-    version.parent.mkdir(parents=True)
-    version.write_text("a published version")
-    (var / "cache" / "datasets").mkdir(parents=True)
-    ended, lone = new_job_id(), new_job_id()
-    _complete(var, ended, 2)
-    (var / lone).mkdir()  # a folder of another's, empty, named as a job id
-    (var / ended / "notes.txt").write_text("not a checkpoint")  # another's file in a job's
-    settings = _reaper_settings(tmp_path, var, "shared")
-    reap_once(store, settings, lambda *_: None, sweep_leftovers=False)
-    assert version.read_text() == "a published version"
-    assert (var / "cache" / "datasets").is_dir() and (var / lone).is_dir()
-    assert checkpoint_files.last_epoch(var, ended) is None  # its checkpoint went
-    assert [p.name for p in (var / ended).iterdir()] == ["notes.txt"]
-    _complete(var, ended, 3)
-    store.create({"model": "mnist_logreg"}, ended)
-    assert store.mark_running(ended, "celery@resume:3")
-    end_run(ended, store, "celery@resume:3", JobStatus.FAILED, None, "test", checkpoints=var)
-    assert [p.name for p in (var / ended).iterdir()] == ["notes.txt"]
-
-
-def test_a_fresh_temporary_folder_survives_a_reaper_whose_clock_runs_ahead(
-    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A running job's checkpoint being written (a fresh temporary folder) and a reaper on a
-    host whose clock runs an hour ahead of the shared storage's (NFS: file times are the
-    server's): the folder is kept, its age read on the storage's clock; one truly stale is
-    removed. Before, the reaper's own clock made every write in progress look an hour old, and
-    removing it under its writer turned the run's checkpoints off (or renamed a half folder in)."""
-    root = tmp_path / "checkpoints"
-    job_id = new_job_id()
-    store.create({"model": "mnist_logreg"}, job_id)
-    assert store.mark_running(job_id, "celery@resume:4")
-    _complete(root, job_id, 2)
-    fresh, stale = root / job_id / ".tmp-epoch-0003-aaaaaaaaaaaa", root / job_id / ".tmp-x"
-    for temp in (fresh, stale):
-        temp.mkdir()
-        (temp / "state.json").write_text("{}")
-    _age(stale, checkpoint_files.STALE_TEMP_S + 60)
-    real = time.time
-    monkeypatch.setattr(time, "time", lambda: real() + 3600)
-    assert checkpoint_files.sweep(store, root) == []
-    assert fresh.exists() and not stale.exists()
-    assert checkpoint_files.last_epoch(root, job_id) == 2
-
-
-def test_an_unusable_checkpoint_never_shadows_the_next_runs_ones(
-    store: JobStore, tmp_path: Path
-) -> None:
-    """A job whose checkpoint after epoch 2 cannot be used (damaged): the run that starts over
-    writes its own after epochs 1 and 2, and is interrupted; the next run resumes after epoch 2
-    from the good one. Before, the damaged one was kept: it shadowed the run's checkpoints of
-    epochs below it and, at its own epoch, was as likely taken as the new one (names sort on
-    their random part), so the job started over again."""
-    import keras
-    import numpy as np
-
-    from training.callbacks import JobCallback
-    from training.checkpoints import JobCheckpoints
-
-    job_id = new_job_id()
-    store.create({"model": "mnist_logreg"}, job_id)
-    damaged = tmp_path / job_id / "epoch-0002-ffffffffffff"
-    damaged.mkdir(parents=True)
-    (damaged / "state.json").write_text("{")
-
-    class Interrupted(Exception):
-        pass
-
-    class Interrupt(keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if epoch == 1:
-                raise Interrupted
-
-    def fit(*more: Any) -> JobCheckpoints:
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        progress = JobCallback(store, job_id, 3, 8, 1)
-        checkpoints = JobCheckpoints(tmp_path, job_id, progress, None, "spec", "float32")
-        x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
-        with contextlib.suppress(Interrupted):
-            model.fit(x, y, 8, 3, 0, [progress, checkpoints, *more])
-        return checkpoints
-
-    assert fit(Interrupt()).resumed == []
-    assert fit().resumed == [2]
-    assert not damaged.exists()
-
-
-def test_a_job_killed_after_its_last_epochs_checkpoint_is_evaluated_without_training(
-    store: JobStore, job_in_process: Any, data_dir: Path, tmp_path: Path
-) -> None:
-    """A job whose checkpoint is after its last epoch (its run killed before the evaluation or
-    the publish): the next run trains no epoch, evaluates the checkpoint's weights and
-    succeeds, its history the checkpoint's."""
-    root = tmp_path / "var" / "checkpoints"
-    written, first_loss = _checkpoint_of_a_run(store, data_dir, root)
-    job_id = new_job_id()
-    shutil.copytree(written, root / job_id / written.name)
-    result, record, _models = job_in_process(store, job_id, data_dir, **SMALL)
-    assert record["status"] == "succeeded", record
-    assert result is not None and result["resumed_after_epoch"] == [1], result
-    assert result["epochs_run"] == 1 and result["metrics"]["train_loss"] == first_loss, result
-    assert _epochs_reported(store, job_id) == []
-    assert not (root / job_id).exists()
+    assert not any("redone" in entry for entry in progress.history)
+    shutil.rmtree(tmp_path / job_id)
+    tiny_fit(store, job_id, tmp_path)
+    marks = [(r["epoch"], r.get("redone", False)) for r in epoch_reports(store, job_id)]
+    assert marks[4:] == [(1, True), (2, True), (3, True)], marks
+    assert notes(store, job_id)[-1].startswith("epochs 1 to 3, which an earlier run of the job")
