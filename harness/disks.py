@@ -23,7 +23,7 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        pytest.skip(f"platform: cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
     try:
         yield where
     finally:

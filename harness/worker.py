@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 
 from fdl.jobs import JobStatus, JobStore, new_job_id
@@ -107,6 +108,30 @@ def start_worker(
 def worker_running(*args: Any, **kwargs: Any) -> closing[Worker]:
     """:func:`start_worker`, stopped on leaving."""
     return closing(start_worker(*args, **kwargs))
+
+
+def end_unfinished_jobs(redis_url: str, reason: str) -> list[str]:
+    """End every job left queued or running on any database of the Redis at ``redis_url``, so
+    that no worker started later adopts one (its reaper re-sends a stale running job, even one
+    marked running by no real worker, to its own queue when the record names none): each is
+    cancelled, a queued one at once, a running one flagged (a live run stops at its next check)
+    and then settled as a lost run is, with ``reason``. The ids of the jobs ended."""
+    base = redis_url.rsplit("/", 1)[0]
+    with closing(redis.Redis.from_url(redis_url)) as client:
+        databases = [int(name.removeprefix("db")) for name in client.info("keyspace")]
+    ended: list[str] = []
+    for db in databases:
+        store = JobStore.from_url(f"{base}/{db}")
+        with closing(store.redis):
+            groups = store.ids_by_status()
+            for job_id in groups.get(JobStatus.QUEUED, []) + groups.get(JobStatus.RUNNING, []):
+                record = store.request_cancel(job_id) or {}
+                if record.get("status") == JobStatus.RUNNING:
+                    attempts = int(record.get("attempts") or 0)
+                    # Any heartbeat is older than an hour from now: the run counts as lost.
+                    store.settle_lost(job_id, store.now() + 3600, attempts, reason, None, reason)
+                ended.append(job_id)
+    return ended
 
 
 def write_image_folder(root: Path, images, labels, class_names, suffix: str = ".png") -> None:

@@ -19,8 +19,33 @@ os.environ.pop("LINES", None)
 from harness.gateway import Gateway, gateway_running
 from harness.ports import start_port_server, stop_port_server
 from harness.redis import redis_running
+from harness.worker import end_unfinished_jobs
 
 _PORT_SERVER = pytest.StashKey[subprocess.Popen[bytes] | None]()
+_SESSION_REDIS = pytest.StashKey[str]()
+# The reasons of the skips a CI machine may take start with this: the test needs what that
+# machine may lack and CI does not provide (root, IPv6, kubectl, a TF Serving binary) or does
+# not apply there. Under CI (CI=true) every other skip fails: a test that CI should run (its
+# browser, strace, the shared data) is never counted as passed unrun.
+PLATFORM_SKIP = "platform: "
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not (report.skipped and _under_ci()) or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(PLATFORM_SKIP):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, which must run it: {reason}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,10 +85,27 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
+) -> Iterator[str]:
     """A private Redis server on a free port, the same way `fdl up` starts one."""
     with redis_running(tmp_path_factory.mktemp("redis"), logs_dir) as url:
-        yield url
+        request.config.stash[_SESSION_REDIS] = url
+        try:
+            yield url
+        finally:
+            del request.config.stash[_SESSION_REDIS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unfinished_jobs_end_with_their_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Jobs that a module leaves queued or running on any database of the session's Redis (made
+    by hand, a worker's run cut short) are ended when it ends, after its own workers stopped:
+    a worker of a later module would adopt them (tests/test_suite_rules.py)."""
+    yield
+    url = request.config.stash.get(_SESSION_REDIS, None)
+    if url is not None:
+        end_unfinished_jobs(url, f"left unfinished by {request.module.__name__}")
 
 
 @pytest.fixture

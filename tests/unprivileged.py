@@ -22,11 +22,11 @@ def unprivileged() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without setpriv: permissions cannot deny a process")
+        pytest.skip("platform: running as root without setpriv: permissions cannot deny a process")
     prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps=-all"]
     probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()}")
+        pytest.skip(f"platform: setpriv cannot drop capabilities here: {probe.stderr.strip()}")
     return prefix
 
 

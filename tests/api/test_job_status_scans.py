@@ -25,6 +25,7 @@ import redis
 from api.jobs_snapshot import LIST_MAX_AGE_S
 from fdl.job_records import JOB_KEY
 from harness.gateway import Gateway
+from harness.procs import wait_for
 from harness.redis import redis_running
 from tests.api.bulk_records import QUEUED, RUNNING, create_records, status_reads
 
@@ -120,9 +121,7 @@ def test_concurrent_scrapes_after_the_cache_expired_scan_once(
     assert [r.status_code for r in scrapes] == [200] * CONCURRENT
     # Each took the previous counts at once; the first started one scan, in the background.
     assert {queued_gauge(r.text) for r in scrapes} == {RECORDS}
-    deadline = time.monotonic() + 30
-    while status_reads(client) < RECORDS and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: status_reads(client) >= RECORDS, 30, "the background scan", interval=0.05)
     assert status_reads(client) == RECORDS  # one scan, not one per scrape
 
 
@@ -181,15 +180,16 @@ def test_a_listing_by_status_returns_only_jobs_in_it_while_statuses_change(
                     return
                 seen.extend(response.json()["jobs"])
 
+    def more_listed(listed: int) -> Callable[[], bool]:
+        return lambda: len(seen) > listed or bool(failed)
+
     listers = [threading.Thread(target=list_queued, args=(n * 500,)) for n in range(4)]
     for thread in listers:
         thread.start()
     try:
         for batch in range(0, len(started), 50):
             # Each batch of changes after more pages were listed: changes and listings interleave.
-            listed, deadline = len(seen), time.monotonic() + 30
-            while len(seen) == listed and not failed and time.monotonic() < deadline:
-                time.sleep(0.005)
+            wait_for(more_listed(len(seen)), 30, "more pages listed", interval=0.005)
             for job_id in started[batch : batch + 50]:
                 client.hset(JOB_KEY.format(job_id), "status", json.dumps(RUNNING))
     finally:
@@ -200,17 +200,13 @@ def test_a_listing_by_status_returns_only_jobs_in_it_while_statuses_change(
     assert seen and all(job["status"] == QUEUED for job in seen)
     # Membership follows within the listings' age: poll until the count is the new one.
     expected = [i for i in ids if i not in set(started)]
-    deadline = time.monotonic() + LIST_MAX_AGE_S + 10
-    while True:
-        body = httpx.get(
-            f"{gateway.url}/v1/jobs",
-            params={"status": QUEUED, "limit": 500},
-            headers=gateway.admin(),
-        ).json()
-        if body["total"] == len(expected) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert body["total"] == len(expected)
+
+    def listed_queued() -> dict[str, Any] | None:
+        params: dict[str, str | int] = {"status": QUEUED, "limit": 500}
+        body = httpx.get(f"{gateway.url}/v1/jobs", params=params, headers=gateway.admin()).json()
+        return body if body["total"] == len(expected) else None
+
+    body = wait_for(listed_queued, LIST_MAX_AGE_S + 10, f"{len(expected)} queued", interval=0.05)
     assert [j["id"] for j in body["jobs"]] == expected[:500]  # newest first
 
 

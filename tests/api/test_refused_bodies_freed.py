@@ -243,7 +243,7 @@ def left_behind(send: Callable[[], Any], most: int) -> tuple[set[Any], int]:
         while (left := tracemalloc.get_traced_memory()[0] - before) > most:
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.01)
+            time.sleep(0.01)  # a poll to SETTLE_S; what is still left is returned, not raised
         return answers, left
     finally:
         gc.enable()

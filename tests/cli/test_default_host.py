@@ -93,7 +93,7 @@ def test_a_gateway_on_a_specific_address_is_the_default(
         assert code == ExitCode.OK, out
 
 
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="platform: no IPv6 loopback here")
 def test_an_ipv6_address_goes_in_brackets(tmp_path: Path, logs_dir: Path, redis_url: str) -> None:
     with gateway_on("::1", "ipv6-loopback", tmp_path, logs_dir, redis_url) as port:
         code, out = fdl(
@@ -259,7 +259,7 @@ def test_an_address_of_this_machine_uses_the_key_file_and_no_proxy(
 ) -> None:
     address = interface_address()
     if address is None:
-        pytest.skip("no interface here with an IPv4 address other than loopback")
+        pytest.skip("platform: no interface here with an IPv4 address other than loopback")
     (tmp_path / "here" / "var").mkdir(parents=True)
     (tmp_path / "here" / "var" / "api_key").write_text(ADMIN_KEY)
     with (

@@ -147,7 +147,7 @@ def test_a_process_that_took_a_leftovers_pid_is_left_alone(moment: str, tmp_path
     is ("scan"), or between `fdl up`'s last look at it and its signal ("signal"; as on a Linux
     without pidfds, "signal-without-pidfd"): the unrelated process lives."""
     if not pid_namespaces():
-        pytest.skip("this machine gives no process a pid namespace of its own (unshare)")
+        pytest.skip("platform: this machine gives no process a pid namespace of its own (unshare)")
     var = str(tmp_path.resolve() / "var")
     code = f"from {__name__} import reuse_pid_while; reuse_pid_while({moment!r}, {var!r})"
     argv = [*UNSHARE, sys.executable, "-c", code]

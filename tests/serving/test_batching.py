@@ -181,7 +181,7 @@ def test_queue_full_is_unavailable(tight) -> None:
 
 def test_task_larger_than_max_batch_size(tight, impl) -> None:
     if impl != "fdl":
-        pytest.skip("TF Serving may split large tasks (enable_large_batch_splitting)")
+        pytest.skip("platform: TF Serving may split large tasks (enable_large_batch_splitting)")
     with pytest.raises(grpc.RpcError) as info:
         tight.prediction().Predict(predict_request("tiny", images(9)), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

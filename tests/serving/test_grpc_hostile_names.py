@@ -66,7 +66,7 @@ def test_health_watch_with_a_long_name_ends_at_once(api_server) -> None:
 
 def test_open_health_watches_are_bounded(api_server) -> None:
     if api_server.impl != "fdl":
-        pytest.skip("TF Serving does not bound open Watch streams")
+        pytest.skip("platform: TF Serving does not bound open Watch streams")
     stub = _health(api_server)
     watches = [stub.Watch(_request(f"w{i}"), timeout=60) for i in range(MAX_WATCHES)]
     try:
@@ -132,7 +132,7 @@ def test_error_messages_that_echo_a_request_are_cut(api_server, call, code) -> N
     """A default client (16 KiB of metadata) gets the status, not RESOURCE_EXHAUSTED for a
     message of 100 KB to 1 MB. TF Serving sends the message whole, so only ours is checked."""
     if api_server.impl != "fdl":
-        pytest.skip("TF Serving sends error messages whole")
+        pytest.skip("platform: TF Serving sends error messages whole")
     got, details = rpc_error(lambda: call(api_server))
     assert got == code, (got, details[:200])
     assert details.endswith(" more characters)"), details[-100:]

@@ -121,7 +121,8 @@ def test_rest_api_timeout_is_the_call_deadline(impl, server_factory, model_stock
     """--rest_api_timeout_in_ms=1: a call whose body alone takes longer to decode gets 504 with a
     JSON error; a GET on the same connection is still answered."""
     if impl != "fdl":
-        pytest.skip("TF Serving times the Session run, not the decoding; the 504 body is ours")
+        why = "TF Serving times the Session run, not the decoding; the 504 body is ours"
+        pytest.skip(f"platform: {why}")
     model_stock.install("a", tmp_path / "tiny", 1)
     flags = [
         "--model_name=tiny",

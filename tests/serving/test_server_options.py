@@ -121,7 +121,7 @@ def test_outputs_in_tensor_content(optioned) -> None:
 
 def test_warmup_iterations(optioned, impl) -> None:
     if impl != "fdl":
-        pytest.skip("the warmup log line checked here is fdl-model-server's own")
+        pytest.skip("platform: the warmup log line checked here is fdl-model-server's own")
     log = optioned.process.log_tail(200_000)
     assert "tiny version 1: 2 warmup requests, each run 3 times" in log  # "a" carries two
 

@@ -108,7 +108,7 @@ def _run_as() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without setpriv: permissions cannot deny the server")
+        pytest.skip("platform: running as root without setpriv: permissions cannot deny the server")
     return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

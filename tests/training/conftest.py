@@ -3,6 +3,7 @@ and small datasets."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from fdl.jobs import JobStore
-from harness.worker import MNIST_TINY, Worker, start_worker, write_image_folder
+from harness.worker import MNIST_TINY, TEST_QUEUE, Worker, start_worker, write_image_folder
 
 # What run_job returned, the job's record, and the model folder it publishes into.
 JobRun = tuple[dict[str, Any] | None, dict[str, Any], Path]
@@ -21,9 +22,12 @@ JobRun = tuple[dict[str, Any] | None, dict[str, Any], Path]
 def training_worker(
     redis_url: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory, logs_dir: Path
 ) -> Iterator[Worker]:
-    worker = start_worker(
-        "training-worker", redis_url, data_dir, tmp_path_factory.mktemp("worker"), logs_dir
-    )
+    # A queue of its own: it lives through every later module of this process, whose workers
+    # consume TEST_QUEUE on the same Redis; on theirs it took their jobs (every test of it
+    # submits to worker.queue).
+    queue = {"FDL_TRAINING_QUEUE": f"{TEST_QUEUE}-session-{os.getpid()}"}
+    root = tmp_path_factory.mktemp("worker")
+    worker = start_worker("training-worker", redis_url, data_dir, root, logs_dir, queue)
     yield worker
     worker.process.stop()
 

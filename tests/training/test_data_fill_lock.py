@@ -89,7 +89,7 @@ def test_a_fill_lock_that_another_user_created_is_still_taken() -> None:
     all the same. Before, it filled without the lock, and a load that found nobody filling
     removed its file in progress."""
     if os.geteuid() != 0:
-        pytest.skip("needs root, to own the lock file and run a filler as another user")
+        pytest.skip("platform: needs root, to own the lock file and run a filler as another user")
     # Not under tmp_path: pytest's folders there are private to root.
     with tempfile.TemporaryDirectory(prefix="fdl-shared-cache-") as name:
         shared = Path(name)
@@ -139,7 +139,7 @@ def read_only(folder: Path) -> Iterator[None]:
         )
         if done.returncode != 0:
             subprocess.run(["umount", str(folder)], capture_output=True, check=False)
-            pytest.skip(f"cannot mount {folder} read-only: {done.stderr.strip()}")
+            pytest.skip(f"platform: cannot mount {folder} read-only: {done.stderr.strip()}")
     try:
         yield
     finally:

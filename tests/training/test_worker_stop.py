@@ -227,7 +227,7 @@ def _run_under_the_handler(marked: Any, inside: Any) -> None:
         inside.set()
         deadline = time.monotonic() + 10
         while not worker_stop.requested() and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.01)  # a poll to the deadline; none by then is exit 4, not a raise
     os._exit(3 if worker_stop.requested() else 4)
 
 
