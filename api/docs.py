@@ -8,7 +8,10 @@ builds the pages with FastAPI's helpers pointed at those local URLs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 from importlib.resources import files
 from os import PathLike
 from pathlib import Path
@@ -28,12 +31,17 @@ FAVICON_URL = "/ui/favicon.svg"
 SWAGGER_PARAMETERS = {"validatorUrl": None}
 # The pages may load nothing from elsewhere (ReDoc's footer links a logo on a CDN): the browser
 # refuses it before any request leaves the machine. ReDoc builds its search worker from a blob.
-DOCS_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+# Scripts: the gateway's files, and the page's own inline script (Swagger UI's set-up, which
+# FastAPI writes into the page) by its SHA-256 ({scripts}); no other inline script runs, so
+# markup that got into the page (a description in the OpenAPI document) cannot run one.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self'{scripts}; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:; worker-src 'self' blob:; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-}
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+# A script element without attributes: an inline script of FastAPI's page (``<script src=…>``
+# loads a file).
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 # ...and its "API docs by Redocly" link, whose logo that policy blocks, is not shown at all.
 _REDOC_STYLE = '<style>a[href*="redocly.com"] { display: none; }</style>\n</head>'
 
@@ -87,9 +95,20 @@ def without_range(scope: Scope) -> Scope:
     return {**scope, "headers": kept}
 
 
+def docs_policy(html: str) -> str:
+    """The Content-Security-Policy of a docs page ``html``: its inline scripts allowed by their
+    hashes, computed from the page as it is sent (its OpenAPI URL holds the root path)."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    return DOCS_POLICY.format(scripts=hashes)
+
+
 def _with_headers(page: HTMLResponse, html: str | None = None) -> HTMLResponse:
     body = html if html is not None else bytes(page.body).decode()
-    return HTMLResponse(body, headers=DOCS_HEADERS)
+    headers = {"Content-Security-Policy": docs_policy(body), "Referrer-Policy": "no-referrer"}
+    return HTMLResponse(body, headers=headers)
 
 
 def install_docs(app: FastAPI) -> None:

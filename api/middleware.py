@@ -154,11 +154,12 @@ class GatewayMiddleware:
         try:
             if (
                 self.allowed_hosts is not None
-                and host is not None
-                and host_name(host) not in self.allowed_hosts
+                and (host is None or host_name(host) not in self.allowed_hosts)
                 and scope["path"] not in PROBE_PATHS
             ):
-                # DNS rebinding: a page whose name now resolves to this gateway's address.
+                # DNS rebinding: a page whose name now resolves to this gateway's address. No
+                # Host at all (HTTP/1.0 only: fdl/http_guard.py refuses HTTP/1.1 without one)
+                # names no listed host either, as Starlette's TrustedHostMiddleware decides.
                 await send_error(send_with_id, host_not_allowed(host))
                 return
             size = declared_length(length, self.max_body_bytes)

@@ -17,14 +17,21 @@ class BodyTooLarge(ApiError):
         super().__init__(413, "body_too_large", f"the request body exceeds {limit:,} bytes")
 
 
-def host_not_allowed(host: bytes) -> ApiError:
-    shown = host[:100].decode("latin-1")
-    return ApiError(
-        400,
-        "host_not_allowed",
-        f"the Host header {shown!r} is not a name this gateway answers to (FDL_ALLOWED_HOSTS); "
-        "use one of those, e.g. http://localhost:<port>",
-    )
+def host_not_allowed(host: bytes | None) -> ApiError:
+    """The refusal of a request whose Host is not in FDL_ALLOWED_HOSTS, or that has none (an
+    HTTP/1.0 request)."""
+    if host is None:
+        said = (
+            "the request has no Host header, and this gateway answers only to the names in "
+            "FDL_ALLOWED_HOSTS; send one of those (HTTP/1.1 always does)"
+        )
+    else:
+        shown = host[:100].decode("latin-1")
+        said = (
+            f"the Host header {shown!r} is not a name this gateway answers to "
+            "(FDL_ALLOWED_HOSTS); use one of those"
+        )
+    return ApiError(400, "host_not_allowed", f"{said}, e.g. http://localhost:<port>")
 
 
 def host_name(value: bytes) -> bytes:

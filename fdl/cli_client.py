@@ -77,8 +77,8 @@ KeyOption = Annotated[
     typer.Option(
         "--api-key",
         envvar="FDL_API_KEY",
-        help="Admin API key. Default: FDL_API_KEY; failing that, for a gateway on this machine "
-        "(localhost, a loopback address, the default URL), the key `fdl up` stored in "
+        help="Admin API key. Default: FDL_API_KEY; failing that, for the gateway `fdl up` "
+        "started (the URL it recorded in $FDL_VAR_DIR/gateway_url), the key it stored in "
         "$FDL_VAR_DIR/api_key.",
         show_default=False,
     ),
@@ -157,11 +157,12 @@ def clean_key(key: str | None, source: str) -> str | None:
     return key or None
 
 
-def stored_key(url: str, defaulted: bool = False) -> str | None:
-    """The key `fdl up` generated, for a gateway on this machine only (never sent elsewhere): a
-    loopback URL, or the default URL (which only ever names this machine)."""
-    path = key_file() if defaulted or is_local(url) else None
-    if path is None:
+def stored_key(url: str) -> str | None:
+    """The key `fdl up` generated, for the gateway it started only (never sent elsewhere, nor to
+    another port on this machine): ``url`` must name the gateway it recorded
+    (:func:`fdl.cli_local.is_own_gateway`)."""
+    path = key_file()
+    if path is None or not local.is_own_gateway(url, path.parent):
         return None
     try:
         key = path.read_text()
@@ -179,8 +180,10 @@ class Gateway:
         self.url = (url or default_url()).rstrip("/")
         # The default URL names this machine only, a non-loopback address of it included.
         self.local = self.defaulted or is_local(self.url)
-        self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or stored_key(
-            self.url, self.local
+        # The stored key only where no proxy is used: a gateway named by an address of this
+        # machine that is not loopback, given by --url, is reached through HTTP_PROXY.
+        self.api_key = clean_key(api_key, "--api-key / FDL_API_KEY") or (
+            stored_key(self.url) if self.local else None
         )
         headers = {"User-Agent": "fdl-cli"}
         if self.api_key:
@@ -274,12 +277,17 @@ class Gateway:
     def no_key_hint(self) -> str:
         """What to do when no key was sent, saying where the CLI looked for one."""
         path = key_file()
+        shown = (
+            path if path is None or path.is_absolute() or path.parts[:1] == ("..",) else f"./{path}"
+        )
         if not self.local:
             looked = "the key file of `fdl up` is only read for a gateway on this machine"
         elif path is None:
             looked = "FDL_VAR_DIR (or the .env here) could not be read to find `fdl up`'s key"
+        elif path.is_file() and not local.is_own_gateway(self.url, path.parent):
+            own = local.own_gateway(path.parent) or "none recorded"
+            looked = f"the key `fdl up` stored in {shown} goes only to its own gateway ({own})"
         else:
-            shown = path if path.is_absolute() or path.parts[:1] == ("..",) else f"./{path}"
             looked = f"none found in {shown} (FDL_VAR_DIR/api_key, from {Path.cwd()})"
         return (
             f"no key given and {looked}: set FDL_API_KEY or pass --api-key (`fdl up` prints "

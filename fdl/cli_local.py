@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings
 from fdl.settings import FDL_SETTINGS, NOT_A_PORT
 
 DEFAULT_HOST = "127.0.0.1"
+# Where `fdl up` records its gateway's URL (in FDL_VAR_DIR, beside the key it stored): the only
+# gateway that key is sent to.
+GATEWAY_URL_FILE = "gateway_url"
 LOCAL_NAMES = frozenset({"localhost"})
 # The ports a server can listen on and a client reach it at; `fdl up` checks its own with it.
 PORTS = range(1, 65536)
@@ -155,6 +158,51 @@ def url_problem(url: str) -> str | None:
     if not parsed.host:
         return "it names no host"
     return None
+
+
+def recorded_url(host: str, port: int) -> str | None:
+    """The URL `fdl up` records for its gateway on FDL_GATEWAY_HOST ``host`` and port ``port``:
+    the default URL those settings make (127.0.0.1 for a wildcard); None for a host that is not
+    this machine's (a host name), whose gateway the CLI never sends the stored key to."""
+    try:
+        return str(httpx.URL(scheme="http", host=local_host(host), port=port))
+    except ValueError:
+        return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """Scheme, lower-case host and port (the scheme's default if none) of ``url``."""
+    try:
+        parsed = httpx.URL(url.strip())
+    except httpx.InvalidURL:
+        return None
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return parsed.scheme, parsed.host.lower(), port
+
+
+def own_gateway(var_dir: Path) -> str | None:
+    """The URL of the gateway `fdl up` over ``var_dir`` started: the one it recorded in
+    ``var_dir``/gateway_url; with no record there (a folder of a release before it kept one), the
+    default URL (FDL_GATEWAY_HOST and FDL_GATEWAY_PORT, as `fdl up` binds its gateway). None when
+    neither can be read."""
+    try:
+        return (var_dir / GATEWAY_URL_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):  # unreadable, or not text: no gateway of its own
+        return None
+    try:
+        return default_url()
+    except BadLocalSetting:
+        return None
+
+
+def is_own_gateway(url: str, var_dir: Path) -> bool:
+    """Whether ``url`` names the gateway `fdl up` over ``var_dir`` started (same scheme, host
+    and port as :func:`own_gateway`): the only one its stored key is sent to. Another service on
+    another loopback port (anyone's on this machine) never gets it."""
+    own = own_gateway(var_dir)
+    return own is not None and _origin(url) is not None and _origin(url) == _origin(own)
 
 
 def is_local(url: str) -> bool:

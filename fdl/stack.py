@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from pydantic_settings import BaseSettings
 
+from fdl.cli_local import GATEWAY_URL_FILE, recorded_url
 from fdl.redis_server import redis_password_config, redis_server_argv
 from fdl.repository import sync_config
 from fdl.settings import FDL_SETTINGS, CommonSettings, check_keys, split_keys
@@ -154,6 +155,18 @@ def write_redis_url(var_dir: Path, url: str) -> Path:
     return path
 
 
+def record_gateway(var_dir: Path, host: str, port: int) -> None:
+    """Record the URL of the gateway this stack starts (var/gateway_url), the only one the CLI
+    sends the key stored here to (fdl/cli_local.py); a host that is not this machine's gets no
+    record, and an earlier record is removed."""
+    path = var_dir / GATEWAY_URL_FILE
+    url = recorded_url(host, port)
+    if url is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_private(path, url + "\n")
+
+
 # Query parameters of a Redis URL that redis-py reads as credentials (redis://host/0?password=).
 SECRET_QUERY = ("password", "username")
 
@@ -233,6 +246,7 @@ def plan_stack(settings: CommonSettings) -> Stack:
         env["FDL_REDIS_URL"] = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
         stack.commands["redis"] = redis_server_argv(port, var_dir / "redis", config_file=config)
     write_redis_url(var_dir, env["FDL_REDIS_URL"])
+    record_gateway(var_dir, settings.gateway_host, settings.gateway_port)
     stack.commands["serving"] = model_server_argv(settings, config_file)
     stack.commands["worker"] = list(WORKER_ARGV)
     stack.commands["gateway"] = ["fdl-gateway"]

@@ -24,6 +24,7 @@ from fdl.jobs import JobStatus, JobStore, NotThisRun
 from fdl.jobspec import JobSpec
 from fdl.store_retry import TRANSIENT_ERRORS, store_state
 from training.data import DataMissingError
+from training.error_paths import shown_error
 from training.heartbeat import Heartbeat
 from training.publish import RepositoryFull, naming_full_disk
 from training.run_checks import Cancelled, check_cancel, check_under_lock, shown_path, unpublished
@@ -143,7 +144,7 @@ def _attempt(
         return JobStatus.CANCELLED, None, "cancelled by request"
     except (DataMissingError, TimedOut, RepositoryFull) as error:
         log.warning("job %s failed: %s", job_id, error)
-        return JobStatus.FAILED, None, str(error)
+        return JobStatus.FAILED, None, shown_error(str(error), settings)
     except TRANSIENT_ERRORS as error:
         # The job store stayed away longer than FDL_REDIS_RETRY_S: "failed" would end, for an
         # outage, a job that a re-run can finish. Left running, its heartbeat goes stale and a
@@ -154,7 +155,7 @@ def _attempt(
         return None
     except Exception as error:
         log.exception("job %s failed", job_id)
-        return JobStatus.FAILED, None, failure_message(error)
+        return JobStatus.FAILED, None, shown_error(failure_message(error), settings)
     return JobStatus.SUCCEEDED, result, None
 
 

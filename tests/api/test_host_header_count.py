@@ -3,8 +3,10 @@ answered 400 (``malformed_request``, JSON, nosniff, the connection closed) by th
 (fdl/http_guard.py), before the app: by the gateway, whatever FDL_ALLOWED_HOSTS (before, the last
 Host was the one checked against it, and a proxy reading the first would route by another name),
 and by the model server's REST front end (with httptools; h11, with CORS support on, refused them
-already, now saying why). HTTP/1.0 needs no Host. The probes' ordinary requests (kubelet,
-`fdl.healthcheck`, the model server's compose healthcheck) are answered as before.
+already, now saying why). HTTP/1.0 needs no Host (where FDL_ALLOWED_HOSTS is set, its keyed
+paths then name no listed host: 400 ``host_not_allowed``, from the app). The probes' ordinary
+requests (kubelet, `fdl.healthcheck`, the model server's compose healthcheck) are answered as
+before.
 
 Real gateways and model servers, spoken to over raw sockets.
 """
@@ -115,10 +117,20 @@ def test_a_refused_request_never_reaches_the_app(listed: Gateway) -> None:
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models"])
-def test_http10_without_host_is_answered(either: Gateway, path: str) -> None:
+def test_http10_without_host_is_answered(either: Gateway, listed: Gateway, path: str) -> None:
+    """By the app, not the HTTP layer: the probes answer; a keyed path is 401 without the key
+    where any host is served, and 400 ``host_not_allowed`` where FDL_ALLOWED_HOSTS is set (no
+    Host names no listed one: tests/api/test_host_header_absent.py)."""
     response = _ask(_port(either), f"GET {path} HTTP/1.0\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 "), response[:300]
-    assert _status(response) in ((401,) if path == "/v1/models" else (200, 503)), response[:300]
+    if path != "/v1/models":
+        assert _status(response) in (200, 503), response[:300]
+    elif either is listed:
+        assert _status(response) == 400, response[:300]
+        body = response.partition(b"\r\n\r\n")[2]
+        assert json.loads(body)["error"]["code"] == "host_not_allowed", response[:300]
+    else:
+        assert _status(response) == 401, response[:300]
 
 
 def test_probes_with_one_host_are_answered(either: Gateway) -> None:

@@ -1,17 +1,29 @@
 """The admin key as the CLI sends it: surrounding whitespace cut, an empty or whitespace-only
-FDL_API_KEY / --api-key or key file counting as none (a local gateway's stored key is used), and
-a key no HTTP header can carry refused as a usage error; against a real gateway."""
+FDL_API_KEY / --api-key or key file counting as none (the stored key of the gateway `fdl up`
+recorded is used), and a key no HTTP header can carry refused as a usage error; against a real
+gateway, recorded as `fdl up` records its own (var/gateway_url)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from fdl.cli import app
 from fdl.cli_client import ExitCode
+from fdl.stack import record_gateway
 from harness.gateway import ADMIN_KEY, Gateway
+
+
+def store_key(gateway: Gateway, var_dir: Path, key: str) -> None:
+    """``var_dir`` as `fdl up` leaves it for ``gateway``: ``key`` stored, its URL recorded (the
+    only gateway the stored key is sent to)."""
+    (var_dir / "api_key").write_text(key)
+    port = httpx.URL(gateway.url).port
+    assert port is not None, gateway.url
+    record_gateway(var_dir, "127.0.0.1", port)
 
 
 def fdl_jobs(gateway: Gateway, var_dir: Path, key: str | None, *extra: str):
@@ -23,7 +35,7 @@ def fdl_jobs(gateway: Gateway, var_dir: Path, key: str | None, *extra: str):
 def test_a_blank_key_counts_as_none_and_the_stored_key_is_used(
     gateway: Gateway, tmp_path: Path, blank: str
 ) -> None:
-    (tmp_path / "api_key").write_text(f"{ADMIN_KEY}\n")
+    store_key(gateway, tmp_path, f"{ADMIN_KEY}\n")
     for result in (
         fdl_jobs(gateway, tmp_path, blank),
         fdl_jobs(gateway, tmp_path, None, "--api-key", blank),
@@ -37,7 +49,7 @@ def test_no_key_anywhere_is_refused_by_the_gateway_with_the_hint(
     gateway: Gateway, tmp_path: Path, stored: str | None
 ) -> None:
     if stored is not None:
-        (tmp_path / "api_key").write_text(stored)
+        store_key(gateway, tmp_path, stored)
     result = fdl_jobs(gateway, tmp_path, "  ")
     assert result.exit_code == ExitCode.AUTH, result.output
     assert "set FDL_API_KEY" in " ".join(result.output.split())
@@ -54,7 +66,7 @@ def test_a_key_no_header_can_carry_is_a_usage_error(
 ) -> None:
     key = "admin-key-é-0123456789"
     if where == "key file":
-        (tmp_path / "api_key").write_text(key)
+        store_key(gateway, tmp_path, key)
     result = fdl_jobs(gateway, tmp_path, key if where == "FDL_API_KEY" else None)
     assert result.exit_code == ExitCode.USAGE, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fdl.cli import app
 from fdl.cli_client import ExitCode, stored_key
 from fdl.cli_train import build_spec
+from fdl.stack import record_gateway
 from harness.procs import free_port
 
 runner = CliRunner()
@@ -104,8 +105,13 @@ def test_spec_file_with_options_on_top(tmp_path: Path) -> None:
 def test_the_stored_key_is_only_sent_to_a_local_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Only to the gateway `fdl up` recorded beside the key (var/gateway_url): never to another
+    local port, nor to another machine."""
     (tmp_path / "api_key").write_text("local-key\n")
+    record_gateway(tmp_path, "127.0.0.1", 8000)
     monkeypatch.setenv("FDL_VAR_DIR", str(tmp_path))
     assert stored_key("http://127.0.0.1:8000") == "local-key"
-    assert stored_key("http://localhost:9000/") == "local-key"
+    assert stored_key("http://127.0.0.1:8000/") == "local-key"
+    assert stored_key("http://127.0.0.1:9000") is None
+    assert stored_key("http://localhost:9000/") is None
     assert stored_key("https://fdl.example.com") is None

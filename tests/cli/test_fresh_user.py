@@ -21,6 +21,7 @@ from fdl.cli import app
 from fdl.cli_client import ExitCode
 from fdl.job_records import JobStatus
 from fdl.jobs import JobStore
+from fdl.stack import record_gateway
 from harness.cli import BackgroundCli
 from harness.gateway import ADMIN_KEY, Gateway, bearer
 from harness.mnist import mnist_test_digits
@@ -127,6 +128,7 @@ def test_a_gateway_on_this_machine_is_never_reached_through_a_proxy(
     from `fdl up`'s key file, to the proxy. A proxy that answers nothing would fail the call."""
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "api_key").write_text(ADMIN_KEY)
+    record_gateway(tmp_path / "var", "127.0.0.1", int(port_of(gateway)))  # as `fdl up` does
     monkeypatch.chdir(tmp_path)
     dead_proxy = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("HTTP_PROXY", dead_proxy)
@@ -211,6 +213,7 @@ def test_the_no_key_hint_names_the_key_file_it_tried(
     assert str(elsewhere / "api_key") in result.flat
     elsewhere.mkdir()
     (elsewhere / "api_key").write_text(ADMIN_KEY)
+    record_gateway(elsewhere, "127.0.0.1", int(port_of(gateway)))  # as `fdl up` does
     assert fdl("jobs", "--url", gateway.url, FDL_VAR_DIR=str(elsewhere)).exit_code == ExitCode.OK
 
 

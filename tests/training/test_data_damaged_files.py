@@ -199,5 +199,7 @@ def test_a_job_on_a_truncated_mnist_file_fails_once_naming_it(
         job_id = worker.submit(model="mnist_logreg", publish_as="damaged", **MNIST_TINY)
         record = worker.wait_done(job_id, timeout=120)
     assert record["status"] == "failed", record
-    assert record["error"] == f"{path} {ENDS_EARLY}"
+    # The worker's data folder shown by its setting (training/error_paths.py).
+    assert path == tmp_path / "data" / "mnist" / FILES["y_train"]
+    assert record["error"] == f"$FDL_DATA_DIR/mnist/{FILES['y_train']} {ENDS_EARLY}"
     assert int(record["attempts"]) == 1

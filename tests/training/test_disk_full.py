@@ -1,6 +1,6 @@
 """A model repository (FDL_MODEL_DIR) that fills up while a job writes its version: the job
 fails at once (no retry), publishes nothing, leaves no export behind, and its error says what
-to do: ``the model repository (FDL_MODEL_DIR=…) is full: no space left on device while writing
+to do: ``the model repository (FDL_MODEL_DIR) is full: no space left on device while writing
 <the file, or the SavedModel>; free space and submit the job again``. Before, the job's error
 was a bare ``OSError: [Errno 28] No space left on device`` (the config's write after the
 rename) or TensorFlow's ``ResourceExhaustedError: {{function_node __wrapped__SaveV2…}}``.
@@ -36,9 +36,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[
         yield JobStore.from_url(url)
 
 
-def full(model_dir: Path, writing: str) -> str:
+def full(writing: str) -> str:
+    """A job's error for a full model repository, the worker's folders shown by their settings
+    (training/error_paths.py): its path is not in the record."""
     return (
-        f"the model repository (FDL_MODEL_DIR={model_dir}) is full: no space left on device "
+        "the model repository (FDL_MODEL_DIR) is full: no space left on device "
         f"while writing {writing}; free space and submit the job again"
     )
 
@@ -59,7 +61,7 @@ def test_a_full_disk_while_tensorflow_writes_the_variables(
         fill(model_dir)
         result, record, _ = job_in_process(store, "variables", data_dir, **TINY)
         assert result is None
-        assert record["error"] == full(model_dir, "the SavedModel"), record["error"]
+        assert record["error"] == full("the SavedModel"), record["error"]
         assert_nothing_left(model_dir, "variables", record)
 
 
@@ -82,7 +84,7 @@ def test_a_full_disk_when_the_config_is_written_after_the_rename(
             result, record, _ = job_in_process(store, job_id, data_dir, SETTINGS, **TINY)
         assert holder.error is None, (holder.error, record)
         assert result is None
-        assert record["error"] == full(model_dir, str(model_dir / CONFIG_FILE)), record["error"]
+        assert record["error"] == full(f"$FDL_MODEL_DIR/{CONFIG_FILE}"), record["error"]
         assert_nothing_left(model_dir, job_id, record)
 
 

@@ -58,7 +58,9 @@ def test_an_image_folder_whose_train_folders_are_empty_fails_the_job(
     )  # fmt: skip
     assert result is None
     assert record["status"] == "failed"
-    assert record["error"] == f"dataset 'emptytrain': no images under {root / 'train'}"
+    assert root == data_dir / "emptytrain"
+    # The worker's data folder shown by its setting (training/error_paths.py).
+    assert record["error"] == "dataset 'emptytrain': no images under $FDL_DATA_DIR/emptytrain/train"
     assert not (settings.model_dir / "m").exists()
 
 
