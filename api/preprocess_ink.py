@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from api.mask_components import components
-from api.preprocess_sheet import desk_mask
+from api.preprocess_sheet import desk_mask, margin_pieces
 
 # Ink above this (of 255, the strongest) is what the box is measured on; fainter ink is cut.
 _SOLID_INK = 64
@@ -175,10 +175,11 @@ def ink_box(ink: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box of the ink (top, bottom, left, right; exclusive), ignoring specks."""
     solid = ink > _SOLID_INK
     if min(ink.shape) > 64:  # specks of noise only matter in photos, which are larger
-        bars = _edge_bars(solid)
-        if bars is not None:
-            ink = np.where(bars, 0, ink)
-            solid &= ~bars
+        for strip in (_edge_bars, margin_pieces):  # a status bar first, then icons
+            apart = strip(solid)
+            if apart is not None:
+                ink = np.where(apart, 0, ink)
+                solid &= ~apart
         solid = _without_specks(ink, solid)
     if not solid.any():
         solid = ink > 0

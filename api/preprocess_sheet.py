@@ -5,7 +5,8 @@ darker desk around it has a dark border, yet its digit is dark ink on the light 
 the sheet, so that the ink is read as on light paper, inside the sheet only.
 
 A sheet is the largest light region after a global (Otsu) threshold where it is light paper (its
-median above 127), at least 5% of the frame, holding something darker (the ink: holes in it).
+median above 127, or, dimly lit, 1.3 times the desk's median and 16 levels above it), at least 5%
+of the frame, holding something darker (the ink: holes in it).
 Those holes filled, it must be a quadrilateral seen at any angle and in perspective: filling at
 least 75% of its best rotated rectangle, that rectangle's shorter side a quarter of the frame's
 or more, with straight edges (of the outline's points, where the outline is sampled every 1/12 of
@@ -16,7 +17,8 @@ bold at 256 pixels, strokes up to a third of the digit wide: at most 68% straigh
 up to 45 degrees or in perspective: at least 82%). A sheet is also mostly paper (60% of it, holes
 filled, above the threshold), where the loop of a bold white 0 or 8, square ones too, is mostly
 hole; and no image of 128 pixels or less is one (the ring of an upscaled MNIST 0 passed for
-straight edges there).
+straight edges there). Around a drawing app's canvas, the ink near the frame's edge and well apart
+from the digit (toolbar icons, palette swatches) is no part of it (:func:`margin_pieces`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ _MAX_SMALL_SIDE = 128
 # Of the sheet (holes filled, edge left out), how much must be light paper: a sheet is mostly
 # paper, the loop of a bold white "0" or "8" is mostly hole.
 _MIN_PAPER = 0.6
+# A dim sheet (its median at most 127) is paper when its median is at least this many times the
+# rest of the frame's, and this many levels above it (the desk's grain and noise are less).
+_DIM_RATIO = 1.3
+_DIM_CONTRAST = 16
 _MIN_AREA = 0.05  # of the frame
 _MIN_EXTENT = 0.25  # the rotated rectangle's shorter side, of the frame's shorter side
 _MIN_BOX_FILL = 0.35  # a quick test first: of its upright bounding box (a square turned 45
@@ -63,7 +69,7 @@ def desk_mask(pixels: np.ndarray) -> np.ndarray | None:
     if size < _MIN_AREA * pixels.size or size < _MIN_BOX_FILL * (bottom - top) * (right - left):
         return None
     sheet = parts.mask(np.arange(parts.count) == index)
-    if _median(pixels[sheet]) <= 127:
+    if not _paper(pixels, sheet):
         return None
     # The outline is the sheet's with its holes filled too (they lie inside it): shape first, as
     # the area inside the outline bounds the filled sheet's, then the holes.
@@ -87,6 +93,17 @@ def desk_mask(pixels: np.ndarray) -> np.ndarray | None:
     if np.count_nonzero(light & inner) < _MIN_PAPER * np.count_nonzero(inner):
         return None
     return desk
+
+
+def _paper(pixels: np.ndarray, sheet: np.ndarray) -> bool:
+    """Whether the light region is paper: light (its median above 127), or lit dimly (a sheet on
+    a dark desk in a dim room) and yet clearly lighter than the rest of the frame: its median at
+    least ``_DIM_RATIO`` times the rest's and ``_DIM_CONTRAST`` levels above it."""
+    level = _median(pixels[sheet])
+    if level > 127:
+        return True
+    rest = _median(pixels[~sheet])
+    return level >= _DIM_RATIO * rest and level >= rest + _DIM_CONTRAST
 
 
 def _holes(other: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -184,3 +201,43 @@ def _otsu(pixels: np.ndarray) -> int:
 def _median(values: np.ndarray) -> float:
     half = values.size // 2
     return float(np.partition(values, half)[half]) if values.size else 0.0
+
+
+# Ink pieces wholly within this share of the frame from an edge, apart from the digit's main piece
+# (the largest, wholly beyond that band) by at least _MARGIN_GAP of its size, are no part of the
+# digit: a drawing app's toolbar icons and palette swatches around its canvas.
+_MARGIN_BAND = 1 / 6
+_MARGIN_GAP = 0.3
+
+
+def margin_pieces(solid: np.ndarray) -> np.ndarray | None:
+    """The pieces of ``solid`` ink (a mask, with no bar across the frame) lying wholly within
+    ``_MARGIN_BAND`` of an edge while the largest piece lies wholly beyond it, at least
+    ``_MARGIN_GAP`` of its size away: a screenshot's icons and swatches. None when there are none.
+    A digit touching the frame, or whose detached stroke (a 5's bar) lies near it, keeps it all."""
+    height, width = solid.shape
+    band_y, band_x = int(height * _MARGIN_BAND), int(width * _MARGIN_BAND)
+    if not (
+        solid[:band_y].any()
+        or solid[height - band_y :].any()
+        or solid[:, :band_x].any()
+        or solid[:, width - band_x :].any()
+    ):
+        return None  # the common case, decided cheaply
+    pieces = components(solid, _MAX_RUNS_PER_ROW * height)
+    if pieces is None or pieces.count < 2:
+        return None
+    top, bottom, left, right = pieces.boxes.T
+    main = int(np.argmax(pieces.sizes))
+    gap = _MARGIN_GAP * max(bottom[main] - top[main], right[main] - left[main])
+    drop = np.zeros(pieces.count, bool)
+    for near, far, size in (
+        (top, bottom, height),
+        (height - bottom, height - top, height),
+        (left, right, width),
+        (width - right, width - left, width),
+    ):
+        band = size * _MARGIN_BAND
+        if near[main] >= band:
+            drop |= (far <= band) & (near[main] - far >= gap)
+    return pieces.mask(drop) if drop.any() else None
