@@ -225,9 +225,10 @@ export async function followEvents(path, { onEvent, onRetry, signal, lastEventId
   }
 }
 
-// An event's data: JSON where it parses, else the text. The gateway writes a NaN or infinite
-// number as Python's json does (NaN, Infinity, -Infinity: no JSON), which made a whole progress
-// event text; such a number is read as the string "NaN", "Infinity" or "-Infinity" instead.
+// An event's data: JSON where it parses, else the text. The gateway sends a NaN or infinite
+// number as null; an older one wrote it as Python's json does (NaN, Infinity, -Infinity: no
+// JSON), which made a whole progress event text: such a number is read as the string "NaN",
+// "Infinity" or "-Infinity" instead.
 const NON_JSON_NUMBER = /"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g;
 
 function parseData(text) {
