@@ -18,6 +18,19 @@ def report(epoch: int, **fields: float | None) -> dict[str, float | int | None]:
     return {"epoch": epoch, "epochs": 2, "loss": 0.5, "accuracy": 0.8, **fields}
 
 
+def finished_and_followed(gateway: Gateway, store: JobStore, job_id: str) -> str:
+    """What `fdl job --follow` prints for the job once it has succeeded."""
+    result = {"published": False, "reason": "test", "metrics": {"test_accuracy": 0.8}}
+    assert store.finish(job_id, JobStatus.SUCCEEDED, result=result)
+    cli = follow(gateway, job_id)
+    try:
+        assert cli.popen.wait(60) == ExitCode.OK, cli.output()
+        cli.pump.join(10)
+        return cli.output()
+    finally:
+        cli.stop()
+
+
 def test_each_epoch_line_is_printed_once(gateway: Gateway, redis_url: str) -> None:
     job_id = submit(gateway)  # two epochs
     store = JobStore.from_url(redis_url)
@@ -27,15 +40,7 @@ def test_each_epoch_line_is_printed_once(gateway: Gateway, redis_url: str) -> No
         for step in (2, 4, 16):  # as the repro's stream held them: 16 of 4 steps
             assert store.update_progress(job_id, report(epoch, step=step, steps=4, **mid))
         assert store.update_progress(job_id, report(epoch, val_loss=0.6, val_accuracy=0.75))
-    result = {"published": False, "reason": "test", "metrics": {"test_accuracy": 0.8}}
-    assert store.finish(job_id, JobStatus.SUCCEEDED, result=result)
-    cli = follow(gateway, job_id)
-    try:
-        assert cli.popen.wait(60) == ExitCode.OK, cli.output()
-        cli.pump.join(10)
-        out = cli.output()
-    finally:
-        cli.stop()
+    out = finished_and_followed(gateway, store, job_id)
     lines = [line.strip() for line in out.splitlines()]
     assert [line for line in lines if line.startswith("epoch ")] == [
         f"epoch {epoch}/2  loss 0.5000  acc 80.0%  val_loss 0.6000  val_acc 75.0%"
@@ -54,15 +59,7 @@ def test_a_redone_epochs_line_says_so(gateway: Gateway, redis_url: str) -> None:
     for epoch, redone in ((1, False), (2, False), (2, True)):
         extra = {"redone": True} if redone else {}
         assert store.update_progress(job_id, {**report(epoch, **done), **extra})
-    result = {"published": False, "reason": "test", "metrics": {"test_accuracy": 0.8}}
-    assert store.finish(job_id, JobStatus.SUCCEEDED, result=result)
-    cli = follow(gateway, job_id)
-    try:
-        assert cli.popen.wait(60) == ExitCode.OK, cli.output()
-        cli.pump.join(10)
-        out = cli.output()
-    finally:
-        cli.stop()
+    out = finished_and_followed(gateway, store, job_id)
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("epoch 2/2")]
     assert [line.endswith("(redone: replaces the earlier report)") for line in lines] == [
         False,
